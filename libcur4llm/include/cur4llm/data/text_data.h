@@ -1,0 +1,76 @@
+#pragma once
+/// Calibration and evaluation text, exactly as the reference pipeline builds it
+/// (../shared/PROTOCOL.md, docs/data.md).
+///
+/// A dataset spec is a name ("wikitext2", "ptb", "c4"), a name with a split
+/// ("wikitext2:valid"), or the path of a plain text file used as it is. Named
+/// datasets are read from a data folder with this layout:
+///   wikitext-2-raw/wiki.{train,valid,test}.raw
+///   ptb/ptb.{train,valid,test}.txt
+///   c4/c4-{train,validation}.*.json.gz   (or .json, one JSON object per line)
+
+#include <cstdint>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+namespace cur4llm::tokenize {
+class Tokenizer;
+}
+
+namespace cur4llm::data {
+
+/// What a text is for: it picks the default split of a named dataset.
+enum class Purpose {
+  Calibration,  ///< train split
+  Evaluation,   ///< test split (ptb: valid; c4: validation shard 0)
+};
+
+/// The data folder: $CUR4LLM_DATA_DIR if set, else "data" under the working directory.
+std::filesystem::path default_data_dir();
+
+/// A resolved dataset: where its text came from and the text itself.
+struct TextSource {
+  std::string name;                  ///< e.g. "wikitext2:test" or the file path given
+  std::vector<std::filesystem::path> files;  ///< the files read
+  std::string text;                  ///< UTF-8, rows joined as the reference joins them
+};
+
+/// Reads the text of `spec` for `purpose` from `data_dir`. Throws
+/// std::invalid_argument for an unknown name or split, and
+/// std::runtime_error naming the expected file when it is missing.
+TextSource load_text(const std::string& spec, Purpose purpose, const std::filesystem::path& data_dir);
+
+/// Python's random.Random (MT19937, seeded as Python seeds from an int), so
+/// that calibration offsets equal those of `random.seed(seed); random.randint(...)`.
+class PyRandom {
+ public:
+  explicit PyRandom(uint64_t seed);
+  /// A uniformly random integer in [a, b], as random.randint(a, b).
+  int64_t randint(int64_t a, int64_t b);
+  /// k random bits, as random.getrandbits(k), for 0 < k <= 64.
+  uint64_t getrandbits(int k);
+
+ private:
+  uint32_t next_u32();
+  uint32_t state_[624];
+  int index_ = 624;
+};
+
+/// Options of calibration sampling.
+struct CalibrationOptions {
+  int64_t n_samples = 32;   ///< samples to draw
+  int64_t seqlen = 2048;    ///< tokens per sample (at most)
+  uint64_t seed = 233;      ///< PyRandom seed
+  bool use_bos = false;     ///< put BOS first when the tokenizer does not already
+};
+
+/// The reference's calibration samples: for each, a random code-point offset
+/// i in [0, len - seqlen - 1], the text [i, i + 10*seqlen), cut after the first
+/// '.', stripped of whitespace, tokenized with default special tokens, and
+/// cut to seqlen tokens.
+std::vector<std::vector<int64_t>> sample_calibration(const std::string& text,
+                                                     const tokenize::Tokenizer& tokenizer,
+                                                     const CalibrationOptions& options);
+
+}  // namespace cur4llm::data

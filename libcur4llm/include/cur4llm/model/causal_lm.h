@@ -1,0 +1,109 @@
+#pragma once
+/// A decoder-only causal language model loaded from a Hugging Face folder.
+///
+///   auto lm = cur4llm::model::CausalLM::load("path/to/model", {});
+///   at::Tensor logits = lm->forward(input_ids);   // [B, T] -> [B, T, vocab]
+///
+/// The model also runs one decoder layer at a time, so that callers can cache
+/// the hidden states entering a layer:
+///   h = lm->embed(ids); for (i...) h = lm->layer(i, h); logits = lm->head(h);
+/// Every Linear sits in a named slot (the Hugging Face module name, e.g.
+/// "model.layers.3.self_attn.q_proj" or "lm_head") that can be swapped.
+
+#include <ATen/core/Tensor.h>
+#include <c10/core/Device.h>
+#include <c10/core/ScalarType.h>
+
+#include <cur4llm/model/config.h>
+#include <cur4llm/model/linear.h>
+
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace cur4llm::model {
+
+/// Where and in which precision the model runs.
+struct LoadOptions {
+  c10::Device device = c10::Device(c10::kCPU);   ///< CPU or CUDA
+  std::optional<c10::ScalarType> dtype;           ///< default: float32 on CPU, config's dtype on CUDA
+};
+
+/// The role a Linear plays inside a decoder layer.
+enum class LinearRole { Q, K, V, O, Fc1, Fc2, Gate, Up, Down };
+
+/// Identity of one Linear slot.
+struct LinearInfo {
+  std::string name;     ///< Hugging Face module name
+  int64_t layer = -1;   ///< decoder layer index; -1 for lm_head / projections
+  std::optional<LinearRole> role;
+  int64_t in_features = 0;
+  int64_t out_features = 0;
+};
+
+class Architecture;  // internal: one per family
+
+/// A loaded causal LM. Not copyable; share it through the unique_ptr.
+class CausalLM {
+ public:
+  /// Loads config.json and the safetensors weights of `folder`, checking every
+  /// tensor's presence and shape (errors name the tensor and the file).
+  static std::unique_ptr<CausalLM> load(const std::filesystem::path& folder, const LoadOptions& options = {});
+  ~CausalLM();
+
+  const ModelConfig& config() const { return config_; }
+  const std::filesystem::path& folder() const { return folder_; }
+  c10::Device device() const { return options_.device; }
+  c10::ScalarType dtype() const { return dtype_; }
+
+  /// Token ids [B, T] (int64, any device) to the hidden states entering layer 0.
+  at::Tensor embed(const at::Tensor& input_ids) const;
+  /// Decoder layer `index` applied to hidden states [B, T, hidden].
+  at::Tensor layer(int64_t index, const at::Tensor& hidden) const;
+  /// Final norm (and OPT's project_out): hidden states in front of lm_head.
+  at::Tensor final_hidden(const at::Tensor& hidden) const;
+  /// Final norm and lm_head: logits [B, T, vocab] in the model dtype.
+  at::Tensor head(const at::Tensor& hidden) const;
+  /// embed, every layer, head.
+  at::Tensor forward(const at::Tensor& input_ids) const;
+  int64_t num_layers() const { return config_.num_layers; }
+
+  /// Every Linear slot, in model order (layers, then lm_head).
+  const std::vector<LinearInfo>& linears() const { return linear_infos_; }
+  bool has_linear(const std::string& name) const;
+  /// The slot `name`; throws std::invalid_argument naming it if absent.
+  const LinearSlot& linear(const std::string& name) const;
+  LinearPtr linear_ptr(const std::string& name) const;
+  /// Puts `slot` in place of `name` and returns the previous one. The new slot
+  /// must have the same in/out features.
+  LinearPtr replace_linear(const std::string& name, LinearPtr slot);
+
+  /// Parameters that are not in Linear slots (embeddings, norms, positions).
+  const std::map<std::string, at::Tensor>& other_tensors() const { return others_; }
+  /// Weight parameters of all Linear slots, and of the dense model they came from.
+  int64_t linear_weight_params() const;
+
+ private:
+  CausalLM() = default;
+  friend class Architecture;
+
+  ModelConfig config_;
+  std::filesystem::path folder_;
+  LoadOptions options_;
+  c10::ScalarType dtype_ = c10::kFloat;
+  std::unique_ptr<Architecture> arch_;
+  std::map<std::string, at::Tensor> others_;
+  std::map<std::string, LinearPtr> slots_;
+  std::vector<LinearInfo> linear_infos_;
+};
+
+/// Parses "fp32" / "float32", "fp16" / "float16", "bf16" / "bfloat16".
+c10::ScalarType parse_dtype(const std::string& name);
+/// Parses "cpu", "cuda", "cuda:N"; throws std::invalid_argument if CUDA is asked for and absent.
+c10::Device parse_device(const std::string& name);
+
+}  // namespace cur4llm::model

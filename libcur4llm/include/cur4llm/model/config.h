@@ -1,0 +1,68 @@
+#pragma once
+/// Model hyper-parameters, parsed once from config.json into a typed struct.
+
+#include <cstdint>
+#include <filesystem>
+#include <optional>
+#include <string>
+
+namespace cur4llm::model {
+
+/// The families of architectures the library runs.
+enum class Family {
+  Opt,    ///< OPT: LayerNorm, learned positions, ReLU MLP, biases
+  Llama,  ///< LLaMA, Mistral, Qwen2: RMSNorm, RoPE, SiLU-gated MLP, GQA
+};
+
+/// RoPE frequency scaling ("rope_scaling" / "rope_parameters" in config.json).
+struct RopeScaling {
+  std::string type = "default";                  ///< "default", "linear" or "llama3"
+  double factor = 1.0;                           ///< linear and llama3
+  double low_freq_factor = 1.0;                  ///< llama3
+  double high_freq_factor = 4.0;                 ///< llama3
+  int64_t original_max_position_embeddings = 0;  ///< llama3
+};
+
+/// Everything the forward pass needs to know about a checkpoint.
+struct ModelConfig {
+  std::string model_type;            ///< config.json "model_type": opt, llama, mistral, qwen2
+  Family family = Family::Llama;
+  int64_t vocab_size = 0;
+  int64_t hidden_size = 0;
+  int64_t intermediate_size = 0;     ///< OPT: ffn_dim
+  int64_t num_layers = 0;
+  int64_t num_heads = 0;
+  int64_t num_kv_heads = 0;          ///< equals num_heads without GQA
+  int64_t head_dim = 0;
+  int64_t max_position_embeddings = 0;
+  double norm_eps = 1e-5;
+  bool tie_word_embeddings = false;
+  std::string hidden_act;            ///< "relu", "silu", "gelu", ...
+  std::string torch_dtype;           ///< the stored dtype named by config.json, may be empty
+  int64_t bos_token_id = -1;
+  int64_t eos_token_id = -1;
+
+  // OPT
+  int64_t word_embed_proj_dim = 0;   ///< embedding width; project_in/out when != hidden_size
+  bool do_layer_norm_before = true;  ///< pre-LN (true) or post-LN (OPT-350m)
+  bool final_layer_norm = true;      ///< pre-LN and not _remove_final_layer_norm
+  bool layer_norm_affine = true;     ///< layer_norm_elementwise_affine
+  bool enable_bias = true;           ///< biases in Linear layers
+
+  // LLaMA family
+  double rope_theta = 10000.0;
+  RopeScaling rope_scaling;
+  bool attention_bias = false;       ///< bias on q, k, v (Qwen2: always; LLaMA: attention_bias)
+  bool attention_out_bias = false;   ///< bias on o_proj (LLaMA attention_bias)
+  bool mlp_bias = false;
+  int64_t sliding_window = 0;        ///< 0: none (Mistral: sliding_window)
+
+  /// Parses config.json text; `source` names the file in errors. Throws
+  /// std::runtime_error for malformed JSON, missing or invalid keys, and an
+  /// unknown model_type (the message names the key and the file).
+  static ModelConfig from_json(const std::string& text, const std::string& source);
+  /// Reads and parses a config.json file.
+  static ModelConfig from_file(const std::filesystem::path& path);
+};
+
+}  // namespace cur4llm::model

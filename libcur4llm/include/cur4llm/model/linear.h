@@ -1,0 +1,56 @@
+#pragma once
+/// The slot a Linear layer sits in: dense now, factorized forms later, all
+/// behind one interface so a layer can be swapped by name.
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace cur4llm::model {
+
+/// y = f(x) for x of shape [..., in_features] and y of shape [..., out_features].
+class LinearSlot {
+ public:
+  virtual ~LinearSlot() = default;
+  virtual at::Tensor forward(const at::Tensor& x) const = 0;
+  virtual int64_t in_features() const = 0;
+  virtual int64_t out_features() const = 0;
+  /// Parameters actually stored (weights of every factor, bias excluded).
+  virtual int64_t weight_params() const = 0;
+  /// "dense", "cur", "svd", ...
+  virtual std::string kind() const = 0;
+  /// Named tensors to save, relative to the layer name ("weight", "bias", ...).
+  virtual std::vector<std::pair<std::string, at::Tensor>> state() const = 0;
+  /// The dense weight this layer computes ([out, in]); for analysis and tests.
+  virtual at::Tensor reconstruct_weight() const = 0;
+};
+
+/// An ordinary Linear layer: y = x W^T + b.
+class DenseLinear final : public LinearSlot {
+ public:
+  /// `weight` is [out, in]; `bias` is [out] or undefined.
+  DenseLinear(at::Tensor weight, at::Tensor bias);
+
+  at::Tensor forward(const at::Tensor& x) const override;
+  int64_t in_features() const override;
+  int64_t out_features() const override;
+  int64_t weight_params() const override;
+  std::string kind() const override { return "dense"; }
+  std::vector<std::pair<std::string, at::Tensor>> state() const override;
+  at::Tensor reconstruct_weight() const override { return weight_; }
+
+  const at::Tensor& weight() const { return weight_; }
+  const at::Tensor& bias() const { return bias_; }
+
+ private:
+  at::Tensor weight_;
+  at::Tensor bias_;
+};
+
+using LinearPtr = std::shared_ptr<LinearSlot>;
+
+}  // namespace cur4llm::model
