@@ -41,6 +41,17 @@ struct TextSource {
 /// std::runtime_error naming the expected file when it is missing.
 TextSource load_text(const std::string& spec, Purpose purpose, const std::filesystem::path& data_dir);
 
+/// The dataset names load_text knows: "wikitext2", "ptb", "c4".
+const std::vector<std::string>& known_datasets();
+
+/// The number of Unicode code points of UTF-8 `text` (Python's len(text)).
+/// Throws std::invalid_argument at the first byte that is not valid UTF-8.
+int64_t count_code_points(const std::string& text);
+
+/// `text` without leading and trailing whitespace, exactly as Python's
+/// str.strip() with no argument (Unicode whitespace, \x1c-\x1f included).
+std::string py_strip(const std::string& text);
+
 /// Python's random.Random (MT19937, seeded as Python seeds from an int), so
 /// that calibration offsets equal those of `random.seed(seed); random.randint(...)`.
 class PyRandom {
@@ -69,8 +80,16 @@ struct CalibrationOptions {
 /// i in [0, len - seqlen - 1], the text [i, i + 10*seqlen), cut after the first
 /// '.', stripped of whitespace, tokenized with default special tokens, and
 /// cut to seqlen tokens.
+/// Throws std::invalid_argument naming the option for n_samples <= 0,
+/// seqlen <= 1, a text shorter than seqlen + 1 code points, or use_bos with a
+/// tokenizer that has no BOS token.
 std::vector<std::vector<int64_t>> sample_calibration(const std::string& text,
                                                      const tokenize::Tokenizer& tokenizer,
                                                      const CalibrationOptions& options);
+
+/// Evaluation windows: `ids` cut into floor(N / seqlen) consecutive windows of
+/// seqlen ids each; the tail that does not fill a window is dropped.
+/// Throws std::invalid_argument when seqlen <= 0.
+std::vector<std::vector<int64_t>> split_windows(const std::vector<int64_t>& ids, int64_t seqlen);
 
 }  // namespace cur4llm::data
