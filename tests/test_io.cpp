@@ -1,0 +1,389 @@
+// Tests for cur4llm::io: safetensors reading/writing, checkpoints, the
+// Hugging Face cache and the small file helpers.
+//
+// Expected values come from the fixtures written by Hugging Face
+// transformers / safetensors (tests/fixtures/make_fixtures.py), from
+// reference.json, or from bytes the tests write by hand; never from the code
+// under test.
+
+#include "test_paths.h"
+
+#include <cur4llm/io/files.h>
+#include <cur4llm/io/model_folder.h>
+#include <cur4llm/io/safetensors.h>
+
+#include <ATen/ATen.h>
+#include <nlohmann/json.hpp>
+
+#include <signal.h>
+#include <stdlib.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdint>
+#include <cstring>
+#include <fstream>
+#include <optional>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <typeinfo>
+#include <vector>
+
+namespace fs = std::filesystem;
+using cur4llm::io::Checkpoint;
+using cur4llm::io::SafetensorsFile;
+using cur4llm::io::TensorInfo;
+using Catch::Matchers::Contains;
+
+namespace {
+
+fs::path model_dir(const std::string& name) { return cur4llm::test::fixture_dir() / "models" / name; }
+
+// A fresh folder under /tmp, removed at the end of the test.
+struct TempDir {
+  fs::path path;
+  TempDir() {
+    std::string tmpl = (fs::temp_directory_path() / "cur4llm_test_io_XXXXXX").string();
+    REQUIRE(::mkdtemp(tmpl.data()) != nullptr);
+    path = tmpl;
+  }
+  ~TempDir() {
+    std::error_code ec;
+    fs::remove_all(path, ec);
+  }
+  fs::path operator/(const std::string& name) const { return path / name; }
+};
+
+// Plain iostreams here, so the tests do not depend on io/files.h.
+std::string slurp(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  REQUIRE(in.good());
+  std::ostringstream out;
+  out << in.rdbuf();
+  return out.str();
+}
+
+void spit(const fs::path& path, const std::string& bytes) {
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  REQUIRE(out.good());
+  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+  REQUIRE(out.good());
+}
+
+std::string le64(uint64_t v) {
+  std::string s(8, '\0');
+  for (int i = 0; i < 8; ++i) s[i] = static_cast<char>((v >> (8 * i)) & 0xff);
+  return s;
+}
+
+uint64_t read_le64(const std::string& bytes) {
+  uint64_t v = 0;
+  for (int i = 7; i >= 0; --i) v = (v << 8) | static_cast<uint8_t>(bytes[i]);
+  return v;
+}
+
+// A safetensors file assembled by hand: length prefix, header text, data.
+std::string raw_file(const std::string& header, const std::string& data) {
+  return le64(header.size()) + header + data;
+}
+
+// The real llama_gqa checkpoint split into its header text and data bytes.
+struct RealFile {
+  std::string header;
+  std::string data;
+  RealFile() {
+    const std::string bytes = slurp(model_dir("llama_gqa") / "model.safetensors");
+    const uint64_t n = read_le64(bytes);
+    header = bytes.substr(8, n);
+    data = bytes.substr(8 + n);
+  }
+  // The header with `from` replaced once by `to` (which must be present).
+  std::string patched(const std::string& from, const std::string& to) const {
+    const auto pos = header.find(from);
+    REQUIRE(pos != std::string::npos);
+    std::string h = header;
+    h.replace(pos, from.size(), to);
+    return raw_file(h, data);
+  }
+};
+
+// The message of the exception `fn` throws, which must be exactly of type E.
+template <class E, class F>
+std::string message_of(F&& fn) {
+  try {
+    fn();
+  } catch (const std::exception& e) {
+    INFO("exception: " << e.what());
+    CHECK(std::string(typeid(e).name()) == std::string(typeid(E).name()));
+    return e.what();
+  }
+  FAIL("no exception was thrown");
+  return {};
+}
+
+float bits_to_float(uint32_t bits) {
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+
+// Sets (or unsets) an environment variable for the scope of a test.
+struct ScopedEnv {
+  std::string name;
+  std::optional<std::string> old;
+  ScopedEnv(std::string n, const std::optional<std::string>& value) : name(std::move(n)) {
+    if (const char* v = std::getenv(name.c_str())) old = v;
+    if (value) {
+      ::setenv(name.c_str(), value->c_str(), 1);
+    } else {
+      ::unsetenv(name.c_str());
+    }
+  }
+  ~ScopedEnv() {
+    if (old) {
+      ::setenv(name.c_str(), old->c_str(), 1);
+    } else {
+      ::unsetenv(name.c_str());
+    }
+  }
+};
+
+std::vector<std::string> folder_listing(const fs::path& dir) {
+  std::vector<std::string> names;
+  for (const auto& e : fs::directory_iterator(dir)) names.push_back(e.path().filename().string());
+  std::sort(names.begin(), names.end());
+  return names;
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------
+// Reading the transformers fixtures
+
+TEST_CASE("safetensors: llama_gqa tensors have the dtypes and shapes of its config", "[unit][io]") {
+  // config.json: hidden 32, 4 heads, 2 kv heads, head_dim 8, intermediate 48, vocab 128, 2 layers.
+  const SafetensorsFile file(model_dir("llama_gqa") / "model.safetensors");
+  CHECK(file.names().size() == 3 + 2 * 9);
+  CHECK(file.metadata() == (std::map<std::string, std::string>{{"format", "pt"}}));
+  const std::vector<std::pair<std::string, std::vector<int64_t>>> expected = {
+      {"model.embed_tokens.weight", {128, 32}},
+      {"lm_head.weight", {128, 32}},
+      {"model.norm.weight", {32}},
+      {"model.layers.0.self_attn.q_proj.weight", {32, 32}},
+      {"model.layers.0.self_attn.k_proj.weight", {16, 32}},
+      {"model.layers.1.self_attn.v_proj.weight", {16, 32}},
+      {"model.layers.1.self_attn.o_proj.weight", {32, 32}},
+      {"model.layers.1.mlp.gate_proj.weight", {48, 32}},
+      {"model.layers.0.mlp.up_proj.weight", {48, 32}},
+      {"model.layers.0.mlp.down_proj.weight", {32, 48}},
+      {"model.layers.1.input_layernorm.weight", {32}},
+      {"model.layers.0.post_attention_layernorm.weight", {32}},
+  };
+  for (const auto& [name, shape] : expected) {
+    INFO(name);
+    REQUIRE(file.contains(name));
+    CHECK(file.info(name).dtype == "F32");
+    CHECK(file.info(name).shape == shape);
+    const at::Tensor t = file.load(name);
+    CHECK(t.scalar_type() == at::kFloat);
+    CHECK(t.device().is_cpu());
+    CHECK(t.is_contiguous());
+    CHECK(t.sizes().vec() == shape);
+  }
+  CHECK_FALSE(file.contains("model.layers.2.self_attn.q_proj.weight"));
+  // Offsets as the Python safetensors parser reads them.
+  CHECK(file.info("lm_head.weight").begin == 0);
+  CHECK(file.info("lm_head.weight").end == 16384);
+  CHECK(file.info("model.layers.1.self_attn.k_proj.weight").begin == 82432);
+  CHECK(file.info("model.layers.1.self_attn.k_proj.weight").end == 84480);
+}
+
+TEST_CASE("safetensors: loaded values equal the stored bytes", "[unit][io]") {
+  // Bit patterns read from the files with Python's struct module.
+  const SafetensorsFile file(model_dir("llama_gqa") / "model.safetensors");
+  const at::Tensor lm_head = file.load("lm_head.weight");
+  const uint32_t head_bits[4] = {3189564070u, 1013051387u, 981089660u, 3174590418u};
+  for (int i = 0; i < 4; ++i) CHECK(lm_head[0][i].item<float>() == bits_to_float(head_bits[i]));
+  CHECK(lm_head[0][0].item<float>() == Approx(-0.15320834517478943));
+
+  const at::Tensor k = file.load("model.layers.1.self_attn.k_proj.weight").reshape({-1});
+  const uint32_t k_tail[4] = {1032171824u, 1044087607u, 1058039668u, 1055389844u};
+  for (int i = 0; i < 4; ++i) CHECK(k[k.numel() - 4 + i].item<float>() == bits_to_float(k_tail[i]));
+
+  const SafetensorsFile bf16(model_dir("llama_gqa_bf16") / "model.safetensors");
+  const at::Tensor b = bf16.load("lm_head.weight");
+  CHECK(b.scalar_type() == at::kBFloat16);
+  const uint16_t b_bits[4] = {48669, 15458, 14970, 48440};
+  for (int i = 0; i < 4; ++i) CHECK(b[0][i].item<float>() == bits_to_float(uint32_t(b_bits[i]) << 16));
+
+  const SafetensorsFile fp16(model_dir("opt_pre_fp16") / "model.safetensors");
+  const at::Tensor h = fp16.load("model.decoder.embed_tokens.weight");
+  CHECK(h.scalar_type() == at::kHalf);
+  const uint16_t h_bits[4] = {9662, 13228, 11871, 42164};
+  for (int i = 0; i < 4; ++i) {
+    at::Tensor one = at::empty({1}, at::TensorOptions().dtype(at::kShort));
+    one[0] = static_cast<int16_t>(h_bits[i]);
+    CHECK(h[0][i].item<float>() == one.view(at::kHalf)[0].item<float>());
+  }
+}
+
+TEST_CASE("safetensors: reference outputs have the documented dtypes and values", "[unit][io]") {
+  const nlohmann::json summary = nlohmann::json::parse(slurp(cur4llm::test::fixture_dir() / "reference.json"));
+  for (const std::string model : {"llama_gqa", "llama_gqa_bf16", "opt_pre_fp16", "qwen2_bias"}) {
+    INFO(model);
+    const SafetensorsFile ref(model_dir(model) / "reference.safetensors");
+    CHECK(ref.info("input_ids").dtype == "I64");
+    CHECK(ref.info("input_ids").shape == (std::vector<int64_t>{2, 12}));
+    CHECK(ref.info("logits").dtype == "F32");
+    CHECK(ref.info("logits").shape == (std::vector<int64_t>{2, 12, 128}));
+    CHECK(ref.info("loss").dtype == "F32");
+    CHECK(ref.info("loss").shape == std::vector<int64_t>(1, 1));
+    const at::Tensor loss = ref.load("loss");
+    CHECK(loss.scalar_type() == at::kFloat);
+    CHECK(loss.item<float>() == static_cast<float>(summary["models"][model]["loss"].get<double>()));
+    CHECK(ref.load("logits").scalar_type() == at::kFloat);
+    CHECK(ref.metadata().empty());
+  }
+  const SafetensorsFile ref(model_dir("llama_gqa") / "reference.safetensors");
+  const at::Tensor ids = ref.load("input_ids");
+  CHECK(ids.scalar_type() == at::kLong);
+  const int64_t expected[24] = {28, 49, 59, 118, 69, 67, 60, 3,   78, 32, 96, 94,
+                                82, 85, 16, 20,  74, 126, 45, 60, 126, 60, 58, 102};
+  for (int i = 0; i < 24; ++i) CHECK(ids[i / 12][i % 12].item<int64_t>() == expected[i]);
+  // File order: the order of the header, which the Python writer chose.
+  CHECK(ref.names().front() == "input_ids");
+  CHECK(ref.names().back() == "loss");
+}
+
+TEST_CASE("checkpoint: the sharded llama_gqa equals model.safetensors bit for bit", "[unit][io]") {
+  const Checkpoint single = Checkpoint::open(model_dir("llama_gqa"));
+  const Checkpoint sharded = Checkpoint::open(model_dir("llama_gqa_sharded"));
+  CHECK(single.describe() == (model_dir("llama_gqa") / "model.safetensors").string());
+  CHECK_THAT(sharded.describe(), Contains("llama_gqa_sharded") && Contains("(6 shards)"));
+  REQUIRE(sharded.names() == single.names());
+  REQUIRE(single.names().size() == 21);
+  for (const auto& name : single.names()) {
+    INFO(name);
+    CHECK(sharded.info(name).dtype == single.info(name).dtype);
+    CHECK(sharded.info(name).shape == single.info(name).shape);
+    const at::Tensor a = single.load(name);
+    const at::Tensor b = sharded.load(name);
+    REQUIRE(a.sizes() == b.sizes());
+    CHECK(at::equal(a, b));
+  }
+  // Shard assignment as written in model.safetensors.index.json.
+  CHECK(sharded.file_of("lm_head.weight").filename() == "model-00006-of-00006.safetensors");
+  CHECK(sharded.file_of("model.embed_tokens.weight").filename() == "model-00001-of-00006.safetensors");
+  CHECK(sharded.file_of("model.layers.1.self_attn.k_proj.weight").filename() == "model-00003-of-00006.safetensors");
+  CHECK_FALSE(sharded.contains("input_ids"));  // reference.safetensors is not part of the checkpoint
+}
+
+TEST_CASE("checkpoint: bf16 and fp16 files hold the fp32 weights rounded", "[unit][io]") {
+  const std::vector<std::tuple<std::string, std::string, at::ScalarType, std::string>> pairs = {
+      {"llama_gqa", "llama_gqa_bf16", at::kBFloat16, "BF16"},
+      {"opt_pre", "opt_pre_fp16", at::kHalf, "F16"},
+  };
+  for (const auto& [fp32_name, low_name, type, dtype] : pairs) {
+    const Checkpoint fp32 = Checkpoint::open(model_dir(fp32_name));
+    const Checkpoint low = Checkpoint::open(model_dir(low_name));
+    REQUIRE(low.names() == fp32.names());
+    for (const auto& name : fp32.names()) {
+      INFO(low_name << " " << name);
+      CHECK(low.info(name).dtype == dtype);
+      const at::Tensor l = low.load(name);
+      CHECK(l.scalar_type() == type);
+      const at::Tensor rounded = fp32.load(name).to(type);
+      REQUIRE(l.sizes() == rounded.sizes());
+      CHECK(at::equal(l, rounded));
+    }
+  }
+}
+
+TEST_CASE("checkpoint: falls back to the only *.safetensors file", "[unit][io]") {
+  TempDir dir;
+  fs::copy_file(model_dir("llama_gqa") / "model.safetensors", dir / "weights.safetensors");
+  const Checkpoint ckpt = Checkpoint::open(dir.path);
+  CHECK(ckpt.describe() == (dir / "weights.safetensors").string());
+  CHECK(ckpt.names().size() == 21);
+  CHECK(ckpt.load("model.norm.weight").sizes().vec() == std::vector<int64_t>(1, 32));
+
+  // model.safetensors is preferred over other files beside it.
+  fs::copy_file(model_dir("llama_gqa") / "reference.safetensors", dir / "model.safetensors");
+  CHECK(Checkpoint::open(dir.path).contains("logits"));
+
+  const Checkpoint one = Checkpoint::open_file(model_dir("llama_gqa") / "reference.safetensors");
+  CHECK(one.contains("logits"));
+  CHECK(one.file_of("logits") == model_dir("llama_gqa") / "reference.safetensors");
+}
+
+TEST_CASE("checkpoint: folders without a checkpoint are errors naming the folder", "[unit][io]") {
+  TempDir dir;
+  const auto empty = dir / "empty";
+  fs::create_directories(empty);
+  CHECK_THAT(message_of<std::runtime_error>([&] { Checkpoint::open(empty); }), Contains(empty.string()));
+
+  const auto two = dir / "two";
+  fs::create_directories(two);
+  fs::copy_file(model_dir("llama_gqa") / "reference.safetensors", two / "a.safetensors");
+  fs::copy_file(model_dir("llama_gqa") / "reference.safetensors", two / "b.safetensors");
+  CHECK_THAT(message_of<std::runtime_error>([&] { Checkpoint::open(two); }),
+             Contains(two.string()) && Contains("a.safetensors") && Contains("b.safetensors"));
+
+  const auto missing = dir / "missing";
+  CHECK_THAT(message_of<std::invalid_argument>([&] { Checkpoint::open(missing); }), Contains(missing.string()));
+
+  const Checkpoint ckpt = Checkpoint::open(model_dir("llama_gqa"));
+  CHECK_THAT(message_of<std::runtime_error>([&] { ckpt.load("no.such.weight"); }),
+             Contains("model.safetensors") && Contains("no.such.weight"));
+}
+
+TEST_CASE("checkpoint: an index naming a tensor its shard lacks is an error naming both", "[unit][io]") {
+  TempDir dir;
+  const auto folder = dir / "sharded";
+  fs::copy(model_dir("llama_gqa_sharded"), folder);
+  const auto index_path = folder / "model.safetensors.index.json";
+  std::string index = slurp(index_path);
+  const std::string from = "\"model.norm.weight\": \"model-00005-of-00006.safetensors\"";
+  const auto pos = index.find(from);
+  REQUIRE(pos != std::string::npos);
+  index.replace(pos, from.size(), "\"model.norm.weight\": \"model-00001-of-00006.safetensors\"");
+  spit(index_path, index);
+  CHECK_THAT(message_of<std::runtime_error>([&] { Checkpoint::open(folder); }),
+             Contains("model.norm.weight") && Contains("model-00001-of-00006.safetensors"));
+
+  // A shard file that is missing altogether.
+  fs::remove(folder / "model-00001-of-00006.safetensors");
+  CHECK_THAT(message_of<std::runtime_error>([&] { Checkpoint::open(folder); }),
+             Contains("model-00001-of-00006.safetensors"));
+
+  spit(index_path, "{\"weight_map\": [1, 2]}");
+  CHECK_THAT(message_of<std::runtime_error>([&] { Checkpoint::open(folder); }),
+             Contains(index_path.string()) && Contains("weight_map"));
+  spit(index_path, "{\"weight_map\": {");
+  CHECK_THAT(message_of<std::runtime_error>([&] { Checkpoint::open(folder); }), Contains(index_path.string()));
+}
+
+TEST_CASE("safetensors: 0-dim and empty tensors in a hand-written file", "[unit][io]") {
+  TempDir dir;
+  const float pi = 3.25f;
+  std::string data(4, '\0');
+  std::memcpy(data.data(), &pi, 4);
+  const std::string header =
+      R"({"scalar":{"dtype":"F32","shape":[],"data_offsets":[0,4]},)"
+      R"("empty":{"dtype":"I64","shape":[0,3],"data_offsets":[4,4]},)"
+      R"("flag":{"dtype":"BOOL","shape":[1],"data_offsets":[4,5]},)"
+      R"("__metadata__":{"note":"hand made"}})";
+  spit(dir / "x.safetensors", raw_file(header, data + std::string(1, '\1')));
+  const SafetensorsFile file(dir / "x.safetensors");
+  CHECK(file.names() == (std::vector<std::string>{"scalar", "empty", "flag"}));
+  CHECK(file.metadata().at("note") == "hand made");
+  const at::Tensor s = file.load("scalar");
+  CHECK(s.dim() == 0);
+  CHECK(s.item<float>() == 3.25f);
+  const at::Tensor e = file.load("empty");
+  CHECK(e.sizes().vec() == (std::vector<int64_t>{0, 3}));
+  CHECK(e.scalar_type() == at::kLong);
+  CHECK(file.load("flag").item<bool>());
+}
