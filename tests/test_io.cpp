@@ -387,3 +387,345 @@ TEST_CASE("safetensors: 0-dim and empty tensors in a hand-written file", "[unit]
   CHECK(e.scalar_type() == at::kLong);
   CHECK(file.load("flag").item<bool>());
 }
+
+// ---------------------------------------------------------------------------
+// Corrupt files: each is rejected at open with an exception naming the file
+// (and the tensor, where there is one).
+
+TEST_CASE("safetensors bad input: file shorter than 8 bytes", "[unit][io][bad_input]") {
+  TempDir dir;
+  const auto path = dir / "short.safetensors";
+  spit(path, slurp(model_dir("llama_gqa") / "model.safetensors").substr(0, 5));
+  CHECK_THAT(message_of<std::runtime_error>([&] { SafetensorsFile f(path); }),
+             Contains(path.string()) && Contains("5 bytes"));
+  spit(path, "");
+  CHECK_THAT(message_of<std::runtime_error>([&] { SafetensorsFile f(path); }), Contains(path.string()));
+  const auto absent = dir / "absent.safetensors";
+  CHECK_THAT(message_of<std::runtime_error>([&] { SafetensorsFile f(absent); }), Contains(absent.string()));
+}
+
+TEST_CASE("safetensors bad input: header length past the end of the file", "[unit][io][bad_input]") {
+  TempDir dir;
+  const auto path = dir / "cut.safetensors";
+  // The real header is 2096 bytes; keep only 2086 of them.
+  spit(path, slurp(model_dir("llama_gqa") / "model.safetensors").substr(0, 8 + 2086));
+  CHECK_THAT(message_of<std::runtime_error>([&] { SafetensorsFile f(path); }),
+             Contains(path.string()) && Contains("header length 2096 past the end of the file (size 2094)"));
+  // A length so large that adding 8 would overflow.
+  spit(path, le64(~uint64_t(0)) + "{}");
+  CHECK_THAT(message_of<std::runtime_error>([&] { SafetensorsFile f(path); }),
+             Contains(path.string()) && Contains("header length 18446744073709551615 past the end"));
+}
+
+TEST_CASE("safetensors bad input: malformed JSON header", "[unit][io][bad_input]") {
+  TempDir dir;
+  const RealFile real;
+  const auto path = dir / "json.safetensors";
+  std::string header = real.header;
+  header[header.find_last_of('}')] = ' ';  // unterminated object
+  spit(path, raw_file(header, real.data));
+  CHECK_THAT(message_of<std::runtime_error>([&] { SafetensorsFile f(path); }),
+             Contains(path.string()) && Contains("malformed JSON"));
+  spit(path, raw_file("[1, 2]  ", ""));
+  CHECK_THAT(message_of<std::runtime_error>([&] { SafetensorsFile f(path); }),
+             Contains(path.string()) && Contains("not an object"));
+  spit(path, raw_file("{\"a\": \"\xff\"}", ""));  // not UTF-8
+  CHECK_THAT(message_of<std::runtime_error>([&] { SafetensorsFile f(path); }), Contains(path.string()));
+  spit(path, raw_file(R"({"__metadata__":{"format":1}})", ""));
+  CHECK_THAT(message_of<std::runtime_error>([&] { SafetensorsFile f(path); }),
+             Contains(path.string()) && Contains("__metadata__") && Contains("format"));
+}
+
+TEST_CASE("safetensors bad input: entry missing dtype, shape or data_offsets", "[unit][io][bad_input]") {
+  TempDir dir;
+  const auto path = dir / "missing.safetensors";
+  const std::string data(8, '\0');
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"dtype", R"({"w.weight":{"shape":[2],"data_offsets":[0,8]}})"},
+      {"shape", R"({"w.weight":{"dtype":"F32","data_offsets":[0,8]}})"},
+      {"data_offsets", R"({"w.weight":{"dtype":"F32","shape":[2]}})"},
+  };
+  for (const auto& [key, header] : cases) {
+    INFO(key);
+    spit(path, raw_file(header, data));
+    CHECK_THAT(message_of<std::runtime_error>([&] { SafetensorsFile f(path); }),
+               Contains(path.string()) && Contains("'w.weight'") && Contains("\"" + key + "\""));
+  }
+  spit(path, raw_file(R"({"w.weight":[1,2]})", data));
+  CHECK_THAT(message_of<std::runtime_error>([&] { SafetensorsFile f(path); }),
+             Contains(path.string()) && Contains("'w.weight'"));
+  spit(path, raw_file(R"({"w.weight":{"dtype":"F32","shape":[2.5],"data_offsets":[0,8]}})", data));
+  CHECK_THAT(message_of<std::runtime_error>([&] { SafetensorsFile f(path); }),
+             Contains(path.string()) && Contains("'w.weight'"));
+  spit(path, raw_file(R"({"w.weight":{"dtype":"F32","shape":[2],"data_offsets":[0]}})", data));
+  CHECK_THAT(message_of<std::runtime_error>([&] { SafetensorsFile f(path); }),
+             Contains(path.string()) && Contains("'w.weight'") && Contains("data_offsets"));
+}
+
+TEST_CASE("safetensors bad input: unsupported dtype", "[unit][io][bad_input]") {
+  TempDir dir;
+  const RealFile real;
+  const auto path = dir / "f8.safetensors";
+  spit(path, real.patched(R"("lm_head.weight":{"dtype":"F32")", R"("lm_head.weight":{"dtype":"F8_E4M3")"));
+  CHECK_THAT(message_of<std::runtime_error>([&] { SafetensorsFile f(path); }),
+             Contains(path.string()) && Contains("'lm_head.weight'") && Contains("F8_E4M3 is not supported"));
+  spit(path, real.patched(R"("lm_head.weight":{"dtype":"F32")", R"("lm_head.weight":{"dtype":"f32")"));
+  CHECK_THAT(message_of<std::runtime_error>([&] { SafetensorsFile f(path); }),
+             Contains(path.string()) && Contains("'lm_head.weight'") && Contains("f32 is not supported"));
+}
+
+TEST_CASE("safetensors bad input: data_offsets begin after end", "[unit][io][bad_input]") {
+  TempDir dir;
+  const RealFile real;
+  const auto path = dir / "reversed.safetensors";
+  spit(path, real.patched(R"("data_offsets":[0,16384])", R"("data_offsets":[16384,0])"));
+  CHECK_THAT(message_of<std::runtime_error>([&] { SafetensorsFile f(path); }),
+             Contains(path.string()) && Contains("'lm_head.weight'") && Contains("[16384, 0]"));
+}
+
+TEST_CASE("safetensors bad input: data_offsets end beyond the data section", "[unit][io][bad_input]") {
+  TempDir dir;
+  const RealFile real;
+  const auto path = dir / "truncated.safetensors";
+  // The last tensor, model.norm.weight, ends at 94848: drop its last 4 bytes.
+  spit(path, raw_file(real.header, real.data.substr(0, real.data.size() - 4)));
+  CHECK_THAT(message_of<std::runtime_error>([&] { SafetensorsFile f(path); }),
+             Contains(path.string()) && Contains("'model.norm.weight'") && Contains("94844 bytes"));
+  // Offsets moved past the end of an intact file.
+  spit(path, real.patched(R"("data_offsets":[0,16384])", R"("data_offsets":[94848,111232])"));
+  CHECK_THAT(message_of<std::runtime_error>([&] { SafetensorsFile f(path); }),
+             Contains(path.string()) && Contains("'lm_head.weight'") && Contains("past the data section"));
+}
+
+TEST_CASE("safetensors bad input: byte range does not match dtype and shape", "[unit][io][bad_input]") {
+  TempDir dir;
+  const RealFile real;
+  const auto path = dir / "size.safetensors";
+  spit(path, real.patched(R"("lm_head.weight":{"dtype":"F32","shape":[128,32])",
+                          R"("lm_head.weight":{"dtype":"F32","shape":[128,31])"));
+  CHECK_THAT(message_of<std::runtime_error>([&] { SafetensorsFile f(path); }),
+             Contains(path.string()) && Contains("'lm_head.weight'") && Contains("16384 bytes") && Contains("15872"));
+  // The same bytes read as F16 would be half as many.
+  spit(path, real.patched(R"("lm_head.weight":{"dtype":"F32")", R"("lm_head.weight":{"dtype":"F16")"));
+  CHECK_THAT(message_of<std::runtime_error>([&] { SafetensorsFile f(path); }),
+             Contains(path.string()) && Contains("'lm_head.weight'"));
+  // A shape whose element count overflows 64 bits.
+  spit(path, raw_file(R"({"huge":{"dtype":"F32","shape":[4294967296,4294967296],"data_offsets":[0,0]}})", ""));
+  CHECK_THAT(message_of<std::runtime_error>([&] { SafetensorsFile f(path); }),
+             Contains(path.string()) && Contains("'huge'"));
+}
+
+TEST_CASE("safetensors bad input: negative dimension", "[unit][io][bad_input]") {
+  TempDir dir;
+  const RealFile real;
+  const auto path = dir / "negative.safetensors";
+  spit(path, real.patched(R"("lm_head.weight":{"dtype":"F32","shape":[128,32])",
+                          R"("lm_head.weight":{"dtype":"F32","shape":[-128,-32])"));
+  CHECK_THAT(message_of<std::runtime_error>([&] { SafetensorsFile f(path); }),
+             Contains(path.string()) && Contains("'lm_head.weight'") && Contains("negative dimension -128"));
+}
+
+TEST_CASE("safetensors bad input: overlapping byte ranges", "[unit][io][bad_input]") {
+  TempDir dir;
+  const auto path = dir / "overlap.safetensors";
+  spit(path, raw_file(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},)"
+                      R"("b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}})",
+                      std::string(12, '\0')));
+  CHECK_THAT(message_of<std::runtime_error>([&] { SafetensorsFile f(path); }),
+             Contains(path.string()) && Contains("'a'") && Contains("'b'") && Contains("overlap"));
+}
+
+TEST_CASE("safetensors bad input: unknown tensor name", "[unit][io][bad_input]") {
+  const auto path = model_dir("llama_gqa") / "model.safetensors";
+  const SafetensorsFile file(path);
+  CHECK_THAT(message_of<std::runtime_error>([&] { file.load("lm_head.bias"); }),
+             Contains(path.string()) && Contains("'lm_head.bias'"));
+  CHECK_THAT(message_of<std::runtime_error>([&] { file.info("x"); }), Contains(path.string()) && Contains("'x'"));
+}
+
+// ---------------------------------------------------------------------------
+// Writing
+
+TEST_CASE("save_safetensors: round trip of every dtype, 0-dim and empty tensors", "[unit][io]") {
+  TempDir dir;
+  const auto path = dir / "out.safetensors";
+  const at::Tensor f32 = at::arange(12, at::kFloat).reshape({3, 4}) * 0.5 - 1.0;
+  const at::Tensor bf16 = (at::arange(6, at::kFloat) / 3.0).to(at::kBFloat16);
+  const at::Tensor f16 = (at::arange(6, at::kFloat) / 7.0).to(at::kHalf);
+  const at::Tensor i64 = at::arange(5, at::kLong) * (int64_t(1) << 40);
+  const at::Tensor f64 = at::arange(3, at::kDouble) / 3.0;
+  const at::Tensor i32 = at::arange(-2, 2, at::kInt);
+  const at::Tensor i16 = at::arange(-3, 3, at::kShort);
+  const at::Tensor i8 = at::arange(-4, 4, at::kChar);
+  const at::Tensor u8 = at::arange(250, 256, at::TensorOptions().dtype(at::kByte));
+  const at::Tensor flags = at::arange(4, at::kLong).remainder(2).to(at::kBool);
+  const at::Tensor scalar = at::full({}, 2.5, at::kFloat);
+  const at::Tensor empty = at::empty({0, 7}, at::kHalf);
+  const at::Tensor transposed = at::arange(6, at::kFloat).reshape({2, 3}).t();  // not contiguous
+  const std::vector<std::pair<std::string, at::Tensor>> tensors = {
+      {"f32", f32},   {"bf16", bf16}, {"f16", f16},       {"i64", i64},     {"f64", f64},
+      {"i32", i32},   {"i16", i16},   {"i8", i8},         {"u8", u8},       {"flags", flags},
+      {"scalar", scalar}, {"empty", empty}, {"transposed", transposed},
+  };
+  cur4llm::io::save_safetensors(path, tensors, {{"format", "pt"}, {"source", "test"}});
+
+  const SafetensorsFile file(path);
+  CHECK(file.metadata() == (std::map<std::string, std::string>{{"format", "pt"}, {"source", "test"}}));
+  CHECK(file.names().size() == tensors.size());
+  const std::map<std::string, std::string> dtypes = {
+      {"f32", "F32"}, {"bf16", "BF16"}, {"f16", "F16"}, {"i64", "I64"},     {"f64", "F64"},
+      {"i32", "I32"}, {"i16", "I16"},   {"i8", "I8"},   {"u8", "U8"},       {"flags", "BOOL"},
+      {"scalar", "F32"}, {"empty", "F16"}, {"transposed", "F32"}};
+  for (const auto& [name, original] : tensors) {
+    INFO(name);
+    CHECK(file.info(name).dtype == dtypes.at(name));
+    const at::Tensor back = file.load(name);
+    CHECK(back.scalar_type() == original.scalar_type());
+    CHECK(back.sizes() == original.sizes());
+    CHECK(at::equal(back, original));
+  }
+  CHECK(file.load("scalar").dim() == 0);
+  CHECK(file.load("scalar").item<float>() == 2.5f);
+  CHECK(file.load("transposed")[0][1].item<float>() == 3.0f);
+  CHECK(file.load("i64")[4].item<int64_t>() == (int64_t(4) << 40));
+  CHECK(file.info("empty").begin == file.info("empty").end);
+}
+
+TEST_CASE("save_safetensors: header layout matches the Python library", "[unit][io]") {
+  TempDir dir;
+  const auto path = dir / "layout.safetensors";
+  cur4llm::io::save_safetensors(path,
+                                {{"b", at::ones({2}, at::kFloat)},
+                                 {"a", at::zeros({1}, at::kLong)},
+                                 {"c", at::ones({1}, at::kHalf)}},
+                                {{"k", "v"}});
+  const std::string bytes = slurp(path);
+  // Data by dtype (I64, F32, F16 in the Python library's order), header keys
+  // sorted with "__metadata__" first, padded with spaces to 8 bytes.
+  const std::string expected_header =
+      R"({"__metadata__":{"k":"v"},)"
+      R"("a":{"dtype":"I64","shape":[1],"data_offsets":[0,8]},)"
+      R"("b":{"dtype":"F32","shape":[2],"data_offsets":[8,16]},)"
+      R"("c":{"dtype":"F16","shape":[1],"data_offsets":[16,18]}})";
+  const size_t padded = (expected_header.size() + 7) / 8 * 8;
+  REQUIRE(bytes.size() == 8 + padded + 18);
+  CHECK(read_le64(bytes) == padded);
+  CHECK(bytes.substr(8, padded) == expected_header + std::string(padded - expected_header.size(), ' '));
+  const std::string data = bytes.substr(8 + padded);
+  CHECK(data.substr(0, 8) == std::string(8, '\0'));
+  CHECK(data.substr(8, 4) == std::string("\x00\x00\x80\x3f", 4));  // 1.0f
+  CHECK(data.substr(16, 2) == std::string("\x00\x3c", 2));          // 1.0 in F16
+
+  // No metadata, no tensors: "{}" padded to 8.
+  cur4llm::io::save_safetensors(path, {});
+  CHECK(slurp(path) == le64(8) + "{}      ");
+}
+
+TEST_CASE("save_safetensors: rewriting the transformers checkpoint reproduces it byte for byte", "[unit][io]") {
+  TempDir dir;
+  const auto original = model_dir("llama_gqa") / "model.safetensors";
+  const SafetensorsFile file(original);
+  std::vector<std::pair<std::string, at::Tensor>> tensors;
+  for (const auto& name : file.names()) tensors.emplace_back(name, file.load(name));
+  const auto copy = dir / "model.safetensors";
+  cur4llm::io::save_safetensors(copy, tensors, file.metadata());
+  CHECK(slurp(copy) == slurp(original));
+  CHECK(folder_listing(dir.path) == std::vector<std::string>{"model.safetensors"});  // no temporary left
+}
+
+TEST_CASE("save_safetensors: user mistakes are std::invalid_argument naming file and tensor", "[unit][io]") {
+  TempDir dir;
+  const auto path = dir / "bad.safetensors";
+  CHECK_THAT(message_of<std::invalid_argument>([&] {
+               cur4llm::io::save_safetensors(path, {{"w", at::ones({2})}, {"w", at::ones({3})}});
+             }),
+             Contains(path.string()) && Contains("'w'"));
+  CHECK_THAT(message_of<std::invalid_argument>([&] {
+               cur4llm::io::save_safetensors(path, {{"z", at::ones({2}, at::kComplexFloat)}});
+             }),
+             Contains(path.string()) && Contains("'z'"));
+  CHECK_THAT(message_of<std::invalid_argument>([&] { cur4llm::io::save_safetensors(path, {{"u", at::Tensor()}}); }),
+             Contains(path.string()) && Contains("'u'"));
+  CHECK_THAT(message_of<std::invalid_argument>([&] { cur4llm::io::save_safetensors(path, {{"__metadata__", at::ones({1})}}); }),
+             Contains(path.string()));
+  CHECK_FALSE(fs::exists(path));
+  CHECK(folder_listing(dir.path).empty());
+  CHECK(cur4llm::io::safetensors_dtype(at::kBFloat16) == "BF16");
+  CHECK(cur4llm::io::safetensors_dtype(at::kBool) == "BOOL");
+  CHECK_THROWS_AS(cur4llm::io::safetensors_dtype(at::kComplexDouble), std::invalid_argument);
+}
+
+TEST_CASE("save_safetensors: a path under a regular file fails cleanly", "[unit][io]") {
+  // Tests may run as root, which ignores directory permissions; a parent that
+  // is a regular file fails for everyone.
+  TempDir dir;
+  spit(dir / "not_a_dir", "x");
+  const auto path = dir / "not_a_dir" / "model.safetensors";
+  CHECK_THAT(message_of<std::runtime_error>([&] { cur4llm::io::save_safetensors(path, {{"w", at::ones({2})}}); }),
+             Contains(path.string()));
+  CHECK(slurp(dir / "not_a_dir") == "x");
+  CHECK(folder_listing(dir.path) == std::vector<std::string>{"not_a_dir"});
+}
+
+TEST_CASE("save_safetensors: a failed write leaves the existing file untouched", "[unit][io]") {
+  TempDir dir;
+  const auto path = dir / "model.safetensors";
+  const std::string before = "previous content, not a safetensors file";
+  spit(path, before);
+  // In a child: a 64 KiB file size limit (SIGXFSZ ignored, so write() fails
+  // with EFBIG) and a 1 MiB tensor.
+  const pid_t pid = ::fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    ::signal(SIGXFSZ, SIG_IGN);
+    rlimit limit{64 * 1024, 64 * 1024};
+    if (::setrlimit(RLIMIT_FSIZE, &limit) != 0) ::_exit(3);
+    try {
+      cur4llm::io::save_safetensors(path, {{"big", at::ones({256, 1024}, at::kFloat)}});
+    } catch (const std::runtime_error& e) {
+      ::_exit(std::string(e.what()).find(path.string()) != std::string::npos ? 0 : 4);
+    } catch (...) {
+      ::_exit(5);
+    }
+    ::_exit(6);  // no exception
+  }
+  int status = 0;
+  REQUIRE(::waitpid(pid, &status, 0) == pid);
+  REQUIRE(WIFEXITED(status));
+  CHECK(WEXITSTATUS(status) == 0);
+  CHECK(slurp(path) == before);
+  CHECK(folder_listing(dir.path) == std::vector<std::string>{"model.safetensors"});  // temporary removed
+
+  // Without the limit the same call replaces the file.
+  cur4llm::io::save_safetensors(path, {{"big", at::ones({256, 1024}, at::kFloat)}});
+  CHECK(SafetensorsFile(path).info("big").shape == (std::vector<int64_t>{256, 1024}));
+}
+
+// ---------------------------------------------------------------------------
+// File helpers
+
+TEST_CASE("files: read_file, write_file_atomic and append_line", "[unit][io]") {
+  TempDir dir;
+  const auto path = dir / "a.txt";
+  const std::string content("line one\n\0binary\xff", 17);
+  cur4llm::io::write_file_atomic(path, content);
+  CHECK(slurp(path) == content);
+  CHECK(cur4llm::io::read_file(path) == content);
+  cur4llm::io::write_file_atomic(path, "replaced");
+  CHECK(slurp(path) == "replaced");
+  CHECK(folder_listing(dir.path) == std::vector<std::string>{"a.txt"});
+
+  const auto log = dir / "deep" / "er" / "log.jsonl";
+  cur4llm::io::append_line(log, "{\"a\":1}");
+  cur4llm::io::append_line(log, "{\"b\":2}");
+  CHECK(slurp(log) == "{\"a\":1}\n{\"b\":2}\n");
+
+  const auto absent = dir / "absent.txt";
+  CHECK_THAT(message_of<std::runtime_error>([&] { cur4llm::io::read_file(absent); }), Contains(absent.string()));
+  CHECK_THAT(message_of<std::runtime_error>([&] { cur4llm::io::read_file(dir.path); }), Contains(dir.path.string()));
+  const auto under_file = path / "x.txt";
+  CHECK_THAT(message_of<std::runtime_error>([&] { cur4llm::io::write_file_atomic(under_file, "x"); }),
+             Contains(under_file.string()));
+  CHECK_THAT(message_of<std::runtime_error>([&] { cur4llm::io::append_line(under_file, "x"); }),
+             Contains(under_file.string()));
+}
