@@ -729,3 +729,123 @@ TEST_CASE("files: read_file, write_file_atomic and append_line", "[unit][io]") {
   CHECK_THAT(message_of<std::runtime_error>([&] { cur4llm::io::append_line(under_file, "x"); }),
              Contains(under_file.string()));
 }
+
+// ---------------------------------------------------------------------------
+// Model ids and the Hugging Face cache
+
+namespace {
+
+// A fake hub cache: <hub>/models--<org>--<name>/{refs/main, snapshots/<rev>/config.json}.
+fs::path make_snapshot(const fs::path& hub, const std::string& repo_folder, const std::string& revision) {
+  const auto snapshot = hub / repo_folder / "snapshots" / revision;
+  fs::create_directories(snapshot);
+  spit(snapshot / "config.json", "{}");
+  return snapshot;
+}
+
+void write_ref(const fs::path& hub, const std::string& repo_folder, const std::string& content) {
+  fs::create_directories(hub / repo_folder / "refs");
+  spit(hub / repo_folder / "refs" / "main", content);
+}
+
+}  // namespace
+
+TEST_CASE("model_folder: an existing directory is used as it is", "[unit][io]") {
+  const auto folder = model_dir("llama_gqa");
+  CHECK(cur4llm::io::resolve_model_id(folder.string()) == folder);
+}
+
+TEST_CASE("model_folder: hf_hub_cache_dir follows HF_HUB_CACHE, HF_HOME, then HOME", "[unit][io]") {
+  ScopedEnv xdg("XDG_CACHE_HOME", std::nullopt);
+  {
+    ScopedEnv a("HF_HUB_CACHE", "/x/hub_cache");
+    ScopedEnv b("HF_HOME", "/y/hf_home");
+    CHECK(cur4llm::io::hf_hub_cache_dir() == fs::path("/x/hub_cache"));
+  }
+  {
+    ScopedEnv a("HF_HUB_CACHE", std::nullopt);
+    ScopedEnv b("HF_HOME", "/y/hf_home");
+    CHECK(cur4llm::io::hf_hub_cache_dir() == fs::path("/y/hf_home/hub"));
+  }
+  {
+    ScopedEnv a("HF_HUB_CACHE", std::nullopt);
+    ScopedEnv b("HF_HOME", std::nullopt);
+    ScopedEnv c("HOME", "/z/home");
+    CHECK(cur4llm::io::hf_hub_cache_dir() == fs::path("/z/home/.cache/huggingface/hub"));
+  }
+}
+
+TEST_CASE("model_folder: an org/name id resolves to the snapshot refs/main names", "[unit][io]") {
+  TempDir dir;
+  ScopedEnv xdg("XDG_CACHE_HOME", std::nullopt);
+  const auto hub = dir / "hub";
+  const auto wanted = make_snapshot(hub, "models--acme--tiny-llama", "0123abcd");
+  make_snapshot(hub, "models--acme--tiny-llama", "ffff0000");  // an older revision
+  write_ref(hub, "models--acme--tiny-llama", "0123abcd\n");
+  {
+    ScopedEnv a("HF_HUB_CACHE", hub.string());
+    ScopedEnv b("HF_HOME", (dir / "elsewhere").string());
+    CHECK(cur4llm::io::resolve_model_id("acme/tiny-llama") == wanted);
+  }
+  {
+    ScopedEnv a("HF_HUB_CACHE", std::nullopt);
+    ScopedEnv b("HF_HOME", dir.path.string());  // HF_HOME/hub
+    CHECK(cur4llm::io::resolve_model_id("acme/tiny-llama") == wanted);
+  }
+  {
+    const auto home = dir / "home";
+    const auto cached = make_snapshot(home / ".cache" / "huggingface" / "hub", "models--acme--tiny-llama", "abc");
+    write_ref(home / ".cache" / "huggingface" / "hub", "models--acme--tiny-llama", "abc");
+    ScopedEnv a("HF_HUB_CACHE", std::nullopt);
+    ScopedEnv b("HF_HOME", std::nullopt);
+    ScopedEnv c("HOME", home.string());
+    CHECK(cur4llm::io::resolve_model_id("acme/tiny-llama") == cached);
+  }
+  {
+    // Ids without an organisation (e.g. "gpt2") live in models--gpt2.
+    const auto gpt2 = make_snapshot(hub, "models--gpt2", "607a30d7");
+    write_ref(hub, "models--gpt2", "607a30d7");
+    ScopedEnv a("HF_HUB_CACHE", hub.string());
+    CHECK(cur4llm::io::resolve_model_id("gpt2") == gpt2);
+  }
+}
+
+TEST_CASE("model_folder: without refs/main the only snapshot is used", "[unit][io]") {
+  TempDir dir;
+  const auto hub = dir / "hub";
+  const auto only = make_snapshot(hub, "models--acme--solo", "5555");
+  ScopedEnv a("HF_HUB_CACHE", hub.string());
+  CHECK(cur4llm::io::resolve_model_id("acme/solo") == only);
+
+  make_snapshot(hub, "models--acme--solo", "6666");
+  CHECK_THAT(message_of<std::invalid_argument>([&] { cur4llm::io::resolve_model_id("acme/solo"); }),
+             Contains("acme/solo") && Contains((hub / "models--acme--solo" / "refs" / "main").string()) &&
+                 Contains((hub / "models--acme--solo" / "snapshots").string()) && Contains("2 snapshots"));
+}
+
+TEST_CASE("model_folder: an unknown id is std::invalid_argument listing every place looked at", "[unit][io]") {
+  TempDir dir;
+  const auto hub = dir / "hub";
+  fs::create_directories(hub);
+  ScopedEnv a("HF_HUB_CACHE", hub.string());
+  const std::string message =
+      message_of<std::invalid_argument>([&] { cur4llm::io::resolve_model_id("acme/missing"); });
+  CHECK_THAT(message, Contains("'acme/missing'"));
+  CHECK_THAT(message, Contains("acme/missing (no such directory)"));
+  CHECK_THAT(message, Contains((hub / "models--acme--missing" / "refs" / "main").string()));
+  CHECK_THAT(message, Contains((hub / "models--acme--missing" / "snapshots").string()));
+  CHECK(message.find('\n') == std::string::npos);
+
+  // refs/main naming a snapshot that is not there.
+  write_ref(hub, "models--acme--broken", "deadbeef");
+  make_snapshot(hub, "models--acme--broken", "cafe");
+  CHECK_THAT(message_of<std::invalid_argument>([&] { cur4llm::io::resolve_model_id("acme/broken"); }),
+             Contains((hub / "models--acme--broken" / "snapshots" / "deadbeef").string()));
+
+  // A path that does not exist and is no repository id.
+  const auto nowhere = (dir / "no" / "such" / "folder").string();
+  CHECK_THAT(message_of<std::invalid_argument>([&] { cur4llm::io::resolve_model_id(nowhere); }),
+             Contains(nowhere));
+  CHECK_THROWS_AS(cur4llm::io::resolve_model_id(""), std::invalid_argument);
+  CHECK_THROWS_AS(cur4llm::io::resolve_model_id("acme/../etc"), std::invalid_argument);
+}
