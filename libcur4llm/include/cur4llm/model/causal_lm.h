@@ -53,6 +53,10 @@ class CausalLM {
   /// Loads config.json and the safetensors weights of `folder`, checking every
   /// tensor's presence and shape (errors name the tensor and the file).
   static std::unique_ptr<CausalLM> load(const std::filesystem::path& folder, const LoadOptions& options = {});
+  /// A model of `config`'s shape with random weights (normal, std 1/sqrt(fan_in);
+  /// norms 1): for throughput benchmarks, where values do not matter.
+  static std::unique_ptr<CausalLM> random(const ModelConfig& config, const LoadOptions& options = {},
+                                          uint64_t seed = 0);
   ~CausalLM();
 
   const ModelConfig& config() const { return config_; }
@@ -90,6 +94,9 @@ class CausalLM {
  private:
   CausalLM() = default;
   friend class Architecture;
+  // Fills every expected tensor from `fetch` (name, expected shape) -> tensor.
+  template <typename Fetch>
+  void populate(Fetch&& fetch);
 
   ModelConfig config_;
   std::filesystem::path folder_;

@@ -1,0 +1,37 @@
+#pragma once
+// What every cur4llm app shares: one clear error line and a non-zero exit.
+
+#include <boost/program_options.hpp>
+#include <c10/util/Exception.h>
+#include <fmt/format.h>
+
+#include <cstdio>
+#include <exception>
+#include <functional>
+#include <stdexcept>
+
+namespace cur4llm::app {
+
+/// Exit codes: 0 success, 1 failure while working, 2 bad command line.
+enum ExitCode { kOk = 0, kFailed = 1, kUsage = 2 };
+
+/// Runs `body`, turning exceptions into one line on stderr and an exit code.
+inline int guarded_main(const char* app, const std::function<int()>& body) {
+  try {
+    return body();
+  } catch (const boost::program_options::error& e) {
+    fmt::print(stderr, "{}: {} (see {} --help)\n", app, e.what(), app);
+    return kUsage;
+  } catch (const c10::Error& e) {  // LibTorch's own errors: drop the C++ backtrace
+    fmt::print(stderr, "{}: error: {}\n", app, e.what_without_backtrace());
+    return kFailed;
+  } catch (const std::invalid_argument& e) {
+    fmt::print(stderr, "{}: {}\n", app, e.what());
+    return kUsage;
+  } catch (const std::exception& e) {
+    fmt::print(stderr, "{}: error: {}\n", app, e.what());
+    return kFailed;
+  }
+}
+
+}  // namespace cur4llm::app

@@ -1,0 +1,56 @@
+#pragma once
+/// Perplexity, measured as the reference pipeline measures it.
+///
+/// Evaluation text: the ids of the whole text are cut into floor(N/seqlen)
+/// windows; each window's loss is the mean cross-entropy of its shifted labels
+/// (seqlen-1 predictions); perplexity = exp(mean of the window losses).
+/// Calibration samples (possibly of different lengths) are scored the same way.
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <vector>
+
+namespace cur4llm::model {
+class CausalLM;
+}
+
+namespace cur4llm::eval {
+
+/// How windows are batched and reported.
+struct PerplexityOptions {
+  int64_t seqlen = 2048;        ///< window length in tokens (evaluate_perplexity only)
+  int64_t batch_size = 1;       ///< windows per forward pass
+  int64_t max_windows = -1;     ///< evaluate only the first windows (-1: all)
+  bool show_progress = false;   ///< a progress line on stderr
+  const char* label = "ppl";    ///< the progress line's label
+};
+
+/// What an evaluation measured.
+struct PerplexityResult {
+  double perplexity = 0;        ///< exp(mean_nll)
+  double mean_nll = 0;          ///< mean over windows of each window's mean token NLL
+  int64_t windows = 0;          ///< windows evaluated
+  int64_t tokens = 0;           ///< tokens in the text (before cutting)
+  std::vector<double> window_nll;  ///< each window's mean NLL
+};
+
+/// Perplexity of `ids` (a whole tokenized text) cut into windows.
+PerplexityResult evaluate_perplexity(const model::CausalLM& lm, const std::vector<int64_t>& ids,
+                                     const PerplexityOptions& options = {});
+
+/// Perplexity over separate samples (calibration): exp(mean over samples of the
+/// sample's mean token NLL). Samples of equal length are batched.
+PerplexityResult samples_perplexity(const model::CausalLM& lm, const std::vector<std::vector<int64_t>>& samples,
+                                    const PerplexityOptions& options = {});
+
+}  // namespace cur4llm::eval
+
+namespace cur4llm::eval {
+
+/// Mean next-token NLL of each row of `input_ids` [B, T] (float64 [B]), with
+/// the vocabulary projection done in token chunks so that no full fp32
+/// [B, T, vocab] logits tensor is ever made.
+at::Tensor sequence_nll(const model::CausalLM& lm, const at::Tensor& input_ids);
+
+}  // namespace cur4llm::eval

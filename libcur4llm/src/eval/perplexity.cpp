@@ -1,0 +1,124 @@
+#include <cur4llm/eval/perplexity.h>
+
+#include <cur4llm/model/causal_lm.h>
+#include <cur4llm/util/progress.h>
+
+#include <ATen/ATen.h>
+#include <c10/core/InferenceMode.h>
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cmath>
+#include <map>
+#include <memory>
+#include <stdexcept>
+
+namespace cur4llm::eval {
+namespace {
+
+// Tokens per chunk of the vocabulary projection: about 256 MiB of fp32 logits.
+int64_t logits_chunk_tokens(int64_t vocab) { return std::max<int64_t>(1, (int64_t{64} << 20) / std::max<int64_t>(vocab, 1)); }
+
+PerplexityResult finish(std::vector<double> nll, int64_t tokens) {
+  PerplexityResult r;
+  r.windows = static_cast<int64_t>(nll.size());
+  r.tokens = tokens;
+  double sum = 0;
+  for (double v : nll) sum += v;
+  r.mean_nll = nll.empty() ? 0.0 : sum / nll.size();
+  r.perplexity = std::exp(r.mean_nll);
+  r.window_nll = std::move(nll);
+  return r;
+}
+
+}  // namespace
+
+at::Tensor sequence_nll(const model::CausalLM& lm, const at::Tensor& input_ids) {
+  if (input_ids.dim() != 2 || input_ids.size(1) < 2) {
+    throw std::invalid_argument("sequence_nll: input ids must be [batch, tokens] with at least 2 tokens");
+  }
+  auto ids = input_ids.to(lm.device(), at::kLong);
+  auto h = lm.embed(input_ids);
+  for (int64_t i = 0; i < lm.num_layers(); ++i) h = lm.layer(i, h);
+  const int64_t b = ids.size(0), t = ids.size(1) - 1;
+  auto hidden = lm.final_hidden(h).narrow(1, 0, t).reshape({b * t, -1});
+  auto labels = ids.narrow(1, 1, t).reshape({b * t});
+  const auto& head = lm.linear("lm_head");
+  const int64_t chunk = logits_chunk_tokens(lm.config().vocab_size);
+  auto total = at::zeros({b * t}, hidden.options().dtype(at::kFloat));
+  for (int64_t start = 0; start < b * t; start += chunk) {
+    const int64_t n = std::min(chunk, b * t - start);
+    auto logits = head.forward(hidden.narrow(0, start, n)).to(at::kFloat);
+    auto lse = at::logsumexp(logits, -1);
+    auto picked = logits.gather(1, labels.narrow(0, start, n).unsqueeze(1)).squeeze(1);
+    total.narrow(0, start, n).copy_(lse - picked);
+  }
+  return total.view({b, t}).to(at::kDouble).mean(1);
+}
+
+PerplexityResult evaluate_perplexity(const model::CausalLM& lm, const std::vector<int64_t>& ids,
+                                     const PerplexityOptions& options) {
+  if (options.seqlen < 2) throw std::invalid_argument(fmt::format("seqlen must be at least 2, not {}", options.seqlen));
+  int64_t windows = static_cast<int64_t>(ids.size()) / options.seqlen;
+  if (windows == 0) {
+    throw std::invalid_argument(fmt::format("the text has {} tokens, fewer than one window of seqlen {}",
+                                            ids.size(), options.seqlen));
+  }
+  if (options.max_windows >= 0) windows = std::min(windows, options.max_windows);
+  auto all = at::from_blob(const_cast<int64_t*>(ids.data()), {windows, options.seqlen}, at::kLong);
+
+  c10::InferenceMode guard;
+  std::unique_ptr<util::Progress> progress;
+  if (options.show_progress) progress = std::make_unique<util::Progress>(options.label, windows, "windows");
+  const int64_t batch = std::max<int64_t>(1, options.batch_size);
+  std::vector<at::Tensor> parts;
+  for (int64_t start = 0; start < windows; start += batch) {
+    const int64_t n = std::min(batch, windows - start);
+    parts.push_back(sequence_nll(lm, all.narrow(0, start, n)));
+    if (progress) progress->advance(n);
+  }
+  auto nll = at::cat(parts).to(at::kCPU).contiguous();  // one host synchronisation, at the end
+  const double* p = nll.data_ptr<double>();
+  return finish(std::vector<double>(p, p + nll.numel()), static_cast<int64_t>(ids.size()));
+}
+
+PerplexityResult samples_perplexity(const model::CausalLM& lm, const std::vector<std::vector<int64_t>>& samples,
+                                    const PerplexityOptions& options) {
+  if (samples.empty()) throw std::invalid_argument("samples_perplexity: no samples");
+  c10::InferenceMode guard;
+  // Batch samples of equal length; keep each sample's NLL in its original slot.
+  std::map<size_t, std::vector<size_t>> by_length;
+  int64_t tokens = 0;
+  for (size_t i = 0; i < samples.size(); ++i) {
+    if (samples[i].size() < 2) throw std::invalid_argument(fmt::format("calibration sample {} has fewer than 2 tokens", i));
+    by_length[samples[i].size()].push_back(i);
+    tokens += static_cast<int64_t>(samples[i].size());
+  }
+  std::unique_ptr<util::Progress> progress;
+  if (options.show_progress) {
+    progress = std::make_unique<util::Progress>(options.label, static_cast<int64_t>(samples.size()), "samples");
+  }
+  const int64_t batch = std::max<int64_t>(1, options.batch_size);
+  std::vector<std::pair<std::vector<size_t>, at::Tensor>> parts;
+  for (const auto& [length, members] : by_length) {
+    for (size_t start = 0; start < members.size(); start += batch) {
+      const size_t n = std::min<size_t>(batch, members.size() - start);
+      auto ids = at::empty({static_cast<int64_t>(n), static_cast<int64_t>(length)}, at::kLong);
+      std::vector<size_t> which(members.begin() + start, members.begin() + start + n);
+      for (size_t r = 0; r < n; ++r) {
+        std::copy(samples[which[r]].begin(), samples[which[r]].end(), ids[r].data_ptr<int64_t>());
+      }
+      parts.emplace_back(which, sequence_nll(lm, ids));
+      if (progress) progress->advance(static_cast<int64_t>(n));
+    }
+  }
+  std::vector<double> nll(samples.size());
+  for (auto& [which, values] : parts) {
+    auto cpu = values.to(at::kCPU).contiguous();
+    for (size_t r = 0; r < which.size(); ++r) nll[which[r]] = cpu.data_ptr<double>()[r];
+  }
+  return finish(std::move(nll), tokens);
+}
+
+}  // namespace cur4llm::eval

@@ -1,0 +1,142 @@
+#include "architecture.h"
+
+#include <torch/version.h>
+
+#include <fmt/format.h>
+
+#include <cmath>
+#include <stdexcept>
+
+namespace cur4llm::model {
+
+const at::Tensor& Architecture::tensor(const CausalLM& lm, const std::string& name) {
+  auto it = lm.others_.find(name);
+  if (it == lm.others_.end()) throw std::logic_error("internal: tensor " + name + " was not loaded");
+  return it->second;
+}
+
+const at::Tensor* Architecture::optional_tensor(const CausalLM& lm, const std::string& name) {
+  auto it = lm.others_.find(name);
+  return it == lm.others_.end() ? nullptr : &it->second;
+}
+
+const LinearSlot& Architecture::slot(const CausalLM& lm, const std::string& name) { return lm.linear(name); }
+
+std::unique_ptr<Architecture> make_architecture(const ModelConfig& config) {
+  switch (config.family) {
+    case Family::Opt:
+      return make_opt(config);
+    case Family::Llama:
+      return make_llama(config);
+  }
+  throw std::logic_error("internal: unknown model family");
+}
+
+namespace detail {
+
+at::Tensor inverse_frequencies(const ModelConfig& c) {
+  // Computed in float32 exactly as transformers does, so that logits agree to round-off.
+  const int64_t dim = c.head_dim;
+  auto exponents = at::arange(0, dim, 2, at::kLong).to(at::kFloat) / static_cast<double>(dim);
+  auto inv_freq = 1.0 / at::pow(c.rope_theta, exponents);
+  const RopeScaling& s = c.rope_scaling;
+  if (s.type == "linear") {
+    inv_freq = inv_freq / s.factor;
+  } else if (s.type == "llama3") {
+    const double old_len = static_cast<double>(s.original_max_position_embeddings);
+    const double low_freq_wavelen = old_len / s.low_freq_factor;
+    const double high_freq_wavelen = old_len / s.high_freq_factor;
+    auto wavelen = 2 * M_PI / inv_freq;
+    auto scaled = at::where(wavelen > low_freq_wavelen, inv_freq / s.factor, inv_freq);
+    auto smooth = (old_len / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor);
+    auto smoothed = (1 - smooth) * scaled / s.factor + smooth * scaled;
+    auto medium = at::logical_not(wavelen < high_freq_wavelen).logical_and(at::logical_not(wavelen > low_freq_wavelen));
+    inv_freq = at::where(medium, smoothed, scaled);
+  }
+  return inv_freq;
+}
+
+Rotary rotary_tables(const ModelConfig& config, int64_t seq_len, c10::Device device) {
+  auto inv_freq = inverse_frequencies(config).to(device);
+  auto positions = at::arange(seq_len, at::TensorOptions().dtype(at::kFloat).device(device));
+  auto freqs = at::outer(positions, inv_freq);  // [T, head_dim/2]
+  auto emb = at::cat({freqs, freqs}, -1);
+  return {emb.cos(), emb.sin()};
+}
+
+namespace {
+
+at::Tensor rotate_half(const at::Tensor& x) {
+  const int64_t half = x.size(-1) / 2;
+  return at::cat({-x.narrow(-1, half, half), x.narrow(-1, 0, half)}, -1);
+}
+
+at::Tensor apply_rotary(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
+  return x * cos + rotate_half(x) * sin;
+}
+
+// [B, kv, T, d] -> [B, kv*groups, T, d], each KV head serving `groups` query heads.
+at::Tensor repeat_kv(const at::Tensor& x, int64_t groups) {
+  if (groups == 1) return x;
+  auto sizes = x.sizes();
+  return x.unsqueeze(2).expand({sizes[0], sizes[1], groups, sizes[2], sizes[3]}).reshape(
+      {sizes[0], sizes[1] * groups, sizes[2], sizes[3]});
+}
+
+// true where query i may attend to key j.
+at::Tensor allowed_mask(int64_t t, int64_t window, c10::Device device) {
+  auto i = at::arange(t, at::TensorOptions().dtype(at::kLong).device(device)).unsqueeze(1);
+  auto j = at::arange(t, at::TensorOptions().dtype(at::kLong).device(device)).unsqueeze(0);
+  auto allowed = j <= i;
+  if (window > 0) allowed = allowed.logical_and(i - j < window);
+  return allowed;
+}
+
+}  // namespace
+
+at::Tensor causal_attention(const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
+                            int64_t num_heads, int64_t num_kv_heads, int64_t head_dim, const Rotary* rotary,
+                            int64_t window) {
+  const int64_t b = q_in.size(0), t = q_in.size(1);
+  auto q = q_in.view({b, t, num_heads, head_dim}).transpose(1, 2);
+  auto k = k_in.view({b, t, num_kv_heads, head_dim}).transpose(1, 2);
+  auto v = v_in.view({b, t, num_kv_heads, head_dim}).transpose(1, 2);
+  if (rotary) {
+    auto cos = rotary->cos.to(q.scalar_type());
+    auto sin = rotary->sin.to(q.scalar_type());
+    q = apply_rotary(q, cos, sin);
+    k = apply_rotary(k, cos, sin);
+  }
+  k = repeat_kv(k, num_heads / num_kv_heads);
+  v = repeat_kv(v, num_heads / num_kv_heads);
+  const bool windowed = window > 0 && window < t;
+
+  at::Tensor out;
+#if TORCH_VERSION_MAJOR >= 2
+  // Flash / memory-efficient kernels where the device has them.
+  if (windowed) {
+    out = at::scaled_dot_product_attention(q, k, v, allowed_mask(t, window, q.device()), 0.0, false);
+  } else {
+    out = at::scaled_dot_product_attention(q, k, v, {}, 0.0, true);
+  }
+#else
+  // LibTorch 1.x: the eager formulation of transformers (softmax in float32).
+  auto scores = at::matmul(q, k.transpose(-2, -1)) * (1.0 / std::sqrt(static_cast<double>(head_dim)));
+  scores = scores.masked_fill(at::logical_not(allowed_mask(t, windowed ? window : 0, q.device())),
+                              -std::numeric_limits<double>::infinity());
+  auto probs = at::softmax(scores, -1, at::kFloat).to(q.scalar_type());
+  out = at::matmul(probs, v);
+#endif
+  return out.transpose(1, 2).reshape({b, t, num_heads * head_dim});
+}
+
+at::Tensor activation(const std::string& name, const at::Tensor& x) {
+  if (name == "relu") return at::relu(x);
+  if (name == "silu" || name == "swish") return at::silu(x);
+  if (name == "gelu") return at::gelu(x);
+  if (name == "gelu_new" || name == "gelu_pytorch_tanh" || name == "gelu_fast") return at::gelu(x, "tanh");
+  throw std::invalid_argument(fmt::format("activation \"{}\" is not supported", name));
+}
+
+}  // namespace detail
+}  // namespace cur4llm::model

@@ -1,0 +1,68 @@
+#pragma once
+// Internal: what differs between model families. Each family is a tensor-name
+// table (data) plus its forward functions; CausalLM owns the tensors.
+
+#include <cur4llm/model/causal_lm.h>
+
+#include <ATen/ATen.h>
+
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace cur4llm::model {
+
+/// One tensor the checkpoint must (or may) hold.
+struct ExpectedTensor {
+  std::string name;                 ///< full checkpoint key, e.g. "model.layers.0.self_attn.q_proj.weight"
+  std::vector<int64_t> shape;
+  bool linear_weight = false;       ///< the weight of a Linear slot (module name = name minus ".weight")
+  bool linear_bias = false;         ///< the bias of a Linear slot
+  int64_t layer = -1;
+  std::optional<LinearRole> role;
+  std::string tied_to;              ///< if absent from the checkpoint, use this tensor instead (tied lm_head)
+};
+
+class Architecture {
+ public:
+  virtual ~Architecture() = default;
+  /// Every tensor of the model, in model order; linear weights define the slots.
+  virtual std::vector<ExpectedTensor> expected_tensors() const = 0;
+  virtual at::Tensor embed(const CausalLM& lm, const at::Tensor& input_ids) const = 0;
+  virtual at::Tensor layer(const CausalLM& lm, int64_t index, const at::Tensor& hidden) const = 0;
+  virtual at::Tensor final_hidden(const CausalLM& lm, const at::Tensor& hidden) const = 0;
+
+ protected:
+  // CausalLM's members, for the families (friendship is not inherited).
+  static const at::Tensor& tensor(const CausalLM& lm, const std::string& name);
+  static const at::Tensor* optional_tensor(const CausalLM& lm, const std::string& name);
+  static const LinearSlot& slot(const CausalLM& lm, const std::string& name);
+};
+
+/// The registry: picks the architecture for config.model_type.
+std::unique_ptr<Architecture> make_architecture(const ModelConfig& config);
+std::unique_ptr<Architecture> make_opt(const ModelConfig& config);
+std::unique_ptr<Architecture> make_llama(const ModelConfig& config);
+
+namespace detail {
+
+/// Rotary cos/sin tables [T, head_dim] in float32 for positions 0..T-1.
+struct Rotary {
+  at::Tensor cos;
+  at::Tensor sin;
+};
+Rotary rotary_tables(const ModelConfig& config, int64_t seq_len, c10::Device device);
+at::Tensor inverse_frequencies(const ModelConfig& config);
+
+/// Causal multi-head attention with grouped KV heads on [B, T, heads*head_dim]
+/// inputs. `rotary` (if given) is applied to q and k; `window` > 0 limits each
+/// query to the last `window` keys (Mistral). Scale is 1/sqrt(head_dim).
+at::Tensor causal_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t num_heads,
+                            int64_t num_kv_heads, int64_t head_dim, const Rotary* rotary, int64_t window);
+
+/// The activation named by config.json ("relu", "silu", "gelu", "gelu_new", ...).
+at::Tensor activation(const std::string& name, const at::Tensor& x);
+
+}  // namespace detail
+}  // namespace cur4llm::model

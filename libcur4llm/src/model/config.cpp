@@ -1,0 +1,209 @@
+#include <cur4llm/model/config.h>
+
+#include <cur4llm/io/files.h>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include <functional>
+#include <map>
+#include <stdexcept>
+
+namespace cur4llm::model {
+namespace {
+
+using Json = nlohmann::json;
+
+// Typed access to config.json keys; every error names the key and the file.
+class Keys {
+ public:
+  Keys(const Json& j, std::string source) : j_(j), source_(std::move(source)) {}
+
+  bool has(const char* key) const { return j_.contains(key) && !j_.at(key).is_null(); }
+
+  int64_t integer(const char* key) const {
+    if (!has(key)) throw error(key, "is missing");
+    const Json& v = j_.at(key);
+    if (!v.is_number_integer()) throw error(key, "must be an integer");
+    return v.get<int64_t>();
+  }
+  int64_t integer(const char* key, int64_t fallback) const { return has(key) ? integer(key) : fallback; }
+  int64_t positive(const char* key) const {
+    int64_t v = integer(key);
+    if (v <= 0) throw error(key, fmt::format("must be positive, not {}", v));
+    return v;
+  }
+  int64_t positive(const char* key, int64_t fallback) const { return has(key) ? positive(key) : fallback; }
+
+  double number(const char* key, double fallback) const {
+    if (!has(key)) return fallback;
+    const Json& v = j_.at(key);
+    if (!v.is_number()) throw error(key, "must be a number");
+    return v.get<double>();
+  }
+  bool boolean(const char* key, bool fallback) const {
+    if (!has(key)) return fallback;
+    const Json& v = j_.at(key);
+    if (!v.is_boolean()) throw error(key, "must be true or false");
+    return v.get<bool>();
+  }
+  std::string string(const char* key, const std::string& fallback) const {
+    if (!has(key)) return fallback;
+    const Json& v = j_.at(key);
+    if (!v.is_string()) throw error(key, "must be a string");
+    return v.get<std::string>();
+  }
+  // bos/eos ids may be an int or a list of ints (LLaMA-3 eos); the first counts.
+  int64_t token_id(const char* key) const {
+    if (!has(key)) return -1;
+    const Json& v = j_.at(key);
+    if (v.is_number_integer()) return v.get<int64_t>();
+    if (v.is_array() && !v.empty() && v.front().is_number_integer()) return v.front().get<int64_t>();
+    throw error(key, "must be an integer or a list of integers");
+  }
+
+  std::runtime_error error(const std::string& key, const std::string& what) const {
+    return std::runtime_error(fmt::format("{}: \"{}\" {}", source_, key, what));
+  }
+  const Json& json() const { return j_; }
+  const std::string& source() const { return source_; }
+
+ private:
+  const Json& j_;
+  std::string source_;
+};
+
+void parse_opt(const Keys& k, ModelConfig& c) {
+  c.family = Family::Opt;
+  c.hidden_size = k.positive("hidden_size");
+  c.intermediate_size = k.positive("ffn_dim");
+  c.num_heads = k.positive("num_attention_heads");
+  c.num_kv_heads = c.num_heads;
+  c.word_embed_proj_dim = k.positive("word_embed_proj_dim", c.hidden_size);
+  c.do_layer_norm_before = k.boolean("do_layer_norm_before", true);
+  c.final_layer_norm = c.do_layer_norm_before && !k.boolean("_remove_final_layer_norm", false);
+  c.layer_norm_affine = k.boolean("layer_norm_elementwise_affine", true);
+  c.enable_bias = k.boolean("enable_bias", true);
+  c.hidden_act = k.string("activation_function", "relu");
+  c.norm_eps = 1e-5;  // nn.LayerNorm's default; OPT has no key for it
+  c.tie_word_embeddings = k.boolean("tie_word_embeddings", true);
+}
+
+void parse_rope(const Keys& k, ModelConfig& c) {
+  // transformers 5 writes "rope_parameters" (with rope_theta inside); older
+  // configs have "rope_theta" and "rope_scaling" at the top level.
+  const Json& j = k.json();
+  const Json* scaling = nullptr;
+  std::string scaling_key;
+  for (const char* key : {"rope_parameters", "rope_scaling"}) {
+    if (k.has(key)) {
+      if (!j.at(key).is_object()) throw k.error(key, "must be an object");
+      scaling = &j.at(key);
+      scaling_key = key;
+      break;
+    }
+  }
+  c.rope_theta = k.number("rope_theta", 10000.0);
+  if (!scaling) return;
+  Keys s(*scaling, fmt::format("{} (\"{}\")", k.source(), scaling_key));
+  c.rope_theta = s.number("rope_theta", c.rope_theta);
+  std::string type = s.string("rope_type", s.string("type", "default"));
+  if (type == "default") return;
+  if (type != "linear" && type != "llama3") {
+    throw s.error("rope_type", fmt::format("\"{}\" is not supported (supported: default, linear, llama3)", type));
+  }
+  c.rope_scaling.type = type;
+  c.rope_scaling.factor = s.number("factor", 1.0);
+  if (c.rope_scaling.factor <= 0) throw s.error("factor", "must be positive");
+  if (type == "llama3") {
+    c.rope_scaling.low_freq_factor = s.number("low_freq_factor", 1.0);
+    c.rope_scaling.high_freq_factor = s.number("high_freq_factor", 4.0);
+    c.rope_scaling.original_max_position_embeddings = s.positive("original_max_position_embeddings");
+    if (c.rope_scaling.high_freq_factor <= c.rope_scaling.low_freq_factor) {
+      throw s.error("high_freq_factor", "must exceed low_freq_factor");
+    }
+  }
+}
+
+void parse_llama_family(const Keys& k, ModelConfig& c) {
+  c.family = Family::Llama;
+  c.hidden_size = k.positive("hidden_size");
+  c.intermediate_size = k.positive("intermediate_size");
+  c.num_heads = k.positive("num_attention_heads");
+  c.num_kv_heads = k.positive("num_key_value_heads", c.num_heads);
+  if (c.num_heads % c.num_kv_heads != 0) {
+    throw k.error("num_key_value_heads",
+                  fmt::format("({}) must divide num_attention_heads ({})", c.num_kv_heads, c.num_heads));
+  }
+  c.head_dim = k.positive("head_dim", 0);
+  c.norm_eps = k.number("rms_norm_eps", 1e-6);
+  c.hidden_act = k.string("hidden_act", "silu");
+  c.tie_word_embeddings = k.boolean("tie_word_embeddings", false);
+  c.mlp_bias = k.boolean("mlp_bias", false);
+  if (c.model_type == "qwen2") {
+    c.attention_bias = true;  // Qwen2 always has q/k/v biases and none on o_proj
+    c.attention_out_bias = false;
+    if (k.boolean("use_sliding_window", false)) c.sliding_window = k.positive("sliding_window", 0);
+  } else {
+    c.attention_bias = k.boolean("attention_bias", false);
+    c.attention_out_bias = c.attention_bias;
+    if (c.model_type == "mistral") c.sliding_window = k.has("sliding_window") ? k.positive("sliding_window") : 0;
+  }
+  parse_rope(k, c);
+}
+
+using Parser = std::function<void(const Keys&, ModelConfig&)>;
+
+// The registry: config.json model_type -> how its hyper-parameters are read.
+const std::map<std::string, Parser>& registry() {
+  static const std::map<std::string, Parser> table = {
+      {"opt", parse_opt},
+      {"llama", parse_llama_family},
+      {"mistral", parse_llama_family},
+      {"qwen2", parse_llama_family},
+  };
+  return table;
+}
+
+}  // namespace
+
+ModelConfig ModelConfig::from_json(const std::string& text, const std::string& source) {
+  Json j;
+  try {
+    j = Json::parse(text);
+  } catch (const nlohmann::json::exception& e) {
+    throw std::runtime_error(fmt::format("{}: not valid JSON ({})", source, e.what()));
+  }
+  if (!j.is_object()) throw std::runtime_error(fmt::format("{}: expected a JSON object", source));
+  Keys k(j, source);
+  ModelConfig c;
+  c.model_type = k.string("model_type", "");
+  if (c.model_type.empty()) throw k.error("model_type", "is missing");
+  auto it = registry().find(c.model_type);
+  if (it == registry().end()) {
+    std::string known;
+    for (const auto& [name, parser] : registry()) known += (known.empty() ? "" : ", ") + name;
+    throw k.error("model_type", fmt::format("\"{}\" is not supported (supported: {})", c.model_type, known));
+  }
+  c.vocab_size = k.positive("vocab_size");
+  c.num_layers = k.positive("num_hidden_layers");
+  c.max_position_embeddings = k.positive("max_position_embeddings", 2048);
+  c.torch_dtype = k.string("dtype", k.string("torch_dtype", ""));
+  c.bos_token_id = k.token_id("bos_token_id");
+  c.eos_token_id = k.token_id("eos_token_id");
+  it->second(k, c);
+  if (c.head_dim == 0) {
+    if (c.hidden_size % c.num_heads != 0) {
+      throw k.error("num_attention_heads",
+                    fmt::format("({}) must divide hidden_size ({})", c.num_heads, c.hidden_size));
+    }
+    c.head_dim = c.hidden_size / c.num_heads;
+  }
+  return c;
+}
+
+ModelConfig ModelConfig::from_file(const std::filesystem::path& path) {
+  return from_json(io::read_file(path), path.string());
+}
+
+}  // namespace cur4llm::model

@@ -1,0 +1,110 @@
+// The LLaMA family (llama, mistral, qwen2): RMSNorm before each block, rotary
+// position embeddings, grouped-query attention, SiLU-gated MLP. The members
+// differ only in data: attention biases (Qwen2), a sliding window (Mistral),
+// RoPE scaling (LLaMA-3), tied or untied lm_head.
+#include "architecture.h"
+
+#include <fmt/format.h>
+
+#include <mutex>
+
+namespace cur4llm::model {
+namespace {
+
+std::string layer_name(int64_t i, const char* rest) { return fmt::format("model.layers.{}.{}", i, rest); }
+
+struct LayerNames {
+  std::string q, k, v, o, gate, up, down, attn_norm, ffn_norm;
+};
+
+class Llama final : public Architecture {
+ public:
+  explicit Llama(const ModelConfig& c) : c_(c) {
+    for (int64_t i = 0; i < c.num_layers; ++i) {
+      layers_.push_back({layer_name(i, "self_attn.q_proj"), layer_name(i, "self_attn.k_proj"),
+                         layer_name(i, "self_attn.v_proj"), layer_name(i, "self_attn.o_proj"),
+                         layer_name(i, "mlp.gate_proj"), layer_name(i, "mlp.up_proj"), layer_name(i, "mlp.down_proj"),
+                         layer_name(i, "input_layernorm.weight"), layer_name(i, "post_attention_layernorm.weight")});
+    }
+  }
+
+  std::vector<ExpectedTensor> expected_tensors() const override {
+    const int64_t h = c_.hidden_size, f = c_.intermediate_size;
+    const int64_t q_dim = c_.num_heads * c_.head_dim, kv_dim = c_.num_kv_heads * c_.head_dim;
+    std::vector<ExpectedTensor> out;
+    out.push_back({"model.embed_tokens.weight", {c_.vocab_size, h}});
+    auto linear = [&](const std::string& module, int64_t out_f, int64_t in_f, bool bias, int64_t layer,
+                      LinearRole role) {
+      out.push_back({module + ".weight", {out_f, in_f}, true, false, layer, role});
+      if (bias) out.push_back({module + ".bias", {out_f}, false, true, layer, role});
+    };
+    for (int64_t i = 0; i < c_.num_layers; ++i) {
+      const LayerNames& n = layers_[i];
+      out.push_back({n.attn_norm, {h}});
+      linear(n.q, q_dim, h, c_.attention_bias, i, LinearRole::Q);
+      linear(n.k, kv_dim, h, c_.attention_bias, i, LinearRole::K);
+      linear(n.v, kv_dim, h, c_.attention_bias, i, LinearRole::V);
+      linear(n.o, h, q_dim, c_.attention_out_bias, i, LinearRole::O);
+      out.push_back({n.ffn_norm, {h}});
+      linear(n.gate, f, h, c_.mlp_bias, i, LinearRole::Gate);
+      linear(n.up, f, h, c_.mlp_bias, i, LinearRole::Up);
+      linear(n.down, h, f, c_.mlp_bias, i, LinearRole::Down);
+    }
+    out.push_back({"model.norm.weight", {h}});
+    ExpectedTensor head{"lm_head.weight", {c_.vocab_size, h}, true};
+    if (c_.tie_word_embeddings) head.tied_to = "model.embed_tokens.weight";
+    out.push_back(head);
+    return out;
+  }
+
+  at::Tensor embed(const CausalLM& lm, const at::Tensor& ids) const override {
+    return at::embedding(tensor(lm, "model.embed_tokens.weight"), ids);
+  }
+
+  at::Tensor layer(const CausalLM& lm, int64_t i, const at::Tensor& hidden) const override {
+    const LayerNames& n = layers_.at(i);
+    const detail::Rotary rotary = rotary_for(hidden.size(1), hidden.device());
+    auto x = rms_norm(tensor(lm, n.attn_norm), hidden);
+    auto q = slot(lm, n.q).forward(x), k = slot(lm, n.k).forward(x), v = slot(lm, n.v).forward(x);
+    auto attn = detail::causal_attention(q, k, v, c_.num_heads, c_.num_kv_heads, c_.head_dim, &rotary,
+                                         c_.sliding_window);
+    auto h = hidden + slot(lm, n.o).forward(attn);
+    x = rms_norm(tensor(lm, n.ffn_norm), h);
+    auto gated = detail::activation(c_.hidden_act, slot(lm, n.gate).forward(x)) * slot(lm, n.up).forward(x);
+    return h + slot(lm, n.down).forward(gated);
+  }
+
+  at::Tensor final_hidden(const CausalLM& lm, const at::Tensor& hidden) const override {
+    return rms_norm(tensor(lm, "model.norm.weight"), hidden);
+  }
+
+ private:
+  // As transformers: normalise in float32, cast back, then scale.
+  at::Tensor rms_norm(const at::Tensor& weight, const at::Tensor& x) const {
+    auto xf = x.to(at::kFloat);
+    auto variance = xf.pow(2).mean(-1, /*keepdim=*/true);
+    return weight * (xf * at::rsqrt(variance + c_.norm_eps)).to(x.scalar_type());
+  }
+
+  // The tables depend only on the length and device; every layer of a forward reuses them.
+  detail::Rotary rotary_for(int64_t t, c10::Device device) const {
+    std::lock_guard<std::mutex> lock(rotary_mutex_);
+    if (!rotary_.cos.defined() || rotary_len_ != t || rotary_.cos.device() != device) {
+      rotary_ = detail::rotary_tables(c_, t, device);
+      rotary_len_ = t;
+    }
+    return rotary_;
+  }
+
+  ModelConfig c_;
+  std::vector<LayerNames> layers_;
+  mutable std::mutex rotary_mutex_;
+  mutable detail::Rotary rotary_;
+  mutable int64_t rotary_len_ = -1;
+};
+
+}  // namespace
+
+std::unique_ptr<Architecture> make_llama(const ModelConfig& config) { return std::make_unique<Llama>(config); }
+
+}  // namespace cur4llm::model

@@ -1,0 +1,254 @@
+// The forward pass against Hugging Face transformers: logits, loss and every
+// layer's hidden states of tiny random checkpoints (tests/fixtures/make_fixtures.py).
+#include <cur4llm/eval/perplexity.h>
+#include <cur4llm/io/safetensors.h>
+#include <cur4llm/model/causal_lm.h>
+
+#include <ATen/ATen.h>
+#include <torch/version.h>
+
+#include "test_paths.h"
+
+#include <fstream>
+#include <iterator>
+#include <string>
+
+using cur4llm::io::SafetensorsFile;
+using cur4llm::model::CausalLM;
+using cur4llm::model::LoadOptions;
+namespace fs = std::filesystem;
+
+namespace {
+
+fs::path model_dir(const std::string& name) { return cur4llm::test::fixture_dir() / "models" / name; }
+
+double max_abs_diff(const at::Tensor& a, const at::Tensor& b) {
+  REQUIRE(a.sizes() == b.sizes());
+  return (a.to(at::kDouble).cpu() - b.to(at::kDouble).cpu()).abs().max().item<double>();
+}
+
+// Normalised mean squared error, as llama.cpp's test-backend-ops compares.
+double nmse(const at::Tensor& got, const at::Tensor& want) {
+  auto g = got.to(at::kDouble).cpu(), w = want.to(at::kDouble).cpu();
+  return ((g - w).pow(2).sum() / w.pow(2).sum()).item<double>();
+}
+
+// Copies a fixture folder to a scratch folder so that a test can damage it.
+fs::path scratch_copy(const std::string& name, const std::string& tag) {
+  fs::path dst = fs::temp_directory_path() / ("cur4llm_test_model_" + tag);
+  fs::remove_all(dst);
+  fs::copy(model_dir(name), dst, fs::copy_options::recursive);
+  return dst;
+}
+
+std::string slurp(const fs::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+}
+
+void spit(const fs::path& p, const std::string& s) { std::ofstream(p, std::ios::binary | std::ios::trunc) << s; }
+
+void replace_in_file(const fs::path& p, const std::string& from, const std::string& to) {
+  std::string s = slurp(p);
+  auto at = s.find(from);
+  REQUIRE(at != std::string::npos);
+  s.replace(at, from.size(), to);
+  spit(p, s);
+}
+
+void check_against_reference(const std::string& name, const LoadOptions& options, double logits_tol) {
+  INFO("fixture " << name);
+  auto lm = CausalLM::load(model_dir(name), options);
+  SafetensorsFile ref(model_dir(name) / "reference.safetensors");
+  auto ids = ref.load("input_ids");
+
+  at::Tensor logits;
+  {
+    c10::InferenceMode guard;
+    logits = lm->forward(ids);
+  }
+  CHECK(max_abs_diff(logits, ref.load("logits")) < logits_tol);
+
+  // One layer at a time reproduces transformers' hidden states after each layer.
+  c10::InferenceMode guard;
+  auto h = lm->embed(ids);
+  CHECK(max_abs_diff(h, ref.load("hidden_states.0")) < logits_tol);
+  const int64_t n = lm->num_layers();
+  for (int64_t i = 0; i < n; ++i) {
+    h = lm->layer(i, h);
+    const auto key = "hidden_states." + std::to_string(i + 1);
+    // transformers' last entry is taken after the final norm (and OPT's project_out).
+    auto got = i + 1 == n ? lm->final_hidden(h) : h;
+    INFO("after layer " << i);
+    CHECK(max_abs_diff(got, ref.load(key)) < logits_tol);
+  }
+  // transformers' loss: mean token cross-entropy over the batch (rows have equal length).
+  const double loss = cur4llm::eval::sequence_nll(*lm, ids).mean().item<double>();
+  CHECK(loss == Approx(ref.load("loss").item<double>()).epsilon(1e-5));
+}
+
+}  // namespace
+
+TEST_CASE("fp32 logits equal transformers' for every fixture", "[model][numerics]") {
+  for (const char* name : {"opt_pre", "opt_proj_post", "llama_gqa", "llama3_rope", "qwen2_bias", "mistral_window",
+                           "llama_gqa_sharded", "llama_gqa_bf16", "opt_pre_fp16"}) {
+    check_against_reference(name, {}, 1e-4);
+  }
+}
+
+TEST_CASE("bf16 and fp16 inference on the CPU stay within dtype tolerance", "[model][numerics]") {
+  for (const char* name : {"llama_gqa", "opt_pre", "qwen2_bias"}) {
+    INFO("fixture " << name);
+    SafetensorsFile ref(model_dir(name) / "reference.safetensors");
+    auto want = ref.load("logits");
+    for (auto dtype : {at::kBFloat16, at::kHalf}) {
+      LoadOptions options;
+      options.dtype = dtype;
+#if TORCH_VERSION_MAJOR < 2
+      if (dtype == at::kHalf) {  // LibTorch 1.13 has no fp16 matmul on the CPU: refused up front
+        CHECK_THROWS_WITH(CausalLM::load(model_dir(name), options),
+                          Catch::Contains("Half") && Catch::Contains("not supported"));
+        continue;
+      }
+#endif
+      auto lm = CausalLM::load(model_dir(name), options);
+      REQUIRE(lm->dtype() == dtype);
+      c10::InferenceMode guard;
+      auto logits = lm->forward(ref.load("input_ids"));
+      CHECK(logits.scalar_type() == dtype);
+      CHECK(nmse(logits, want) < (dtype == at::kBFloat16 ? 1e-3 : 1e-5));
+    }
+  }
+}
+
+TEST_CASE("CUDA fp32 and bf16 logits match transformers", "[model][cuda]") {
+  CUR4LLM_REQUIRE_CUDA();
+  for (const char* name : {"opt_pre", "opt_proj_post", "llama_gqa", "llama3_rope", "qwen2_bias", "mistral_window"}) {
+    LoadOptions fp32;
+    fp32.device = c10::Device(c10::kCUDA);
+    fp32.dtype = at::kFloat;
+    check_against_reference(name, fp32, 2e-4);
+    LoadOptions bf16 = fp32;
+    bf16.dtype = at::kBFloat16;
+    auto lm = CausalLM::load(model_dir(name), bf16);
+    SafetensorsFile ref(model_dir(name) / "reference.safetensors");
+    c10::InferenceMode guard;
+    auto logits = lm->forward(ref.load("input_ids"));
+    INFO("fixture " << name << " bf16 on CUDA");
+    CHECK(logits.device().is_cuda());
+    CHECK(nmse(logits, ref.load("logits")) < 1e-3);
+  }
+}
+
+TEST_CASE("configs are parsed into the typed struct", "[model][unit]") {
+  auto opt = cur4llm::model::ModelConfig::from_file(model_dir("opt_proj_post") / "config.json");
+  CHECK(opt.family == cur4llm::model::Family::Opt);
+  CHECK(opt.word_embed_proj_dim == 16);
+  CHECK(opt.hidden_size == 32);
+  CHECK_FALSE(opt.do_layer_norm_before);
+  CHECK_FALSE(opt.final_layer_norm);
+  CHECK(opt.tie_word_embeddings);
+
+  auto l3 = cur4llm::model::ModelConfig::from_file(model_dir("llama3_rope") / "config.json");
+  CHECK(l3.rope_scaling.type == "llama3");
+  CHECK(l3.rope_theta == 500000.0);
+  CHECK(l3.rope_scaling.original_max_position_embeddings == 8);
+  CHECK(l3.num_kv_heads == 2);
+  CHECK(l3.head_dim == 8);
+
+  auto qwen = cur4llm::model::ModelConfig::from_file(model_dir("qwen2_bias") / "config.json");
+  CHECK(qwen.attention_bias);
+  CHECK_FALSE(qwen.attention_out_bias);
+  auto mistral = cur4llm::model::ModelConfig::from_file(model_dir("mistral_window") / "config.json");
+  CHECK(mistral.sliding_window == 5);
+}
+
+TEST_CASE("Linear slots are named as in Hugging Face and can be swapped", "[model][unit]") {
+  auto lm = CausalLM::load(model_dir("llama_gqa"));
+  const auto& infos = lm->linears();
+  REQUIRE(infos.size() == 2 * 7 + 1);
+  CHECK(infos.front().name == "model.layers.0.self_attn.q_proj");
+  CHECK(infos.back().name == "lm_head");
+  CHECK(lm->linear("model.layers.1.self_attn.k_proj").out_features() == 16);  // 2 KV heads x 8
+  CHECK(lm->linear("model.layers.1.mlp.down_proj").in_features() == 48);
+  CHECK_THROWS_WITH(lm->linear("model.layers.9.self_attn.q_proj"), Catch::Contains("model.layers.9.self_attn.q_proj"));
+
+  SafetensorsFile ref(model_dir("llama_gqa") / "reference.safetensors");
+  auto ids = ref.load("input_ids");
+  c10::InferenceMode guard;
+  auto before = lm->forward(ids);
+  const std::string name = "model.layers.0.mlp.up_proj";
+  auto original = lm->linear_ptr(name);
+  auto zero = std::make_shared<cur4llm::model::DenseLinear>(at::zeros_like(original->reconstruct_weight()), at::Tensor());
+  auto previous = lm->replace_linear(name, zero);
+  CHECK(previous == original);
+  CHECK(max_abs_diff(lm->forward(ids), before) > 1e-3);  // the swapped layer is used
+  lm->replace_linear(name, original);
+  CHECK(max_abs_diff(lm->forward(ids), before) == 0.0);
+  auto wrong = std::make_shared<cur4llm::model::DenseLinear>(at::zeros({3, 3}), at::Tensor());
+  CHECK_THROWS_AS(lm->replace_linear(name, wrong), std::invalid_argument);
+}
+
+TEST_CASE("tied lm_head shares the embedding, untied reads its own tensor", "[model][unit]") {
+  auto tied = CausalLM::load(model_dir("qwen2_bias"));
+  CHECK(tied->linear("lm_head").reconstruct_weight().data_ptr() ==
+        tied->other_tensors().at("model.embed_tokens.weight").data_ptr());
+  auto untied = CausalLM::load(model_dir("llama_gqa"));
+  CHECK(max_abs_diff(untied->linear("lm_head").reconstruct_weight(),
+                     untied->other_tensors().at("model.embed_tokens.weight")) > 0.1);
+}
+
+TEST_CASE("bad checkpoints give one clear error naming the file and tensor", "[model][errors]") {
+  SECTION("no config.json") {
+    fs::path dir = fs::temp_directory_path() / "cur4llm_test_model_empty";
+    fs::remove_all(dir);
+    fs::create_directories(dir);
+    CHECK_THROWS_WITH(CausalLM::load(dir), Catch::Contains("no config.json") && Catch::Contains(dir.string()));
+  }
+  SECTION("config.json that lies about a shape") {
+    auto dir = scratch_copy("llama_gqa", "lies");
+    replace_in_file(dir / "config.json", "\"intermediate_size\": 48", "\"intermediate_size\": 40");
+    CHECK_THROWS_WITH(CausalLM::load(dir), Catch::Contains("model.layers.0.mlp.gate_proj.weight") &&
+                                               Catch::Contains("[48, 32]") && Catch::Contains("[40, 32]") &&
+                                               Catch::Contains("model.safetensors"));
+  }
+  SECTION("unknown model_type") {
+    auto dir = scratch_copy("llama_gqa", "type");
+    replace_in_file(dir / "config.json", "\"model_type\": \"llama\"", "\"model_type\": \"gpt_neox\"");
+    CHECK_THROWS_WITH(CausalLM::load(dir), Catch::Contains("gpt_neox") && Catch::Contains("model_type") &&
+                                               Catch::Contains("config.json"));
+  }
+  SECTION("malformed config.json") {
+    auto dir = scratch_copy("llama_gqa", "json");
+    spit(dir / "config.json", "{\"model_type\": \"llama\", ");
+    CHECK_THROWS_WITH(CausalLM::load(dir), Catch::Contains("config.json") && Catch::Contains("JSON"));
+  }
+  SECTION("missing key") {
+    auto dir = scratch_copy("llama_gqa", "key");
+    replace_in_file(dir / "config.json", "\"hidden_size\": 32,", "");
+    CHECK_THROWS_WITH(CausalLM::load(dir), Catch::Contains("hidden_size") && Catch::Contains("missing"));
+  }
+  SECTION("missing tensor") {
+    auto dir = scratch_copy("llama_gqa", "tensor");
+    SafetensorsFile file(model_dir("llama_gqa") / "model.safetensors");
+    std::vector<std::pair<std::string, at::Tensor>> kept;
+    for (const auto& n : file.names()) {
+      if (n != "model.layers.1.self_attn.v_proj.weight") kept.emplace_back(n, file.load(n));
+    }
+    cur4llm::io::save_safetensors(dir / "model.safetensors", kept);
+    CHECK_THROWS_WITH(CausalLM::load(dir), Catch::Contains("model.layers.1.self_attn.v_proj.weight") &&
+                                               Catch::Contains("missing"));
+  }
+  SECTION("unsupported RoPE scaling") {
+    auto dir = scratch_copy("llama3_rope", "rope");
+    replace_in_file(dir / "config.json", "\"rope_type\": \"llama3\"", "\"rope_type\": \"yarn\"");
+    CHECK_THROWS_WITH(CausalLM::load(dir), Catch::Contains("yarn") && Catch::Contains("rope_type"));
+  }
+}
+
+TEST_CASE("out-of-vocabulary ids and too long OPT inputs are refused", "[model][errors]") {
+  auto lm = CausalLM::load(model_dir("opt_pre"));
+  c10::InferenceMode guard;
+  CHECK_THROWS_WITH(lm->forward(at::full({1, 4}, 128, at::kLong)), Catch::Contains("outside the vocabulary"));
+  CHECK_THROWS_WITH(lm->forward(at::zeros({1, 65}, at::kLong)), Catch::Contains("max_position_embeddings"));
+}

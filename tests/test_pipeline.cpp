@@ -1,0 +1,120 @@
+// Text -> tokens -> perplexity, end to end, against transformers' figures
+// (tests/data/reference.json and tiny_opt_reference.json, made by the scripts
+// in tests/fixtures on the GPU host).
+#include <cur4llm/data/text_data.h>
+#include <cur4llm/eval/perplexity.h>
+#include <cur4llm/model/causal_lm.h>
+#include <cur4llm/tokenize/tokenizer.h>
+
+#include <ATen/ATen.h>
+#include <nlohmann/json.hpp>
+
+#include "test_paths.h"
+
+#include <fstream>
+
+using cur4llm::data::Purpose;
+using cur4llm::model::CausalLM;
+namespace fs = std::filesystem;
+
+namespace {
+
+nlohmann::json read_json(const fs::path& p) {
+  std::ifstream in(p);
+  REQUIRE(in.good());
+  return nlohmann::json::parse(in);
+}
+
+}  // namespace
+
+TEST_CASE("trained tiny OPT: perplexity equals transformers' on the carried text", "[pipeline][model]") {
+  const auto ref = read_json(cur4llm::test::fixture_dir() / "tiny_opt_reference.json");
+  const auto folder = cur4llm::test::fixture_dir() / "models" / "tiny-shakespeare-opt";
+  auto tokenizer = cur4llm::tokenize::load_tokenizer(folder);
+  auto lm = CausalLM::load(folder);
+  auto text = cur4llm::data::load_text((cur4llm::test::fixture_dir() / "text" / "shakespeare_tail.txt").string(),
+                                       Purpose::Evaluation, "unused");
+  auto ids = tokenizer->encode(text.text);
+  CHECK(static_cast<int64_t>(ids.size()) == ref.at("tail_tokens").get<int64_t>());
+  cur4llm::eval::PerplexityOptions options;
+  options.seqlen = 128;
+  options.batch_size = 8;
+  auto r = cur4llm::eval::evaluate_perplexity(*lm, ids, options);
+  CHECK(r.windows == ref.at("tail_windows_seqlen128").get<int64_t>());
+  CHECK(r.perplexity == Approx(ref.at("tail_ppl_seqlen128").get<double>()).epsilon(1e-4));
+}
+
+TEST_CASE("batching windows does not change the perplexity", "[pipeline]") {
+  const auto folder = cur4llm::test::fixture_dir() / "models" / "tiny-shakespeare-opt";
+  auto tokenizer = cur4llm::tokenize::load_tokenizer(folder);
+  auto lm = CausalLM::load(folder);
+  auto text = cur4llm::data::load_text((cur4llm::test::fixture_dir() / "text" / "shakespeare_tail.txt").string(),
+                                       Purpose::Evaluation, "unused");
+  auto ids = tokenizer->encode(text.text);
+  cur4llm::eval::PerplexityOptions one, many;
+  one.seqlen = many.seqlen = 64;
+  one.max_windows = many.max_windows = 12;
+  many.batch_size = 5;  // 5 + 5 + 2
+  auto a = cur4llm::eval::evaluate_perplexity(*lm, ids, one);
+  auto b = cur4llm::eval::evaluate_perplexity(*lm, ids, many);
+  REQUIRE(a.windows == 12);
+  REQUIRE(b.windows == 12);
+  for (size_t i = 0; i < 12; ++i) CHECK(a.window_nll[i] == Approx(b.window_nll[i]).epsilon(1e-6));
+  // Calibration-style scoring of the same windows as separate samples agrees too.
+  std::vector<std::vector<int64_t>> samples;
+  for (int i = 0; i < 12; ++i) samples.emplace_back(ids.begin() + i * 64, ids.begin() + (i + 1) * 64);
+  auto c = cur4llm::eval::samples_perplexity(*lm, samples, many);
+  CHECK(c.perplexity == Approx(a.perplexity).epsilon(1e-6));
+}
+
+TEST_CASE("stories260K: perplexity on TinyStories equals transformers' within 0.1%", "[pipeline][model][shared]") {
+  CUR4LLM_REQUIRE_SHARED_DATA(shared);
+  const auto ref = read_json(cur4llm::test::fixture_dir() / "reference.json").at("stories260K");
+  const auto folder = shared / "models" / "stories260K-hf";
+  auto tokenizer = cur4llm::tokenize::load_tokenizer(folder);
+  auto lm = CausalLM::load(folder);
+  auto text = cur4llm::data::load_text((shared / "text" / "tinystories" / "tinystories_eval.txt").string(),
+                                       Purpose::Evaluation, shared / "text");
+  auto ids = tokenizer->encode(text.text);
+  cur4llm::eval::PerplexityOptions options;
+  options.seqlen = 512;
+  options.batch_size = 16;
+  auto r = cur4llm::eval::evaluate_perplexity(*lm, ids, options);
+  CHECK(r.windows == ref.at("tinystories_eval_windows").get<int64_t>());
+  CHECK(r.perplexity == Approx(ref.at("tinystories_eval_ppl_seqlen512").get<double>()).epsilon(1e-3));
+}
+
+TEST_CASE("stories260K: wikitext2 test perplexity equals transformers' within 0.1%", "[pipeline][model][shared]") {
+  CUR4LLM_REQUIRE_SHARED_DATA(shared);
+  const auto ref = read_json(cur4llm::test::fixture_dir() / "reference.json").at("stories260K");
+  const auto folder = shared / "models" / "stories260K-hf";
+  auto tokenizer = cur4llm::tokenize::load_tokenizer(folder);
+  auto lm = CausalLM::load(folder);
+  auto text = cur4llm::data::load_text("wikitext2", Purpose::Evaluation, shared / "text");
+  auto ids = tokenizer->encode(text.text);
+  cur4llm::eval::PerplexityOptions options;
+  options.seqlen = 512;
+  options.batch_size = 16;
+  auto r = cur4llm::eval::evaluate_perplexity(*lm, ids, options);
+  CHECK(r.perplexity == Approx(ref.at("wikitext2_test_ppl_seqlen512").get<double>()).epsilon(1e-3));
+}
+
+TEST_CASE("stories260K: calibration samples equal the reference sampler's", "[pipeline][data][shared]") {
+  CUR4LLM_REQUIRE_SHARED_DATA(shared);
+  const auto ref = read_json(cur4llm::test::fixture_dir() / "reference.json").at("stories260K");
+  auto tokenizer = cur4llm::tokenize::load_tokenizer(shared / "models" / "stories260K-hf");
+  auto text = cur4llm::data::load_text((shared / "text" / "tinystories" / "tinystories_calib.txt").string(),
+                                       Purpose::Calibration, shared / "text");
+  cur4llm::data::CalibrationOptions options;
+  options.n_samples = 4;
+  options.seqlen = 512;
+  options.seed = 233;
+  auto samples = cur4llm::data::sample_calibration(text.text, *tokenizer, options);
+  REQUIRE(samples.size() == 4);
+  for (size_t i = 0; i < 4; ++i) {
+    INFO("sample " << i);
+    CHECK(static_cast<int64_t>(samples[i].size()) == ref.at("calib_seed233_lengths")[i].get<int64_t>());
+    std::vector<int64_t> head(samples[i].begin(), samples[i].begin() + 32);
+    CHECK(head == ref.at("calib_seed233_first_ids")[i].get<std::vector<int64_t>>());
+  }
+}
