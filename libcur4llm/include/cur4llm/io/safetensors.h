@@ -60,6 +60,8 @@ class Checkpoint {
  public:
   /// Opens the checkpoint of a model folder: model.safetensors.index.json if
   /// present, else model.safetensors, else the only *.safetensors file.
+  /// Throws std::invalid_argument if `folder` is not a directory, and
+  /// std::runtime_error (naming the folder, index, shard or tensor) otherwise.
   static Checkpoint open(const std::filesystem::path& folder);
   /// A single file.
   static Checkpoint open_file(const std::filesystem::path& file);
@@ -81,7 +83,11 @@ class Checkpoint {
 
 /// Writes tensors (contiguous CPU copies are made as needed) to `path`
 /// atomically: a temporary sibling file is written, flushed and renamed, so
-/// an existing file is never left half-written. Throws std::runtime_error.
+/// an existing file is never left half-written. Throws std::runtime_error for
+/// I/O errors and std::invalid_argument (naming the tensor) for duplicate or
+/// reserved names, undefined or non-strided tensors and unsupported dtypes.
+/// The layout is the Python library's: header keys sorted ("__metadata__"
+/// first), padded with spaces to 8 bytes; data ordered by dtype then name.
 void save_safetensors(const std::filesystem::path& path,
                       const std::vector<std::pair<std::string, at::Tensor>>& tensors,
                       const std::map<std::string, std::string>& metadata = {});
