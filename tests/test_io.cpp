@@ -31,12 +31,6 @@
 #include <typeinfo>
 #include <vector>
 
-// Debian's LibTorch is built with glog, whose logging.h (pulled in by
-// <ATen/ATen.h>) redefines CHECK as a fatal glog check: failures would abort
-// the process instead of being reported by Catch. Restore Catch's CHECK.
-#undef CHECK
-#define CHECK(...) INTERNAL_CATCH_TEST("CHECK", Catch::ResultDisposition::ContinueOnFailure, __VA_ARGS__)
-
 namespace fs = std::filesystem;
 using cur4llm::io::Checkpoint;
 using cur4llm::io::SafetensorsFile;

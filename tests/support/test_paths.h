@@ -4,6 +4,10 @@
 //  - shared_data_dir(): ../shared/data (real models and text), or
 //    $CUR4LLM_SHARED_DIR/data; absent in a user's fresh clone.
 
+// Debian's LibTorch is built with glog, whose CHECK macro would replace
+// Catch's if it came later; including it first lets Catch's definition win.
+#include <c10/util/Logging.h>
+
 #include <catch2/catch.hpp>
 
 #include <cstdlib>
