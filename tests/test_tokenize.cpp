@@ -325,3 +325,48 @@ TEST_CASE("load_tokenizer: bad inputs give clear errors", "[unit][tokenize]") {
   require_throws_mentioning<std::invalid_argument>([&] { tok->encode(std::string("\xff\xfe")); }, {"UTF-8"});
   fs::remove_all(dir);
 }
+
+TEST_CASE("tokenizer.json: legacy LLaMA normalizer and Metaspace prepend_scheme first", "[unit][tokenize]") {
+  json root;
+  {
+    std::ifstream in(stories_json_dir() / "tokenizer.json");
+    root = json::parse(in);
+  }
+  const auto& texts = reference().at("tricky_texts");
+  const auto& want = reference().at("stories_json_tricky");
+  const auto dir = temp_folder("legacy");
+
+  // Older LLaMA tokenizer.json: normalizer Sequence[Prepend("▁"), Replace(" ", "▁")], no pre-tokenizer.
+  json legacy = root;
+  legacy["pre_tokenizer"] = nullptr;
+  legacy["normalizer"] = json::parse(R"({"type": "Sequence", "normalizers": [
+      {"type": "Prepend", "prepend": "▁"},
+      {"type": "Replace", "pattern": {"String": " "}, "content": "▁"}]})");
+  write_text(dir / "tokenizer.json", legacy.dump());
+  auto tok = cur4llm::tokenize::load_tokenizer(dir);
+  for (size_t i = 0; i < texts.size(); ++i) {
+    const std::string text = texts[i].get<std::string>();
+    if (text.empty() || text[0] == ' ') continue;  // Prepend always adds "▁"; Metaspace not before a space
+    INFO("text " << i << ": " << text);
+    CHECK(tok->encode(text) == want[i].get<std::vector<int64_t>>());
+  }
+  // Prepend adds "▁" even before a leading space: one more "▁" (id 410) than Metaspace gives.
+  auto spaced = want[1].get<std::vector<int64_t>>();
+  spaced.insert(spaced.begin() + 1, 410);
+  CHECK(tok->encode(texts[1].get<std::string>()) == spaced);
+  CHECK(tok->decode(tok->encode("Once upon a time")) == "Once upon a time");
+
+  // prepend_scheme "first": no "▁" for text that follows a special token at the start.
+  json first = root;
+  first["pre_tokenizer"]["prepend_scheme"] = "first";
+  write_text(dir / "tokenizer.json", first.dump());
+  auto tok_first = cur4llm::tokenize::load_tokenizer(dir);
+  const auto hello = no_special(*tok_first, "Hello world");
+  CHECK(hello == std::vector<int64_t>(want[0].begin() + 1, want[0].end()));
+  const auto after_bos = no_special(*tok_first, "<s>Hello world");
+  REQUIRE_FALSE(after_bos.empty());
+  CHECK(after_bos.front() == 1);
+  CHECK(std::vector<int64_t>(after_bos.begin() + 1, after_bos.end()) != hello);
+  CHECK(tok_first->decode(after_bos) == "Hello world");
+  fs::remove_all(dir);
+}
