@@ -1,0 +1,36 @@
+#pragma once
+// Shared by the loaders of the tokenize area: tokenizer_config.json.
+
+#include <filesystem>
+#include <memory>
+#include <optional>
+#include <string>
+
+namespace cur4llm::detail {
+
+/// What tokenizer_config.json says about BOS/EOS; unset fields were not given.
+struct TokenizerConfig {
+  std::optional<bool> add_bos_token;
+  std::optional<bool> add_eos_token;
+  std::optional<std::string> bos_token;
+  std::optional<std::string> eos_token;
+};
+
+/// Reads tokenizer_config.json; an empty path gives an empty config.
+/// Throws std::runtime_error naming the file (and key) when it is malformed.
+TokenizerConfig read_tokenizer_config(const std::filesystem::path& path);
+
+}  // namespace cur4llm::detail
+
+namespace cur4llm::tokenize {
+class Tokenizer;
+}
+
+namespace cur4llm::detail {
+
+/// GPT-2's vocab.json + merges.txt, with the BOS/EOS overrides of an optional tokenizer_config.json.
+std::unique_ptr<tokenize::Tokenizer> load_gpt2_bpe_with_config(const std::filesystem::path& vocab_json,
+                                                               const std::filesystem::path& merges_txt,
+                                                               const std::filesystem::path& config);
+
+}  // namespace cur4llm::detail

@@ -1,0 +1,372 @@
+// Tokenizers against ids made by Hugging Face tokenizers / transformers and
+// SentencePiece (tests/fixtures/make_fixtures.py).
+
+#include "cur4llm/tokenize/tokenizer.h"
+
+#include "test_paths.h"
+
+#include <nlohmann/json.hpp>
+
+#include <chrono>
+#include <functional>
+#include <fstream>
+#include <sstream>
+
+namespace fs = std::filesystem;
+using cur4llm::tokenize::EncodeOptions;
+using cur4llm::tokenize::Tokenizer;
+using nlohmann::json;
+
+namespace {
+
+const json& reference() {
+  static const json ref = [] {
+    std::ifstream in(cur4llm::test::fixture_dir() / "reference.json");
+    return json::parse(in);
+  }();
+  return ref.at("tokenizers");
+}
+
+std::string read_text(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  REQUIRE(in);
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+std::vector<int64_t> read_u16(const std::string& name, const std::string& key) {
+  const std::string bytes = read_text(cur4llm::test::fixture_dir() / "tokenizers" / name);
+  std::vector<int64_t> ids(bytes.size() / 2);
+  for (size_t i = 0; i < ids.size(); ++i)
+    ids[i] = static_cast<unsigned char>(bytes[2 * i]) | (static_cast<unsigned char>(bytes[2 * i + 1]) << 8);
+  REQUIRE(static_cast<int64_t>(ids.size()) == reference().at(key).at("count").get<int64_t>());
+  return ids;
+}
+
+std::vector<int64_t> no_special(const Tokenizer& tok, const std::string& text) {
+  EncodeOptions options;
+  options.add_special_tokens = false;
+  return tok.encode(text, options);
+}
+
+// First index where the two differ, for readable failures on long id lists.
+void require_same_ids(const std::vector<int64_t>& got, const std::vector<int64_t>& want) {
+  size_t i = 0;
+  while (i < got.size() && i < want.size() && got[i] == want[i]) ++i;
+  INFO("got " << got.size() << " ids, want " << want.size() << ", first difference at " << i);
+  REQUIRE(got == want);
+}
+
+// A fresh empty folder under the build's temp dir.
+fs::path temp_folder(const std::string& name) {
+  fs::path dir = fs::temp_directory_path() / ("cur4llm_test_tokenize_" + name);
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  return dir;
+}
+
+void write_text(const fs::path& path, const std::string& text) {
+  std::ofstream out(path, std::ios::binary);
+  out << text;
+}
+
+template <typename Exception>
+void require_throws_mentioning(const std::function<void()>& fn, const std::vector<std::string>& parts) {
+  try {
+    fn();
+    FAIL("no exception");
+  } catch (const Exception& e) {
+    const std::string what = e.what();
+    INFO(what);
+    CHECK(what.find('\n') == std::string::npos);
+    for (const auto& p : parts) CHECK(what.find(p) != std::string::npos);
+  }
+}
+
+const fs::path& stories_json_dir() {
+  static const fs::path dir = cur4llm::test::fixture_dir() / "tokenizers" / "stories260K";
+  return dir;
+}
+const fs::path& llama3_json() {
+  static const fs::path file = cur4llm::test::fixture_dir() / "tokenizers" / "bpe_llama3_style" / "tokenizer.json";
+  return file;
+}
+
+}  // namespace
+
+// ------------------------------------------------------------ GPT-2 (shared)
+
+TEST_CASE("gpt2 vocab.json+merges.txt: tricky texts", "[unit][tokenize]") {
+  CUR4LLM_REQUIRE_SHARED_DATA(data);
+  const auto dir = data / "tokenizers" / "gpt2";
+  auto tok = cur4llm::tokenize::load_gpt2_bpe(dir / "vocab.json", dir / "merges.txt");
+  const auto& texts = reference().at("tricky_texts");
+  const auto& want = reference().at("gpt2_tricky");
+  for (size_t i = 0; i < texts.size(); ++i) {
+    const std::string text = texts[i].get<std::string>();
+    INFO("text " << i << ": " << text);
+    CHECK(tok->encode(text) == want[i].get<std::vector<int64_t>>());
+    CHECK(tok->decode(tok->encode(text)) == text);
+  }
+  CHECK_FALSE(tok->adds_bos());
+  CHECK(tok->vocab_size() == 50257);
+  CHECK(tok->eos_id() == 50256);
+}
+
+TEST_CASE("gpt2 vocab.json+merges.txt: the whole wikitext-2 test file", "[tokenize][slow]") {
+  CUR4LLM_REQUIRE_SHARED_DATA(data);
+  const auto dir = data / "tokenizers" / "gpt2";
+  auto tok = cur4llm::tokenize::load_gpt2_bpe(dir / "vocab.json", dir / "merges.txt");
+  const std::string wiki = read_text(data / "text" / "wikitext-2-raw" / "wiki.test.raw");
+  const auto t0 = std::chrono::steady_clock::now();
+  const auto ids = tok->encode(wiki);
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  WARN("gpt2 encode of wiki.test.raw (" << wiki.size() << " bytes, " << ids.size() << " ids): " << seconds << " s");
+  require_same_ids(ids, read_u16("gpt2_wiki_test.u16", "gpt2_wiki_test"));
+  CHECK(seconds < 5.0);
+  CHECK(tok->decode(ids) == wiki);
+}
+
+// ---------------------------------------------------------- stories260K
+
+TEST_CASE("stories260K tokenizer.json: tricky texts equal transformers", "[unit][tokenize]") {
+  auto tok = cur4llm::tokenize::load_tokenizer(stories_json_dir());
+  CHECK(tok->describe().find("tokenizer.json") != std::string::npos);
+  const auto& texts = reference().at("tricky_texts");
+  const auto& want = reference().at("stories_json_tricky");
+  const auto& want_hf = reference().at("hf_stories_tricky");
+  for (size_t i = 0; i < texts.size(); ++i) {
+    const std::string text = texts[i].get<std::string>();
+    INFO("text " << i << ": " << text);
+    const auto ids = tok->encode(text);
+    CHECK(ids == want[i].get<std::vector<int64_t>>());
+    CHECK(ids == want_hf[i].get<std::vector<int64_t>>());
+  }
+  CHECK(tok->adds_bos());
+  CHECK(tok->bos_id() == 1);
+  CHECK(tok->eos_id() == 2);
+  CHECK(tok->vocab_size() == 512);
+  CHECK(tok->decode(tok->encode("Once upon a time, there was a little girl named Lily.")) ==
+        "Once upon a time, there was a little girl named Lily.");
+  CHECK(tok->decode(tok->encode("café 中文 🙂")) == "café 中文 🙂");  // through byte fallback
+}
+
+TEST_CASE("stories260K tokenizer.json: tinystories eval equals transformers", "[tokenize]") {
+  CUR4LLM_REQUIRE_SHARED_DATA(data);
+  auto tok = cur4llm::tokenize::load_tokenizer_json(stories_json_dir() / "tokenizer.json",
+                                                   stories_json_dir() / "tokenizer_config.json");
+  const std::string text = read_text(data / "text" / "tinystories" / "tinystories_eval.txt");
+  require_same_ids(tok->encode(text), read_u16("hf_stories_eval.u16", "hf_stories_eval"));
+}
+
+TEST_CASE("stories260K tokenizer.model: libsentencepiece ids", "[tokenize]") {
+  CUR4LLM_REQUIRE_SHARED_DATA(data);
+  const auto dir = data / "models" / "stories260K-hf";
+  auto tok = cur4llm::tokenize::load_tokenizer(dir);  // tokenizer.model + tokenizer_config.json
+  CHECK(tok->describe().find("SentencePiece") != std::string::npos);
+  CHECK(tok->adds_bos());
+  CHECK(tok->bos_id() == 1);
+  CHECK(tok->eos_id() == 2);
+  const auto& texts = reference().at("tricky_texts");
+  const auto& want = reference().at("sp_tricky");
+  for (size_t i = 0; i < texts.size(); ++i) {
+    INFO("text " << i);
+    CHECK(no_special(*tok, texts[i].get<std::string>()) == want[i].get<std::vector<int64_t>>());
+  }
+  const std::string text = read_text(data / "text" / "tinystories" / "tinystories_eval.txt");
+  auto want_ids = read_u16("sp_stories_eval.u16", "sp_stories_eval");
+  want_ids.insert(want_ids.begin(), 1);
+  require_same_ids(tok->encode(text), want_ids);
+  CHECK(tok->decode(tok->encode("Once upon a time, there was a girl.")) == "Once upon a time, there was a girl.");
+}
+
+// ------------------------------------------------------- LLaMA-3 style BPE
+
+TEST_CASE("bpe_llama3_style: tricky texts with and without special tokens", "[unit][tokenize]") {
+  auto tok = cur4llm::tokenize::load_tokenizer_json(llama3_json());
+  const auto& texts = reference().at("bpe_llama3_texts");
+  const auto& want = reference().at("bpe_llama3_tricky");
+  const auto& want_plain = reference().at("bpe_llama3_tricky_no_special");
+  REQUIRE(texts.size() == want.size());
+  for (size_t i = 0; i < texts.size(); ++i) {
+    const std::string text = texts[i].get<std::string>();
+    INFO("text " << i << ": " << text);
+    CHECK(tok->encode(text) == want[i].get<std::vector<int64_t>>());
+    CHECK(no_special(*tok, text) == want_plain[i].get<std::vector<int64_t>>());
+  }
+  CHECK(tok->adds_bos());
+  CHECK(tok->bos_id() == 0);
+  CHECK(tok->vocab_size() == 601);
+}
+
+TEST_CASE("bpe_llama3_style: special tokens are split out before pre-tokenization", "[unit][tokenize]") {
+  auto tok = cur4llm::tokenize::load_tokenizer_json(llama3_json());
+  const auto ids = no_special(*tok, "<|begin_of_text|>Hi<|eot_id|> there<|end_of_text|>");
+  CHECK(ids == std::vector<int64_t>{0, 41, 74, 600, 514, 1});
+  // Specials are skipped by decode; the rest round-trips.
+  CHECK(tok->decode(ids) == "Hi there");
+  const std::string text = "line one\nline two\n\n\nthree\t\ttabs";
+  CHECK(tok->decode(tok->encode(text)) == text);
+}
+
+TEST_CASE("bpe_llama3_style: head of wikitext-2 test", "[tokenize]") {
+  CUR4LLM_REQUIRE_SHARED_DATA(data);
+  auto tok = cur4llm::tokenize::load_tokenizer_json(llama3_json());
+  const std::string wiki = read_text(data / "text" / "wikitext-2-raw" / "wiki.test.raw");
+  // The first 200000 code points.
+  size_t bytes = 0;
+  for (size_t cps = 0; cps < 200000 && bytes < wiki.size(); ++cps) {
+    auto c = static_cast<unsigned char>(wiki[bytes]);
+    bytes += c < 0x80 ? 1 : (c >> 5) == 0x6 ? 2 : (c >> 4) == 0xE ? 3 : 4;
+  }
+  require_same_ids(no_special(*tok, wiki.substr(0, bytes)),
+                   read_u16("bpe_llama3_wiki_head.u16", "bpe_llama3_wiki_head"));
+}
+
+// --------------------------------------------------- folders and configs
+
+TEST_CASE("load_tokenizer: tokenizer.json before tokenizer.model before vocab.json", "[unit][tokenize]") {
+  CUR4LLM_REQUIRE_SHARED_DATA(data);
+  const auto gpt2 = data / "tokenizers" / "gpt2";
+  const auto sp_model = data / "models" / "stories260K-hf" / "tokenizer.model";
+  const auto dir = temp_folder("order");
+  fs::copy_file(gpt2 / "vocab.json", dir / "vocab.json");
+  fs::copy_file(gpt2 / "merges.txt", dir / "merges.txt");
+  CHECK(cur4llm::tokenize::load_tokenizer(dir)->describe().find("vocab.json") != std::string::npos);
+  fs::copy_file(sp_model, dir / "tokenizer.model");
+  CHECK(cur4llm::tokenize::load_tokenizer(dir)->describe().find("SentencePiece") != std::string::npos);
+  fs::copy_file(stories_json_dir() / "tokenizer.json", dir / "tokenizer.json");
+  CHECK(cur4llm::tokenize::load_tokenizer(dir)->describe().find("tokenizer.json") != std::string::npos);
+  fs::remove_all(dir);
+}
+
+TEST_CASE("load_tokenizer: tokenizer_config.json decides BOS and EOS", "[unit][tokenize]") {
+  const auto dir = temp_folder("bos");
+  fs::copy_file(stories_json_dir() / "tokenizer.json", dir / "tokenizer.json");
+  // No config: the post-processor's template adds BOS.
+  CHECK(cur4llm::tokenize::load_tokenizer(dir)->encode("a") == std::vector<int64_t>{1, 261});
+  write_text(dir / "tokenizer_config.json", R"({"add_bos_token": false})");
+  auto no_bos = cur4llm::tokenize::load_tokenizer(dir);
+  CHECK_FALSE(no_bos->adds_bos());
+  CHECK(no_bos->encode("a") == std::vector<int64_t>{261});
+  write_text(dir / "tokenizer_config.json", R"({"add_bos_token": true, "add_eos_token": true, "eos_token": "</s>"})");
+  auto both = cur4llm::tokenize::load_tokenizer(dir);
+  CHECK(both->adds_bos());
+  CHECK(both->encode("a") == std::vector<int64_t>{1, 261, 2});
+  CHECK(no_special(*both, "a") == std::vector<int64_t>{261});
+  // The LLaMA-3 style template has BOS; the config turns it off.
+  const auto dir3 = temp_folder("bos3");
+  fs::copy_file(llama3_json(), dir3 / "tokenizer.json");
+  write_text(dir3 / "tokenizer_config.json", R"({"add_bos_token": false, "bos_token": "<|begin_of_text|>"})");
+  CHECK(cur4llm::tokenize::load_tokenizer(dir3)->encode("a") == std::vector<int64_t>{66});
+  fs::remove_all(dir);
+  fs::remove_all(dir3);
+}
+
+TEST_CASE("load_tokenizer: tokenizer.model honours add_bos_token / add_eos_token", "[unit][tokenize]") {
+  CUR4LLM_REQUIRE_SHARED_DATA(data);
+  const auto dir = temp_folder("sp");
+  fs::copy_file(data / "models" / "stories260K-hf" / "tokenizer.model", dir / "tokenizer.model");
+  auto plain = cur4llm::tokenize::load_tokenizer(dir);  // no config: LLaMA's default BOS
+  CHECK(plain->adds_bos());
+  CHECK(plain->encode("a") == std::vector<int64_t>{1, 261});
+  write_text(dir / "tokenizer_config.json", R"({"add_bos_token": false, "add_eos_token": true})");
+  auto eos = cur4llm::tokenize::load_tokenizer(dir);
+  CHECK_FALSE(eos->adds_bos());
+  CHECK(eos->encode("a") == std::vector<int64_t>{261, 2});
+  fs::remove_all(dir);
+}
+
+TEST_CASE("load_tokenizer: bad inputs give clear errors", "[unit][tokenize]") {
+  using cur4llm::tokenize::load_tokenizer;
+  using cur4llm::tokenize::load_tokenizer_json;
+  const auto dir = temp_folder("bad");
+  require_throws_mentioning<std::runtime_error>([&] { load_tokenizer(dir / "missing"); }, {"missing"});
+  require_throws_mentioning<std::runtime_error>([&] { load_tokenizer(dir); },
+                                                {dir.string(), "tokenizer.json", "tokenizer.model"});
+  // vocab.json without merges.txt is not enough.
+  write_text(dir / "vocab.json", R"({"a": 0})");
+  require_throws_mentioning<std::runtime_error>([&] { load_tokenizer(dir); }, {dir.string()});
+
+  write_text(dir / "tokenizer.json", R"({"model": {"type": "BPE", "vocab": )");
+  require_throws_mentioning<std::runtime_error>([&] { load_tokenizer(dir); }, {"tokenizer.json", "malformed JSON"});
+
+  write_text(dir / "tokenizer.json", R"({"model": {"type": "Unigram", "vocab": [["a", 0.0]]}})");
+  require_throws_mentioning<std::runtime_error>([&] { load_tokenizer(dir); },
+                                                {"tokenizer.json", "model.type", "Unigram"});
+  write_text(dir / "tokenizer.json", R"({"model": {"type": "WordPiece", "vocab": {"a": 0}}})");
+  require_throws_mentioning<std::runtime_error>([&] { load_tokenizer(dir); }, {"model.type", "WordPiece"});
+
+  write_text(dir / "tokenizer.json", R"({"model": {"type": "BPE", "vocab": {"a": 0}}})");
+  require_throws_mentioning<std::runtime_error>([&] { load_tokenizer(dir); }, {"tokenizer.json", "model.merges"});
+
+  write_text(dir / "tokenizer.json", R"({"model": {"type": "BPE", "vocab": {"a": 0, "b": 1}, "merges": ["a b"]}})");
+  require_throws_mentioning<std::runtime_error>([&] { load_tokenizer(dir); }, {"tokenizer.json", "merge 0"});
+
+  write_text(dir / "tokenizer.json",
+             R"({"model": {"type": "BPE", "vocab": {"a": 0}, "merges": []}, "pre_tokenizer": {"type": "BertPreTokenizer"}})");
+  require_throws_mentioning<std::runtime_error>([&] { load_tokenizer(dir); }, {"pre_tokenizer.type", "BertPreTokenizer"});
+
+  write_text(dir / "tokenizer.json", R"({"model": {"type": "BPE", "vocab": {"a": 0}, "merges": []}})");
+  write_text(dir / "tokenizer_config.json", R"({"add_bos_token": "yes"})");
+  require_throws_mentioning<std::runtime_error>([&] { load_tokenizer(dir); }, {"tokenizer_config.json", "add_bos_token"});
+  write_text(dir / "tokenizer_config.json", "{ not json");
+  require_throws_mentioning<std::runtime_error>([&] { load_tokenizer(dir); }, {"tokenizer_config.json", "malformed JSON"});
+
+  require_throws_mentioning<std::runtime_error>(
+      [&] { cur4llm::tokenize::load_sentencepiece(dir / "nope.model"); }, {"nope.model"});
+  write_text(dir / "broken.model", "not a protobuf");
+  require_throws_mentioning<std::runtime_error>(
+      [&] { cur4llm::tokenize::load_sentencepiece(dir / "broken.model"); }, {"broken.model"});
+
+  auto tok = load_tokenizer_json(llama3_json());
+  require_throws_mentioning<std::invalid_argument>([&] { tok->decode({100000}); }, {"100000"});
+  require_throws_mentioning<std::invalid_argument>([&] { tok->encode(std::string("\xff\xfe")); }, {"UTF-8"});
+  fs::remove_all(dir);
+}
+
+TEST_CASE("tokenizer.json: legacy LLaMA normalizer and Metaspace prepend_scheme first", "[unit][tokenize]") {
+  json root;
+  {
+    std::ifstream in(stories_json_dir() / "tokenizer.json");
+    root = json::parse(in);
+  }
+  const auto& texts = reference().at("tricky_texts");
+  const auto& want = reference().at("stories_json_tricky");
+  const auto dir = temp_folder("legacy");
+
+  // Older LLaMA tokenizer.json: normalizer Sequence[Prepend("▁"), Replace(" ", "▁")], no pre-tokenizer.
+  json legacy = root;
+  legacy["pre_tokenizer"] = nullptr;
+  legacy["normalizer"] = json::parse(R"({"type": "Sequence", "normalizers": [
+      {"type": "Prepend", "prepend": "▁"},
+      {"type": "Replace", "pattern": {"String": " "}, "content": "▁"}]})");
+  write_text(dir / "tokenizer.json", legacy.dump());
+  auto tok = cur4llm::tokenize::load_tokenizer(dir);
+  for (size_t i = 0; i < texts.size(); ++i) {
+    const std::string text = texts[i].get<std::string>();
+    if (text.empty() || text[0] == ' ') continue;  // Prepend always adds "▁"; Metaspace not before a space
+    INFO("text " << i << ": " << text);
+    CHECK(tok->encode(text) == want[i].get<std::vector<int64_t>>());
+  }
+  // Prepend adds "▁" even before a leading space: one more "▁" (id 410) than Metaspace gives.
+  auto spaced = want[1].get<std::vector<int64_t>>();
+  spaced.insert(spaced.begin() + 1, 410);
+  CHECK(tok->encode(texts[1].get<std::string>()) == spaced);
+  CHECK(tok->decode(tok->encode("Once upon a time")) == "Once upon a time");
+
+  // prepend_scheme "first": no "▁" for text that follows a special token at the start.
+  json first = root;
+  first["pre_tokenizer"]["prepend_scheme"] = "first";
+  write_text(dir / "tokenizer.json", first.dump());
+  auto tok_first = cur4llm::tokenize::load_tokenizer(dir);
+  const auto hello = no_special(*tok_first, "Hello world");
+  CHECK(hello == std::vector<int64_t>(want[0].begin() + 1, want[0].end()));
+  const auto after_bos = no_special(*tok_first, "<s>Hello world");
+  REQUIRE_FALSE(after_bos.empty());
+  CHECK(after_bos.front() == 1);
+  CHECK(std::vector<int64_t>(after_bos.begin() + 1, after_bos.end()) != hello);
+  CHECK(tok_first->decode(after_bos) == "Hello world");
+  fs::remove_all(dir);
+}
