@@ -100,6 +100,7 @@ int run(int argc, char** argv) {
   load.device = cur4llm::model::parse_device(o.device);
   if (!o.dtype.empty()) load.dtype = cur4llm::model::parse_dtype(o.dtype);
   const auto data_dir = o.data_dir.empty() ? cur4llm::data::default_data_dir() : std::filesystem::path(o.data_dir);
+  for (const auto& spec : datasets) cur4llm::data::resolve_dataset(spec, cur4llm::data::Purpose::Evaluation, data_dir);
 
   const auto t_load = std::chrono::steady_clock::now();
   const auto folder = cur4llm::io::resolve_model_id(o.model_id);

@@ -1,6 +1,7 @@
 # Runs one command and checks its exit code and output:
-#   cmake -DCMD="prog;arg;..." -DRC=<expected exit code> -DREGEX=<regex on stdout+stderr>
+#   cmake -DCMD="prog|arg|..." -DRC=<expected exit code> -DREGEX=<regex on stdout+stderr>
 #         [-DSTDERR_LINES=<exact number of stderr lines>] -P expect.cmake
+string(REPLACE "|" ";" CMD "${CMD}")
 execute_process(COMMAND ${CMD} RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
 message("stdout:\n${out}\nstderr:\n${err}")
 if(NOT rc STREQUAL RC)

@@ -177,20 +177,14 @@ fs::path default_data_dir() {
   return fs::path("data");
 }
 
-TextSource load_text(const std::string& spec, Purpose purpose, const fs::path& data_dir) {
+DatasetFile resolve_dataset(const std::string& spec, Purpose purpose, const fs::path& data_dir) {
   const size_t colon = spec.find(':');
   const std::string name = spec.substr(0, colon);
   const bool known = std::find(known_datasets().begin(), known_datasets().end(), name) != known_datasets().end();
 
   if (!known) {
     std::error_code ec;
-    if (fs::is_regular_file(spec, ec)) {
-      TextSource source;
-      source.name = spec;
-      source.files = {fs::path(spec)};
-      source.text = read_file(spec);  // a plain text file is used as it is
-      return source;
-    }
+    if (fs::is_regular_file(spec, ec)) return {spec, fs::path(spec), DatasetFile::Format::Plain};
     throw std::invalid_argument("dataset '" + spec + "' is neither a known name (" + known_names_list() +
                                 ", optionally with :train|valid|test|validation) nor an existing file");
   }
@@ -203,30 +197,46 @@ TextSource load_text(const std::string& spec, Purpose purpose, const fs::path& d
   } else {
     split = name == "ptb" ? "valid" : name == "c4" ? "validation" : "test";
   }
-
-  TextSource source;
-  source.name = name + ":" + split;
+  const std::string full = name + ":" + split;
   if (name == "wikitext2") {
     const fs::path file = data_dir / "wikitext-2-raw" / ("wiki." + split + ".raw");
-    if (!fs::is_regular_file(file)) missing(source.name, file.string());
-    source.files = {file};
-    source.text = join_wikitext(read_file(file));
-  } else if (name == "ptb") {
+    if (!fs::is_regular_file(file)) missing(full, file.string());
+    return {full, file, DatasetFile::Format::WikiText};
+  }
+  if (name == "ptb") {
     const fs::path file = data_dir / "ptb" / ("ptb." + split + ".txt");
-    if (!fs::is_regular_file(file)) missing(source.name, file.string());
-    source.files = {file};
-    source.text = join_ptb(read_file(file));
-  } else {
-    // Shard 0 of the split, as the reference's json.gz files.
-    const std::string stem = split == "train" ? "c4-train.00000-of-01024.json" : "c4-validation.00000-of-00008.json";
-    fs::path file = data_dir / "c4" / (stem + ".gz");
-    if (!fs::is_regular_file(file)) {
-      const fs::path plain = data_dir / "c4" / stem;
-      if (!fs::is_regular_file(plain)) missing(source.name, file.string() + " (or " + plain.string() + ")");
-      file = plain;
-    }
-    source.files = {file};
-    source.text = join_c4(read_gz(file), file);
+    if (!fs::is_regular_file(file)) missing(full, file.string());
+    return {full, file, DatasetFile::Format::Ptb};
+  }
+  // Shard 0 of the split, as the reference's json.gz files.
+  const std::string stem = split == "train" ? "c4-train.00000-of-01024.json" : "c4-validation.00000-of-00008.json";
+  fs::path file = data_dir / "c4" / (stem + ".gz");
+  if (!fs::is_regular_file(file)) {
+    const fs::path plain = data_dir / "c4" / stem;
+    if (!fs::is_regular_file(plain)) missing(full, file.string() + " (or " + plain.string() + ")");
+    file = plain;
+  }
+  return {full, file, DatasetFile::Format::C4};
+}
+
+TextSource load_text(const std::string& spec, Purpose purpose, const fs::path& data_dir) {
+  const DatasetFile d = resolve_dataset(spec, purpose, data_dir);
+  TextSource source;
+  source.name = d.name;
+  source.files = {d.file};
+  switch (d.format) {
+    case DatasetFile::Format::Plain:
+      source.text = read_file(d.file);  // a plain text file is used as it is
+      break;
+    case DatasetFile::Format::WikiText:
+      source.text = join_wikitext(read_file(d.file));
+      break;
+    case DatasetFile::Format::Ptb:
+      source.text = join_ptb(read_file(d.file));
+      break;
+    case DatasetFile::Format::C4:
+      source.text = join_c4(read_gz(d.file), d.file);
+      break;
   }
   return source;
 }

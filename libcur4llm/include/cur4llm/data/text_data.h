@@ -36,6 +36,18 @@ struct TextSource {
   std::string text;                  ///< UTF-8, rows joined as the reference joins them
 };
 
+/// Where a dataset spec's text lives and how it is joined.
+struct DatasetFile {
+  enum class Format { Plain, WikiText, Ptb, C4 };
+  std::string name;             ///< "wikitext2:test", or the path given
+  std::filesystem::path file;   ///< the file to read
+  Format format = Format::Plain;
+};
+
+/// Resolves `spec` without reading it, with the same errors as load_text():
+/// lets an app check every dataset before any work starts.
+DatasetFile resolve_dataset(const std::string& spec, Purpose purpose, const std::filesystem::path& data_dir);
+
 /// Reads the text of `spec` for `purpose` from `data_dir`. Throws
 /// std::invalid_argument for an unknown name or split, and
 /// std::runtime_error naming the expected file when it is missing.
