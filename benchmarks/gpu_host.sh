@@ -7,7 +7,7 @@
 set -uo pipefail
 deps=${1:?gpu-deps folder}
 shared=${2:?shared folder}
-out=${OUT:-/tmp/cur4llm-out}
+out=${LOG_DIR:-/tmp/cur4llm-out}
 mkdir -p "$out"
 source "$deps/install.sh" /tmp/cur4llm-deps > /dev/null
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/gpu.txt"
