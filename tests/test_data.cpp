@@ -6,6 +6,8 @@
 
 #include "test_paths.h"
 
+#include <cur4llm/io/files.h>
+
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
@@ -47,7 +49,7 @@ void write_file(const fs::path& path, const std::string& bytes) {
 // A fresh empty folder under the system temp folder.
 fs::path temp_dir(const std::string& name) {
   const fs::path dir = fs::temp_directory_path() / ("cur4llm_test_data_" + name);
-  fs::remove_all(dir);
+  cur4llm::io::remove_tree(dir);
   fs::create_directories(dir);
   return dir;
 }

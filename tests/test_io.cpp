@@ -50,8 +50,10 @@ struct TempDir {
     path = tmpl;
   }
   ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
+    try {
+      cur4llm::io::remove_tree(path);
+    } catch (const std::exception&) {
+    }
   }
   fs::path operator/(const std::string& name) const { return path / name; }
 };
@@ -848,4 +850,22 @@ TEST_CASE("model_folder: an unknown id is std::invalid_argument listing every pl
              Contains(nowhere));
   CHECK_THROWS_AS(cur4llm::io::resolve_model_id(""), std::invalid_argument);
   CHECK_THROWS_AS(cur4llm::io::resolve_model_id("acme/../etc"), std::invalid_argument);
+}
+
+TEST_CASE("files: remove_tree removes nested folders and never follows links", "[unit][io]") {
+  TempDir dir;
+  const auto keep = dir / "keep.txt";
+  spit(keep, "outside");
+  const auto tree = dir / "tree";
+  fs::create_directories(tree / "a" / "b");
+  spit(tree / "a" / "b" / "deep.bin", std::string(1000, 'x'));
+  spit(tree / "top.txt", "t");
+  fs::create_symlink(keep, tree / "a" / "link");
+  fs::create_directory_symlink(dir.path, tree / "dirlink");
+  cur4llm::io::remove_tree(tree);
+  CHECK_FALSE(fs::exists(tree));
+  CHECK(slurp(keep) == "outside");  // the links' targets survive
+  CHECK_NOTHROW(cur4llm::io::remove_tree(tree));  // missing: nothing to do
+  cur4llm::io::remove_tree(keep);                 // a plain file
+  CHECK_FALSE(fs::exists(keep));
 }

@@ -9,6 +9,8 @@
 
 #include "test_paths.h"
 
+#include <cur4llm/io/files.h>
+
 #include <fstream>
 #include <iterator>
 #include <string>
@@ -36,7 +38,7 @@ double nmse(const at::Tensor& got, const at::Tensor& want) {
 // Copies a fixture folder to a scratch folder so that a test can damage it.
 fs::path scratch_copy(const std::string& name, const std::string& tag) {
   fs::path dst = fs::temp_directory_path() / ("cur4llm_test_model_" + tag);
-  fs::remove_all(dst);
+  cur4llm::io::remove_tree(dst);
   fs::copy(model_dir(name), dst, fs::copy_options::recursive);
   return dst;
 }
@@ -201,7 +203,7 @@ TEST_CASE("tied lm_head shares the embedding, untied reads its own tensor", "[mo
 TEST_CASE("bad checkpoints give one clear error naming the file and tensor", "[model][errors]") {
   SECTION("no config.json") {
     fs::path dir = fs::temp_directory_path() / "cur4llm_test_model_empty";
-    fs::remove_all(dir);
+    cur4llm::io::remove_tree(dir);
     fs::create_directories(dir);
     CHECK_THROWS_WITH(CausalLM::load(dir), Catch::Contains("no config.json") && Catch::Contains(dir.string()));
   }

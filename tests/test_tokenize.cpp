@@ -5,6 +5,8 @@
 
 #include "test_paths.h"
 
+#include <cur4llm/io/files.h>
+
 #include <nlohmann/json.hpp>
 
 #include <chrono>
@@ -61,7 +63,7 @@ void require_same_ids(const std::vector<int64_t>& got, const std::vector<int64_t
 // A fresh empty folder under the build's temp dir.
 fs::path temp_folder(const std::string& name) {
   fs::path dir = fs::temp_directory_path() / ("cur4llm_test_tokenize_" + name);
-  fs::remove_all(dir);
+  cur4llm::io::remove_tree(dir);
   fs::create_directories(dir);
   return dir;
 }
@@ -238,7 +240,7 @@ TEST_CASE("load_tokenizer: tokenizer.json before tokenizer.model before vocab.js
   CHECK(cur4llm::tokenize::load_tokenizer(dir)->describe().find("SentencePiece") != std::string::npos);
   fs::copy_file(stories_json_dir() / "tokenizer.json", dir / "tokenizer.json");
   CHECK(cur4llm::tokenize::load_tokenizer(dir)->describe().find("tokenizer.json") != std::string::npos);
-  fs::remove_all(dir);
+  cur4llm::io::remove_tree(dir);
 }
 
 TEST_CASE("load_tokenizer: tokenizer_config.json decides BOS and EOS", "[unit][tokenize]") {
@@ -260,8 +262,8 @@ TEST_CASE("load_tokenizer: tokenizer_config.json decides BOS and EOS", "[unit][t
   fs::copy_file(llama3_json(), dir3 / "tokenizer.json");
   write_text(dir3 / "tokenizer_config.json", R"({"add_bos_token": false, "bos_token": "<|begin_of_text|>"})");
   CHECK(cur4llm::tokenize::load_tokenizer(dir3)->encode("a") == std::vector<int64_t>{66});
-  fs::remove_all(dir);
-  fs::remove_all(dir3);
+  cur4llm::io::remove_tree(dir);
+  cur4llm::io::remove_tree(dir3);
 }
 
 TEST_CASE("load_tokenizer: tokenizer.model honours add_bos_token / add_eos_token", "[unit][tokenize]") {
@@ -275,7 +277,7 @@ TEST_CASE("load_tokenizer: tokenizer.model honours add_bos_token / add_eos_token
   auto eos = cur4llm::tokenize::load_tokenizer(dir);
   CHECK_FALSE(eos->adds_bos());
   CHECK(eos->encode("a") == std::vector<int64_t>{261, 2});
-  fs::remove_all(dir);
+  cur4llm::io::remove_tree(dir);
 }
 
 TEST_CASE("load_tokenizer: bad inputs give clear errors", "[unit][tokenize]") {
@@ -323,7 +325,7 @@ TEST_CASE("load_tokenizer: bad inputs give clear errors", "[unit][tokenize]") {
   auto tok = load_tokenizer_json(llama3_json());
   require_throws_mentioning<std::invalid_argument>([&] { tok->decode({100000}); }, {"100000"});
   require_throws_mentioning<std::invalid_argument>([&] { tok->encode(std::string("\xff\xfe")); }, {"UTF-8"});
-  fs::remove_all(dir);
+  cur4llm::io::remove_tree(dir);
 }
 
 TEST_CASE("tokenizer.json: legacy LLaMA normalizer and Metaspace prepend_scheme first", "[unit][tokenize]") {
@@ -368,5 +370,5 @@ TEST_CASE("tokenizer.json: legacy LLaMA normalizer and Metaspace prepend_scheme 
   CHECK(after_bos.front() == 1);
   CHECK(std::vector<int64_t>(after_bos.begin() + 1, after_bos.end()) != hello);
   CHECK(tok_first->decode(after_bos) == "Hello world");
-  fs::remove_all(dir);
+  cur4llm::io::remove_tree(dir);
 }

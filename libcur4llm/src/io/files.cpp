@@ -3,6 +3,7 @@
 #include "io/atomic_file.h"
 
 #include <fcntl.h>
+#include <ftw.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -129,6 +130,39 @@ std::string read_file(const std::filesystem::path& path) {
   }
   ::close(fd);
   return content;
+}
+
+namespace {
+
+int remove_entry(const char* path, const struct stat*, int type, struct FTW*) {
+  const int rc = (type == FTW_DP || type == FTW_D) ? ::rmdir(path) : ::unlink(path);
+  if (rc != 0 && errno != ENOENT) {
+    // nftw stops on a non-zero return; remember what failed for the message.
+    static thread_local std::string failed;
+    failed = path;
+    errno = errno ? errno : EIO;
+    return 1;
+  }
+  return 0;
+}
+
+}  // namespace
+
+void remove_tree(const std::filesystem::path& path) {
+  struct stat st {};
+  if (::lstat(path.c_str(), &st) != 0) {
+    if (errno == ENOENT) return;
+    throw std::runtime_error(path.string() + ": cannot remove: " + std::strerror(errno));
+  }
+  if (!S_ISDIR(st.st_mode)) {
+    if (::unlink(path.c_str()) != 0 && errno != ENOENT) {
+      throw std::runtime_error(path.string() + ": cannot remove: " + std::strerror(errno));
+    }
+    return;
+  }
+  if (::nftw(path.c_str(), remove_entry, 16, FTW_DEPTH | FTW_PHYS) != 0) {
+    throw std::runtime_error(path.string() + ": cannot remove the folder: " + std::strerror(errno));
+  }
 }
 
 void write_file_atomic(const std::filesystem::path& path, const std::string& content) {
