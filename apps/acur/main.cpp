@@ -6,6 +6,7 @@
 #include <cur4llm/io/model_folder.h>
 #include <cur4llm/model/causal_lm.h>
 #include <cur4llm/tokenize/tokenizer.h>
+#include <cur4llm/util/host_memory.h>
 
 #include <ATen/ATen.h>
 
@@ -58,6 +59,7 @@ std::string now_iso8601() {
 }
 
 int run(int argc, char** argv) {
+  cur4llm::util::tune_host_allocator();
   Options o;
   po::options_description desc(
       "acur: activation-aware CUR compression of a Hugging Face causal LM\n\n"

@@ -1,2 +1,9 @@
-#define CATCH_CONFIG_MAIN
+#define CATCH_CONFIG_RUNNER
 #include <catch2/catch.hpp>
+
+#include <cur4llm/util/host_memory.h>
+
+int main(int argc, char* argv[]) {
+  cur4llm::util::tune_host_allocator();  // as the apps do
+  return Catch::Session().run(argc, argv);
+}
