@@ -9,7 +9,7 @@
 namespace cur4llm::compress::detail {
 
 void check_layer(const std::string& who, const at::Tensor& weight, const at::Tensor& bias, const at::Tensor& scale) {
-  if (!weight.defined() || weight.dim() != 2 || !at::isFloatingType(weight.scalar_type())) {
+  if (!weight.defined() || weight.dim() != 2 || !c10::isFloatingType(weight.scalar_type())) {
     throw std::invalid_argument(who + ": weight must be a 2-d floating tensor [out, in]");
   }
   if (weight.size(0) < 1 || weight.size(1) < 1) {

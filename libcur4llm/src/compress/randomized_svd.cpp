@@ -52,7 +52,7 @@ TruncatedSVD truncated_svd(const at::Tensor& a, int64_t k) {
 }
 
 TruncatedSVD top_k_svd(const at::Tensor& a, int64_t k, const RandomizedSVDOptions& options) {
-  if (!a.defined() || a.dim() != 2 || !at::isFloatingType(a.scalar_type())) {
+  if (!a.defined() || a.dim() != 2 || !c10::isFloatingType(a.scalar_type())) {
     throw std::invalid_argument("top_k_svd: expected a 2-d floating matrix");
   }
   const int64_t r = std::min(a.size(0), a.size(1));
