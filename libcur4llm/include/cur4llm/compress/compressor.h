@@ -1,0 +1,62 @@
+#pragma once
+/// The compressor strategy shared by every decomposition method: a dense
+/// weight, its activation scale and a parameter budget in, a LinearSlot out.
+
+#include <cur4llm/model/linear.h>
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace cur4llm::compress {
+
+/// A decomposition that failed numerically (for example a non-finite linking
+/// matrix). The caller can keep the layer dense and warn.
+class CompressionError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+/// One layer decomposed once, from which slots for several parameter ratios
+/// are built cheaply (sensitivity sweeps): the top-k_max singular subspace
+/// contains the answers for every smaller rank.
+class PreparedLayer {
+ public:
+  virtual ~PreparedLayer() = default;
+  /// The rank a slot built for `ratio` has.
+  virtual int64_t rank_for(double ratio) const = 0;
+  /// The largest rank this preparation can build.
+  virtual int64_t max_rank() const = 0;
+  /// The compressed slot for `ratio`; std::invalid_argument if rank_for(ratio) > max_rank().
+  virtual model::LinearPtr build(double ratio) const = 0;
+};
+
+/// Strategy: (weight [out, in], bias [out] or undefined, scale s [in] or
+/// undefined, param_ratio) -> compressed LinearSlot. The scale is s =
+/// stat^alpha + 1e-6 as the caller built it: the method decomposes W diag(s)
+/// and folds 1/s back into the input side. Other options are fixed at construction.
+class Compressor {
+ public:
+  virtual ~Compressor() = default;
+  /// "cur", "svd", ...: the slot kind it produces.
+  virtual std::string name() const = 0;
+  /// Compresses one layer. std::invalid_argument for bad shapes or ratios,
+  /// CompressionError when the numerics fail.
+  virtual model::LinearPtr compress(const at::Tensor& weight, const at::Tensor& bias, const at::Tensor& scale,
+                                    double param_ratio) const = 0;
+  /// Decomposes once for all `ratios` (the largest rank among them).
+  virtual std::unique_ptr<PreparedLayer> prepare(const at::Tensor& weight, const at::Tensor& bias,
+                                                 const at::Tensor& scale, const std::vector<double>& ratios) const = 0;
+  /// The rank compress() would use for an out x in layer, without decomposing.
+  virtual int64_t rank_for(int64_t out_features, int64_t in_features, double param_ratio) const = 0;
+  /// The weight parameters compress() would store, without decomposing.
+  virtual int64_t stored_params(int64_t out_features, int64_t in_features, double param_ratio) const = 0;
+};
+
+using CompressorPtr = std::unique_ptr<Compressor>;
+
+}  // namespace cur4llm::compress

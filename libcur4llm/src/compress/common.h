@@ -1,0 +1,44 @@
+#pragma once
+// Helpers shared by the compress sources (not installed).
+
+#include <ATen/ATen.h>
+
+#include <cstdint>
+#include <string>
+
+namespace cur4llm::compress::detail {
+
+// Decompositions run in fp32, or fp64 when the weight already is fp64.
+inline at::ScalarType work_dtype(const at::Tensor& weight) {
+  return weight.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+// std::invalid_argument naming `who` unless weight is a 2-d floating matrix,
+// bias [out] or undefined, scale [in] of finite positive values or undefined.
+void check_layer(const std::string& who, const at::Tensor& weight, const at::Tensor& bias, const at::Tensor& scale);
+
+// std::invalid_argument unless 0 < ratio and it is finite.
+void check_ratio(const std::string& who, double ratio);
+
+// floor(out * in * ratio): the parameter budget of a layer.
+int64_t budget_params(int64_t out_features, int64_t in_features, double ratio);
+
+// W diag(s) in the work dtype (W itself, converted, when s is undefined).
+at::Tensor scaled_weight(const at::Tensor& weight, const at::Tensor& scale);
+
+// Relative singular-value cut-off: `requested` if >= 0, else max(m, n) * eps(dtype)
+// (the rank tolerance of numpy.linalg.matrix_rank).
+double link_rtol(double requested, int64_t m, int64_t n, at::ScalarType dtype);
+
+// Pseudo-inverse of a tall or wide matrix via its thin SVD in fp64: singular
+// values <= rtol * sigma_max (or zero) are dropped, so the result is finite
+// for rank-deficient and zero matrices. Returns (left, inv_sigma, right^T) with
+// pinv(M) = right diag(inv_sigma) left^T, i.e. M = left diag(sigma) right^T.
+struct PinvFactors {
+  at::Tensor left;       // [rows, r]
+  at::Tensor inv_sigma;  // [r], zero where dropped
+  at::Tensor right;      // [cols, r]
+};
+PinvFactors pinv_factors(const at::Tensor& m, double rtol);
+
+}  // namespace cur4llm::compress::detail

@@ -1,0 +1,236 @@
+#include <cur4llm/compress/cur_linear.h>
+
+#include "common.h"
+
+#include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <stdexcept>
+
+namespace cur4llm::compress {
+
+namespace {
+
+// k indices (ascending, int64, CPU) chosen from leverage scores (fp64, CPU).
+at::Tensor select_indices(const at::Tensor& leverage, int64_t k, CURSelection selection, at::Generator& gen) {
+  at::Tensor chosen;
+  if (selection == CURSelection::TopKLeverage) {
+    // A stable descending sort breaks ties by the lower index, so the choice
+    // is the same on every device and run.
+    chosen = std::get<1>(at::sort(leverage, /*stable=*/true, /*dim=*/0, /*descending=*/true)).narrow(0, 0, k);
+  } else {
+    // A small floor keeps every index drawable, so k distinct ones always exist.
+    auto p = leverage.clamp_min(0);
+    const double top = p.max().item<double>();
+    p = p + (top > 0 ? top * 1e-12 : 1.0);
+    chosen = at::multinomial(p, k, /*replacement=*/false, gen);
+  }
+  return std::get<0>(at::sort(chosen.to(at::kLong))).contiguous();
+}
+
+}  // namespace
+
+CURSelection parse_cur_selection(const std::string& name) {
+  if (name == "topk") return CURSelection::TopKLeverage;
+  if (name == "sampled") return CURSelection::SampledLeverage;
+  throw std::invalid_argument(fmt::format("unknown CUR selection \"{}\" (valid: topk, sampled)", name));
+}
+
+int64_t cur_stored_params(int64_t out_features, int64_t in_features, int64_t rank, const CUROptions& options) {
+  return out_features * rank + rank * in_features + (options.fold_u ? 0 : rank * rank);
+}
+
+int64_t cur_rank_for_ratio(int64_t out_features, int64_t in_features, double param_ratio, const CUROptions& options) {
+  detail::check_ratio("cur_rank_for_ratio", param_ratio);
+  if (out_features < 1 || in_features < 1) throw std::invalid_argument("cur_rank_for_ratio: empty layer");
+  const int64_t align = std::max<int64_t>(options.rank_align, 1);
+  const int64_t max_rank = std::min(out_features, in_features);
+  const int64_t budget = detail::budget_params(out_features, in_features, param_ratio);
+  int64_t best = 0;
+  // The stored count grows with k, so the first k that does not fit ends the search.
+  for (int64_t k = align; k <= max_rank; k += align) {
+    if (cur_stored_params(out_features, in_features, k, options) > budget) break;
+    best = k;
+  }
+  return best > 0 ? best : std::min(align, max_rank);
+}
+
+// ---------------------------------------------------------------------------------------------
+CURLinear::CURLinear(at::Tensor c, at::Tensor u, at::Tensor r, at::Tensor bias, at::Tensor row_indices,
+                     at::Tensor col_indices, int64_t budget_params)
+    : c_(std::move(c)), u_(std::move(u)), r_(std::move(r)), bias_(std::move(bias)), budget_params_(budget_params) {
+  if (!c_.defined() || !r_.defined() || c_.dim() != 2 || r_.dim() != 2 || c_.size(1) != r_.size(0)) {
+    throw std::invalid_argument("CURLinear: C [out, k] and R [k, in] must be 2-d with the same k");
+  }
+  const int64_t k = r_.size(0);
+  if (u_.defined() && (u_.dim() != 2 || u_.size(0) != k || u_.size(1) != k)) {
+    throw std::invalid_argument(fmt::format("CURLinear: U must be [{0}, {0}]", k));
+  }
+  if (bias_.defined() && (bias_.dim() != 1 || bias_.size(0) != c_.size(0))) {
+    throw std::invalid_argument(
+        fmt::format("CURLinear: bias of {} values does not match {} outputs", bias_.numel(), c_.size(0)));
+  }
+  row_indices_ = row_indices.defined() ? row_indices.to(at::kCPU, at::kLong).contiguous() : row_indices;
+  col_indices_ = col_indices.defined() ? col_indices.to(at::kCPU, at::kLong).contiguous() : col_indices;
+  if ((row_indices_.defined() && row_indices_.numel() != k) || (col_indices_.defined() && col_indices_.numel() != k)) {
+    throw std::invalid_argument(fmt::format("CURLinear: row and column indices must have {} entries", k));
+  }
+}
+
+at::Tensor CURLinear::forward(const at::Tensor& x) const {
+  // Three thin GEMMs; the out x in matrix is never formed.
+  auto t = at::linear(x, r_);
+  if (u_.defined()) t = at::linear(t, u_);
+  return at::linear(t, c_, bias_);
+}
+
+int64_t CURLinear::in_features() const { return r_.size(1); }
+int64_t CURLinear::out_features() const { return c_.size(0); }
+int64_t CURLinear::weight_params() const { return c_.numel() + r_.numel() + (u_.defined() ? u_.numel() : 0); }
+
+std::vector<std::pair<std::string, at::Tensor>> CURLinear::state() const {
+  std::vector<std::pair<std::string, at::Tensor>> out;
+  if (u_.defined()) {
+    out.emplace_back("C", c_);
+    out.emplace_back("U", u_);
+  } else {
+    out.emplace_back("CU", c_);
+  }
+  out.emplace_back("R", r_);
+  if (bias_.defined()) out.emplace_back("bias", bias_);
+  if (row_indices_.defined()) out.emplace_back("row_indices", row_indices_);
+  if (col_indices_.defined()) out.emplace_back("col_indices", col_indices_);
+  return out;
+}
+
+at::Tensor CURLinear::reconstruct_weight() const {
+  const auto work = detail::work_dtype(c_);
+  auto cu = u_.defined() ? at::matmul(c_.to(work), u_.to(work)) : c_.to(work);
+  return at::matmul(cu, r_.to(work)).to(c_.scalar_type());
+}
+
+std::shared_ptr<CURLinear> CURLinear::from_linear(const at::Tensor& weight, const at::Tensor& bias,
+                                                  const CUROptions& options) {
+  detail::check_layer("CURLinear::from_linear", weight, bias, options.scale);
+  const int64_t k = cur_rank_for_ratio(weight.size(0), weight.size(1), options.param_ratio, options);
+  return CURFactory(weight, bias, options, k).build_cur(options.param_ratio);
+}
+
+// ---------------------------------------------------------------------------------------------
+CURFactory::CURFactory(at::Tensor weight, at::Tensor bias, CUROptions options, int64_t max_rank)
+    : options_(std::move(options)) {
+  detail::check_layer("CURFactory", weight, bias, options_.scale);
+  const int64_t r = std::min(weight.size(0), weight.size(1));
+  if (max_rank < 1 || max_rank > r) {
+    throw std::invalid_argument(fmt::format("CURFactory: max_rank {} is not in [1, {}]", max_rank, r));
+  }
+  at::NoGradGuard no_grad;
+  weight_ = weight.detach();
+  bias_ = bias.defined() ? bias.detach() : bias;
+  if (options_.scale.defined()) options_.scale = options_.scale.detach();
+  scaled_ = detail::scaled_weight(weight_, options_.scale);
+  subspace_ = top_k_svd(scaled_, max_rank, options_.svd);
+}
+
+std::unique_ptr<CURFactory> CURFactory::for_ratios(const at::Tensor& weight, const at::Tensor& bias,
+                                                   const CUROptions& options, const std::vector<double>& ratios) {
+  detail::check_layer("CURFactory::for_ratios", weight, bias, options.scale);
+  if (ratios.empty()) throw std::invalid_argument("CURFactory::for_ratios: no ratios");
+  int64_t k = 0;
+  for (double ratio : ratios) k = std::max(k, cur_rank_for_ratio(weight.size(0), weight.size(1), ratio, options));
+  return std::make_unique<CURFactory>(weight, bias, options, k);
+}
+
+int64_t CURFactory::rank_for(double ratio) const {
+  return cur_rank_for_ratio(weight_.size(0), weight_.size(1), ratio, options_);
+}
+
+std::shared_ptr<CURLinear> CURFactory::build_cur(double ratio) const {
+  const int64_t k = rank_for(ratio);
+  if (k > max_rank()) {
+    throw std::invalid_argument(
+        fmt::format("CURFactory: ratio {} needs rank {}, prepared for at most {}", ratio, k, max_rank()));
+  }
+  return build_rank_budget(k, detail::budget_params(weight_.size(0), weight_.size(1), ratio));
+}
+
+std::shared_ptr<CURLinear> CURFactory::build_rank(int64_t k) const {
+  if (k < 1 || k > max_rank()) {
+    throw std::invalid_argument(fmt::format("CURFactory: rank {} is not in [1, {}]", k, max_rank()));
+  }
+  return build_rank_budget(k, -1);
+}
+
+std::shared_ptr<CURLinear> CURFactory::build_rank_budget(int64_t k, int64_t budget) const {
+  at::NoGradGuard no_grad;
+  const int64_t m = weight_.size(0), n = weight_.size(1);
+  const auto work = scaled_.scalar_type();
+  const auto device = scaled_.device();
+
+  // Leverage of the top-k subspace (nested in the prepared top-max_rank one).
+  auto row_leverage = subspace_.U.narrow(1, 0, k).pow(2).sum(1).to(at::kCPU, at::kDouble);
+  auto col_leverage = subspace_.V.narrow(1, 0, k).pow(2).sum(1).to(at::kCPU, at::kDouble);
+  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(options_.seed);
+  auto rows = select_indices(row_leverage, k, options_.selection, gen);
+  auto cols = select_indices(col_leverage, k, options_.selection, gen);
+  auto rows_d = rows.to(device), cols_d = cols.to(device);
+
+  // U_s = pinv(C_s) A pinv(R_s) for A = W S, C_s = A[:, J], R_s = A[I, :], through
+  // the thin SVDs of C_s and R_s in fp64 with a relative cut-off (rank-revealing:
+  // duplicated or zero columns give zeros, never NaN). Only U_c^T A V_r, a k x k
+  // product, touches A.
+  const double rtol = detail::link_rtol(options_.link_rtol, m, n, work);
+  auto pc = detail::pinv_factors(scaled_.index_select(1, cols_d), rtol);
+  auto pr = detail::pinv_factors(scaled_.index_select(0, rows_d), rtol);
+  auto core = at::matmul(at::matmul(pc.left.to(work).transpose(0, 1), scaled_), pr.right.to(work)).to(at::kDouble);
+  auto u = at::matmul(at::matmul(pc.right * pc.inv_sigma.unsqueeze(0), core),
+                      (pr.left * pr.inv_sigma.unsqueeze(0)).transpose(0, 1));
+  // W_hat S = C_s U_s R_s with C_s = W[:, J] S_J and R_s S^-1 = W[I, :], so
+  // W_hat = W[:, J] (S_J U_s) W[I, :]: the stored C and R are the original weight.
+  if (options_.scale.defined()) {
+    u = options_.scale.to(device, at::kDouble).index_select(0, cols_d).unsqueeze(1) * u;
+  }
+  if (!at::isfinite(u).all().item<bool>()) {
+    throw CompressionError(fmt::format("CUR: the {}x{} linking matrix of a [{}, {}] weight is not finite", k, k, m, n));
+  }
+
+  const auto dtype = weight_.scalar_type();
+  auto c = weight_.index_select(1, cols_d).contiguous();
+  auto r = weight_.index_select(0, rows_d).contiguous();
+  if (options_.fold_u) {
+    auto cu = at::matmul(c.to(at::kDouble), u).to(dtype).contiguous();
+    return std::make_shared<CURLinear>(cu, at::Tensor(), r, bias_, rows, cols, budget);
+  }
+  return std::make_shared<CURLinear>(c, u.to(dtype).contiguous(), r, bias_, rows, cols, budget);
+}
+
+// ---------------------------------------------------------------------------------------------
+CURCompressor::CURCompressor(CUROptions options) : options_(std::move(options)) {}
+
+model::LinearPtr CURCompressor::compress(const at::Tensor& weight, const at::Tensor& bias, const at::Tensor& scale,
+                                         double param_ratio) const {
+  CUROptions o = options_;
+  o.param_ratio = param_ratio;
+  o.scale = scale;
+  return CURLinear::from_linear(weight, bias, o);
+}
+
+std::unique_ptr<PreparedLayer> CURCompressor::prepare(const at::Tensor& weight, const at::Tensor& bias,
+                                                      const at::Tensor& scale, const std::vector<double>& ratios) const {
+  CUROptions o = options_;
+  o.scale = scale;
+  return CURFactory::for_ratios(weight, bias, o, ratios);
+}
+
+int64_t CURCompressor::rank_for(int64_t out_features, int64_t in_features, double param_ratio) const {
+  return cur_rank_for_ratio(out_features, in_features, param_ratio, options_);
+}
+
+int64_t CURCompressor::stored_params(int64_t out_features, int64_t in_features, double param_ratio) const {
+  return cur_stored_params(out_features, in_features, rank_for(out_features, in_features, param_ratio), options_);
+}
+
+}  // namespace cur4llm::compress
