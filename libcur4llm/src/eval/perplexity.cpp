@@ -38,9 +38,17 @@ at::Tensor sequence_nll(const model::CausalLM& lm, const at::Tensor& input_ids) 
   if (input_ids.dim() != 2 || input_ids.size(1) < 2) {
     throw std::invalid_argument("sequence_nll: input ids must be [batch, tokens] with at least 2 tokens");
   }
+  return sequence_nll_from(lm, 0, lm.embed(input_ids), input_ids);
+}
+
+at::Tensor sequence_nll_from(const model::CausalLM& lm, int64_t first_layer, const at::Tensor& hidden_in,
+                             const at::Tensor& input_ids) {
+  if (input_ids.dim() != 2 || input_ids.size(1) < 2) {
+    throw std::invalid_argument("sequence_nll: input ids must be [batch, tokens] with at least 2 tokens");
+  }
   auto ids = input_ids.to(lm.device(), at::kLong);
-  auto h = lm.embed(input_ids);
-  for (int64_t i = 0; i < lm.num_layers(); ++i) h = lm.layer(i, h);
+  auto h = hidden_in;
+  for (int64_t i = first_layer; i < lm.num_layers(); ++i) h = lm.layer(i, h);
   const int64_t b = ids.size(0), t = ids.size(1) - 1;
   auto hidden = lm.final_hidden(h).narrow(1, 0, t).reshape({b * t, -1});
   auto labels = ids.narrow(1, 1, t).reshape({b * t});

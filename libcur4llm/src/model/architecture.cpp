@@ -6,6 +6,7 @@
 
 #include <cmath>
 #include <stdexcept>
+#include <vector>
 
 namespace cur4llm::model {
 
@@ -120,12 +121,25 @@ at::Tensor causal_attention(const at::Tensor& q_in, const at::Tensor& k_in, cons
     out = at::scaled_dot_product_attention(q, k, v, {}, 0.0, true);
   }
 #else
-  // LibTorch 1.x: the eager formulation of transformers (softmax in float32).
-  auto scores = at::matmul(q, k.transpose(-2, -1)) * (1.0 / std::sqrt(static_cast<double>(head_dim)));
-  scores = scores.masked_fill(at::logical_not(allowed_mask(t, windowed ? window : 0, q.device())),
-                              -std::numeric_limits<double>::infinity());
-  auto probs = at::softmax(scores, -1, at::kFloat).to(q.scalar_type());
-  out = at::matmul(probs, v);
+  // LibTorch 1.x: the eager formulation of transformers (softmax in float32),
+  // over groups of (batch x head) rows so that the T x T scores of a group stay
+  // near 8 MiB: large buffers would each be a fresh mmap on the CPU.
+  const auto blocked = at::logical_not(allowed_mask(t, windowed ? window : 0, q.device()));
+  const double scale = 1.0 / std::sqrt(static_cast<double>(head_dim));
+  auto q3 = q.reshape({b * num_heads, t, head_dim});
+  auto k3 = k.reshape({b * num_heads, t, head_dim});
+  auto v3 = v.reshape({b * num_heads, t, head_dim});
+  const int64_t rows = b * num_heads;
+  const int64_t group = std::max<int64_t>(1, (int64_t{2} << 20) / std::max<int64_t>(1, t * t));
+  std::vector<at::Tensor> parts;
+  for (int64_t start = 0; start < rows; start += group) {
+    const int64_t n = std::min(group, rows - start);
+    auto scores = at::bmm(q3.narrow(0, start, n), k3.narrow(0, start, n).transpose(1, 2)) * scale;
+    scores.masked_fill_(blocked, -std::numeric_limits<double>::infinity());
+    auto probs = at::softmax(scores, -1, at::kFloat).to(q.scalar_type());
+    parts.push_back(at::bmm(probs, v3.narrow(0, start, n)));
+  }
+  out = (parts.size() == 1 ? parts.front() : at::cat(parts, 0)).view({b, num_heads, t, head_dim});
 #endif
   return out.transpose(1, 2).reshape({b, t, num_heads * head_dim});
 }

@@ -7,6 +7,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <stdexcept>
 #include <string>
@@ -58,5 +59,8 @@ class Compressor {
 };
 
 using CompressorPtr = std::unique_ptr<Compressor>;
+
+/// A layer name -> its scale vector s (undefined tensor: not activation-aware).
+using ScaleFn = std::function<at::Tensor(const std::string& layer)>;
 
 }  // namespace cur4llm::compress

@@ -53,4 +53,9 @@ namespace cur4llm::eval {
 /// [B, T, vocab] logits tensor is ever made.
 at::Tensor sequence_nll(const model::CausalLM& lm, const at::Tensor& input_ids);
 
+/// As sequence_nll, starting from the hidden states entering decoder layer
+/// `first_layer` (num_layers(): only the final norm and lm_head run).
+at::Tensor sequence_nll_from(const model::CausalLM& lm, int64_t first_layer, const at::Tensor& hidden,
+                             const at::Tensor& input_ids);
+
 }  // namespace cur4llm::eval

@@ -1,0 +1,26 @@
+#pragma once
+/// Round-to-nearest weight quantization as the reference applies it after
+/// decomposition (../shared/PROTOCOL.md, "Weight quantization").
+
+#include <ATen/core/Tensor.h>
+
+namespace cur4llm::model {
+class CausalLM;
+}
+
+namespace cur4llm::compress {
+
+/// Quantizes and dequantizes a 2-d weight per output channel (row),
+/// asymmetric min-max with `bits` bits: xmin = min(row min, 0), xmax =
+/// max(row max, 0) (both zero: -1 and +1), scale = (xmax - xmin) / (2^bits - 1),
+/// zero = round(-xmin / scale), q = clamp(round(w / scale) + zero, 0, 2^bits - 1),
+/// w' = scale * (q - zero). Computed in fp32, returned in w's dtype.
+at::Tensor rtn_fake_quantize(const at::Tensor& w, int bits);
+
+/// Applies rtn_fake_quantize in place to every 2-d floating tensor stored by the
+/// Linear slots inside the decoder layers (the factors of decomposed layers
+/// included; lm_head and OPT's projections excluded). Returns the number of
+/// tensors quantized.
+int64_t rtn_quantize_model(model::CausalLM& lm, int bits);
+
+}  // namespace cur4llm::compress

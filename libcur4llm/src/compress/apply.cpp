@@ -1,0 +1,57 @@
+#include <cur4llm/compress/apply.h>
+
+#include <cur4llm/model/causal_lm.h>
+#include <cur4llm/util/progress.h>
+
+#include <ATen/ATen.h>
+#include <c10/core/InferenceMode.h>
+
+#include <fmt/format.h>
+
+#include <memory>
+
+namespace cur4llm::compress {
+
+search::CompressionPlan apply_allocation(model::CausalLM& lm, const search::Allocation& allocation,
+                                         const Compressor& compressor, const ScaleFn& scale,
+                                         const ApplyOptions& options) {
+  c10::InferenceMode guard;
+  int64_t todo = 0;
+  for (const auto& a : allocation) todo += a.compressed ? 1 : 0;
+  std::unique_ptr<util::Progress> progress;
+  if (options.show_progress) progress = std::make_unique<util::Progress>("decompose", todo, "layers");
+
+  search::CompressionPlan plan;
+  for (const auto& a : allocation) {
+    const auto& slot = lm.linear(a.layer);
+    search::PlannedLayer p;
+    p.name = a.layer;
+    p.dense_params = slot.in_features() * slot.out_features();
+    p.stored_params = slot.weight_params();
+    if (a.compressed) {
+      const auto* dense = dynamic_cast<const model::DenseLinear*>(&slot);
+      if (!dense) throw std::invalid_argument(fmt::format("layer \"{}\" is already {}, not dense", a.layer, slot.kind()));
+      try {
+        auto replacement = compressor.compress(dense->weight(), dense->bias(), scale ? scale(a.layer) : at::Tensor(), a.ratio);
+        p.method = compressor.name();
+        p.ratio = a.ratio;
+        p.rank = compressor.rank_for(slot.out_features(), slot.in_features(), a.ratio);
+        p.stored_params = replacement->weight_params();
+        lm.replace_linear(a.layer, std::move(replacement));
+      } catch (const CompressionError& e) {
+        fmt::print(stderr, "warning: {} stays dense: {}\n", a.layer, e.what());
+      }
+      if (progress) progress->advance();
+    }
+    plan.add(p);
+  }
+  return plan;
+}
+
+int64_t count_layers(const search::CompressionPlan& plan, const std::string& method) {
+  int64_t n = 0;
+  for (const auto& l : plan.layers()) n += l.method == method ? 1 : 0;
+  return n;
+}
+
+}  // namespace cur4llm::compress

@@ -1,0 +1,45 @@
+#include <cur4llm/compress/quantize.h>
+
+#include <cur4llm/model/causal_lm.h>
+
+#include <ATen/ATen.h>
+#include <c10/core/InferenceMode.h>
+
+#include <fmt/format.h>
+
+#include <stdexcept>
+
+namespace cur4llm::compress {
+
+at::Tensor rtn_fake_quantize(const at::Tensor& w, int bits) {
+  if (bits < 2 || bits > 16) throw std::invalid_argument(fmt::format("rtn: {} bits is not supported", bits));
+  if (w.dim() != 2) throw std::invalid_argument("rtn: the weight must be 2-d");
+  const double levels = std::ldexp(1.0, bits) - 1;
+  auto x = w.to(at::kFloat);
+  auto xmin = at::clamp_max(std::get<0>(x.min(1, /*keepdim=*/true)), 0.0);
+  auto xmax = at::clamp_min(std::get<0>(x.max(1, /*keepdim=*/true)), 0.0);
+  const auto both_zero = (xmin == 0).logical_and(xmax == 0);
+  xmin = at::where(both_zero, at::full_like(xmin, -1.0), xmin);
+  xmax = at::where(both_zero, at::full_like(xmax, 1.0), xmax);
+  auto scale = (xmax - xmin) / levels;
+  auto zero = at::round(-xmin / scale);
+  auto q = at::clamp(at::round(x / scale) + zero, 0.0, levels);
+  return (scale * (q - zero)).to(w.scalar_type());
+}
+
+int64_t rtn_quantize_model(model::CausalLM& lm, int bits) {
+  c10::InferenceMode guard;
+  int64_t count = 0;
+  for (const auto& info : lm.linears()) {
+    if (info.layer < 0) continue;
+    for (auto& [name, t] : lm.linear(info.name).state()) {
+      if (t.dim() != 2 || !at::isFloatingType(t.scalar_type())) continue;
+      auto tensor = t;  // shares the slot's storage
+      tensor.copy_(rtn_fake_quantize(tensor, bits));
+      ++count;
+    }
+  }
+  return count;
+}
+
+}  // namespace cur4llm::compress
