@@ -6,6 +6,7 @@
 #include <cur4llm/util/progress.h>
 
 #include <ATen/ATen.h>
+#include <c10/core/GradMode.h>
 #include <c10/core/InferenceMode.h>
 
 #include <fmt/format.h>
@@ -43,7 +44,7 @@ class RecordingSlot final : public model::LinearSlot {
 
  private:
   void record(const at::Tensor& input) const {
-    at::NoGradGuard no_grad;
+    c10::NoGradGuard no_grad;
     // [batch, tokens, in]; a 2-d input is one sample.
     const auto x = (input.dim() == 2 ? input.unsqueeze(0) : input).detach();
     const auto absx = x.abs().to(at::kFloat);

@@ -3,6 +3,7 @@
 #include "common.h"
 
 #include <ATen/ATen.h>
+#include <c10/core/GradMode.h>
 #include <ATen/CPUGeneratorImpl.h>
 
 #include <fmt/format.h>
@@ -127,7 +128,7 @@ CURFactory::CURFactory(at::Tensor weight, at::Tensor bias, CUROptions options, i
   if (max_rank < 1 || max_rank > r) {
     throw std::invalid_argument(fmt::format("CURFactory: max_rank {} is not in [1, {}]", max_rank, r));
   }
-  at::NoGradGuard no_grad;
+  c10::NoGradGuard no_grad;
   weight_ = weight.detach();
   bias_ = bias.defined() ? bias.detach() : bias;
   if (options_.scale.defined()) options_.scale = options_.scale.detach();
@@ -165,7 +166,7 @@ std::shared_ptr<CURLinear> CURFactory::build_rank(int64_t k) const {
 }
 
 std::shared_ptr<CURLinear> CURFactory::build_rank_budget(int64_t k, int64_t budget) const {
-  at::NoGradGuard no_grad;
+  c10::NoGradGuard no_grad;
   const int64_t m = weight_.size(0), n = weight_.size(1);
   const auto work = scaled_.scalar_type();
   const auto device = scaled_.device();

@@ -3,6 +3,7 @@
 #include "common.h"
 
 #include <ATen/ATen.h>
+#include <c10/core/GradMode.h>
 
 #include <fmt/format.h>
 
@@ -79,7 +80,7 @@ std::vector<std::pair<std::string, at::Tensor>> GradCURLinear::state() const {
 }
 
 std::shared_ptr<CURLinear> GradCURLinear::to_cur(at::ScalarType dtype) const {
-  at::NoGradGuard no_grad;
+  c10::NoGradGuard no_grad;
   const auto device = weight_.device();
   auto rows = row_indices_.to(device), cols = col_indices_.to(device);
   auto w = weight_.to(at::kDouble);

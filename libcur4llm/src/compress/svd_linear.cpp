@@ -3,6 +3,7 @@
 #include "common.h"
 
 #include <ATen/ATen.h>
+#include <c10/core/GradMode.h>
 
 #include <fmt/format.h>
 
@@ -71,7 +72,7 @@ SVDFactory::SVDFactory(const at::Tensor& weight, at::Tensor bias, SVDOptions opt
   if (max_rank < 1 || max_rank > r) {
     throw std::invalid_argument(fmt::format("SVDFactory: max_rank {} is not in [1, {}]", max_rank, r));
   }
-  at::NoGradGuard no_grad;
+  c10::NoGradGuard no_grad;
   bias_ = bias.defined() ? bias.detach() : bias;
   dtype_ = weight.scalar_type();
   auto scaled = detail::scaled_weight(weight, options_.scale);
@@ -91,7 +92,7 @@ std::shared_ptr<SVDLinear> SVDFactory::build_rank(int64_t k) const {
   if (k < 1 || k > max_rank()) {
     throw std::invalid_argument(fmt::format("SVDFactory: rank {} is not in [1, {}]", k, max_rank()));
   }
-  at::NoGradGuard no_grad;
+  c10::NoGradGuard no_grad;
   auto u = subspace_.U.narrow(1, 0, k);
   auto s = subspace_.S.narrow(0, 0, k);
   auto b = subspace_.V.narrow(1, 0, k).transpose(0, 1);  // [k, in]

@@ -75,7 +75,7 @@ class Opt final : public Architecture {
     }
     auto x = at::embedding(tensor(lm, std::string(kPrefix) + "embed_tokens.weight"), ids);
     if (c_.word_embed_proj_dim != c_.hidden_size) x = slot(lm, std::string(kPrefix) + "project_in").forward(x);
-    const auto& pos_table = tensor(lm, std::string(kPrefix) + "embed_positions.weight");
+    const at::Tensor pos_table = tensor(lm, std::string(kPrefix) + "embed_positions.weight");
     auto positions = at::arange(kPositionOffset, t + kPositionOffset, ids.options());
     return x + at::embedding(pos_table, positions).unsqueeze(0);
   }
