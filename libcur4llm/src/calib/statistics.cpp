@@ -26,7 +26,7 @@ class RecordingSlot final : public model::LinearSlot {
       : inner_(std::move(inner)), out_(out), options_(options), leaf_(std::move(leaf_weight)) {}
 
   at::Tensor forward(const at::Tensor& x) const override {
-    record(x);
+    if (recording_) record(x);
     if (leaf_.defined()) {
       const auto* dense = dynamic_cast<const model::DenseLinear*>(inner_.get());
       return at::linear(x, leaf_, dense->bias());
@@ -41,6 +41,7 @@ class RecordingSlot final : public model::LinearSlot {
   at::Tensor reconstruct_weight() const override { return inner_->reconstruct_weight(); }
 
   const at::Tensor& leaf() const { return leaf_; }
+  void set_recording(bool on) { recording_ = on; }
 
  private:
   void record(const at::Tensor& input) const {
@@ -68,14 +69,32 @@ class RecordingSlot final : public model::LinearSlot {
   LayerStatistics* out_;
   const CollectOptions& options_;
   at::Tensor leaf_;
+  bool recording_ = true;
 };
 
 // Swaps recording slots in for every Linear and puts the originals back on
-// destruction, also during stack unwinding.
+// destruction, also during stack unwinding (and when the constructor throws
+// half way, e.g. on a compressed layer in Fisher mode).
 class RecordingScope {
  public:
   RecordingScope(model::CausalLM& lm, std::map<std::string, LayerStatistics>& stats, const CollectOptions& options)
       : lm_(lm) {
+    try {
+      swap_in(stats, options);
+    } catch (...) {
+      restore();  // the destructor does not run when the constructor throws
+      throw;
+    }
+  }
+  ~RecordingScope() { restore(); }
+  const std::vector<std::pair<std::string, std::shared_ptr<RecordingSlot>>>& recorders() const { return recorders_; }
+  void set_recording(bool on) {
+    for (auto& [name, recorder] : recorders_) recorder->set_recording(on);
+  }
+
+ private:
+  void swap_in(std::map<std::string, LayerStatistics>& stats, const CollectOptions& options) {
+    model::CausalLM& lm = lm_;
     for (const auto& info : lm.linears()) {
       auto original = lm.linear_ptr(info.name);
       at::Tensor leaf;
@@ -89,16 +108,15 @@ class RecordingScope {
       }
       auto recorder = std::make_shared<RecordingSlot>(original, &stats[info.name], options, leaf);
       recorders_.emplace_back(info.name, recorder);
+      originals_.emplace_back(info.name, original);
       lm.replace_linear(info.name, recorder);
-      originals_.emplace_back(info.name, std::move(original));
     }
   }
-  ~RecordingScope() {
+  void restore() {
     for (auto& [name, slot] : originals_) lm_.replace_linear(name, slot);
+    originals_.clear();
   }
-  const std::vector<std::pair<std::string, std::shared_ptr<RecordingSlot>>>& recorders() const { return recorders_; }
 
- private:
   model::CausalLM& lm_;
   std::vector<std::pair<std::string, model::LinearPtr>> originals_;
   std::vector<std::pair<std::string, std::shared_ptr<RecordingSlot>>> recorders_;
@@ -250,8 +268,12 @@ ActivationStatistics collect_statistics(model::CausalLM& lm, const std::vector<s
       const auto ids = to_ids(samples, first, count);
       if (options.fisher) {
         // The causal-LM loss of the sample (mean over its next-token predictions).
+        // This pass records no activations: lm_head sees only the T-1 predicting
+        // positions here, in vocabulary-sized chunks, not the whole sample.
+        scope.set_recording(false);
         auto loss = eval::sequence_nll(lm, ids).mean();
         loss.backward();
+        scope.set_recording(true);
         for (const auto& [name, recorder] : scope.recorders()) {
           auto& leaf = const_cast<at::Tensor&>(recorder->leaf());
           const auto g = leaf.grad();
@@ -261,10 +283,13 @@ ActivationStatistics collect_statistics(model::CausalLM& lm, const std::vector<s
           s.fisher_sq_sum = s.fisher_sq_sum.defined() ? s.fisher_sq_sum + sq : sq;
           leaf.mutable_grad() = at::Tensor();
         }
-      } else {
+      }
+      if (!options.fisher || options.abs_mean || options.abs_max || options.gram) {
         // The whole sequence, as the reference's forward hooks see it.
         c10::InferenceMode guard;
         (void)lm.forward(ids);
+      } else {
+        for (auto& [name, s] : stats) s.tokens += ids.numel();  // what a recording pass would count
       }
       for (auto& [name, s] : stats) s.samples += static_cast<int64_t>(count);
       first += count;

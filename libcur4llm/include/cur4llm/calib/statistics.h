@@ -36,7 +36,8 @@ std::string to_string(ScalingMethod method);
 struct CollectOptions {
   bool abs_mean = true;        ///< per-channel mean |x| per sample, summed
   bool abs_max = false;        ///< per-channel max |x|
-  bool fisher = false;         ///< gradient-based Fisher information (one backward pass per sample)
+  bool fisher = false;         ///< gradient-based Fisher information (one backward pass per sample;
+                               ///< the other statistics then come from a separate plain forward)
   bool gram = false;           ///< input Gram matrix x x^T (float64, in x in per layer)
   int64_t batch_size = 1;      ///< samples per forward pass (equal-length samples only)
   bool show_progress = false;  ///< progress line on stderr
