@@ -8,6 +8,8 @@
 
 #include "test_paths.h"
 
+#include <cur4llm/io/files.h>
+
 #include <cur4llm/search/binary_search.h>
 #include <cur4llm/search/compression_plan.h>
 #include <cur4llm/search/sensitivity_table.h>
@@ -38,8 +40,10 @@ struct TempDir {
     path = tmpl;
   }
   ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
+    try {
+      cur4llm::io::remove_tree(path);  // not std::filesystem::remove_all: see io/files.h
+    } catch (const std::exception&) {
+    }
   }
 };
 
