@@ -1,0 +1,40 @@
+# --use_cache: the second identical run hits every cache; a run with another
+# alpha reuses the samples but recomputes statistics-dependent work... and a
+# corrupted cache file is reported and rebuilt.
+#   cmake -DACUR=... -DMODEL=... -DTEXT=... -DWORK=... -P cache_sequence.cmake
+file(REMOVE_RECURSE "${WORK}")
+set(common ${ACUR} --model_id ${MODEL} --act_aware --param_ratio_target 0.8 --calib_dataset ${TEXT}
+    --eval_ppl ${TEXT} --seqlen 64 --n_calib_samples 6 --limit 4 --use_cache --cache_dir ${WORK}/cache
+    --output ${WORK}/out)
+
+function(run_acur out_var)
+  execute_process(COMMAND ${common} ${ARGN} RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
+  if(rc)
+    message(FATAL_ERROR "acur failed (${rc}):\n${out}\n${err}")
+  endif()
+  set(${out_var} "${out}${err}" PARENT_SCOPE)
+endfunction()
+
+run_acur(first)
+if(first MATCHES "cache hit")
+  message(FATAL_ERROR "the first run found a cache:\n${first}")
+endif()
+run_acur(second)
+foreach(kind calib stats sensitivity)
+  if(NOT second MATCHES "cache hit: [^\n]*/${kind}-")
+    message(FATAL_ERROR "the second run did not reuse the ${kind} cache:\n${second}")
+  endif()
+endforeach()
+run_acur(third --alpha 0.25)
+if(NOT third MATCHES "cache hit: [^\n]*/stats-" OR third MATCHES "cache hit: [^\n]*/sensitivity-")
+  message(FATAL_ERROR "changing --alpha must keep the statistics and recompute the sensitivity:\n${third}")
+endif()
+file(GLOB tables "${WORK}/cache/sensitivity-*.json")
+foreach(t IN LISTS tables)
+  file(WRITE "${t}" "{ not json")
+endforeach()
+run_acur(fourth)
+if(NOT fourth MATCHES "is unreadable" OR fourth MATCHES "cache hit: [^\n]*/sensitivity-")
+  message(FATAL_ERROR "a corrupt cache file must be reported and rebuilt:\n${fourth}")
+endif()
+message(STATUS "cache sequence ok")
