@@ -2,6 +2,7 @@
 // ranks) and RTN fake quantization (hand-computed rows, the error bound, the
 // tensors rtn_quantize_model touches and leaves alone).
 #include "test_paths.h"
+#include "test_helpers.h"
 
 #include <cur4llm/compress/apply.h>
 #include <cur4llm/compress/factory.h>
@@ -19,10 +20,11 @@
 #include <vector>
 
 using namespace cur4llm;
+using test::make_samples;
+using test::model_dir;
 
 namespace {
 
-std::filesystem::path model_dir(const std::string& name) { return test::fixture_dir() / "models" / name; }
 
 at::Tensor row(std::vector<float> v) { return at::tensor(v, at::kFloat).unsqueeze(0); }
 

@@ -3,6 +3,7 @@
 // scale formula by hand, the safetensors round trip, and the model's slots
 // restored after collection (also when it throws).
 #include "test_paths.h"
+#include "test_helpers.h"
 
 #include <cur4llm/calib/statistics.h>
 #include <cur4llm/compress/factory.h>
@@ -21,22 +22,13 @@
 #include <vector>
 
 using namespace cur4llm;
+using test::make_samples;
+using test::model_dir;
 using calib::ScalingMethod;
 
 namespace {
 
-std::filesystem::path model_dir(const std::string& name) { return test::fixture_dir() / "models" / name; }
 
-// Fixed pseudo-random token ids: samples of the given lengths, ids in [0, vocab).
-std::vector<std::vector<int64_t>> make_samples(const std::vector<int64_t>& lengths, int64_t vocab, uint64_t seed) {
-  auto gen = at::make_generator<at::CPUGeneratorImpl>(seed);
-  std::vector<std::vector<int64_t>> out;
-  for (int64_t len : lengths) {
-    auto t = at::randint(vocab, {len}, gen, at::TensorOptions().dtype(at::kLong));
-    out.emplace_back(t.data_ptr<int64_t>(), t.data_ptr<int64_t>() + len);
-  }
-  return out;
-}
 
 at::Tensor ids_tensor(const std::vector<int64_t>& s) {
   return at::tensor(s, at::TensorOptions().dtype(at::kLong)).unsqueeze(0);

@@ -7,6 +7,7 @@
 // under test.
 
 #include "test_paths.h"
+#include "test_helpers.h"
 
 #include <cur4llm/io/files.h>
 #include <cur4llm/io/model_folder.h>
@@ -37,26 +38,10 @@ using cur4llm::io::SafetensorsFile;
 using cur4llm::io::TensorInfo;
 using Catch::Matchers::Contains;
 
+using cur4llm::test::model_dir;
+using cur4llm::test::TempDir;
+
 namespace {
-
-fs::path model_dir(const std::string& name) { return cur4llm::test::fixture_dir() / "models" / name; }
-
-// A fresh folder under /tmp, removed at the end of the test.
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    std::string tmpl = (fs::temp_directory_path() / "cur4llm_test_io_XXXXXX").string();
-    REQUIRE(::mkdtemp(tmpl.data()) != nullptr);
-    path = tmpl;
-  }
-  ~TempDir() {
-    try {
-      cur4llm::io::remove_tree(path);
-    } catch (const std::exception&) {
-    }
-  }
-  fs::path operator/(const std::string& name) const { return path / name; }
-};
 
 // Plain iostreams here, so the tests do not depend on io/files.h.
 std::string slurp(const fs::path& path) {

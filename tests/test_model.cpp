@@ -8,6 +8,7 @@
 #include <torch/version.h>
 
 #include "test_paths.h"
+#include "test_helpers.h"
 
 #include <cur4llm/io/files.h>
 
@@ -20,9 +21,11 @@ using cur4llm::model::CausalLM;
 using cur4llm::model::LoadOptions;
 namespace fs = std::filesystem;
 
+using cur4llm::test::model_dir;
+using cur4llm::test::TempDir;
+
 namespace {
 
-fs::path model_dir(const std::string& name) { return cur4llm::test::fixture_dir() / "models" / name; }
 
 double max_abs_diff(const at::Tensor& a, const at::Tensor& b) {
   REQUIRE(a.sizes() == b.sizes());

@@ -25,6 +25,23 @@ nlohmann::json read_json(const fs::path& p) {
   return nlohmann::json::parse(in);
 }
 
+// stories260K's perplexity at seqlen 512 on `text_spec` with `tokenizer`.
+cur4llm::eval::PerplexityResult stories_perplexity(const fs::path& shared, const cur4llm::tokenize::Tokenizer& tokenizer,
+                                                   const std::string& text_spec, std::vector<int64_t>* ids_out = nullptr) {
+  auto lm = CausalLM::load(shared / "models" / "stories260K-hf");
+  auto text = cur4llm::data::load_text(text_spec, Purpose::Evaluation, shared / "text");
+  auto ids = tokenizer.encode(text.text);
+  if (ids_out) *ids_out = ids;
+  cur4llm::eval::PerplexityOptions options;
+  options.seqlen = 512;
+  options.batch_size = 2;
+  return cur4llm::eval::evaluate_perplexity(*lm, ids, options);
+}
+
+std::string tinystories_eval(const fs::path& shared) {
+  return (shared / "text" / "tinystories" / "tinystories_eval.txt").string();
+}
+
 }  // namespace
 
 TEST_CASE("trained tiny OPT: perplexity equals transformers' on the carried text", "[pipeline][model]") {
@@ -70,16 +87,8 @@ TEST_CASE("batching windows does not change the perplexity", "[pipeline]") {
 TEST_CASE("stories260K: perplexity on TinyStories equals transformers' within 0.1%", "[pipeline][model][shared]") {
   CUR4LLM_REQUIRE_SHARED_DATA(shared);
   const auto ref = read_json(cur4llm::test::fixture_dir() / "reference.json").at("stories260K");
-  const auto folder = shared / "models" / "stories260K-hf";
-  auto tokenizer = cur4llm::tokenize::load_tokenizer(folder);
-  auto lm = CausalLM::load(folder);
-  auto text = cur4llm::data::load_text((shared / "text" / "tinystories" / "tinystories_eval.txt").string(),
-                                       Purpose::Evaluation, shared / "text");
-  auto ids = tokenizer->encode(text.text);
-  cur4llm::eval::PerplexityOptions options;
-  options.seqlen = 512;
-  options.batch_size = 2;
-  auto r = cur4llm::eval::evaluate_perplexity(*lm, ids, options);
+  auto tokenizer = cur4llm::tokenize::load_tokenizer(shared / "models" / "stories260K-hf");
+  auto r = stories_perplexity(shared, *tokenizer, tinystories_eval(shared));
   CHECK(r.windows == ref.at("tinystories_eval_windows").get<int64_t>());
   CHECK(r.perplexity == Approx(ref.at("tinystories_eval_ppl_seqlen512").get<double>()).epsilon(1e-3));
 }
@@ -92,30 +101,17 @@ TEST_CASE("stories260K: with transformers' own token ids the perplexity agrees t
   const auto ref = read_json(cur4llm::test::fixture_dir() / "reference.json").at("stories260K");
   const auto tok_dir = cur4llm::test::fixture_dir() / "tokenizers" / "stories260K";
   auto tokenizer = cur4llm::tokenize::load_tokenizer_json(tok_dir / "tokenizer.json", tok_dir / "tokenizer_config.json");
-  auto lm = CausalLM::load(shared / "models" / "stories260K-hf");
-  auto text = cur4llm::data::load_text((shared / "text" / "tinystories" / "tinystories_eval.txt").string(),
-                                       Purpose::Evaluation, shared / "text");
-  auto ids = tokenizer->encode(text.text);
+  std::vector<int64_t> ids;
+  auto r = stories_perplexity(shared, *tokenizer, tinystories_eval(shared), &ids);
   CHECK(static_cast<int64_t>(ids.size()) == ref.at("tinystories_eval_tokens").get<int64_t>());
-  cur4llm::eval::PerplexityOptions options;
-  options.seqlen = 512;
-  options.batch_size = 2;
-  auto r = cur4llm::eval::evaluate_perplexity(*lm, ids, options);
   CHECK(r.perplexity == Approx(ref.at("tinystories_eval_ppl_seqlen512").get<double>()).epsilon(1e-5));
 }
 
 TEST_CASE("stories260K: wikitext2 test perplexity equals transformers' within 0.1%", "[pipeline][model][shared]") {
   CUR4LLM_REQUIRE_SHARED_DATA(shared);
   const auto ref = read_json(cur4llm::test::fixture_dir() / "reference.json").at("stories260K");
-  const auto folder = shared / "models" / "stories260K-hf";
-  auto tokenizer = cur4llm::tokenize::load_tokenizer(folder);
-  auto lm = CausalLM::load(folder);
-  auto text = cur4llm::data::load_text("wikitext2", Purpose::Evaluation, shared / "text");
-  auto ids = tokenizer->encode(text.text);
-  cur4llm::eval::PerplexityOptions options;
-  options.seqlen = 512;
-  options.batch_size = 2;
-  auto r = cur4llm::eval::evaluate_perplexity(*lm, ids, options);
+  auto tokenizer = cur4llm::tokenize::load_tokenizer(shared / "models" / "stories260K-hf");
+  auto r = stories_perplexity(shared, *tokenizer, "wikitext2");
   CHECK(r.perplexity == Approx(ref.at("wikitext2_test_ppl_seqlen512").get<double>()).epsilon(1e-3));
 }
 

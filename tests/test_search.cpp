@@ -7,6 +7,7 @@
 // exact in binary, so "ratio == target" ties are real ties.
 
 #include "test_paths.h"
+#include "test_helpers.h"
 
 #include <cur4llm/io/files.h>
 
@@ -30,27 +31,15 @@ namespace fs = std::filesystem;
 using namespace cur4llm::search;
 using Catch::Matchers::Contains;
 
-namespace {
+using cur4llm::test::TempDir;
 
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    std::string tmpl = (fs::temp_directory_path() / "cur4llm_test_search_XXXXXX").string();
-    REQUIRE(::mkdtemp(tmpl.data()) != nullptr);
-    path = tmpl;
-  }
-  ~TempDir() {
-    try {
-      cur4llm::io::remove_tree(path);  // not std::filesystem::remove_all: see io/files.h
-    } catch (const std::exception&) {
-    }
-  }
-};
+namespace {
 
 void write_text(const fs::path& p, const std::string& text) {
   std::ofstream out(p, std::ios::binary);
   out << text;
 }
+
 
 // Layers A, B (numel 100) and C (numel 200): 400 parameters.
 // Sorted by score descending:

@@ -3,6 +3,7 @@
 // forward per candidate) and against entries computed in the test by swapping
 // the layer by hand; stable-rank scores from at::linalg_svdvals.
 #include "test_paths.h"
+#include "test_helpers.h"
 
 #include <cur4llm/compress/factory.h>
 #include <cur4llm/eval/perplexity.h>
@@ -20,20 +21,12 @@
 #include <vector>
 
 using namespace cur4llm;
+using test::make_samples;
+using test::model_dir;
 
 namespace {
 
-std::filesystem::path model_dir(const std::string& name) { return test::fixture_dir() / "models" / name; }
 
-std::vector<std::vector<int64_t>> make_samples(const std::vector<int64_t>& lengths, int64_t vocab, uint64_t seed) {
-  auto gen = at::make_generator<at::CPUGeneratorImpl>(seed);
-  std::vector<std::vector<int64_t>> out;
-  for (int64_t len : lengths) {
-    auto t = at::randint(vocab, {len}, gen, at::TensorOptions().dtype(at::kLong));
-    out.emplace_back(t.data_ptr<int64_t>(), t.data_ptr<int64_t>() + len);
-  }
-  return out;
-}
 
 std::map<std::string, model::LinearPtr> slots_of(const model::CausalLM& lm) {
   std::map<std::string, model::LinearPtr> out;

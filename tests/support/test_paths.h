@@ -19,6 +19,9 @@ namespace cur4llm::test {
 
 inline std::filesystem::path fixture_dir() { return CUR4LLM_TEST_DATA_DIR; }
 
+/// A tiny checkpoint under tests/data/models.
+inline std::filesystem::path model_dir(const std::string& name) { return fixture_dir() / "models" / name; }
+
 inline std::optional<std::filesystem::path> shared_data_dir() {
   const char* env = std::getenv("CUR4LLM_SHARED_DIR");
   std::filesystem::path root = env && *env ? std::filesystem::path(env) : std::filesystem::path(CUR4LLM_DEFAULT_SHARED_DIR);
