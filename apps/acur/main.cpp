@@ -218,7 +218,7 @@ int run(int argc, char** argv) {
       ("use_bos", po::bool_switch(&o.use_bos), "put BOS before each calibration sample if the tokenizer does not");
   po::options_description own("cur4llm options");
   own.add_options()
-      ("method", po::value(&o.method)->default_value("cur"), "decomposition: cur or svd")
+      ("method", po::value(&o.method)->default_value("cur"), "decomposition: cur, svd, or grad_cur (CUR with trainable scales, see docs/methods.md)")
       ("cur_selection", po::value(&o.cur_selection)->default_value("topk"), "CUR rows/columns: topk or sampled leverage")
       ("device", po::value(&o.device)->default_value("cpu"), "cpu, cuda or cuda:N")
       ("dtype", po::value(&o.dtype)->default_value(""), "fp32, fp16 or bf16 (default: fp32 on CPU, checkpoint's on CUDA)")

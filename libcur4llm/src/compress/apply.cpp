@@ -4,7 +4,7 @@
 #include <cur4llm/util/progress.h>
 
 #include <ATen/ATen.h>
-#include <c10/core/InferenceMode.h>
+#include <c10/core/GradMode.h>
 
 #include <fmt/format.h>
 
@@ -15,7 +15,8 @@ namespace cur4llm::compress {
 search::CompressionPlan apply_allocation(model::CausalLM& lm, const search::Allocation& allocation,
                                          const Compressor& compressor, const ScaleFn& scale,
                                          const ApplyOptions& options) {
-  c10::InferenceMode guard;
+  // No grad, but not inference mode: a compressor may make trainable leaves (grad_cur).
+  c10::NoGradGuard no_grad;
   int64_t todo = 0;
   for (const auto& a : allocation) todo += a.compressed ? 1 : 0;
   std::unique_ptr<util::Progress> progress;

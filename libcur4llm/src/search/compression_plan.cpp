@@ -17,12 +17,12 @@ using detail::OrderedJson;
 
 namespace {
 
-bool known_method(const std::string& m) { return m == "cur" || m == "svd" || m == "dense"; }
+bool known_method(const std::string& m) { return m == "cur" || m == "svd" || m == "grad_cur" || m == "dense"; }
 
 // The checks of add(), as a message (empty when the layer is valid).
 std::string invalid_reason(const PlannedLayer& l) {
   if (l.name.empty()) return "has an empty name";
-  if (!known_method(l.method)) return fmt::format("has method \"{}\", not cur, svd or dense", l.method);
+  if (!known_method(l.method)) return fmt::format("has method \"{}\", not cur, svd, grad_cur or dense", l.method);
   if (!std::isfinite(l.ratio) || l.ratio <= 0) return fmt::format("has ratio {}, must be finite and > 0", l.ratio);
   if (l.rank < 0) return fmt::format("has rank {}, must be >= 0", l.rank);
   if (l.stored_params < 0) return fmt::format("has stored_params {}, must be >= 0", l.stored_params);

@@ -19,7 +19,7 @@ struct CompressorOptions {
   SVDOptions svd;  // for "svd" (param_ratio and scale are given per call)
 };
 
-/// The method names make_compressor knows: {"cur", "svd"}.
+/// The method names make_compressor knows: {"cur", "svd", "grad_cur"}.
 const std::vector<std::string>& compressor_names();
 
 /// The compressor for `method`; std::invalid_argument listing the valid names otherwise.

@@ -18,7 +18,7 @@ namespace cur4llm::search {
 /// One Linear layer of the plan.
 struct PlannedLayer {
   std::string name;               ///< full module name
-  std::string method = "dense";   ///< "cur", "svd" or "dense"
+  std::string method = "dense";   ///< "cur", "svd", "grad_cur" or "dense"
   double ratio = 1;               ///< nominal param ratio chosen by the search
   std::int64_t rank = 0;          ///< rank of the factorization (0 for dense)
   std::int64_t stored_params = 0; ///< parameters the layer really stores
