@@ -42,16 +42,20 @@ std::string tinystories_eval(const fs::path& shared) {
   return (shared / "text" / "tinystories" / "tinystories_eval.txt").string();
 }
 
+// The carried Shakespeare text, tokenized by the tiny OPT's own tokenizer.
+std::vector<int64_t> tiny_opt_tail_ids() {
+  auto tokenizer = cur4llm::tokenize::load_tokenizer(cur4llm::test::model_dir("tiny-shakespeare-opt"));
+  auto text = cur4llm::data::load_text((cur4llm::test::fixture_dir() / "text" / "shakespeare_tail.txt").string(),
+                                       Purpose::Evaluation, "unused");
+  return tokenizer->encode(text.text);
+}
+
 }  // namespace
 
 TEST_CASE("trained tiny OPT: perplexity equals transformers' on the carried text", "[pipeline][model]") {
   const auto ref = read_json(cur4llm::test::fixture_dir() / "tiny_opt_reference.json");
-  const auto folder = cur4llm::test::fixture_dir() / "models" / "tiny-shakespeare-opt";
-  auto tokenizer = cur4llm::tokenize::load_tokenizer(folder);
-  auto lm = CausalLM::load(folder);
-  auto text = cur4llm::data::load_text((cur4llm::test::fixture_dir() / "text" / "shakespeare_tail.txt").string(),
-                                       Purpose::Evaluation, "unused");
-  auto ids = tokenizer->encode(text.text);
+  auto lm = CausalLM::load(cur4llm::test::model_dir("tiny-shakespeare-opt"));
+  const auto ids = tiny_opt_tail_ids();
   CHECK(static_cast<int64_t>(ids.size()) == ref.at("tail_tokens").get<int64_t>());
   cur4llm::eval::PerplexityOptions options;
   options.seqlen = 128;
@@ -62,12 +66,8 @@ TEST_CASE("trained tiny OPT: perplexity equals transformers' on the carried text
 }
 
 TEST_CASE("batching windows does not change the perplexity", "[pipeline]") {
-  const auto folder = cur4llm::test::fixture_dir() / "models" / "tiny-shakespeare-opt";
-  auto tokenizer = cur4llm::tokenize::load_tokenizer(folder);
-  auto lm = CausalLM::load(folder);
-  auto text = cur4llm::data::load_text((cur4llm::test::fixture_dir() / "text" / "shakespeare_tail.txt").string(),
-                                       Purpose::Evaluation, "unused");
-  auto ids = tokenizer->encode(text.text);
+  auto lm = CausalLM::load(cur4llm::test::model_dir("tiny-shakespeare-opt"));
+  const auto ids = tiny_opt_tail_ids();
   cur4llm::eval::PerplexityOptions one, many;
   one.seqlen = many.seqlen = 64;
   one.max_windows = many.max_windows = 12;
