@@ -270,6 +270,12 @@ TEST_CASE("apply_allocation swaps in compressed layers and plans their real coun
   CHECK_THROWS_AS(compress::apply_allocation(*lm, {{"lm_head", 0.5, true}}, *compressor, {}), std::invalid_argument);
   CHECK_THROWS_AS(compress::apply_allocation(*lm, {{"model.layers.5.mlp.up_proj", 0.5, true}}, *compressor, {}),
                   std::invalid_argument);
+  // A refused allocation changes nothing, also in the layers listed before the bad one.
+  const auto gate = lm->linear_ptr("model.layers.0.mlp.gate_proj");
+  CHECK_THROWS_AS(compress::apply_allocation(*lm, {{"model.layers.0.mlp.gate_proj", 0.5, true}, {"lm_head", 0.5, true}},
+                                             *compressor, {}),
+                  std::invalid_argument);
+  CHECK(lm->linear_ptr("model.layers.0.mlp.gate_proj") == gate);
 }
 
 TEST_CASE("apply_allocation with SVD: rank floor(m n r / (m + n)) and no scale", "[apply][model]") {

@@ -257,3 +257,30 @@ TEST_CASE("out-of-vocabulary ids and too long OPT inputs are refused", "[model][
   CHECK_THROWS_WITH(lm->forward(at::full({1, 4}, 128, at::kLong)), Catch::Contains("outside the vocabulary"));
   CHECK_THROWS_WITH(lm->forward(at::zeros({1, 65}, at::kLong)), Catch::Contains("max_position_embeddings"));
 }
+
+TEST_CASE("ScopedSlots puts every replaced slot back, in reverse order", "[model][unit]") {
+  auto lm = CausalLM::load(model_dir("llama_gqa"));
+  const std::string a = "model.layers.0.mlp.up_proj", b = "model.layers.1.self_attn.o_proj";
+  const auto original_a = lm->linear_ptr(a), original_b = lm->linear_ptr(b);
+  auto zeros_like = [](const cur4llm::model::LinearPtr& s) {
+    return std::make_shared<cur4llm::model::DenseLinear>(at::zeros_like(s->reconstruct_weight()), at::Tensor());
+  };
+  {
+    cur4llm::model::ScopedSlots trial(*lm);
+    trial.replace(a, zeros_like(original_a));
+    trial.replace(a, zeros_like(original_a));  // replaced twice: the first original must come back
+    trial.replace(b, zeros_like(original_b));
+    CHECK(lm->linear_ptr(a) != original_a);
+    CHECK(trial.original(a) == original_a);
+    CHECK(trial.original("lm_head") == lm->linear_ptr("lm_head"));
+  }
+  CHECK(lm->linear_ptr(a) == original_a);
+  CHECK(lm->linear_ptr(b) == original_b);
+  try {
+    cur4llm::model::ScopedSlots trial(*lm);
+    trial.replace(b, zeros_like(original_b));
+    throw std::runtime_error("unwinding");
+  } catch (const std::runtime_error&) {
+  }
+  CHECK(lm->linear_ptr(b) == original_b);
+}

@@ -400,7 +400,7 @@ int run(int argc, char** argv) {
     if (o.ppl_target > 0) {
       std::map<std::pair<std::string, double>, cur4llm::model::LinearPtr> built;  // decomposed once per (layer, ratio)
       auto calib_ppl = [&](const cur4llm::search::Allocation& allocation) {
-        std::vector<std::pair<std::string, cur4llm::model::LinearPtr>> originals;
+        cur4llm::model::ScopedSlots trial(*lm);  // the probe's layers are undone on return
         for (const auto& a : allocation) {
           if (!a.compressed) continue;
           auto& slot = built[{a.layer, a.ratio}];
@@ -408,18 +408,11 @@ int run(int argc, char** argv) {
             const auto* dense = dynamic_cast<const cur4llm::model::DenseLinear*>(lm->linear_ptr(a.layer).get());
             slot = compressor->compress(dense->weight(), dense->bias(), scale ? scale(a.layer) : at::Tensor(), a.ratio);
           }
-          originals.emplace_back(a.layer, lm->replace_linear(a.layer, slot));
+          trial.replace(a.layer, slot);
         }
         cur4llm::eval::PerplexityOptions popts;
         popts.batch_size = o.batch_size;
-        double ppl = std::numeric_limits<double>::infinity();
-        try {
-          ppl = cur4llm::eval::samples_perplexity(*lm, *samples, popts).perplexity;
-        } catch (...) {
-          for (auto& [name, slot] : originals) lm->replace_linear(name, slot);
-          throw;
-        }
-        for (auto& [name, slot] : originals) lm->replace_linear(name, slot);
+        const double ppl = cur4llm::eval::samples_perplexity(*lm, *samples, popts).perplexity;
         fmt::print(stderr, "search: calibration ppl {:.4f}\n", ppl);
         return ppl;
       };

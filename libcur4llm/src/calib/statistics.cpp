@@ -78,23 +78,8 @@ class RecordingSlot final : public model::LinearSlot {
 class RecordingScope {
  public:
   RecordingScope(model::CausalLM& lm, std::map<std::string, LayerStatistics>& stats, const CollectOptions& options)
-      : lm_(lm) {
-    try {
-      swap_in(stats, options);
-    } catch (...) {
-      restore();  // the destructor does not run when the constructor throws
-      throw;
-    }
-  }
-  ~RecordingScope() { restore(); }
-  const std::vector<std::pair<std::string, std::shared_ptr<RecordingSlot>>>& recorders() const { return recorders_; }
-  void set_recording(bool on) {
-    for (auto& [name, recorder] : recorders_) recorder->set_recording(on);
-  }
-
- private:
-  void swap_in(std::map<std::string, LayerStatistics>& stats, const CollectOptions& options) {
-    model::CausalLM& lm = lm_;
+      : slots_(lm) {
+    // slots_ restores whatever was swapped in if this throws partway.
     for (const auto& info : lm.linears()) {
       auto original = lm.linear_ptr(info.name);
       at::Tensor leaf;
@@ -108,17 +93,16 @@ class RecordingScope {
       }
       auto recorder = std::make_shared<RecordingSlot>(original, &stats[info.name], options, leaf);
       recorders_.emplace_back(info.name, recorder);
-      originals_.emplace_back(info.name, original);
-      lm.replace_linear(info.name, recorder);
+      slots_.replace(info.name, recorder);
     }
   }
-  void restore() {
-    for (auto& [name, slot] : originals_) lm_.replace_linear(name, slot);
-    originals_.clear();
+  const std::vector<std::pair<std::string, std::shared_ptr<RecordingSlot>>>& recorders() const { return recorders_; }
+  void set_recording(bool on) {
+    for (auto& [name, recorder] : recorders_) recorder->set_recording(on);
   }
 
-  model::CausalLM& lm_;
-  std::vector<std::pair<std::string, model::LinearPtr>> originals_;
+ private:
+  model::ScopedSlots slots_;
   std::vector<std::pair<std::string, std::shared_ptr<RecordingSlot>>> recorders_;
 };
 

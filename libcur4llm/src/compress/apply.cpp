@@ -17,8 +17,16 @@ search::CompressionPlan apply_allocation(model::CausalLM& lm, const search::Allo
                                          const ApplyOptions& options) {
   // No grad, but not inference mode: a compressor may make trainable leaves (grad_cur).
   c10::NoGradGuard no_grad;
+  // Refuse before changing anything, so that a bad allocation leaves the model as it was.
   int64_t todo = 0;
-  for (const auto& a : allocation) todo += a.compressed ? 1 : 0;
+  for (const auto& a : allocation) {
+    if (!a.compressed) continue;
+    const auto& slot = lm.linear(a.layer);
+    if (!dynamic_cast<const model::DenseLinear*>(&slot)) {
+      throw std::invalid_argument(fmt::format("layer \"{}\" is already {}, not dense", a.layer, slot.kind()));
+    }
+    ++todo;
+  }
   std::unique_ptr<util::Progress> progress;
   if (options.show_progress) progress = std::make_unique<util::Progress>("decompose", todo, "layers");
 
@@ -30,8 +38,7 @@ search::CompressionPlan apply_allocation(model::CausalLM& lm, const search::Allo
     p.dense_params = slot.in_features() * slot.out_features();
     p.stored_params = slot.weight_params();
     if (a.compressed) {
-      const auto* dense = dynamic_cast<const model::DenseLinear*>(&slot);
-      if (!dense) throw std::invalid_argument(fmt::format("layer \"{}\" is already {}, not dense", a.layer, slot.kind()));
+      const auto* dense = static_cast<const model::DenseLinear*>(&slot);  // checked above
       try {
         auto replacement = compressor.compress(dense->weight(), dense->bias(), scale ? scale(a.layer) : at::Tensor(), a.ratio);
         p.method = compressor.name();

@@ -1,5 +1,7 @@
 #include <cur4llm/compress/randomized_svd.h>
 
+#include <cur4llm/search/stable_rank.h>
+
 #include "common.h"
 
 #include <ATen/ATen.h>
@@ -71,7 +73,7 @@ double stable_rank(const at::Tensor& weight, const RandomizedSVDOptions& options
   const double sigma_max = top_k_svd(w, 1, options).S[0].item<double>();
   const double fro2 = w.to(at::kDouble).pow(2).sum().item<double>();
   if (sigma_max == 0) return 0;
-  return std::sqrt(fro2 / (sigma_max * sigma_max));
+  return search::stable_rank(fro2, sigma_max);
 }
 
 }  // namespace cur4llm::compress

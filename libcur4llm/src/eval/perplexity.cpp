@@ -35,7 +35,7 @@ PerplexityResult finish(std::vector<double> nll, int64_t tokens) {
 }  // namespace
 
 at::Tensor sequence_nll(const model::CausalLM& lm, const at::Tensor& input_ids) {
-  if (input_ids.dim() != 2 || input_ids.size(1) < 2) {
+  if (input_ids.dim() != 2 || input_ids.size(1) < 2) {  // before embed() sees them
     throw std::invalid_argument("sequence_nll: input ids must be [batch, tokens] with at least 2 tokens");
   }
   return sequence_nll_from(lm, 0, lm.embed(input_ids), input_ids);

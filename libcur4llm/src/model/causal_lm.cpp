@@ -197,6 +197,24 @@ int64_t CausalLM::linear_weight_params() const {
   return total;
 }
 
+void ScopedSlots::replace(const std::string& name, LinearPtr slot) {
+  auto previous = lm_.replace_linear(name, std::move(slot));
+  displaced_.emplace_back(name, std::move(previous));
+}
+
+void ScopedSlots::restore() noexcept {
+  // Reverse order, so that a name replaced twice ends with its first original.
+  for (auto it = displaced_.rbegin(); it != displaced_.rend(); ++it) lm_.slots_[it->first] = it->second;
+  displaced_.clear();
+}
+
+LinearPtr ScopedSlots::original(const std::string& name) const {
+  for (const auto& [n, slot] : displaced_) {
+    if (n == name) return slot;
+  }
+  return lm_.linear_ptr(name);
+}
+
 c10::ScalarType parse_dtype(const std::string& name) {
   if (name == "fp32" || name == "float32" || name == "float") return at::kFloat;
   if (name == "fp16" || name == "float16" || name == "half") return at::kHalf;

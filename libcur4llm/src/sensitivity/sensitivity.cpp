@@ -67,18 +67,6 @@ double calibration_ppl(const model::CausalLM& lm, const std::vector<Batch>& batc
   return std::exp(sum.item<double>() / static_cast<double>(num_samples));  // one synchronisation per entry
 }
 
-// Puts a slot back in place when it goes out of scope.
-class SlotRestorer {
- public:
-  SlotRestorer(model::CausalLM& lm, std::string name) : lm_(lm), name_(std::move(name)), original_(lm.linear_ptr(name_)) {}
-  ~SlotRestorer() { lm_.replace_linear(name_, original_); }
-  const model::LinearPtr& original() const { return original_; }
-
- private:
-  model::CausalLM& lm_;
-  std::string name_;
-  model::LinearPtr original_;
-};
 
 }  // namespace
 
@@ -144,9 +132,9 @@ search::SensitivityTable ppl_sensitivity(model::CausalLM& lm, const std::vector<
       }
       if (first_layer >= 0) advance_to(first_layer);
     }
-    SlotRestorer restore(lm, name);
-    const auto* dense = dynamic_cast<const model::DenseLinear*>(restore.original().get());
-    if (!dense) throw std::invalid_argument(fmt::format("layer \"{}\" is already {}, not dense", name, restore.original()->kind()));
+    const auto original = lm.linear_ptr(name);
+    const auto* dense = dynamic_cast<const model::DenseLinear*>(original.get());
+    if (!dense) throw std::invalid_argument(fmt::format("layer \"{}\" is already {}, not dense", name, original->kind()));
     std::unique_ptr<compress::PreparedLayer> prepared;
     try {
       prepared = compressor.prepare(dense->weight(), dense->bias(), scale ? scale(name) : at::Tensor(), candidates);
@@ -157,12 +145,12 @@ search::SensitivityTable ppl_sensitivity(model::CausalLM& lm, const std::vector<
       double ppl = std::numeric_limits<double>::infinity();
       if (prepared) {
         try {
-          lm.replace_linear(name, prepared->build(ratio));
+          model::ScopedSlots trial(lm);
+          trial.replace(name, prepared->build(ratio));
           ppl = calibration_ppl(lm, batches, first_layer, num_samples);
         } catch (const compress::CompressionError& e) {
           fmt::print(stderr, "warning: {} at ratio {} cannot be decomposed ({}); it scores +inf\n", name, ratio, e.what());
         }
-        lm.replace_linear(name, restore.original());
       }
       if (std::isnan(ppl)) ppl = std::numeric_limits<double>::infinity();
       table.add(name, ratio, ppl);

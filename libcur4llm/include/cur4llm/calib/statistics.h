@@ -6,7 +6,8 @@
 ///   abs_mean  sum over samples of each sample's mean |x| per input channel
 ///   abs_max   max over samples and tokens of |x| per input channel
 ///   fisher    sqrt(mean over samples of mean over output rows of (dL/dW)^2)
-///   gram      sum over samples and tokens of x x^T (float64), for data-aware methods
+///   gram      sum over samples and tokens of x x^T, for data-aware methods
+///             (each batch's product in float32, the running sum in float64)
 ///
 /// The scale vector of activation-aware decompositions is
 ///   s = stat^alpha (times fisher^alpha for fisher_abs_mean) + 1e-6.
@@ -50,7 +51,7 @@ struct LayerStatistics {
   at::Tensor abs_mean_sum;   ///< [in] float32
   at::Tensor abs_max;        ///< [in] float32
   at::Tensor fisher_sq_sum;  ///< [in] float32: sum over samples of mean over rows of G^2
-  at::Tensor gram;           ///< [in, in] float64
+  at::Tensor gram;           ///< [in, in] float64 running sum of float32 batch products
   int64_t samples = 0;
   int64_t tokens = 0;
 };

@@ -94,6 +94,7 @@ class CausalLM {
  private:
   CausalLM() = default;
   friend class Architecture;
+  friend class ScopedSlots;
   // Fills every expected tensor from `fetch` (name, expected shape) -> tensor.
   template <typename Fetch>
   void populate(Fetch&& fetch);
@@ -106,6 +107,33 @@ class CausalLM {
   std::map<std::string, at::Tensor> others_;
   std::map<std::string, LinearPtr> slots_;
   std::vector<LinearInfo> linear_infos_;
+};
+
+/// Swaps Linear slots for the lifetime of the guard: every slot replaced
+/// through it is put back, in reverse order, when the guard is destroyed (also
+/// during stack unwinding). For sweeps and probes that try a layer and undo it.
+///
+///   model::ScopedSlots trial(*lm);
+///   trial.replace("model.layers.0.mlp.up_proj", candidate);
+///   ... measure ...
+///   // restored here
+class ScopedSlots {
+ public:
+  explicit ScopedSlots(CausalLM& lm) : lm_(lm) {}
+  ~ScopedSlots() { restore(); }
+  ScopedSlots(const ScopedSlots&) = delete;
+  ScopedSlots& operator=(const ScopedSlots&) = delete;
+
+  /// lm.replace_linear(name, slot), remembering the slot it displaced.
+  void replace(const std::string& name, LinearPtr slot);
+  /// Puts every displaced slot back now.
+  void restore() noexcept;
+  /// The slot `name` held before the guard first replaced it (the current one if never replaced).
+  LinearPtr original(const std::string& name) const;
+
+ private:
+  CausalLM& lm_;
+  std::vector<std::pair<std::string, LinearPtr>> displaced_;
 };
 
 /// Parses "fp32" / "float32", "fp16" / "float16", "bf16" / "bfloat16".
