@@ -1,6 +1,8 @@
 #include <cur4llm/model/causal_lm.h>
 
+#include <cur4llm/io/files.h>
 #include <cur4llm/io/safetensors.h>
+#include <cur4llm/model/slot_registry.h>
 
 #include "architecture.h"
 
@@ -9,6 +11,7 @@
 #include <c10/core/InferenceMode.h>
 
 #include <fmt/format.h>
+#include <nlohmann/json.hpp>
 
 #include <algorithm>
 #include <cmath>
@@ -49,15 +52,127 @@ void check_dtype_supported(c10::Device device, c10::ScalarType dtype) {
   }
 }
 
+// The stored tensors of one slot of an acur repository.
+class CheckpointSlotTensors final : public SlotTensors {
+ public:
+  CheckpointSlotTensors(const io::Checkpoint& ckpt, std::string module, c10::Device device, c10::ScalarType dtype)
+      : ckpt_(ckpt), module_(std::move(module)), device_(device), dtype_(dtype) {}
+
+  bool contains(const std::string& name) const override { return find_in_checkpoint(ckpt_, full(name)).has_value(); }
+
+  at::Tensor stored(const std::string& name, const std::vector<int64_t>& shape) const override {
+    auto key = find_in_checkpoint(ckpt_, full(name));
+    if (!key) throw std::runtime_error(fmt::format("{}: tensor \"{}\" is missing", ckpt_.describe(), full(name)));
+    const io::TensorInfo& info = ckpt_.info(*key);
+    if (info.shape != shape) {
+      throw std::runtime_error(fmt::format("{}: tensor \"{}\" has shape {} but config.json implies {}",
+                                           ckpt_.file_of(*key).string(), full(name), shape_str(info.shape),
+                                           shape_str(shape)));
+    }
+    return ckpt_.load(*key);
+  }
+
+  std::string describe(const std::string& name) const override {
+    auto key = find_in_checkpoint(ckpt_, full(name));
+    return fmt::format("{}: tensor \"{}\"", key ? ckpt_.file_of(*key).string() : ckpt_.describe(), full(name));
+  }
+  c10::Device device() const override { return device_; }
+  c10::ScalarType dtype() const override { return dtype_; }
+
+ private:
+  std::string full(const std::string& name) const { return module_ + "." + name; }
+  const io::Checkpoint& ckpt_;
+  std::string module_;
+  c10::Device device_;
+  c10::ScalarType dtype_;
+};
+
+struct AcurSection {
+  StoredForm form;
+  std::vector<SlotSpec> layers;
+};
+
+// config.json's "acur" section (docs/export.md); empty for an ordinary folder.
+AcurSection parse_acur_section(const std::string& text, const std::string& source) {
+  AcurSection out;
+  const auto root = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (!root.is_object() || !root.contains("acur")) return out;
+  const auto& acur = root.at("acur");
+  auto bad = [&](const std::string& what) { return std::runtime_error(fmt::format("{}: \"acur\" {}", source, what)); };
+  if (!acur.is_object()) throw bad("must be an object");
+  if (!acur.contains("format_version") || !acur.at("format_version").is_number_integer()) {
+    throw bad("has no integer \"format_version\"");
+  }
+  const int version = acur.at("format_version").get<int>();
+  if (version > kAcurFormatVersion) {
+    throw std::runtime_error(fmt::format(
+        "{}: acur format_version {} is newer than this build of cur4llm reads (up to {}); update cur4llm", source,
+        version, kAcurFormatVersion));
+  }
+  if (version < 1) throw bad(fmt::format("format_version {} is not valid", version));
+  out.form.acur_format_version = version;
+  if (acur.contains("method") && acur.at("method").is_string()) out.form.method = acur.at("method").get<std::string>();
+  if (acur.contains("quantization") && !acur.at("quantization").is_null()) {
+    const auto& q = acur.at("quantization");
+    if (!q.is_object() || !q.contains("format") || !q.at("format").is_string()) {
+      throw bad("\"quantization\" must be an object with a string \"format\"");
+    }
+    out.form.quantization = q.at("format").get<std::string>();
+  }
+  if (!acur.contains("layers")) return out;
+  if (!acur.at("layers").is_object()) throw bad("\"layers\" must be an object");
+  for (const auto& [name, entry] : acur.at("layers").items()) {
+    auto layer_error = [&](const std::string& what) {
+      return std::runtime_error(fmt::format("{}: acur layer \"{}\" {}", source, name, what));
+    };
+    if (!entry.is_object()) throw layer_error("must be an object");
+    SlotSpec spec;
+    spec.name = name;
+    spec.source = source;
+    spec.quant_format = out.form.quantization;
+    for (const char* key : {"in_features", "out_features"}) {
+      if (!entry.contains(key) || !entry.at(key).is_number_integer() || entry.at(key).get<int64_t>() <= 0) {
+        throw layer_error(fmt::format("needs a positive integer \"{}\"", key));
+      }
+    }
+    if (!entry.contains("kind") || !entry.at("kind").is_string()) throw layer_error("needs a string \"kind\"");
+    spec.kind = entry.at("kind").get<std::string>();
+    spec.in_features = entry.at("in_features").get<int64_t>();
+    spec.out_features = entry.at("out_features").get<int64_t>();
+    if (entry.contains("quantized")) {
+      const auto& q = entry.at("quantized");
+      if (!q.is_array()) throw layer_error("\"quantized\" must be a list of tensor names");
+      for (const auto& t : q) {
+        if (!t.is_string()) throw layer_error("\"quantized\" must be a list of tensor names");
+        spec.packed.insert(t.get<std::string>());
+      }
+      if (!spec.packed.empty() && spec.quant_format.empty()) {
+        throw layer_error("has packed tensors but the repository names no \"quantization\" format");
+      }
+    }
+    for (const auto& [key, value] : entry.items()) {
+      if (key != "kind" && key != "in_features" && key != "out_features" && key != "quantized") {
+        spec.fields[key] = value.dump();
+      }
+    }
+    out.layers.push_back(std::move(spec));
+  }
+  return out;
+}
+
 }  // namespace
 
 CausalLM::~CausalLM() = default;
 
 template <typename Fetch>
-void CausalLM::populate(Fetch&& fetch) {
+void CausalLM::populate(Fetch&& fetch, const std::set<std::string>& provided) {
   std::map<std::string, at::Tensor> weights, biases;  // by module name
   std::vector<ExpectedTensor> slots_in_order;
   for (const ExpectedTensor& e : arch_->expected_tensors()) {
+    if ((e.linear_weight || e.linear_bias) && provided.count(module_of(e.name))) {
+      if (e.linear_weight) slots_in_order.push_back(e);
+      continue;
+    }
     at::Tensor value = e.tied_to.empty() ? fetch(e).to(options_.device, dtype_) : others_.at(e.tied_to);
     if (e.linear_weight) {
       weights[module_of(e.name)] = value;
@@ -70,8 +185,10 @@ void CausalLM::populate(Fetch&& fetch) {
   }
   for (const ExpectedTensor& e : slots_in_order) {
     const std::string module = module_of(e.name);
-    auto bias = biases.count(module) ? biases.at(module) : at::Tensor();
-    slots_[module] = std::make_shared<DenseLinear>(weights.at(module), bias);
+    if (!provided.count(module)) {
+      auto bias = biases.count(module) ? biases.at(module) : at::Tensor();
+      slots_[module] = std::make_shared<DenseLinear>(weights.at(module), bias);
+    }
     linear_infos_.push_back({module, e.layer, e.role, e.shape[1], e.shape[0]});
   }
 }
@@ -83,7 +200,10 @@ std::unique_ptr<CausalLM> CausalLM::load(const std::filesystem::path& folder, co
                                          folder.string()));
   }
   std::unique_ptr<CausalLM> lm(new CausalLM());
-  lm->config_ = ModelConfig::from_file(config_path);
+  const std::string config_text = io::read_file(config_path);
+  lm->config_ = ModelConfig::from_json(config_text, config_path.string());
+  const AcurSection acur = parse_acur_section(config_text, config_path.string());
+  lm->stored_form_ = acur.form;
   lm->folder_ = folder;
   lm->options_ = options;
   lm->dtype_ = options.dtype ? *options.dtype : default_dtype(lm->config_, options.device);
@@ -91,22 +211,48 @@ std::unique_ptr<CausalLM> CausalLM::load(const std::filesystem::path& folder, co
   lm->arch_ = make_architecture(lm->config_);
 
   const io::Checkpoint ckpt = io::Checkpoint::open(folder);
-  lm->populate([&](const ExpectedTensor& e) {
-    auto stored = find_in_checkpoint(ckpt, e.name);
-    if (!stored) throw std::runtime_error(fmt::format("{}: tensor \"{}\" is missing", ckpt.describe(), e.name));
-    const io::TensorInfo& info = ckpt.info(*stored);
-    if (info.shape != e.shape) {
-      throw std::runtime_error(fmt::format("{}: tensor \"{}\" has shape {} but config.json implies {}",
-                                           ckpt.file_of(*stored).string(), e.name, shape_str(info.shape),
-                                           shape_str(e.shape)));
+  std::set<std::string> provided;
+  for (const auto& spec : acur.layers) provided.insert(spec.name);
+  lm->populate(
+      [&](const ExpectedTensor& e) {
+        auto stored = find_in_checkpoint(ckpt, e.name);
+        if (!stored) throw std::runtime_error(fmt::format("{}: tensor \"{}\" is missing", ckpt.describe(), e.name));
+        const io::TensorInfo& info = ckpt.info(*stored);
+        if (info.shape != e.shape) {
+          throw std::runtime_error(fmt::format("{}: tensor \"{}\" has shape {} but config.json implies {}",
+                                               ckpt.file_of(*stored).string(), e.name, shape_str(info.shape),
+                                               shape_str(e.shape)));
+        }
+        at::Tensor raw = ckpt.load(*stored);
+        if (!at::isFloatingType(raw.scalar_type())) {
+          throw std::runtime_error(fmt::format("{}: tensor \"{}\" is stored as {}, not as floating point",
+                                               ckpt.file_of(*stored).string(), e.name, info.dtype));
+        }
+        return raw;
+      },
+      provided);
+
+  // The slots config.json describes, each rebuilt by its kind.
+  for (const SlotSpec& spec : acur.layers) {
+    const auto info = std::find_if(lm->linear_infos_.begin(), lm->linear_infos_.end(),
+                                   [&](const LinearInfo& l) { return l.name == spec.name; });
+    if (info == lm->linear_infos_.end()) {
+      throw std::runtime_error(fmt::format("{}: acur layer \"{}\" is not a Linear layer of this {} model",
+                                           config_path.string(), spec.name, lm->config_.model_type));
     }
-    at::Tensor raw = ckpt.load(*stored);
-    if (!at::isFloatingType(raw.scalar_type())) {
-      throw std::runtime_error(fmt::format("{}: tensor \"{}\" is stored as {}, not as floating point",
-                                           ckpt.file_of(*stored).string(), e.name, info.dtype));
+    if (spec.in_features != info->in_features || spec.out_features != info->out_features) {
+      throw std::runtime_error(fmt::format("{}: acur layer \"{}\" is {}x{}, but the model's is {}x{}",
+                                           config_path.string(), spec.name, spec.out_features, spec.in_features,
+                                           info->out_features, info->in_features));
     }
-    return raw;
-  });
+    const CheckpointSlotTensors tensors(ckpt, spec.name, options.device, lm->dtype_);
+    LinearPtr slot = find_slot_kind(spec.kind).load(spec, tensors);
+    if (!slot || slot->in_features() != info->in_features || slot->out_features() != info->out_features) {
+      throw std::runtime_error(fmt::format("{}: layer \"{}\" was rebuilt with the wrong shape", config_path.string(),
+                                           spec.name));
+    }
+    lm->slots_[spec.name] = std::move(slot);
+  }
   return lm;
 }
 
@@ -195,6 +341,21 @@ int64_t CausalLM::linear_weight_params() const {
   int64_t total = 0;
   for (const auto& [name, slot] : slots_) total += slot->weight_params();
   return total;
+}
+
+ParamCounts count_params(const CausalLM& lm) {
+  ParamCounts c;
+  int64_t other = 0;
+  for (const auto& [name, t] : lm.other_tensors()) other += t.numel();
+  for (const auto& info : lm.linears()) c.linear_dense += info.in_features * info.out_features;
+  c.linear_stored = lm.linear_weight_params();
+  // A tied lm_head shares the embedding: it stores nothing of its own while it is dense.
+  const LinearSlot* head =
+      lm.config().tie_word_embeddings && lm.has_linear("lm_head") ? &lm.linear("lm_head") : nullptr;
+  const int64_t head_numel = head ? head->in_features() * head->out_features() : 0;
+  c.total_dense = other + c.linear_dense - head_numel;
+  c.total_stored = other + c.linear_stored - (head && head->kind() == "dense" ? head_numel : 0);
+  return c;
 }
 
 void ScopedSlots::replace(const std::string& name, LinearPtr slot) {

@@ -21,6 +21,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <set>
 #include <string>
 #include <utility>
 #include <vector>
@@ -47,11 +48,22 @@ struct LinearInfo {
 
 class Architecture;  // internal: one per family
 
+/// What a model folder's config.json says about how it is stored: an ordinary
+/// Hugging Face folder, or an acur repository (docs/export.md).
+struct StoredForm {
+  int acur_format_version = 0;  ///< 0: an ordinary folder; else the "acur" section's format_version
+  std::string method;           ///< the repository's decomposition ("cur", "svd"; empty if none)
+  std::string quantization;     ///< packed weight format ("rtn_int8", ...); empty if none
+};
+
 /// A loaded causal LM. Not copyable; share it through the unique_ptr.
 class CausalLM {
  public:
   /// Loads config.json and the safetensors weights of `folder`, checking every
-  /// tensor's presence and shape (errors name the tensor and the file).
+  /// tensor's presence and shape (errors name the tensor and the file). An
+  /// acur repository (config.json with an "acur" section) gets its slots from
+  /// the slot-kind registry (model/slot_registry.h), packed weights
+  /// dequantized; one of a newer format version is refused.
   static std::unique_ptr<CausalLM> load(const std::filesystem::path& folder, const LoadOptions& options = {});
   /// A model of `config`'s shape with random weights (normal, std 1/sqrt(fan_in);
   /// norms 1): for throughput benchmarks, where values do not matter.
@@ -61,6 +73,8 @@ class CausalLM {
 
   const ModelConfig& config() const { return config_; }
   const std::filesystem::path& folder() const { return folder_; }
+  /// How the loaded folder was stored.
+  const StoredForm& stored_form() const { return stored_form_; }
   c10::Device device() const { return options_.device; }
   c10::ScalarType dtype() const { return dtype_; }
 
@@ -95,12 +109,14 @@ class CausalLM {
   CausalLM() = default;
   friend class Architecture;
   friend class ScopedSlots;
-  // Fills every expected tensor from `fetch` (name, expected shape) -> tensor.
+  // Fills every expected tensor from `fetch` (name, expected shape) -> tensor,
+  // except the Linear modules in `provided`, whose slots the caller sets.
   template <typename Fetch>
-  void populate(Fetch&& fetch);
+  void populate(Fetch&& fetch, const std::set<std::string>& provided = {});
 
   ModelConfig config_;
   std::filesystem::path folder_;
+  StoredForm stored_form_;
   LoadOptions options_;
   c10::ScalarType dtype_ = c10::kFloat;
   std::unique_ptr<Architecture> arch_;
@@ -108,6 +124,15 @@ class CausalLM {
   std::map<std::string, LinearPtr> slots_;
   std::vector<LinearInfo> linear_infos_;
 };
+
+/// Parameter counts of a model as it is now and of the dense model it stands for.
+struct ParamCounts {
+  int64_t linear_stored = 0;  ///< weights the Linear slots store now (biases excluded)
+  int64_t linear_dense = 0;   ///< out * in over every Linear slot
+  int64_t total_stored = 0;   ///< other tensors + linear_stored (a dense tied lm_head counted once)
+  int64_t total_dense = 0;    ///< other tensors + linear_dense (a tied lm_head counted once)
+};
+ParamCounts count_params(const CausalLM& lm);
 
 /// Swaps Linear slots for the lifetime of the guard: every slot replaced
 /// through it is put back, in reverse order, when the guard is destroyed (also

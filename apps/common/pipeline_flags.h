@@ -1,0 +1,66 @@
+#pragma once
+// The compression flags acur and build_acur_repo share: the reference
+// pipeline's (asvd.py) with their names and defaults, and cur4llm's own.
+
+#include <cur4llm/pipeline/pipeline.h>
+
+#include <boost/program_options.hpp>
+
+#include <string>
+
+namespace cur4llm::app {
+
+/// Where the flags' values land; `data_dir` and `cache_dir` are read as strings.
+struct PipelineFlags {
+  pipeline::PipelineOptions options;
+  std::string data_dir;
+  std::string cache_dir = "cache";
+  std::string device = "cpu";
+  std::string dtype;
+
+  /// The options with the folders filled in.
+  pipeline::PipelineOptions resolved() const {
+    auto o = options;
+    o.data_dir = data_dir;
+    o.cache_dir = cache_dir;
+    return o;
+  }
+};
+
+/// Adds the reference's flags to `ref` and cur4llm's to `own`.
+inline void add_pipeline_flags(boost::program_options::options_description& ref,
+                               boost::program_options::options_description& own, PipelineFlags& f) {
+  namespace po = boost::program_options;
+  auto& o = f.options;
+  ref.add_options()
+      ("ppl_target", po::value(&o.ppl_target)->default_value(-1), "target calibration perplexity (binary search)")
+      ("param_ratio_target", po::value(&o.param_ratio_target)->default_value(-1),
+       "target ratio of Linear weight parameters, in (0, 1]")
+      ("act_aware", po::bool_switch(&o.act_aware), "scale the weight by activation statistics (ASVD-style)")
+      ("alpha", po::value(&o.alpha)->default_value(0.5), "exponent of the activation scale, >= 0")
+      ("n_calib_samples", po::value(&o.n_calib_samples)->default_value(32), "calibration samples")
+      ("calib_dataset", po::value(&o.calib_dataset)->default_value("wikitext2"),
+       "wikitext2, ptb, c4 (train split), name:split, or a text file")
+      ("scaling_method", po::value(&o.scaling_method)->default_value("abs_mean"),
+       "abs_mean, abs_max, fisher or fisher_abs_mean")
+      ("sensitivity_metric", po::value(&o.sensitivity_metric)->default_value("ppl"), "ppl or stable_rank")
+      ("use_cache", po::bool_switch(&o.use_cache), "reuse calibration samples, statistics and sensitivity from --cache_dir")
+      ("sigma_fuse", po::value(&o.sigma_fuse)->default_value("UV"), "SVD: which factor takes the singular values (U, V, UV)")
+      ("seed", po::value(&o.seed)->default_value(233), "seed of calibration sampling")
+      ("compress_kv_cache", po::bool_switch(&o.compress_kv_cache), "compress k_proj/v_proj only, for the KV cache")
+      ("kv_cache_ratio_target", po::value(&o.kv_cache_ratio_target)->default_value(-1), "target KV-cache ratio")
+      ("rank_align", po::value(&o.rank_align)->default_value(1), "ranks are multiples of this")
+      ("use_bos", po::bool_switch(&o.use_bos), "put BOS before each calibration sample if the tokenizer does not");
+  own.add_options()
+      ("method", po::value(&o.method)->default_value("cur"),
+       "decomposition: cur, svd, or grad_cur (CUR with trainable scales, see docs/methods.md)")
+      ("cur_selection", po::value(&o.cur_selection)->default_value("topk"), "CUR rows/columns: topk or sampled leverage")
+      ("device", po::value(&f.device)->default_value("cpu"), "cpu, cuda or cuda:N")
+      ("dtype", po::value(&f.dtype)->default_value(""), "fp32, fp16 or bf16 (default: fp32 on CPU, checkpoint's on CUDA)")
+      ("seqlen", po::value(&o.seqlen)->default_value(2048), "tokens per sample and per evaluation window")
+      ("data_dir", po::value(&f.data_dir)->default_value(""), "datasets folder (default $CUR4LLM_DATA_DIR, else ./data)")
+      ("cache_dir", po::value(&f.cache_dir)->default_value("cache"), "where --use_cache keeps its files")
+      ("batch_size", po::value(&o.batch_size)->default_value(1), "samples or windows per forward pass");
+}
+
+}  // namespace cur4llm::app

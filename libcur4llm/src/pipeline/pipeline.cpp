@@ -1,0 +1,372 @@
+#include <cur4llm/pipeline/pipeline.h>
+
+#include <cur4llm/calib/statistics.h>
+#include <cur4llm/compress/apply.h>
+#include <cur4llm/compress/factory.h>
+#include <cur4llm/data/text_data.h>
+#include <cur4llm/eval/perplexity.h>
+#include <cur4llm/io/cache.h>
+#include <cur4llm/io/safetensors.h>
+#include <cur4llm/model/causal_lm.h>
+#include <cur4llm/search/binary_search.h>
+#include <cur4llm/search/stable_rank.h>
+#include <cur4llm/sensitivity/sensitivity.h>
+#include <cur4llm/tokenize/tokenizer.h>
+
+#include <ATen/ATen.h>
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <map>
+#include <optional>
+#include <stdexcept>
+
+namespace cur4llm::pipeline {
+namespace {
+
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+
+double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+
+std::string fmt_double(double v) { return fmt::format("{}", v); }
+
+fs::path data_dir_of(const PipelineOptions& o) { return o.data_dir.empty() ? data::default_data_dir() : o.data_dir; }
+
+// Loads a cached artefact if its file exists and carries exactly `key`;
+// reports a stale or corrupt file and returns nothing so that it is rebuilt.
+template <typename T, typename Load>
+std::optional<T> cache_lookup(const PipelineOptions& o, const io::CacheKey& key, const fs::path& file, Load&& load) {
+  if (!o.use_cache || !fs::exists(file)) return std::nullopt;
+  try {
+    std::map<std::string, std::string> meta;
+    T value = load(file, meta);
+    const std::string diff = key.mismatch(meta);
+    if (diff.empty()) {
+      fmt::print(stderr, "cache hit: {}\n", file.string());
+      return value;
+    }
+    fmt::print(stderr, "cache: {} is stale ({}); recomputing\n", file.string(), diff);
+  } catch (const std::exception& e) {
+    fmt::print(stderr, "cache: {} is unreadable ({}); recomputing\n", file.string(), e.what());
+  }
+  return std::nullopt;
+}
+
+std::vector<std::vector<int64_t>> load_samples(const fs::path& file, std::map<std::string, std::string>& meta) {
+  io::SafetensorsFile f(file);
+  meta = f.metadata();
+  std::vector<std::vector<int64_t>> out(f.names().size());
+  for (const auto& name : f.names()) {
+    const size_t i = std::stoul(name.substr(name.find('.') + 1));
+    if (i >= out.size()) throw std::runtime_error("sample index out of range: " + name);
+    auto t = f.load(name).contiguous();
+    out[i].assign(t.data_ptr<int64_t>(), t.data_ptr<int64_t>() + t.numel());
+  }
+  return out;
+}
+
+void save_samples(const fs::path& file, const std::vector<std::vector<int64_t>>& samples,
+                  const std::map<std::string, std::string>& meta) {
+  std::vector<std::pair<std::string, at::Tensor>> tensors;
+  for (size_t i = 0; i < samples.size(); ++i) {
+    auto t = at::empty({static_cast<int64_t>(samples[i].size())}, at::kLong);
+    std::copy(samples[i].begin(), samples[i].end(), t.data_ptr<int64_t>());
+    tensors.emplace_back(fmt::format("sample.{}", i), t);
+  }
+  io::save_safetensors(file, tensors, meta);
+}
+
+// The allocation a saved plan describes, checked against the model and the options.
+search::Allocation allocation_from_plan(const model::CausalLM& lm, const search::CompressionPlan& plan,
+                                        const PipelineOptions& o) {
+  const auto& meta = plan.meta();
+  auto expect = [&](const char* key, const std::string& value, const char* flag) {
+    auto it = meta.find(key);
+    if (it != meta.end() && it->second != value) {
+      throw std::invalid_argument(fmt::format("{}: the plan was made with {} {}, but {} is {}", o.plan_file.string(),
+                                              flag, it->second, flag, value));
+    }
+  };
+  expect("method", o.method, "--method");
+  expect("act_aware", o.act_aware ? "1" : "0", "--act_aware");
+  if (o.act_aware) {
+    expect("alpha", fmt_double(o.alpha), "--alpha");
+    expect("scaling_method", o.scaling_method, "--scaling_method");
+  }
+  search::Allocation allocation;
+  for (const auto& layer : plan.layers()) {
+    if (!lm.has_linear(layer.name)) {
+      throw std::invalid_argument(fmt::format("{}: layer \"{}\" is not in the model", o.plan_file.string(), layer.name));
+    }
+    const auto& slot = lm.linear(layer.name);
+    if (slot.in_features() * slot.out_features() != layer.dense_params) {
+      throw std::invalid_argument(fmt::format("{}: layer \"{}\" has {} parameters in the plan but {} in the model",
+                                              o.plan_file.string(), layer.name, layer.dense_params,
+                                              slot.in_features() * slot.out_features()));
+    }
+    const bool compressed = layer.method != "dense";
+    if (compressed && layer.method != o.method) {
+      throw std::invalid_argument(fmt::format("{}: layer \"{}\" is {} in the plan, but --method is {}",
+                                              o.plan_file.string(), layer.name, layer.method, o.method));
+    }
+    allocation.push_back({layer.name, compressed ? layer.ratio : 1.0, compressed});
+  }
+  return allocation;
+}
+
+}  // namespace
+
+void validate_settings(const PipelineOptions& o) {
+  using std::invalid_argument;
+  if (!(o.alpha >= 0)) throw invalid_argument(fmt::format("--alpha must be >= 0, not {}", o.alpha));
+  if (o.n_calib_samples <= 0) throw invalid_argument(fmt::format("--n_calib_samples must be positive, not {}", o.n_calib_samples));
+  if (o.rank_align <= 0) throw invalid_argument(fmt::format("--rank_align must be positive, not {}", o.rank_align));
+  if (o.seqlen < 2) throw invalid_argument(fmt::format("--seqlen must be at least 2, not {}", o.seqlen));
+  if (o.batch_size < 1) throw invalid_argument("--batch_size must be at least 1");
+  if (o.sensitivity_metric != "ppl" && o.sensitivity_metric != "stable_rank") {
+    throw invalid_argument(fmt::format("--sensitivity_metric must be ppl or stable_rank, not \"{}\"", o.sensitivity_metric));
+  }
+  calib::parse_scaling_method(o.scaling_method);
+  compress::parse_sigma_fuse(o.sigma_fuse);
+  compress::parse_cur_selection(o.cur_selection);
+  const auto& methods = compress::compressor_names();
+  if (std::find(methods.begin(), methods.end(), o.method) == methods.end()) {
+    compress::make_compressor(o.method);  // throws, listing the names
+  }
+}
+
+void validate(const PipelineOptions& o) {
+  using std::invalid_argument;
+  const int targets = (o.ppl_target > 0) + (o.param_ratio_target > 0) + (o.kv_cache_ratio_target > 0);
+  if (!o.plan_file.empty()) {
+    if (targets > 0) throw invalid_argument("give either a target or a plan file, not both");
+    if (o.compress_kv_cache) throw invalid_argument("--compress_kv_cache does not apply to a plan file");
+  } else {
+    if (targets == 0) {
+      throw invalid_argument("give one target: --param_ratio_target, --ppl_target or --kv_cache_ratio_target");
+    }
+    if (targets > 1) throw invalid_argument("give only one of --param_ratio_target, --ppl_target, --kv_cache_ratio_target");
+  }
+  if (o.param_ratio_target != -1 && !(o.param_ratio_target > 0 && o.param_ratio_target <= 1)) {
+    throw invalid_argument(fmt::format("--param_ratio_target must be in (0, 1], not {}", o.param_ratio_target));
+  }
+  if (o.kv_cache_ratio_target != -1 && !(o.kv_cache_ratio_target > 0 && o.kv_cache_ratio_target <= 1)) {
+    throw invalid_argument(fmt::format("--kv_cache_ratio_target must be in (0, 1], not {}", o.kv_cache_ratio_target));
+  }
+  if (o.ppl_target != -1 && !(o.ppl_target > 0)) {
+    throw invalid_argument(fmt::format("--ppl_target must be positive, not {}", o.ppl_target));
+  }
+  if (o.plan_file.empty() && o.compress_kv_cache != (o.kv_cache_ratio_target > 0)) {
+    throw invalid_argument("--compress_kv_cache and --kv_cache_ratio_target go together");
+  }
+  validate_settings(o);
+  data::resolve_dataset(o.calib_dataset, data::Purpose::Calibration, data_dir_of(o));
+  if (!o.plan_file.empty() && !fs::is_regular_file(o.plan_file)) {
+    throw invalid_argument(fmt::format("plan file {} does not exist", o.plan_file.string()));
+  }
+}
+
+eval::PerplexityResult evaluate_dataset(const model::CausalLM& lm, const tokenize::Tokenizer& tokenizer,
+                                        const std::string& spec, const EvalOptions& options) {
+  const fs::path data_dir = options.data_dir.empty() ? data::default_data_dir() : options.data_dir;
+  const auto source = data::load_text(spec, data::Purpose::Evaluation, data_dir);
+  const auto ids = tokenizer.encode(source.text);
+  eval::PerplexityOptions popts;
+  popts.seqlen = options.seqlen;
+  popts.batch_size = options.batch_size;
+  popts.max_windows = options.max_windows;
+  popts.show_progress = options.show_progress;
+  popts.label = spec.c_str();
+  return eval::evaluate_perplexity(lm, ids, popts);
+}
+
+int64_t effective_seqlen(const model::CausalLM& lm, int64_t requested) {
+  const int64_t limit = lm.config().max_position_embeddings;
+  if (requested <= limit) return requested;
+  fmt::print(stderr, "warning: --seqlen {} exceeds max_position_embeddings; using {}\n", requested, limit);
+  return limit;
+}
+
+std::string model_label(const std::string& model_id) {
+  std::string s = fs::path(model_id).filename().string();
+  if (s.empty()) s = fs::path(model_id).parent_path().filename().string();
+  return s.empty() ? "model" : s;
+}
+
+PipelineResult compress_model(model::CausalLM& lm, const tokenize::Tokenizer& tokenizer, const PipelineOptions& o) {
+  validate(o);
+  PipelineResult result;
+  const int64_t seqlen = std::min(o.seqlen, lm.config().max_position_embeddings);
+  result.seqlen = seqlen;
+  const fs::path data_dir = data_dir_of(o);
+  std::optional<search::CompressionPlan> saved_plan;
+  if (!o.plan_file.empty()) saved_plan = search::CompressionPlan::load(o.plan_file);
+
+  std::vector<search::LayerSize> sizes;
+  for (const auto& info : lm.linears()) sizes.push_back({info.name, info.in_features * info.out_features});
+
+  const fs::path folder = lm.folder();
+  const std::string fingerprint = folder.empty() ? std::string("random") : io::model_fingerprint(folder);
+  const fs::path& cache_dir = o.cache_dir;
+  if (o.use_cache) fs::create_directories(cache_dir);
+  const auto scaling = calib::parse_scaling_method(o.scaling_method);
+  std::map<std::string, std::string> base = {{"model", fs::absolute(folder).lexically_normal().string()},
+                                             {"model_fingerprint", fingerprint},
+                                             {"dtype", c10::toString(lm.dtype())},
+                                             {"calib_dataset", o.calib_dataset},
+                                             {"n_calib_samples", std::to_string(o.n_calib_samples)},
+                                             {"seqlen", std::to_string(seqlen)},
+                                             {"seed", std::to_string(o.seed)},
+                                             {"use_bos", o.use_bos ? "1" : "0"}};
+
+  // 1. Calibration samples.
+  auto t0 = Clock::now();
+  io::CacheKey calib_key{"calib", base};
+  const auto calib_text = data::load_text(o.calib_dataset, data::Purpose::Calibration, data_dir);
+  calib_key.fields["calib_text_fnv1a"] = io::hex64(io::fnv1a64(calib_text.text));
+  const fs::path calib_file = cache_dir / calib_key.file_name("safetensors");
+  auto samples = cache_lookup<std::vector<std::vector<int64_t>>>(o, calib_key, calib_file, load_samples);
+  if (!samples) {
+    data::CalibrationOptions copts;
+    copts.n_samples = o.n_calib_samples;
+    copts.seqlen = seqlen;
+    copts.seed = o.seed;
+    copts.use_bos = o.use_bos;
+    samples = data::sample_calibration(calib_text.text, tokenizer, copts);
+    if (o.use_cache) save_samples(calib_file, *samples, calib_key.as_metadata());
+  }
+  result.timings.emplace_back("calib_samples_s", seconds_since(t0));
+
+  // 2. Activation statistics.
+  calib::ActivationStatistics stats;
+  compress::ScaleFn scale;
+  auto stats_fields = calib_key.fields;
+  stats_fields["scaling_method"] = o.scaling_method;
+  if (o.act_aware) {
+    t0 = Clock::now();
+    io::CacheKey key{"stats", stats_fields};
+    const fs::path file = cache_dir / key.file_name("safetensors");
+    auto cached = cache_lookup<calib::ActivationStatistics>(
+        o, key, file, [](const fs::path& p, std::map<std::string, std::string>& meta) {
+          return calib::ActivationStatistics::load(p, &meta);
+        });
+    if (cached) {
+      stats = std::move(*cached);
+    } else {
+      auto copts = calib::CollectOptions::for_method(scaling);
+      copts.batch_size = o.batch_size;
+      copts.show_progress = o.show_progress;
+      stats = calib::collect_statistics(lm, *samples, copts);
+      if (o.use_cache) stats.save(file, key.as_metadata());
+    }
+    scale = [&stats, scaling, alpha = o.alpha](const std::string& layer) { return stats.scale(layer, scaling, alpha); };
+    result.timings.emplace_back("statistics_s", seconds_since(t0));
+  }
+
+  compress::CompressorOptions comp_opts;
+  comp_opts.cur.rank_align = o.rank_align;
+  comp_opts.cur.selection = compress::parse_cur_selection(o.cur_selection);
+  comp_opts.cur.seed = o.seed;
+  comp_opts.svd.rank_align = o.rank_align;
+  comp_opts.svd.sigma_fuse = compress::parse_sigma_fuse(o.sigma_fuse);
+  auto compressor = compress::make_compressor(o.method, comp_opts);
+
+  search::Allocation allocation;
+  if (saved_plan) {
+    allocation = allocation_from_plan(lm, *saved_plan, o);
+    result.target_label = "plan";
+  } else {
+    // 3. Sensitivity.
+    sensitivity::SweepOptions sweep;
+    sweep.mode = o.compress_kv_cache ? search::CompressMode::kKvCache : search::CompressMode::kWeights;
+    sweep.batch_size = o.batch_size;
+    sweep.show_progress = o.show_progress;
+    t0 = Clock::now();
+    auto sens_fields = stats_fields;
+    sens_fields["act_aware"] = o.act_aware ? "1" : "0";
+    sens_fields["alpha"] = fmt_double(o.alpha);
+    sens_fields["method"] = o.method;
+    sens_fields["metric"] = o.sensitivity_metric;
+    sens_fields["mode"] = o.compress_kv_cache ? "kv_cache" : "weights";
+    sens_fields["rank_align"] = std::to_string(o.rank_align);
+    sens_fields["method_options"] = o.method == "cur" ? "selection=" + o.cur_selection : "sigma_fuse=" + o.sigma_fuse;
+    {
+      std::string c;
+      const auto cands = o.sensitivity_metric == "ppl" ? search::candidate_ratios(sweep.mode)
+                                                        : search::stable_rank_candidate_ratios();
+      for (double r : cands) c += (c.empty() ? "" : ",") + fmt_double(r);
+      sens_fields["candidates"] = c;
+    }
+    io::CacheKey sens_key{"sensitivity", sens_fields};
+    const fs::path sens_file = cache_dir / sens_key.file_name("json");
+    auto table = cache_lookup<search::SensitivityTable>(
+        o, sens_key, sens_file, [](const fs::path& p, std::map<std::string, std::string>& meta) {
+          auto t = search::SensitivityTable::load(p);
+          meta = t.meta();
+          return t;
+        });
+    if (!table) {
+      table = o.sensitivity_metric == "ppl" ? sensitivity::ppl_sensitivity(lm, *samples, *compressor, scale, sweep)
+                                            : sensitivity::stable_rank_sensitivity(lm, sweep);
+      table->meta() = sens_key.as_metadata();
+      if (o.use_cache) table->save(sens_file);
+    }
+    result.timings.emplace_back("sensitivity_s", seconds_since(t0));
+
+    // 4. Binary search.
+    t0 = Clock::now();
+    search::SearchOptions sopts;
+    sopts.mode = sweep.mode;
+    sopts.final_cut = search::FinalCut::kReferenceLastMid;  // the reference's allocation, exactly
+    search::SearchResult found;
+    if (o.ppl_target > 0) {
+      std::map<std::pair<std::string, double>, model::LinearPtr> built;  // decomposed once per (layer, ratio)
+      auto calib_ppl = [&](const search::Allocation& trial_allocation) {
+        model::ScopedSlots trial(lm);  // the probe's layers are undone on return
+        for (const auto& a : trial_allocation) {
+          if (!a.compressed) continue;
+          auto& slot = built[{a.layer, a.ratio}];
+          if (!slot) {
+            const auto* dense = dynamic_cast<const model::DenseLinear*>(lm.linear_ptr(a.layer).get());
+            slot = compressor->compress(dense->weight(), dense->bias(), scale ? scale(a.layer) : at::Tensor(), a.ratio);
+          }
+          trial.replace(a.layer, slot);
+        }
+        eval::PerplexityOptions popts;
+        popts.batch_size = o.batch_size;
+        const double ppl = eval::samples_perplexity(lm, *samples, popts).perplexity;
+        fmt::print(stderr, "search: calibration ppl {:.4f}\n", ppl);
+        return ppl;
+      };
+      found = search::search_perplexity(*table, sizes, o.ppl_target, calib_ppl, sopts);
+      result.target_label = fmt::format("ppl{}", o.ppl_target);
+    } else {
+      const double target = o.compress_kv_cache ? o.kv_cache_ratio_target : o.param_ratio_target;
+      found = search::search_param_ratio(*table, sizes, target, sopts);
+      result.target_label = o.compress_kv_cache ? fmt::format("kv{}", o.kv_cache_ratio_target)
+                                                : fmt::format("ratio{}", o.param_ratio_target);
+    }
+    result.timings.emplace_back("search_s", seconds_since(t0));
+    result.searched = true;
+    result.search_cut = found.cut;
+    result.search_entries = found.num_entries;
+    result.nominal_ratio = found.nominal_ratio;
+    allocation = std::move(found.allocation);
+  }
+
+  // 5. Decompose and swap in.
+  t0 = Clock::now();
+  compress::ApplyOptions aopts;
+  aopts.show_progress = o.show_progress;
+  result.plan = compress::apply_allocation(lm, allocation, *compressor, scale, aopts);
+  result.timings.emplace_back("decompose_s", seconds_since(t0));
+  result.plan.meta() = {{"model_id", folder.string()}, {"method", o.method}, {"act_aware", o.act_aware ? "1" : "0"},
+                        {"alpha", fmt_double(o.alpha)}, {"scaling_method", o.scaling_method}};
+  return result;
+}
+
+}  // namespace cur4llm::pipeline
