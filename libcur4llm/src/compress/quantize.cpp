@@ -27,17 +27,24 @@ at::Tensor rtn_fake_quantize(const at::Tensor& w, int bits) {
   return (scale * (q - zero)).to(w.scalar_type());
 }
 
-int64_t rtn_quantize_model(model::CausalLM& lm, int bits) {
-  c10::InferenceMode guard;
-  int64_t count = 0;
+std::vector<std::pair<std::string, at::Tensor>> decoder_weight_tensors(const model::CausalLM& lm) {
+  std::vector<std::pair<std::string, at::Tensor>> out;
   for (const auto& info : lm.linears()) {
     if (info.layer < 0) continue;
     for (auto& [name, t] : lm.linear(info.name).state()) {
-      if (t.dim() != 2 || !at::isFloatingType(t.scalar_type())) continue;
-      auto tensor = t;  // shares the slot's storage
-      tensor.copy_(rtn_fake_quantize(tensor, bits));
-      ++count;
+      if (t.dim() == 2 && at::isFloatingType(t.scalar_type())) out.emplace_back(info.name + "." + name, t);
     }
+  }
+  return out;
+}
+
+int64_t rtn_quantize_model(model::CausalLM& lm, int bits) {
+  c10::InferenceMode guard;
+  int64_t count = 0;
+  for (auto& [name, t] : decoder_weight_tensors(lm)) {
+    auto tensor = t;  // shares the slot's storage
+    tensor.copy_(rtn_fake_quantize(tensor, bits));
+    ++count;
   }
   return count;
 }

@@ -4,6 +4,10 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <string>
+#include <utility>
+#include <vector>
+
 namespace cur4llm::model {
 class CausalLM;
 }
@@ -16,6 +20,12 @@ namespace cur4llm::compress {
 /// zero = round(-xmin / scale), q = clamp(round(w / scale) + zero, 0, 2^bits - 1),
 /// w' = scale * (q - zero). Computed in fp32, returned in w's dtype.
 at::Tensor rtn_fake_quantize(const at::Tensor& w, int bits);
+
+/// The tensors weight quantization applies to: every 2-d floating tensor
+/// stored by the Linear slots inside the decoder layers (the factors of
+/// decomposed layers included; lm_head and OPT's projections excluded), by full
+/// name ("<module>.<state name>"), sharing the slots' storage.
+std::vector<std::pair<std::string, at::Tensor>> decoder_weight_tensors(const model::CausalLM& lm);
 
 /// Applies rtn_fake_quantize in place to every 2-d floating tensor stored by the
 /// Linear slots inside the decoder layers (the factors of decomposed layers

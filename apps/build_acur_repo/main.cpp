@@ -1,0 +1,165 @@
+// build_acur_repo: compresses a model as acur does and writes the result as a
+// Hugging Face repository that transformers loads with trust_remote_code=True
+// (docs/export.md). The compression flags are acur's (docs/acur.md); a plan
+// saved by acur (--plan) replaces the sensitivity sweep and the search.
+#include <cur4llm/compress/optimize_scale.h>
+#include <cur4llm/compress/packed_model.h>
+#include <cur4llm/data/text_data.h>
+#include <cur4llm/io/model_folder.h>
+#include <cur4llm/model/causal_lm.h>
+#include <cur4llm/pipeline/pipeline.h>
+#include <cur4llm/repo/acur_repo.h>
+#include <cur4llm/tokenize/tokenizer.h>
+#include <cur4llm/util/host_memory.h>
+
+#include <ATen/ATen.h>
+
+#include "app_common.h"
+#include "pipeline_flags.h"
+
+#include <csignal>
+#include <iostream>
+#include <sstream>
+
+namespace po = boost::program_options;
+namespace fs = std::filesystem;
+
+namespace {
+
+struct Options {
+  std::string model_id;
+  std::string plan;
+  std::string output = "output";
+  bool overwrite = false;
+  std::string max_shard_size = "5GB";
+  std::string weight_quant = "none";
+  std::string save_dtype;
+  std::string eval_ppl = "none";
+  int64_t limit = -1;
+};
+
+int run(int argc, char** argv) {
+  cur4llm::util::tune_host_allocator();
+  std::signal(SIGXFSZ, SIG_IGN);  // a file size limit gives a write error (EFBIG), not a core dump
+  Options o;
+  cur4llm::app::PipelineFlags flags;
+  po::options_description ref("Compression flags (as acur's, see docs/acur.md)");
+  ref.add_options()("help,h", "print this help")(
+      "model_id", po::value(&o.model_id)->required(), "model folder, or an org/name id in the local Hugging Face cache");
+  po::options_description own("cur4llm options");
+  cur4llm::app::add_pipeline_flags(ref, own, flags);
+  po::options_description repo("Repository");
+  repo.add_options()
+      ("plan", po::value(&o.plan)->default_value(""), "apply a plan saved by acur (its --output) instead of searching")
+      ("output", po::value(&o.output)->default_value("output"),
+       "parent folder of the repository <output>/<model>-acur<round(100*ratio)>")
+      ("overwrite", po::bool_switch(&o.overwrite), "replace an existing repository folder (once the new one is complete)")
+      ("max_shard_size", po::value(&o.max_shard_size)->default_value("5GB"),
+       "largest safetensors file before the weights are sharded (e.g. 500MB, 2GB, 1GiB)")
+      ("weight_quant", po::value(&o.weight_quant)->default_value("none"),
+       "none, or store the decoder layers' weights packed: rtn_int8, rtn_int6, rtn_int4")
+      ("save_dtype", po::value(&o.save_dtype)->default_value(""),
+       "fp32, fp16 or bf16 for floating tensors (default: the source config's dtype)")
+      ("eval_ppl", po::value(&o.eval_ppl)->default_value("none"),
+       "datasets to evaluate before saving, comma-separated (as acur's)")
+      ("limit", po::value(&o.limit)->default_value(-1), "evaluate only the first N windows (-1: all)");
+  po::options_description all("build_acur_repo: compress a causal LM and write it as a Hugging Face repository\n\n"
+                              "Usage: build_acur_repo --model_id MODEL (--param_ratio_target R | --ppl_target P | "
+                              "--plan PLAN.json) [--method cur|svd] [--output DIR] [options]");
+  all.add(ref).add(own).add(repo);
+  po::variables_map vm;
+  po::store(po::parse_command_line(argc, argv, all), vm);
+  if (vm.count("help") || argc == 1) {
+    std::cout << all << "\n";
+    return 0;
+  }
+  po::notify(vm);
+
+  auto pipe = flags.resolved();
+  pipe.plan_file = o.plan;
+  cur4llm::pipeline::validate(pipe);
+  cur4llm::repo::ExportOptions eopts;
+  eopts.overwrite = o.overwrite;
+  eopts.max_shard_bytes = cur4llm::repo::parse_size(o.max_shard_size);
+  if (!o.save_dtype.empty()) eopts.dtype = cur4llm::model::parse_dtype(o.save_dtype);
+  std::optional<cur4llm::compress::QuantFormat> quant;
+  if (o.weight_quant != "none") quant = cur4llm::compress::parse_quant_format(o.weight_quant);
+  std::vector<std::string> eval_sets;
+  {
+    std::stringstream in(o.eval_ppl);
+    for (std::string item; std::getline(in, item, ',');) {
+      if (!item.empty() && item != "none") eval_sets.push_back(item);
+    }
+  }
+  const fs::path data_dir = pipe.data_dir.empty() ? cur4llm::data::default_data_dir() : pipe.data_dir;
+  for (const auto& spec : eval_sets) cur4llm::data::resolve_dataset(spec, cur4llm::data::Purpose::Evaluation, data_dir);
+
+  // With a ratio target the folder name is known before any work, so that an existing one is refused at once.
+  auto folder_for = [&](double ratio) {
+    std::string name = cur4llm::repo::repo_folder_name(cur4llm::pipeline::model_label(o.model_id), ratio);
+    return fs::path(o.output) / (quant ? name + "-" + o.weight_quant : name);
+  };
+  if (pipe.param_ratio_target > 0 && fs::exists(folder_for(pipe.param_ratio_target)) && !o.overwrite) {
+    throw std::invalid_argument(folder_for(pipe.param_ratio_target).string() +
+                                " already exists (pass --overwrite to replace it)");
+  }
+
+  cur4llm::model::LoadOptions load;
+  load.device = cur4llm::model::parse_device(flags.device);
+  if (!flags.dtype.empty()) load.dtype = cur4llm::model::parse_dtype(flags.dtype);
+  const fs::path source = cur4llm::io::resolve_model_id(o.model_id);
+  auto lm = cur4llm::model::CausalLM::load(source, load);
+  if (lm->stored_form().acur_format_version > 0) {
+    throw std::invalid_argument(source.string() + " is already an acur repository; give the dense model");
+  }
+  auto tokenizer = cur4llm::tokenize::load_tokenizer(source);
+  fmt::print(stderr, "loaded {} ({}, {} layers, {}); tokenizer: {}\n", source.string(), lm->config().model_type,
+             lm->num_layers(), c10::toString(lm->dtype()), tokenizer->describe());
+  pipe.seqlen = cur4llm::pipeline::effective_seqlen(*lm, pipe.seqlen);
+  const auto dense = cur4llm::model::count_params(*lm);
+
+  auto result = cur4llm::pipeline::compress_model(*lm, *tokenizer, pipe);
+  cur4llm::compress::freeze_scales(*lm);  // grad_cur layers are stored as the CUR layers they stand for
+  std::cout << result.plan.table() << std::flush;
+  const auto after = cur4llm::model::count_params(*lm);
+  const double linear_ratio = static_cast<double>(after.linear_stored) / dense.linear_dense;
+  fmt::print("param ratio: {:.4f} of Linear weights, {:.4f} of the whole model\n", linear_ratio,
+             static_cast<double>(after.total_stored) / dense.total_dense);
+
+  cur4llm::compress::PackedWeights packed;
+  if (quant) {
+    packed = cur4llm::compress::quantize_model_packed(*lm, *quant);
+    eopts.packed = &packed;
+    fmt::print("{}: {} weight tensors of the decoder layers packed: {} -> {} bytes\n", o.weight_quant, packed.size(),
+               cur4llm::compress::unpacked_bytes(packed, lm->dtype()), cur4llm::compress::packed_bytes(packed));
+  }
+  for (const auto& spec : eval_sets) {
+    cur4llm::pipeline::EvalOptions ev;
+    ev.seqlen = pipe.seqlen;
+    ev.batch_size = pipe.batch_size;
+    ev.max_windows = o.limit;
+    ev.data_dir = data_dir;
+    const auto r = cur4llm::pipeline::evaluate_dataset(*lm, *tokenizer, spec, ev);
+    fmt::print("{} {:.6f} ({} windows of {} tokens)\n", spec, r.perplexity, r.windows, pipe.seqlen);
+  }
+
+  eopts.method = pipe.method == "grad_cur" ? "cur" : pipe.method;
+  eopts.provenance = {{"tool", "cur4llm build_acur_repo"},
+                      {"source", o.model_id},
+                      {"target", result.target_label},
+                      {"param_ratio_linear", fmt::format("{:.6f}", linear_ratio)},
+                      {"act_aware", pipe.act_aware ? "1" : "0"},
+                      {"alpha", fmt::format("{}", pipe.alpha)},
+                      {"calib_dataset", pipe.calib_dataset},
+                      {"n_calib_samples", std::to_string(pipe.n_calib_samples)},
+                      {"seqlen", std::to_string(pipe.seqlen)}};
+  const fs::path folder = folder_for(pipe.param_ratio_target > 0 ? pipe.param_ratio_target : linear_ratio);
+  const auto written = cur4llm::repo::write_acur_repo(*lm, folder, eopts);
+  fmt::print("wrote {}: {} layers described, {} safetensors file(s), {} bytes of weights, {} bytes in all\n",
+             written.folder.string(), written.layers, written.shards, written.weight_bytes, written.folder_bytes);
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) { return cur4llm::app::guarded_main("build_acur_repo", [&] { return run(argc, argv); }); }

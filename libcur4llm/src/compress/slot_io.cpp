@@ -1,0 +1,132 @@
+// Reading stored slots, and the slot kinds of this library: "dense" (listed
+// in an acur repository only when its weight is packed), "cur" and "svd".
+#include <cur4llm/compress/slot_io.h>
+
+#include <cur4llm/compress/cur_linear.h>
+#include <cur4llm/compress/packed_quant.h>
+#include <cur4llm/compress/svd_linear.h>
+
+#include <ATen/ATen.h>
+
+#include <fmt/format.h>
+
+#include <stdexcept>
+
+namespace cur4llm::compress {
+
+std::string int_field(int64_t value) { return std::to_string(value); }
+std::string bool_field(bool value) { return value ? "true" : "false"; }
+
+at::Tensor read_factor(const model::SlotSpec& spec, const model::SlotTensors& tensors, const std::string& name,
+                       const std::vector<int64_t>& shape) {
+  at::Tensor value;
+  if (spec.packed.count(name)) {
+    if (shape.size() != 2) {
+      throw std::runtime_error(fmt::format("{}: only 2-d tensors can be packed", tensors.describe(name)));
+    }
+    const QuantFormat format = parse_quant_format(spec.quant_format);
+    const int64_t rows = shape[0], cols = shape[1];
+    const int64_t group = format.group_size > 0 ? format.group_size : cols;
+    const int64_t groups = (cols + group - 1) / group;
+    QuantizedTensor q;
+    try {
+      q = make_quantized_tensor(name, tensors.stored(name + ".qweight", {rows, packed_cols(cols, format.bits)}),
+                                tensors.stored(name + ".scales", {rows, groups}),
+                                tensors.stored(name + ".zeros", {rows, groups}), rows, cols, format);
+    } catch (const std::invalid_argument& e) {
+      throw std::runtime_error(fmt::format("{}: {}", tensors.describe(name), e.what()));
+    }
+    value = dequantize_tensor(q, tensors.dtype());
+  } else {
+    value = tensors.stored(name, shape);
+    if (!at::isFloatingType(value.scalar_type())) {
+      throw std::runtime_error(fmt::format("{} is stored as {}, not as floating point", tensors.describe(name),
+                                           c10::toString(value.scalar_type())));
+    }
+  }
+  return value.to(tensors.device(), tensors.dtype());
+}
+
+at::Tensor read_indices(const model::SlotSpec& spec, const model::SlotTensors& tensors, const std::string& name,
+                        int64_t count, int64_t bound) {
+  auto value = tensors.stored(name, {count});
+  if (!at::isIntegralType(value.scalar_type(), /*includeBool=*/false)) {
+    throw std::runtime_error(fmt::format("{} must hold integers", tensors.describe(name)));
+  }
+  value = value.to(at::kLong).contiguous();
+  if (count > 0 && (value.min().item<int64_t>() < 0 || value.max().item<int64_t>() >= bound)) {
+    throw std::runtime_error(fmt::format("{} has an index outside [0, {})", tensors.describe(name), bound));
+  }
+  return value;
+}
+
+namespace {
+
+// ---------------------------------------------------------------------------------------------
+// "dense": y = x W^T + b. Written to an acur repository only when W is packed.
+model::SlotFields describe_dense(const model::LinearSlot& slot) {
+  const auto& s = dynamic_cast<const model::DenseLinear&>(slot);
+  return {{"bias", bool_field(s.bias().defined())}};
+}
+
+model::LinearPtr load_dense(const model::SlotSpec& spec, const model::SlotTensors& t) {
+  auto weight = read_factor(spec, t, "weight", {spec.out_features, spec.in_features});
+  auto bias = spec.boolean("bias") ? read_factor(spec, t, "bias", {spec.out_features}) : at::Tensor();
+  return std::make_shared<model::DenseLinear>(weight, bias);
+}
+
+// ---------------------------------------------------------------------------------------------
+// "cur": C [out, k] (or C·U when folded), U [k, k], R [k, in], bias, row/column indices.
+model::SlotFields describe_cur(const model::LinearSlot& slot) {
+  const auto& s = dynamic_cast<const CURLinear&>(slot);
+  return {{"rank", int_field(s.rank())},
+          {"folded", bool_field(s.folded())},
+          {"bias", bool_field(s.bias().defined())},
+          {"indices", bool_field(s.row_indices().defined() && s.col_indices().defined())}};
+}
+
+model::LinearPtr load_cur(const model::SlotSpec& spec, const model::SlotTensors& t) {
+  const int64_t k = spec.integer("rank");
+  const int64_t out = spec.out_features, in = spec.in_features;
+  if (k < 1 || k > std::min(out, in)) {
+    throw std::runtime_error(fmt::format("{}: layer \"{}\": rank {} is not in [1, {}]", spec.source, spec.name, k,
+                                         std::min(out, in)));
+  }
+  const bool folded = spec.boolean("folded", false);
+  auto c = read_factor(spec, t, folded ? "CU" : "C", {out, k});
+  auto u = folded ? at::Tensor() : read_factor(spec, t, "U", {k, k});
+  auto r = read_factor(spec, t, "R", {k, in});
+  auto bias = spec.boolean("bias") ? read_factor(spec, t, "bias", {out}) : at::Tensor();
+  at::Tensor rows, cols;
+  if (spec.boolean("indices", false)) {
+    rows = read_indices(spec, t, "row_indices", k, out);
+    cols = read_indices(spec, t, "col_indices", k, in);
+  }
+  return std::make_shared<CURLinear>(c, u, r, bias, rows, cols);
+}
+
+// ---------------------------------------------------------------------------------------------
+// "svd": A [out, k] ("ALinear.weight"), B [k, in] ("BLinear.weight"), bias ("ALinear.bias").
+model::SlotFields describe_svd(const model::LinearSlot& slot) {
+  const auto& s = dynamic_cast<const SVDLinear&>(slot);
+  return {{"rank", int_field(s.rank())}, {"bias", bool_field(s.bias().defined())}};
+}
+
+model::LinearPtr load_svd(const model::SlotSpec& spec, const model::SlotTensors& t) {
+  const int64_t k = spec.integer("rank");
+  if (k < 1 || k > std::min(spec.out_features, spec.in_features)) {
+    throw std::runtime_error(fmt::format("{}: layer \"{}\": rank {} is not in [1, {}]", spec.source, spec.name, k,
+                                         std::min(spec.out_features, spec.in_features)));
+  }
+  auto a = read_factor(spec, t, "ALinear.weight", {spec.out_features, k});
+  auto b = read_factor(spec, t, "BLinear.weight", {k, spec.in_features});
+  auto bias = spec.boolean("bias") ? read_factor(spec, t, "ALinear.bias", {spec.out_features}) : at::Tensor();
+  return std::make_shared<SVDLinear>(a, b, bias);
+}
+
+const model::SlotKindRegistrar dense_kind({"dense", describe_dense, load_dense});
+const model::SlotKindRegistrar cur_kind({"cur", describe_cur, load_cur});
+const model::SlotKindRegistrar svd_kind({"svd", describe_svd, load_svd});
+
+}  // namespace
+}  // namespace cur4llm::compress

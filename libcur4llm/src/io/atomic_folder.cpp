@@ -1,0 +1,112 @@
+#include "cur4llm/io/atomic_folder.h"
+
+#include "cur4llm/io/files.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+#include <stdexcept>
+#include <string>
+
+namespace cur4llm::io {
+namespace {
+
+std::filesystem::path sibling(const std::filesystem::path& target, const char* tag) {
+  static std::atomic<unsigned> counter{0};
+  const auto ticks = std::chrono::steady_clock::now().time_since_epoch().count();
+  return target.parent_path() / ("." + target.filename().string() + "." + tag + "." + std::to_string(::getpid()) +
+                                 "." + std::to_string(counter++) + "." + std::to_string(ticks & 0xffffff));
+}
+
+bool exists_no_follow(const std::filesystem::path& p) {
+  struct stat st {};
+  return ::lstat(p.c_str(), &st) == 0;
+}
+
+void sync_dir(const std::filesystem::path& dir) {
+  const int fd = ::open(dir.empty() ? "." : dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd >= 0) {
+    ::fsync(fd);
+    ::close(fd);
+  }
+}
+
+}  // namespace
+
+AtomicFolder::AtomicFolder(std::filesystem::path target, const AtomicFolderOptions& options)
+    : target_(std::move(target)), options_(options) {
+  target_ = target_.lexically_normal();
+  if (target_.filename().empty()) target_ = target_.parent_path();
+  if (target_.filename().empty() || target_.filename() == "." || target_.filename() == "..") {
+    throw std::invalid_argument(target_.string() + ": not a usable folder name");
+  }
+  if (exists_no_follow(target_) && !options_.overwrite) {
+    throw std::invalid_argument(target_.string() + " already exists (pass --overwrite to replace it)");
+  }
+  const auto parent = target_.parent_path();
+  if (!parent.empty()) {
+    std::error_code ec;
+    std::filesystem::create_directories(parent, ec);
+    if (ec || !std::filesystem::is_directory(parent)) {
+      throw std::runtime_error(parent.string() + ": cannot create the output folder: " +
+                               (ec ? ec.message() : std::string("not a directory")));
+    }
+  }
+  for (int attempt = 0; attempt < 16; ++attempt) {
+    temp_ = sibling(target_, "tmp");
+    if (::mkdir(temp_.c_str(), 0755) == 0) return;
+    if (errno != EEXIST) break;
+  }
+  const int err = errno;
+  const auto tried = temp_;
+  temp_.clear();
+  throw std::runtime_error(tried.string() + ": cannot create a temporary folder: " + std::strerror(err));
+}
+
+AtomicFolder::~AtomicFolder() {
+  if (committed_ || temp_.empty()) return;
+  try {
+    remove_tree(temp_);
+  } catch (const std::exception&) {
+    // Nothing more can be done from a destructor; the name starts with '.'.
+  }
+}
+
+void AtomicFolder::commit() {
+  if (committed_) throw std::logic_error(target_.string() + ": committed twice");
+  sync_dir(temp_);
+  std::filesystem::path aside;
+  if (exists_no_follow(target_)) {
+    if (!options_.overwrite) {
+      throw std::invalid_argument(target_.string() + " already exists (pass --overwrite to replace it)");
+    }
+    aside = sibling(target_, "old");
+    if (::rename(target_.c_str(), aside.c_str()) != 0) {
+      throw std::runtime_error(target_.string() + ": cannot move the existing folder aside: " + std::strerror(errno));
+    }
+  }
+  if (::rename(temp_.c_str(), target_.c_str()) != 0) {
+    const int err = errno;
+    if (!aside.empty()) ::rename(aside.c_str(), target_.c_str());  // put the old one back
+    throw std::runtime_error(target_.string() + ": cannot rename the finished folder into place: " +
+                             std::strerror(err));
+  }
+  committed_ = true;
+  sync_dir(target_.parent_path());
+  if (!aside.empty()) remove_tree(aside);
+}
+
+std::uintmax_t folder_bytes(const std::filesystem::path& folder) {
+  std::uintmax_t total = 0;
+  for (const auto& entry : std::filesystem::recursive_directory_iterator(folder)) {
+    if (entry.is_regular_file() && !entry.is_symlink()) total += entry.file_size();
+  }
+  return total;
+}
+
+}  // namespace cur4llm::io

@@ -1,0 +1,215 @@
+# Modeling code of an acur repository written by cur4llm (build_acur_repo, quantize).
+# Generated from cur4llm's libcur4llm/templates/modeling_acur.py for model_type "{{BASE_MODULE}}".
+#
+# The model is transformers' own {{PREFIX}}ForCausalLM; only the Linear layers
+# that config.json's "acur" section lists are swapped for AcurLinear modules
+# whose tensors carry exactly the names stored in the safetensors files:
+#
+#   kind "cur"   y = C (U (R x)) + bias          C [out, k], U [k, k], R [k, in]
+#                (folded: y = CU (R x) + bias), plus row_indices / col_indices
+#                (int64 [k]: R = W[rows, :], C = W[:, cols] of the original W)
+#   kind "svd"   y = A (B x) + bias              ALinear.weight [out, k],
+#                BLinear.weight [k, in], ALinear.bias [out]
+#   kind "dense" y = W x + bias                  weight [out, in], bias [out]
+#                (listed only when its weight is stored packed)
+#
+# A tensor listed in a layer's "quantized" list is stored packed as
+# <name>.qweight (uint8 codes, little-endian bit stream per row), <name>.scales
+# and <name>.zeros (fp16, one per row and group of group_size columns), with
+# w = scales * (q - zeros); from_pretrained dequantizes it once after loading.
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import {{PREFIX}}ForCausalLM
+
+from .configuration_acur_{{FAMILY}} import Acur{{PREFIX}}Config
+
+
+def _unpack_codes(packed, bits, cols):
+    """uint8 [rows, ceil(cols * bits / 8)] -> integer codes [rows, cols] (int32)."""
+    rows = packed.shape[0]
+    if bits == 8:
+        return packed[:, :cols].to(torch.int32)
+    if bits == 4:
+        codes = torch.stack((packed & 0x0F, packed >> 4), dim=-1)
+        return codes.reshape(rows, -1)[:, :cols].to(torch.int32)
+    if bits == 6:
+        # Four codes in three bytes.
+        pad = (-packed.shape[1]) % 3
+        if pad:
+            packed = torch.cat([packed, packed.new_zeros(rows, pad)], dim=1)
+        b = packed.to(torch.int32).reshape(rows, -1, 3)
+        b0, b1, b2 = b[..., 0], b[..., 1], b[..., 2]
+        codes = torch.stack(
+            (b0 & 63, (b0 >> 6) | ((b1 & 15) << 2), (b1 >> 4) | ((b2 & 3) << 4), b2 >> 2), dim=-1
+        )
+        return codes.reshape(rows, -1)[:, :cols]
+    shifts = torch.arange(8, device=packed.device, dtype=torch.int32)
+    stream = (packed.to(torch.int32).unsqueeze(-1) >> shifts) & 1
+    stream = stream.reshape(rows, -1)[:, : cols * bits].reshape(rows, cols, bits)
+    weights = torch.ones(bits, device=packed.device, dtype=torch.int32) << torch.arange(
+        bits, device=packed.device, dtype=torch.int32
+    )
+    return (stream * weights).sum(-1)
+
+
+class PackedTensor(nn.Module):
+    """A [rows, cols] matrix stored as packed integer codes with fp16 scales and zero points."""
+
+    def __init__(self, rows, cols, bits, group_size):
+        super().__init__()
+        self.rows, self.cols, self.bits = rows, cols, bits
+        self.group_size = group_size if group_size and group_size > 0 else cols
+        groups = -(-cols // self.group_size)
+        self.register_buffer("qweight", torch.zeros(rows, -(-cols * bits // 8), dtype=torch.uint8))
+        self.register_buffer("scales", torch.zeros(rows, groups, dtype=torch.float16))
+        self.register_buffer("zeros", torch.zeros(rows, groups, dtype=torch.float16))
+
+    def dequantize(self, dtype):
+        q = _unpack_codes(self.qweight, self.bits, self.cols).to(torch.float32)
+        group = torch.arange(self.cols, device=q.device) // self.group_size
+        scales = self.scales.to(torch.float32).index_select(1, group)
+        zeros = self.zeros.to(torch.float32).index_select(1, group)
+        return (scales * (q - zeros)).to(dtype)
+
+
+def _tensor_names(spec):
+    """(relative name, shape, is_index) of every tensor a layer of `spec` stores."""
+    kind, n_in, n_out = spec["kind"], spec["in_features"], spec["out_features"]
+    names = []
+    if kind == "cur":
+        k = spec["rank"]
+        if spec.get("folded", False):
+            names.append(("CU", (n_out, k), False))
+        else:
+            names += [("C", (n_out, k), False), ("U", (k, k), False)]
+        names.append(("R", (k, n_in), False))
+        if spec.get("bias", False):
+            names.append(("bias", (n_out,), False))
+        if spec.get("indices", False):
+            names += [("row_indices", (k,), True), ("col_indices", (k,), True)]
+    elif kind == "svd":
+        k = spec["rank"]
+        names += [("ALinear.weight", (n_out, k), False), ("BLinear.weight", (k, n_in), False)]
+        if spec.get("bias", False):
+            names.append(("ALinear.bias", (n_out,), False))
+    elif kind == "dense":
+        names.append(("weight", (n_out, n_in), False))
+        if spec.get("bias", False):
+            names.append(("bias", (n_out,), False))
+    else:
+        raise ValueError(f'acur layer kind "{kind}" is not known to this modeling code (known: cur, svd, dense)')
+    return names
+
+
+class AcurLinear(nn.Module):
+    """A Linear layer as cur4llm stored it (see the file comment for the kinds)."""
+
+    def __init__(self, spec, quantization):
+        super().__init__()
+        self.kind = spec["kind"]
+        self.in_features = spec["in_features"]
+        self.out_features = spec["out_features"]
+        packed = set(spec.get("quantized", []))
+        for name, shape, is_index in _tensor_names(spec):
+            *path, leaf = name.split(".")
+            owner = self
+            for part in path:
+                if not hasattr(owner, part):
+                    owner.add_module(part, nn.Module())
+                owner = getattr(owner, part)
+            if name in packed:
+                if quantization is None:
+                    raise ValueError('config.json: a layer lists "quantized" tensors but "acur" has no "quantization"')
+                owner.add_module(leaf, PackedTensor(shape[0], shape[1], quantization["bits"],
+                                                    quantization.get("group_size", 0)))
+            elif is_index:
+                owner.register_buffer(leaf, torch.zeros(shape, dtype=torch.long))
+            else:
+                owner.register_parameter(leaf, nn.Parameter(torch.empty(shape), requires_grad=False))
+
+    def _get(self, name, dtype):
+        obj = self
+        for part in name.split("."):
+            obj = getattr(obj, part, None)
+            if obj is None:
+                return None
+        if isinstance(obj, PackedTensor):  # not yet unpacked (a model built without from_pretrained)
+            return obj.dequantize(dtype)
+        return obj
+
+    def unpack_(self, dtype):
+        """Replaces every PackedTensor by a parameter holding its dequantized value."""
+        for name, module in list(self.named_modules()):
+            if isinstance(module, PackedTensor):
+                *path, leaf = name.split(".")
+                owner = self.get_submodule(".".join(path)) if path else self
+                value = module.dequantize(dtype)
+                delattr(owner, leaf)
+                owner.register_parameter(leaf, nn.Parameter(value, requires_grad=False))
+
+    def forward(self, x):
+        dt = x.dtype
+        if self.kind == "cur":
+            t = F.linear(x, self._get("R", dt))
+            u = self._get("U", dt)
+            if u is not None:
+                t = F.linear(t, u)
+            c = self._get("C", dt) if u is not None else self._get("CU", dt)
+            return F.linear(t, c, self._get("bias", dt))
+        if self.kind == "svd":
+            return F.linear(F.linear(x, self._get("BLinear.weight", dt)), self._get("ALinear.weight", dt),
+                            self._get("ALinear.bias", dt))
+        return F.linear(x, self._get("weight", dt), self._get("bias", dt))
+
+    def extra_repr(self):
+        return f"kind={self.kind}, in_features={self.in_features}, out_features={self.out_features}"
+
+
+class Acur{{PREFIX}}ForCausalLM({{PREFIX}}ForCausalLM):
+    """{{PREFIX}}ForCausalLM whose compressed Linear layers are AcurLinear modules."""
+
+    config_class = Acur{{PREFIX}}Config
+
+    def __init__(self, config):
+        super().__init__(config)
+        section = config.acur_section() if hasattr(config, "acur_section") else getattr(config, "acur", {})
+        quantization = section.get("quantization")
+        for name, spec in section.get("layers", {}).items():
+            parent_name, _, child = name.rpartition(".")
+            parent = self.get_submodule(parent_name) if parent_name else self
+            old = getattr(parent, child, None)
+            if not isinstance(old, nn.Linear):
+                raise ValueError(f'config.json: acur layer "{name}" is not a Linear layer of this model')
+            if (old.in_features, old.out_features) != (spec["in_features"], spec["out_features"]):
+                raise ValueError(f'config.json: acur layer "{name}" does not match the model\'s shape')
+            setattr(parent, child, AcurLinear(spec, quantization))
+
+    def acur_unpack_(self):
+        """Dequantizes every packed tensor into a plain parameter (done by from_pretrained)."""
+        modules = [m for m in self.modules() if isinstance(m, AcurLinear)]
+        if not any(isinstance(m, PackedTensor) for a in modules for m in a.modules()):
+            return self
+        dtype = self.get_input_embeddings().weight.dtype
+        for module in modules:
+            module.unpack_(dtype)
+        # The weights are no longer packed: a save_pretrained() of this model stores them plainly.
+        section = getattr(self.config, "acur", None)
+        if isinstance(section, dict):
+            section = dict(section)
+            section.pop("quantization", None)
+            section["layers"] = {
+                name: {k: v for k, v in spec.items() if k != "quantized"}
+                for name, spec in section.get("layers", {}).items()
+                if spec.get("kind") != "dense"
+            }
+            self.config.acur = section
+        return self
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        loaded = super().from_pretrained(*args, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded
+        model.acur_unpack_()
+        return loaded
