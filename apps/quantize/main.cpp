@@ -1,0 +1,149 @@
+// quantize: RTN weight quantization with real packed storage, applied to a
+// dense model folder or to an acur repository, written as a new acur
+// repository (docs/export.md). Every Linear inside the decoder layers is
+// quantized, the factors of decomposed layers included; lm_head and OPT's
+// project_in/out stay as they are.
+#include <cur4llm/compress/packed_model.h>
+#include <cur4llm/data/text_data.h>
+#include <cur4llm/io/atomic_folder.h>
+#include <cur4llm/io/model_folder.h>
+#include <cur4llm/model/causal_lm.h>
+#include <cur4llm/pipeline/pipeline.h>
+#include <cur4llm/repo/acur_repo.h>
+#include <cur4llm/tokenize/tokenizer.h>
+#include <cur4llm/util/host_memory.h>
+
+#include <ATen/ATen.h>
+
+#include "app_common.h"
+
+#include <csignal>
+#include <iostream>
+#include <sstream>
+
+namespace po = boost::program_options;
+namespace fs = std::filesystem;
+
+namespace {
+
+struct Options {
+  std::string model;
+  std::string format;
+  std::string output;
+  bool overwrite = false;
+  std::string max_shard_size = "5GB";
+  std::string save_dtype;
+  std::string eval_ppl = "none";
+  int64_t seqlen = 2048;
+  int64_t batch_size = 1;
+  int64_t limit = -1;
+  std::string data_dir;
+};
+
+int64_t safetensors_bytes(const fs::path& folder) {
+  int64_t total = 0;
+  for (const auto& entry : fs::directory_iterator(folder)) {
+    if (entry.is_regular_file() && entry.path().extension() == ".safetensors") {
+      total += static_cast<int64_t>(entry.file_size());
+    }
+  }
+  return total;
+}
+
+int run(int argc, char** argv) {
+  cur4llm::util::tune_host_allocator();
+  std::signal(SIGXFSZ, SIG_IGN);  // a file size limit gives a write error (EFBIG), not a core dump
+  Options o;
+  po::options_description opts(
+      "quantize: RTN weight quantization with packed storage\n\n"
+      "Usage: quantize --model FOLDER --format rtn_int8|rtn_int6|rtn_int4 --output DIR [--overwrite]\n\nOptions");
+  opts.add_options()
+      ("help,h", "print this help")
+      ("model", po::value(&o.model)->required(), "dense model folder (or org/name in the Hugging Face cache) or acur repository")
+      ("format", po::value(&o.format)->required(),
+       "rtn_int8 or rtn_int6 (per output channel), rtn_int4 (groups of 128 input columns)")
+      ("output", po::value(&o.output)->required(), "the folder to write (a new acur repository)")
+      ("overwrite", po::bool_switch(&o.overwrite), "replace an existing output folder (once the new one is complete)")
+      ("max_shard_size", po::value(&o.max_shard_size)->default_value("5GB"),
+       "largest safetensors file before the weights are sharded (e.g. 500MB, 2GB, 1GiB)")
+      ("save_dtype", po::value(&o.save_dtype)->default_value(""),
+       "fp32, fp16 or bf16 for the floating tensors left unquantized (default: the source config's dtype)")
+      ("eval_ppl", po::value(&o.eval_ppl)->default_value("none"), "datasets to evaluate after quantizing (as acur's)")
+      ("seqlen", po::value(&o.seqlen)->default_value(2048), "evaluation window in tokens")
+      ("batch_size", po::value(&o.batch_size)->default_value(1), "windows per forward pass")
+      ("limit", po::value(&o.limit)->default_value(-1), "evaluate only the first N windows (-1: all)")
+      ("data_dir", po::value(&o.data_dir)->default_value(""), "datasets folder (default $CUR4LLM_DATA_DIR, else ./data)");
+  po::variables_map vm;
+  po::store(po::parse_command_line(argc, argv, opts), vm);
+  if (vm.count("help") || argc == 1) {
+    std::cout << opts << "\n";
+    return 0;
+  }
+  po::notify(vm);
+
+  // Every flag is checked before the model is read.
+  const auto format = cur4llm::compress::parse_quant_format(o.format);
+  cur4llm::repo::ExportOptions eopts;
+  eopts.overwrite = o.overwrite;
+  eopts.max_shard_bytes = cur4llm::repo::parse_size(o.max_shard_size);
+  if (!o.save_dtype.empty()) eopts.dtype = cur4llm::model::parse_dtype(o.save_dtype);
+  if (o.seqlen < 2) throw std::invalid_argument(fmt::format("--seqlen must be at least 2, not {}", o.seqlen));
+  if (o.batch_size < 1) throw std::invalid_argument("--batch_size must be at least 1");
+  std::vector<std::string> eval_sets;
+  {
+    std::stringstream in(o.eval_ppl);
+    for (std::string item; std::getline(in, item, ',');) {
+      if (!item.empty() && item != "none") eval_sets.push_back(item);
+    }
+  }
+  const fs::path data_dir = o.data_dir.empty() ? cur4llm::data::default_data_dir() : fs::path(o.data_dir);
+  for (const auto& spec : eval_sets) cur4llm::data::resolve_dataset(spec, cur4llm::data::Purpose::Evaluation, data_dir);
+  if (fs::exists(o.output) && !o.overwrite) {
+    throw std::invalid_argument(o.output + " already exists (pass --overwrite to replace it)");
+  }
+
+  const fs::path source = cur4llm::io::resolve_model_id(o.model);
+  auto lm = cur4llm::model::CausalLM::load(source);
+  const auto& form = lm->stored_form();
+  if (!form.quantization.empty()) {
+    throw std::invalid_argument(fmt::format("{} is already quantized ({}); give the unquantized model", source.string(),
+                                            form.quantization));
+  }
+  fmt::print(stderr, "loaded {} ({}, {} layers{})\n", source.string(), lm->config().model_type, lm->num_layers(),
+             form.acur_format_version > 0 ? ", acur repository of method " + form.method : std::string());
+
+  const auto packed = cur4llm::compress::quantize_model_packed(*lm, format);
+  const c10::ScalarType stored_dtype = eopts.dtype ? *eopts.dtype : [&] {
+    const auto& t = lm->config().torch_dtype;
+    return t == "float16" ? at::kHalf : t == "bfloat16" ? at::kBFloat16 : at::kFloat;
+  }();
+  fmt::print("{}: {} weight tensors of the decoder layers: {} bytes as {} -> {} bytes packed\n", format.name,
+             packed.size(), cur4llm::compress::unpacked_bytes(packed, stored_dtype), c10::toString(stored_dtype),
+             cur4llm::compress::packed_bytes(packed));
+
+  if (!eval_sets.empty()) {
+    auto tokenizer = cur4llm::tokenize::load_tokenizer(source);
+    for (const auto& spec : eval_sets) {
+      cur4llm::pipeline::EvalOptions ev;
+      ev.seqlen = cur4llm::pipeline::effective_seqlen(*lm, o.seqlen);
+      ev.batch_size = o.batch_size;
+      ev.max_windows = o.limit;
+      ev.data_dir = data_dir;
+      const auto r = cur4llm::pipeline::evaluate_dataset(*lm, *tokenizer, spec, ev);
+      fmt::print("{} {:.6f} ({} windows of {} tokens)\n", spec, r.perplexity, r.windows, ev.seqlen);
+    }
+  }
+
+  eopts.packed = &packed;
+  eopts.method = form.method;
+  eopts.provenance = {{"tool", "cur4llm quantize"}, {"source", o.model}, {"quantization", format.name}};
+  const auto written = cur4llm::repo::write_acur_repo(*lm, o.output, eopts);
+  fmt::print("weights (safetensors): {} -> {} bytes\n", safetensors_bytes(source), safetensors_bytes(written.folder));
+  fmt::print("folder: {} -> {} bytes\n", cur4llm::io::folder_bytes(source), written.folder_bytes);
+  fmt::print("wrote {}\n", written.folder.string());
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) { return cur4llm::app::guarded_main("quantize", [&] { return run(argc, argv); }); }
