@@ -1,14 +1,18 @@
 // Text -> tokens -> perplexity, end to end, against transformers' figures
 // (tests/data/reference.json and tiny_opt_reference.json, made by the scripts
 // in tests/fixtures on the GPU host).
+#include <cur4llm/compress/apply.h>
 #include <cur4llm/data/text_data.h>
 #include <cur4llm/eval/perplexity.h>
 #include <cur4llm/model/causal_lm.h>
+#include <cur4llm/pipeline/pipeline.h>
 #include <cur4llm/tokenize/tokenizer.h>
 
 #include <ATen/ATen.h>
+#include <c10/core/InferenceMode.h>
 #include <nlohmann/json.hpp>
 
+#include "test_helpers.h"
 #include "test_paths.h"
 
 #include <fstream>
@@ -133,4 +137,54 @@ TEST_CASE("stories260K: calibration samples equal the reference sampler's", "[pi
     std::vector<int64_t> head(samples[i].begin(), samples[i].begin() + 32);
     CHECK(head == ref.at("calib_seed233_first_ids")[i].get<std::vector<int64_t>>());
   }
+}
+
+TEST_CASE("compress_model: a saved plan rebuilds the model its search made", "[pipeline][model]") {
+  namespace pipeline = cur4llm::pipeline;
+  const auto tail = (cur4llm::test::fixture_dir() / "text" / "shakespeare_tail.txt").string();
+  pipeline::PipelineOptions o;
+  o.param_ratio_target = 0.8;
+  o.act_aware = true;
+  o.method = "svd";
+  o.calib_dataset = tail;
+  o.n_calib_samples = 4;
+  o.seqlen = 64;
+  o.batch_size = 4;
+  o.show_progress = false;
+  auto tokenizer = cur4llm::tokenize::load_tokenizer(cur4llm::test::model_dir("tiny-shakespeare-opt"));
+  auto searched = CausalLM::load(cur4llm::test::model_dir("tiny-shakespeare-opt"));
+  const auto a = pipeline::compress_model(*searched, *tokenizer, o);
+  REQUIRE(a.searched);
+  CHECK(a.target_label == "ratio0.8");
+  REQUIRE(cur4llm::compress::count_layers(a.plan, "svd") > 0);
+  cur4llm::test::TempDir dir("pipeline_plan");
+  a.plan.save(dir / "plan.json");
+
+  auto o2 = o;
+  o2.param_ratio_target = -1;
+  o2.plan_file = dir / "plan.json";
+  auto applied = CausalLM::load(cur4llm::test::model_dir("tiny-shakespeare-opt"));
+  const auto b = pipeline::compress_model(*applied, *tokenizer, o2);
+  CHECK_FALSE(b.searched);
+  CHECK(b.target_label == "plan");
+  REQUIRE(b.plan.layers().size() == a.plan.layers().size());
+  for (size_t i = 0; i < a.plan.layers().size(); ++i) {
+    CHECK(b.plan.layers()[i].method == a.plan.layers()[i].method);
+    CHECK(b.plan.layers()[i].rank == a.plan.layers()[i].rank);
+  }
+  auto ids = at::arange(40, at::kLong).view({1, 40});
+  c10::InferenceMode guard;
+  CHECK(at::equal(searched->forward(ids), applied->forward(ids)));
+
+  // A plan made with another method, a plan and a target together, two targets: refused before any work.
+  auto o3 = o2;
+  o3.method = "cur";
+  auto fresh = CausalLM::load(cur4llm::test::model_dir("tiny-shakespeare-opt"));
+  CHECK_THROWS_WITH(pipeline::compress_model(*fresh, *tokenizer, o3), Catch::Contains("--method"));
+  auto o4 = o2;
+  o4.param_ratio_target = 0.5;
+  CHECK_THROWS_WITH(pipeline::validate(o4), Catch::Contains("not both"));
+  auto o5 = o;
+  o5.ppl_target = 20;
+  CHECK_THROWS_WITH(pipeline::validate(o5), Catch::Contains("only one of"));
 }

@@ -1,0 +1,455 @@
+// acur repositories: written by repo::write_acur_repo, read back by
+// CausalLM::load through the slot-kind registry. The round trip must give the
+// very same logits in fp32; a failed write must leave nothing behind.
+#include <cur4llm/compress/apply.h>
+#include <cur4llm/compress/cur_linear.h>
+#include <cur4llm/compress/factory.h>
+#include <cur4llm/compress/packed_model.h>
+#include <cur4llm/compress/slot_io.h>
+#include <cur4llm/compress/svd_linear.h>
+#include <cur4llm/eval/perplexity.h>
+#include <cur4llm/io/atomic_folder.h>
+#include <cur4llm/io/files.h>
+#include <cur4llm/io/safetensors.h>
+#include <cur4llm/model/causal_lm.h>
+#include <cur4llm/model/slot_registry.h>
+#include <cur4llm/repo/acur_repo.h>
+
+#include <ATen/ATen.h>
+#include <c10/core/InferenceMode.h>
+#include <nlohmann/json.hpp>
+
+#include "test_helpers.h"
+#include "test_paths.h"
+
+#include <sys/resource.h>
+
+#include <csignal>
+#include <set>
+
+using cur4llm::model::CausalLM;
+using cur4llm::test::model_dir;
+using cur4llm::test::TempDir;
+namespace fs = std::filesystem;
+namespace compress = cur4llm::compress;
+namespace repo = cur4llm::repo;
+
+namespace {
+
+nlohmann::json read_json(const fs::path& p) { return nlohmann::json::parse(cur4llm::io::read_file(p)); }
+
+// Fixed token ids [2, 24] inside the vocabulary.
+at::Tensor probe_ids(const CausalLM& lm) {
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(7);
+  return at::randint(lm.config().vocab_size, {2, 24}, gen, at::TensorOptions().dtype(at::kLong));
+}
+
+at::Tensor logits(const CausalLM& lm) {
+  c10::InferenceMode guard;
+  return lm.forward(probe_ids(lm));
+}
+
+// Compresses every `stride`-th Linear (lm_head included when picked) with `method` at ratio 0.6,
+// activation-aware with a fixed positive scale per layer.
+cur4llm::search::CompressionPlan compress_some(CausalLM& lm, const std::string& method, size_t stride) {
+  cur4llm::search::Allocation allocation;
+  size_t i = 0;
+  for (const auto& info : lm.linears()) allocation.push_back({info.name, 0.6, (i++ % stride) == 0});
+  auto compressor = compress::make_compressor(method);
+  auto scale = [&](const std::string& layer) {
+    const auto n = lm.linear(layer).in_features();
+    return at::linspace(0.5, 2.0, n, at::kFloat);
+  };
+  return compress::apply_allocation(lm, allocation, *compressor, scale);
+}
+
+// Every file of `folder` (names and bytes), to see that it was not written to.
+std::string snapshot(const fs::path& folder) {
+  std::string all;
+  std::set<std::string> names;
+  for (const auto& e : fs::directory_iterator(folder)) names.insert(e.path().filename().string());
+  for (const auto& n : names) all += n + ":" + cur4llm::io::read_file(folder / n) + "|";
+  return all;
+}
+
+// Names in `dir` that start with '.': temporary siblings a failed write could leave.
+std::vector<std::string> hidden_entries(const fs::path& dir) {
+  std::vector<std::string> out;
+  for (const auto& e : fs::directory_iterator(dir)) {
+    if (e.path().filename().string().front() == '.') out.push_back(e.path().filename().string());
+  }
+  return out;
+}
+
+// Sets the process's file size limit for its lifetime; SIGXFSZ is ignored so that
+// writes past the limit fail with EFBIG, as under `ulimit -f` with the signal ignored.
+struct FileSizeLimit {
+  rlimit saved{};
+  void (*saved_handler)(int) = nullptr;
+  explicit FileSizeLimit(rlim_t bytes) {
+    REQUIRE(::getrlimit(RLIMIT_FSIZE, &saved) == 0);
+    saved_handler = std::signal(SIGXFSZ, SIG_IGN);
+    rlimit limit = saved;
+    limit.rlim_cur = bytes;
+    REQUIRE(::setrlimit(RLIMIT_FSIZE, &limit) == 0);
+  }
+  ~FileSizeLimit() {
+    ::setrlimit(RLIMIT_FSIZE, &saved);
+    std::signal(SIGXFSZ, saved_handler);
+  }
+};
+
+}  // namespace
+
+TEST_CASE("acur repository round trip: the same logits, bit for bit, in fp32", "[export][model]") {
+  struct Case {
+    const char* fixture;
+    const char* method;
+    size_t stride;
+  };
+  // OPT (tied lm_head, biases), LLaMA with GQA, Qwen2 (tied, q/k/v biases), Mistral; CUR and SVD.
+  for (const Case c : {Case{"tiny-shakespeare-opt", "cur", 2}, Case{"tiny-shakespeare-opt", "svd", 3},
+                       Case{"llama_gqa", "cur", 2}, Case{"llama_gqa", "svd", 2}, Case{"qwen2_bias", "cur", 3},
+                       Case{"qwen2_bias", "svd", 2}, Case{"mistral_window", "cur", 2}}) {
+    DYNAMIC_SECTION(c.fixture << " " << c.method) {
+      auto lm = CausalLM::load(model_dir(c.fixture));
+      const auto plan = compress_some(*lm, c.method, c.stride);
+      REQUIRE(compress::count_layers(plan, c.method) > 0);
+      const auto before = logits(*lm);
+      TempDir dir("export_roundtrip");
+      const auto written = repo::write_acur_repo(*lm, dir / "repo", {});
+      CHECK(written.layers == compress::count_layers(plan, c.method));
+
+      auto back = CausalLM::load(dir / "repo");
+      CHECK(back->stored_form().acur_format_version == cur4llm::model::kAcurFormatVersion);
+      CHECK(back->stored_form().method == c.method);
+      for (const auto& layer : plan.layers()) {
+        INFO(layer.name);
+        const auto& slot = back->linear(layer.name);
+        CHECK(slot.kind() == layer.method);
+        CHECK(slot.weight_params() == layer.stored_params);
+        CHECK(at::equal(slot.reconstruct_weight(), lm->linear(layer.name).reconstruct_weight()));
+      }
+      CHECK(at::equal(logits(*back), before));
+    }
+  }
+}
+
+TEST_CASE("acur repository round trip: the same perplexity on the trained tiny OPT", "[export][model]") {
+  auto lm = CausalLM::load(model_dir("tiny-shakespeare-opt"));
+  compress_some(*lm, "cur", 2);
+  const auto ids = cur4llm::test::make_samples({64 * 6}, lm->config().vocab_size, 3).front();
+  cur4llm::eval::PerplexityOptions o;
+  o.seqlen = 64;
+  const auto before = cur4llm::eval::evaluate_perplexity(*lm, ids, o);
+  TempDir dir("export_ppl");
+  repo::write_acur_repo(*lm, dir / "repo", {});
+  const auto after = cur4llm::eval::evaluate_perplexity(*CausalLM::load(dir / "repo"), ids, o);
+  CHECK(after.perplexity == before.perplexity);
+  CHECK(after.window_nll == before.window_nll);
+}
+
+TEST_CASE("acur repository: config.json, Python files and tokenizer as transformers needs them", "[export]") {
+  auto lm = CausalLM::load(model_dir("tiny-shakespeare-opt"));
+  // Every Linear, lm_head included: a compressed lm_head can no longer be tied to the embedding.
+  cur4llm::search::Allocation all;
+  for (const auto& info : lm->linears()) all.push_back({info.name, 0.5, true});
+  compress::apply_allocation(*lm, all, *compress::make_compressor("cur"), {});
+  TempDir dir("export_config");
+  const auto written = repo::write_acur_repo(*lm, dir / "repo", {});
+  const std::set<std::string> files(written.files.begin(), written.files.end());
+  for (const char* f : {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
+                        "generation_config.json", "configuration_acur_opt.py", "modeling_acur_opt.py"}) {
+    CHECK(files.count(f) == 1);
+  }
+  CHECK(files.count("model.safetensors.index.json") == 0);
+  CHECK(cur4llm::io::read_file(dir / "repo" / "tokenizer.json") ==
+        cur4llm::io::read_file(model_dir("tiny-shakespeare-opt") / "tokenizer.json"));
+
+  const auto config = read_json(dir / "repo" / "config.json");
+  CHECK(config.at("model_type") == "opt");
+  CHECK(config.at("architectures") == nlohmann::json::array({"AcurOPTForCausalLM"}));
+  CHECK(config.at("auto_map").at("AutoConfig") == "configuration_acur_opt.AcurOPTConfig");
+  CHECK(config.at("auto_map").at("AutoModelForCausalLM") == "modeling_acur_opt.AcurOPTForCausalLM");
+  CHECK_FALSE(config.contains("quantization_config"));  // transformers reads that key as its own quantizer's
+  CHECK(config.at("tie_word_embeddings") == false);
+  const auto& acur = config.at("acur");
+  CHECK(acur.at("format_version") == 1);
+  CHECK(acur.at("method") == "cur");
+  CHECK(acur.at("base").at("tie_word_embeddings") == true);
+  CHECK(acur.at("base").at("architectures") == nlohmann::json::array({"OPTForCausalLM"}));
+  const auto& head = acur.at("layers").at("lm_head");
+  CHECK(head.at("kind") == "cur");
+  CHECK(head.at("rank").get<int64_t>() ==
+        dynamic_cast<const compress::CURLinear&>(lm->linear("lm_head")).rank());
+  CHECK(head.at("in_features") == 64);
+  CHECK(head.at("out_features") == 601);
+  CHECK(acur.at("layers").size() == lm->linears().size());
+
+  // The stored names are the modules' tensor names.
+  cur4llm::io::SafetensorsFile st(dir / "repo" / "model.safetensors");
+  CHECK(st.metadata().at("format") == "pt");
+  for (const char* name : {"lm_head.C", "lm_head.U", "lm_head.R", "lm_head.row_indices", "lm_head.col_indices",
+                           "model.decoder.layers.0.fc1.bias", "model.decoder.embed_tokens.weight"}) {
+    CHECK(st.contains(name));
+  }
+  CHECK(st.info("lm_head.row_indices").dtype == "I64");
+  CHECK_FALSE(st.contains("lm_head.weight"));
+
+  // The Python files are filled in for OPT, with no placeholder left.
+  const auto modeling = cur4llm::io::read_file(dir / "repo" / "modeling_acur_opt.py");
+  CHECK(modeling.find("class AcurOPTForCausalLM(OPTForCausalLM)") != std::string::npos);
+  CHECK(modeling.find("from .configuration_acur_opt import AcurOPTConfig") != std::string::npos);
+  CHECK(modeling.find("{{") == std::string::npos);
+  // The LLaMA-family file serves Qwen2 on Qwen2's own classes.
+  const auto qwen = repo::python_files("qwen2");
+  REQUIRE(qwen.size() == 2);
+  CHECK(qwen[0].first == "configuration_acur_llama.py");
+  CHECK(qwen[0].second.find("class AcurQwen2Config(Qwen2Config)") != std::string::npos);
+  CHECK(qwen[1].first == "modeling_acur_llama.py");
+  CHECK(qwen[1].second.find("from transformers import Qwen2ForCausalLM") != std::string::npos);
+  CHECK_THROWS_WITH(repo::python_files("gpt2"), Catch::Contains("gpt2"));
+}
+
+TEST_CASE("acur repository: packed weights stored as codes, scales and zeros, and loaded back", "[export][quantize]") {
+  for (const std::string format : {"rtn_int8", "rtn_int6", "rtn_int4"}) {
+    DYNAMIC_SECTION(format) {
+      auto lm = CausalLM::load(model_dir("llama_gqa"));
+      compress_some(*lm, "cur", 2);
+      const auto packed = compress::quantize_model_packed(*lm, compress::parse_quant_format(format));
+      REQUIRE_FALSE(packed.empty());
+      const auto before = logits(*lm);
+      TempDir dir("export_packed");
+      repo::ExportOptions o;
+      o.packed = &packed;
+      repo::write_acur_repo(*lm, dir / "repo", o);
+
+      const auto config = read_json(dir / "repo" / "config.json");
+      const auto& q = config.at("acur").at("quantization");
+      CHECK(q.at("format") == format);
+      CHECK(q.at("bits") == compress::parse_quant_format(format).bits);
+      // A dense layer of a decoder layer is listed as "dense" once its weight is packed.
+      const auto& dense = config.at("acur").at("layers").at("model.layers.0.self_attn.k_proj");
+      CHECK(dense.at("kind") == "dense");
+      CHECK(dense.at("quantized") == nlohmann::json::array({"weight"}));
+      CHECK_FALSE(config.at("acur").at("layers").at("lm_head").contains("quantized"));  // lm_head is never quantized
+
+      cur4llm::io::SafetensorsFile st(dir / "repo" / "model.safetensors");
+      CHECK(st.info("model.layers.0.self_attn.k_proj.weight.qweight").dtype == "U8");
+      CHECK(st.info("model.layers.0.self_attn.k_proj.weight.scales").dtype == "F16");
+      CHECK(st.info("model.layers.0.self_attn.k_proj.weight.zeros").dtype == "F16");
+      CHECK_FALSE(st.contains("model.layers.0.self_attn.k_proj.weight"));
+      CHECK(st.contains("lm_head.C"));
+      CHECK(st.contains("model.layers.0.self_attn.q_proj.C.qweight"));
+
+      auto back = CausalLM::load(dir / "repo");
+      CHECK(back->stored_form().quantization == format);
+      CHECK(at::equal(logits(*back), before));
+    }
+  }
+}
+
+TEST_CASE("acur repository: weights sharded above max_shard_bytes, with an index", "[export]") {
+  auto lm = CausalLM::load(model_dir("tiny-shakespeare-opt"));
+  compress_some(*lm, "svd", 2);
+  const auto before = logits(*lm);
+  TempDir dir("export_shards");
+  repo::ExportOptions o;
+  o.max_shard_bytes = 100 * 1000;
+  const auto written = repo::write_acur_repo(*lm, dir / "repo", o);
+  CHECK(written.shards > 2);
+  const auto index = read_json(dir / "repo" / "model.safetensors.index.json");
+  std::set<std::string> shard_files;
+  int64_t total = 0;
+  for (const auto& [name, file] : index.at("weight_map").items()) shard_files.insert(file.get<std::string>());
+  CHECK(static_cast<int64_t>(shard_files.size()) == written.shards);
+  for (const auto& file : shard_files) {
+    cur4llm::io::SafetensorsFile st(dir / "repo" / file);
+    int64_t bytes = 0;
+    for (const auto& n : st.names()) bytes += static_cast<int64_t>(st.info(n).end - st.info(n).begin);
+    total += bytes;
+    // A shard exceeds the limit only when it is one tensor larger than the limit.
+    if (bytes > o.max_shard_bytes) CHECK(st.names().size() == 1);
+    CHECK(file.rfind("model-", 0) == 0);
+  }
+  CHECK(index.at("metadata").at("total_size").get<int64_t>() == total);
+  CHECK(at::equal(logits(*CausalLM::load(dir / "repo")), before));
+}
+
+TEST_CASE("slot-kind registry: a new kind is stored and rebuilt through one registration", "[export]") {
+  // A slot y = 2 (W x) stored as its weight W: the smallest possible new kind.
+  class Doubled final : public cur4llm::model::LinearSlot {
+   public:
+    explicit Doubled(at::Tensor w) : w_(std::move(w)) {}
+    at::Tensor forward(const at::Tensor& x) const override { return at::linear(x, w_) * 2; }
+    int64_t in_features() const override { return w_.size(1); }
+    int64_t out_features() const override { return w_.size(0); }
+    int64_t weight_params() const override { return w_.numel(); }
+    std::string kind() const override { return "test_doubled"; }
+    std::vector<std::pair<std::string, at::Tensor>> state() const override { return {{"W", w_}}; }
+    at::Tensor reconstruct_weight() const override { return w_ * 2; }
+
+   private:
+    at::Tensor w_;
+  };
+  static const cur4llm::model::SlotKindRegistrar registrar(
+      {"test_doubled", [](const cur4llm::model::LinearSlot&) { return cur4llm::model::SlotFields{{"factor", "2"}}; },
+       [](const cur4llm::model::SlotSpec& spec, const cur4llm::model::SlotTensors& t) -> cur4llm::model::LinearPtr {
+         CHECK(spec.integer("factor") == 2);
+         return std::make_shared<Doubled>(compress::read_factor(spec, t, "W", {spec.out_features, spec.in_features}));
+       }});
+  auto lm = CausalLM::load(model_dir("llama_gqa"));
+  const std::string name = "model.layers.1.mlp.up_proj";
+  const auto& dense = dynamic_cast<const cur4llm::model::DenseLinear&>(lm->linear(name));
+  lm->replace_linear(name, std::make_shared<Doubled>(dense.weight() * 0.5));
+  const auto before = logits(*lm);
+  TempDir dir("export_kind");
+  repo::write_acur_repo(*lm, dir / "repo", {});
+  auto back = CausalLM::load(dir / "repo");
+  CHECK(back->linear(name).kind() == "test_doubled");
+  CHECK(at::equal(logits(*back), before));
+  // A name is registered once.
+  CHECK_THROWS_AS(cur4llm::model::register_slot_kind(
+                      {"cur", [](const cur4llm::model::LinearSlot&) { return cur4llm::model::SlotFields{}; },
+                       [](const cur4llm::model::SlotSpec&, const cur4llm::model::SlotTensors&) {
+                         return cur4llm::model::LinearPtr{};
+                       }}),
+                  std::logic_error);
+}
+
+TEST_CASE("acur repository: bad input is refused with the file named, and nothing half-written", "[export]") {
+  auto lm = CausalLM::load(model_dir("tiny-shakespeare-opt"));
+  compress_some(*lm, "cur", 2);
+  const fs::path source = model_dir("tiny-shakespeare-opt");
+  const auto source_files = snapshot(source);
+  TempDir dir("export_bad");
+
+  SECTION("an existing folder is kept unless overwrite is given") {
+    fs::create_directories(dir / "repo");
+    cur4llm::io::write_file_atomic(dir / "repo" / "keep.txt", "old");
+    CHECK_THROWS_WITH(repo::write_acur_repo(*lm, dir / "repo", {}), Catch::Contains("already exists"));
+    CHECK(cur4llm::io::read_file(dir / "repo" / "keep.txt") == "old");
+    repo::ExportOptions o;
+    o.overwrite = true;
+    repo::write_acur_repo(*lm, dir / "repo", o);
+    CHECK_FALSE(fs::exists(dir / "repo" / "keep.txt"));
+    CHECK(fs::exists(dir / "repo" / "config.json"));
+    CHECK(hidden_entries(dir.path).empty());
+  }
+  SECTION("a write that fails (file size limit, EFBIG) leaves no folder and no temporary one") {
+    {
+      FileSizeLimit limit(64 * 1024);  // the weights are about 650 KB
+      CHECK_THROWS_WITH(repo::write_acur_repo(*lm, dir / "repo", {}), Catch::Contains("File too large"));
+    }
+    CHECK_FALSE(fs::exists(dir / "repo"));
+    CHECK(hidden_entries(dir.path).empty());
+  }
+  SECTION("with overwrite, a failed write leaves the old folder as it was") {
+    fs::create_directories(dir / "repo");
+    cur4llm::io::write_file_atomic(dir / "repo" / "keep.txt", "old");
+    repo::ExportOptions o;
+    o.overwrite = true;
+    {
+      FileSizeLimit limit(64 * 1024);
+      CHECK_THROWS_WITH(repo::write_acur_repo(*lm, dir / "repo", o), Catch::Contains("File too large"));
+    }
+    CHECK(cur4llm::io::read_file(dir / "repo" / "keep.txt") == "old");
+    CHECK_FALSE(fs::exists(dir / "repo" / "config.json"));
+    CHECK(hidden_entries(dir.path).empty());
+  }
+  SECTION("a parent path that is a regular file") {
+    cur4llm::io::write_file_atomic(dir / "file", "x");
+    CHECK_THROWS_WITH(repo::write_acur_repo(*lm, dir / "file" / "repo", {}), Catch::Contains("file"));
+    CHECK_THROWS_WITH(repo::write_acur_repo(*lm, dir / "file" / "deeper" / "repo", {}), Catch::Contains("file"));
+    CHECK(cur4llm::io::read_file(dir / "file") == "x");
+  }
+  SECTION("a slot kind that nothing registered") {
+    auto grad = compress::make_compressor("grad_cur");
+    const auto& slot = dynamic_cast<const cur4llm::model::DenseLinear&>(lm->linear("model.decoder.layers.1.fc2"));
+    lm->replace_linear("model.decoder.layers.1.fc2", grad->compress(slot.weight(), slot.bias(), {}, 0.5));
+    CHECK_THROWS_WITH(repo::write_acur_repo(*lm, dir / "repo", {}),
+                      Catch::Contains("model.decoder.layers.1.fc2") && Catch::Contains("grad_cur"));
+    CHECK_FALSE(fs::exists(dir / "repo"));
+  }
+  CHECK(snapshot(source) == source_files);  // the source model is never written to
+}
+
+TEST_CASE("loading an acur repository: newer formats and broken sections are refused", "[export][model]") {
+  auto lm = CausalLM::load(model_dir("llama_gqa"));
+  compress_some(*lm, "svd", 2);
+  TempDir dir("export_load");
+  repo::write_acur_repo(*lm, dir / "repo", {});
+  auto config = read_json(dir / "repo" / "config.json");
+  auto rewrite = [&](const nlohmann::json& c) { cur4llm::io::write_file_atomic(dir / "repo" / "config.json", c.dump()); };
+
+  SECTION("a newer format_version") {
+    config["acur"]["format_version"] = cur4llm::model::kAcurFormatVersion + 1;
+    rewrite(config);
+    CHECK_THROWS_WITH(CausalLM::load(dir / "repo"),
+                      Catch::Contains("config.json") && Catch::Contains("format_version 2 is newer"));
+  }
+  SECTION("an unknown slot kind") {
+    config["acur"]["layers"]["model.layers.0.self_attn.q_proj"]["kind"] = "mystery";
+    rewrite(config);
+    CHECK_THROWS_WITH(CausalLM::load(dir / "repo"), Catch::Contains("\"mystery\"") && Catch::Contains("svd"));
+  }
+  SECTION("a rank that disagrees with the stored tensors") {
+    auto& layer = config["acur"]["layers"]["model.layers.0.self_attn.q_proj"];
+    layer["rank"] = layer["rank"].get<int64_t>() - 1;
+    rewrite(config);
+    CHECK_THROWS_WITH(CausalLM::load(dir / "repo"),
+                      Catch::Contains("model.layers.0.self_attn.q_proj.ALinear.weight") && Catch::Contains("shape"));
+  }
+  SECTION("a layer the model does not have") {
+    config["acur"]["layers"]["model.layers.7.mlp.up_proj"] = config["acur"]["layers"]["model.layers.0.self_attn.q_proj"];
+    rewrite(config);
+    CHECK_THROWS_WITH(CausalLM::load(dir / "repo"), Catch::Contains("model.layers.7.mlp.up_proj"));
+  }
+  SECTION("a missing factor") {
+    const std::string dropped = "model.layers.0.self_attn.q_proj.BLinear.weight";
+    std::vector<std::pair<std::string, at::Tensor>> kept;
+    {
+      cur4llm::io::SafetensorsFile st(dir / "repo" / "model.safetensors");
+      for (const auto& n : st.names()) {
+        if (n != dropped) kept.emplace_back(n, st.load(n));
+      }
+    }
+    cur4llm::io::save_safetensors(dir / "repo" / "model.safetensors", kept);
+    CHECK_THROWS_WITH(CausalLM::load(dir / "repo"), Catch::Contains(dropped) && Catch::Contains("is missing"));
+  }
+}
+
+TEST_CASE("parse_size reads transformers' max_shard_size forms", "[export][unit]") {
+  CHECK(repo::parse_size("123") == 123);
+  CHECK(repo::parse_size("500MB") == 500000000);
+  CHECK(repo::parse_size("5GB") == 5000000000);
+  CHECK(repo::parse_size("2gib") == int64_t{2} << 30);
+  CHECK(repo::parse_size("64KiB") == 65536);
+  CHECK(repo::parse_size("1.5KB") == 1500);
+  for (const char* bad : {"", "GB", "12XB", "-5MB", "0"}) {
+    INFO(bad);
+    CHECK_THROWS_AS(repo::parse_size(bad), std::invalid_argument);
+  }
+  CHECK(repo::repo_folder_name("stories260K-hf", 0.9) == "stories260K-hf-acur90");
+  CHECK(repo::repo_folder_name("opt-125m", 0.855) == "opt-125m-acur86");
+}
+
+TEST_CASE("AtomicFolder: renamed into place on commit, removed otherwise", "[export][io][unit]") {
+  TempDir dir("atomic_folder");
+  {
+    cur4llm::io::AtomicFolder out(dir / "a" / "b", {});
+    cur4llm::io::write_file_atomic(out.path() / "f", "1");
+    CHECK(out.path().parent_path() == dir / "a");
+    CHECK_FALSE(fs::exists(dir / "a" / "b"));
+  }
+  CHECK_FALSE(fs::exists(dir / "a" / "b"));
+  CHECK(hidden_entries(dir / "a").empty());
+  {
+    cur4llm::io::AtomicFolder out(dir / "a" / "b", {});
+    cur4llm::io::write_file_atomic(out.path() / "f", "2");
+    out.commit();
+  }
+  CHECK(cur4llm::io::read_file(dir / "a" / "b" / "f") == "2");
+  CHECK_THROWS_AS(cur4llm::io::AtomicFolder(dir / "a" / "b", {}), std::invalid_argument);
+  CHECK(cur4llm::io::folder_bytes(dir / "a") == 1);
+}
