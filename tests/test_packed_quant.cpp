@@ -349,6 +349,12 @@ TEST_CASE("quantize: half-precision inputs and outputs, refused weights", "[pack
                     Catch::Contains("fp16"));
   CHECK_THROWS_WITH(compress::fake_quantize(float_rows({{1, NAN}}), f), Catch::Contains("NaN"));
   CHECK_THROWS_AS(compress::quantize_tensor(float_rows({{1, INFINITY}}), f), std::invalid_argument);
+  for (float bad : {NAN, INFINITY, -INFINITY}) {  // inside a wide row, inside a later group
+    auto wb = adversarial_rows(300, 6);
+    wb[4][137] = bad;
+    CHECK_THROWS_AS(compress::quantize_tensor(wb, f), std::invalid_argument);
+    CHECK_THROWS_AS(compress::fake_quantize(wb, compress::parse_quant_format("rtn_int8")), std::invalid_argument);
+  }
   CHECK_THROWS_AS(compress::quantize_tensor(at::ones({4}), f), std::invalid_argument);
   CHECK_THROWS_AS(compress::quantize_tensor(at::ones({2, 2}, at::kLong), f), std::invalid_argument);
   CHECK_THROWS_AS(compress::quantize_tensor(at::ones({2, 0}), f), std::invalid_argument);

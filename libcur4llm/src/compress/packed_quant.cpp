@@ -33,16 +33,35 @@ int64_t group_cols(const QuantFormat& format, int64_t cols) {
   return format.group_size == 0 ? cols : std::min(format.group_size, cols);
 }
 
-// The fewest whole codes that fill whole bytes: lcm(bits, 8) bits, held in an
-// integer wide enough for them (uint8 for 2, 4 and 8 bits).
+// A chunk: the fewest whole codes that fill whole bytes (lcm(bits, 8) bits).
 struct Chunk {
   int64_t codes, bytes;
-  at::ScalarType acc;
 };
 Chunk chunk_of(int bits) {
   const int g = std::gcd(bits, 8);
-  const int lcm_bits = 8 * bits / g;
-  return {8 / g, bits / g, lcm_bits <= 8 ? at::kByte : lcm_bits <= 24 ? at::kInt : at::kLong};
+  return {8 / g, bits / g};
+}
+
+// Whether code j (bits [j*bits, (j+1)*bits) of a chunk) and byte i (bits
+// [8i, 8i+8)) share bits.
+bool overlap(int64_t j, int64_t i, int bits) { return j * bits < 8 * (i + 1) && 8 * i < (j + 1) * bits; }
+
+// uint8 `t` moved left by d bits, or right by -d; bits pushed out of the byte are lost.
+at::Tensor shift_bits(const at::Tensor& t, int64_t d) {
+  return d > 0 ? t.__lshift__(d) : d < 0 ? t.__rshift__(-d) : t;
+}
+
+// out = OR over k of parts(k), written into the view `out`.
+template <class Parts>
+void or_into(at::Tensor out, int64_t n, Parts&& part) {
+  bool first = true;
+  for (int64_t k = 0; k < n; ++k) {
+    auto p = part(k);
+    if (!p.defined()) continue;
+    if (first) out.copy_(p);
+    else out.bitwise_or_(p);
+    first = false;
+  }
 }
 
 // Zero columns up to `cols` (a no-op when already there).
@@ -50,21 +69,19 @@ at::Tensor pad_cols(const at::Tensor& t, int64_t cols) {
   return t.size(1) == cols ? t : at::constant_pad_nd(t, {0, cols - t.size(1)});
 }
 
-// pack_codes without the range check; codes already in [0, 2^bits).
+// pack_codes without the range check; codes already in [0, 2^bits). All in
+// uint8: byte i of a chunk ORs the codes that overlap it, each shifted into place.
 at::Tensor pack_checked(const at::Tensor& codes, int bits) {
   const int64_t rows = codes.size(0), cols = codes.size(1);
   const auto c = chunk_of(bits);
   const int64_t chunks = ceil_div(cols, c.codes);
   // Codes past the row's end are zero, so are the padding bits.
-  const auto x = pad_cols(codes.to(c.acc), chunks * c.codes).reshape({rows, chunks, c.codes});
-  auto acc = x.select(2, 0);
-  for (int64_t j = 1; j < c.codes; ++j) acc = acc.bitwise_or(x.select(2, j).__lshift__(j * bits));
-  at::Tensor bytes;
-  if (c.acc == at::kByte) {
-    bytes = acc.contiguous();
-  } else {
-    bytes = at::empty({rows, chunks, c.bytes}, codes.options().dtype(at::kByte));
-    for (int64_t i = 0; i < c.bytes; ++i) bytes.select(2, i).copy_(acc.__rshift__(8 * i).bitwise_and(255));
+  const auto x = pad_cols(codes.to(at::kByte), chunks * c.codes).reshape({rows, chunks, c.codes});
+  auto bytes = at::empty({rows, chunks, c.bytes}, codes.options().dtype(at::kByte));
+  for (int64_t i = 0; i < c.bytes; ++i) {
+    or_into(bytes.select(2, i), c.codes, [&](int64_t j) {
+      return overlap(j, i, bits) ? shift_bits(x.select(2, j), j * bits - 8 * i) : at::Tensor();
+    });
   }
   return bytes.view({rows, chunks * c.bytes}).narrow(1, 0, packed_cols(cols, bits)).contiguous();
 }
@@ -93,11 +110,14 @@ at::Tensor half_at_least(const at::Tensor& s) {
 // Per group of x [rows, groups, gc]: the fp16 scales and the lower bounds xmin
 // (fp32, [rows, groups, 1]). Throws for non-finite weights and fp16 overflow.
 std::pair<at::Tensor, at::Tensor> group_scales(const at::Tensor& x, int bits) {
-  if (!at::isfinite(x).all().item<bool>()) {
+  auto xmin = at::amin(x, {2}, /*keepdim=*/true);
+  auto xmax = at::amax(x, {2}, /*keepdim=*/true);
+  // amin and amax propagate NaN, so checking the bounds checks every element.
+  if (!at::isfinite(xmin).logical_and(at::isfinite(xmax)).all().item<bool>()) {
     throw std::invalid_argument("quantize: the weight holds NaN or infinite values");
   }
-  auto xmin = at::clamp_max(at::amin(x, {2}, /*keepdim=*/true), 0.0);
-  auto xmax = at::clamp_min(at::amax(x, {2}, /*keepdim=*/true), 0.0);
+  xmin.clamp_max_(0.0);
+  xmax.clamp_min_(0.0);
   const auto both_zero = (xmin == 0).logical_and(xmax == 0);
   xmin = at::where(both_zero, at::full_like(xmin, -1.0), xmin);
   xmax = at::where(both_zero, at::full_like(xmax, 1.0), xmax);
@@ -124,17 +144,18 @@ Grouped quantize_grouped(const at::Tensor& w, const QuantFormat& format) {
   const auto s = scales.to(at::kFloat).unsqueeze(2);
   // abs: no -0 zero points (from xmin = +0) in the stored bytes.
   const auto zero = at::clamp(at::round(-xmin / s), 0.0, top).abs();
-  auto q = at::clamp(at::round(x / s) + zero, 0.0, top);
+  auto q = x.div(s);
+  q.round_().add_(zero).clamp_(0.0, top);
   return {std::move(q), std::move(scales), zero.squeeze(2).to(at::kHalf)};
 }
 
-// scales * (q - zeros) over [rows, groups, gc] codes, cut to `cols`, in `dtype`.
-// Exact in fp32: an fp16 scale (11 significant bits) times an integer of at
-// most 8 bits.
-at::Tensor dequantize_grouped(const at::Tensor& q, const at::Tensor& scales, const at::Tensor& zeros, int64_t cols,
+// scales * (q - zeros) over [rows, groups, gc] fp32 codes (overwritten), cut
+// to `cols`, in `dtype`. Exact in fp32: an fp16 scale (11 significant bits)
+// times an integer of at most 8 bits.
+at::Tensor dequantize_grouped(at::Tensor q, const at::Tensor& scales, const at::Tensor& zeros, int64_t cols,
                               c10::ScalarType dtype) {
-  const auto w = (q - zeros.to(at::kFloat).unsqueeze(2)) * scales.to(at::kFloat).unsqueeze(2);
-  return w.view({q.size(0), q.size(1) * q.size(2)}).narrow(1, 0, cols).to(dtype).contiguous();
+  q.sub_(zeros.to(at::kFloat).unsqueeze(2)).mul_(scales.to(at::kFloat).unsqueeze(2));
+  return q.view({q.size(0), q.size(1) * q.size(2)}).narrow(1, 0, cols).to(dtype).contiguous();
 }
 
 }  // namespace
@@ -178,11 +199,15 @@ at::Tensor unpack_codes(const at::Tensor& packed, int bits, int64_t cols) {
   const int64_t rows = packed.size(0);
   const auto c = chunk_of(bits);
   const int64_t chunks = ceil_div(cols, c.codes);
-  const auto x = pad_cols(packed, chunks * c.bytes).reshape({rows, chunks, c.bytes}).to(c.acc);
-  auto acc = x.select(2, 0);
-  for (int64_t i = 1; i < c.bytes; ++i) acc = acc.bitwise_or(x.select(2, i).__lshift__(8 * i));
+  const auto x = pad_cols(packed, chunks * c.bytes).reshape({rows, chunks, c.bytes});
   auto codes = at::empty({rows, chunks, c.codes}, packed.options());
-  for (int64_t j = 0; j < c.codes; ++j) codes.select(2, j).copy_(acc.__rshift__(j * bits).bitwise_and(max_code(bits)));
+  for (int64_t j = 0; j < c.codes; ++j) {
+    auto out = codes.select(2, j);
+    or_into(out, c.bytes, [&](int64_t i) {
+      return overlap(j, i, bits) ? shift_bits(x.select(2, i), 8 * i - j * bits) : at::Tensor();
+    });
+    if (bits < 8) out.bitwise_and_(max_code(bits));  // drop the next code's bits
+  }
   return codes.view({rows, chunks * c.codes}).narrow(1, 0, cols).contiguous();
 }
 
