@@ -6,6 +6,10 @@
 #include <cstdint>
 #include <string>
 
+namespace cur4llm::compress {
+struct QuantFormat;
+}
+
 namespace cur4llm::compress::detail {
 
 // Decompositions run in fp32, or fp64 when the weight already is fp64.
@@ -40,5 +44,12 @@ struct PinvFactors {
   at::Tensor right;      // [cols, r]
 };
 PinvFactors pinv_factors(const at::Tensor& m, double rtol);
+
+// std::invalid_argument naming `who` unless 2 <= bits <= 8 and group_size >= 0.
+void check_quant_format(const std::string& who, const QuantFormat& format);
+
+// std::invalid_argument naming `who` unless quantize_tensor(w, format) would
+// succeed (a valid format, finite weights, scales within fp16's range).
+void check_quantizable(const std::string& who, const at::Tensor& w, const QuantFormat& format);
 
 }  // namespace cur4llm::compress::detail

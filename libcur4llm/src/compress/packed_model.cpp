@@ -3,15 +3,21 @@
 #include <cur4llm/compress/quantize.h>
 #include <cur4llm/model/causal_lm.h>
 
+#include "common.h"
+
 #include <ATen/ATen.h>
 #include <c10/core/InferenceMode.h>
 
 namespace cur4llm::compress {
 
 PackedWeights quantize_model_packed(model::CausalLM& lm, const QuantFormat& format) {
+  detail::check_quant_format("quantize_model_packed", format);
   c10::InferenceMode guard;
+  const auto tensors = decoder_weight_tensors(lm);
+  // Every tensor is checked before any is changed.
+  for (const auto& [name, t] : tensors) detail::check_quantizable(name, t, format);
   PackedWeights out;
-  for (auto& [name, t] : decoder_weight_tensors(lm)) {
+  for (auto& [name, t] : tensors) {
     QuantizedTensor q = quantize_tensor(t, format);
     auto tensor = t;  // shares the slot's storage
     tensor.copy_(dequantize_tensor(q, t.scalar_type()));

@@ -1,6 +1,9 @@
 #include <cur4llm/compress/quantize.h>
 
+#include <cur4llm/compress/packed_quant.h>
 #include <cur4llm/model/causal_lm.h>
+
+#include "common.h"
 
 #include <ATen/ATen.h>
 #include <c10/core/InferenceMode.h>
@@ -27,26 +30,44 @@ at::Tensor rtn_fake_quantize(const at::Tensor& w, int bits) {
   return (scale * (q - zero)).to(w.scalar_type());
 }
 
-std::vector<std::pair<std::string, at::Tensor>> decoder_weight_tensors(const model::CausalLM& lm) {
-  std::vector<std::pair<std::string, at::Tensor>> out;
+namespace {
+
+// Calls f(name, tensor) for every 2-d floating tensor of the Linear slots inside
+// the decoder layers; the tensors share the slots' storage.
+template <class F>
+int64_t for_each_decoder_weight(const model::CausalLM& lm, F&& f) {
+  int64_t count = 0;
   for (const auto& info : lm.linears()) {
     if (info.layer < 0) continue;
     for (auto& [name, t] : lm.linear(info.name).state()) {
-      if (t.dim() == 2 && at::isFloatingType(t.scalar_type())) out.emplace_back(info.name + "." + name, t);
+      if (t.dim() != 2 || !at::isFloatingType(t.scalar_type())) continue;
+      f(info.name + "." + name, t);
+      ++count;
     }
   }
+  return count;
+}
+
+}  // namespace
+
+std::vector<std::pair<std::string, at::Tensor>> decoder_weight_tensors(const model::CausalLM& lm) {
+  std::vector<std::pair<std::string, at::Tensor>> out;
+  for_each_decoder_weight(lm, [&](const std::string& name, const at::Tensor& t) { out.emplace_back(name, t); });
   return out;
 }
 
 int64_t rtn_quantize_model(model::CausalLM& lm, int bits) {
   c10::InferenceMode guard;
-  int64_t count = 0;
-  for (auto& [name, t] : decoder_weight_tensors(lm)) {
-    auto tensor = t;  // shares the slot's storage
-    tensor.copy_(rtn_fake_quantize(tensor, bits));
-    ++count;
-  }
-  return count;
+  return for_each_decoder_weight(lm, [&](const std::string&, at::Tensor t) { t.copy_(rtn_fake_quantize(t, bits)); });
+}
+
+int64_t rtn_quantize_model(model::CausalLM& lm, const QuantFormat& format) {
+  detail::check_quant_format("rtn_quantize_model", format);
+  c10::InferenceMode guard;
+  for_each_decoder_weight(lm, [&](const std::string& name, const at::Tensor& t) {
+    detail::check_quantizable(name, t, format);
+  });
+  return for_each_decoder_weight(lm, [&](const std::string&, at::Tensor t) { t.copy_(fake_quantize(t, format)); });
 }
 
 }  // namespace cur4llm::compress

@@ -26,7 +26,8 @@ using PackedWeights = std::map<std::string, QuantizedTensor>;
 /// of decomposed layers included; lm_head and OPT's projections excluded) and
 /// overwrites each in place with its dequantized value, so that the model
 /// computes exactly what a checkpoint holding the packed tensors computes once
-/// loaded. Returns the packed tensors (on the CPU).
+/// loaded. Returns the packed tensors (on the CPU). Every tensor is checked
+/// first (compress::rtn_quantize_model's checks): nothing changes if one fails.
 PackedWeights quantize_model_packed(model::CausalLM& lm, const QuantFormat& format);
 
 /// Bytes of the tensors in `packed` unpacked, stored in `dtype`.

@@ -15,11 +15,23 @@
 /// zero bits to whole bytes. So 8 bits: one byte per code; 4 bits: byte i =
 /// q[2i] | q[2i+1] << 4; 6 bits: four codes in three bytes.
 ///
-/// Quantization per group is PROTOCOL.md's asymmetric min-max RTN: xmin =
-/// min(group min, 0), xmax = max(group max, 0) (both zero: -1 and +1), scale =
-/// (xmax - xmin) / (2^bits - 1), zero = round(-xmin / scale), q = clamp(round(w /
-/// scale) + zero, 0, 2^bits - 1); scale and zero are then stored as fp16 and the
-/// codes are computed against the fp16-rounded scale.
+/// Quantization per group is PROTOCOL.md's asymmetric min-max RTN, computed in
+/// fp32: xmin = min(group min, 0), xmax = max(group max, 0) (both zero: -1 and
+/// +1), and with L = 2^bits - 1:
+///   scale = the smallest fp16 value >= max((xmax - xmin) / L, 2^-24)
+///   zero  = round(-xmin / scale)                     (an integer in [0, L])
+///   q     = clamp(round(w / scale) + zero, 0, L)     (round: halves to even)
+/// The codes are computed against the stored (fp16) scale, so w' = scale * (q -
+/// zero) is what a reader rebuilds. Rounding the scale up, not to nearest, keeps
+/// the grid covering [xmin, xmax]: |w - w'| <= scale / 2 for every element
+/// (up to fp32 rounding of w / scale). Padding of a short last group never
+/// matters (the bounds include 0). With an fp16 / bf16 result dtype, w' is then
+/// rounded once more to that dtype. A group whose scale exceeds fp16's largest
+/// value (65504, a range above 65504 * L) and non-finite weights are refused.
+///
+/// Example (4 bits, one group): w = [-1, 0, 0.25, 2] gives scale = 1639 / 8192
+/// (the fp16 value just above 3/15), zero = 5, q = [0, 5, 6, 15], packed bytes
+/// [0x50, 0xF6], w' = [-1.0004, 0, 0.2001, 2.0007].
 
 #include <ATen/core/Tensor.h>
 
@@ -33,7 +45,7 @@ namespace cur4llm::compress {
 struct QuantFormat {
   std::string name;        ///< "rtn_int8", "rtn_int6", "rtn_int4"
   int bits = 8;            ///< 2..8
-  int64_t group_size = 0;  ///< 0: one group per row (per output channel)
+  int64_t group_size = 0;  ///< columns per group; 0 (or >= cols): one group per row (per output channel)
 };
 
 /// "rtn_int8" -> {8, per channel}, "rtn_int6" -> {6, per channel}, "rtn_int4" ->
@@ -64,10 +76,15 @@ struct QuantizedTensor {
 
 /// Quantizes a floating 2-d tensor (any float dtype, CPU or CUDA; computed in fp32).
 QuantizedTensor quantize_tensor(const at::Tensor& w, const QuantFormat& format);
-/// Rebuilds w' = scales * (q - zeros) in `dtype`, on the tensors' device.
+/// Rebuilds w' = scales * (q - zeros) in `dtype`, on the tensors' device
+/// (computed in fp32, where it is exact, then converted).
 at::Tensor dequantize_tensor(const QuantizedTensor& q, c10::ScalarType dtype);
+/// dequantize_tensor(quantize_tensor(w, format), w's dtype), without packing:
+/// the in-memory (fake) quantization of a 2-d floating tensor, CPU or CUDA.
+at::Tensor fake_quantize(const at::Tensor& w, const QuantFormat& format);
 /// Checks a stored triple against `format` and a [rows, cols] shape: dtypes,
-/// shapes and zero points within [0, 2^bits); std::invalid_argument naming `name` otherwise.
+/// shapes, one device, finite scales and integer zero points within [0, 2^bits);
+/// std::invalid_argument naming `name` otherwise.
 QuantizedTensor make_quantized_tensor(const std::string& name, at::Tensor qweight, at::Tensor scales,
                                       at::Tensor zeros, int64_t rows, int64_t cols, const QuantFormat& format);
 

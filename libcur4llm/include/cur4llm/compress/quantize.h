@@ -1,6 +1,7 @@
 #pragma once
 /// Round-to-nearest weight quantization as the reference applies it after
-/// decomposition (../shared/PROTOCOL.md, "Weight quantization").
+/// decomposition (../shared/PROTOCOL.md, "Weight quantization"), and the same
+/// applied with a storage format's groups and fp16 scales (packed_quant.h).
 
 #include <ATen/core/Tensor.h>
 
@@ -13,6 +14,8 @@ class CausalLM;
 }
 
 namespace cur4llm::compress {
+
+struct QuantFormat;
 
 /// Quantizes and dequantizes a 2-d weight per output channel (row),
 /// asymmetric min-max with `bits` bits: xmin = min(row min, 0), xmax =
@@ -32,5 +35,11 @@ std::vector<std::pair<std::string, at::Tensor>> decoder_weight_tensors(const mod
 /// included; lm_head and OPT's projections excluded). Returns the number of
 /// tensors quantized.
 int64_t rtn_quantize_model(model::CausalLM& lm, int bits);
+
+/// As above with fake_quantize(w, format) (packed_quant.h): the weights become
+/// exactly what a reader of the packed format rebuilds (groups, fp16 scales).
+/// Every tensor is checked first: a bad format, non-finite weights or a scale
+/// beyond fp16 throw std::invalid_argument naming the tensor, before anything changes.
+int64_t rtn_quantize_model(model::CausalLM& lm, const QuantFormat& format);
 
 }  // namespace cur4llm::compress
