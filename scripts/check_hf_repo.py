@@ -56,6 +56,30 @@ def window_nlls(model, ids, seqlen, batch_size, device, max_windows):
     return out
 
 
+def resave_check(model, tokenizer, path, device, dtype):
+    """save_pretrained() of the loaded model and from_pretrained() of that copy give the same logits."""
+    import tempfile
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    out = {}
+    try:
+        ids = torch.arange(3, 35, dtype=torch.long).view(1, -1).to(device)
+        with torch.no_grad():
+            want = model(input_ids=ids).logits.float()
+        with tempfile.TemporaryDirectory() as tmp:
+            model.save_pretrained(tmp)
+            copy = AutoModelForCausalLM.from_pretrained(tmp, trust_remote_code=True, dtype=dtype).to(device).eval()
+            with torch.no_grad():
+                got = copy(input_ids=ids).logits.float()
+            out["files"] = sorted(os.listdir(tmp))
+        out["max_abs_diff"] = float((got - want).abs().max())
+    except Exception as e:  # reported, not fatal: the main check is loading the repository itself
+        out["error"] = f"{type(e).__name__}: {e}"
+    return out
+
+
 def perplexity(nlls):
     return math.exp(sum(nlls) / len(nlls))
 
@@ -118,6 +142,9 @@ def check(path, args, text, device, dtype):
                 report["tokens_sentencepiece"] = len(sp_ids)
         report["eval_s"] = round(time.time() - t0, 3)
 
+    if args.resave:
+        report["resave"] = resave_check(model, tokenizer, path, device, dtype)
+
     if args.generate > 0:
         prompt = tokenizer(args.prompt, return_tensors="pt").to(device)
         with torch.no_grad():
@@ -141,6 +168,7 @@ def main():
     ap.add_argument("--sentencepiece", action="store_true", help="also score SentencePiece's own ids")
     ap.add_argument("--generate", type=int, default=16, help="tokens to generate (0: none)")
     ap.add_argument("--prompt", default="Once upon a time")
+    ap.add_argument("--resave", action="store_true", help="also check save_pretrained() + from_pretrained()")
     ap.add_argument("--expect", action="append", default=[], metavar="PATH=PPL")
     ap.add_argument("--rtol", type=float, default=1e-3)
     args = ap.parse_args()

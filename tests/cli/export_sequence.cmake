@@ -49,6 +49,14 @@ string(REGEX MATCH "shakespeare_tail.txt [0-9.]+" ppl_read_back "${read_back}")
 if(NOT ppl_in_memory OR NOT ppl_in_memory STREQUAL ppl_read_back)
   message(FATAL_ERROR "in memory: '${ppl_in_memory}', read back: '${ppl_read_back}'")
 endif()
+# The real parameter ratios too (lm_head is factorized here, so the repository is untied from its embedding).
+string(REGEX MATCH "param ratio: [^
+]*" ratio_in_memory "${in_memory}")
+string(REGEX MATCH "param ratio: [^
+]*" ratio_read_back "${read_back}")
+if(NOT ratio_in_memory STREQUAL ratio_read_back)
+  message(FATAL_ERROR "in memory: '${ratio_in_memory}', read back: '${ratio_read_back}'")
+endif()
 
 # 2. An existing repository needs --overwrite; acur's saved plan rebuilds the very same weights.
 file(SHA256 "${repo}/model.safetensors" weights)

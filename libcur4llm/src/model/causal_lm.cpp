@@ -112,6 +112,10 @@ AcurSection parse_acur_section(const std::string& text, const std::string& sourc
   if (version < 1) throw bad(fmt::format("format_version {} is not valid", version));
   out.form.acur_format_version = version;
   if (acur.contains("method") && acur.at("method").is_string()) out.form.method = acur.at("method").get<std::string>();
+  if (acur.contains("base") && acur.at("base").is_object() && acur.at("base").contains("tie_word_embeddings") &&
+      acur.at("base").at("tie_word_embeddings").is_boolean()) {
+    out.form.base_tie_word_embeddings = acur.at("base").at("tie_word_embeddings").get<bool>();
+  }
   if (acur.contains("quantization") && !acur.at("quantization").is_null()) {
     const auto& q = acur.at("quantization");
     if (!q.is_object() || !q.contains("format") || !q.at("format").is_string()) {
@@ -349,9 +353,10 @@ ParamCounts count_params(const CausalLM& lm) {
   for (const auto& [name, t] : lm.other_tensors()) other += t.numel();
   for (const auto& info : lm.linears()) c.linear_dense += info.in_features * info.out_features;
   c.linear_stored = lm.linear_weight_params();
-  // A tied lm_head shares the embedding: it stores nothing of its own while it is dense.
-  const LinearSlot* head =
-      lm.config().tie_word_embeddings && lm.has_linear("lm_head") ? &lm.linear("lm_head") : nullptr;
+  // A tied lm_head shares the embedding: it stores nothing of its own while it is dense. A
+  // repository whose lm_head was factorized is untied, but counts against its tied source.
+  const bool tied = lm.config().tie_word_embeddings || lm.stored_form().base_tie_word_embeddings;
+  const LinearSlot* head = tied && lm.has_linear("lm_head") ? &lm.linear("lm_head") : nullptr;
   const int64_t head_numel = head ? head->in_features() * head->out_features() : 0;
   c.total_dense = other + c.linear_dense - head_numel;
   c.total_stored = other + c.linear_stored - (head && head->kind() == "dense" ? head_numel : 0);

@@ -190,9 +190,11 @@ ExportResult write_acur_repo(const model::CausalLM& lm, const fs::path& folder, 
   }
   // A repository as input (quantize): start again from the base model's config.
   Json base = Json::object();
+  Json provenance = Json::object();
   if (config.contains("acur")) {
     const auto& previous = config.at("acur");
     if (previous.contains("base") && previous.at("base").is_object()) base = previous.at("base");
+    if (previous.contains("provenance") && previous.at("provenance").is_object()) provenance = previous.at("provenance");
     config.erase("acur");
     config.erase("auto_map");
     for (const auto& [key, value] : base.items()) config[key] = value;
@@ -267,7 +269,8 @@ ExportResult write_acur_repo(const model::CausalLM& lm, const fs::path& folder, 
   }
   acur["base"] = base;
   acur["layers"] = layers;
-  if (!options.provenance.empty()) acur["provenance"] = options.provenance;
+  for (const auto& [key, value] : options.provenance) provenance[key] = value;  // the earlier tool's keys stay
+  if (!provenance.empty()) acur["provenance"] = provenance;
   config["architectures"] = Json::array({model_class_name(model_type)});
   config["auto_map"] = {{"AutoConfig", fmt::format("configuration_acur_{}.{}", family_of(model_type).family,
                                                    config_class_name(model_type))},

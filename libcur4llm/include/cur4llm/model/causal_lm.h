@@ -54,6 +54,7 @@ struct StoredForm {
   int acur_format_version = 0;  ///< 0: an ordinary folder; else the "acur" section's format_version
   std::string method;           ///< the repository's decomposition ("cur", "svd"; empty if none)
   std::string quantization;     ///< packed weight format ("rtn_int8", ...); empty if none
+  bool base_tie_word_embeddings = false;  ///< the source model tied lm_head to the embedding (acur.base)
 };
 
 /// A loaded causal LM. Not copyable; share it through the unique_ptr.

@@ -35,7 +35,7 @@ struct ExportOptions {
   std::optional<c10::ScalarType> dtype;       ///< floating tensors stored in this dtype; default: config.json's (fp32 if none)
   const compress::PackedWeights* packed = nullptr;  ///< tensors stored packed instead (compress::quantize_model_packed)
   std::string method;                         ///< config.json's acur.method ("cur", "svd"; default: the slots' kind)
-  std::map<std::string, std::string> provenance;  ///< recorded as acur.provenance (target, ratios, tool)
+  std::map<std::string, std::string> provenance;  ///< recorded in acur.provenance (tool, target, ratios), over a source repository's
 };
 
 /// What write_acur_repo wrote.
