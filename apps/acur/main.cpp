@@ -21,11 +21,11 @@
 #include <chrono>
 #include <ctime>
 #include <iostream>
-#include <sstream>
 
 namespace po = boost::program_options;
 namespace fs = std::filesystem;
 using cur4llm::app::guarded_main;
+using cur4llm::app::split_list;
 
 namespace {
 
@@ -37,16 +37,6 @@ struct Options {
   std::string output = "output";
   int64_t limit = -1;
 };
-
-std::vector<std::string> split_list(const std::string& s) {
-  std::vector<std::string> out;
-  std::stringstream in(s);
-  std::string item;
-  while (std::getline(in, item, ',')) {
-    if (!item.empty() && item != "none") out.push_back(item);
-  }
-  return out;
-}
 
 double seconds_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();

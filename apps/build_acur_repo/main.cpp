@@ -19,7 +19,6 @@
 
 #include <csignal>
 #include <iostream>
-#include <sstream>
 
 namespace po = boost::program_options;
 namespace fs = std::filesystem;
@@ -84,13 +83,7 @@ int run(int argc, char** argv) {
   if (!o.save_dtype.empty()) eopts.dtype = cur4llm::model::parse_dtype(o.save_dtype);
   std::optional<cur4llm::compress::QuantFormat> quant;
   if (o.weight_quant != "none") quant = cur4llm::compress::parse_quant_format(o.weight_quant);
-  std::vector<std::string> eval_sets;
-  {
-    std::stringstream in(o.eval_ppl);
-    for (std::string item; std::getline(in, item, ',');) {
-      if (!item.empty() && item != "none") eval_sets.push_back(item);
-    }
-  }
+  const auto eval_sets = cur4llm::app::split_list(o.eval_ppl);
   const fs::path data_dir = pipe.data_dir.empty() ? cur4llm::data::default_data_dir() : pipe.data_dir;
   for (const auto& spec : eval_sets) cur4llm::data::resolve_dataset(spec, cur4llm::data::Purpose::Evaluation, data_dir);
 

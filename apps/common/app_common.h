@@ -8,12 +8,25 @@
 #include <cstdio>
 #include <exception>
 #include <functional>
+#include <sstream>
 #include <stdexcept>
+#include <string>
+#include <vector>
 
 namespace cur4llm::app {
 
 /// Exit codes: 0 success, 1 failure while working, 2 bad command line.
 enum ExitCode { kOk = 0, kFailed = 1, kUsage = 2 };
+
+/// "a,b,,none" -> {"a", "b"}: a comma-separated flag value, empty items and "none" dropped.
+inline std::vector<std::string> split_list(const std::string& s) {
+  std::vector<std::string> out;
+  std::stringstream in(s);
+  for (std::string item; std::getline(in, item, ',');) {
+    if (!item.empty() && item != "none") out.push_back(item);
+  }
+  return out;
+}
 
 /// Runs `body`, turning exceptions into one line on stderr and an exit code.
 inline int guarded_main(const char* app, const std::function<int()>& body) {

@@ -19,7 +19,6 @@
 
 #include <csignal>
 #include <iostream>
-#include <sstream>
 
 namespace po = boost::program_options;
 namespace fs = std::filesystem;
@@ -89,13 +88,7 @@ int run(int argc, char** argv) {
   if (!o.save_dtype.empty()) eopts.dtype = cur4llm::model::parse_dtype(o.save_dtype);
   if (o.seqlen < 2) throw std::invalid_argument(fmt::format("--seqlen must be at least 2, not {}", o.seqlen));
   if (o.batch_size < 1) throw std::invalid_argument("--batch_size must be at least 1");
-  std::vector<std::string> eval_sets;
-  {
-    std::stringstream in(o.eval_ppl);
-    for (std::string item; std::getline(in, item, ',');) {
-      if (!item.empty() && item != "none") eval_sets.push_back(item);
-    }
-  }
+  const auto eval_sets = cur4llm::app::split_list(o.eval_ppl);
   const fs::path data_dir = o.data_dir.empty() ? cur4llm::data::default_data_dir() : fs::path(o.data_dir);
   for (const auto& spec : eval_sets) cur4llm::data::resolve_dataset(spec, cur4llm::data::Purpose::Evaluation, data_dir);
   if (fs::exists(o.output) && !o.overwrite) {

@@ -1,18 +1,20 @@
 #!/usr/bin/env bash
-# The export and quantization rows of docs/results.md and docs/export.md, on
+# The export and quantization rows of docs/results.md and docs/export.md.
 # stories260K: build_acur_repo at param ratio 0.9 (cur and svd; act_aware,
 # alpha 0.5, abs_mean, 32 calibration samples of 512 tokens from TinyStories,
 # seed 233), quantize of the dense model and of both repositories to rtn_int8,
 # rtn_int6 and rtn_int4 (packed), and acur's in-memory --weight_quant for
-# comparison. Perplexity on the TinyStories eval text, seqlen 512. Everything
-# goes to $OUT_DIR (repositories, logs); scripts/check_hf_repo.py then checks
-# the repositories in transformers (docs/export.md).
+# comparison. Perplexity on the TinyStories eval text, seqlen 512. The tiny
+# OPT fixture: cur and svd at 0.8 (calibrated and evaluated on the carried
+# Shakespeare tail, seqlen 128), cur + rtn_int4 in three shards, the dense
+# model in rtn_int8, svd in rtn_int6. Everything goes to $OUT_DIR;
+# scripts/check_export_gpu.sh then checks the folders in transformers.
 #
-#   BIN=build/apps SHARED=../shared bash benchmarks/results_export_stories260k.sh
+#   BIN=build/apps SHARED=../shared bash benchmarks/results_export.sh     # from the repository root
 set -euo pipefail
 bin=${BIN:?folder of the acur, build_acur_repo and quantize binaries}
 shared=${SHARED:?the shared/ folder with data/}
-out=${OUT_DIR:-output/export-stories260k}
+out=${OUT_DIR:-output/export}
 model="$shared/data/models/stories260K-hf"
 eval_text="$shared/data/text/tinystories/tinystories_eval.txt"
 mkdir -p "$out"
@@ -33,3 +35,17 @@ for source in "$model" "$out/stories260K-hf-acur90" "$out/stories260K-hf-acur90-
     fi
   done
 done
+
+opt=tests/data/models/tiny-shakespeare-opt
+tail_text=tests/data/text/shakespeare_tail.txt
+opt_flags=(--act_aware --param_ratio_target 0.8 --calib_dataset "$tail_text" --eval_ppl "$tail_text" --seqlen 128
+           --n_calib_samples 8 --batch_size 4 --output "$out" --overwrite)
+for method in cur svd; do
+  "$bin/build_acur_repo" --model_id "$opt" --method "$method" "${opt_flags[@]}" 2>/dev/null | tail -2
+done
+"$bin/build_acur_repo" --model_id "$opt" --method cur --weight_quant rtn_int4 --max_shard_size 200KB "${opt_flags[@]}" \
+  2>/dev/null | tail -3
+"$bin/quantize" --model "$opt" --format rtn_int8 --output "$out/tiny-shakespeare-opt-rtn_int8" --overwrite \
+  --eval_ppl "$tail_text" --seqlen 128 2>/dev/null
+"$bin/quantize" --model "$out/tiny-shakespeare-opt-acur80-svd" --format rtn_int6 --overwrite \
+  --output "$out/tiny-shakespeare-opt-acur80-svd-rtn_int6" --eval_ppl "$tail_text" --seqlen 128 2>/dev/null
