@@ -41,4 +41,21 @@ struct PinvFactors {
 };
 PinvFactors pinv_factors(const at::Tensor& m, double rtol);
 
+// The same cut-off through a Gram matrix g = M^T M (or M M^T), fp64 k x k: the
+// pseudo-inverse of g keeping eigenvalues > rtol^2 * lambda_max and > 0, i.e.
+// the singular values of M that pinv_factors keeps. Then pinv(M) = g^+ M^T for
+// g = M^T M, and pinv(M) = M^T g^+ for g = M M^T. Eigendecomposition.
+at::Tensor gram_pinv_eigh(const at::Tensor& g, double rtol);
+
+// The fast path of gram_pinv_eigh: g^-1 by Cholesky and a 0-d bool on g's
+// device that is true only when every eigenvalue of g provably exceeds the
+// cut-off, so that g^+ = g^-1 (nothing is cut). The proof uses
+// lambda_max <= trace(g^4)^(1/4) and lambda_min >= trace(g^-4)^(-1/4) with a
+// 1% margin; it fails safe (false) for a nearly singular g. No host synchronisation.
+struct CertifiedInverse {
+  at::Tensor inverse;    // [k, k] fp64 (meaningless where certified is false)
+  at::Tensor certified;  // 0-d bool
+};
+CertifiedInverse gram_inverse_certified(const at::Tensor& g, double rtol);
+
 }  // namespace cur4llm::compress::detail

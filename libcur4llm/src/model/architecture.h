@@ -64,5 +64,9 @@ at::Tensor causal_attention(const at::Tensor& q, const at::Tensor& k, const at::
 /// The activation named by config.json ("relu", "silu", "gelu", "gelu_new", ...).
 at::Tensor activation(const std::string& name, const at::Tensor& x);
 
+/// activation(name, slot.forward(x)), with ReLU fused into the matrix product
+/// where the slot is dense with a bias and x is on CUDA (LibTorch 2.x).
+at::Tensor linear_activation(const LinearSlot& slot, const std::string& name, const at::Tensor& x);
+
 }  // namespace detail
 }  // namespace cur4llm::model

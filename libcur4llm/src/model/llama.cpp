@@ -4,6 +4,8 @@
 // RoPE scaling (LLaMA-3), tied or untied lm_head.
 #include "architecture.h"
 
+#include "fused/fused_ops.h"
+
 #include <fmt/format.h>
 
 #include <mutex>
@@ -70,7 +72,11 @@ class Llama final : public Architecture {
                                          c_.sliding_window);
     auto h = hidden + slot(lm, n.o).forward(attn);
     x = rms_norm(tensor(lm, n.ffn_norm), h);
-    auto gated = detail::activation(c_.hidden_act, slot(lm, n.gate).forward(x)) * slot(lm, n.up).forward(x);
+    auto gate = slot(lm, n.gate).forward(x), up = slot(lm, n.up).forward(x);
+    const bool silu = c_.hidden_act == "silu" || c_.hidden_act == "swish";
+    auto gated = silu && fused::enabled_for(gate) && fused::enabled_for(up) && gate.sizes() == up.sizes()
+                     ? fused::silu_mul(gate, up)
+                     : detail::activation(c_.hidden_act, gate) * up;
     return h + slot(lm, n.down).forward(gated);
   }
 
@@ -81,6 +87,7 @@ class Llama final : public Architecture {
  private:
   // As transformers: normalise in float32, cast back, then scale.
   at::Tensor rms_norm(const at::Tensor& weight, const at::Tensor& x) const {
+    if (fused::enabled_for(x) && weight.scalar_type() == x.scalar_type()) return fused::rms_norm(x, weight, c_.norm_eps);
     auto xf = x.to(at::kFloat);
     auto variance = xf.pow(2).mean(-1, /*keepdim=*/true);
     return weight * (xf * at::rsqrt(variance + c_.norm_eps)).to(x.scalar_type());

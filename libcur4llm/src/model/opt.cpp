@@ -89,7 +89,7 @@ class Opt final : public Architecture {
     auto h = hidden + slot(lm, n.o).forward(attn);
     if (!pre) h = norm(lm, n.attn_norm, h);
     x = pre ? norm(lm, n.ffn_norm, h) : h;
-    x = slot(lm, n.fc2).forward(detail::activation(c_.hidden_act, slot(lm, n.fc1).forward(x)));
+    x = slot(lm, n.fc2).forward(detail::linear_activation(slot(lm, n.fc1), c_.hidden_act, x));
     h = h + x;
     if (!pre) h = norm(lm, n.ffn_norm, h);
     return h;

@@ -5,6 +5,7 @@
 #include <cur4llm/eval/perplexity.h>
 #include <cur4llm/model/causal_lm.h>
 #include <cur4llm/search/stable_rank.h>
+#include <cur4llm/util/device.h>
 #include <cur4llm/util/progress.h>
 
 #include <ATen/ATen.h>
@@ -12,6 +13,8 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <limits>
 #include <map>
@@ -30,6 +33,13 @@ struct Batch {
   at::Tensor hidden;  // hidden states entering the current layer (reuse mode)
 };
 
+int64_t samples_per_batch(const std::vector<std::vector<int64_t>>& samples, const SweepOptions& options) {
+  if (options.batch_size > 0) return options.batch_size;
+  size_t longest = 0;
+  for (const auto& s : samples) longest = std::max(longest, s.size());
+  return std::max<int64_t>(1, options.batch_tokens / std::max<int64_t>(1, static_cast<int64_t>(longest)));
+}
+
 std::vector<Batch> make_batches(const model::CausalLM& lm, const std::vector<std::vector<int64_t>>& samples,
                                 int64_t batch_size) {
   std::map<size_t, std::vector<size_t>> by_length;
@@ -47,26 +57,56 @@ std::vector<Batch> make_batches(const model::CausalLM& lm, const std::vector<std
         const auto& s = samples[members[start + r]];
         std::copy(s.begin(), s.end(), ids[static_cast<int64_t>(r)].data_ptr<int64_t>());
       }
+      // Checked here, on the host: embed() trusts ids that are already on the device.
+      const int64_t lo = ids.min().item<int64_t>(), hi = ids.max().item<int64_t>();
+      if (lo < 0 || hi >= lm.config().vocab_size) {
+        throw std::invalid_argument(fmt::format("calibration token id {} is outside the vocabulary [0, {})",
+                                                lo < 0 ? lo : hi, lm.config().vocab_size));
+      }
       batches.push_back({ids.to(lm.device()), at::Tensor()});
     }
   }
   return batches;
 }
 
-// exp(mean over samples of each sample's mean NLL), running from `first_layer`
-// on cached hidden states, or a full forward when first_layer < 0.
-double calibration_ppl(const model::CausalLM& lm, const std::vector<Batch>& batches, int64_t first_layer,
-                       int64_t num_samples) {
+// Sum over samples of each sample's mean NLL, as a 0-d float64 tensor on the
+// device (no synchronisation), running from `first_layer` on cached hidden
+// states, or a full forward when first_layer < 0.
+at::Tensor nll_sum(const model::CausalLM& lm, const std::vector<Batch>& batches, int64_t first_layer,
+                   const eval::NllOptions& nll_options) {
   at::Tensor sum;
   for (const Batch& b : batches) {
-    auto nll = first_layer < 0 ? eval::sequence_nll(lm, b.ids)
-                               : eval::sequence_nll_from(lm, first_layer, b.hidden, b.ids);
+    auto nll = first_layer < 0 ? eval::sequence_nll(lm, b.ids, nll_options)
+                               : eval::sequence_nll_from(lm, first_layer, b.hidden, b.ids, nll_options);
     auto s = nll.sum();
     sum = sum.defined() ? sum + s : s;
   }
-  return std::exp(sum.item<double>() / static_cast<double>(num_samples));  // one synchronisation per entry
+  return sum;
 }
 
+// Seconds spent in a phase, measured only when profiling (then the device is
+// synchronised at the phase's end, so that its queued work is counted).
+class PhaseTimer {
+ public:
+  PhaseTimer(SweepProfile* profile, double SweepProfile::*field, c10::Device device)
+      : profile_(profile), field_(field), device_(device), start_(std::chrono::steady_clock::now()) {}
+  ~PhaseTimer() {
+    if (!profile_) return;
+    try {
+      util::synchronize(device_);
+    } catch (...) {
+    }
+    profile_->*field_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
+  }
+  PhaseTimer(const PhaseTimer&) = delete;
+  PhaseTimer& operator=(const PhaseTimer&) = delete;
+
+ private:
+  SweepProfile* profile_;
+  double SweepProfile::*field_;
+  c10::Device device_;
+  std::chrono::steady_clock::time_point start_;
+};
 
 }  // namespace
 
@@ -96,8 +136,16 @@ search::SensitivityTable ppl_sensitivity(model::CausalLM& lm, const std::vector<
   for (const auto& info : lm.linears()) info_of[info.name] = &info;
 
   c10::InferenceMode guard;
-  auto batches = make_batches(lm, samples, options.batch_size);
+  SweepProfile* profile = options.profile;
+  const auto device = lm.device();
+  const int64_t per_batch = samples_per_batch(samples, options);
+  auto batches = make_batches(lm, samples, per_batch);
   const auto num_samples = static_cast<int64_t>(samples.size());
+  const eval::NllOptions nll_options{options.logits_chunk_tokens};
+  if (profile) {
+    profile->batches = static_cast<int64_t>(batches.size());
+    for (const auto& b : batches) profile->batch_size = std::max(profile->batch_size, b.ids.size(0));
+  }
 
   // Visit layers in model order so that the cached hidden states only move forward.
   // Slots outside the decoder layers (lm_head, OPT's project_in/out) come last:
@@ -113,9 +161,11 @@ search::SensitivityTable ppl_sensitivity(model::CausalLM& lm, const std::vector<
   search::SensitivityTable table("ppl");
   int64_t cached_layer = 0;  // the layer whose input the batches' hidden states hold
   if (options.reuse_hidden_states) {
+    PhaseTimer timer(profile, &SweepProfile::advance_s, device);
     for (auto& b : batches) b.hidden = lm.embed(b.ids);
   }
   auto advance_to = [&](int64_t layer) {
+    PhaseTimer timer(profile, &SweepProfile::advance_s, device);
     for (; cached_layer < layer; ++cached_layer) {
       for (auto& b : batches) b.hidden = lm.layer(cached_layer, b.hidden);
     }
@@ -135,27 +185,51 @@ search::SensitivityTable ppl_sensitivity(model::CausalLM& lm, const std::vector<
     const auto original = lm.linear_ptr(name);
     const auto* dense = dynamic_cast<const model::DenseLinear*>(original.get());
     if (!dense) throw std::invalid_argument(fmt::format("layer \"{}\" is already {}, not dense", name, original->kind()));
-    std::unique_ptr<compress::PreparedLayer> prepared;
-    try {
-      prepared = compressor.prepare(dense->weight(), dense->bias(), scale ? scale(name) : at::Tensor(), candidates);
-    } catch (const compress::CompressionError& e) {
-      fmt::print(stderr, "warning: {} cannot be decomposed ({}); it scores +inf\n", name, e.what());
+
+    // Every candidate's slot first, so that the forward passes below queue up
+    // on the device without waiting for the host in between.
+    std::vector<model::LinearPtr> slots(candidates.size());
+    std::vector<std::string> errors(candidates.size());
+    {
+      PhaseTimer timer(profile, &SweepProfile::decompose_s, device);
+      try {
+        auto prepared =
+            compressor.prepare(dense->weight(), dense->bias(), scale ? scale(name) : at::Tensor(), candidates);
+        slots = prepared->build_many(candidates, &errors);
+      } catch (const compress::CompressionError& e) {
+        fmt::print(stderr, "warning: {} cannot be decomposed ({}); it scores +inf\n", name, e.what());
+        slots.assign(candidates.size(), nullptr);
+        errors.assign(candidates.size(), std::string());
+      }
     }
-    for (double ratio : candidates) {
+    std::vector<at::Tensor> sums;
+    std::vector<int64_t> sum_of(candidates.size(), -1);  // candidate -> its entry in sums
+    {
+      PhaseTimer timer(profile, &SweepProfile::forward_s, device);
+      for (size_t j = 0; j < candidates.size(); ++j) {
+        if (!slots[j]) continue;
+        model::ScopedSlots trial(lm);
+        trial.replace(name, slots[j]);
+        sum_of[j] = static_cast<int64_t>(sums.size());
+        sums.push_back(nll_sum(lm, batches, first_layer, nll_options).reshape({1}));
+      }
+      slots.clear();
+    }
+    // One synchronisation per layer: every candidate's NLL sum at once.
+    const auto host = sums.empty() ? at::Tensor() : at::cat(sums).to(at::kCPU, at::kDouble).contiguous();
+    for (size_t j = 0; j < candidates.size(); ++j) {
       double ppl = std::numeric_limits<double>::infinity();
-      if (prepared) {
-        try {
-          model::ScopedSlots trial(lm);
-          trial.replace(name, prepared->build(ratio));
-          ppl = calibration_ppl(lm, batches, first_layer, num_samples);
-        } catch (const compress::CompressionError& e) {
-          fmt::print(stderr, "warning: {} at ratio {} cannot be decomposed ({}); it scores +inf\n", name, ratio, e.what());
-        }
+      if (sum_of[j] >= 0) {
+        ppl = std::exp(host.data_ptr<double>()[sum_of[j]] / static_cast<double>(num_samples));
+      } else if (!errors[j].empty()) {
+        fmt::print(stderr, "warning: {} at ratio {} cannot be decomposed ({}); it scores +inf\n", name, candidates[j],
+                   errors[j]);
       }
       if (std::isnan(ppl)) ppl = std::numeric_limits<double>::infinity();
-      table.add(name, ratio, ppl);
-      if (progress) progress->advance();
+      table.add(name, candidates[j], ppl);
     }
+    if (profile) profile->entries += static_cast<int64_t>(sums.size());
+    if (progress) progress->advance(static_cast<int64_t>(candidates.size()));
   }
   return table;
 }

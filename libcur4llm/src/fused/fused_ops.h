@@ -1,0 +1,34 @@
+#pragma once
+// Internal: fused CUDA versions of memory-bound steps, as at::Tensor functions.
+// Each gives what the unfused ATen sequence named in its comment gives (the
+// same roundings to the tensor's dtype; reductions may add in another order).
+// Callers check enabled_for() first: it is false on the CPU, on builds without
+// the kernels (CUR4LLM_CUDA_KERNELS=OFF, LibTorch 1.13) and when turned off
+// through util::set_fused_kernels_enabled or CUR4LLM_FUSED_KERNELS=0.
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+
+namespace cur4llm::fused {
+
+/// True when the kernels may run on `t`: a CUDA tensor of float, half or
+/// bfloat16 that autograd does not track (the kernels have no backward).
+bool enabled_for(const at::Tensor& t);
+
+/// logits [n, vocab] (last dim contiguous), labels int64 [n] -> float [n]:
+/// logsumexp(logits.float(), -1) - logits.float().gather(1, labels).
+at::Tensor token_nll(const at::Tensor& logits, const at::Tensor& labels);
+
+/// LLaMA RMSNorm of x [..., h] with weight [h]:
+/// weight * (x.float() * rsqrt(x.float().pow(2).mean(-1) + eps)).to(x.dtype).
+at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps);
+
+/// Rotary embedding of x [B, T, heads, dim] (contiguous) with float cos/sin [T, dim]:
+/// x * cos.to(dtype) + rotate_half(x) * sin.to(dtype), same layout as x.
+at::Tensor rotary(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin);
+
+/// at::silu(gate) * up for equal-shaped contiguous tensors.
+at::Tensor silu_mul(const at::Tensor& gate, const at::Tensor& up);
+
+}  // namespace cur4llm::fused

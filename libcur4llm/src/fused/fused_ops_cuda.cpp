@@ -1,0 +1,125 @@
+// The fused operations on CUDA: checks, then the launchers of fused_kernels.cu
+// on the current stream of the tensor's device.
+#include "fused_ops.h"
+
+#include "fused_kernels.h"
+
+#include <cur4llm/util/fused_kernels.h>
+
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+
+#include <fmt/format.h>
+
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
+#include <stdexcept>
+
+namespace cur4llm {
+namespace {
+
+bool enabled_by_environment() {
+  const char* v = std::getenv("CUR4LLM_FUSED_KERNELS");
+  return !(v && (std::strcmp(v, "0") == 0 || std::strcmp(v, "off") == 0));
+}
+
+std::atomic<bool>& enabled_flag() {
+  static std::atomic<bool> flag{enabled_by_environment()};
+  return flag;
+}
+
+int dtype_code(const at::Tensor& t) {
+  switch (t.scalar_type()) {
+    case at::kFloat: return 0;
+    case at::kHalf: return 1;
+    case at::kBFloat16: return 2;
+    default: throw std::invalid_argument(fmt::format("fused kernels: unsupported dtype {}", c10::toString(t.scalar_type())));
+  }
+}
+
+void* current_stream(const at::Tensor& t) {
+  return static_cast<void*>(c10::cuda::getCurrentCUDAStream(t.device().index()).stream());
+}
+
+void check(int err, const char* what) {
+  if (err != 0) throw std::runtime_error(fmt::format("CUDA kernel {} failed to launch (error {})", what, err));
+}
+
+}  // namespace
+
+namespace util {
+bool fused_kernels_built() { return true; }
+bool fused_kernels_enabled() { return enabled_flag().load(); }
+void set_fused_kernels_enabled(bool on) { enabled_flag().store(on); }
+}  // namespace util
+
+namespace fused {
+
+bool enabled_for(const at::Tensor& t) {
+  // The kernels have no backward: tensors that autograd tracks take the ATen path.
+  if (!enabled_flag().load() || !t.defined() || !t.is_cuda() || t.requires_grad()) return false;
+  const auto s = t.scalar_type();
+  return s == at::kFloat || s == at::kHalf || s == at::kBFloat16;
+}
+
+at::Tensor token_nll(const at::Tensor& logits, const at::Tensor& labels) {
+  if (logits.dim() != 2 || logits.stride(1) != 1 || labels.dim() != 1 || labels.size(0) != logits.size(0)) {
+    throw std::invalid_argument("fused::token_nll: logits [n, vocab] with contiguous rows and labels [n]");
+  }
+  c10::cuda::CUDAGuard guard(logits.device());
+  auto lab = labels.to(logits.device(), at::kLong).contiguous();
+  auto out = at::empty({logits.size(0)}, logits.options().dtype(at::kFloat));
+  check(kernels::token_nll(logits.data_ptr(), dtype_code(logits), logits.size(0), logits.size(1), logits.stride(0),
+                           lab.data_ptr<int64_t>(), out.data_ptr<float>(), current_stream(logits)),
+        "token_nll");
+  return out;
+}
+
+at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
+  const int64_t h = x.size(-1);
+  if (weight.dim() != 1 || weight.size(0) != h || weight.scalar_type() != x.scalar_type()) {
+    throw std::invalid_argument("fused::rms_norm: weight must be [hidden] in the input's dtype");
+  }
+  c10::cuda::CUDAGuard guard(x.device());
+  auto xc = x.contiguous();
+  auto wc = weight.contiguous();
+  auto out = at::empty_like(xc);
+  check(kernels::rms_norm(xc.data_ptr(), wc.data_ptr(), out.data_ptr(), dtype_code(xc), xc.numel() / h, h,
+                          static_cast<float>(eps), current_stream(xc)),
+        "rms_norm");
+  return out;
+}
+
+at::Tensor rotary(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
+  if (x.dim() != 4 || cos.dim() != 2 || cos.size(0) != x.size(1) || cos.size(1) != x.size(3) ||
+      sin.sizes() != cos.sizes() || x.size(3) % 2 != 0) {
+    throw std::invalid_argument("fused::rotary: x [B, T, heads, dim] with cos/sin [T, dim]");
+  }
+  c10::cuda::CUDAGuard guard(x.device());
+  auto xc = x.contiguous();
+  auto c = cos.to(x.device(), at::kFloat).contiguous();
+  auto s = sin.to(x.device(), at::kFloat).contiguous();
+  auto out = at::empty_like(xc);
+  check(kernels::rotary(xc.data_ptr(), c.data_ptr<float>(), s.data_ptr<float>(), out.data_ptr(), dtype_code(xc),
+                        xc.size(0) * xc.size(1), xc.size(1), xc.size(2), xc.size(3), current_stream(xc)),
+        "rotary");
+  return out;
+}
+
+at::Tensor silu_mul(const at::Tensor& gate, const at::Tensor& up) {
+  if (gate.sizes() != up.sizes() || gate.scalar_type() != up.scalar_type()) {
+    throw std::invalid_argument("fused::silu_mul: gate and up must have the same shape and dtype");
+  }
+  c10::cuda::CUDAGuard guard(gate.device());
+  auto g = gate.contiguous();
+  auto u = up.contiguous();
+  auto out = at::empty_like(g);
+  check(kernels::silu_mul(g.data_ptr(), u.data_ptr(), out.data_ptr(), dtype_code(g), g.numel(), current_stream(g)),
+        "silu_mul");
+  return out;
+}
+
+}  // namespace fused
+}  // namespace cur4llm

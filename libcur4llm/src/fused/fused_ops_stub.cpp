@@ -1,0 +1,28 @@
+// Builds without cur4llm's CUDA kernels: the fused operations are never enabled.
+#include "fused_ops.h"
+
+#include <cur4llm/util/fused_kernels.h>
+
+#include <stdexcept>
+
+namespace cur4llm {
+
+namespace util {
+bool fused_kernels_built() { return false; }
+bool fused_kernels_enabled() { return false; }
+void set_fused_kernels_enabled(bool) {}
+}  // namespace util
+
+namespace fused {
+namespace {
+[[noreturn]] void absent() { throw std::logic_error("internal: fused kernels are not built in"); }
+}  // namespace
+
+bool enabled_for(const at::Tensor&) { return false; }
+at::Tensor token_nll(const at::Tensor&, const at::Tensor&) { absent(); }
+at::Tensor rms_norm(const at::Tensor&, const at::Tensor&, double) { absent(); }
+at::Tensor rotary(const at::Tensor&, const at::Tensor&, const at::Tensor&) { absent(); }
+at::Tensor silu_mul(const at::Tensor&, const at::Tensor&) { absent(); }
+
+}  // namespace fused
+}  // namespace cur4llm
