@@ -1,6 +1,7 @@
 #include <cur4llm/compress/cur_linear.h>
 
 #include "common.h"
+#include "fused/fused_ops.h"
 
 #include <ATen/ATen.h>
 #include <c10/core/GradMode.h>
@@ -82,6 +83,8 @@ CURLinear::CURLinear(at::Tensor c, at::Tensor u, at::Tensor r, at::Tensor bias, 
 }
 
 at::Tensor CURLinear::forward(const at::Tensor& x) const {
+  // Decoding on CUDA: the three products in one kernel launch.
+  if (fused::lowrank_applies(x, r_, u_, c_, bias_)) return fused::lowrank_forward(x, r_, u_, c_, bias_);
   // Three thin GEMMs; the out x in matrix is never formed.
   auto t = at::linear(x, r_);
   if (u_.defined()) t = at::linear(t, u_);

@@ -1,6 +1,7 @@
 #include <cur4llm/compress/svd_linear.h>
 
 #include "common.h"
+#include "fused/fused_ops.h"
 
 #include <ATen/ATen.h>
 #include <c10/core/GradMode.h>
@@ -41,7 +42,11 @@ SVDLinear::SVDLinear(at::Tensor a, at::Tensor b, at::Tensor bias)
   }
 }
 
-at::Tensor SVDLinear::forward(const at::Tensor& x) const { return at::linear(at::linear(x, b_), a_, bias_); }
+at::Tensor SVDLinear::forward(const at::Tensor& x) const {
+  // Decoding on CUDA: both products in one kernel launch.
+  if (fused::lowrank_applies(x, b_, at::Tensor(), a_, bias_)) return fused::lowrank_forward(x, b_, at::Tensor(), a_, bias_);
+  return at::linear(at::linear(x, b_), a_, bias_);
+}
 
 std::vector<std::pair<std::string, at::Tensor>> SVDLinear::state() const {
   std::vector<std::pair<std::string, at::Tensor>> out{{"ALinear.weight", a_}};

@@ -3,10 +3,12 @@
 // Plain CUDA (no LibTorch headers); fused_ops_cuda.cpp calls these launchers.
 #include "fused_kernels.h"
 
+#include <cooperative_groups.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 
@@ -333,6 +335,142 @@ int launch_silu_mul(const void* gate, const void* up, void* out, int64_t n, void
   return static_cast<int>(cudaGetLastError());
 }
 
+// ---------------------------------------------------------------------------------------------
+// Low-rank forward for a few tokens: up to three GEMV stages (r, u, c) in one
+// cooperative launch, a warp per output row, the grid synchronised between stages.
+
+constexpr int kMaxTok = static_cast<int>(kLowRankMaxTokens);
+
+template <typename T>
+__device__ inline float load_elem(const T* p, int64_t i) {
+  return Elem<T>::load(p[i]);
+}
+
+// Eight consecutive values starting at p[i] (i a multiple of 8, p 16-byte aligned there).
+template <typename T>
+__device__ inline void load8(const T* p, int64_t i, float (&f)[8]) {
+  if constexpr (sizeof(T) == 2) {
+    const Pack<T> v = *reinterpret_cast<const Pack<T>*>(p + i);
+#pragma unroll
+    for (int j = 0; j < 8; ++j) f[j] = Elem<T>::load(v.v[j]);
+  } else {
+    const float4 a = *reinterpret_cast<const float4*>(p + i);
+    const float4 b = *reinterpret_cast<const float4*>(p + i + 4);
+    f[0] = a.x; f[1] = a.y; f[2] = a.z; f[3] = a.w;
+    f[4] = b.x; f[5] = b.y; f[6] = b.z; f[7] = b.w;
+  }
+}
+
+// out[t, row] = sum_j mat[row, j] * vin[t, j] (+ bias[row]) for every row, warp by warp.
+// The result is rounded to T; written as T to out_t, else as float to out_f.
+template <typename T, typename In>
+__device__ void gemv_rows(const T* __restrict__ mat, int64_t rows, int64_t cols, const In* __restrict__ vin,
+                          int64_t tokens, const T* __restrict__ bias, float* __restrict__ out_f, T* __restrict__ out_t) {
+  const int lane = threadIdx.x & 31;
+  const int64_t warp = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) >> 5;
+  const int64_t warps = (static_cast<int64_t>(gridDim.x) * blockDim.x) >> 5;
+  const bool vec = cols % 8 == 0 && reinterpret_cast<uintptr_t>(mat) % 16 == 0 &&
+                   reinterpret_cast<uintptr_t>(vin) % 16 == 0;
+  for (int64_t row = warp; row < rows; row += warps) {
+    const T* m = mat + row * cols;
+    float acc[kMaxTok];
+#pragma unroll
+    for (int t = 0; t < kMaxTok; ++t) acc[t] = 0.f;
+    if (vec) {
+      for (int64_t j = static_cast<int64_t>(lane) * 8; j < cols; j += 32 * 8) {
+        float w[8];
+        load8(m, j, w);
+#pragma unroll
+        for (int t = 0; t < kMaxTok; ++t) {
+          if (t < tokens) {
+            float v[8];
+            load8(vin, t * cols + j, v);
+#pragma unroll
+            for (int q = 0; q < 8; ++q) acc[t] += w[q] * v[q];
+          }
+        }
+      }
+    } else {
+      for (int64_t j = lane; j < cols; j += 32) {
+        const float w = Elem<T>::load(m[j]);
+#pragma unroll
+        for (int t = 0; t < kMaxTok; ++t) {
+          if (t < tokens) acc[t] += w * load_elem(vin, t * cols + j);
+        }
+      }
+    }
+#pragma unroll
+    for (int t = 0; t < kMaxTok; ++t) {
+      for (int offset = 16; offset > 0; offset /= 2) acc[t] += __shfl_xor_sync(0xffffffffu, acc[t], offset);
+    }
+    if (lane == 0) {
+      const float b = bias ? Elem<T>::load(bias[row]) : 0.f;
+#pragma unroll
+      for (int t = 0; t < kMaxTok; ++t) {
+        if (t >= tokens) break;
+        const float v = acc[t] + b;
+        if (out_t) {
+          out_t[t * rows + row] = Elem<T>::store(v);
+        } else {
+          out_f[t * rows + row] = round_to<T>(v);
+        }
+      }
+    }
+  }
+}
+
+template <typename T>
+__global__ void lowrank_kernel(const T* x, int64_t tokens, const T* r, const T* u, const T* c, const T* bias, T* y,
+                               float* scratch, int64_t in, int64_t k, int64_t out) {
+  namespace cg = cooperative_groups;
+  float* t1 = scratch;               // [tokens, k]: r x
+  float* t2 = scratch + tokens * k;  // [tokens, k]: u (r x)
+  gemv_rows<T, T>(r, k, in, x, tokens, nullptr, t1, nullptr);
+  cg::this_grid().sync();
+  const float* mid = t1;
+  if (u) {
+    gemv_rows<T, float>(u, k, k, t1, tokens, nullptr, t2, nullptr);
+    cg::this_grid().sync();
+    mid = t2;
+  }
+  gemv_rows<T, float>(c, out, k, mid, tokens, bias, nullptr, y);
+}
+
+template <typename T>
+int launch_lowrank(const void* x, int64_t tokens, const void* r, const void* u, const void* c, const void* bias,
+                   void* y, float* scratch, int64_t in, int64_t k, int64_t out, void* stream) {
+  if (tokens < 1 || tokens > kLowRankMaxTokens) return static_cast<int>(cudaErrorInvalidValue);
+  constexpr int kThreads = 256;
+  // As many blocks as can be resident at once (a cooperative launch needs them all resident).
+  // Looked up once per device (kept for up to 16 devices).
+  static int resident[16] = {0};
+  int device = 0;
+  cudaError_t err = cudaGetDevice(&device);
+  if (err != cudaSuccess) return static_cast<int>(err);
+  int slot = device >= 0 && device < 16 ? device : 0;
+  if (resident[slot] <= 0) {
+    int sms = 0, per_sm = 0;
+    err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+    if (err == cudaSuccess) err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, lowrank_kernel<T>, kThreads, 0);
+    if (err != cudaSuccess) return static_cast<int>(err);
+    resident[slot] = sms * (per_sm > 0 ? per_sm : 1);
+  }
+  const int64_t needed = (std::max(std::max(in, k), out) * 32 + kThreads - 1) / kThreads;  // a warp per row
+  int grid = resident[slot];
+  if (needed < grid) grid = static_cast<int>(needed);
+  const T* px = static_cast<const T*>(x);
+  const T* pr = static_cast<const T*>(r);
+  const T* pu = static_cast<const T*>(u);
+  const T* pc = static_cast<const T*>(c);
+  const T* pb = static_cast<const T*>(bias);
+  T* py = static_cast<T*>(y);
+  void* params[] = {&px, &tokens, &pr, &pu, &pc, &pb, &py, &scratch, &in, &k, &out};
+  err = cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(lowrank_kernel<T>), dim3(grid), dim3(kThreads), params,
+                                    0, as_stream(stream));
+  if (err != cudaSuccess) return static_cast<int>(err);
+  return static_cast<int>(cudaGetLastError());
+}
+
 constexpr int kBadDtype = static_cast<int>(cudaErrorInvalidValue);
 
 }  // namespace
@@ -362,6 +500,16 @@ int rotary(const void* x, const float* cos, const float* sin, void* out, int dty
     case 0: return launch_rotary<float>(x, cos, sin, out, tokens, seq_len, heads, dim, stream);
     case 1: return launch_rotary<__half>(x, cos, sin, out, tokens, seq_len, heads, dim, stream);
     case 2: return launch_rotary<__nv_bfloat16>(x, cos, sin, out, tokens, seq_len, heads, dim, stream);
+  }
+  return kBadDtype;
+}
+
+int lowrank_forward(const void* x, int64_t tokens, const void* r, const void* u, const void* c, const void* bias,
+                    void* y, float* scratch, int dtype, int64_t in, int64_t k, int64_t out, void* stream) {
+  switch (dtype) {
+    case 0: return launch_lowrank<float>(x, tokens, r, u, c, bias, y, scratch, in, k, out, stream);
+    case 1: return launch_lowrank<__half>(x, tokens, r, u, c, bias, y, scratch, in, k, out, stream);
+    case 2: return launch_lowrank<__nv_bfloat16>(x, tokens, r, u, c, bias, y, scratch, in, k, out, stream);
   }
   return kBadDtype;
 }

@@ -28,4 +28,14 @@ int rotary(const void* x, const float* cos, const float* sin, void* out, int dty
 /// out = to_dtype(silu(gate)) * up, element-wise over n values (rounded after each op).
 int silu_mul(const void* gate, const void* up, void* out, int dtype, int64_t n, void* stream);
 
+/// The most tokens lowrank_forward takes.
+constexpr int64_t kLowRankMaxTokens = 8;
+
+/// y [tokens, out] = c (u (r x)) + bias for a few tokens (decoding) in one
+/// cooperative launch: r [k, in], u [k, k] or null, c [out, k], bias [out] or
+/// null, x [tokens, in], all row-major and of one element type; each product is
+/// rounded to that type as at::linear rounds it. scratch holds 2 * tokens * k floats.
+int lowrank_forward(const void* x, int64_t tokens, const void* r, const void* u, const void* c, const void* bias,
+                    void* y, float* scratch, int dtype, int64_t in, int64_t k, int64_t out, void* stream);
+
 }  // namespace cur4llm::fused::kernels

@@ -31,4 +31,14 @@ at::Tensor rotary(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& 
 /// at::silu(gate) * up for equal-shaped contiguous tensors.
 at::Tensor silu_mul(const at::Tensor& gate, const at::Tensor& up);
 
+/// Whether lowrank_forward serves x [..., in] with these factors: kernels
+/// enabled, at most 8 tokens, one dtype and device, nothing tracked by autograd.
+bool lowrank_applies(const at::Tensor& x, const at::Tensor& r, const at::Tensor& u, const at::Tensor& c,
+                     const at::Tensor& bias);
+
+/// at::linear(at::linear(at::linear(x, r), u), c, bias) (u undefined: skipped)
+/// for a few tokens, in one kernel launch (decoding).
+at::Tensor lowrank_forward(const at::Tensor& x, const at::Tensor& r, const at::Tensor& u, const at::Tensor& c,
+                           const at::Tensor& bias);
+
 }  // namespace cur4llm::fused

@@ -12,6 +12,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
@@ -119,6 +120,38 @@ at::Tensor silu_mul(const at::Tensor& gate, const at::Tensor& up) {
   check(kernels::silu_mul(g.data_ptr(), u.data_ptr(), out.data_ptr(), dtype_code(g), g.numel(), current_stream(g)),
         "silu_mul");
   return out;
+}
+
+bool lowrank_applies(const at::Tensor& x, const at::Tensor& r, const at::Tensor& u, const at::Tensor& c,
+                     const at::Tensor& bias) {
+  if (!enabled_for(x) || x.dim() < 1 || r.dim() != 2 || c.dim() != 2 || x.size(-1) != r.size(1)) return false;
+  if (x.numel() / std::max<int64_t>(1, x.size(-1)) > kernels::kLowRankMaxTokens) return false;
+  auto same = [&](const at::Tensor& t) {
+    return !t.defined() || (t.device() == x.device() && t.scalar_type() == x.scalar_type() && !t.requires_grad() &&
+                            t.is_contiguous());
+  };
+  return r.defined() && c.defined() && same(r) && same(u) && same(c) && same(bias) && c.size(1) == r.size(0) &&
+         (!u.defined() || (u.size(0) == r.size(0) && u.size(1) == r.size(0))) &&
+         (!bias.defined() || bias.numel() == c.size(0));
+}
+
+at::Tensor lowrank_forward(const at::Tensor& x, const at::Tensor& r, const at::Tensor& u, const at::Tensor& c,
+                           const at::Tensor& bias) {
+  if (!lowrank_applies(x, r, u, c, bias)) throw std::invalid_argument("fused::lowrank_forward: unsupported inputs");
+  c10::cuda::CUDAGuard guard(x.device());
+  const int64_t in = r.size(1), k = r.size(0), out = c.size(0);
+  auto x2 = x.reshape({-1, in}).contiguous();
+  const int64_t tokens = x2.size(0);
+  auto sizes = x.sizes().vec();
+  sizes.back() = out;
+  auto y = at::empty({tokens, out}, x.options());
+  if (tokens == 0) return y.view(sizes);
+  auto scratch = at::empty({2 * tokens * k}, x.options().dtype(at::kFloat));
+  check(kernels::lowrank_forward(x2.data_ptr(), tokens, r.data_ptr(), u.defined() ? u.data_ptr() : nullptr,
+                                 c.data_ptr(), bias.defined() ? bias.data_ptr() : nullptr, y.data_ptr(),
+                                 scratch.data_ptr<float>(), dtype_code(x2), in, k, out, current_stream(x2)),
+        "lowrank_forward");
+  return y.view(sizes);
 }
 
 }  // namespace fused

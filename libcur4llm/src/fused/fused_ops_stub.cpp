@@ -23,6 +23,13 @@ at::Tensor token_nll(const at::Tensor&, const at::Tensor&) { absent(); }
 at::Tensor rms_norm(const at::Tensor&, const at::Tensor&, double) { absent(); }
 at::Tensor rotary(const at::Tensor&, const at::Tensor&, const at::Tensor&) { absent(); }
 at::Tensor silu_mul(const at::Tensor&, const at::Tensor&) { absent(); }
+bool lowrank_applies(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&) {
+  return false;
+}
+at::Tensor lowrank_forward(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                           const at::Tensor&) {
+  absent();
+}
 
 }  // namespace fused
 }  // namespace cur4llm

@@ -190,6 +190,8 @@ search::SensitivityTable ppl_sensitivity(model::CausalLM& lm, const std::vector<
     // on the device without waiting for the host in between.
     std::vector<model::LinearPtr> slots(candidates.size());
     std::vector<std::string> errors(candidates.size());
+    const double decompose_before = profile ? profile->decompose_s : 0.0;
+    const double forward_before = profile ? profile->forward_s : 0.0;
     {
       PhaseTimer timer(profile, &SweepProfile::decompose_s, device);
       try {
@@ -228,7 +230,11 @@ search::SensitivityTable ppl_sensitivity(model::CausalLM& lm, const std::vector<
       if (std::isnan(ppl)) ppl = std::numeric_limits<double>::infinity();
       table.add(name, candidates[j], ppl);
     }
-    if (profile) profile->entries += static_cast<int64_t>(sums.size());
+    if (profile) {
+      profile->entries += static_cast<int64_t>(sums.size());
+      profile->layers.push_back({name, first_layer, profile->decompose_s - decompose_before,
+                                 profile->forward_s - forward_before, static_cast<int64_t>(sums.size())});
+    }
     if (progress) progress->advance(static_cast<int64_t>(candidates.size()));
   }
   return table;

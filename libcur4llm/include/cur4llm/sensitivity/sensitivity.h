@@ -30,6 +30,15 @@ namespace cur4llm::sensitivity {
 
 using compress::ScaleFn;
 
+/// One swept layer's share of a profiled sweep.
+struct SweepLayerTime {
+  std::string name;
+  int64_t first_layer = -1;  ///< decoder layer its entries start from (-1: full forward)
+  double decompose_s = 0;
+  double forward_s = 0;
+  int64_t entries = 0;
+};
+
 /// Where a sweep's time went. When SweepOptions::profile points at one, the
 /// sweep synchronises the device at each phase boundary (slightly slower).
 struct SweepProfile {
@@ -39,6 +48,7 @@ struct SweepProfile {
   int64_t entries = 0;      ///< (layer, candidate) entries evaluated
   int64_t batches = 0;      ///< forward passes per entry
   int64_t batch_size = 0;   ///< samples in the largest batch
+  std::vector<SweepLayerTime> layers;  ///< per swept layer, in sweep order
 };
 
 /// What the sweep covers and how.
