@@ -11,7 +11,7 @@
 //                  [--layers all | L0,L31,head,NAME,PREFIX*] [--batch 0] [--target_ratio 0.9]
 //                  [--eval_windows 8] [--stages statistics,sensitivity,search,decompose,evaluation]
 //                  [--profile 0|1|2] [--fused 1] [--reference_s 51.5] [--peak_tflops X]
-//                  [--micro ce,layer,linalg] [--linalg_dense 0]
+//                  [--micro ce,layer,linalg] [--linalg_dense 0] [--sdpa default|flash|cudnn|efficient]
 //
 // --layers restricts the sweep (and so the search and the decomposition) to a
 // subset, for models whose whole sweep exceeds a time limit: Li is every Linear
@@ -21,7 +21,8 @@
 // measurements of single steps: the cross-entropy ("ce"), one decoder layer
 // ("layer", with the kernels on and off and their largest output difference),
 // and one decomposition per distinct layer shape ("linalg"; --linalg_dense 1
-// also times the dense-SVD algorithms the CPU uses, slow on a GPU).
+// also times the dense-SVD algorithms the CPU uses, slow on a GPU). --sdpa
+// leaves only that attention backend of at::scaled_dot_product_attention on.
 #include "bench_common.h"
 
 #include <cur4llm/calib/statistics.h>
@@ -34,6 +35,7 @@
 
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
+#include <torch/version.h>
 #include <c10/core/InferenceMode.h>
 
 #include <fmt/format.h>
@@ -106,6 +108,17 @@ int main(int argc, char** argv) try {
   auto lm = bench::load_model(args, &source);
   const auto device = lm->device();
   if (args.integer("fused", 1) == 0) util::set_fused_kernels_enabled(false);
+  const std::string sdpa = args.str("sdpa", "default");
+  if (sdpa != "default") {
+#if TORCH_VERSION_MAJOR >= 2
+    // Only the named attention backend (and the math fallback) stays enabled.
+    at::globalContext().setSDPUseFlash(sdpa == "flash");
+    at::globalContext().setSDPUseMemEfficient(sdpa == "efficient");
+    at::globalContext().setSDPUseCuDNN(sdpa == "cudnn");
+#else
+    throw std::invalid_argument("--sdpa needs LibTorch 2.x");
+#endif
+  }
   const int64_t num_samples = args.integer("samples", 16);
   const int64_t seqlen = args.integer("seqlen", 2048);
   const std::string method = args.str("method", "cur");
@@ -125,6 +138,7 @@ int main(int argc, char** argv) try {
   machine["seqlen"] = seqlen;
   machine["method"] = method;
   machine["fused_kernels"] = util::fused_kernels_enabled();
+  machine["sdpa"] = sdpa;
   emit(json{{"benchmark", "pipeline"}, {"setup", machine}, {"linear_layers", lm->linears().size()},
             {"linear_params", lm->linear_weight_params()}, {"fused_kernels_built", util::fused_kernels_built()}});
 

@@ -5,11 +5,15 @@
 # LLaMA-7B-shaped models with random weights, the factorized Linear layers and
 # whole-model decode/prefill. Logs and JSON lines go to $LOG_DIR (or $OUT).
 #
-#   bash benchmarks/gpu_speed.sh <gpu-deps folder>        # ~8 minutes on one H100/H200
+#   bash benchmarks/gpu_speed.sh <gpu-deps folder> [PARTS]     # all parts: ~9 minutes on one H100
 #
-# Each step has its own time limit, so that a slow one leaves the others' results.
+# PARTS is a comma-separated subset of check,opt,opt_more,llama,linear,forward
+# (default: all of them). Each step has its own time limit, so that a slow one
+# leaves the others' results.
 set -uo pipefail
 deps=${1:?gpu-deps folder (holding install.sh)}
+parts=",${2:-check,opt,opt_more,llama,linear,forward},"
+want() { [[ $parts == *",$1,"* ]]; }
 out=${LOG_DIR:-${OUT:-/tmp/cur4llm-speed}}
 mkdir -p "$out"
 source "$deps/install.sh" /tmp/cur4llm-deps > /dev/null
@@ -21,7 +25,7 @@ source "$deps/install.sh" /tmp/cur4llm-deps > /dev/null
 
 # Build only what is measured; without the CUDA kernels if they fail to build.
 build=/tmp/cur4llm-speed-build
-targets="bench_pipeline bench_linear bench_forward test_model"
+targets="bench_pipeline bench_linear bench_forward test_model test_compress test_sensitivity"
 configure() {
   cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCUR4LLM_BUILD_APPS=OFF "$@" >> "$out/build.log" 2>&1
 }
@@ -38,7 +42,16 @@ opt=benchmarks/configs/opt-125m.json
 llama=benchmarks/configs/llama-7b.json
 
 # The CUDA forward (fused kernels included) against transformers' logits on the fixtures.
-timeout 60 "$build/tests/test_model" "[cuda]" 2>&1 | tail -4 | tee "$out/tests.log"
+# The factorized layers' padded storage and one-launch decode, and the fast sweep on CUDA against
+# one sample at a time.
+if want check; then
+  for t in test_model test_compress test_sensitivity; do
+    echo "== $t [cuda]" >> "$out/tests.log"
+    timeout 120 "$build/tests/$t" "[cuda]" >> "$out/tests.log" 2>&1
+    echo "$t rc=$?" | tee -a "$out/tests.log"
+  done
+  grep -E "passed|failed|FAILED" "$out/tests.log" | head -20
+fi
 
 run() {  # run <seconds> <output file> <command...>
   local limit=$1 file=$2
@@ -48,29 +61,43 @@ run() {  # run <seconds> <output file> <command...>
 }
 
 # OPT-125m shape, the issue's sweep: 73 Linear x 6 candidates x 16 samples x 2048 tokens.
-run 150 pipeline.jsonl "$bin/bench_pipeline" --config $opt --device cuda --dtype bf16 --samples 16 --seqlen 2048 \
-  --method cur --reference_s 51.5 --micro ce,layer,linalg --linalg_dense 1
-run 60 pipeline.jsonl "$bin/bench_pipeline" --config $opt --device cuda --dtype fp16 --samples 16 --seqlen 2048 \
-  --method cur --stages sensitivity --profile 0 --reference_s 51.5
-run 60 pipeline.jsonl "$bin/bench_pipeline" --config $opt --device cuda --dtype bf16 --samples 16 --seqlen 2048 \
-  --method svd --stages sensitivity --profile 0 --reference_s 51.5
+if want opt; then
+  run 150 pipeline.jsonl "$bin/bench_pipeline" --config $opt --device cuda --dtype bf16 --samples 16 --seqlen 2048 \
+    --method cur --reference_s 51.5 --micro ce,layer,linalg
+fi
+if want opt_more; then
+  run 60 pipeline.jsonl "$bin/bench_pipeline" --config $opt --device cuda --dtype fp16 --samples 16 --seqlen 2048 \
+    --method cur --stages sensitivity --profile 0 --reference_s 51.5
+  run 60 pipeline.jsonl "$bin/bench_pipeline" --config $opt --device cuda --dtype bf16 --samples 16 --seqlen 2048 \
+    --method svd --stages sensitivity --profile 0 --reference_s 51.5
+  # The sweep with cur4llm's CUDA kernels off, for their share of the speed-up.
+  run 60 pipeline.jsonl "$bin/bench_pipeline" --config $opt --device cuda --dtype bf16 --samples 16 --seqlen 2048 \
+    --method cur --stages sensitivity --profile 0 --fused 0 --reference_s 51.5
+  # Attention through cuDNN instead of the default backend.
+  run 60 pipeline.jsonl "$bin/bench_pipeline" --config $opt --device cuda --dtype bf16 --samples 16 --seqlen 2048 \
+    --method cur --stages sensitivity --profile 0 --sdpa cudnn --micro layer --reference_s 51.5
+fi
 
-# LLaMA-7B shape, 32 samples x 2048 tokens: three decoder layers at different
+# LLaMA-7B shape, 32 samples x 2048 tokens: two decoder layers at different
 # depths and lm_head (the whole sweep exceeds one command's 10 minutes; the
 # per-layer profile gives the scaling, see docs/performance.md).
-run 200 pipeline.jsonl "$bin/bench_pipeline" --config $llama --device cuda --dtype bf16 --samples 32 --seqlen 2048 \
-  --method cur --layers L31,L16,head --profile 2 --eval_windows 32 --micro layer,ce,linalg
+if want llama; then
+  run 240 pipeline.jsonl "$bin/bench_pipeline" --config $llama --device cuda --dtype bf16 --samples 32 --seqlen 2048 \
+    --method cur --layers L16,L31,head --profile 1 --eval_windows 32 --micro layer,ce,linalg
+  run 60 pipeline.jsonl "$bin/bench_pipeline" --config $llama --device cuda --dtype bf16 --samples 32 --seqlen 2048 \
+    --stages none --micro layer --sdpa cudnn
+fi
 
 # Factorized Linear layers against dense, decode (1 token) and prefill (2048 tokens).
-run 90 linear.jsonl "$bin/bench_linear" --device cuda --dtype bf16
+if want linear; then
+  run 90 linear.jsonl "$bin/bench_linear" --device cuda --dtype bf16
+fi
 
 # Whole models, batch 1: one token (decode-like, no KV cache) and 2048 tokens (prefill).
-run 60 forward.jsonl "$bin/bench_forward" --config $opt --device cuda --dtype bf16 --batch 1 --seqlen 1,2048 \
-  --iters 50 --factorize dense,cur:0.6,cur_folded:0.6,svd:0.6
-run 90 forward.jsonl "$bin/bench_forward" --config $llama --device cuda --dtype bf16 --batch 1 --seqlen 1,2048 \
-  --iters 10 --factorize dense,cur:0.6,svd:0.6
-
-# The sweep with cur4llm's CUDA kernels off, for their share of the speed-up.
-run 60 pipeline.jsonl "$bin/bench_pipeline" --config $opt --device cuda --dtype bf16 --samples 16 --seqlen 2048 \
-  --method cur --stages sensitivity --profile 0 --fused 0 --reference_s 51.5
+if want forward; then
+  run 60 forward.jsonl "$bin/bench_forward" --config $opt --device cuda --dtype bf16 --batch 1 --seqlen 1,2048 \
+    --iters 50 --factorize dense,cur:0.6,cur_folded:0.6,svd:0.6
+  run 90 forward.jsonl "$bin/bench_forward" --config $llama --device cuda --dtype bf16 --batch 1 --seqlen 1,2048 \
+    --iters 10 --factorize dense,cur:0.6,svd:0.6
+fi
 echo "done"

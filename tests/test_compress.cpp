@@ -571,6 +571,47 @@ TEST_CASE("CUR's Gram link solver gives the SVD solver's layer, well- and ill-co
   }
 }
 
+TEST_CASE("CUDA: factors with an odd rank are padded in storage; views, forwards and in-place changes stay exact",
+          "[compress][cuda]") {
+  CUR4LLM_REQUIRE_CUDA();
+  auto gen = make_gen(13);
+  const int64_t out = 40, in = 56, k = 13;
+  for (auto dtype : {at::kFloat, at::kBFloat16}) {
+    CAPTURE(dtype);
+    const auto cuda = at::TensorOptions().device(at::kCUDA).dtype(dtype);
+    auto c = randn({out, k}, gen, at::kFloat).to(cuda), u = randn({k, k}, gen, at::kFloat).to(cuda);
+    auto r = randn({k, in}, gen, at::kFloat).to(cuda), bias = randn({out}, gen, at::kFloat).to(cuda);
+    auto idx = at::arange(k, at::kLong);
+    CURLinear cur(c, u, r, bias, idx, idx);
+    SVDLinear svd(c, r, bias);
+    REQUIRE(cur.rank() == k);
+    CHECK(at::equal(cur.c(), c));
+    CHECK(at::equal(cur.u(), u));
+    CHECK(at::equal(cur.r(), r));
+    CHECK(at::equal(svd.a(), c));
+    CHECK(cur.weight_params() == out * k + k * k + k * in);
+    const double tol = dtype == at::kFloat ? 1e-4 : 3e-2;
+    for (int64_t tokens : {1, 3, 300}) {
+      CAPTURE(tokens);
+      auto x = randn({tokens, in}, gen, at::kFloat).to(cuda);
+      auto xd = x.to(at::kDouble);
+      auto want_cur = at::matmul(at::matmul(at::matmul(xd, r.to(at::kDouble).t()), u.to(at::kDouble).t()),
+                                 c.to(at::kDouble).t()) + bias.to(at::kDouble);
+      auto want_svd = at::matmul(at::matmul(xd, r.to(at::kDouble).t()), c.to(at::kDouble).t()) + bias.to(at::kDouble);
+      CHECK(rel_err(cur.forward(x).cpu(), want_cur.cpu()) < tol);
+      CHECK(rel_err(svd.forward(x).cpu(), want_svd.cpu()) < tol);
+    }
+    // state() hands out the stored factors: an in-place change reaches the forward.
+    for (auto& [name, t] : cur.state()) {
+      if (name == "C") t.mul_(2);
+    }
+    auto x = randn({5, in}, gen, at::kFloat).to(cuda);
+    auto base = at::matmul(at::matmul(at::matmul(x.to(at::kDouble), r.to(at::kDouble).t()), u.to(at::kDouble).t()),
+                           c.to(at::kDouble).t());
+    CHECK(rel_err(cur.forward(x).cpu(), (2 * base + bias.to(at::kDouble)).cpu()) < tol);
+  }
+}
+
 TEST_CASE("compressor factory and option errors", "[compress]") {
   CHECK(make_compressor("cur")->name() == "cur");
   CHECK(make_compressor("svd")->name() == "svd");

@@ -178,6 +178,30 @@ TEST_CASE("ppl sweep: batched samples, odd batch remainders and chunked cross-en
   require_tables_equal(fast, slow, 1e-5);
 }
 
+TEST_CASE("CUDA: the fast sweep (second stream, Gram links, fused kernels) equals one sample at a time",
+          "[sensitivity][model][cuda]") {
+  CUR4LLM_REQUIRE_CUDA();
+  const std::string model = GENERATE(as<std::string>{}, "llama_gqa", "opt_pre");
+  const auto dtype = GENERATE(at::kFloat, at::kBFloat16);
+  INFO(model << " " << c10::toString(dtype));
+  model::LoadOptions load;
+  load.device = c10::Device(c10::kCUDA);
+  load.dtype = dtype;
+  auto lm = model::CausalLM::load(model_dir(model), load);
+  const auto samples = make_samples({16, 16, 16, 11, 16}, lm->config().vocab_size, 27);
+  for (const std::string method : {"cur", "svd"}) {
+    INFO(method);
+    const auto compressor = compress::make_compressor(method);
+    const auto scale = fixed_scales(*lm, 28);
+    sensitivity::SweepOptions opt;
+    const auto fast = sensitivity::ppl_sensitivity(*lm, samples, *compressor, scale, opt);
+    opt.batch_size = 1;
+    opt.reuse_hidden_states = false;
+    const auto slow = sensitivity::ppl_sensitivity(*lm, samples, *compressor, scale, opt);
+    require_tables_equal(fast, slow, dtype == at::kFloat ? 1e-4 : 2e-2);
+  }
+}
+
 TEST_CASE("ppl sweep in KV-cache mode: k_proj/v_proj only, ratios 0.1 .. 1.9", "[sensitivity][model]") {
   const std::string model = GENERATE(as<std::string>{}, "llama_gqa", "opt_pre");
   INFO(model);

@@ -8,6 +8,18 @@
 
 namespace cur4llm::compress::detail {
 
+PaddedFactor pad_rank(const at::Tensor& factor, bool pad_rows, bool pad_cols) {
+  if (!factor.defined() || !factor.is_cuda() || factor.dim() != 2) return {factor, factor};
+  auto up = [](int64_t n) { return (n + 7) / 8 * 8; };
+  const int64_t rows = factor.size(0), cols = factor.size(1);
+  const int64_t prow = pad_rows ? up(rows) : rows, pcol = pad_cols ? up(cols) : cols;
+  if (prow == rows && pcol == cols) return {factor, factor};
+  auto full = at::zeros({prow, pcol}, factor.options());
+  auto view = full.narrow(0, 0, rows).narrow(1, 0, cols);
+  view.copy_(factor);
+  return {full, view};
+}
+
 void check_layer(const std::string& who, const at::Tensor& weight, const at::Tensor& bias, const at::Tensor& scale) {
   if (!weight.defined() || weight.dim() != 2 || !c10::isFloatingType(weight.scalar_type())) {
     throw std::invalid_argument(who + ": weight must be a 2-d floating tensor [out, in]");

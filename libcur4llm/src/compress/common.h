@@ -8,6 +8,20 @@
 
 namespace cur4llm::compress::detail {
 
+// A factor whose rank dimensions are padded with zeros to a multiple of 8 in
+// storage. On CUDA a rank that is not a multiple of 8 leaves rows that are not
+// 16-byte aligned, and the matrix products fall off the tensor-core kernels
+// (4-7x slower at 2048 tokens on an H100, docs/performance.md). `full` is the
+// padded buffer the forward multiplies with (the zeros add nothing); `view` is
+// the exact factor inside it, a view, so that in-place changes of the factor
+// (e.g. RTN quantization through state()) reach the buffer. Off CUDA, or for a
+// rank that is already a multiple of 8, both are the tensor itself.
+struct PaddedFactor {
+  at::Tensor full;
+  at::Tensor view;
+};
+PaddedFactor pad_rank(const at::Tensor& factor, bool pad_rows, bool pad_cols);
+
 // Decompositions run in fp32, or fp64 when the weight already is fp64.
 inline at::ScalarType work_dtype(const at::Tensor& weight) {
   return weight.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;

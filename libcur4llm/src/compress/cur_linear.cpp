@@ -80,15 +80,24 @@ CURLinear::CURLinear(at::Tensor c, at::Tensor u, at::Tensor r, at::Tensor bias, 
   if ((row_indices_.defined() && row_indices_.numel() != k) || (col_indices_.defined() && col_indices_.numel() != k)) {
     throw std::invalid_argument(fmt::format("CURLinear: row and column indices must have {} entries", k));
   }
+  // The rank padded to a multiple of 8 in storage (CUDA): C [out, k] and U [k, k] become views.
+  auto pc = detail::pad_rank(c_, false, true);
+  auto pu = detail::pad_rank(u_, true, true);
+  auto pr = detail::pad_rank(r_, true, false);
+  c_full_ = pc.full, c_ = pc.view;
+  u_full_ = pu.full, u_ = pu.view;
+  r_full_ = pr.full, r_ = pr.view;
 }
 
 at::Tensor CURLinear::forward(const at::Tensor& x) const {
   // Decoding on CUDA: the three products in one kernel launch.
-  if (fused::lowrank_applies(x, r_, u_, c_, bias_)) return fused::lowrank_forward(x, r_, u_, c_, bias_);
+  if (fused::lowrank_applies(x, r_full_, u_full_, c_full_, bias_)) {
+    return fused::lowrank_forward(x, r_full_, u_full_, c_full_, bias_);
+  }
   // Three thin GEMMs; the out x in matrix is never formed.
-  auto t = at::linear(x, r_);
-  if (u_.defined()) t = at::linear(t, u_);
-  return at::linear(t, c_, bias_);
+  auto t = at::linear(x, r_full_);
+  if (u_full_.defined()) t = at::linear(t, u_full_);
+  return at::linear(t, c_full_, bias_);
 }
 
 int64_t CURLinear::in_features() const { return r_.size(1); }

@@ -40,12 +40,19 @@ SVDLinear::SVDLinear(at::Tensor a, at::Tensor b, at::Tensor bias)
     throw std::invalid_argument(
         fmt::format("SVDLinear: bias of {} values does not match {} outputs", bias_.numel(), a_.size(0)));
   }
+  // The rank padded to a multiple of 8 in storage (CUDA): A [out, k] becomes a view.
+  auto pa = detail::pad_rank(a_, false, true);
+  auto pb = detail::pad_rank(b_, true, false);
+  a_full_ = pa.full, a_ = pa.view;
+  b_full_ = pb.full, b_ = pb.view;
 }
 
 at::Tensor SVDLinear::forward(const at::Tensor& x) const {
   // Decoding on CUDA: both products in one kernel launch.
-  if (fused::lowrank_applies(x, b_, at::Tensor(), a_, bias_)) return fused::lowrank_forward(x, b_, at::Tensor(), a_, bias_);
-  return at::linear(at::linear(x, b_), a_, bias_);
+  if (fused::lowrank_applies(x, b_full_, at::Tensor(), a_full_, bias_)) {
+    return fused::lowrank_forward(x, b_full_, at::Tensor(), a_full_, bias_);
+  }
+  return at::linear(at::linear(x, b_full_), a_full_, bias_);
 }
 
 std::vector<std::pair<std::string, at::Tensor>> SVDLinear::state() const {

@@ -65,7 +65,12 @@ at::Tensor token_nll(const model::LinearSlot& head, const at::Tensor& hidden, co
     throw std::invalid_argument("token_nll: hidden states [n, width] and labels [n]");
   }
   const int64_t n = hidden.size(0);
-  const int64_t chunk = logits_chunk_tokens(head.out_features(), hidden, chunk_tokens);
+  int64_t chunk = logits_chunk_tokens(head.out_features(), hidden, chunk_tokens);
+  if (chunk_tokens <= 0 && n > chunk) {
+    // Equal chunks: no small last product (a few hundred tokens runs far below the GPU's rate).
+    const int64_t pieces = (n + chunk - 1) / chunk;
+    chunk = (n + pieces - 1) / pieces;
+  }
   auto lab = labels.to(hidden.device(), at::kLong);
   if (n <= chunk) return chunk_nll(head.forward(hidden), lab);
   auto total = at::empty({n}, hidden.options().dtype(at::kFloat));
@@ -81,18 +86,33 @@ at::Tensor sequence_nll(const model::CausalLM& lm, const at::Tensor& input_ids, 
   return sequence_nll_from(lm, 0, lm.embed(input_ids), input_ids, options);
 }
 
-at::Tensor sequence_nll_from(const model::CausalLM& lm, int64_t first_layer, const at::Tensor& hidden_in,
-                             const at::Tensor& input_ids, const NllOptions& options) {
-  check_ids(input_ids);
+namespace {
+
+// The NLL per row from the hidden states entering layer `next_layer`.
+at::Tensor nll_after(const model::CausalLM& lm, int64_t next_layer, at::Tensor h, const at::Tensor& input_ids,
+                     const NllOptions& options) {
   auto ids = input_ids.to(lm.device(), at::kLong);
-  auto h = hidden_in;
-  for (int64_t i = first_layer; i < lm.num_layers(); ++i) h = lm.layer(i, h);
+  for (int64_t i = next_layer; i < lm.num_layers(); ++i) h = lm.layer(i, h);
   const int64_t b = ids.size(0), t = ids.size(1) - 1;
   // The last position predicts nothing: only the first t hidden states meet lm_head.
   auto hidden = lm.final_hidden(h).narrow(1, 0, t).reshape({b * t, -1});
   auto labels = ids.narrow(1, 1, t).reshape({b * t});
   auto nll = token_nll(lm.linear("lm_head"), hidden, labels, options.logits_chunk_tokens);
   return nll.view({b, t}).to(at::kDouble).mean(1);
+}
+
+}  // namespace
+
+at::Tensor sequence_nll_from(const model::CausalLM& lm, int64_t first_layer, const at::Tensor& hidden,
+                             const at::Tensor& input_ids, const NllOptions& options) {
+  check_ids(input_ids);
+  return nll_after(lm, first_layer, hidden, input_ids, options);
+}
+
+at::Tensor sequence_nll_resume(const model::CausalLM& lm, const model::LayerPrefix& prefix, const at::Tensor& input_ids,
+                               const NllOptions& options) {
+  check_ids(input_ids);
+  return nll_after(lm, prefix.layer + 1, lm.layer_resume(prefix), input_ids, options);
 }
 
 PerplexityResult evaluate_perplexity(const model::CausalLM& lm, const std::vector<int64_t>& ids,

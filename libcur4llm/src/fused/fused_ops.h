@@ -7,8 +7,12 @@
 // through util::set_fused_kernels_enabled or CUR4LLM_FUSED_KERNELS=0.
 
 #include <ATen/core/Tensor.h>
+#include <c10/core/Device.h>
 
 #include <cstdint>
+#include <functional>
+#include <memory>
+#include <vector>
 
 namespace cur4llm::fused {
 
@@ -40,5 +44,27 @@ bool lowrank_applies(const at::Tensor& x, const at::Tensor& r, const at::Tensor&
 /// for a few tokens, in one kernel launch (decoding).
 at::Tensor lowrank_forward(const at::Tensor& x, const at::Tensor& r, const at::Tensor& u, const at::Tensor& c,
                            const at::Tensor& bias);
+
+/// A second, high-priority CUDA stream for work that overlaps the current
+/// stream's (the sweep decomposes the next layer while the current one's
+/// forward passes run). Off CUDA, and in builds without the kernels, run()
+/// simply calls its function and join() does nothing.
+class SideStream {
+ public:
+  explicit SideStream(c10::Device device);
+  ~SideStream();
+  SideStream(const SideStream&) = delete;
+  SideStream& operator=(const SideStream&) = delete;
+  /// Calls fn with the side stream current (its host synchronisations wait for the side stream only).
+  void run(const std::function<void()>& fn);
+  /// The current stream waits for the work queued on the side stream so far;
+  /// `tensors` (made there) are marked as used by the current stream, so that
+  /// their memory is not reused before its work on them is done.
+  void join(const std::vector<at::Tensor>& tensors);
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
 
 }  // namespace cur4llm::fused

@@ -7,8 +7,11 @@
 #include <cur4llm/util/fused_kernels.h>
 
 #include <ATen/ATen.h>
+#include <c10/cuda/CUDACachingAllocator.h>
+#include <c10/cuda/CUDAFunctions.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
+#include <cuda_runtime_api.h>
 
 #include <fmt/format.h>
 
@@ -152,6 +155,46 @@ at::Tensor lowrank_forward(const at::Tensor& x, const at::Tensor& r, const at::T
                                  scratch.data_ptr<float>(), dtype_code(x2), in, k, out, current_stream(x2)),
         "lowrank_forward");
   return y.view(sizes);
+}
+
+struct SideStream::Impl {
+  c10::Device device;
+  c10::cuda::CUDAStream stream;
+  cudaEvent_t done = nullptr;
+};
+
+SideStream::SideStream(c10::Device device) {
+  if (!device.is_cuda()) return;
+  const auto index = device.has_index() ? device.index() : c10::cuda::current_device();
+  c10::cuda::CUDAGuard guard(index);
+  impl_.reset(new Impl{c10::Device(c10::kCUDA, index), c10::cuda::getStreamFromPool(/*isHighPriority=*/true, index)});
+  if (cudaEventCreateWithFlags(&impl_->done, cudaEventDisableTiming) != cudaSuccess) {
+    impl_.reset();
+    (void)cudaGetLastError();
+  }
+}
+
+SideStream::~SideStream() {
+  if (impl_ && impl_->done) (void)cudaEventDestroy(impl_->done);
+}
+
+void SideStream::run(const std::function<void()>& fn) {
+  if (!impl_) return fn();
+  c10::cuda::CUDAStreamGuard guard(impl_->stream);
+  fn();
+}
+
+void SideStream::join(const std::vector<at::Tensor>& tensors) {
+  if (!impl_) return;
+  c10::cuda::CUDAGuard guard(impl_->device);
+  const auto current = c10::cuda::getCurrentCUDAStream(impl_->device.index());
+  check(static_cast<int>(cudaEventRecord(impl_->done, impl_->stream.stream())), "side-stream event record");
+  check(static_cast<int>(cudaStreamWaitEvent(current.stream(), impl_->done, 0)), "side-stream event wait");
+  for (const auto& t : tensors) {
+    if (t.defined() && t.is_cuda() && t.has_storage()) {
+      c10::cuda::CUDACachingAllocator::recordStream(t.storage().data_ptr(), current);
+    }
+  }
 }
 
 }  // namespace fused

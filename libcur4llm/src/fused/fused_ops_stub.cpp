@@ -31,5 +31,11 @@ at::Tensor lowrank_forward(const at::Tensor&, const at::Tensor&, const at::Tenso
   absent();
 }
 
+struct SideStream::Impl {};
+SideStream::SideStream(c10::Device) {}
+SideStream::~SideStream() = default;
+void SideStream::run(const std::function<void()>& fn) { fn(); }
+void SideStream::join(const std::vector<at::Tensor>&) {}
+
 }  // namespace fused
 }  // namespace cur4llm

@@ -8,6 +8,8 @@
 #include <cur4llm/util/device.h>
 #include <cur4llm/util/progress.h>
 
+#include "fused/fused_ops.h"
+
 #include <ATen/ATen.h>
 #include <c10/core/InferenceMode.h>
 
@@ -29,8 +31,9 @@ bool is_kv(const std::string& name) {
 
 // Calibration samples grouped by length, as id tensors of at most batch_size rows.
 struct Batch {
-  at::Tensor ids;     // [b, T] on the model's device
-  at::Tensor hidden;  // hidden states entering the current layer (reuse mode)
+  at::Tensor ids;              // [b, T] on the model's device
+  at::Tensor hidden;           // hidden states entering the current layer (reuse mode)
+  model::LayerPrefix prefix;   // the current layer up to the swept slot (reuse mode, decoder slots)
 };
 
 int64_t samples_per_batch(const std::vector<std::vector<int64_t>>& samples, const SweepOptions& options) {
@@ -63,21 +66,23 @@ std::vector<Batch> make_batches(const model::CausalLM& lm, const std::vector<std
         throw std::invalid_argument(fmt::format("calibration token id {} is outside the vocabulary [0, {})",
                                                 lo < 0 ? lo : hi, lm.config().vocab_size));
       }
-      batches.push_back({ids.to(lm.device()), at::Tensor()});
+      batches.push_back({ids.to(lm.device()), at::Tensor(), model::LayerPrefix()});
     }
   }
   return batches;
 }
 
 // Sum over samples of each sample's mean NLL, as a 0-d float64 tensor on the
-// device (no synchronisation), running from `first_layer` on cached hidden
-// states, or a full forward when first_layer < 0.
+// device (no synchronisation): from the batches' layer prefixes where they are
+// set, else from `first_layer` on cached hidden states, or a full forward when
+// first_layer < 0.
 at::Tensor nll_sum(const model::CausalLM& lm, const std::vector<Batch>& batches, int64_t first_layer,
                    const eval::NllOptions& nll_options) {
   at::Tensor sum;
   for (const Batch& b : batches) {
-    auto nll = first_layer < 0 ? eval::sequence_nll(lm, b.ids, nll_options)
-                               : eval::sequence_nll_from(lm, first_layer, b.hidden, b.ids, nll_options);
+    auto nll = first_layer < 0          ? eval::sequence_nll(lm, b.ids, nll_options)
+               : b.prefix.layer >= 0 ? eval::sequence_nll_resume(lm, b.prefix, b.ids, nll_options)
+                                     : eval::sequence_nll_from(lm, first_layer, b.hidden, b.ids, nll_options);
     auto s = nll.sum();
     sum = sum.defined() ? sum + s : s;
   }
@@ -171,7 +176,44 @@ search::SensitivityTable ppl_sensitivity(model::CausalLM& lm, const std::vector<
     }
   };
 
-  for (const auto& name : ordered) {
+  // Every candidate's slot of one layer, built before its forward passes so
+  // that those queue up on the device without waiting for the host. Outside
+  // profiling, the next layer is decomposed on a second stream while the
+  // current layer's forward passes run.
+  struct Decomposed {
+    std::vector<model::LinearPtr> slots;
+    std::vector<std::string> errors;
+  };
+  auto decompose = [&](const std::string& name) {
+    const auto original = lm.linear_ptr(name);
+    const auto* dense = dynamic_cast<const model::DenseLinear*>(original.get());
+    if (!dense) throw std::invalid_argument(fmt::format("layer \"{}\" is already {}, not dense", name, original->kind()));
+    Decomposed d{std::vector<model::LinearPtr>(candidates.size()), std::vector<std::string>(candidates.size())};
+    try {
+      auto prepared = compressor.prepare(dense->weight(), dense->bias(), scale ? scale(name) : at::Tensor(), candidates);
+      d.slots = prepared->build_many(candidates, &d.errors);
+    } catch (const compress::CompressionError& e) {
+      fmt::print(stderr, "warning: {} cannot be decomposed ({}); it scores +inf\n", name, e.what());
+      d.slots.assign(candidates.size(), nullptr);
+      d.errors.assign(candidates.size(), std::string());
+    }
+    return d;
+  };
+  auto slot_tensors = [](const Decomposed& d) {
+    std::vector<at::Tensor> out;
+    for (const auto& slot : d.slots) {
+      if (!slot) continue;
+      for (auto& [key, t] : slot->state()) out.push_back(t);
+    }
+    return out;
+  };
+  const bool overlap = profile == nullptr;
+  fused::SideStream side(device);
+  Decomposed next;
+  if (overlap && !ordered.empty()) side.run([&] { next = decompose(ordered.front()); });
+
+  for (size_t index = 0; index < ordered.size(); ++index) {
+    const auto& name = ordered[index];
     const model::LinearInfo& info = *info_of.at(name);
     int64_t first_layer = -1;  // full forward
     if (options.reuse_hidden_states) {
@@ -182,50 +224,47 @@ search::SensitivityTable ppl_sensitivity(model::CausalLM& lm, const std::vector<
       }
       if (first_layer >= 0) advance_to(first_layer);
     }
-    const auto original = lm.linear_ptr(name);
-    const auto* dense = dynamic_cast<const model::DenseLinear*>(original.get());
-    if (!dense) throw std::invalid_argument(fmt::format("layer \"{}\" is already {}, not dense", name, original->kind()));
 
-    // Every candidate's slot first, so that the forward passes below queue up
-    // on the device without waiting for the host in between.
-    std::vector<model::LinearPtr> slots(candidates.size());
-    std::vector<std::string> errors(candidates.size());
     const double decompose_before = profile ? profile->decompose_s : 0.0;
     const double forward_before = profile ? profile->forward_s : 0.0;
-    {
+    Decomposed current;
+    if (overlap) {
+      current = std::move(next);
+      side.join(slot_tensors(current));  // the forward passes below wait for the side stream
+    } else {
       PhaseTimer timer(profile, &SweepProfile::decompose_s, device);
-      try {
-        auto prepared =
-            compressor.prepare(dense->weight(), dense->bias(), scale ? scale(name) : at::Tensor(), candidates);
-        slots = prepared->build_many(candidates, &errors);
-      } catch (const compress::CompressionError& e) {
-        fmt::print(stderr, "warning: {} cannot be decomposed ({}); it scores +inf\n", name, e.what());
-        slots.assign(candidates.size(), nullptr);
-        errors.assign(candidates.size(), std::string());
-      }
+      current = decompose(name);
     }
     std::vector<at::Tensor> sums;
     std::vector<int64_t> sum_of(candidates.size(), -1);  // candidate -> its entry in sums
     {
       PhaseTimer timer(profile, &SweepProfile::forward_s, device);
+      // The part of the slot's layer before it is the same for every candidate: computed once.
+      const bool resume = options.reuse_hidden_states && info.layer >= 0 && info.role.has_value();
+      for (auto& b : batches) {
+        b.prefix = resume ? lm.layer_prefix(info.layer, b.hidden, *info.role) : model::LayerPrefix();
+      }
       for (size_t j = 0; j < candidates.size(); ++j) {
-        if (!slots[j]) continue;
+        if (!current.slots[j]) continue;
         model::ScopedSlots trial(lm);
-        trial.replace(name, slots[j]);
+        trial.replace(name, current.slots[j]);
         sum_of[j] = static_cast<int64_t>(sums.size());
         sums.push_back(nll_sum(lm, batches, first_layer, nll_options).reshape({1}));
       }
-      slots.clear();
+      current.slots.clear();
+      for (auto& b : batches) b.prefix = model::LayerPrefix();
     }
+    if (overlap && index + 1 < ordered.size()) side.run([&] { next = decompose(ordered[index + 1]); });
+
     // One synchronisation per layer: every candidate's NLL sum at once.
     const auto host = sums.empty() ? at::Tensor() : at::cat(sums).to(at::kCPU, at::kDouble).contiguous();
     for (size_t j = 0; j < candidates.size(); ++j) {
       double ppl = std::numeric_limits<double>::infinity();
       if (sum_of[j] >= 0) {
         ppl = std::exp(host.data_ptr<double>()[sum_of[j]] / static_cast<double>(num_samples));
-      } else if (!errors[j].empty()) {
+      } else if (!current.errors[j].empty()) {
         fmt::print(stderr, "warning: {} at ratio {} cannot be decomposed ({}); it scores +inf\n", name, candidates[j],
-                   errors[j]);
+                   current.errors[j]);
       }
       if (std::isnan(ppl)) ppl = std::numeric_limits<double>::infinity();
       table.add(name, candidates[j], ppl);

@@ -84,6 +84,8 @@ class CURLinear final : public model::LinearSlot {
   int64_t weight_params() const override;
   std::string kind() const override { return "cur"; }
   /// "C", "U", "R" (folded: "CU", "R"), "bias" (if any), "row_indices", "col_indices" (int64, CPU).
+  /// On CUDA the factors are stored with the rank padded to a multiple of 8 (aligned rows for the
+  /// tensor cores), so C and U may be non-contiguous views; changing them in place changes the layer.
   std::vector<std::pair<std::string, at::Tensor>> state() const override;
   at::Tensor reconstruct_weight() const override;
 
@@ -104,6 +106,7 @@ class CURLinear final : public model::LinearSlot {
 
  private:
   at::Tensor c_, u_, r_, bias_, row_indices_, col_indices_;
+  at::Tensor c_full_, u_full_, r_full_;  // what forward() multiplies with (see state())
   int64_t budget_params_;
 };
 

@@ -14,6 +14,7 @@
 namespace cur4llm::model {
 class CausalLM;
 class LinearSlot;
+struct LayerPrefix;
 }
 
 namespace cur4llm::eval {
@@ -67,6 +68,11 @@ at::Tensor sequence_nll(const model::CausalLM& lm, const at::Tensor& input_ids, 
 /// `first_layer` (num_layers(): only the final norm and lm_head run).
 at::Tensor sequence_nll_from(const model::CausalLM& lm, int64_t first_layer, const at::Tensor& hidden,
                              const at::Tensor& input_ids, const NllOptions& options = {});
+
+/// As sequence_nll, finishing the layer of `prefix` (CausalLM::layer_prefix)
+/// with the slots as they are now, then the layers after it.
+at::Tensor sequence_nll_resume(const model::CausalLM& lm, const model::LayerPrefix& prefix,
+                               const at::Tensor& input_ids, const NllOptions& options = {});
 
 /// -log softmax(head(hidden))[label] per row (float32 [n]) for hidden states
 /// [n, width] and labels [n], `chunk_tokens` rows at a time (0: by memory).
