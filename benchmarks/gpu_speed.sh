@@ -65,18 +65,6 @@ if want opt; then
   run 150 pipeline.jsonl "$bin/bench_pipeline" --config $opt --device cuda --dtype bf16 --samples 16 --seqlen 2048 \
     --method cur --reference_s 51.5 --micro ce,layer,linalg
 fi
-if want opt_more; then
-  run 60 pipeline.jsonl "$bin/bench_pipeline" --config $opt --device cuda --dtype fp16 --samples 16 --seqlen 2048 \
-    --method cur --stages sensitivity --profile 0 --reference_s 51.5
-  run 60 pipeline.jsonl "$bin/bench_pipeline" --config $opt --device cuda --dtype bf16 --samples 16 --seqlen 2048 \
-    --method svd --stages sensitivity --profile 0 --reference_s 51.5
-  # The sweep with cur4llm's CUDA kernels off, for their share of the speed-up.
-  run 60 pipeline.jsonl "$bin/bench_pipeline" --config $opt --device cuda --dtype bf16 --samples 16 --seqlen 2048 \
-    --method cur --stages sensitivity --profile 0 --fused 0 --reference_s 51.5
-  # Attention through cuDNN instead of the default backend.
-  run 60 pipeline.jsonl "$bin/bench_pipeline" --config $opt --device cuda --dtype bf16 --samples 16 --seqlen 2048 \
-    --method cur --stages sensitivity --profile 0 --sdpa cudnn --micro layer --reference_s 51.5
-fi
 
 # LLaMA-7B shape, 32 samples x 2048 tokens: two decoder layers at different
 # depths and lm_head (the whole sweep exceeds one command's 10 minutes; the
@@ -99,5 +87,17 @@ if want forward; then
     --iters 50 --factorize dense,cur:0.6,cur_folded:0.6,svd:0.6
   run 90 forward.jsonl "$bin/bench_forward" --config $llama --device cuda --dtype bf16 --batch 1 --seqlen 1,2048 \
     --iters 10 --factorize dense,cur:0.6,svd:0.6
+fi
+if want opt_more; then
+  run 60 pipeline.jsonl "$bin/bench_pipeline" --config $opt --device cuda --dtype fp16 --samples 16 --seqlen 2048 \
+    --method cur --stages sensitivity --profile 0 --reference_s 51.5
+  run 60 pipeline.jsonl "$bin/bench_pipeline" --config $opt --device cuda --dtype bf16 --samples 16 --seqlen 2048 \
+    --method svd --stages sensitivity --profile 0 --reference_s 51.5
+  # The sweep with cur4llm's CUDA kernels off, for their share of the speed-up.
+  run 60 pipeline.jsonl "$bin/bench_pipeline" --config $opt --device cuda --dtype bf16 --samples 16 --seqlen 2048 \
+    --method cur --stages sensitivity --profile 0 --fused 0 --reference_s 51.5
+  # Attention through cuDNN instead of the default backend.
+  run 60 pipeline.jsonl "$bin/bench_pipeline" --config $opt --device cuda --dtype bf16 --samples 16 --seqlen 2048 \
+    --method cur --stages sensitivity --profile 0 --sdpa cudnn --micro layer --reference_s 51.5
 fi
 echo "done"
