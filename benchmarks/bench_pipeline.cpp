@@ -241,6 +241,110 @@ int main(int argc, char** argv) try {
     }
   }
 
+  // Micro measurements, on the model as loaded (before the decomposition stage changes it).
+  {
+    c10::InferenceMode guard;
+    const auto options = at::TensorOptions().device(device).dtype(lm->dtype());
+    const bool fused_before = util::fused_kernels_enabled();
+
+    // Micro: the cross-entropy over the vocabulary for every calibration token.
+    if (micro.count("ce")) {
+      const auto& head = lm->linear("lm_head");
+      auto hidden = at::randn({num_samples * seqlen, head.in_features()}, options);
+      auto labels = at::randint(config.vocab_size, {num_samples * seqlen}, at::TensorOptions().dtype(at::kLong).device(device));
+      json j = machine;
+      j["stage"] = "micro_ce";
+      j["tokens"] = num_samples * seqlen;
+      auto run = [&](const char* key, auto&& fn) {
+        (void)fn();
+        j[key] = bench::timed(device, [&] { (void)fn(); });
+      };
+      at::Tensor fused_nll, plain_nll;
+      util::set_fused_kernels_enabled(true);
+      run("fused_s", [&] { return fused_nll = eval::token_nll(head, hidden, labels); });
+      util::set_fused_kernels_enabled(false);
+      run("log_softmax_s", [&] { return plain_nll = eval::token_nll(head, hidden, labels); });
+      // What sequence_nll did before: float32 logits in 64M-element chunks, then logsumexp.
+      run("float_logsumexp_s", [&] {
+        const int64_t n = hidden.size(0), chunk = std::max<int64_t>(1, (int64_t{64} << 20) / config.vocab_size);
+        auto total = at::empty({n}, options.dtype(at::kFloat));
+        for (int64_t start = 0; start < n; start += chunk) {
+          const int64_t m = std::min(chunk, n - start);
+          auto logits = head.forward(hidden.narrow(0, start, m)).to(at::kFloat);
+          total.narrow(0, start, m).copy_(at::logsumexp(logits, -1) -
+                                          logits.gather(1, labels.narrow(0, start, m).unsqueeze(1)).squeeze(1));
+        }
+        return total;
+      });
+      run("head_gemm_only_s", [&] {
+        const int64_t n = hidden.size(0), chunk = std::max<int64_t>(1, (int64_t{1} << 30) / lm->config().vocab_size / 2);
+        at::Tensor last;
+        for (int64_t start = 0; start < n; start += chunk) last = head.forward(hidden.narrow(0, start, std::min(chunk, n - start)));
+        return last;
+      });
+      j["fused_vs_log_softmax_max_abs_diff"] = (fused_nll - plain_nll).abs().max().item<double>();
+      bench::add_rate(j, 2.0 * head.weight_params() * static_cast<double>(num_samples * seqlen), j["fused_s"].get<double>());
+      util::set_fused_kernels_enabled(fused_before);
+      emit(j);
+    }
+
+    // Micro: one decoder layer on every calibration token, kernels on and off.
+    if (micro.count("layer")) {
+      auto ids = at::randint(config.vocab_size, {num_samples, seqlen}, at::TensorOptions().dtype(at::kLong).device(device));
+      auto h = lm->embed(ids);
+      json j = machine;
+      j["stage"] = "micro_layer";
+      j["tokens"] = num_samples * seqlen;
+      at::Tensor on, off;
+      util::set_fused_kernels_enabled(true);
+      on = lm->layer(0, h);
+      j["fused_s"] = bench::timed(device, [&] { on = lm->layer(0, h); });
+      util::set_fused_kernels_enabled(false);
+      off = lm->layer(0, h);
+      j["plain_s"] = bench::timed(device, [&] { off = lm->layer(0, h); });
+      util::set_fused_kernels_enabled(fused_before);
+      j["max_abs_diff"] = (on.to(at::kFloat) - off.to(at::kFloat)).abs().max().item<double>();
+      j["max_abs"] = off.to(at::kFloat).abs().max().item<double>();
+      bench::add_rate(j, bench::layer_flops(*lm, 0, num_samples, seqlen), j["fused_s"].get<double>());
+      emit(j);
+    }
+
+    // Micro: one decomposition (prepare + every candidate) per distinct layer shape.
+    if (micro.count("linalg")) {
+      std::set<std::pair<int64_t, int64_t>> seen;
+      const bool dense_too = args.integer("linalg_dense", 0) != 0;
+      for (const auto& info : lm->linears()) {
+        if (!seen.insert({info.out_features, info.in_features}).second) continue;
+        const auto* dense = dynamic_cast<const model::DenseLinear*>(lm->linear_ptr(info.name).get());
+        if (!dense) continue;
+        const at::Tensor s = scale ? scale(info.name) : at::Tensor();
+        json j = machine;
+        j["stage"] = "micro_linalg";
+        j["layer"] = info.name;
+        j["out"] = info.out_features;
+        j["in"] = info.in_features;
+        auto time_method = [&](const char* key, const compress::CompressorOptions& copts, const std::string& m) {
+          auto c = compress::make_compressor(m, copts);
+          auto once = [&] { (void)c->prepare(dense->weight(), dense->bias(), s, candidates)->build_many(candidates); };
+          once();
+          j[key] = bench::timed(device, once);
+        };
+        compress::CompressorOptions fast;
+        time_method("cur_s", fast, "cur");
+        time_method("svd_s", fast, "svd");
+        if (dense_too && std::max(info.out_features, info.in_features) <= 8192) {
+          compress::CompressorOptions old;
+          old.cur.link_solver = compress::CURLinkSolver::SVD;
+          old.cur.svd.algorithm = compress::SVDAlgorithm::Full;
+          old.svd.svd.algorithm = compress::SVDAlgorithm::Full;
+          time_method("cur_dense_svd_s", old, "cur");
+          time_method("svd_dense_svd_s", old, "svd");
+        }
+        emit(j);
+      }
+    }
+  }
+
   // 3. The binary search for a whole-model parameter ratio.
   search::SearchResult result;
   const bool searched = stages.count("search") && table.size() > 0;
@@ -289,106 +393,6 @@ int main(int argc, char** argv) try {
     emit(j);
   }
 
-  c10::InferenceMode guard;
-  const auto options = at::TensorOptions().device(device).dtype(lm->dtype());
-  const bool fused_before = util::fused_kernels_enabled();
-
-  // Micro: the cross-entropy over the vocabulary for every calibration token.
-  if (micro.count("ce")) {
-    const auto& head = lm->linear("lm_head");
-    auto hidden = at::randn({num_samples * seqlen, head.in_features()}, options);
-    auto labels = at::randint(config.vocab_size, {num_samples * seqlen}, at::TensorOptions().dtype(at::kLong).device(device));
-    json j = machine;
-    j["stage"] = "micro_ce";
-    j["tokens"] = num_samples * seqlen;
-    auto run = [&](const char* key, auto&& fn) {
-      (void)fn();
-      j[key] = bench::timed(device, [&] { (void)fn(); });
-    };
-    at::Tensor fused_nll, plain_nll;
-    util::set_fused_kernels_enabled(true);
-    run("fused_s", [&] { return fused_nll = eval::token_nll(head, hidden, labels); });
-    util::set_fused_kernels_enabled(false);
-    run("log_softmax_s", [&] { return plain_nll = eval::token_nll(head, hidden, labels); });
-    // What sequence_nll did before: float32 logits in 64M-element chunks, then logsumexp.
-    run("float_logsumexp_s", [&] {
-      const int64_t n = hidden.size(0), chunk = std::max<int64_t>(1, (int64_t{64} << 20) / config.vocab_size);
-      auto total = at::empty({n}, options.dtype(at::kFloat));
-      for (int64_t start = 0; start < n; start += chunk) {
-        const int64_t m = std::min(chunk, n - start);
-        auto logits = head.forward(hidden.narrow(0, start, m)).to(at::kFloat);
-        total.narrow(0, start, m).copy_(at::logsumexp(logits, -1) -
-                                        logits.gather(1, labels.narrow(0, start, m).unsqueeze(1)).squeeze(1));
-      }
-      return total;
-    });
-    run("head_gemm_only_s", [&] {
-      const int64_t n = hidden.size(0), chunk = std::max<int64_t>(1, (int64_t{1} << 30) / lm->config().vocab_size / 2);
-      at::Tensor last;
-      for (int64_t start = 0; start < n; start += chunk) last = head.forward(hidden.narrow(0, start, std::min(chunk, n - start)));
-      return last;
-    });
-    j["fused_vs_log_softmax_max_abs_diff"] = (fused_nll - plain_nll).abs().max().item<double>();
-    bench::add_rate(j, 2.0 * head.weight_params() * static_cast<double>(num_samples * seqlen), j["fused_s"].get<double>());
-    util::set_fused_kernels_enabled(fused_before);
-    emit(j);
-  }
-
-  // Micro: one decoder layer on every calibration token, kernels on and off.
-  if (micro.count("layer")) {
-    auto ids = at::randint(config.vocab_size, {num_samples, seqlen}, at::TensorOptions().dtype(at::kLong).device(device));
-    auto h = lm->embed(ids);
-    json j = machine;
-    j["stage"] = "micro_layer";
-    j["tokens"] = num_samples * seqlen;
-    at::Tensor on, off;
-    util::set_fused_kernels_enabled(true);
-    on = lm->layer(0, h);
-    j["fused_s"] = bench::timed(device, [&] { on = lm->layer(0, h); });
-    util::set_fused_kernels_enabled(false);
-    off = lm->layer(0, h);
-    j["plain_s"] = bench::timed(device, [&] { off = lm->layer(0, h); });
-    util::set_fused_kernels_enabled(fused_before);
-    j["max_abs_diff"] = (on.to(at::kFloat) - off.to(at::kFloat)).abs().max().item<double>();
-    j["max_abs"] = off.to(at::kFloat).abs().max().item<double>();
-    bench::add_rate(j, bench::layer_flops(*lm, 0, num_samples, seqlen), j["fused_s"].get<double>());
-    emit(j);
-  }
-
-  // Micro: one decomposition (prepare + every candidate) per distinct layer shape.
-  if (micro.count("linalg")) {
-    std::set<std::pair<int64_t, int64_t>> seen;
-    const bool dense_too = args.integer("linalg_dense", 0) != 0;
-    for (const auto& info : lm->linears()) {
-      if (!seen.insert({info.out_features, info.in_features}).second) continue;
-      const auto* dense = dynamic_cast<const model::DenseLinear*>(lm->linear_ptr(info.name).get());
-      if (!dense) continue;
-      const at::Tensor s = scale ? scale(info.name) : at::Tensor();
-      json j = machine;
-      j["stage"] = "micro_linalg";
-      j["layer"] = info.name;
-      j["out"] = info.out_features;
-      j["in"] = info.in_features;
-      auto time_method = [&](const char* key, const compress::CompressorOptions& copts, const std::string& m) {
-        auto c = compress::make_compressor(m, copts);
-        auto once = [&] { (void)c->prepare(dense->weight(), dense->bias(), s, candidates)->build_many(candidates); };
-        once();
-        j[key] = bench::timed(device, once);
-      };
-      compress::CompressorOptions fast;
-      time_method("cur_s", fast, "cur");
-      time_method("svd_s", fast, "svd");
-      if (dense_too && std::max(info.out_features, info.in_features) <= 8192) {
-        compress::CompressorOptions old;
-        old.cur.link_solver = compress::CURLinkSolver::SVD;
-        old.cur.svd.algorithm = compress::SVDAlgorithm::Full;
-        old.svd.svd.algorithm = compress::SVDAlgorithm::Full;
-        time_method("cur_dense_svd_s", old, "cur");
-        time_method("svd_dense_svd_s", old, "svd");
-      }
-      emit(j);
-    }
-  }
   return 0;
 } catch (const std::exception& e) {
   std::cerr << "bench_pipeline: " << e.what() << "\n";

@@ -36,7 +36,8 @@ at::Tensor rotary(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& 
 at::Tensor silu_mul(const at::Tensor& gate, const at::Tensor& up);
 
 /// Whether lowrank_forward serves x [..., in] with these factors: kernels
-/// enabled, at most 8 tokens, one dtype and device, nothing tracked by autograd.
+/// enabled, at most 8 tokens, at most 32 MiB of factors, one dtype and device,
+/// nothing tracked by autograd.
 bool lowrank_applies(const at::Tensor& x, const at::Tensor& r, const at::Tensor& u, const at::Tensor& c,
                      const at::Tensor& bias);
 

@@ -129,6 +129,10 @@ bool lowrank_applies(const at::Tensor& x, const at::Tensor& r, const at::Tensor&
                      const at::Tensor& bias) {
   if (!enabled_for(x) || x.dim() < 1 || r.dim() != 2 || c.dim() != 2 || x.size(-1) != r.size(1)) return false;
   if (x.numel() / std::max<int64_t>(1, x.size(-1)) > kernels::kLowRankMaxTokens) return false;
+  // Above about 32 MiB of factors, cuBLAS's matrix-vector products read faster than this
+  // kernel's warp-per-row stages; below it the single launch wins (docs/performance.md).
+  const int64_t bytes = (r.numel() + (u.defined() ? u.numel() : 0) + c.numel()) * static_cast<int64_t>(x.element_size());
+  if (bytes > (int64_t{32} << 20)) return false;
   auto same = [&](const at::Tensor& t) {
     return !t.defined() || (t.device() == x.device() && t.scalar_type() == x.scalar_type() && !t.requires_grad() &&
                             t.is_contiguous());
