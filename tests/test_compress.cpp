@@ -494,7 +494,7 @@ TEST_CASE("one decomposition serves several ratios", "[compress][cur][svd]") {
   }
 }
 
-TEST_CASE("Gram SVD gives the full SVD's top-k triplets; unresolved directions get zero vectors",
+TEST_CASE("Gram SVD gives the full SVD's top-k triplets, and zero vectors for unresolved directions",
           "[compress][numerics]") {
   auto gen = make_gen(11);
   const int64_t k = 12;
@@ -571,7 +571,7 @@ TEST_CASE("CUR's Gram link solver gives the SVD solver's layer, well- and ill-co
   }
 }
 
-TEST_CASE("CUDA: factors with an odd rank are padded in storage; views, forwards and in-place changes stay exact",
+TEST_CASE("CUDA: factors with an odd rank are padded in storage, and views, forwards and in-place changes stay exact",
           "[compress][cuda]") {
   CUR4LLM_REQUIRE_CUDA();
   auto gen = make_gen(13);
