@@ -396,6 +396,7 @@ int run(int argc, char** argv) {
     cur4llm::search::SearchOptions sopts;
     sopts.mode = sweep.mode;
     sopts.final_cut = cur4llm::search::FinalCut::kReferenceLastMid;  // the reference's allocation, exactly
+    sopts.show_progress = true;
     cur4llm::search::SearchResult result;
     if (o.ppl_target > 0) {
       std::map<std::pair<std::string, double>, cur4llm::model::LinearPtr> built;  // decomposed once per (layer, ratio)

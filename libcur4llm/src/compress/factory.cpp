@@ -9,6 +9,21 @@
 
 namespace cur4llm::compress {
 
+std::vector<model::LinearPtr> PreparedLayer::build_many(const std::vector<double>& ratios,
+                                                       std::vector<std::string>* errors) const {
+  std::vector<model::LinearPtr> out;
+  if (errors) errors->assign(ratios.size(), std::string());
+  for (size_t i = 0; i < ratios.size(); ++i) {
+    try {
+      out.push_back(build(ratios[i]));
+    } catch (const CompressionError& e) {
+      out.push_back(nullptr);
+      if (errors) (*errors)[i] = e.what();
+    }
+  }
+  return out;
+}
+
 const std::vector<std::string>& compressor_names() {
   static const std::vector<std::string> names{"cur", "svd", "grad_cur"};
   return names;

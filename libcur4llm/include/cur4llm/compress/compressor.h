@@ -34,6 +34,12 @@ class PreparedLayer {
   virtual int64_t max_rank() const = 0;
   /// The compressed slot for `ratio`; std::invalid_argument if rank_for(ratio) > max_rank().
   virtual model::LinearPtr build(double ratio) const = 0;
+  /// Slots for several ratios at once; implementations may share work and
+  /// device synchronisations between them. A ratio whose decomposition fails
+  /// numerically (CompressionError) gets a null slot and, if `errors` is
+  /// given, its message at the same index. The default calls build() per ratio.
+  virtual std::vector<model::LinearPtr> build_many(const std::vector<double>& ratios,
+                                                   std::vector<std::string>* errors = nullptr) const;
 };
 
 /// Strategy: (weight [out, in], bias [out] or undefined, scale s [in] or
