@@ -486,7 +486,9 @@ TEST_CASE("one decomposition serves several ratios", "[compress][cur][svd]") {
       CAPTURE(ratio);
       auto once = prepared->build(ratio);
       auto direct = compressor->compress(w, bias, scale, ratio);
-      CHECK(once->kind() == method);
+      // The slot kind is the method's for the reference methods; data-aware ones build "svd", "cur" or skeleton slots.
+      CHECK(once->kind() == direct->kind());
+      if (method == "cur" || method == "svd" || method == "grad_cur") CHECK(once->kind() == method);
       CHECK(once->weight_params() == direct->weight_params());
       CHECK(rel_err(once->reconstruct_weight(), direct->reconstruct_weight()) < 1e-4);
     }

@@ -5,6 +5,7 @@
 #include <cur4llm/compress/apply.h>
 #include <cur4llm/compress/factory.h>
 #include <cur4llm/compress/quantize.h>
+#include <cur4llm/compress/sequential.h>
 #include <cur4llm/data/text_data.h>
 #include <cur4llm/eval/perplexity.h>
 #include <cur4llm/io/cache.h>
@@ -13,6 +14,7 @@
 #include <cur4llm/io/safetensors.h>
 #include <cur4llm/model/causal_lm.h>
 #include <cur4llm/search/binary_search.h>
+#include <cur4llm/search/lagrangian.h>
 #include <cur4llm/search/stable_rank.h>
 #include <cur4llm/sensitivity/sensitivity.h>
 #include <cur4llm/tokenize/tokenizer.h>
@@ -61,6 +63,9 @@ struct Options {
   // cur4llm's own
   std::string method = "cur";
   std::string cur_selection = "topk";
+  bool sequential = false;
+  std::string search = "reference";
+  std::string candidates;
   std::string device = "cpu";
   std::string dtype;
   int64_t seqlen = 2048;
@@ -134,6 +139,27 @@ void validate(const Options& o) {
   const auto& methods = cur4llm::compress::compressor_names();
   if (std::find(methods.begin(), methods.end(), o.method) == methods.end()) {
     cur4llm::compress::make_compressor(o.method);  // throws, listing the names
+  }
+  for (const auto& c : split_list(o.candidates)) {
+    double r = 0;
+    try {
+      r = std::stod(c);
+    } catch (const std::exception&) {
+      r = -1;
+    }
+    if (!(r > 0 && r < 1)) throw invalid_argument(fmt::format("--candidates: \"{}\" is not a ratio in (0, 1)", c));
+  }
+  if (!o.candidates.empty() && (o.sensitivity_metric != "ppl" || o.compress_kv_cache)) {
+    throw invalid_argument("--candidates is for the ppl sensitivity in the weights mode");
+  }
+  if (o.search != "reference" && o.search != "lagrangian") {
+    throw invalid_argument(fmt::format("--search must be reference or lagrangian, not \"{}\"", o.search));
+  }
+  if (o.search == "lagrangian" && (o.sensitivity_metric != "ppl" || o.param_ratio_target <= 0)) {
+    throw invalid_argument("--search lagrangian needs --sensitivity_metric ppl and --param_ratio_target");
+  }
+  if (o.sequential && cur4llm::compress::make_compressor(o.method)->statistic() != cur4llm::compress::LayerStatistic::Gram) {
+    throw invalid_argument(fmt::format("--sequential needs a data-aware method (on the Gram matrix), not \"{}\"", o.method));
   }
 }
 
@@ -218,8 +244,19 @@ int run(int argc, char** argv) {
       ("use_bos", po::bool_switch(&o.use_bos), "put BOS before each calibration sample if the tokenizer does not");
   po::options_description own("cur4llm options");
   own.add_options()
-      ("method", po::value(&o.method)->default_value("cur"), "decomposition: cur, svd, or grad_cur (CUR with trainable scales, see docs/methods.md)")
+      ("method", po::value(&o.method)->default_value("cur"),
+       "decomposition: cur, svd, grad_cur (CUR with trainable scales); on the input Gram matrix: svd_whiten, "
+       "skeleton (row or column side per layer), skeleton_row, skeleton_col, cur_whiten, cur_deim, cur_qr; "
+       "skeleton_diag (on the scale); see docs/methods.md")
       ("cur_selection", po::value(&o.cur_selection)->default_value("topk"), "CUR rows/columns: topk or sampled leverage")
+      ("search", po::value(&o.search)->default_value("reference"),
+       "param-ratio search on the ppl table: reference (binary search of the reference) or lagrangian "
+       "(log-ppl increase against parameters saved; docs/search.md)")
+      ("candidates", po::value(&o.candidates)->default_value(""),
+       "ppl sensitivity: comma-separated candidate ratios in (0, 1) (default: the reference's 0.4,0.5,...,0.9)")
+      ("sequential", po::bool_switch(&o.sequential),
+       "data-aware methods: decompose layer by layer on the inputs of the model compressed so far, fitted to the "
+       "dense outputs (docs/methods.md)")
       ("device", po::value(&o.device)->default_value("cpu"), "cpu, cuda or cuda:N")
       ("dtype", po::value(&o.dtype)->default_value(""), "fp32, fp16 or bf16 (default: fp32 on CPU, checkpoint's on CUDA)")
       ("seqlen", po::value(&o.seqlen)->default_value(2048), "tokens per sample and per evaluation window")
@@ -320,12 +357,23 @@ int run(int argc, char** argv) {
     }
     timings["calib_samples_s"] = seconds_since(t0);
 
-    // 2. Activation statistics.
+    // 2. Activation statistics (data-aware methods need the input Gram matrices, whatever --act_aware says).
+    cur4llm::compress::CompressorOptions comp_opts;
+    comp_opts.cur.rank_align = o.rank_align;
+    comp_opts.cur.selection = cur4llm::compress::parse_cur_selection(o.cur_selection);
+    comp_opts.cur.seed = o.seed;
+    comp_opts.svd.rank_align = o.rank_align;
+    comp_opts.svd.sigma_fuse = cur4llm::compress::parse_sigma_fuse(o.sigma_fuse);
+    comp_opts.skeleton.rank_align = o.rank_align;
+    comp_opts.data_cur.rank_align = o.rank_align;
+    auto compressor = cur4llm::compress::make_compressor(o.method, comp_opts);
+    const bool gram = compressor->statistic() == cur4llm::compress::LayerStatistic::Gram;
     cur4llm::calib::ActivationStatistics stats;
     cur4llm::compress::ScaleFn scale;
     auto stats_fields = calib_key.fields;
     stats_fields["scaling_method"] = o.scaling_method;
-    if (o.act_aware) {
+    if (gram) stats_fields["gram"] = "1";
+    if (o.act_aware || gram) {
       t0 = std::chrono::steady_clock::now();
       cur4llm::io::CacheKey key{"stats", stats_fields};
       const fs::path file = cache_dir / key.file_name("safetensors");
@@ -337,23 +385,19 @@ int run(int argc, char** argv) {
         stats = std::move(*cached);
       } else {
         auto copts = cur4llm::calib::CollectOptions::for_method(scaling);
+        copts.gram = gram;
         copts.batch_size = o.batch_size;
         copts.show_progress = true;
         stats = cur4llm::calib::collect_statistics(*lm, *samples, copts);
         if (o.use_cache) stats.save(file, key.as_metadata());
       }
-      scale = [&stats, scaling, alpha = o.alpha](const std::string& layer) { return stats.scale(layer, scaling, alpha); };
+      scale = [&stats, scaling, alpha = o.alpha, gram](const std::string& layer) {
+        return gram ? stats.mean_gram(layer) : stats.scale(layer, scaling, alpha);
+      };
       timings["statistics_s"] = seconds_since(t0);
     }
 
     // 3. Sensitivity.
-    cur4llm::compress::CompressorOptions comp_opts;
-    comp_opts.cur.rank_align = o.rank_align;
-    comp_opts.cur.selection = cur4llm::compress::parse_cur_selection(o.cur_selection);
-    comp_opts.cur.seed = o.seed;
-    comp_opts.svd.rank_align = o.rank_align;
-    comp_opts.svd.sigma_fuse = cur4llm::compress::parse_sigma_fuse(o.sigma_fuse);
-    auto compressor = cur4llm::compress::make_compressor(o.method, comp_opts);
     cur4llm::sensitivity::SweepOptions sweep;
     sweep.mode = o.compress_kv_cache ? cur4llm::search::CompressMode::kKvCache : cur4llm::search::CompressMode::kWeights;
     sweep.batch_size = o.batch_size;
@@ -367,10 +411,12 @@ int run(int argc, char** argv) {
     sens_fields["mode"] = o.compress_kv_cache ? "kv_cache" : "weights";
     sens_fields["rank_align"] = std::to_string(o.rank_align);
     sens_fields["method_options"] = o.method == "cur" ? "selection=" + o.cur_selection : "sigma_fuse=" + o.sigma_fuse;
+    for (const auto& c : split_list(o.candidates)) sweep.candidates.push_back(std::stod(c));
     {
       std::string c;
-      const auto cands = o.sensitivity_metric == "ppl" ? cur4llm::search::candidate_ratios(sweep.mode)
-                                                        : cur4llm::search::stable_rank_candidate_ratios();
+      const auto cands = !sweep.candidates.empty()           ? sweep.candidates
+                         : o.sensitivity_metric == "ppl" ? cur4llm::search::candidate_ratios(sweep.mode)
+                                                         : cur4llm::search::stable_rank_candidate_ratios();
       for (double r : cands) c += (c.empty() ? "" : ",") + fmt_double(r);
       sens_fields["candidates"] = c;
     }
@@ -420,7 +466,15 @@ int run(int argc, char** argv) {
       result = cur4llm::search::search_perplexity(*table, sizes, o.ppl_target, calib_ppl, sopts);
     } else {
       const double target = o.compress_kv_cache ? o.kv_cache_ratio_target : o.param_ratio_target;
-      result = cur4llm::search::search_param_ratio(*table, sizes, target, sopts);
+      if (o.search == "lagrangian") {
+        cur4llm::eval::PerplexityOptions popts;
+        popts.batch_size = o.batch_size;
+        const double dense_ppl = cur4llm::eval::samples_perplexity(*lm, *samples, popts).perplexity;
+        record["dense_calibration_ppl"] = dense_ppl;
+        result = cur4llm::search::search_param_ratio_lagrangian(*table, sizes, target, dense_ppl, sopts);
+      } else {
+        result = cur4llm::search::search_param_ratio(*table, sizes, target, sopts);
+      }
     }
     timings["search_s"] = seconds_since(t0);
 
@@ -428,15 +482,25 @@ int run(int argc, char** argv) {
     t0 = std::chrono::steady_clock::now();
     cur4llm::compress::ApplyOptions aopts;
     aopts.show_progress = true;
-    plan = cur4llm::compress::apply_allocation(*lm, result.allocation, *compressor, scale, aopts);
+    if (o.sequential) {
+      cur4llm::compress::SequentialOptions qopts;
+      qopts.batch_size = o.batch_size;
+      qopts.show_progress = true;
+      plan = cur4llm::compress::apply_allocation_sequential(*lm, result.allocation, *compressor, *samples, qopts);
+    } else {
+      plan = cur4llm::compress::apply_allocation(*lm, result.allocation, *compressor, scale, aopts);
+    }
     timings["decompose_s"] = seconds_since(t0);
-    plan.meta() = {{"model_id", o.model_id}, {"method", o.method}, {"act_aware", o.act_aware ? "1" : "0"},
+    plan.meta() = {{"model_id", o.model_id}, {"method", o.method}, {"sequential", o.sequential ? "1" : "0"}, {"act_aware", o.act_aware ? "1" : "0"},
                    {"alpha", fmt_double(o.alpha)}, {"scaling_method", o.scaling_method}};
     std::cout << plan.table() << std::flush;
     const std::string target_label = o.ppl_target > 0 ? fmt::format("ppl{}", o.ppl_target)
                                      : o.compress_kv_cache ? fmt::format("kv{}", o.kv_cache_ratio_target)
                                                            : fmt::format("ratio{}", o.param_ratio_target);
-    const fs::path plan_file = fs::path(o.output) / fmt::format("plan-{}-{}-{}.json", model_label(o.model_id), o.method, target_label);
+    const fs::path plan_file = fs::path(o.output) / fmt::format("plan-{}-{}{}-{}.json", model_label(o.model_id), o.method,
+                                                                  std::string(o.sequential ? "-seq" : "") +
+                                                                      (o.search == "lagrangian" ? "-lagr" : ""),
+                                                                  target_label);
     fs::create_directories(plan_file.parent_path().empty() ? fs::path(".") : plan_file.parent_path());
     plan.save(plan_file);
     fmt::print(stderr, "plan saved to {}\n", plan_file.string());
@@ -486,7 +550,8 @@ int run(int argc, char** argv) {
                          {"calib_dataset", o.calib_dataset}, {"scaling_method", o.scaling_method},
                          {"sensitivity_metric", o.sensitivity_metric}, {"sigma_fuse", o.sigma_fuse},
                          {"seed", o.seed}, {"rank_align", o.rank_align}, {"use_bos", o.use_bos},
-                         {"cur_selection", o.cur_selection}};
+                         {"cur_selection", o.cur_selection}, {"sequential", o.sequential}, {"search", o.search},
+                         {"candidates", o.candidates}};
   record["args"] = args;
   for (const auto& [stage, s] : timings.items()) fmt::print(stderr, "time {}: {:.2f} s\n", stage, s.get<double>());
   const fs::path results_file = fs::path(o.output) / "results.jsonl";

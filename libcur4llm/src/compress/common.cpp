@@ -20,6 +20,20 @@ PaddedFactor pad_rank(const at::Tensor& factor, bool pad_rows, bool pad_cols) {
   return {full, view};
 }
 
+search::PlannedLayer planned_layer(const std::string& layer, const model::LinearSlot& slot, bool compressed,
+                                   const Compressor& compressor, double ratio) {
+  search::PlannedLayer p;
+  p.name = layer;
+  p.dense_params = slot.in_features() * slot.out_features();
+  p.stored_params = slot.weight_params();
+  if (compressed) {
+    p.method = compressor.name();
+    p.ratio = ratio;
+    p.rank = compressor.rank_for(slot.out_features(), slot.in_features(), ratio);
+  }
+  return p;
+}
+
 void check_layer(const std::string& who, const at::Tensor& weight, const at::Tensor& bias, const at::Tensor& scale) {
   if (!weight.defined() || weight.dim() != 2 || !c10::isFloatingType(weight.scalar_type())) {
     throw std::invalid_argument(who + ": weight must be a 2-d floating tensor [out, in]");

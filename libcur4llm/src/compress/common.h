@@ -1,6 +1,10 @@
 #pragma once
 // Helpers shared by the compress sources (not installed).
 
+#include <cur4llm/compress/compressor.h>
+#include <cur4llm/model/linear.h>
+#include <cur4llm/search/compression_plan.h>
+
 #include <ATen/ATen.h>
 
 #include <cstdint>
@@ -30,6 +34,11 @@ PaddedFactor pad_rank(const at::Tensor& factor, bool pad_rows, bool pad_cols);
 inline at::ScalarType work_dtype(const at::Tensor& weight) {
   return weight.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
 }
+
+// The plan entry of `layer` as `slot` now stands: compressed by `compressor` at
+// `ratio` (rank as the compressor counts it) or dense; stored counts from the slot.
+search::PlannedLayer planned_layer(const std::string& layer, const model::LinearSlot& slot, bool compressed,
+                                   const Compressor& compressor, double ratio);
 
 // std::invalid_argument naming `who` unless weight is a 2-d floating matrix,
 // bias [out] or undefined, scale [in] of finite positive values or undefined.
