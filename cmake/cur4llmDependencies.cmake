@@ -6,6 +6,27 @@
 #   $(python3 -c 'import torch; print(torch.utils.cmake_prefix_path)')
 # to CMAKE_PREFIX_PATH.
 find_package(Torch REQUIRED)
+
+# cur4llm's own CUDA kernels (libcur4llm/src/fused) need a CUDA LibTorch and
+# nvcc. The language is enabled here, at the top level, because every target
+# that links libcur4llm then links CUDA code.
+option(CUR4LLM_CUDA_KERNELS "Build cur4llm's CUDA kernels when LibTorch has CUDA" ON)
+set(CUR4LLM_WITH_CUDA_KERNELS OFF)
+if(CUR4LLM_CUDA_KERNELS AND (TARGET torch_cuda OR TORCH_CUDA_LIBRARIES))
+  get_property(cur4llm_languages GLOBAL PROPERTY ENABLED_LANGUAGES)
+  if(NOT "CUDA" IN_LIST cur4llm_languages)
+    include(CheckLanguage)
+    check_language(CUDA)
+    if(CMAKE_CUDA_COMPILER)
+      enable_language(CUDA)
+    endif()
+  endif()
+  get_property(cur4llm_languages GLOBAL PROPERTY ENABLED_LANGUAGES)
+  if("CUDA" IN_LIST cur4llm_languages)
+    set(CUR4LLM_WITH_CUDA_KERNELS ON)
+  endif()
+endif()
+message(STATUS "cur4llm CUDA kernels: ${CUR4LLM_WITH_CUDA_KERNELS}")
 find_package(Eigen3 3.3 REQUIRED NO_MODULE)
 find_package(fmt REQUIRED)
 find_package(nlohmann_json 3.2 REQUIRED)

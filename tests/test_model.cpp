@@ -5,7 +5,9 @@
 #include <cur4llm/model/causal_lm.h>
 
 #include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
 #include <torch/version.h>
+#include <c10/core/InferenceMode.h>
 
 #include "test_paths.h"
 #include "test_helpers.h"
@@ -283,4 +285,34 @@ TEST_CASE("ScopedSlots puts every replaced slot back, in reverse order", "[model
   } catch (const std::runtime_error&) {
   }
   CHECK(lm->linear_ptr(b) == original_b);
+}
+
+TEST_CASE("a layer resumed from its prefix at any slot equals the whole layer, also with that slot swapped",
+          "[model][unit]") {
+  const std::string name = GENERATE(as<std::string>{}, "opt_pre", "opt_proj_post", "llama_gqa", "mistral_window",
+                                    "qwen2_bias");
+  INFO(name);
+  auto lm = CausalLM::load(model_dir(name));
+  c10::InferenceMode guard;
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(41);
+  auto ids = at::randint(lm->config().vocab_size, {2, 9}, gen, at::TensorOptions().dtype(at::kLong));
+  auto h = lm->embed(ids);
+  for (const auto& info : lm->linears()) {
+    if (info.layer < 0 || !info.role) continue;
+    INFO(info.name);
+    auto hidden = h;
+    for (int64_t i = 0; i < info.layer; ++i) hidden = lm->layer(i, hidden);
+    const auto prefix = lm->layer_prefix(info.layer, hidden, *info.role);
+    const auto before = lm->layer(info.layer, hidden);
+    CHECK(at::equal(lm->layer_resume(prefix), before));
+    // Another slot in place after the prefix was taken: the rest of the layer uses it.
+    const auto original = lm->linear_ptr(info.name);
+    cur4llm::model::ScopedSlots trial(*lm);
+    trial.replace(info.name, std::make_shared<cur4llm::model::DenseLinear>(original->reconstruct_weight() * 1.5,
+                                                                           at::Tensor()));
+    const auto want = lm->layer(info.layer, hidden);
+    REQUIRE(!at::allclose(want, before));  // the swap matters
+    CHECK(at::allclose(lm->layer_resume(prefix), want, 1e-6, 1e-6));
+  }
+  CHECK_THROWS_AS(lm->layer_resume(cur4llm::model::LayerPrefix()), std::invalid_argument);
 }

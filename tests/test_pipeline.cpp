@@ -86,6 +86,28 @@ TEST_CASE("batching windows does not change the perplexity", "[pipeline]") {
   for (int i = 0; i < 12; ++i) samples.emplace_back(ids.begin() + i * 64, ids.begin() + (i + 1) * 64);
   auto c = cur4llm::eval::samples_perplexity(*lm, samples, many);
   CHECK(c.perplexity == Approx(a.perplexity).epsilon(1e-6));
+  // Vocabulary projections of 7 tokens at a time (9 chunks per window) change nothing either.
+  many.logits_chunk_tokens = 7;
+  auto d = cur4llm::eval::evaluate_perplexity(*lm, ids, many);
+  for (size_t i = 0; i < 12; ++i) CHECK(d.window_nll[i] == Approx(a.window_nll[i]).epsilon(1e-6));
+}
+
+TEST_CASE("token_nll equals -log_softmax of the logits at the label, in any chunking", "[pipeline]") {
+  auto lm = CausalLM::load(cur4llm::test::model_dir("tiny-shakespeare-opt"));
+  const auto& head = lm->linear("lm_head");
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(31);
+  auto hidden = at::randn({23, head.in_features()}, gen, at::TensorOptions().dtype(at::kFloat));
+  auto labels = at::randint(head.out_features(), {23}, gen, at::TensorOptions().dtype(at::kLong));
+  // The reference in float64 from the whole logits matrix.
+  auto logp = at::log_softmax(head.forward(hidden).to(at::kDouble), -1);
+  auto want = logp.gather(1, labels.unsqueeze(1)).squeeze(1).neg();
+  for (int64_t chunk : {0, 1, 5, 23, 100}) {
+    CAPTURE(chunk);
+    auto got = cur4llm::eval::token_nll(head, hidden, labels, chunk);
+    REQUIRE(got.sizes() == at::IntArrayRef({23}));
+    CHECK(got.scalar_type() == at::kFloat);
+    CHECK((got.to(at::kDouble) - want).abs().max().item<double>() < 1e-5 * want.abs().max().item<double>());
+  }
 }
 
 TEST_CASE("stories260K: perplexity on TinyStories equals transformers' within 0.1%", "[pipeline][model][shared]") {

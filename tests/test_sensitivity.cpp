@@ -127,6 +127,81 @@ TEST_CASE("ppl sweep: hidden-state reuse equals a full forward per candidate and
   CHECK(eval::samples_perplexity(*lm, samples).perplexity == dense_ppl);
 }
 
+TEST_CASE("ppl sweep: batched samples, odd batch remainders and chunked cross-entropy equal one sample at a time",
+          "[sensitivity][model]") {
+  struct Fast {
+    int64_t batch_size;
+    int64_t batch_tokens;
+    int64_t chunk;
+    int64_t batches;     // forward passes per entry
+    int64_t batch_rows;  // samples in the largest batch
+  };
+  // Five samples of 16 tokens and three of 11: batches of 2 leave a remainder
+  // of one in both groups, batches of 3 of two and none, the token budget of
+  // 40 gives 2 per batch, and 0 (all in one batch per length) is the GPU default.
+  const Fast fast_options = GENERATE(Fast{2, 0, 7, 5, 2}, Fast{3, 0, 5, 3, 3}, Fast{0, 40, 0, 5, 2},
+                                     Fast{0, 65536, 13, 2, 5});
+  const std::string model = GENERATE(as<std::string>{}, "llama_gqa", "opt_proj_post");
+  const std::string method = model == "llama_gqa" ? "cur" : "svd";
+  INFO(model << " " << method << " batch " << fast_options.batch_size << " tokens " << fast_options.batch_tokens
+             << " chunk " << fast_options.chunk);
+  auto lm = model::CausalLM::load(model_dir(model));
+  const auto samples = make_samples({16, 11, 16, 16, 11, 16, 11, 16}, lm->config().vocab_size, 25);
+  compress::CompressorOptions copts;
+  copts.cur.link_solver = compress::CURLinkSolver::Gram;  // the GPU's solver, here on the CPU
+  const auto compressor = compress::make_compressor(method, copts);
+  const auto scale = fixed_scales(*lm, 26);
+
+  sensitivity::SweepOptions opt;
+  opt.batch_size = fast_options.batch_size;
+  opt.batch_tokens = fast_options.batch_tokens;
+  opt.logits_chunk_tokens = fast_options.chunk;
+  sensitivity::SweepProfile profile;
+  opt.profile = &profile;
+  const auto fast = sensitivity::ppl_sensitivity(*lm, samples, *compressor, scale, opt);
+  CHECK(profile.batches == fast_options.batches);
+  CHECK(profile.batch_size == fast_options.batch_rows);
+  CHECK(profile.entries == static_cast<int64_t>(lm->linears().size() * 6));
+  CHECK(profile.decompose_s >= 0);
+  CHECK(profile.forward_s > 0);
+
+  // The straightforward table: one sample per forward pass, every forward from
+  // the embedding, the whole vocabulary's logits of a sample at once, SVD links.
+  compress::CompressorOptions plain;
+  plain.cur.link_solver = compress::CURLinkSolver::SVD;
+  const auto reference = compress::make_compressor(method, plain);
+  sensitivity::SweepOptions slow_opt;
+  slow_opt.batch_size = 1;
+  slow_opt.logits_chunk_tokens = 1 << 20;
+  slow_opt.reuse_hidden_states = false;
+  const auto slow = sensitivity::ppl_sensitivity(*lm, samples, *reference, scale, slow_opt);
+  require_tables_equal(fast, slow, 1e-5);
+}
+
+TEST_CASE("CUDA: the fast sweep (second stream, Gram links, fused kernels) equals one sample at a time",
+          "[sensitivity][model][cuda]") {
+  CUR4LLM_REQUIRE_CUDA();
+  const std::string model = GENERATE(as<std::string>{}, "llama_gqa", "opt_pre");
+  const auto dtype = GENERATE(at::kFloat, at::kBFloat16);
+  INFO(model << " " << c10::toString(dtype));
+  model::LoadOptions load;
+  load.device = c10::Device(c10::kCUDA);
+  load.dtype = dtype;
+  auto lm = model::CausalLM::load(model_dir(model), load);
+  const auto samples = make_samples({16, 16, 16, 11, 16}, lm->config().vocab_size, 27);
+  for (const std::string method : {"cur", "svd"}) {
+    INFO(method);
+    const auto compressor = compress::make_compressor(method);
+    const auto scale = fixed_scales(*lm, 28);
+    sensitivity::SweepOptions opt;
+    const auto fast = sensitivity::ppl_sensitivity(*lm, samples, *compressor, scale, opt);
+    opt.batch_size = 1;
+    opt.reuse_hidden_states = false;
+    const auto slow = sensitivity::ppl_sensitivity(*lm, samples, *compressor, scale, opt);
+    require_tables_equal(fast, slow, dtype == at::kFloat ? 1e-4 : 2e-2);
+  }
+}
+
 TEST_CASE("ppl sweep in KV-cache mode: k_proj/v_proj only, ratios 0.1 .. 1.9", "[sensitivity][model]") {
   const std::string model = GENERATE(as<std::string>{}, "llama_gqa", "opt_pre");
   INFO(model);

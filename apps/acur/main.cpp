@@ -125,14 +125,15 @@ int run(int argc, char** argv) {
     auto& plan = result.plan;
     plan.meta()["model_id"] = o.model_id;
     std::cout << plan.table() << std::flush;
-    const fs::path plan_file = fs::path(o.output) / fmt::format("plan-{}-{}-{}.json", cur4llm::pipeline::model_label(o.model_id),
-                                                                pipe.method, result.target_label);
+    const fs::path plan_file = fs::path(o.output) / cur4llm::pipeline::plan_file_name(
+                                                         cur4llm::pipeline::model_label(o.model_id), pipe, result.target_label);
     fs::create_directories(plan_file.parent_path().empty() ? fs::path(".") : plan_file.parent_path());
     plan.save(plan_file);
     fmt::print(stderr, "plan saved to {}\n", plan_file.string());
     record["plan_file"] = plan_file.string();
     record["search"] = {{"cut", result.search_cut}, {"entries", result.search_entries},
                         {"nominal_ratio", result.nominal_ratio}};
+    if (result.dense_calibration_ppl > 0) record["dense_calibration_ppl"] = result.dense_calibration_ppl;
   }
 
   // Real parameter counts, after compression.
@@ -175,7 +176,8 @@ int run(int argc, char** argv) {
                          {"calib_dataset", pipe.calib_dataset}, {"scaling_method", pipe.scaling_method},
                          {"sensitivity_metric", pipe.sensitivity_metric}, {"sigma_fuse", pipe.sigma_fuse},
                          {"seed", pipe.seed}, {"rank_align", pipe.rank_align}, {"use_bos", pipe.use_bos},
-                         {"cur_selection", pipe.cur_selection}};
+                         {"cur_selection", pipe.cur_selection}, {"sequential", pipe.sequential},
+                         {"search", pipe.search}, {"candidates", flags.candidates}};
   record["args"] = args;
   for (const auto& [stage, s] : timings.items()) fmt::print(stderr, "time {}: {:.2f} s\n", stage, s.get<double>());
   const fs::path results_file = fs::path(o.output) / "results.jsonl";

@@ -17,12 +17,14 @@ struct PipelineFlags {
   std::string cache_dir = "cache";
   std::string device = "cpu";
   std::string dtype;
+  std::string candidates;
 
-  /// The options with the folders filled in.
+  /// The options with the folders and candidates filled in (std::invalid_argument for bad candidates).
   pipeline::PipelineOptions resolved() const {
     auto o = options;
     o.data_dir = data_dir;
     o.cache_dir = cache_dir;
+    o.candidates = pipeline::parse_candidates(candidates);
     return o;
   }
 };
@@ -53,8 +55,18 @@ inline void add_pipeline_flags(boost::program_options::options_description& ref,
       ("use_bos", po::bool_switch(&o.use_bos), "put BOS before each calibration sample if the tokenizer does not");
   own.add_options()
       ("method", po::value(&o.method)->default_value("cur"),
-       "decomposition: cur, svd, or grad_cur (CUR with trainable scales, see docs/methods.md)")
+       "decomposition: cur, svd, grad_cur (CUR with trainable scales); on the input Gram matrix: svd_whiten, "
+       "skeleton (row or column side per layer), skeleton_row, skeleton_col, cur_whiten, cur_deim, cur_qr; "
+       "skeleton_diag (on the scale); see docs/methods.md")
       ("cur_selection", po::value(&o.cur_selection)->default_value("topk"), "CUR rows/columns: topk or sampled leverage")
+      ("search", po::value(&o.search)->default_value("reference"),
+       "param-ratio search on the ppl table: reference (binary search of the reference) or lagrangian "
+       "(log-ppl increase against parameters saved; docs/search.md)")
+      ("candidates", po::value(&f.candidates)->default_value(""),
+       "ppl sensitivity: comma-separated candidate ratios in (0, 1) (default: the reference's 0.4,0.5,...,0.9)")
+      ("sequential", po::bool_switch(&o.sequential),
+       "data-aware methods: decompose layer by layer on the inputs of the model compressed so far, fitted to the "
+       "dense outputs (docs/methods.md)")
       ("device", po::value(&f.device)->default_value("cpu"), "cpu, cuda or cuda:N")
       ("dtype", po::value(&f.dtype)->default_value(""), "fp32, fp16 or bf16 (default: fp32 on CPU, checkpoint's on CUDA)")
       ("seqlen", po::value(&o.seqlen)->default_value(2048), "tokens per sample and per evaluation window")

@@ -186,6 +186,13 @@ at::Tensor ActivationStatistics::scale(const std::string& name, ScalingMethod me
   return s.to(at::kFloat) + 1e-6;
 }
 
+at::Tensor ActivationStatistics::mean_gram(const std::string& name) const {
+  const LayerStatistics& s = layer(name);
+  if (!s.gram.defined()) throw std::invalid_argument(fmt::format("layer \"{}\": the Gram matrix was not collected", name));
+  if (s.tokens <= 0) throw std::invalid_argument(fmt::format("layer \"{}\": no tokens", name));
+  return s.gram.to(at::kDouble) / static_cast<double>(s.tokens);
+}
+
 void ActivationStatistics::save(const std::filesystem::path& path, const std::map<std::string, std::string>& metadata) const {
   std::vector<std::pair<std::string, at::Tensor>> tensors;
   std::map<std::string, std::string> meta = metadata;

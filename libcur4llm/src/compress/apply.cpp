@@ -3,6 +3,8 @@
 #include <cur4llm/model/causal_lm.h>
 #include <cur4llm/util/progress.h>
 
+#include "common.h"
+
 #include <ATen/ATen.h>
 #include <c10/core/GradMode.h>
 
@@ -32,26 +34,19 @@ search::CompressionPlan apply_allocation(model::CausalLM& lm, const search::Allo
 
   search::CompressionPlan plan;
   for (const auto& a : allocation) {
-    const auto& slot = lm.linear(a.layer);
-    search::PlannedLayer p;
-    p.name = a.layer;
-    p.dense_params = slot.in_features() * slot.out_features();
-    p.stored_params = slot.weight_params();
+    bool compressed = false;
     if (a.compressed) {
-      const auto* dense = static_cast<const model::DenseLinear*>(&slot);  // checked above
+      const auto* dense = static_cast<const model::DenseLinear*>(&lm.linear(a.layer));  // checked above
       try {
         auto replacement = compressor.compress(dense->weight(), dense->bias(), scale ? scale(a.layer) : at::Tensor(), a.ratio);
-        p.method = compressor.name();
-        p.ratio = a.ratio;
-        p.rank = compressor.rank_for(slot.out_features(), slot.in_features(), a.ratio);
-        p.stored_params = replacement->weight_params();
         lm.replace_linear(a.layer, std::move(replacement));
+        compressed = true;
       } catch (const CompressionError& e) {
         fmt::print(stderr, "warning: {} stays dense: {}\n", a.layer, e.what());
       }
       if (progress) progress->advance();
     }
-    plan.add(p);
+    plan.add(detail::planned_layer(a.layer, lm.linear(a.layer), compressed, compressor, a.ratio));
   }
   return plan;
 }

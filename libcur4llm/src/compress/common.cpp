@@ -8,6 +8,32 @@
 
 namespace cur4llm::compress::detail {
 
+PaddedFactor pad_rank(const at::Tensor& factor, bool pad_rows, bool pad_cols) {
+  if (!factor.defined() || !factor.is_cuda() || factor.dim() != 2) return {factor, factor};
+  auto up = [](int64_t n) { return (n + 7) / 8 * 8; };
+  const int64_t rows = factor.size(0), cols = factor.size(1);
+  const int64_t prow = pad_rows ? up(rows) : rows, pcol = pad_cols ? up(cols) : cols;
+  if (prow == rows && pcol == cols) return {factor, factor};
+  auto full = at::zeros({prow, pcol}, factor.options());
+  auto view = full.narrow(0, 0, rows).narrow(1, 0, cols);
+  view.copy_(factor);
+  return {full, view};
+}
+
+search::PlannedLayer planned_layer(const std::string& layer, const model::LinearSlot& slot, bool compressed,
+                                   const Compressor& compressor, double ratio) {
+  search::PlannedLayer p;
+  p.name = layer;
+  p.dense_params = slot.in_features() * slot.out_features();
+  p.stored_params = slot.weight_params();
+  if (compressed) {
+    p.method = compressor.name();
+    p.ratio = ratio;
+    p.rank = compressor.rank_for(slot.out_features(), slot.in_features(), ratio);
+  }
+  return p;
+}
+
 void check_layer(const std::string& who, const at::Tensor& weight, const at::Tensor& bias, const at::Tensor& scale) {
   if (!weight.defined() || weight.dim() != 2 || !c10::isFloatingType(weight.scalar_type())) {
     throw std::invalid_argument(who + ": weight must be a 2-d floating tensor [out, in]");
@@ -62,6 +88,35 @@ PinvFactors pinv_factors(const at::Tensor& m, double rtol) {
   auto inv = at::where(keep, s.reciprocal(), at::zeros_like(s));
   inv = at::where(at::isfinite(inv), inv, at::zeros_like(inv));
   return {u, inv, vh.transpose(0, 1)};
+}
+
+at::Tensor gram_pinv_eigh(const at::Tensor& g, double rtol) {
+  auto eig = at::linalg_eigh(g.to(at::kDouble));
+  auto lambda = std::get<0>(eig), q = std::get<1>(eig);  // ascending
+  auto cutoff = lambda.narrow(0, lambda.size(0) - 1, 1) * (rtol * rtol);
+  auto keep = (lambda > cutoff) & (lambda > 0);
+  auto inv = at::where(keep, lambda.reciprocal(), at::zeros_like(lambda));
+  inv = at::where(at::isfinite(inv), inv, at::zeros_like(inv));
+  return at::matmul(q * inv.unsqueeze(0), q.transpose(0, 1));
+}
+
+CertifiedInverse gram_inverse_certified(const at::Tensor& g_in, double rtol) {
+  auto g = g_in.to(at::kDouble);
+  auto chol = at::linalg_cholesky_ex(g);
+  auto l = std::get<0>(chol), info = std::get<1>(chol);
+  // L^-1 by a triangular solve (no error checks, unlike cholesky_inverse): a
+  // failed factorisation gives non-finite values, which the proof rejects.
+  auto eye = at::eye(g.size(0), g.options());
+  auto l_inv = at::linalg_solve_triangular(l, eye, /*upper=*/false);
+  auto inverse = at::matmul(l_inv.transpose(0, 1), l_inv);
+  // trace(g^4) = ||g^2||_F^2 bounds lambda_max^4 from above; trace(g^-4) bounds lambda_min^-4.
+  auto g2 = at::matmul(g, g);
+  auto i2 = at::matmul(inverse, inverse);
+  auto lambda_max_ub = g2.pow(2).sum().pow(0.25);
+  auto lambda_min_lb = i2.pow(2).sum().pow(-0.25);
+  auto certified = (info == 0) & at::isfinite(lambda_min_lb) & at::isfinite(lambda_max_ub) &
+                   (lambda_min_lb > lambda_max_ub * (1.01 * rtol * rtol)) & at::isfinite(inverse).all();
+  return {inverse, certified};
 }
 
 }  // namespace cur4llm::compress::detail

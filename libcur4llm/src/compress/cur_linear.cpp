@@ -1,6 +1,7 @@
 #include <cur4llm/compress/cur_linear.h>
 
 #include "common.h"
+#include "fused/fused_ops.h"
 
 #include <ATen/ATen.h>
 #include <c10/core/GradMode.h>
@@ -79,13 +80,24 @@ CURLinear::CURLinear(at::Tensor c, at::Tensor u, at::Tensor r, at::Tensor bias, 
   if ((row_indices_.defined() && row_indices_.numel() != k) || (col_indices_.defined() && col_indices_.numel() != k)) {
     throw std::invalid_argument(fmt::format("CURLinear: row and column indices must have {} entries", k));
   }
+  // The rank padded to a multiple of 8 in storage (CUDA): C [out, k] and U [k, k] become views.
+  auto pc = detail::pad_rank(c_, false, true);
+  auto pu = detail::pad_rank(u_, true, true);
+  auto pr = detail::pad_rank(r_, true, false);
+  c_full_ = pc.full, c_ = pc.view;
+  u_full_ = pu.full, u_ = pu.view;
+  r_full_ = pr.full, r_ = pr.view;
 }
 
 at::Tensor CURLinear::forward(const at::Tensor& x) const {
+  // Decoding on CUDA: the three products in one kernel launch.
+  if (fused::lowrank_applies(x, r_full_, u_full_, c_full_, bias_)) {
+    return fused::lowrank_forward(x, r_full_, u_full_, c_full_, bias_);
+  }
   // Three thin GEMMs; the out x in matrix is never formed.
-  auto t = at::linear(x, r_);
-  if (u_.defined()) t = at::linear(t, u_);
-  return at::linear(t, c_, bias_);
+  auto t = at::linear(x, r_full_);
+  if (u_full_.defined()) t = at::linear(t, u_full_);
+  return at::linear(t, c_full_, bias_);
 }
 
 int64_t CURLinear::in_features() const { return r_.size(1); }
@@ -166,46 +178,135 @@ std::shared_ptr<CURLinear> CURFactory::build_rank(int64_t k) const {
 }
 
 std::shared_ptr<CURLinear> CURFactory::build_rank_budget(int64_t k, int64_t budget) const {
+  std::vector<std::string> errors;
+  auto built = build_ranks({k}, {budget}, errors);
+  if (!built.front()) throw CompressionError(errors.front());
+  return built.front();
+}
+
+std::vector<model::LinearPtr> CURFactory::build_many(const std::vector<double>& ratios,
+                                                     std::vector<std::string>* errors) const {
+  std::vector<int64_t> ks, budgets;
+  for (double ratio : ratios) {
+    const int64_t k = rank_for(ratio);
+    if (k > max_rank()) {
+      throw std::invalid_argument(
+          fmt::format("CURFactory: ratio {} needs rank {}, prepared for at most {}", ratio, k, max_rank()));
+    }
+    ks.push_back(k);
+    budgets.push_back(detail::budget_params(weight_.size(0), weight_.size(1), ratio));
+  }
+  std::vector<std::string> messages;
+  auto built = build_ranks(ks, budgets, messages);
+  if (errors) *errors = messages;
+  return std::vector<model::LinearPtr>(built.begin(), built.end());
+}
+
+std::vector<std::shared_ptr<CURLinear>> CURFactory::build_ranks(const std::vector<int64_t>& ks,
+                                                                const std::vector<int64_t>& budgets,
+                                                                std::vector<std::string>& errors) const {
   c10::NoGradGuard no_grad;
   const int64_t m = weight_.size(0), n = weight_.size(1);
   const auto work = scaled_.scalar_type();
   const auto device = scaled_.device();
+  const size_t count = ks.size();
+  errors.assign(count, std::string());
 
-  // Leverage of the top-k subspace (nested in the prepared top-max_rank one).
-  auto row_leverage = subspace_.U.narrow(1, 0, k).pow(2).sum(1).to(at::kCPU, at::kDouble);
-  auto col_leverage = subspace_.V.narrow(1, 0, k).pow(2).sum(1).to(at::kCPU, at::kDouble);
-  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(options_.seed);
-  auto rows = select_indices(row_leverage, k, options_.selection, gen);
-  auto cols = select_indices(col_leverage, k, options_.selection, gen);
-  auto rows_d = rows.to(device), cols_d = cols.to(device);
+  // 1. Leverage of each rank's top-k subspace (nested in the prepared
+  // top-max_rank one), copied to the host together: one synchronisation.
+  std::vector<at::Tensor> leverage;
+  for (int64_t k : ks) {
+    leverage.push_back(subspace_.U.narrow(1, 0, k).pow(2).sum(1));
+    leverage.push_back(subspace_.V.narrow(1, 0, k).pow(2).sum(1));
+  }
+  const auto host_leverage = at::cat(leverage).to(at::kCPU, at::kDouble);
 
-  // U_s = pinv(C_s) A pinv(R_s) for A = W S, C_s = A[:, J], R_s = A[I, :], through
-  // the thin SVDs of C_s and R_s in fp64 with a relative cut-off (rank-revealing:
-  // duplicated or zero columns give zeros, never NaN). Only U_c^T A V_r, a k x k
-  // product, touches A.
+  // 2. Rows and columns on the host, each rank with a generator fresh from the seed.
+  std::vector<at::Tensor> rows(count), cols(count), rows_d(count), cols_d(count);
+  for (size_t i = 0, offset = 0; i < count; ++i) {
+    at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(options_.seed);
+    rows[i] = select_indices(host_leverage.narrow(0, offset, m), ks[i], options_.selection, gen);
+    offset += m;
+    cols[i] = select_indices(host_leverage.narrow(0, offset, n), ks[i], options_.selection, gen);
+    offset += n;
+    rows_d[i] = rows[i].to(device);
+    cols_d[i] = cols[i].to(device);
+  }
+
+  // 3. U_s = pinv(C_s) A pinv(R_s) for A = W S, C_s = A[:, J], R_s = A[I, :].
   const double rtol = detail::link_rtol(options_.link_rtol, m, n, work);
-  auto pc = detail::pinv_factors(scaled_.index_select(1, cols_d), rtol);
-  auto pr = detail::pinv_factors(scaled_.index_select(0, rows_d), rtol);
-  auto core = at::matmul(at::matmul(pc.left.to(work).transpose(0, 1), scaled_), pr.right.to(work)).to(at::kDouble);
-  auto u = at::matmul(at::matmul(pc.right * pc.inv_sigma.unsqueeze(0), core),
-                      (pr.left * pr.inv_sigma.unsqueeze(0)).transpose(0, 1));
+  // A Gram matrix resolves singular values down to about sqrt(k * eps64) *
+  // sigma_max, so it serves cut-offs of fp32 work (rtol >= 1e-6), not fp64's.
+  const bool gram = rtol >= 1e-6 && (options_.link_solver == CURLinkSolver::Gram ||
+                                     (options_.link_solver == CURLinkSolver::Auto && device.is_cuda()));
+  std::vector<at::Tensor> links(count);
+  if (!gram) {
+    // Thin SVDs of C_s and R_s in fp64 with a relative cut-off (rank-revealing:
+    // duplicated or zero columns give zeros, never NaN). Only U_c^T A V_r, a
+    // k x k product, touches A.
+    for (size_t i = 0; i < count; ++i) {
+      auto pc = detail::pinv_factors(scaled_.index_select(1, cols_d[i]), rtol);
+      auto pr = detail::pinv_factors(scaled_.index_select(0, rows_d[i]), rtol);
+      auto core = at::matmul(at::matmul(pc.left.to(work).transpose(0, 1), scaled_), pr.right.to(work)).to(at::kDouble);
+      links[i] = at::matmul(at::matmul(pc.right * pc.inv_sigma.unsqueeze(0), core),
+                            (pr.left * pr.inv_sigma.unsqueeze(0)).transpose(0, 1));
+    }
+  } else {
+    // Through fp64 Gram matrices: pinv(C) = Gc^+ C^T and pinv(R) = R^T Gr^+ with
+    // Gc = C^T C = (A^T A)[J, J] and Gr = R R^T, so U_s = Gc^+ (A^T A)[J, :] R^T Gr^+.
+    // Cholesky inverses where they provably cut nothing; all proofs are read
+    // back together, and the rare failure takes the eigendecomposition.
+    auto a = scaled_.to(at::kDouble);
+    auto ata = at::matmul(a.transpose(0, 1), a);  // [n, n]
+    std::vector<at::Tensor> gc(count), gr(count), mid(count), flags;
+    std::vector<detail::CertifiedInverse> ic(count), ir(count);
+    for (size_t i = 0; i < count; ++i) {
+      auto r = a.index_select(0, rows_d[i]);                       // [k, n]
+      auto ct_a = ata.index_select(0, cols_d[i]);                   // C^T A, [k, n]
+      gc[i] = ct_a.index_select(1, cols_d[i]);                      // C^T C
+      gr[i] = at::matmul(r, r.transpose(0, 1));                     // R R^T
+      mid[i] = at::matmul(ct_a, r.transpose(0, 1));                 // C^T A R^T
+      ic[i] = detail::gram_inverse_certified(gc[i], rtol);
+      ir[i] = detail::gram_inverse_certified(gr[i], rtol);
+      flags.push_back(ic[i].certified.reshape({1}));
+      flags.push_back(ir[i].certified.reshape({1}));
+    }
+    const auto proven = at::cat(flags).to(at::kCPU);
+    for (size_t i = 0; i < count; ++i) {
+      auto left = proven[2 * i].item<bool>() ? ic[i].inverse : detail::gram_pinv_eigh(gc[i], rtol);
+      auto right = proven[2 * i + 1].item<bool>() ? ir[i].inverse : detail::gram_pinv_eigh(gr[i], rtol);
+      links[i] = at::matmul(at::matmul(left, mid[i]), right);
+    }
+  }
   // W_hat S = C_s U_s R_s with C_s = W[:, J] S_J and R_s S^-1 = W[I, :], so
   // W_hat = W[:, J] (S_J U_s) W[I, :]: the stored C and R are the original weight.
-  if (options_.scale.defined()) {
-    u = options_.scale.to(device, at::kDouble).index_select(0, cols_d).unsqueeze(1) * u;
+  std::vector<at::Tensor> finite;
+  for (size_t i = 0; i < count; ++i) {
+    if (options_.scale.defined()) {
+      links[i] = options_.scale.to(device, at::kDouble).index_select(0, cols_d[i]).unsqueeze(1) * links[i];
+    }
+    finite.push_back(at::isfinite(links[i]).all().reshape({1}));
   }
-  if (!at::isfinite(u).all().item<bool>()) {
-    throw CompressionError(fmt::format("CUR: the {}x{} linking matrix of a [{}, {}] weight is not finite", k, k, m, n));
-  }
+  const auto all_finite = at::cat(finite).to(at::kCPU);
 
+  std::vector<std::shared_ptr<CURLinear>> out(count);
   const auto dtype = weight_.scalar_type();
-  auto c = weight_.index_select(1, cols_d).contiguous();
-  auto r = weight_.index_select(0, rows_d).contiguous();
-  if (options_.fold_u) {
-    auto cu = at::matmul(c.to(at::kDouble), u).to(dtype).contiguous();
-    return std::make_shared<CURLinear>(cu, at::Tensor(), r, bias_, rows, cols, budget);
+  for (size_t i = 0; i < count; ++i) {
+    const int64_t k = ks[i];
+    if (!all_finite[static_cast<int64_t>(i)].item<bool>()) {
+      errors[i] = fmt::format("CUR: the {}x{} linking matrix of a [{}, {}] weight is not finite", k, k, m, n);
+      continue;
+    }
+    auto c = weight_.index_select(1, cols_d[i]).contiguous();
+    auto r = weight_.index_select(0, rows_d[i]).contiguous();
+    if (options_.fold_u) {
+      auto cu = at::matmul(c.to(at::kDouble), links[i]).to(dtype).contiguous();
+      out[i] = std::make_shared<CURLinear>(cu, at::Tensor(), r, bias_, rows[i], cols[i], budgets[i]);
+    } else {
+      out[i] = std::make_shared<CURLinear>(c, links[i].to(dtype).contiguous(), r, bias_, rows[i], cols[i], budgets[i]);
+    }
   }
-  return std::make_shared<CURLinear>(c, u.to(dtype).contiguous(), r, bias_, rows, cols, budget);
+  return out;
 }
 
 // ---------------------------------------------------------------------------------------------

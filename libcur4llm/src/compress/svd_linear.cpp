@@ -1,6 +1,7 @@
 #include <cur4llm/compress/svd_linear.h>
 
 #include "common.h"
+#include "fused/fused_ops.h"
 
 #include <ATen/ATen.h>
 #include <c10/core/GradMode.h>
@@ -39,9 +40,20 @@ SVDLinear::SVDLinear(at::Tensor a, at::Tensor b, at::Tensor bias)
     throw std::invalid_argument(
         fmt::format("SVDLinear: bias of {} values does not match {} outputs", bias_.numel(), a_.size(0)));
   }
+  // The rank padded to a multiple of 8 in storage (CUDA): A [out, k] becomes a view.
+  auto pa = detail::pad_rank(a_, false, true);
+  auto pb = detail::pad_rank(b_, true, false);
+  a_full_ = pa.full, a_ = pa.view;
+  b_full_ = pb.full, b_ = pb.view;
 }
 
-at::Tensor SVDLinear::forward(const at::Tensor& x) const { return at::linear(at::linear(x, b_), a_, bias_); }
+at::Tensor SVDLinear::forward(const at::Tensor& x) const {
+  // Decoding on CUDA: both products in one kernel launch.
+  if (fused::lowrank_applies(x, b_full_, at::Tensor(), a_full_, bias_)) {
+    return fused::lowrank_forward(x, b_full_, at::Tensor(), a_full_, bias_);
+  }
+  return at::linear(at::linear(x, b_full_), a_full_, bias_);
+}
 
 std::vector<std::pair<std::string, at::Tensor>> SVDLinear::state() const {
   std::vector<std::pair<std::string, at::Tensor>> out{{"ALinear.weight", a_}};

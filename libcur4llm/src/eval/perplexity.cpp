@@ -3,6 +3,8 @@
 #include <cur4llm/model/causal_lm.h>
 #include <cur4llm/util/progress.h>
 
+#include "fused/fused_ops.h"
+
 #include <ATen/ATen.h>
 #include <c10/core/InferenceMode.h>
 
@@ -17,8 +19,25 @@
 namespace cur4llm::eval {
 namespace {
 
-// Tokens per chunk of the vocabulary projection: about 256 MiB of fp32 logits.
-int64_t logits_chunk_tokens(int64_t vocab) { return std::max<int64_t>(1, (int64_t{64} << 20) / std::max<int64_t>(vocab, 1)); }
+// Tokens per chunk of the vocabulary projection. CPU: about 256 MiB of fp32
+// logits. CUDA: about 1 GiB of logits in the model dtype, so that each chunk
+// is one large matrix product and the cross-entropy reads it once.
+int64_t logits_chunk_tokens(int64_t vocab, const at::Tensor& hidden, int64_t requested) {
+  if (requested > 0) return requested;
+  const int64_t budget = hidden.is_cuda() ? (int64_t{1} << 30) / hidden.element_size() : (int64_t{64} << 20);
+  return std::max<int64_t>(1, budget / std::max<int64_t>(vocab, 1));
+}
+
+// -log softmax(logits)[label] per row, in float32.
+at::Tensor chunk_nll(const at::Tensor& logits, const at::Tensor& labels) {
+  if (fused::enabled_for(logits)) return fused::token_nll(logits, labels);  // one read of the logits
+  if (logits.is_cuda()) {
+    // One fused pass that reads the model-dtype logits and writes float log-probabilities.
+    return at::log_softmax(logits, -1, at::kFloat).gather(1, labels.unsqueeze(1)).squeeze(1).neg();
+  }
+  auto l = logits.to(at::kFloat);
+  return at::logsumexp(l, -1) - l.gather(1, labels.unsqueeze(1)).squeeze(1);
+}
 
 PerplexityResult finish(std::vector<double> nll, int64_t tokens) {
   PerplexityResult r;
@@ -32,37 +51,68 @@ PerplexityResult finish(std::vector<double> nll, int64_t tokens) {
   return r;
 }
 
-}  // namespace
-
-at::Tensor sequence_nll(const model::CausalLM& lm, const at::Tensor& input_ids) {
-  if (input_ids.dim() != 2 || input_ids.size(1) < 2) {  // before embed() sees them
-    throw std::invalid_argument("sequence_nll: input ids must be [batch, tokens] with at least 2 tokens");
-  }
-  return sequence_nll_from(lm, 0, lm.embed(input_ids), input_ids);
-}
-
-at::Tensor sequence_nll_from(const model::CausalLM& lm, int64_t first_layer, const at::Tensor& hidden_in,
-                             const at::Tensor& input_ids) {
+void check_ids(const at::Tensor& input_ids) {
   if (input_ids.dim() != 2 || input_ids.size(1) < 2) {
     throw std::invalid_argument("sequence_nll: input ids must be [batch, tokens] with at least 2 tokens");
   }
+}
+
+}  // namespace
+
+at::Tensor token_nll(const model::LinearSlot& head, const at::Tensor& hidden, const at::Tensor& labels,
+                     int64_t chunk_tokens) {
+  if (hidden.dim() != 2 || labels.dim() != 1 || labels.size(0) != hidden.size(0)) {
+    throw std::invalid_argument("token_nll: hidden states [n, width] and labels [n]");
+  }
+  const int64_t n = hidden.size(0);
+  int64_t chunk = logits_chunk_tokens(head.out_features(), hidden, chunk_tokens);
+  if (chunk_tokens <= 0 && n > chunk) {
+    // Equal chunks: no small last product (a few hundred tokens runs far below the GPU's rate).
+    const int64_t pieces = (n + chunk - 1) / chunk;
+    chunk = (n + pieces - 1) / pieces;
+  }
+  auto lab = labels.to(hidden.device(), at::kLong);
+  if (n <= chunk) return chunk_nll(head.forward(hidden), lab);
+  auto total = at::empty({n}, hidden.options().dtype(at::kFloat));
+  for (int64_t start = 0; start < n; start += chunk) {
+    const int64_t m = std::min(chunk, n - start);
+    total.narrow(0, start, m).copy_(chunk_nll(head.forward(hidden.narrow(0, start, m)), lab.narrow(0, start, m)));
+  }
+  return total;
+}
+
+at::Tensor sequence_nll(const model::CausalLM& lm, const at::Tensor& input_ids, const NllOptions& options) {
+  check_ids(input_ids);  // before embed() sees them
+  return sequence_nll_from(lm, 0, lm.embed(input_ids), input_ids, options);
+}
+
+namespace {
+
+// The NLL per row from the hidden states entering layer `next_layer`.
+at::Tensor nll_after(const model::CausalLM& lm, int64_t next_layer, at::Tensor h, const at::Tensor& input_ids,
+                     const NllOptions& options) {
   auto ids = input_ids.to(lm.device(), at::kLong);
-  auto h = hidden_in;
-  for (int64_t i = first_layer; i < lm.num_layers(); ++i) h = lm.layer(i, h);
+  for (int64_t i = next_layer; i < lm.num_layers(); ++i) h = lm.layer(i, h);
   const int64_t b = ids.size(0), t = ids.size(1) - 1;
+  // The last position predicts nothing: only the first t hidden states meet lm_head.
   auto hidden = lm.final_hidden(h).narrow(1, 0, t).reshape({b * t, -1});
   auto labels = ids.narrow(1, 1, t).reshape({b * t});
-  const auto& head = lm.linear("lm_head");
-  const int64_t chunk = logits_chunk_tokens(lm.config().vocab_size);
-  auto total = at::zeros({b * t}, hidden.options().dtype(at::kFloat));
-  for (int64_t start = 0; start < b * t; start += chunk) {
-    const int64_t n = std::min(chunk, b * t - start);
-    auto logits = head.forward(hidden.narrow(0, start, n)).to(at::kFloat);
-    auto lse = at::logsumexp(logits, -1);
-    auto picked = logits.gather(1, labels.narrow(0, start, n).unsqueeze(1)).squeeze(1);
-    total.narrow(0, start, n).copy_(lse - picked);
-  }
-  return total.view({b, t}).to(at::kDouble).mean(1);
+  auto nll = token_nll(lm.linear("lm_head"), hidden, labels, options.logits_chunk_tokens);
+  return nll.view({b, t}).to(at::kDouble).mean(1);
+}
+
+}  // namespace
+
+at::Tensor sequence_nll_from(const model::CausalLM& lm, int64_t first_layer, const at::Tensor& hidden,
+                             const at::Tensor& input_ids, const NllOptions& options) {
+  check_ids(input_ids);
+  return nll_after(lm, first_layer, hidden, input_ids, options);
+}
+
+at::Tensor sequence_nll_resume(const model::CausalLM& lm, const model::LayerPrefix& prefix, const at::Tensor& input_ids,
+                               const NllOptions& options) {
+  check_ids(input_ids);
+  return nll_after(lm, prefix.layer + 1, lm.layer_resume(prefix), input_ids, options);
 }
 
 PerplexityResult evaluate_perplexity(const model::CausalLM& lm, const std::vector<int64_t>& ids,
@@ -83,7 +133,7 @@ PerplexityResult evaluate_perplexity(const model::CausalLM& lm, const std::vecto
   std::vector<at::Tensor> parts;
   for (int64_t start = 0; start < windows; start += batch) {
     const int64_t n = std::min(batch, windows - start);
-    parts.push_back(sequence_nll(lm, all.narrow(0, start, n)));
+    parts.push_back(sequence_nll(lm, all.narrow(0, start, n), {options.logits_chunk_tokens}));
     if (progress) progress->advance(n);
   }
   auto nll = at::cat(parts).to(at::kCPU).contiguous();  // one host synchronisation, at the end
@@ -117,7 +167,7 @@ PerplexityResult samples_perplexity(const model::CausalLM& lm, const std::vector
       for (size_t r = 0; r < n; ++r) {
         std::copy(samples[which[r]].begin(), samples[which[r]].end(), ids[r].data_ptr<int64_t>());
       }
-      parts.emplace_back(which, sequence_nll(lm, ids));
+      parts.emplace_back(which, sequence_nll(lm, ids, {options.logits_chunk_tokens}));
       if (progress) progress->advance(static_cast<int64_t>(n));
     }
   }

@@ -1,5 +1,7 @@
 #include "architecture.h"
 
+#include "fused/fused_ops.h"
+
 #include <torch/version.h>
 
 #include <fmt/format.h>
@@ -99,14 +101,22 @@ at::Tensor causal_attention(const at::Tensor& q_in, const at::Tensor& k_in, cons
                             int64_t num_heads, int64_t num_kv_heads, int64_t head_dim, const Rotary* rotary,
                             int64_t window) {
   const int64_t b = q_in.size(0), t = q_in.size(1);
-  auto q = q_in.view({b, t, num_heads, head_dim}).transpose(1, 2);
-  auto k = k_in.view({b, t, num_kv_heads, head_dim}).transpose(1, 2);
-  auto v = v_in.view({b, t, num_kv_heads, head_dim}).transpose(1, 2);
-  if (rotary) {
-    auto cos = rotary->cos.to(q.scalar_type());
-    auto sin = rotary->sin.to(q.scalar_type());
-    q = apply_rotary(q, cos, sin);
-    k = apply_rotary(k, cos, sin);
+  auto q = q_in.reshape({b, t, num_heads, head_dim});
+  auto k = k_in.reshape({b, t, num_kv_heads, head_dim});
+  auto v = v_in.reshape({b, t, num_kv_heads, head_dim}).transpose(1, 2);
+  if (rotary && fused::enabled_for(q) && fused::enabled_for(k)) {
+    // One pass over q and k instead of ATen's six; the kernels keep the [B, T, heads, dim] layout.
+    q = fused::rotary(q, rotary->cos, rotary->sin).transpose(1, 2);
+    k = fused::rotary(k, rotary->cos, rotary->sin).transpose(1, 2);
+  } else {
+    q = q.transpose(1, 2);
+    k = k.transpose(1, 2);
+    if (rotary) {
+      auto cos = rotary->cos.to(q.scalar_type());
+      auto sin = rotary->sin.to(q.scalar_type());
+      q = apply_rotary(q, cos, sin);
+      k = apply_rotary(k, cos, sin);
+    }
   }
   k = repeat_kv(k, num_heads / num_kv_heads);
   v = repeat_kv(v, num_heads / num_kv_heads);
@@ -142,6 +152,24 @@ at::Tensor causal_attention(const at::Tensor& q_in, const at::Tensor& k_in, cons
   out = (parts.size() == 1 ? parts.front() : at::cat(parts, 0)).view({b, num_heads, t, head_dim});
 #endif
   return out.transpose(1, 2).reshape({b, t, num_heads * head_dim});
+}
+
+at::Tensor linear_activation(const LinearSlot& slot, const std::string& name, const at::Tensor& x) {
+#if TORCH_VERSION_MAJOR >= 2
+  // ReLU in the matrix product's epilogue (cuBLASLt) instead of a second pass
+  // over the [tokens, ffn] output; the result is the same, as ReLU commutes
+  // with rounding to the output dtype.
+  const auto* dense = dynamic_cast<const DenseLinear*>(&slot);
+  if (name == "relu" && dense && dense->bias().defined() && x.is_cuda() && !x.requires_grad() &&
+      !dense->weight().requires_grad() && x.size(-1) == dense->weight().size(1)) {
+    auto sizes = x.sizes().vec();
+    auto x2 = x.reshape({-1, x.size(-1)});
+    auto y = at::_addmm_activation(dense->bias(), x2, dense->weight().t(), 1, 1, /*use_gelu=*/false);
+    sizes.back() = y.size(1);
+    return y.view(sizes);
+  }
+#endif
+  return activation(name, slot.forward(x));
 }
 
 at::Tensor activation(const std::string& name, const at::Tensor& x) {

@@ -31,6 +31,11 @@ class Architecture {
   virtual std::vector<ExpectedTensor> expected_tensors() const = 0;
   virtual at::Tensor embed(const CausalLM& lm, const at::Tensor& input_ids) const = 0;
   virtual at::Tensor layer(const CausalLM& lm, int64_t index, const at::Tensor& hidden) const = 0;
+  /// The values of layer `index` on `hidden` that do not depend on slot `role` (CausalLM::layer_prefix).
+  virtual std::vector<at::Tensor> prefix(const CausalLM& lm, int64_t index, const at::Tensor& hidden,
+                                         LinearRole role) const = 0;
+  /// The layer's output from such values (missing ones are computed with the current slots).
+  virtual at::Tensor resume(const CausalLM& lm, int64_t index, std::vector<at::Tensor> values) const = 0;
   virtual at::Tensor final_hidden(const CausalLM& lm, const at::Tensor& hidden) const = 0;
 
  protected:
@@ -63,6 +68,10 @@ at::Tensor causal_attention(const at::Tensor& q, const at::Tensor& k, const at::
 
 /// The activation named by config.json ("relu", "silu", "gelu", "gelu_new", ...).
 at::Tensor activation(const std::string& name, const at::Tensor& x);
+
+/// activation(name, slot.forward(x)), with ReLU fused into the matrix product
+/// where the slot is dense with a bias and x is on CUDA (LibTorch 2.x).
+at::Tensor linear_activation(const LinearSlot& slot, const std::string& name, const at::Tensor& x);
 
 }  // namespace detail
 }  // namespace cur4llm::model

@@ -309,6 +309,20 @@ at::Tensor CausalLM::layer(int64_t index, const at::Tensor& hidden) const {
   return arch_->layer(*this, index, hidden);
 }
 
+LayerPrefix CausalLM::layer_prefix(int64_t index, const at::Tensor& hidden, LinearRole role) const {
+  if (index < 0 || index >= config_.num_layers) {
+    throw std::out_of_range(fmt::format("layer {} out of range [0, {})", index, config_.num_layers));
+  }
+  return {index, role, arch_->prefix(*this, index, hidden, role)};
+}
+
+at::Tensor CausalLM::layer_resume(const LayerPrefix& prefix) const {
+  if (prefix.layer < 0 || prefix.layer >= config_.num_layers || prefix.values.empty()) {
+    throw std::invalid_argument("layer_resume: not a prefix of this model's layers");
+  }
+  return arch_->resume(*this, prefix.layer, prefix.values);
+}
+
 at::Tensor CausalLM::final_hidden(const at::Tensor& hidden) const { return arch_->final_hidden(*this, hidden); }
 
 at::Tensor CausalLM::head(const at::Tensor& hidden) const { return linear("lm_head").forward(final_hidden(hidden)); }

@@ -4,6 +4,8 @@
 // RoPE scaling (LLaMA-3), tied or untied lm_head.
 #include "architecture.h"
 
+#include "fused/fused_ops.h"
+
 #include <fmt/format.h>
 
 #include <mutex>
@@ -62,16 +64,35 @@ class Llama final : public Architecture {
   }
 
   at::Tensor layer(const CausalLM& lm, int64_t i, const at::Tensor& hidden) const override {
-    const LayerNames& n = layers_.at(i);
-    const detail::Rotary rotary = rotary_for(hidden.size(1), hidden.device());
-    auto x = rms_norm(tensor(lm, n.attn_norm), hidden);
-    auto q = slot(lm, n.q).forward(x), k = slot(lm, n.k).forward(x), v = slot(lm, n.v).forward(x);
-    auto attn = detail::causal_attention(q, k, v, c_.num_heads, c_.num_kv_heads, c_.head_dim, &rotary,
-                                         c_.sliding_window);
-    auto h = hidden + slot(lm, n.o).forward(attn);
-    x = rms_norm(tensor(lm, n.ffn_norm), h);
-    auto gated = detail::activation(c_.hidden_act, slot(lm, n.gate).forward(x)) * slot(lm, n.up).forward(x);
-    return h + slot(lm, n.down).forward(gated);
+    std::vector<at::Tensor> values(kCount);
+    values[kH] = hidden;
+    return run(lm, i, values);
+  }
+
+  std::vector<at::Tensor> prefix(const CausalLM& lm, int64_t i, const at::Tensor& hidden,
+                                 LinearRole role) const override {
+    std::vector<at::Tensor> v(kCount);
+    v[kH] = hidden;
+    std::vector<int> keep{kH};
+    switch (role) {
+      case LinearRole::Q: keep = {kH, kX, kK, kV}; break;
+      case LinearRole::K: keep = {kH, kX, kQ, kV}; break;
+      case LinearRole::V: keep = {kH, kX, kQ, kK}; break;
+      case LinearRole::O: keep = {kH, kAttn}; break;
+      case LinearRole::Gate: keep = {kH2, kX2, kUp}; break;
+      case LinearRole::Up: keep = {kH2, kX2, kGate}; break;
+      case LinearRole::Down: keep = {kH2, kGated}; break;
+      default: break;
+    }
+    for (int index : keep) (void)value(lm, i, v, index);
+    std::vector<at::Tensor> out(kCount);
+    for (int index : keep) out[index] = v[index];
+    return out;
+  }
+
+  at::Tensor resume(const CausalLM& lm, int64_t i, std::vector<at::Tensor> values) const override {
+    values.resize(kCount);
+    return run(lm, i, values);
   }
 
   at::Tensor final_hidden(const CausalLM& lm, const at::Tensor& hidden) const override {
@@ -81,6 +102,7 @@ class Llama final : public Architecture {
  private:
   // As transformers: normalise in float32, cast back, then scale.
   at::Tensor rms_norm(const at::Tensor& weight, const at::Tensor& x) const {
+    if (fused::enabled_for(x) && weight.scalar_type() == x.scalar_type()) return fused::rms_norm(x, weight, c_.norm_eps);
     auto xf = x.to(at::kFloat);
     auto variance = xf.pow(2).mean(-1, /*keepdim=*/true);
     return weight * (xf * at::rsqrt(variance + c_.norm_eps)).to(x.scalar_type());
@@ -94,6 +116,54 @@ class Llama final : public Architecture {
       rotary_len_ = t;
     }
     return rotary_;
+  }
+
+  // The layer's named values; value() computes one from those it needs unless already present.
+  enum Value { kH, kX, kQ, kK, kV, kAttn, kH2, kX2, kGate, kUp, kGated, kCount };
+
+  // With `release`, inputs nothing later needs are dropped once used (a whole layer's peak memory).
+  at::Tensor value(const CausalLM& lm, int64_t i, std::vector<at::Tensor>& v, int index, bool release = false) const {
+    if (v[index].defined()) return v[index];
+    auto get = [&](int other) { return value(lm, i, v, other, release); };
+    const LayerNames& n = layers_.at(i);
+    at::Tensor t;
+    switch (index) {
+      case kX: t = rms_norm(tensor(lm, n.attn_norm), v[kH]); break;
+      case kQ: t = slot(lm, n.q).forward(get(kX)); break;
+      case kK: t = slot(lm, n.k).forward(get(kX)); break;
+      case kV: t = slot(lm, n.v).forward(get(kX)); break;
+      case kAttn: {
+        const detail::Rotary rotary = rotary_for(v[kH].size(1), v[kH].device());
+        t = detail::causal_attention(get(kQ), get(kK), get(kV), c_.num_heads,
+                                     c_.num_kv_heads, c_.head_dim, &rotary, c_.sliding_window);
+        break;
+      }
+      case kH2: t = v[kH] + slot(lm, n.o).forward(get(kAttn)); break;
+      case kX2: t = rms_norm(tensor(lm, n.ffn_norm), get(kH2)); break;
+      case kGate: t = slot(lm, n.gate).forward(get(kX2)); break;
+      case kUp: t = slot(lm, n.up).forward(get(kX2)); break;
+      case kGated: {
+        auto gate = get(kGate), up = get(kUp);
+        const bool silu = c_.hidden_act == "silu" || c_.hidden_act == "swish";
+        t = silu && fused::enabled_for(gate) && fused::enabled_for(up) && gate.sizes() == up.sizes()
+                ? fused::silu_mul(gate, up)
+                : detail::activation(c_.hidden_act, gate) * up;
+        break;
+      }
+      default: throw std::logic_error("internal: LLaMA layer value");
+    }
+    v[index] = t;
+    if (release) {
+      if (index == kAttn) v[kX] = v[kQ] = v[kK] = v[kV] = at::Tensor();
+      if (index == kH2) v[kH] = v[kAttn] = at::Tensor();
+      if (index == kGated) v[kGate] = v[kUp] = v[kX2] = at::Tensor();
+    }
+    return t;
+  }
+
+  at::Tensor run(const CausalLM& lm, int64_t i, std::vector<at::Tensor>& v) const {
+    auto h2 = value(lm, i, v, kH2, true);
+    return h2 + slot(lm, layers_.at(i).down).forward(value(lm, i, v, kGated, true));
   }
 
   ModelConfig c_;

@@ -81,18 +81,34 @@ class Opt final : public Architecture {
   }
 
   at::Tensor layer(const CausalLM& lm, int64_t i, const at::Tensor& hidden) const override {
-    const LayerNames& n = layers_.at(i);
-    const bool pre = c_.do_layer_norm_before;
-    auto x = pre ? norm(lm, n.attn_norm, hidden) : hidden;
-    auto q = slot(lm, n.q).forward(x), k = slot(lm, n.k).forward(x), v = slot(lm, n.v).forward(x);
-    auto attn = detail::causal_attention(q, k, v, c_.num_heads, c_.num_kv_heads, c_.head_dim, nullptr, 0);
-    auto h = hidden + slot(lm, n.o).forward(attn);
-    if (!pre) h = norm(lm, n.attn_norm, h);
-    x = pre ? norm(lm, n.ffn_norm, h) : h;
-    x = slot(lm, n.fc2).forward(detail::activation(c_.hidden_act, slot(lm, n.fc1).forward(x)));
-    h = h + x;
-    if (!pre) h = norm(lm, n.ffn_norm, h);
-    return h;
+    std::vector<at::Tensor> values(kCount);
+    values[kH] = hidden;
+    return run(lm, i, values);
+  }
+
+  std::vector<at::Tensor> prefix(const CausalLM& lm, int64_t i, const at::Tensor& hidden,
+                                 LinearRole role) const override {
+    std::vector<at::Tensor> v(kCount);
+    v[kH] = hidden;
+    std::vector<int> keep{kH};
+    switch (role) {
+      case LinearRole::Q: keep = {kH, kX, kK, kV}; break;
+      case LinearRole::K: keep = {kH, kX, kQ, kV}; break;
+      case LinearRole::V: keep = {kH, kX, kQ, kK}; break;
+      case LinearRole::O: keep = {kH, kAttn}; break;
+      case LinearRole::Fc1: keep = {kH2, kX2}; break;
+      case LinearRole::Fc2: keep = {kH2, kAct}; break;
+      default: break;
+    }
+    for (int index : keep) (void)value(lm, i, v, index);
+    std::vector<at::Tensor> out(kCount);
+    for (int index : keep) out[index] = v[index];
+    return out;
+  }
+
+  at::Tensor resume(const CausalLM& lm, int64_t i, std::vector<at::Tensor> values) const override {
+    values.resize(kCount);
+    return run(lm, i, values);
   }
 
   at::Tensor final_hidden(const CausalLM& lm, const at::Tensor& hidden) const override {
@@ -106,6 +122,48 @@ class Opt final : public Architecture {
     const at::Tensor* w = optional_tensor(lm, module + ".weight");
     const at::Tensor* b = optional_tensor(lm, module + ".bias");
     return at::layer_norm(x, {c_.hidden_size}, w ? *w : at::Tensor(), b ? *b : at::Tensor(), c_.norm_eps);
+  }
+
+  // The layer's named values; value() computes one from those it needs unless already present.
+  enum Value { kH, kX, kQ, kK, kV, kAttn, kH2, kX2, kAct, kCount };
+
+  // With `release`, inputs nothing later needs are dropped once used (a whole layer's peak memory).
+  at::Tensor value(const CausalLM& lm, int64_t i, std::vector<at::Tensor>& v, int index, bool release = false) const {
+    if (v[index].defined()) return v[index];
+    auto get = [&](int other) { return value(lm, i, v, other, release); };
+    const LayerNames& n = layers_.at(i);
+    const bool pre = c_.do_layer_norm_before;
+    at::Tensor t;
+    switch (index) {
+      case kX: t = pre ? norm(lm, n.attn_norm, v[kH]) : v[kH]; break;
+      case kQ: t = slot(lm, n.q).forward(get(kX)); break;
+      case kK: t = slot(lm, n.k).forward(get(kX)); break;
+      case kV: t = slot(lm, n.v).forward(get(kX)); break;
+      case kAttn:
+        t = detail::causal_attention(get(kQ), get(kK), get(kV), c_.num_heads,
+                                     c_.num_kv_heads, c_.head_dim, nullptr, 0);
+        break;
+      case kH2:
+        t = v[kH] + slot(lm, n.o).forward(get(kAttn));
+        if (!pre) t = norm(lm, n.attn_norm, t);
+        break;
+      case kX2: t = pre ? norm(lm, n.ffn_norm, get(kH2)) : get(kH2); break;
+      case kAct: t = detail::linear_activation(slot(lm, n.fc1), c_.hidden_act, get(kX2)); break;
+      default: throw std::logic_error("internal: OPT layer value");
+    }
+    v[index] = t;
+    if (release) {
+      if (index == kAttn) v[kX] = v[kQ] = v[kK] = v[kV] = at::Tensor();
+      if (index == kH2) v[kH] = v[kAttn] = at::Tensor();
+      if (index == kAct) v[kX2] = at::Tensor();
+    }
+    return t;
+  }
+
+  at::Tensor run(const CausalLM& lm, int64_t i, std::vector<at::Tensor>& v) const {
+    auto h2 = value(lm, i, v, kH2, true);
+    auto h = h2 + slot(lm, layers_.at(i).fc2).forward(value(lm, i, v, kAct, true));
+    return c_.do_layer_norm_before ? h : norm(lm, layers_.at(i).ffn_norm, h);
   }
 
   ModelConfig c_;

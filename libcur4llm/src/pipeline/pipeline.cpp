@@ -3,12 +3,14 @@
 #include <cur4llm/calib/statistics.h>
 #include <cur4llm/compress/apply.h>
 #include <cur4llm/compress/factory.h>
+#include <cur4llm/compress/sequential.h>
 #include <cur4llm/data/text_data.h>
 #include <cur4llm/eval/perplexity.h>
 #include <cur4llm/io/cache.h>
 #include <cur4llm/io/safetensors.h>
 #include <cur4llm/model/causal_lm.h>
 #include <cur4llm/search/binary_search.h>
+#include <cur4llm/search/lagrangian.h>
 #include <cur4llm/search/stable_rank.h>
 #include <cur4llm/sensitivity/sensitivity.h>
 #include <cur4llm/tokenize/tokenizer.h>
@@ -22,6 +24,7 @@
 #include <cstdio>
 #include <map>
 #include <optional>
+#include <sstream>
 #include <stdexcept>
 
 namespace cur4llm::pipeline {
@@ -92,6 +95,7 @@ search::Allocation allocation_from_plan(const model::CausalLM& lm, const search:
     }
   };
   expect("method", o.method, "--method");
+  expect("sequential", o.sequential ? "1" : "0", "--sequential");
   expect("act_aware", o.act_aware ? "1" : "0", "--act_aware");
   if (o.act_aware) {
     expect("alpha", fmt_double(o.alpha), "--alpha");
@@ -137,6 +141,18 @@ void validate_settings(const PipelineOptions& o) {
   if (std::find(methods.begin(), methods.end(), o.method) == methods.end()) {
     compress::make_compressor(o.method);  // throws, listing the names
   }
+  for (double r : o.candidates) {
+    if (!(r > 0 && r < 1)) throw invalid_argument(fmt::format("--candidates: {} is not a ratio in (0, 1)", r));
+  }
+  if (!o.candidates.empty() && (o.sensitivity_metric != "ppl" || o.compress_kv_cache)) {
+    throw invalid_argument("--candidates is for the ppl sensitivity in the weights mode");
+  }
+  if (o.search != "reference" && o.search != "lagrangian") {
+    throw invalid_argument(fmt::format("--search must be reference or lagrangian, not \"{}\"", o.search));
+  }
+  if (o.sequential && compress::make_compressor(o.method)->statistic() != compress::LayerStatistic::Gram) {
+    throw invalid_argument(fmt::format("--sequential needs a data-aware method (on the Gram matrix), not \"{}\"", o.method));
+  }
 }
 
 void validate(const PipelineOptions& o) {
@@ -163,6 +179,9 @@ void validate(const PipelineOptions& o) {
   if (o.plan_file.empty() && o.compress_kv_cache != (o.kv_cache_ratio_target > 0)) {
     throw invalid_argument("--compress_kv_cache and --kv_cache_ratio_target go together");
   }
+  if (o.search == "lagrangian" && (o.sensitivity_metric != "ppl" || o.param_ratio_target <= 0)) {
+    throw invalid_argument("--search lagrangian needs --sensitivity_metric ppl and --param_ratio_target");
+  }
   validate_settings(o);
   data::resolve_dataset(o.calib_dataset, data::Purpose::Calibration, data_dir_of(o));
   if (!o.plan_file.empty() && !fs::is_regular_file(o.plan_file)) {
@@ -182,6 +201,30 @@ eval::PerplexityResult evaluate_dataset(const model::CausalLM& lm, const tokeniz
   popts.show_progress = options.show_progress;
   popts.label = spec.c_str();
   return eval::evaluate_perplexity(lm, ids, popts);
+}
+
+std::string plan_file_name(const std::string& model_label, const PipelineOptions& o, const std::string& target_label) {
+  return fmt::format("plan-{}-{}{}{}-{}.json", model_label, o.method, o.sequential ? "-seq" : "",
+                     o.search == "lagrangian" ? "-lagr" : "", target_label);
+}
+
+std::vector<double> parse_candidates(const std::string& text) {
+  std::vector<double> out;
+  std::stringstream in(text);
+  for (std::string item; std::getline(in, item, ',');) {
+    if (item.empty()) continue;
+    double r = -1;
+    try {
+      size_t used = 0;
+      r = std::stod(item, &used);
+      if (used != item.size()) r = -1;
+    } catch (const std::exception&) {
+      r = -1;
+    }
+    if (!(r > 0 && r < 1)) throw std::invalid_argument(fmt::format("--candidates: \"{}\" is not a ratio in (0, 1)", item));
+    out.push_back(r);
+  }
+  return out;
 }
 
 int64_t effective_seqlen(const model::CausalLM& lm, int64_t requested) {
@@ -241,12 +284,23 @@ PipelineResult compress_model(model::CausalLM& lm, const tokenize::Tokenizer& to
   }
   result.timings.emplace_back("calib_samples_s", seconds_since(t0));
 
-  // 2. Activation statistics.
+  // 2. Activation statistics (data-aware methods need the input Gram matrices, whatever act_aware says).
+  compress::CompressorOptions comp_opts;
+  comp_opts.cur.rank_align = o.rank_align;
+  comp_opts.cur.selection = compress::parse_cur_selection(o.cur_selection);
+  comp_opts.cur.seed = o.seed;
+  comp_opts.svd.rank_align = o.rank_align;
+  comp_opts.svd.sigma_fuse = compress::parse_sigma_fuse(o.sigma_fuse);
+  comp_opts.skeleton.rank_align = o.rank_align;
+  comp_opts.data_cur.rank_align = o.rank_align;
+  auto compressor = compress::make_compressor(o.method, comp_opts);
+  const bool gram = compressor->statistic() == compress::LayerStatistic::Gram;
   calib::ActivationStatistics stats;
   compress::ScaleFn scale;
   auto stats_fields = calib_key.fields;
   stats_fields["scaling_method"] = o.scaling_method;
-  if (o.act_aware) {
+  if (gram) stats_fields["gram"] = "1";
+  if (o.act_aware || gram) {
     t0 = Clock::now();
     io::CacheKey key{"stats", stats_fields};
     const fs::path file = cache_dir / key.file_name("safetensors");
@@ -258,22 +312,17 @@ PipelineResult compress_model(model::CausalLM& lm, const tokenize::Tokenizer& to
       stats = std::move(*cached);
     } else {
       auto copts = calib::CollectOptions::for_method(scaling);
+      copts.gram = gram;
       copts.batch_size = o.batch_size;
       copts.show_progress = o.show_progress;
       stats = calib::collect_statistics(lm, *samples, copts);
       if (o.use_cache) stats.save(file, key.as_metadata());
     }
-    scale = [&stats, scaling, alpha = o.alpha](const std::string& layer) { return stats.scale(layer, scaling, alpha); };
+    scale = [&stats, scaling, alpha = o.alpha, gram](const std::string& layer) {
+      return gram ? stats.mean_gram(layer) : stats.scale(layer, scaling, alpha);
+    };
     result.timings.emplace_back("statistics_s", seconds_since(t0));
   }
-
-  compress::CompressorOptions comp_opts;
-  comp_opts.cur.rank_align = o.rank_align;
-  comp_opts.cur.selection = compress::parse_cur_selection(o.cur_selection);
-  comp_opts.cur.seed = o.seed;
-  comp_opts.svd.rank_align = o.rank_align;
-  comp_opts.svd.sigma_fuse = compress::parse_sigma_fuse(o.sigma_fuse);
-  auto compressor = compress::make_compressor(o.method, comp_opts);
 
   search::Allocation allocation;
   if (saved_plan) {
@@ -285,6 +334,7 @@ PipelineResult compress_model(model::CausalLM& lm, const tokenize::Tokenizer& to
     sweep.mode = o.compress_kv_cache ? search::CompressMode::kKvCache : search::CompressMode::kWeights;
     sweep.batch_size = o.batch_size;
     sweep.show_progress = o.show_progress;
+    sweep.candidates = o.candidates;
     t0 = Clock::now();
     auto sens_fields = stats_fields;
     sens_fields["act_aware"] = o.act_aware ? "1" : "0";
@@ -296,8 +346,9 @@ PipelineResult compress_model(model::CausalLM& lm, const tokenize::Tokenizer& to
     sens_fields["method_options"] = o.method == "cur" ? "selection=" + o.cur_selection : "sigma_fuse=" + o.sigma_fuse;
     {
       std::string c;
-      const auto cands = o.sensitivity_metric == "ppl" ? search::candidate_ratios(sweep.mode)
-                                                        : search::stable_rank_candidate_ratios();
+      const auto cands = !sweep.candidates.empty()         ? sweep.candidates
+                         : o.sensitivity_metric == "ppl" ? search::candidate_ratios(sweep.mode)
+                                                         : search::stable_rank_candidate_ratios();
       for (double r : cands) c += (c.empty() ? "" : ",") + fmt_double(r);
       sens_fields["candidates"] = c;
     }
@@ -322,6 +373,7 @@ PipelineResult compress_model(model::CausalLM& lm, const tokenize::Tokenizer& to
     search::SearchOptions sopts;
     sopts.mode = sweep.mode;
     sopts.final_cut = search::FinalCut::kReferenceLastMid;  // the reference's allocation, exactly
+    sopts.show_progress = o.show_progress;
     search::SearchResult found;
     if (o.ppl_target > 0) {
       std::map<std::pair<std::string, double>, model::LinearPtr> built;  // decomposed once per (layer, ratio)
@@ -346,7 +398,14 @@ PipelineResult compress_model(model::CausalLM& lm, const tokenize::Tokenizer& to
       result.target_label = fmt::format("ppl{}", o.ppl_target);
     } else {
       const double target = o.compress_kv_cache ? o.kv_cache_ratio_target : o.param_ratio_target;
-      found = search::search_param_ratio(*table, sizes, target, sopts);
+      if (o.search == "lagrangian") {
+        eval::PerplexityOptions popts;
+        popts.batch_size = o.batch_size;
+        result.dense_calibration_ppl = eval::samples_perplexity(lm, *samples, popts).perplexity;
+        found = search::search_param_ratio_lagrangian(*table, sizes, target, result.dense_calibration_ppl, sopts);
+      } else {
+        found = search::search_param_ratio(*table, sizes, target, sopts);
+      }
       result.target_label = o.compress_kv_cache ? fmt::format("kv{}", o.kv_cache_ratio_target)
                                                 : fmt::format("ratio{}", o.param_ratio_target);
     }
@@ -360,12 +419,20 @@ PipelineResult compress_model(model::CausalLM& lm, const tokenize::Tokenizer& to
 
   // 5. Decompose and swap in.
   t0 = Clock::now();
-  compress::ApplyOptions aopts;
-  aopts.show_progress = o.show_progress;
-  result.plan = compress::apply_allocation(lm, allocation, *compressor, scale, aopts);
+  if (o.sequential) {
+    compress::SequentialOptions qopts;
+    qopts.batch_size = o.batch_size;
+    qopts.show_progress = o.show_progress;
+    result.plan = compress::apply_allocation_sequential(lm, allocation, *compressor, *samples, qopts);
+  } else {
+    compress::ApplyOptions aopts;
+    aopts.show_progress = o.show_progress;
+    result.plan = compress::apply_allocation(lm, allocation, *compressor, scale, aopts);
+  }
   result.timings.emplace_back("decompose_s", seconds_since(t0));
-  result.plan.meta() = {{"model_id", folder.string()}, {"method", o.method}, {"act_aware", o.act_aware ? "1" : "0"},
-                        {"alpha", fmt_double(o.alpha)}, {"scaling_method", o.scaling_method}};
+  result.plan.meta() = {{"model_id", folder.string()},          {"method", o.method},
+                        {"sequential", o.sequential ? "1" : "0"}, {"act_aware", o.act_aware ? "1" : "0"},
+                        {"alpha", fmt_double(o.alpha)},           {"scaling_method", o.scaling_method}};
   return result;
 }
 

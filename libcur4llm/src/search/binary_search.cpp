@@ -1,10 +1,13 @@
 #include <cur4llm/search/binary_search.h>
 
+#include <cur4llm/util/progress.h>
+
 #include <fmt/format.h>
 
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <memory>
 #include <stdexcept>
 #include <unordered_map>
 
@@ -185,9 +188,16 @@ SearchResult search_perplexity(const SensitivityTable& table, const std::vector<
   if (!ppl) throw std::invalid_argument("search: a perplexity target needs a perplexity function");
   const auto sorted = sorted_entries(table, options.mode);
   check_layers(sorted, layers, options.mode);
+  // Each probe is a calibration evaluation; the halving interval allows at most ceil(log2 n) of them.
+  std::unique_ptr<util::Progress> progress;
+  if (options.show_progress && sorted.size() > 1) {
+    const auto probes = static_cast<int64_t>(std::ceil(std::log2(static_cast<double>(sorted.size()))));
+    progress = std::make_unique<util::Progress>("search", probes, "probes");
+  }
   SearchResult result = run_search(sorted, layers, options, [&](const Allocation& alloc, SearchStep& step) {
     step.ratio = whole_model_ratio(alloc, layers, options.mode, options.stored_params);
     step.ppl = ppl(alloc);
+    if (progress) progress->advance();
     return step.ppl < target;
   });
   finish(result, sorted, layers, options);

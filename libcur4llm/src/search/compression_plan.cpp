@@ -7,6 +7,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <iterator>
 #include <cmath>
 #include <stdexcept>
 
@@ -17,12 +18,18 @@ using detail::OrderedJson;
 
 namespace {
 
-bool known_method(const std::string& m) { return m == "cur" || m == "svd" || m == "grad_cur" || m == "dense"; }
+// "dense" or one of compress::compressor_names() (search does not depend on compress).
+bool known_method(const std::string& m) {
+  static const char* const names[] = {"dense",         "cur",          "svd",          "grad_cur",
+                                      "svd_whiten",    "skeleton",     "skeleton_row", "skeleton_col",
+                                      "skeleton_diag", "skeleton_swap", "cur_whiten",   "cur_deim",     "cur_qr"};
+  return std::find(std::begin(names), std::end(names), m) != std::end(names);
+}
 
 // The checks of add(), as a message (empty when the layer is valid).
 std::string invalid_reason(const PlannedLayer& l) {
   if (l.name.empty()) return "has an empty name";
-  if (!known_method(l.method)) return fmt::format("has method \"{}\", not cur, svd, grad_cur or dense", l.method);
+  if (!known_method(l.method)) return fmt::format("has method \"{}\", not dense or a compression method", l.method);
   if (!std::isfinite(l.ratio) || l.ratio <= 0) return fmt::format("has ratio {}, must be finite and > 0", l.ratio);
   if (l.rank < 0) return fmt::format("has rank {}, must be >= 0", l.rank);
   if (l.stored_params < 0) return fmt::format("has stored_params {}, must be >= 0", l.stored_params);

@@ -5,13 +5,18 @@
 #include <cur4llm/eval/perplexity.h>
 #include <cur4llm/model/causal_lm.h>
 #include <cur4llm/search/stable_rank.h>
+#include <cur4llm/util/device.h>
 #include <cur4llm/util/progress.h>
+
+#include "fused/fused_ops.h"
 
 #include <ATen/ATen.h>
 #include <c10/core/InferenceMode.h>
 
 #include <fmt/format.h>
 
+#include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <limits>
 #include <map>
@@ -26,9 +31,17 @@ bool is_kv(const std::string& name) {
 
 // Calibration samples grouped by length, as id tensors of at most batch_size rows.
 struct Batch {
-  at::Tensor ids;     // [b, T] on the model's device
-  at::Tensor hidden;  // hidden states entering the current layer (reuse mode)
+  at::Tensor ids;              // [b, T] on the model's device
+  at::Tensor hidden;           // hidden states entering the current layer (reuse mode)
+  model::LayerPrefix prefix;   // the current layer up to the swept slot (reuse mode, decoder slots)
 };
+
+int64_t samples_per_batch(const std::vector<std::vector<int64_t>>& samples, const SweepOptions& options) {
+  if (options.batch_size > 0) return options.batch_size;
+  size_t longest = 0;
+  for (const auto& s : samples) longest = std::max(longest, s.size());
+  return std::max<int64_t>(1, options.batch_tokens / std::max<int64_t>(1, static_cast<int64_t>(longest)));
+}
 
 std::vector<Batch> make_batches(const model::CausalLM& lm, const std::vector<std::vector<int64_t>>& samples,
                                 int64_t batch_size) {
@@ -47,26 +60,58 @@ std::vector<Batch> make_batches(const model::CausalLM& lm, const std::vector<std
         const auto& s = samples[members[start + r]];
         std::copy(s.begin(), s.end(), ids[static_cast<int64_t>(r)].data_ptr<int64_t>());
       }
-      batches.push_back({ids.to(lm.device()), at::Tensor()});
+      // Checked here, on the host: embed() trusts ids that are already on the device.
+      const int64_t lo = ids.min().item<int64_t>(), hi = ids.max().item<int64_t>();
+      if (lo < 0 || hi >= lm.config().vocab_size) {
+        throw std::invalid_argument(fmt::format("calibration token id {} is outside the vocabulary [0, {})",
+                                                lo < 0 ? lo : hi, lm.config().vocab_size));
+      }
+      batches.push_back({ids.to(lm.device()), at::Tensor(), model::LayerPrefix()});
     }
   }
   return batches;
 }
 
-// exp(mean over samples of each sample's mean NLL), running from `first_layer`
-// on cached hidden states, or a full forward when first_layer < 0.
-double calibration_ppl(const model::CausalLM& lm, const std::vector<Batch>& batches, int64_t first_layer,
-                       int64_t num_samples) {
+// Sum over samples of each sample's mean NLL, as a 0-d float64 tensor on the
+// device (no synchronisation): from the batches' layer prefixes where they are
+// set, else from `first_layer` on cached hidden states, or a full forward when
+// first_layer < 0.
+at::Tensor nll_sum(const model::CausalLM& lm, const std::vector<Batch>& batches, int64_t first_layer,
+                   const eval::NllOptions& nll_options) {
   at::Tensor sum;
   for (const Batch& b : batches) {
-    auto nll = first_layer < 0 ? eval::sequence_nll(lm, b.ids)
-                               : eval::sequence_nll_from(lm, first_layer, b.hidden, b.ids);
+    auto nll = first_layer < 0          ? eval::sequence_nll(lm, b.ids, nll_options)
+               : b.prefix.layer >= 0 ? eval::sequence_nll_resume(lm, b.prefix, b.ids, nll_options)
+                                     : eval::sequence_nll_from(lm, first_layer, b.hidden, b.ids, nll_options);
     auto s = nll.sum();
     sum = sum.defined() ? sum + s : s;
   }
-  return std::exp(sum.item<double>() / static_cast<double>(num_samples));  // one synchronisation per entry
+  return sum;
 }
 
+// Seconds spent in a phase, measured only when profiling (then the device is
+// synchronised at the phase's end, so that its queued work is counted).
+class PhaseTimer {
+ public:
+  PhaseTimer(SweepProfile* profile, double SweepProfile::*field, c10::Device device)
+      : profile_(profile), field_(field), device_(device), start_(std::chrono::steady_clock::now()) {}
+  ~PhaseTimer() {
+    if (!profile_) return;
+    try {
+      util::synchronize(device_);
+    } catch (...) {
+    }
+    profile_->*field_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
+  }
+  PhaseTimer(const PhaseTimer&) = delete;
+  PhaseTimer& operator=(const PhaseTimer&) = delete;
+
+ private:
+  SweepProfile* profile_;
+  double SweepProfile::*field_;
+  c10::Device device_;
+  std::chrono::steady_clock::time_point start_;
+};
 
 }  // namespace
 
@@ -96,8 +141,16 @@ search::SensitivityTable ppl_sensitivity(model::CausalLM& lm, const std::vector<
   for (const auto& info : lm.linears()) info_of[info.name] = &info;
 
   c10::InferenceMode guard;
-  auto batches = make_batches(lm, samples, options.batch_size);
+  SweepProfile* profile = options.profile;
+  const auto device = lm.device();
+  const int64_t per_batch = samples_per_batch(samples, options);
+  auto batches = make_batches(lm, samples, per_batch);
   const auto num_samples = static_cast<int64_t>(samples.size());
+  const eval::NllOptions nll_options{options.logits_chunk_tokens};
+  if (profile) {
+    profile->batches = static_cast<int64_t>(batches.size());
+    for (const auto& b : batches) profile->batch_size = std::max(profile->batch_size, b.ids.size(0));
+  }
 
   // Visit layers in model order so that the cached hidden states only move forward.
   // Slots outside the decoder layers (lm_head, OPT's project_in/out) come last:
@@ -113,15 +166,54 @@ search::SensitivityTable ppl_sensitivity(model::CausalLM& lm, const std::vector<
   search::SensitivityTable table("ppl");
   int64_t cached_layer = 0;  // the layer whose input the batches' hidden states hold
   if (options.reuse_hidden_states) {
+    PhaseTimer timer(profile, &SweepProfile::advance_s, device);
     for (auto& b : batches) b.hidden = lm.embed(b.ids);
   }
   auto advance_to = [&](int64_t layer) {
+    PhaseTimer timer(profile, &SweepProfile::advance_s, device);
     for (; cached_layer < layer; ++cached_layer) {
       for (auto& b : batches) b.hidden = lm.layer(cached_layer, b.hidden);
     }
   };
 
-  for (const auto& name : ordered) {
+  // Every candidate's slot of one layer, built before its forward passes so
+  // that those queue up on the device without waiting for the host. Outside
+  // profiling, the next layer is decomposed on a second stream while the
+  // current layer's forward passes run.
+  struct Decomposed {
+    std::vector<model::LinearPtr> slots;
+    std::vector<std::string> errors;
+  };
+  auto decompose = [&](const std::string& name) {
+    const auto original = lm.linear_ptr(name);
+    const auto* dense = dynamic_cast<const model::DenseLinear*>(original.get());
+    if (!dense) throw std::invalid_argument(fmt::format("layer \"{}\" is already {}, not dense", name, original->kind()));
+    Decomposed d{std::vector<model::LinearPtr>(candidates.size()), std::vector<std::string>(candidates.size())};
+    try {
+      auto prepared = compressor.prepare(dense->weight(), dense->bias(), scale ? scale(name) : at::Tensor(), candidates);
+      d.slots = prepared->build_many(candidates, &d.errors);
+    } catch (const compress::CompressionError& e) {
+      fmt::print(stderr, "warning: {} cannot be decomposed ({}); it scores +inf\n", name, e.what());
+      d.slots.assign(candidates.size(), nullptr);
+      d.errors.assign(candidates.size(), std::string());
+    }
+    return d;
+  };
+  auto slot_tensors = [](const Decomposed& d) {
+    std::vector<at::Tensor> out;
+    for (const auto& slot : d.slots) {
+      if (!slot) continue;
+      for (auto& [key, t] : slot->state()) out.push_back(t);
+    }
+    return out;
+  };
+  const bool overlap = profile == nullptr;
+  fused::SideStream side(device);
+  Decomposed next;
+  if (overlap && !ordered.empty()) side.run([&] { next = decompose(ordered.front()); });
+
+  for (size_t index = 0; index < ordered.size(); ++index) {
+    const auto& name = ordered[index];
     const model::LinearInfo& info = *info_of.at(name);
     int64_t first_layer = -1;  // full forward
     if (options.reuse_hidden_states) {
@@ -132,30 +224,57 @@ search::SensitivityTable ppl_sensitivity(model::CausalLM& lm, const std::vector<
       }
       if (first_layer >= 0) advance_to(first_layer);
     }
-    const auto original = lm.linear_ptr(name);
-    const auto* dense = dynamic_cast<const model::DenseLinear*>(original.get());
-    if (!dense) throw std::invalid_argument(fmt::format("layer \"{}\" is already {}, not dense", name, original->kind()));
-    std::unique_ptr<compress::PreparedLayer> prepared;
-    try {
-      prepared = compressor.prepare(dense->weight(), dense->bias(), scale ? scale(name) : at::Tensor(), candidates);
-    } catch (const compress::CompressionError& e) {
-      fmt::print(stderr, "warning: {} cannot be decomposed ({}); it scores +inf\n", name, e.what());
+
+    const double decompose_before = profile ? profile->decompose_s : 0.0;
+    const double forward_before = profile ? profile->forward_s : 0.0;
+    Decomposed current;
+    if (overlap) {
+      current = std::move(next);
+      side.join(slot_tensors(current));  // the forward passes below wait for the side stream
+    } else {
+      PhaseTimer timer(profile, &SweepProfile::decompose_s, device);
+      current = decompose(name);
     }
-    for (double ratio : candidates) {
+    std::vector<at::Tensor> sums;
+    std::vector<int64_t> sum_of(candidates.size(), -1);  // candidate -> its entry in sums
+    {
+      PhaseTimer timer(profile, &SweepProfile::forward_s, device);
+      // The part of the slot's layer before it is the same for every candidate: computed once.
+      const bool resume = options.reuse_hidden_states && info.layer >= 0 && info.role.has_value();
+      for (auto& b : batches) {
+        b.prefix = resume ? lm.layer_prefix(info.layer, b.hidden, *info.role) : model::LayerPrefix();
+      }
+      for (size_t j = 0; j < candidates.size(); ++j) {
+        if (!current.slots[j]) continue;
+        model::ScopedSlots trial(lm);
+        trial.replace(name, current.slots[j]);
+        sum_of[j] = static_cast<int64_t>(sums.size());
+        sums.push_back(nll_sum(lm, batches, first_layer, nll_options).reshape({1}));
+      }
+      current.slots.clear();
+      for (auto& b : batches) b.prefix = model::LayerPrefix();
+    }
+    if (overlap && index + 1 < ordered.size()) side.run([&] { next = decompose(ordered[index + 1]); });
+
+    // One synchronisation per layer: every candidate's NLL sum at once.
+    const auto host = sums.empty() ? at::Tensor() : at::cat(sums).to(at::kCPU, at::kDouble).contiguous();
+    for (size_t j = 0; j < candidates.size(); ++j) {
       double ppl = std::numeric_limits<double>::infinity();
-      if (prepared) {
-        try {
-          model::ScopedSlots trial(lm);
-          trial.replace(name, prepared->build(ratio));
-          ppl = calibration_ppl(lm, batches, first_layer, num_samples);
-        } catch (const compress::CompressionError& e) {
-          fmt::print(stderr, "warning: {} at ratio {} cannot be decomposed ({}); it scores +inf\n", name, ratio, e.what());
-        }
+      if (sum_of[j] >= 0) {
+        ppl = std::exp(host.data_ptr<double>()[sum_of[j]] / static_cast<double>(num_samples));
+      } else if (!current.errors[j].empty()) {
+        fmt::print(stderr, "warning: {} at ratio {} cannot be decomposed ({}); it scores +inf\n", name, candidates[j],
+                   current.errors[j]);
       }
       if (std::isnan(ppl)) ppl = std::numeric_limits<double>::infinity();
-      table.add(name, ratio, ppl);
-      if (progress) progress->advance();
+      table.add(name, candidates[j], ppl);
     }
+    if (profile) {
+      profile->entries += static_cast<int64_t>(sums.size());
+      profile->layers.push_back({name, first_layer, profile->decompose_s - decompose_before,
+                                 profile->forward_s - forward_before, static_cast<int64_t>(sums.size())});
+    }
+    if (progress) progress->advance(static_cast<int64_t>(candidates.size()));
   }
   return table;
 }

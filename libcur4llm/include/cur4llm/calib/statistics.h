@@ -68,6 +68,9 @@ class ActivationStatistics {
   at::Tensor statistic(const std::string& layer, ScalingMethod method) const;
   /// s = stat^alpha (+ fisher^alpha factor) + 1e-6, float32 [in].
   at::Tensor scale(const std::string& layer, ScalingMethod method, double alpha) const;
+  /// The mean input Gram matrix E[x x^T] = gram / tokens, float64 [in, in], for
+  /// data-aware compressors (LayerStatistic::Gram); std::invalid_argument if not collected.
+  at::Tensor mean_gram(const std::string& layer) const;
 
   /// Saves to / loads from a safetensors file (atomic write; tensors named
   /// "<layer>.<what>", counts in the metadata). load() throws

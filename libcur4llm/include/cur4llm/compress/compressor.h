@@ -34,17 +34,33 @@ class PreparedLayer {
   virtual int64_t max_rank() const = 0;
   /// The compressed slot for `ratio`; std::invalid_argument if rank_for(ratio) > max_rank().
   virtual model::LinearPtr build(double ratio) const = 0;
+  /// Slots for several ratios at once; implementations may share work and
+  /// device synchronisations between them. A ratio whose decomposition fails
+  /// numerically (CompressionError) gets a null slot and, if `errors` is
+  /// given, its message at the same index. The default calls build() per ratio.
+  virtual std::vector<model::LinearPtr> build_many(const std::vector<double>& ratios,
+                                                   std::vector<std::string>* errors = nullptr) const;
+};
+
+/// What a compressor reads per layer through its `scale` argument (and ScaleFn).
+enum class LayerStatistic {
+  Scale,  ///< s [in] = stat^alpha + 1e-6 (activation-aware), or undefined
+  Gram,   ///< G [in, in], float64: the sum (or mean) of x x^T over calibration tokens (data-aware; calib::CollectOptions::gram)
 };
 
 /// Strategy: (weight [out, in], bias [out] or undefined, scale s [in] or
 /// undefined, param_ratio) -> compressed LinearSlot. The scale is s =
 /// stat^alpha + 1e-6 as the caller built it: the method decomposes W diag(s)
-/// and folds 1/s back into the input side. Other options are fixed at construction.
+/// and folds 1/s back into the input side. A data-aware compressor
+/// (statistic() == Gram) takes the input Gram matrix G [in, in] in place of s.
+/// Other options are fixed at construction.
 class Compressor {
  public:
   virtual ~Compressor() = default;
-  /// "cur", "svd", ...: the slot kind it produces.
+  /// "cur", "svd", ...: the method's name (the slots' kind may differ, e.g. "svd_whiten" builds "svd" slots).
   virtual std::string name() const = 0;
+  /// What the `scale` argument must hold.
+  virtual LayerStatistic statistic() const { return LayerStatistic::Scale; }
   /// Compresses one layer. std::invalid_argument for bad shapes or ratios,
   /// CompressionError when the numerics fail.
   virtual model::LinearPtr compress(const at::Tensor& weight, const at::Tensor& bias, const at::Tensor& scale,
@@ -60,7 +76,8 @@ class Compressor {
 
 using CompressorPtr = std::unique_ptr<Compressor>;
 
-/// A layer name -> its scale vector s (undefined tensor: not activation-aware).
+/// A layer name -> its scale vector s (undefined tensor: not activation-aware),
+/// or its Gram matrix G for a compressor whose statistic() is Gram.
 using ScaleFn = std::function<at::Tensor(const std::string& layer)>;
 
 }  // namespace cur4llm::compress

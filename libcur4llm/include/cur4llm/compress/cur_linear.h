@@ -30,6 +30,17 @@ enum class CURSelection {
 /// "topk" | "sampled" -> CURSelection; std::invalid_argument naming the valid values otherwise.
 CURSelection parse_cur_selection(const std::string& name);
 
+/// How the linking matrix U = pinv(C) A pinv(R) is computed (A = W diag(s)); both
+/// drop the singular values of C and R at or below link_rtol * sigma_max.
+enum class CURLinkSolver {
+  Auto,  ///< SVD on the CPU, Gram on CUDA
+  SVD,   ///< thin fp64 SVDs of C [out, k] and R [k, in]
+  Gram,  ///< their fp64 k x k Gram matrices: a Cholesky inverse where a bound proves that nothing
+         ///< is cut, else an eigendecomposition; fast on a GPU, where dense SVDs are slow. Used for
+         ///< cut-offs >= 1e-6 (fp32 work); below that (fp64 weights) a Gram matrix cannot resolve
+         ///< the cut, and SVD is used instead
+};
+
 struct CUROptions {
   double param_ratio = 0.9;                            // stored weights / (out*in); rank = largest that fits
   at::Tensor scale;                                    // s [in] (alpha applied, all > 0), or undefined: plain CUR
@@ -39,6 +50,7 @@ struct CUROptions {
   uint64_t seed = 0;                                   // seed of SampledLeverage
   double link_rtol = -1;                               // pinv cut-off relative to sigma_max; < 0: max(m,n)*eps(work dtype)
   RandomizedSVDOptions svd;                            // how the leverage subspace is computed
+  CURLinkSolver link_solver = CURLinkSolver::Auto;     // how pinv(C) A pinv(R) is computed
 };
 
 /// Weights a CUR layer of rank k stores: out*k + k*k + k*in, or out*k + k*in with fold_u.
@@ -72,6 +84,8 @@ class CURLinear final : public model::LinearSlot {
   int64_t weight_params() const override;
   std::string kind() const override { return "cur"; }
   /// "C", "U", "R" (folded: "CU", "R"), "bias" (if any), "row_indices", "col_indices" (int64, CPU).
+  /// On CUDA the factors are stored with the rank padded to a multiple of 8 (aligned rows for the
+  /// tensor cores), so C and U may be non-contiguous views; changing them in place changes the layer.
   std::vector<std::pair<std::string, at::Tensor>> state() const override;
   at::Tensor reconstruct_weight() const override;
 
@@ -92,6 +106,7 @@ class CURLinear final : public model::LinearSlot {
 
  private:
   at::Tensor c_, u_, r_, bias_, row_indices_, col_indices_;
+  at::Tensor c_full_, u_full_, r_full_;  // what forward() multiplies with (see state())
   int64_t budget_params_;
 };
 
@@ -108,6 +123,9 @@ class CURFactory final : public PreparedLayer {
   int64_t rank_for(double ratio) const override;
   int64_t max_rank() const override { return subspace_.S.size(0); }
   model::LinearPtr build(double ratio) const override { return build_cur(ratio); }
+  /// All ratios with a few device synchronisations in total (not a few per ratio).
+  std::vector<model::LinearPtr> build_many(const std::vector<double>& ratios,
+                                           std::vector<std::string>* errors = nullptr) const override;
   std::shared_ptr<CURLinear> build_cur(double ratio) const;
   /// A rank-k layer (k <= max_rank), with no budget attached.
   std::shared_ptr<CURLinear> build_rank(int64_t k) const;
@@ -117,6 +135,10 @@ class CURFactory final : public PreparedLayer {
 
  private:
   std::shared_ptr<CURLinear> build_rank_budget(int64_t k, int64_t budget) const;
+  // Layers of ranks ks (budgets alongside); a rank whose linking matrix is not
+  // finite gets nullptr and its message in errors.
+  std::vector<std::shared_ptr<CURLinear>> build_ranks(const std::vector<int64_t>& ks, const std::vector<int64_t>& budgets,
+                                                      std::vector<std::string>& errors) const;
 
   at::Tensor weight_, bias_, scaled_;
   CUROptions options_;

@@ -12,9 +12,13 @@ namespace cur4llm::compress {
 
 /// Which algorithm top_k_svd uses.
 enum class SVDAlgorithm {
-  Auto,        ///< Full for small matrices or nearly full-rank requests, else Randomized
+  Auto,        ///< Full for small matrices or nearly full-rank requests, else Randomized;
+               ///< on CUDA, Gram in place of every dense SVD (Full, and Randomized's last step)
   Full,        ///< at::linalg_svd of the whole matrix, truncated
   Randomized,  ///< range finder + subspace iterations (Halko, Martinsson and Tropp 2011)
+  Gram,        ///< eigendecomposition of the fp64 Gram matrix of the shorter side (A^T A or A A^T);
+               ///< exact up to round-off for singular values above ~1e-5 sigma_max, and on a GPU
+               ///< much faster than a dense SVD; directions below that get zero vectors
 };
 
 struct RandomizedSVDOptions {
@@ -42,6 +46,10 @@ TruncatedSVD top_k_svd(const at::Tensor& a, int64_t k, const RandomizedSVDOption
 
 /// The full at::linalg_svd truncated to k (the reference top_k_svd is tested against).
 TruncatedSVD truncated_svd(const at::Tensor& a, int64_t k);
+
+/// The top-k triplets from the eigendecomposition of the fp64 Gram matrix of
+/// a's shorter side (SVDAlgorithm::Gram), returned in a's work dtype.
+TruncatedSVD gram_svd(const at::Tensor& a, int64_t k);
 
 /// sqrt(||W||_F^2 / sigma_max^2), the "stable_rank" sensitivity metric;
 /// sigma_max from top_k_svd(w, 1, options).

@@ -47,7 +47,9 @@ class SVDLinear final : public model::LinearSlot {
   int64_t out_features() const override { return a_.size(0); }
   int64_t weight_params() const override { return a_.numel() + b_.numel(); }
   std::string kind() const override { return "svd"; }
-  /// The reference's names: "ALinear.weight", "ALinear.bias" (if any), "BLinear.weight".
+  /// The reference's names: "ALinear.weight", "ALinear.bias" (if any), "BLinear.weight". On CUDA
+  /// the rank is padded to a multiple of 8 in storage, so A may be a non-contiguous view;
+  /// changing the factors in place changes the layer.
   std::vector<std::pair<std::string, at::Tensor>> state() const override;
   at::Tensor reconstruct_weight() const override;
 
@@ -58,6 +60,7 @@ class SVDLinear final : public model::LinearSlot {
 
  private:
   at::Tensor a_, b_, bias_;
+  at::Tensor a_full_, b_full_;  // what forward() multiplies with (see state())
 };
 
 /// One truncated SVD of W diag(s) of rank max_rank; builds SVDLinear of any smaller rank.

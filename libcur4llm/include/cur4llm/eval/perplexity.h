@@ -13,6 +13,8 @@
 
 namespace cur4llm::model {
 class CausalLM;
+class LinearSlot;
+struct LayerPrefix;
 }
 
 namespace cur4llm::eval {
@@ -24,6 +26,7 @@ struct PerplexityOptions {
   int64_t max_windows = -1;     ///< evaluate only the first windows (-1: all)
   bool show_progress = false;   ///< a progress line on stderr
   const char* label = "ppl";    ///< the progress line's label
+  int64_t logits_chunk_tokens = 0;  ///< tokens per vocabulary-projection chunk (0: by memory, see NllOptions)
 };
 
 /// What an evaluation measured.
@@ -48,14 +51,34 @@ PerplexityResult samples_perplexity(const model::CausalLM& lm, const std::vector
 
 namespace cur4llm::eval {
 
-/// Mean next-token NLL of each row of `input_ids` [B, T] (float64 [B]), with
-/// the vocabulary projection done in token chunks so that no full fp32
-/// [B, T, vocab] logits tensor is ever made.
-at::Tensor sequence_nll(const model::CausalLM& lm, const at::Tensor& input_ids);
+/// How the per-token cross-entropy is computed.
+struct NllOptions {
+  /// Tokens per chunk of the vocabulary projection; 0: about 256 MiB of fp32
+  /// logits on the CPU, 1 GiB of model-dtype logits on CUDA.
+  int64_t logits_chunk_tokens = 0;
+};
+
+/// Mean next-token NLL of each row of `input_ids` [B, T] (float64 [B], on the
+/// model's device; no host synchronisation), with the vocabulary projection
+/// done in token chunks so that no full fp32 [B, T, vocab] logits tensor is
+/// ever made.
+at::Tensor sequence_nll(const model::CausalLM& lm, const at::Tensor& input_ids, const NllOptions& options = {});
 
 /// As sequence_nll, starting from the hidden states entering decoder layer
 /// `first_layer` (num_layers(): only the final norm and lm_head run).
 at::Tensor sequence_nll_from(const model::CausalLM& lm, int64_t first_layer, const at::Tensor& hidden,
-                             const at::Tensor& input_ids);
+                             const at::Tensor& input_ids, const NllOptions& options = {});
+
+/// As sequence_nll, finishing the layer of `prefix` (CausalLM::layer_prefix)
+/// with the slots as they are now, then the layers after it.
+at::Tensor sequence_nll_resume(const model::CausalLM& lm, const model::LayerPrefix& prefix,
+                               const at::Tensor& input_ids, const NllOptions& options = {});
+
+/// -log softmax(head(hidden))[label] per row (float32 [n]) for hidden states
+/// [n, width] and labels [n], `chunk_tokens` rows at a time (0: by memory).
+/// On CUDA the cross-entropy reads each chunk's logits once (a fused kernel
+/// where built, else log_softmax in float32).
+at::Tensor token_nll(const model::LinearSlot& head, const at::Tensor& hidden, const at::Tensor& labels,
+                     int64_t chunk_tokens = 0);
 
 }  // namespace cur4llm::eval

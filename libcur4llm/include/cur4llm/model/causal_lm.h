@@ -46,6 +46,16 @@ struct LinearInfo {
   int64_t out_features = 0;
 };
 
+/// Decoder layer `layer` run on some hidden states as far as its Linear slot
+/// `role` allows: the values the rest of the layer needs that do not depend on
+/// that slot's output (e.g. for fc2: the residual stream and fc1's activation).
+/// CausalLM::layer_resume() finishes the layer with the slots as they are then.
+struct LayerPrefix {
+  int64_t layer = -1;
+  LinearRole role = LinearRole::Q;
+  std::vector<at::Tensor> values;  ///< the family's intermediate values (internal layout)
+};
+
 class Architecture;  // internal: one per family
 
 /// What a model folder's config.json says about how it is stored: an ordinary
@@ -83,6 +93,13 @@ class CausalLM {
   at::Tensor embed(const at::Tensor& input_ids) const;
   /// Decoder layer `index` applied to hidden states [B, T, hidden].
   at::Tensor layer(int64_t index, const at::Tensor& hidden) const;
+  /// Layer `index` on `hidden` up to its slot `role` (see LayerPrefix). Then
+  /// layer_resume(prefix) == layer(index, hidden) with the slots as they are at
+  /// resume time: a sweep that tries several candidates for one slot computes
+  /// the part of the layer before it once.
+  LayerPrefix layer_prefix(int64_t index, const at::Tensor& hidden, LinearRole role) const;
+  /// The rest of the layer of `prefix`: the layer's output.
+  at::Tensor layer_resume(const LayerPrefix& prefix) const;
   /// Final norm (and OPT's project_out): hidden states in front of lm_head.
   at::Tensor final_hidden(const at::Tensor& hidden) const;
   /// Final norm and lm_head: logits [B, T, vocab] in the model dtype.

@@ -46,9 +46,12 @@ struct PipelineOptions {
   std::string calib_dataset = "wikitext2";  ///< dataset spec or text file (docs/data.md)
   std::string scaling_method = "abs_mean";  ///< abs_mean, abs_max, fisher, fisher_abs_mean
   std::string sensitivity_metric = "ppl";   ///< ppl or stable_rank
-  std::string method = "cur";               ///< compressor name: cur, svd, grad_cur, ...
+  std::string method = "cur";               ///< compressor name: cur, svd, grad_cur, skeleton, ... (compress/factory.h)
   std::string cur_selection = "topk";       ///< CUR: topk or sampled leverage
   std::string sigma_fuse = "UV";            ///< SVD: U, V or UV
+  std::string search = "reference";   ///< param-ratio search: reference (binary search) or lagrangian (docs/search.md)
+  std::vector<double> candidates;     ///< ppl sensitivity candidate ratios in (0, 1); empty: the reference's
+  bool sequential = false;            ///< data-aware methods: decompose layer by layer on the compressed model's inputs
   uint64_t seed = 233;                ///< calibration sampling (and sampled CUR)
   int64_t rank_align = 1;             ///< ranks are multiples of this
   bool use_bos = false;               ///< BOS before each calibration sample if the tokenizer adds none
@@ -76,6 +79,7 @@ struct PipelineResult {
   std::size_t search_cut = 0;     ///< the search's cut position (searched only)
   std::size_t search_entries = 0; ///< entries the search ordered (searched only)
   double nominal_ratio = 1;       ///< the allocation's nominal ratio (searched only)
+  double dense_calibration_ppl = -1;  ///< the dense model's calibration ppl (lagrangian search only; else -1)
   std::vector<std::pair<std::string, double>> timings;  ///< stage -> seconds, in order
 };
 
@@ -100,6 +104,13 @@ struct EvalOptions {
 /// floor(N / seqlen) windows.
 eval::PerplexityResult evaluate_dataset(const model::CausalLM& lm, const tokenize::Tokenizer& tokenizer,
                                         const std::string& spec, const EvalOptions& options = {});
+
+/// acur's plan file name: "plan-<model>-<method>[-seq][-lagr]-<target label>.json".
+std::string plan_file_name(const std::string& model_label, const PipelineOptions& options,
+                           const std::string& target_label);
+
+/// "0.5,0.6" -> {0.5, 0.6}; std::invalid_argument naming --candidates for an item that is not a ratio in (0, 1).
+std::vector<double> parse_candidates(const std::string& text);
 
 /// `requested`, or max_position_embeddings with a warning on stderr if smaller.
 int64_t effective_seqlen(const model::CausalLM& lm, int64_t requested);

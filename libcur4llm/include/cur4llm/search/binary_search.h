@@ -53,6 +53,7 @@ struct SearchOptions {
   CompressMode mode = CompressMode::kWeights;     ///< kKvCache: budget k_proj/v_proj, ratio counted as half
   FinalCut final_cut = FinalCut::kConverged;     ///< kReferenceLastMid reproduces the reference exactly
   StoredParamsFn stored_params;                   ///< set: whole-model ratio from real stored counts (weights mode)
+  bool show_progress = false;                     ///< search_perplexity: a progress line of its probes on stderr
 };
 
 /// One probe of the search.

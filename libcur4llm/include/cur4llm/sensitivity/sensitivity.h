@@ -8,7 +8,9 @@
 /// Linear in decoder layer L changes nothing before L, so the calibration
 /// hidden states entering each layer are computed once and every candidate of
 /// that layer runs from L onward; each layer is decomposed once for all its
-/// candidate ratios (Compressor::prepare).
+/// candidate ratios (Compressor::prepare, PreparedLayer::build_many). The
+/// samples run in large batches, the cross-entropy sums stay on the device,
+/// and the host waits for the device once per layer, not once per entry.
 
 #include <ATen/core/Tensor.h>
 
@@ -28,14 +30,38 @@ namespace cur4llm::sensitivity {
 
 using compress::ScaleFn;
 
+/// One swept layer's share of a profiled sweep.
+struct SweepLayerTime {
+  std::string name;
+  int64_t first_layer = -1;  ///< decoder layer its entries start from (-1: full forward)
+  double decompose_s = 0;
+  double forward_s = 0;
+  int64_t entries = 0;
+};
+
+/// Where a sweep's time went. When SweepOptions::profile points at one, the
+/// sweep synchronises the device at each phase boundary (slightly slower).
+struct SweepProfile {
+  double advance_s = 0;     ///< embedding and moving the cached hidden states forward
+  double decompose_s = 0;   ///< Compressor::prepare and building every candidate
+  double forward_s = 0;     ///< the entries' forward passes and cross-entropy
+  int64_t entries = 0;      ///< (layer, candidate) entries evaluated
+  int64_t batches = 0;      ///< forward passes per entry
+  int64_t batch_size = 0;   ///< samples in the largest batch
+  std::vector<SweepLayerTime> layers;  ///< per swept layer, in sweep order
+};
+
 /// What the sweep covers and how.
 struct SweepOptions {
   std::vector<double> candidates;          ///< ratios to try; empty: search::candidate_ratios(mode)
   search::CompressMode mode = search::CompressMode::kWeights;  ///< kKvCache: k_proj and v_proj only
   std::vector<std::string> layers;         ///< layers to sweep; empty: every Linear (lm_head included)
-  int64_t batch_size = 4;                  ///< calibration samples per forward pass
+  int64_t batch_size = 0;                  ///< calibration samples per forward pass; 0: as many as batch_tokens allows
+  int64_t batch_tokens = 65536;            ///< token budget of one forward pass when batch_size is 0
+  int64_t logits_chunk_tokens = 0;         ///< tokens per vocabulary-projection chunk (0: by memory, eval::NllOptions)
   bool reuse_hidden_states = true;         ///< false: a full forward per candidate (the reference's way)
   bool show_progress = false;              ///< progress line on stderr
+  SweepProfile* profile = nullptr;         ///< if set, filled with the time per phase
 };
 
 /// The "ppl" table: for every layer and candidate, exp(mean over samples of the

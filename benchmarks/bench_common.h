@@ -1,0 +1,237 @@
+#pragma once
+// Helpers the benchmark harnesses share: command-line options, the model from
+// a folder or a config (random weights), device facts (name, peak rate, peak
+// memory), FLOP counts of forward passes, and random factorized layers.
+#include <cur4llm/compress/cur_linear.h>
+#include <cur4llm/compress/svd_linear.h>
+#include <cur4llm/model/causal_lm.h>
+#include <cur4llm/util/device.h>
+
+#include <ATen/ATen.h>
+
+#if __has_include(<c10/cuda/CUDACachingAllocator.h>) && __has_include(<cuda_runtime_api.h>)
+#include <c10/cuda/CUDACachingAllocator.h>
+#include <cuda_runtime_api.h>
+#define CUR4LLM_BENCH_CUDA 1
+#endif
+
+#include <nlohmann/json.hpp>
+#include <sys/resource.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <optional>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace cur4llm::bench {
+
+/// "--key value" pairs.
+class Args {
+ public:
+  Args(int argc, char** argv) {
+    for (int i = 1; i < argc; ++i) {
+      std::string key = argv[i];
+      if (key.rfind("--", 0) != 0 || i + 1 >= argc) throw std::invalid_argument("bad argument: " + key);
+      values_[key.substr(2)] = argv[++i];
+    }
+  }
+  bool has(const std::string& key) const { return values_.count(key) > 0; }
+  std::string str(const std::string& key, const std::string& fallback) const {
+    auto it = values_.find(key);
+    return it == values_.end() ? fallback : it->second;
+  }
+  int64_t integer(const std::string& key, int64_t fallback) const {
+    return has(key) ? std::stoll(values_.at(key)) : fallback;
+  }
+  double real(const std::string& key, double fallback) const { return has(key) ? std::stod(values_.at(key)) : fallback; }
+  /// A comma-separated list.
+  std::vector<std::string> list(const std::string& key, const std::string& fallback) const {
+    std::vector<std::string> out;
+    std::stringstream in(str(key, fallback));
+    for (std::string item; std::getline(in, item, ',');) {
+      if (!item.empty()) out.push_back(item);
+    }
+    return out;
+  }
+
+ private:
+  std::map<std::string, std::string> values_;
+};
+
+/// --model FOLDER (real weights) or --config CONFIG.json (random weights of
+/// that shape, made on the device), on --device in --dtype.
+inline std::unique_ptr<model::CausalLM> load_model(const Args& args, std::string* source) {
+  model::LoadOptions options;
+  options.device = model::parse_device(args.str("device", "cpu"));
+  if (args.has("dtype")) options.dtype = model::parse_dtype(args.str("dtype", ""));
+  if (args.has("model")) {
+    *source = args.str("model", "");
+    return model::CausalLM::load(*source, options);
+  }
+  if (args.has("config")) {
+    *source = args.str("config", "");
+    return model::CausalLM::random(model::ModelConfig::from_file(*source), options,
+                                   static_cast<uint64_t>(args.integer("seed", 0)));
+  }
+  throw std::invalid_argument("give --model FOLDER or --config CONFIG.json");
+}
+
+inline double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+/// Wall seconds of fn(), the device's queued work included.
+template <typename Fn>
+double timed(c10::Device device, Fn&& fn) {
+  util::synchronize(device);
+  const auto t0 = std::chrono::steady_clock::now();
+  fn();
+  util::synchronize(device);
+  return seconds_since(t0);
+}
+
+inline int device_index(c10::Device device) { return device.has_index() ? device.index() : 0; }
+
+/// The GPU's name ("NVIDIA H100 80GB HBM3"), or "cpu".
+inline std::string device_name(c10::Device device) {
+#ifdef CUR4LLM_BENCH_CUDA
+  if (device.is_cuda()) {
+    cudaDeviceProp prop;
+    if (cudaGetDeviceProperties(&prop, device_index(device)) == cudaSuccess) return prop.name;
+  }
+#endif
+  return device.str();
+}
+
+/// Dense peak TFLOP/s of the device's matrix units for `dtype` from the
+/// vendor's datasheets (no sparsity), or `override_tflops` if > 0; nullopt if unknown.
+inline std::optional<double> peak_tflops(const std::string& name, c10::ScalarType dtype, double override_tflops) {
+  if (override_tflops > 0) return override_tflops;
+  const bool half = dtype == at::kHalf || dtype == at::kBFloat16;
+  struct Entry {
+    const char* name;
+    double half_tflops, fp32_tflops;
+  };
+  // Order matters: the first substring that matches wins.
+  static const Entry table[] = {
+      {"H200", 989, 67}, {"H100 PCIe", 756, 51}, {"H100", 989, 67}, {"A100", 312, 19.5},
+      {"L40S", 362, 91.6}, {"A10G", 70, 31}, {"RTX 4090", 165, 82.6},
+  };
+  for (const auto& e : table) {
+    if (name.find(e.name) != std::string::npos) return half ? e.half_tflops : e.fp32_tflops;
+  }
+  return std::nullopt;
+}
+
+inline void reset_peak_memory(c10::Device device) {
+#ifdef CUR4LLM_BENCH_CUDA
+  if (device.is_cuda()) c10::cuda::CUDACachingAllocator::resetPeakStats(device_index(device));
+#endif
+}
+
+/// Peak bytes allocated on the device since the last reset (CUDA), else -1.
+inline int64_t peak_memory(c10::Device device) {
+#ifdef CUR4LLM_BENCH_CUDA
+  if (device.is_cuda()) {
+    auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(device_index(device));
+    return stats.allocated_bytes[static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE)].peak;
+  }
+#endif
+  return -1;
+}
+
+inline int64_t peak_host_rss() {
+  struct rusage usage {};
+  getrusage(RUSAGE_SELF, &usage);
+  return static_cast<int64_t>(usage.ru_maxrss) * 1024;
+}
+
+/// Facts about the machine for every JSON record.
+inline nlohmann::json device_json(const model::CausalLM& lm, double override_tflops) {
+  const std::string name = device_name(lm.device());
+  nlohmann::json j = {{"device", lm.device().str()}, {"device_name", name}, {"dtype", c10::toString(lm.dtype())}};
+  if (auto peak = peak_tflops(name, lm.dtype(), override_tflops)) j["peak_tflops"] = *peak;
+  return j;
+}
+
+/// Adds achieved TFLOP/s (and its fraction of the peak) for `flops` in `seconds`.
+inline void add_rate(nlohmann::json& j, double flops, double seconds) {
+  j["flop"] = flops;
+  j["tflops"] = seconds > 0 ? flops / seconds / 1e12 : 0.0;
+  if (j.contains("peak_tflops") && j["peak_tflops"].get<double>() > 0) {
+    j["fraction_of_peak"] = j["tflops"].get<double>() / j["peak_tflops"].get<double>();
+  }
+}
+
+/// Matrix FLOPs of decoder layer `index` for `batch` sequences of `seqlen`
+/// tokens: 2 per stored weight per token for each of its Linear slots (as they
+/// are now: compressed slots count what they store), plus attention's QK^T and
+/// PV over the causal half of the T x T scores.
+inline double layer_flops(const model::CausalLM& lm, int64_t index, int64_t batch, int64_t seqlen) {
+  const auto& c = lm.config();
+  double params = 0;
+  for (const auto& info : lm.linears()) {
+    if (info.layer == index) params += static_cast<double>(lm.linear(info.name).weight_params());
+  }
+  const double tokens = static_cast<double>(batch * seqlen);
+  const double attention = 2.0 * 2.0 * batch * c.num_heads * c.head_dim * seqlen * (seqlen + 1) / 2.0;
+  return 2.0 * params * tokens + attention;
+}
+
+/// FLOPs of the slots outside the decoder layers (lm_head, OPT's projections).
+inline double outside_flops(const model::CausalLM& lm, int64_t batch, int64_t seqlen) {
+  double params = 0;
+  for (const auto& info : lm.linears()) {
+    if (info.layer < 0) params += static_cast<double>(lm.linear(info.name).weight_params());
+  }
+  return 2.0 * params * static_cast<double>(batch * seqlen);
+}
+
+/// A full forward pass.
+inline double forward_flops(const model::CausalLM& lm, int64_t batch, int64_t seqlen) {
+  double total = outside_flops(lm, batch, seqlen);
+  for (int64_t i = 0; i < lm.num_layers(); ++i) total += layer_flops(lm, i, batch, seqlen);
+  return total;
+}
+
+/// A factorized layer of random factors (throughput does not depend on the
+/// values): "cur" (C, U, R), "cur_folded" (C·U, R) or "svd" (A, B) at the rank
+/// its compressor gives `ratio`.
+inline model::LinearPtr random_factorized(const std::string& kind, int64_t out, int64_t in, double ratio,
+                                          const at::Tensor& bias, at::TensorOptions options) {
+  auto rnd = [&](int64_t r, int64_t c) { return at::randn({r, c}, options) / std::sqrt(static_cast<double>(c)); };
+  if (kind == "svd") {
+    const int64_t k = compress::svd_rank_for_ratio(out, in, ratio, 1);
+    return std::make_shared<compress::SVDLinear>(rnd(out, k), rnd(k, in), bias);
+  }
+  compress::CUROptions o;
+  o.fold_u = kind == "cur_folded";
+  if (kind != "cur" && kind != "cur_folded") throw std::invalid_argument("unknown factorized kind " + kind);
+  const int64_t k = compress::cur_rank_for_ratio(out, in, ratio, o);
+  auto idx = at::arange(k, at::TensorOptions().dtype(at::kLong));
+  return std::make_shared<compress::CURLinear>(rnd(out, k), o.fold_u ? at::Tensor() : rnd(k, k), rnd(k, in), bias, idx,
+                                               idx);
+}
+
+/// Replaces every Linear inside the decoder layers by a random factorized one
+/// (random_factorized); returns how many.
+inline int64_t factorize_decoder(model::CausalLM& lm, const std::string& kind, double ratio) {
+  int64_t n = 0;
+  const auto options = at::TensorOptions().device(lm.device()).dtype(lm.dtype());
+  for (const auto& info : lm.linears()) {
+    if (info.layer < 0) continue;
+    const auto* dense = dynamic_cast<const model::DenseLinear*>(lm.linear_ptr(info.name).get());
+    const at::Tensor bias = dense ? dense->bias() : at::Tensor();
+    lm.replace_linear(info.name, random_factorized(kind, info.out_features, info.in_features, ratio, bias, options));
+    ++n;
+  }
+  return n;
+}
+
+}  // namespace cur4llm::bench

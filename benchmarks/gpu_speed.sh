@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# Every GPU measurement of docs/performance.md (issue 5): builds the benchmark
+# targets against the host's CUDA LibTorch, checks the CUDA forward against
+# transformers' logits, then runs the pipeline stages on OPT-125m- and
+# LLaMA-7B-shaped models with random weights, the factorized Linear layers and
+# whole-model decode/prefill. Logs and JSON lines go to $LOG_DIR (or $OUT).
+#
+#   bash benchmarks/gpu_speed.sh <gpu-deps folder> [PARTS]     # all parts: ~9 minutes on one H100
+#
+# PARTS is a comma-separated subset of check,opt,opt_more,llama,linear,forward
+# (default: all of them). Each step has its own time limit, so that a slow one
+# leaves the others' results.
+set -uo pipefail
+deps=${1:?gpu-deps folder (holding install.sh)}
+parts=",${2:-check,opt,opt_more,llama,linear,forward},"
+want() { [[ $parts == *",$1,"* ]]; }
+out=${LOG_DIR:-${OUT:-/tmp/cur4llm-speed}}
+mkdir -p "$out"
+source "$deps/install.sh" /tmp/cur4llm-deps > /dev/null
+{
+  nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader
+  python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)'
+  nproc
+} 2>&1 | tee "$out/gpu.txt"
+
+# Build only what is measured; without the CUDA kernels if they fail to build.
+build=/tmp/cur4llm-speed-build
+targets="bench_pipeline bench_linear bench_forward test_model test_compress test_sensitivity"
+configure() {
+  cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCUR4LLM_BUILD_APPS=OFF "$@" >> "$out/build.log" 2>&1
+}
+if ! { configure && timeout 420 cmake --build "$build" -j16 --target $targets >> "$out/build.log" 2>&1; }; then
+  echo "BUILD WITH KERNELS FAILED; retrying with -DCUR4LLM_CUDA_KERNELS=OFF" | tee -a "$out/gpu.txt"
+  grep -E "error" -A3 "$out/build.log" | head -40
+  build=/tmp/cur4llm-speed-build-nokernels
+  configure -DCUR4LLM_CUDA_KERNELS=OFF
+  timeout 300 cmake --build "$build" -j16 --target $targets -- -k 0 >> "$out/build.log" 2>&1
+fi
+grep -E "cur4llm CUDA kernels" "$out/build.log" | tail -1 | tee -a "$out/gpu.txt"
+bin=$build/benchmarks
+opt=benchmarks/configs/opt-125m.json
+llama=benchmarks/configs/llama-7b.json
+
+# The CUDA forward (fused kernels included) against transformers' logits on the fixtures.
+# The factorized layers' padded storage and one-launch decode, and the fast sweep on CUDA against
+# one sample at a time.
+if want check; then
+  for t in test_model test_compress test_sensitivity; do
+    echo "== $t [cuda]" >> "$out/tests.log"
+    timeout 120 "$build/tests/$t" "[cuda]" >> "$out/tests.log" 2>&1
+    echo "$t rc=$?" | tee -a "$out/tests.log"
+  done
+  grep -E "passed|failed|FAILED" "$out/tests.log" | head -20
+fi
+
+run() {  # run <seconds> <output file> <command...>
+  local limit=$1 file=$2
+  shift 2
+  echo "+ $*" >> "$out/commands.txt"
+  timeout "$limit" "$@" 2>> "$out/stderr.log" | tee -a "$out/$file"
+}
+
+# OPT-125m shape, the issue's sweep: 73 Linear x 6 candidates x 16 samples x 2048 tokens.
+if want opt; then
+  run 150 pipeline.jsonl "$bin/bench_pipeline" --config $opt --device cuda --dtype bf16 --samples 16 --seqlen 2048 \
+    --method cur --reference_s 51.5 --micro ce,layer,linalg
+fi
+
+# LLaMA-7B shape, 32 samples x 2048 tokens: two decoder layers at different
+# depths and lm_head (the whole sweep exceeds one command's 10 minutes; the
+# per-layer profile gives the scaling, see docs/performance.md).
+if want llama; then
+  run 240 pipeline.jsonl "$bin/bench_pipeline" --config $llama --device cuda --dtype bf16 --samples 32 --seqlen 2048 \
+    --method cur --layers L16,L31,head --profile 1 --eval_windows 32 --micro layer,ce,linalg
+  run 60 pipeline.jsonl "$bin/bench_pipeline" --config $llama --device cuda --dtype bf16 --samples 32 --seqlen 2048 \
+    --stages none --micro layer --sdpa cudnn
+fi
+
+# Factorized Linear layers against dense, decode (1 token) and prefill (2048 tokens).
+if want linear; then
+  run 90 linear.jsonl "$bin/bench_linear" --device cuda --dtype bf16
+fi
+
+# Whole models, batch 1: one token (decode-like, no KV cache) and 2048 tokens (prefill).
+if want forward; then
+  run 60 forward.jsonl "$bin/bench_forward" --config $opt --device cuda --dtype bf16 --batch 1 --seqlen 1,2048 \
+    --iters 50 --factorize dense,cur:0.6,cur_folded:0.6,svd:0.6
+  run 90 forward.jsonl "$bin/bench_forward" --config $llama --device cuda --dtype bf16 --batch 1 --seqlen 1,2048 \
+    --iters 10 --factorize dense,cur:0.6,svd:0.6
+fi
+if want opt_more; then
+  run 60 pipeline.jsonl "$bin/bench_pipeline" --config $opt --device cuda --dtype fp16 --samples 16 --seqlen 2048 \
+    --method cur --stages sensitivity --profile 0 --reference_s 51.5
+  run 60 pipeline.jsonl "$bin/bench_pipeline" --config $opt --device cuda --dtype bf16 --samples 16 --seqlen 2048 \
+    --method svd --stages sensitivity --profile 0 --reference_s 51.5
+  # The sweep with cur4llm's CUDA kernels off, for their share of the speed-up.
+  run 60 pipeline.jsonl "$bin/bench_pipeline" --config $opt --device cuda --dtype bf16 --samples 16 --seqlen 2048 \
+    --method cur --stages sensitivity --profile 0 --fused 0 --reference_s 51.5
+  # Attention through cuDNN instead of the default backend.
+  run 60 pipeline.jsonl "$bin/bench_pipeline" --config $opt --device cuda --dtype bf16 --samples 16 --seqlen 2048 \
+    --method cur --stages sensitivity --profile 0 --sdpa cudnn --micro layer --reference_s 51.5
+fi
+echo "done"

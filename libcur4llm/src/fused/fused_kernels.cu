@@ -1,0 +1,526 @@
+// cur4llm's own CUDA kernels: the memory-bound steps of the forward pass and
+// of the cross-entropy that ATen would run as several passes over a tensor.
+// Plain CUDA (no LibTorch headers); fused_ops_cuda.cpp calls these launchers.
+#include "fused_kernels.h"
+
+#include <cooperative_groups.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+
+namespace cur4llm::fused::kernels {
+namespace {
+
+// Conversions that round as ATen does (round to nearest even).
+template <typename T>
+struct Elem;
+template <>
+struct Elem<float> {
+  __device__ static float load(float v) { return v; }
+  __device__ static float store(float v) { return v; }
+};
+template <>
+struct Elem<__half> {
+  __device__ static float load(__half v) { return __half2float(v); }
+  __device__ static __half store(float v) { return __float2half_rn(v); }
+};
+template <>
+struct Elem<__nv_bfloat16> {
+  __device__ static float load(__nv_bfloat16 v) { return __bfloat162float(v); }
+  __device__ static __nv_bfloat16 store(float v) { return __float2bfloat16_rn(v); }
+};
+
+// Rounds a float to the element type and back.
+template <typename T>
+__device__ inline float round_to(float v) {
+  return Elem<T>::load(Elem<T>::store(v));
+}
+
+// 16 bytes of elements, for vectorised loads and stores.
+template <typename T>
+struct alignas(16) Pack {
+  static constexpr int kSize = 16 / sizeof(T);
+  T v[kSize];
+};
+
+template <typename T>
+bool aligned16(const void* p, int64_t stride_elems) {
+  return reinterpret_cast<uintptr_t>(p) % 16 == 0 && (stride_elems * static_cast<int64_t>(sizeof(T))) % 16 == 0;
+}
+
+cudaStream_t as_stream(void* s) { return static_cast<cudaStream_t>(s); }
+
+// ---------------------------------------------------------------------------------------------
+// Block reductions.
+
+// Folds (m2, s2) into the running (max, sum of exp(x - max)) pair (m, s).
+__device__ inline void lse_merge(float& m, float& s, float m2, float s2) {
+  if (m2 == -INFINITY) return;
+  if (m == -INFINITY) {
+    m = m2;
+    s = s2;
+  } else if (m2 > m) {
+    s = s * expf(m - m2) + s2;
+    m = m2;
+  } else {
+    s += s2 * expf(m2 - m);
+  }
+}
+
+template <int THREADS>
+__device__ inline void block_lse(float& m, float& s) {
+  static_assert(THREADS % 32 == 0 && THREADS <= 1024, "whole warps");
+  __shared__ float sm[THREADS / 32], ss[THREADS / 32];
+  for (int offset = 16; offset > 0; offset /= 2) {
+    const float m2 = __shfl_xor_sync(0xffffffffu, m, offset);
+    const float s2 = __shfl_xor_sync(0xffffffffu, s, offset);
+    lse_merge(m, s, m2, s2);
+  }
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (lane == 0) {
+    sm[warp] = m;
+    ss[warp] = s;
+  }
+  __syncthreads();
+  if (warp == 0) {
+    m = lane < THREADS / 32 ? sm[lane] : -INFINITY;
+    s = lane < THREADS / 32 ? ss[lane] : 0.f;
+    for (int offset = 16; offset > 0; offset /= 2) {
+      const float m2 = __shfl_xor_sync(0xffffffffu, m, offset);
+      const float s2 = __shfl_xor_sync(0xffffffffu, s, offset);
+      lse_merge(m, s, m2, s2);
+    }
+  }
+}
+
+template <int THREADS>
+__device__ inline float block_sum(float v) {
+  __shared__ float partial[THREADS / 32];
+  __shared__ float total;
+  for (int offset = 16; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (lane == 0) partial[warp] = v;
+  __syncthreads();
+  if (warp == 0) {
+    v = lane < THREADS / 32 ? partial[lane] : 0.f;
+    for (int offset = 16; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
+    if (lane == 0) total = v;
+  }
+  __syncthreads();
+  return total;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Cross-entropy: one block per row, one read of the row.
+
+template <typename T, bool kVec, int THREADS>
+__global__ void __launch_bounds__(THREADS)
+    token_nll_kernel(const T* __restrict__ logits, int64_t cols, int64_t row_stride, const int64_t* __restrict__ labels,
+                     float* __restrict__ out) {
+  const T* x = logits + static_cast<int64_t>(blockIdx.x) * row_stride;
+  float m = -INFINITY, s = 0.f;
+  int64_t done = 0;
+  if constexpr (kVec) {
+    constexpr int K = Pack<T>::kSize;
+    const int64_t packs = cols / K;
+    const Pack<T>* px = reinterpret_cast<const Pack<T>*>(x);
+    for (int64_t i = threadIdx.x; i < packs; i += THREADS) {
+      const Pack<T> p = px[i];
+      float f[K];
+      float local = -INFINITY;
+#pragma unroll
+      for (int j = 0; j < K; ++j) {
+        f[j] = Elem<T>::load(p.v[j]);
+        local = fmaxf(local, f[j]);
+      }
+      if (local > m) {
+        s = m == -INFINITY ? 0.f : s * expf(m - local);
+        m = local;
+      }
+      if (m != -INFINITY) {
+#pragma unroll
+        for (int j = 0; j < K; ++j) s += expf(f[j] - m);
+      }
+    }
+    done = packs * K;
+  }
+  for (int64_t i = done + threadIdx.x; i < cols; i += THREADS) {
+    const float f = Elem<T>::load(x[i]);
+    lse_merge(m, s, f, 1.f);
+  }
+  block_lse<THREADS>(m, s);
+  if (threadIdx.x == 0) {
+    const int64_t label = labels[blockIdx.x];
+    const float lse = m + logf(s);
+    out[blockIdx.x] = (label >= 0 && label < cols) ? lse - Elem<T>::load(x[label]) : NAN;
+  }
+}
+
+template <typename T>
+int launch_token_nll(const void* logits, int64_t rows, int64_t cols, int64_t row_stride, const int64_t* labels,
+                     float* out, void* stream) {
+  if (rows <= 0) return 0;
+  constexpr int kThreads = 512;
+  const T* x = static_cast<const T*>(logits);
+  if (aligned16<T>(logits, row_stride)) {
+    token_nll_kernel<T, true, kThreads><<<static_cast<unsigned>(rows), kThreads, 0, as_stream(stream)>>>(
+        x, cols, row_stride, labels, out);
+  } else {
+    token_nll_kernel<T, false, kThreads><<<static_cast<unsigned>(rows), kThreads, 0, as_stream(stream)>>>(
+        x, cols, row_stride, labels, out);
+  }
+  return static_cast<int>(cudaGetLastError());
+}
+
+// ---------------------------------------------------------------------------------------------
+// RMSNorm: one block per row; the row is read twice (the second time from cache).
+
+template <typename T, bool kVec, int THREADS>
+__global__ void __launch_bounds__(THREADS)
+    rms_norm_kernel(const T* __restrict__ x, const T* __restrict__ w, T* __restrict__ out, int64_t cols, float eps) {
+  const int64_t row = blockIdx.x;
+  const T* xr = x + row * cols;
+  T* yr = out + row * cols;
+  constexpr int K = kVec ? Pack<T>::kSize : 1;
+  float ss = 0.f;
+  if constexpr (kVec) {
+    const Pack<T>* px = reinterpret_cast<const Pack<T>*>(xr);
+    for (int64_t i = threadIdx.x; i < cols / K; i += THREADS) {
+      const Pack<T> p = px[i];
+#pragma unroll
+      for (int j = 0; j < K; ++j) {
+        const float f = Elem<T>::load(p.v[j]);
+        ss += f * f;
+      }
+    }
+  } else {
+    for (int64_t i = threadIdx.x; i < cols; i += THREADS) {
+      const float f = Elem<T>::load(xr[i]);
+      ss += f * f;
+    }
+  }
+  const float total = block_sum<THREADS>(ss);
+  // As ATen: mean = sum * (1/n), then rsqrt(mean + eps), all in float.
+  const float r = rsqrtf(total * (1.0f / static_cast<float>(cols)) + eps);
+  if constexpr (kVec) {
+    const Pack<T>* px = reinterpret_cast<const Pack<T>*>(xr);
+    const Pack<T>* pw = reinterpret_cast<const Pack<T>*>(w);
+    Pack<T>* py = reinterpret_cast<Pack<T>*>(yr);
+    for (int64_t i = threadIdx.x; i < cols / K; i += THREADS) {
+      const Pack<T> p = px[i], q = pw[i];
+      Pack<T> o;
+#pragma unroll
+      for (int j = 0; j < K; ++j) {
+        const float normed = round_to<T>(Elem<T>::load(p.v[j]) * r);
+        o.v[j] = Elem<T>::store(Elem<T>::load(q.v[j]) * normed);
+      }
+      py[i] = o;
+    }
+  } else {
+    for (int64_t i = threadIdx.x; i < cols; i += THREADS) {
+      const float normed = round_to<T>(Elem<T>::load(xr[i]) * r);
+      yr[i] = Elem<T>::store(Elem<T>::load(w[i]) * normed);
+    }
+  }
+}
+
+template <typename T>
+int launch_rms_norm(const void* x, const void* w, void* out, int64_t rows, int64_t cols, float eps, void* stream) {
+  if (rows <= 0) return 0;
+  constexpr int kThreads = 256;
+  const T* px = static_cast<const T*>(x);
+  const T* pw = static_cast<const T*>(w);
+  T* py = static_cast<T*>(out);
+  if (aligned16<T>(x, cols) && aligned16<T>(w, cols) && aligned16<T>(out, cols) && cols % Pack<T>::kSize == 0) {
+    rms_norm_kernel<T, true, kThreads><<<static_cast<unsigned>(rows), kThreads, 0, as_stream(stream)>>>(px, pw, py, cols, eps);
+  } else {
+    rms_norm_kernel<T, false, kThreads><<<static_cast<unsigned>(rows), kThreads, 0, as_stream(stream)>>>(px, pw, py, cols, eps);
+  }
+  return static_cast<int>(cudaGetLastError());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rotary embedding: one thread per (token, head, pair j < dim/2).
+
+template <typename T>
+__global__ void rotary_kernel(const T* __restrict__ x, const float* __restrict__ cos, const float* __restrict__ sin,
+                              T* __restrict__ out, int64_t tokens, int64_t seq_len, int64_t heads, int64_t dim) {
+  const int64_t half = dim / 2;
+  const int64_t total = tokens * heads * half;
+  for (int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; idx < total;
+       idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t j = idx % half;
+    const int64_t th = idx / half;  // token * heads + head
+    const int64_t token = th / heads;
+    const int64_t pos = token % seq_len;
+    const int64_t base = th * dim;
+    const float x1 = Elem<T>::load(x[base + j]);
+    const float x2 = Elem<T>::load(x[base + j + half]);
+    const float c1 = round_to<T>(cos[pos * dim + j]), s1 = round_to<T>(sin[pos * dim + j]);
+    const float c2 = round_to<T>(cos[pos * dim + j + half]), s2 = round_to<T>(sin[pos * dim + j + half]);
+    // rotate_half(x) = cat(-x2, x1); every product and the sum rounded as ATen rounds them.
+    out[base + j] = Elem<T>::store(round_to<T>(x1 * c1) + round_to<T>(-x2 * s1));
+    out[base + j + half] = Elem<T>::store(round_to<T>(x2 * c2) + round_to<T>(x1 * s2));
+  }
+}
+
+template <typename T>
+int launch_rotary(const void* x, const float* cos, const float* sin, void* out, int64_t tokens, int64_t seq_len,
+                  int64_t heads, int64_t dim, void* stream) {
+  const int64_t total = tokens * heads * (dim / 2);
+  if (total <= 0) return 0;
+  constexpr int kThreads = 256;
+  const int64_t blocks = (total + kThreads - 1) / kThreads;
+  const unsigned grid = static_cast<unsigned>(blocks < (int64_t{1} << 20) ? blocks : (int64_t{1} << 20));
+  rotary_kernel<T><<<grid, kThreads, 0, as_stream(stream)>>>(static_cast<const T*>(x), cos, sin, static_cast<T*>(out),
+                                                             tokens, seq_len, heads, dim);
+  return static_cast<int>(cudaGetLastError());
+}
+
+// ---------------------------------------------------------------------------------------------
+// SiLU gate: out = round(silu(g)) * u, with silu(g) = g / (1 + exp(-g)) as ATen computes it.
+
+template <typename T>
+__device__ inline float silu_mul_one(float g, float u) {
+  const float act = round_to<T>(g / (1.0f + expf(-g)));
+  return act * u;
+}
+
+template <typename T, bool kVec>
+__global__ void silu_mul_kernel(const T* __restrict__ gate, const T* __restrict__ up, T* __restrict__ out, int64_t n) {
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  const int64_t first = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if constexpr (kVec) {
+    constexpr int K = Pack<T>::kSize;
+    const Pack<T>* pg = reinterpret_cast<const Pack<T>*>(gate);
+    const Pack<T>* pu = reinterpret_cast<const Pack<T>*>(up);
+    Pack<T>* po = reinterpret_cast<Pack<T>*>(out);
+    for (int64_t i = first; i < n / K; i += stride) {
+      const Pack<T> g = pg[i], u = pu[i];
+      Pack<T> o;
+#pragma unroll
+      for (int j = 0; j < K; ++j) o.v[j] = Elem<T>::store(silu_mul_one<T>(Elem<T>::load(g.v[j]), Elem<T>::load(u.v[j])));
+      po[i] = o;
+    }
+    for (int64_t i = (n / K) * K + first; i < n; i += stride) {
+      out[i] = Elem<T>::store(silu_mul_one<T>(Elem<T>::load(gate[i]), Elem<T>::load(up[i])));
+    }
+  } else {
+    for (int64_t i = first; i < n; i += stride) {
+      out[i] = Elem<T>::store(silu_mul_one<T>(Elem<T>::load(gate[i]), Elem<T>::load(up[i])));
+    }
+  }
+}
+
+template <typename T>
+int launch_silu_mul(const void* gate, const void* up, void* out, int64_t n, void* stream) {
+  if (n <= 0) return 0;
+  constexpr int kThreads = 256;
+  const bool vec = aligned16<T>(gate, 0) && aligned16<T>(up, 0) && aligned16<T>(out, 0);
+  const int64_t work = vec ? n / Pack<T>::kSize + 1 : n;
+  const int64_t blocks = (work + kThreads - 1) / kThreads;
+  const unsigned grid = static_cast<unsigned>(blocks < (int64_t{1} << 20) ? blocks : (int64_t{1} << 20));
+  const T* g = static_cast<const T*>(gate);
+  const T* u = static_cast<const T*>(up);
+  T* o = static_cast<T*>(out);
+  if (vec) {
+    silu_mul_kernel<T, true><<<grid, kThreads, 0, as_stream(stream)>>>(g, u, o, n);
+  } else {
+    silu_mul_kernel<T, false><<<grid, kThreads, 0, as_stream(stream)>>>(g, u, o, n);
+  }
+  return static_cast<int>(cudaGetLastError());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Low-rank forward for a few tokens: up to three GEMV stages (r, u, c) in one
+// cooperative launch, a warp per output row, the grid synchronised between stages.
+
+constexpr int kMaxTok = static_cast<int>(kLowRankMaxTokens);
+
+template <typename T>
+__device__ inline float load_elem(const T* p, int64_t i) {
+  return Elem<T>::load(p[i]);
+}
+
+// Eight consecutive values starting at p[i] (i a multiple of 8, p 16-byte aligned there).
+template <typename T>
+__device__ inline void load8(const T* p, int64_t i, float (&f)[8]) {
+  if constexpr (sizeof(T) == 2) {
+    const Pack<T> v = *reinterpret_cast<const Pack<T>*>(p + i);
+#pragma unroll
+    for (int j = 0; j < 8; ++j) f[j] = Elem<T>::load(v.v[j]);
+  } else {
+    const float4 a = *reinterpret_cast<const float4*>(p + i);
+    const float4 b = *reinterpret_cast<const float4*>(p + i + 4);
+    f[0] = a.x; f[1] = a.y; f[2] = a.z; f[3] = a.w;
+    f[4] = b.x; f[5] = b.y; f[6] = b.z; f[7] = b.w;
+  }
+}
+
+// out[t, row] = sum_j mat[row, j] * vin[t, j] (+ bias[row]) for every row, warp by warp.
+// The result is rounded to T; written as T to out_t, else as float to out_f.
+template <typename T, typename In>
+__device__ void gemv_rows(const T* __restrict__ mat, int64_t rows, int64_t cols, const In* __restrict__ vin,
+                          int64_t tokens, const T* __restrict__ bias, float* __restrict__ out_f, T* __restrict__ out_t) {
+  const int lane = threadIdx.x & 31;
+  const int64_t warp = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) >> 5;
+  const int64_t warps = (static_cast<int64_t>(gridDim.x) * blockDim.x) >> 5;
+  const bool vec = cols % 8 == 0 && reinterpret_cast<uintptr_t>(mat) % 16 == 0 &&
+                   reinterpret_cast<uintptr_t>(vin) % 16 == 0;
+  for (int64_t row = warp; row < rows; row += warps) {
+    const T* m = mat + row * cols;
+    float acc[kMaxTok];
+#pragma unroll
+    for (int t = 0; t < kMaxTok; ++t) acc[t] = 0.f;
+    if (vec) {
+      for (int64_t j = static_cast<int64_t>(lane) * 8; j < cols; j += 32 * 8) {
+        float w[8];
+        load8(m, j, w);
+#pragma unroll
+        for (int t = 0; t < kMaxTok; ++t) {
+          if (t < tokens) {
+            float v[8];
+            load8(vin, t * cols + j, v);
+#pragma unroll
+            for (int q = 0; q < 8; ++q) acc[t] += w[q] * v[q];
+          }
+        }
+      }
+    } else {
+      for (int64_t j = lane; j < cols; j += 32) {
+        const float w = Elem<T>::load(m[j]);
+#pragma unroll
+        for (int t = 0; t < kMaxTok; ++t) {
+          if (t < tokens) acc[t] += w * load_elem(vin, t * cols + j);
+        }
+      }
+    }
+#pragma unroll
+    for (int t = 0; t < kMaxTok; ++t) {
+      for (int offset = 16; offset > 0; offset /= 2) acc[t] += __shfl_xor_sync(0xffffffffu, acc[t], offset);
+    }
+    if (lane == 0) {
+      const float b = bias ? Elem<T>::load(bias[row]) : 0.f;
+#pragma unroll
+      for (int t = 0; t < kMaxTok; ++t) {
+        if (t >= tokens) break;
+        const float v = acc[t] + b;
+        if (out_t) {
+          out_t[t * rows + row] = Elem<T>::store(v);
+        } else {
+          out_f[t * rows + row] = round_to<T>(v);
+        }
+      }
+    }
+  }
+}
+
+template <typename T>
+__global__ void lowrank_kernel(const T* x, int64_t tokens, const T* r, const T* u, const T* c, const T* bias, T* y,
+                               float* scratch, int64_t in, int64_t k, int64_t out) {
+  namespace cg = cooperative_groups;
+  float* t1 = scratch;               // [tokens, k]: r x
+  float* t2 = scratch + tokens * k;  // [tokens, k]: u (r x)
+  gemv_rows<T, T>(r, k, in, x, tokens, nullptr, t1, nullptr);
+  cg::this_grid().sync();
+  const float* mid = t1;
+  if (u) {
+    gemv_rows<T, float>(u, k, k, t1, tokens, nullptr, t2, nullptr);
+    cg::this_grid().sync();
+    mid = t2;
+  }
+  gemv_rows<T, float>(c, out, k, mid, tokens, bias, nullptr, y);
+}
+
+template <typename T>
+int launch_lowrank(const void* x, int64_t tokens, const void* r, const void* u, const void* c, const void* bias,
+                   void* y, float* scratch, int64_t in, int64_t k, int64_t out, void* stream) {
+  if (tokens < 1 || tokens > kLowRankMaxTokens) return static_cast<int>(cudaErrorInvalidValue);
+  constexpr int kThreads = 256;
+  // As many blocks as can be resident at once (a cooperative launch needs them all resident).
+  // Looked up once per device (kept for up to 16 devices).
+  static int resident[16] = {0};
+  int device = 0;
+  cudaError_t err = cudaGetDevice(&device);
+  if (err != cudaSuccess) return static_cast<int>(err);
+  int slot = device >= 0 && device < 16 ? device : 0;
+  if (resident[slot] <= 0) {
+    int sms = 0, per_sm = 0;
+    err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+    if (err == cudaSuccess) err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, lowrank_kernel<T>, kThreads, 0);
+    if (err != cudaSuccess) return static_cast<int>(err);
+    resident[slot] = sms * (per_sm > 0 ? per_sm : 1);
+  }
+  const int64_t needed = (std::max(std::max(in, k), out) * 32 + kThreads - 1) / kThreads;  // a warp per row
+  int grid = resident[slot];
+  if (needed < grid) grid = static_cast<int>(needed);
+  const T* px = static_cast<const T*>(x);
+  const T* pr = static_cast<const T*>(r);
+  const T* pu = static_cast<const T*>(u);
+  const T* pc = static_cast<const T*>(c);
+  const T* pb = static_cast<const T*>(bias);
+  T* py = static_cast<T*>(y);
+  void* params[] = {&px, &tokens, &pr, &pu, &pc, &pb, &py, &scratch, &in, &k, &out};
+  err = cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(lowrank_kernel<T>), dim3(grid), dim3(kThreads), params,
+                                    0, as_stream(stream));
+  if (err != cudaSuccess) return static_cast<int>(err);
+  return static_cast<int>(cudaGetLastError());
+}
+
+constexpr int kBadDtype = static_cast<int>(cudaErrorInvalidValue);
+
+}  // namespace
+
+int token_nll(const void* logits, int dtype, int64_t rows, int64_t cols, int64_t row_stride, const int64_t* labels,
+              float* out, void* stream) {
+  switch (dtype) {
+    case 0: return launch_token_nll<float>(logits, rows, cols, row_stride, labels, out, stream);
+    case 1: return launch_token_nll<__half>(logits, rows, cols, row_stride, labels, out, stream);
+    case 2: return launch_token_nll<__nv_bfloat16>(logits, rows, cols, row_stride, labels, out, stream);
+  }
+  return kBadDtype;
+}
+
+int rms_norm(const void* x, const void* w, void* out, int dtype, int64_t rows, int64_t cols, float eps, void* stream) {
+  switch (dtype) {
+    case 0: return launch_rms_norm<float>(x, w, out, rows, cols, eps, stream);
+    case 1: return launch_rms_norm<__half>(x, w, out, rows, cols, eps, stream);
+    case 2: return launch_rms_norm<__nv_bfloat16>(x, w, out, rows, cols, eps, stream);
+  }
+  return kBadDtype;
+}
+
+int rotary(const void* x, const float* cos, const float* sin, void* out, int dtype, int64_t tokens, int64_t seq_len,
+           int64_t heads, int64_t dim, void* stream) {
+  switch (dtype) {
+    case 0: return launch_rotary<float>(x, cos, sin, out, tokens, seq_len, heads, dim, stream);
+    case 1: return launch_rotary<__half>(x, cos, sin, out, tokens, seq_len, heads, dim, stream);
+    case 2: return launch_rotary<__nv_bfloat16>(x, cos, sin, out, tokens, seq_len, heads, dim, stream);
+  }
+  return kBadDtype;
+}
+
+int lowrank_forward(const void* x, int64_t tokens, const void* r, const void* u, const void* c, const void* bias,
+                    void* y, float* scratch, int dtype, int64_t in, int64_t k, int64_t out, void* stream) {
+  switch (dtype) {
+    case 0: return launch_lowrank<float>(x, tokens, r, u, c, bias, y, scratch, in, k, out, stream);
+    case 1: return launch_lowrank<__half>(x, tokens, r, u, c, bias, y, scratch, in, k, out, stream);
+    case 2: return launch_lowrank<__nv_bfloat16>(x, tokens, r, u, c, bias, y, scratch, in, k, out, stream);
+  }
+  return kBadDtype;
+}
+
+int silu_mul(const void* gate, const void* up, void* out, int dtype, int64_t n, void* stream) {
+  switch (dtype) {
+    case 0: return launch_silu_mul<float>(gate, up, out, n, stream);
+    case 1: return launch_silu_mul<__half>(gate, up, out, n, stream);
+    case 2: return launch_silu_mul<__nv_bfloat16>(gate, up, out, n, stream);
+  }
+  return kBadDtype;
+}
+
+}  // namespace cur4llm::fused::kernels

@@ -1,0 +1,41 @@
+#pragma once
+// Internal: launchers of cur4llm's CUDA kernels, in plain C++ types so that
+// this header is shared by nvcc (fused_kernels.cu) and the host compiler
+// (fused_ops_cuda.cpp). Each returns a cudaError_t value (0: launched).
+//
+// Element types: 0 = float, 1 = half, 2 = bfloat16. Every kernel computes in
+// float and rounds to the element type where the unfused ATen sequence rounds,
+// so that results match that sequence (see fused_ops.h).
+
+#include <cstdint>
+
+namespace cur4llm::fused::kernels {
+
+/// out[r] = logsumexp(logits[r, :]) - logits[r, labels[r]] in float (NaN for a
+/// label outside [0, cols)). logits rows are `row_stride` elements apart.
+int token_nll(const void* logits, int dtype, int64_t rows, int64_t cols, int64_t row_stride, const int64_t* labels,
+              float* out, void* stream);
+
+/// out = w * to_dtype(x * rsqrt(mean(x^2) + eps)) per row of `cols` (LLaMA's RMSNorm).
+int rms_norm(const void* x, const void* w, void* out, int dtype, int64_t rows, int64_t cols, float eps, void* stream);
+
+/// Rotary embedding of x [tokens, heads, dim] (contiguous; token n sits at
+/// position n % seq_len): out = x * cos + rotate_half(x) * sin with cos/sin
+/// (float [seq_len, dim]) rounded to the element type, each product and the sum rounded.
+int rotary(const void* x, const float* cos, const float* sin, void* out, int dtype, int64_t tokens, int64_t seq_len,
+           int64_t heads, int64_t dim, void* stream);
+
+/// out = to_dtype(silu(gate)) * up, element-wise over n values (rounded after each op).
+int silu_mul(const void* gate, const void* up, void* out, int dtype, int64_t n, void* stream);
+
+/// The most tokens lowrank_forward takes.
+constexpr int64_t kLowRankMaxTokens = 8;
+
+/// y [tokens, out] = c (u (r x)) + bias for a few tokens (decoding) in one
+/// cooperative launch: r [k, in], u [k, k] or null, c [out, k], bias [out] or
+/// null, x [tokens, in], all row-major and of one element type; each product is
+/// rounded to that type as at::linear rounds it. scratch holds 2 * tokens * k floats.
+int lowrank_forward(const void* x, int64_t tokens, const void* r, const void* u, const void* c, const void* bias,
+                    void* y, float* scratch, int dtype, int64_t in, int64_t k, int64_t out, void* stream);
+
+}  // namespace cur4llm::fused::kernels

@@ -1,0 +1,205 @@
+// The fused operations on CUDA: checks, then the launchers of fused_kernels.cu
+// on the current stream of the tensor's device.
+#include "fused_ops.h"
+
+#include "fused_kernels.h"
+
+#include <cur4llm/util/fused_kernels.h>
+
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDACachingAllocator.h>
+#include <c10/cuda/CUDAFunctions.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <cuda_runtime_api.h>
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
+#include <stdexcept>
+
+namespace cur4llm {
+namespace {
+
+bool enabled_by_environment() {
+  const char* v = std::getenv("CUR4LLM_FUSED_KERNELS");
+  return !(v && (std::strcmp(v, "0") == 0 || std::strcmp(v, "off") == 0));
+}
+
+std::atomic<bool>& enabled_flag() {
+  static std::atomic<bool> flag{enabled_by_environment()};
+  return flag;
+}
+
+int dtype_code(const at::Tensor& t) {
+  switch (t.scalar_type()) {
+    case at::kFloat: return 0;
+    case at::kHalf: return 1;
+    case at::kBFloat16: return 2;
+    default: throw std::invalid_argument(fmt::format("fused kernels: unsupported dtype {}", c10::toString(t.scalar_type())));
+  }
+}
+
+void* current_stream(const at::Tensor& t) {
+  return static_cast<void*>(c10::cuda::getCurrentCUDAStream(t.device().index()).stream());
+}
+
+void check(int err, const char* what) {
+  if (err != 0) throw std::runtime_error(fmt::format("CUDA kernel {} failed to launch (error {})", what, err));
+}
+
+}  // namespace
+
+namespace util {
+bool fused_kernels_built() { return true; }
+bool fused_kernels_enabled() { return enabled_flag().load(); }
+void set_fused_kernels_enabled(bool on) { enabled_flag().store(on); }
+}  // namespace util
+
+namespace fused {
+
+bool enabled_for(const at::Tensor& t) {
+  // The kernels have no backward: tensors that autograd tracks take the ATen path.
+  if (!enabled_flag().load() || !t.defined() || !t.is_cuda() || t.requires_grad()) return false;
+  const auto s = t.scalar_type();
+  return s == at::kFloat || s == at::kHalf || s == at::kBFloat16;
+}
+
+at::Tensor token_nll(const at::Tensor& logits, const at::Tensor& labels) {
+  if (logits.dim() != 2 || logits.stride(1) != 1 || labels.dim() != 1 || labels.size(0) != logits.size(0)) {
+    throw std::invalid_argument("fused::token_nll: logits [n, vocab] with contiguous rows and labels [n]");
+  }
+  c10::cuda::CUDAGuard guard(logits.device());
+  auto lab = labels.to(logits.device(), at::kLong).contiguous();
+  auto out = at::empty({logits.size(0)}, logits.options().dtype(at::kFloat));
+  check(kernels::token_nll(logits.data_ptr(), dtype_code(logits), logits.size(0), logits.size(1), logits.stride(0),
+                           lab.data_ptr<int64_t>(), out.data_ptr<float>(), current_stream(logits)),
+        "token_nll");
+  return out;
+}
+
+at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
+  const int64_t h = x.size(-1);
+  if (weight.dim() != 1 || weight.size(0) != h || weight.scalar_type() != x.scalar_type()) {
+    throw std::invalid_argument("fused::rms_norm: weight must be [hidden] in the input's dtype");
+  }
+  c10::cuda::CUDAGuard guard(x.device());
+  auto xc = x.contiguous();
+  auto wc = weight.contiguous();
+  auto out = at::empty_like(xc);
+  check(kernels::rms_norm(xc.data_ptr(), wc.data_ptr(), out.data_ptr(), dtype_code(xc), xc.numel() / h, h,
+                          static_cast<float>(eps), current_stream(xc)),
+        "rms_norm");
+  return out;
+}
+
+at::Tensor rotary(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
+  if (x.dim() != 4 || cos.dim() != 2 || cos.size(0) != x.size(1) || cos.size(1) != x.size(3) ||
+      sin.sizes() != cos.sizes() || x.size(3) % 2 != 0) {
+    throw std::invalid_argument("fused::rotary: x [B, T, heads, dim] with cos/sin [T, dim]");
+  }
+  c10::cuda::CUDAGuard guard(x.device());
+  auto xc = x.contiguous();
+  auto c = cos.to(x.device(), at::kFloat).contiguous();
+  auto s = sin.to(x.device(), at::kFloat).contiguous();
+  auto out = at::empty_like(xc);
+  check(kernels::rotary(xc.data_ptr(), c.data_ptr<float>(), s.data_ptr<float>(), out.data_ptr(), dtype_code(xc),
+                        xc.size(0) * xc.size(1), xc.size(1), xc.size(2), xc.size(3), current_stream(xc)),
+        "rotary");
+  return out;
+}
+
+at::Tensor silu_mul(const at::Tensor& gate, const at::Tensor& up) {
+  if (gate.sizes() != up.sizes() || gate.scalar_type() != up.scalar_type()) {
+    throw std::invalid_argument("fused::silu_mul: gate and up must have the same shape and dtype");
+  }
+  c10::cuda::CUDAGuard guard(gate.device());
+  auto g = gate.contiguous();
+  auto u = up.contiguous();
+  auto out = at::empty_like(g);
+  check(kernels::silu_mul(g.data_ptr(), u.data_ptr(), out.data_ptr(), dtype_code(g), g.numel(), current_stream(g)),
+        "silu_mul");
+  return out;
+}
+
+bool lowrank_applies(const at::Tensor& x, const at::Tensor& r, const at::Tensor& u, const at::Tensor& c,
+                     const at::Tensor& bias) {
+  if (!enabled_for(x) || x.dim() < 1 || r.dim() != 2 || c.dim() != 2 || x.size(-1) != r.size(1)) return false;
+  if (x.numel() / std::max<int64_t>(1, x.size(-1)) > kernels::kLowRankMaxTokens) return false;
+  // Above about 32 MiB of factors, cuBLAS's matrix-vector products read faster than this
+  // kernel's warp-per-row stages; below it the single launch wins (docs/performance.md).
+  const int64_t bytes = (r.numel() + (u.defined() ? u.numel() : 0) + c.numel()) * static_cast<int64_t>(x.element_size());
+  if (bytes > (int64_t{32} << 20)) return false;
+  auto same = [&](const at::Tensor& t) {
+    return !t.defined() || (t.device() == x.device() && t.scalar_type() == x.scalar_type() && !t.requires_grad() &&
+                            t.is_contiguous());
+  };
+  return r.defined() && c.defined() && same(r) && same(u) && same(c) && same(bias) && c.size(1) == r.size(0) &&
+         (!u.defined() || (u.size(0) == r.size(0) && u.size(1) == r.size(0))) &&
+         (!bias.defined() || bias.numel() == c.size(0));
+}
+
+at::Tensor lowrank_forward(const at::Tensor& x, const at::Tensor& r, const at::Tensor& u, const at::Tensor& c,
+                           const at::Tensor& bias) {
+  if (!lowrank_applies(x, r, u, c, bias)) throw std::invalid_argument("fused::lowrank_forward: unsupported inputs");
+  c10::cuda::CUDAGuard guard(x.device());
+  const int64_t in = r.size(1), k = r.size(0), out = c.size(0);
+  auto x2 = x.reshape({-1, in}).contiguous();
+  const int64_t tokens = x2.size(0);
+  auto sizes = x.sizes().vec();
+  sizes.back() = out;
+  auto y = at::empty({tokens, out}, x.options());
+  if (tokens == 0) return y.view(sizes);
+  auto scratch = at::empty({2 * tokens * k}, x.options().dtype(at::kFloat));
+  check(kernels::lowrank_forward(x2.data_ptr(), tokens, r.data_ptr(), u.defined() ? u.data_ptr() : nullptr,
+                                 c.data_ptr(), bias.defined() ? bias.data_ptr() : nullptr, y.data_ptr(),
+                                 scratch.data_ptr<float>(), dtype_code(x2), in, k, out, current_stream(x2)),
+        "lowrank_forward");
+  return y.view(sizes);
+}
+
+struct SideStream::Impl {
+  c10::Device device;
+  c10::cuda::CUDAStream stream;
+  cudaEvent_t done = nullptr;
+};
+
+SideStream::SideStream(c10::Device device) {
+  if (!device.is_cuda()) return;
+  const auto index = device.has_index() ? device.index() : c10::cuda::current_device();
+  c10::cuda::CUDAGuard guard(index);
+  impl_.reset(new Impl{c10::Device(c10::kCUDA, index), c10::cuda::getStreamFromPool(/*isHighPriority=*/true, index)});
+  if (cudaEventCreateWithFlags(&impl_->done, cudaEventDisableTiming) != cudaSuccess) {
+    impl_.reset();
+    (void)cudaGetLastError();
+  }
+}
+
+SideStream::~SideStream() {
+  if (impl_ && impl_->done) (void)cudaEventDestroy(impl_->done);
+}
+
+void SideStream::run(const std::function<void()>& fn) {
+  if (!impl_) return fn();
+  c10::cuda::CUDAStreamGuard guard(impl_->stream);
+  fn();
+}
+
+void SideStream::join(const std::vector<at::Tensor>& tensors) {
+  if (!impl_) return;
+  c10::cuda::CUDAGuard guard(impl_->device);
+  const auto current = c10::cuda::getCurrentCUDAStream(impl_->device.index());
+  check(static_cast<int>(cudaEventRecord(impl_->done, impl_->stream.stream())), "side-stream event record");
+  check(static_cast<int>(cudaStreamWaitEvent(current.stream(), impl_->done, 0)), "side-stream event wait");
+  for (const auto& t : tensors) {
+    if (t.defined() && t.is_cuda() && t.has_storage()) {
+      c10::cuda::CUDACachingAllocator::recordStream(t.storage().data_ptr(), current);
+    }
+  }
+}
+
+}  // namespace fused
+}  // namespace cur4llm

@@ -1,0 +1,41 @@
+// Builds without cur4llm's CUDA kernels: the fused operations are never enabled.
+#include "fused_ops.h"
+
+#include <cur4llm/util/fused_kernels.h>
+
+#include <stdexcept>
+
+namespace cur4llm {
+
+namespace util {
+bool fused_kernels_built() { return false; }
+bool fused_kernels_enabled() { return false; }
+void set_fused_kernels_enabled(bool) {}
+}  // namespace util
+
+namespace fused {
+namespace {
+[[noreturn]] void absent() { throw std::logic_error("internal: fused kernels are not built in"); }
+}  // namespace
+
+bool enabled_for(const at::Tensor&) { return false; }
+at::Tensor token_nll(const at::Tensor&, const at::Tensor&) { absent(); }
+at::Tensor rms_norm(const at::Tensor&, const at::Tensor&, double) { absent(); }
+at::Tensor rotary(const at::Tensor&, const at::Tensor&, const at::Tensor&) { absent(); }
+at::Tensor silu_mul(const at::Tensor&, const at::Tensor&) { absent(); }
+bool lowrank_applies(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&) {
+  return false;
+}
+at::Tensor lowrank_forward(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                           const at::Tensor&) {
+  absent();
+}
+
+struct SideStream::Impl {};
+SideStream::SideStream(c10::Device) {}
+SideStream::~SideStream() = default;
+void SideStream::run(const std::function<void()>& fn) { fn(); }
+void SideStream::join(const std::vector<at::Tensor>&) {}
+
+}  // namespace fused
+}  // namespace cur4llm

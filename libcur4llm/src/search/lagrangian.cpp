@@ -1,0 +1,123 @@
+#include <cur4llm/search/lagrangian.h>
+
+#include <fmt/format.h>
+
+#include <cmath>
+#include <limits>
+#include <map>
+#include <stdexcept>
+
+namespace cur4llm::search {
+namespace {
+
+struct Option {
+  double ratio = 1;   // 1: dense
+  double cost = 0;    // log-ppl increase
+  double params = 0;  // stored parameters
+};
+
+// The option minimising cost + lambda * params (ties: fewer parameters).
+std::size_t best_option(const std::vector<Option>& options, double lambda) {
+  std::size_t best = 0;
+  for (std::size_t i = 1; i < options.size(); ++i) {
+    const double a = options[i].cost + lambda * options[i].params, b = options[best].cost + lambda * options[best].params;
+    if (a < b || (a == b && options[i].params < options[best].params)) best = i;
+  }
+  return best;
+}
+
+}  // namespace
+
+SearchResult search_param_ratio_lagrangian(const SensitivityTable& table, const std::vector<LayerSize>& layers,
+                                           double target, double dense_score, const SearchOptions& options) {
+  if (!std::isfinite(target) || target <= 0) throw std::invalid_argument(fmt::format("search: param target {} must be finite and > 0", target));
+  if (!std::isfinite(dense_score) || dense_score <= 0) {
+    throw std::invalid_argument(fmt::format("search: dense score {} must be finite and > 0", dense_score));
+  }
+  if (options.mode != CompressMode::kWeights) throw std::invalid_argument("search: the Lagrangian search is for the weights mode");
+  std::map<std::string, std::size_t> index;
+  double total = 0;
+  for (std::size_t i = 0; i < layers.size(); ++i) {
+    if (layers[i].numel <= 0 || !index.emplace(layers[i].name, i).second) {
+      throw std::invalid_argument(fmt::format("search: layer \"{}\" is given twice or has no weights", layers[i].name));
+    }
+    total += static_cast<double>(layers[i].numel);
+  }
+  // Per layer: dense first, then each candidate of the table.
+  std::vector<std::vector<Option>> choices(layers.size());
+  for (std::size_t i = 0; i < layers.size(); ++i) choices[i].push_back({1.0, 0.0, static_cast<double>(layers[i].numel)});
+  for (const auto& e : table.entries()) {
+    auto it = index.find(e.layer);
+    if (it == index.end()) throw std::invalid_argument(fmt::format("search: table layer \"{}\" is not a Linear layer of the model", e.layer));
+    if (!(e.ratio < 1)) continue;
+    const double cost = std::isfinite(e.score) ? std::log(std::max(e.score, dense_score) / dense_score)
+                                               : std::numeric_limits<double>::infinity();
+    if (!std::isfinite(cost)) continue;
+    const double params = options.stored_params ? static_cast<double>(options.stored_params(e.layer, e.ratio))
+                                                : static_cast<double>(layers[it->second].numel) * e.ratio;
+    choices[it->second].push_back({e.ratio, cost, params});
+  }
+  const double budget = target * total;
+  auto pick = [&](double lambda, std::vector<std::size_t>& chosen) {
+    double p = 0;
+    for (std::size_t i = 0; i < choices.size(); ++i) {
+      chosen[i] = best_option(choices[i], lambda);
+      p += choices[i][chosen[i]].params;
+    }
+    return p;
+  };
+  std::vector<std::size_t> chosen(layers.size()), trial(layers.size());
+  // A price high enough that every layer takes its fewest parameters.
+  double hi = 1;
+  while (pick(hi, chosen) > budget && hi < 1e30) hi *= 4;
+  double lo = 0;
+  if (pick(lo, trial) <= budget) {
+    chosen = trial;
+  } else if (pick(hi, chosen) <= budget) {
+    for (int it = 0; it < 200; ++it) {
+      const double mid = 0.5 * (lo + hi);
+      if (pick(mid, trial) <= budget) {
+        hi = mid;
+        chosen = trial;
+      } else {
+        lo = mid;
+      }
+    }
+  }
+  // Spend what is left: the upgrade with the largest cost decrease per parameter, while it fits.
+  double used = 0;
+  for (std::size_t i = 0; i < choices.size(); ++i) used += choices[i][chosen[i]].params;
+  for (;;) {
+    double best_rate = 0;
+    std::size_t bl = 0, bo = 0;
+    for (std::size_t i = 0; i < choices.size(); ++i) {
+      const Option& now = choices[i][chosen[i]];
+      for (std::size_t o = 0; o < choices[i].size(); ++o) {
+        const Option& up = choices[i][o];
+        const double dp = up.params - now.params, dc = now.cost - up.cost;
+        if (dp <= 0 || dc <= 0 || used + dp > budget) continue;
+        if (dc / dp > best_rate) {
+          best_rate = dc / dp;
+          bl = i;
+          bo = o;
+        }
+      }
+    }
+    if (best_rate <= 0) break;
+    used += choices[bl][bo].params - choices[bl][chosen[bl]].params;
+    chosen[bl] = bo;
+  }
+  SearchResult result;
+  result.num_entries = table.size();
+  double nominal = 0;
+  for (std::size_t i = 0; i < layers.size(); ++i) {
+    const Option& o = choices[i][chosen[i]];
+    result.allocation.push_back({layers[i].name, o.ratio, o.ratio < 1});
+    nominal += static_cast<double>(layers[i].numel) * o.ratio;
+  }
+  result.nominal_ratio = nominal / total;
+  result.ratio = whole_model_ratio(result.allocation, layers, options.mode, options.stored_params);
+  return result;
+}
+
+}  // namespace cur4llm::search
