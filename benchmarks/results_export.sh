@@ -7,18 +7,55 @@
 # comparison. Perplexity on the TinyStories eval text, seqlen 512. The tiny
 # OPT fixture: cur and svd at 0.8 (calibrated and evaluated on the carried
 # Shakespeare tail, seqlen 128), cur + rtn_int4 in three shards, the dense
-# model in rtn_int8, svd in rtn_int6. Everything goes to $OUT_DIR;
-# scripts/check_export_gpu.sh then checks the folders in transformers.
+# model in rtn_int8, svd in rtn_int6. The skeleton part: stories260K with
+# skeleton_swap at 0.9 (skeleton_row layers; same flags as cur and svd) and
+# that repository packed to rtn_int4, the tiny OPT with skeleton_col at 0.8
+# (skeleton_col layers with biases). Every
+# skeleton folder's C++ perplexity is appended to $OUT_DIR/expect_skeleton.txt
+# ("folder name=ppl"), which scripts/check_export_gpu.sh reads. Everything goes to
+# $OUT_DIR; scripts/check_export_gpu.sh then checks the folders in transformers.
 #
 #   BIN=build/apps SHARED=../shared bash benchmarks/results_export.sh     # from the repository root
+#   ONLY=skeleton BIN=build/apps SHARED=../shared bash benchmarks/results_export.sh   # the skeleton part only
 set -euo pipefail
 bin=${BIN:?folder of the acur, build_acur_repo and quantize binaries}
 shared=${SHARED:?the shared/ folder with data/}
 out=${OUT_DIR:-output/export}
 model="$shared/data/models/stories260K-hf"
 eval_text="$shared/data/text/tinystories/tinystories_eval.txt"
+only=${ONLY:-}
+case "$only" in "" | skeleton) ;; *) echo "results_export.sh: ONLY is \"skeleton\" or unset, not \"$only\"" >&2; exit 2 ;; esac
 mkdir -p "$out"
 common=(--seqlen 512 --batch_size 32)
+opt=tests/data/models/tiny-shakespeare-opt
+tail_text=tests/data/text/shakespeare_tail.txt
+opt_flags=(--act_aware --param_ratio_target 0.8 --calib_dataset "$tail_text" --eval_ppl "$tail_text" --seqlen 128
+           --n_calib_samples 8 --batch_size 4 --output "$out" --overwrite)
+
+# expect FOLDER TEXT: prints the app's output (stdin) and records FOLDER's name and perplexity on TEXT.
+expect() {
+  local folder=$1 text=$2 line
+  while IFS= read -r line; do
+    echo "$line"
+    set -- $line
+    if [ "${1:-}" = "$text" ]; then echo "$(basename "$folder")=$2" >>"$out/expect_skeleton.txt"; fi
+  done
+}
+
+if [ "$only" = skeleton ] || [ -z "$only" ]; then
+  rm -f "$out/expect_skeleton.txt"
+  s="$out/stories260K-hf-acur90-skeleton_swap"
+  "$bin/build_acur_repo" --model_id "$model" --act_aware --alpha 0.5 --scaling_method abs_mean --n_calib_samples 32 \
+    --seed 233 --calib_dataset "$shared/data/text/tinystories/tinystories_calib.txt" --param_ratio_target 0.9 \
+    --method skeleton_swap --eval_ppl "$eval_text" --use_cache --cache_dir "$out/cache" --output "$out" --overwrite \
+    "${common[@]}" 2>/dev/null | grep -v "model.layers\|^-\|^layer" | expect "$s" "$eval_text"
+  "$bin/quantize" --model "$s" --format rtn_int4 --output "$s-rtn_int4" --overwrite --eval_ppl "$eval_text" \
+    "${common[@]}" 2>/dev/null | expect "$s-rtn_int4" "$eval_text"
+  "$bin/build_acur_repo" --model_id "$opt" --method skeleton_col "${opt_flags[@]}" 2>/dev/null | tail -2 |
+    expect "$out/tiny-shakespeare-opt-acur80-skeleton_col" "$tail_text"
+  [ "$only" = skeleton ] && exit 0
+fi
+
 for method in cur svd; do
   "$bin/build_acur_repo" --model_id "$model" --act_aware --alpha 0.5 --scaling_method abs_mean --n_calib_samples 32 \
     --seed 233 --calib_dataset "$shared/data/text/tinystories/tinystories_calib.txt" --param_ratio_target 0.9 \
@@ -36,10 +73,6 @@ for source in "$model" "$out/stories260K-hf-acur90" "$out/stories260K-hf-acur90-
   done
 done
 
-opt=tests/data/models/tiny-shakespeare-opt
-tail_text=tests/data/text/shakespeare_tail.txt
-opt_flags=(--act_aware --param_ratio_target 0.8 --calib_dataset "$tail_text" --eval_ppl "$tail_text" --seqlen 128
-           --n_calib_samples 8 --batch_size 4 --output "$out" --overwrite)
 for method in cur svd; do
   "$bin/build_acur_repo" --model_id "$opt" --method "$method" "${opt_flags[@]}" 2>/dev/null | tail -2
 done

@@ -5,6 +5,7 @@
 #include <cur4llm/compress/cur_linear.h>
 #include <cur4llm/compress/factory.h>
 #include <cur4llm/compress/packed_model.h>
+#include <cur4llm/compress/skeleton_linear.h>
 #include <cur4llm/compress/slot_io.h>
 #include <cur4llm/compress/svd_linear.h>
 #include <cur4llm/eval/perplexity.h>
@@ -63,6 +64,21 @@ cur4llm::search::CompressionPlan compress_some(CausalLM& lm, const std::string& 
   return compress::apply_allocation(lm, allocation, *compressor, scale);
 }
 
+// The slot kinds a layer compressed by `method` may have: "skeleton" picks a side per layer.
+std::set<std::string> kinds_of(const std::string& method) {
+  if (method == "skeleton") return {"skeleton_row", "skeleton_col"};
+  return {method};
+}
+
+// The kinds of the layers of `plan` that `lm` holds compressed (not "dense").
+std::set<std::string> slot_kinds(const CausalLM& lm, const cur4llm::search::CompressionPlan& plan) {
+  std::set<std::string> out;
+  for (const auto& layer : plan.layers()) {
+    if (lm.linear(layer.name).kind() != "dense") out.insert(lm.linear(layer.name).kind());
+  }
+  return out;
+}
+
 // Every file of `folder` (names and bytes), to see that it was not written to.
 std::string snapshot(const fs::path& folder) {
   std::string all;
@@ -107,14 +123,20 @@ TEST_CASE("acur repository round trip: the same logits, bit for bit, in fp32", "
     const char* method;
     size_t stride;
   };
-  // OPT (tied lm_head, biases), LLaMA with GQA, Qwen2 (tied, q/k/v biases), Mistral; CUR and SVD.
+  // OPT (tied lm_head, biases), LLaMA with GQA, Qwen2 (tied, q/k/v biases), Mistral; CUR, SVD and the
+  // skeleton layers of both sides ("skeleton" picks a side per layer; both in one repository: the next test).
   for (const Case c : {Case{"tiny-shakespeare-opt", "cur", 2}, Case{"tiny-shakespeare-opt", "svd", 3},
                        Case{"llama_gqa", "cur", 2}, Case{"llama_gqa", "svd", 2}, Case{"qwen2_bias", "cur", 3},
-                       Case{"qwen2_bias", "svd", 2}, Case{"mistral_window", "cur", 2}}) {
+                       Case{"qwen2_bias", "svd", 2}, Case{"mistral_window", "cur", 2},
+                       Case{"tiny-shakespeare-opt", "skeleton_row", 2}, Case{"tiny-shakespeare-opt", "skeleton_col", 2},
+                       Case{"tiny-shakespeare-opt", "skeleton", 1}, Case{"llama_gqa", "skeleton_row", 2},
+                       Case{"llama_gqa", "skeleton_col", 2}, Case{"llama_gqa", "skeleton", 1}}) {
     DYNAMIC_SECTION(c.fixture << " " << c.method) {
       auto lm = CausalLM::load(model_dir(c.fixture));
       const auto plan = compress_some(*lm, c.method, c.stride);
       REQUIRE(compress::count_layers(plan, c.method) > 0);
+      std::string kinds;  // the repository's method when none is given: its kinds, sorted, joined by "+"
+      for (const auto& k : slot_kinds(*lm, plan)) kinds += (kinds.empty() ? "" : "+") + k;
       const auto before = logits(*lm);
       TempDir dir("export_roundtrip");
       const auto written = repo::write_acur_repo(*lm, dir / "repo", {});
@@ -122,11 +144,12 @@ TEST_CASE("acur repository round trip: the same logits, bit for bit, in fp32", "
 
       auto back = CausalLM::load(dir / "repo");
       CHECK(back->stored_form().acur_format_version == cur4llm::model::kAcurFormatVersion);
-      CHECK(back->stored_form().method == c.method);
+      CHECK(back->stored_form().method == kinds);
       for (const auto& layer : plan.layers()) {
         INFO(layer.name);
         const auto& slot = back->linear(layer.name);
-        CHECK(slot.kind() == layer.method);
+        CHECK(slot.kind() == lm->linear(layer.name).kind());
+        CHECK(kinds_of(layer.method).count(slot.kind()) == 1);
         CHECK(slot.weight_params() == layer.stored_params);
         CHECK(at::equal(slot.reconstruct_weight(), lm->linear(layer.name).reconstruct_weight()));
       }
@@ -246,6 +269,110 @@ TEST_CASE("acur repository: packed weights stored as codes, scales and zeros, an
       CHECK(back->stored_form().quantization == format);
       CHECK(at::equal(logits(*back), before));
     }
+  }
+}
+
+TEST_CASE("acur repository: skeleton layers packed, their permutations stored as int64, and loaded back",
+          "[export][quantize]") {
+  // tiny OPT: biases on every layer; llama_gqa: none. Every second Linear (lm_head included) a row
+  // skeleton, the others column skeletons: both kinds in one repository, as "skeleton" may give.
+  for (const std::string fixture : {"tiny-shakespeare-opt", "llama_gqa"}) {
+    for (const std::string format : {"rtn_int8", "rtn_int4"}) {
+      DYNAMIC_SECTION(fixture << " " << format) {
+        auto lm = CausalLM::load(model_dir(fixture));
+        compress_some(*lm, "skeleton_row", 2);
+        const auto col = compress::make_compressor("skeleton_col");
+        std::vector<std::string> names;
+        for (const auto& info : lm->linears()) {
+          names.push_back(info.name);
+          if (const auto* d = dynamic_cast<const cur4llm::model::DenseLinear*>(&lm->linear(info.name))) {
+            const auto scale = at::linspace(0.5, 2.0, d->in_features(), at::kFloat);
+            lm->replace_linear(info.name, col->compress(d->weight(), d->bias(), scale, 0.6));
+          }
+        }
+        const auto packed = compress::quantize_model_packed(*lm, compress::parse_quant_format(format));
+        const auto before = logits(*lm);
+        TempDir dir("export_skeleton_packed");
+        repo::ExportOptions o;
+        o.packed = &packed;
+        repo::write_acur_repo(*lm, dir / "repo", o);
+
+        const auto config = read_json(dir / "repo" / "config.json");
+        CHECK(config.at("acur").at("quantization").at("format") == format);
+        cur4llm::io::SafetensorsFile st(dir / "repo" / "model.safetensors");
+        int64_t rows = 0, cols = 0;
+        for (const auto& name : names) {
+          INFO(name);
+          const auto& slot = dynamic_cast<const compress::SkeletonLinear&>(lm->linear(name));
+          const bool row = slot.side() == compress::SkeletonSide::Row;
+          (row ? rows : cols) += 1;
+          const auto& entry = config.at("acur").at("layers").at(name);
+          CHECK(entry.at("kind") == slot.kind());
+          CHECK(entry.at("rank") == slot.rank());
+          CHECK(entry.at("bias") == slot.bias().defined());
+          const std::string kept = row ? "W_I" : "W_J", predictor = row ? "X_rest" : "Z_rest";
+          const std::string index = row ? "row_index" : "col_index";
+          const std::string prefix = name + ".";
+          if (name == "lm_head") {  // never quantized
+            CHECK_FALSE(entry.contains("quantized"));
+            CHECK(st.contains(prefix + kept));
+          } else {
+            CHECK(entry.at("quantized") == nlohmann::json::array({kept, predictor}));
+            CHECK(st.info(prefix + kept + ".qweight").dtype == "U8");
+            CHECK(st.info(prefix + predictor + ".scales").dtype == "F16");
+            CHECK_FALSE(st.contains(prefix + kept));
+          }
+          // The permutation is stored as it is: int64, every position once, kept ones first.
+          CHECK(st.info(prefix + index).dtype == "I64");
+          CHECK(at::equal(st.load(prefix + index), slot.index()));
+          CHECK(at::equal(std::get<0>(at::sort(st.load(prefix + index))),
+                          at::arange(row ? slot.out_features() : slot.in_features(), at::kLong)));
+          if (slot.bias().defined()) CHECK(st.info(prefix + "bias").dtype == "F32");
+        }
+        CHECK(rows > 0);
+        CHECK(cols > 0);
+
+        auto back = CausalLM::load(dir / "repo");
+        CHECK(back->stored_form().quantization == format);
+        CHECK(back->stored_form().method == "skeleton_col+skeleton_row");
+        for (const auto& name : names) {
+          INFO(name);
+          const auto& a = dynamic_cast<const compress::SkeletonLinear&>(back->linear(name));
+          const auto& b = dynamic_cast<const compress::SkeletonLinear&>(lm->linear(name));
+          CHECK(a.side() == b.side());
+          CHECK(at::equal(a.index(), b.index()));
+          CHECK(at::equal(a.kept(), b.kept()));  // the dequantized values the model ran with
+        }
+        CHECK(at::equal(logits(*back), before));
+      }
+    }
+  }
+}
+
+TEST_CASE("loading a skeleton layer: a stored index that is no permutation is refused, naming it", "[export][model]") {
+  auto lm = CausalLM::load(model_dir("llama_gqa"));
+  compress_some(*lm, "skeleton_row", 2);
+  TempDir dir("export_skeleton_bad");
+  repo::write_acur_repo(*lm, dir / "repo", {});
+  const std::string name = "model.layers.0.self_attn.q_proj.row_index";
+  std::vector<std::pair<std::string, at::Tensor>> tensors;
+  {
+    cur4llm::io::SafetensorsFile st(dir / "repo" / "model.safetensors");
+    for (const auto& n : st.names()) tensors.emplace_back(n, st.load(n));
+  }
+  SECTION("a position twice") {
+    for (auto& [n, t] : tensors) {
+      if (n == name) t = t.clone().index_fill_(0, at::tensor({int64_t{1}}), t[0].item<int64_t>());
+    }
+    cur4llm::io::save_safetensors(dir / "repo" / "model.safetensors", tensors);
+    CHECK_THROWS_WITH(CausalLM::load(dir / "repo"), Catch::Contains(name) && Catch::Contains("not a permutation"));
+  }
+  SECTION("a position outside the layer") {
+    for (auto& [n, t] : tensors) {
+      if (n == name) t = t.clone().index_fill_(0, at::tensor({int64_t{0}}), t.numel());
+    }
+    cur4llm::io::save_safetensors(dir / "repo" / "model.safetensors", tensors);
+    CHECK_THROWS_WITH(CausalLM::load(dir / "repo"), Catch::Contains(name) && Catch::Contains("outside"));
   }
 }
 

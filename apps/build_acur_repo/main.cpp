@@ -64,7 +64,7 @@ int run(int argc, char** argv) {
       ("limit", po::value(&o.limit)->default_value(-1), "evaluate only the first N windows (-1: all)");
   po::options_description all("build_acur_repo: compress a causal LM and write it as a Hugging Face repository\n\n"
                               "Usage: build_acur_repo --model_id MODEL (--param_ratio_target R | --ppl_target P | "
-                              "--plan PLAN.json) [--method cur|svd] [--output DIR] [options]");
+                              "--plan PLAN.json) [--method cur|svd|skeleton|...] [--output DIR] [options]");
   all.add(ref).add(own).add(repo);
   po::variables_map vm;
   po::store(po::parse_command_line(argc, argv, all), vm);

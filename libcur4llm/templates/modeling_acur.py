@@ -12,6 +12,11 @@
 #                BLinear.weight [k, in], ALinear.bias [out]
 #   kind "dense" y = W x + bias                  weight [out, in], bias [out]
 #                (listed only when its weight is stored packed)
+#   kind "skeleton_row"  W_I [k, in], X_rest [out - k, k], row_index (int64 [out]),
+#                bias [out]: t = W_I x, u = [t ; X_rest t]; output row_index[p]
+#                is u[p] (row_index lists the kept rows first), then + bias
+#   kind "skeleton_col"  W_J [out, k], Z_rest [k, in - k], col_index (int64 [in]),
+#                bias [out]: v = x[col_index]; y = W_J (v[:k] + Z_rest v[k:]) + bias
 #
 # A tensor listed in a layer's "quantized" list is stored packed as
 # <name>.qweight (uint8 codes, little-endian bit stream per row), <name>.scales
@@ -98,8 +103,21 @@ def _tensor_names(spec):
         names.append(("weight", (n_out, n_in), False))
         if spec.get("bias", False):
             names.append(("bias", (n_out,), False))
+    elif kind == "skeleton_row":
+        k = spec["rank"]
+        names += [("W_I", (k, n_in), False), ("X_rest", (n_out - k, k), False), ("row_index", (n_out,), True)]
+        if spec.get("bias", False):
+            names.append(("bias", (n_out,), False))
+    elif kind == "skeleton_col":
+        k = spec["rank"]
+        names += [("W_J", (n_out, k), False), ("Z_rest", (k, n_in - k), False), ("col_index", (n_in,), True)]
+        if spec.get("bias", False):
+            names.append(("bias", (n_out,), False))
     else:
-        raise ValueError(f'acur layer kind "{kind}" is not known to this modeling code (known: cur, svd, dense)')
+        raise ValueError(
+            f'acur layer kind "{kind}" is not known to this modeling code '
+            "(known: cur, svd, dense, skeleton_row, skeleton_col)"
+        )
     return names
 
 
@@ -111,6 +129,8 @@ class AcurLinear(nn.Module):
         self.kind = spec["kind"]
         self.in_features = spec["in_features"]
         self.out_features = spec["out_features"]
+        self.rank = spec.get("rank")
+        self._inverse = None  # skeleton_row: (row_index, its version, inverse permutation)
         packed = set(spec.get("quantized", []))
         for name, shape, is_index in _tensor_names(spec):
             *path, leaf = name.split(".")
@@ -139,6 +159,18 @@ class AcurLinear(nn.Module):
             return obj.dequantize(dtype)
         return obj
 
+    def _row_gather(self):
+        """skeleton_row: the inverse of row_index (output j is row j of [t ; X_rest t] taken at inverse[j]),
+        computed once and again only when row_index is replaced, moved or overwritten."""
+        index = self.row_index
+        cached = self._inverse
+        if cached is None or cached[0] is not index or cached[1] != index._version:
+            with torch.inference_mode(False):  # a plain tensor, usable outside inference mode later
+                inverse = torch.empty_like(index)
+                inverse.scatter_(0, index, torch.arange(index.numel(), device=index.device, dtype=index.dtype))
+            cached = self._inverse = (index, index._version, inverse)
+        return cached[2]
+
     def unpack_(self, dtype):
         """Replaces every PackedTensor by a parameter holding its dequantized value."""
         for name, module in list(self.named_modules()):
@@ -161,6 +193,16 @@ class AcurLinear(nn.Module):
         if self.kind == "svd":
             return F.linear(F.linear(x, self._get("BLinear.weight", dt)), self._get("ALinear.weight", dt),
                             self._get("ALinear.bias", dt))
+        if self.kind == "skeleton_row":
+            t = F.linear(x, self._get("W_I", dt))
+            y = torch.cat((t, F.linear(t, self._get("X_rest", dt))), dim=-1).index_select(-1, self._row_gather())
+            bias = self._get("bias", dt)
+            return y if bias is None else y + bias
+        if self.kind == "skeleton_col":
+            k = self.rank
+            v = x.index_select(-1, self.col_index)
+            z = v[..., :k] + F.linear(v[..., k:], self._get("Z_rest", dt))
+            return F.linear(z, self._get("W_J", dt), self._get("bias", dt))
         return F.linear(x, self._get("weight", dt), self._get("bias", dt))
 
     def extra_repr(self):

@@ -1,15 +1,18 @@
 // Reading stored slots, and the slot kinds of this library: "dense" (listed
-// in an acur repository only when its weight is packed), "cur" and "svd".
+// in an acur repository only when its weight is packed), "cur", "svd",
+// "skeleton_row" and "skeleton_col".
 #include <cur4llm/compress/slot_io.h>
 
 #include <cur4llm/compress/cur_linear.h>
 #include <cur4llm/compress/packed_quant.h>
+#include <cur4llm/compress/skeleton_linear.h>
 #include <cur4llm/compress/svd_linear.h>
 
 #include <ATen/ATen.h>
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <stdexcept>
 
 namespace cur4llm::compress {
@@ -124,9 +127,41 @@ model::LinearPtr load_svd(const model::SlotSpec& spec, const model::SlotTensors&
   return std::make_shared<SVDLinear>(a, b, bias);
 }
 
+// ---------------------------------------------------------------------------------------------
+// "skeleton_row": W_I [k, in], X_rest [out - k, k], row_index (int64 [out], kept rows first), bias.
+// "skeleton_col": W_J [out, k], Z_rest [k, in - k], col_index (int64 [in], kept columns first), bias.
+model::SlotFields describe_skeleton(const model::LinearSlot& slot) {
+  const auto& s = dynamic_cast<const SkeletonLinear&>(slot);
+  return {{"rank", int_field(s.rank())}, {"bias", bool_field(s.bias().defined())}};
+}
+
+model::LinearPtr load_skeleton(const model::SlotSpec& spec, const model::SlotTensors& t) {
+  const bool row = spec.kind == "skeleton_row";
+  const int64_t k = spec.integer("rank");
+  const int64_t out = spec.out_features, in = spec.in_features;
+  const int64_t full = row ? out : in;  // the length of the permutation
+  if (k < 1 || k > std::min(out, in)) {
+    throw std::runtime_error(fmt::format("{}: layer \"{}\": rank {} is not in [1, {}]", spec.source, spec.name, k,
+                                         std::min(out, in)));
+  }
+  auto kept = row ? read_factor(spec, t, "W_I", {k, in}) : read_factor(spec, t, "W_J", {out, k});
+  auto predictor = row ? read_factor(spec, t, "X_rest", {out - k, k}) : read_factor(spec, t, "Z_rest", {k, in - k});
+  const std::string index_name = row ? "row_index" : "col_index";
+  auto index = read_indices(spec, t, index_name, full, full);
+  auto bias = spec.boolean("bias") ? read_factor(spec, t, "bias", {out}) : at::Tensor();
+  try {
+    return std::make_shared<SkeletonLinear>(row ? SkeletonSide::Row : SkeletonSide::Column, kept, predictor, index,
+                                            bias);
+  } catch (const std::invalid_argument& e) {  // e.g. an index that is no permutation
+    throw std::runtime_error(fmt::format("{}: {}", t.describe(index_name), e.what()));
+  }
+}
+
 const model::SlotKindRegistrar dense_kind({"dense", describe_dense, load_dense});
 const model::SlotKindRegistrar cur_kind({"cur", describe_cur, load_cur});
 const model::SlotKindRegistrar svd_kind({"svd", describe_svd, load_svd});
+const model::SlotKindRegistrar skeleton_row_kind({"skeleton_row", describe_skeleton, load_skeleton});
+const model::SlotKindRegistrar skeleton_col_kind({"skeleton_col", describe_skeleton, load_skeleton});
 
 }  // namespace
 }  // namespace cur4llm::compress
