@@ -210,7 +210,10 @@ search::SensitivityTable ppl_sensitivity(model::CausalLM& lm, const std::vector<
   const bool overlap = profile == nullptr;
   fused::SideStream side(device);
   Decomposed next;
-  if (overlap && !ordered.empty()) side.run([&] { next = decompose(ordered.front()); });
+  if (overlap && !ordered.empty()) {
+    util::synchronize(device);  // the side stream reads what this one made (statistics, weights)
+    side.run([&] { next = decompose(ordered.front()); });
+  }
 
   for (size_t index = 0; index < ordered.size(); ++index) {
     const auto& name = ordered[index];
@@ -251,13 +254,18 @@ search::SensitivityTable ppl_sensitivity(model::CausalLM& lm, const std::vector<
         sum_of[j] = static_cast<int64_t>(sums.size());
         sums.push_back(nll_sum(lm, batches, first_layer, nll_options).reshape({1}));
       }
-      current.slots.clear();
       for (auto& b : batches) b.prefix = model::LayerPrefix();
     }
     if (overlap && index + 1 < ordered.size()) side.run([&] { next = decompose(ordered[index + 1]); });
 
     // One synchronisation per layer: every candidate's NLL sum at once.
     const auto host = sums.empty() ? at::Tensor() : at::cat(sums).to(at::kCPU, at::kDouble).contiguous();
+    // Only now, with the forward passes finished, may the slots go: a slot can
+    // hold tensors besides its state() (e.g. a skeleton's gather index) that
+    // were made on the side stream and are not marked as used by this one, so
+    // freeing them earlier would let the side stream reuse their memory under
+    // the queued forwards.
+    current.slots.clear();
     for (size_t j = 0; j < candidates.size(); ++j) {
       double ppl = std::numeric_limits<double>::infinity();
       if (sum_of[j] >= 0) {
