@@ -72,7 +72,9 @@ inline void add_pipeline_flags(boost::program_options::options_description& ref,
       ("seqlen", po::value(&o.seqlen)->default_value(2048), "tokens per sample and per evaluation window")
       ("data_dir", po::value(&f.data_dir)->default_value(""), "datasets folder (default $CUR4LLM_DATA_DIR, else ./data)")
       ("cache_dir", po::value(&f.cache_dir)->default_value("cache"), "where --use_cache keeps its files")
-      ("batch_size", po::value(&o.batch_size)->default_value(1), "samples or windows per forward pass");
+      ("batch_size", po::value(&o.batch_size)->default_value(1), "samples or windows per forward pass")
+      ("sweep_batch_size", po::value(&o.sweep_batch_size)->default_value(0),
+       "calibration samples per forward pass of the sensitivity sweep (0: as many as fit in 65536 tokens)");
 }
 
 }  // namespace cur4llm::app

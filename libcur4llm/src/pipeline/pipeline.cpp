@@ -131,6 +131,7 @@ void validate_settings(const PipelineOptions& o) {
   if (o.rank_align <= 0) throw invalid_argument(fmt::format("--rank_align must be positive, not {}", o.rank_align));
   if (o.seqlen < 2) throw invalid_argument(fmt::format("--seqlen must be at least 2, not {}", o.seqlen));
   if (o.batch_size < 1) throw invalid_argument("--batch_size must be at least 1");
+  if (o.sweep_batch_size < 0) throw invalid_argument("--sweep_batch_size must be 0 (automatic) or positive");
   if (o.sensitivity_metric != "ppl" && o.sensitivity_metric != "stable_rank") {
     throw invalid_argument(fmt::format("--sensitivity_metric must be ppl or stable_rank, not \"{}\"", o.sensitivity_metric));
   }
@@ -332,7 +333,7 @@ PipelineResult compress_model(model::CausalLM& lm, const tokenize::Tokenizer& to
     // 3. Sensitivity.
     sensitivity::SweepOptions sweep;
     sweep.mode = o.compress_kv_cache ? search::CompressMode::kKvCache : search::CompressMode::kWeights;
-    sweep.batch_size = o.batch_size;
+    sweep.batch_size = o.sweep_batch_size;
     sweep.show_progress = o.show_progress;
     sweep.candidates = o.candidates;
     t0 = Clock::now();

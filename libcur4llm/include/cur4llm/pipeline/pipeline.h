@@ -57,6 +57,7 @@ struct PipelineOptions {
   bool use_bos = false;               ///< BOS before each calibration sample if the tokenizer adds none
   int64_t seqlen = 2048;              ///< tokens per calibration sample (clamped to max_position_embeddings)
   int64_t batch_size = 1;             ///< samples per forward pass
+  int64_t sweep_batch_size = 0;       ///< calibration samples per forward pass of the sensitivity sweep; 0: as many as 65536 tokens allow
   std::filesystem::path data_dir;     ///< datasets folder; empty: data::default_data_dir()
   bool use_cache = false;             ///< reuse samples, statistics and sensitivity from cache_dir
   std::filesystem::path cache_dir = "cache";  ///< where use_cache keeps its files
