@@ -45,6 +45,42 @@ class Architecture {
   static const LinearSlot& slot(const CausalLM& lm, const std::string& name);
 };
 
+/// A family whose decoder layer is computed as a graph of named values (an
+/// enum with the layer's input hidden states at kH and the count at kCount).
+/// Derived provides
+///   at::Tensor value(lm, i, values, index, release = false) const;  // computes values[index] from what it needs
+///   at::Tensor run(lm, i, values) const;                            // the layer's output
+///   static std::vector<int> prefix_values(LinearRole role);         // the values that do not depend on that slot
+/// and gets layer(), prefix() and resume() from here.
+template <class Derived>
+class ValueGraphArchitecture : public Architecture {
+ public:
+  at::Tensor layer(const CausalLM& lm, int64_t i, const at::Tensor& hidden) const override {
+    std::vector<at::Tensor> values(Derived::kCount);
+    values[Derived::kH] = hidden;
+    return self().run(lm, i, values);
+  }
+
+  std::vector<at::Tensor> prefix(const CausalLM& lm, int64_t i, const at::Tensor& hidden,
+                                 LinearRole role) const override {
+    std::vector<at::Tensor> v(Derived::kCount);
+    v[Derived::kH] = hidden;
+    const std::vector<int> keep = Derived::prefix_values(role);
+    for (int index : keep) (void)self().value(lm, i, v, index);
+    std::vector<at::Tensor> out(Derived::kCount);
+    for (int index : keep) out[index] = v[index];
+    return out;
+  }
+
+  at::Tensor resume(const CausalLM& lm, int64_t i, std::vector<at::Tensor> values) const override {
+    values.resize(Derived::kCount);
+    return self().run(lm, i, values);
+  }
+
+ private:
+  const Derived& self() const { return static_cast<const Derived&>(*this); }
+};
+
 /// The registry: picks the architecture for config.model_type.
 std::unique_ptr<Architecture> make_architecture(const ModelConfig& config);
 std::unique_ptr<Architecture> make_opt(const ModelConfig& config);

@@ -19,7 +19,7 @@ struct LayerNames {
   std::string q, k, v, o, gate, up, down, attn_norm, ffn_norm;
 };
 
-class Llama final : public Architecture {
+class Llama final : public ValueGraphArchitecture<Llama> {
  public:
   explicit Llama(const ModelConfig& c) : c_(c) {
     for (int64_t i = 0; i < c.num_layers; ++i) {
@@ -63,43 +63,14 @@ class Llama final : public Architecture {
     return at::embedding(tensor(lm, "model.embed_tokens.weight"), ids);
   }
 
-  at::Tensor layer(const CausalLM& lm, int64_t i, const at::Tensor& hidden) const override {
-    std::vector<at::Tensor> values(kCount);
-    values[kH] = hidden;
-    return run(lm, i, values);
-  }
-
-  std::vector<at::Tensor> prefix(const CausalLM& lm, int64_t i, const at::Tensor& hidden,
-                                 LinearRole role) const override {
-    std::vector<at::Tensor> v(kCount);
-    v[kH] = hidden;
-    std::vector<int> keep{kH};
-    switch (role) {
-      case LinearRole::Q: keep = {kH, kX, kK, kV}; break;
-      case LinearRole::K: keep = {kH, kX, kQ, kV}; break;
-      case LinearRole::V: keep = {kH, kX, kQ, kK}; break;
-      case LinearRole::O: keep = {kH, kAttn}; break;
-      case LinearRole::Gate: keep = {kH2, kX2, kUp}; break;
-      case LinearRole::Up: keep = {kH2, kX2, kGate}; break;
-      case LinearRole::Down: keep = {kH2, kGated}; break;
-      default: break;
-    }
-    for (int index : keep) (void)value(lm, i, v, index);
-    std::vector<at::Tensor> out(kCount);
-    for (int index : keep) out[index] = v[index];
-    return out;
-  }
-
-  at::Tensor resume(const CausalLM& lm, int64_t i, std::vector<at::Tensor> values) const override {
-    values.resize(kCount);
-    return run(lm, i, values);
-  }
 
   at::Tensor final_hidden(const CausalLM& lm, const at::Tensor& hidden) const override {
     return rms_norm(tensor(lm, "model.norm.weight"), hidden);
   }
 
  private:
+  friend class ValueGraphArchitecture<Llama>;
+
   // As transformers: normalise in float32, cast back, then scale.
   at::Tensor rms_norm(const at::Tensor& weight, const at::Tensor& x) const {
     if (fused::enabled_for(x) && weight.scalar_type() == x.scalar_type()) return fused::rms_norm(x, weight, c_.norm_eps);
@@ -159,6 +130,20 @@ class Llama final : public Architecture {
       if (index == kGated) v[kGate] = v[kUp] = v[kX2] = at::Tensor();
     }
     return t;
+  }
+
+  // The values of a layer that do not depend on the Linear in slot `role`.
+  static std::vector<int> prefix_values(LinearRole role) {
+    switch (role) {
+      case LinearRole::Q: return {kH, kX, kK, kV};
+      case LinearRole::K: return {kH, kX, kQ, kV};
+      case LinearRole::V: return {kH, kX, kQ, kK};
+      case LinearRole::O: return {kH, kAttn};
+      case LinearRole::Gate: return {kH2, kX2, kUp};
+      case LinearRole::Up: return {kH2, kX2, kGate};
+      case LinearRole::Down: return {kH2, kGated};
+      default: return {kH};
+    }
   }
 
   at::Tensor run(const CausalLM& lm, int64_t i, std::vector<at::Tensor>& v) const {

@@ -20,7 +20,7 @@ struct LayerNames {
   std::string q, k, v, o, fc1, fc2, attn_norm, ffn_norm;
 };
 
-class Opt final : public Architecture {
+class Opt final : public ValueGraphArchitecture<Opt> {
  public:
   explicit Opt(const ModelConfig& c) : c_(c) {
     for (int64_t i = 0; i < c.num_layers; ++i) {
@@ -80,36 +80,6 @@ class Opt final : public Architecture {
     return x + at::embedding(pos_table, positions).unsqueeze(0);
   }
 
-  at::Tensor layer(const CausalLM& lm, int64_t i, const at::Tensor& hidden) const override {
-    std::vector<at::Tensor> values(kCount);
-    values[kH] = hidden;
-    return run(lm, i, values);
-  }
-
-  std::vector<at::Tensor> prefix(const CausalLM& lm, int64_t i, const at::Tensor& hidden,
-                                 LinearRole role) const override {
-    std::vector<at::Tensor> v(kCount);
-    v[kH] = hidden;
-    std::vector<int> keep{kH};
-    switch (role) {
-      case LinearRole::Q: keep = {kH, kX, kK, kV}; break;
-      case LinearRole::K: keep = {kH, kX, kQ, kV}; break;
-      case LinearRole::V: keep = {kH, kX, kQ, kK}; break;
-      case LinearRole::O: keep = {kH, kAttn}; break;
-      case LinearRole::Fc1: keep = {kH2, kX2}; break;
-      case LinearRole::Fc2: keep = {kH2, kAct}; break;
-      default: break;
-    }
-    for (int index : keep) (void)value(lm, i, v, index);
-    std::vector<at::Tensor> out(kCount);
-    for (int index : keep) out[index] = v[index];
-    return out;
-  }
-
-  at::Tensor resume(const CausalLM& lm, int64_t i, std::vector<at::Tensor> values) const override {
-    values.resize(kCount);
-    return run(lm, i, values);
-  }
 
   at::Tensor final_hidden(const CausalLM& lm, const at::Tensor& hidden) const override {
     auto h = c_.final_layer_norm ? norm(lm, std::string(kPrefix) + "final_layer_norm", hidden) : hidden;
@@ -118,6 +88,8 @@ class Opt final : public Architecture {
   }
 
  private:
+  friend class ValueGraphArchitecture<Opt>;
+
   at::Tensor norm(const CausalLM& lm, const std::string& module, const at::Tensor& x) const {
     const at::Tensor* w = optional_tensor(lm, module + ".weight");
     const at::Tensor* b = optional_tensor(lm, module + ".bias");
@@ -158,6 +130,19 @@ class Opt final : public Architecture {
       if (index == kAct) v[kX2] = at::Tensor();
     }
     return t;
+  }
+
+  // The values of a layer that do not depend on the Linear in slot `role`.
+  static std::vector<int> prefix_values(LinearRole role) {
+    switch (role) {
+      case LinearRole::Q: return {kH, kX, kK, kV};
+      case LinearRole::K: return {kH, kX, kQ, kV};
+      case LinearRole::V: return {kH, kX, kQ, kK};
+      case LinearRole::O: return {kH, kAttn};
+      case LinearRole::Fc1: return {kH2, kX2};
+      case LinearRole::Fc2: return {kH2, kAct};
+      default: return {kH};
+    }
   }
 
   at::Tensor run(const CausalLM& lm, int64_t i, std::vector<at::Tensor>& v) const {
