@@ -553,7 +553,7 @@ TEST_CASE("parse_size reads transformers' max_shard_size forms", "[export][unit]
   CHECK(repo::parse_size("2gib") == int64_t{2} << 30);
   CHECK(repo::parse_size("64KiB") == 65536);
   CHECK(repo::parse_size("1.5KB") == 1500);
-  for (const char* bad : {"", "GB", "12XB", "-5MB", "0"}) {
+  for (const char* bad : {"", "GB", "12XB", "-5MB", "0", "1.2.3MB", ".MB"}) {
     INFO(bad);
     CHECK_THROWS_AS(repo::parse_size(bad), std::invalid_argument);
   }

@@ -153,7 +153,9 @@ int64_t parse_size(const std::string& text) {
   if (end == 0) throw bad();
   double number = 0;
   try {
-    number = std::stod(text.substr(0, end));
+    size_t used = 0;
+    number = std::stod(text.substr(0, end), &used);
+    if (used != end) throw bad();  // "1.2.3MB"
   } catch (const std::exception&) {
     throw bad();
   }
