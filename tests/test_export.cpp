@@ -484,6 +484,17 @@ TEST_CASE("acur repository: bad input is refused with the file named, and nothin
     CHECK_FALSE(fs::exists(dir / "repo" / "config.json"));
     CHECK(hidden_entries(dir.path).empty());
   }
+  SECTION("the model's own folder is refused, even with overwrite") {
+    fs::copy(source, dir / "src", fs::copy_options::recursive);
+    auto own = CausalLM::load(dir / "src");
+    const auto own_files = snapshot(dir / "src");
+    repo::ExportOptions o;
+    o.overwrite = true;
+    CHECK_THROWS_WITH(repo::write_acur_repo(*own, dir / "src", o), Catch::Contains("own folder"));
+    CHECK_THROWS_WITH(repo::write_acur_repo(*own, dir / "src" / ".", o), Catch::Contains("own folder"));
+    CHECK(snapshot(dir / "src") == own_files);
+    CHECK(hidden_entries(dir.path).empty());
+  }
   SECTION("a parent path that is a regular file") {
     cur4llm::io::write_file_atomic(dir / "file", "x");
     CHECK_THROWS_WITH(repo::write_acur_repo(*lm, dir / "file" / "repo", {}), Catch::Contains("file"));

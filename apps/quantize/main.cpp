@@ -96,6 +96,10 @@ int run(int argc, char** argv) {
   }
 
   const fs::path source = cur4llm::io::resolve_model_id(o.model);
+  std::error_code not_there;
+  if (fs::equivalent(o.output, source, not_there)) {
+    throw std::invalid_argument(fmt::format("--output {} is the --model folder; write to another one", o.output));
+  }
   auto lm = cur4llm::model::CausalLM::load(source);
   const auto& form = lm->stored_form();
   if (!form.quantization.empty()) {

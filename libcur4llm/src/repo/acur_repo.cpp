@@ -180,6 +180,11 @@ ExportResult write_acur_repo(const model::CausalLM& lm, const fs::path& folder, 
   if (source.empty()) {
     throw std::invalid_argument("write_acur_repo: the model was not loaded from a folder (config.json and tokenizer needed)");
   }
+  std::error_code not_there;
+  if (fs::equivalent(folder, source, not_there)) {  // with overwrite it would replace the model being read
+    throw std::invalid_argument(
+        fmt::format("write_acur_repo: {} is the model's own folder; write to another one", folder.string()));
+  }
   if (options.max_shard_bytes < 1) throw std::invalid_argument("write_acur_repo: max_shard_bytes must be positive");
   const std::string model_type = lm.config().model_type;
   const auto py_files = python_files(model_type);

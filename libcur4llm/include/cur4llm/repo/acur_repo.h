@@ -54,7 +54,8 @@ struct ExportResult {
 /// most max_shard_bytes with model.safetensors.index.json) and the Python files.
 /// Dense slots are stored under their Hugging Face names; other kinds must be
 /// registered (model/slot_registry.h). std::invalid_argument for an existing folder
-/// without overwrite or a slot kind without registration; std::runtime_error for
+/// without overwrite, the model's own folder (even with overwrite) or a slot kind
+/// without registration; std::runtime_error for
 /// I/O errors (naming the file).
 ExportResult write_acur_repo(const model::CausalLM& lm, const std::filesystem::path& folder,
                              const ExportOptions& options = {});
