@@ -8,6 +8,14 @@
 
 namespace cur4llm::detail {
 
+/// ".<name>.<tag>.<pid>.<counter>.<ticks>" next to `target`: hidden, and unlikely
+/// to collide with another writer of the same target.
+std::filesystem::path temp_sibling(const std::filesystem::path& target, const char* tag);
+
+/// fsync of a folder ("" is the current one), so that renames in it are durable;
+/// failures are ignored (they cannot be undone).
+void sync_dir(const std::filesystem::path& dir);
+
 class AtomicFile {
  public:
   /// Creates a temporary sibling of `target`; throws std::runtime_error.

@@ -2,13 +2,12 @@
 
 #include "cur4llm/io/files.h"
 
-#include <fcntl.h>
-#include <sys/stat.h>
-#include <unistd.h>
+#include "io/atomic_file.h"
 
-#include <atomic>
+#include <sys/stat.h>
+
 #include <cerrno>
-#include <chrono>
+#include <cstdio>
 #include <cstring>
 #include <stdexcept>
 #include <string>
@@ -16,24 +15,9 @@
 namespace cur4llm::io {
 namespace {
 
-std::filesystem::path sibling(const std::filesystem::path& target, const char* tag) {
-  static std::atomic<unsigned> counter{0};
-  const auto ticks = std::chrono::steady_clock::now().time_since_epoch().count();
-  return target.parent_path() / ("." + target.filename().string() + "." + tag + "." + std::to_string(::getpid()) +
-                                 "." + std::to_string(counter++) + "." + std::to_string(ticks & 0xffffff));
-}
-
 bool exists_no_follow(const std::filesystem::path& p) {
   struct stat st {};
   return ::lstat(p.c_str(), &st) == 0;
-}
-
-void sync_dir(const std::filesystem::path& dir) {
-  const int fd = ::open(dir.empty() ? "." : dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (fd >= 0) {
-    ::fsync(fd);
-    ::close(fd);
-  }
 }
 
 }  // namespace
@@ -58,7 +42,7 @@ AtomicFolder::AtomicFolder(std::filesystem::path target, const AtomicFolderOptio
     }
   }
   for (int attempt = 0; attempt < 16; ++attempt) {
-    temp_ = sibling(target_, "tmp");
+    temp_ = detail::temp_sibling(target_, "tmp");
     if (::mkdir(temp_.c_str(), 0755) == 0) return;
     if (errno != EEXIST) break;
   }
@@ -79,13 +63,13 @@ AtomicFolder::~AtomicFolder() {
 
 void AtomicFolder::commit() {
   if (committed_) throw std::logic_error(target_.string() + ": committed twice");
-  sync_dir(temp_);
+  detail::sync_dir(temp_);
   std::filesystem::path aside;
   if (exists_no_follow(target_)) {
     if (!options_.overwrite) {
       throw std::invalid_argument(target_.string() + " already exists (pass --overwrite to replace it)");
     }
-    aside = sibling(target_, "old");
+    aside = detail::temp_sibling(target_, "old");
     if (::rename(target_.c_str(), aside.c_str()) != 0) {
       throw std::runtime_error(target_.string() + ": cannot move the existing folder aside: " + std::strerror(errno));
     }
@@ -97,7 +81,7 @@ void AtomicFolder::commit() {
                              std::strerror(err));
   }
   committed_ = true;
-  sync_dir(target_.parent_path());
+  detail::sync_dir(target_.parent_path());
   if (!aside.empty()) remove_tree(aside);
 }
 

@@ -19,23 +19,30 @@ namespace {
 
 std::string errno_text(int err) { return std::strerror(err); }
 
-// A name unlikely to collide with another writer of the same target.
-std::filesystem::path temp_sibling(const std::filesystem::path& target) {
+}  // namespace
+
+std::filesystem::path temp_sibling(const std::filesystem::path& target, const char* tag) {
   static std::atomic<unsigned> counter{0};
   const auto ticks = std::chrono::steady_clock::now().time_since_epoch().count();
-  std::string name = "." + target.filename().string() + ".tmp." + std::to_string(::getpid()) + "." +
+  std::string name = "." + target.filename().string() + "." + tag + "." + std::to_string(::getpid()) + "." +
                      std::to_string(counter++) + "." + std::to_string(ticks & 0xffffff);
   return target.parent_path() / name;
 }
 
-}  // namespace
+void sync_dir(const std::filesystem::path& dir) {
+  const int fd = ::open(dir.empty() ? "." : dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd >= 0) {
+    ::fsync(fd);
+    ::close(fd);
+  }
+}
 
 AtomicFile::AtomicFile(std::filesystem::path target) : target_(std::move(target)) {
   if (target_.filename().empty()) {
     throw std::runtime_error(target_.string() + ": cannot write a file to a path without a file name");
   }
   for (int attempt = 0; attempt < 16; ++attempt) {
-    temp_ = temp_sibling(target_);
+    temp_ = temp_sibling(target_, "tmp");
     fd_ = ::open(temp_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
     if (fd_ >= 0) return;
     if (errno != EEXIST) break;
@@ -92,13 +99,7 @@ void AtomicFile::commit() {
   if (::rename(temp_.c_str(), target_.c_str()) != 0) fail("cannot rename the temporary file over it", errno);
   committed_ = true;
   temp_.clear();
-  // Make the rename itself durable; failure here cannot be undone, so it is ignored.
-  const auto parent = target_.parent_path().empty() ? std::filesystem::path(".") : target_.parent_path();
-  const int dir = ::open(parent.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dir >= 0) {
-    ::fsync(dir);
-    ::close(dir);
-  }
+  sync_dir(target_.parent_path());  // makes the rename itself durable
 }
 
 }  // namespace cur4llm::detail
