@@ -23,10 +23,7 @@ search::CompressionPlan apply_allocation(model::CausalLM& lm, const search::Allo
   int64_t todo = 0;
   for (const auto& a : allocation) {
     if (!a.compressed) continue;
-    const auto& slot = lm.linear(a.layer);
-    if (!dynamic_cast<const model::DenseLinear*>(&slot)) {
-      throw std::invalid_argument(fmt::format("layer \"{}\" is already {}, not dense", a.layer, slot.kind()));
-    }
+    (void)lm.dense_linear(a.layer);  // refuses a missing or already compressed layer
     ++todo;
   }
   std::unique_ptr<util::Progress> progress;

@@ -70,10 +70,7 @@ search::CompressionPlan apply_allocation_sequential(model::CausalLM& lm, const s
   std::map<std::string, double> ratio_of;
   for (const auto& a : allocation) {
     if (!a.compressed) continue;
-    const auto& slot = lm.linear(a.layer);
-    if (!dynamic_cast<const model::DenseLinear*>(&slot)) {
-      throw std::invalid_argument(fmt::format("layer \"{}\" is already {}, not dense", a.layer, slot.kind()));
-    }
+    (void)lm.dense_linear(a.layer);  // refuses a missing or already compressed layer
     ratio_of[a.layer] = a.ratio;
   }
   std::unique_ptr<util::Progress> progress;

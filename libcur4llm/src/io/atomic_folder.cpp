@@ -82,7 +82,14 @@ void AtomicFolder::commit() {
   }
   committed_ = true;
   detail::sync_dir(target_.parent_path());
-  if (!aside.empty()) remove_tree(aside);
+  if (aside.empty()) return;
+  // The new folder is in place: failing to delete the old one is not a failed write.
+  try {
+    remove_tree(aside);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "warning: %s was replaced, but its previous version could not be removed: %s\n",
+                 target_.string().c_str(), e.what());
+  }
 }
 
 std::uintmax_t folder_bytes(const std::filesystem::path& folder) {

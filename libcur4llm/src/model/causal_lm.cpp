@@ -341,6 +341,13 @@ LinearPtr CausalLM::linear_ptr(const std::string& name) const {
   return it->second;
 }
 
+const DenseLinear& CausalLM::dense_linear(const std::string& name) const {
+  const LinearSlot& slot = linear(name);
+  const auto* dense = dynamic_cast<const DenseLinear*>(&slot);
+  if (!dense) throw std::invalid_argument(fmt::format("layer \"{}\" is already {}, not dense", name, slot.kind()));
+  return *dense;
+}
+
 const LinearSlot& CausalLM::linear(const std::string& name) const { return *linear_ptr(name); }
 
 LinearPtr CausalLM::replace_linear(const std::string& name, LinearPtr slot) {

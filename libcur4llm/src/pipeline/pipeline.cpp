@@ -384,12 +384,8 @@ PipelineResult compress_model(model::CausalLM& lm, const tokenize::Tokenizer& to
           if (!a.compressed) continue;
           auto& slot = built[{a.layer, a.ratio}];
           if (!slot) {
-            const auto original = lm.linear_ptr(a.layer);
-            const auto* dense = dynamic_cast<const model::DenseLinear*>(original.get());
-            if (!dense) {  // a cached sensitivity table skips the sweep's own check
-              throw std::invalid_argument(fmt::format("layer \"{}\" is already {}, not dense", a.layer, original->kind()));
-            }
-            slot = compressor->compress(dense->weight(), dense->bias(), scale ? scale(a.layer) : at::Tensor(), a.ratio);
+            const auto& dense = lm.dense_linear(a.layer);  // a cached sensitivity table skips the sweep's own check
+            slot = compressor->compress(dense.weight(), dense.bias(), scale ? scale(a.layer) : at::Tensor(), a.ratio);
           }
           trial.replace(a.layer, slot);
         }

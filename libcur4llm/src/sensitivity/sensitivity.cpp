@@ -185,9 +185,8 @@ search::SensitivityTable ppl_sensitivity(model::CausalLM& lm, const std::vector<
     std::vector<std::string> errors;
   };
   auto decompose = [&](const std::string& name) {
-    const auto original = lm.linear_ptr(name);
-    const auto* dense = dynamic_cast<const model::DenseLinear*>(original.get());
-    if (!dense) throw std::invalid_argument(fmt::format("layer \"{}\" is already {}, not dense", name, original->kind()));
+    const auto original = lm.linear_ptr(name);  // keeps the slot alive while it is decomposed
+    const auto* dense = &lm.dense_linear(name);
     Decomposed d{std::vector<model::LinearPtr>(candidates.size()), std::vector<std::string>(candidates.size())};
     try {
       auto prepared = compressor.prepare(dense->weight(), dense->bias(), scale ? scale(name) : at::Tensor(), candidates);

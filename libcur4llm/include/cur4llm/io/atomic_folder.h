@@ -36,8 +36,9 @@ class AtomicFolder {
 
   /// Renames the temporary folder to the target. With overwrite, an existing
   /// target is moved aside first and removed after the rename (put back if the
-  /// rename fails). std::invalid_argument if a target appeared meanwhile and
-  /// overwrite is off; std::runtime_error on I/O errors.
+  /// rename fails); if that removal fails, the new folder stays and a warning
+  /// on stderr names the leftover. std::invalid_argument if a target appeared
+  /// meanwhile and overwrite is off; std::runtime_error on I/O errors.
   void commit();
 
  private:

@@ -114,6 +114,9 @@ class CausalLM {
   /// The slot `name`; throws std::invalid_argument naming it if absent.
   const LinearSlot& linear(const std::string& name) const;
   LinearPtr linear_ptr(const std::string& name) const;
+  /// The slot `name` as a dense layer; std::invalid_argument naming it if absent
+  /// or already compressed ("layer \"X\" is already cur, not dense").
+  const DenseLinear& dense_linear(const std::string& name) const;
   /// Puts `slot` in place of `name` and returns the previous one. The new slot
   /// must have the same in/out features.
   LinearPtr replace_linear(const std::string& name, LinearPtr slot);
