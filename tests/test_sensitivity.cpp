@@ -272,6 +272,8 @@ TEST_CASE("ppl sweep over chosen layers in model order, and refusals of bad laye
   lm->replace_linear("model.layers.1.self_attn.q_proj", compressor->compress(q->weight(), q->bias(), {}, 0.5));
   const auto before = slots_of(*lm);
   CHECK_THROWS_AS(sensitivity::ppl_sensitivity(*lm, samples, *compressor, {}, opt), std::invalid_argument);
+  CHECK_THROWS_WITH(sensitivity::ppl_sensitivity(*lm, samples, *compressor, {}, opt),
+                    Catch::Contains("layer \"model.layers.1.self_attn.q_proj\" is already cur, not dense"));
   CHECK(slots_of(*lm) == before);
 }
 
