@@ -31,16 +31,30 @@
 
 namespace cur4llm::bench {
 
-/// "--key value" pairs.
+/// "--key value" pairs ("--flag" alone, followed by another option or by
+/// nothing, reads as "1"), and positional arguments (e.g. shapes).
 class Args {
  public:
   Args(int argc, char** argv) {
     for (int i = 1; i < argc; ++i) {
-      std::string key = argv[i];
-      if (key.rfind("--", 0) != 0 || i + 1 >= argc) throw std::invalid_argument("bad argument: " + key);
-      values_[key.substr(2)] = argv[++i];
+      std::string arg = argv[i];
+      if (arg.rfind("--", 0) != 0) {
+        positional_.push_back(arg);
+        continue;
+      }
+      const bool has_value = i + 1 < argc && std::string(argv[i + 1]).rfind("--", 0) != 0;
+      values_[arg.substr(2)] = has_value ? argv[++i] : "1";
     }
   }
+  /// std::invalid_argument naming the first option not in `known`.
+  void check_known(const std::vector<std::string>& known) const {
+    for (const auto& [key, value] : values_) {
+      if (std::find(known.begin(), known.end(), key) == known.end()) {
+        throw std::invalid_argument("unknown option --" + key);
+      }
+    }
+  }
+  const std::vector<std::string>& positional() const { return positional_; }
   bool has(const std::string& key) const { return values_.count(key) > 0; }
   std::string str(const std::string& key, const std::string& fallback) const {
     auto it = values_.find(key);
@@ -59,10 +73,29 @@ class Args {
     }
     return out;
   }
+  /// A comma-separated list of numbers.
+  std::vector<double> reals(const std::string& key, const std::string& fallback) const {
+    std::vector<double> out;
+    for (const auto& item : list(key, fallback)) out.push_back(std::stod(item));
+    return out;
+  }
 
  private:
   std::map<std::string, std::string> values_;
+  std::vector<std::string> positional_;
 };
+
+/// "OUTxIN" arguments as (out, in) pairs; `fallback` if there are none.
+inline std::vector<std::pair<int64_t, int64_t>> parse_shapes(const std::vector<std::string>& args,
+                                                             std::vector<std::pair<int64_t, int64_t>> fallback) {
+  std::vector<std::pair<int64_t, int64_t>> shapes;
+  for (const auto& a : args) {
+    const auto x = a.find('x');
+    if (x == std::string::npos) throw std::invalid_argument("expected OUTxIN, got " + a);
+    shapes.emplace_back(std::stoll(a.substr(0, x)), std::stoll(a.substr(x + 1)));
+  }
+  return shapes.empty() ? fallback : shapes;
+}
 
 /// --model FOLDER (real weights) or --config CONFIG.json (random weights of
 /// that shape, made on the device), on --device in --dtype.

@@ -5,6 +5,8 @@
 //   bench_compress [OUTxIN ...] [--device cuda] [--dtype fp32|bf16] [--ratio 0.8] [--threads N]
 #include <cur4llm/compress/factory.h>
 
+#include "bench_common.h"
+
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
@@ -46,28 +48,14 @@ at::Tensor make_weight(int64_t m, int64_t n, const at::TensorOptions& opts) {
 }  // namespace
 
 int main(int argc, char** argv) try {
-  std::vector<std::pair<int64_t, int64_t>> shapes;
-  std::string device_name = "cpu", dtype_name = "fp32";
-  double ratio = 0.8;
-  for (int i = 1; i < argc; ++i) {
-    std::string a = argv[i];
-    auto next = [&]() -> std::string {
-      if (i + 1 >= argc) throw std::invalid_argument(a + " needs a value");
-      return argv[++i];
-    };
-    if (a == "--device") device_name = next();
-    else if (a == "--dtype") dtype_name = next();
-    else if (a == "--ratio") ratio = std::stod(next());
-    else if (a == "--threads") at::set_num_threads(std::stoi(next()));
-    else {
-      auto x = a.find('x');
-      if (x == std::string::npos) throw std::invalid_argument("expected OUTxIN, got " + a);
-      shapes.emplace_back(std::stoll(a.substr(0, x)), std::stoll(a.substr(x + 1)));
-    }
-  }
-  if (shapes.empty()) shapes = {{768, 768}, {3072, 768}, {768, 3072}};
+  const cur4llm::bench::Args args(argc, argv);
+  args.check_known({"device", "dtype", "ratio", "threads"});
+  const std::string device_name = args.str("device", "cpu"), dtype_name = args.str("dtype", "fp32");
+  const double ratio = args.real("ratio", 0.8);
+  if (args.has("threads")) at::set_num_threads(static_cast<int>(args.integer("threads", 1)));
+  const auto shapes = cur4llm::bench::parse_shapes(args.positional(), {{768, 768}, {3072, 768}, {768, 3072}});
   const at::Device device(device_name);
-  const auto dtype = dtype_name == "bf16" ? at::kBFloat16 : at::kFloat;
+  const auto dtype = cur4llm::model::parse_dtype(dtype_name);
   const std::vector<double> sweep{0.4, 0.5, 0.6, 0.7, 0.8, 0.9};
   at::manual_seed(0);
 

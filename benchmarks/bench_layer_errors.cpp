@@ -14,6 +14,8 @@
 #include <cur4llm/model/causal_lm.h>
 #include <cur4llm/tokenize/tokenizer.h>
 
+#include "bench_common.h"
+
 #include <ATen/ATen.h>
 
 #include <fmt/format.h>
@@ -26,27 +28,12 @@
 
 int main(int argc, char** argv) try {
   using namespace cur4llm;
-  std::string model_dir, calib;
-  int64_t seqlen = 512, samples = 32;
-  uint64_t seed = 233;
-  std::vector<double> ratios{0.95, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4};
-  for (int i = 1; i < argc; ++i) {
-    std::string a = argv[i];
-    auto next = [&]() -> std::string {
-      if (i + 1 >= argc) throw std::invalid_argument(a + " needs a value");
-      return argv[++i];
-    };
-    if (a == "--model") model_dir = next();
-    else if (a == "--calib") calib = next();
-    else if (a == "--seqlen") seqlen = std::stoll(next());
-    else if (a == "--samples") samples = std::stoll(next());
-    else if (a == "--seed") seed = std::stoull(next());
-    else if (a == "--ratios") {
-      ratios.clear();
-      std::stringstream in(next());
-      for (std::string r; std::getline(in, r, ',');) ratios.push_back(std::stod(r));
-    } else throw std::invalid_argument("unknown argument " + a);
-  }
+  const bench::Args args(argc, argv);
+  args.check_known({"model", "calib", "seqlen", "samples", "seed", "ratios"});
+  const std::string model_dir = args.str("model", ""), calib = args.str("calib", "");
+  const int64_t seqlen = args.integer("seqlen", 512), samples = args.integer("samples", 32);
+  const auto seed = static_cast<uint64_t>(args.integer("seed", 233));
+  const std::vector<double> ratios = args.reals("ratios", "0.95,0.9,0.8,0.7,0.6,0.5,0.4");
   if (model_dir.empty() || calib.empty()) throw std::invalid_argument("give --model and --calib");
   auto lm = model::CausalLM::load(model_dir);
   auto tok = tokenize::load_tokenizer(model_dir);

@@ -13,6 +13,8 @@
 #include <cur4llm/model/causal_lm.h>
 #include <cur4llm/tokenize/tokenizer.h>
 
+#include "bench_common.h"
+
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
@@ -59,32 +61,18 @@ double ppl(const cur4llm::model::CausalLM& lm, const std::vector<int64_t>& ids, 
 
 int main(int argc, char** argv) try {
   namespace compress = cur4llm::compress;
-  std::vector<std::pair<int64_t, int64_t>> shapes;
-  std::string device_name = "cpu", dtype_name = "fp32", model_dir, eval_text;
-  int repeat = 3;
-  int64_t seqlen = 512;
-  for (int i = 1; i < argc; ++i) {
-    std::string a = argv[i];
-    auto next = [&]() -> std::string {
-      if (i + 1 >= argc) throw std::invalid_argument(a + " needs a value");
-      return argv[++i];
-    };
-    if (a == "--device") device_name = next();
-    else if (a == "--dtype") dtype_name = next();
-    else if (a == "--repeat") repeat = std::stoi(next());
-    else if (a == "--threads") at::set_num_threads(std::stoi(next()));
-    else if (a == "--model") model_dir = next();
-    else if (a == "--eval") eval_text = next();
-    else if (a == "--seqlen") seqlen = std::stoll(next());
-    else {
-      auto x = a.find('x');
-      if (x == std::string::npos) throw std::invalid_argument("expected OUTxIN, got " + a);
-      shapes.emplace_back(std::stoll(a.substr(0, x)), std::stoll(a.substr(x + 1)));
-    }
-  }
-  if (shapes.empty() && model_dir.empty()) shapes = {{4096, 11008}};
+  const cur4llm::bench::Args args(argc, argv);
+  args.check_known({"device", "dtype", "repeat", "threads", "model", "eval", "seqlen"});
+  const std::string device_name = args.str("device", "cpu"), dtype_name = args.str("dtype", "fp32");
+  const std::string model_dir = args.str("model", ""), eval_text = args.str("eval", "");
+  const int repeat = static_cast<int>(args.integer("repeat", 3));
+  const int64_t seqlen = args.integer("seqlen", 512);
+  if (args.has("threads")) at::set_num_threads(static_cast<int>(args.integer("threads", 1)));
+  const auto shapes = cur4llm::bench::parse_shapes(
+      args.positional(), model_dir.empty() ? std::vector<std::pair<int64_t, int64_t>>{{4096, 11008}}
+                                           : std::vector<std::pair<int64_t, int64_t>>{});
   const at::Device device(device_name);
-  const auto dtype = dtype_name == "bf16" ? at::kBFloat16 : dtype_name == "fp16" ? at::kHalf : at::kFloat;
+  const auto dtype = cur4llm::model::parse_dtype(dtype_name);
   at::manual_seed(0);
 
   for (auto [m, n] : shapes) {

@@ -11,6 +11,8 @@
 #include <cur4llm/compress/svd_linear.h>
 #include <cur4llm/model/linear.h>
 
+#include "bench_common.h"
+
 #include <ATen/ATen.h>
 #include <c10/core/InferenceMode.h>
 
@@ -41,36 +43,16 @@ double ms_per_call(const cur4llm::model::LinearSlot& slot, const at::Tensor& x, 
 
 int main(int argc, char** argv) try {
   using namespace cur4llm;
-  std::vector<std::pair<int64_t, int64_t>> shapes;
-  std::string device_name = "cpu", dtype_name = "fp32";
-  std::vector<double> ratios{0.9, 0.7};
-  int64_t tokens = 2048;
-  int iters = 50;
-  int64_t align = 1;
-  for (int i = 1; i < argc; ++i) {
-    std::string a = argv[i];
-    auto next = [&]() -> std::string {
-      if (i + 1 >= argc) throw std::invalid_argument(a + " needs a value");
-      return argv[++i];
-    };
-    if (a == "--device") device_name = next();
-    else if (a == "--dtype") dtype_name = next();
-    else if (a == "--tokens") tokens = std::stoll(next());
-    else if (a == "--iters") iters = std::stoi(next());
-    else if (a == "--align") align = std::stoll(next());
-    else if (a == "--ratios") {
-      ratios.clear();
-      std::stringstream in(next());
-      for (std::string r; std::getline(in, r, ',');) ratios.push_back(std::stod(r));
-    } else {
-      const auto x = a.find('x');
-      if (x == std::string::npos) throw std::invalid_argument("unknown argument " + a);
-      shapes.emplace_back(std::stoll(a.substr(0, x)), std::stoll(a.substr(x + 1)));
-    }
-  }
-  if (shapes.empty()) shapes = {{4096, 4096}, {11008, 4096}, {4096, 11008}};
+  const bench::Args args(argc, argv);
+  args.check_known({"device", "dtype", "tokens", "iters", "align", "ratios"});
+  const std::string device_name = args.str("device", "cpu"), dtype_name = args.str("dtype", "fp32");
+  const std::vector<double> ratios = args.reals("ratios", "0.9,0.7");
+  const int64_t tokens = args.integer("tokens", 2048);
+  const int iters = static_cast<int>(args.integer("iters", 50));
+  const int64_t align = args.integer("align", 1);
+  const auto shapes = bench::parse_shapes(args.positional(), {{4096, 4096}, {11008, 4096}, {4096, 11008}});
   const at::Device device(device_name);
-  const auto dtype = dtype_name == "bf16" ? at::kBFloat16 : dtype_name == "fp16" ? at::kHalf : at::kFloat;
+  const auto dtype = model::parse_dtype(dtype_name);
   const auto opts = at::TensorOptions().device(device).dtype(dtype);
   c10::InferenceMode guard;
   for (auto [m, n] : shapes) {

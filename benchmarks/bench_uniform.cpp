@@ -13,6 +13,8 @@
 #include <cur4llm/model/causal_lm.h>
 #include <cur4llm/tokenize/tokenizer.h>
 
+#include "bench_common.h"
+
 #include <ATen/ATen.h>
 #include <c10/core/InferenceMode.h>
 
@@ -25,30 +27,16 @@
 
 int main(int argc, char** argv) try {
   using namespace cur4llm;
-  std::string model_dir, calib, eval_text, methods = "svd_whiten,skeleton", device = "cpu";
-  int64_t seqlen = 512, samples = 32, limit = -1;
-  uint64_t seed = 233;
-  double ratio = 0.9;
-  bool sequential = false;
-  for (int i = 1; i < argc; ++i) {
-    std::string a = argv[i];
-    auto next = [&]() -> std::string {
-      if (i + 1 >= argc) throw std::invalid_argument(a + " needs a value");
-      return argv[++i];
-    };
-    if (a == "--model") model_dir = next();
-    else if (a == "--calib") calib = next();
-    else if (a == "--eval") eval_text = next();
-    else if (a == "--ratio") ratio = std::stod(next());
-    else if (a == "--methods") methods = next();
-    else if (a == "--seqlen") seqlen = std::stoll(next());
-    else if (a == "--samples") samples = std::stoll(next());
-    else if (a == "--seed") seed = std::stoull(next());
-    else if (a == "--limit") limit = std::stoll(next());
-    else if (a == "--device") device = next();
-    else if (a == "--sequential") sequential = true;
-    else throw std::invalid_argument("unknown argument " + a);
-  }
+  const bench::Args args(argc, argv);
+  args.check_known({"model", "calib", "eval", "ratio", "methods", "seqlen", "samples", "seed", "limit", "device",
+                    "sequential"});
+  const std::string model_dir = args.str("model", ""), calib = args.str("calib", ""), eval_text = args.str("eval", "");
+  const std::string methods = args.str("methods", "svd_whiten,skeleton"), device = args.str("device", "cpu");
+  const int64_t seqlen = args.integer("seqlen", 512), samples = args.integer("samples", 32);
+  const int64_t limit = args.integer("limit", -1);
+  const auto seed = static_cast<uint64_t>(args.integer("seed", 233));
+  const double ratio = args.real("ratio", 0.9);
+  const bool sequential = args.integer("sequential", 0) != 0;
   if (model_dir.empty() || calib.empty() || eval_text.empty()) throw std::invalid_argument("give --model, --calib and --eval");
   model::LoadOptions load;
   load.device = model::parse_device(device);
