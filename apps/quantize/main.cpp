@@ -110,10 +110,7 @@ int run(int argc, char** argv) {
              form.acur_format_version > 0 ? ", acur repository of method " + form.method : std::string());
 
   const auto packed = cur4llm::compress::quantize_model_packed(*lm, format);
-  const c10::ScalarType stored_dtype = eopts.dtype ? *eopts.dtype : [&] {
-    const auto& t = lm->config().torch_dtype;
-    return t == "float16" ? at::kHalf : t == "bfloat16" ? at::kBFloat16 : at::kFloat;
-  }();
+  const c10::ScalarType stored_dtype = eopts.dtype ? *eopts.dtype : cur4llm::model::stored_dtype(lm->config());
   fmt::print("{}: {} weight tensors of the decoder layers: {} bytes as {} -> {} bytes packed\n", format.name,
              packed.size(), cur4llm::compress::unpacked_bytes(packed, stored_dtype), c10::toString(stored_dtype),
              cur4llm::compress::packed_bytes(packed));

@@ -206,4 +206,10 @@ ModelConfig ModelConfig::from_file(const std::filesystem::path& path) {
   return from_json(io::read_file(path), path.string());
 }
 
+c10::ScalarType stored_dtype(const ModelConfig& config) {
+  if (config.torch_dtype == "float16") return c10::kHalf;
+  if (config.torch_dtype == "bfloat16") return c10::kBFloat16;
+  return c10::kFloat;
+}
+
 }  // namespace cur4llm::model

@@ -66,18 +66,6 @@ constexpr const char* kCopiedFiles[] = {"tokenizer.json",         "tokenizer_con
                                         "merges.txt",              "generation_config.json", "chat_template.jinja",
                                         "chat_template.json"};
 
-c10::ScalarType dtype_of_config(const Json& config) {
-  for (const char* key : {"dtype", "torch_dtype"}) {
-    if (config.contains(key) && config.at(key).is_string()) {
-      const auto name = config.at(key).get<std::string>();
-      if (name == "float16") return at::kHalf;
-      if (name == "bfloat16") return at::kBFloat16;
-      return at::kFloat;
-    }
-  }
-  return at::kFloat;
-}
-
 const char* dtype_name(c10::ScalarType t) {
   switch (t) {
     case at::kHalf:
@@ -210,7 +198,7 @@ ExportResult write_acur_repo(const model::CausalLM& lm, const fs::path& folder, 
       if (config.contains(key)) base[key] = config.at(key);
     }
   }
-  const c10::ScalarType dtype = options.dtype ? *options.dtype : dtype_of_config(config);
+  const c10::ScalarType dtype = options.dtype ? *options.dtype : model::stored_dtype(lm.config());
   static const compress::PackedWeights kNone;
   const compress::PackedWeights& packed = options.packed ? *options.packed : kNone;
 

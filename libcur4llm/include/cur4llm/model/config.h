@@ -1,6 +1,8 @@
 #pragma once
 /// Model hyper-parameters, parsed once from config.json into a typed struct.
 
+#include <c10/core/ScalarType.h>
+
 #include <cstdint>
 #include <filesystem>
 #include <optional>
@@ -64,5 +66,9 @@ struct ModelConfig {
   /// Reads and parses a config.json file.
   static ModelConfig from_file(const std::filesystem::path& path);
 };
+
+/// The dtype config.json names for the stored weights ("dtype", else
+/// "torch_dtype"): float16 or bfloat16; float32 otherwise and when absent.
+c10::ScalarType stored_dtype(const ModelConfig& config);
 
 }  // namespace cur4llm::model
