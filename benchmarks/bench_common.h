@@ -10,7 +10,10 @@
 #include <ATen/ATen.h>
 
 #if __has_include(<c10/cuda/CUDACachingAllocator.h>) && __has_include(<cuda_runtime_api.h>)
+#include <ATen/cuda/CUDAGraph.h>
 #include <c10/cuda/CUDACachingAllocator.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
 #include <cuda_runtime_api.h>
 #define CUR4LLM_BENCH_CUDA 1
 #endif
@@ -127,6 +130,45 @@ double timed(c10::Device device, Fn&& fn) {
   fn();
   util::synchronize(device);
   return seconds_since(t0);
+}
+
+/// Device seconds per call of fn() with the host's launch overheads taken out:
+/// `calls` back-to-back calls are captured in one CUDA graph (after a warm-up
+/// call), and the graph is replayed `replays` times. What a decoding loop
+/// under CUDA graphs pays. nullopt off CUDA, or with the reason in *why when
+/// the capture fails (an operation that synchronises or allocates outside the
+/// graph's pool).
+template <typename Fn>
+std::optional<double> graph_timed(c10::Device device, int calls, int replays, Fn&& fn, std::string* why = nullptr) {
+#ifdef CUR4LLM_BENCH_CUDA
+  if (!device.is_cuda()) return std::nullopt;
+  try {
+    c10::cuda::CUDAGuard device_guard(device);
+    fn();  // first-call work (plans, tables) outside the capture
+    util::synchronize(device);
+    auto stream = c10::cuda::getStreamFromPool(false, device.index());
+    at::cuda::CUDAGraph graph;
+    {
+      c10::cuda::CUDAStreamGuard guard(stream);
+      graph.capture_begin();
+      for (int i = 0; i < calls; ++i) fn();
+      graph.capture_end();
+    }
+    graph.replay();
+    util::synchronize(device);
+    const auto t0 = std::chrono::steady_clock::now();
+    for (int i = 0; i < replays; ++i) graph.replay();
+    util::synchronize(device);
+    return seconds_since(t0) / (static_cast<double>(calls) * replays);
+  } catch (const std::exception& e) {
+    if (why) *why = std::string(e.what()).substr(0, 300);
+    (void)cudaGetLastError();
+    return std::nullopt;
+  }
+#else
+  (void)device, (void)calls, (void)replays, (void)fn, (void)why;
+  return std::nullopt;
+#endif
 }
 
 inline int device_index(c10::Device device) { return device.has_index() ? device.index() : 0; }

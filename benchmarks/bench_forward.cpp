@@ -4,14 +4,16 @@
 //
 //   bench_forward --model PATH | --config CONFIG.json
 //                 [--device cuda] [--dtype bf16] [--batch 1] [--seqlen 2048]
-//                 [--warmup 2] [--iters 10] [--factorize dense,cur:0.6,svd:0.6] [--peak_tflops X]
+//                 [--warmup 2] [--iters 10] [--factorize dense,cur:0.6,svd:0.6] [--peak_tflops X] [--graph 0]
 //
 // --seqlen and --factorize take comma-separated lists; one JSON line per pair.
 // KIND:RATIO replaces every Linear of the decoder layers by a factorized one
 // of random factors (KIND cur, cur_folded or svd) at the rank its compressor
 // gives RATIO, to time a compressed model of that shape ("dense": as loaded).
 // --seqlen 1 times one token per sequence (what decoding reads: every weight
-// once), without a KV cache.
+// once), without a KV cache. --graph 1 adds "graph_s": one forward captured
+// in a CUDA graph and replayed --iters times (the device's time without the
+// host's launch overheads, as a decoding loop under CUDA graphs pays).
 #include "bench_common.h"
 
 #include <ATen/ATen.h>
@@ -53,6 +55,11 @@ int main(int argc, char** argv) try {
         const double s = bench::timed(lm->device(), [&] { (void)lm->forward(ids); });
         if (i >= warmup) times.push_back(s);
       }
+      std::optional<double> graph_s;
+      std::string graph_error;
+      if (args.integer("graph", 0) != 0) {
+        graph_s = bench::graph_timed(lm->device(), 1, iters, [&] { (void)lm->forward(ids); }, &graph_error);
+      }
       const double mean = std::accumulate(times.begin(), times.end(), 0.0) / times.size();
       const double best = *std::min_element(times.begin(), times.end());
       const double tokens = static_cast<double>(batch * seqlen);
@@ -67,6 +74,8 @@ int main(int argc, char** argv) try {
                   {"min_s", best},
                   {"tokens_per_s", tokens / mean}});
       bench::add_rate(out, bench::forward_flops(*lm, batch, seqlen), mean);
+      if (graph_s) out["graph_s"] = *graph_s;
+      if (!graph_error.empty()) out["graph_error"] = graph_error;
       out["peak_device_memory_bytes"] = bench::peak_memory(lm->device());
       out["peak_host_rss_bytes"] = bench::peak_host_rss();
       std::cout << out.dump() << std::endl;

@@ -6,13 +6,16 @@
 //   bench_linear [--device cuda] [--dtype bf16]
 //                [--shapes 768x768,768x3072,3072x768,4096x4096,4096x11008,11008x4096]   (IN x OUT)
 //                [--ratios 0.9,0.8,0.6,0.4] [--tokens 1,2048] [--kinds cur,cur_folded,svd]
-//                [--decode_iters 2000] [--prefill_iters 50]
+//                [--decode_iters 2000] [--prefill_iters 50] [--graph 1]
 //
 // Where cur4llm's CUDA kernels are built, factorized layers decode (<= 8 tokens)
 // in one kernel launch; each factorized measurement is also repeated with the
 // kernels off ("fused": false: the plain at::linear chain).
 // Each measurement is the mean over back-to-back calls (launch overheads
-// included, as in a decoding loop), with the device synchronised once around them.
+// included, as in an eager decoding loop), with the device synchronised once
+// around them. On CUDA, --graph 1 (default) also reports "graph_us": the same
+// calls captured in a CUDA graph and replayed, i.e. the device's time without
+// the host's launch overheads (as in a decoding loop under CUDA graphs).
 #include "bench_common.h"
 
 #include <cur4llm/util/fused_kernels.h>
@@ -49,7 +52,17 @@ int main(int argc, char** argv) try {
                }) /
                static_cast<double>(iters);
       };
+      const bool graphs = args.integer("graph", 1) != 0 && device.is_cuda();
+      auto graph_of = [&](const model::LinearSlot& slot) -> std::optional<double> {
+        if (!graphs) return std::nullopt;
+        const int calls = tokens <= 16 ? 200 : 10;
+        std::string why;
+        auto t = bench::graph_timed(device, calls, tokens <= 16 ? 20 : 5, [&] { (void)slot.forward(x); }, &why);
+        if (!t) std::cerr << "bench_linear: no graph timing (" << why << ")\n";
+        return t;
+      };
       const double dense_s = time_of(*dense);
+      const auto dense_graph = graph_of(*dense);
       auto record = [&](const std::string& kind, double ratio, const model::LinearSlot& slot, double seconds) {
         nlohmann::json j = {{"benchmark", "linear"},    {"device_name", name},
                             {"fused", util::fused_kernels_enabled()},
@@ -60,6 +73,10 @@ int main(int argc, char** argv) try {
                             {"us", seconds * 1e6},      {"speedup_vs_dense", dense_s / seconds}};
         const double bytes = static_cast<double>(slot.weight_params()) * static_cast<double>(at::elementSize(dtype));
         j["weight_gb_per_s"] = bytes / seconds / 1e9;
+        if (const auto g = graph_of(slot)) {
+          j["graph_us"] = *g * 1e6;
+          if (dense_graph) j["graph_speedup_vs_dense"] = *dense_graph / *g;
+        }
         j["tflops"] = 2.0 * static_cast<double>(slot.weight_params()) * static_cast<double>(tokens) / seconds / 1e12;
         std::cout << j.dump() << std::endl;
       };

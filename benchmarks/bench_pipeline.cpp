@@ -303,6 +303,15 @@ int main(int argc, char** argv) try {
       off = lm->layer(0, h);
       j["plain_s"] = bench::timed(device, [&] { off = lm->layer(0, h); });
       util::set_fused_kernels_enabled(fused_before);
+#if TORCH_VERSION_MAJOR >= 2
+      // Attention without cuDNN's kernel (which the library takes on Hopper for half/bfloat16).
+      if (at::globalContext().userEnabledCuDNNSDP()) {
+        at::globalContext().setSDPUseCuDNN(false);
+        (void)lm->layer(0, h);
+        j["no_cudnn_attention_s"] = bench::timed(device, [&] { (void)lm->layer(0, h); });
+        at::globalContext().setSDPUseCuDNN(true);
+      }
+#endif
       j["max_abs_diff"] = (on.to(at::kFloat) - off.to(at::kFloat)).abs().max().item<double>();
       j["max_abs"] = off.to(at::kFloat).abs().max().item<double>();
       bench::add_rate(j, bench::layer_flops(*lm, 0, num_samples, seqlen), j["fused_s"].get<double>());

@@ -7,12 +7,12 @@
 #
 #   bash benchmarks/gpu_speed.sh <gpu-deps folder> [PARTS]     # all parts: ~9 minutes on one H100
 #
-# PARTS is a comma-separated subset of check,opt,opt_more,llama,linear,forward
+# PARTS is a comma-separated subset of check,acur,opt,opt_more,llama,linear,forward
 # (default: all of them). Each step has its own time limit, so that a slow one
 # leaves the others' results.
 set -uo pipefail
 deps=${1:?gpu-deps folder (holding install.sh)}
-parts=",${2:-check,opt,opt_more,llama,linear,forward},"
+parts=",${2:-check,acur,opt,opt_more,llama,linear,forward},"
 want() { [[ $parts == *",$1,"* ]]; }
 out=${LOG_DIR:-${OUT:-/tmp/cur4llm-speed}}
 mkdir -p "$out"
@@ -25,9 +25,10 @@ source "$deps/install.sh" /tmp/cur4llm-deps > /dev/null
 
 # Build only what is measured; without the CUDA kernels if they fail to build.
 build=/tmp/cur4llm-speed-build
-targets="bench_pipeline bench_linear bench_forward test_model test_compress test_sensitivity"
+targets="acur bench_pipeline bench_linear bench_forward test_model test_compress test_sensitivity test_packed_quant"
+shared=${CUR4LLM_SHARED_DIR:-$PWD/../shared}
 configure() {
-  cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCUR4LLM_BUILD_APPS=OFF "$@" >> "$out/build.log" 2>&1
+  cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCUR4LLM_SHARED_DIR="$shared" "$@" >> "$out/build.log" 2>&1
 }
 if ! { configure && timeout 420 cmake --build "$build" -j16 --target $targets >> "$out/build.log" 2>&1; }; then
   echo "BUILD WITH KERNELS FAILED; retrying with -DCUR4LLM_CUDA_KERNELS=OFF" | tee -a "$out/gpu.txt"
@@ -45,12 +46,25 @@ llama=benchmarks/configs/llama-7b.json
 # The factorized layers' padded storage and one-launch decode, and the fast sweep on CUDA against
 # one sample at a time.
 if want check; then
-  for t in test_model test_compress test_sensitivity; do
+  for t in test_model test_compress test_sensitivity test_packed_quant; do
     echo "== $t [cuda]" >> "$out/tests.log"
     timeout 120 "$build/tests/$t" "[cuda]" >> "$out/tests.log" 2>&1
     echo "$t rc=$?" | tee -a "$out/tests.log"
   done
   grep -E "passed|failed|FAILED" "$out/tests.log" | head -20
+fi
+
+# The whole pipeline on a real model (stories260K, TinyStories) on CUDA: the
+# perplexities to compare with the CPU's (docs/results.md).
+if want acur; then
+  data=$shared/data/text/tinystories
+  for m in skeleton_swap svd; do
+    timeout 90 "$build/apps/acur" --model_id "$shared/data/models/stories260K-hf" --act_aware --alpha 0.5 \
+      --param_ratio_target 0.9 --method $m --calib_dataset $data/tinystories_calib.txt \
+      --eval_ppl $data/tinystories_eval.txt --seqlen 512 --n_calib_samples 32 --seed 233 --device cuda \
+      --dtype fp32 --batch_size 32 --output /tmp/cur4llm-acur > "$out/acur_$m.log" 2>&1
+    echo "acur $m rc=$? $(grep -E 'tinystories_eval.txt [0-9]' "$out/acur_$m.log" | tail -1)" | tee -a "$out/tests.log"
+  done
 fi
 
 run() {  # run <seconds> <output file> <command...>
@@ -64,6 +78,8 @@ run() {  # run <seconds> <output file> <command...>
 if want opt; then
   run 150 pipeline.jsonl "$bin/bench_pipeline" --config $opt --device cuda --dtype bf16 --samples 16 --seqlen 2048 \
     --method cur --reference_s 51.5 --micro ce,layer,linalg
+  run 150 pipeline.jsonl "$bin/bench_pipeline" --config $opt --device cuda --dtype bf16 --samples 16 --seqlen 2048 \
+    --method cur --reference_s 51.5 --stages statistics,sensitivity --profile 0
 fi
 
 # LLaMA-7B shape, 32 samples x 2048 tokens: two decoder layers at different
@@ -72,8 +88,6 @@ fi
 if want llama; then
   run 240 pipeline.jsonl "$bin/bench_pipeline" --config $llama --device cuda --dtype bf16 --samples 32 --seqlen 2048 \
     --method cur --layers L16,L31,head --profile 1 --eval_windows 32 --micro layer,ce,linalg
-  run 60 pipeline.jsonl "$bin/bench_pipeline" --config $llama --device cuda --dtype bf16 --samples 32 --seqlen 2048 \
-    --stages none --micro layer --sdpa cudnn
 fi
 
 # Factorized Linear layers against dense, decode (1 token) and prefill (2048 tokens).
@@ -83,10 +97,10 @@ fi
 
 # Whole models, batch 1: one token (decode-like, no KV cache) and 2048 tokens (prefill).
 if want forward; then
-  run 60 forward.jsonl "$bin/bench_forward" --config $opt --device cuda --dtype bf16 --batch 1 --seqlen 1,2048 \
-    --iters 50 --factorize dense,cur:0.6,cur_folded:0.6,svd:0.6
-  run 90 forward.jsonl "$bin/bench_forward" --config $llama --device cuda --dtype bf16 --batch 1 --seqlen 1,2048 \
-    --iters 10 --factorize dense,cur:0.6,svd:0.6
+  for config in $opt $llama; do
+    run 150 forward.jsonl "$bin/bench_forward" --config $config --device cuda --dtype bf16 --batch 1 --seqlen 1,2048 \
+      --iters 20 --graph 1 --factorize dense,cur:0.6,cur_folded:0.6,svd:0.6,cur:0.8,svd:0.8
+  done
 fi
 if want opt_more; then
   run 60 pipeline.jsonl "$bin/bench_pipeline" --config $opt --device cuda --dtype fp16 --samples 16 --seqlen 2048 \
@@ -96,8 +110,8 @@ if want opt_more; then
   # The sweep with cur4llm's CUDA kernels off, for their share of the speed-up.
   run 60 pipeline.jsonl "$bin/bench_pipeline" --config $opt --device cuda --dtype bf16 --samples 16 --seqlen 2048 \
     --method cur --stages sensitivity --profile 0 --fused 0 --reference_s 51.5
-  # Attention through cuDNN instead of the default backend.
+  # Attention through the flash kernel instead of cuDNN's (which cur4llm takes on Hopper).
   run 60 pipeline.jsonl "$bin/bench_pipeline" --config $opt --device cuda --dtype bf16 --samples 16 --seqlen 2048 \
-    --method cur --stages sensitivity --profile 0 --sdpa cudnn --micro layer --reference_s 51.5
+    --method cur --stages sensitivity --profile 0 --sdpa flash --reference_s 51.5
 fi
 echo "done"

@@ -268,16 +268,118 @@ __global__ void rotary_kernel(const T* __restrict__ x, const float* __restrict__
   }
 }
 
+// The same arithmetic on 16-byte packs: one thread per (token, head, pack of
+// pairs), so the index arithmetic is paid once per pack, not per element.
+template <typename T>
+__global__ void rotary_pack_kernel(const T* __restrict__ x, const float* __restrict__ cos,
+                                   const float* __restrict__ sin, T* __restrict__ out, int64_t rows, int64_t seq_len,
+                                   int64_t heads, int64_t dim) {
+  constexpr int K = Pack<T>::kSize;
+  const int64_t half = dim / 2, packs = half / K;
+  const int64_t total = rows * packs;
+  for (int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; idx < total;
+       idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t row = idx / packs;  // token * heads + head
+    const int64_t j = (idx - row * packs) * K;
+    const int64_t pos = (row / heads) % seq_len;
+    const int64_t base = row * dim;
+    const Pack<T> a = *reinterpret_cast<const Pack<T>*>(x + base + j);
+    const Pack<T> b = *reinterpret_cast<const Pack<T>*>(x + base + j + half);
+    const float* c = cos + pos * dim + j;
+    const float* sn = sin + pos * dim + j;
+    Pack<T> oa, ob;
+#pragma unroll
+    for (int e = 0; e < K; ++e) {
+      const float x1 = Elem<T>::load(a.v[e]), x2 = Elem<T>::load(b.v[e]);
+      const float c1 = round_to<T>(c[e]), s1 = round_to<T>(sn[e]);
+      const float c2 = round_to<T>(c[e + half]), s2 = round_to<T>(sn[e + half]);
+      oa.v[e] = Elem<T>::store(round_to<T>(x1 * c1) + round_to<T>(-x2 * s1));
+      ob.v[e] = Elem<T>::store(round_to<T>(x2 * c2) + round_to<T>(x1 * s2));
+    }
+    *reinterpret_cast<Pack<T>*>(out + base + j) = oa;
+    *reinterpret_cast<Pack<T>*>(out + base + j + half) = ob;
+  }
+}
+
 template <typename T>
 int launch_rotary(const void* x, const float* cos, const float* sin, void* out, int64_t tokens, int64_t seq_len,
                   int64_t heads, int64_t dim, void* stream) {
   const int64_t total = tokens * heads * (dim / 2);
   if (total <= 0) return 0;
   constexpr int kThreads = 256;
-  const int64_t blocks = (total + kThreads - 1) / kThreads;
+  constexpr int K = Pack<T>::kSize;
+  const bool vec = (dim / 2) % K == 0 && aligned16<T>(x, dim / 2) && aligned16<T>(out, dim / 2);
+  const int64_t work = vec ? total / K : total;
+  const int64_t blocks = (work + kThreads - 1) / kThreads;
   const unsigned grid = static_cast<unsigned>(blocks < (int64_t{1} << 20) ? blocks : (int64_t{1} << 20));
-  rotary_kernel<T><<<grid, kThreads, 0, as_stream(stream)>>>(static_cast<const T*>(x), cos, sin, static_cast<T*>(out),
-                                                             tokens, seq_len, heads, dim);
+  if (vec) {
+    rotary_pack_kernel<T><<<grid, kThreads, 0, as_stream(stream)>>>(
+        static_cast<const T*>(x), cos, sin, static_cast<T*>(out), tokens * heads, seq_len, heads, dim);
+  } else {
+    rotary_kernel<T><<<grid, kThreads, 0, as_stream(stream)>>>(static_cast<const T*>(x), cos, sin,
+                                                               static_cast<T*>(out), tokens, seq_len, heads, dim);
+  }
+  return static_cast<int>(cudaGetLastError());
+}
+
+// ---------------------------------------------------------------------------------------------
+// LayerNorm (OPT), optionally after a residual addition: one block per row.
+// sum = to_dtype(x + y) (when y is given, written to sum_out), then
+// out = to_dtype((s - mean) * rstd * w + b) with mean and variance in float,
+// as ATen's layer_norm computes them (its Welford updates may round differently
+// in the last float bit).
+
+template <typename T, int THREADS>
+__global__ void __launch_bounds__(THREADS)
+    layer_norm_kernel(const T* __restrict__ x, const T* __restrict__ y, const T* __restrict__ w,
+                      const T* __restrict__ b, T* __restrict__ sum_out, T* __restrict__ out, int64_t cols, float eps) {
+  const int64_t row = blockIdx.x;
+  const T* xr = x + row * cols;
+  const T* yr = y ? y + row * cols : nullptr;
+  T* sr = sum_out ? sum_out + row * cols : nullptr;
+  T* outr = out + row * cols;
+  // Pass 1: the (rounded) sums and their total.
+  float total = 0.f;
+  for (int64_t i = threadIdx.x; i < cols; i += THREADS) {
+    float v = Elem<T>::load(xr[i]);
+    if (yr) {
+      v = round_to<T>(v + Elem<T>::load(yr[i]));
+      if (sr) sr[i] = Elem<T>::store(v);
+    }
+    total += v;
+  }
+  const float mean = block_sum<THREADS>(total) / static_cast<float>(cols);
+  // Pass 2: the variance, from values this thread wrote or read (cached).
+  const T* src = sr ? sr : xr;
+  float sq = 0.f;
+  for (int64_t i = threadIdx.x; i < cols; i += THREADS) {
+    const float v = (yr && !sr) ? round_to<T>(Elem<T>::load(xr[i]) + Elem<T>::load(yr[i])) : Elem<T>::load(src[i]);
+    sq += (v - mean) * (v - mean);
+  }
+  const float rstd = rsqrtf(block_sum<THREADS>(sq) / static_cast<float>(cols) + eps);
+  for (int64_t i = threadIdx.x; i < cols; i += THREADS) {
+    const float v = (yr && !sr) ? round_to<T>(Elem<T>::load(xr[i]) + Elem<T>::load(yr[i])) : Elem<T>::load(src[i]);
+    float o = (v - mean) * rstd;
+    if (w) o = o * Elem<T>::load(w[i]);
+    if (b) o = o + Elem<T>::load(b[i]);
+    outr[i] = Elem<T>::store(o);
+  }
+}
+
+template <typename T>
+int launch_layer_norm(const void* x, const void* y, const void* w, const void* b, void* sum_out, void* out,
+                      int64_t rows, int64_t cols, float eps, void* stream) {
+  if (rows <= 0 || cols <= 0) return 0;
+  auto args = [&](auto kernel, int threads) {
+    kernel<<<static_cast<unsigned>(rows), threads, 0, as_stream(stream)>>>(
+        static_cast<const T*>(x), static_cast<const T*>(y), static_cast<const T*>(w), static_cast<const T*>(b),
+        static_cast<T*>(sum_out), static_cast<T*>(out), cols, eps);
+  };
+  if (cols <= 1024) {
+    args(layer_norm_kernel<T, 128>, 128);
+  } else {
+    args(layer_norm_kernel<T, 512>, 512);
+  }
   return static_cast<int>(cudaGetLastError());
 }
 
@@ -500,6 +602,16 @@ int rotary(const void* x, const float* cos, const float* sin, void* out, int dty
     case 0: return launch_rotary<float>(x, cos, sin, out, tokens, seq_len, heads, dim, stream);
     case 1: return launch_rotary<__half>(x, cos, sin, out, tokens, seq_len, heads, dim, stream);
     case 2: return launch_rotary<__nv_bfloat16>(x, cos, sin, out, tokens, seq_len, heads, dim, stream);
+  }
+  return kBadDtype;
+}
+
+int layer_norm(const void* x, const void* y, const void* w, const void* b, void* sum_out, void* out, int dtype,
+               int64_t rows, int64_t cols, float eps, void* stream) {
+  switch (dtype) {
+    case 0: return launch_layer_norm<float>(x, y, w, b, sum_out, out, rows, cols, eps, stream);
+    case 1: return launch_layer_norm<__half>(x, y, w, b, sum_out, out, rows, cols, eps, stream);
+    case 2: return launch_layer_norm<__nv_bfloat16>(x, y, w, b, sum_out, out, rows, cols, eps, stream);
   }
   return kBadDtype;
 }

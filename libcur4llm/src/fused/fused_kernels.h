@@ -25,6 +25,12 @@ int rms_norm(const void* x, const void* w, void* out, int dtype, int64_t rows, i
 int rotary(const void* x, const float* cos, const float* sin, void* out, int dtype, int64_t tokens, int64_t seq_len,
            int64_t heads, int64_t dim, void* stream);
 
+/// LayerNorm per row of `cols`: s = x, or to_dtype(x + y) when y is given
+/// (then written to sum_out unless null); out = to_dtype((s - mean) * rstd * w + b)
+/// in float (w, b may be null).
+int layer_norm(const void* x, const void* y, const void* w, const void* b, void* sum_out, void* out, int dtype,
+               int64_t rows, int64_t cols, float eps, void* stream);
+
 /// out = to_dtype(silu(gate)) * up, element-wise over n values (rounded after each op).
 int silu_mul(const void* gate, const void* up, void* out, int dtype, int64_t n, void* stream);
 

@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <utility>
 #include <vector>
 
 namespace cur4llm::fused {
@@ -32,11 +33,20 @@ at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps);
 /// x * cos.to(dtype) + rotate_half(x) * sin.to(dtype), same layout as x.
 at::Tensor rotary(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin);
 
+/// at::layer_norm(x, {h}, weight, bias, eps) over the last dim h of x
+/// (weight, bias [h] in x's dtype, or undefined).
+at::Tensor layer_norm(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, double eps);
+
+/// {s, at::layer_norm(s, {h}, weight, bias, eps)} with s = x + y (equal shapes), in one pass.
+std::pair<at::Tensor, at::Tensor> add_layer_norm(const at::Tensor& x, const at::Tensor& y, const at::Tensor& weight,
+                                                 const at::Tensor& bias, double eps);
+
 /// at::silu(gate) * up for equal-shaped contiguous tensors.
 at::Tensor silu_mul(const at::Tensor& gate, const at::Tensor& up);
 
 /// Whether lowrank_forward serves x [..., in] with these factors: kernels
-/// enabled, at most 8 tokens, at most 32 MiB of factors, one dtype and device,
+/// enabled, at most 8 tokens, at most 32 MiB of factors (2 MiB while the
+/// current stream is being captured into a CUDA graph), one dtype and device,
 /// nothing tracked by autograd.
 bool lowrank_applies(const at::Tensor& x, const at::Tensor& r, const at::Tensor& u, const at::Tensor& c,
                      const at::Tensor& bias);
@@ -46,22 +56,60 @@ bool lowrank_applies(const at::Tensor& x, const at::Tensor& r, const at::Tensor&
 at::Tensor lowrank_forward(const at::Tensor& x, const at::Tensor& r, const at::Tensor& u, const at::Tensor& c,
                            const at::Tensor& bias);
 
-/// A second, high-priority CUDA stream for work that overlaps the current
-/// stream's (the sweep decomposes the next layer while the current one's
-/// forward passes run). Off CUDA, and in builds without the kernels, run()
-/// simply calls its function and join() does nothing.
+/// Causal attention of q, k, v [B, heads, T, dim] (equal head counts, last
+/// dim contiguous) through cuDNN's fused kernel, as at::scaled_dot_product_attention
+/// with is_causal computes it; the output is [B, heads, T, dim] laid out like q.
+/// Undefined where it does not apply, and the caller takes
+/// at::scaled_dot_product_attention: kernels disabled, not half/bfloat16, a GPU
+/// before compute capability 9.0 (where cuDNN is not the faster kernel), fewer
+/// than 128 positions (decoding; ATen's choice), a head
+/// dim above 128 or not a multiple of 8, cuDNN attention turned off
+/// (at::globalContext().setSDPUseCuDNN(false)), LibTorch before 2.5, or an
+/// earlier call that cuDNN refused.
+at::Tensor causal_attention_cudnn(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v);
+
+/// A second, high-priority CUDA stream, fed by a host thread of its own, for
+/// work that overlaps the current stream's (the sweep decomposes the next
+/// layer while the current one's forward passes are queued and run): run()
+/// hands a function to that thread and returns at once; the function sees the
+/// side stream as current and the creating thread's autograd mode, and its host
+/// synchronisations wait for the side stream only. The function must not touch
+/// what the calling thread changes meanwhile. Off CUDA, and in builds without
+/// the kernels, run() simply calls its function and join() does nothing.
 class SideStream {
  public:
   explicit SideStream(c10::Device device);
   ~SideStream();
   SideStream(const SideStream&) = delete;
   SideStream& operator=(const SideStream&) = delete;
-  /// Calls fn with the side stream current (its host synchronisations wait for the side stream only).
+  /// Starts fn on the side stream's thread, after the previous function has returned.
   void run(const std::function<void()>& fn);
-  /// The current stream waits for the work queued on the side stream so far;
+  /// Waits until the last function has returned; rethrows its exception.
+  void wait();
+  /// wait(), then the current stream waits for the work it queued on the side stream;
   /// `tensors` (made there) are marked as used by the current stream, so that
   /// their memory is not reused before its work on them is done.
   void join(const std::vector<at::Tensor>& tensors);
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+/// For its life, the calling thread's CUDA work on `device` goes to a
+/// non-blocking stream from LibTorch's pool, ordered after the work queued
+/// before and before the work queued after. Solvers that copy through the
+/// legacy default stream (which waits for every blocking stream) then do not
+/// wait for the work queued here: the sweep's forward passes no longer hold up
+/// the decompositions on the side stream. Tensors made in the scope should not
+/// outlive it unless used only on its stream. Off CUDA, and in builds without
+/// the kernels, it does nothing.
+class PrivateStream {
+ public:
+  explicit PrivateStream(c10::Device device);
+  ~PrivateStream();
+  PrivateStream(const PrivateStream&) = delete;
+  PrivateStream& operator=(const PrivateStream&) = delete;
 
  private:
   struct Impl;

@@ -7,6 +7,8 @@
 #include <cur4llm/util/fused_kernels.h>
 
 #include <ATen/ATen.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <torch/version.h>
 #include <c10/cuda/CUDACachingAllocator.h>
 #include <c10/cuda/CUDAFunctions.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -15,8 +17,17 @@
 
 #include <fmt/format.h>
 
+#include <c10/core/GradMode.h>
+#include <c10/core/InferenceMode.h>
+
 #include <algorithm>
 #include <atomic>
+#include <condition_variable>
+#include <exception>
+#include <mutex>
+#include <thread>
+#include <optional>
+#include <utility>
 #include <cstdlib>
 #include <cstring>
 #include <stdexcept>
@@ -112,6 +123,53 @@ at::Tensor rotary(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& 
   return out;
 }
 
+namespace {
+
+at::Tensor norm_param(const at::Tensor& p, const at::Tensor& x, const char* what) {
+  if (!p.defined()) return p;
+  if (p.dim() != 1 || p.size(0) != x.size(-1) || p.scalar_type() != x.scalar_type() || p.device() != x.device()) {
+    throw std::invalid_argument(fmt::format("fused::layer_norm: {} must be [hidden] in the input's dtype", what));
+  }
+  return p.contiguous();
+}
+
+// s (if sum) and the normalised rows of x (+ y).
+void run_layer_norm(const at::Tensor& x, const at::Tensor& y, const at::Tensor& weight, const at::Tensor& bias,
+                    double eps, const at::Tensor& sum, const at::Tensor& out) {
+  const int64_t h = x.size(-1);
+  auto w = norm_param(weight, x, "weight");
+  auto b = norm_param(bias, x, "bias");
+  check(kernels::layer_norm(x.data_ptr(), y.defined() ? y.data_ptr() : nullptr, w.defined() ? w.data_ptr() : nullptr,
+                            b.defined() ? b.data_ptr() : nullptr, sum.defined() ? sum.data_ptr() : nullptr,
+                            out.data_ptr(), dtype_code(x), x.numel() / std::max<int64_t>(1, h), h,
+                            static_cast<float>(eps), current_stream(x)),
+        "layer_norm");
+}
+
+}  // namespace
+
+at::Tensor layer_norm(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, double eps) {
+  c10::cuda::CUDAGuard guard(x.device());
+  auto xc = x.contiguous();
+  auto out = at::empty_like(xc);
+  run_layer_norm(xc, at::Tensor(), weight, bias, eps, at::Tensor(), out);
+  return out;
+}
+
+std::pair<at::Tensor, at::Tensor> add_layer_norm(const at::Tensor& x, const at::Tensor& y, const at::Tensor& weight,
+                                                 const at::Tensor& bias, double eps) {
+  if (x.sizes() != y.sizes() || x.scalar_type() != y.scalar_type()) {
+    throw std::invalid_argument("fused::add_layer_norm: x and y must have the same shape and dtype");
+  }
+  c10::cuda::CUDAGuard guard(x.device());
+  auto xc = x.contiguous();
+  auto yc = y.contiguous();
+  auto sum = at::empty_like(xc);
+  auto out = at::empty_like(xc);
+  run_layer_norm(xc, yc, weight, bias, eps, sum, out);
+  return {sum, out};
+}
+
 at::Tensor silu_mul(const at::Tensor& gate, const at::Tensor& up) {
   if (gate.sizes() != up.sizes() || gate.scalar_type() != up.scalar_type()) {
     throw std::invalid_argument("fused::silu_mul: gate and up must have the same shape and dtype");
@@ -129,10 +187,19 @@ bool lowrank_applies(const at::Tensor& x, const at::Tensor& r, const at::Tensor&
                      const at::Tensor& bias) {
   if (!enabled_for(x) || x.dim() < 1 || r.dim() != 2 || c.dim() != 2 || x.size(-1) != r.size(1)) return false;
   if (x.numel() / std::max<int64_t>(1, x.size(-1)) > kernels::kLowRankMaxTokens) return false;
-  // Above about 32 MiB of factors, cuBLAS's matrix-vector products read faster than this
-  // kernel's warp-per-row stages; below it the single launch wins (docs/performance.md).
+  // Eagerly, the single launch wins up to about 32 MiB of factors (above it
+  // cuBLAS's matrix-vector products read faster than this kernel's warp-per-row
+  // stages). Under CUDA-graph capture there are no launch overheads to save,
+  // and the plain chain wins above about 2 MiB (docs/performance.md).
   const int64_t bytes = (r.numel() + (u.defined() ? u.numel() : 0) + c.numel()) * static_cast<int64_t>(x.element_size());
   if (bytes > (int64_t{32} << 20)) return false;
+  if (bytes > (int64_t{2} << 20)) {
+    cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+    if (cudaStreamIsCapturing(c10::cuda::getCurrentCUDAStream(x.device().index()).stream(), &status) != cudaSuccess) {
+      (void)cudaGetLastError();
+    }
+    if (status != cudaStreamCaptureStatusNone) return false;
+  }
   auto same = [&](const at::Tensor& t) {
     return !t.defined() || (t.device() == x.device() && t.scalar_type() == x.scalar_type() && !t.requires_grad() &&
                             t.is_contiguous());
@@ -161,10 +228,82 @@ at::Tensor lowrank_forward(const at::Tensor& x, const at::Tensor& r, const at::T
   return y.view(sizes);
 }
 
+at::Tensor causal_attention_cudnn(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 5)
+  static std::atomic<bool> refused{false};
+  if (refused.load() || !enabled_for(q) || !at::globalContext().userEnabledCuDNNSDP()) return {};
+  const auto dtype = q.scalar_type();
+  if ((dtype != at::kHalf && dtype != at::kBFloat16) || k.scalar_type() != dtype || v.scalar_type() != dtype) return {};
+  // Short sequences (decoding) take ATen's choice: a refusal there would turn cuDNN off for prefill too.
+  if (q.dim() != 4 || k.sizes() != q.sizes() || v.sizes() != q.sizes() || q.size(2) < 128) return {};
+  const int64_t dim = q.size(3);
+  if (dim > 128 || dim % 8 != 0 || q.stride(3) != 1 || k.stride(3) != 1 || v.stride(3) != 1) return {};
+  if (at::cuda::getDeviceProperties(q.device().index())->major < 9) return {};
+  try {
+    return std::get<0>(at::_scaled_dot_product_cudnn_attention(q, k, v, /*attn_bias=*/std::nullopt,
+                                                                /*compute_log_sumexp=*/false, /*dropout_p=*/0.0,
+                                                                /*is_causal=*/true, /*return_debug_mask=*/false));
+  } catch (const c10::Error& e) {
+    // Once refused (a cuDNN version without these shapes), never tried again.
+    refused.store(true);
+    fmt::print(stderr, "note: cuDNN attention refused ({}); using at::scaled_dot_product_attention\n",
+               std::string(e.what_without_backtrace()).substr(0, 200));
+    return {};
+  }
+#else
+  (void)q;
+  (void)k;
+  (void)v;
+  return {};
+#endif
+}
+
+// The side stream's work runs on a host thread of its own, so that its host
+// synchronisations (an eigensolver's, a data-dependent branch's) block neither
+// the thread that queues the current stream's work nor that stream.
 struct SideStream::Impl {
   c10::Device device;
   c10::cuda::CUDAStream stream;
   cudaEvent_t done = nullptr;
+  std::thread worker;
+  std::mutex mutex;
+  std::condition_variable changed;
+  std::function<void()> job;  // set: queued or running
+  bool busy = false;
+  bool stop = false;
+  std::exception_ptr error;
+
+  void loop(bool inference_mode, bool grad_mode) {
+    c10::InferenceMode inference(inference_mode);
+    c10::AutoGradMode grad(grad_mode);
+    c10::cuda::CUDAGuard device_guard(device);
+    c10::cuda::CUDAStreamGuard stream_guard(stream);
+    std::unique_lock<std::mutex> lock(mutex);
+    for (;;) {
+      changed.wait(lock, [&] { return stop || job; });
+      if (!job) return;
+      auto fn = std::move(job);
+      lock.unlock();
+      std::exception_ptr e;
+      try {
+        fn();
+      } catch (...) {
+        e = std::current_exception();
+      }
+      lock.lock();
+      job = nullptr;
+      busy = false;
+      error = e;
+      changed.notify_all();
+    }
+  }
+
+  // Waits for the running job; rethrows its exception.
+  void wait() {
+    std::unique_lock<std::mutex> lock(mutex);
+    changed.wait(lock, [&] { return !busy; });
+    if (error) std::rethrow_exception(std::exchange(error, nullptr));
+  }
 };
 
 SideStream::SideStream(c10::Device device) {
@@ -175,21 +314,42 @@ SideStream::SideStream(c10::Device device) {
   if (cudaEventCreateWithFlags(&impl_->done, cudaEventDisableTiming) != cudaSuccess) {
     impl_.reset();
     (void)cudaGetLastError();
+    return;
   }
+  // The worker works in the creating thread's autograd mode.
+  impl_->worker = std::thread([impl = impl_.get(), inference = c10::InferenceMode::is_enabled(),
+                               grad = c10::GradMode::is_enabled()] { impl->loop(inference, grad); });
 }
 
 SideStream::~SideStream() {
-  if (impl_ && impl_->done) (void)cudaEventDestroy(impl_->done);
+  if (!impl_) return;
+  {
+    std::lock_guard<std::mutex> lock(impl_->mutex);
+    impl_->stop = true;
+  }
+  impl_->changed.notify_all();
+  impl_->worker.join();  // a queued job still runs: it may use what its caller owns
+  if (impl_->done) (void)cudaEventDestroy(impl_->done);
 }
 
 void SideStream::run(const std::function<void()>& fn) {
   if (!impl_) return fn();
-  c10::cuda::CUDAStreamGuard guard(impl_->stream);
-  fn();
+  impl_->wait();
+  {
+    std::lock_guard<std::mutex> lock(impl_->mutex);
+    impl_->job = fn;
+    impl_->busy = true;
+  }
+  impl_->changed.notify_all();
+}
+
+void SideStream::wait() {
+  if (impl_) impl_->wait();
 }
 
 void SideStream::join(const std::vector<at::Tensor>& tensors) {
   if (!impl_) return;
+  impl_->wait();
   c10::cuda::CUDAGuard guard(impl_->device);
   const auto current = c10::cuda::getCurrentCUDAStream(impl_->device.index());
   check(static_cast<int>(cudaEventRecord(impl_->done, impl_->stream.stream())), "side-stream event record");
@@ -199,6 +359,47 @@ void SideStream::join(const std::vector<at::Tensor>& tensors) {
       c10::cuda::CUDACachingAllocator::recordStream(t.storage().data_ptr(), current);
     }
   }
+}
+
+struct PrivateStream::Impl {
+  c10::cuda::CUDAStream before;
+  c10::cuda::CUDAStream own;
+  std::optional<c10::cuda::CUDAStreamGuard> guard;
+  cudaEvent_t event = nullptr;
+};
+
+namespace {
+// `waiter` waits for the work queued on `first` so far.
+void order_after(cudaEvent_t event, const c10::cuda::CUDAStream& first, const c10::cuda::CUDAStream& waiter) {
+  check(static_cast<int>(cudaEventRecord(event, first.stream())), "stream event record");
+  check(static_cast<int>(cudaStreamWaitEvent(waiter.stream(), event, 0)), "stream event wait");
+}
+}  // namespace
+
+PrivateStream::PrivateStream(c10::Device device) {
+  if (!device.is_cuda()) return;
+  const auto index = device.has_index() ? device.index() : c10::cuda::current_device();
+  c10::cuda::CUDAGuard device_guard(index);
+  std::unique_ptr<Impl> impl(new Impl{c10::cuda::getCurrentCUDAStream(index),
+                                      c10::cuda::getStreamFromPool(/*isHighPriority=*/false, index)});
+  if (cudaEventCreateWithFlags(&impl->event, cudaEventDisableTiming) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return;  // the work stays where it was
+  }
+  order_after(impl->event, impl->before, impl->own);
+  impl->guard.emplace(impl->own);
+  impl_ = std::move(impl);
+}
+
+PrivateStream::~PrivateStream() {
+  if (!impl_) return;
+  impl_->guard.reset();
+  try {
+    order_after(impl_->event, impl_->own, impl_->before);
+  } catch (...) {
+    (void)cudaStreamSynchronize(impl_->own.stream());
+  }
+  (void)cudaEventDestroy(impl_->event);
 }
 
 }  // namespace fused

@@ -22,6 +22,11 @@ bool enabled_for(const at::Tensor&) { return false; }
 at::Tensor token_nll(const at::Tensor&, const at::Tensor&) { absent(); }
 at::Tensor rms_norm(const at::Tensor&, const at::Tensor&, double) { absent(); }
 at::Tensor rotary(const at::Tensor&, const at::Tensor&, const at::Tensor&) { absent(); }
+at::Tensor layer_norm(const at::Tensor&, const at::Tensor&, const at::Tensor&, double) { absent(); }
+std::pair<at::Tensor, at::Tensor> add_layer_norm(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                                 const at::Tensor&, double) {
+  absent();
+}
 at::Tensor silu_mul(const at::Tensor&, const at::Tensor&) { absent(); }
 bool lowrank_applies(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&) {
   return false;
@@ -31,11 +36,18 @@ at::Tensor lowrank_forward(const at::Tensor&, const at::Tensor&, const at::Tenso
   absent();
 }
 
+at::Tensor causal_attention_cudnn(const at::Tensor&, const at::Tensor&, const at::Tensor&) { return {}; }
+
 struct SideStream::Impl {};
 SideStream::SideStream(c10::Device) {}
 SideStream::~SideStream() = default;
 void SideStream::run(const std::function<void()>& fn) { fn(); }
+void SideStream::wait() {}
 void SideStream::join(const std::vector<at::Tensor>&) {}
+
+struct PrivateStream::Impl {};
+PrivateStream::PrivateStream(c10::Device) {}
+PrivateStream::~PrivateStream() = default;
 
 }  // namespace fused
 }  // namespace cur4llm

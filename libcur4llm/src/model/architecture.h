@@ -109,5 +109,10 @@ at::Tensor activation(const std::string& name, const at::Tensor& x);
 /// where the slot is dense with a bias and x is on CUDA (LibTorch 2.x).
 at::Tensor linear_activation(const LinearSlot& slot, const std::string& name, const at::Tensor& x);
 
+/// residual + slot.forward(x). Where the slot is dense without a bias, x is on
+/// CUDA and nothing else holds `residual` (moved in), the product is added to
+/// it in place inside the matrix product.
+at::Tensor residual_linear(at::Tensor residual, const LinearSlot& slot, const at::Tensor& x);
+
 }  // namespace detail
 }  // namespace cur4llm::model

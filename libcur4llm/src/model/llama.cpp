@@ -147,8 +147,10 @@ class Llama final : public ValueGraphArchitecture<Llama> {
   }
 
   at::Tensor run(const CausalLM& lm, int64_t i, std::vector<at::Tensor>& v) const {
-    auto h2 = value(lm, i, v, kH2, true);
-    return h2 + slot(lm, layers_.at(i).down).forward(value(lm, i, v, kGated, true));
+    value(lm, i, v, kH2, true);
+    auto gated = value(lm, i, v, kGated, true);
+    // Moved out: unless a layer prefix also holds it, down_proj adds into it in place.
+    return detail::residual_linear(std::move(v[kH2]), slot(lm, layers_.at(i).down), gated);
   }
 
   ModelConfig c_;

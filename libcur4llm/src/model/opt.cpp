@@ -3,9 +3,12 @@
 // optional projection between the embedding width and the hidden size.
 #include "architecture.h"
 
+#include "fused/fused_ops.h"
+
 #include <fmt/format.h>
 
 #include <stdexcept>
+#include <tuple>
 
 namespace cur4llm::model {
 namespace {
@@ -93,6 +96,7 @@ class Opt final : public ValueGraphArchitecture<Opt> {
   at::Tensor norm(const CausalLM& lm, const std::string& module, const at::Tensor& x) const {
     const at::Tensor* w = optional_tensor(lm, module + ".weight");
     const at::Tensor* b = optional_tensor(lm, module + ".bias");
+    if (fused::enabled_for(x)) return fused::layer_norm(x, w ? *w : at::Tensor(), b ? *b : at::Tensor(), c_.norm_eps);
     return at::layer_norm(x, {c_.hidden_size}, w ? *w : at::Tensor(), b ? *b : at::Tensor(), c_.norm_eps);
   }
 
@@ -115,10 +119,19 @@ class Opt final : public ValueGraphArchitecture<Opt> {
         t = detail::causal_attention(get(kQ), get(kK), get(kV), c_.num_heads,
                                      c_.num_kv_heads, c_.head_dim, nullptr, 0);
         break;
-      case kH2:
-        t = v[kH] + slot(lm, n.o).forward(get(kAttn));
-        if (!pre) t = norm(lm, n.attn_norm, t);
+      case kH2: {
+        auto o = slot(lm, n.o).forward(get(kAttn));
+        if (pre && fused::enabled_for(o) && v[kH].sizes() == o.sizes() && v[kH].scalar_type() == o.scalar_type()) {
+          // The residual sum and the LayerNorm after it (kX2) in one pass.
+          const at::Tensor* w = optional_tensor(lm, n.ffn_norm + ".weight");
+          const at::Tensor* b = optional_tensor(lm, n.ffn_norm + ".bias");
+          std::tie(t, v[kX2]) = fused::add_layer_norm(v[kH], o, w ? *w : at::Tensor(), b ? *b : at::Tensor(), c_.norm_eps);
+        } else {
+          t = v[kH] + o;
+          if (!pre) t = norm(lm, n.attn_norm, t);
+        }
         break;
+      }
       case kX2: t = pre ? norm(lm, n.ffn_norm, get(kH2)) : get(kH2); break;
       case kAct: t = detail::linear_activation(slot(lm, n.fc1), c_.hidden_act, get(kX2)); break;
       default: throw std::logic_error("internal: OPT layer value");

@@ -143,6 +143,8 @@ search::SensitivityTable ppl_sensitivity(model::CausalLM& lm, const std::vector<
   c10::InferenceMode guard;
   SweepProfile* profile = options.profile;
   const auto device = lm.device();
+  // Everything the sweep queues goes to a stream of its own (see PrivateStream).
+  fused::PrivateStream stream(device);
   const int64_t per_batch = samples_per_batch(samples, options);
   auto batches = make_batches(lm, samples, per_batch);
   const auto num_samples = static_cast<int64_t>(samples.size());
@@ -178,21 +180,30 @@ search::SensitivityTable ppl_sensitivity(model::CausalLM& lm, const std::vector<
 
   // Every candidate's slot of one layer, built before its forward passes so
   // that those queue up on the device without waiting for the host. Outside
-  // profiling, the next layer is decomposed on a second stream while the
-  // current layer's forward passes run.
+  // profiling, the next layer is decomposed on a second stream, by a host
+  // thread of its own, while this thread queues the current layer's forward
+  // passes: that thread sees only the inputs gathered here beforehand (the
+  // model's slots change under the trials).
+  struct Source {
+    std::string name;
+    model::LinearPtr original;  // keeps the dense slot alive while it is decomposed
+    at::Tensor weight, bias, scale;
+  };
+  auto gather = [&](const std::string& name) {
+    const auto* dense = &lm.dense_linear(name);
+    return Source{name, lm.linear_ptr(name), dense->weight(), dense->bias(), scale ? scale(name) : at::Tensor()};
+  };
   struct Decomposed {
     std::vector<model::LinearPtr> slots;
     std::vector<std::string> errors;
   };
-  auto decompose = [&](const std::string& name) {
-    const auto original = lm.linear_ptr(name);  // keeps the slot alive while it is decomposed
-    const auto* dense = &lm.dense_linear(name);
+  auto decompose = [&](const Source& source) {
     Decomposed d{std::vector<model::LinearPtr>(candidates.size()), std::vector<std::string>(candidates.size())};
     try {
-      auto prepared = compressor.prepare(dense->weight(), dense->bias(), scale ? scale(name) : at::Tensor(), candidates);
+      auto prepared = compressor.prepare(source.weight, source.bias, source.scale, candidates);
       d.slots = prepared->build_many(candidates, &d.errors);
     } catch (const compress::CompressionError& e) {
-      fmt::print(stderr, "warning: {} cannot be decomposed ({}); it scores +inf\n", name, e.what());
+      fmt::print(stderr, "warning: {} cannot be decomposed ({}); it scores +inf\n", source.name, e.what());
       d.slots.assign(candidates.size(), nullptr);
       d.errors.assign(candidates.size(), std::string());
     }
@@ -207,11 +218,16 @@ search::SensitivityTable ppl_sensitivity(model::CausalLM& lm, const std::vector<
     return out;
   };
   const bool overlap = profile == nullptr;
-  fused::SideStream side(device);
+  // Declared before the side stream, whose destructor waits for a running decomposition.
+  std::vector<Source> sources;
   Decomposed next;
-  if (overlap && !ordered.empty()) {
-    util::synchronize(device);  // the side stream reads what this one made (statistics, weights)
-    side.run([&] { next = decompose(ordered.front()); });
+  fused::SideStream side(device);
+  if (overlap) {
+    // Every input up front (scales may be computed on the device), then one
+    // synchronisation: the side stream reads what this one made.
+    for (const auto& name : ordered) sources.push_back(gather(name));
+    util::synchronize(device);
+    if (!sources.empty()) side.run([&] { next = decompose(sources.front()); });
   }
 
   for (size_t index = 0; index < ordered.size(); ++index) {
@@ -229,23 +245,29 @@ search::SensitivityTable ppl_sensitivity(model::CausalLM& lm, const std::vector<
 
     const double decompose_before = profile ? profile->decompose_s : 0.0;
     const double forward_before = profile ? profile->forward_s : 0.0;
+    {
+      PhaseTimer timer(profile, &SweepProfile::forward_s, device);
+      // The part of the slot's layer before it is the same for every candidate:
+      // computed once, and queued before waiting for the layer's decomposition.
+      const bool resume = options.reuse_hidden_states && info.layer >= 0 && info.role.has_value();
+      for (auto& b : batches) {
+        b.prefix = resume ? lm.layer_prefix(info.layer, b.hidden, *info.role) : model::LayerPrefix();
+      }
+    }
     Decomposed current;
     if (overlap) {
+      side.wait();  // the decomposition of this layer (rethrows its error)
       current = std::move(next);
       side.join(slot_tensors(current));  // the forward passes below wait for the side stream
+      if (index + 1 < ordered.size()) side.run([&, index] { next = decompose(sources[index + 1]); });
     } else {
       PhaseTimer timer(profile, &SweepProfile::decompose_s, device);
-      current = decompose(name);
+      current = decompose(gather(name));
     }
     std::vector<at::Tensor> sums;
     std::vector<int64_t> sum_of(candidates.size(), -1);  // candidate -> its entry in sums
     {
       PhaseTimer timer(profile, &SweepProfile::forward_s, device);
-      // The part of the slot's layer before it is the same for every candidate: computed once.
-      const bool resume = options.reuse_hidden_states && info.layer >= 0 && info.role.has_value();
-      for (auto& b : batches) {
-        b.prefix = resume ? lm.layer_prefix(info.layer, b.hidden, *info.role) : model::LayerPrefix();
-      }
       for (size_t j = 0; j < candidates.size(); ++j) {
         if (!current.slots[j]) continue;
         model::ScopedSlots trial(lm);
@@ -255,7 +277,6 @@ search::SensitivityTable ppl_sensitivity(model::CausalLM& lm, const std::vector<
       }
       for (auto& b : batches) b.prefix = model::LayerPrefix();
     }
-    if (overlap && index + 1 < ordered.size()) side.run([&] { next = decompose(ordered[index + 1]); });
 
     // One synchronisation per layer: every candidate's NLL sum at once.
     const auto host = sums.empty() ? at::Tensor() : at::cat(sums).to(at::kCPU, at::kDouble).contiguous();
