@@ -90,7 +90,7 @@ TruncatedSVD top_k_svd(const at::Tensor& a, int64_t k, const RandomizedSVDOption
   // A dense SVD on a GPU is far slower than the eigendecomposition of a Gram matrix.
   const bool gram = options.algorithm == SVDAlgorithm::Auto && a.is_cuda();
   if (options.algorithm == SVDAlgorithm::Auto) {
-    full = r <= options.full_below ||
+    full = r <= options.full_below || (gram && r <= options.gram_full_below) ||
            static_cast<double>(k + options.oversample) > options.full_fraction * static_cast<double>(r);
   }
   if (full) return gram ? gram_svd(a, k) : truncated_svd(a, k);

@@ -344,6 +344,9 @@ PipelineResult compress_model(model::CausalLM& lm, const tokenize::Tokenizer& to
     sens_fields["metric"] = o.sensitivity_metric;
     sens_fields["mode"] = o.compress_kv_cache ? "kv_cache" : "weights";
     sens_fields["rank_align"] = std::to_string(o.rank_align);
+    // Raised when a decomposition's algorithm changes its results, so that older tables are rebuilt
+    // (2: on CUDA, matrices up to 1024 wide take the exact Gram subspace instead of the range finder).
+    sens_fields["decomposition_version"] = "2";
     sens_fields["method_options"] = o.method == "cur" ? "selection=" + o.cur_selection : "sigma_fuse=" + o.sigma_fuse;
     {
       std::string c;

@@ -13,7 +13,8 @@ namespace cur4llm::compress {
 /// Which algorithm top_k_svd uses.
 enum class SVDAlgorithm {
   Auto,        ///< Full for small matrices or nearly full-rank requests, else Randomized;
-               ///< on CUDA, Gram in place of every dense SVD (Full, and Randomized's last step)
+               ///< on CUDA, Gram in place of every dense SVD (Full, and Randomized's last step),
+               ///< and for every matrix whose shorter side is at most gram_full_below
   Full,        ///< at::linalg_svd of the whole matrix, truncated
   Randomized,  ///< range finder + subspace iterations (Halko, Martinsson and Tropp 2011)
   Gram,        ///< eigendecomposition of the fp64 Gram matrix of the shorter side (A^T A or A A^T);
@@ -28,6 +29,8 @@ struct RandomizedSVDOptions {
   uint64_t seed = 0;                            // seed of the CPU generator that draws the test matrix
   int64_t full_below = 256;                     // Auto: full SVD when min(m, n) <= this
   double full_fraction = 0.5;                   // Auto: full SVD when k + oversample > this * min(m, n)
+  int64_t gram_full_below = 1024;               // Auto on CUDA: the whole matrix's Gram when min(m, n) <= this
+                                                // (faster there than the range finder's QRs, and exact)
 };
 
 /// a ≈ U diag(S) V^T: U [m, k], S [k] descending, V [n, k].
