@@ -7,8 +7,8 @@
 #
 #   bash benchmarks/gpu_speed.sh <gpu-deps folder> [PARTS]     # all parts: ~9 minutes on one H100
 #
-# PARTS is a comma-separated subset of check,acur,opt,opt_more,llama,linear,forward
-# (default: all of them). Each step has its own time limit, so that a slow one
+# PARTS is a comma-separated subset of check,acur,opt,opt_more,llama,linear,forward,kernels
+# (default: all but kernels, the per-kernel times from Nsight Compute). Each step has its own time limit, so that a slow one
 # leaves the others' results.
 set -uo pipefail
 deps=${1:?gpu-deps folder (holding install.sh)}
@@ -113,5 +113,15 @@ if want opt_more; then
   # Attention through the flash kernel instead of cuDNN's (which cur4llm takes on Hopper).
   run 60 pipeline.jsonl "$bin/bench_pipeline" --config $opt --device cuda --dtype bf16 --samples 16 --seqlen 2048 \
     --method cur --stages sensitivity --profile 0 --sdpa flash --reference_s 51.5
+fi
+# Time per kernel of one forward (Nsight Compute, clocks not locked): OPT-125m shape on 16 x 2048
+# tokens, and about one decoder layer of the LLaMA-7B shape on 32 x 2048 (after its random init).
+if want kernels; then
+  ncu_time="ncu --clock-control none --metrics gpu__time_duration.sum --csv --print-units base"
+  timeout 150 $ncu_time --launch-count 260 "$bin/bench_forward" --config $opt --device cuda --dtype bf16 \
+    --batch 16 --seqlen 2048 --warmup 0 --iters 1 > "$out/ncu_opt.csv" 2>> "$out/stderr.log"
+  timeout 200 $ncu_time -k "regex:nvjet|cudnn|rms|rotary|silu|Functor_add|gemm|token_nll|embedding|index|elementwise" \
+    --launch-skip 320 --launch-count 40 "$bin/bench_forward" --config $llama --device cuda --dtype bf16 \
+    --batch 32 --seqlen 2048 --warmup 0 --iters 1 > "$out/ncu_llama.csv" 2>> "$out/stderr.log"
 fi
 echo "done"
