@@ -10,14 +10,16 @@
 //                  [--candidates 0.4,0.5,0.6,0.7,0.8,0.9] [--method cur|svd]
 //                  [--layers all | L0,L31,head,NAME,PREFIX*] [--batch 0] [--target_ratio 0.9]
 //                  [--eval_windows 8] [--stages statistics,sensitivity,search,decompose,evaluation]
-//                  [--profile 0|1|2] [--fused 1] [--reference_s 51.5] [--peak_tflops X]
+//                  [--profile 0|1|2] [--overlap 1] [--fused 1] [--reference_s 51.5] [--peak_tflops X]
 //                  [--micro ce,layer,linalg] [--linalg_dense 0] [--sdpa default|flash|cudnn|efficient]
 //
 // --layers restricts the sweep (and so the search and the decomposition) to a
 // subset, for models whose whole sweep exceeds a time limit: Li is every Linear
 // of decoder layer i, "head" is lm_head. --profile 1 (default) runs the sweep a
 // second time with a device synchronisation at each phase, for the time per
-// phase and per layer; 2 runs only that profiled sweep; 0 none. --fused 0 turns cur4llm's CUDA kernels off. --micro adds
+// phase and per layer; 2 runs only that profiled sweep; 0 none. --overlap 0
+// decomposes each layer in series with the forward passes (no second stream).
+// --fused 0 turns cur4llm's CUDA kernels off. --micro adds
 // measurements of single steps: the cross-entropy ("ce"), one decoder layer
 // ("layer", with the kernels on and off and their largest output difference),
 // and one decomposition per distinct layer shape ("linalg"; --linalg_dense 1
@@ -173,6 +175,7 @@ int main(int argc, char** argv) try {
     sweep.candidates = candidates;
     sweep.layers = layers;
     sweep.batch_size = args.integer("batch", 0);
+    sweep.overlap = args.integer("overlap", 1) != 0;
     sweep.show_progress = true;
     // --profile 0: one plain sweep; 1: a plain sweep, then a profiled one; 2: only a profiled one.
     const int64_t profile_mode = args.integer("profile", 1);
@@ -199,6 +202,7 @@ int main(int argc, char** argv) try {
     for (double f : dense_layer_flops) advance += f;
     json j = stage_record("sensitivity", machine, s, calib_tokens * static_cast<double>(entries), flops + advance, device);
     j["entries"] = entries;
+    j["overlap"] = sweep.overlap;
     j["swept_layers"] = layers.size();
     j["candidates"] = candidates;
     if (args.has("reference_s")) {

@@ -217,7 +217,7 @@ search::SensitivityTable ppl_sensitivity(model::CausalLM& lm, const std::vector<
     }
     return out;
   };
-  const bool overlap = profile == nullptr;
+  const bool overlap = profile == nullptr && options.overlap;
   // Declared before the side stream, whose destructor waits for a running decomposition.
   std::vector<Source> sources;
   Decomposed next;

@@ -60,6 +60,7 @@ struct SweepOptions {
   int64_t batch_tokens = 65536;            ///< token budget of one forward pass when batch_size is 0
   int64_t logits_chunk_tokens = 0;         ///< tokens per vocabulary-projection chunk (0: by memory, eval::NllOptions)
   bool reuse_hidden_states = true;         ///< false: a full forward per candidate (the reference's way)
+  bool overlap = true;                     ///< on CUDA: decompose the next layer while this one's forwards run
   bool show_progress = false;              ///< progress line on stderr
   SweepProfile* profile = nullptr;         ///< if set, filled with the time per phase
 };
