@@ -591,3 +591,31 @@ TEST_CASE("AtomicFolder: renamed into place on commit, removed otherwise", "[exp
   CHECK_THROWS_AS(cur4llm::io::AtomicFolder(dir / "a" / "b", {}), std::invalid_argument);
   CHECK(cur4llm::io::folder_bytes(dir / "a") == 1);
 }
+
+TEST_CASE("check_target_free: a symbolic link is an existing target, dangling or not, with or without a slash",
+          "[export][io][unit]") {
+  TempDir dir("target_free");
+  namespace io = cur4llm::io;
+  CHECK_NOTHROW(io::check_target_free(dir / "new", {}));
+  fs::create_symlink(dir / "nowhere", dir / "dangling");
+  REQUIRE_FALSE(fs::exists(dir / "dangling"));  // what the apps' early check used to ask
+  for (const auto& p : {dir / "dangling", dir / "dangling" / "", dir / "." / "dangling"}) {
+    CHECK_THROWS_WITH(io::check_target_free(p, {}),
+                      (dir / "dangling").string() + " already exists (pass --overwrite to replace it)");
+    CHECK_NOTHROW(io::check_target_free(p, {true}));
+  }
+  CHECK_THROWS_AS(io::AtomicFolder(dir / "dangling", {}), std::invalid_argument);
+  // With overwrite the link is replaced by the new folder; the folder it points to is not touched.
+  fs::create_directory(dir / "elsewhere");
+  io::write_file_atomic(dir / "elsewhere" / "keep", "k");
+  fs::create_directory_symlink(dir / "elsewhere", dir / "link");
+  {
+    io::AtomicFolder out(dir / "link", {true});
+    io::write_file_atomic(out.path() / "f", "new");
+    out.commit();
+  }
+  CHECK_FALSE(fs::is_symlink(dir / "link"));
+  CHECK(io::read_file(dir / "link" / "f") == "new");
+  CHECK(io::read_file(dir / "elsewhere" / "keep") == "k");
+  CHECK_FALSE(fs::exists(dir / "elsewhere" / "f"));
+}
