@@ -376,6 +376,35 @@ TEST_CASE("loading a skeleton layer: a stored index that is no permutation is re
   }
 }
 
+TEST_CASE("read_indices: an int64 vector of the stored values, integers in [0, bound) only", "[export][unit]") {
+  // Stored tensors by name, as a repository's loader sees them.
+  class Stored final : public cur4llm::model::SlotTensors {
+   public:
+    std::map<std::string, at::Tensor> tensors;
+    bool contains(const std::string& name) const override { return tensors.count(name) > 0; }
+    at::Tensor stored(const std::string& name, const std::vector<int64_t>& shape) const override {
+      const auto& t = tensors.at(name);
+      if (t.sizes().vec() != shape) throw std::runtime_error(describe(name) + " is misshaped");
+      return t;
+    }
+    std::string describe(const std::string& name) const override { return "m.safetensors: tensor \"" + name + "\""; }
+    c10::Device device() const override { return at::kCPU; }
+    c10::ScalarType dtype() const override { return at::kFloat; }
+  };
+  Stored t;
+  t.tensors["ok"] = at::tensor(std::vector<int64_t>{3, 0, 2}).to(at::kInt);
+  t.tensors["far"] = at::tensor(std::vector<int64_t>{0, 5, 1});
+  t.tensors["float"] = at::tensor(std::vector<double>{0.0, 1.0, 2.0});
+  const auto ok = compress::read_indices(t, "ok", 3, 4);
+  CHECK(ok.scalar_type() == at::kLong);
+  CHECK(std::vector<int64_t>(ok.data_ptr<int64_t>(), ok.data_ptr<int64_t>() + 3) == std::vector<int64_t>{3, 0, 2});
+  CHECK_THROWS_WITH(compress::read_indices(t, "ok", 3, 3),
+                    "m.safetensors: tensor \"ok\" has an index outside [0, 3)");
+  CHECK_THROWS_WITH(compress::read_indices(t, "far", 3, 5), Catch::Contains("\"far\" has an index outside [0, 5)"));
+  CHECK_THROWS_WITH(compress::read_indices(t, "float", 3, 4), "m.safetensors: tensor \"float\" must hold integers");
+  CHECK_THROWS_WITH(compress::read_indices(t, "ok", 4, 4), Catch::Contains("misshaped"));
+}
+
 TEST_CASE("acur repository: weights sharded above max_shard_bytes, with an index", "[export]") {
   auto lm = CausalLM::load(model_dir("tiny-shakespeare-opt"));
   compress_some(*lm, "svd", 2);
@@ -590,4 +619,32 @@ TEST_CASE("AtomicFolder: renamed into place on commit, removed otherwise", "[exp
   CHECK(cur4llm::io::read_file(dir / "a" / "b" / "f") == "2");
   CHECK_THROWS_AS(cur4llm::io::AtomicFolder(dir / "a" / "b", {}), std::invalid_argument);
   CHECK(cur4llm::io::folder_bytes(dir / "a") == 1);
+}
+
+TEST_CASE("check_target_free: a symbolic link is an existing target, dangling or not, with or without a slash",
+          "[export][io][unit]") {
+  TempDir dir("target_free");
+  namespace io = cur4llm::io;
+  CHECK_NOTHROW(io::check_target_free(dir / "new", {}));
+  fs::create_symlink(dir / "nowhere", dir / "dangling");
+  REQUIRE_FALSE(fs::exists(dir / "dangling"));  // what the apps' early check used to ask
+  for (const auto& p : {dir / "dangling", dir / "dangling" / "", dir / "." / "dangling"}) {
+    CHECK_THROWS_WITH(io::check_target_free(p, {}),
+                      (dir / "dangling").string() + " already exists (pass --overwrite to replace it)");
+    CHECK_NOTHROW(io::check_target_free(p, {true}));
+  }
+  CHECK_THROWS_AS(io::AtomicFolder(dir / "dangling", {}), std::invalid_argument);
+  // With overwrite the link is replaced by the new folder; the folder it points to is not touched.
+  fs::create_directory(dir / "elsewhere");
+  io::write_file_atomic(dir / "elsewhere" / "keep", "k");
+  fs::create_directory_symlink(dir / "elsewhere", dir / "link");
+  {
+    io::AtomicFolder out(dir / "link", {true});
+    io::write_file_atomic(out.path() / "f", "new");
+    out.commit();
+  }
+  CHECK_FALSE(fs::is_symlink(dir / "link"));
+  CHECK(io::read_file(dir / "link" / "f") == "new");
+  CHECK(io::read_file(dir / "elsewhere" / "keep") == "k");
+  CHECK_FALSE(fs::exists(dir / "elsewhere" / "f"));
 }

@@ -2,6 +2,7 @@
 // (tests/data/reference.json and tiny_opt_reference.json, made by the scripts
 // in tests/fixtures on the GPU host).
 #include <cur4llm/compress/apply.h>
+#include <cur4llm/compress/factory.h>
 #include <cur4llm/data/text_data.h>
 #include <cur4llm/eval/perplexity.h>
 #include <cur4llm/model/causal_lm.h>
@@ -209,4 +210,26 @@ TEST_CASE("compress_model: a saved plan rebuilds the model its search made", "[p
   auto o5 = o;
   o5.ppl_target = 20;
   CHECK_THROWS_WITH(pipeline::validate(o5), Catch::Contains("only one of"));
+}
+
+TEST_CASE("method_cache_options: each method is keyed on the options it reads, and on no other", "[pipeline][unit]") {
+  using cur4llm::pipeline::method_cache_options;
+  cur4llm::pipeline::PipelineOptions a, b;
+  b.sigma_fuse = "U";
+  b.cur_selection = "sampled";
+  const std::map<std::string, std::pair<std::string, std::string>> expected{
+      {"cur", {"selection=topk", "selection=sampled"}},
+      {"grad_cur", {"selection=topk", "selection=sampled"}},
+      {"svd", {"sigma_fuse=UV", "sigma_fuse=U"}},
+      {"svd_whiten", {"sigma_fuse=UV", "sigma_fuse=U"}}};
+  // Every method the factory knows is classified; those not listed above read neither option.
+  for (const auto& method : cur4llm::compress::compressor_names()) {
+    a.method = b.method = method;
+    INFO(method);
+    const auto it = expected.find(method);
+    CHECK(method_cache_options(a) == (it == expected.end() ? "" : it->second.first));
+    CHECK(method_cache_options(b) == (it == expected.end() ? "" : it->second.second));
+  }
+  a.method = "qr";
+  CHECK_THROWS_AS(method_cache_options(a), std::invalid_argument);
 }

@@ -361,6 +361,24 @@ TEST_CASE("sequential moments: X_rest regresses the dense outputs on the kept co
   CHECK(sq_norm(dense - slot->forward(xs)) < sq_norm(dense - plain->forward(xs)));
 }
 
+TEST_CASE("sequential decomposition: a calibration sample without tokens is refused, naming it", "[model]") {
+  auto lm = model::CausalLM::load(test::model_dir("tiny-shakespeare-opt"));
+  search::Allocation alloc;
+  for (const auto& info : lm->linears()) alloc.push_back({info.name, 0.6, info.layer >= 0});
+  const auto compressor = make_compressor("skeleton_row");
+  // Only empty samples: moments of 0 tokens would be 0/0.
+  const std::vector<std::vector<int64_t>> none{{}, {}};
+  CHECK_THROWS_MATCHES(apply_allocation_sequential(*lm, alloc, *compressor, none), std::invalid_argument,
+                       Catch::Matchers::Message("sequential decomposition: calibration sample 0 has no tokens"));
+  // One empty sample among others.
+  auto samples = test::make_samples({16, 16, 16}, lm->config().vocab_size, 5);
+  samples[2].clear();
+  CHECK_THROWS_MATCHES(apply_allocation_sequential(*lm, alloc, *compressor, samples), std::invalid_argument,
+                       Catch::Matchers::Message("sequential decomposition: calibration sample 2 has no tokens"));
+  // Refused before any layer was replaced.
+  for (const auto& info : lm->linears()) CHECK(lm->linear(info.name).kind() == "dense");
+}
+
 TEST_CASE("sequential decomposition of a model: every planned layer compressed, counts as stored", "[model]") {
   auto lm = model::CausalLM::load(test::model_dir("tiny-shakespeare-opt"));
   auto samples = test::make_samples({32, 32, 32}, lm->config().vocab_size, 4);

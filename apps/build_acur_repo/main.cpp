@@ -5,6 +5,7 @@
 #include <cur4llm/compress/optimize_scale.h>
 #include <cur4llm/compress/packed_model.h>
 #include <cur4llm/data/text_data.h>
+#include <cur4llm/io/atomic_folder.h>
 #include <cur4llm/io/model_folder.h>
 #include <cur4llm/model/causal_lm.h>
 #include <cur4llm/pipeline/pipeline.h>
@@ -95,10 +96,7 @@ int run(int argc, char** argv) {
     if (quant) name += "-" + o.weight_quant;
     return fs::path(o.output) / name;
   };
-  if (pipe.param_ratio_target > 0 && fs::exists(folder_for(pipe.param_ratio_target)) && !o.overwrite) {
-    throw std::invalid_argument(folder_for(pipe.param_ratio_target).string() +
-                                " already exists (pass --overwrite to replace it)");
-  }
+  if (pipe.param_ratio_target > 0) cur4llm::io::check_target_free(folder_for(pipe.param_ratio_target), {o.overwrite});
 
   cur4llm::model::LoadOptions load;
   load.device = cur4llm::model::parse_device(flags.device);

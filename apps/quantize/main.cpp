@@ -91,9 +91,7 @@ int run(int argc, char** argv) {
   const auto eval_sets = cur4llm::app::split_list(o.eval_ppl);
   const fs::path data_dir = o.data_dir.empty() ? cur4llm::data::default_data_dir() : fs::path(o.data_dir);
   for (const auto& spec : eval_sets) cur4llm::data::resolve_dataset(spec, cur4llm::data::Purpose::Evaluation, data_dir);
-  if (fs::exists(o.output) && !o.overwrite) {
-    throw std::invalid_argument(o.output + " already exists (pass --overwrite to replace it)");
-  }
+  cur4llm::io::check_target_free(o.output, {o.overwrite});  // a link, even dangling, counts
 
   const fs::path source = cur4llm::io::resolve_model_id(o.model);
   std::error_code not_there;

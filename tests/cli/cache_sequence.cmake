@@ -1,6 +1,8 @@
 # --use_cache: the second identical run hits every cache; a run with another
 # alpha reuses the samples but recomputes statistics-dependent work... and a
-# corrupted cache file is reported and rebuilt.
+# corrupted cache file is reported and rebuilt. A sensitivity table is keyed on
+# the options its method reads only: --sigma_fuse on svd's, not skeleton_row's;
+# --cur_selection on grad_cur's.
 #   cmake -DACUR=... -DMODEL=... -DTEXT=... -DWORK=... -P cache_sequence.cmake
 file(REMOVE_RECURSE "${WORK}")
 set(common ${ACUR} --model_id ${MODEL} --act_aware --param_ratio_target 0.8 --calib_dataset ${TEXT}
@@ -37,4 +39,23 @@ run_acur(fourth)
 if(NOT fourth MATCHES "is unreadable" OR fourth MATCHES "cache hit: [^\n]*/sensitivity-")
   message(FATAL_ERROR "a corrupt cache file must be reported and rebuilt:\n${fourth}")
 endif()
+
+# sensitivity_after(<method> <hit|miss> flags...): a run of <method> with the
+# defaults, then one with `flags`, whose sensitivity table must be reused (hit)
+# or rebuilt (miss).
+function(sensitivity_after method expected)
+  run_acur(defaults --method ${method})
+  run_acur(changed --method ${method} ${ARGN})
+  if(changed MATCHES "cache hit: [^\n]*/sensitivity-")
+    set(found hit)
+  else()
+    set(found miss)
+  endif()
+  if(NOT found STREQUAL expected)
+    message(FATAL_ERROR "${method} with ${ARGN}: sensitivity cache ${found}, expected ${expected}:\n${changed}")
+  endif()
+endfunction()
+sensitivity_after(skeleton_row hit --sigma_fuse U)
+sensitivity_after(svd miss --sigma_fuse U)
+sensitivity_after(grad_cur miss --cur_selection sampled)
 message(STATUS "cache sequence ok")

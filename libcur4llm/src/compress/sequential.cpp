@@ -66,6 +66,11 @@ search::CompressionPlan apply_allocation_sequential(model::CausalLM& lm, const s
     throw std::invalid_argument(fmt::format("sequential decomposition needs a data-aware method, not \"{}\"", compressor.name()));
   }
   if (samples.empty()) throw std::invalid_argument("sequential decomposition: no calibration samples");
+  for (size_t i = 0; i < samples.size(); ++i) {  // an empty one adds nothing; only empty ones give 0/0 moments
+    if (samples[i].empty()) {
+      throw std::invalid_argument(fmt::format("sequential decomposition: calibration sample {} has no tokens", i));
+    }
+  }
   c10::NoGradGuard no_grad;
   std::map<std::string, double> ratio_of;
   for (const auto& a : allocation) {

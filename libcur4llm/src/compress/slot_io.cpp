@@ -50,8 +50,7 @@ at::Tensor read_factor(const model::SlotSpec& spec, const model::SlotTensors& te
   return value.to(tensors.device(), tensors.dtype());
 }
 
-at::Tensor read_indices(const model::SlotSpec& spec, const model::SlotTensors& tensors, const std::string& name,
-                        int64_t count, int64_t bound) {
+at::Tensor read_indices(const model::SlotTensors& tensors, const std::string& name, int64_t count, int64_t bound) {
   auto value = tensors.stored(name, {count});
   if (!at::isIntegralType(value.scalar_type(), /*includeBool=*/false)) {
     throw std::runtime_error(fmt::format("{} must hold integers", tensors.describe(name)));
@@ -102,8 +101,8 @@ model::LinearPtr load_cur(const model::SlotSpec& spec, const model::SlotTensors&
   auto bias = spec.boolean("bias") ? read_factor(spec, t, "bias", {out}) : at::Tensor();
   at::Tensor rows, cols;
   if (spec.boolean("indices", false)) {
-    rows = read_indices(spec, t, "row_indices", k, out);
-    cols = read_indices(spec, t, "col_indices", k, in);
+    rows = read_indices(t, "row_indices", k, out);
+    cols = read_indices(t, "col_indices", k, in);
   }
   return std::make_shared<CURLinear>(c, u, r, bias, rows, cols);
 }
@@ -147,7 +146,7 @@ model::LinearPtr load_skeleton(const model::SlotSpec& spec, const model::SlotTen
   auto kept = row ? read_factor(spec, t, "W_I", {k, in}) : read_factor(spec, t, "W_J", {out, k});
   auto predictor = row ? read_factor(spec, t, "X_rest", {out - k, k}) : read_factor(spec, t, "Z_rest", {k, in - k});
   const std::string index_name = row ? "row_index" : "col_index";
-  auto index = read_indices(spec, t, index_name, full, full);
+  auto index = read_indices(t, index_name, full, full);
   auto bias = spec.boolean("bias") ? read_factor(spec, t, "bias", {out}) : at::Tensor();
   try {
     return std::make_shared<SkeletonLinear>(row ? SkeletonSide::Row : SkeletonSide::Column, kept, predictor, index,

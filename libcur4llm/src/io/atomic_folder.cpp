@@ -20,18 +20,30 @@ bool exists_no_follow(const std::filesystem::path& p) {
   return ::lstat(p.c_str(), &st) == 0;
 }
 
+// "out/x/" and "out/./x" name "out/x" (a trailing slash would make lstat follow a link).
+std::filesystem::path normalized_target(const std::filesystem::path& target) {
+  auto t = target.lexically_normal();
+  if (t.filename().empty()) t = t.parent_path();
+  if (t.filename().empty() || t.filename() == "." || t.filename() == "..") {
+    throw std::invalid_argument(t.string() + ": not a usable folder name");
+  }
+  return t;
+}
+
+[[noreturn]] void refuse_existing(const std::filesystem::path& target) {
+  throw std::invalid_argument(target.string() + " already exists (pass --overwrite to replace it)");
+}
+
 }  // namespace
 
+void check_target_free(const std::filesystem::path& target, const AtomicFolderOptions& options) {
+  const auto t = normalized_target(target);
+  if (!options.overwrite && exists_no_follow(t)) refuse_existing(t);
+}
+
 AtomicFolder::AtomicFolder(std::filesystem::path target, const AtomicFolderOptions& options)
-    : target_(std::move(target)), options_(options) {
-  target_ = target_.lexically_normal();
-  if (target_.filename().empty()) target_ = target_.parent_path();
-  if (target_.filename().empty() || target_.filename() == "." || target_.filename() == "..") {
-    throw std::invalid_argument(target_.string() + ": not a usable folder name");
-  }
-  if (exists_no_follow(target_) && !options_.overwrite) {
-    throw std::invalid_argument(target_.string() + " already exists (pass --overwrite to replace it)");
-  }
+    : target_(normalized_target(target)), options_(options) {
+  check_target_free(target_, options_);
   const auto parent = target_.parent_path();
   if (!parent.empty()) {
     std::error_code ec;
@@ -66,9 +78,7 @@ void AtomicFolder::commit() {
   detail::sync_dir(temp_);
   std::filesystem::path aside;
   if (exists_no_follow(target_)) {
-    if (!options_.overwrite) {
-      throw std::invalid_argument(target_.string() + " already exists (pass --overwrite to replace it)");
-    }
+    if (!options_.overwrite) refuse_existing(target_);
     aside = detail::temp_sibling(target_, "old");
     if (::rename(target_.c_str(), aside.c_str()) != 0) {
       throw std::runtime_error(target_.string() + ": cannot move the existing folder aside: " + std::strerror(errno));

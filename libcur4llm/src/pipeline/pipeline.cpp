@@ -24,6 +24,7 @@
 #include <cstdio>
 #include <map>
 #include <optional>
+#include <set>
 #include <sstream>
 #include <stdexcept>
 
@@ -123,6 +124,18 @@ search::Allocation allocation_from_plan(const model::CausalLM& lm, const search:
 }
 
 }  // namespace
+
+std::string method_cache_options(const PipelineOptions& o) {
+  // What compress_model's CompressorOptions give each method (compress/factory.cpp): CUROptions::selection,
+  // SVDOptions::sigma_fuse; the skeleton and DataCUR options set there are rank_align only.
+  if (o.method == "cur" || o.method == "grad_cur") return "selection=" + o.cur_selection;
+  if (o.method == "svd" || o.method == "svd_whiten") return "sigma_fuse=" + o.sigma_fuse;
+  static const std::set<std::string> no_options{"skeleton",      "skeleton_row", "skeleton_col", "skeleton_diag",
+                                                "skeleton_swap", "cur_whiten",   "cur_deim",     "cur_qr"};
+  if (no_options.count(o.method)) return "";
+  // A new method must be listed above (tests/test_pipeline.cpp asks for every compressor name).
+  throw std::invalid_argument(fmt::format("method_cache_options: unknown method \"{}\"", o.method));
+}
 
 void validate_settings(const PipelineOptions& o) {
   using std::invalid_argument;
@@ -347,7 +360,7 @@ PipelineResult compress_model(model::CausalLM& lm, const tokenize::Tokenizer& to
     // Raised when a decomposition's algorithm changes its results, so that older tables are rebuilt
     // (2: on CUDA, matrices up to 1024 wide take the exact Gram subspace instead of the range finder).
     sens_fields["decomposition_version"] = "2";
-    sens_fields["method_options"] = o.method == "cur" ? "selection=" + o.cur_selection : "sigma_fuse=" + o.sigma_fuse;
+    sens_fields["method_options"] = method_cache_options(o);
     {
       std::string c;
       const auto cands = !sweep.candidates.empty()         ? sweep.candidates

@@ -33,8 +33,9 @@ struct SequentialOptions {
 };
 
 /// As apply_allocation, for a data-aware compressor (statistic() == Gram;
-/// std::invalid_argument otherwise, and for a layer that is not dense). A
-/// layer whose decomposition fails stays dense with a warning.
+/// std::invalid_argument otherwise, for a layer that is not dense, and for no
+/// samples or a sample without tokens, naming its index). A layer whose
+/// decomposition fails stays dense with a warning.
 search::CompressionPlan apply_allocation_sequential(model::CausalLM& lm, const search::Allocation& allocation,
                                                     const Compressor& compressor,
                                                     const std::vector<std::vector<int64_t>>& samples,

@@ -31,8 +31,7 @@ at::Tensor read_factor(const model::SlotSpec& spec, const model::SlotTensors& te
 
 /// An int64 index vector [count] on the CPU with every value in [0, bound);
 /// std::runtime_error naming the tensor otherwise.
-at::Tensor read_indices(const model::SlotSpec& spec, const model::SlotTensors& tensors, const std::string& name,
-                        int64_t count, int64_t bound);
+at::Tensor read_indices(const model::SlotTensors& tensors, const std::string& name, int64_t count, int64_t bound);
 
 /// `value` as the JSON text SlotFields hold.
 std::string int_field(int64_t value);

@@ -19,6 +19,16 @@ struct AtomicFolderOptions {
   bool overwrite = false;  ///< replace an existing target, only once the new folder is complete
 };
 
+/// Refuses an existing `target` as AtomicFolder does, for a caller to check
+/// before long work: std::invalid_argument "<target> already exists (pass
+/// --overwrite to replace it)" when anything is at `target` and
+/// options.overwrite is off. A symbolic link counts, even a dangling one (it is
+/// not followed; with overwrite the link itself is replaced, never the folder it
+/// points to).
+///
+///   io::check_target_free(output, {overwrite});   // before loading the model
+void check_target_free(const std::filesystem::path& target, const AtomicFolderOptions& options);
+
 class AtomicFolder {
  public:
   /// Creates the parent folders and a temporary sibling of `target`.

@@ -106,6 +106,14 @@ struct EvalOptions {
 eval::PerplexityResult evaluate_dataset(const model::CausalLM& lm, const tokenize::Tokenizer& tokenizer,
                                         const std::string& spec, const EvalOptions& options = {});
 
+/// The options of `options` that its method's decompositions read besides
+/// rank_align, as text for the sensitivity cache key, so that changing an option
+/// a method ignores keeps its cached table: "selection=<cur_selection>" for cur
+/// and grad_cur, "sigma_fuse=<sigma_fuse>" for svd and svd_whiten, "" for the
+/// skeleton and data-aware CUR methods. std::invalid_argument for a method
+/// not classified there (a new method must say which options it reads).
+std::string method_cache_options(const PipelineOptions& options);
+
 /// acur's plan file name: "plan-<model>-<method>[-seq][-lagr]-<target label>.json".
 std::string plan_file_name(const std::string& model_label, const PipelineOptions& options,
                            const std::string& target_label);
