@@ -6,13 +6,7 @@
 file(REMOVE_RECURSE "${WORK}")
 file(MAKE_DIRECTORY "${WORK}/repos")
 
-function(run expected out_var)
-  execute_process(COMMAND ${ARGN} RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
-  if(NOT rc STREQUAL expected)
-    message(FATAL_ERROR "exit code ${rc}, expected ${expected}: ${ARGN}\n${out}\n${err}")
-  endif()
-  set(${out_var} "${out}${err}" PARENT_SCOPE)
-endfunction()
+include(${CMAKE_CURRENT_LIST_DIR}/cli_functions.cmake)
 # Refused at once: the message names the link and --overwrite, no work was done,
 # the link is still there and nothing else appeared next to it.
 function(expect_refused_early text link)
