@@ -10,13 +10,15 @@
 # model in rtn_int8, svd in rtn_int6. The skeleton part: stories260K with
 # skeleton_swap at 0.9 (skeleton_row layers; same flags as cur and svd) and
 # that repository packed to rtn_int4, the tiny OPT with skeleton_col at 0.8
-# (skeleton_col layers with biases). Every
-# skeleton folder's C++ perplexity is appended to $OUT_DIR/expect_skeleton.txt
+# (skeleton_col layers with biases). The folded part (ONLY=folded only): cur with
+# --cur_fold_u, stories260K at 0.9 and the tiny OPT at 0.8. Every skeleton and
+# folded folder's C++ perplexity is appended to $OUT_DIR/expected_ppl.txt
 # ("folder name=ppl"), which scripts/check_export_gpu.sh reads. Everything goes to
 # $OUT_DIR; scripts/check_export_gpu.sh then checks the folders in transformers.
 #
 #   BIN=build/apps SHARED=../shared bash benchmarks/results_export.sh     # from the repository root
 #   ONLY=skeleton BIN=build/apps SHARED=../shared bash benchmarks/results_export.sh   # the skeleton part only
+#   ONLY=folded BIN=build/apps SHARED=../shared bash benchmarks/results_export.sh     # the folded part only
 set -euo pipefail
 bin=${BIN:?folder of the acur, build_acur_repo and quantize binaries}
 shared=${SHARED:?the shared/ folder with data/}
@@ -24,7 +26,7 @@ out=${OUT_DIR:-output/export}
 model="$shared/data/models/stories260K-hf"
 eval_text="$shared/data/text/tinystories/tinystories_eval.txt"
 only=${ONLY:-}
-case "$only" in "" | skeleton) ;; *) echo "results_export.sh: ONLY is \"skeleton\" or unset, not \"$only\"" >&2; exit 2 ;; esac
+case "$only" in "" | skeleton | folded) ;; *) echo "results_export.sh: ONLY is \"skeleton\", \"folded\" or unset, not \"$only\"" >&2; exit 2 ;; esac
 mkdir -p "$out"
 common=(--seqlen 512 --batch_size 32)
 opt=tests/data/models/tiny-shakespeare-opt
@@ -38,12 +40,24 @@ expect() {
   while IFS= read -r line; do
     echo "$line"
     set -- $line
-    if [ "${1:-}" = "$text" ]; then echo "$(basename "$folder")=$2" >>"$out/expect_skeleton.txt"; fi
+    if [ "${1:-}" = "$text" ]; then echo "$(basename "$folder")=$2" >>"$out/expected_ppl.txt"; fi
   done
 }
 
+if [ "$only" = folded ]; then
+  rm -f "$out/expected_ppl.txt"
+  s="$out/stories260K-hf-acur90-folded"
+  "$bin/build_acur_repo" --model_id "$model" --act_aware --alpha 0.5 --scaling_method abs_mean --n_calib_samples 32 \
+    --seed 233 --calib_dataset "$shared/data/text/tinystories/tinystories_calib.txt" --param_ratio_target 0.9 \
+    --method cur --cur_fold_u --eval_ppl "$eval_text" --use_cache --cache_dir "$out/cache" --output "$out" --overwrite \
+    "${common[@]}" 2>/dev/null | grep -v "model.layers\|^-\|^layer" | expect "$s" "$eval_text"
+  "$bin/build_acur_repo" --model_id "$opt" --method cur --cur_fold_u "${opt_flags[@]}" 2>/dev/null | tail -2 |
+    expect "$out/tiny-shakespeare-opt-acur80-folded" "$tail_text"
+  exit 0
+fi
+
 if [ "$only" = skeleton ] || [ -z "$only" ]; then
-  rm -f "$out/expect_skeleton.txt"
+  rm -f "$out/expected_ppl.txt"
   s="$out/stories260K-hf-acur90-skeleton_swap"
   "$bin/build_acur_repo" --model_id "$model" --act_aware --alpha 0.5 --scaling_method abs_mean --n_calib_samples 32 \
     --seed 233 --calib_dataset "$shared/data/text/tinystories/tinystories_calib.txt" --param_ratio_target 0.9 \

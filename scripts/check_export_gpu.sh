@@ -8,9 +8,10 @@
 #   BIN=build/apps SHARED=../shared OUT_DIR=out bash benchmarks/results_export.sh         # CPU, ~9 min
 #   REPOS=out SHARED=../shared LOG_DIR=logs bash scripts/check_export_gpu.sh           # transformers
 #
-# The skeleton folders (skeleton_row / skeleton_col layers) are checked against
-# the C++ perplexities results_export.sh wrote to $REPOS/expect_skeleton.txt;
-# ONLY=skeleton checks those folders alone (after ONLY=skeleton results_export.sh).
+# The skeleton folders (skeleton_row / skeleton_col layers) and the folded CUR
+# folders are checked against the C++ perplexities results_export.sh wrote to
+# $REPOS/expected_ppl.txt; ONLY=skeleton or ONLY=folded checks those folders
+# alone (after results_export.sh with the same ONLY).
 #
 # Exit status 0 only if every folder loads with no missing or unexpected key,
 # generates, and matches.
@@ -35,16 +36,16 @@ declare -A opt=(
   ["$repos/$o-acur80-rtn_int4"]=293.113202 ["$repos/$o-rtn_int8"]=43.655550 ["$repos/$o-acur80-svd-rtn_int6"]=75.077082)
 
 only=${ONLY:-}
-if [ "$only" = skeleton ]; then stories=() opt=(); fi
-if [ -f "$repos/expect_skeleton.txt" ]; then
+if [ -n "$only" ]; then stories=() opt=(); fi
+if [ -f "$repos/expected_ppl.txt" ]; then
   while IFS== read -r folder ppl; do
     case "$folder" in
       "$s"-*) stories["$repos/$folder"]=$ppl ;;
       "$o"-*) opt["$repos/$folder"]=$ppl ;;
     esac
-  done <"$repos/expect_skeleton.txt"
-elif [ "$only" = skeleton ]; then
-  echo "check_export_gpu: no $repos/expect_skeleton.txt (run ONLY=skeleton benchmarks/results_export.sh first)" >&2
+  done <"$repos/expected_ppl.txt"
+elif [ -n "$only" ]; then
+  echo "check_export_gpu: no $repos/expected_ppl.txt (run ONLY=$only benchmarks/results_export.sh first)" >&2
   exit 1
 fi
 

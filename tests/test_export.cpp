@@ -52,11 +52,12 @@ at::Tensor logits(const CausalLM& lm) {
 
 // Compresses every `stride`-th Linear (lm_head included when picked) with `method` at ratio 0.6,
 // activation-aware with a fixed positive scale per layer.
-cur4llm::search::CompressionPlan compress_some(CausalLM& lm, const std::string& method, size_t stride) {
+cur4llm::search::CompressionPlan compress_some(CausalLM& lm, const std::string& method, size_t stride,
+                                               const compress::CompressorOptions& options = {}) {
   cur4llm::search::Allocation allocation;
   size_t i = 0;
   for (const auto& info : lm.linears()) allocation.push_back({info.name, 0.6, (i++ % stride) == 0});
-  auto compressor = compress::make_compressor(method);
+  auto compressor = compress::make_compressor(method, options);
   auto scale = [&](const std::string& layer) {
     const auto n = lm.linear(layer).in_features();
     return at::linspace(0.5, 2.0, n, at::kFloat);
@@ -153,6 +154,37 @@ TEST_CASE("acur repository round trip: the same logits, bit for bit, in fp32", "
         CHECK(slot.weight_params() == layer.stored_params);
         CHECK(at::equal(slot.reconstruct_weight(), lm->linear(layer.name).reconstruct_weight()));
       }
+      CHECK(at::equal(logits(*back), before));
+    }
+  }
+}
+
+TEST_CASE("acur repository round trip: CUR with U folded into C is stored as CU and R", "[export][model]") {
+  for (const char* fixture : {"tiny-shakespeare-opt", "llama_gqa"}) {
+    DYNAMIC_SECTION(fixture) {
+      auto lm = CausalLM::load(model_dir(fixture));
+      compress::CompressorOptions options;
+      options.cur.fold_u = true;
+      const auto plan = compress_some(*lm, "cur", 2, options);
+      const auto before = logits(*lm);
+      TempDir dir("export_folded");
+      repo::write_acur_repo(*lm, dir / "repo", {});
+      const auto layers = read_json(dir / "repo" / "config.json")["acur"]["layers"];
+      auto back = CausalLM::load(dir / "repo");
+      int64_t folded = 0;
+      for (const auto& layer : plan.layers()) {
+        if (layer.method != "cur") continue;
+        INFO(layer.name);
+        CHECK(layers.at(layer.name).at("folded") == true);
+        const auto& slot = dynamic_cast<const compress::CURLinear&>(back->linear(layer.name));
+        CHECK(slot.folded());
+        CHECK_FALSE(slot.u().defined());
+        // Rank k stores out*k + k*in weights: no k*k term.
+        CHECK(slot.weight_params() == slot.out_features() * slot.rank() + slot.rank() * slot.in_features());
+        CHECK(slot.weight_params() == layer.stored_params);
+        ++folded;
+      }
+      CHECK(folded > 0);
       CHECK(at::equal(logits(*back), before));
     }
   }

@@ -230,6 +230,22 @@ TEST_CASE("method_cache_options: each method is keyed on the options it reads, a
     CHECK(method_cache_options(a) == (it == expected.end() ? "" : it->second.first));
     CHECK(method_cache_options(b) == (it == expected.end() ? "" : it->second.second));
   }
+  // Folding U into C changes CUR's layers (and their ranks): its own key, for both CUR methods.
+  b.cur_fold_u = true;
+  b.method = "cur";
+  CHECK(method_cache_options(b) == "selection=sampled,fold_u");
+  b.method = "grad_cur";
+  CHECK(method_cache_options(b) == "selection=sampled,fold_u");
   a.method = "qr";
   CHECK_THROWS_AS(method_cache_options(a), std::invalid_argument);
+}
+
+TEST_CASE("CUR's fold_u option is refused for methods that have no U", "[pipeline][unit]") {
+  cur4llm::pipeline::PipelineOptions o;
+  o.cur_fold_u = true;
+  o.method = "cur";
+  CHECK_NOTHROW(cur4llm::pipeline::validate_settings(o));
+  o.method = "svd";
+  CHECK_THROWS_WITH(cur4llm::pipeline::validate_settings(o),
+                    Catch::Contains("--cur_fold_u applies to --method cur or grad_cur, not svd"));
 }

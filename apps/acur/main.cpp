@@ -176,7 +176,7 @@ int run(int argc, char** argv) {
                          {"calib_dataset", pipe.calib_dataset}, {"scaling_method", pipe.scaling_method},
                          {"sensitivity_metric", pipe.sensitivity_metric}, {"sigma_fuse", pipe.sigma_fuse},
                          {"seed", pipe.seed}, {"rank_align", pipe.rank_align}, {"use_bos", pipe.use_bos},
-                         {"cur_selection", pipe.cur_selection}, {"sequential", pipe.sequential},
+                         {"cur_selection", pipe.cur_selection}, {"cur_fold_u", pipe.cur_fold_u}, {"sequential", pipe.sequential},
                          {"search", pipe.search}, {"candidates", flags.candidates}};
   record["args"] = args;
   for (const auto& [stage, s] : timings.items()) fmt::print(stderr, "time {}: {:.2f} s\n", stage, s.get<double>());

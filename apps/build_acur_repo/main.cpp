@@ -89,10 +89,12 @@ int run(int argc, char** argv) {
   for (const auto& spec : eval_sets) cur4llm::data::resolve_dataset(spec, cur4llm::data::Purpose::Evaluation, data_dir);
 
   // With a ratio target the folder name is known before any work, so that an existing one is refused at once.
-  // <model>-acur<round(100*ratio)>, then "-<method>" for methods other than cur and "-<format>" when packed.
+  // <model>-acur<round(100*ratio)>, then "-<method>" for methods other than cur, "-folded" for CUR with
+  // U folded into C, and "-<format>" when packed.
   auto folder_for = [&](double ratio) {
     std::string name = cur4llm::repo::repo_folder_name(cur4llm::pipeline::model_label(o.model_id), ratio);
     if (pipe.method != "cur" && pipe.method != "grad_cur") name += "-" + pipe.method;
+    if (pipe.cur_fold_u) name += "-folded";
     if (quant) name += "-" + o.weight_quant;
     return fs::path(o.output) / name;
   };

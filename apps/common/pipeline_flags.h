@@ -59,6 +59,9 @@ inline void add_pipeline_flags(boost::program_options::options_description& ref,
        "skeleton (row or column side per layer), skeleton_row, skeleton_col, cur_whiten, cur_deim, cur_qr; "
        "skeleton_diag (on the scale); see docs/methods.md")
       ("cur_selection", po::value(&o.cur_selection)->default_value("topk"), "CUR rows/columns: topk or sampled leverage")
+      ("cur_fold_u", po::bool_switch(&o.cur_fold_u),
+       "CUR: store C*U instead of C and U (out*k + k*in weights instead of + k*k: a higher rank at the same ratio "
+       "and one product less per forward; C is then no longer columns of W)")
       ("search", po::value(&o.search)->default_value("reference"),
        "param-ratio search on the ppl table: reference (binary search of the reference) or lagrangian "
        "(log-ppl increase against parameters saved; docs/search.md)")

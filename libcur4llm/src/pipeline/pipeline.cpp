@@ -126,9 +126,11 @@ search::Allocation allocation_from_plan(const model::CausalLM& lm, const search:
 }  // namespace
 
 std::string method_cache_options(const PipelineOptions& o) {
-  // What compress_model's CompressorOptions give each method (compress/factory.cpp): CUROptions::selection,
-  // SVDOptions::sigma_fuse; the skeleton and DataCUR options set there are rank_align only.
-  if (o.method == "cur" || o.method == "grad_cur") return "selection=" + o.cur_selection;
+  // What compress_model's CompressorOptions give each method (compress/factory.cpp): CUROptions::selection
+  // and fold_u, SVDOptions::sigma_fuse; the skeleton and DataCUR options set there are rank_align only.
+  if (o.method == "cur" || o.method == "grad_cur") {
+    return "selection=" + o.cur_selection + (o.cur_fold_u ? ",fold_u" : "");
+  }
   if (o.method == "svd" || o.method == "svd_whiten") return "sigma_fuse=" + o.sigma_fuse;
   static const std::set<std::string> no_options{"skeleton",      "skeleton_row", "skeleton_col", "skeleton_diag",
                                                 "skeleton_swap", "cur_whiten",   "cur_deim",     "cur_qr"};
@@ -151,6 +153,9 @@ void validate_settings(const PipelineOptions& o) {
   calib::parse_scaling_method(o.scaling_method);
   compress::parse_sigma_fuse(o.sigma_fuse);
   compress::parse_cur_selection(o.cur_selection);
+  if (o.cur_fold_u && o.method != "cur" && o.method != "grad_cur") {
+    throw invalid_argument(fmt::format("--cur_fold_u applies to --method cur or grad_cur, not {}", o.method));
+  }
   const auto& methods = compress::compressor_names();
   if (std::find(methods.begin(), methods.end(), o.method) == methods.end()) {
     compress::make_compressor(o.method);  // throws, listing the names
@@ -302,6 +307,7 @@ PipelineResult compress_model(model::CausalLM& lm, const tokenize::Tokenizer& to
   compress::CompressorOptions comp_opts;
   comp_opts.cur.rank_align = o.rank_align;
   comp_opts.cur.selection = compress::parse_cur_selection(o.cur_selection);
+  comp_opts.cur.fold_u = o.cur_fold_u;
   comp_opts.cur.seed = o.seed;
   comp_opts.svd.rank_align = o.rank_align;
   comp_opts.svd.sigma_fuse = compress::parse_sigma_fuse(o.sigma_fuse);

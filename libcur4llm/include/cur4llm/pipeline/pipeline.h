@@ -48,6 +48,7 @@ struct PipelineOptions {
   std::string sensitivity_metric = "ppl";   ///< ppl or stable_rank
   std::string method = "cur";               ///< compressor name: cur, svd, grad_cur, skeleton, ... (compress/factory.h)
   std::string cur_selection = "topk";       ///< CUR: topk or sampled leverage
+  bool cur_fold_u = false;                  ///< CUR: store C·U [out, k] and R instead of C, U and R (CUROptions::fold_u)
   std::string sigma_fuse = "UV";            ///< SVD: U, V or UV
   std::string search = "reference";   ///< param-ratio search: reference (binary search) or lagrangian (docs/search.md)
   std::vector<double> candidates;     ///< ppl sensitivity candidate ratios in (0, 1); empty: the reference's
