@@ -20,25 +20,19 @@ namespace {
 
 // Observes a slot's inputs, then computes what the slot computes. `weight` is
 // a leaf that requires grad when Fisher information is collected.
-class RecordingSlot final : public model::LinearSlot {
+class RecordingSlot final : public model::ForwardingSlot {
  public:
   RecordingSlot(model::LinearPtr inner, LayerStatistics* out, const CollectOptions& options, at::Tensor leaf_weight)
-      : inner_(std::move(inner)), out_(out), options_(options), leaf_(std::move(leaf_weight)) {}
+      : ForwardingSlot(std::move(inner)), out_(out), options_(options), leaf_(std::move(leaf_weight)) {}
 
   at::Tensor forward(const at::Tensor& x) const override {
     if (recording_) record(x);
     if (leaf_.defined()) {
-      const auto* dense = dynamic_cast<const model::DenseLinear*>(inner_.get());
+      const auto* dense = dynamic_cast<const model::DenseLinear*>(inner().get());
       return at::linear(x, leaf_, dense->bias());
     }
-    return inner_->forward(x);
+    return ForwardingSlot::forward(x);
   }
-  int64_t in_features() const override { return inner_->in_features(); }
-  int64_t out_features() const override { return inner_->out_features(); }
-  int64_t weight_params() const override { return inner_->weight_params(); }
-  std::string kind() const override { return inner_->kind(); }
-  std::vector<std::pair<std::string, at::Tensor>> state() const override { return inner_->state(); }
-  at::Tensor reconstruct_weight() const override { return inner_->reconstruct_weight(); }
 
   const at::Tensor& leaf() const { return leaf_; }
   void set_recording(bool on) { recording_ = on; }
@@ -65,7 +59,6 @@ class RecordingSlot final : public model::LinearSlot {
     out_->tokens += x.size(0) * x.size(1);
   }
 
-  model::LinearPtr inner_;
   LayerStatistics* out_;
   const CollectOptions& options_;
   at::Tensor leaf_;

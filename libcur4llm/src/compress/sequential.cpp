@@ -18,23 +18,16 @@ namespace cur4llm::compress {
 namespace {
 
 // Passes through to `inner` and keeps the last input, flattened to [tokens, in].
-class InputRecorder final : public model::LinearSlot {
+class InputRecorder final : public model::ForwardingSlot {
  public:
-  explicit InputRecorder(model::LinearPtr inner) : inner_(std::move(inner)) {}
+  using ForwardingSlot::ForwardingSlot;
   at::Tensor forward(const at::Tensor& x) const override {
     last_ = x.detach().reshape({-1, x.size(-1)});
-    return inner_->forward(x);
+    return ForwardingSlot::forward(x);
   }
-  int64_t in_features() const override { return inner_->in_features(); }
-  int64_t out_features() const override { return inner_->out_features(); }
-  int64_t weight_params() const override { return inner_->weight_params(); }
-  std::string kind() const override { return inner_->kind(); }
-  std::vector<std::pair<std::string, at::Tensor>> state() const override { return inner_->state(); }
-  at::Tensor reconstruct_weight() const override { return inner_->reconstruct_weight(); }
   const at::Tensor& last() const { return last_; }
 
  private:
-  model::LinearPtr inner_;
   mutable at::Tensor last_;
 };
 

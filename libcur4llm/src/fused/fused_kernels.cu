@@ -324,10 +324,11 @@ int launch_rotary(const void* x, const float* cos, const float* sin, void* out, 
 
 // ---------------------------------------------------------------------------------------------
 // LayerNorm (OPT), optionally after a residual addition: one block per row.
-// sum = to_dtype(x + y) (when y is given, written to sum_out), then
+// With y: s = to_dtype(x + y), written to sum_out; without: s = x. Then
 // out = to_dtype((s - mean) * rstd * w + b) with mean and variance in float,
 // as ATen's layer_norm computes them (its Welford updates may round differently
-// in the last float bit).
+// in the last float bit). Passes 2 and 3 read s back (this thread's own
+// writes or reads, from cache).
 
 template <typename T, int THREADS>
 __global__ void __launch_bounds__(THREADS)
@@ -336,30 +337,27 @@ __global__ void __launch_bounds__(THREADS)
   const int64_t row = blockIdx.x;
   const T* xr = x + row * cols;
   const T* yr = y ? y + row * cols : nullptr;
-  T* sr = sum_out ? sum_out + row * cols : nullptr;
+  T* sr = y ? sum_out + row * cols : nullptr;
   T* outr = out + row * cols;
-  // Pass 1: the (rounded) sums and their total.
   float total = 0.f;
   for (int64_t i = threadIdx.x; i < cols; i += THREADS) {
     float v = Elem<T>::load(xr[i]);
     if (yr) {
       v = round_to<T>(v + Elem<T>::load(yr[i]));
-      if (sr) sr[i] = Elem<T>::store(v);
+      sr[i] = Elem<T>::store(v);
     }
     total += v;
   }
   const float mean = block_sum<THREADS>(total) / static_cast<float>(cols);
-  // Pass 2: the variance, from values this thread wrote or read (cached).
   const T* src = sr ? sr : xr;
   float sq = 0.f;
   for (int64_t i = threadIdx.x; i < cols; i += THREADS) {
-    const float v = (yr && !sr) ? round_to<T>(Elem<T>::load(xr[i]) + Elem<T>::load(yr[i])) : Elem<T>::load(src[i]);
-    sq += (v - mean) * (v - mean);
+    const float d = Elem<T>::load(src[i]) - mean;
+    sq += d * d;
   }
   const float rstd = rsqrtf(block_sum<THREADS>(sq) / static_cast<float>(cols) + eps);
   for (int64_t i = threadIdx.x; i < cols; i += THREADS) {
-    const float v = (yr && !sr) ? round_to<T>(Elem<T>::load(xr[i]) + Elem<T>::load(yr[i])) : Elem<T>::load(src[i]);
-    float o = (v - mean) * rstd;
+    float o = (Elem<T>::load(src[i]) - mean) * rstd;
     if (w) o = o * Elem<T>::load(w[i]);
     if (b) o = o + Elem<T>::load(b[i]);
     outr[i] = Elem<T>::store(o);
@@ -369,6 +367,7 @@ __global__ void __launch_bounds__(THREADS)
 template <typename T>
 int launch_layer_norm(const void* x, const void* y, const void* w, const void* b, void* sum_out, void* out,
                       int64_t rows, int64_t cols, float eps, void* stream) {
+  if (y && !sum_out) return static_cast<int>(cudaErrorInvalidValue);
   if (rows <= 0 || cols <= 0) return 0;
   auto args = [&](auto kernel, int threads) {
     kernel<<<static_cast<unsigned>(rows), threads, 0, as_stream(stream)>>>(

@@ -26,8 +26,8 @@ int rotary(const void* x, const float* cos, const float* sin, void* out, int dty
            int64_t heads, int64_t dim, void* stream);
 
 /// LayerNorm per row of `cols`: s = x, or to_dtype(x + y) when y is given
-/// (then written to sum_out unless null); out = to_dtype((s - mean) * rstd * w + b)
-/// in float (w, b may be null).
+/// (then written to sum_out, which must be given too); out =
+/// to_dtype((s - mean) * rstd * w + b) in float (w, b may be null).
 int layer_norm(const void* x, const void* y, const void* w, const void* b, void* sum_out, void* out, int dtype,
                int64_t rows, int64_t cols, float eps, void* stream);
 

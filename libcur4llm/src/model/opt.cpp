@@ -9,6 +9,7 @@
 
 #include <stdexcept>
 #include <tuple>
+#include <utility>
 
 namespace cur4llm::model {
 namespace {
@@ -93,11 +94,17 @@ class Opt final : public ValueGraphArchitecture<Opt> {
  private:
   friend class ValueGraphArchitecture<Opt>;
 
-  at::Tensor norm(const CausalLM& lm, const std::string& module, const at::Tensor& x) const {
+  // A LayerNorm's weight and bias (undefined where the checkpoint has none).
+  static std::pair<at::Tensor, at::Tensor> norm_params(const CausalLM& lm, const std::string& module) {
     const at::Tensor* w = optional_tensor(lm, module + ".weight");
     const at::Tensor* b = optional_tensor(lm, module + ".bias");
-    if (fused::enabled_for(x)) return fused::layer_norm(x, w ? *w : at::Tensor(), b ? *b : at::Tensor(), c_.norm_eps);
-    return at::layer_norm(x, {c_.hidden_size}, w ? *w : at::Tensor(), b ? *b : at::Tensor(), c_.norm_eps);
+    return {w ? *w : at::Tensor(), b ? *b : at::Tensor()};
+  }
+
+  at::Tensor norm(const CausalLM& lm, const std::string& module, const at::Tensor& x) const {
+    const auto [w, b] = norm_params(lm, module);
+    if (fused::enabled_for(x)) return fused::layer_norm(x, w, b, c_.norm_eps);
+    return at::layer_norm(x, {c_.hidden_size}, w, b, c_.norm_eps);
   }
 
   // The layer's named values; value() computes one from those it needs unless already present.
@@ -123,9 +130,8 @@ class Opt final : public ValueGraphArchitecture<Opt> {
         auto o = slot(lm, n.o).forward(get(kAttn));
         if (pre && fused::enabled_for(o) && v[kH].sizes() == o.sizes() && v[kH].scalar_type() == o.scalar_type()) {
           // The residual sum and the LayerNorm after it (kX2) in one pass.
-          const at::Tensor* w = optional_tensor(lm, n.ffn_norm + ".weight");
-          const at::Tensor* b = optional_tensor(lm, n.ffn_norm + ".bias");
-          std::tie(t, v[kX2]) = fused::add_layer_norm(v[kH], o, w ? *w : at::Tensor(), b ? *b : at::Tensor(), c_.norm_eps);
+          const auto [w, b] = norm_params(lm, n.ffn_norm);
+          std::tie(t, v[kX2]) = fused::add_layer_norm(v[kH], o, w, b, c_.norm_eps);
         } else {
           t = v[kH] + o;
           if (!pre) t = norm(lm, n.attn_norm, t);

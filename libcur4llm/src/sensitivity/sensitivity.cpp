@@ -186,12 +186,11 @@ search::SensitivityTable ppl_sensitivity(model::CausalLM& lm, const std::vector<
   // model's slots change under the trials).
   struct Source {
     std::string name;
-    model::LinearPtr original;  // keeps the dense slot alive while it is decomposed
-    at::Tensor weight, bias, scale;
+    at::Tensor weight, bias, scale;  // the tensors hold their storage while the layer is decomposed
   };
   auto gather = [&](const std::string& name) {
-    const auto* dense = &lm.dense_linear(name);
-    return Source{name, lm.linear_ptr(name), dense->weight(), dense->bias(), scale ? scale(name) : at::Tensor()};
+    const auto& dense = lm.dense_linear(name);
+    return Source{name, dense.weight(), dense.bias(), scale ? scale(name) : at::Tensor()};
   };
   struct Decomposed {
     std::vector<model::LinearPtr> slots;

@@ -53,4 +53,23 @@ class DenseLinear final : public LinearSlot {
 
 using LinearPtr = std::shared_ptr<LinearSlot>;
 
+/// A slot that stands in for another and answers for it: everything but
+/// forward() is the inner slot's. Observers (statistics, recorders) derive
+/// from it and override forward().
+class ForwardingSlot : public LinearSlot {
+ public:
+  explicit ForwardingSlot(LinearPtr inner) : inner_(std::move(inner)) {}
+  at::Tensor forward(const at::Tensor& x) const override { return inner_->forward(x); }
+  int64_t in_features() const override { return inner_->in_features(); }
+  int64_t out_features() const override { return inner_->out_features(); }
+  int64_t weight_params() const override { return inner_->weight_params(); }
+  std::string kind() const override { return inner_->kind(); }
+  std::vector<std::pair<std::string, at::Tensor>> state() const override { return inner_->state(); }
+  at::Tensor reconstruct_weight() const override { return inner_->reconstruct_weight(); }
+  const LinearPtr& inner() const { return inner_; }
+
+ private:
+  LinearPtr inner_;
+};
+
 }  // namespace cur4llm::model
