@@ -6,8 +6,8 @@
 //
 //   bench_quant [OUTxIN ...] [--device cuda] [--dtype fp32|fp16|bf16] [--repeat 3] [--threads N]
 //               [--model DIR --eval TEXT [--seqlen 512]]
-#include <cur4llm/compress/packed_quant.h>
-#include <cur4llm/compress/quantize.h>
+#include <cur4llm/quant/packed_quant.h>
+#include <cur4llm/quant/quantize.h>
 #include <cur4llm/data/text_data.h>
 #include <cur4llm/eval/perplexity.h>
 #include <cur4llm/model/causal_lm.h>
@@ -61,6 +61,7 @@ double ppl(const cur4llm::model::CausalLM& lm, const std::vector<int64_t>& ids, 
 
 int main(int argc, char** argv) try {
   namespace compress = cur4llm::compress;
+  namespace quant = cur4llm::quant;
   const cur4llm::bench::Args args(argc, argv);
   args.check_known({"device", "dtype", "repeat", "threads", "model", "eval", "seqlen"});
   const std::string device_name = args.str("device", "cpu"), dtype_name = args.str("dtype", "fp32");
@@ -78,18 +79,18 @@ int main(int argc, char** argv) try {
   for (auto [m, n] : shapes) {
     const auto w = (at::randn({m, n}) * 0.02).to(at::TensorOptions().dtype(dtype).device(device));
     const auto wd = w.to(at::kDouble);
-    for (const auto& name : compress::quant_format_names()) {
-      const auto format = compress::parse_quant_format(name);
-      compress::QuantizedTensor q;
+    for (const auto& name : quant::quant_format_names()) {
+      const auto format = quant::parse_quant_format(name);
+      quant::QuantizedTensor q;
       at::Tensor back, fake;
       nlohmann::json j{{"shape", {m, n}}, {"device", device_name}, {"dtype", dtype_name}, {"format", name},
                        {"threads", at::get_num_threads()}, {"repeat", repeat}};
-      j["quantize_s"] = best_seconds(device, repeat, [&] { q = compress::quantize_tensor(w, format); });
-      j["dequantize_s"] = best_seconds(device, repeat, [&] { back = compress::dequantize_tensor(q, dtype); });
-      j["fake_quantize_s"] = best_seconds(device, repeat, [&] { fake = compress::fake_quantize(w, format); });
+      j["quantize_s"] = best_seconds(device, repeat, [&] { q = quant::quantize_tensor(w, format); });
+      j["dequantize_s"] = best_seconds(device, repeat, [&] { back = quant::dequantize_tensor(q, dtype); });
+      j["fake_quantize_s"] = best_seconds(device, repeat, [&] { fake = quant::fake_quantize(w, format); });
       if (format.group_size == 0) {  // the reference's fp32-scale version of the same bits
         j["rtn_fake_quantize_fp32_scales_s"] =
-            best_seconds(device, repeat, [&] { compress::rtn_fake_quantize(w, format.bits); });
+            best_seconds(device, repeat, [&] { quant::rtn_fake_quantize(w, format.bits); });
       }
       const auto err = (back.to(at::kDouble) - wd).abs();
       j["max_abs_err"] = err.max().item<double>();
@@ -115,11 +116,11 @@ int main(int argc, char** argv) try {
     run("dense", {});
     for (int bits : {8, 6}) {
       run(fmt::format("rtn_int{} fp32 scales (PROTOCOL, acur --weight_quant)", bits),
-          [bits](cur4llm::model::CausalLM& lm) { return compress::rtn_quantize_model(lm, bits); });
+          [bits](cur4llm::model::CausalLM& lm) { return quant::rtn_quantize_model(lm, bits); });
     }
-    for (const auto& name : compress::quant_format_names()) {
+    for (const auto& name : quant::quant_format_names()) {
       run(name + " packed (fp16 scales)", [name](cur4llm::model::CausalLM& lm) {
-        return compress::rtn_quantize_model(lm, compress::parse_quant_format(name));
+        return quant::rtn_quantize_model(lm, quant::parse_quant_format(name));
       });
     }
   }

@@ -6,7 +6,7 @@
 
 #include <cur4llm/compress/apply.h>
 #include <cur4llm/compress/factory.h>
-#include <cur4llm/compress/quantize.h>
+#include <cur4llm/quant/quantize.h>
 #include <cur4llm/model/causal_lm.h>
 
 #include <ATen/ATen.h>
@@ -51,24 +51,24 @@ at::Tensor row_steps(const at::Tensor& w, int bits) {
 TEST_CASE("rtn_fake_quantize on hand-computed rows", "[quantize][unit]") {
   // [-1, 0, 0.5, 1.5, 2] at 2 bits: xmin -1, xmax 2, scale 3/3 = 1, zero = round(1) = 1;
   // round(w / 1) = -1, 0, 0, 2, 2 (halves to even, as torch.round); q = 0, 1, 1, 3, 3; w' = q - 1.
-  check_values(compress::rtn_fake_quantize(row({-1, 0, 0.5f, 1.5f, 2}), 2), {-1, 0, 0, 2, 2});
+  check_values(quant::rtn_fake_quantize(row({-1, 0, 0.5f, 1.5f, 2}), 2), {-1, 0, 0, 2, 2});
   // [-1, 0, 0.25, 2] at 8 bits: scale 3/255, zero = round(85) = 85; 0.25 / scale = 21.25 -> 21;
   // 2 / scale = 170 -> q = 255; w' = scale * (q - 85) = -1, 0, 21 * 3/255 = 0.2470588, 2.
-  check_values(compress::rtn_fake_quantize(row({-1, 0, 0.25f, 2}), 8), {-1, 0, 21.0 * 3 / 255, 2});
+  check_values(quant::rtn_fake_quantize(row({-1, 0, 0.25f, 2}), 8), {-1, 0, 21.0 * 3 / 255, 2});
   // Positive row [1, 2.2, 3, 4] at 2 bits: xmin = 0 (not 1), scale 4/3, zero 0;
   // w / scale = 0.75, 1.65, 2.25, 3 -> 1, 2, 2, 3; w' = 4/3, 8/3, 8/3, 4.
-  check_values(compress::rtn_fake_quantize(row({1, 2.2f, 3, 4}), 2), {4.0 / 3, 8.0 / 3, 8.0 / 3, 4});
+  check_values(quant::rtn_fake_quantize(row({1, 2.2f, 3, 4}), 2), {4.0 / 3, 8.0 / 3, 8.0 / 3, 4});
   // Negative row [-4, -2.2, -1] at 2 bits: xmax = 0, scale 4/3, zero round(3) = 3;
   // w / scale = -3, -1.65, -0.75 -> -3, -2, -1; q = 0, 1, 2; w' = -4, -8/3, -4/3.
-  check_values(compress::rtn_fake_quantize(row({-4, -2.2f, -1}), 2), {-4, -8.0 / 3, -4.0 / 3});
+  check_values(quant::rtn_fake_quantize(row({-4, -2.2f, -1}), 2), {-4, -8.0 / 3, -4.0 / 3});
   // An all-zero row uses -1 .. +1 (scale 2/15 at 4 bits, zero round(7.5) = 8) and stays zero, not NaN.
-  check_values(compress::rtn_fake_quantize(row({0, 0, 0}), 4), {0, 0, 0});
+  check_values(quant::rtn_fake_quantize(row({0, 0, 0}), 4), {0, 0, 0});
   // [0, 0.1, 1] at 2 bits with -1 .. +1 would give a step of 2/3; min-max gives 1/3:
   // w / (1/3) = 0, 0.3, 3 -> 0, 0, 3; w' = 0, 0, 1.
-  check_values(compress::rtn_fake_quantize(row({0, 0.1f, 1}), 2), {0, 0, 1});
+  check_values(quant::rtn_fake_quantize(row({0, 0.1f, 1}), 2), {0, 0, 1});
   // Rows are independent: the same rows stacked give the rows' own results.
   auto stacked = at::cat({row({-1, 0, 0.5f, 2}), row({1, 2.2f, 3, 4}), row({0, 0, 0, 0})});
-  check_values(compress::rtn_fake_quantize(stacked, 2), {-1, 0, 0, 2, 4.0 / 3, 8.0 / 3, 8.0 / 3, 4, 0, 0, 0, 0});
+  check_values(quant::rtn_fake_quantize(stacked, 2), {-1, 0, 0, 2, 4.0 / 3, 8.0 / 3, 8.0 / 3, 4, 0, 0, 0, 0});
 }
 
 TEST_CASE("rtn_fake_quantize: error at most half a step, at most 2^bits values a row, dtype kept", "[quantize][unit]") {
@@ -80,7 +80,7 @@ TEST_CASE("rtn_fake_quantize: error at most half a step, at most 2^bits values a
   w.narrow(0, 10, 1).zero_();          // a zero row
   for (int bits : {2, 3, 4, 6, 8}) {
     INFO(bits << " bits");
-    auto q = compress::rtn_fake_quantize(w, bits);
+    auto q = quant::rtn_fake_quantize(w, bits);
     REQUIRE(q.scalar_type() == at::kFloat);
     REQUIRE(q.sizes() == w.sizes());
     auto step = row_steps(w, bits).unsqueeze(1);
@@ -95,20 +95,20 @@ TEST_CASE("rtn_fake_quantize: error at most half a step, at most 2^bits values a
   }
   // bf16 in, bf16 out, within half a step (plus bf16 rounding of the result).
   auto wb = w.to(at::kBFloat16);
-  auto qb = compress::rtn_fake_quantize(wb, 4);
+  auto qb = quant::rtn_fake_quantize(wb, 4);
   CHECK(qb.scalar_type() == at::kBFloat16);
   auto step = row_steps(wb, 4).unsqueeze(1);
   auto err = (qb.to(at::kDouble) - wb.to(at::kDouble)).abs();
   CHECK((err <= step * 0.5 + wb.to(at::kDouble).abs() * (1.0 / 128) + 1e-12).all().item<bool>());
   // fp64 stays fp64.
-  CHECK(compress::rtn_fake_quantize(w.to(at::kDouble), 8).scalar_type() == at::kDouble);
+  CHECK(quant::rtn_fake_quantize(w.to(at::kDouble), 8).scalar_type() == at::kDouble);
 
   for (int bits : {-1, 0, 1, 17, 32}) {
     INFO(bits << " bits");
-    CHECK_THROWS_AS(compress::rtn_fake_quantize(w, bits), std::invalid_argument);
+    CHECK_THROWS_AS(quant::rtn_fake_quantize(w, bits), std::invalid_argument);
   }
-  CHECK_THROWS_AS(compress::rtn_fake_quantize(at::ones({4}), 8), std::invalid_argument);
-  CHECK_THROWS_AS(compress::rtn_fake_quantize(at::ones({2, 2, 2}), 8), std::invalid_argument);
+  CHECK_THROWS_AS(quant::rtn_fake_quantize(at::ones({4}), 8), std::invalid_argument);
+  CHECK_THROWS_AS(quant::rtn_fake_quantize(at::ones({2, 2, 2}), 8), std::invalid_argument);
 }
 
 TEST_CASE("rtn_quantize_model quantizes decoder-layer factors (dense and decomposed), not lm_head", "[quantize][model]") {
@@ -131,7 +131,7 @@ TEST_CASE("rtn_quantize_model quantizes decoder-layer factors (dense and decompo
   const int bits = 2;
   // 12 dense decoder weights + C, U, R + A, B = 17 (not CUR's row/column index
   // vectors); lm_head is outside the decoder layers.
-  CHECK(compress::rtn_quantize_model(*lm, bits) == 17);
+  CHECK(quant::rtn_quantize_model(*lm, bits) == 17);
 
   for (const auto& info : lm->linears()) {
     for (const auto& [n, t] : lm->linear(info.name).state()) {
@@ -183,7 +183,7 @@ TEST_CASE("rtn_quantize_model leaves biases, OPT's projections and lm_head alone
       }
     }
     REQUIRE(biases.size() == 6);  // q, k, v of 2 layers
-    CHECK(compress::rtn_quantize_model(*lm, 8) == 14);
+    CHECK(quant::rtn_quantize_model(*lm, 8) == 14);
     for (const auto& info : lm->linears()) {
       for (const auto& [n, t] : lm->linear(info.name).state()) {
         if (t.dim() == 1) CHECK(at::equal(t, biases.at(info.name + "." + n)));
@@ -197,7 +197,7 @@ TEST_CASE("rtn_quantize_model leaves biases, OPT's projections and lm_head alone
       if (info.layer < 0) outside[info.name] = lm->linear(info.name).reconstruct_weight().clone();
     }
     REQUIRE(outside.size() == 3);
-    CHECK(compress::rtn_quantize_model(*lm, 6) == 12);
+    CHECK(quant::rtn_quantize_model(*lm, 6) == 12);
     for (const auto& [name, w] : outside) {
       INFO(name);
       CHECK(at::equal(lm->linear(name).reconstruct_weight(), w));
@@ -206,7 +206,7 @@ TEST_CASE("rtn_quantize_model leaves biases, OPT's projections and lm_head alone
   SECTION("bad bits are refused before anything changes") {
     auto lm = model::CausalLM::load(model_dir("llama_gqa"));
     auto w = lm->linear("model.layers.0.mlp.up_proj").reconstruct_weight().clone();
-    CHECK_THROWS_AS(compress::rtn_quantize_model(*lm, 1), std::invalid_argument);
+    CHECK_THROWS_AS(quant::rtn_quantize_model(*lm, 1), std::invalid_argument);
     CHECK(at::equal(lm->linear("model.layers.0.mlp.up_proj").reconstruct_weight(), w));
   }
 }

@@ -4,7 +4,7 @@
 #include <cur4llm/compress/apply.h>
 #include <cur4llm/compress/cur_linear.h>
 #include <cur4llm/compress/factory.h>
-#include <cur4llm/compress/packed_model.h>
+#include <cur4llm/quant/packed_model.h>
 #include <cur4llm/compress/skeleton_linear.h>
 #include <cur4llm/compress/slot_io.h>
 #include <cur4llm/compress/svd_linear.h>
@@ -33,6 +33,7 @@ using cur4llm::test::model_dir;
 using cur4llm::test::TempDir;
 namespace fs = std::filesystem;
 namespace compress = cur4llm::compress;
+namespace quant = cur4llm::quant;
 namespace repo = cur4llm::repo;
 
 namespace {
@@ -271,7 +272,7 @@ TEST_CASE("acur repository: packed weights stored as codes, scales and zeros, an
     DYNAMIC_SECTION(format) {
       auto lm = CausalLM::load(model_dir("llama_gqa"));
       compress_some(*lm, "cur", 2);
-      const auto packed = compress::quantize_model_packed(*lm, compress::parse_quant_format(format));
+      const auto packed = quant::quantize_model_packed(*lm, quant::parse_quant_format(format));
       REQUIRE_FALSE(packed.empty());
       const auto before = logits(*lm);
       TempDir dir("export_packed");
@@ -282,7 +283,7 @@ TEST_CASE("acur repository: packed weights stored as codes, scales and zeros, an
       const auto config = read_json(dir / "repo" / "config.json");
       const auto& q = config.at("acur").at("quantization");
       CHECK(q.at("format") == format);
-      CHECK(q.at("bits") == compress::parse_quant_format(format).bits);
+      CHECK(q.at("bits") == quant::parse_quant_format(format).bits);
       // A dense layer of a decoder layer is listed as "dense" once its weight is packed.
       const auto& dense = config.at("acur").at("layers").at("model.layers.0.self_attn.k_proj");
       CHECK(dense.at("kind") == "dense");
@@ -322,7 +323,7 @@ TEST_CASE("acur repository: skeleton layers packed, their permutations stored as
             lm->replace_linear(info.name, col->compress(d->weight(), d->bias(), scale, 0.6));
           }
         }
-        const auto packed = compress::quantize_model_packed(*lm, compress::parse_quant_format(format));
+        const auto packed = quant::quantize_model_packed(*lm, quant::parse_quant_format(format));
         const auto before = logits(*lm);
         TempDir dir("export_skeleton_packed");
         repo::ExportOptions o;

@@ -5,8 +5,8 @@
 // triples, and rtn_quantize_model with a format on the tiny LLaMA.
 #include "test_paths.h"
 
-#include <cur4llm/compress/packed_quant.h>
-#include <cur4llm/compress/quantize.h>
+#include <cur4llm/quant/packed_quant.h>
+#include <cur4llm/quant/quantize.h>
 #include <cur4llm/model/causal_lm.h>
 
 #include <ATen/ATen.h>
@@ -21,7 +21,7 @@
 #include <vector>
 
 using namespace cur4llm;
-using compress::QuantFormat;
+using quant::QuantFormat;
 using test::model_dir;
 
 namespace {
@@ -112,14 +112,14 @@ at::Tensor adversarial_rows(int64_t cols, uint64_t seed) {
 }
 
 // One scale per element: scales [rows, groups] widened over the groups' columns.
-at::Tensor element_scales(const compress::QuantizedTensor& q) {
+at::Tensor element_scales(const quant::QuantizedTensor& q) {
   const int64_t gc = q.format.group_size == 0 ? q.cols : std::min(q.format.group_size, q.cols);
   return q.scales.to(at::kDouble).repeat_interleave(gc, 1).narrow(1, 0, q.cols);
 }
 
-const std::vector<QuantFormat> all_formats{compress::parse_quant_format("rtn_int8"),
-                                           compress::parse_quant_format("rtn_int6"),
-                                           compress::parse_quant_format("rtn_int4"),
+const std::vector<QuantFormat> all_formats{quant::parse_quant_format("rtn_int8"),
+                                           quant::parse_quant_format("rtn_int6"),
+                                           quant::parse_quant_format("rtn_int4"),
                                            {"int3_g32", 3, 32},
                                            {"int2_g7", 2, 7},
                                            {"int5", 5, 0}};
@@ -127,33 +127,33 @@ const std::vector<QuantFormat> all_formats{compress::parse_quant_format("rtn_int
 }  // namespace
 
 TEST_CASE("quant formats by name, packed sizes", "[packed_quant][unit]") {
-  const auto i8 = compress::parse_quant_format("rtn_int8");
-  const auto i6 = compress::parse_quant_format("rtn_int6");
-  const auto i4 = compress::parse_quant_format("rtn_int4");
+  const auto i8 = quant::parse_quant_format("rtn_int8");
+  const auto i6 = quant::parse_quant_format("rtn_int6");
+  const auto i4 = quant::parse_quant_format("rtn_int4");
   CHECK((i8.name == "rtn_int8" && i8.bits == 8 && i8.group_size == 0));
   CHECK((i6.name == "rtn_int6" && i6.bits == 6 && i6.group_size == 0));
   CHECK((i4.name == "rtn_int4" && i4.bits == 4 && i4.group_size == 128));
-  CHECK(compress::quant_format_names() == std::vector<std::string>{"rtn_int8", "rtn_int6", "rtn_int4"});
-  CHECK_THROWS_WITH(compress::parse_quant_format("int4"), Catch::Contains("\"int4\"") && Catch::Contains("rtn_int4"));
+  CHECK(quant::quant_format_names() == std::vector<std::string>{"rtn_int8", "rtn_int6", "rtn_int4"});
+  CHECK_THROWS_WITH(quant::parse_quant_format("int4"), Catch::Contains("\"int4\"") && Catch::Contains("rtn_int4"));
   // ceil(cols * bits / 8)
-  CHECK(compress::packed_cols(5, 8) == 5);
-  CHECK(compress::packed_cols(5, 4) == 3);   // 20 bits
-  CHECK(compress::packed_cols(4, 6) == 3);   // 24 bits
-  CHECK(compress::packed_cols(5, 6) == 4);   // 30 bits
-  CHECK(compress::packed_cols(3, 3) == 2);   // 9 bits
-  CHECK(compress::packed_cols(127, 7) == 112);  // 889 bits
-  CHECK(compress::packed_cols(1, 2) == 1);
-  CHECK(compress::packed_cols(0, 4) == 0);
+  CHECK(quant::packed_cols(5, 8) == 5);
+  CHECK(quant::packed_cols(5, 4) == 3);   // 20 bits
+  CHECK(quant::packed_cols(4, 6) == 3);   // 24 bits
+  CHECK(quant::packed_cols(5, 6) == 4);   // 30 bits
+  CHECK(quant::packed_cols(3, 3) == 2);   // 9 bits
+  CHECK(quant::packed_cols(127, 7) == 112);  // 889 bits
+  CHECK(quant::packed_cols(1, 2) == 1);
+  CHECK(quant::packed_cols(0, 4) == 0);
 }
 
 TEST_CASE("pack_codes: bytes worked out by hand", "[packed_quant][unit]") {
   // 8 bits: one byte per code.
-  CHECK(to_vec(compress::pack_codes(codes_row({0, 1, 127, 128, 255}), 8)) == std::vector<int64_t>{0, 1, 127, 128, 255});
+  CHECK(to_vec(quant::pack_codes(codes_row({0, 1, 127, 128, 255}), 8)) == std::vector<int64_t>{0, 1, 127, 128, 255});
   // 4 bits: byte i = q[2i] | q[2i+1] << 4; 1 | 2 << 4 = 0x21, 3 | 4 << 4 = 0x43, 15 alone = 0x0F.
-  CHECK(to_vec(compress::pack_codes(codes_row({1, 2, 3, 4, 15}), 4)) == std::vector<int64_t>{0x21, 0x43, 0x0F});
+  CHECK(to_vec(quant::pack_codes(codes_row({1, 2, 3, 4, 15}), 4)) == std::vector<int64_t>{0x21, 0x43, 0x0F});
   // Rows pad separately: [1, 2, 3] -> 0x21, 0x03; [4, 5, 6] -> 0x54, 0x06.
   auto two = at::tensor(std::vector<int64_t>{1, 2, 3, 4, 5, 6}, at::kLong).view({2, 3});
-  auto p2 = compress::pack_codes(two, 4);
+  auto p2 = quant::pack_codes(two, 4);
   CHECK(p2.sizes() == at::IntArrayRef({2, 2}));
   CHECK(to_vec(p2) == std::vector<int64_t>{0x21, 0x03, 0x54, 0x06});
   // 6 bits, codes [1, 2, 3, 4, 63] (30 bits):
@@ -161,36 +161,36 @@ TEST_CASE("pack_codes: bytes worked out by hand", "[packed_quant][unit]") {
   //   byte 1 = bits 8-15  = (2 >> 2) | (3 & 15) << 4 = 0x30
   //   byte 2 = bits 16-23 = (3 >> 4) | 4 << 2        = 0x10
   //   byte 3 = bits 24-31 = 63 (bits 30, 31 padding) = 0x3F
-  CHECK(to_vec(compress::pack_codes(codes_row({1, 2, 3, 4, 63}), 6)) == std::vector<int64_t>{0x81, 0x30, 0x10, 0x3F});
+  CHECK(to_vec(quant::pack_codes(codes_row({1, 2, 3, 4, 63}), 6)) == std::vector<int64_t>{0x81, 0x30, 0x10, 0x3F});
   // [63, 0, 63, 0]: 0x3F, (63 & 15) << 4 = 0xF0, 63 >> 4 = 0x03.
-  CHECK(to_vec(compress::pack_codes(codes_row({63, 0, 63, 0}), 6)) == std::vector<int64_t>{0x3F, 0xF0, 0x03});
+  CHECK(to_vec(quant::pack_codes(codes_row({63, 0, 63, 0}), 6)) == std::vector<int64_t>{0x3F, 0xF0, 0x03});
   // [0, 63, 0, 63]: (63 & 3) << 6 = 0xC0, 63 >> 2 = 0x0F, 63 << 2 = 0xFC.
-  CHECK(to_vec(compress::pack_codes(codes_row({0, 63, 0, 63}), 6)) == std::vector<int64_t>{0xC0, 0x0F, 0xFC});
+  CHECK(to_vec(quant::pack_codes(codes_row({0, 63, 0, 63}), 6)) == std::vector<int64_t>{0xC0, 0x0F, 0xFC});
   // 3 bits [7, 0, 5]: 7 | 0 << 3 | (5 & 3) << 6 = 0x47, 5 >> 2 = 0x01.
-  CHECK(to_vec(compress::pack_codes(codes_row({7, 0, 5}), 3)) == std::vector<int64_t>{0x47, 0x01});
+  CHECK(to_vec(quant::pack_codes(codes_row({7, 0, 5}), 3)) == std::vector<int64_t>{0x47, 0x01});
   // 2 bits [1, 2, 3, 0, 3]: 1 | 2 << 2 | 3 << 4 | 0 << 6 = 0x39, then 0x03.
-  CHECK(to_vec(compress::pack_codes(codes_row({1, 2, 3, 0, 3}), 2)) == std::vector<int64_t>{0x39, 0x03});
+  CHECK(to_vec(quant::pack_codes(codes_row({1, 2, 3, 0, 3}), 2)) == std::vector<int64_t>{0x39, 0x03});
 
   // The same bytes unpack to the same codes, whatever the input's integer dtype.
-  auto p6 = compress::pack_codes(codes_row({1, 2, 3, 4, 63}).to(at::kInt), 6);
+  auto p6 = quant::pack_codes(codes_row({1, 2, 3, 4, 63}).to(at::kInt), 6);
   CHECK(p6.scalar_type() == at::kByte);
-  CHECK(to_vec(compress::unpack_codes(p6, 6, 5)) == std::vector<int64_t>{1, 2, 3, 4, 63});
-  CHECK(compress::unpack_codes(p6, 6, 5).scalar_type() == at::kByte);
+  CHECK(to_vec(quant::unpack_codes(p6, 6, 5)) == std::vector<int64_t>{1, 2, 3, 4, 63});
+  CHECK(quant::unpack_codes(p6, 6, 5).scalar_type() == at::kByte);
   // 8 bits from uint8 codes: a copy, not the caller's storage.
   auto c8 = codes_row({9, 8, 7}).to(at::kByte);
-  auto p8 = compress::pack_codes(c8, 8);
+  auto p8 = quant::pack_codes(c8, 8);
   c8.fill_(0);
   CHECK(to_vec(p8) == std::vector<int64_t>{9, 8, 7});
 
-  CHECK_THROWS_WITH(compress::pack_codes(codes_row({0, 16}), 4), Catch::Contains("[0, 15]"));
-  CHECK_THROWS_AS(compress::pack_codes(codes_row({-1, 0}), 4), std::invalid_argument);
-  CHECK_THROWS_AS(compress::pack_codes(codes_row({0, 256}), 8), std::invalid_argument);
-  CHECK_THROWS_AS(compress::pack_codes(at::zeros({2, 3}), 4), std::invalid_argument);  // float codes
-  CHECK_THROWS_AS(compress::pack_codes(at::zeros({3}, at::kLong), 4), std::invalid_argument);
-  CHECK_THROWS_AS(compress::pack_codes(codes_row({0, 1}), 1), std::invalid_argument);
-  CHECK_THROWS_AS(compress::pack_codes(codes_row({0, 1}), 9), std::invalid_argument);
-  CHECK_THROWS_AS(compress::unpack_codes(p6, 6, 6), std::invalid_argument);  // 6 codes need 5 bytes
-  CHECK_THROWS_AS(compress::unpack_codes(p6.to(at::kInt), 6, 5), std::invalid_argument);
+  CHECK_THROWS_WITH(quant::pack_codes(codes_row({0, 16}), 4), Catch::Contains("[0, 15]"));
+  CHECK_THROWS_AS(quant::pack_codes(codes_row({-1, 0}), 4), std::invalid_argument);
+  CHECK_THROWS_AS(quant::pack_codes(codes_row({0, 256}), 8), std::invalid_argument);
+  CHECK_THROWS_AS(quant::pack_codes(at::zeros({2, 3}), 4), std::invalid_argument);  // float codes
+  CHECK_THROWS_AS(quant::pack_codes(at::zeros({3}, at::kLong), 4), std::invalid_argument);
+  CHECK_THROWS_AS(quant::pack_codes(codes_row({0, 1}), 1), std::invalid_argument);
+  CHECK_THROWS_AS(quant::pack_codes(codes_row({0, 1}), 9), std::invalid_argument);
+  CHECK_THROWS_AS(quant::unpack_codes(p6, 6, 6), std::invalid_argument);  // 6 codes need 5 bytes
+  CHECK_THROWS_AS(quant::unpack_codes(p6.to(at::kInt), 6, 5), std::invalid_argument);
 }
 
 TEST_CASE("pack/unpack round trips for odd sizes, 2 to 8 bits, against a bit-by-bit packer", "[packed_quant][unit]") {
@@ -201,7 +201,7 @@ TEST_CASE("pack/unpack round trips for odd sizes, 2 to 8 bits, against a bit-by-
       auto codes = at::randint(0, int64_t{1} << bits, {3, cols}, gen, at::TensorOptions().dtype(at::kLong));
       codes[0].fill_((int64_t{1} << bits) - 1);  // all ones: every used bit set
       codes[1][0] = 0;
-      auto packed = compress::pack_codes(codes, bits);
+      auto packed = quant::pack_codes(codes, bits);
       REQUIRE(packed.scalar_type() == at::kByte);
       REQUIRE(packed.sizes() == at::IntArrayRef({3, (cols * bits + 7) / 8}));
       for (int64_t r = 0; r < 3; ++r) {
@@ -209,12 +209,12 @@ TEST_CASE("pack/unpack round trips for odd sizes, 2 to 8 bits, against a bit-by-
         const auto want = reference_pack_row(row, bits);
         CHECK(to_vec(packed[r]) == std::vector<int64_t>(want.begin(), want.end()));
       }
-      auto back = compress::unpack_codes(packed, bits, cols);
+      auto back = quant::unpack_codes(packed, bits, cols);
       CHECK(back.scalar_type() == at::kByte);
       CHECK(at::equal(back.to(at::kLong), codes));
       // Non-contiguous input packs the same.
       auto wide = at::cat({codes, codes}, 1).narrow(1, cols, cols);
-      CHECK(at::equal(compress::pack_codes(wide, bits), packed));
+      CHECK(at::equal(quant::pack_codes(wide, bits), packed));
     }
   }
 }
@@ -226,7 +226,7 @@ TEST_CASE("quantize_tensor on hand-computed rows (4, 6 and 8 bits, short last gr
     // scale = 1639/8192 = 0.2000732; zero = round(1 / scale) = round(4.998) = 5;
     // w / scale = -4.998, 0, 1.2495, 9.9963 -> -5, 0, 1, 10; q = 0, 5, 6, 15;
     // bytes 0 | 5 << 4 = 0x50, 6 | 15 << 4 = 0xF6.
-    const auto q = compress::quantize_tensor(w, compress::parse_quant_format("rtn_int4"));
+    const auto q = quant::quantize_tensor(w, quant::parse_quant_format("rtn_int4"));
     CHECK(q.rows == 1);
     CHECK(q.cols == 4);
     CHECK(q.format.bits == 4);
@@ -235,7 +235,7 @@ TEST_CASE("quantize_tensor on hand-computed rows (4, 6 and 8 bits, short last gr
     REQUIRE(q.zeros.scalar_type() == at::kHalf);
     CHECK(q.scales.item<float>() == 1639.0f / 8192);
     CHECK(q.zeros.item<float>() == 5.0f);
-    const auto d = compress::dequantize_tensor(q, at::kFloat);
+    const auto d = quant::dequantize_tensor(q, at::kFloat);
     const double s = 1639.0 / 8192;
     CHECK(to_vec(d.mul(8192)) == std::vector<int64_t>{-5 * 1639, 0, 1639, 10 * 1639});  // exact multiples
     CHECK(d[0][0].item<double>() == -5 * s);
@@ -244,16 +244,16 @@ TEST_CASE("quantize_tensor on hand-computed rows (4, 6 and 8 bits, short last gr
     // 3/63 = 0.047619 * 32768 = 1560.4 -> scale = 1561/32768; zero = round(20.992) = 21;
     // w / scale = -20.992, 0, 5.248, 41.984 -> q = 0, 21, 26, 63; bytes:
     // 0 | (21 & 3) << 6 = 0x40, (21 >> 2) | (26 & 15) << 4 = 5 | 0xA0 = 0xA5, (26 >> 4) | 63 << 2 = 0xFD.
-    const auto q = compress::quantize_tensor(w, compress::parse_quant_format("rtn_int6"));
+    const auto q = quant::quantize_tensor(w, quant::parse_quant_format("rtn_int6"));
     CHECK(to_vec(q.qweight) == std::vector<int64_t>{0x40, 0xA5, 0xFD});
     CHECK(q.scales.item<float>() == 1561.0f / 32768);
     CHECK(q.zeros.item<float>() == 21.0f);
-    CHECK(to_vec(compress::unpack_codes(q.qweight, 6, 4)) == std::vector<int64_t>{0, 21, 26, 63});
+    CHECK(to_vec(quant::unpack_codes(q.qweight, 6, 4)) == std::vector<int64_t>{0, 21, 26, 63});
   }
   SECTION("rtn_int8") {
     // 3/255 * 131072 = 1542.02 -> scale = 1543/131072; zero = round(84.947) = 85;
     // w / scale = -84.947, 0, 21.237, 169.89 -> q = 0, 85, 106, 255.
-    const auto q = compress::quantize_tensor(w, compress::parse_quant_format("rtn_int8"));
+    const auto q = quant::quantize_tensor(w, quant::parse_quant_format("rtn_int8"));
     CHECK(to_vec(q.qweight) == std::vector<int64_t>{0x00, 0x55, 0x6A, 0xFF});
     CHECK(q.scales.item<float>() == 1543.0f / 131072);
     CHECK(q.zeros.item<float>() == 85.0f);
@@ -264,7 +264,7 @@ TEST_CASE("quantize_tensor on hand-computed rows (4, 6 and 8 bits, short last gr
     //  g1: xmin 0, range 6: 0.4 * 4096 = 1638.4 -> 1639/4096, zero 0; 7.497, 14.995 -> q = 7, 15;
     //  g2: range 0.3: 0.02 * 65536 = 1310.7 -> 1311/65536, zero 0; 14.997 -> q = 15.
     // codes 0, 15, 7, 15, 15 -> bytes 0xF0, 0xF7, 0x0F.
-    const auto q = compress::quantize_tensor(float_rows({{-1, 2, 3, 6, 0.3f}}), {"g2", 4, 2});
+    const auto q = quant::quantize_tensor(float_rows({{-1, 2, 3, 6, 0.3f}}), {"g2", 4, 2});
     CHECK(to_vec(q.qweight) == std::vector<int64_t>{0xF0, 0xF7, 0x0F});
     REQUIRE(q.scales.sizes() == at::IntArrayRef({1, 3}));
     CHECK(q.scales[0][0].item<float>() == 1639.0f / 8192);
@@ -276,9 +276,9 @@ TEST_CASE("quantize_tensor on hand-computed rows (4, 6 and 8 bits, short last gr
   }
   SECTION("a scale exactly representable in fp16 is kept, not stepped up") {
     // [0, 15] at 4 bits: scale 15/15 = 1, zero 0, q = 0, 15: w' = w.
-    const auto q = compress::quantize_tensor(float_rows({{0, 15, 7}}), compress::parse_quant_format("rtn_int4"));
+    const auto q = quant::quantize_tensor(float_rows({{0, 15, 7}}), quant::parse_quant_format("rtn_int4"));
     CHECK(q.scales.item<float>() == 1.0f);
-    CHECK(to_vec(compress::unpack_codes(q.qweight, 4, 3)) == std::vector<int64_t>{0, 15, 7});
+    CHECK(to_vec(quant::unpack_codes(q.qweight, 4, 3)) == std::vector<int64_t>{0, 15, 7});
   }
 }
 
@@ -289,10 +289,10 @@ TEST_CASE("quantize then dequantize: |w - w'| <= scale / 2 on random and adversa
     const auto wd = w.to(at::kDouble);
     for (const auto& f : all_formats) {
       INFO(f.name << ", " << cols << " columns");
-      const auto q = compress::quantize_tensor(w, f);
+      const auto q = quant::quantize_tensor(w, f);
       const int64_t gc = f.group_size == 0 ? cols : std::min(f.group_size, cols);
       const int64_t groups = (cols + gc - 1) / gc;
-      REQUIRE(q.qweight.sizes() == at::IntArrayRef({w.size(0), compress::packed_cols(cols, f.bits)}));
+      REQUIRE(q.qweight.sizes() == at::IntArrayRef({w.size(0), quant::packed_cols(cols, f.bits)}));
       REQUIRE(q.scales.sizes() == at::IntArrayRef({w.size(0), groups}));
       REQUIRE(q.zeros.sizes() == at::IntArrayRef({w.size(0), groups}));
       const auto z = q.zeros.to(at::kDouble);
@@ -309,7 +309,7 @@ TEST_CASE("quantize then dequantize: |w - w'| <= scale / 2 on random and adversa
       CHECK((s >= need).all().item<bool>());
       CHECK((prev < need).all().item<bool>());
 
-      const auto d = compress::dequantize_tensor(q, at::kFloat).to(at::kDouble);
+      const auto d = quant::dequantize_tensor(q, at::kFloat).to(at::kDouble);
       REQUIRE(d.sizes() == w.sizes());
       // Within half a step, up to fp32 rounding of w / scale (|w| 2^-23).
       const auto err = (d - wd).abs();
@@ -319,21 +319,21 @@ TEST_CASE("quantize then dequantize: |w - w'| <= scale / 2 on random and adversa
       const auto k = d / element_scales(q);
       CHECK(at::equal(k, k.round()));
       // fake_quantize is dequantize(quantize(w)), bit for bit.
-      CHECK(at::equal(compress::fake_quantize(w, f), compress::dequantize_tensor(q, at::kFloat)));
+      CHECK(at::equal(quant::fake_quantize(w, f), quant::dequantize_tensor(q, at::kFloat)));
     }
   }
 }
 
 TEST_CASE("quantize: half-precision inputs and outputs, refused weights", "[packed_quant][numerics]") {
   const auto w = adversarial_rows(300, 5).narrow(0, 0, 8);  // magnitudes fp16 holds
-  const auto f = compress::parse_quant_format("rtn_int4");
+  const auto f = quant::parse_quant_format("rtn_int4");
   for (auto dtype : {at::kHalf, at::kBFloat16}) {
     INFO(c10::toString(dtype));
     const auto wl = w.to(dtype);
-    const auto q = compress::quantize_tensor(wl, f);
-    const auto fq = compress::fake_quantize(wl, f);
+    const auto q = quant::quantize_tensor(wl, f);
+    const auto fq = quant::fake_quantize(wl, f);
     CHECK(fq.scalar_type() == dtype);
-    CHECK(at::equal(fq, compress::dequantize_tensor(q, dtype)));
+    CHECK(at::equal(fq, quant::dequantize_tensor(q, dtype)));
     // w' is rounded once more to the dtype: relative 2^-11 (fp16) or 2^-8 (bf16).
     const double ulp = dtype == at::kHalf ? std::ldexp(1.0, -11) : std::ldexp(1.0, -8);
     const auto wd = wl.to(at::kDouble), dd = fq.to(at::kDouble);
@@ -342,32 +342,32 @@ TEST_CASE("quantize: half-precision inputs and outputs, refused weights", "[pack
               .item<bool>());
   }
   // fp64 in, fp64 out (computed in fp32).
-  CHECK(compress::fake_quantize(w.to(at::kDouble), f).scalar_type() == at::kDouble);
+  CHECK(quant::fake_quantize(w.to(at::kDouble), f).scalar_type() == at::kDouble);
   // A range of 65504 * 255 is the most fp16 scales hold at 8 bits; 2e9 is refused.
-  CHECK_NOTHROW(compress::quantize_tensor(float_rows({{0, 1.6e7f}}), compress::parse_quant_format("rtn_int8")));
-  CHECK_THROWS_WITH(compress::quantize_tensor(float_rows({{-1e9f, 1e9f}}), compress::parse_quant_format("rtn_int8")),
+  CHECK_NOTHROW(quant::quantize_tensor(float_rows({{0, 1.6e7f}}), quant::parse_quant_format("rtn_int8")));
+  CHECK_THROWS_WITH(quant::quantize_tensor(float_rows({{-1e9f, 1e9f}}), quant::parse_quant_format("rtn_int8")),
                     Catch::Contains("fp16"));
-  CHECK_THROWS_WITH(compress::fake_quantize(float_rows({{1, NAN}}), f), Catch::Contains("NaN"));
-  CHECK_THROWS_AS(compress::quantize_tensor(float_rows({{1, INFINITY}}), f), std::invalid_argument);
+  CHECK_THROWS_WITH(quant::fake_quantize(float_rows({{1, NAN}}), f), Catch::Contains("NaN"));
+  CHECK_THROWS_AS(quant::quantize_tensor(float_rows({{1, INFINITY}}), f), std::invalid_argument);
   for (float bad : {NAN, INFINITY, -INFINITY}) {  // inside a wide row, inside a later group
     auto wb = adversarial_rows(300, 6);
     wb[4][137] = bad;
-    CHECK_THROWS_AS(compress::quantize_tensor(wb, f), std::invalid_argument);
-    CHECK_THROWS_AS(compress::fake_quantize(wb, compress::parse_quant_format("rtn_int8")), std::invalid_argument);
+    CHECK_THROWS_AS(quant::quantize_tensor(wb, f), std::invalid_argument);
+    CHECK_THROWS_AS(quant::fake_quantize(wb, quant::parse_quant_format("rtn_int8")), std::invalid_argument);
   }
-  CHECK_THROWS_AS(compress::quantize_tensor(at::ones({4}), f), std::invalid_argument);
-  CHECK_THROWS_AS(compress::quantize_tensor(at::ones({2, 2}, at::kLong), f), std::invalid_argument);
-  CHECK_THROWS_AS(compress::quantize_tensor(at::ones({2, 0}), f), std::invalid_argument);
-  CHECK_THROWS_AS(compress::quantize_tensor(w, {"x", 9, 0}), std::invalid_argument);
-  CHECK_THROWS_AS(compress::fake_quantize(w, {"x", 1, 0}), std::invalid_argument);
-  CHECK_THROWS_AS(compress::fake_quantize(w, {"x", 4, -1}), std::invalid_argument);
+  CHECK_THROWS_AS(quant::quantize_tensor(at::ones({4}), f), std::invalid_argument);
+  CHECK_THROWS_AS(quant::quantize_tensor(at::ones({2, 2}, at::kLong), f), std::invalid_argument);
+  CHECK_THROWS_AS(quant::quantize_tensor(at::ones({2, 0}), f), std::invalid_argument);
+  CHECK_THROWS_AS(quant::quantize_tensor(w, {"x", 9, 0}), std::invalid_argument);
+  CHECK_THROWS_AS(quant::fake_quantize(w, {"x", 1, 0}), std::invalid_argument);
+  CHECK_THROWS_AS(quant::fake_quantize(w, {"x", 4, -1}), std::invalid_argument);
 }
 
 TEST_CASE("rtn_int8 codes, scales and zeros equal the formula computed element by element",
           "[packed_quant][numerics]") {
   const auto w = adversarial_rows(130, 3);
-  const auto q = compress::quantize_tensor(w, compress::parse_quant_format("rtn_int8"));
-  const auto codes = compress::unpack_codes(q.qweight, 8, 130);
+  const auto q = quant::quantize_tensor(w, quant::parse_quant_format("rtn_int8"));
+  const auto codes = quant::unpack_codes(q.qweight, 8, 130);
   for (int64_t r = 0; r < w.size(0); ++r) {
     INFO("row " << r);
     const auto wr = w[r].contiguous();
@@ -381,18 +381,18 @@ TEST_CASE("rtn_int8 codes, scales and zeros equal the formula computed element b
 
 TEST_CASE("make_quantized_tensor checks stored triples and names the tensor", "[packed_quant][unit]") {
   const std::string name = "model.layers.0.mlp.up_proj.weight";
-  const auto f = compress::parse_quant_format("rtn_int4");
+  const auto f = quant::parse_quant_format("rtn_int4");
   const auto w = adversarial_rows(300, 9).narrow(0, 0, 10);
-  const auto q = compress::quantize_tensor(w, f);
-  const auto ok = compress::make_quantized_tensor(name, q.qweight, q.scales, q.zeros, 10, 300, f);
-  CHECK(at::equal(compress::dequantize_tensor(ok, at::kFloat), compress::dequantize_tensor(q, at::kFloat)));
+  const auto q = quant::quantize_tensor(w, f);
+  const auto ok = quant::make_quantized_tensor(name, q.qweight, q.scales, q.zeros, 10, 300, f);
+  CHECK(at::equal(quant::dequantize_tensor(ok, at::kFloat), quant::dequantize_tensor(q, at::kFloat)));
   CHECK(ok.rows == 10);
   CHECK(ok.cols == 300);
 
   const auto refused = [&](at::Tensor qw, at::Tensor s, at::Tensor z, int64_t rows, int64_t cols,
                            const std::string& part) {
     INFO(part);
-    CHECK_THROWS_WITH(compress::make_quantized_tensor(name, qw, s, z, rows, cols, f),
+    CHECK_THROWS_WITH(quant::make_quantized_tensor(name, qw, s, z, rows, cols, f),
                       Catch::Contains(name) && Catch::Contains(part));
   };
   refused(q.qweight.to(at::kChar), q.scales, q.zeros, 10, 300, "qweight has dtype");
@@ -410,26 +410,26 @@ TEST_CASE("make_quantized_tensor checks stored triples and names the tensor", "[
   refused(q.qweight, q.scales, at::full_like(q.zeros, 2.5), 10, 300, "zeros must be integers");
   refused(q.qweight, at::full_like(q.scales, NAN), q.zeros, 10, 300, "scales hold NaN");
   refused(q.qweight, q.scales, q.zeros, 10, 0, "cols >= 1");
-  CHECK_THROWS_WITH(compress::make_quantized_tensor(name, q.qweight, q.scales, q.zeros, 10, 300, {"x", 12, 0}),
+  CHECK_THROWS_WITH(quant::make_quantized_tensor(name, q.qweight, q.scales, q.zeros, 10, 300, {"x", 12, 0}),
                     Catch::Contains(name));
   // 8 bits per channel: zero point 255 is valid, 256 is not.
-  const auto f8 = compress::parse_quant_format("rtn_int8");
-  const auto q8 = compress::quantize_tensor(w, f8);
+  const auto f8 = quant::parse_quant_format("rtn_int8");
+  const auto q8 = quant::quantize_tensor(w, f8);
   CHECK_NOTHROW(
-      compress::make_quantized_tensor(name, q8.qweight, q8.scales, at::full_like(q8.zeros, 255), 10, 300, f8));
+      quant::make_quantized_tensor(name, q8.qweight, q8.scales, at::full_like(q8.zeros, 255), 10, 300, f8));
   CHECK_THROWS_WITH(
-      compress::make_quantized_tensor(name, q8.qweight, q8.scales, at::full_like(q8.zeros, 256), 10, 300, f8),
+      quant::make_quantized_tensor(name, q8.qweight, q8.scales, at::full_like(q8.zeros, 256), 10, 300, f8),
       Catch::Contains(name) && Catch::Contains("[0, 255]"));
 }
 
 TEST_CASE("QuantizedTensor::nbytes counts codes, scales and zeros", "[packed_quant][unit]") {
   const auto w = adversarial_rows(300, 1).narrow(0, 0, 10);
   // int8: 10 x 300 codes + 10 x 1 x 2 bytes of scales + as much for zeros.
-  CHECK(compress::quantize_tensor(w, compress::parse_quant_format("rtn_int8")).nbytes() == 3000 + 20 + 20);
+  CHECK(quant::quantize_tensor(w, quant::parse_quant_format("rtn_int8")).nbytes() == 3000 + 20 + 20);
   // int6: 10 x 225 + 20 + 20.
-  CHECK(compress::quantize_tensor(w, compress::parse_quant_format("rtn_int6")).nbytes() == 2250 + 20 + 20);
+  CHECK(quant::quantize_tensor(w, quant::parse_quant_format("rtn_int6")).nbytes() == 2250 + 20 + 20);
   // int4, groups 128, 128, 44: 10 x 150 + 10 x 3 x 2 twice.
-  CHECK(compress::quantize_tensor(w, compress::parse_quant_format("rtn_int4")).nbytes() == 1500 + 60 + 60);
+  CHECK(quant::quantize_tensor(w, quant::parse_quant_format("rtn_int4")).nbytes() == 1500 + 60 + 60);
 }
 
 TEST_CASE("rtn_quantize_model with rtn_int4 on the tiny LLaMA: within the bound, lm_head untouched",
@@ -442,9 +442,9 @@ TEST_CASE("rtn_quantize_model with rtn_int4 on the tiny LLaMA: within the bound,
   std::map<std::string, at::Tensor> others_before;
   for (const auto& [n, t] : lm->other_tensors()) others_before[n] = t.clone();
 
-  const auto f = compress::parse_quant_format("rtn_int4");
+  const auto f = quant::parse_quant_format("rtn_int4");
   SECTION("every decoder weight quantized, nothing else") {
-    CHECK(compress::rtn_quantize_model(*lm, f) == 14);  // 2 layers x 7 Linears
+    CHECK(quant::rtn_quantize_model(*lm, f) == 14);  // 2 layers x 7 Linears
     int64_t changed = 0;
     for (const auto& info : lm->linears()) {
       for (const auto& [n, t] : lm->linear(info.name).state()) {
@@ -458,7 +458,7 @@ TEST_CASE("rtn_quantize_model with rtn_int4 on the tiny LLaMA: within the bound,
         REQUIRE(t.dim() == 2);
         ++changed;
         CHECK_FALSE(at::equal(t, orig));
-        CHECK(at::equal(t, compress::fake_quantize(orig, f)));
+        CHECK(at::equal(t, quant::fake_quantize(orig, f)));
         // The rows here (32 or 48 columns) are one group each. The bound from the
         // original row alone: scale <= max(range / 15, 2^-24) * (1 + 2^-10)
         // (rounding up to fp16), and |w - w'| <= scale / 2 (+ fp32 rounding).
@@ -483,10 +483,10 @@ TEST_CASE("rtn_quantize_model with rtn_int4 on the tiny LLaMA: within the bound,
         if (t.dim() == 2) t[0][0] = NAN;
       }
     }
-    CHECK_THROWS_WITH(compress::rtn_quantize_model(*lm, f), Catch::Contains("model.layers.1.mlp.down_proj"));
+    CHECK_THROWS_WITH(quant::rtn_quantize_model(*lm, f), Catch::Contains("model.layers.1.mlp.down_proj"));
     CHECK(at::equal(lm->linear("model.layers.0.self_attn.q_proj").reconstruct_weight(),
                     before.at("model.layers.0.self_attn.q_proj.weight")));
-    CHECK_THROWS_AS(compress::rtn_quantize_model(*lm, QuantFormat{"x", 1, 0}), std::invalid_argument);
+    CHECK_THROWS_AS(quant::rtn_quantize_model(*lm, QuantFormat{"x", 1, 0}), std::invalid_argument);
   }
 }
 
@@ -495,15 +495,15 @@ TEST_CASE("packed quantization on CUDA gives the CPU's bytes", "[packed_quant][c
   const auto w = adversarial_rows(300, 21);
   for (const auto& f : all_formats) {
     INFO(f.name);
-    const auto qc = compress::quantize_tensor(w, f);
-    const auto qg = compress::quantize_tensor(w.cuda(), f);
+    const auto qc = quant::quantize_tensor(w, f);
+    const auto qg = quant::quantize_tensor(w.cuda(), f);
     CHECK(qg.qweight.is_cuda());
     CHECK(at::equal(qg.qweight.cpu(), qc.qweight));
     CHECK(at::equal(qg.scales.cpu(), qc.scales));
     CHECK(at::equal(qg.zeros.cpu(), qc.zeros));
-    CHECK(at::equal(compress::dequantize_tensor(qg, at::kFloat).cpu(), compress::dequantize_tensor(qc, at::kFloat)));
-    CHECK(at::equal(compress::fake_quantize(w.cuda(), f).cpu(), compress::fake_quantize(w, f)));
-    CHECK(at::equal(compress::unpack_codes(qg.qweight, f.bits, 300).cpu(),
-                    compress::unpack_codes(qc.qweight, f.bits, 300)));
+    CHECK(at::equal(quant::dequantize_tensor(qg, at::kFloat).cpu(), quant::dequantize_tensor(qc, at::kFloat)));
+    CHECK(at::equal(quant::fake_quantize(w.cuda(), f).cpu(), quant::fake_quantize(w, f)));
+    CHECK(at::equal(quant::unpack_codes(qg.qweight, f.bits, 300).cpu(),
+                    quant::unpack_codes(qc.qweight, f.bits, 300)));
   }
 }

@@ -1,8 +1,8 @@
 // acur: activation-aware CUR (or SVD) compression of a Hugging Face causal LM.
 // Flag names and defaults follow the reference pipeline (asvd.py); see
 // docs/acur.md for every flag and docs/deviations.md for where we differ.
-#include <cur4llm/compress/packed_quant.h>
-#include <cur4llm/compress/quantize.h>
+#include <cur4llm/quant/packed_quant.h>
+#include <cur4llm/quant/quantize.h>
 #include <cur4llm/data/text_data.h>
 #include <cur4llm/io/files.h>
 #include <cur4llm/io/model_folder.h>
@@ -148,8 +148,8 @@ int run(int argc, char** argv) {
     // int8 / int6 as the reference (fp32 scales); group-wise int4 has no reference counterpart and
     // takes the packed storage's arithmetic (fp16 scales), applied in memory.
     const int64_t n = o.weight_quant == "rtn_int4"
-                          ? cur4llm::compress::rtn_quantize_model(*lm, cur4llm::compress::parse_quant_format(o.weight_quant))
-                          : cur4llm::compress::rtn_quantize_model(*lm, o.weight_quant == "rtn_int8" ? 8 : 6);
+                          ? cur4llm::quant::rtn_quantize_model(*lm, cur4llm::quant::parse_quant_format(o.weight_quant))
+                          : cur4llm::quant::rtn_quantize_model(*lm, o.weight_quant == "rtn_int8" ? 8 : 6);
     fmt::print(stderr, "{}: quantized {} weight tensors of the decoder layers\n", o.weight_quant, n);
     record["weight_quant"] = o.weight_quant;
   }

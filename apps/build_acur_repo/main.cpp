@@ -3,7 +3,7 @@
 // (docs/export.md). The compression flags are acur's (docs/acur.md); a plan
 // saved by acur (--plan) replaces the sensitivity sweep and the search.
 #include <cur4llm/compress/optimize_scale.h>
-#include <cur4llm/compress/packed_model.h>
+#include <cur4llm/quant/packed_model.h>
 #include <cur4llm/data/text_data.h>
 #include <cur4llm/io/atomic_folder.h>
 #include <cur4llm/io/model_folder.h>
@@ -82,8 +82,8 @@ int run(int argc, char** argv) {
   eopts.overwrite = o.overwrite;
   eopts.max_shard_bytes = cur4llm::repo::parse_size(o.max_shard_size);
   if (!o.save_dtype.empty()) eopts.dtype = cur4llm::model::parse_dtype(o.save_dtype);
-  std::optional<cur4llm::compress::QuantFormat> quant;
-  if (o.weight_quant != "none") quant = cur4llm::compress::parse_quant_format(o.weight_quant);
+  std::optional<cur4llm::quant::QuantFormat> quant;
+  if (o.weight_quant != "none") quant = cur4llm::quant::parse_quant_format(o.weight_quant);
   const auto eval_sets = cur4llm::app::split_list(o.eval_ppl);
   const fs::path data_dir = pipe.data_dir.empty() ? cur4llm::data::default_data_dir() : pipe.data_dir;
   for (const auto& spec : eval_sets) cur4llm::data::resolve_dataset(spec, cur4llm::data::Purpose::Evaluation, data_dir);
@@ -122,12 +122,12 @@ int run(int argc, char** argv) {
   fmt::print("param ratio: {:.4f} of Linear weights, {:.4f} of the whole model\n", linear_ratio,
              static_cast<double>(after.total_stored) / dense.total_dense);
 
-  cur4llm::compress::PackedWeights packed;
+  cur4llm::quant::PackedWeights packed;
   if (quant) {
-    packed = cur4llm::compress::quantize_model_packed(*lm, *quant);
+    packed = cur4llm::quant::quantize_model_packed(*lm, *quant);
     eopts.packed = &packed;
     fmt::print("{}: {} weight tensors of the decoder layers packed: {} -> {} bytes\n", o.weight_quant, packed.size(),
-               cur4llm::compress::unpacked_bytes(packed, lm->dtype()), cur4llm::compress::packed_bytes(packed));
+               cur4llm::quant::unpacked_bytes(packed, lm->dtype()), cur4llm::quant::packed_bytes(packed));
   }
   for (const auto& spec : eval_sets) {
     cur4llm::pipeline::EvalOptions ev;

@@ -3,7 +3,7 @@
 // repository (docs/export.md). Every Linear inside the decoder layers is
 // quantized, the factors of decomposed layers included; lm_head and OPT's
 // project_in/out stay as they are.
-#include <cur4llm/compress/packed_model.h>
+#include <cur4llm/quant/packed_model.h>
 #include <cur4llm/data/text_data.h>
 #include <cur4llm/io/atomic_folder.h>
 #include <cur4llm/io/model_folder.h>
@@ -81,7 +81,7 @@ int run(int argc, char** argv) {
   po::notify(vm);
 
   // Every flag is checked before the model is read.
-  const auto format = cur4llm::compress::parse_quant_format(o.format);
+  const auto format = cur4llm::quant::parse_quant_format(o.format);
   cur4llm::repo::ExportOptions eopts;
   eopts.overwrite = o.overwrite;
   eopts.max_shard_bytes = cur4llm::repo::parse_size(o.max_shard_size);
@@ -107,11 +107,11 @@ int run(int argc, char** argv) {
   fmt::print(stderr, "loaded {} ({}, {} layers{})\n", source.string(), lm->config().model_type, lm->num_layers(),
              form.acur_format_version > 0 ? ", acur repository of method " + form.method : std::string());
 
-  const auto packed = cur4llm::compress::quantize_model_packed(*lm, format);
+  const auto packed = cur4llm::quant::quantize_model_packed(*lm, format);
   const c10::ScalarType stored_dtype = eopts.dtype ? *eopts.dtype : cur4llm::model::stored_dtype(lm->config());
   fmt::print("{}: {} weight tensors of the decoder layers: {} bytes as {} -> {} bytes packed\n", format.name,
-             packed.size(), cur4llm::compress::unpacked_bytes(packed, stored_dtype), c10::toString(stored_dtype),
-             cur4llm::compress::packed_bytes(packed));
+             packed.size(), cur4llm::quant::unpacked_bytes(packed, stored_dtype), c10::toString(stored_dtype),
+             cur4llm::quant::packed_bytes(packed));
 
   if (!eval_sets.empty()) {
     auto tokenizer = cur4llm::tokenize::load_tokenizer(source);

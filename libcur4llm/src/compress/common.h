@@ -10,10 +10,6 @@
 #include <cstdint>
 #include <string>
 
-namespace cur4llm::compress {
-struct QuantFormat;
-}
-
 namespace cur4llm::compress::detail {
 
 // A factor whose rank dimensions are padded with zeros to a multiple of 8 in
@@ -67,13 +63,6 @@ struct PinvFactors {
   at::Tensor right;      // [cols, r]
 };
 PinvFactors pinv_factors(const at::Tensor& m, double rtol);
-
-// std::invalid_argument naming `who` unless 2 <= bits <= 8 and group_size >= 0.
-void check_quant_format(const std::string& who, const QuantFormat& format);
-
-// std::invalid_argument naming `who` unless quantize_tensor(w, format) would
-// succeed (a valid format, finite weights, scales within fp16's range).
-void check_quantizable(const std::string& who, const at::Tensor& w, const QuantFormat& format);
 
 // The same cut-off through a Gram matrix g = M^T M (or M M^T), fp64 k x k: the
 // pseudo-inverse of g keeping eigenvalues > rtol^2 * lambda_max and > 0, i.e.

@@ -4,7 +4,7 @@
 #include <cur4llm/compress/slot_io.h>
 
 #include <cur4llm/compress/cur_linear.h>
-#include <cur4llm/compress/packed_quant.h>
+#include <cur4llm/quant/packed_quant.h>
 #include <cur4llm/compress/skeleton_linear.h>
 #include <cur4llm/compress/svd_linear.h>
 
@@ -27,19 +27,19 @@ at::Tensor read_factor(const model::SlotSpec& spec, const model::SlotTensors& te
     if (shape.size() != 2) {
       throw std::runtime_error(fmt::format("{}: only 2-d tensors can be packed", tensors.describe(name)));
     }
-    const QuantFormat format = parse_quant_format(spec.quant_format);
+    const quant::QuantFormat format = quant::parse_quant_format(spec.quant_format);
     const int64_t rows = shape[0], cols = shape[1];
     const int64_t group = format.group_size > 0 ? format.group_size : cols;
     const int64_t groups = (cols + group - 1) / group;
-    QuantizedTensor q;
+    quant::QuantizedTensor q;
     try {
-      q = make_quantized_tensor(name, tensors.stored(name + ".qweight", {rows, packed_cols(cols, format.bits)}),
+      q = quant::make_quantized_tensor(name, tensors.stored(name + ".qweight", {rows, quant::packed_cols(cols, format.bits)}),
                                 tensors.stored(name + ".scales", {rows, groups}),
                                 tensors.stored(name + ".zeros", {rows, groups}), rows, cols, format);
     } catch (const std::invalid_argument& e) {
       throw std::runtime_error(fmt::format("{}: {}", tensors.describe(name), e.what()));
     }
-    value = dequantize_tensor(q, tensors.dtype());
+    value = quant::dequantize_tensor(q, tensors.dtype());
   } else {
     value = tensors.stored(name, shape);
     if (!at::isFloatingType(value.scalar_type())) {

@@ -199,8 +199,8 @@ ExportResult write_acur_repo(const model::CausalLM& lm, const fs::path& folder, 
     }
   }
   const c10::ScalarType dtype = options.dtype ? *options.dtype : model::stored_dtype(lm.config());
-  static const compress::PackedWeights kNone;
-  const compress::PackedWeights& packed = options.packed ? *options.packed : kNone;
+  static const quant::PackedWeights kNone;
+  const quant::PackedWeights& packed = options.packed ? *options.packed : kNone;
 
   std::vector<NamedTensor> tensors;
   for (const auto& [name, t] : lm.other_tensors()) tensors.push_back({name, storable(t, dtype)});

@@ -10,7 +10,7 @@
 /// The folder is written atomically (io/atomic_folder.h): a failed write
 /// leaves nothing under its name.
 
-#include <cur4llm/compress/packed_model.h>
+#include <cur4llm/quant/packed_model.h>
 
 #include <c10/core/ScalarType.h>
 
@@ -33,7 +33,7 @@ struct ExportOptions {
   bool overwrite = false;                     ///< replace an existing folder, once the new one is complete
   int64_t max_shard_bytes = 5000000000;       ///< weights above this are split into shards (transformers' "5GB")
   std::optional<c10::ScalarType> dtype;       ///< floating tensors stored in this dtype; default: config.json's (fp32 if none)
-  const compress::PackedWeights* packed = nullptr;  ///< tensors stored packed instead (compress::quantize_model_packed)
+  const quant::PackedWeights* packed = nullptr;  ///< tensors stored packed instead (quant::quantize_model_packed)
   std::string method;                         ///< config.json's acur.method ("cur", "svd"; default: the slots' kind)
   std::map<std::string, std::string> provenance;  ///< recorded in acur.provenance (tool, target, ratios), over a source repository's
 };

@@ -1,4 +1,4 @@
-#include <cur4llm/compress/packed_quant.h>
+#include <cur4llm/quant/packed_quant.h>
 
 #include "common.h"
 
@@ -12,7 +12,7 @@
 #include <stdexcept>
 #include <utility>
 
-namespace cur4llm::compress {
+namespace cur4llm::quant {
 
 namespace {
 
@@ -315,4 +315,4 @@ void check_quantizable(const std::string& who, const at::Tensor& w, const QuantF
 
 }  // namespace detail
 
-}  // namespace cur4llm::compress
+}  // namespace cur4llm::quant

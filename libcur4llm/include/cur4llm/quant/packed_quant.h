@@ -39,7 +39,7 @@
 #include <string>
 #include <vector>
 
-namespace cur4llm::compress {
+namespace cur4llm::quant {
 
 /// One quantization format.
 struct QuantFormat {
@@ -88,4 +88,4 @@ at::Tensor fake_quantize(const at::Tensor& w, const QuantFormat& format);
 QuantizedTensor make_quantized_tensor(const std::string& name, at::Tensor qweight, at::Tensor scales,
                                       at::Tensor zeros, int64_t rows, int64_t cols, const QuantFormat& format);
 
-}  // namespace cur4llm::compress
+}  // namespace cur4llm::quant

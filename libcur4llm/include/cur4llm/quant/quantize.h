@@ -13,7 +13,7 @@ namespace cur4llm::model {
 class CausalLM;
 }
 
-namespace cur4llm::compress {
+namespace cur4llm::quant {
 
 struct QuantFormat;
 
@@ -42,4 +42,4 @@ int64_t rtn_quantize_model(model::CausalLM& lm, int bits);
 /// beyond fp16 throw std::invalid_argument naming the tensor, before anything changes.
 int64_t rtn_quantize_model(model::CausalLM& lm, const QuantFormat& format);
 
-}  // namespace cur4llm::compress
+}  // namespace cur4llm::quant

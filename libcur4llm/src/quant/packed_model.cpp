@@ -1,6 +1,6 @@
-#include <cur4llm/compress/packed_model.h>
+#include <cur4llm/quant/packed_model.h>
 
-#include <cur4llm/compress/quantize.h>
+#include <cur4llm/quant/quantize.h>
 #include <cur4llm/model/causal_lm.h>
 
 #include "common.h"
@@ -8,7 +8,7 @@
 #include <ATen/ATen.h>
 #include <c10/core/InferenceMode.h>
 
-namespace cur4llm::compress {
+namespace cur4llm::quant {
 
 PackedWeights quantize_model_packed(model::CausalLM& lm, const QuantFormat& format) {
   detail::check_quant_format("quantize_model_packed", format);
@@ -41,4 +41,4 @@ int64_t packed_bytes(const PackedWeights& packed) {
   return total;
 }
 
-}  // namespace cur4llm::compress
+}  // namespace cur4llm::quant

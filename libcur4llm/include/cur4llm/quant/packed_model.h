@@ -3,7 +3,7 @@
 /// the storage format of one tensor): what `quantize`, `build_acur_repo
 /// --weight_quant` and `acur --weight_quant rtn_int4` apply.
 
-#include <cur4llm/compress/packed_quant.h>
+#include <cur4llm/quant/packed_quant.h>
 
 #include <c10/core/ScalarType.h>
 
@@ -15,7 +15,7 @@ namespace cur4llm::model {
 class CausalLM;
 }
 
-namespace cur4llm::compress {
+namespace cur4llm::quant {
 
 /// Packed tensors by full tensor name ("model.layers.0.mlp.up_proj.weight",
 /// "model.layers.0.self_attn.q_proj.C").
@@ -27,7 +27,7 @@ using PackedWeights = std::map<std::string, QuantizedTensor>;
 /// overwrites each in place with its dequantized value, so that the model
 /// computes exactly what a checkpoint holding the packed tensors computes once
 /// loaded. Returns the packed tensors (on the CPU). Every tensor is checked
-/// first (compress::rtn_quantize_model's checks): nothing changes if one fails.
+/// first (rtn_quantize_model's checks): nothing changes if one fails.
 PackedWeights quantize_model_packed(model::CausalLM& lm, const QuantFormat& format);
 
 /// Bytes of the tensors in `packed` unpacked, stored in `dtype`.
@@ -35,4 +35,4 @@ int64_t unpacked_bytes(const PackedWeights& packed, c10::ScalarType dtype);
 /// Bytes of the packed tensors (codes, scales and zeros).
 int64_t packed_bytes(const PackedWeights& packed);
 
-}  // namespace cur4llm::compress
+}  // namespace cur4llm::quant

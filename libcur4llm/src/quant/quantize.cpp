@@ -1,6 +1,6 @@
-#include <cur4llm/compress/quantize.h>
+#include <cur4llm/quant/quantize.h>
 
-#include <cur4llm/compress/packed_quant.h>
+#include <cur4llm/quant/packed_quant.h>
 #include <cur4llm/model/causal_lm.h>
 
 #include "common.h"
@@ -12,7 +12,7 @@
 
 #include <stdexcept>
 
-namespace cur4llm::compress {
+namespace cur4llm::quant {
 
 at::Tensor rtn_fake_quantize(const at::Tensor& w, int bits) {
   if (bits < 2 || bits > 16) throw std::invalid_argument(fmt::format("rtn: {} bits is not supported", bits));
@@ -70,4 +70,4 @@ int64_t rtn_quantize_model(model::CausalLM& lm, const QuantFormat& format) {
   return for_each_decoder_weight(lm, [&](const std::string&, at::Tensor t) { t.copy_(fake_quantize(t, format)); });
 }
 
-}  // namespace cur4llm::compress
+}  // namespace cur4llm::quant

@@ -1,0 +1,19 @@
+#pragma once
+// Checks shared by the quant sources (not installed).
+
+#include <cur4llm/quant/packed_quant.h>
+
+#include <ATen/core/Tensor.h>
+
+#include <string>
+
+namespace cur4llm::quant::detail {
+
+// std::invalid_argument naming `who` unless 2 <= bits <= 8 and group_size >= 0.
+void check_quant_format(const std::string& who, const QuantFormat& format);
+
+// std::invalid_argument naming `who` unless quantize_tensor(w, format) would
+// succeed (a valid format, finite weights, scales within fp16's range).
+void check_quantizable(const std::string& who, const at::Tensor& w, const QuantFormat& format);
+
+}  // namespace cur4llm::quant::detail
