@@ -63,7 +63,7 @@ if [ "$only" = skeleton ] || [ -z "$only" ]; then
     --seed 233 --calib_dataset "$shared/data/text/tinystories/tinystories_calib.txt" --param_ratio_target 0.9 \
     --method skeleton_swap --eval_ppl "$eval_text" --use_cache --cache_dir "$out/cache" --output "$out" --overwrite \
     "${common[@]}" 2>/dev/null | grep -v "model.layers\|^-\|^layer" | expect "$s" "$eval_text"
-  "$bin/quantize" --model "$s" --format rtn_int4 --output "$s-rtn_int4" --overwrite --eval_ppl "$eval_text" \
+  "$bin/quantize" --model_id "$s" --format rtn_int4 --output "$s-rtn_int4" --overwrite --eval_ppl "$eval_text" \
     "${common[@]}" 2>/dev/null | expect "$s-rtn_int4" "$eval_text"
   "$bin/build_acur_repo" --model_id "$opt" --method skeleton_col "${opt_flags[@]}" 2>/dev/null | tail -2 |
     expect "$out/tiny-shakespeare-opt-acur80-skeleton_col" "$tail_text"
@@ -78,7 +78,7 @@ for method in cur svd; do
 done
 for source in "$model" "$out/stories260K-hf-acur90" "$out/stories260K-hf-acur90-svd"; do
   for format in rtn_int8 rtn_int6 rtn_int4; do
-    "$bin/quantize" --model "$source" --format "$format" --output "$out/$(basename "$source")-$format" --overwrite \
+    "$bin/quantize" --model_id "$source" --format "$format" --output "$out/$(basename "$source")-$format" --overwrite \
       --eval_ppl "$eval_text" "${common[@]}" 2>/dev/null
     if [ "$format" != rtn_int4 ]; then  # the reference's in-memory arithmetic (fp32 scales)
       "$bin/acur" --model_id "$source" --raw_model --weight_quant "$format" --eval_ppl "$eval_text" --output "$out/acur" \
@@ -92,7 +92,7 @@ for method in cur svd; do
 done
 "$bin/build_acur_repo" --model_id "$opt" --method cur --weight_quant rtn_int4 --max_shard_size 200KB "${opt_flags[@]}" \
   2>/dev/null | tail -3
-"$bin/quantize" --model "$opt" --format rtn_int8 --output "$out/tiny-shakespeare-opt-rtn_int8" --overwrite \
+"$bin/quantize" --model_id "$opt" --format rtn_int8 --output "$out/tiny-shakespeare-opt-rtn_int8" --overwrite \
   --eval_ppl "$tail_text" --seqlen 128 2>/dev/null
-"$bin/quantize" --model "$out/tiny-shakespeare-opt-acur80-svd" --format rtn_int6 --overwrite \
+"$bin/quantize" --model_id "$out/tiny-shakespeare-opt-acur80-svd" --format rtn_int6 --overwrite \
   --output "$out/tiny-shakespeare-opt-acur80-svd-rtn_int6" --eval_ppl "$tail_text" --seqlen 128 2>/dev/null

@@ -338,8 +338,10 @@ TEST_CASE("missing split files, unknown names and unknown splits are reported", 
   using data::Purpose;
   const std::string expected = (dir / "wikitext-2-raw" / "wiki.train.raw").string();
   CHECK_THROWS_AS(data::load_text("wikitext2", Purpose::Calibration, dir), std::runtime_error);
-  CHECK(error_of([&] { data::load_text("wikitext2", Purpose::Calibration, dir); }) ==
-        "wikitext2:train needs " + expected + ", which does not exist");
+  const std::string message = error_of([&] { data::load_text("wikitext2", Purpose::Calibration, dir); });
+  CHECK(message.rfind("wikitext2:train needs " + expected + ", which does not exist (", 0) == 0);
+  // The message says how to fix it.
+  CHECK_THAT(message, Contains("--data_dir") && Contains("CUR4LLM_DATA_DIR") && Contains("--eval_ppl none"));
   CHECK_THROWS_WITH(data::load_text("ptb", Purpose::Evaluation, dir),
                     Contains((dir / "ptb" / "ptb.valid.txt").string()) && Contains("does not exist"));
   CHECK_THROWS_WITH(data::load_text("c4", Purpose::Evaluation, dir),

@@ -5,8 +5,10 @@
 #include <cur4llm/compress/factory.h>
 #include <cur4llm/data/text_data.h>
 #include <cur4llm/eval/perplexity.h>
+#include <cur4llm/io/safetensors.h>
 #include <cur4llm/model/causal_lm.h>
 #include <cur4llm/pipeline/pipeline.h>
+#include <cur4llm/repo/acur_repo.h>
 #include <cur4llm/tokenize/tokenizer.h>
 
 #include <ATen/ATen.h>
@@ -248,4 +250,154 @@ TEST_CASE("CUR's fold_u option is refused for methods that have no U", "[pipelin
   o.method = "svd";
   CHECK_THROWS_WITH(cur4llm::pipeline::validate_settings(o),
                     Catch::Contains("--cur_fold_u applies to --method cur or grad_cur, not svd"));
+}
+
+TEST_CASE("presets: the best configuration by default, the reference's exactly on request", "[pipeline][unit]") {
+  namespace pipeline = cur4llm::pipeline;
+  pipeline::PipelineOptions o;
+  o.param_ratio_target = 0.8;
+  auto best = pipeline::resolve(o);
+  CHECK(best.method == "skeleton_swap");
+  CHECK(*best.sequential);
+  CHECK(*best.act_aware);
+  CHECK(best.search == "lagrangian");
+  REQUIRE(best.candidates.size() == 12);
+  CHECK(best.candidates.front() == Approx(0.4));
+  CHECK(best.candidates.back() == Approx(0.95));
+  CHECK(best.final_cut == cur4llm::search::FinalCut::kConverged);
+  CHECK(best.lm_head == pipeline::LmHeadPolicy::kAuto);
+
+  // Defaults that do not apply to the method or target give way; explicit values stay.
+  auto cur = o;
+  cur.method = "cur";
+  CHECK_FALSE(*pipeline::resolve(cur).sequential);
+  auto ppl = o;
+  ppl.param_ratio_target = -1;
+  ppl.ppl_target = 30;
+  CHECK(pipeline::resolve(ppl).search == "reference");
+  auto kv = o;
+  kv.param_ratio_target = -1;
+  kv.compress_kv_cache = true;
+  kv.kv_cache_ratio_target = 0.5;
+  CHECK(pipeline::resolve(kv).candidates.empty());
+  auto forced = cur;
+  forced.sequential = true;
+  CHECK(*pipeline::resolve(forced).sequential);
+  CHECK_THROWS_WITH(pipeline::validate_settings(forced), Catch::Contains("--sequential needs a data-aware method"));
+
+  auto ref = o;
+  ref.preset = pipeline::parse_preset("reference");
+  const auto r = pipeline::resolve(ref);
+  CHECK(r.method == "cur");
+  CHECK_FALSE(*r.sequential);
+  CHECK_FALSE(*r.act_aware);
+  CHECK(r.search == "reference");
+  CHECK(r.candidates.empty());  // the sweep's own: the reference's 0.4 .. 0.9
+  CHECK(r.final_cut == cur4llm::search::FinalCut::kReferenceLastMid);
+  CHECK(r.lm_head == pipeline::LmHeadPolicy::kReference);
+  CHECK_THROWS_WITH(pipeline::parse_preset("fast"), Catch::Contains("--preset"));
+  // resolve() is idempotent.
+  CHECK(pipeline::resolve(r).method == r.method);
+}
+
+namespace {
+
+// Compresses `folder` at each target with the default (best) configuration, exports it and
+// checks that the exported weights are smaller than the source's and that the tied lm_head stayed dense.
+void check_tied_exports_shrink(const fs::path& folder, const std::string& calib) {
+  namespace pipeline = cur4llm::pipeline;
+  auto tokenizer = cur4llm::tokenize::load_tokenizer(folder);
+  const auto source_bytes = fs::file_size(folder / "model.safetensors");
+  for (double target : {0.9, 0.7, 0.5}) {
+    CAPTURE(folder.string(), target);
+    pipeline::PipelineOptions o;
+    o.param_ratio_target = target;
+    o.calib_dataset = calib;
+    o.n_calib_samples = 4;
+    o.seqlen = 64;
+    o.batch_size = 4;
+    o.candidates = {0.3, 0.5, 0.7, 0.9};
+    o.show_progress = false;
+    auto lm = CausalLM::load(folder);
+    REQUIRE(lm->config().tie_word_embeddings);
+    const auto result = pipeline::compress_model(*lm, *tokenizer, o);
+    CHECK(result.plan.find("lm_head") == std::nullopt);  // not a candidate: it stays dense and tied
+    CHECK(lm->linear("lm_head").kind() == "dense");
+    CHECK(result.budget_ratio <= target + 1e-3);
+    CHECK(result.target_met);
+    const auto counts = cur4llm::model::count_params(*lm);
+    CHECK(counts.total_stored < counts.total_dense);
+    cur4llm::test::TempDir out("tied_export");
+    const auto written = cur4llm::repo::write_acur_repo(*lm, out / "repo", {});
+    CHECK(static_cast<std::uintmax_t>(written.weight_bytes) < source_bytes);
+    CHECK(fs::file_size(out / "repo" / "model.safetensors") < source_bytes);
+  }
+}
+
+}  // namespace
+
+TEST_CASE("a tied lm_head stays dense and tied: exports of a tied OPT are smaller for every target", "[pipeline][model]") {
+  const auto tail = (cur4llm::test::fixture_dir() / "text" / "shakespeare_tail.txt").string();
+  check_tied_exports_shrink(cur4llm::test::model_dir("tiny-shakespeare-opt"), tail);
+}
+
+TEST_CASE("a tied lm_head stays dense and tied: exports of a tied LLaMA are smaller for every target",
+          "[pipeline][model][shared]") {
+  CUR4LLM_REQUIRE_SHARED_DATA(shared);
+  // stories260K with its lm_head tied to the embedding: the checkpoint without lm_head.weight.
+  cur4llm::test::TempDir dir("tied_llama");
+  const fs::path src = shared / "models" / "stories260K-hf";
+  for (const char* f : {"tokenizer.model", "tokenizer_config.json"}) fs::copy_file(src / f, dir / f);
+  auto config = read_json(src / "config.json");
+  config["tie_word_embeddings"] = true;
+  std::ofstream(dir / "config.json") << config.dump(1);
+  cur4llm::io::SafetensorsFile weights(src / "model.safetensors");
+  std::vector<std::pair<std::string, at::Tensor>> tensors;
+  for (const auto& name : weights.names()) {
+    if (name != "lm_head.weight") tensors.emplace_back(name, weights.load(name));
+  }
+  cur4llm::io::save_safetensors(dir / "model.safetensors", tensors);
+  check_tied_exports_shrink(dir.path, (shared / "text" / "tinystories" / "tinystories_calib.txt").string());
+}
+
+TEST_CASE("--compress_lm_head on a tied model counts the untied head in full", "[pipeline][model]") {
+  namespace pipeline = cur4llm::pipeline;
+  const auto folder = cur4llm::test::model_dir("tiny-shakespeare-opt");
+  auto tokenizer = cur4llm::tokenize::load_tokenizer(folder);
+  pipeline::PipelineOptions o;
+  o.param_ratio_target = 0.8;
+  o.lm_head = pipeline::LmHeadPolicy::kCompress;
+  o.calib_dataset = (cur4llm::test::fixture_dir() / "text" / "shakespeare_tail.txt").string();
+  o.n_calib_samples = 4;
+  o.seqlen = 64;
+  o.batch_size = 4;
+  o.candidates = {0.5, 0.9};
+  o.show_progress = false;
+  auto lm = CausalLM::load(folder);
+  const auto result = pipeline::compress_model(*lm, *tokenizer, o);
+  // The head is a candidate but compressing it only adds parameters: the search keeps it dense.
+  REQUIRE(result.plan.find("lm_head"));
+  CHECK(result.plan.find("lm_head")->method == "dense");
+  CHECK(result.budget_ratio <= 0.8 + 1e-3);
+  const auto counts = cur4llm::model::count_params(*lm);
+  CHECK(counts.total_stored < counts.total_dense);
+}
+
+TEST_CASE("a missed target is reported, not silent", "[pipeline][model]") {
+  namespace pipeline = cur4llm::pipeline;
+  const auto folder = cur4llm::test::model_dir("tiny-shakespeare-opt");
+  auto tokenizer = cur4llm::tokenize::load_tokenizer(folder);
+  pipeline::PipelineOptions o;
+  o.param_ratio_target = 0.2;  // below what the smallest candidate gives
+  o.calib_dataset = (cur4llm::test::fixture_dir() / "text" / "shakespeare_tail.txt").string();
+  o.n_calib_samples = 4;
+  o.seqlen = 64;
+  o.batch_size = 4;
+  o.candidates = {0.6, 0.8};
+  o.show_progress = false;
+  auto lm = CausalLM::load(folder);
+  const auto result = pipeline::compress_model(*lm, *tokenizer, o);
+  CHECK_FALSE(result.target_met);
+  CHECK(result.budget_ratio > 0.2);
+  CHECK_THAT(result.target_note, Catch::Contains("--param_ratio_target 0.2 not reached") && Catch::Contains("--candidates"));
 }

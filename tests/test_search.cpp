@@ -12,6 +12,7 @@
 #include <cur4llm/io/files.h>
 
 #include <cur4llm/search/binary_search.h>
+#include <cur4llm/search/lagrangian.h>
 #include <cur4llm/search/compression_plan.h>
 #include <cur4llm/search/sensitivity_table.h>
 #include <cur4llm/search/stable_rank.h>
@@ -449,6 +450,9 @@ TEST_CASE("compression plan totals, table and JSON round trip", "[unit][io]") {
   for (const auto& l : lines) CHECK(l.size() == lines[0].size());
   CHECK_THAT(lines[2], Contains("model.layers.0.self_attn.q_proj") && Contains("cur") && Contains("50.00%"));
   CHECK_THAT(lines[5], Contains("total (3 layers)") && Contains("19264") && Contains("24384") && Contains("79.00%"));
+  // A dense row shows no ratio and no rank ("-"), not a rank of 0.
+  CHECK_THAT(lines[4], Contains("lm_head") && Contains("dense") && Contains("  -  "));
+  CHECK_THAT(lines[4], !Contains(" 0 ") && !Contains("1.000"));
 
   TempDir dir;
   plan.save(dir.path / "plan.json");
@@ -475,4 +479,50 @@ TEST_CASE("corrupt compression plan JSON names the file and the key", "[unit][io
   CHECK_THROWS_WITH(CompressionPlan::load(file), Contains("layers[1]") && Contains("twice"));
   write_text(file, R"({"format": "cur4llm.compression_plan", "version": 2, "layers": []})");
   CHECK_THROWS_WITH(CompressionPlan::load(file), Contains("\"version\""));
+}
+
+TEST_CASE("a shared (tied) layer is free while dense and costs in full once compressed", "[unit]") {
+  // A, B 100 each; H (a tied lm_head, numel 200) is shared: the total is A + B = 200.
+  std::vector<LayerSize> layers = {{"A", 100}, {"B", 100}, {"H", 200, true}};
+  // Dense everywhere: 200 / 200.
+  const Allocation dense = {{"A", 1.0, false}, {"B", 1.0, false}, {"H", 1.0, false}};
+  CHECK(whole_model_ratio(dense, layers, CompressMode::kWeights) == 1.0);
+  // A at 0.5, H compressed at 0.5: (50 + 100 + 100) / 200 = 1.25 (the untied head adds 100).
+  const Allocation head = {{"A", 0.5, true}, {"B", 1.0, false}, {"H", 0.5, true}};
+  CHECK(whole_model_ratio(head, layers, CompressMode::kWeights) == 1.25);
+  // The Lagrangian search never compresses H: it only adds parameters.
+  SensitivityTable t("ppl");
+  for (const char* name : {"A", "B", "H"}) {
+    t.add(name, 0.5, 12);
+    t.add(name, 0.75, 11);
+  }
+  const SearchResult r = search_param_ratio_lagrangian(t, layers, 0.75, 10);
+  CHECK(ratios_of(r.allocation).at("H") == 1.0);
+  CHECK(r.ratio <= 0.75);
+  CHECK(r.target_met);
+}
+
+TEST_CASE("a target no cut reaches is reported as missed", "[unit]") {
+  // abc: the smallest reachable ratio is 0.5 (every layer at 0.5).
+  const SearchResult low = search_param_ratio(abc_table(), abc_layers(), 0.3);
+  CHECK(low.ratio == 0.5);
+  CHECK_FALSE(low.target_met);
+  // The reference's search stops at the first cut above the target (0.75 for 0.7: cut 3 of
+  // 0.5, 0.625, 0.6875, 0.75, ...; 0.8125 for 0.75, since a ratio equal to the target moves
+  // low up): a miss, and said so.
+  const SearchResult over = search_param_ratio(abc_table(), abc_layers(), 0.7);
+  CHECK(over.ratio == 0.75);
+  CHECK_FALSE(over.target_met);
+  const SearchResult equal = search_param_ratio(abc_table(), abc_layers(), 0.75);
+  CHECK(equal.ratio == 0.8125);
+  CHECK_FALSE(equal.target_met);
+  const SearchResult lagr = search_param_ratio_lagrangian(abc_table(), abc_layers(), 0.7, 5);
+  CHECK(lagr.ratio <= 0.7);
+  CHECK(lagr.target_met);
+  const SearchResult lagr_low = search_param_ratio_lagrangian(abc_table(), abc_layers(), 0.3, 5);
+  CHECK(lagr_low.ratio == 0.5);
+  CHECK_FALSE(lagr_low.target_met);
+  // A perplexity target that every cut misses (ppl never below 1).
+  const SearchResult ppl = search_perplexity(abc_table(), abc_layers(), 1.0, [](const Allocation&) { return 5.0; });
+  CHECK_FALSE(ppl.target_met);
 }

@@ -1,13 +1,15 @@
 // acur: activation-aware CUR (or SVD) compression of a Hugging Face causal LM.
-// Flag names and defaults follow the reference pipeline (asvd.py); see
-// docs/acur.md for every flag and docs/deviations.md for where we differ.
-#include <cur4llm/quant/packed_quant.h>
-#include <cur4llm/quant/quantize.h>
+// Flag names follow the reference pipeline (asvd.py); see docs/acur.md for
+// every flag, its status against the reference, and docs/deviations.md for
+// where we differ.
 #include <cur4llm/data/text_data.h>
+#include <cur4llm/io/cache.h>
 #include <cur4llm/io/files.h>
 #include <cur4llm/io/model_folder.h>
 #include <cur4llm/model/causal_lm.h>
 #include <cur4llm/pipeline/pipeline.h>
+#include <cur4llm/quant/packed_quant.h>
+#include <cur4llm/quant/quantize.h>
 #include <cur4llm/tokenize/tokenizer.h>
 #include <cur4llm/util/host_memory.h>
 
@@ -21,6 +23,8 @@
 #include <chrono>
 #include <ctime>
 #include <iostream>
+#include <map>
+#include <utility>
 
 namespace po = boost::program_options;
 namespace fs = std::filesystem;
@@ -34,7 +38,9 @@ struct Options {
   std::string weight_quant = "none";
   std::string eval_ppl = "wikitext2,ptb";
   bool raw_model = false;
+  bool skip_dense_eval = false;
   std::string output = "output";
+  std::string results_file;
   int64_t limit = -1;
 };
 
@@ -49,13 +55,72 @@ std::string now_iso8601() {
   return buf;
 }
 
+// Readable names of the pipeline's stages, in run order.
+std::string stage_label(const std::string& key) {
+  static const std::map<std::string, std::string> labels = {
+      {"load_s", "load model"},          {"calib_samples_s", "calibration samples"},
+      {"statistics_s", "activation statistics"}, {"sensitivity_s", "sensitivity"},
+      {"search_s", "search"},            {"decompose_s", "decomposition"},
+      {"quantize_s", "quantization"},    {"dense_eval_s", "evaluation (dense)"},
+      {"eval_s", "evaluation"}};
+  const auto it = labels.find(key);
+  return it == labels.end() ? key : it->second;
+}
+
+// "(first 20 of 1591 windows)" when --limit cut the evaluation.
+std::string windows_note(const cur4llm::eval::PerplexityResult& r, int64_t seqlen) {
+  const int64_t all = seqlen > 0 ? r.tokens / seqlen : r.windows;
+  return r.windows < all ? fmt::format(" (first {} of {} windows)", r.windows, all) : std::string();
+}
+
+// The dense model's perplexity on `spec`: cached next to the other artefacts when --use_cache is set.
+cur4llm::eval::PerplexityResult dense_perplexity(const cur4llm::model::CausalLM& lm,
+                                                 const cur4llm::tokenize::Tokenizer& tokenizer, const std::string& spec,
+                                                 const cur4llm::pipeline::EvalOptions& eopts,
+                                                 const cur4llm::pipeline::PipelineOptions& pipe) {
+  std::optional<fs::path> file;
+  cur4llm::io::CacheKey key{"dense_ppl",
+                            {{"model_fingerprint", cur4llm::io::model_fingerprint(lm.folder())},
+                             {"dtype", c10::toString(lm.dtype())},
+                             {"device", lm.device().str()},
+                             {"dataset", spec},
+                             {"seqlen", std::to_string(eopts.seqlen)},
+                             {"limit", std::to_string(eopts.max_windows)}}};
+  if (pipe.use_cache && !lm.folder().empty()) {
+    file = pipe.cache_dir / key.file_name("json");
+    std::error_code ec;
+    if (fs::is_regular_file(*file, ec)) {
+      try {
+        const auto j = nlohmann::json::parse(cur4llm::io::read_file(*file));
+        std::map<std::string, std::string> meta = j.at("key").get<std::map<std::string, std::string>>();
+        if (key.mismatch(meta).empty()) {
+          cur4llm::eval::PerplexityResult r;
+          r.perplexity = j.at("ppl").get<double>();
+          r.windows = j.at("windows").get<int64_t>();
+          r.tokens = j.at("tokens").get<int64_t>();
+          fmt::print(stderr, "cache hit: {}\n", file->string());
+          return r;
+        }
+      } catch (const std::exception& e) {
+        fmt::print(stderr, "cache: {} is unreadable ({}); recomputing\n", file->string(), e.what());
+      }
+    }
+  }
+  auto r = cur4llm::pipeline::evaluate_dataset(lm, tokenizer, spec, eopts);
+  if (file) {
+    fs::create_directories(pipe.cache_dir);
+    const nlohmann::json j = {{"key", key.as_metadata()}, {"ppl", r.perplexity}, {"windows", r.windows}, {"tokens", r.tokens}};
+    cur4llm::io::write_file_atomic(*file, j.dump(1) + "\n");
+  }
+  return r;
+}
+
 int run(int argc, char** argv) {
   cur4llm::util::tune_host_allocator();
   Options o;
   cur4llm::app::PipelineFlags flags;
   po::options_description ref("Options of the reference pipeline (asvd.py)");
   ref.add_options()
-      ("help,h", "print this help")
       ("model_id", po::value(&o.model_id)->required(), "model folder, or an org/name id in the local Hugging Face cache")
       ("weight_quant", po::value(&o.weight_quant)->default_value("none"),
        "none, rtn_int8 or rtn_int6 (per channel, as the reference), or rtn_int4 (groups of 128): after compression")
@@ -66,28 +131,47 @@ int run(int argc, char** argv) {
   cur4llm::app::add_pipeline_flags(ref, own, flags);
   own.add_options()
       ("output", po::value(&o.output)->default_value("output"), "folder for results.jsonl and plan files")
-      ("limit", po::value(&o.limit)->default_value(-1), "evaluate only the first N windows (-1: all)");
+      ("results_file", po::value(&o.results_file),
+       "the JSON-lines file each run appends its record to (default: <output>/results.jsonl)")
+      ("limit", po::value(&o.limit)->default_value(-1), "evaluate only the first N windows (-1: all)")
+      ("skip_dense_eval", po::bool_switch(&o.skip_dense_eval),
+       "in a compression run, do not evaluate the dense model first (its perplexity is printed next to the "
+       "compressed one; cached with --use_cache)")
+      ("version", "print the version and exit")
+      ("help,h", "print this help");
   po::options_description all("acur: activation-aware CUR compression of a Hugging Face causal LM\n\n"
                               "Usage: acur --model_id MODEL (--param_ratio_target R | --ppl_target P | "
                               "--compress_kv_cache --kv_cache_ratio_target R | --raw_model) [options]");
   all.add(ref).add(own);
   po::variables_map vm;
-  po::store(po::parse_command_line(argc, argv, all), vm);
-  if (vm.count("help") || argc == 1) {
-    std::cout << all << "\n";
-    return 0;
-  }
-  po::notify(vm);
-  auto pipe = flags.resolved();
+  int exit_code = 0;
+  if (!cur4llm::app::parse_command_line("acur", argc, argv, all, vm, exit_code)) return exit_code;
+
   if (o.raw_model) {
-    cur4llm::pipeline::validate_settings(pipe);
-  } else {
-    cur4llm::pipeline::validate(pipe);
+    for (const char* flag : {"param_ratio_target", "ppl_target", "kv_cache_ratio_target"}) {
+      if (!vm[flag].defaulted()) {
+        throw std::invalid_argument(fmt::format("--raw_model evaluates the model as it is; it takes no --{}", flag));
+      }
+    }
+    if (flags.options.compress_kv_cache) throw std::invalid_argument("--raw_model takes no --compress_kv_cache");
   }
+  if (o.limit == 0 || o.limit < -1) throw std::invalid_argument(fmt::format("--limit must be positive or -1 (all), not {}", o.limit));
   if (o.weight_quant != "none" && o.weight_quant != "rtn_int8" && o.weight_quant != "rtn_int6" &&
       o.weight_quant != "rtn_int4") {
     throw std::invalid_argument(
         fmt::format("--weight_quant must be none, rtn_int8, rtn_int6 or rtn_int4, not \"{}\"", o.weight_quant));
+  }
+  auto pipe = flags.resolved();
+
+  // The model first: a wrong --model_id is the error to report, not the data it would have read.
+  const fs::path folder = cur4llm::io::resolve_model_id(o.model_id);
+  if (!fs::is_regular_file(folder / "config.json")) {
+    throw std::runtime_error(fmt::format("{}: no config.json, so this is not a Hugging Face model folder", folder.string()));
+  }
+  if (o.raw_model) {
+    cur4llm::pipeline::validate_settings(pipe);
+  } else {
+    cur4llm::pipeline::validate(pipe);
   }
 
   cur4llm::model::LoadOptions load;
@@ -96,21 +180,22 @@ int run(int argc, char** argv) {
   const fs::path data_dir = pipe.data_dir.empty() ? cur4llm::data::default_data_dir() : pipe.data_dir;
   const auto eval_sets = split_list(o.eval_ppl);
   for (const auto& spec : eval_sets) cur4llm::data::resolve_dataset(spec, cur4llm::data::Purpose::Evaluation, data_dir);
+  const fs::path results_file = o.results_file.empty() ? fs::path(o.output) / "results.jsonl" : fs::path(o.results_file);
 
-  nlohmann::json timings = nlohmann::json::object();
+  std::vector<std::pair<std::string, double>> timings;
   auto t0 = std::chrono::steady_clock::now();
-  const fs::path folder = cur4llm::io::resolve_model_id(o.model_id);
   auto lm = cur4llm::model::CausalLM::load(folder, load);
   auto tokenizer = cur4llm::tokenize::load_tokenizer(folder);
-  timings["load_s"] = seconds_since(t0);
+  timings.emplace_back("load_s", seconds_since(t0));
   fmt::print(stderr, "loaded {} ({}, {} layers, {}) on {} in {:.1f} s; tokenizer: {}\n", folder.string(),
              lm->config().model_type, lm->num_layers(), c10::toString(lm->dtype()), lm->device().str(),
-             timings["load_s"].get<double>(), tokenizer->describe());
+             timings.back().second, tokenizer->describe());
   const int64_t seqlen = cur4llm::pipeline::effective_seqlen(*lm, pipe.seqlen);
   pipe.seqlen = seqlen;
   const auto counts = cur4llm::model::count_params(*lm);
 
   nlohmann::json record = {{"time", now_iso8601()},
+                           {"cur4llm", cur4llm::app::provenance()},
                            {"model_id", o.model_id},
                            {"model_folder", folder.string()},
                            {"raw_model", o.raw_model},
@@ -119,9 +204,23 @@ int run(int argc, char** argv) {
                            {"device", lm->device().str()},
                            {"dtype", c10::toString(lm->dtype())}};
 
+  cur4llm::pipeline::EvalOptions eopts;
+  eopts.seqlen = seqlen;
+  eopts.batch_size = pipe.batch_size;
+  eopts.max_windows = o.limit;
+  eopts.data_dir = data_dir;
+
+  // The dense model's perplexity, to print next to the compressed one.
+  std::map<std::string, double> dense_ppl;
+  if (!o.raw_model && !o.skip_dense_eval && !eval_sets.empty()) {
+    t0 = std::chrono::steady_clock::now();
+    for (const auto& spec : eval_sets) dense_ppl[spec] = dense_perplexity(*lm, *tokenizer, spec, eopts, pipe).perplexity;
+    timings.emplace_back("dense_eval_s", seconds_since(t0));
+  }
+
   if (!o.raw_model) {
     auto result = cur4llm::pipeline::compress_model(*lm, *tokenizer, pipe);
-    for (const auto& [stage, s] : result.timings) timings[stage] = s;
+    for (const auto& stage : result.timings) timings.push_back(stage);
     auto& plan = result.plan;
     plan.meta()["model_id"] = o.model_id;
     std::cout << plan.table() << std::flush;
@@ -134,6 +233,14 @@ int run(int argc, char** argv) {
     record["search"] = {{"cut", result.search_cut}, {"entries", result.search_entries},
                         {"nominal_ratio", result.nominal_ratio}};
     if (result.dense_calibration_ppl > 0) record["dense_calibration_ppl"] = result.dense_calibration_ppl;
+    if (result.final_calibration_ppl > 0) record["calibration_ppl"] = result.final_calibration_ppl;
+    record["budget_ratio"] = result.budget_ratio;
+    record["target_met"] = result.target_met;
+    if (!result.target_met) record["target_note"] = result.target_note;
+    if (result.budget_layers.size() < lm->linears().size()) {
+      fmt::print("param ratio: {:.4f} of the budgeted Linear weights (lm_head is tied to the embedding and stays dense)\n",
+                 result.budget_ratio);
+    }
   }
 
   // Real parameter counts, after compression.
@@ -147,42 +254,59 @@ int run(int argc, char** argv) {
   if (o.weight_quant != "none") {
     // int8 / int6 as the reference (fp32 scales); group-wise int4 has no reference counterpart and
     // takes the packed storage's arithmetic (fp16 scales), applied in memory.
+    t0 = std::chrono::steady_clock::now();
     const int64_t n = o.weight_quant == "rtn_int4"
                           ? cur4llm::quant::rtn_quantize_model(*lm, cur4llm::quant::parse_quant_format(o.weight_quant))
                           : cur4llm::quant::rtn_quantize_model(*lm, o.weight_quant == "rtn_int8" ? 8 : 6);
+    timings.emplace_back("quantize_s", seconds_since(t0));
     fmt::print(stderr, "{}: quantized {} weight tensors of the decoder layers\n", o.weight_quant, n);
     record["weight_quant"] = o.weight_quant;
   }
 
   nlohmann::json results = nlohmann::json::object();
+  bool finite = true;
+  t0 = std::chrono::steady_clock::now();
   for (const auto& spec : eval_sets) {
-    t0 = std::chrono::steady_clock::now();
-    cur4llm::pipeline::EvalOptions eopts;
-    eopts.seqlen = seqlen;
-    eopts.batch_size = pipe.batch_size;
-    eopts.max_windows = o.limit;
-    eopts.data_dir = data_dir;
+    const auto t1 = std::chrono::steady_clock::now();
     auto r = cur4llm::pipeline::evaluate_dataset(*lm, *tokenizer, spec, eopts);
-    fmt::print("{} {:.4f}\n", spec, r.perplexity);
+    const auto dense = dense_ppl.find(spec);
+    const std::string note = windows_note(r, seqlen);
+    if (dense != dense_ppl.end()) {
+      fmt::print("{} {:.4f} (dense {:.4f}){}\n", spec, r.perplexity, dense->second, note);
+    } else {
+      fmt::print("{} {:.4f}{}\n", spec, r.perplexity, note);
+    }
     std::fflush(stdout);
-    results[spec] = {{"ppl", r.perplexity}, {"windows", r.windows}, {"tokens", r.tokens}};
-    timings["eval_" + spec + "_s"] = seconds_since(t0);
+    results[spec] = {{"ppl", r.perplexity}, {"windows", r.windows}, {"tokens", r.tokens},
+                     {"eval_s", seconds_since(t1)}};
+    if (dense != dense_ppl.end()) results[spec]["dense_ppl"] = dense->second;
+    finite = finite && std::isfinite(r.perplexity);
   }
+  if (!eval_sets.empty()) timings.emplace_back("eval_s", seconds_since(t0));
   record["ppl"] = results;
-  record["timings"] = timings;
-  nlohmann::json args = {{"param_ratio_target", pipe.param_ratio_target}, {"ppl_target", pipe.ppl_target},
-                         {"kv_cache_ratio_target", pipe.kv_cache_ratio_target}, {"act_aware", pipe.act_aware},
+  nlohmann::json timing_record = nlohmann::json::object();
+  for (const auto& [stage, s] : timings) timing_record[stage] = s;
+  record["timings"] = timing_record;
+  nlohmann::json args = {{"preset", cur4llm::pipeline::preset_name(pipe.preset)},
+                         {"param_ratio_target", pipe.param_ratio_target}, {"ppl_target", pipe.ppl_target},
+                         {"kv_cache_ratio_target", pipe.kv_cache_ratio_target}, {"act_aware", *pipe.act_aware},
                          {"alpha", pipe.alpha}, {"n_calib_samples", pipe.n_calib_samples},
                          {"calib_dataset", pipe.calib_dataset}, {"scaling_method", pipe.scaling_method},
                          {"sensitivity_metric", pipe.sensitivity_metric}, {"sigma_fuse", pipe.sigma_fuse},
                          {"seed", pipe.seed}, {"rank_align", pipe.rank_align}, {"use_bos", pipe.use_bos},
-                         {"cur_selection", pipe.cur_selection}, {"cur_fold_u", pipe.cur_fold_u}, {"sequential", pipe.sequential},
-                         {"search", pipe.search}, {"candidates", flags.candidates}};
+                         {"cur_selection", pipe.cur_selection}, {"cur_fold_u", pipe.cur_fold_u},
+                         {"sequential", *pipe.sequential}, {"search", pipe.search},
+                         {"candidates", pipe.candidates}, {"compress_lm_head", flags.compress_lm_head}};
   record["args"] = args;
-  for (const auto& [stage, s] : timings.items()) fmt::print(stderr, "time {}: {:.2f} s\n", stage, s.get<double>());
-  const fs::path results_file = fs::path(o.output) / "results.jsonl";
+  fmt::print(stderr, "time:");
+  for (const auto& [stage, s] : timings) fmt::print(stderr, " {} {:.2f} s;", stage_label(stage), s);
+  fmt::print(stderr, "\n");
   cur4llm::io::append_line(results_file, record.dump());
   fmt::print(stderr, "results appended to {}\n", results_file.string());
+  if (!finite) {
+    fmt::print(stderr, "acur: error: the perplexity is not finite (the model's outputs overflow or are NaN)\n");
+    return cur4llm::app::kFailed;
+  }
   return 0;
 }
 

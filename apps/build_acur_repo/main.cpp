@@ -44,7 +44,7 @@ int run(int argc, char** argv) {
   Options o;
   cur4llm::app::PipelineFlags flags;
   po::options_description ref("Compression flags (as acur's, see docs/acur.md)");
-  ref.add_options()("help,h", "print this help")(
+  ref.add_options()(
       "model_id", po::value(&o.model_id)->required(), "model folder, or an org/name id in the local Hugging Face cache");
   po::options_description own("cur4llm options");
   cur4llm::app::add_pipeline_flags(ref, own, flags);
@@ -62,18 +62,17 @@ int run(int argc, char** argv) {
        "fp32, fp16 or bf16 for floating tensors (default: the source config's dtype)")
       ("eval_ppl", po::value(&o.eval_ppl)->default_value("none"),
        "datasets to evaluate before saving, comma-separated (as acur's)")
-      ("limit", po::value(&o.limit)->default_value(-1), "evaluate only the first N windows (-1: all)");
+      ("limit", po::value(&o.limit)->default_value(-1), "evaluate only the first N windows (-1: all)")
+      ("version", "print the version and exit")
+      ("help,h", "print this help");
   po::options_description all("build_acur_repo: compress a causal LM and write it as a Hugging Face repository\n\n"
                               "Usage: build_acur_repo --model_id MODEL (--param_ratio_target R | --ppl_target P | "
                               "--plan PLAN.json) [--method cur|svd|skeleton|...] [--output DIR] [options]");
   all.add(ref).add(own).add(repo);
   po::variables_map vm;
-  po::store(po::parse_command_line(argc, argv, all), vm);
-  if (vm.count("help") || argc == 1) {
-    std::cout << all << "\n";
-    return 0;
-  }
-  po::notify(vm);
+  int exit_code = 0;
+  if (!cur4llm::app::parse_command_line("build_acur_repo", argc, argv, all, vm, exit_code)) return exit_code;
+  if (o.limit == 0 || o.limit < -1) throw std::invalid_argument(fmt::format("--limit must be positive or -1 (all), not {}", o.limit));
 
   auto pipe = flags.resolved();
   pipe.plan_file = o.plan;
@@ -99,11 +98,11 @@ int run(int argc, char** argv) {
     return fs::path(o.output) / name;
   };
   if (pipe.param_ratio_target > 0) cur4llm::io::check_target_free(folder_for(pipe.param_ratio_target), {o.overwrite});
+  const fs::path source = cur4llm::io::resolve_model_id(o.model_id);
 
   cur4llm::model::LoadOptions load;
   load.device = cur4llm::model::parse_device(flags.device);
   if (!flags.dtype.empty()) load.dtype = cur4llm::model::parse_dtype(flags.dtype);
-  const fs::path source = cur4llm::io::resolve_model_id(o.model_id);
   auto lm = cur4llm::model::CausalLM::load(source, load);
   if (lm->stored_form().acur_format_version > 0) {
     throw std::invalid_argument(source.string() + " is already an acur repository; give the dense model");
@@ -119,6 +118,10 @@ int run(int argc, char** argv) {
   std::cout << result.plan.table() << std::flush;
   const auto after = cur4llm::model::count_params(*lm);
   const double linear_ratio = static_cast<double>(after.linear_stored) / dense.linear_dense;
+  if (result.budget_layers.size() < lm->linears().size()) {
+    fmt::print("param ratio: {:.4f} of the budgeted Linear weights (lm_head is tied to the embedding and stays dense)\n",
+               result.budget_ratio);
+  }
   fmt::print("param ratio: {:.4f} of Linear weights, {:.4f} of the whole model\n", linear_ratio,
              static_cast<double>(after.total_stored) / dense.total_dense);
 
@@ -144,7 +147,8 @@ int run(int argc, char** argv) {
                       {"source", o.model_id},
                       {"target", result.target_label},
                       {"param_ratio_linear", fmt::format("{:.6f}", linear_ratio)},
-                      {"act_aware", pipe.act_aware ? "1" : "0"},
+                      {"preset", cur4llm::pipeline::preset_name(pipe.preset)},
+                      {"act_aware", *pipe.act_aware ? "1" : "0"},
                       {"alpha", fmt::format("{}", pipe.alpha)},
                       {"calib_dataset", pipe.calib_dataset},
                       {"n_calib_samples", std::to_string(pipe.n_calib_samples)},

@@ -1,9 +1,15 @@
 #pragma once
 // What every cur4llm app shares: one clear error line and a non-zero exit.
 
+#include <cur4llm/version.h>
+
 #include <boost/program_options.hpp>
 #include <c10/util/Exception.h>
 #include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <iostream>
 
 #include <cstdio>
 #include <exception>
@@ -26,6 +32,82 @@ inline std::vector<std::string> split_list(const std::string& s) {
     if (!item.empty() && item != "none") out.push_back(item);
   }
   return out;
+}
+
+/// "acur 0.1.0 (commit 3ca1b49abcde)": what --version prints.
+inline std::string version_line(const char* app) {
+  return fmt::format("{} {} (commit {})", app, cur4llm::version(), cur4llm::git_commit());
+}
+
+/// The version and commit as results.jsonl and exported configs record them.
+inline nlohmann::json provenance() {
+  return {{"name", "cur4llm"}, {"version", cur4llm::version()}, {"git_commit", cur4llm::git_commit()}};
+}
+
+/// Edit distance between two flag names (insertions, deletions, substitutions, adjacent swaps).
+inline std::size_t flag_distance(const std::string& a, const std::string& b) {
+  std::vector<std::vector<std::size_t>> d(a.size() + 1, std::vector<std::size_t>(b.size() + 1));
+  for (std::size_t i = 0; i <= a.size(); ++i) d[i][0] = i;
+  for (std::size_t j = 0; j <= b.size(); ++j) d[0][j] = j;
+  for (std::size_t i = 1; i <= a.size(); ++i) {
+    for (std::size_t j = 1; j <= b.size(); ++j) {
+      d[i][j] = std::min({d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + (a[i - 1] == b[j - 1] ? 0 : 1)});
+      if (i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1]) d[i][j] = std::min(d[i][j], d[i - 2][j - 2] + 1);
+    }
+  }
+  return d[a.size()][b.size()];
+}
+
+/// The known flag nearest to `given` (without dashes), or "" if none is near.
+inline std::string nearest_flag(const boost::program_options::options_description& options, std::string given) {
+  while (!given.empty() && given.front() == '-') given.erase(given.begin());
+  if (const auto eq = given.find('='); eq != std::string::npos) given.resize(eq);
+  std::string best;
+  std::size_t best_distance = std::max<std::size_t>(2, given.size() / 3) + 1;
+  for (const auto& option : options.options()) {
+    const std::string& name = option->long_name();
+    const std::size_t distance = flag_distance(given, name);
+    if (distance < best_distance) {
+      best_distance = distance;
+      best = name;
+    }
+  }
+  return best;
+}
+
+/// Parses the command line against `options` (which must hold "help" and "version").
+/// Returns false when the app should exit at once with `exit_code`: no arguments
+/// (usage on stderr, 2), --help (usage on stdout, 0), --version (0). An unknown
+/// flag is refused naming the nearest known one ("did you mean --param_ratio_target?").
+inline bool parse_command_line(const char* app, int argc, char** argv,
+                               const boost::program_options::options_description& options,
+                               boost::program_options::variables_map& vm, int& exit_code) {
+  namespace po = boost::program_options;
+  if (argc <= 1) {
+    std::ostringstream usage;
+    usage << options;
+    fmt::print(stderr, "{}\n", usage.str());
+    exit_code = kUsage;
+    return false;
+  }
+  try {
+    po::store(po::parse_command_line(argc, argv, options), vm);
+  } catch (const po::unknown_option& e) {
+    const std::string near = nearest_flag(options, e.get_option_name());
+    throw po::error(near.empty() ? std::string(e.what()) : fmt::format("{}; did you mean --{}?", e.what(), near));
+  }
+  if (vm.count("help")) {
+    std::cout << options << "\n";
+    exit_code = kOk;
+    return false;
+  }
+  if (vm.count("version")) {
+    fmt::print("{}\n", version_line(app));
+    exit_code = kOk;
+    return false;
+  }
+  po::notify(vm);
+  return true;
 }
 
 /// Runs `body`, turning exceptions into one line on stderr and an exit code.

@@ -18,14 +18,19 @@ struct PipelineFlags {
   std::string device = "cpu";
   std::string dtype;
   std::string candidates;
+  std::string preset = "best";
+  bool compress_lm_head = false;
 
   /// The options with the folders and candidates filled in (std::invalid_argument for bad candidates).
+  /// The options as the run will use them: the preset's values filled in (pipeline::resolve).
   pipeline::PipelineOptions resolved() const {
     auto o = options;
     o.data_dir = data_dir;
     o.cache_dir = cache_dir;
     o.candidates = pipeline::parse_candidates(candidates);
-    return o;
+    o.preset = pipeline::parse_preset(preset);
+    if (compress_lm_head) o.lm_head = pipeline::LmHeadPolicy::kCompress;
+    return pipeline::resolve(o);
   }
 };
 
@@ -38,7 +43,9 @@ inline void add_pipeline_flags(boost::program_options::options_description& ref,
       ("ppl_target", po::value(&o.ppl_target)->default_value(-1), "target calibration perplexity (binary search)")
       ("param_ratio_target", po::value(&o.param_ratio_target)->default_value(-1),
        "target ratio of Linear weight parameters, in (0, 1]")
-      ("act_aware", po::bool_switch(&o.act_aware), "scale the weight by activation statistics (ASVD-style)")
+      ("act_aware", po::value<bool>()->implicit_value(true)->notifier([&o](bool v) { o.act_aware = v; }),
+       "scale the weight by activation statistics, ASVD-style (default: on; off with the reference preset; "
+       "--act_aware=false turns it off)")
       ("alpha", po::value(&o.alpha)->default_value(0.5), "exponent of the activation scale, >= 0")
       ("n_calib_samples", po::value(&o.n_calib_samples)->default_value(32), "calibration samples")
       ("calib_dataset", po::value(&o.calib_dataset)->default_value("wikitext2"),
@@ -54,22 +61,32 @@ inline void add_pipeline_flags(boost::program_options::options_description& ref,
       ("rank_align", po::value(&o.rank_align)->default_value(1), "ranks are multiples of this")
       ("use_bos", po::bool_switch(&o.use_bos), "put BOS before each calibration sample if the tokenizer does not");
   own.add_options()
-      ("method", po::value(&o.method)->default_value("cur"),
-       "decomposition: cur, svd, grad_cur (CUR with trainable scales); on the input Gram matrix: svd_whiten, "
+      ("preset", po::value(&f.preset)->default_value("best"),
+       "where the defaults come from: best (the best measured configuration: skeleton_swap, sequential, "
+       "Lagrangian search, candidates 0.4..0.95) or reference (the reference pipeline exactly: cur, its binary "
+       "search and candidates, lm_head counted like any Linear); flags given explicitly win")
+      ("method", po::value(&o.method),
+       "decomposition (default: skeleton_swap; cur with --preset reference): cur, svd, grad_cur (CUR with "
+       "trainable scales); on the input Gram matrix: svd_whiten, "
        "skeleton (row or column side per layer), skeleton_row, skeleton_col, cur_whiten, cur_deim, cur_qr; "
        "skeleton_diag (on the scale); see docs/methods.md")
       ("cur_selection", po::value(&o.cur_selection)->default_value("topk"), "CUR rows/columns: topk or sampled leverage")
       ("cur_fold_u", po::bool_switch(&o.cur_fold_u),
        "CUR: store C*U instead of C and U (out*k + k*in weights instead of + k*k: a higher rank at the same ratio "
        "and one product less per forward; C is then no longer columns of W)")
-      ("search", po::value(&o.search)->default_value("reference"),
+      ("search", po::value(&o.search),
        "param-ratio search on the ppl table: reference (binary search of the reference) or lagrangian "
-       "(log-ppl increase against parameters saved; docs/search.md)")
+       "(log-ppl increase against parameters saved; docs/search.md). Default: lagrangian for a param-ratio "
+       "target, reference otherwise and with --preset reference")
       ("candidates", po::value(&f.candidates)->default_value(""),
-       "ppl sensitivity: comma-separated candidate ratios in (0, 1) (default: the reference's 0.4,0.5,...,0.9)")
-      ("sequential", po::bool_switch(&o.sequential),
+       "ppl sensitivity: comma-separated candidate ratios in (0, 1) (default: 0.4,0.45,...,0.95; the "
+       "reference's 0.4,0.5,...,0.9 in the KV-cache mode and with --preset reference)")
+      ("sequential", po::value<bool>()->implicit_value(true)->notifier([&o](bool v) { o.sequential = v; }),
        "data-aware methods: decompose layer by layer on the inputs of the model compressed so far, fitted to the "
-       "dense outputs (docs/methods.md)")
+       "dense outputs (docs/methods.md). Default: on for data-aware methods; --sequential=false turns it off")
+      ("compress_lm_head", po::bool_switch(&f.compress_lm_head),
+       "let the search compress a tied lm_head too (it then unties from the embedding and its factors count in "
+       "full); by default a tied lm_head stays dense and tied, since it stores nothing of its own")
       ("device", po::value(&f.device)->default_value("cpu"), "cpu, cuda or cuda:N")
       ("dtype", po::value(&f.dtype)->default_value(""), "fp32, fp16 or bf16 (default: fp32 on CPU, checkpoint's on CUDA)")
       ("seqlen", po::value(&o.seqlen)->default_value(2048), "tokens per sample and per evaluation window")

@@ -26,7 +26,8 @@ namespace fs = std::filesystem;
 namespace {
 
 struct Options {
-  std::string model;
+  std::string model_id;
+  std::string device = "cpu";
   std::string format;
   std::string output;
   bool overwrite = false;
@@ -55,10 +56,10 @@ int run(int argc, char** argv) {
   Options o;
   po::options_description opts(
       "quantize: RTN weight quantization with packed storage\n\n"
-      "Usage: quantize --model FOLDER --format rtn_int8|rtn_int6|rtn_int4 --output DIR [--overwrite]\n\nOptions");
+      "Usage: quantize --model_id FOLDER --format rtn_int8|rtn_int6|rtn_int4 --output DIR [--overwrite]\n\nOptions");
   opts.add_options()
-      ("help,h", "print this help")
-      ("model", po::value(&o.model)->required(), "dense model folder (or org/name in the Hugging Face cache) or acur repository")
+      ("model_id", po::value(&o.model_id)->required(),
+       "dense model folder (or org/name in the Hugging Face cache) or acur repository")
       ("format", po::value(&o.format)->required(),
        "rtn_int8 or rtn_int6 (per output channel), rtn_int4 (groups of 128 input columns)")
       ("output", po::value(&o.output)->required(), "the folder to write (a new acur repository)")
@@ -71,14 +72,15 @@ int run(int argc, char** argv) {
       ("seqlen", po::value(&o.seqlen)->default_value(2048), "evaluation window in tokens")
       ("batch_size", po::value(&o.batch_size)->default_value(1), "windows per forward pass")
       ("limit", po::value(&o.limit)->default_value(-1), "evaluate only the first N windows (-1: all)")
-      ("data_dir", po::value(&o.data_dir)->default_value(""), "datasets folder (default $CUR4LLM_DATA_DIR, else ./data)");
+      ("data_dir", po::value(&o.data_dir)->default_value(""), "datasets folder (default $CUR4LLM_DATA_DIR, else ./data)")
+      ("device", po::value(&o.device)->default_value("cpu"),
+       "cpu, cuda or cuda:N: where the weights are quantized and evaluated")
+      ("version", "print the version and exit")
+      ("help,h", "print this help");
   po::variables_map vm;
-  po::store(po::parse_command_line(argc, argv, opts), vm);
-  if (vm.count("help") || argc == 1) {
-    std::cout << opts << "\n";
-    return 0;
-  }
-  po::notify(vm);
+  int exit_code = 0;
+  if (!cur4llm::app::parse_command_line("quantize", argc, argv, opts, vm, exit_code)) return exit_code;
+  if (o.limit == 0 || o.limit < -1) throw std::invalid_argument(fmt::format("--limit must be positive or -1 (all), not {}", o.limit));
 
   // Every flag is checked before the model is read.
   const auto format = cur4llm::quant::parse_quant_format(o.format);
@@ -93,12 +95,14 @@ int run(int argc, char** argv) {
   for (const auto& spec : eval_sets) cur4llm::data::resolve_dataset(spec, cur4llm::data::Purpose::Evaluation, data_dir);
   cur4llm::io::check_target_free(o.output, {o.overwrite});  // a link, even dangling, counts
 
-  const fs::path source = cur4llm::io::resolve_model_id(o.model);
+  cur4llm::model::LoadOptions load;
+  load.device = cur4llm::model::parse_device(o.device);
+  const fs::path source = cur4llm::io::resolve_model_id(o.model_id);
   std::error_code not_there;
   if (fs::equivalent(o.output, source, not_there)) {
-    throw std::invalid_argument(fmt::format("--output {} is the --model folder; write to another one", o.output));
+    throw std::invalid_argument(fmt::format("--output {} is the --model_id folder; write to another one", o.output));
   }
-  auto lm = cur4llm::model::CausalLM::load(source);
+  auto lm = cur4llm::model::CausalLM::load(source, load);
   const auto& form = lm->stored_form();
   if (!form.quantization.empty()) {
     throw std::invalid_argument(fmt::format("{} is already quantized ({}); give the unquantized model", source.string(),
@@ -128,7 +132,7 @@ int run(int argc, char** argv) {
 
   eopts.packed = &packed;
   eopts.method = form.method;
-  eopts.provenance = {{"tool", "cur4llm quantize"}, {"source", o.model}, {"quantization", format.name}};
+  eopts.provenance = {{"tool", "cur4llm quantize"}, {"source", o.model_id}, {"quantization", format.name}};
   const auto written = cur4llm::repo::write_acur_repo(*lm, o.output, eopts);
   fmt::print("weights (safetensors): {} -> {} bytes\n", safetensors_bytes(source), safetensors_bytes(written.folder));
   fmt::print("folder: {} -> {} bytes\n", cur4llm::io::folder_bytes(source), written.folder_bytes);

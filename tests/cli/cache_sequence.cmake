@@ -6,7 +6,7 @@
 #   cmake -DACUR=... -DMODEL=... -DTEXT=... -DWORK=... -P cache_sequence.cmake
 file(REMOVE_RECURSE "${WORK}")
 set(common ${ACUR} --model_id ${MODEL} --act_aware --param_ratio_target 0.8 --calib_dataset ${TEXT}
-    --eval_ppl ${TEXT} --seqlen 64 --n_calib_samples 6 --limit 4 --use_cache --cache_dir ${WORK}/cache
+    --eval_ppl ${TEXT} --seqlen 64 --n_calib_samples 6 --limit 4 --candidates 0.5,0.7,0.9 --use_cache --cache_dir ${WORK}/cache
     --output ${WORK}/out)
 
 function(run_acur out_var)

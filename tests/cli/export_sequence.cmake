@@ -42,11 +42,16 @@ string(REGEX MATCH "shakespeare_tail.txt [0-9.]+" ppl_read_back "${read_back}")
 if(NOT ppl_in_memory OR NOT ppl_in_memory STREQUAL ppl_read_back)
   message(FATAL_ERROR "in memory: '${ppl_in_memory}', read back: '${ppl_read_back}'")
 endif()
-# The real parameter ratios too (lm_head is factorized here, so the repository is untied from its embedding).
+# The real parameter ratios too (of all Linear weights: the tied lm_head stays dense and tied).
 string(REGEX MATCH "param ratio: [^
+]* of Linear weights[^
 ]*" ratio_in_memory "${in_memory}")
 string(REGEX MATCH "param ratio: [^
+]* of Linear weights[^
 ]*" ratio_read_back "${read_back}")
+if(NOT ratio_in_memory)
+  message(FATAL_ERROR "no param ratio line in: ${in_memory}")
+endif()
 if(NOT ratio_in_memory STREQUAL ratio_read_back)
   message(FATAL_ERROR "in memory: '${ratio_in_memory}', read back: '${ratio_read_back}'")
 endif()
@@ -64,7 +69,7 @@ if(NOT weights STREQUAL weights_from_plan)
 endif()
 
 # 3. quantize: packed storage, smaller files, loaded back; a quantized repository is not quantized again.
-run(0 quantized ${QUANTIZE} --model ${repo} --format rtn_int4 --output ${WORK}/q4)
+run(0 quantized ${QUANTIZE} --model_id ${repo} --format rtn_int4 --output ${WORK}/q4)
 expect("${quantized}" "rtn_int4: [0-9]+ weight tensors of the decoder layers: [0-9]+ bytes as Float -> [0-9]+ bytes packed")
 expect("${quantized}" "folder: [0-9]+ -> [0-9]+ bytes")
 file(SIZE "${repo}/model.safetensors" size_before)
@@ -74,9 +79,9 @@ if(NOT size_after LESS size_before)
 endif()
 run(0 q4_ppl ${ACUR} --model_id ${WORK}/q4 --raw_model --eval_ppl ${TEXT} --seqlen 64 --output ${WORK}/acur3)
 expect("${q4_ppl}" "shakespeare_tail.txt [0-9]+[.][0-9]+")
-run(2 twice ${QUANTIZE} --model ${WORK}/q4 --format rtn_int8 --output ${WORK}/q8)
+run(2 twice ${QUANTIZE} --model_id ${WORK}/q4 --format rtn_int8 --output ${WORK}/q8)
 expect("${twice}" "already quantized \\(rtn_int4\\)")
-run(2 exists ${QUANTIZE} --model ${MODEL} --format rtn_int8 --output ${WORK}/q4)
+run(2 exists ${QUANTIZE} --model_id ${MODEL} --format rtn_int8 --output ${WORK}/q4)
 expect("${exists}" "already exists")
 
 # 4. Writes that cannot succeed.
@@ -84,16 +89,16 @@ run(1 limited sh -c "ulimit -f 100 && exec \"$0\" \"$@\"" ${BUILD} --model_id ${
     --output ${WORK}/limited)
 expect("${limited}" "build_acur_repo: error: .*File too large")
 expect_nothing_left("${WORK}/limited/tiny-shakespeare-opt-acur80")
-run(1 limited_q sh -c "ulimit -f 100 && exec \"$0\" \"$@\"" ${QUANTIZE} --model ${MODEL} --format rtn_int8
+run(1 limited_q sh -c "ulimit -f 100 && exec \"$0\" \"$@\"" ${QUANTIZE} --model_id ${MODEL} --format rtn_int8
     --output ${WORK}/limited/q8)
 expect("${limited_q}" "quantize: error: .*File too large")
 expect_nothing_left("${WORK}/limited/q8")
 file(WRITE "${WORK}/a_file" "x")
-run(1 under_file ${QUANTIZE} --model ${MODEL} --format rtn_int8 --output ${WORK}/a_file/q8)
+run(1 under_file ${QUANTIZE} --model_id ${MODEL} --format rtn_int8 --output ${WORK}/a_file/q8)
 expect("${under_file}" "quantize: error: .*a_file.*cannot create")
-run(1 not_model ${QUANTIZE} --model ${NOT_A_MODEL} --format rtn_int8 --output ${WORK}/nm)
+run(1 not_model ${QUANTIZE} --model_id ${NOT_A_MODEL} --format rtn_int8 --output ${WORK}/nm)
 expect("${not_model}" "quantize: error: .*config.json")
-run(2 bad_format ${QUANTIZE} --model ${MODEL} --format rtn_int3 --output ${WORK}/q3)
+run(2 bad_format ${QUANTIZE} --model_id ${MODEL} --format rtn_int3 --output ${WORK}/q3)
 expect("${bad_format}" "rtn_int3")
 
 # 5. A repository of a newer format is refused by every reader.
@@ -103,7 +108,7 @@ string(REPLACE "\"format_version\": 1" "\"format_version\": 2" config "${config}
 file(WRITE "${WORK}/newer/config.json" "${config}")
 run(1 newer ${ACUR} --model_id ${WORK}/newer --raw_model --eval_ppl ${TEXT} --seqlen 64 --output ${WORK}/acur4)
 expect("${newer}" "format_version 2 is newer than this build")
-run(1 newer_q ${QUANTIZE} --model ${WORK}/newer --format rtn_int8 --output ${WORK}/q_newer)
+run(1 newer_q ${QUANTIZE} --model_id ${WORK}/newer --format rtn_int8 --output ${WORK}/q_newer)
 expect("${newer_q}" "format_version 2 is newer than this build")
 
 file(SHA256 "${MODEL}/model.safetensors" source_weights_after)

@@ -28,11 +28,11 @@ endfunction()
 
 # 1. Dangling links: std::filesystem::exists would follow them and say "no".
 file(CREATE_LINK "${WORK}/nowhere" "${WORK}/q8" SYMBOLIC)
-run(2 quantize_dangling ${QUANTIZE} --model ${MODEL} --format rtn_int8 --output ${WORK}/q8)
+run(2 quantize_dangling ${QUANTIZE} --model_id ${MODEL} --format rtn_int8 --output ${WORK}/q8)
 expect_refused_early("${quantize_dangling}" "${WORK}/q8")
 set(repo "${WORK}/repos/tiny-shakespeare-opt-acur80")
 file(CREATE_LINK "${WORK}/nowhere" "${repo}" SYMBOLIC)
-run(2 build_dangling ${BUILD} --model_id ${MODEL} --param_ratio_target 0.8 --calib_dataset ${TEXT} --seqlen 64
+run(2 build_dangling ${BUILD} --model_id ${MODEL} --param_ratio_target 0.8 --method cur --calib_dataset ${TEXT} --seqlen 64
     --n_calib_samples 4 --output ${WORK}/repos)
 expect_refused_early("${build_dangling}" "${repo}")
 
@@ -41,7 +41,7 @@ file(MAKE_DIRECTORY "${WORK}/elsewhere")
 file(WRITE "${WORK}/elsewhere/keep.txt" "mine")
 file(REMOVE "${WORK}/q8")
 file(CREATE_LINK "${WORK}/elsewhere" "${WORK}/q8" SYMBOLIC)
-run(0 replaced ${QUANTIZE} --model ${MODEL} --format rtn_int8 --output ${WORK}/q8 --overwrite)
+run(0 replaced ${QUANTIZE} --model_id ${MODEL} --format rtn_int8 --output ${WORK}/q8 --overwrite)
 if(IS_SYMLINK "${WORK}/q8" OR NOT EXISTS "${WORK}/q8/config.json")
   message(FATAL_ERROR "--overwrite did not put a new folder in place of the link:\n${replaced}")
 endif()

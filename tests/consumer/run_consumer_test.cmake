@@ -7,6 +7,20 @@ execute_process(COMMAND ${CMAKE_COMMAND} --install "${BUILD_DIR}" --prefix "${pr
 if(rc)
   message(FATAL_ERROR "install failed: ${rc}")
 endif()
+# The installed apps start from the prefix alone (their RPATH finds libcur4llm), with
+# no library path set by the environment.
+foreach(app acur build_acur_repo quantize)
+  if(EXISTS "${prefix}/bin/${app}")
+    execute_process(COMMAND ${CMAKE_COMMAND} -E env --unset=LD_LIBRARY_PATH "${prefix}/bin/${app}" --version
+                    RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
+    if(rc OR NOT out MATCHES "^${app} [0-9]+\\.[0-9]+\\.[0-9]+")
+      message(FATAL_ERROR "installed ${app} --version failed (${rc}): ${out}${err}")
+    endif()
+    message(STATUS "installed: ${out}")
+  elseif(app STREQUAL "acur")
+    message(FATAL_ERROR "the install did not put ${prefix}/bin/acur")
+  endif()
+endforeach()
 execute_process(COMMAND ${CMAKE_COMMAND} -S "${SOURCE_DIR}" -B "${WORK_DIR}/build"
                 "-DCMAKE_PREFIX_PATH=${prefix};${PREFIX_PATH}" "-DTorch_DIR=${TORCH_DIR}"
                 RESULT_VARIABLE rc)

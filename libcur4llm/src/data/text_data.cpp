@@ -161,7 +161,9 @@ std::string canonical_split(const std::string& name, const std::string& split, c
 }
 
 [[noreturn]] void missing(const std::string& what, const std::string& expected) {
-  throw std::runtime_error(what + " needs " + expected + ", which does not exist");
+  throw std::runtime_error(what + " needs " + expected +
+                           ", which does not exist (point --data_dir or CUR4LLM_DATA_DIR at the folder that holds "
+                           "it (docs/data.md), give a text file instead, or --eval_ppl none to skip evaluation)");
 }
 
 }  // namespace

@@ -43,6 +43,14 @@ std::string module_of(const std::string& tensor_name) { return tensor_name.subst
 // Some builds lack kernels for a dtype on a device (LibTorch 1.13 has no fp16
 // matrix multiply on the CPU); say so at load time, not deep inside a forward.
 void check_dtype_supported(c10::Device device, c10::ScalarType dtype) {
+  if (device.is_cuda() && !at::hasCUDA()) {
+    throw std::invalid_argument(fmt::format("device {} asked for, but no CUDA device is available{}", device.str(),
+                                            " (this LibTorch has no CUDA support, or no GPU is visible)"));
+  }
+  if (device.is_cuda() && device.has_index() && device.index() >= at::getNumGPUs()) {
+    throw std::invalid_argument(fmt::format("device {} asked for, but only {} CUDA device(s) are visible", device.str(),
+                                            at::getNumGPUs()));
+  }
   try {
     auto a = at::ones({2, 2}, at::TensorOptions().device(device).dtype(dtype));
     (void)at::linear(a, a, a.select(0, 0));

@@ -96,9 +96,9 @@ search::Allocation allocation_from_plan(const model::CausalLM& lm, const search:
     }
   };
   expect("method", o.method, "--method");
-  expect("sequential", o.sequential ? "1" : "0", "--sequential");
-  expect("act_aware", o.act_aware ? "1" : "0", "--act_aware");
-  if (o.act_aware) {
+  expect("sequential", *o.sequential ? "1" : "0", "--sequential");
+  expect("act_aware", *o.act_aware ? "1" : "0", "--act_aware");
+  if (*o.act_aware) {
     expect("alpha", fmt_double(o.alpha), "--alpha");
     expect("scaling_method", o.scaling_method, "--scaling_method");
   }
@@ -125,7 +125,46 @@ search::Allocation allocation_from_plan(const model::CausalLM& lm, const search:
 
 }  // namespace
 
-std::string method_cache_options(const PipelineOptions& o) {
+Preset parse_preset(const std::string& name) {
+  if (name == "best") return Preset::kBest;
+  if (name == "reference") return Preset::kReference;
+  throw std::invalid_argument(fmt::format("--preset must be best or reference, not \"{}\"", name));
+}
+
+std::string preset_name(Preset preset) { return preset == Preset::kBest ? "best" : "reference"; }
+
+PipelineOptions resolve(const PipelineOptions& options) {
+  PipelineOptions o = options;
+  const bool best = o.preset == Preset::kBest;
+  if (o.method.empty()) o.method = best ? "skeleton_swap" : "cur";
+  if (!o.act_aware) o.act_aware = best;
+  if (!o.sequential) {
+    bool gram = false;
+    if (best) {
+      try {
+        gram = compress::make_compressor(o.method)->statistic() == compress::LayerStatistic::Gram;
+      } catch (const std::invalid_argument&) {
+        // An unknown method: validate() names it.
+      }
+    }
+    o.sequential = gram;
+  }
+  const bool ppl_weights = o.sensitivity_metric == "ppl" && !o.compress_kv_cache;
+  if (o.search.empty()) {
+    o.search = best && ppl_weights && o.param_ratio_target > 0 && o.plan_file.empty() ? "lagrangian" : "reference";
+  }
+  if (o.candidates.empty() && best && ppl_weights) {
+    for (int i = 8; i <= 19; ++i) o.candidates.push_back(i / 20.0);  // 0.4, 0.45, ..., 0.95
+  }
+  if (!best) {
+    o.final_cut = search::FinalCut::kReferenceLastMid;
+    if (o.lm_head == LmHeadPolicy::kAuto) o.lm_head = LmHeadPolicy::kReference;
+  }
+  return o;
+}
+
+std::string method_cache_options(const PipelineOptions& options) {
+  const PipelineOptions o = resolve(options);
   // What compress_model's CompressorOptions give each method (compress/factory.cpp): CUROptions::selection
   // and fold_u, SVDOptions::sigma_fuse; the skeleton and DataCUR options set there are rank_align only.
   if (o.method == "cur" || o.method == "grad_cur") {
@@ -139,8 +178,9 @@ std::string method_cache_options(const PipelineOptions& o) {
   throw std::invalid_argument(fmt::format("method_cache_options: unknown method \"{}\"", o.method));
 }
 
-void validate_settings(const PipelineOptions& o) {
+void validate_settings(const PipelineOptions& options) {
   using std::invalid_argument;
+  const PipelineOptions o = resolve(options);
   if (!(o.alpha >= 0)) throw invalid_argument(fmt::format("--alpha must be >= 0, not {}", o.alpha));
   if (o.n_calib_samples <= 0) throw invalid_argument(fmt::format("--n_calib_samples must be positive, not {}", o.n_calib_samples));
   if (o.rank_align <= 0) throw invalid_argument(fmt::format("--rank_align must be positive, not {}", o.rank_align));
@@ -169,13 +209,14 @@ void validate_settings(const PipelineOptions& o) {
   if (o.search != "reference" && o.search != "lagrangian") {
     throw invalid_argument(fmt::format("--search must be reference or lagrangian, not \"{}\"", o.search));
   }
-  if (o.sequential && compress::make_compressor(o.method)->statistic() != compress::LayerStatistic::Gram) {
+  if (*o.sequential && compress::make_compressor(o.method)->statistic() != compress::LayerStatistic::Gram) {
     throw invalid_argument(fmt::format("--sequential needs a data-aware method (on the Gram matrix), not \"{}\"", o.method));
   }
 }
 
-void validate(const PipelineOptions& o) {
+void validate(const PipelineOptions& options) {
   using std::invalid_argument;
+  const PipelineOptions o = resolve(options);
   const int targets = (o.ppl_target > 0) + (o.param_ratio_target > 0) + (o.kv_cache_ratio_target > 0);
   if (!o.plan_file.empty()) {
     if (targets > 0) throw invalid_argument("give either a target or a plan file, not both");
@@ -222,8 +263,10 @@ eval::PerplexityResult evaluate_dataset(const model::CausalLM& lm, const tokeniz
   return eval::evaluate_perplexity(lm, ids, popts);
 }
 
-std::string plan_file_name(const std::string& model_label, const PipelineOptions& o, const std::string& target_label) {
-  return fmt::format("plan-{}-{}{}{}-{}.json", model_label, o.method, o.sequential ? "-seq" : "",
+std::string plan_file_name(const std::string& model_label, const PipelineOptions& options,
+                           const std::string& target_label) {
+  const PipelineOptions o = resolve(options);
+  return fmt::format("plan-{}-{}{}{}-{}.json", model_label, o.method, *o.sequential ? "-seq" : "",
                      o.search == "lagrangian" ? "-lagr" : "", target_label);
 }
 
@@ -259,17 +302,27 @@ std::string model_label(const std::string& model_id) {
   return s.empty() ? "model" : s;
 }
 
-PipelineResult compress_model(model::CausalLM& lm, const tokenize::Tokenizer& tokenizer, const PipelineOptions& o) {
+PipelineResult compress_model(model::CausalLM& lm, const tokenize::Tokenizer& tokenizer, const PipelineOptions& options) {
+  const PipelineOptions o = resolve(options);
   validate(o);
   PipelineResult result;
+  result.options = o;
   const int64_t seqlen = std::min(o.seqlen, lm.config().max_position_embeddings);
   result.seqlen = seqlen;
   const fs::path data_dir = data_dir_of(o);
   std::optional<search::CompressionPlan> saved_plan;
   if (!o.plan_file.empty()) saved_plan = search::CompressionPlan::load(o.plan_file);
 
+  // The budget: every Linear, except a tied lm_head that stays dense (it stores nothing of its own).
+  const bool tied_head = lm.config().tie_word_embeddings && lm.has_linear("lm_head");
+  const bool keep_head = tied_head && o.lm_head == LmHeadPolicy::kAuto;
   std::vector<search::LayerSize> sizes;
-  for (const auto& info : lm.linears()) sizes.push_back({info.name, info.in_features * info.out_features});
+  for (const auto& info : lm.linears()) {
+    if (keep_head && info.name == "lm_head") continue;
+    const bool shared = tied_head && info.name == "lm_head" && o.lm_head == LmHeadPolicy::kCompress;
+    sizes.push_back({info.name, info.in_features * info.out_features, shared});
+    result.budget_layers.push_back(info.name);
+  }
 
   const fs::path folder = lm.folder();
   const std::string fingerprint = folder.empty() ? std::string("random") : io::model_fingerprint(folder);
@@ -320,7 +373,7 @@ PipelineResult compress_model(model::CausalLM& lm, const tokenize::Tokenizer& to
   auto stats_fields = calib_key.fields;
   stats_fields["scaling_method"] = o.scaling_method;
   if (gram) stats_fields["gram"] = "1";
-  if (o.act_aware || gram) {
+  if (*o.act_aware || gram) {
     t0 = Clock::now();
     io::CacheKey key{"stats", stats_fields};
     const fs::path file = cache_dir / key.file_name("safetensors");
@@ -345,6 +398,9 @@ PipelineResult compress_model(model::CausalLM& lm, const tokenize::Tokenizer& to
   }
 
   search::Allocation allocation;
+  double found_ratio = 1;
+  bool found_ratio_met = true;
+  std::size_t found_cut = 0;
   if (saved_plan) {
     allocation = allocation_from_plan(lm, *saved_plan, o);
     result.target_label = "plan";
@@ -355,9 +411,12 @@ PipelineResult compress_model(model::CausalLM& lm, const tokenize::Tokenizer& to
     sweep.batch_size = o.sweep_batch_size;
     sweep.show_progress = o.show_progress;
     sweep.candidates = o.candidates;
+    if (keep_head && !o.compress_kv_cache) {
+      for (const auto& size : sizes) sweep.layers.push_back(size.name);
+    }
     t0 = Clock::now();
     auto sens_fields = stats_fields;
-    sens_fields["act_aware"] = o.act_aware ? "1" : "0";
+    sens_fields["act_aware"] = *o.act_aware ? "1" : "0";
     sens_fields["alpha"] = fmt_double(o.alpha);
     sens_fields["method"] = o.method;
     sens_fields["metric"] = o.sensitivity_metric;
@@ -367,6 +426,7 @@ PipelineResult compress_model(model::CausalLM& lm, const tokenize::Tokenizer& to
     // (2: on CUDA, matrices up to 1024 wide take the exact Gram subspace instead of the range finder).
     sens_fields["decomposition_version"] = "2";
     sens_fields["method_options"] = method_cache_options(o);
+    if (keep_head) sens_fields["lm_head"] = "kept";  // the sweep skipped it
     {
       std::string c;
       const auto cands = !sweep.candidates.empty()         ? sweep.candidates
@@ -395,7 +455,16 @@ PipelineResult compress_model(model::CausalLM& lm, const tokenize::Tokenizer& to
     t0 = Clock::now();
     search::SearchOptions sopts;
     sopts.mode = sweep.mode;
-    sopts.final_cut = search::FinalCut::kReferenceLastMid;  // the reference's allocation, exactly
+    sopts.final_cut = o.final_cut;
+    if (o.preset != Preset::kReference && !o.compress_kv_cache) {
+      // Count what each compressed layer really stores (the reference counts numel * ratio).
+      std::map<std::string, std::pair<int64_t, int64_t>> shapes;
+      for (const auto& info : lm.linears()) shapes[info.name] = {info.out_features, info.in_features};
+      sopts.stored_params = [shapes, c = compressor.get()](const std::string& layer, double ratio) {
+        const auto& [out, in] = shapes.at(layer);
+        return c->stored_params(out, in, ratio);
+      };
+    }
     sopts.show_progress = o.show_progress;
     search::SearchResult found;
     if (o.ppl_target > 0) {
@@ -437,12 +506,15 @@ PipelineResult compress_model(model::CausalLM& lm, const tokenize::Tokenizer& to
     result.search_cut = found.cut;
     result.search_entries = found.num_entries;
     result.nominal_ratio = found.nominal_ratio;
+    found_ratio = found.ratio;
+    found_ratio_met = found.target_met;
+    found_cut = found.cut;
     allocation = std::move(found.allocation);
   }
 
   // 5. Decompose and swap in.
   t0 = Clock::now();
-  if (o.sequential) {
+  if (*o.sequential) {
     compress::SequentialOptions qopts;
     qopts.batch_size = o.batch_size;
     qopts.show_progress = o.show_progress;
@@ -454,8 +526,53 @@ PipelineResult compress_model(model::CausalLM& lm, const tokenize::Tokenizer& to
   }
   result.timings.emplace_back("decompose_s", seconds_since(t0));
   result.plan.meta() = {{"model_id", folder.string()},          {"method", o.method},
-                        {"sequential", o.sequential ? "1" : "0"}, {"act_aware", o.act_aware ? "1" : "0"},
-                        {"alpha", fmt_double(o.alpha)},           {"scaling_method", o.scaling_method}};
+                        {"sequential", *o.sequential ? "1" : "0"}, {"act_aware", *o.act_aware ? "1" : "0"},
+                        {"alpha", fmt_double(o.alpha)},           {"scaling_method", o.scaling_method},
+                        {"preset", preset_name(o.preset)}};
+  if (keep_head) result.plan.meta()["lm_head"] = "tied, kept dense";
+
+  // 6. Was the target reached? Counted on what the layers really store now.
+  double kept = 0, total = 0;
+  for (const auto& size : sizes) {
+    const std::optional<search::PlannedLayer> planned = result.plan.find(size.name);
+    const bool compressed = planned && planned->method != "dense";
+    if (!size.shared) total += static_cast<double>(size.numel);
+    if (size.shared && !compressed) continue;
+    kept += compressed ? static_cast<double>(planned->stored_params) : static_cast<double>(size.numel);
+  }
+  result.budget_ratio = total > 0 ? kept / total : 1;
+  if (saved_plan) {
+    // A plan states its ratios; there is no target to miss.
+  } else if (o.ppl_target > 0) {
+    eval::PerplexityOptions popts;
+    popts.batch_size = o.batch_size;
+    result.final_calibration_ppl = eval::samples_perplexity(lm, *samples, popts).perplexity;
+    result.target_met = result.final_calibration_ppl < o.ppl_target;
+    if (!result.target_met) {
+      result.target_note = fmt::format("--ppl_target {} not reached: the calibration perplexity is {:.4f}", o.ppl_target,
+                                       result.final_calibration_ppl);
+    }
+  } else if (o.compress_kv_cache) {
+    result.target_met = found_ratio_met;
+    if (!result.target_met) {
+      result.target_note = fmt::format("--kv_cache_ratio_target {} not reached: the smallest candidates give {:.4f}",
+                                       o.kv_cache_ratio_target, found_ratio);
+    }
+  } else {
+    // A small tolerance: the search counts parameters as the compressors predict them.
+    result.target_met = result.budget_ratio <= o.param_ratio_target + 1e-3;
+    const char* miss_hint =
+        found_cut == 0 || o.search == "lagrangian"
+            ? " (even the smallest candidate ratios do not reach it; add smaller --candidates)"
+            : " (the reference's binary search stops at the first cut above the target; --search lagrangian meets it)";
+    if (!result.target_met) {
+      result.target_note = fmt::format(
+          "--param_ratio_target {} not reached: the layers store {:.4f} of their weights{}", o.param_ratio_target,
+          result.budget_ratio,
+          miss_hint);
+    }
+  }
+  if (!result.target_met && o.show_progress) fmt::print(stderr, "warning: {}\n", result.target_note);
   return result;
 }
 

@@ -1,5 +1,7 @@
 #include <cur4llm/repo/acur_repo.h>
 
+#include <cur4llm/version.h>
+
 #include <cur4llm/io/atomic_folder.h>
 #include <cur4llm/io/files.h>
 #include <cur4llm/io/safetensors.h>
@@ -265,7 +267,10 @@ ExportResult write_acur_repo(const model::CausalLM& lm, const fs::path& folder, 
   acur["base"] = base;
   acur["layers"] = layers;
   for (const auto& [key, value] : options.provenance) provenance[key] = value;  // the earlier tool's keys stay
-  if (!provenance.empty()) acur["provenance"] = provenance;
+  // Which cur4llm wrote the folder (the last writer's, over a source repository's).
+  provenance["cur4llm_version"] = cur4llm::version();
+  provenance["git_commit"] = cur4llm::git_commit();
+  acur["provenance"] = provenance;
   config["architectures"] = Json::array({model_class_name(model_type)});
   config["auto_map"] = {{"AutoConfig", fmt::format("configuration_acur_{}.{}", family_of(model_type).family,
                                                    config_class_name(model_type))},

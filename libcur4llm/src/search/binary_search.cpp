@@ -146,13 +146,17 @@ double whole_model_ratio(const Allocation& allocation, const std::vector<LayerSi
     if (a.layer != l.name)
       throw std::invalid_argument(fmt::format("search: allocation layer {} is \"{}\", the model's \"{}\"", i, a.layer, l.name));
     if (!counted(l.name, mode)) continue;
-    total += static_cast<double>(l.numel);
+    if (!l.shared) total += static_cast<double>(l.numel);
+    if (l.shared && !a.compressed) continue;
     if (a.compressed && stored_params)
       kept += static_cast<double>(stored_params(a.layer, a.ratio));
     else
       kept += static_cast<double>(l.numel) * a.ratio;
   }
-  if (total == 0) throw std::invalid_argument("search: KV-cache mode needs k_proj/v_proj layers, the model has none");
+  if (total == 0) {
+    throw std::invalid_argument(mode == CompressMode::kKvCache ? "search: KV-cache mode needs k_proj/v_proj layers, the model has none"
+                                                                : "search: no layer counts towards the budget");
+  }
   const double ratio = kept / total;
   // A KV-mode param ratio covers both factors; the cache holds one rank-sized vector: half.
   return mode == CompressMode::kKvCache ? ratio / 2 : ratio;
@@ -177,6 +181,7 @@ SearchResult search_param_ratio(const SensitivityTable& table, const std::vector
     });
   }
   finish(result, sorted, layers, options);
+  result.target_met = result.ratio <= target * (1 + 1e-12);
   return result;
 }
 
@@ -201,6 +206,10 @@ SearchResult search_perplexity(const SensitivityTable& table, const std::vector<
     return step.ppl < target;
   });
   finish(result, sorted, layers, options);
+  result.target_met = false;
+  for (const auto& step : result.steps) {
+    if (step.mid == result.cut) result.target_met = step.ppl < target;
+  }
   return result;
 }
 

@@ -72,16 +72,23 @@ double CompressionPlan::param_ratio() const {
 std::string CompressionPlan::table() const {
   const std::string total_label = fmt::format("total ({} layers)", layers_.size());
   std::size_t w = std::max<std::size_t>(total_label.size(), 5);
-  for (const auto& l : layers_) w = std::max(w, l.name.size());
-  std::string out = fmt::format("{:<{}}  {:<6}  {:>6}  {:>6}  {:>12}  {:>12}  {:>7}\n", "layer", w, "method", "ratio",
-                                "rank", "stored", "dense", "stored%");
-  out += std::string(w + 2 + 6 + 2 + 6 + 2 + 6 + 2 + 12 + 2 + 12 + 2 + 7, '-') + "\n";
+  std::size_t mw = 6;  // "method"
+  for (const auto& l : layers_) {
+    w = std::max(w, l.name.size());
+    mw = std::max(mw, l.method.size());
+  }
+  std::string out = fmt::format("{:<{}}  {:<{}}  {:>6}  {:>6}  {:>12}  {:>12}  {:>7}\n", "layer", w, "method", mw,
+                                "ratio", "rank", "stored", "dense", "stored%");
+  out += std::string(w + 2 + mw + 2 + 6 + 2 + 6 + 2 + 12 + 2 + 12 + 2 + 7, '-') + "\n";
   for (const auto& l : layers_) {
     const double pct = 100.0 * static_cast<double>(l.stored_params) / static_cast<double>(l.dense_params);
-    out += fmt::format("{:<{}}  {:<6}  {:>6.3f}  {:>6}  {:>12}  {:>12}  {:>6.2f}%\n", l.name, w, l.method, l.ratio,
-                       l.rank, l.stored_params, l.dense_params, pct);
+    // A dense layer has no ratio or rank of its own.
+    const bool dense = l.method == "dense";
+    out += fmt::format("{:<{}}  {:<{}}  {:>6}  {:>6}  {:>12}  {:>12}  {:>6.2f}%\n", l.name, w, l.method, mw,
+                       dense ? std::string("-") : fmt::format("{:.3f}", l.ratio),
+                       dense ? std::string("-") : std::to_string(l.rank), l.stored_params, l.dense_params, pct);
   }
-  out += fmt::format("{:<{}}  {:<6}  {:>6}  {:>6}  {:>12}  {:>12}  {:>6.2f}%\n", total_label, w, "", "", "",
+  out += fmt::format("{:<{}}  {:<{}}  {:>6}  {:>6}  {:>12}  {:>12}  {:>6.2f}%\n", total_label, w, "", mw, "", "",
                      stored_params(), dense_params(), 100.0 * param_ratio());
   return out;
 }

@@ -41,11 +41,14 @@ SearchResult search_param_ratio_lagrangian(const SensitivityTable& table, const 
     if (layers[i].numel <= 0 || !index.emplace(layers[i].name, i).second) {
       throw std::invalid_argument(fmt::format("search: layer \"{}\" is given twice or has no weights", layers[i].name));
     }
-    total += static_cast<double>(layers[i].numel);
+    if (!layers[i].shared) total += static_cast<double>(layers[i].numel);
   }
-  // Per layer: dense first, then each candidate of the table.
+  if (total == 0) throw std::invalid_argument("search: no layer counts towards the budget");
+  // Per layer: dense first (free for a shared layer), then each candidate of the table.
   std::vector<std::vector<Option>> choices(layers.size());
-  for (std::size_t i = 0; i < layers.size(); ++i) choices[i].push_back({1.0, 0.0, static_cast<double>(layers[i].numel)});
+  for (std::size_t i = 0; i < layers.size(); ++i) {
+    choices[i].push_back({1.0, 0.0, layers[i].shared ? 0.0 : static_cast<double>(layers[i].numel)});
+  }
   for (const auto& e : table.entries()) {
     auto it = index.find(e.layer);
     if (it == index.end()) throw std::invalid_argument(fmt::format("search: table layer \"{}\" is not a Linear layer of the model", e.layer));
@@ -113,10 +116,11 @@ SearchResult search_param_ratio_lagrangian(const SensitivityTable& table, const 
   for (std::size_t i = 0; i < layers.size(); ++i) {
     const Option& o = choices[i][chosen[i]];
     result.allocation.push_back({layers[i].name, o.ratio, o.ratio < 1});
-    nominal += static_cast<double>(layers[i].numel) * o.ratio;
+    if (!layers[i].shared || o.ratio < 1) nominal += static_cast<double>(layers[i].numel) * o.ratio;
   }
   result.nominal_ratio = nominal / total;
   result.ratio = whole_model_ratio(result.allocation, layers, options.mode, options.stored_params);
+  result.target_met = result.ratio <= target * (1 + 1e-12);
   return result;
 }
 

@@ -26,6 +26,10 @@ namespace cur4llm::search {
 struct LayerSize {
   std::string name;
   std::int64_t numel = 0;
+  /// The layer stores nothing of its own while dense (an lm_head tied to the embedding):
+  /// it is not part of the budget's total, and compressing it costs every parameter its
+  /// factors store, since the embedding must then be kept as well.
+  bool shared = false;
 };
 
 /// The ratio a search gives one layer.
@@ -70,6 +74,10 @@ struct SearchResult {
   double ratio = 1;              ///< whole-model ratio of `allocation` as the search counts it
   double nominal_ratio = 1;      ///< sum(numel * ratio) / sum(numel) (KV mode: halved, k/v only)
   std::vector<SearchStep> steps; ///< every probe, in order
+  /// Whether the allocation reaches the target: ratio <= target for a param (or KV) target,
+  /// calibration ppl < target for a perplexity target (false where its cut was never probed).
+  /// A search ends on its best cut either way; callers report a miss.
+  bool target_met = true;
 };
 
 /// The entries the search orders, most sensitive first (see the file comment).
@@ -83,6 +91,7 @@ Allocation allocation_at(const std::vector<SensitivityEntry>& sorted, const std:
 
 /// Whole-model ratio over `layers` (KV mode: k_proj/v_proj only, halved). With
 /// `stored_params`, compressed layers count what it returns; dense ones their numel.
+/// A `shared` layer counts nothing while dense and is left out of the total.
 double whole_model_ratio(const Allocation& allocation, const std::vector<LayerSize>& layers, CompressMode mode,
                          const StoredParamsFn& stored_params = {});
 
