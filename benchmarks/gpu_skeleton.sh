@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One GPU-host session for the issue-6 results (docs/results.md): builds acur
+# One GPU-host run for the data-aware method results (docs/results.md): builds acur
 # and bench_skeleton against the host's CUDA LibTorch, runs the stories260K
 # table (benchmarks/results_skeleton.sh), the skeleton forward benchmark,
 # trains the small OPT (benchmarks/train_opt_tinystories.py) and runs its

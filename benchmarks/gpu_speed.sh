@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every GPU measurement of docs/performance.md (issue 5): builds the benchmark
+# Every GPU measurement of docs/performance.md: builds the benchmark
 # targets against the host's CUDA LibTorch, checks the CUDA forward against
 # transformers' logits, then runs the pipeline stages on OPT-125m- and
 # LLaMA-7B-shaped models with random weights, the factorized Linear layers and

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The issue-6 tables of docs/results.md: perplexity vs parameter ratio for the
+# The data-aware method tables of docs/results.md: perplexity vs parameter ratio for the
 # reference-style CUR, ASVD-style SVD, whitened SVD and the data-aware CUR
 # variants, all through acur's ppl sensitivity and search (act_aware, alpha
 # 0.5, abs_mean; 32 calibration samples of 512 tokens from

@@ -4,7 +4,7 @@ per method variant (method, search, sequential, calibration seed), one column
 per target ratio. Standard library only.
 
     python3 benchmarks/summarize_results.py out/stories260k-results.jsonl \
-        --title "stories260K-hf" --svg docs/skeleton_stories260k.svg --reference issue6
+        --title "stories260K-hf" --svg docs/methods_stories260k.svg --reference python
 """
 import argparse
 import json
@@ -12,8 +12,9 @@ import math
 import sys
 from collections import defaultdict
 
-# The issue's reference points on stories260K-hf (original Python ASVD pipeline, H200).
-ISSUE6 = {
+# Reference points on stories260K-hf: the original Python ASVD pipeline and Python
+# prototypes of whitened SVD and the row skeleton, on an H200 (docs/results.md).
+PYTHON_REFERENCE = {
     "ASVD (reference, run 1)": {0.95: 6.52, 0.9: 12.62, 0.85: 33.8, 0.8: 129.8, 0.7: 378.9},
     "whitened SVD (reference)": {0.95: 6.25, 0.9: 8.32, 0.85: 22.5, 0.8: 41.6, 0.7: 92.7},
     "row skeleton, diagonal (reference)": {0.95: 6.89, 0.9: 12.08, 0.85: 24.9, 0.8: 59.0, 0.7: 312.9},
@@ -124,12 +125,12 @@ def main():
     ap.add_argument("results", nargs="+")
     ap.add_argument("--title", default="results")
     ap.add_argument("--svg")
-    ap.add_argument("--reference", choices=["none", "issue6"], default="none")
+    ap.add_argument("--reference", choices=["none", "python"], default="none")
     ap.add_argument("--only", help="comma-separated variants to plot (default: all)")
     args = ap.parse_args()
     rows, dense = load(args.results)
     ratios = sorted({r for pts in rows.values() for r in pts}, reverse=True)
-    reference = ISSUE6 if args.reference == "issue6" else None
+    reference = PYTHON_REFERENCE if args.reference == "python" else None
     print(table(rows, dense, ratios, reference))
     if args.svg:
         plot_rows = rows if not args.only else {k: v for k, v in rows.items() if k in args.only.split(",")}

@@ -1,5 +1,5 @@
 // Loads a model folder given on the command line and prints its logits' shape.
-#include <cur4llm/model/causal_lm.h>
+#include <cur4llm/cur4llm.h>
 
 #include <ATen/ATen.h>
 

@@ -1,6 +1,6 @@
 #pragma once
 /// Calibration and evaluation text, exactly as the reference pipeline builds it
-/// (../shared/PROTOCOL.md, docs/data.md).
+/// (docs/protocol.md, docs/data.md).
 ///
 /// A dataset spec is a name ("wikitext2", "ptb", "c4"), a name with a split
 /// ("wikitext2:valid"), or the path of a plain text file used as it is. Named
@@ -61,7 +61,7 @@ const std::vector<std::string>& known_datasets();
 int64_t count_code_points(const std::string& text);
 
 /// `text` without leading and trailing whitespace, exactly as Python's
-/// str.strip() with no argument (Unicode whitespace, \x1c-\x1f included).
+/// str.strip() with no argument (Unicode whitespace, `\x1c`-`\x1f` included).
 std::string py_strip(const std::string& text);
 
 /// Python's random.Random (MT19937, seeded as Python seeds from an int), so

@@ -8,6 +8,10 @@
 ///   io::write_file_atomic(out.path() / "config.json", text);
 ///   ...
 ///   out.commit();                                   // now "out/model-acur90" exists
+///
+/// @internal
+/// Internal: used by cur4llm's own apps, tests and benchmarks; not part of the
+/// public API (left out of <cur4llm/cur4llm.h> and of the API reference) and may change.
 
 #include <cstdint>
 #include <filesystem>

@@ -50,6 +50,9 @@ struct LinearInfo {
 /// `role` allows: the values the rest of the layer needs that do not depend on
 /// that slot's output (e.g. for fc2: the residual stream and fc1's activation).
 /// CausalLM::layer_resume() finishes the layer with the slots as they are then.
+/// @internal
+/// Internal: the sensitivity sweep's interface to the families' forward passes;
+/// not part of the public API (left out of the API reference) and may change.
 struct LayerPrefix {
   int64_t layer = -1;
   LinearRole role = LinearRole::Q;
@@ -97,8 +100,10 @@ class CausalLM {
   /// layer_resume(prefix) == layer(index, hidden) with the slots as they are at
   /// resume time: a sweep that tries several candidates for one slot computes
   /// the part of the layer before it once.
+  /// @internal Internal (see LayerPrefix); may change.
   LayerPrefix layer_prefix(int64_t index, const at::Tensor& hidden, LinearRole role) const;
   /// The rest of the layer of `prefix`: the layer's output.
+  /// @internal Internal (see LayerPrefix); may change.
   at::Tensor layer_resume(const LayerPrefix& prefix) const;
   /// Final norm (and OPT's project_out): hidden states in front of lm_head.
   at::Tensor final_hidden(const at::Tensor& hidden) const;

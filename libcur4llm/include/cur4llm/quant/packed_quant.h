@@ -15,7 +15,7 @@
 /// zero bits to whole bytes. So 8 bits: one byte per code; 4 bits: byte i =
 /// q[2i] | q[2i+1] << 4; 6 bits: four codes in three bytes.
 ///
-/// Quantization per group is PROTOCOL.md's asymmetric min-max RTN, computed in
+/// Quantization per group is the reference's asymmetric min-max RTN (docs/protocol.md), computed in
 /// fp32: xmin = min(group min, 0), xmax = max(group max, 0) (both zero: -1 and
 /// +1), and with L = 2^bits - 1:
 ///   scale = the smallest fp16 value >= max((xmax - xmin) / L, 2^-24)

@@ -1,6 +1,6 @@
 #pragma once
 /// Round-to-nearest weight quantization as the reference applies it after
-/// decomposition (../shared/PROTOCOL.md, "Weight quantization"), and the same
+/// decomposition (docs/protocol.md, "Weight quantization"), and the same
 /// applied with a storage format's groups and fp16 scales (packed_quant.h).
 
 #include <ATen/core/Tensor.h>

@@ -68,8 +68,8 @@ std::string repo_folder_name(const std::string& model_name, double ratio);
 /// std::invalid_argument naming the text otherwise.
 int64_t parse_size(const std::string& text);
 
-/// The Python files for a model_type: {configuration_acur_<family>.py, modeling_acur_<family>.py}
-/// with <family> "opt" or "llama" (llama, mistral and qwen2 share one file pair, built on
+/// The Python files for a model_type: {`configuration_acur_<family>.py`, `modeling_acur_<family>.py`}
+/// with `<family>` "opt" or "llama" (llama, mistral and qwen2 share one file pair, built on
 /// their own transformers classes). std::invalid_argument for other model types.
 std::vector<std::pair<std::string, std::string>> python_files(const std::string& model_type);
 

@@ -18,7 +18,11 @@ namespace cur4llm::search {
 /// One Linear layer of the plan.
 struct PlannedLayer {
   std::string name;               ///< full module name
-  std::string method = "dense";   ///< "cur", "svd", "grad_cur" or "dense"
+  /// "dense" or the compression method that made the layer (compress::compressor_names()):
+  /// cur, svd, grad_cur, svd_whiten, skeleton, skeleton_row, skeleton_col, skeleton_diag,
+  /// skeleton_swap, cur_whiten, cur_deim, cur_qr. The slot kind it is stored as (dense, cur,
+  /// svd, skeleton_row, skeleton_col; model/slot_registry.h) follows from the layer itself.
+  std::string method = "dense";
   double ratio = 1;               ///< nominal param ratio chosen by the search
   std::int64_t rank = 0;          ///< rank of the factorization (0 for dense)
   std::int64_t stored_params = 0; ///< parameters the layer really stores

@@ -4,6 +4,10 @@
 /// what the ATen operations they replace give, up to the order of additions in
 /// reductions; docs/performance.md has the measurements. Built when CMake finds
 /// a CUDA LibTorch and CUR4LLM_CUDA_KERNELS is ON (the default).
+///
+/// @internal
+/// Internal: used by cur4llm's own apps, tests and benchmarks; not part of the
+/// public API (left out of <cur4llm/cur4llm.h> and of the API reference) and may change.
 
 namespace cur4llm::util {
 

@@ -1,5 +1,9 @@
 #pragma once
 /// Host memory allocator settings for CPU inference.
+///
+/// @internal
+/// Internal: used by cur4llm's own apps, tests and benchmarks; not part of the
+/// public API (left out of <cur4llm/cur4llm.h> and of the API reference) and may change.
 
 namespace cur4llm::util {
 
