@@ -12,6 +12,7 @@
 /// io/atomic_folder.h) are left out: the library and its apps use them, and
 /// they may change without notice.
 
+#include <cur4llm/version.h>
 #include <cur4llm/io/cache.h>
 #include <cur4llm/io/files.h>
 #include <cur4llm/io/model_folder.h>
