@@ -171,6 +171,20 @@ TEST_CASE("report: records are read with their fields, targets and settings", "[
   CHECK(std::isnan(skel.tasks[1].acc_norm));
 }
 
+TEST_CASE("report: model folders and text files are shown by their last component", "[unit][report]") {
+  CHECK(short_name("../shared/models/opt-tiny/") == "opt-tiny");
+  CHECK(short_name("/data/text/eval.txt") == "eval.txt");
+  CHECK(short_name("data/text/eval.txt") == "eval.txt");
+  CHECK(short_name("Qwen/Qwen2.5-7B") == "Qwen/Qwen2.5-7B");  // a Hub id stays whole
+  CHECK(short_name("wikitext2") == "wikitext2");
+  CHECK(short_name("ptb:test") == "ptb:test");
+  const auto r = parse_record(
+      R"({"model_id": "/m/opt", "method": "svd", "timings": {"eval_/t/eval.txt_s": 2, "decompose_s": 1}})", 1);
+  REQUIRE(r.timings.size() == 2);
+  CHECK(r.timings[0].first == "decompose");
+  CHECK(r.timings[1].first == "eval_eval.txt");
+}
+
 TEST_CASE("report: malformed lines are skipped and reported with their line numbers", "[unit][report]") {
   const std::string text = std::string(R"({"model_id": "m", "method": "svd", "ppl": {"w": {"ppl": 5}}})") + "\n" +
                            "{ not json\n" +                                                   // 2

@@ -95,7 +95,16 @@ std::string line_plot_svg(const LinePlot& plot, const PlotOptions& o) {
   auto X = [&](double x) { return left + o.inset + (x - x_lo) / (x_hi - x_lo) * (right - left - 2 * o.inset); };
   auto Y = [&](double y) { return bottom - o.inset - (f(y) - f(y_lo)) / (f(y_hi) - f(y_lo)) * (bottom - top - 2 * o.inset); };
 
-  SvgWriter svg(o.width, o.height);
+  // The document grows (never the plot area) where the legend needs more room.
+  std::size_t legend_rows = plot.series.size(), label_chars = 0;
+  for (const auto& s : plot.series) label_chars = std::max(label_chars, s.name.size());
+  for (const auto& r : plot.references) {
+    label_chars = std::max(label_chars, r.name.size());
+    ++legend_rows;
+  }
+  const double doc_width = std::max(o.width, right + 56 + 6.6 * static_cast<double>(label_chars));
+  const double doc_height = std::max(o.height, top + 8 + 16.0 * static_cast<double>(legend_rows));
+  SvgWriter svg(doc_width, doc_height);
   svg.text(left, 22, plot.title, {"start", 14, "#222", true});
   // Grid and ticks.
   for (double t : linear_ticks(x_lo, x_hi)) {
@@ -126,9 +135,11 @@ std::string line_plot_svg(const LinePlot& plot, const PlotOptions& o) {
     legend(style, r.name);
   }
   const auto& colors = series_colors();
+  static const char* const dashes[] = {"", "7,3", "2,2"};  // a new dash pattern each time the colours repeat
   for (std::size_t i = 0; i < plot.series.size(); ++i) {
     const auto& s = plot.series[i];
     const std::string& color = colors[i % colors.size()];
+    const std::string dash = dashes[(i / colors.size()) % 3];
     std::vector<std::pair<double, double>> pts;
     for (const auto& p : s.points) {
       if (usable(p.first, p.second)) pts.push_back(p);
@@ -136,7 +147,7 @@ std::string line_plot_svg(const LinePlot& plot, const PlotOptions& o) {
     std::stable_sort(pts.begin(), pts.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
     std::vector<std::pair<double, double>> xy;
     for (const auto& [x, y] : pts) xy.emplace_back(X(x), Y(y));
-    const StrokeStyle style{color, 1.8, ""};
+    const StrokeStyle style{color, 1.8, dash};
     svg.polyline(xy, style, "series");
     for (std::size_t k = 0; k < xy.size(); ++k) {
       svg.circle(xy[k].first, xy[k].second, 3, color, fmt::format("{}: x {:.4g}, y {:.4g}", s.name, pts[k].first, pts[k].second));

@@ -145,6 +145,14 @@ std::string html_table(const Table& t) {
   return out;
 }
 
+// Dense runs repeated (one per results file, say) give one reference line.
+void add_reference(LinePlot& plot, const std::string& name, double y) {
+  for (const auto& r : plot.references) {
+    if (r.name == name) return;
+  }
+  plot.references.push_back({name, y});
+}
+
 }  // namespace
 
 Table runs_table(const std::vector<ModelRuns>& models) {
@@ -176,11 +184,11 @@ Table runs_table(const std::vector<ModelRuns>& models) {
   };
   column("model", false);
   column("method", false);
-  column("settings", false);
+  column("settings", false);  // the HTML page lets this third column wrap
   column("target", true);
   column("ratio, Linear", true);
   column("ratio, model", true);
-  for (const auto& d : datasets) column("ppl " + d, true);
+  for (const auto& d : datasets) column("ppl " + short_name(d), true);
   for (const auto& name : tasks) column(name + " acc %", true);
   if (!tasks.empty()) column("mean acc %", true);
   if (any_bytes) column("bytes", true);
@@ -188,7 +196,7 @@ Table runs_table(const std::vector<ModelRuns>& models) {
   if (!stages.empty()) column("total s", true);
 
   for (const auto& [m, r] : runs) {
-    std::vector<std::string> row = {r->model_id, r->method, r->settings.empty() ? kDash : r->settings, target_cell(*r),
+    std::vector<std::string> row = {short_name(r->model_id), r->method, r->settings.empty() ? kDash : r->settings, target_cell(*r),
                                     ratio_cell(r->ratio_linear), ratio_cell(r->ratio_model)};
     for (const auto& d : datasets) {
       const auto v = r->perplexity(d);
@@ -223,8 +231,8 @@ Table runs_table(const std::vector<ModelRuns>& models) {
     for (const auto& m : models) {
       const auto common = common_tasks(m);
       if (m.tasks.empty()) continue;
-      t.notes.push_back(common.empty() ? fmt::format("{}: no task is common to all its runs with tasks; no mean.", m.model_id)
-                                       : fmt::format("{}: mean acc % is the mean over {}.", m.model_id, join(common, ", ")));
+      t.notes.push_back(common.empty() ? fmt::format("{}: no task is common to all its runs with tasks; no mean.", short_name(m.model_id))
+                                       : fmt::format("{}: mean acc % is the mean over {}.", short_name(m.model_id), join(common, ", ")));
     }
   }
   return t;
@@ -253,7 +261,7 @@ std::vector<Figure> result_figures(const std::vector<ModelRuns>& models, const R
     const std::string stem = file_stem(m.model_id);
     for (const auto& d : m.datasets) {
       LinePlot plot;
-      plot.title = fmt::format("{}: perplexity on {}", m.model_id, d);
+      plot.title = fmt::format("{}: perplexity on {}", short_name(m.model_id), short_name(d));
       plot.x_label = "real parameter ratio (Linear weights)";
       plot.y_label = "perplexity";
       for (const auto& v : m.variants) {
@@ -265,21 +273,19 @@ std::vector<Figure> result_figures(const std::vector<ModelRuns>& models, const R
       }
       if (plot.series.empty()) continue;
       for (const auto& r : m.dense) {
-        if (auto p = r.perplexity(d)) {
-          plot.references.push_back({fmt::format("{} {}", r.variant(), ppl_cell(*p)), *p});
-        }
+        if (auto p = r.perplexity(d)) add_reference(plot, fmt::format("{} {}", r.variant(), ppl_cell(*p)), *p);
       }
       PlotOptions po;
       po.log_y = options.log_y;
       figures.push_back({unique_name(taken, "ppl-" + stem + "-" + file_stem(d), ".svg"),
-                         fmt::format("Perplexity on {} against the real parameter ratio of Linear weights{}.", d,
+                         fmt::format("Perplexity on {} against the real parameter ratio of Linear weights{}.", short_name(d),
                                      options.log_y ? " (log scale)" : ""),
-                         line_plot_svg(plot, po), m.model_id});
+                         line_plot_svg(plot, po), short_name(m.model_id)});
     }
     const auto common = common_tasks(m);
     if (common.empty()) continue;
     LinePlot plot;
-    plot.title = fmt::format("{}: mean accuracy over {} task{}", m.model_id, common.size(), common.size() > 1 ? "s" : "");
+    plot.title = fmt::format("{}: mean accuracy over {} task{}", short_name(m.model_id), common.size(), common.size() > 1 ? "s" : "");
     plot.x_label = "real parameter ratio (Linear weights)";
     plot.y_label = "mean accuracy %";
     for (const auto& v : m.variants) {
@@ -293,11 +299,11 @@ std::vector<Figure> result_figures(const std::vector<ModelRuns>& models, const R
     if (plot.series.empty()) continue;
     for (const auto& r : m.dense) {
       const double mean = mean_accuracy(r, common);
-      if (std::isfinite(mean)) plot.references.push_back({fmt::format("{} {:.2f}", r.variant(), 100 * mean), 100 * mean});
+      if (std::isfinite(mean)) add_reference(plot, fmt::format("{} {:.2f}", r.variant(), 100 * mean), 100 * mean);
     }
     figures.push_back({unique_name(taken, "acc-" + stem, ".svg"),
                        fmt::format("Mean accuracy over {} against the real parameter ratio of Linear weights.", join(common, ", ")),
-                       line_plot_svg(plot, {}), m.model_id});
+                       line_plot_svg(plot, {}), short_name(m.model_id)});
   }
   return figures;
 }
@@ -347,7 +353,8 @@ std::vector<ReportFile> build_report(const ReportInput& input, const ReportOptio
         "h1{font-size:24px}h2{font-size:19px;margin-top:32px;border-bottom:1px solid #ddd}\n"
         ".wrap{overflow-x:auto}\n"
         "table{border-collapse:collapse;font-size:13px}\n"
-        "th,td{border:1px solid #ccc;padding:3px 7px;white-space:nowrap;text-align:left}\n"
+        "th,td{border:1px solid #ccc;padding:3px 7px;text-align:left;vertical-align:top}\n"
+        "td,th{white-space:nowrap}td:nth-child(3){white-space:normal;min-width:10em;max-width:22em}\n"
         "th{background:#f3f3f3}td.n{text-align:right;font-variant-numeric:tabular-nums}\n"
         "tbody tr:nth-child(even){background:#fafafa}\n"
         "figure{margin:16px 0}figcaption{font-size:13px;color:#555}svg{max-width:100%;height:auto}\n"

@@ -68,6 +68,13 @@ const Json* get_object(const Json& j, const char* key, const std::string& path) 
 // "%g" without exponent surprises for the small numbers of flags.
 std::string short_number(double v) { return fmt::format("{:g}", v); }
 
+// "0.4,0.45,0.5,...,0.95" -> "0.4..0.95 (12)": long candidate lists would swamp the table.
+std::string short_list(const std::string& list) {
+  const auto n = std::count(list.begin(), list.end(), ',') + 1;
+  if (n <= 4) return list;
+  return fmt::format("{}..{} ({})", list.substr(0, list.find(',')), list.substr(list.rfind(',') + 1), n);
+}
+
 // The settings that set a run apart from the defaults of acur, in a fixed order.
 std::string settings_of(const Json* args, const std::string& method, bool raw_model, const std::string& weight_quant) {
   std::vector<std::string> parts;
@@ -87,7 +94,7 @@ std::string settings_of(const Json* args, const std::string& method, bool raw_mo
     const auto metric = get_string(a, "sensitivity_metric", p, false);
     if (!metric.empty() && metric != "ppl") parts.push_back(metric);
     const auto candidates = get_string(a, "candidates", p, false);
-    if (!candidates.empty()) parts.push_back("candidates " + candidates);
+    if (!candidates.empty()) parts.push_back("candidates " + short_list(candidates));
     const auto selection = get_string(a, "cur_selection", p, false);
     if (!selection.empty() && selection != "topk" &&
         (method == "cur" || method == "grad_cur" || method == "cur_whiten")) {
@@ -106,11 +113,23 @@ std::string settings_of(const Json* args, const std::string& method, bool raw_mo
 }
 
 std::string stage_name(const std::string& key) {
-  if (key.size() > 2 && key.compare(key.size() - 2, 2, "_s") == 0) return key.substr(0, key.size() - 2);
-  return key;
+  std::string stage = key;
+  if (stage.size() > 2 && stage.compare(stage.size() - 2, 2, "_s") == 0) stage.resize(stage.size() - 2);
+  if (stage.rfind("eval_", 0) == 0) stage = "eval_" + short_name(stage.substr(5));
+  return stage;
 }
 
 }  // namespace
+
+std::string short_name(const std::string& name) {
+  std::string s = name;
+  while (s.size() > 1 && s.back() == '/') s.pop_back();
+  const bool path = !s.empty() && (s[0] == '/' || s[0] == '.' || s[0] == '~' ||
+                                   std::count(s.begin(), s.end(), '/') >= 2);
+  if (!path) return s;
+  const auto slash = s.rfind('/');
+  return slash == std::string::npos || slash + 1 == s.size() ? s : s.substr(slash + 1);
+}
 
 std::string RunRecord::variant() const {
   std::string out = method;

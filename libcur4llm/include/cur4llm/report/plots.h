@@ -35,7 +35,7 @@ struct LinePlot {
   std::string title;                      ///< above the plot
   std::string x_label;                    ///< below the x axis
   std::string y_label;                    ///< beside the y axis
-  std::vector<Series> series;             ///< one polyline (class "series") each, colours in order
+  std::vector<Series> series;             ///< one polyline (class "series") each: colours in order, then dashed
   std::vector<ReferenceLine> references;  ///< dashed horizontal lines
 };
 
@@ -48,6 +48,7 @@ struct LinePlot {
 ///   Y(y) = height - margin_bottom - inset - (f(y) - f(y_min)) / (f(y_max) - f(y_min)) * (area height - 2 inset)
 /// with f = log10 on a log axis, else the identity. Unset limits (NaN) are the
 /// data's minimum and maximum (references included in y); a zero span is widened by 5% each side.
+/// The document grows to the right and down where the legend needs more room; the plot area does not move.
 struct PlotOptions {
   double width = 860;          ///< px
   double height = 420;         ///< px

@@ -42,7 +42,7 @@ struct RunRecord {
   std::vector<std::pair<std::string, double>> ppl;      ///< dataset -> perplexity, in the record's order
   std::vector<TaskResult> tasks;                        ///< task accuracies, in the record's order
   std::optional<std::int64_t> bytes;                    ///< bytes on disk of an exported model
-  std::vector<std::pair<std::string, double>> timings;  ///< stage ("load", "sensitivity", ...) -> seconds
+  std::vector<std::pair<std::string, double>> timings;  ///< stage ("load", "eval_<short_name>", ...) -> seconds
   std::string plan_file;         ///< the plan acur wrote ("" for dense)
 
   /// The line label of plots: method, then settings ("skeleton_swap +lagrangian +sequential").
@@ -52,6 +52,11 @@ struct RunRecord {
   /// The task named `name`, if the record has it.
   const TaskResult* task(const std::string& name) const;
 };
+
+/// A model id or dataset as a report shows it: the last component of a file path that
+/// starts with '/', '.' or '~' or has two or more '/' ("../models/opt-tiny/" -> "opt-tiny");
+/// other names ("Qwen/Qwen2.5-7B", "wikitext2", "data.txt") as given.
+std::string short_name(const std::string& name);
 
 /// Records of a results file and the lines that could not be read.
 struct ResultsFile {
