@@ -171,6 +171,20 @@ TEST_CASE("report: records are read with their fields, targets and settings", "[
   CHECK(std::isnan(skel.tasks[1].acc_norm));
 }
 
+TEST_CASE("report: settings name what differs from acur's defaults", "[unit][report]") {
+  auto variant = [](const std::string& args) {
+    return parse_record(R"({"model_id": "m", "method": "cur", "args": )" + args + "}", 1).variant();
+  };
+  CHECK(variant(R"({"search": "reference", "seed": 233, "alpha": 0.5, "act_aware": false, "rank_align": 1})") == "cur");
+  CHECK(variant(R"({"act_aware": true, "alpha": 0.25, "scaling_method": "fisher"})") == "cur +act_aware +alpha 0.25 +fisher");
+  CHECK(variant(R"({"search": "lagrangian", "candidates": "0.5,0.7,0.9"})") == "cur +lagrangian +candidates 0.5,0.7,0.9");
+  CHECK(variant(R"({"candidates": "0.4,0.45,0.5,0.55,0.6"})") == "cur +candidates 0.4..0.6 (5)");
+  CHECK(variant(R"({"cur_selection": "sampled", "cur_fold_u": true, "seed": 1, "rank_align": 64})") ==
+        "cur +sampled +fold_u +align 64 +seed 1");
+  const auto quant = parse_record(R"({"model_id": "m", "method": "dense", "raw_model": true, "weight_quant": "rtn_int8"})", 1);
+  CHECK(quant.variant() == "dense +rtn_int8");
+}
+
 TEST_CASE("report: model folders and text files are shown by their last component", "[unit][report]") {
   CHECK(short_name("../shared/models/opt-tiny/") == "opt-tiny");
   CHECK(short_name("/data/text/eval.txt") == "eval.txt");

@@ -354,7 +354,7 @@ std::vector<ReportFile> build_report(const ReportInput& input, const ReportOptio
         ".wrap{overflow-x:auto}\n"
         "table{border-collapse:collapse;font-size:13px}\n"
         "th,td{border:1px solid #ccc;padding:3px 7px;text-align:left;vertical-align:top}\n"
-        "td,th{white-space:nowrap}td:nth-child(3){white-space:normal;min-width:10em;max-width:22em}\n"
+        "td,th{white-space:nowrap}td:nth-child(3){white-space:normal;min-width:14em;max-width:24em}\n"
         "th{background:#f3f3f3}td.n{text-align:right;font-variant-numeric:tabular-nums}\n"
         "tbody tr:nth-child(even){background:#fafafa}\n"
         "figure{margin:16px 0}figcaption{font-size:13px;color:#555}svg{max-width:100%;height:auto}\n"

@@ -132,11 +132,13 @@ std::string short_name(const std::string& name) {
 }
 
 std::string RunRecord::variant() const {
+  // Settings are joined by ", "; a value (a candidate list) may hold a bare ','.
   std::string out = method;
-  std::stringstream in(settings);
-  for (std::string part; std::getline(in, part, ',');) {
-    const auto first = part.find_first_not_of(' ');
-    if (first != std::string::npos) out += " +" + part.substr(first);
+  for (std::size_t start = 0; start < settings.size();) {
+    auto end = settings.find(", ", start);
+    if (end == std::string::npos) end = settings.size();
+    out += " +" + settings.substr(start, end - start);
+    start = end + 2;
   }
   return out;
 }
