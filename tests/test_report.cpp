@@ -132,7 +132,7 @@ const char* kRecords =
     R"( "args": {"param_ratio_target": 0.9, "search": "reference", "act_aware": true},)"
     R"( "ppl": {"wiki": {"ppl": 12.28938}}, "bytes": 1234567})"
     "\n"
-    R"({"model_id": "opt-a", "method": "skeleton_swap", "param_ratio_linear": 0.8965, "param_ratio_model": 0.9012,)"
+    R"({"model_id": "opt-a", "method": "skeleton_swap", "param_ratio_linear": 0.8966, "param_ratio_model": 0.9012,)"
     R"( "args": {"param_ratio_target": 0.9, "search": "lagrangian", "sequential": true},)"
     R"( "ppl": {"wiki": {"ppl": 8.0073}},)"
     R"( "tasks": {"arc_easy": {"acc": 0.45123, "acc_stderr": 0.005, "acc_norm": 0.473, "acc_norm_stderr": 0.0051, "items": 2376},)"
@@ -239,7 +239,7 @@ TEST_CASE("report: the runs table has one row per run, grouped and ordered, with
       {"opt-a", "dense", "—", "—", "1.0000", "1.0000", "5.6754", "—", "—", "—", "—", "—", "1.25", "—", "3.00", "4.25"},
       {"opt-a", "svd", "act_aware", "0.9", "0.8949", "0.9069", "12.2894", "—", "—", "—", "—", "1,234,567", "—", "—", "—", "—"},
       {"opt-a", "svd", "act_aware", "0.8", "0.7874", "0.8117", "89.4712", "—", "—", "—", "—", "—", "1.50", "10.25", "2.00", "13.75"},
-      {"opt-a", "skeleton_swap", "lagrangian, sequential", "0.9", "0.8965", "0.9012", "8.0073", "—",
+      {"opt-a", "skeleton_swap", "lagrangian, sequential", "0.9", "0.8966", "0.9012", "8.0073", "—",
        "45.12 ± 0.50 (norm 47.30)", "25.00 ± 0.40", "35.06", "—", "—", "—", "—", "—"},
       {"llama-b", "cur", "—", "0.95", "0.9525", "0.9579", "—", "12346", "—", "—", "—", "—", "—", "—", "—", "—"}};
   for (std::size_t r = 0; r < rows.size(); ++r) {
@@ -249,12 +249,30 @@ TEST_CASE("report: the runs table has one row per run, grouped and ordered, with
   const std::string md = markdown(t);
   CHECK_THAT(md, Contains("| model | method | settings | target |"));
   CHECK_THAT(md, Contains("|---|---|---|---:|"));
-  CHECK_THAT(md, Contains("| opt-a | skeleton_swap | lagrangian, sequential | 0.9 | 0.8965 |"));
+  CHECK_THAT(md, Contains("| opt-a | skeleton_swap | lagrangian, sequential | 0.9 | 0.8966 |"));
   CHECK_THAT(md, Contains("opt-a: mean acc % is the mean over arc_easy, mmlu."));
   Table pipe;
   pipe.header = {"a|b"};
   pipe.rows = {{"x|y"}};
   CHECK_THAT(markdown(pipe), Contains("| a\\|b |") && Contains("| x\\|y |"));
+}
+
+TEST_CASE("report: the ratio table has a row per variant and a column per target", "[unit][report]") {
+  const auto models = group_runs(parse_results(kRecords, "runs.jsonl").records);
+  const Table t = ratio_table(models[0], "wiki");
+  CHECK(t.header == std::vector<std::string>{"method", "0.9", "0.8"});
+  REQUIRE(t.rows.size() == 3);
+  CHECK(t.rows[0] == std::vector<std::string>{"dense", "5.6754", "5.6754"});
+  CHECK(t.rows[1] == std::vector<std::string>{"svd +act_aware", "12.2894 (0.895)", "89.4712 (0.787)"});
+  CHECK(t.rows[2] == std::vector<std::string>{"skeleton_swap +lagrangian +sequential", "8.0073 (0.897)", "—"});
+  CHECK(ratio_table(models[0], "tiny").rows.empty());  // no opt-a run was evaluated on it
+  const Table b = ratio_table(models[1], "tiny");
+  REQUIRE(b.rows.size() == 1);
+  CHECK(b.rows[0] == std::vector<std::string>{"cur", "12346 (0.953)"});
+  // A run repeated with the same result is shown once, with another result both are.
+  const std::string cur = R"({"model_id": "m", "method": "cur", "param_ratio_linear": 0.9, "args": {"param_ratio_target": 0.9}, "ppl": {"w": {"ppl": )";
+  const auto repeated = group_runs(parse_results(cur + "7}}}\n" + cur + "7}}}\n" + cur + "8}}}\n", "r").records);
+  CHECK(ratio_table(repeated[0], "w").rows[0][1] == "7.0000 (0.900) / 8.0000 (0.900)");
 }
 
 TEST_CASE("report: a line plot is well-formed SVG with one polyline per series at the computed points", "[unit][report]") {
@@ -358,9 +376,11 @@ TEST_CASE("report: the report holds the table, the plots inline and nothing exte
   const std::string& html = files[1].content;
   CHECK_THAT(md, Contains("runs.jsonl:7: not JSON"));
   CHECK_THAT(md, Contains("![") && Contains("](ppl-opt-a-wiki.svg)"));
-  CHECK_THAT(html, Contains("<table>") && Contains("<td>skeleton_swap</td>") && Contains("runs.jsonl:7"));
+  CHECK_THAT(html, Contains("<td>skeleton_swap</td>") && Contains("runs.jsonl:7"));
   CHECK(count(html, "<svg ") == 4);
-  CHECK(count(html, "<table>") == 1);
+  CHECK(count(html, "<table class=\"runs\">") == 1);
+  CHECK(count(html, "<table class=\"ratios\">") == 2);  // opt-a on wiki, llama-b on tiny
+  CHECK_THAT(md, Contains("### Perplexity on wiki\n\n| method | 0.9 | 0.8 |"));
   for (const char* external : {"<script", "src=", "href=", "<link", "@import", "url("}) {
     INFO(external);
     CHECK(html.find(external) == std::string::npos);

@@ -17,7 +17,7 @@ using cur4llm::app::split_list;
 namespace {
 
 int run(int argc, char** argv) {
-  std::string results;
+  std::vector<std::string> results;
   std::string output;
   std::string formats = "md,html";
   std::vector<std::string> plans;
@@ -26,11 +26,12 @@ int run(int argc, char** argv) {
   bool overwrite = false;
   po::options_description opts(
       "acur_report: tables and plots of acur's results\n\n"
-      "Usage: acur_report --results output/results.jsonl --output report [--format md,html] [--plan plan.json ...] "
-      "[--log_y]\n\nOptions");
+      "Usage: acur_report --results output/results.jsonl [more.jsonl ...] --output report [--format md,html] "
+      "[--plan plan.json ...] [--log_y]\n\nOptions");
   opts.add_options()
       ("help,h", "print this help")
-      ("results", po::value(&results)->required(), "results.jsonl written by acur")
+      ("results", po::value(&results)->multitoken()->required(),
+       "results.jsonl written by acur (several files: their records together)")
       ("output", po::value(&output)->required(),
        "report folder (written as a whole; an existing report is replaced, any other folder only with --overwrite)")
       ("format", po::value(&formats)->default_value("md,html"), "md, html or md,html")
@@ -60,14 +61,17 @@ int run(int argc, char** argv) {
     }
   }
   if (!options.markdown && !options.html) throw std::invalid_argument("--format takes md and/or html");
-  if (!fs::is_regular_file(results)) throw std::invalid_argument(fmt::format("--results: no file {}", results));
-
   cur4llm::report::ReportInput input;
-  input.source = results;
-  input.results = cur4llm::report::read_results(results);
+  for (const auto& file : results) {
+    if (!fs::is_regular_file(file)) throw std::invalid_argument(fmt::format("--results: no file {}", file));
+    auto part = cur4llm::report::read_results(file);
+    for (auto& r : part.records) input.results.records.push_back(std::move(r));
+    for (auto& w : part.warnings) input.results.warnings.push_back(std::move(w));
+    input.source += (input.source.empty() ? "" : ", ") + file;
+  }
   for (const auto& w : input.results.warnings) fmt::print(stderr, "acur_report: warning: {}\n", w);
   if (input.results.records.empty()) {
-    throw std::runtime_error(fmt::format("{} holds no readable record", results));
+    throw std::runtime_error(fmt::format("{} holds no readable record", input.source));
   }
   for (const auto& p : plans) {
     input.plans.push_back({fs::path(p).filename().string(), cur4llm::search::CompressionPlan::load(p)});

@@ -129,8 +129,8 @@ std::string markdown_cell(const std::string& s) {
   return out;
 }
 
-std::string html_table(const Table& t) {
-  std::string out = "<div class=\"wrap\"><table>\n<thead><tr>";
+std::string html_table(const Table& t, const std::string& css_class) {
+  std::string out = "<div class=\"wrap\"><table class=\"" + css_class + "\">\n<thead><tr>";
   for (const auto& h : t.header) out += "<th>" + html_escape(h) + "</th>";
   out += "</tr></thead>\n<tbody>\n";
   for (const auto& row : t.rows) {
@@ -253,6 +253,57 @@ std::string markdown(const Table& t) {
   return out;
 }
 
+Table ratio_table(const ModelRuns& m, const std::string& dataset) {
+  std::vector<double> targets;
+  for (const auto& v : m.variants) {
+    for (const auto& r : v.runs) {
+      if (r.target_kind == "param_ratio" && std::find(targets.begin(), targets.end(), r.target) == targets.end()) {
+        targets.push_back(r.target);
+      }
+    }
+  }
+  Table t;
+  if (targets.empty()) return t;
+  std::sort(targets.rbegin(), targets.rend());
+  t.header.push_back("method");
+  t.numeric.push_back(false);
+  for (double x : targets) {
+    t.header.push_back(fmt::format("{:g}", x));
+    t.numeric.push_back(true);
+  }
+  std::vector<std::string> dense_seen;
+  for (const auto& r : m.dense) {
+    const auto p = r.perplexity(dataset);
+    if (!p || std::find(dense_seen.begin(), dense_seen.end(), r.variant()) != dense_seen.end()) continue;
+    dense_seen.push_back(r.variant());
+    std::vector<std::string> row = {r.variant()};
+    row.resize(targets.size() + 1, ppl_cell(*p));
+    t.rows.push_back(std::move(row));
+  }
+  for (const auto& v : m.variants) {
+    std::vector<std::string> row = {v.variant};
+    bool any = false;
+    for (double x : targets) {
+      std::string cell;
+      for (const auto& r : v.runs) {
+        const auto p = r.perplexity(dataset);
+        if (r.target_kind != "param_ratio" || r.target != x || !p) continue;
+        const std::string value =
+            ppl_cell(*p) + (std::isfinite(r.ratio_linear) ? fmt::format(" ({:.3f})", r.ratio_linear) : "");
+        if (cell != value && cell.find(value + " / ") != 0 && cell.find(" / " + value) == std::string::npos) {
+          cell += (cell.empty() ? "" : " / ") + value;  // a run repeated with the same result is shown once
+        }
+        any = true;
+      }
+      row.push_back(cell.empty() ? kDash : cell);
+    }
+    if (any) t.rows.push_back(std::move(row));
+  }
+  t.notes.push_back(fmt::format("Perplexity on {} (real parameter ratio of Linear weights) by target ratio.",
+                                short_name(dataset)));
+  return t;
+}
+
 std::vector<Figure> result_figures(const std::vector<ModelRuns>& models, const ReportOptions& options) {
   std::vector<Figure> figures;
   std::set<std::string> taken;
@@ -280,7 +331,7 @@ std::vector<Figure> result_figures(const std::vector<ModelRuns>& models, const R
       figures.push_back({unique_name(taken, "ppl-" + stem + "-" + file_stem(d), ".svg"),
                          fmt::format("Perplexity on {} against the real parameter ratio of Linear weights{}.", short_name(d),
                                      options.log_y ? " (log scale)" : ""),
-                         line_plot_svg(plot, po), short_name(m.model_id)});
+                         line_plot_svg(plot, po), short_name(m.model_id), d});
     }
     const auto common = common_tasks(m);
     if (common.empty()) continue;
@@ -303,7 +354,7 @@ std::vector<Figure> result_figures(const std::vector<ModelRuns>& models, const R
     }
     figures.push_back({unique_name(taken, "acc-" + stem, ".svg"),
                        fmt::format("Mean accuracy over {} against the real parameter ratio of Linear weights.", join(common, ", ")),
-                       line_plot_svg(plot, {}), short_name(m.model_id)});
+                       line_plot_svg(plot, {}), short_name(m.model_id), ""});
   }
   return figures;
 }
@@ -319,16 +370,48 @@ std::vector<ReportFile> build_report(const ReportInput& input, const ReportOptio
     figures.push_back({unique_name(taken, "rank-" + file_stem(p.name), ".svg"),
                        fmt::format("Kept ratio and rank of each layer in {} ({} layers, {:.4f} of Linear weights kept).",
                                    p.name, p.plan.layers().size(), p.plan.param_ratio()),
-                       rank_map_svg(p.plan, "Rank map: " + p.name), "Plans"});
+                       rank_map_svg(p.plan, "Rank map: " + p.name), "Plans", ""});
   }
 
   const std::string summary = fmt::format("{} runs of {} model{} from {}.", input.results.records.size(), models.size(),
                                           models.size() == 1 ? "" : "s", input.source);
-  std::vector<ReportFile> files;
-  std::vector<std::string> sections;
-  for (const auto& f : figures) {
-    if (std::find(sections.begin(), sections.end(), f.section) == sections.end()) sections.push_back(f.section);
+  // Sections: one per model (for each dataset its ratio table and plot, then the other
+  // plots), then the plans. A block is a table or a figure.
+  struct Block {
+    const Table* table = nullptr;
+    const Figure* figure = nullptr;
+    std::string heading;  // a sub-heading before a table
+  };
+  std::vector<std::pair<std::string, std::vector<Block>>> sections;
+  std::vector<Table> ratio_tables;
+  ratio_tables.reserve(models.size() * 8);
+  for (const auto& m : models) {
+    for (const auto& d : m.datasets) ratio_tables.push_back(ratio_table(m, d));
   }
+  std::size_t next_table = 0;
+  std::set<const Figure*> placed;
+  for (const auto& m : models) {
+    std::vector<Block> blocks;
+    const std::string heading = short_name(m.model_id);
+    for (const auto& d : m.datasets) {
+      const Table& rt = ratio_tables[next_table++];
+      if (!rt.rows.empty()) blocks.push_back({&rt, nullptr, "Perplexity on " + short_name(d)});
+      for (const auto& f : figures) {
+        if (f.section == heading && f.dataset == d && placed.insert(&f).second) blocks.push_back({nullptr, &f, ""});
+      }
+    }
+    for (const auto& f : figures) {
+      if (f.section == heading && placed.insert(&f).second) blocks.push_back({nullptr, &f, ""});
+    }
+    if (!blocks.empty()) sections.emplace_back(heading, std::move(blocks));
+  }
+  std::vector<Block> plan_blocks;
+  for (const auto& f : figures) {
+    if (placed.insert(&f).second) plan_blocks.push_back({nullptr, &f, ""});
+  }
+  if (!plan_blocks.empty()) sections.emplace_back("Plans", std::move(plan_blocks));
+
+  std::vector<ReportFile> files;
   if (options.markdown) {
     std::string md = "# " + options.title + "\n\n" + summary + "\n";
     if (!input.results.warnings.empty()) {
@@ -336,10 +419,11 @@ std::vector<ReportFile> build_report(const ReportInput& input, const ReportOptio
       for (const auto& w : input.results.warnings) md += "- " + markdown_cell(w) + "\n";
     }
     md += "\n## Runs\n\n" + markdown(table);
-    for (const auto& section : sections) {
-      md += "\n## " + section + "\n";
-      for (const auto& f : figures) {
-        if (f.section == section) md += fmt::format("\n![{}]({})\n\n{}\n", f.caption, f.file, f.caption);
+    for (const auto& [heading, blocks] : sections) {
+      md += "\n## " + heading + "\n";
+      for (const auto& b : blocks) {
+        if (b.table) md += "\n### " + b.heading + "\n\n" + markdown(*b.table);
+        if (b.figure) md += fmt::format("\n![{}]({})\n\n{}\n", b.figure->caption, b.figure->file, b.figure->caption);
       }
     }
     files.push_back({"report.md", md});
@@ -350,11 +434,11 @@ std::vector<ReportFile> build_report(const ReportInput& input, const ReportOptio
         "</title>\n<style>\n"
         "body{font-family:'DejaVu Sans',Helvetica,Arial,sans-serif;margin:24px auto;max-width:1400px;padding:0 16px;"
         "color:#222;line-height:1.4}\n"
-        "h1{font-size:24px}h2{font-size:19px;margin-top:32px;border-bottom:1px solid #ddd}\n"
+        "h1{font-size:24px}h2{font-size:19px;margin-top:32px;border-bottom:1px solid #ddd}h3{font-size:15px}\n"
         ".wrap{overflow-x:auto}\n"
         "table{border-collapse:collapse;font-size:13px}\n"
-        "th,td{border:1px solid #ccc;padding:3px 7px;text-align:left;vertical-align:top}\n"
-        "td,th{white-space:nowrap}td:nth-child(3){white-space:normal;min-width:14em;max-width:24em}\n"
+        "th,td{border:1px solid #ccc;padding:3px 7px;text-align:left;vertical-align:top;white-space:nowrap}\n"
+        "table.runs td:nth-child(3){white-space:normal;min-width:14em;max-width:24em}\n"
         "th{background:#f3f3f3}td.n{text-align:right;font-variant-numeric:tabular-nums}\n"
         "tbody tr:nth-child(even){background:#fafafa}\n"
         "figure{margin:16px 0}figcaption{font-size:13px;color:#555}svg{max-width:100%;height:auto}\n"
@@ -366,12 +450,14 @@ std::vector<ReportFile> build_report(const ReportInput& input, const ReportOptio
       for (const auto& w : input.results.warnings) html += "<li>" + html_escape(w) + "</li>\n";
       html += "</ul>\n";
     }
-    html += "<h2>Runs</h2>\n" + html_table(table);
-    for (const auto& section : sections) {
-      html += "<h2>" + html_escape(section) + "</h2>\n";
-      for (const auto& f : figures) {
-        if (f.section == section) {
-          html += "<figure>\n" + f.svg + "<figcaption>" + html_escape(f.caption) + "</figcaption>\n</figure>\n";
+    html += "<h2>Runs</h2>\n" + html_table(table, "runs");
+    for (const auto& [heading, blocks] : sections) {
+      html += "<h2>" + html_escape(heading) + "</h2>\n";
+      for (const auto& b : blocks) {
+        if (b.table) html += "<h3>" + html_escape(b.heading) + "</h3>\n" + html_table(*b.table, "ratios");
+        if (b.figure) {
+          html += "<figure>\n" + b.figure->svg + "<figcaption>" + html_escape(b.figure->caption) +
+                  "</figcaption>\n</figure>\n";
         }
       }
     }

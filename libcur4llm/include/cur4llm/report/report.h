@@ -53,6 +53,12 @@ struct Table {
 /// and their mean, bytes, then seconds per stage and in all.
 Table runs_table(const std::vector<ModelRuns>& models);
 
+/// Perplexity on `dataset` by parameter-ratio target, one row per variant (dense runs
+/// first, their value in every column), one column per target (largest first); a cell
+/// is "ppl (real Linear ratio)", runs repeated at one target joined by " / ".
+/// No rows when the model has no run with a parameter-ratio target.
+Table ratio_table(const ModelRuns& model, const std::string& dataset);
+
 /// The table as GitHub Markdown ('|' in cells escaped), notes as paragraphs after it.
 std::string markdown(const Table& table);
 
@@ -61,7 +67,8 @@ struct Figure {
   std::string file;     ///< file name in the report folder ("ppl-opt-125m-wikitext2.svg")
   std::string caption;  ///< one line
   std::string svg;      ///< the SVG document
-  std::string section;  ///< heading it goes under (the model id, or "Plans")
+  std::string section;  ///< heading it goes under (the model, or "Plans")
+  std::string dataset;  ///< the perplexity dataset it plots ("" for others)
 };
 
 /// Perplexity against the real Linear ratio per model and dataset (one line per
