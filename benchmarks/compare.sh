@@ -74,7 +74,7 @@ failed=0
 run_acur() {  # label, then acur flags
   local label=$1 log
   shift
-  log="$runs/$(echo "$label" | tr -c 'A-Za-z0-9._-' '_').log"
+  log="$runs/$(printf '%s' "$label" | tr -cs 'A-Za-z0-9.-' '_').log"
   echo "compare.sh: $label" >&2
   if ! "$acur" --model_id "$model" --eval_ppl "$eval_sets" --output "$runs" "$@" >"$log" 2>&1; then
     echo "compare.sh: $label failed: $(tail -n 1 "$log") (log: $log)" >&2

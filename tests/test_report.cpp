@@ -370,7 +370,7 @@ TEST_CASE("report: the report holds the table, the plots inline and nothing exte
   for (const auto& f : files) names.push_back(f.name);
   // opt-a: one perplexity plot (wiki) and one accuracy plot; llama-b: one perplexity plot; one rank map.
   const std::vector<std::string> expected = {"report.md", "report.html", "ppl-opt-a-wiki.svg", "acc-opt-a.svg",
-                                             "ppl-llama-b-tiny.svg", "rank-opt-a-svd-0.9.json.svg", "report.json"};
+                                             "ppl-llama-b-tiny.svg", "rank-opt-a-svd-0.9.svg", "report.json"};
   CHECK(names == expected);
   const std::string& md = files[0].content;
   const std::string& html = files[1].content;

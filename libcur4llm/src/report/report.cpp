@@ -105,7 +105,7 @@ std::string file_stem(const std::string& text) {
     }
   }
   while (!out.empty() && out.front() == '.') out.erase(out.begin());
-  if (out.size() > 60) out.resize(60);
+  if (out.size() > 80) out.resize(80);
   return out.empty() ? "x" : out;
 }
 
@@ -367,7 +367,9 @@ std::vector<ReportFile> build_report(const ReportInput& input, const ReportOptio
   std::set<std::string> taken = {"report.md", "report.html", kMarkerFile};
   for (const auto& f : figures) taken.insert(f.file);
   for (const auto& p : input.plans) {
-    figures.push_back({unique_name(taken, "rank-" + file_stem(p.name), ".svg"),
+    std::string stem = p.name;
+    if (stem.size() > 5 && stem.compare(stem.size() - 5, 5, ".json") == 0) stem.resize(stem.size() - 5);
+    figures.push_back({unique_name(taken, "rank-" + file_stem(stem), ".svg"),
                        fmt::format("Kept ratio and rank of each layer in {} ({} layers, {:.4f} of Linear weights kept).",
                                    p.name, p.plan.layers().size(), p.plan.param_ratio()),
                        rank_map_svg(p.plan, "Rank map: " + p.name), "Plans", ""});
