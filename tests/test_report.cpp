@@ -356,6 +356,7 @@ TEST_CASE("report: the rank map puts layers down and projections across, coloure
   CHECK_THAT(svg, Contains(">0.50 r8</text>") && Contains(">0.25 r4</text>") && Contains(">1.00 r16</text>"));
   CHECK(count(svg, ">dense</text>") == 3);  // two dense cells and the legend
   CHECK_THAT(svg, Contains("plan &lt;x&gt;"));
+  CHECK_THAT(svg, Contains("5 layers, 8,960 of 10,240 parameters stored"));
 }
 
 TEST_CASE("report: the report holds the table, the plots inline and nothing external", "[unit][report]") {

@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cctype>
 #include <cmath>
+#include <cstdint>
 #include <map>
 
 namespace cur4llm::report {
@@ -193,6 +194,12 @@ PlacedName place(const std::string& name) {
   return {false, -1, name};
 }
 
+std::string grouped(std::int64_t v) {  // 4594067712 -> "4,594,067,712"
+  std::string digits = std::to_string(v);
+  for (int i = static_cast<int>(digits.size()) - 3; i > (digits[0] == '-' ? 1 : 0); i -= 3) digits.insert(i, ",");
+  return digits;
+}
+
 std::string last_component(const std::string& s) {
   const auto dot = s.rfind('.');
   return dot == std::string::npos ? s : s.substr(dot + 1);
@@ -242,7 +249,8 @@ std::string rank_map_svg(const search::CompressionPlan& plan, const std::string&
   svg.text(16, 22, title, {"start", 14, "#222", true});
   svg.text(16, 40,
            fmt::format("{} layers, {} of {} parameters stored (kept ratio {:.4f}); colour: kept ratio of each layer",
-                       plan.layers().size(), plan.stored_params(), plan.dense_params(), plan.param_ratio()),
+                       plan.layers().size(), grouped(plan.stored_params()), grouped(plan.dense_params()),
+                       plan.param_ratio()),
            {"start", 11, "#555"});
   for (std::size_t c = 0; c < kinds.size(); ++c) {
     svg.text(left + cell_w * (c + 0.5), top - 8, labels[c], {"middle", 11, "#222", true});
