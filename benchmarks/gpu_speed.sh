@@ -74,7 +74,7 @@ run() {  # run <seconds> <output file> <command...>
   timeout "$limit" "$@" 2>> "$out/stderr.log" | tee -a "$out/$file"
 }
 
-# OPT-125m shape, the sweep: 73 Linear x 6 candidates x 16 samples x 2048 tokens.
+# OPT-125m shape, the reference's sweep: 73 Linear x 6 candidates x 16 samples x 2048 tokens.
 if want opt; then
   run 150 pipeline.jsonl "$bin/bench_pipeline" --config $opt --device cuda --dtype bf16 --samples 16 --seqlen 2048 \
     --method cur --reference_s 51.5 --micro ce,layer,linalg
