@@ -29,7 +29,6 @@ int run(int argc, char** argv) {
       "Usage: acur_report --results output/results.jsonl [more.jsonl ...] --output report [--format md,html] "
       "[--plan plan.json ...] [--log_y]\n\nOptions");
   opts.add_options()
-      ("help,h", "print this help")
       ("results", po::value(&results)->multitoken()->required(),
        "results.jsonl written by acur (several files: their records together)")
       ("output", po::value(&output)->required(),
@@ -38,14 +37,12 @@ int run(int argc, char** argv) {
       ("plan", po::value(&plans)->multitoken(), "plan JSON files of acur to draw as rank maps (repeatable)")
       ("title", po::value(&title)->default_value("cur4llm results"), "title of the report")
       ("log_y", po::bool_switch(&log_y), "perplexity on a log scale")
-      ("overwrite", po::bool_switch(&overwrite), "replace an existing --output that is not a report folder");
+      ("overwrite", po::bool_switch(&overwrite), "replace an existing --output that is not a report folder")
+      ("version", "print the version and exit")
+      ("help,h", "print this help");
   po::variables_map vm;
-  po::store(po::parse_command_line(argc, argv, opts), vm);
-  if (vm.count("help") || argc == 1) {
-    std::cout << opts << "\n";
-    return 0;
-  }
-  po::notify(vm);
+  int exit_code = 0;
+  if (!cur4llm::app::parse_command_line("acur_report", argc, argv, opts, vm, exit_code)) return exit_code;
 
   cur4llm::report::ReportOptions options;
   options.markdown = options.html = false;

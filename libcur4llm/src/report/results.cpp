@@ -14,13 +14,15 @@
 
 namespace cur4llm::detail {
 
-// Stages in pipeline order; evaluation and unknown stages after, in record order.
+// Stages in acur's run order; per-dataset evaluations of older records and unknown stages after.
 int stage_rank(const std::string& stage) {
-  static const char* const order[] = {"load", "calib_samples", "statistics", "sensitivity", "search", "decompose"};
-  for (int i = 0; i < 6; ++i) {
+  static const char* const order[] = {"load",   "dense_eval", "calib_samples", "statistics", "sensitivity",
+                                      "search", "decompose",  "quantize",      "eval"};
+  constexpr int n = static_cast<int>(sizeof order / sizeof order[0]);
+  for (int i = 0; i < n; ++i) {
     if (stage == order[i]) return i;
   }
-  return stage.rfind("eval_", 0) == 0 ? 7 : 6;
+  return stage.rfind("eval_", 0) == 0 ? n : n + 1;
 }
 
 }  // namespace cur4llm::detail
