@@ -31,6 +31,7 @@ namespace {
 
 struct Options {
   std::string model_id;
+  std::string revision = "main";
   std::string weight_quant = "none";
   std::string eval_ppl = "wikitext2,ptb";
   bool raw_model = false;
@@ -56,7 +57,10 @@ int run(int argc, char** argv) {
   po::options_description ref("Options of the reference pipeline (asvd.py)");
   ref.add_options()
       ("help,h", "print this help")
-      ("model_id", po::value(&o.model_id)->required(), "model folder, or an org/name id in the local Hugging Face cache")
+      ("model_id", po::value(&o.model_id)->required(),
+       "model folder, or an org/name Hugging Face id (from the local cache, else downloaded)")
+      ("revision", po::value(&o.revision)->default_value("main"),
+       "with an org/name --model_id: the Hub branch, tag or commit (default main)")
       ("weight_quant", po::value(&o.weight_quant)->default_value("none"),
        "none, rtn_int8 or rtn_int6 (per channel, as the reference), or rtn_int4 (groups of 128): after compression")
       ("eval_ppl", po::value(&o.eval_ppl)->default_value("wikitext2,ptb"),
@@ -99,7 +103,9 @@ int run(int argc, char** argv) {
 
   nlohmann::json timings = nlohmann::json::object();
   auto t0 = std::chrono::steady_clock::now();
-  const fs::path folder = cur4llm::io::resolve_model_id(o.model_id);
+  auto hub = cur4llm::io::HubOptions::from_environment();
+  hub.revision = o.revision;
+  const fs::path folder = cur4llm::io::resolve_model_id(o.model_id, hub);
   auto lm = cur4llm::model::CausalLM::load(folder, load);
   auto tokenizer = cur4llm::tokenize::load_tokenizer(folder);
   timings["load_s"] = seconds_since(t0);

@@ -27,6 +27,7 @@ namespace {
 
 struct Options {
   std::string model;
+  std::string revision = "main";
   std::string format;
   std::string output;
   bool overwrite = false;
@@ -58,7 +59,10 @@ int run(int argc, char** argv) {
       "Usage: quantize --model FOLDER --format rtn_int8|rtn_int6|rtn_int4 --output DIR [--overwrite]\n\nOptions");
   opts.add_options()
       ("help,h", "print this help")
-      ("model", po::value(&o.model)->required(), "dense model folder (or org/name in the Hugging Face cache) or acur repository")
+      ("model", po::value(&o.model)->required(),
+       "dense model folder (or an org/name Hugging Face id: from the local cache, else downloaded) or acur repository")
+      ("revision", po::value(&o.revision)->default_value("main"),
+       "with an org/name --model: the Hub branch, tag or commit (default main)")
       ("format", po::value(&o.format)->required(),
        "rtn_int8 or rtn_int6 (per output channel), rtn_int4 (groups of 128 input columns)")
       ("output", po::value(&o.output)->required(), "the folder to write (a new acur repository)")
@@ -93,7 +97,9 @@ int run(int argc, char** argv) {
   for (const auto& spec : eval_sets) cur4llm::data::resolve_dataset(spec, cur4llm::data::Purpose::Evaluation, data_dir);
   cur4llm::io::check_target_free(o.output, {o.overwrite});  // a link, even dangling, counts
 
-  const fs::path source = cur4llm::io::resolve_model_id(o.model);
+  auto hub = cur4llm::io::HubOptions::from_environment();
+  hub.revision = o.revision;
+  const fs::path source = cur4llm::io::resolve_model_id(o.model, hub);
   std::error_code not_there;
   if (fs::equivalent(o.output, source, not_there)) {
     throw std::invalid_argument(fmt::format("--output {} is the --model folder; write to another one", o.output));
