@@ -433,6 +433,12 @@ TEST_CASE("hub: the token is sent as a Bearer header and 401 says to set HF_TOKE
     CHECK(requests[i]["authorization"] == "Bearer hf_secret_123");
   }
   CHECK(hub_requests >= served_files().size());
+  // The LFS bytes come from another origin (the CDN): it never sees the token.
+  const size_t blob_gets = count_if_path(requests, "/cdn/", "GET");
+  CHECK(blob_gets == 1);
+  for (const auto& r : requests) {
+    if (r["path"].get<std::string>().rfind("/cdn/", 0) == 0) CHECK(r["authorization"].is_null());
+  }
 }
 
 TEST_CASE("hub: 404 names the repository and the revision", "[io][hub]") {

@@ -8,7 +8,8 @@ a free port, with the endpoints and headers the download uses:
   HEAD/GET /REPO/resolve/REV/FILE            small files: 200, ETag = git blob sha1
                                              *.safetensors (LFS): 302 to /cdn/SHA256 with
                                              X-Linked-Etag = sha256, X-Linked-Size
-  GET  /cdn/SHA256                           the bytes, with Range support
+  GET  /cdn/SHA256                           the bytes, with Range support, on a second
+                                             port (another origin, as the Hub's CDN)
 
 REV is "main" or the commit. Every request is appended to --log as one JSON line
 (method, path, range, authorization) so that tests can count and inspect them.
@@ -16,9 +17,11 @@ The port is written to --port-file once listening. The server exits by itself
 after --lifetime seconds, or as soon as the process that started it is gone.
 
 Faults for tests: --token T (401 without "Authorization: Bearer T"; with --gated
-the listing stays public and file requests answer X-Error-Code: GatedRepo), --drop-first FILE (the first download of FILE is cut
-off half-way; --drop-always FILE: every one), --corrupt FILE (FILE's bytes are served with one byte changed),
---no-api (the listing answers 404, as a mirror without the API would).
+the listing stays public and file requests answer X-Error-Code: GatedRepo),
+--drop-first FILE (the first download of FILE is cut off half-way;
+--drop-always FILE: every one), --corrupt FILE (FILE's bytes are served with
+one byte changed), --no-api (the listing answers 404, as a mirror without the
+API would).
 """
 
 import argparse
@@ -139,7 +142,7 @@ def main():
                 if f is None:
                     return self.error(404, "EntryNotFound")
                 if f["lfs"]:
-                    port = self.server.server_address[1]
+                    port = cdn.server_address[1]
                     return self.reply(302, {
                         "Location": "http://127.0.0.1:%d/cdn/%s" % (port, f["sha256"]),
                         "X-Repo-Commit": COMMIT,
@@ -183,6 +186,10 @@ def main():
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     server.daemon_threads = True
+    # The LFS bytes come from another port, as the Hub's come from a CDN.
+    cdn = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    cdn.daemon_threads = True
+    threading.Thread(target=cdn.serve_forever, daemon=True).start()
     tmp = args.port_file + ".tmp"
     with open(tmp, "w") as f:
         f.write(str(server.server_address[1]))

@@ -262,7 +262,9 @@ class Downloader {
       } else {
         bool has_bin = false;
         if (listing_) {
-          for (const auto& f : *listing_) has_bin = has_bin || (f.size() > 4 && f.compare(f.size() - 4, 4, ".bin") == 0);
+          for (const auto& f : *listing_) {
+            has_bin = has_bin || (f.size() > 4 && f.compare(f.size() - 4, 4, ".bin") == 0);
+          }
         }
         throw HubError(fmt::format("{} (revision {}) has no model.safetensors or model.safetensors.index.json{}; "
                                    "cur4llm reads safetensors weights only (a revision that has them, such as a "
@@ -285,8 +287,11 @@ class Downloader {
     return endpoint_ + "/" + repo_ + "/resolve/" + url_quote(revision, false) + "/" + url_quote(name, true);
   }
 
+  // The token goes to the Hub's own origin only, never to where it redirects (a CDN).
   detail::HttpResponse request(detail::HttpRequest req, const std::string& what) {
-    req.headers.insert(req.headers.end(), auth_.begin(), auth_.end());
+    if (url_origin(req.url) == url_origin(endpoint_)) {
+      req.headers.insert(req.headers.end(), auth_.begin(), auth_.end());
+    }
     try {
       return detail::http_request(req);
     } catch (const detail::HttpConnectError& e) {
@@ -304,8 +309,10 @@ class Downloader {
                      r.status);
     }
     if (r.status == 401 || r.status == 403) {
-      std::string why = code == "GatedRepo" ? fmt::format("{} is a gated model: request access on its page at {}, then", repo_, endpoint_)
-                                            : "the model is gated or private, or does not exist:";
+      const std::string why =
+          code == "GatedRepo"
+              ? fmt::format("{} is a gated model: request access on its page at {}, then", repo_, endpoint_)
+              : std::string("the model is gated or private, or does not exist:");
       const char* token_note = options_.token.empty() ? "" : " (the token given was refused or has no access)";
       throw HubError(fmt::format("{}: HTTP {}: {} set HF_TOKEN to an access token or log in with "
                                  "`huggingface-cli login`{}",
@@ -408,7 +415,8 @@ class Downloader {
       if (r.status < 200 || r.status >= 400) fail_status(name, r);
       meta.commit = r.header("x-repo-commit");
       meta.etag = normalize_etag(!r.header("x-linked-etag").empty() ? r.header("x-linked-etag") : r.header("etag"));
-      const std::string size = !r.header("x-linked-size").empty() ? r.header("x-linked-size") : r.header("content-length");
+      const std::string linked_size = r.header("x-linked-size");
+      const std::string size = !linked_size.empty() ? linked_size : r.header("content-length");
       if (!size.empty()) {
         try {
           meta.size = std::stoull(size);
@@ -471,6 +479,12 @@ class Downloader {
       ~Closer() { ::close(fd); }
     } closer{fd};
 
+    // An LFS file's etag is its sha256: the bytes are hashed as they arrive
+    // (after the part an earlier run left), so the check costs no second read.
+    const bool lfs = is_sha256(meta.etag);
+    detail::Sha256 hash;
+    if (lfs && offset > 0) detail::sha256_update_from_file(hash, partial, offset);
+
     Progress progress(options_.show_progress, repo_ + " " + name, meta.size.value_or(0), offset);
     std::string broke;
     bool complete = false;
@@ -491,9 +505,11 @@ class Downloader {
           if (::ftruncate(fd, 0) != 0) throw std::runtime_error("cannot truncate " + partial.string());
           offset = 0;
           base = 0;
+          hash = detail::Sha256();
         }
       };
       req.sink = [&](const char* data, size_t size) {
+        if (lfs) hash.update(data, size);
         while (size > 0) {
           const ssize_t n = ::write(fd, data, size);
           if (n < 0 && errno == EINTR) continue;
@@ -548,9 +564,7 @@ class Downloader {
                                  name, repo_, got, *meta.size),
                      0);
     }
-    if (is_sha256(meta.etag)) {  // an LFS file: its etag is its sha256
-      detail::Sha256 hash;
-      detail::sha256_update_from_file(hash, partial, got);
+    if (lfs) {
       const std::string digest = hash.hex_digest();
       if (digest != meta.etag) {
         fs::remove(partial, ec);
@@ -574,7 +588,9 @@ class Downloader {
                      0);
     }
     for (const auto& s : shards) {
-      if (!valid_repo_file(s)) throw HubError(fmt::format("model.safetensors.index.json of {} names '{}'", repo_, s), 0);
+      if (!valid_repo_file(s)) {
+        throw HubError(fmt::format("model.safetensors.index.json of {} names '{}', no file name", repo_, s), 0);
+      }
     }
     return {shards.begin(), shards.end()};
   }
