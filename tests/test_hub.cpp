@@ -79,11 +79,12 @@ fs::path fake_hub_script() { return cur4llm::test::fixture_dir().parent_path() /
 // by the destructor (and by itself when this process dies, or after a minute).
 class FakeHub {
  public:
-  FakeHub(const fs::path& work, const std::vector<std::string>& extra) : log_(work / "requests.jsonl") {
+  FakeHub(const fs::path& work, const std::vector<std::string>& extra, const fs::path& model = model_dir(kModel),
+          const std::string& repo = kRepo)
+      : log_(work / "requests.jsonl") {
     const fs::path port_file = work / "port";
-    std::vector<std::string> args = {"python3", fake_hub_script().string(), "--model", model_dir(kModel).string(),
-                                     "--repo", kRepo, "--port-file", port_file.string(), "--log", log_.string(),
-                                     "--lifetime", "60"};
+    std::vector<std::string> args = {"python3", fake_hub_script().string(), "--model", model.string(), "--repo", repo,
+                                     "--port-file", port_file.string(), "--log", log_.string(), "--lifetime", "60"};
     args.insert(args.end(), extra.begin(), extra.end());
     std::vector<char*> argv;
     for (auto& a : args) argv.push_back(a.data());
@@ -285,6 +286,41 @@ TEST_CASE("hub: a download fills the cache as huggingface_hub does and loads lik
   by_commit.revision = commit;
   CHECK(cur4llm::io::download_model(kRepo, by_commit) == snapshot);
   CHECK(hub.requests().size() == served);
+}
+
+TEST_CASE("hub: a sharded model comes as its index and shards, and nothing else", "[io][hub]") {
+  CUR4LLM_REQUIRE_FAKE_HUB();
+  Setup s;
+  const fs::path folder = model_dir("llama_gqa_sharded");  // also holds reference.safetensors, no model file
+  FakeHub hub(s.dir.path, {}, folder, "acme/sharded");
+  const fs::path snapshot = cur4llm::io::download_model("acme/sharded", s.options(hub));
+  std::vector<std::string> wanted = {"config.json", "generation_config.json", "model.safetensors.index.json"};
+  for (int i = 1; i <= 6; ++i) wanted.push_back("model-0000" + std::to_string(i) + "-of-00006.safetensors");
+  std::sort(wanted.begin(), wanted.end());
+  CHECK(listing(snapshot) == wanted);
+  for (const auto& name : wanted) CHECK(slurp(snapshot / name) == slurp(folder / name));
+  CHECK(count_if_path(hub.requests(), "reference.safetensors", "HEAD") == 0);
+  const auto ids = at::tensor(std::vector<int64_t>{1, 7, 3, 12}, at::kLong).unsqueeze(0);
+  auto from_hub = cur4llm::model::CausalLM::load(snapshot, {});
+  auto from_folder = cur4llm::model::CausalLM::load(folder, {});
+  CHECK(at::equal(from_hub->forward(ids), from_folder->forward(ids)));
+  CHECK(cur4llm::io::cached_model("acme/sharded", s.options(hub)) == snapshot);
+}
+
+TEST_CASE("hub: a repository with only PyTorch .bin weights is refused without fetching them", "[io][hub]") {
+  CUR4LLM_REQUIRE_FAKE_HUB();
+  Setup s;
+  const fs::path folder = s.dir / "bin_only";
+  fs::create_directories(folder);
+  cur4llm::io::write_file_atomic(folder / "config.json", slurp(model_dir(kModel) / "config.json"));
+  cur4llm::io::write_file_atomic(folder / "pytorch_model.bin", "not really a pickle");
+  FakeHub hub(s.dir.path, {}, folder, "acme/old");
+  const std::string message =
+      message_of<HubError>([&] { cur4llm::io::download_model("acme/old", s.options(hub)); });
+  CHECK_THAT(message, Contains("acme/old") && Contains("model.safetensors") && Contains(".bin") &&
+                          Contains("--revision"));
+  CHECK(count_if_path(hub.requests(), "pytorch_model.bin", "GET") == 0);
+  CHECK(count_if_path(hub.requests(), "pytorch_model.bin", "HEAD") == 0);
 }
 
 TEST_CASE("hub: without the listing API the known file names are tried, 404 meaning absent", "[io][hub]") {

@@ -270,7 +270,7 @@ class Downloader {
                                    "cur4llm reads safetensors weights only (a revision that has them, such as a "
                                    "conversion pull request refs/pr/N, can be chosen with --revision)",
                                    repo_, revision, has_bin ? " (only PyTorch .bin weights)" : ""),
-                       404);
+                       0);
       }
     }
 
