@@ -321,6 +321,8 @@ TEST_CASE("hub: a repository with only PyTorch .bin weights is refused without f
                           Contains("--revision"));
   CHECK(count_if_path(hub.requests(), "pytorch_model.bin", "GET") == 0);
   CHECK(count_if_path(hub.requests(), "pytorch_model.bin", "HEAD") == 0);
+  CHECK(count_if_path(hub.requests(), "/resolve/", "GET") == 0);  // refused before any download
+  CHECK_FALSE(fs::exists(s.cache / "models--acme--old" / "snapshots"));
 }
 
 TEST_CASE("hub: without the listing API the known file names are tried, 404 meaning absent", "[io][hub]") {
@@ -451,6 +453,12 @@ TEST_CASE("hub: the token is sent as a Bearer header and 401 says to set HF_TOKE
   CHECK_THAT(anonymous, Contains("config.json") && Contains(kRepo) && Contains("HTTP 401") && Contains("HF_TOKEN") &&
                             Contains("gated"));
 
+  {
+    ScopedEnv cache_env("HF_HUB_CACHE", s.cache.string());
+    CHECK_THAT(message_of<std::invalid_argument>([&] { cur4llm::io::resolve_model_id(kRepo, options); }),
+               Contains("no folder") && Contains("HTTP 401") && Contains("HF_TOKEN"));
+  }
+
   options.token = "hf_wrong_456";
   const std::string refused = message_of<HubError>([&] { cur4llm::io::download_model(kRepo, options); });
   CHECK_THAT(refused, Contains("HTTP 401") && Contains("HF_TOKEN"));
@@ -521,6 +529,9 @@ TEST_CASE("hub: an unreachable endpoint is named in the error", "[io][hub]") {
   options.show_progress = false;
   const std::string message = message_of<HubError>([&] { cur4llm::io::download_model(kRepo, options); });
   CHECK_THAT(message, Contains(endpoint) && Contains("cannot reach"));
+  ScopedEnv cache_env("HF_HUB_CACHE", s.cache.string());
+  CHECK_THAT(message_of<HubError>([&] { cur4llm::io::resolve_model_id(kRepo, options); }),
+             Contains("no folder") && Contains(endpoint) && Contains("cannot reach"));
 }
 
 TEST_CASE("hub: offline mode uses the cache or fails saying so, without a request", "[io][hub]") {

@@ -237,6 +237,9 @@ class Downloader {
                    endpoint_.c_str());
     }
     listing_ = list_files();
+    if (listing_ && !listing_->count("model.safetensors") && !listing_->count("model.safetensors.index.json")) {
+      refuse_weights();  // before anything is downloaded
+    }
     if (detail::is_commit_hash(revision)) commit_ = revision;
     if (commit_.empty()) {  // no listing: the answer for config.json names the commit
       const FileMeta config = head("config.json");
@@ -260,17 +263,7 @@ class Downloader {
       if (auto index = get("model.safetensors.index.json", false)) {
         for (const std::string& shard : shards_of(*index)) get(shard, true);
       } else {
-        bool has_bin = false;
-        if (listing_) {
-          for (const auto& f : *listing_) {
-            has_bin = has_bin || (f.size() > 4 && f.compare(f.size() - 4, 4, ".bin") == 0);
-          }
-        }
-        throw HubError(fmt::format("{} (revision {}) has no model.safetensors or model.safetensors.index.json{}; "
-                                   "cur4llm reads safetensors weights only (a revision that has them, such as a "
-                                   "conversion pull request refs/pr/N, can be chosen with --revision)",
-                                   repo_, revision, has_bin ? " (only PyTorch .bin weights)" : ""),
-                       0);
+        refuse_weights();
       }
     }
 
@@ -334,6 +327,18 @@ class Downloader {
     throw HubError(fmt::format("{}: HTTP {} from {}{}{}", where, r.status, endpoint_, message.empty() ? "" : ": ",
                                message),
                    r.status);
+  }
+
+  [[noreturn]] void refuse_weights() const {
+    bool has_bin = false;
+    if (listing_) {
+      for (const auto& f : *listing_) has_bin = has_bin || (f.size() > 4 && f.compare(f.size() - 4, 4, ".bin") == 0);
+    }
+    throw HubError(fmt::format("{} (revision {}) has no model.safetensors or model.safetensors.index.json{}; "
+                               "cur4llm reads safetensors weights only (a revision that has them, such as a "
+                               "conversion pull request refs/pr/N, can be chosen with --revision)",
+                               repo_, options_.revision, has_bin ? " (only PyTorch .bin weights)" : ""),
+                   0);
   }
 
   [[noreturn]] void fail_missing(const std::string& name, const FileMeta& meta) const {

@@ -184,8 +184,10 @@ std::filesystem::path resolve_model_id(const std::string& model_id, const HubOpt
   try {
     return download_model(model_id, hub);
   } catch (const HubError& e) {
-    if (e.status() != 404) throw;
-    throw std::invalid_argument("model '" + model_id + "' is no folder and not in the Hugging Face cache; " + e.what());
+    // Also what a mistyped local path ends in: say that no folder was found either.
+    const std::string message = "model '" + model_id + "' is no folder and not in the Hugging Face cache; " + e.what();
+    if (e.status() == 401 || e.status() == 403 || e.status() == 404) throw std::invalid_argument(message);
+    throw HubError(message, e.status());
   }
 }
 

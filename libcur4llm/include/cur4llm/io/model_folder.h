@@ -20,8 +20,9 @@ std::filesystem::path resolve_model_id(const std::string& model_id);
 /// Resolves a model id as the apps do: an existing directory as it is; else an
 /// "org/name" id at hub.revision from the Hugging Face cache (hub.cache_dir)
 /// when complete there; else downloaded from the Hub (download_model) unless
-/// hub.offline. Throws std::invalid_argument when the model exists nowhere
-/// (HTTP 404 included), HubError/std::runtime_error for other failures.
+/// hub.offline. Throws std::invalid_argument when the model exists nowhere or
+/// may not be read (HTTP 401, 403, 404), HubError or std::runtime_error for other
+/// failures; the messages say that no folder of that name exists either.
 std::filesystem::path resolve_model_id(const std::string& model_id, const HubOptions& hub);
 
 /// The Hugging Face hub cache folder the environment selects.
