@@ -33,3 +33,13 @@ find_package(nlohmann_json 3.2 REQUIRED)
 find_package(ZLIB REQUIRED)
 find_package(PCRE2 REQUIRED)
 find_package(SentencePiece REQUIRED)
+
+# Downloading models from the Hugging Face Hub needs libcurl (Debian:
+# libcurl4-openssl-dev). Without it the library still builds, and a download
+# fails saying that it was built without Hub download support.
+find_package(CURL QUIET)
+option(CUR4LLM_WITH_HUB "Download models from the Hugging Face Hub (needs libcurl)" ${CURL_FOUND})
+if(CUR4LLM_WITH_HUB AND NOT CURL_FOUND)
+  message(FATAL_ERROR "CUR4LLM_WITH_HUB needs libcurl (Debian: libcurl4-openssl-dev); or set -DCUR4LLM_WITH_HUB=OFF")
+endif()
+message(STATUS "cur4llm Hub downloads: ${CUR4LLM_WITH_HUB}")

@@ -35,6 +35,7 @@ namespace {
 
 struct Options {
   std::string model_id;
+  std::string revision = "main";
   std::string weight_quant = "none";
   std::string eval_ppl = "wikitext2,ptb";
   bool raw_model = false;
@@ -121,7 +122,10 @@ int run(int argc, char** argv) {
   cur4llm::app::PipelineFlags flags;
   po::options_description ref("Options of the reference pipeline (asvd.py)");
   ref.add_options()
-      ("model_id", po::value(&o.model_id)->required(), "model folder, or an org/name id in the local Hugging Face cache")
+      ("model_id", po::value(&o.model_id)->required(),
+       "model folder, or an org/name Hugging Face id (from the local cache, else downloaded)")
+      ("revision", po::value(&o.revision)->default_value("main"),
+       "with an org/name --model_id: the Hub branch, tag or commit (default main)")
       ("weight_quant", po::value(&o.weight_quant)->default_value("none"),
        "none, rtn_int8 or rtn_int6 (per channel, as the reference), or rtn_int4 (groups of 128): after compression")
       ("eval_ppl", po::value(&o.eval_ppl)->default_value("wikitext2,ptb"),
@@ -164,7 +168,9 @@ int run(int argc, char** argv) {
   auto pipe = flags.resolved();
 
   // The model first: a wrong --model_id is the error to report, not the data it would have read.
-  const fs::path folder = cur4llm::io::resolve_model_id(o.model_id);
+  auto hub = cur4llm::io::HubOptions::from_environment();
+  hub.revision = o.revision;
+  const fs::path folder = cur4llm::io::resolve_model_id(o.model_id, hub);
   if (!fs::is_regular_file(folder / "config.json")) {
     throw std::runtime_error(fmt::format("{}: no config.json, so this is not a Hugging Face model folder", folder.string()));
   }

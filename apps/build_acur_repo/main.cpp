@@ -28,6 +28,7 @@ namespace {
 
 struct Options {
   std::string model_id;
+  std::string revision = "main";
   std::string plan;
   std::string output = "output";
   bool overwrite = false;
@@ -45,7 +46,9 @@ int run(int argc, char** argv) {
   cur4llm::app::PipelineFlags flags;
   po::options_description ref("Compression flags (as acur's, see docs/acur.md)");
   ref.add_options()(
-      "model_id", po::value(&o.model_id)->required(), "model folder, or an org/name id in the local Hugging Face cache");
+      "model_id", po::value(&o.model_id)->required(),
+      "model folder, or an org/name Hugging Face id (from the local cache, else downloaded)")(
+      "revision", po::value(&o.revision)->default_value("main"), "with an org/name --model_id: the Hub branch, tag or commit (default main)");
   po::options_description own("cur4llm options");
   cur4llm::app::add_pipeline_flags(ref, own, flags);
   po::options_description repo("Repository");
@@ -98,7 +101,9 @@ int run(int argc, char** argv) {
     return fs::path(o.output) / name;
   };
   if (pipe.param_ratio_target > 0) cur4llm::io::check_target_free(folder_for(pipe.param_ratio_target), {o.overwrite});
-  const fs::path source = cur4llm::io::resolve_model_id(o.model_id);
+  auto hub = cur4llm::io::HubOptions::from_environment();
+  hub.revision = o.revision;
+  const fs::path source = cur4llm::io::resolve_model_id(o.model_id, hub);
 
   cur4llm::model::LoadOptions load;
   load.device = cur4llm::model::parse_device(flags.device);

@@ -28,6 +28,7 @@ namespace {
 struct Options {
   std::string model_id;
   std::string device = "cpu";
+  std::string revision = "main";
   std::string format;
   std::string output;
   bool overwrite = false;
@@ -59,7 +60,9 @@ int run(int argc, char** argv) {
       "Usage: quantize --model_id FOLDER --format rtn_int8|rtn_int6|rtn_int4 --output DIR [--overwrite]\n\nOptions");
   opts.add_options()
       ("model_id", po::value(&o.model_id)->required(),
-       "dense model folder (or org/name in the Hugging Face cache) or acur repository")
+       "dense model folder (or an org/name Hugging Face id: from the local cache, else downloaded) or acur repository")
+      ("revision", po::value(&o.revision)->default_value("main"),
+       "with an org/name --model_id: the Hub branch, tag or commit (default main)")
       ("format", po::value(&o.format)->required(),
        "rtn_int8 or rtn_int6 (per output channel), rtn_int4 (groups of 128 input columns)")
       ("output", po::value(&o.output)->required(), "the folder to write (a new acur repository)")
@@ -97,7 +100,9 @@ int run(int argc, char** argv) {
 
   cur4llm::model::LoadOptions load;
   load.device = cur4llm::model::parse_device(o.device);
-  const fs::path source = cur4llm::io::resolve_model_id(o.model_id);
+  auto hub = cur4llm::io::HubOptions::from_environment();
+  hub.revision = o.revision;
+  const fs::path source = cur4llm::io::resolve_model_id(o.model_id, hub);
   std::error_code not_there;
   if (fs::equivalent(o.output, source, not_there)) {
     throw std::invalid_argument(fmt::format("--output {} is the --model_id folder; write to another one", o.output));

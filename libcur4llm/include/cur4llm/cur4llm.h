@@ -15,6 +15,7 @@
 #include <cur4llm/version.h>
 #include <cur4llm/io/cache.h>
 #include <cur4llm/io/files.h>
+#include <cur4llm/io/hub.h>
 #include <cur4llm/io/model_folder.h>
 #include <cur4llm/io/safetensors.h>
 #include <cur4llm/tokenize/tokenizer.h>
@@ -50,5 +51,8 @@
 #include <cur4llm/eval/perplexity.h>
 #include <cur4llm/pipeline/pipeline.h>
 #include <cur4llm/repo/acur_repo.h>
+#include <cur4llm/report/plots.h>
+#include <cur4llm/report/report.h>
+#include <cur4llm/report/results.h>
 #include <cur4llm/util/device.h>
 #include <cur4llm/util/progress.h>
