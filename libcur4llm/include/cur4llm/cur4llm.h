@@ -54,5 +54,6 @@
 #include <cur4llm/report/plots.h>
 #include <cur4llm/report/report.h>
 #include <cur4llm/report/results.h>
+#include <cur4llm/report/svg.h>
 #include <cur4llm/util/device.h>
 #include <cur4llm/util/progress.h>
