@@ -4,6 +4,7 @@
 #include <cur4llm/quant/packed_quant.h>
 #include <cur4llm/quant/quantize.h>
 #include <cur4llm/data/text_data.h>
+#include <cur4llm/eval/tasks.h>
 #include <cur4llm/io/files.h>
 #include <cur4llm/io/model_folder.h>
 #include <cur4llm/model/causal_lm.h>
@@ -36,6 +37,8 @@ struct Options {
   bool raw_model = false;
   std::string output = "output";
   int64_t limit = -1;
+  std::string eval_tasks;
+  bool eval_mmlu = false;
 };
 
 double seconds_since(std::chrono::steady_clock::time_point t0) {
@@ -61,12 +64,15 @@ int run(int argc, char** argv) {
        "none, rtn_int8 or rtn_int6 (per channel, as the reference), or rtn_int4 (groups of 128): after compression")
       ("eval_ppl", po::value(&o.eval_ppl)->default_value("wikitext2,ptb"),
        "datasets to evaluate, comma-separated (name, name:split, text file, or none)")
+      ("eval_tasks", po::value(&o.eval_tasks), "zero-shot tasks as lm-evaluation-harness scores them, comma-separated "
+       "(piqa, hellaswag, winogrande, arc_easy, arc_challenge, openbookqa, boolq, lambada_openai, mathqa, mmlu)")
+      ("eval_mmlu", po::bool_switch(&o.eval_mmlu), "MMLU, 5-shot (as --eval_tasks mmlu)")
       ("raw_model", po::bool_switch(&o.raw_model), "evaluate the model without compression");
   po::options_description own("cur4llm options");
   cur4llm::app::add_pipeline_flags(ref, own, flags);
   own.add_options()
       ("output", po::value(&o.output)->default_value("output"), "folder for results.jsonl and plan files")
-      ("limit", po::value(&o.limit)->default_value(-1), "evaluate only the first N windows (-1: all)");
+      ("limit", po::value(&o.limit)->default_value(-1), "evaluate only the first N windows, and N items per task (MMLU: per subject) (-1: all)");
   po::options_description all("acur: activation-aware CUR compression of a Hugging Face causal LM\n\n"
                               "Usage: acur --model_id MODEL (--param_ratio_target R | --ppl_target P | "
                               "--compress_kv_cache --kv_cache_ratio_target R | --raw_model) [options]");
@@ -96,6 +102,9 @@ int run(int argc, char** argv) {
   const fs::path data_dir = pipe.data_dir.empty() ? cur4llm::data::default_data_dir() : pipe.data_dir;
   const auto eval_sets = split_list(o.eval_ppl);
   for (const auto& spec : eval_sets) cur4llm::data::resolve_dataset(spec, cur4llm::data::Purpose::Evaluation, data_dir);
+  auto task_names = split_list(o.eval_tasks);
+  if (o.eval_mmlu) task_names.push_back("mmlu");
+  const auto tasks = cur4llm::eval::load_tasks(task_names, data_dir, {o.limit, {}});  // refuses missing data now
 
   nlohmann::json timings = nlohmann::json::object();
   auto t0 = std::chrono::steady_clock::now();
@@ -169,6 +178,15 @@ int run(int argc, char** argv) {
     timings["eval_" + spec + "_s"] = seconds_since(t0);
   }
   record["ppl"] = results;
+  if (!tasks.empty()) {
+    t0 = std::chrono::steady_clock::now();
+    cur4llm::eval::ScoreOptions sopts;
+    sopts.show_progress = true;
+    const auto task_results = cur4llm::eval::evaluate_tasks(*lm, *tokenizer, tasks, sopts);
+    std::cout << cur4llm::eval::format_task_table(task_results) << std::flush;
+    record["tasks"] = nlohmann::json::parse(cur4llm::eval::task_results_json(task_results));
+    timings["eval_tasks_s"] = seconds_since(t0);
+  }
   record["timings"] = timings;
   nlohmann::json args = {{"param_ratio_target", pipe.param_ratio_target}, {"ppl_target", pipe.ppl_target},
                          {"kv_cache_ratio_target", pipe.kv_cache_ratio_target}, {"act_aware", pipe.act_aware},
