@@ -4,7 +4,7 @@
 //
 //   bench_tasks --config benchmarks/configs/llama-7b.json --tokenizer TOKENIZER_FOLDER
 //               --data_dir DATA [--tasks hellaswag,mmlu] [--limit 200] [--mmlu_limit 4]
-//               [--device cuda] [--dtype fp16] [--max_batch_tokens 16384]
+//               [--device cuda] [--dtype fp16] [--max_batch_tokens N (default: by device)]
 //
 // DATA holds tasks/<task>/... (docs/evaluation.md). --limit caps the items of
 // each task; for mmlu, --mmlu_limit caps the items of each of its 57 subjects.

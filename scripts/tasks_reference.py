@@ -150,8 +150,8 @@ def load_task(name, data_dir, limit, mmlu_limit=-1, mmlu_subjects=None):
 
 # ----------------------------------------------------------------------------- model
 
-def encode_pair(tokenizer, context, continuation, prefix_token_id):
-    """The harness's HFLM request encoding (causal models)."""
+def encode_pair(tokenizer, context, continuation, prefix_token_id, special=True):
+    """The harness's HFLM request encoding (causal models); special=False: no BOS (harness < 0.4.9)."""
     if context == "":
         cont = tokenizer.encode(continuation, add_special_tokens=False)
         return ([prefix_token_id], cont) if prefix_token_id != cont[0] else (cont[:1], cont[1:])
@@ -159,8 +159,8 @@ def encode_pair(tokenizer, context, continuation, prefix_token_id):
     if n_spaces > 0:
         continuation = context[-n_spaces:] + continuation
         context = context[:-n_spaces]
-    whole = tokenizer.encode(context + continuation)
-    ctx = tokenizer.encode(context)
+    whole = tokenizer.encode(context + continuation, add_special_tokens=special)
+    ctx = tokenizer.encode(context, add_special_tokens=special)
     return ctx, whole[len(ctx):]
 
 
@@ -222,13 +222,15 @@ def reference(args):
     max_length = max_length_of(model)
     out = {"model": os.path.basename(os.path.normpath(args.model)),
            "definitions": "lm-evaluation-harness 0.4.9", "transformers": transformers.__version__,
-           "torch": torch.__version__, "dtype": "float32", "max_length": max_length, "tasks": {}}
+           "torch": torch.__version__, "dtype": "float32", "max_length": max_length, "bos": not args.no_bos,
+           "tasks": {}}
     for name in args.tasks.split(","):
         limit = args.mmlu_limit if name == "mmlu" else args.limit
         docs = load_task(name, args.data_dir, limit, args.mmlu_limit)
         items = []
         for doc in docs:
-            results = [score_one(torch, model, *encode_pair(tokenizer, c, x, prefix), max_length, args.device)
+            results = [score_one(torch, model, *encode_pair(tokenizer, c, x, prefix, not args.no_bos), max_length,
+                                 args.device)
                        for c, x in doc[0]]
             item = {"logprobs": [r[0] for r in results], "greedy": [r[1] for r in results]}
             item.update(item_metrics(name, doc, results))
@@ -262,16 +264,15 @@ def timing(args):
         num_hidden_layers=shape["num_hidden_layers"], num_attention_heads=shape["num_attention_heads"],
         num_key_value_heads=shape.get("num_key_value_heads", shape["num_attention_heads"]),
         max_position_embeddings=shape["max_position_embeddings"], rms_norm_eps=shape["rms_norm_eps"])
-    torch.set_default_dtype(dtype)
     with torch.device(args.device):
-        model = transformers.LlamaForCausalLM(config).eval()
-    torch.set_default_dtype(torch.float32)
+        model = transformers.LlamaForCausalLM(config)
+    model = model.to(dtype).eval()
     tokenizer = transformers.AutoTokenizer.from_pretrained(args.tokenizer)
     prefix = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
     max_length = max_length_of(model)
     for name in args.tasks.split(","):
         docs = load_task(name, args.data_dir, args.limit, args.mmlu_limit)
-        reqs = [encode_pair(tokenizer, c, x, prefix) for doc in docs for c, x in doc[0]]
+        reqs = [encode_pair(tokenizer, c, x, prefix, not args.no_bos) for doc in docs for c, x in doc[0]]
         rows = {}
         for ctx, cont in reqs:
             rows.setdefault(tuple(model_inputs(ctx, cont, max_length)), []).append(cont)
@@ -284,18 +285,30 @@ def timing(args):
                     width = len(order[i])
                     batch = order[i:i + max(1, args.max_batch_tokens // width)]
                     ids = torch.zeros((len(batch), width), dtype=torch.long)
+                    rows_at, positions, targets, spans = [], [], [], []
                     for r, row in enumerate(batch):
                         ids[r, :len(row)] = torch.tensor(row)
-                    logp = torch.nn.functional.log_softmax(model(ids.to(args.device)).logits.float(), dim=-1)
-                    for r, row in enumerate(batch):
                         for cont in rows[row]:
-                            sel = logp[r, len(row) - len(cont):len(row)]
-                            target = torch.tensor(cont, device=args.device)
-                            _ = float(sel.gather(1, target.unsqueeze(1)).sum()), bool((sel.argmax(-1) == target).all())
+                            spans.append(len(cont))
+                            for j, tok in enumerate(cont):
+                                rows_at.append(r)
+                                positions.append(len(row) - len(cont) + j)
+                                targets.append(tok)
+                    logp = torch.nn.functional.log_softmax(model(ids.to(args.device)).logits.float(), dim=-1)
+                    sel = logp[torch.tensor(rows_at, device=args.device), torch.tensor(positions, device=args.device)]
+                    target = torch.tensor(targets, device=args.device)
+                    lp = sel.gather(1, target.unsqueeze(1)).squeeze(1).tolist()
+                    greedy = (sel.argmax(-1) == target).tolist()
+                    k = 0
+                    for n in spans:  # per request: sum of log-probs, all greedy
+                        _ = sum(lp[k:k + n]), all(greedy[k:k + n])
+                        k += n
                     i += len(batch)
             if args.device.startswith("cuda"):
                 torch.cuda.synchronize()
 
+        with torch.no_grad():  # warm-up
+            model(torch.tensor([list(order[-1])], device=args.device))
         t0 = time.perf_counter()
         run()
         seconds = time.perf_counter() - t0
@@ -314,6 +327,7 @@ def main():
     p.add_argument("--limit", type=int, default=None, help="items per task (default 8; --time: 200)")
     p.add_argument("--mmlu_limit", type=int, default=None, help="items per MMLU subject (default 2; --time: 4)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--no_bos", action="store_true", help="encode without special tokens (harness 0.4.0-0.4.8)")
     p.add_argument("--time", action="store_true", help="timing mode on random weights")
     p.add_argument("--config", default=os.path.join(os.path.dirname(__file__), "..", "benchmarks", "configs", "llama-7b.json"))
     p.add_argument("--tokenizer", help="tokenizer folder (timing mode)")

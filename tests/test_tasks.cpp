@@ -128,7 +128,7 @@ TEST_CASE("winogrande: partial scoring, one context per option and the rest of t
   CHECK_FALSE(w.acc_norm);
 }
 
-TEST_CASE("lambada_openai: the last space-separated word is the target; acc is greedy, perplexity exp(-mean)", "[tasks]") {
+TEST_CASE("lambada_openai: the last space-separated word is the target, acc is greedy, perplexity exp(-mean)", "[tasks]") {
   TempDir tmp;
   write(tmp.path / "tasks" / "lambada_openai" / "lambada_test.jsonl",
         "{\"text\": \"he looked at the  dog\"}\n{\"text\": \"she said hello\"}\n");
@@ -247,6 +247,10 @@ TEST_CASE("requests split where the harness splits them, on the tiny model's tok
   CHECK(moved.context == tok->encode("Answer:"));
   const auto plain = ev::encode_request(*tok, {"Answer:", " yes"});
   CHECK(moved.continuation == plain.continuation);
+  // Without special tokens (harness 0.4.0-0.4.8): no BOS.
+  const auto bare = ev::encode_request(*tok, {context, " the crown"}, false);
+  CHECK(bare.context == tok->encode(context, {false}));
+  if (tok->adds_bos()) CHECK(bare.context.size() + 1 == e.context.size());
   // An empty context is the BOS (else EOS) token.
   const auto empty = ev::encode_request(*tok, {"", " yes"});
   REQUIRE(empty.context.size() == 1);
@@ -350,13 +354,15 @@ TEST_CASE("per-item log-likelihoods and accuracies match the Python reference (f
     const auto ref = nlohmann::json::parse(in);
     auto lm = cur4llm::model::CausalLM::load(folder);
     auto tok = cur4llm::tokenize::load_tokenizer(folder);
+    ev::ScoreOptions so;
+    so.add_special_tokens = ref.value("bos", true);
     ev::TaskLoadOptions o;
     for (const auto& [task_name, t] : ref.at("tasks").items()) {
       INFO(name << " " << task_name);
       o.limit = t.at("limit").get<int64_t>();
       o.mmlu_subjects = t.value("mmlu_subjects", std::vector<std::string>{});
       const auto task = ev::load_task(task_name, *data, o);
-      const auto res = ev::evaluate_tasks(*lm, *tok, {task}).at(0);
+      const auto res = ev::evaluate_tasks(*lm, *tok, {task}, so).at(0);
       const auto& items = t.at("items");
       REQUIRE(res.item_scores.size() == items.size());
       for (size_t i = 0; i < items.size(); ++i) {

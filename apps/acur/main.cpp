@@ -39,6 +39,7 @@ struct Options {
   int64_t limit = -1;
   std::string eval_tasks;
   bool eval_mmlu = false;
+  bool eval_tasks_no_bos = false;
 };
 
 double seconds_since(std::chrono::steady_clock::time_point t0) {
@@ -67,6 +68,8 @@ int run(int argc, char** argv) {
       ("eval_tasks", po::value(&o.eval_tasks), "zero-shot tasks as lm-evaluation-harness scores them, comma-separated "
        "(piqa, hellaswag, winogrande, arc_easy, arc_challenge, openbookqa, boolq, lambada_openai, mathqa, mmlu)")
       ("eval_mmlu", po::bool_switch(&o.eval_mmlu), "MMLU, 5-shot (as --eval_tasks mmlu)")
+      ("eval_tasks_no_bos", po::bool_switch(&o.eval_tasks_no_bos),
+       "encode task requests without BOS, as lm-evaluation-harness 0.4.0-0.4.8 do by default")
       ("raw_model", po::bool_switch(&o.raw_model), "evaluate the model without compression");
   po::options_description own("cur4llm options");
   cur4llm::app::add_pipeline_flags(ref, own, flags);
@@ -182,6 +185,7 @@ int run(int argc, char** argv) {
     t0 = std::chrono::steady_clock::now();
     cur4llm::eval::ScoreOptions sopts;
     sopts.show_progress = true;
+    sopts.add_special_tokens = !o.eval_tasks_no_bos;
     const auto task_results = cur4llm::eval::evaluate_tasks(*lm, *tokenizer, tasks, sopts);
     std::cout << cur4llm::eval::format_task_table(task_results) << std::flush;
     record["tasks"] = nlohmann::json::parse(cur4llm::eval::task_results_json(task_results));

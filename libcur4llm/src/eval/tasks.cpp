@@ -596,7 +596,7 @@ std::vector<TaskResult> evaluate_tasks(const model::CausalLM& lm, const tokenize
   std::vector<EncodedRequest> encoded;
   for (const auto& t : tasks)
     for (const auto& item : t.items)
-      for (const auto& req : item.requests) encoded.push_back(encode_request(tokenizer, req));
+      for (const auto& req : item.requests) encoded.push_back(encode_request(tokenizer, req, options.add_special_tokens));
   const auto scores = score_requests(lm, encoded, options);
   std::vector<TaskResult> out;
   size_t at = 0;

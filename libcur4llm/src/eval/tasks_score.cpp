@@ -20,7 +20,8 @@
 
 namespace cur4llm::eval {
 
-EncodedRequest encode_request(const tokenize::Tokenizer& tokenizer, const LoglikelihoodRequest& request) {
+EncodedRequest encode_request(const tokenize::Tokenizer& tokenizer, const LoglikelihoodRequest& request,
+                              bool add_special_tokens) {
   EncodedRequest out;
   if (request.context.empty()) {
     // The harness conditions on a prefix token: BOS, else EOS.
@@ -43,8 +44,8 @@ EncodedRequest encode_request(const tokenize::Tokenizer& tokenizer, const Loglik
     continuation = context.substr(end) + continuation;
     context.resize(end);
   }
-  auto whole = tokenizer.encode(context + continuation);
-  out.context = tokenizer.encode(context);
+  auto whole = tokenizer.encode(context + continuation, {add_special_tokens});
+  out.context = tokenizer.encode(context, {add_special_tokens});
   const size_t n = std::min(out.context.size(), whole.size());
   out.continuation.assign(whole.begin() + static_cast<std::ptrdiff_t>(n), whole.end());
   return out;
@@ -89,6 +90,9 @@ std::vector<LoglikelihoodResult> score_requests(const model::CausalLM& lm, const
   std::stable_sort(order.begin(), order.end(),
                    [&](size_t a, size_t b) { return rows[a].input.size() > rows[b].input.size(); });
 
+  // Small batches on the CPU, where larger ones only cost cache; large ones on CUDA.
+  const int64_t batch_tokens =
+      options.max_batch_tokens > 0 ? options.max_batch_tokens : (lm.device().is_cuda() ? 16384 : 1024);
   std::vector<LoglikelihoodResult> out(requests.size());
   c10::InferenceMode guard;
   const auto& head = lm.linear("lm_head");
@@ -97,7 +101,7 @@ std::vector<LoglikelihoodResult> score_requests(const model::CausalLM& lm, const
   size_t start = 0;
   while (start < order.size()) {
     const int64_t width = static_cast<int64_t>(rows[order[start]].input.size());
-    const int64_t fit = std::max<int64_t>(1, options.max_batch_tokens / std::max<int64_t>(width, 1));
+    const int64_t fit = std::max<int64_t>(1, batch_tokens / std::max<int64_t>(width, 1));
     const size_t stop = std::min(order.size(), start + static_cast<size_t>(fit));
     const int64_t b = static_cast<int64_t>(stop - start);
     // Right padding: causal attention keeps the real tokens' outputs unchanged.

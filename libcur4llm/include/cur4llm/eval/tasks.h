@@ -47,17 +47,20 @@ struct LoglikelihoodResult {
 
 /// How requests are batched.
 struct ScoreOptions {
-  int64_t max_batch_tokens = 16384;  ///< padded tokens per forward pass (at least one row per pass)
+  int64_t max_batch_tokens = 0;      ///< padded tokens per forward pass (at least one row); 0: 1024 on the CPU, 16384 on CUDA
   int64_t max_length = 0;            ///< longest input; 0: the model's max_position_embeddings (2048 if unset)
   bool show_progress = false;        ///< a progress line on stderr
+  bool add_special_tokens = true;    ///< evaluate_tasks: encode with the tokenizer's BOS (false: none, as harness < 0.4.9)
 };
 
 /// Encodes a request as the harness's Hugging Face model does: trailing spaces
 /// of the context move to the continuation; context + continuation is encoded
 /// whole and the continuation is what follows the separately encoded
-/// context's length; special tokens as the tokenizer adds them. An empty
-/// context becomes the BOS id (EOS without one).
-EncodedRequest encode_request(const tokenize::Tokenizer& tokenizer, const LoglikelihoodRequest& request);
+/// context's length; special tokens as the tokenizer adds them (harness 0.4.9),
+/// or none when `add_special_tokens` is false (the default of harness 0.4.0 to
+/// 0.4.8). An empty context becomes the BOS id (EOS without one).
+EncodedRequest encode_request(const tokenize::Tokenizer& tokenizer, const LoglikelihoodRequest& request,
+                              bool add_special_tokens = true);
 
 /// Scores encoded requests. Inputs longer than max_length keep their last
 /// tokens, as the harness truncates; requests with the same input tokens share
