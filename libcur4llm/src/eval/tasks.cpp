@@ -184,12 +184,13 @@ Task load_piqa(const fs::path& dir, const TaskLoadOptions& o) {
   const auto labels_path = require_file(t.name, dir / "valid-labels.lst");
   const auto docs = read_jsonl(docs_path, o.limit);
   const auto labels = read_labels(labels_path);
-  if (labels.size() < docs.size()) throw std::runtime_error(fmt::format("{}: fewer labels than documents", labels_path.string()));
+  if (labels.size() < docs.size())
+    throw std::runtime_error(fmt::format("{}: fewer labels than documents", labels_path.string()));
   for (size_t i = 0; i < docs.size(); ++i) {
     const auto& d = docs[i];
-    t.items.push_back(choice_item("Question: " + field<std::string>(d, "goal", docs_path, i) + "\nAnswer:",
-                                  {field<std::string>(d, "sol1", docs_path, i), field<std::string>(d, "sol2", docs_path, i)},
-                                  labels[i]));
+    t.items.push_back(choice_item(
+        "Question: " + field<std::string>(d, "goal", docs_path, i) + "\nAnswer:",
+        {field<std::string>(d, "sol1", docs_path, i), field<std::string>(d, "sol2", docs_path, i)}, labels[i]));
   }
   return t;
 }
@@ -203,13 +204,16 @@ Task load_hellaswag(const fs::path& dir, const TaskLoadOptions& o) {
     const auto docs = read_jsonl(jsonl, o.limit);
     for (size_t i = 0; i < docs.size(); ++i) {
       const auto& d = docs[i];
-      const std::string ctx = field<std::string>(d, "ctx_a", jsonl, i) + " " + capitalize(field<std::string>(d, "ctx_b", jsonl, i));
+      const std::string ctx =
+          field<std::string>(d, "ctx_a", jsonl, i) + " " + capitalize(field<std::string>(d, "ctx_b", jsonl, i));
       std::vector<std::string> choices;
-      for (const auto& e : field<std::vector<std::string>>(d, "endings", jsonl, i)) choices.push_back(hellaswag_preprocess(e));
+      for (const auto& e : field<std::vector<std::string>>(d, "endings", jsonl, i))
+        choices.push_back(hellaswag_preprocess(e));
       const Json& label = d.at("label");
       const int64_t gold = label.is_string() ? std::stoll(label.get<std::string>()) : label.get<int64_t>();
-      t.items.push_back(choice_item(hellaswag_preprocess(field<std::string>(d, "activity_label", jsonl, i) + ": " + ctx),
-                                    std::move(choices), gold));
+      t.items.push_back(
+          choice_item(hellaswag_preprocess(field<std::string>(d, "activity_label", jsonl, i) + ": " + ctx),
+                      std::move(choices), gold));
     }
     return t;
   }
@@ -218,7 +222,8 @@ Task load_hellaswag(const fs::path& dir, const TaskLoadOptions& o) {
   t.source = path;
   auto lines = read_lines(path);
   while (!lines.empty() && lines.back().empty()) lines.pop_back();
-  if (lines.size() % 6 != 0) throw std::runtime_error(fmt::format("{}: {} lines, not 6 per item", path.string(), lines.size()));
+  if (lines.size() % 6 != 0)
+    throw std::runtime_error(fmt::format("{}: {} lines, not 6 per item", path.string(), lines.size()));
   for (size_t i = 0; i + 6 <= lines.size() && within(o.limit, t.items.size()); i += 6) {
     int64_t gold = -1;
     try {
@@ -241,9 +246,11 @@ Task load_winogrande(const fs::path& dir, const TaskLoadOptions& o) {
     const auto& d = docs[i];
     const auto sentence = field<std::string>(d, "sentence", path, i);
     const auto blank = sentence.find('_');
-    if (blank == std::string::npos) throw std::runtime_error(fmt::format("{}: record {} has no blank", path.string(), i + 1));
+    if (blank == std::string::npos)
+      throw std::runtime_error(fmt::format("{}: record {} has no blank", path.string(), i + 1));
     const auto answer = field<std::string>(d, "answer", path, i);
-    if (answer != "1" && answer != "2") throw std::runtime_error(fmt::format("{}: record {}: answer is not 1 or 2", path.string(), i + 1));
+    if (answer != "1" && answer != "2")
+      throw std::runtime_error(fmt::format("{}: record {}: answer is not 1 or 2", path.string(), i + 1));
     // Partial scoring: each option fills the blank in the context; the rest of the sentence is scored.
     const std::string target = " " + strip(sentence.substr(blank + 1));
     TaskItem item;
@@ -259,7 +266,8 @@ Task load_winogrande(const fs::path& dir, const TaskLoadOptions& o) {
 }
 
 // ARC and OpenBookQA: choices {text: [...], label: [...]} and answerKey.
-TaskItem lettered_item(const std::string& context, const Json& choices, std::string key, const fs::path& path, size_t i) {
+TaskItem lettered_item(const std::string& context, const Json& choices, std::string key, const fs::path& path,
+                       size_t i) {
   std::vector<std::string> texts, labels;
   if (choices.is_array()) {  // OpenBookQA's original [{"text", "label"}]
     for (const auto& c : choices) {
@@ -272,7 +280,8 @@ TaskItem lettered_item(const std::string& context, const Json& choices, std::str
   }
   while (size_t n = detail::python_space_at(key, 0)) key.erase(0, n);  // answerKey.lstrip()
   const auto at = std::find(labels.begin(), labels.end(), key);
-  if (at == labels.end()) throw std::runtime_error(fmt::format("{}: record {}: answerKey \"{}\" is not a label", path.string(), i + 1, key));
+  if (at == labels.end())
+    throw std::runtime_error(fmt::format("{}: record {}: answerKey \"{}\" is not a label", path.string(), i + 1, key));
   return choice_item(context, std::move(texts), at - labels.begin());
 }
 
@@ -309,8 +318,8 @@ Task load_boolq(const fs::path& dir, const TaskLoadOptions& o) {
     const auto& d = docs[i];
     const Json& label = d.at("label");
     const int64_t gold = label.is_boolean() ? (label.get<bool>() ? 1 : 0) : label.get<int64_t>();
-    t.items.push_back(choice_item(field<std::string>(d, "passage", path, i) + "\nQuestion: " +
-                                      field<std::string>(d, "question", path, i) + "?\nAnswer:",
+    t.items.push_back(choice_item(field<std::string>(d, "passage", path, i) +
+                                      "\nQuestion: " + field<std::string>(d, "question", path, i) + "?\nAnswer:",
                                   {"no", "yes"}, gold));
   }
   return t;
@@ -357,9 +366,10 @@ Task load_mathqa(const fs::path& dir, const TaskLoadOptions& o) {
     const auto correct = field<std::string>(d, "correct", path, i);
     const std::string letters = "abcde";
     const auto gold = correct.size() == 1 ? letters.find(correct[0]) : std::string::npos;
-    if (gold == std::string::npos) throw std::runtime_error(fmt::format("{}: record {}: correct is not a-e", path.string(), i + 1));
-    t.items.push_back(choice_item("Question: " + field<std::string>(d, "Problem", path, i) + "\nAnswer:", std::move(choices),
-                                  static_cast<int64_t>(gold)));
+    if (gold == std::string::npos)
+      throw std::runtime_error(fmt::format("{}: record {}: correct is not a-e", path.string(), i + 1));
+    t.items.push_back(choice_item("Question: " + field<std::string>(d, "Problem", path, i) + "\nAnswer:",
+                                  std::move(choices), static_cast<int64_t>(gold)));
   }
   return t;
 }
@@ -389,7 +399,8 @@ Task load_mmlu(const fs::path& dir, const TaskLoadOptions& o) {
     const auto test = read_csv(test_path);
     if (dev.size() < 5) throw std::runtime_error(fmt::format("{}: fewer than 5 rows", dev_path.string()));
     // The description, then the first 5 dev rows answered, each followed by a blank line.
-    std::string prefix = "The following are multiple choice questions (with answers) about " + replace_all(s, "_", " ") + ".\n\n";
+    std::string prefix =
+        "The following are multiple choice questions (with answers) about " + replace_all(s, "_", " ") + ".\n\n";
     for (size_t i = 0; i < 5; ++i) {
       prefix += mmlu_question(dev[i]) + " " + letters[static_cast<size_t>(mmlu_answer(dev[i], dev_path, i))] + "\n\n";
     }
@@ -432,8 +443,8 @@ TaskResult score_items(const std::string& name, const Task& task, const std::vec
     const auto& item = task.items[i];
     const auto& res = results[i];
     if (res.size() != item.requests.size()) {
-      throw std::invalid_argument(fmt::format("task \"{}\" item {}: {} results for {} requests", task.name, i, res.size(),
-                                              item.requests.size()));
+      throw std::invalid_argument(fmt::format("task \"{}\" item {}: {} results for {} requests", task.name, i,
+                                              res.size(), item.requests.size()));
     }
     ItemScore s;
     s.results = res;
@@ -461,8 +472,36 @@ TaskResult score_items(const std::string& name, const Task& task, const std::vec
   return r;
 }
 
+// The harness's MMLU groups: each subject's category (mmlu_<category> in its configuration).
+const std::string& mmlu_category(const std::string& subject) {
+  static const std::vector<std::pair<std::string, std::vector<std::string>>> categories = {
+      {"stem",
+       {"abstract_algebra", "anatomy", "astronomy", "college_biology", "college_chemistry", "college_computer_science",
+        "college_mathematics", "college_physics", "computer_security", "conceptual_physics", "electrical_engineering",
+        "elementary_mathematics", "high_school_biology", "high_school_chemistry", "high_school_computer_science",
+        "high_school_mathematics", "high_school_physics", "high_school_statistics", "machine_learning"}},
+      {"humanities",
+       {"formal_logic", "high_school_european_history", "high_school_us_history", "high_school_world_history",
+        "international_law", "jurisprudence", "logical_fallacies", "moral_disputes", "moral_scenarios", "philosophy",
+        "prehistory", "professional_law", "world_religions"}},
+      {"social_sciences",
+       {"econometrics", "high_school_geography", "high_school_government_and_politics", "high_school_macroeconomics",
+        "high_school_microeconomics", "high_school_psychology", "human_sexuality", "professional_psychology",
+        "public_relations", "security_studies", "sociology", "us_foreign_policy"}},
+      {"other",
+       {"business_ethics", "clinical_knowledge", "college_medicine", "global_facts", "human_aging", "management",
+        "marketing", "medical_genetics", "miscellaneous", "nutrition", "professional_accounting",
+        "professional_medicine", "virology"}},
+  };
+  for (const auto& [category, subjects] : categories) {
+    if (std::find(subjects.begin(), subjects.end(), subject) != subjects.end()) return category;
+  }
+  throw std::invalid_argument("unknown MMLU subject \"" + subject + "\"");
+}
+
 std::string fmt_metric(const MetricValue& m) {
-  return std::isnan(m.std_error) ? fmt::format("{:.4f}", m.value) : fmt::format("{:.4f} ± {:.4f}", m.value, m.std_error);
+  return std::isnan(m.std_error) ? fmt::format("{:.4f}", m.value)
+                                 : fmt::format("{:.4f} ± {:.4f}", m.value, m.std_error);
 }
 
 Json number(double v) { return std::isfinite(v) ? Json(v) : Json(nullptr); }
@@ -486,25 +525,70 @@ std::string hellaswag_preprocess(const std::string& text) {
 }
 
 const std::vector<std::string>& task_names() {
-  static const std::vector<std::string> names = {"piqa",       "hellaswag", "winogrande",     "arc_easy", "arc_challenge",
-                                                 "openbookqa", "boolq",     "lambada_openai", "mathqa",   "mmlu"};
+  static const std::vector<std::string> names = {"piqa",          "hellaswag",  "winogrande", "arc_easy",
+                                                 "arc_challenge", "openbookqa", "boolq",      "lambada_openai",
+                                                 "mathqa",        "mmlu"};
   return names;
 }
 
 const std::vector<std::string>& mmlu_subjects() {
-  static const std::vector<std::string> subjects = {
-      "abstract_algebra", "anatomy", "astronomy", "business_ethics", "clinical_knowledge", "college_biology",
-      "college_chemistry", "college_computer_science", "college_mathematics", "college_medicine", "college_physics",
-      "computer_security", "conceptual_physics", "econometrics", "electrical_engineering", "elementary_mathematics",
-      "formal_logic", "global_facts", "high_school_biology", "high_school_chemistry", "high_school_computer_science",
-      "high_school_european_history", "high_school_geography", "high_school_government_and_politics",
-      "high_school_macroeconomics", "high_school_mathematics", "high_school_microeconomics", "high_school_physics",
-      "high_school_psychology", "high_school_statistics", "high_school_us_history", "high_school_world_history",
-      "human_aging", "human_sexuality", "international_law", "jurisprudence", "logical_fallacies", "machine_learning",
-      "management", "marketing", "medical_genetics", "miscellaneous", "moral_disputes", "moral_scenarios", "nutrition",
-      "philosophy", "prehistory", "professional_accounting", "professional_law", "professional_medicine",
-      "professional_psychology", "public_relations", "security_studies", "sociology", "us_foreign_policy", "virology",
-      "world_religions"};
+  static const std::vector<std::string> subjects = {"abstract_algebra",
+                                                    "anatomy",
+                                                    "astronomy",
+                                                    "business_ethics",
+                                                    "clinical_knowledge",
+                                                    "college_biology",
+                                                    "college_chemistry",
+                                                    "college_computer_science",
+                                                    "college_mathematics",
+                                                    "college_medicine",
+                                                    "college_physics",
+                                                    "computer_security",
+                                                    "conceptual_physics",
+                                                    "econometrics",
+                                                    "electrical_engineering",
+                                                    "elementary_mathematics",
+                                                    "formal_logic",
+                                                    "global_facts",
+                                                    "high_school_biology",
+                                                    "high_school_chemistry",
+                                                    "high_school_computer_science",
+                                                    "high_school_european_history",
+                                                    "high_school_geography",
+                                                    "high_school_government_and_politics",
+                                                    "high_school_macroeconomics",
+                                                    "high_school_mathematics",
+                                                    "high_school_microeconomics",
+                                                    "high_school_physics",
+                                                    "high_school_psychology",
+                                                    "high_school_statistics",
+                                                    "high_school_us_history",
+                                                    "high_school_world_history",
+                                                    "human_aging",
+                                                    "human_sexuality",
+                                                    "international_law",
+                                                    "jurisprudence",
+                                                    "logical_fallacies",
+                                                    "machine_learning",
+                                                    "management",
+                                                    "marketing",
+                                                    "medical_genetics",
+                                                    "miscellaneous",
+                                                    "moral_disputes",
+                                                    "moral_scenarios",
+                                                    "nutrition",
+                                                    "philosophy",
+                                                    "prehistory",
+                                                    "professional_accounting",
+                                                    "professional_law",
+                                                    "professional_medicine",
+                                                    "professional_psychology",
+                                                    "public_relations",
+                                                    "security_studies",
+                                                    "sociology",
+                                                    "us_foreign_policy",
+                                                    "virology",
+                                                    "world_religions"};
   return subjects;
 }
 
@@ -561,7 +645,8 @@ double pooled_stderr(const std::vector<double>& stderrs, const std::vector<int64
 
 TaskResult score_task(const Task& task, const std::vector<std::vector<LoglikelihoodResult>>& results) {
   if (results.size() != task.items.size()) {
-    throw std::invalid_argument(fmt::format("task \"{}\": {} results for {} items", task.name, results.size(), task.items.size()));
+    throw std::invalid_argument(
+        fmt::format("task \"{}\": {} results for {} items", task.name, results.size(), task.items.size()));
   }
   std::vector<size_t> all(task.items.size());
   for (size_t i = 0; i < all.size(); ++i) all[i] = i;
@@ -575,18 +660,27 @@ TaskResult score_task(const Task& task, const std::vector<std::vector<Loglikelih
     if (!by_subject.count(s)) order.push_back(s);
     by_subject[s].push_back(i);
   }
-  std::vector<double> errs;
-  std::vector<int64_t> sizes;
+  // Its stderr pools the subjects per category, then the categories, as the harness's nested groups do.
+  std::map<std::string, std::pair<std::vector<double>, std::vector<int64_t>>> by_category;
   double sum = 0;
   for (const auto& s : order) {
     auto sub = score_items(s, task, by_subject[s], results);
     sub.item_scores.clear();
     sum += sub.acc.value;
+    auto& [errs, sizes] = by_category[mmlu_category(s)];
     errs.push_back(sub.acc.std_error);
     sizes.push_back(sub.items);
     r.subjects.push_back(std::move(sub));
   }
   r.acc_subject_mean = order.empty() ? std::nan("") : sum / static_cast<double>(order.size());
+  std::vector<double> errs;
+  std::vector<int64_t> sizes;
+  for (const auto& [category, parts] : by_category) {
+    errs.push_back(pooled_stderr(parts.first, parts.second));
+    int64_t n = 0;
+    for (int64_t k : parts.second) n += k;
+    sizes.push_back(n);
+  }
   r.acc.std_error = pooled_stderr(errs, sizes);
   return r;
 }
@@ -596,7 +690,8 @@ std::vector<TaskResult> evaluate_tasks(const model::CausalLM& lm, const tokenize
   std::vector<EncodedRequest> encoded;
   for (const auto& t : tasks)
     for (const auto& item : t.items)
-      for (const auto& req : item.requests) encoded.push_back(encode_request(tokenizer, req, options.add_special_tokens));
+      for (const auto& req : item.requests)
+        encoded.push_back(encode_request(tokenizer, req, options.add_special_tokens));
   const auto scores = score_requests(lm, encoded, options);
   std::vector<TaskResult> out;
   size_t at = 0;
@@ -622,7 +717,8 @@ std::string format_task_table(const std::vector<TaskResult>& results, bool subje
   for (const auto& r : results) {
     line(r, r.name);
     if (!r.subjects.empty()) {
-      out += fmt::format("{:<40} {:>6}  {:.4f}\n", "  (mean of subject accuracies)", r.subjects.size(), r.acc_subject_mean);
+      out += fmt::format("{:<40} {:>6}  {:.4f}\n", "  (mean of subject accuracies)", r.subjects.size(),
+                         r.acc_subject_mean);
       if (subjects)
         for (const auto& s : r.subjects) line(s, "  " + s.name);
     }

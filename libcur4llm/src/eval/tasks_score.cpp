@@ -64,7 +64,8 @@ struct Row {
 std::vector<LoglikelihoodResult> score_requests(const model::CausalLM& lm, const std::vector<EncodedRequest>& requests,
                                                 const ScoreOptions& options) {
   int64_t max_length = options.max_length;
-  if (max_length <= 0) max_length = lm.config().max_position_embeddings > 0 ? lm.config().max_position_embeddings : 2048;
+  if (max_length <= 0)
+    max_length = lm.config().max_position_embeddings > 0 ? lm.config().max_position_embeddings : 2048;
   // The input of a request: (context + continuation)[:-1], its last max_length tokens.
   std::map<std::vector<int64_t>, size_t> row_of;
   std::vector<Row> rows;
@@ -97,7 +98,8 @@ std::vector<LoglikelihoodResult> score_requests(const model::CausalLM& lm, const
   c10::InferenceMode guard;
   const auto& head = lm.linear("lm_head");
   std::unique_ptr<util::Progress> progress;
-  if (options.show_progress) progress = std::make_unique<util::Progress>("tasks", static_cast<int64_t>(rows.size()), "rows");
+  if (options.show_progress)
+    progress = std::make_unique<util::Progress>("tasks", static_cast<int64_t>(rows.size()), "rows");
   size_t start = 0;
   while (start < order.size()) {
     const int64_t width = static_cast<int64_t>(rows[order[start]].input.size());
@@ -107,7 +109,7 @@ std::vector<LoglikelihoodResult> score_requests(const model::CausalLM& lm, const
     // Right padding: causal attention keeps the real tokens' outputs unchanged.
     auto ids = at::zeros({b, width}, at::TensorOptions().dtype(at::kLong));
     auto* p = ids.data_ptr<int64_t>();
-    std::vector<int64_t> positions, targets;  // flat positions in [b * width] and the token each must predict
+    std::vector<int64_t> positions, targets;        // flat positions in [b * width] and the token each must predict
     std::vector<std::pair<size_t, int64_t>> owner;  // (request, continuation length) per scored span
     for (size_t k = start; k < stop; ++k) {
       const auto& row = rows[order[k]];

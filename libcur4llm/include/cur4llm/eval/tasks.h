@@ -47,10 +47,10 @@ struct LoglikelihoodResult {
 
 /// How requests are batched.
 struct ScoreOptions {
-  int64_t max_batch_tokens = 0;      ///< padded tokens per forward pass (at least one row); 0: 1024 on the CPU, 16384 on CUDA
-  int64_t max_length = 0;            ///< longest input; 0: the model's max_position_embeddings (2048 if unset)
-  bool show_progress = false;        ///< a progress line on stderr
-  bool add_special_tokens = true;    ///< evaluate_tasks: encode with the tokenizer's BOS (false: none, as harness < 0.4.9)
+  int64_t max_batch_tokens = 0;    ///< padded tokens per forward pass (>= 1 row); 0: 1024 on CPU, 16384 on CUDA
+  int64_t max_length = 0;          ///< longest input; 0: the model's max_position_embeddings (2048 if unset)
+  bool show_progress = false;      ///< a progress line on stderr
+  bool add_special_tokens = true;  ///< evaluate_tasks: the tokenizer's BOS (false: none, as harness < 0.4.9)
 };
 
 /// Encodes a request as the harness's Hugging Face model does: trailing spaces
@@ -95,8 +95,8 @@ struct Task {
 
 /// What loading reads.
 struct TaskLoadOptions {
-  int64_t limit = -1;                     ///< first N documents per task (MMLU: per subject); -1: all
-  std::vector<std::string> mmlu_subjects; ///< MMLU subjects to read; empty: all 57
+  int64_t limit = -1;                      ///< first N documents per task (MMLU: per subject); -1: all
+  std::vector<std::string> mmlu_subjects;  ///< MMLU subjects to read; empty: all 57
 };
 
 /// The task names load_task knows, in a fixed order.
@@ -119,35 +119,36 @@ std::string hellaswag_preprocess(const std::string& text);
 /// Metrics of one document.
 struct ItemScore {
   std::vector<LoglikelihoodResult> results;  ///< one per request
-  int64_t pred = 0;       ///< argmax of the log-likelihoods
-  int64_t pred_norm = 0;  ///< argmax of log-likelihood / choice length in characters
-  double acc = 0;         ///< 1 if pred is gold (LastWord: is_greedy)
-  double acc_norm = 0;    ///< 1 if pred_norm is gold
+  int64_t pred = 0;                          ///< argmax of the log-likelihoods
+  int64_t pred_norm = 0;                     ///< argmax of log-likelihood / choice length in characters
+  double acc = 0;                            ///< 1 if pred is gold (LastWord: is_greedy)
+  double acc_norm = 0;                       ///< 1 if pred_norm is gold
 };
 
 /// A metric's value with the sample standard error of its mean.
 struct MetricValue {
-  double value = 0;   ///< mean over documents
+  double value = 0;      ///< mean over documents
   double std_error = 0;  ///< sample standard deviation / sqrt(n) (NaN below two documents)
 };
 
 /// The outcome of one task (or of one MMLU subject).
 struct TaskResult {
-  std::string name;                            ///< task name (MMLU subject for subjects)
+  std::string name;  ///< task name (MMLU subject for subjects)
   TaskKind kind = TaskKind::MultipleChoice;
-  int64_t items = 0;                           ///< documents scored
-  MetricValue acc;                             ///< accuracy
-  bool has_acc_norm = false;                   ///< whether acc_norm is reported
-  MetricValue acc_norm;                        ///< length-normalised accuracy
-  double perplexity = 0;                       ///< LastWord tasks: exp(-mean continuation logprob)
-  double acc_subject_mean = 0;                 ///< MMLU: unweighted mean of the subject accuracies
-  std::vector<TaskResult> subjects;            ///< MMLU: one per subject
-  std::vector<ItemScore> item_scores;          ///< per document, in order
+  int64_t items = 0;                   ///< documents scored
+  MetricValue acc;                     ///< accuracy
+  bool has_acc_norm = false;           ///< whether acc_norm is reported
+  MetricValue acc_norm;                ///< length-normalised accuracy
+  double perplexity = 0;               ///< LastWord tasks: exp(-mean continuation logprob)
+  double acc_subject_mean = 0;         ///< MMLU: unweighted mean of the subject accuracies
+  std::vector<TaskResult> subjects;    ///< MMLU: one per subject
+  std::vector<ItemScore> item_scores;  ///< per document, in order
 };
 
 /// The metrics of `task` from its results (`results[i]` holds one result per
 /// request of item i). MMLU's acc is the mean over all documents (the
-/// harness's size-weighted group mean); its stderr pools the subjects'.
+/// harness's size-weighted group mean); its stderr pools the subjects' per
+/// category (STEM, humanities, social sciences, other), then the categories.
 TaskResult score_task(const Task& task, const std::vector<std::vector<LoglikelihoodResult>>& results);
 
 /// Encodes and scores every request of every task in one batched pass, then scores each task.
