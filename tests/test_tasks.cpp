@@ -228,6 +228,29 @@ TEST_CASE("stderr: the sample stderr of the mean, and the pooled stderr of a siz
   CHECK(ev::pooled_stderr({0.5, 0.25}, {2, 4}) == Approx(0.2282177).epsilon(1e-6));
 }
 
+TEST_CASE("mmlu stderr: pooled per category, then over the categories", "[tasks]") {
+  ev::Task t{"mmlu", ev::TaskKind::MultipleChoice, false, {}, {}};
+  const std::vector<std::pair<std::string, std::vector<int>>> subjects = {
+      {"abstract_algebra", {1, 0}}, {"anatomy", {1, 1}}, {"formal_logic", {1, 1, 0}}};  // stem, stem, humanities
+  std::vector<std::vector<ev::LoglikelihoodResult>> results;
+  for (const auto& [subject, correct] : subjects) {
+    for (int c : correct) {
+      ev::TaskItem item;
+      item.requests = {{"q", " A"}, {"q", " B"}, {"q", " C"}, {"q", " D"}};
+      item.choices = {"A", "B", "C", "D"};
+      item.subject = subject;
+      t.items.push_back(item);
+      results.push_back(c ? std::vector<ev::LoglikelihoodResult>{r(-1), r(-2), r(-3), r(-4)}
+                          : std::vector<ev::LoglikelihoodResult>{r(-4), r(-1), r(-2), r(-3)});
+    }
+  }
+  const auto res = ev::score_task(t, results);
+  CHECK(res.acc.value == Approx(5.0 / 7));
+  // stderrs 0.5, 0, 1/3. stem: sqrt((1*0.25*2 + 0) / (4-2) / 4) = 0.25 over 4 items; humanities 1/3 over 3.
+  // mmlu: sqrt((3*0.0625*4 + 2*(1/9)*3) / (7-2) / 7) = 0.2011870 (one pooling of the three subjects: 0.2041241).
+  CHECK(res.acc.std_error == Approx(0.2011870).epsilon(1e-6));
+}
+
 TEST_CASE("a task without data is refused, naming the path looked for", "[tasks]") {
   TempDir tmp;
   CHECK_THROWS_WITH(ev::load_task("piqa", tmp.path), Contains((tmp.path / "tasks" / "piqa" / "valid.jsonl").string()));
