@@ -4,6 +4,7 @@
 // where we differ.
 #include <cur4llm/data/text_data.h>
 #include <cur4llm/io/cache.h>
+#include <cur4llm/eval/tasks.h>
 #include <cur4llm/io/files.h>
 #include <cur4llm/io/model_folder.h>
 #include <cur4llm/model/causal_lm.h>
@@ -43,6 +44,9 @@ struct Options {
   std::string output = "output";
   std::string results_file;
   int64_t limit = -1;
+  std::string eval_tasks;
+  bool eval_mmlu = false;
+  bool eval_tasks_no_bos = false;
 };
 
 double seconds_since(std::chrono::steady_clock::time_point t0) {
@@ -63,7 +67,7 @@ std::string stage_label(const std::string& key) {
       {"statistics_s", "activation statistics"}, {"sensitivity_s", "sensitivity"},
       {"search_s", "search"},            {"decompose_s", "decomposition"},
       {"quantize_s", "quantization"},    {"dense_eval_s", "evaluation (dense)"},
-      {"eval_s", "evaluation"}};
+      {"eval_s", "evaluation"},         {"eval_tasks_s", "tasks"}};
   const auto it = labels.find(key);
   return it == labels.end() ? key : it->second;
 }
@@ -130,6 +134,11 @@ int run(int argc, char** argv) {
        "none, rtn_int8 or rtn_int6 (per channel, as the reference), or rtn_int4 (groups of 128): after compression")
       ("eval_ppl", po::value(&o.eval_ppl)->default_value("wikitext2,ptb"),
        "datasets to evaluate, comma-separated (name, name:split, text file, or none)")
+      ("eval_tasks", po::value(&o.eval_tasks), "zero-shot tasks as lm-evaluation-harness scores them, comma-separated "
+       "(piqa, hellaswag, winogrande, arc_easy, arc_challenge, openbookqa, boolq, lambada_openai, mathqa, mmlu)")
+      ("eval_mmlu", po::bool_switch(&o.eval_mmlu), "MMLU, 5-shot (as --eval_tasks mmlu)")
+      ("eval_tasks_no_bos", po::bool_switch(&o.eval_tasks_no_bos),
+       "encode task requests without BOS, as lm-evaluation-harness 0.4.0-0.4.8 do by default")
       ("raw_model", po::bool_switch(&o.raw_model), "evaluate the model without compression");
   po::options_description own("cur4llm options");
   cur4llm::app::add_pipeline_flags(ref, own, flags);
@@ -137,7 +146,7 @@ int run(int argc, char** argv) {
       ("output", po::value(&o.output)->default_value("output"), "folder for results.jsonl and plan files")
       ("results_file", po::value(&o.results_file),
        "the JSON-lines file each run appends its record to (default: <output>/results.jsonl)")
-      ("limit", po::value(&o.limit)->default_value(-1), "evaluate only the first N windows (-1: all)")
+      ("limit", po::value(&o.limit)->default_value(-1), "evaluate only the first N windows, and N items per task (MMLU: per subject) (-1: all)")
       ("skip_dense_eval", po::bool_switch(&o.skip_dense_eval),
        "in a compression run, do not evaluate the dense model first (its perplexity is printed next to the "
        "compressed one; cached with --use_cache)")
@@ -187,6 +196,9 @@ int run(int argc, char** argv) {
   const auto eval_sets = split_list(o.eval_ppl);
   for (const auto& spec : eval_sets) cur4llm::data::resolve_dataset(spec, cur4llm::data::Purpose::Evaluation, data_dir);
   const fs::path results_file = o.results_file.empty() ? fs::path(o.output) / "results.jsonl" : fs::path(o.results_file);
+  auto task_names = split_list(o.eval_tasks);
+  if (o.eval_mmlu) task_names.push_back("mmlu");
+  const auto tasks = cur4llm::eval::load_tasks(task_names, data_dir, {o.limit, {}});  // refuses missing data now
 
   std::vector<std::pair<std::string, double>> timings;
   auto t0 = std::chrono::steady_clock::now();
@@ -290,6 +302,16 @@ int run(int argc, char** argv) {
   }
   if (!eval_sets.empty()) timings.emplace_back("eval_s", seconds_since(t0));
   record["ppl"] = results;
+  if (!tasks.empty()) {
+    t0 = std::chrono::steady_clock::now();
+    cur4llm::eval::ScoreOptions sopts;
+    sopts.show_progress = true;
+    sopts.add_special_tokens = !o.eval_tasks_no_bos;
+    const auto task_results = cur4llm::eval::evaluate_tasks(*lm, *tokenizer, tasks, sopts);
+    std::cout << cur4llm::eval::format_task_table(task_results) << std::flush;
+    record["tasks"] = nlohmann::json::parse(cur4llm::eval::task_results_json(task_results));
+    timings.emplace_back("eval_tasks_s", seconds_since(t0));
+  }
   nlohmann::json timing_record = nlohmann::json::object();
   for (const auto& [stage, s] : timings) timing_record[stage] = s;
   record["timings"] = timing_record;

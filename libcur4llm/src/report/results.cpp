@@ -17,7 +17,7 @@ namespace cur4llm::detail {
 // Stages in acur's run order; per-dataset evaluations of older records and unknown stages after.
 int stage_rank(const std::string& stage) {
   static const char* const order[] = {"load",   "dense_eval", "calib_samples", "statistics", "sensitivity",
-                                      "search", "decompose",  "quantize",      "eval"};
+                                      "search", "decompose",  "quantize",      "eval",       "eval_tasks"};
   constexpr int n = static_cast<int>(sizeof order / sizeof order[0]);
   for (int i = 0; i < n; ++i) {
     if (stage == order[i]) return i;
