@@ -19,6 +19,7 @@
 #include "pipeline_flags.h"
 
 #include <chrono>
+#include <cmath>
 #include <ctime>
 #include <iostream>
 
@@ -36,6 +37,7 @@ struct Options {
   bool raw_model = false;
   std::string output = "output";
   int64_t limit = -1;
+  bool allow_nonfinite = false;
 };
 
 double seconds_since(std::chrono::steady_clock::time_point t0) {
@@ -66,7 +68,8 @@ int run(int argc, char** argv) {
   cur4llm::app::add_pipeline_flags(ref, own, flags);
   own.add_options()
       ("output", po::value(&o.output)->default_value("output"), "folder for results.jsonl and plan files")
-      ("limit", po::value(&o.limit)->default_value(-1), "evaluate only the first N windows (-1: all)");
+      ("limit", po::value(&o.limit)->default_value(-1), "evaluate only the first N windows (-1: all)")
+      ("allow_nonfinite", po::bool_switch(&o.allow_nonfinite), "load weights holding NaN or infinity (refused by default)");
   po::options_description all("acur: activation-aware CUR compression of a Hugging Face causal LM\n\n"
                               "Usage: acur --model_id MODEL (--param_ratio_target R | --ppl_target P | "
                               "--compress_kv_cache --kv_cache_ratio_target R | --raw_model) [options]");
@@ -78,6 +81,13 @@ int run(int argc, char** argv) {
     return 0;
   }
   po::notify(vm);
+  // Mistakes found now, not after the work.
+  if (o.limit == 0 || o.limit < -1) throw std::invalid_argument(fmt::format("--limit must be -1 (all) or positive, not {}", o.limit));
+  if (vm.count("eval_ppl") && !vm["eval_ppl"].defaulted() && split_list(o.eval_ppl).empty() &&
+      o.eval_ppl.find("none") == std::string::npos) {
+    throw std::invalid_argument("--eval_ppl names no dataset (give none to skip evaluation)");
+  }
+  cur4llm::app::check_output_folder(o.output, "--output");
   auto pipe = flags.resolved();
   if (o.raw_model) {
     cur4llm::pipeline::validate_settings(pipe);
@@ -93,6 +103,7 @@ int run(int argc, char** argv) {
   cur4llm::model::LoadOptions load;
   load.device = cur4llm::model::parse_device(flags.device);
   if (!flags.dtype.empty()) load.dtype = cur4llm::model::parse_dtype(flags.dtype);
+  load.allow_nonfinite = o.allow_nonfinite;
   const fs::path data_dir = pipe.data_dir.empty() ? cur4llm::data::default_data_dir() : pipe.data_dir;
   const auto eval_sets = split_list(o.eval_ppl);
   for (const auto& spec : eval_sets) cur4llm::data::resolve_dataset(spec, cur4llm::data::Purpose::Evaluation, data_dir);
@@ -165,6 +176,10 @@ int run(int argc, char** argv) {
     auto r = cur4llm::pipeline::evaluate_dataset(*lm, *tokenizer, spec, eopts);
     fmt::print("{} {:.4f}\n", spec, r.perplexity);
     std::fflush(stdout);
+    if (!std::isfinite(r.perplexity)) {
+      throw std::runtime_error(fmt::format("perplexity on {} is {} (the model's outputs overflow or are NaN); "
+                                           "no result is recorded", spec, r.perplexity));
+    }
     results[spec] = {{"ppl", r.perplexity}, {"windows", r.windows}, {"tokens", r.tokens}};
     timings["eval_" + spec + "_s"] = seconds_since(t0);
   }
