@@ -285,7 +285,7 @@ TEST_CASE("statistics round trip through safetensors with metadata and malformed
   const auto bad = dir / "bad.safetensors";
   auto expect_error = [&](const std::vector<std::pair<std::string, at::Tensor>>& tensors,
                           const std::map<std::string, std::string>& metadata, const std::string& fragment) {
-    io::save_safetensors(bad, tensors, metadata);
+    io::save_safetensors_checked(bad, tensors, metadata);
     try {
       calib::ActivationStatistics::load(bad);
       FAIL("no error for " << fragment);
@@ -299,6 +299,21 @@ TEST_CASE("statistics round trip through safetensors with metadata and malformed
   expect_error({{"lm_head.abs_mean_sum", at::ones({4})}}, {}, "lm_head.abs_mean_sum");
   expect_error({{"lm_head.frobnicate", at::ones({4})}}, {{"counts.lm_head", "1 4"}}, "lm_head.frobnicate");
   expect_error({{"lm_head.abs_mean_sum", at::ones({4})}}, {{"counts.lm_head", "one"}}, "counts.lm_head");
+
+  // A flipped bit anywhere in the data (here near the end of the file) is found by the checksum.
+  const std::string good = io::read_file(path);
+  for (size_t back_from_end : {size_t(1), size_t(9), size_t(100)}) {
+    std::string damaged = good;
+    damaged[damaged.size() - back_from_end] ^= 0x10;
+    io::write_file_atomic(bad, damaged);
+    INFO("bit flipped " << back_from_end << " bytes from the end");
+    CHECK_THROWS_WITH(calib::ActivationStatistics::load(bad),
+                      Catch::Contains("bad.safetensors") && Catch::Contains("checksum mismatch"));
+  }
+  // A file written without a checksum (an older cache) is not trusted either.
+  io::save_safetensors(bad, {{"lm_head.abs_mean_sum", at::ones({4})}}, {{"counts.lm_head", "1 4"}});
+  CHECK_THROWS_WITH(calib::ActivationStatistics::load(bad),
+                    Catch::Contains("bad.safetensors") && Catch::Contains("no data checksum"));
   io::remove_tree(dir);
 }
 

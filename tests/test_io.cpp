@@ -522,6 +522,95 @@ TEST_CASE("safetensors bad input: overlapping byte ranges", "[unit][io][bad_inpu
              Contains(path.string()) && Contains("'a'") && Contains("'b'") && Contains("overlap"));
 }
 
+TEST_CASE("safetensors bad input: JSON nested 100,000 deep is refused, not a stack overflow", "[unit][io][bad_input]") {
+  TempDir dir;
+  const auto path = dir / "deep.safetensors";
+  const std::string deep = std::string(100000, '[') + std::string(100000, ']');
+  const std::string deep_object = [] {
+    std::string s;
+    for (int i = 0; i < 100000; ++i) s += "{\"a\":";
+    return s + "1" + std::string(100000, '}');
+  }();
+  spit(path, raw_file(R"({"__metadata__":{"x":)" + deep + "}}", ""));
+  CHECK_THAT(message_of<std::runtime_error>([&] { SafetensorsFile f(path); }),
+             Contains(path.string()) && Contains("nest deeper than"));
+  spit(path, raw_file(R"({"w":{"dtype":"F32","shape":[0],"data_offsets":[0,0],"x":)" + deep_object + "}}", ""));
+  CHECK_THAT(message_of<std::runtime_error>([&] { SafetensorsFile f(path); }),
+             Contains(path.string()) && Contains("nest deeper than"));
+  // An index file is JSON from the same folder.
+  spit(dir / "model.safetensors.index.json", "{\"weight_map\":" + deep + "}");
+  CHECK_THAT(message_of<std::runtime_error>([&] { cur4llm::io::Checkpoint::open(dir.path); }),
+             Contains("model.safetensors.index.json") && Contains("nest deeper than"));
+}
+
+TEST_CASE("safetensors bad input: a header over the format's 100,000,000 byte limit", "[unit][io][bad_input]") {
+  TempDir dir;
+  const auto path = dir / "big.safetensors";
+  const uint64_t length = 100000001;
+  spit(path, le64(length) + "{");
+  fs::resize_file(path, 8 + length);  // sparse: no 100 MB written
+  CHECK_THAT(message_of<std::runtime_error>([&] { SafetensorsFile f(path); }),
+             Contains(path.string()) && Contains("header length 100000001 exceeds the format's limit"));
+}
+
+TEST_CASE("safetensors bad input: a header length a few bytes short is refused, not read shifted",
+          "[unit][io][bad_input]") {
+  TempDir dir;
+  const RealFile real;
+  const auto path = dir / "short_header.safetensors";
+  std::string header = real.header;
+  while (!header.empty() && header.back() == ' ') header.pop_back();
+  header += "    ";  // padding that a shorter length would silently swallow
+  for (uint64_t k = 1; k <= 4; ++k) {
+    INFO("length " << k << " bytes short");
+    spit(path, le64(header.size() - k) + header + real.data);
+    CHECK_THAT(message_of<std::runtime_error>([&] { SafetensorsFile f(path); }),
+               Contains(path.string()) && Contains("the tensors cover 94848 bytes") &&
+                   Contains("holds " + std::to_string(94848 + k)));
+  }
+  spit(path, le64(header.size()) + header + real.data);
+  CHECK(SafetensorsFile(path).names().size() == SafetensorsFile(model_dir("llama_gqa") / "model.safetensors").names().size());
+}
+
+TEST_CASE("safetensors bad input: gaps, bytes before or after the tensors, and a name listed twice",
+          "[unit][io][bad_input]") {
+  TempDir dir;
+  const auto path = dir / "layout.safetensors";
+  spit(path, raw_file(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},)"
+                      R"("b":{"dtype":"F32","shape":[1],"data_offsets":[8,12]}})",
+                      std::string(12, '\0')));
+  CHECK_THAT(message_of<std::runtime_error>([&] { SafetensorsFile f(path); }),
+             Contains(path.string()) && Contains("'b'") && Contains("gap of 4 bytes") && Contains("'a'"));
+  spit(path, raw_file(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})", std::string(8, '\0')));
+  CHECK_THAT(message_of<std::runtime_error>([&] { SafetensorsFile f(path); }),
+             Contains(path.string()) && Contains("'a'") && Contains("gap of 4 bytes"));
+  spit(path, raw_file(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})", std::string(6, '\0')));
+  CHECK_THAT(message_of<std::runtime_error>([&] { SafetensorsFile f(path); }),
+             Contains(path.string()) && Contains("cover 4 bytes") && Contains("holds 6"));
+  spit(path, raw_file(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},)"
+                      R"("a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})",
+                      std::string(4, '\0')));
+  CHECK_THAT(message_of<std::runtime_error>([&] { SafetensorsFile f(path); }),
+             Contains(path.string()) && Contains("\"a\" appears twice"));
+  spit(path, raw_file(R"({"__metadata__":{"k":"1","k":"2"}})", ""));
+  CHECK_THAT(message_of<std::runtime_error>([&] { SafetensorsFile f(path); }),
+             Contains(path.string()) && Contains("\"k\" appears twice"));
+}
+
+TEST_CASE("safetensors: a header of 200,000 tensors keeps their order and round-trips", "[unit][io]") {
+  TempDir dir;
+  const auto path = dir / "many.safetensors";
+  std::vector<std::pair<std::string, at::Tensor>> tensors;
+  for (int i = 0; i < 200000; ++i) tensors.emplace_back("t." + std::to_string(i), at::full({1}, float(i)));
+  cur4llm::io::save_safetensors(path, tensors);
+  const SafetensorsFile file(path);
+  REQUIRE(file.names().size() == 200000);
+  std::vector<std::string> sorted = file.names();
+  CHECK(std::is_sorted(sorted.begin(), sorted.end()));  // the writer lists tensors by name
+  CHECK(file.load("t.123456").item<float>() == 123456.0f);
+  CHECK(file.load("t.0").item<float>() == 0.0f);
+}
+
 TEST_CASE("safetensors bad input: unknown tensor name", "[unit][io][bad_input]") {
   const auto path = model_dir("llama_gqa") / "model.safetensors";
   const SafetensorsFile file(path);

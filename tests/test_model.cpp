@@ -16,6 +16,7 @@
 #include <cur4llm/io/files.h>
 
 #include <fstream>
+#include <limits>
 #include <iterator>
 #include <string>
 
@@ -287,6 +288,78 @@ TEST_CASE("bad checkpoints give one clear error naming the file and tensor", "[m
     replace_in_file(dir / "config.json", "\"rope_type\": \"llama3\"", "\"rope_type\": \"yarn\"");
     CHECK_THROWS_WITH(CausalLM::load(dir), Catch::Contains("yarn") && Catch::Contains("rope_type"));
   }
+}
+
+TEST_CASE("config.json values are checked against the checkpoint before anything is sized by them",
+          "[model][errors][bad_input]") {
+  for (const std::string layers : {"2147483648", "1000000000", "4611686018427387904", "1", "3"}) {
+    INFO("num_hidden_layers " << layers);
+    auto dir = scratch_copy("opt_pre", "layers");
+    replace_in_file(dir / "config.json", "\"num_hidden_layers\": 2", "\"num_hidden_layers\": " + layers);
+    CHECK_THROWS_WITH(CausalLM::load(dir), Catch::Contains("config.json") && Catch::Contains("num_hidden_layers") &&
+                                               Catch::Contains(layers) && Catch::Contains("holds 2 decoder layers"));
+  }
+  SECTION("a tensor the config does not use") {
+    auto dir = scratch_copy("llama_gqa", "extra");
+    SafetensorsFile file(model_dir("llama_gqa") / "model.safetensors");
+    std::vector<std::pair<std::string, at::Tensor>> all;
+    for (const auto& n : file.names()) all.emplace_back(n, file.load(n));
+    all.emplace_back("model.layers.0.mlp.extra_proj.weight", at::zeros({2, 2}));
+    cur4llm::io::save_safetensors(dir / "model.safetensors", all);
+    CHECK_THROWS_WITH(CausalLM::load(dir), Catch::Contains("model.layers.0.mlp.extra_proj.weight") &&
+                                               Catch::Contains("not used"));
+  }
+  SECTION("bias tensors of a config that says there are none") {
+    auto dir = scratch_copy("opt_pre", "bias");
+    replace_in_file(dir / "config.json", "\"enable_bias\": true", "\"enable_bias\": false");
+    CHECK_THROWS_WITH(CausalLM::load(dir), Catch::Contains(".bias") && Catch::Contains("not used"));
+  }
+  SECTION("dtype, activation and dropout of the wrong kind name the file and key") {
+    auto dir = scratch_copy("opt_pre", "keys");
+    const std::string original = slurp(dir / "config.json");
+    replace_in_file(dir / "config.json", "\"dtype\": \"float32\"", "\"dtype\": \"bogus\"");
+    CHECK_THROWS_WITH(CausalLM::load(dir), Catch::Contains("config.json") && Catch::Contains("\"dtype\"") &&
+                                               Catch::Contains("bogus"));
+    spit(dir / "config.json", original);
+    replace_in_file(dir / "config.json", "\"activation_function\": \"relu\"", "\"activation_function\": \"bogus\"");
+    CHECK_THROWS_WITH(CausalLM::load(dir), Catch::Contains("config.json") &&
+                                               Catch::Contains("\"activation_function\"") && Catch::Contains("bogus"));
+    spit(dir / "config.json", original);
+    replace_in_file(dir / "config.json", "\"dropout\": 0.0", "\"dropout\": \"x\"");
+    CHECK_THROWS_WITH(CausalLM::load(dir), Catch::Contains("config.json") && Catch::Contains("\"dropout\"") &&
+                                               Catch::Contains("number"));
+    spit(dir / "config.json", original.substr(0, original.rfind('}')) + ", \"deep\": " + std::string(100000, '[') +
+                                  std::string(100000, ']') + "}");
+    CHECK_THROWS_WITH(CausalLM::load(dir), Catch::Contains("config.json") && Catch::Contains("nest deeper than"));
+    spit(dir / "config.json", "{\"model_type\": \"opt\", \"model_type\": \"llama\"}");
+    CHECK_THROWS_WITH(CausalLM::load(dir), Catch::Contains("config.json") && Catch::Contains("\"model_type\" appears twice"));
+  }
+}
+
+TEST_CASE("non-finite weights are refused at load unless allowed", "[model][errors][bad_input]") {
+  auto dir = scratch_copy("opt_pre", "nan");
+  SafetensorsFile file(model_dir("opt_pre") / "model.safetensors");
+  std::vector<std::pair<std::string, at::Tensor>> all;
+  const std::string victim = "model.decoder.layers.1.fc1.weight";
+  bool found = false;
+  for (const auto& n : file.names()) {
+    auto t = file.load(n);
+    if (n == victim || n == victim.substr(6)) {
+      t.view(-1)[3] = std::numeric_limits<float>::quiet_NaN();
+      t.view(-1)[5] = std::numeric_limits<float>::infinity();
+      found = true;
+    }
+    all.emplace_back(n, t);
+  }
+  REQUIRE(found);
+  cur4llm::io::save_safetensors(dir / "model.safetensors", all);
+  CHECK_THROWS_WITH(CausalLM::load(dir), Catch::Contains("fc1.weight") && Catch::Contains("2 non-finite") &&
+                                             Catch::Contains("allow_nonfinite"));
+  LoadOptions allow;
+  allow.allow_nonfinite = true;
+  auto lm = CausalLM::load(dir, allow);
+  c10::InferenceMode guard;
+  CHECK_FALSE(at::isfinite(lm->forward(at::zeros({1, 4}, at::kLong))).all().item<bool>());
 }
 
 TEST_CASE("out-of-vocabulary ids and too long OPT inputs are refused", "[model][errors]") {

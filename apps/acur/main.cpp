@@ -22,6 +22,7 @@
 #include "pipeline_flags.h"
 
 #include <chrono>
+#include <cmath>
 #include <ctime>
 #include <iostream>
 #include <map>
@@ -47,6 +48,7 @@ struct Options {
   std::string eval_tasks;
   bool eval_mmlu = false;
   bool eval_tasks_no_bos = false;
+  bool allow_nonfinite = false;
 };
 
 double seconds_since(std::chrono::steady_clock::time_point t0) {
@@ -150,6 +152,7 @@ int run(int argc, char** argv) {
       ("skip_dense_eval", po::bool_switch(&o.skip_dense_eval),
        "in a compression run, do not evaluate the dense model first (its perplexity is printed next to the "
        "compressed one; cached with --use_cache)")
+      ("allow_nonfinite", po::bool_switch(&o.allow_nonfinite), "load weights holding NaN or infinity (refused by default)")
       ("version", "print the version and exit")
       ("help,h", "print this help");
   po::options_description all("acur: activation-aware CUR compression of a Hugging Face causal LM\n\n"
@@ -160,6 +163,12 @@ int run(int argc, char** argv) {
   int exit_code = 0;
   if (!cur4llm::app::parse_command_line("acur", argc, argv, all, vm, exit_code)) return exit_code;
 
+  // Mistakes found now, not after the work.
+  if (vm.count("eval_ppl") && !vm["eval_ppl"].defaulted() && split_list(o.eval_ppl).empty() &&
+      o.eval_ppl.find("none") == std::string::npos) {
+    throw std::invalid_argument("--eval_ppl names no dataset (give none to skip evaluation)");
+  }
+  cur4llm::app::check_output_folder(o.output, "--output");
   if (o.raw_model) {
     for (const char* flag : {"param_ratio_target", "ppl_target", "kv_cache_ratio_target"}) {
       if (!vm[flag].defaulted()) {
@@ -168,7 +177,7 @@ int run(int argc, char** argv) {
     }
     if (flags.options.compress_kv_cache) throw std::invalid_argument("--raw_model takes no --compress_kv_cache");
   }
-  if (o.limit == 0 || o.limit < -1) throw std::invalid_argument(fmt::format("--limit must be positive or -1 (all), not {}", o.limit));
+  if (o.limit == 0 || o.limit < -1) throw std::invalid_argument(fmt::format("--limit must be -1 (all) or positive, not {}", o.limit));
   if (o.weight_quant != "none" && o.weight_quant != "rtn_int8" && o.weight_quant != "rtn_int6" &&
       o.weight_quant != "rtn_int4") {
     throw std::invalid_argument(
@@ -192,6 +201,7 @@ int run(int argc, char** argv) {
   cur4llm::model::LoadOptions load;
   load.device = cur4llm::model::parse_device(flags.device);
   if (!flags.dtype.empty()) load.dtype = cur4llm::model::parse_dtype(flags.dtype);
+  load.allow_nonfinite = o.allow_nonfinite;
   const fs::path data_dir = pipe.data_dir.empty() ? cur4llm::data::default_data_dir() : pipe.data_dir;
   const auto eval_sets = split_list(o.eval_ppl);
   for (const auto& spec : eval_sets) cur4llm::data::resolve_dataset(spec, cur4llm::data::Purpose::Evaluation, data_dir);
@@ -282,7 +292,6 @@ int run(int argc, char** argv) {
   }
 
   nlohmann::json results = nlohmann::json::object();
-  bool finite = true;
   t0 = std::chrono::steady_clock::now();
   for (const auto& spec : eval_sets) {
     const auto t1 = std::chrono::steady_clock::now();
@@ -295,10 +304,13 @@ int run(int argc, char** argv) {
       fmt::print("{} {:.4f}{}\n", spec, r.perplexity, note);
     }
     std::fflush(stdout);
+    if (!std::isfinite(r.perplexity)) {
+      throw std::runtime_error(fmt::format("perplexity on {} is {} (the model's outputs overflow or are NaN); "
+                                           "no result is recorded", spec, r.perplexity));
+    }
     results[spec] = {{"ppl", r.perplexity}, {"windows", r.windows}, {"tokens", r.tokens},
                      {"eval_s", seconds_since(t1)}};
     if (dense != dense_ppl.end()) results[spec]["dense_ppl"] = dense->second;
-    finite = finite && std::isfinite(r.perplexity);
   }
   if (!eval_sets.empty()) timings.emplace_back("eval_s", seconds_since(t0));
   record["ppl"] = results;
@@ -331,10 +343,6 @@ int run(int argc, char** argv) {
   fmt::print(stderr, "\n");
   cur4llm::io::append_line(results_file, record.dump());
   fmt::print(stderr, "results appended to {}\n", results_file.string());
-  if (!finite) {
-    fmt::print(stderr, "acur: error: the perplexity is not finite (the model's outputs overflow or are NaN)\n");
-    return cur4llm::app::kFailed;
-  }
   return 0;
 }
 

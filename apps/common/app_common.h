@@ -13,6 +13,8 @@
 
 #include <cstdio>
 #include <exception>
+#include <filesystem>
+#include <fstream>
 #include <functional>
 #include <sstream>
 #include <stdexcept>
@@ -108,6 +110,23 @@ inline bool parse_command_line(const char* app, int argc, char** argv,
   }
   po::notify(vm);
   return true;
+}
+
+/// Makes the output folder `folder` (named by `flag` in errors) and checks that a file can be
+/// written in it, so that a bad --output is found before the work, not after.
+inline void check_output_folder(const std::string& folder, const char* flag) {
+  namespace fs = std::filesystem;
+  const fs::path dir = folder.empty() ? fs::path(".") : fs::path(folder);
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  if (ec || !fs::is_directory(dir)) {
+    throw std::invalid_argument(fmt::format("{} {}: cannot create the folder ({})", flag, dir.string(),
+                                            ec ? ec.message() : "a file of that name exists"));
+  }
+  const fs::path probe = dir / ".cur4llm-write-check";
+  bool ok = static_cast<bool>(std::ofstream(probe, std::ios::app));
+  fs::remove(probe, ec);
+  if (!ok) throw std::invalid_argument(fmt::format("{} {}: cannot write files in this folder", flag, dir.string()));
 }
 
 /// Runs `body`, turning exceptions into one line on stderr and an exit code.

@@ -196,14 +196,16 @@ void ActivationStatistics::save(const std::filesystem::path& path, const std::ma
     if (s.gram.defined()) tensors.emplace_back(name + ".gram", s.gram);
     meta["counts." + name] = fmt::format("{} {}", s.samples, s.tokens);
   }
-  io::save_safetensors(path, tensors, meta);
+  io::save_safetensors_checked(path, tensors, meta);  // load() verifies the checksum
 }
 
 ActivationStatistics ActivationStatistics::load(const std::filesystem::path& path,
                                                 std::map<std::string, std::string>* metadata) {
   io::SafetensorsFile file(path);
+  file.verify_data_checksum();  // a flipped bit must not pass for valid statistics
   ActivationStatistics out;
   for (const auto& [key, value] : file.metadata()) {
+    if (key == io::kDataChecksumKey) continue;
     if (key.rfind("counts.", 0) == 0) {
       LayerStatistics& s = out.layers_[key.substr(7)];
       if (std::sscanf(value.c_str(), "%ld %ld", &s.samples, &s.tokens) != 2) {

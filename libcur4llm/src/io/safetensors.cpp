@@ -2,6 +2,7 @@
 
 #include "cur4llm/io/files.h"
 #include "io/atomic_file.h"
+#include "io/json_parse.h"
 
 #include <ATen/ATen.h>
 #include <nlohmann/json.hpp>
@@ -13,6 +14,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <set>
 #include <stdexcept>
@@ -56,6 +58,9 @@ const DtypeEntry* find_dtype(const std::string& name) {
 
 std::string quoted(const std::string& s) { return "'" + s + "'"; }
 
+// The format's own limit on the JSON header (the reference implementation refuses larger ones).
+constexpr uint64_t kMaxHeaderBytes = 100000000;
+
 }  // namespace
 
 std::string safetensors_dtype(c10::ScalarType type) {
@@ -93,8 +98,8 @@ struct SafetensorsFile::Impl {
 
   void open_and_map();
   void parse_header(const char* text, uint64_t length);
-  TensorInfo parse_entry(const std::string& name, const nlohmann::ordered_json& entry) const;
-  void check_overlaps() const;
+  TensorInfo parse_entry(const std::string& name, const nlohmann::json& entry) const;
+  void check_layout() const;
 };
 
 void SafetensorsFile::Impl::open_and_map() {
@@ -131,12 +136,16 @@ void SafetensorsFile::Impl::open_and_map() {
     fail("header length " + std::to_string(header_length) + " past the end of the file (size " +
          std::to_string(size) + ")");
   }
+  if (header_length > kMaxHeaderBytes) {
+    fail("header length " + std::to_string(header_length) + " exceeds the format's limit of " +
+         std::to_string(kMaxHeaderBytes) + " bytes");
+  }
   data = bytes + 8 + header_length;
   data_size = size - 8 - header_length;
   parse_header(reinterpret_cast<const char*>(bytes + 8), header_length);
 }
 
-TensorInfo SafetensorsFile::Impl::parse_entry(const std::string& name, const nlohmann::ordered_json& entry) const {
+TensorInfo SafetensorsFile::Impl::parse_entry(const std::string& name, const nlohmann::json& entry) const {
   if (!entry.is_object()) fail_tensor(name, "header entry is not a JSON object");
   for (const char* key : {"dtype", "shape", "data_offsets"}) {
     if (!entry.contains(key)) fail_tensor(name, std::string("header entry has no \"") + key + "\"");
@@ -195,42 +204,63 @@ TensorInfo SafetensorsFile::Impl::parse_entry(const std::string& name, const nlo
 }
 
 void SafetensorsFile::Impl::parse_header(const char* text, uint64_t length) {
-  nlohmann::ordered_json header;
+  if (length == 0 || text[0] != '{') fail("JSON header is not an object (it does not begin with '{')");
+  detail::ParsedJson header;
   try {
-    header = nlohmann::ordered_json::parse(text, text + length);
-  } catch (const nlohmann::json::exception& e) {
-    fail(std::string("malformed JSON header: ") + e.what());
+    header = detail::parse_json_ordered(std::string_view(text, length), "header");
+  } catch (const std::runtime_error& e) {
+    fail(e.what());  // "header: malformed JSON: ..." (syntax, nesting, a key listed twice)
   }
-  if (!header.is_object()) fail("JSON header is not an object");
-  for (auto it = header.begin(); it != header.end(); ++it) {
-    const std::string& name = it.key();
+  if (!header.value.is_object()) fail("JSON header is not an object");
+  names.reserve(header.root_keys.size());
+  infos.reserve(header.root_keys.size());
+  for (const std::string& name : header.root_keys) {
+    const nlohmann::json& value = header.value.at(name);
     if (name == "__metadata__") {
-      if (!it.value().is_object()) fail("\"__metadata__\" is not a JSON object");
-      for (auto m = it.value().begin(); m != it.value().end(); ++m) {
+      if (!value.is_object()) fail("\"__metadata__\" is not a JSON object");
+      for (auto m = value.begin(); m != value.end(); ++m) {
         if (!m.value().is_string()) fail("\"__metadata__\" value for key " + quoted(m.key()) + " is not a string");
         metadata[m.key()] = m.value().get<std::string>();
       }
       continue;
     }
-    if (infos.count(name) != 0) fail_tensor(name, "listed twice in the header");
-    infos.emplace(name, parse_entry(name, it.value()));
+    infos.emplace(name, parse_entry(name, value));
     names.push_back(name);
   }
-  check_overlaps();
+  check_layout();
 }
 
-void SafetensorsFile::Impl::check_overlaps() const {
+// The format requires the tensors to tile the data section exactly: sorted by
+// offset, each begins where the previous ends, the first at 0 and the last at
+// the end of the file. Anything else (a gap, an overlap, a header length a few
+// bytes off) would read some tensor from the wrong bytes.
+void SafetensorsFile::Impl::check_layout() const {
   std::vector<const std::pair<const std::string, TensorInfo>*> by_begin;
-  for (const auto& kv : infos) {
-    if (kv.second.end > kv.second.begin) by_begin.push_back(&kv);  // empty tensors occupy no bytes
-  }
+  by_begin.reserve(infos.size());
+  for (const auto& kv : infos) by_begin.push_back(&kv);
   std::sort(by_begin.begin(), by_begin.end(), [](auto* a, auto* b) {
-    return a->second.begin != b->second.begin ? a->second.begin < b->second.begin : a->first < b->first;
+    if (a->second.begin != b->second.begin) return a->second.begin < b->second.begin;
+    if (a->second.end != b->second.end) return a->second.end < b->second.end;
+    return a->first < b->first;
   });
-  for (size_t i = 1; i < by_begin.size(); ++i) {
-    if (by_begin[i]->second.begin < by_begin[i - 1]->second.end) {
-      fail_tensor(by_begin[i]->first, "data_offsets overlap those of tensor " + quoted(by_begin[i - 1]->first));
+  uint64_t cursor = 0;
+  const std::string* previous = nullptr;
+  for (const auto* kv : by_begin) {
+    const TensorInfo& ti = kv->second;
+    if (ti.begin < cursor) {
+      fail_tensor(kv->first, "data_offsets overlap those of tensor " + quoted(*previous));
     }
+    if (ti.begin > cursor) {
+      fail_tensor(kv->first, "data_offsets [" + std::to_string(ti.begin) + ", " + std::to_string(ti.end) +
+                                 "] leave a gap of " + std::to_string(ti.begin - cursor) + " bytes before it" +
+                                 (previous ? " (after tensor " + quoted(*previous) + ")" : std::string()));
+    }
+    cursor = ti.end;
+    previous = &kv->first;
+  }
+  if (cursor != data_size) {
+    fail("the tensors cover " + std::to_string(cursor) + " bytes but the data section after the header holds " +
+         std::to_string(data_size) + " (wrong header length, or bytes missing or added)");
   }
 }
 
@@ -297,12 +327,7 @@ Checkpoint Checkpoint::open(const std::filesystem::path& folder) {
   }
   const auto index_path = folder / "model.safetensors.index.json";
   if (std::filesystem::exists(index_path, ec)) {
-    nlohmann::json index;
-    try {
-      index = nlohmann::json::parse(read_file(index_path));
-    } catch (const nlohmann::json::exception& e) {
-      throw std::runtime_error(index_path.string() + ": malformed JSON: " + e.what());
-    }
+    const nlohmann::json index = detail::parse_json(read_file(index_path), index_path.string());
     if (!index.is_object() || !index.contains("weight_map") || !index.at("weight_map").is_object()) {
       throw std::runtime_error(index_path.string() + ": no \"weight_map\" object");
     }
@@ -381,9 +406,82 @@ std::string Checkpoint::describe() const { return description_; }
 // ---------------------------------------------------------------------------
 // Writer
 
-void save_safetensors(const std::filesystem::path& path,
-                      const std::vector<std::pair<std::string, at::Tensor>>& tensors,
-                      const std::map<std::string, std::string>& metadata) {
+namespace {
+
+// 64-bit FNV-1a over 8-byte words in 4 interleaved lanes (four independent
+// multiply chains: several GB/s), fed in pieces.
+class DataChecksum {
+ public:
+  void update(const uint8_t* p, uint64_t n) {
+    size_ += n;
+    while (n > 0) {
+      if (fill_ == 0 && n >= 32) {
+        mix(p);
+        p += 32;
+        n -= 32;
+        continue;
+      }
+      const uint64_t take = std::min<uint64_t>(32 - fill_, n);
+      std::memcpy(buffer_ + fill_, p, take);
+      fill_ += take;
+      p += take;
+      n -= take;
+      if (fill_ == 32) {
+        mix(buffer_);
+        fill_ = 0;
+      }
+    }
+  }
+  std::string finish() const {
+    uint64_t h = kBasis;
+    for (uint64_t i = 0; i < fill_; ++i) h = (h ^ buffer_[i]) * kPrime;  // the tail, byte by byte
+    for (uint64_t l : lane_) {
+      for (int b = 0; b < 8; ++b) h = (h ^ ((l >> (8 * b)) & 0xff)) * kPrime;
+    }
+    h = (h ^ size_) * kPrime;
+    char buf[17];
+    std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(h));
+    return std::string("fnv1a64x4:") + buf;
+  }
+
+ private:
+  static constexpr uint64_t kPrime = 0x100000001b3ULL;
+  static constexpr uint64_t kBasis = 0xcbf29ce484222325ULL;
+  void mix(const uint8_t* p) {
+    for (int l = 0; l < 4; ++l) {
+      uint64_t w;
+      std::memcpy(&w, p + 8 * l, 8);  // little-endian host (checked on open and save)
+      lane_[l] = (lane_[l] ^ w) * kPrime;
+    }
+  }
+  uint64_t lane_[4] = {kBasis, kBasis ^ 1, kBasis ^ 2, kBasis ^ 3};
+  uint8_t buffer_[32] = {};
+  uint64_t fill_ = 0;
+  uint64_t size_ = 0;
+};
+
+}  // namespace
+
+std::string data_checksum(const uint8_t* data, uint64_t size) {
+  DataChecksum c;
+  c.update(data, size);
+  return c.finish();
+}
+
+void SafetensorsFile::verify_data_checksum() const {
+  const auto it = impl_->metadata.find(kDataChecksumKey);
+  if (it == impl_->metadata.end()) impl_->fail(std::string("no data checksum (metadata \"") + kDataChecksumKey + "\")");
+  const std::string actual = data_checksum(impl_->data, impl_->data_size);
+  if (it->second != actual) {
+    impl_->fail("data checksum mismatch (the file says " + it->second + ", the bytes give " + actual +
+                "): the file is damaged");
+  }
+}
+
+namespace {
+
+void save_impl(const std::filesystem::path& path, const std::vector<std::pair<std::string, at::Tensor>>& tensors,
+               const std::map<std::string, std::string>& given_metadata, bool checksum) {
   if (!host_is_little_endian()) throw std::runtime_error(path.string() + ": big-endian hosts are not supported");
   struct Item {
     const std::string* name;
@@ -430,31 +528,47 @@ void save_safetensors(const std::filesystem::path& path,
     return ra != rb ? ra > rb : *a.name < *b.name;
   });
 
-  // Header: "__metadata__" first, then tensors by name.
-  std::map<std::string, nlohmann::ordered_json> entries;
+  // Header: "__metadata__" first, then tensors by name. Written member by
+  // member: an ordered_json object finds keys by a linear search, which made
+  // headers of many tensors quadratic.
+  std::map<std::string, std::string> metadata = given_metadata;
+  if (checksum) {
+    // The data section is the tensors' bytes in the order written below.
+    DataChecksum sum;
+    for (const auto& item : items) {
+      sum.update(static_cast<const uint8_t*>(item.data.data_ptr()),
+                 static_cast<uint64_t>(item.data.numel()) * item.itemsize);
+    }
+    metadata[kDataChecksumKey] = sum.finish();
+  }
+  std::vector<std::pair<const std::string*, nlohmann::ordered_json>> entries;
+  entries.reserve(items.size());
   uint64_t offset = 0;
   for (const auto& item : items) {
     const uint64_t nbytes = static_cast<uint64_t>(item.data.numel()) * item.itemsize;
-    nlohmann::ordered_json entry;
+    nlohmann::ordered_json entry;  // dtype, shape, data_offsets in this order, as the Python library writes
     entry["dtype"] = item.dtype;
     entry["shape"] = item.data.sizes().vec();
     entry["data_offsets"] = {offset, offset + nbytes};
-    entries.emplace(*item.name, std::move(entry));
+    entries.emplace_back(item.name, std::move(entry));
     offset += nbytes;
   }
-  nlohmann::ordered_json header = nlohmann::ordered_json::object();
-  if (!metadata.empty()) {
-    nlohmann::ordered_json meta = nlohmann::ordered_json::object();
-    for (const auto& [k, v] : metadata) meta[k] = v;
-    header["__metadata__"] = std::move(meta);
-  }
-  for (auto& [name, entry] : entries) header[name] = std::move(entry);
-  std::string text;
+  std::sort(entries.begin(), entries.end(), [](const auto& a, const auto& b) { return *a.first < *b.first; });
+  std::string text = "{";
   try {
-    text = header.dump();
+    if (!metadata.empty()) {
+      nlohmann::ordered_json meta = nlohmann::ordered_json::object();
+      for (const auto& [k, v] : metadata) meta[k] = v;
+      text += "\"__metadata__\":" + meta.dump();
+    }
+    for (const auto& [name, entry] : entries) {
+      if (text.size() > 1) text += ',';
+      text += nlohmann::json(*name).dump() + ":" + entry.dump();
+    }
   } catch (const nlohmann::json::exception& e) {
     throw std::invalid_argument(path.string() + ": tensor names and metadata must be valid UTF-8: " + e.what());
   }
+  text += '}';
   text.append((8 - text.size() % 8) % 8, ' ');  // the Python library pads to 8 bytes with spaces
 
   uint8_t prefix[8];
@@ -469,6 +583,23 @@ void save_safetensors(const std::filesystem::path& path,
     if (nbytes > 0) file.write(item.data.data_ptr(), nbytes);
   }
   file.commit();
+}
+
+}  // namespace
+
+void save_safetensors(const std::filesystem::path& path,
+                      const std::vector<std::pair<std::string, at::Tensor>>& tensors,
+                      const std::map<std::string, std::string>& metadata) {
+  save_impl(path, tensors, metadata, false);
+}
+
+void save_safetensors_checked(const std::filesystem::path& path,
+                              const std::vector<std::pair<std::string, at::Tensor>>& tensors,
+                              const std::map<std::string, std::string>& metadata) {
+  if (metadata.count(kDataChecksumKey)) {
+    throw std::invalid_argument(path.string() + ": metadata key " + quoted(kDataChecksumKey) + " is reserved");
+  }
+  save_impl(path, tensors, metadata, true);
 }
 
 }  // namespace cur4llm::io

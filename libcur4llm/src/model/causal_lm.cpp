@@ -5,6 +5,7 @@
 #include <cur4llm/model/slot_registry.h>
 
 #include "architecture.h"
+#include "io/json_parse.h"
 
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
@@ -40,6 +41,65 @@ std::optional<std::string> find_in_checkpoint(const io::Checkpoint& ckpt, const 
 
 std::string module_of(const std::string& tensor_name) { return tensor_name.substr(0, tensor_name.rfind('.')); }
 
+// The decoder layer a tensor name belongs to ("...layers.<i>.…"), if any.
+std::optional<int64_t> layer_index_of(const std::string& name) {
+  for (size_t at = name.find("layers."); at != std::string::npos; at = name.find("layers.", at + 1)) {
+    if (at != 0 && name[at - 1] != '.') continue;
+    size_t i = at + 7, digits = 0;
+    int64_t value = 0;
+    while (i < name.size() && name[i] >= '0' && name[i] <= '9' && digits < 12) {
+      value = value * 10 + (name[i] - '0');
+      ++i, ++digits;
+    }
+    if (digits > 0 && i < name.size() && name[i] == '.') return value;
+  }
+  return std::nullopt;
+}
+
+// config.json's layer count against the checkpoint, before anything is sized
+// by it: a num_hidden_layers of 10^9 would otherwise loop and allocate.
+void check_layer_count(const ModelConfig& config, const io::Checkpoint& ckpt, const std::string& config_path) {
+  std::set<int64_t> layers;
+  for (const auto& name : ckpt.names()) {
+    if (auto i = layer_index_of(name)) layers.insert(*i);
+  }
+  const auto present = static_cast<int64_t>(layers.size());
+  if (config.num_layers != present) {
+    throw std::runtime_error(fmt::format("{}: \"num_hidden_layers\" is {} but the checkpoint {} holds {} decoder layers",
+                                         config_path, config.num_layers, ckpt.describe(), present));
+  }
+}
+
+// Every tensor a weight file holds must be one the model reads: a tensor left
+// over means config.json describes another model (fewer layers, no biases…).
+void check_all_used(const io::Checkpoint& ckpt, const std::set<std::string>& used, const std::string& config_path) {
+  std::vector<std::string> unused;
+  for (const auto& name : ckpt.names()) {
+    if (used.count(name)) continue;
+    // Buffers some exporters save, which transformers recomputes and ignores.
+    if (name.size() >= 19 && name.compare(name.size() - 19, 19, "rotary_emb.inv_freq") == 0) continue;
+    unused.push_back(name);
+  }
+  if (unused.empty()) return;
+  const size_t shown = std::min<size_t>(unused.size(), 3);
+  std::string list;
+  for (size_t i = 0; i < shown; ++i) list += (i ? ", \"" : "\"") + unused[i] + "\"";
+  if (unused.size() > shown) list += fmt::format(" and {} more", unused.size() - shown);
+  throw std::runtime_error(fmt::format("{}: {} tensor(s) of the checkpoint are not used by the model {} describes: {}",
+                                       ckpt.describe(), unused.size(), config_path, list));
+}
+
+// Non-finite weights make every output NaN; refuse them at load, naming the tensor.
+void check_finite(const at::Tensor& t, const std::string& file, const std::string& name) {
+  if (!at::isFloatingType(t.scalar_type()) || t.numel() == 0) return;
+  if (!at::isfinite(t).all().item<bool>()) {
+    const int64_t bad = (t.numel() - at::isfinite(t).sum().item<int64_t>());
+    throw std::runtime_error(fmt::format("{}: tensor \"{}\" holds {} non-finite value(s) (NaN or infinity); "
+                                         "LoadOptions::allow_nonfinite (acur --allow_nonfinite) loads it anyway",
+                                         file, name, bad));
+  }
+}
+
 // Some builds lack kernels for a dtype on a device (LibTorch 1.13 has no fp16
 // matrix multiply on the CPU); say so at load time, not deep inside a forward.
 void check_dtype_supported(c10::Device device, c10::ScalarType dtype) {
@@ -63,8 +123,10 @@ void check_dtype_supported(c10::Device device, c10::ScalarType dtype) {
 // The stored tensors of one slot of an acur repository.
 class CheckpointSlotTensors final : public SlotTensors {
  public:
-  CheckpointSlotTensors(const io::Checkpoint& ckpt, std::string module, c10::Device device, c10::ScalarType dtype)
-      : ckpt_(ckpt), module_(std::move(module)), device_(device), dtype_(dtype) {}
+  CheckpointSlotTensors(const io::Checkpoint& ckpt, std::string module, c10::Device device, c10::ScalarType dtype,
+                        std::set<std::string>& used, bool allow_nonfinite)
+      : ckpt_(ckpt), module_(std::move(module)), device_(device), dtype_(dtype), used_(used),
+        allow_nonfinite_(allow_nonfinite) {}
 
   bool contains(const std::string& name) const override { return find_in_checkpoint(ckpt_, full(name)).has_value(); }
 
@@ -77,7 +139,10 @@ class CheckpointSlotTensors final : public SlotTensors {
                                            ckpt_.file_of(*key).string(), full(name), shape_str(info.shape),
                                            shape_str(shape)));
     }
-    return ckpt_.load(*key);
+    used_.insert(*key);
+    at::Tensor t = ckpt_.load(*key);
+    if (!allow_nonfinite_) check_finite(t, ckpt_.file_of(*key).string(), *key);
+    return t;
   }
 
   std::string describe(const std::string& name) const override {
@@ -93,6 +158,8 @@ class CheckpointSlotTensors final : public SlotTensors {
   std::string module_;
   c10::Device device_;
   c10::ScalarType dtype_;
+  std::set<std::string>& used_;
+  bool allow_nonfinite_;
 };
 
 struct AcurSection {
@@ -103,7 +170,7 @@ struct AcurSection {
 // config.json's "acur" section (docs/export.md); empty for an ordinary folder.
 AcurSection parse_acur_section(const std::string& text, const std::string& source) {
   AcurSection out;
-  const auto root = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
+  const auto root = cur4llm::detail::parse_json(text, source);
   if (!root.is_object() || !root.contains("acur")) return out;
   const auto& acur = root.at("acur");
   auto bad = [&](const std::string& what) { return std::runtime_error(fmt::format("{}: \"acur\" {}", source, what)); };
@@ -220,9 +287,15 @@ std::unique_ptr<CausalLM> CausalLM::load(const std::filesystem::path& folder, co
   lm->options_ = options;
   lm->dtype_ = options.dtype ? *options.dtype : default_dtype(lm->config_, options.device);
   check_dtype_supported(options.device, lm->dtype_);
+  const io::Checkpoint ckpt = io::Checkpoint::open(folder);
+  check_layer_count(lm->config_, ckpt, config_path.string());
   lm->arch_ = make_architecture(lm->config_);
 
-  const io::Checkpoint ckpt = io::Checkpoint::open(folder);
+  std::set<std::string> used;  // checkpoint names the model reads
+  for (const ExpectedTensor& e : lm->arch_->expected_tensors()) {
+    if (e.tied_to.empty()) continue;
+    if (auto stored = find_in_checkpoint(ckpt, e.name)) used.insert(*stored);  // a saved copy of a tied tensor
+  }
   std::set<std::string> provided;
   for (const auto& spec : acur.layers) provided.insert(spec.name);
   lm->populate(
@@ -240,6 +313,8 @@ std::unique_ptr<CausalLM> CausalLM::load(const std::filesystem::path& folder, co
           throw std::runtime_error(fmt::format("{}: tensor \"{}\" is stored as {}, not as floating point",
                                                ckpt.file_of(*stored).string(), e.name, info.dtype));
         }
+        if (!options.allow_nonfinite) check_finite(raw, ckpt.file_of(*stored).string(), *stored);
+        used.insert(*stored);
         return raw;
       },
       provided);
@@ -257,7 +332,7 @@ std::unique_ptr<CausalLM> CausalLM::load(const std::filesystem::path& folder, co
                                            config_path.string(), spec.name, spec.out_features, spec.in_features,
                                            info->out_features, info->in_features));
     }
-    const CheckpointSlotTensors tensors(ckpt, spec.name, options.device, lm->dtype_);
+    const CheckpointSlotTensors tensors(ckpt, spec.name, options.device, lm->dtype_, used, options.allow_nonfinite);
     LinearPtr slot = find_slot_kind(spec.kind).load(spec, tensors);
     if (!slot || slot->in_features() != info->in_features || slot->out_features() != info->out_features) {
       throw std::runtime_error(fmt::format("{}: layer \"{}\" was rebuilt with the wrong shape", config_path.string(),
@@ -265,6 +340,7 @@ std::unique_ptr<CausalLM> CausalLM::load(const std::filesystem::path& folder, co
     }
     lm->slots_[spec.name] = std::move(slot);
   }
+  check_all_used(ckpt, used, config_path.string());
   return lm;
 }
 

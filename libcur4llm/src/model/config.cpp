@@ -2,10 +2,14 @@
 
 #include <cur4llm/io/files.h>
 
+#include "io/json_parse.h"
+
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <functional>
+#include <iterator>
 #include <map>
 #include <stdexcept>
 
@@ -168,12 +172,8 @@ const std::map<std::string, Parser>& registry() {
 }  // namespace
 
 ModelConfig ModelConfig::from_json(const std::string& text, const std::string& source) {
-  Json j;
-  try {
-    j = Json::parse(text);
-  } catch (const nlohmann::json::exception& e) {
-    throw std::runtime_error(fmt::format("{}: not valid JSON ({})", source, e.what()));
-  }
+  // Depth-limited; a key given twice is refused (which value was meant?).
+  const Json j = cur4llm::detail::parse_json(text, source);
   if (!j.is_object()) throw std::runtime_error(fmt::format("{}: expected a JSON object", source));
   Keys k(j, source);
   ModelConfig c;
@@ -189,9 +189,32 @@ ModelConfig ModelConfig::from_json(const std::string& text, const std::string& s
   c.num_layers = k.positive("num_hidden_layers");
   c.max_position_embeddings = k.positive("max_position_embeddings", 2048);
   c.torch_dtype = k.string("dtype", k.string("torch_dtype", ""));
+  {
+    const char* dtype_key = k.has("dtype") ? "dtype" : "torch_dtype";
+    static const char* const kDtypes[] = {"", "float32", "float16", "bfloat16", "float64", "auto"};
+    if (std::find(std::begin(kDtypes), std::end(kDtypes), c.torch_dtype) == std::end(kDtypes)) {
+      throw k.error(dtype_key, fmt::format("\"{}\" is not a dtype (expected float32, float16, bfloat16 or float64)",
+                                           c.torch_dtype));
+    }
+  }
   c.bos_token_id = k.token_id("bos_token_id");
   c.eos_token_id = k.token_id("eos_token_id");
   it->second(k, c);
+  {
+    const char* act_key = c.family == Family::Opt ? "activation_function" : "hidden_act";
+    static const char* const kActivations[] = {"relu", "silu", "swish", "gelu", "gelu_new", "gelu_pytorch_tanh",
+                                               "gelu_fast"};
+    if (std::find(std::begin(kActivations), std::end(kActivations), c.hidden_act) == std::end(kActivations)) {
+      throw k.error(act_key, fmt::format("\"{}\" is not supported (supported: relu, silu, swish, gelu, gelu_new, "
+                                         "gelu_pytorch_tanh, gelu_fast)",
+                                         c.hidden_act));
+    }
+  }
+  // Values transformers reads that cur4llm does not use must still be what their type says.
+  for (const char* key : {"dropout", "attention_dropout", "activation_dropout", "layerdrop", "initializer_range",
+                          "init_std"}) {
+    k.number(key, 0.0);
+  }
   if (c.head_dim == 0) {
     if (c.hidden_size % c.num_heads != 0) {
       throw k.error("num_attention_heads",

@@ -62,6 +62,7 @@ std::optional<T> cache_lookup(const PipelineOptions& o, const io::CacheKey& key,
 
 std::vector<std::vector<int64_t>> load_samples(const fs::path& file, std::map<std::string, std::string>& meta) {
   io::SafetensorsFile f(file);
+  f.verify_data_checksum();
   meta = f.metadata();
   std::vector<std::vector<int64_t>> out(f.names().size());
   for (const auto& name : f.names()) {
@@ -81,7 +82,7 @@ void save_samples(const fs::path& file, const std::vector<std::vector<int64_t>>&
     std::copy(samples[i].begin(), samples[i].end(), t.data_ptr<int64_t>());
     tensors.emplace_back(fmt::format("sample.{}", i), t);
   }
-  io::save_safetensors(file, tensors, meta);
+  io::save_safetensors_checked(file, tensors, meta);
 }
 
 // The allocation a saved plan describes, checked against the model and the options.
@@ -178,11 +179,19 @@ std::string method_cache_options(const PipelineOptions& options) {
   throw std::invalid_argument(fmt::format("method_cache_options: unknown method \"{}\"", o.method));
 }
 
+// Far above any calibration set in use (the reference pipeline takes 32 to 256).
+constexpr int64_t kMaxCalibSamples = 1000000;
+
 void validate_settings(const PipelineOptions& options) {
   using std::invalid_argument;
   const PipelineOptions o = resolve(options);
   if (!(o.alpha >= 0)) throw invalid_argument(fmt::format("--alpha must be >= 0, not {}", o.alpha));
   if (o.n_calib_samples <= 0) throw invalid_argument(fmt::format("--n_calib_samples must be positive, not {}", o.n_calib_samples));
+  if (o.n_calib_samples > kMaxCalibSamples) {
+    throw invalid_argument(fmt::format("--n_calib_samples {} is more than cur4llm takes (at most {}; each sample is a "
+                                       "window of --seqlen tokens held in memory)",
+                                       o.n_calib_samples, kMaxCalibSamples));
+  }
   if (o.rank_align <= 0) throw invalid_argument(fmt::format("--rank_align must be positive, not {}", o.rank_align));
   if (o.seqlen < 2) throw invalid_argument(fmt::format("--seqlen must be at least 2, not {}", o.seqlen));
   if (o.batch_size < 1) throw invalid_argument("--batch_size must be at least 1");

@@ -8,6 +8,7 @@
 #include <cur4llm/model/causal_lm.h>
 #include <cur4llm/model/slot_registry.h>
 
+#include "io/json_parse.h"
 #include "repo/templates.h"
 
 #include <ATen/ATen.h>
@@ -179,12 +180,7 @@ ExportResult write_acur_repo(const model::CausalLM& lm, const fs::path& folder, 
   const std::string model_type = lm.config().model_type;
   const auto py_files = python_files(model_type);
   const auto config_path = source / "config.json";
-  Json config;
-  try {
-    config = Json::parse(io::read_file(config_path));
-  } catch (const nlohmann::json::exception& e) {
-    throw std::runtime_error(fmt::format("{}: not valid JSON ({})", config_path.string(), e.what()));
-  }
+  Json config = cur4llm::detail::parse_json(io::read_file(config_path), config_path.string());  // depth-limited
   // A repository as input (quantize): start again from the base model's config.
   Json base = Json::object();
   Json provenance = Json::object();

@@ -7,6 +7,7 @@
 
 #include "cur4llm/tokenize/tokenizer.h"
 
+#include "io/json_parse.h"
 #include "tokenize/bpe_model.h"
 #include "tokenize/loaders.h"
 #include "tokenize/text_utils.h"
@@ -29,6 +30,9 @@ using detail::Regex;
 // GPT-2's split regex, used by the ByteLevel pre-tokenizer when use_regex is true.
 const char* const kGpt2Pattern =
     R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+)";
+// Qwen2's split regex (transformers' Qwen2Tokenizer), for vocab.json + merges.txt without tokenizer.json.
+const char* const kQwen2Pattern =
+    R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)";
 
 std::string read_file(const std::filesystem::path& path) {
   std::ifstream in(path, std::ios::binary);
@@ -39,11 +43,35 @@ std::string read_file(const std::filesystem::path& path) {
 }
 
 json parse_json_file(const std::filesystem::path& path) {
-  const std::string text = read_file(path);
-  try {
-    return json::parse(text);
-  } catch (const json::parse_error& e) {
-    throw std::runtime_error(path.string() + ": malformed JSON: " + e.what());
+  // Depth-limited, duplicate keys refused (a token listed twice has no one id).
+  return cur4llm::detail::parse_json(read_file(path), path.string());
+}
+
+// Token ids index tables: each must be non-negative and, before anything is
+// sized by it, not far beyond the number of tokens the file lists.
+int64_t max_token_id(size_t listed) { return static_cast<int64_t>(2 * listed + 1024); }
+
+void check_token_id(int64_t id, size_t listed, const std::string& where) {
+  if (id < 0) throw std::runtime_error(where + ": token id " + std::to_string(id) + " is negative");
+  if (id > max_token_id(listed)) {
+    throw std::runtime_error(where + ": token id " + std::to_string(id) + " is far beyond the " +
+                             std::to_string(listed) + " tokens listed");
+  }
+}
+
+// model.vocab / vocab.json: ids valid and each given to one token only.
+void check_vocab_ids(const std::unordered_map<std::string, int64_t>& vocab, size_t listed, const std::string& where) {
+  std::unordered_map<int64_t, const std::string*> owner;
+  owner.reserve(vocab.size() * 2);
+  for (const auto& [token, id] : vocab) {
+    check_token_id(id, listed, where + " (token \"" + token + "\")");
+    auto [it, fresh] = owner.emplace(id, &token);
+    if (!fresh) {
+      const std::string& a = std::min(*it->second, token);
+      const std::string& b = std::max(*it->second, token);
+      throw std::runtime_error(where + ": tokens \"" + a + "\" and \"" + b + "\" have the same id " +
+                               std::to_string(id));
+    }
   }
 }
 
@@ -461,9 +489,25 @@ struct Spec {
 class HfBpeTokenizer final : public Tokenizer {
  public:
   explicit HfBpeTokenizer(Spec spec) : s_(std::move(spec)) {
+    // The loaders checked every id; this guards the tables below all the same.
+    const size_t listed = s_.model->vocab().size() + s_.added.size();
     int64_t max_id = -1;
-    for (const auto& [tok, id] : s_.model->vocab()) max_id = std::max(max_id, id);
-    for (const auto& a : s_.added) max_id = std::max(max_id, a.id);
+    for (const auto& [tok, id] : s_.model->vocab()) {
+      check_token_id(id, listed, s_.description);
+      max_id = std::max(max_id, id);
+    }
+    for (const auto& a : s_.added) {
+      check_token_id(a.id, listed, s_.description);
+      max_id = std::max(max_id, a.id);
+    }
+    for (const auto* list : {&s_.prefix, &s_.suffix}) {
+      for (int64_t id : *list) {
+        if (id < 0 || id > max_id) {
+          throw std::runtime_error(s_.description + ": post-processor token id " + std::to_string(id) +
+                                   " is not in the vocabulary");
+        }
+      }
+    }
     id_to_token_.resize(static_cast<size_t>(max_id + 1));
     is_special_.assign(id_to_token_.size(), false);
     for (const auto& [tok, id] : s_.model->vocab()) id_to_token_[id] = tok;
@@ -654,6 +698,13 @@ void read_pre_tokenizer(const JsonReader& r, const json& p, const std::string& k
     step.kind = PreTokenizerStep::Kind::Split;
     bool individual = r.bool_or(p, "individual_digits", false, key + ".individual_digits");
     step.regex = std::make_shared<Regex>(individual ? "\\p{N}" : "\\p{N}+", key);
+  } else if (type == "Punctuation") {
+    // tokenizers' is_punc: ASCII punctuation (which includes $ + < = > ^ ` | ~) or Unicode category P.
+    step.kind = PreTokenizerStep::Kind::Split;
+    step.regex = std::make_shared<Regex>("[\\p{P}\\x{21}-\\x{2f}\\x{3a}-\\x{40}\\x{5b}-\\x{60}\\x{7b}-\\x{7e}]", key);
+    step.behavior = p.contains("behavior") && !p.at("behavior").is_null()
+                        ? read_behavior(r, r.string_of(p, "behavior", key + ".behavior"), key + ".behavior")
+                        : SplitBehavior::Isolated;
   } else if (type == "Whitespace") {
     step.kind = PreTokenizerStep::Kind::Split;
     step.regex = std::make_shared<Regex>("\\w+|[^\\w\\s]+", key);
@@ -665,7 +716,7 @@ void read_pre_tokenizer(const JsonReader& r, const json& p, const std::string& k
     step.behavior = SplitBehavior::Removed;
   } else {
     r.fail(key + ".type", "unsupported pre-tokenizer \"" + type +
-                              "\" (supported: Sequence, Split, ByteLevel, Metaspace, Digits, Whitespace, WhitespaceSplit)");
+                              "\" (supported: Sequence, Split, ByteLevel, Metaspace, Digits, Punctuation, Whitespace, WhitespaceSplit)");
   }
   out.push_back(std::move(step));
 }
@@ -828,10 +879,22 @@ std::unique_ptr<Tokenizer> load_tokenizer_json(const std::filesystem::path& toke
                                             : (model.contains("merges") ? "BPE" : "");
   if (type != "BPE")
     r.fail("model.type", "unknown model type \"" + type + "\" (supported: BPE)");
-  if (model.contains("continuing_subword_prefix") && !model.at("continuing_subword_prefix").is_null())
-    r.fail("model.continuing_subword_prefix", "not supported");
-  if (model.contains("end_of_word_suffix") && !model.at("end_of_word_suffix").is_null())
-    r.fail("model.end_of_word_suffix", "not supported");
+  // Keys the `tokenizers` library writes with their default value are
+  // accepted; a value we do not implement is refused, naming it.
+  for (const char* name : {"continuing_subword_prefix", "end_of_word_suffix"}) {
+    if (!model.contains(name) || model.at(name).is_null()) continue;
+    const std::string key = std::string("model.") + name;
+    if (!model.at(name).is_string()) r.fail(key, "expected a string or null");
+    const std::string value = model.at(name).get<std::string>();
+    if (!value.empty()) r.fail(key, "value \"" + value + "\" is not supported (only \"\" or null)");
+  }
+  if (model.contains("dropout") && !model.at("dropout").is_null()) {
+    const json& dropout = model.at("dropout");
+    if (!dropout.is_number()) r.fail("model.dropout", "expected a number or null, got " + dropout.dump());
+    const double p = dropout.get<double>();
+    if (!(p >= 0.0 && p <= 1.0)) r.fail("model.dropout", "must lie in [0, 1], got " + dropout.dump());
+    // BPE dropout only acts when training; encoding as tokenizers does for inference ignores it.
+  }
 
   // Vocabulary and merges.
   const json& vocab_json = r.need(model, "vocab", "model.vocab");
@@ -840,8 +903,13 @@ std::unique_ptr<Tokenizer> load_tokenizer_json(const std::filesystem::path& toke
   vocab.reserve(vocab_json.size() * 2);
   for (auto it = vocab_json.begin(); it != vocab_json.end(); ++it) {
     if (!it.value().is_number_integer()) r.fail("model.vocab", "the id of \"" + it.key() + "\" is not an integer");
+    if (it.value().is_number_unsigned() && it.value().get<uint64_t>() > uint64_t(INT64_MAX))
+      r.fail("model.vocab", "the id of \"" + it.key() + "\" is too large");
     vocab.emplace(it.key(), it.value().get<int64_t>());
   }
+  const size_t added_count =
+      root.contains("added_tokens") && root.at("added_tokens").is_array() ? root.at("added_tokens").size() : 0;
+  check_vocab_ids(vocab, vocab.size() + added_count, tokenizer_json.string() + ": key model.vocab");
   const json& merges_json = r.need(model, "merges", "model.merges");
   if (!merges_json.is_array()) r.fail("model.merges", "expected an array");
   std::vector<std::pair<std::string, std::string>> merges;
@@ -865,6 +933,9 @@ std::unique_ptr<Tokenizer> load_tokenizer_json(const std::filesystem::path& toke
   Spec spec;
   // Added tokens.
   std::unordered_map<std::string, int64_t> all_ids = vocab;
+  if (root.contains("added_tokens") && !root.at("added_tokens").is_null() && !root.at("added_tokens").is_array())
+    r.fail("added_tokens", "expected an array of tokens");
+  std::unordered_map<int64_t, std::string> added_ids;
   if (root.contains("added_tokens") && root.at("added_tokens").is_array()) {
     const json& list = root.at("added_tokens");
     for (size_t i = 0; i < list.size(); ++i) {
@@ -874,7 +945,11 @@ std::unique_ptr<Tokenizer> load_tokenizer_json(const std::filesystem::path& toke
       a.content = r.string_of(t, "content", key + ".content");
       const json& id = r.need(t, "id", key + ".id");
       if (!id.is_number_integer()) r.fail(key + ".id", "expected an integer");
+      if (id.is_number_unsigned() && id.get<uint64_t>() > uint64_t(INT64_MAX)) r.fail(key + ".id", "too large");
       a.id = id.get<int64_t>();
+      check_token_id(a.id, vocab.size() + list.size(), tokenizer_json.string() + ": key " + key + ".id");
+      if (!added_ids.emplace(a.id, a.content).second)
+        r.fail(key + ".id", "id " + std::to_string(a.id) + " is also that of added token \"" + added_ids.at(a.id) + "\"");
       a.special = r.bool_or(t, "special", false, key + ".special");
       a.lstrip = r.bool_or(t, "lstrip", false, key + ".lstrip");
       a.rstrip = r.bool_or(t, "rstrip", false, key + ".rstrip");
@@ -932,8 +1007,11 @@ std::unique_ptr<Tokenizer> load_gpt2_bpe_with_config(const std::filesystem::path
   for (auto it = vocab_root.begin(); it != vocab_root.end(); ++it) {
     if (!it.value().is_number_integer())
       throw std::runtime_error(vocab_json.string() + ": key " + it.key() + ": the id is not an integer");
+    if (it.value().is_number_unsigned() && it.value().get<uint64_t>() > uint64_t(INT64_MAX))
+      throw std::runtime_error(vocab_json.string() + ": key " + it.key() + ": the id is too large");
     vocab.emplace(it.key(), it.value().get<int64_t>());
   }
+  check_vocab_ids(vocab, vocab.size(), vocab_json.string());
   std::ifstream in(merges_txt, std::ios::binary);
   if (!in) throw std::runtime_error(merges_txt.string() + ": cannot open file");
   std::vector<std::pair<std::string, std::string>> merges;
@@ -948,19 +1026,43 @@ std::unique_ptr<Tokenizer> load_gpt2_bpe_with_config(const std::filesystem::path
     merges.emplace_back(line.substr(0, space), line.substr(space + 1));
   }
 
+  const TokenizerConfig config = read_tokenizer_config(config_path);
   Spec spec;
+  // transformers' slow tokenizers that read these files: GPT-2's split regex,
+  // or Qwen2's (with NFC normalization) when tokenizer_config.json names it.
+  const bool qwen2 = config.tokenizer_class == "Qwen2Tokenizer";
   PreTokenizerStep byte_level{};
   byte_level.kind = PreTokenizerStep::Kind::ByteLevel;
   byte_level.add_prefix_space = false;
   byte_level.map_bytes = false;
-  byte_level.regex = std::make_shared<Regex>(kGpt2Pattern, "GPT-2 pattern");
+  byte_level.regex = qwen2 ? std::make_shared<Regex>(kQwen2Pattern, "Qwen2 pattern")
+                           : std::make_shared<Regex>(kGpt2Pattern, "GPT-2 pattern");
   spec.pre_tokenizer.push_back(std::move(byte_level));
+  if (qwen2) spec.normalizer.push_back(NormalizerStep{NormalizerStep::Kind::Nfc, "", "", nullptr});
+  // Added tokens recorded by transformers in tokenizer_config.json.
+  std::unordered_map<std::string, int64_t> all_ids = vocab;
+  std::unordered_map<int64_t, std::string> added_ids;
+  for (const auto& c : config.added_tokens) {
+    const std::string where = config_path.string() + ": key added_tokens_decoder." + std::to_string(c.id);
+    check_token_id(c.id, vocab.size() + config.added_tokens.size(), where);
+    if (!added_ids.emplace(c.id, c.content).second)
+      throw std::runtime_error(where + ": id given twice");
+    AddedToken a;
+    a.content = c.content;
+    a.id = c.id;
+    a.special = c.special;
+    a.lstrip = c.lstrip;
+    a.rstrip = c.rstrip;
+    a.single_word = c.single_word;
+    a.normalized = c.normalized;
+    all_ids[a.content] = a.id;
+    spec.added.push_back(std::move(a));
+  }
   spec.decoder = std::vector<DecoderStep>{DecoderStep{DecoderStep::Kind::ByteLevel, "", "", 0, 0, true}};
   BpeOptions options;
   options.byte_level_input = true;
-  const auto ids = vocab;
   spec.model = std::make_unique<BpeModel>(std::move(vocab), merges, options, merges_txt.string());
-  settle_bos_eos(spec, ids, read_tokenizer_config(config_path), config_path.string());
+  settle_bos_eos(spec, all_ids, config, config_path.string());
   spec.description = "byte-level BPE (" + vocab_json.string() + ", " + merges_txt.string() + ")";
   return std::make_unique<HfBpeTokenizer>(std::move(spec));
 }
@@ -984,6 +1086,41 @@ TokenizerConfig read_tokenizer_config(const std::filesystem::path& path) {
   };
   flag("add_bos_token", config.add_bos_token);
   flag("add_eos_token", config.add_eos_token);
+  if (root.contains("tokenizer_class") && root.at("tokenizer_class").is_string())
+    config.tokenizer_class = root.at("tokenizer_class").get<std::string>();
+  if (root.contains("added_tokens_decoder") && !root.at("added_tokens_decoder").is_null()) {
+    const json& added = root.at("added_tokens_decoder");
+    if (!added.is_object())
+      throw std::runtime_error(path.string() + ": key added_tokens_decoder: expected an object of id -> token");
+    for (auto it = added.begin(); it != added.end(); ++it) {
+      const std::string key = "added_tokens_decoder." + it.key();
+      TokenizerConfig::AddedToken a;
+      size_t used = 0;
+      try {
+        a.id = std::stoll(it.key(), &used);
+      } catch (const std::exception&) {
+        used = 0;
+      }
+      if (used == 0 || used != it.key().size())
+        throw std::runtime_error(path.string() + ": key " + key + ": the key is not a token id");
+      const json& t = it.value();
+      if (!t.is_object() || !t.contains("content") || !t.at("content").is_string())
+        throw std::runtime_error(path.string() + ": key " + key + ": expected {\"content\": ...}");
+      a.content = t.at("content").get<std::string>();
+      auto bool_of = [&](const char* name, bool fallback) {
+        if (!t.contains(name) || t.at(name).is_null()) return fallback;
+        if (!t.at(name).is_boolean())
+          throw std::runtime_error(path.string() + ": key " + key + "." + name + ": expected true or false");
+        return t.at(name).get<bool>();
+      };
+      a.special = bool_of("special", false);
+      a.lstrip = bool_of("lstrip", false);
+      a.rstrip = bool_of("rstrip", false);
+      a.single_word = bool_of("single_word", false);
+      a.normalized = bool_of("normalized", !a.special);
+      config.added_tokens.push_back(std::move(a));
+    }
+  }
   token("bos_token", config.bos_token);
   token("eos_token", config.eos_token);
   return config;

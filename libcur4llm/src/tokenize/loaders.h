@@ -5,6 +5,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 namespace cur4llm::detail {
 
@@ -14,6 +15,15 @@ struct TokenizerConfig {
   std::optional<bool> add_eos_token;
   std::optional<std::string> bos_token;
   std::optional<std::string> eos_token;
+  std::string tokenizer_class;  ///< e.g. "Qwen2Tokenizer"; empty when not given
+
+  /// One entry of "added_tokens_decoder" (transformers' record of added tokens).
+  struct AddedToken {
+    int64_t id = 0;
+    std::string content;
+    bool special = false, lstrip = false, rstrip = false, single_word = false, normalized = false;
+  };
+  std::vector<AddedToken> added_tokens;  ///< from "added_tokens_decoder", in file order
 };
 
 /// Reads tokenizer_config.json; an empty path gives an empty config.

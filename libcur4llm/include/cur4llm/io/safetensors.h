@@ -48,6 +48,10 @@ class SafetensorsFile {
   const std::map<std::string, std::string>& metadata() const;
   /// A CPU tensor holding a copy of the stored data, in the stored dtype.
   at::Tensor load(const std::string& name) const;
+  /// Checks the data-section checksum that save_safetensors_checked() writes
+  /// (metadata kDataChecksumKey); throws std::runtime_error naming the file if
+  /// it is absent or does not match the bytes.
+  void verify_data_checksum() const;
 
  private:
   struct Impl;
@@ -91,6 +95,19 @@ class Checkpoint {
 void save_safetensors(const std::filesystem::path& path,
                       const std::vector<std::pair<std::string, at::Tensor>>& tensors,
                       const std::map<std::string, std::string>& metadata = {});
+
+/// The metadata key under which save_safetensors_checked() stores the data checksum.
+constexpr const char* kDataChecksumKey = "checksum.data";
+
+/// save_safetensors() with a checksum of the data section in the metadata
+/// (key kDataChecksumKey), for caches that must notice a damaged file.
+void save_safetensors_checked(const std::filesystem::path& path,
+                              const std::vector<std::pair<std::string, at::Tensor>>& tensors,
+                              const std::map<std::string, std::string>& metadata = {});
+
+/// The checksum written by save_safetensors_checked(): "fnv1a64x4:" and 16 hex
+/// digits, a 64-bit FNV-1a over 8-byte little-endian words in 4 interleaved lanes.
+std::string data_checksum(const uint8_t* data, uint64_t size);
 
 /// The safetensors dtype string for a scalar type ("F32", ...); throws for unsupported types.
 std::string safetensors_dtype(c10::ScalarType type);

@@ -32,6 +32,7 @@ namespace cur4llm::model {
 struct LoadOptions {
   c10::Device device = c10::Device(c10::kCPU);   ///< CPU or CUDA
   std::optional<c10::ScalarType> dtype;           ///< default: float32 on CPU, config's dtype on CUDA
+  bool allow_nonfinite = false;                   ///< load weights holding NaN/inf (refused by default)
 };
 
 /// The role a Linear plays inside a decoder layer.
