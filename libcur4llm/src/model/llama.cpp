@@ -31,7 +31,7 @@ class Llama final : public ValueGraphArchitecture<Llama> {
   }
 
   std::vector<ExpectedTensor> expected_tensors() const override {
-    const int64_t h = c_.hidden_size, f = c_.intermediate_size;
+    const int64_t h = c_.hidden_size;
     const int64_t q_dim = c_.num_heads * c_.head_dim, kv_dim = c_.num_kv_heads * c_.head_dim;
     std::vector<ExpectedTensor> out;
     out.push_back({"model.embed_tokens.weight", {c_.vocab_size, h}});
@@ -42,6 +42,7 @@ class Llama final : public ValueGraphArchitecture<Llama> {
     };
     for (int64_t i = 0; i < c_.num_layers; ++i) {
       const LayerNames& n = layers_[i];
+      const int64_t f = c_.layer_shape(i).intermediate_size;
       out.push_back({n.attn_norm, {h}});
       linear(n.q, q_dim, h, c_.attention_bias, i, LinearRole::Q);
       linear(n.k, kv_dim, h, c_.attention_bias, i, LinearRole::K);

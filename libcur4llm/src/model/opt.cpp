@@ -36,7 +36,7 @@ class Opt final : public ValueGraphArchitecture<Opt> {
   }
 
   std::vector<ExpectedTensor> expected_tensors() const override {
-    const int64_t h = c_.hidden_size, e = c_.word_embed_proj_dim, f = c_.intermediate_size;
+    const int64_t h = c_.hidden_size, e = c_.word_embed_proj_dim;
     std::vector<ExpectedTensor> out;
     out.push_back({std::string(kPrefix) + "embed_tokens.weight", {c_.vocab_size, e}});
     out.push_back({std::string(kPrefix) + "embed_positions.weight", {c_.max_position_embeddings + kPositionOffset, h}});
@@ -54,6 +54,7 @@ class Opt final : public ValueGraphArchitecture<Opt> {
     };
     for (int64_t i = 0; i < c_.num_layers; ++i) {
       const LayerNames& n = layers_[i];
+      const int64_t f = c_.layer_shape(i).intermediate_size;
       linear(n.q, h, h, i, LinearRole::Q);
       linear(n.k, h, h, i, LinearRole::K);
       linear(n.v, h, h, i, LinearRole::V);

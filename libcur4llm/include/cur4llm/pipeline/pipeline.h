@@ -46,11 +46,13 @@ struct PipelineOptions {
   std::string calib_dataset = "wikitext2";  ///< dataset spec or text file (docs/data.md)
   std::string scaling_method = "abs_mean";  ///< abs_mean, abs_max, fisher, fisher_abs_mean
   std::string sensitivity_metric = "ppl";   ///< ppl or stable_rank
-  std::string method = "cur";               ///< compressor name: cur, svd, grad_cur, skeleton, ... (compress/factory.h)
+  std::string method = "cur";               ///< compressor name: cur, svd, grad_cur, skeleton, ... (compress/factory.h), or a module method (modules/modules.h: mlp_nystrom)
   std::string cur_selection = "topk";       ///< CUR: topk or sampled leverage
   bool cur_fold_u = false;                  ///< CUR: store C·U [out, k] and R instead of C, U and R (CUROptions::fold_u)
   std::string sigma_fuse = "UV";            ///< SVD: U, V or UV
-  std::string search = "reference";   ///< param-ratio search: reference (binary search) or lagrangian (docs/search.md)
+  std::string channel_selection = "greedy";  ///< module methods: greedy or ridge_leverage (modules/mlp_nystrom.h)
+  double ridge = 1e-4;                      ///< module methods: ridge of the refit, relative to the mean of diag(G)
+  std::string search = "reference";   ///< param-ratio search: reference (binary search) or lagrangian (docs/search.md); module methods: uniform widths or lagrangian
   std::vector<double> candidates;     ///< ppl sensitivity candidate ratios in (0, 1); empty: the reference's
   bool sequential = false;            ///< data-aware methods: decompose layer by layer on the compressed model's inputs
   uint64_t seed = 233;                ///< calibration sampling (and sampled CUR)
