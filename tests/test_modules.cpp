@@ -1,16 +1,21 @@
 // Module methods (modules/): MLP Nyström numerics against closed forms, the
 // narrowed layers a model installs, exact parameter accounting.
 #include <cur4llm/calib/statistics.h>
+#include <cur4llm/compress/factory.h>
 #include <cur4llm/compress/gram.h>
+#include <cur4llm/io/files.h>
 #include <cur4llm/model/causal_lm.h>
 #include <cur4llm/modules/mlp_nystrom.h>
 #include <cur4llm/modules/modules.h>
+#include <cur4llm/repo/acur_repo.h>
 
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
 #include <catch2/catch.hpp>
+#include <nlohmann/json.hpp>
 
 #include "test_helpers.h"
+#include "test_paths.h"
 
 #include <string>
 
@@ -266,5 +271,43 @@ TEST_CASE("compress_modules with the lagrangian allocation stays within the targ
   for (const auto& [name, k] : result.widths) {
     const bool candidate = k == 6 || k == 12 || k == 18 || k == 24;
     CHECK(candidate);
+  }
+}
+
+TEST_CASE("acur repository round trip of narrowed MLPs: the same logits, bit for bit, and the widths in config.json") {
+  for (const char* fixture : {"llama_gqa", "tiny-shakespeare-opt"}) {
+    DYNAMIC_SECTION(fixture) {
+      auto lm = model::CausalLM::load(test::model_dir(fixture));
+      const auto stats = gram_stats(*lm);
+      const auto mods = modules::mlp_modules(*lm);
+      const int64_t k = mods[0].width / 2 + 1;
+      modules::compress_mlp(*lm, mods[0], k, stats.mean_gram(mods[0].consumer));
+      // A factorized slot elsewhere in the same repository: module methods combine with per-layer ones.
+      const std::string q = mods[0].producers.size() == 2 ? "model.layers.1.self_attn.q_proj"
+                                                          : "model.decoder.layers.1.self_attn.q_proj";
+      const auto& dense_q = lm->dense_linear(q);
+      lm->replace_linear(q, compress::make_compressor("svd")->compress(dense_q.weight(), dense_q.bias(),
+                                                                       at::ones({dense_q.in_features()}), 0.5));
+      const auto ids = at::tensor(test::make_samples({24}, lm->config().vocab_size, 7).front(), at::kLong).unsqueeze(0);
+      const auto before = lm->forward(ids);
+      test::TempDir dir("modules_export");
+      repo::write_acur_repo(*lm, dir / "repo", {});
+
+      const auto config = nlohmann::json::parse(io::read_file(dir / "repo" / "config.json"));
+      REQUIRE(config.contains("layer_shapes"));
+      REQUIRE(config.at("layer_shapes").size() == static_cast<size_t>(lm->config().num_layers));
+      CHECK(config.at("layer_shapes")[0].at("intermediate_size").get<int64_t>() == k);
+      CHECK(config.at("layer_shapes")[1].empty());
+      CHECK(config.at("acur").at("layers").contains(q));
+
+      auto back = model::CausalLM::load(dir / "repo");
+      CHECK(back->config().layer_shape(0).intermediate_size == k);
+      CHECK(back->config().layer_shape(1).intermediate_size == mods[0].width);
+      CHECK(back->linear(mods[0].consumer).in_features() == k);
+      CHECK(back->linear(q).kind() == "svd");
+      CHECK(model::count_params(*back).linear_stored == model::count_params(*lm).linear_stored);
+      CHECK(model::count_params(*back).linear_dense == model::count_params(*lm).linear_dense);
+      CHECK(at::equal(back->forward(ids), before));
+    }
   }
 }
