@@ -7,6 +7,7 @@
 #include <cur4llm/model/causal_lm.h>
 #include <cur4llm/modules/mlp_nystrom.h>
 #include <cur4llm/modules/modules.h>
+#include <cur4llm/modules/vo_svd.h>
 #include <cur4llm/repo/acur_repo.h>
 
 #include <ATen/ATen.h>
@@ -272,6 +273,31 @@ TEST_CASE("compress_modules with the lagrangian allocation stays within the targ
     const bool candidate = k == 6 || k == 12 || k == 18 || k == 24;
     CHECK(candidate);
   }
+  // A table given beforehand is used instead of measuring: its scores steer the allocation.
+  search::SensitivityTable given("ppl");
+  auto fresh = random_model(kOpt);
+  const auto mods = modules::mlp_modules(*fresh);
+  for (double r : o.candidates) {
+    given.add(mods[0].name(), r, 1000.0 / r);  // layer 0 very sensitive
+    given.add(mods[1].name(), r, 1.0);          // layer 1 not at all
+  }
+  o.sensitivity = &given;
+  auto steered = modules::compress_modules(*fresh, gram_stats(*fresh), samples, 0.85, o);
+  CHECK(steered.widths.at(mods[0].name()) > steered.widths.at(mods[1].name()));
+  CHECK(steered.sensitivity.score(mods[1].name(), 0.25).value() == 1.0);
+}
+
+TEST_CASE("compress_modules: modular allocates MLPs and value-output pairs together within the target") {
+  auto lm = random_model(kLlama);
+  const auto stats = gram_stats(*lm);
+  const auto samples = test::make_samples({16, 16}, 64, 4);
+  auto result = modules::compress_modules(*lm, stats, samples, 0.8, {"modular"});
+  CHECK(result.widths.size() == 4);  // 2 MLPs + 2 value-output pairs
+  CHECK(result.widths.count("model.layers.1.self_attn.vo") == 1);
+  CHECK(result.plan.param_ratio() <= 0.8);
+  CHECK(result.plan.stored_params() == model::count_params(*lm).linear_stored);
+  CHECK(lm->config().layer_shape(0).v_head_dim < lm->config().head_dim);
+  CHECK(at::isfinite(lm->forward(at::tensor(samples.front(), at::kLong).unsqueeze(0))).all().item<bool>());
 }
 
 TEST_CASE("acur repository round trip of narrowed MLPs: the same logits, bit for bit, and the widths in config.json") {
@@ -310,4 +336,91 @@ TEST_CASE("acur repository round trip of narrowed MLPs: the same logits, bit for
       CHECK(at::equal(back->forward(ids), before));
     }
   }
+}
+
+TEST_CASE("vo_svd: exact at full width, and the Eckart-Young error per group on white inputs") {
+  const int64_t heads = 4, kv = 2, d = 5, h = 7;
+  const auto wv = randn64({kv * d, h}, 11), wo = randn64({h, heads * d}, 12);
+  const auto x = randn64({300, h}, 13);
+  const auto g = x.t().mm(x) / 300.0;
+  auto head_product = [&](const at::Tensor& o, const at::Tensor& v, int64_t i, int64_t width) {
+    return o.narrow(1, i * width, width).mm(v.narrow(0, (i / (heads / kv)) * width, width));
+  };
+  const auto full = modules::vo_svd(wv, {}, wo, {}, g, heads, kv, d);
+  for (int64_t i = 0; i < heads; ++i) {
+    CHECK(max_abs(head_product(full.output_weight, full.value_weight, i, d) - head_product(wo, wv, i, d)) < 1e-9);
+  }
+  const int64_t dv = 2;
+  const auto eye = at::eye(h, g.options());
+  const auto cut = modules::vo_svd(wv, {}, wo, {}, eye, heads, kv, dv);
+  CHECK(cut.value_weight.sizes() == at::IntArrayRef({kv * dv, h}));
+  CHECK(cut.output_weight.sizes() == at::IntArrayRef({h, heads * dv}));
+  for (int64_t j = 0; j < kv; ++j) {
+    double err = 0;
+    std::vector<at::Tensor> stacked;
+    for (int64_t i = j * 2; i < j * 2 + 2; ++i) {
+      const auto exact = head_product(wo, wv, i, d);
+      err += (exact - head_product(cut.output_weight, cut.value_weight, i, dv)).pow(2).sum().item<double>();
+      stacked.push_back(exact);
+    }
+    const auto sv = at::linalg_svdvals(at::cat(stacked, 0));  // the group's best rank-dv error: the tail
+    CHECK(err == Approx(sv.narrow(0, dv, sv.size(0) - dv).pow(2).sum().item<double>()).epsilon(1e-9));
+  }
+  CHECK_THROWS_AS(modules::vo_svd(wv, at::ones({kv * d}), wo, {}, g, heads, kv, 2), std::invalid_argument);
+  CHECK_THROWS_AS(modules::vo_svd(wv, {}, wo, {}, g, heads, kv, d + 1), std::invalid_argument);
+  CHECK_THROWS_AS(modules::vo_svd(wv, {}, wo, {}, g, 3, kv, 2), std::invalid_argument);
+}
+
+TEST_CASE("compress_vo: narrower value heads give the same logits when the values have that rank (GQA, OPT biases)") {
+  for (const char* json : {kLlama, kOpt}) {
+    auto lm = random_model(json);
+    const auto& c = lm->config();
+    const int64_t d = c.head_dim, dv = 2;
+    auto mods = modules::vo_modules(*lm);
+    REQUIRE(mods.size() == 2);
+    const auto& m = mods[0];
+    CHECK(m.heads == c.num_heads);
+    CHECK(m.kv_heads == c.num_kv_heads);
+    // Each value head of rank dv; biases on both sides where the family has them (folded into o_proj).
+    const auto& v = lm->dense_linear(m.value);
+    const auto& o = lm->dense_linear(m.output);
+    std::vector<at::Tensor> blocks;
+    for (int64_t j = 0; j < m.kv_heads; ++j) {
+      blocks.push_back(randn64({d, dv}, 20 + j).mm(randn64({dv, m.hidden}, 30 + j)).to(at::kFloat) * 0.3);
+    }
+    const auto v_bias = v.bias().defined() ? randn64({v.out_features()}, 40).to(at::kFloat) : at::Tensor();
+    const auto o_bias = o.bias().defined() ? randn64({o.out_features()}, 41).to(at::kFloat) : at::Tensor();
+    lm->replace_linear(m.value, std::make_shared<model::DenseLinear>(at::cat(blocks, 0), v_bias));
+    lm->replace_linear(m.output, std::make_shared<model::DenseLinear>(o.weight(), o_bias));
+    const auto stats = gram_stats(*lm);
+    const auto ids = at::tensor(test::make_samples({20}, 64, 9).front(), at::kLong).unsqueeze(0);
+    const auto before = lm->forward(ids);
+    const auto counts = model::count_params(*lm);
+
+    const auto rows = modules::compress_vo(*lm, m, dv, stats.mean_gram(m.value));
+    CHECK(lm->config().layer_shape(0).v_head_dim == dv);
+    CHECK(lm->config().layer_shape(1).v_head_dim == d);
+    CHECK(lm->linear(m.value).out_features() == m.kv_heads * dv);
+    CHECK(lm->linear(m.output).in_features() == m.heads * dv);
+    const int64_t saved = m.hidden * (d - dv) * (m.kv_heads + m.heads);
+    CHECK(model::count_params(*lm).linear_stored == counts.linear_stored - saved);
+    CHECK(modules::vo_weight_params(m, dv) == modules::vo_dense_params(m) - saved);
+    CHECK(rows[0].stored_params + rows[1].stored_params == modules::vo_weight_params(m, dv));
+    const auto after = lm->forward(ids);
+    CHECK(max_abs(after - before) < 1e-4 * std::max(1.0, max_abs(before)));
+    // At one less than the values' rank the model changes.
+    auto lm2 = random_model(json);
+    modules::compress_vo(*lm2, modules::vo_modules(*lm2)[0], 1, gram_stats(*lm2).mean_gram(m.value));
+    CHECK(lm2->forward(ids).sizes() == before.sizes());
+  }
+}
+
+TEST_CASE("narrowed value heads are refused by the export, naming v_head_dim, and nothing is written") {
+  auto lm = model::CausalLM::load(test::model_dir("llama_gqa"));
+  const auto stats = gram_stats(*lm);
+  const auto m = modules::vo_modules(*lm)[0];
+  modules::compress_vo(*lm, m, m.width / 2, stats.mean_gram(m.value));
+  test::TempDir dir("modules_vo_export");
+  CHECK_THROWS_WITH(repo::write_acur_repo(*lm, dir / "repo", {}), Catch::Contains("v_head_dim"));
+  CHECK_FALSE(std::filesystem::exists(dir / "repo"));
 }

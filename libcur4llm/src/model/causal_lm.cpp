@@ -394,9 +394,13 @@ std::map<std::string, LinearPtr> CausalLM::reshape_layer(int64_t layer, const La
     throw std::invalid_argument(fmt::format("reshape_layer({}): intermediate_size {} exceeds the model's {}", layer,
                                             resolved.intermediate_size, config_.intermediate_size));
   }
-  if (resolved.qk_head_dim != config_.head_dim || resolved.v_head_dim != config_.head_dim) {
-    throw std::invalid_argument(fmt::format("reshape_layer({}): head widths other than head_dim ({}) are not supported",
+  if (resolved.qk_head_dim != config_.head_dim) {
+    throw std::invalid_argument(fmt::format("reshape_layer({}): a qk_head_dim other than head_dim ({}) is not supported",
                                             layer, config_.head_dim));
+  }
+  if (resolved.v_head_dim > config_.head_dim) {
+    throw std::invalid_argument(fmt::format("reshape_layer({}): v_head_dim {} exceeds head_dim ({})", layer,
+                                            resolved.v_head_dim, config_.head_dim));
   }
   auto next_arch = make_architecture(next);
   std::map<std::string, std::pair<int64_t, int64_t>> expected;  // this layer's slots: (in, out)

@@ -172,10 +172,11 @@ void parse_layer_shapes(const Keys& k, ModelConfig& c) {
       throw k.error(where, fmt::format("intermediate_size {} exceeds the model's {}", s.intermediate_size,
                                        c.intermediate_size));
     }
-    for (int64_t d : {s.qk_head_dim, s.v_head_dim}) {
-      if (d != 0 && d != c.head_dim) {
-        throw k.error(where, fmt::format("a head width of {} other than head_dim ({}) is not supported", d, c.head_dim));
-      }
+    if (s.qk_head_dim != 0 && s.qk_head_dim != c.head_dim) {
+      throw k.error(where, fmt::format("a qk_head_dim other than head_dim ({}) is not supported", c.head_dim));
+    }
+    if (s.v_head_dim > c.head_dim) {
+      throw k.error(where, fmt::format("v_head_dim {} exceeds head_dim ({})", s.v_head_dim, c.head_dim));
     }
     for (const auto& [key, value] : list[i].items()) {
       if (key != "intermediate_size" && key != "qk_head_dim" && key != "v_head_dim") {

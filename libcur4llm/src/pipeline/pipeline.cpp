@@ -157,7 +157,31 @@ PipelineResult compress_modules_stage(model::CausalLM& lm, const std::vector<std
   mopts.candidates = o.candidates;
   mopts.batch_size = o.batch_size;
   mopts.show_progress = o.show_progress;
+  // The lagrangian allocation's per-module table, cached like the per-layer sensitivity.
+  std::optional<search::SensitivityTable> cached_table;
+  auto sens_fields = stats_fields;
+  sens_fields["method"] = o.method;
+  sens_fields["method_options"] = method_cache_options(o);
+  sens_fields["rank_align"] = std::to_string(o.rank_align);
+  std::string cands;
+  for (double r : o.candidates) cands += (cands.empty() ? "" : ",") + fmt_double(r);
+  sens_fields["candidates"] = cands.empty() ? "default" : cands;
+  io::CacheKey sens_key{"module_sensitivity", sens_fields};
+  const fs::path sens_file = o.cache_dir / sens_key.file_name("json");
+  if (mopts.allocation == "lagrangian") {
+    cached_table = cache_lookup<search::SensitivityTable>(
+        o, sens_key, sens_file, [](const fs::path& p, std::map<std::string, std::string>& meta) {
+          auto t = search::SensitivityTable::load(p);
+          meta = t.meta();
+          return t;
+        });
+    if (cached_table) mopts.sensitivity = &*cached_table;
+  }
   auto done = modules::compress_modules(lm, *stats, samples, o.param_ratio_target, mopts);
+  if (mopts.allocation == "lagrangian" && !cached_table && o.use_cache) {
+    done.sensitivity.meta() = sens_key.as_metadata();
+    done.sensitivity.save(sens_file);
+  }
   result.timings.emplace_back("decompose_s", seconds_since(t0));
   result.plan = std::move(done.plan);
   result.dense_calibration_ppl = done.dense_calibration_ppl;

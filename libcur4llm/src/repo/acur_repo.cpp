@@ -278,6 +278,13 @@ ExportResult write_acur_repo(const model::CausalLM& lm, const fs::path& folder, 
   // Layers a module method narrowed (model::LayerShapes): their widths, read by the modeling code and by cur4llm.
   config.erase("layer_shapes");
   if (lm.config().has_layer_shapes()) {
+    for (int64_t i = 0; i < lm.config().num_layers; ++i) {
+      if (lm.config().layer_shape(i).v_head_dim != lm.config().head_dim) {
+        throw std::invalid_argument(fmt::format(
+            "write_acur_repo: layer {} has narrowed value heads (v_head_dim {}), which transformers' attention "
+            "cannot load; only narrowed MLPs are exported", i, lm.config().layer_shape(i).v_head_dim));
+      }
+    }
     Json shapes = Json::array();
     for (int64_t i = 0; i < lm.config().num_layers; ++i) {
       const model::LayerShapes s = lm.config().layer_shape(i);

@@ -31,7 +31,7 @@ struct RopeScaling {
 struct LayerShapes {
   int64_t intermediate_size = 0;  ///< MLP hidden width (rows of up/gate or fc1; columns of down or fc2)
   int64_t qk_head_dim = 0;        ///< per-head width of queries and keys (reserved: equals head_dim in this version)
-  int64_t v_head_dim = 0;         ///< per-head width of values (reserved: equals head_dim in this version)
+  int64_t v_head_dim = 0;         ///< per-head width of values and of the attention output (o_proj's input per head)
   bool operator==(const LayerShapes& o) const {
     return intermediate_size == o.intermediate_size && qk_head_dim == o.qk_head_dim && v_head_dim == o.v_head_dim;
   }

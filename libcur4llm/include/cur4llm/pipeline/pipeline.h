@@ -46,7 +46,7 @@ struct PipelineOptions {
   std::string calib_dataset = "wikitext2";  ///< dataset spec or text file (docs/data.md)
   std::string scaling_method = "abs_mean";  ///< abs_mean, abs_max, fisher, fisher_abs_mean
   std::string sensitivity_metric = "ppl";   ///< ppl or stable_rank
-  std::string method = "cur";               ///< compressor name: cur, svd, grad_cur, skeleton, ... (compress/factory.h), or a module method (modules/modules.h: mlp_nystrom)
+  std::string method = "cur";               ///< compressor name: cur, svd, grad_cur, skeleton, ... (compress/factory.h), or a module method (modules/modules.h: mlp_nystrom, vo_svd, modular)
   std::string cur_selection = "topk";       ///< CUR: topk or sampled leverage
   bool cur_fold_u = false;                  ///< CUR: store C·U [out, k] and R instead of C, U and R (CUROptions::fold_u)
   std::string sigma_fuse = "UV";            ///< SVD: U, V or UV
