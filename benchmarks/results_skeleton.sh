@@ -83,7 +83,7 @@ export acur shared model ratios text work device LIMIT BATCH DEADLINE CANDIDATES
   --output "$work/dense" > "$work/dense.log" 2>&1 || echo "FAILED: dense" | tee -a "$work/failures.txt"
 
 for wave in "$wave1" "$wave2"; do
-  printf '%s\n' "$wave" | grep -v '^ *$' | xargs -P "${JOBS:-8}" -L 1 bash -c 'run_job "$@"' _
+  printf '%s\n' "$wave" | grep -v '^ *$' | xargs -r -P "${JOBS:-8}" -L 1 bash -c 'run_job "$@"' _
 done
 cat "$work"/*/results.jsonl > "$out/$label-results.jsonl" 2>/dev/null
 echo "$label: $(wc -l < "$out/$label-results.jsonl") results in $out/$label-results.jsonl"

@@ -69,7 +69,10 @@ inline void add_pipeline_flags(boost::program_options::options_description& ref,
        "decomposition (default: skeleton_swap; cur with --preset reference): cur, svd, grad_cur (CUR with "
        "trainable scales); on the input Gram matrix: svd_whiten, "
        "skeleton (row or column side per layer), skeleton_row, skeleton_col, cur_whiten, cur_deim, cur_qr; "
-       "skeleton_diag (on the scale); see docs/methods.md")
+       "skeleton_diag (on the scale); module methods (smaller dense layers): mlp_nystrom, vo_svd, modular; see docs/methods.md")
+      ("channel_selection", po::value(&o.channel_selection)->default_value("greedy"),
+       "mlp_nystrom / modular: kept channels by greedy (output-weighted pivoted Cholesky) or ridge_leverage")
+      ("ridge", po::value(&o.ridge)->default_value(1e-4), "mlp_nystrom: ridge of the refit, relative to the mean activation power")
       ("cur_selection", po::value(&o.cur_selection)->default_value("topk"), "CUR rows/columns: topk or sampled leverage")
       ("cur_fold_u", po::bool_switch(&o.cur_fold_u),
        "CUR: store C*U instead of C and U (out*k + k*in weights instead of + k*k: a higher rank at the same ratio "

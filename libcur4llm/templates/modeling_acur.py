@@ -18,6 +18,11 @@
 #   kind "skeleton_col"  W_J [out, k], Z_rest [k, in - k], col_index (int64 [in]),
 #                bias [out]: v = x[col_index]; y = W_J (v[:k] + Z_rest v[k:]) + bias
 #
+# config.json's "layer_shapes" (one object per decoder layer, written when a
+# module method of cur4llm narrowed layers) gives a layer's MLP width
+# "intermediate_size": its gate_proj / up_proj / fc1 get that many output
+# features and its down_proj / fc2 that many input features (plain nn.Linear).
+#
 # A tensor listed in a layer's "quantized" list is stored packed as
 # <name>.qweight (uint8 codes, little-endian bit stream per row), <name>.scales
 # and <name>.zeros (fp16, one per row and group of group_size columns), with
@@ -209,6 +214,35 @@ class AcurLinear(nn.Module):
         return f"kind={self.kind}, in_features={self.in_features}, out_features={self.out_features}"
 
 
+_MLP_PRODUCERS = ("mlp.gate_proj", "mlp.up_proj", "fc1")  # output features = the MLP width
+_MLP_CONSUMERS = ("mlp.down_proj", "fc2")                 # input features = the MLP width
+
+
+def _narrow_layers(model, config):
+    """Replaces the MLP Linears of every layer that config.json's "layer_shapes" narrows."""
+    shapes = getattr(config, "layer_shapes", None)
+    if not shapes:
+        return
+    if not isinstance(shapes, list) or len(shapes) != config.num_hidden_layers:
+        raise ValueError('config.json: "layer_shapes" must list one object per layer')
+    for name, module in list(model.named_modules()):
+        if not isinstance(module, nn.Linear) or ".layers." not in name:
+            continue
+        index_text, _, rest = name.split(".layers.", 1)[1].partition(".")
+        width = (shapes[int(index_text)] or {}).get("intermediate_size")
+        if not width:
+            continue
+        if rest in _MLP_PRODUCERS:
+            new = nn.Linear(module.in_features, width, bias=module.bias is not None)
+        elif rest in _MLP_CONSUMERS:
+            new = nn.Linear(width, module.out_features, bias=module.bias is not None)
+        else:
+            continue
+        new.to(dtype=module.weight.dtype, device=module.weight.device)
+        parent_name, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent_name), child, new)
+
+
 class Acur{{PREFIX}}ForCausalLM({{PREFIX}}ForCausalLM):
     """{{PREFIX}}ForCausalLM whose compressed Linear layers are AcurLinear modules."""
 
@@ -216,6 +250,7 @@ class Acur{{PREFIX}}ForCausalLM({{PREFIX}}ForCausalLM):
 
     def __init__(self, config):
         super().__init__(config)
+        _narrow_layers(self, config)
         section = config.acur_section() if hasattr(config, "acur_section") else getattr(config, "acur", {})
         quantization = section.get("quantization")
         for name, spec in section.get("layers", {}).items():

@@ -99,11 +99,12 @@ at::Tensor allowed_mask(int64_t t, int64_t window, c10::Device device) {
 
 at::Tensor causal_attention(const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
                             int64_t num_heads, int64_t num_kv_heads, int64_t head_dim, const Rotary* rotary,
-                            int64_t window) {
+                            int64_t window, int64_t v_head_dim) {
   const int64_t b = q_in.size(0), t = q_in.size(1);
+  const int64_t dv = v_head_dim > 0 ? v_head_dim : head_dim;
   auto q = q_in.reshape({b, t, num_heads, head_dim});
   auto k = k_in.reshape({b, t, num_kv_heads, head_dim});
-  auto v = v_in.reshape({b, t, num_kv_heads, head_dim}).transpose(1, 2);
+  auto v = v_in.reshape({b, t, num_kv_heads, dv}).transpose(1, 2);
   if (rotary && fused::enabled_for(q) && fused::enabled_for(k)) {
     // One pass over q and k instead of ATen's six; the kernels keep the [B, T, heads, dim] layout.
     q = fused::rotary(q, rotary->cos, rotary->sin).transpose(1, 2);
@@ -140,7 +141,7 @@ at::Tensor causal_attention(const at::Tensor& q_in, const at::Tensor& k_in, cons
   const double scale = 1.0 / std::sqrt(static_cast<double>(head_dim));
   auto q3 = q.reshape({b * num_heads, t, head_dim});
   auto k3 = k.reshape({b * num_heads, t, head_dim});
-  auto v3 = v.reshape({b * num_heads, t, head_dim});
+  auto v3 = v.reshape({b * num_heads, t, dv});
   const int64_t rows = b * num_heads;
   const int64_t group = std::max<int64_t>(1, (int64_t{2} << 20) / std::max<int64_t>(1, t * t));
   std::vector<at::Tensor> parts;
@@ -151,9 +152,9 @@ at::Tensor causal_attention(const at::Tensor& q_in, const at::Tensor& k_in, cons
     auto probs = at::softmax(scores, -1, at::kFloat).to(q.scalar_type());
     parts.push_back(at::bmm(probs, v3.narrow(0, start, n)));
   }
-  out = (parts.size() == 1 ? parts.front() : at::cat(parts, 0)).view({b, num_heads, t, head_dim});
+  out = (parts.size() == 1 ? parts.front() : at::cat(parts, 0)).view({b, num_heads, t, dv});
 #endif
-  return out.transpose(1, 2).reshape({b, t, num_heads * head_dim});
+  return out.transpose(1, 2).reshape({b, t, num_heads * dv});
 }
 
 at::Tensor linear_activation(const LinearSlot& slot, const std::string& name, const at::Tensor& x) {

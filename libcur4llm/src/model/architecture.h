@@ -99,8 +99,11 @@ at::Tensor inverse_frequencies(const ModelConfig& config);
 /// Causal multi-head attention with grouped KV heads on [B, T, heads*head_dim]
 /// inputs. `rotary` (if given) is applied to q and k; `window` > 0 limits each
 /// query to the last `window` keys (Mistral). Scale is 1/sqrt(head_dim).
+/// `v_head_dim` (0: head_dim) is the per-head width of v and of the output,
+/// narrower where a module method reduced the values (LayerShapes::v_head_dim).
 at::Tensor causal_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t num_heads,
-                            int64_t num_kv_heads, int64_t head_dim, const Rotary* rotary, int64_t window);
+                            int64_t num_kv_heads, int64_t head_dim, const Rotary* rotary, int64_t window,
+                            int64_t v_head_dim = 0);
 
 /// The activation named by config.json ("relu", "silu", "gelu", "gelu_new", ...).
 at::Tensor activation(const std::string& name, const at::Tensor& x);

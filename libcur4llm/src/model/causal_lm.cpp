@@ -270,6 +270,20 @@ void CausalLM::populate(Fetch&& fetch, const std::set<std::string>& provided) {
     }
     linear_infos_.push_back({module, e.layer, e.role, e.shape[1], e.shape[0]});
   }
+  if (config_.has_layer_shapes()) {
+    // linears() describes the base model: its shapes come from the model-wide widths.
+    ModelConfig base = config_;
+    base.layer_shapes.clear();
+    std::map<std::string, std::vector<int64_t>> base_shapes;
+    for (const ExpectedTensor& e : make_architecture(base)->expected_tensors()) {
+      if (e.linear_weight) base_shapes[module_of(e.name)] = e.shape;
+    }
+    for (LinearInfo& info : linear_infos_) {
+      const auto& shape = base_shapes.at(info.name);
+      info.in_features = shape[1];
+      info.out_features = shape[0];
+    }
+  }
 }
 
 std::unique_ptr<CausalLM> CausalLM::load(const std::filesystem::path& folder, const LoadOptions& options) {
@@ -319,7 +333,11 @@ std::unique_ptr<CausalLM> CausalLM::load(const std::filesystem::path& folder, co
       },
       provided);
 
-  // The slots config.json describes, each rebuilt by its kind.
+  // The slots config.json describes, each rebuilt by its kind, in the shape of its layer's widths.
+  std::map<std::string, std::pair<int64_t, int64_t>> shapes;  // module -> (in, out)
+  for (const ExpectedTensor& e : lm->arch_->expected_tensors()) {
+    if (e.linear_weight) shapes[module_of(e.name)] = {e.shape[1], e.shape[0]};
+  }
   for (const SlotSpec& spec : acur.layers) {
     const auto info = std::find_if(lm->linear_infos_.begin(), lm->linear_infos_.end(),
                                    [&](const LinearInfo& l) { return l.name == spec.name; });
@@ -327,14 +345,15 @@ std::unique_ptr<CausalLM> CausalLM::load(const std::filesystem::path& folder, co
       throw std::runtime_error(fmt::format("{}: acur layer \"{}\" is not a Linear layer of this {} model",
                                            config_path.string(), spec.name, lm->config_.model_type));
     }
-    if (spec.in_features != info->in_features || spec.out_features != info->out_features) {
+    const auto [in_f, out_f] = shapes.at(spec.name);
+    if (spec.in_features != in_f || spec.out_features != out_f) {
       throw std::runtime_error(fmt::format("{}: acur layer \"{}\" is {}x{}, but the model's is {}x{}",
                                            config_path.string(), spec.name, spec.out_features, spec.in_features,
-                                           info->out_features, info->in_features));
+                                           out_f, in_f));
     }
     const CheckpointSlotTensors tensors(ckpt, spec.name, options.device, lm->dtype_, used, options.allow_nonfinite);
     LinearPtr slot = find_slot_kind(spec.kind).load(spec, tensors);
-    if (!slot || slot->in_features() != info->in_features || slot->out_features() != info->out_features) {
+    if (!slot || slot->in_features() != in_f || slot->out_features() != out_f) {
       throw std::runtime_error(fmt::format("{}: layer \"{}\" was rebuilt with the wrong shape", config_path.string(),
                                            spec.name));
     }
@@ -443,6 +462,62 @@ LinearPtr CausalLM::replace_linear(const std::string& name, LinearPtr slot) {
                                             previous->in_features()));
   }
   slots_[name] = std::move(slot);
+  return previous;
+}
+
+std::map<std::string, LinearPtr> CausalLM::reshape_layer(int64_t layer, const LayerShapes& shapes,
+                                                         const std::map<std::string, LinearPtr>& slots) {
+  if (layer < 0 || layer >= config_.num_layers) {
+    throw std::invalid_argument(fmt::format("reshape_layer: layer {} out of range [0, {})", layer, config_.num_layers));
+  }
+  ModelConfig next = config_;
+  if (next.layer_shapes.empty()) next.layer_shapes.assign(config_.num_layers, LayerShapes{});
+  next.layer_shapes[layer] = shapes;
+  const LayerShapes resolved = next.layer_shape(layer);
+  if (resolved.intermediate_size > config_.intermediate_size) {
+    throw std::invalid_argument(fmt::format("reshape_layer({}): intermediate_size {} exceeds the model's {}", layer,
+                                            resolved.intermediate_size, config_.intermediate_size));
+  }
+  if (resolved.qk_head_dim != config_.head_dim) {
+    throw std::invalid_argument(fmt::format("reshape_layer({}): a qk_head_dim other than head_dim ({}) is not supported",
+                                            layer, config_.head_dim));
+  }
+  if (resolved.v_head_dim > config_.head_dim) {
+    throw std::invalid_argument(fmt::format("reshape_layer({}): v_head_dim {} exceeds head_dim ({})", layer,
+                                            resolved.v_head_dim, config_.head_dim));
+  }
+  auto next_arch = make_architecture(next);
+  std::map<std::string, std::pair<int64_t, int64_t>> expected;  // this layer's slots: (in, out)
+  for (const ExpectedTensor& e : next_arch->expected_tensors()) {
+    if (e.linear_weight && e.layer == layer) expected[module_of(e.name)] = {e.shape[1], e.shape[0]};
+  }
+  for (const auto& [name, slot] : slots) {
+    auto it = expected.find(name);
+    if (it == expected.end()) {
+      throw std::invalid_argument(fmt::format("reshape_layer({}): \"{}\" is not a Linear of that layer", layer, name));
+    }
+    if (!slot) throw std::invalid_argument(fmt::format("reshape_layer({}): null slot for \"{}\"", layer, name));
+    if (slot->in_features() != it->second.first || slot->out_features() != it->second.second) {
+      throw std::invalid_argument(fmt::format("reshape_layer({}): \"{}\" is {}x{}, but the new widths need {}x{}", layer,
+                                              name, slot->out_features(), slot->in_features(), it->second.second,
+                                              it->second.first));
+    }
+  }
+  for (const auto& [name, shape] : expected) {
+    const LinearSlot& current = linear(name);
+    if (!slots.count(name) && (current.in_features() != shape.first || current.out_features() != shape.second)) {
+      throw std::invalid_argument(fmt::format("reshape_layer({}): the new widths change \"{}\" to {}x{}; give its slot",
+                                              layer, name, shape.second, shape.first));
+    }
+  }
+  std::map<std::string, LinearPtr> previous;
+  for (const auto& [name, slot] : slots) {
+    previous[name] = slots_.at(name);
+    slots_[name] = slot;
+  }
+  if (!next.has_layer_shapes()) next.layer_shapes.clear();
+  config_ = std::move(next);
+  arch_ = make_architecture(config_);
   return previous;
 }
 

@@ -156,6 +156,41 @@ void parse_llama_family(const Keys& k, ModelConfig& c) {
   parse_rope(k, c);
 }
 
+// "layer_shapes": [{"intermediate_size": n, "qk_head_dim": d, "v_head_dim": d}, ...], one per layer
+// (written by module methods, docs/methods.md); keys may be left out for the model-wide value.
+void parse_layer_shapes(const Keys& k, ModelConfig& c) {
+  if (!k.has("layer_shapes")) return;
+  const Json& list = k.json().at("layer_shapes");
+  if (!list.is_array() || static_cast<int64_t>(list.size()) != c.num_layers) {
+    throw k.error("layer_shapes", fmt::format("must be a list of {} objects, one per layer", c.num_layers));
+  }
+  for (size_t i = 0; i < list.size(); ++i) {
+    const std::string where = fmt::format("layer_shapes[{}]", i);
+    if (!list[i].is_object()) throw k.error(where, "must be an object");
+    Keys entry(list[i], k.source());
+    LayerShapes s;
+    s.intermediate_size = entry.has("intermediate_size") ? entry.positive("intermediate_size") : 0;
+    s.qk_head_dim = entry.has("qk_head_dim") ? entry.positive("qk_head_dim") : 0;
+    s.v_head_dim = entry.has("v_head_dim") ? entry.positive("v_head_dim") : 0;
+    if (s.intermediate_size > c.intermediate_size) {
+      throw k.error(where, fmt::format("intermediate_size {} exceeds the model's {}", s.intermediate_size,
+                                       c.intermediate_size));
+    }
+    if (s.qk_head_dim != 0 && s.qk_head_dim != c.head_dim) {
+      throw k.error(where, fmt::format("a qk_head_dim other than head_dim ({}) is not supported", c.head_dim));
+    }
+    if (s.v_head_dim > c.head_dim) {
+      throw k.error(where, fmt::format("v_head_dim {} exceeds head_dim ({})", s.v_head_dim, c.head_dim));
+    }
+    for (const auto& [key, value] : list[i].items()) {
+      if (key != "intermediate_size" && key != "qk_head_dim" && key != "v_head_dim") {
+        throw k.error(where, fmt::format("has an unknown key \"{}\"", key));
+      }
+    }
+    c.layer_shapes.push_back(s);
+  }
+}
+
 using Parser = std::function<void(const Keys&, ModelConfig&)>;
 
 // The registry: config.json model_type -> how its hyper-parameters are read.
@@ -222,7 +257,25 @@ ModelConfig ModelConfig::from_json(const std::string& text, const std::string& s
     }
     c.head_dim = c.hidden_size / c.num_heads;
   }
+  parse_layer_shapes(k, c);
   return c;
+}
+
+LayerShapes ModelConfig::layer_shape(int64_t i) const {
+  if (i < 0 || i >= num_layers) throw std::out_of_range(fmt::format("layer {} out of range [0, {})", i, num_layers));
+  LayerShapes s = i < static_cast<int64_t>(layer_shapes.size()) ? layer_shapes[i] : LayerShapes{};
+  if (s.intermediate_size == 0) s.intermediate_size = intermediate_size;
+  if (s.qk_head_dim == 0) s.qk_head_dim = head_dim;
+  if (s.v_head_dim == 0) s.v_head_dim = head_dim;
+  return s;
+}
+
+bool ModelConfig::has_layer_shapes() const {
+  const LayerShapes base{intermediate_size, head_dim, head_dim};
+  for (int64_t i = 0; i < static_cast<int64_t>(layer_shapes.size()); ++i) {
+    if (layer_shape(i) != base) return true;
+  }
+  return false;
 }
 
 ModelConfig ModelConfig::from_file(const std::filesystem::path& path) {

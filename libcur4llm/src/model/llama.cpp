@@ -31,8 +31,7 @@ class Llama final : public ValueGraphArchitecture<Llama> {
   }
 
   std::vector<ExpectedTensor> expected_tensors() const override {
-    const int64_t h = c_.hidden_size, f = c_.intermediate_size;
-    const int64_t q_dim = c_.num_heads * c_.head_dim, kv_dim = c_.num_kv_heads * c_.head_dim;
+    const int64_t h = c_.hidden_size;
     std::vector<ExpectedTensor> out;
     out.push_back({"model.embed_tokens.weight", {c_.vocab_size, h}});
     auto linear = [&](const std::string& module, int64_t out_f, int64_t in_f, bool bias, int64_t layer,
@@ -42,11 +41,15 @@ class Llama final : public ValueGraphArchitecture<Llama> {
     };
     for (int64_t i = 0; i < c_.num_layers; ++i) {
       const LayerNames& n = layers_[i];
+      const LayerShapes s = c_.layer_shape(i);
+      const int64_t f = s.intermediate_size;
+      const int64_t q_dim = c_.num_heads * c_.head_dim, kv_dim = c_.num_kv_heads * c_.head_dim;
+      const int64_t v_dim = c_.num_kv_heads * s.v_head_dim, o_dim = c_.num_heads * s.v_head_dim;
       out.push_back({n.attn_norm, {h}});
       linear(n.q, q_dim, h, c_.attention_bias, i, LinearRole::Q);
       linear(n.k, kv_dim, h, c_.attention_bias, i, LinearRole::K);
-      linear(n.v, kv_dim, h, c_.attention_bias, i, LinearRole::V);
-      linear(n.o, h, q_dim, c_.attention_out_bias, i, LinearRole::O);
+      linear(n.v, v_dim, h, c_.attention_bias, i, LinearRole::V);
+      linear(n.o, h, o_dim, c_.attention_out_bias, i, LinearRole::O);
       out.push_back({n.ffn_norm, {h}});
       linear(n.gate, f, h, c_.mlp_bias, i, LinearRole::Gate);
       linear(n.up, f, h, c_.mlp_bias, i, LinearRole::Up);
@@ -106,7 +109,8 @@ class Llama final : public ValueGraphArchitecture<Llama> {
       case kAttn: {
         const detail::Rotary rotary = rotary_for(v[kH].size(1), v[kH].device());
         t = detail::causal_attention(get(kQ), get(kK), get(kV), c_.num_heads,
-                                     c_.num_kv_heads, c_.head_dim, &rotary, c_.sliding_window);
+                                     c_.num_kv_heads, c_.head_dim, &rotary, c_.sliding_window,
+                                     c_.layer_shape(i).v_head_dim);
         break;
       }
       case kH2: t = v[kH] + slot(lm, n.o).forward(get(kAttn)); break;

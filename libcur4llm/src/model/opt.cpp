@@ -36,7 +36,7 @@ class Opt final : public ValueGraphArchitecture<Opt> {
   }
 
   std::vector<ExpectedTensor> expected_tensors() const override {
-    const int64_t h = c_.hidden_size, e = c_.word_embed_proj_dim, f = c_.intermediate_size;
+    const int64_t h = c_.hidden_size, e = c_.word_embed_proj_dim;
     std::vector<ExpectedTensor> out;
     out.push_back({std::string(kPrefix) + "embed_tokens.weight", {c_.vocab_size, e}});
     out.push_back({std::string(kPrefix) + "embed_positions.weight", {c_.max_position_embeddings + kPositionOffset, h}});
@@ -54,10 +54,12 @@ class Opt final : public ValueGraphArchitecture<Opt> {
     };
     for (int64_t i = 0; i < c_.num_layers; ++i) {
       const LayerNames& n = layers_[i];
+      const LayerShapes s = c_.layer_shape(i);
+      const int64_t f = s.intermediate_size, v_dim = c_.num_heads * s.v_head_dim;
       linear(n.q, h, h, i, LinearRole::Q);
       linear(n.k, h, h, i, LinearRole::K);
-      linear(n.v, h, h, i, LinearRole::V);
-      linear(n.o, h, h, i, LinearRole::O);
+      linear(n.v, v_dim, h, i, LinearRole::V);
+      linear(n.o, h, v_dim, i, LinearRole::O);
       norm(n.attn_norm);
       linear(n.fc1, f, h, i, LinearRole::Fc1);
       linear(n.fc2, h, f, i, LinearRole::Fc2);
@@ -124,7 +126,7 @@ class Opt final : public ValueGraphArchitecture<Opt> {
       case kV: t = slot(lm, n.v).forward(get(kX)); break;
       case kAttn:
         t = detail::causal_attention(get(kQ), get(kK), get(kV), c_.num_heads,
-                                     c_.num_kv_heads, c_.head_dim, nullptr, 0);
+                                     c_.num_kv_heads, c_.head_dim, nullptr, 0, c_.layer_shape(i).v_head_dim);
         break;
       case kH2: {
         auto o = slot(lm, n.o).forward(get(kAttn));

@@ -9,6 +9,7 @@
 #include <cur4llm/io/cache.h>
 #include <cur4llm/io/safetensors.h>
 #include <cur4llm/model/causal_lm.h>
+#include <cur4llm/modules/modules.h>
 #include <cur4llm/search/binary_search.h>
 #include <cur4llm/search/lagrangian.h>
 #include <cur4llm/search/stable_rank.h>
@@ -124,6 +125,86 @@ search::Allocation allocation_from_plan(const model::CausalLM& lm, const search:
   return allocation;
 }
 
+// Module methods (modules/modules.h): Gram statistics, then the modules' own allocation and decomposition.
+PipelineResult compress_modules_stage(model::CausalLM& lm, const std::vector<std::vector<int64_t>>& samples,
+                                      const io::CacheKey& calib_key, const PipelineOptions& o, PipelineResult result) {
+  auto t0 = Clock::now();
+  auto stats_fields = calib_key.fields;
+  stats_fields["scaling_method"] = o.scaling_method;
+  stats_fields["gram"] = "1";
+  io::CacheKey key{"stats", stats_fields};
+  const fs::path file = o.cache_dir / key.file_name("safetensors");
+  auto stats = cache_lookup<calib::ActivationStatistics>(
+      o, key, file, [](const fs::path& p, std::map<std::string, std::string>& meta) {
+        return calib::ActivationStatistics::load(p, &meta);
+      });
+  if (!stats) {
+    auto copts = calib::CollectOptions::for_method(calib::parse_scaling_method(o.scaling_method));
+    copts.gram = true;
+    copts.batch_size = o.batch_size;
+    copts.show_progress = o.show_progress;
+    stats = calib::collect_statistics(lm, samples, copts);
+    if (o.use_cache) stats->save(file, key.as_metadata());
+  }
+  result.timings.emplace_back("statistics_s", seconds_since(t0));
+
+  t0 = Clock::now();
+  modules::ModuleOptions mopts;
+  mopts.method = o.method;
+  mopts.nystrom.selection = modules::parse_channel_selection(o.channel_selection);
+  mopts.nystrom.ridge = o.ridge;
+  mopts.nystrom.channel_align = o.rank_align;
+  mopts.allocation = o.search == "lagrangian" ? "lagrangian" : "uniform";
+  mopts.candidates = o.candidates;
+  mopts.batch_size = o.batch_size;
+  mopts.show_progress = o.show_progress;
+  // The lagrangian allocation's per-module table, cached like the per-layer sensitivity.
+  std::optional<search::SensitivityTable> cached_table;
+  auto sens_fields = stats_fields;
+  sens_fields["method"] = o.method;
+  sens_fields["method_options"] = method_cache_options(o);
+  sens_fields["rank_align"] = std::to_string(o.rank_align);
+  std::string cands;
+  for (double r : o.candidates) cands += (cands.empty() ? "" : ",") + fmt_double(r);
+  sens_fields["candidates"] = cands.empty() ? "default" : cands;
+  io::CacheKey sens_key{"module_sensitivity", sens_fields};
+  const fs::path sens_file = o.cache_dir / sens_key.file_name("json");
+  if (mopts.allocation == "lagrangian") {
+    cached_table = cache_lookup<search::SensitivityTable>(
+        o, sens_key, sens_file, [](const fs::path& p, std::map<std::string, std::string>& meta) {
+          auto t = search::SensitivityTable::load(p);
+          meta = t.meta();
+          return t;
+        });
+    if (cached_table) mopts.sensitivity = &*cached_table;
+  }
+  auto done = modules::compress_modules(lm, *stats, samples, o.param_ratio_target, mopts);
+  if (mopts.allocation == "lagrangian" && !cached_table && o.use_cache) {
+    done.sensitivity.meta() = sens_key.as_metadata();
+    done.sensitivity.save(sens_file);
+  }
+  result.timings.emplace_back("decompose_s", seconds_since(t0));
+  result.plan = std::move(done.plan);
+  result.dense_calibration_ppl = done.dense_calibration_ppl;
+  result.searched = true;
+  result.nominal_ratio = result.plan.param_ratio();
+  result.target_label = fmt::format("ratio{}", o.param_ratio_target);
+  result.plan.meta() = {{"model_id", lm.folder().string()}, {"method", o.method},
+                        {"allocation", mopts.allocation},   {"channel_selection", o.channel_selection},
+                        {"ridge", fmt_double(o.ridge)},     {"sequential", "0"},
+                        {"preset", preset_name(o.preset)}};
+  // The budget is the plan's layers, counted by what they store.
+  for (const auto& layer : result.plan.layers()) result.budget_layers.push_back(layer.name);
+  result.budget_ratio = result.plan.param_ratio();
+  result.target_met = result.budget_ratio <= o.param_ratio_target + 1e-3;
+  if (!result.target_met) {
+    result.target_note = fmt::format("--param_ratio_target {} not reached: the layers store {:.4f} of their weights",
+                                     o.param_ratio_target, result.budget_ratio);
+    if (o.show_progress) fmt::print(stderr, "warning: {}\n", result.target_note);
+  }
+  return result;
+}
+
 }  // namespace
 
 Preset parse_preset(const std::string& name) {
@@ -172,6 +253,7 @@ std::string method_cache_options(const PipelineOptions& options) {
     return "selection=" + o.cur_selection + (o.cur_fold_u ? ",fold_u" : "");
   }
   if (o.method == "svd" || o.method == "svd_whiten") return "sigma_fuse=" + o.sigma_fuse;
+  if (modules::is_module_method(o.method)) return fmt::format("selection={},ridge={}", o.channel_selection, o.ridge);
   static const std::set<std::string> no_options{"skeleton",      "skeleton_row", "skeleton_col", "skeleton_diag",
                                                 "skeleton_swap", "cur_whiten",   "cur_deim",     "cur_qr"};
   if (no_options.count(o.method)) return "";
@@ -206,7 +288,13 @@ void validate_settings(const PipelineOptions& options) {
     throw invalid_argument(fmt::format("--cur_fold_u applies to --method cur or grad_cur, not {}", o.method));
   }
   const auto& methods = compress::compressor_names();
-  if (std::find(methods.begin(), methods.end(), o.method) == methods.end()) {
+  const bool module_method = modules::is_module_method(o.method);
+  if (module_method) {
+    modules::parse_channel_selection(o.channel_selection);
+    if (!(o.ridge >= 0)) throw invalid_argument(fmt::format("--ridge must be >= 0, not {}", o.ridge));
+    if (*o.sequential) throw invalid_argument(fmt::format("--sequential does not apply to the module method {}", o.method));
+    if (o.compress_kv_cache) throw invalid_argument(fmt::format("--compress_kv_cache does not apply to {}", o.method));
+  } else if (std::find(methods.begin(), methods.end(), o.method) == methods.end()) {
     compress::make_compressor(o.method);  // throws, listing the names
   }
   for (double r : o.candidates) {
@@ -218,7 +306,8 @@ void validate_settings(const PipelineOptions& options) {
   if (o.search != "reference" && o.search != "lagrangian") {
     throw invalid_argument(fmt::format("--search must be reference or lagrangian, not \"{}\"", o.search));
   }
-  if (*o.sequential && compress::make_compressor(o.method)->statistic() != compress::LayerStatistic::Gram) {
+  if (*o.sequential && !module_method &&
+      compress::make_compressor(o.method)->statistic() != compress::LayerStatistic::Gram) {
     throw invalid_argument(fmt::format("--sequential needs a data-aware method (on the Gram matrix), not \"{}\"", o.method));
   }
 }
@@ -252,6 +341,9 @@ void validate(const PipelineOptions& options) {
     throw invalid_argument("--search lagrangian needs --sensitivity_metric ppl and --param_ratio_target");
   }
   validate_settings(o);
+  if (modules::is_module_method(o.method) && (o.param_ratio_target <= 0 || !o.plan_file.empty())) {
+    throw invalid_argument(fmt::format("--method {} needs --param_ratio_target (no ppl target or plan file)", o.method));
+  }
   data::resolve_dataset(o.calib_dataset, data::Purpose::Calibration, data_dir_of(o));
   if (!o.plan_file.empty() && !fs::is_regular_file(o.plan_file)) {
     throw invalid_argument(fmt::format("plan file {} does not exist", o.plan_file.string()));
@@ -364,6 +456,8 @@ PipelineResult compress_model(model::CausalLM& lm, const tokenize::Tokenizer& to
     if (o.use_cache) save_samples(calib_file, *samples, calib_key.as_metadata());
   }
   result.timings.emplace_back("calib_samples_s", seconds_since(t0));
+
+  if (modules::is_module_method(o.method)) return compress_modules_stage(lm, *samples, calib_key, o, std::move(result));
 
   // 2. Activation statistics (data-aware methods need the input Gram matrices, whatever act_aware says).
   compress::CompressorOptions comp_opts;

@@ -114,7 +114,8 @@ class CausalLM {
   at::Tensor forward(const at::Tensor& input_ids) const;
   int64_t num_layers() const { return config_.num_layers; }
 
-  /// Every Linear slot, in model order (layers, then lm_head).
+  /// Every Linear slot, in model order (layers, then lm_head), with the shapes
+  /// of the base model (a layer narrowed by reshape_layer keeps its base shape here).
   const std::vector<LinearInfo>& linears() const { return linear_infos_; }
   bool has_linear(const std::string& name) const;
   /// The slot `name`; throws std::invalid_argument naming it if absent.
@@ -124,8 +125,18 @@ class CausalLM {
   /// or already compressed ("layer \"X\" is already cur, not dense").
   const DenseLinear& dense_linear(const std::string& name) const;
   /// Puts `slot` in place of `name` and returns the previous one. The new slot
-  /// must have the same in/out features.
+  /// must have the same in/out features as the slot it replaces.
   LinearPtr replace_linear(const std::string& name, LinearPtr slot);
+  /// Gives decoder layer `layer` the widths `shapes` (0 fields: the model-wide
+  /// value) and installs `slots` (module name -> slot) at once: every slot of
+  /// that layer whose shape the new widths change must be given, and every
+  /// given slot must belong to the layer and have the shape the new widths
+  /// imply (std::invalid_argument naming the slot otherwise; nothing changes
+  /// then). Returns the slots it displaced. linears() keeps the base model's
+  /// shapes, so count_params() still counts against the dense model. Do not
+  /// hold a ScopedSlots guard across a call: it would restore old shapes.
+  std::map<std::string, LinearPtr> reshape_layer(int64_t layer, const LayerShapes& shapes,
+                                                 const std::map<std::string, LinearPtr>& slots);
 
   /// Parameters that are not in Linear slots (embeddings, norms, positions).
   const std::map<std::string, at::Tensor>& other_tensors() const { return others_; }

@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <optional>
 #include <string>
+#include <vector>
 
 namespace cur4llm::model {
 
@@ -23,6 +24,18 @@ struct RopeScaling {
   double low_freq_factor = 1.0;                  ///< llama3
   double high_freq_factor = 4.0;                 ///< llama3
   int64_t original_max_position_embeddings = 0;  ///< llama3
+};
+
+/// The widths of one decoder layer that module methods (modules/) may narrow;
+/// 0 means the model-wide value of ModelConfig.
+struct LayerShapes {
+  int64_t intermediate_size = 0;  ///< MLP hidden width (rows of up/gate or fc1; columns of down or fc2)
+  int64_t qk_head_dim = 0;        ///< per-head width of queries and keys (reserved: equals head_dim in this version)
+  int64_t v_head_dim = 0;         ///< per-head width of values and of the attention output (o_proj's input per head)
+  bool operator==(const LayerShapes& o) const {
+    return intermediate_size == o.intermediate_size && qk_head_dim == o.qk_head_dim && v_head_dim == o.v_head_dim;
+  }
+  bool operator!=(const LayerShapes& o) const { return !(*this == o); }
 };
 
 /// Everything the forward pass needs to know about a checkpoint.
@@ -58,6 +71,15 @@ struct ModelConfig {
   bool attention_out_bias = false;   ///< bias on o_proj (LLaMA attention_bias)
   bool mlp_bias = false;
   int64_t sliding_window = 0;        ///< 0: none (Mistral: sliding_window)
+
+  /// Per-layer widths where a module method narrowed a layer (config.json
+  /// "layer_shapes": one object per layer); empty: every layer has the
+  /// model-wide widths above, which stay those of the base model.
+  std::vector<LayerShapes> layer_shapes;
+  /// Layer `i`'s widths with every 0 resolved to the model-wide value.
+  LayerShapes layer_shape(int64_t i) const;
+  /// True if some layer differs from the model-wide widths.
+  bool has_layer_shapes() const;
 
   /// Parses config.json text; `source` names the file in errors. Throws
   /// std::runtime_error for malformed JSON, missing or invalid keys, and an

@@ -64,11 +64,13 @@ struct PipelineOptions {
   std::string calib_dataset = "wikitext2";  ///< dataset spec or text file (docs/data.md)
   std::string scaling_method = "abs_mean";  ///< abs_mean, abs_max, fisher, fisher_abs_mean
   std::string sensitivity_metric = "ppl";   ///< ppl or stable_rank
-  std::string method;                       ///< compressor name (compress/factory.h); empty: skeleton_swap (best), cur (reference)
+  std::string method;                       ///< compressor name (compress/factory.h) or a module method (modules/modules.h: mlp_nystrom, vo_svd, modular); empty: skeleton_swap (best), cur (reference)
   std::string cur_selection = "topk";       ///< CUR: topk or sampled leverage
   bool cur_fold_u = false;                  ///< CUR: store C·U [out, k] and R instead of C, U and R (CUROptions::fold_u)
   std::string sigma_fuse = "UV";            ///< SVD: U, V or UV
-  std::string search;                 ///< reference (binary search) or lagrangian (docs/search.md); empty: lagrangian for a param-ratio target with the ppl metric (best), else reference
+  std::string channel_selection = "greedy";  ///< module methods: greedy or ridge_leverage (modules/mlp_nystrom.h)
+  double ridge = 1e-4;                      ///< module methods: ridge of the refit, relative to the mean of diag(G)
+  std::string search;                 ///< reference (binary search) or lagrangian (docs/search.md); module methods: reference = one width for every module; empty: lagrangian for a param-ratio target with the ppl metric (best), else reference
   std::vector<double> candidates;     ///< ppl sensitivity candidate ratios in (0, 1); empty: 0.4 .. 0.95 by 0.05 (best, weights mode), else the reference's
   std::optional<bool> sequential;     ///< data-aware methods: decompose layer by layer on the compressed model's inputs; unset: on for data-aware methods (best)
   search::FinalCut final_cut = search::FinalCut::kConverged;  ///< binary search's cut (the reference preset takes kReferenceLastMid)

@@ -1,0 +1,426 @@
+// Module methods (modules/): MLP Nyström numerics against closed forms, the
+// narrowed layers a model installs, exact parameter accounting.
+#include <cur4llm/calib/statistics.h>
+#include <cur4llm/compress/factory.h>
+#include <cur4llm/compress/gram.h>
+#include <cur4llm/io/files.h>
+#include <cur4llm/model/causal_lm.h>
+#include <cur4llm/modules/mlp_nystrom.h>
+#include <cur4llm/modules/modules.h>
+#include <cur4llm/modules/vo_svd.h>
+#include <cur4llm/repo/acur_repo.h>
+
+#include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
+#include <catch2/catch.hpp>
+#include <nlohmann/json.hpp>
+
+#include "test_helpers.h"
+#include "test_paths.h"
+
+#include <string>
+
+using namespace cur4llm;
+
+namespace {
+
+at::Tensor randn64(std::vector<int64_t> shape, uint64_t seed) {
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(seed);
+  return at::randn(shape, gen, at::TensorOptions().dtype(at::kDouble));
+}
+
+double max_abs(const at::Tensor& t) { return t.abs().max().item<double>(); }
+
+const char* kLlama = R"({"model_type": "llama", "vocab_size": 64, "hidden_size": 16, "num_hidden_layers": 2,
+    "intermediate_size": 24, "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 64,
+    "hidden_act": "silu"})";
+const char* kOpt = R"({"model_type": "opt", "vocab_size": 64, "hidden_size": 16, "num_hidden_layers": 2,
+    "ffn_dim": 24, "num_attention_heads": 4, "max_position_embeddings": 64, "word_embed_proj_dim": 16,
+    "do_layer_norm_before": true, "activation_function": "relu", "enable_bias": true})";
+
+std::unique_ptr<model::CausalLM> random_model(const char* json) {
+  return model::CausalLM::random(model::ModelConfig::from_json(json, "test config"), {}, 3);
+}
+
+calib::ActivationStatistics gram_stats(model::CausalLM& lm) {
+  calib::CollectOptions o;
+  o.gram = true;
+  return calib::collect_statistics(lm, test::make_samples({32, 32, 32}, lm.config().vocab_size, 5), o);
+}
+
+}  // namespace
+
+TEST_CASE("nystrom_refit is the least-squares fit of the kept channels, and the ridge fit with lambda") {
+  const auto a = randn64({200, 12}, 1);     // activations, one row per token
+  const auto w = randn64({5, 12}, 2);       // W_down [h, f]
+  const auto g = a.t().mm(a);
+  const auto kept = at::tensor(std::vector<int64_t>{1, 4, 7, 8, 11}, at::kLong);
+  const auto a_s = a.index_select(1, kept);
+  const auto target = a.mm(w.t());          // the dense outputs
+  const auto lstsq = std::get<0>(at::linalg_lstsq(a_s, target)).t();  // [h, k]
+  CHECK(max_abs(modules::nystrom_refit(w, g, kept, 0.0) - lstsq) < 1e-9);
+
+  // Ridge: min ||a_S X - target||^2 + lambda ||X||^2 as an augmented least-squares problem.
+  const double lambda = 3.5;
+  const auto augmented = at::cat({a_s, std::sqrt(lambda) * at::eye(5, a.options())}, 0);
+  const auto rhs = at::cat({target, at::zeros({5, 5}, a.options())}, 0);
+  const auto ridge = std::get<0>(at::linalg_lstsq(augmented, rhs)).t();
+  CHECK(max_abs(modules::nystrom_refit(w, g, kept, lambda) - ridge) < 1e-9);
+
+  // All channels and no ridge: the weight itself.
+  CHECK(max_abs(modules::nystrom_refit(w, g, at::arange(12, at::kLong), 0.0) - w) < 1e-9);
+}
+
+TEST_CASE("activations of rank k are reproduced exactly from k channels chosen by either selection") {
+  const auto a = randn64({300, 4}, 3).mm(randn64({4, 10}, 4));  // rank 4 in 10 channels
+  const auto w = randn64({6, 10}, 5);
+  const auto g = a.t().mm(a) / 300.0;
+  for (auto selection : {modules::ChannelSelection::Greedy, modules::ChannelSelection::RidgeLeverage}) {
+    modules::NystromOptions o;
+    o.selection = selection;
+    o.ridge = 1e-9;
+    const auto kept = modules::select_channels(g, w, 4, o);
+    REQUIRE(kept.numel() == 4);
+    REQUIRE(std::get<0>(at::_unique(kept)).numel() == 4);
+    const auto refit = modules::nystrom_refit(w, g, kept, 0.0);
+    const auto approx = a.index_select(1, kept).mm(refit.t());
+    INFO(modules::to_string(selection));
+    CHECK(max_abs(approx - a.mm(w.t())) < 1e-6 * max_abs(a.mm(w.t())));
+  }
+}
+
+TEST_CASE("the greedy selection's first channel is the best single channel for the refit") {
+  const auto a = randn64({100, 8}, 6) * at::linspace(0.5, 2.0, 8, at::kDouble);
+  const auto w = randn64({3, 8}, 7);
+  const auto g = a.t().mm(a);
+  double best = 1e300;
+  int64_t best_p = -1;
+  for (int64_t p = 0; p < 8; ++p) {  // the output error of each single channel, by brute force
+    const auto x = std::get<0>(at::linalg_lstsq(a.select(1, p).unsqueeze(1), a.mm(w.t())));
+    const double err = (a.select(1, p).unsqueeze(1).mm(x) - a.mm(w.t())).pow(2).sum().item<double>();
+    if (err < best) best = err, best_p = p;
+  }
+  const auto kept = modules::select_channels(g, w, 1, {});
+  CHECK(kept.item<int64_t>() == best_p);
+}
+
+TEST_CASE("ridge leverage scores are diag(G (G + lambda I)^-1)") {
+  const auto a = randn64({50, 7}, 8);
+  const auto g = a.t().mm(a);
+  const double lambda = 2.0;
+  const auto expected = at::linalg_solve(g + lambda * at::eye(7, g.options()), g).diagonal();  // symmetric
+  CHECK(max_abs(modules::ridge_leverage_scores(g, lambda) - expected) < 1e-9);
+  CHECK_THROWS_AS(modules::ridge_leverage_scores(g, 0.0), std::invalid_argument);
+  CHECK_THROWS_AS(modules::select_channels(g, randn64({3, 6}, 1), 2, {}), std::invalid_argument);
+  CHECK_THROWS_AS(modules::select_channels(g, randn64({3, 7}, 1), 8, {}), std::invalid_argument);
+  CHECK_THROWS_AS(modules::parse_channel_selection("random"), std::invalid_argument);
+}
+
+TEST_CASE("compress_mlp narrows LLaMA and OPT MLPs with exact shapes and parameter counts") {
+  for (const char* json : {kLlama, kOpt}) {
+    auto lm = random_model(json);
+    const bool llama = lm->config().family == model::Family::Llama;
+    const auto stats = gram_stats(*lm);
+    const auto ids = at::tensor(test::make_samples({20}, 64, 9).front(), at::kLong).unsqueeze(0);
+    const auto dense_logits = lm->forward(ids);
+    const auto dense_counts = model::count_params(*lm);
+    auto mods = modules::mlp_modules(*lm);
+    REQUIRE(mods.size() == 2);
+    const auto& m = mods[1];
+    CHECK(m.producers.size() == (llama ? 2u : 1u));
+    CHECK(m.width == 24);
+    CHECK(m.hidden == 16);
+
+    // Every channel kept: the model computes what it did.
+    auto rows = modules::compress_mlp(*lm, m, 24, stats.mean_gram(m.consumer));
+    CHECK(at::equal(lm->forward(ids), dense_logits));
+    CHECK(model::count_params(*lm).linear_stored == dense_counts.linear_stored);
+
+    rows = modules::compress_mlp(*lm, m, 10, stats.mean_gram(m.consumer));
+    const int64_t saved = static_cast<int64_t>(m.producers.size() + 1) * 16 * (24 - 10);
+    const auto counts = model::count_params(*lm);
+    CHECK(counts.linear_stored == dense_counts.linear_stored - saved);
+    CHECK(counts.linear_dense == dense_counts.linear_dense);  // linears() keep the base shapes
+    CHECK(modules::mlp_weight_params(m, 10) == modules::mlp_dense_params(m) - saved);
+    CHECK(lm->config().layer_shape(1).intermediate_size == 10);
+    CHECK(lm->config().layer_shape(0).intermediate_size == 24);
+    int64_t planned = 0;
+    for (const auto& row : rows) {
+      const auto& slot = lm->linear(row.name);
+      CHECK(row.stored_params == slot.weight_params());
+      CHECK(row.rank == 10);
+      CHECK(row.method == "mlp_nystrom");
+      planned += row.stored_params;
+    }
+    CHECK(planned == modules::mlp_weight_params(m, 10));
+    for (const auto& name : m.producers) {
+      CHECK(lm->linear(name).out_features() == 10);
+      CHECK(lm->linear(name).in_features() == 16);
+      if (!llama) CHECK(lm->dense_linear(name).bias().size(0) == 10);
+    }
+    CHECK(lm->linear(m.consumer).in_features() == 10);
+    CHECK(lm->linear(m.consumer).out_features() == 16);
+    const auto logits = lm->forward(ids);
+    CHECK(logits.sizes() == dense_logits.sizes());
+    CHECK(at::isfinite(logits).all().item<bool>());
+    CHECK_FALSE(at::equal(logits, dense_logits));
+    // Narrowed once: a second compression of the same module is refused.
+    CHECK_THROWS_AS(modules::compress_mlp(*lm, m, 8, stats.mean_gram(m.consumer)), std::invalid_argument);
+  }
+}
+
+TEST_CASE("reshape_layer checks every slot against the new widths and changes nothing on error") {
+  auto lm = random_model(kLlama);
+  const auto ids = at::tensor(test::make_samples({12}, 64, 2).front(), at::kLong).unsqueeze(0);
+  const auto before = lm->forward(ids);
+  model::LayerShapes narrow;
+  narrow.intermediate_size = 8;
+  auto dense = [](int64_t out, int64_t in) {
+    return std::make_shared<model::DenseLinear>(at::zeros({out, in}), at::Tensor());
+  };
+  const std::string p = "model.layers.0.mlp.";
+  // A slot left out whose shape changes.
+  CHECK_THROWS_AS(lm->reshape_layer(0, narrow, {{p + "gate_proj", dense(8, 16)}, {p + "up_proj", dense(8, 16)}}),
+                  std::invalid_argument);
+  // A slot of the wrong shape.
+  CHECK_THROWS_AS(lm->reshape_layer(0, narrow, {{p + "gate_proj", dense(8, 16)}, {p + "up_proj", dense(9, 16)},
+                                                {p + "down_proj", dense(16, 8)}}),
+                  std::invalid_argument);
+  // A slot of another layer.
+  CHECK_THROWS_AS(lm->reshape_layer(0, narrow, {{p + "gate_proj", dense(8, 16)}, {p + "up_proj", dense(8, 16)},
+                                                {p + "down_proj", dense(16, 8)},
+                                                {"model.layers.1.mlp.up_proj", dense(24, 16)}}),
+                  std::invalid_argument);
+  // Wider than the model.
+  model::LayerShapes wide;
+  wide.intermediate_size = 30;
+  CHECK_THROWS_AS(lm->reshape_layer(0, wide, {}), std::invalid_argument);
+  CHECK(lm->config().layer_shapes.empty());
+  CHECK(at::equal(lm->forward(ids), before));
+  // And replace_linear keeps refusing a narrower slot.
+  CHECK_THROWS_AS(lm->replace_linear(p + "up_proj", dense(8, 16)), std::invalid_argument);
+
+  const auto previous = lm->reshape_layer(
+      0, narrow, {{p + "gate_proj", dense(8, 16)}, {p + "up_proj", dense(8, 16)}, {p + "down_proj", dense(16, 8)}});
+  CHECK(previous.size() == 3);
+  CHECK(lm->config().layer_shape(0).intermediate_size == 8);
+  // Back to the base widths with the displaced slots: the original model.
+  lm->reshape_layer(0, {}, previous);
+  CHECK(lm->config().layer_shapes.empty());
+  CHECK(at::equal(lm->forward(ids), before));
+}
+
+TEST_CASE("config.json layer_shapes: parsed per layer, bad values named") {
+  const std::string base = R"({"model_type": "llama", "vocab_size": 64, "hidden_size": 16, "num_hidden_layers": 2,
+      "intermediate_size": 24, "num_attention_heads": 4, "max_position_embeddings": 64)";
+  const auto c = model::ModelConfig::from_json(base + R"(, "layer_shapes": [{"intermediate_size": 10}, {}]})", "c");
+  CHECK(c.layer_shape(0).intermediate_size == 10);
+  CHECK(c.layer_shape(1).intermediate_size == 24);
+  CHECK(c.layer_shape(1).qk_head_dim == 4);
+  CHECK(c.has_layer_shapes());
+  CHECK_THROWS_WITH(model::ModelConfig::from_json(base + R"(, "layer_shapes": [{}]})", "c"),
+                    Catch::Contains("layer_shapes"));
+  CHECK_THROWS_WITH(model::ModelConfig::from_json(base + R"(, "layer_shapes": [{"intermediate_size": 30}, {}]})", "c"),
+                    Catch::Contains("exceeds"));
+  CHECK_THROWS_WITH(model::ModelConfig::from_json(base + R"(, "layer_shapes": [{"qk_head_dim": 2}, {}]})", "c"),
+                    Catch::Contains("not supported"));
+  CHECK_THROWS_WITH(model::ModelConfig::from_json(base + R"(, "layer_shapes": [{"width": 2}, {}]})", "c"),
+                    Catch::Contains("unknown key"));
+}
+
+TEST_CASE("compress_modules with uniform widths meets the target with the widest width that fits") {
+  auto lm = random_model(kLlama);
+  const auto stats = gram_stats(*lm);
+  const auto samples = test::make_samples({16, 16}, 64, 4);
+  const auto dense = model::count_params(*lm).linear_dense;
+  const double target = 0.8;
+  auto result = modules::compress_modules(*lm, stats, samples, target, {});
+  // Hand count: attention 2 * (16*16*2 + 8*16*2) = 1536, lm_head 64*16 = 1024, MLP 2 * 3*16*k.
+  REQUIRE(dense == 1536 + 1024 + 2 * 3 * 16 * 24);
+  int64_t k = -1;
+  for (int64_t c = 24; c >= 1; --c) {
+    if (1536 + 1024 + 2 * 3 * 16 * c <= target * dense) {
+      k = c;
+      break;
+    }
+  }
+  REQUIRE(k > 0);
+  CHECK(result.widths.at("model.layers.0.mlp") == k);
+  CHECK(result.widths.at("model.layers.1.mlp") == k);
+  CHECK(result.plan.stored_params() == 1536 + 1024 + 2 * 3 * 16 * k);
+  CHECK(result.plan.stored_params() == model::count_params(*lm).linear_stored);
+  CHECK(result.plan.dense_params() == dense);
+  CHECK(result.plan.param_ratio() <= target);
+  CHECK_THROWS_AS(modules::compress_modules(*lm, stats, samples, 1.5, {}), std::invalid_argument);
+  modules::ModuleOptions bad;
+  bad.allocation = "greedy";
+  CHECK_THROWS_AS(modules::compress_modules(*lm, stats, samples, 0.8, bad), std::invalid_argument);
+}
+
+TEST_CASE("compress_modules with the lagrangian allocation stays within the target") {
+  auto lm = random_model(kOpt);
+  const auto stats = gram_stats(*lm);
+  const auto samples = test::make_samples({16, 16}, 64, 4);
+  modules::ModuleOptions o;
+  o.allocation = "lagrangian";
+  o.candidates = {0.25, 0.5, 0.75};
+  auto result = modules::compress_modules(*lm, stats, samples, 0.85, o);
+  CHECK(result.sensitivity.size() == 6);  // 2 modules x 3 ratios
+  CHECK(result.dense_calibration_ppl > 0);
+  CHECK(result.plan.param_ratio() <= 0.85);
+  CHECK(result.plan.stored_params() == model::count_params(*lm).linear_stored);
+  for (const auto& [name, k] : result.widths) {
+    const bool candidate = k == 6 || k == 12 || k == 18 || k == 24;
+    CHECK(candidate);
+  }
+  // A table given beforehand is used instead of measuring: its scores steer the allocation.
+  search::SensitivityTable given("ppl");
+  auto fresh = random_model(kOpt);
+  const auto mods = modules::mlp_modules(*fresh);
+  for (double r : o.candidates) {
+    given.add(mods[0].name(), r, 1000.0 / r);  // layer 0 very sensitive
+    given.add(mods[1].name(), r, 1.0);          // layer 1 not at all
+  }
+  o.sensitivity = &given;
+  auto steered = modules::compress_modules(*fresh, gram_stats(*fresh), samples, 0.85, o);
+  CHECK(steered.widths.at(mods[0].name()) > steered.widths.at(mods[1].name()));
+  CHECK(steered.sensitivity.score(mods[1].name(), 0.25).value() == 1.0);
+}
+
+TEST_CASE("compress_modules: modular allocates MLPs and value-output pairs together within the target") {
+  auto lm = random_model(kLlama);
+  const auto stats = gram_stats(*lm);
+  const auto samples = test::make_samples({16, 16}, 64, 4);
+  auto result = modules::compress_modules(*lm, stats, samples, 0.8, {"modular"});
+  CHECK(result.widths.size() == 4);  // 2 MLPs + 2 value-output pairs
+  CHECK(result.widths.count("model.layers.1.self_attn.vo") == 1);
+  CHECK(result.plan.param_ratio() <= 0.8);
+  CHECK(result.plan.stored_params() == model::count_params(*lm).linear_stored);
+  CHECK(lm->config().layer_shape(0).v_head_dim < lm->config().head_dim);
+  CHECK(at::isfinite(lm->forward(at::tensor(samples.front(), at::kLong).unsqueeze(0))).all().item<bool>());
+}
+
+TEST_CASE("acur repository round trip of narrowed MLPs: the same logits, bit for bit, and the widths in config.json") {
+  for (const char* fixture : {"llama_gqa", "tiny-shakespeare-opt"}) {
+    DYNAMIC_SECTION(fixture) {
+      auto lm = model::CausalLM::load(test::model_dir(fixture));
+      const auto stats = gram_stats(*lm);
+      const auto mods = modules::mlp_modules(*lm);
+      const int64_t k = mods[0].width / 2 + 1;
+      modules::compress_mlp(*lm, mods[0], k, stats.mean_gram(mods[0].consumer));
+      // A factorized slot elsewhere in the same repository: module methods combine with per-layer ones.
+      const std::string q = mods[0].producers.size() == 2 ? "model.layers.1.self_attn.q_proj"
+                                                          : "model.decoder.layers.1.self_attn.q_proj";
+      const auto& dense_q = lm->dense_linear(q);
+      lm->replace_linear(q, compress::make_compressor("svd")->compress(dense_q.weight(), dense_q.bias(),
+                                                                       at::ones({dense_q.in_features()}), 0.5));
+      const auto ids = at::tensor(test::make_samples({24}, lm->config().vocab_size, 7).front(), at::kLong).unsqueeze(0);
+      const auto before = lm->forward(ids);
+      test::TempDir dir("modules_export");
+      repo::write_acur_repo(*lm, dir / "repo", {});
+
+      const auto config = nlohmann::json::parse(io::read_file(dir / "repo" / "config.json"));
+      REQUIRE(config.contains("layer_shapes"));
+      REQUIRE(config.at("layer_shapes").size() == static_cast<size_t>(lm->config().num_layers));
+      CHECK(config.at("layer_shapes")[0].at("intermediate_size").get<int64_t>() == k);
+      CHECK(config.at("layer_shapes")[1].empty());
+      CHECK(config.at("acur").at("layers").contains(q));
+
+      auto back = model::CausalLM::load(dir / "repo");
+      CHECK(back->config().layer_shape(0).intermediate_size == k);
+      CHECK(back->config().layer_shape(1).intermediate_size == mods[0].width);
+      CHECK(back->linear(mods[0].consumer).in_features() == k);
+      CHECK(back->linear(q).kind() == "svd");
+      CHECK(model::count_params(*back).linear_stored == model::count_params(*lm).linear_stored);
+      CHECK(model::count_params(*back).linear_dense == model::count_params(*lm).linear_dense);
+      CHECK(at::equal(back->forward(ids), before));
+    }
+  }
+}
+
+TEST_CASE("vo_svd: exact at full width, and the Eckart-Young error per group on white inputs") {
+  const int64_t heads = 4, kv = 2, d = 5, h = 7;
+  const auto wv = randn64({kv * d, h}, 11), wo = randn64({h, heads * d}, 12);
+  const auto x = randn64({300, h}, 13);
+  const auto g = x.t().mm(x) / 300.0;
+  auto head_product = [&](const at::Tensor& o, const at::Tensor& v, int64_t i, int64_t width) {
+    return o.narrow(1, i * width, width).mm(v.narrow(0, (i / (heads / kv)) * width, width));
+  };
+  const auto full = modules::vo_svd(wv, {}, wo, {}, g, heads, kv, d);
+  for (int64_t i = 0; i < heads; ++i) {
+    CHECK(max_abs(head_product(full.output_weight, full.value_weight, i, d) - head_product(wo, wv, i, d)) < 1e-9);
+  }
+  const int64_t dv = 2;
+  const auto eye = at::eye(h, g.options());
+  const auto cut = modules::vo_svd(wv, {}, wo, {}, eye, heads, kv, dv);
+  CHECK(cut.value_weight.sizes() == at::IntArrayRef({kv * dv, h}));
+  CHECK(cut.output_weight.sizes() == at::IntArrayRef({h, heads * dv}));
+  for (int64_t j = 0; j < kv; ++j) {
+    double err = 0;
+    std::vector<at::Tensor> stacked;
+    for (int64_t i = j * 2; i < j * 2 + 2; ++i) {
+      const auto exact = head_product(wo, wv, i, d);
+      err += (exact - head_product(cut.output_weight, cut.value_weight, i, dv)).pow(2).sum().item<double>();
+      stacked.push_back(exact);
+    }
+    const auto sv = at::linalg_svdvals(at::cat(stacked, 0));  // the group's best rank-dv error: the tail
+    CHECK(err == Approx(sv.narrow(0, dv, sv.size(0) - dv).pow(2).sum().item<double>()).epsilon(1e-9));
+  }
+  CHECK_THROWS_AS(modules::vo_svd(wv, at::ones({kv * d}), wo, {}, g, heads, kv, 2), std::invalid_argument);
+  CHECK_THROWS_AS(modules::vo_svd(wv, {}, wo, {}, g, heads, kv, d + 1), std::invalid_argument);
+  CHECK_THROWS_AS(modules::vo_svd(wv, {}, wo, {}, g, 3, kv, 2), std::invalid_argument);
+}
+
+TEST_CASE("compress_vo: narrower value heads give the same logits when the values have that rank (GQA, OPT biases)") {
+  for (const char* json : {kLlama, kOpt}) {
+    auto lm = random_model(json);
+    const auto& c = lm->config();
+    const int64_t d = c.head_dim, dv = 2;
+    auto mods = modules::vo_modules(*lm);
+    REQUIRE(mods.size() == 2);
+    const auto& m = mods[0];
+    CHECK(m.heads == c.num_heads);
+    CHECK(m.kv_heads == c.num_kv_heads);
+    // Each value head of rank dv; biases on both sides where the family has them (folded into o_proj).
+    const auto& v = lm->dense_linear(m.value);
+    const auto& o = lm->dense_linear(m.output);
+    std::vector<at::Tensor> blocks;
+    for (int64_t j = 0; j < m.kv_heads; ++j) {
+      blocks.push_back(randn64({d, dv}, 20 + j).mm(randn64({dv, m.hidden}, 30 + j)).to(at::kFloat) * 0.3);
+    }
+    const auto v_bias = v.bias().defined() ? randn64({v.out_features()}, 40).to(at::kFloat) : at::Tensor();
+    const auto o_bias = o.bias().defined() ? randn64({o.out_features()}, 41).to(at::kFloat) : at::Tensor();
+    lm->replace_linear(m.value, std::make_shared<model::DenseLinear>(at::cat(blocks, 0), v_bias));
+    lm->replace_linear(m.output, std::make_shared<model::DenseLinear>(o.weight(), o_bias));
+    const auto stats = gram_stats(*lm);
+    const auto ids = at::tensor(test::make_samples({20}, 64, 9).front(), at::kLong).unsqueeze(0);
+    const auto before = lm->forward(ids);
+    const auto counts = model::count_params(*lm);
+
+    const auto rows = modules::compress_vo(*lm, m, dv, stats.mean_gram(m.value));
+    CHECK(lm->config().layer_shape(0).v_head_dim == dv);
+    CHECK(lm->config().layer_shape(1).v_head_dim == d);
+    CHECK(lm->linear(m.value).out_features() == m.kv_heads * dv);
+    CHECK(lm->linear(m.output).in_features() == m.heads * dv);
+    const int64_t saved = m.hidden * (d - dv) * (m.kv_heads + m.heads);
+    CHECK(model::count_params(*lm).linear_stored == counts.linear_stored - saved);
+    CHECK(modules::vo_weight_params(m, dv) == modules::vo_dense_params(m) - saved);
+    CHECK(rows[0].stored_params + rows[1].stored_params == modules::vo_weight_params(m, dv));
+    const auto after = lm->forward(ids);
+    CHECK(max_abs(after - before) < 1e-4 * std::max(1.0, max_abs(before)));
+    // At one less than the values' rank the model changes.
+    auto lm2 = random_model(json);
+    modules::compress_vo(*lm2, modules::vo_modules(*lm2)[0], 1, gram_stats(*lm2).mean_gram(m.value));
+    CHECK(lm2->forward(ids).sizes() == before.sizes());
+  }
+}
+
+TEST_CASE("narrowed value heads are refused by the export, naming v_head_dim, and nothing is written") {
+  auto lm = model::CausalLM::load(test::model_dir("llama_gqa"));
+  const auto stats = gram_stats(*lm);
+  const auto m = modules::vo_modules(*lm)[0];
+  modules::compress_vo(*lm, m, m.width / 2, stats.mean_gram(m.value));
+  test::TempDir dir("modules_vo_export");
+  CHECK_THROWS_WITH(repo::write_acur_repo(*lm, dir / "repo", {}), Catch::Contains("v_head_dim"));
+  CHECK_FALSE(std::filesystem::exists(dir / "repo"));
+}
