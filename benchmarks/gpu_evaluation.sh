@@ -3,7 +3,8 @@
 # zero-shot tasks, the small OPT trained on TinyStories, the CUR-vs-SVD
 # comparison (benchmarks/compare.sh) on stories260K and that OPT, the task
 # scorer's speed against the Python reference, and the transformers check of
-# exported module-method folders. Logs, fixtures and results go to $OUT.
+# exported module-method folders. Into OUT, at most a few files: summary.txt,
+# logs.tar.gz, tasks_reference.tar (fixtures), opt-model.tar, compare.tar.gz.
 #
 #   bash benchmarks/gpu_evaluation.sh DEPS DATA OUT [parts]
 #
@@ -18,9 +19,10 @@
 set -uo pipefail
 deps=${1:?deps folder}
 data=$(realpath "${2:?data folder}")
-out=$(realpath -m "${3:?output folder}")
+final=$(realpath -m "${3:?output folder}")
 parts=" ${4:-fixtures opt compare timing export} "
-mkdir -p "$out"
+out=/tmp/cur4llm-gpu-out
+rm -rf "$out"; mkdir -p "$out" "$final"
 summary="$out/summary.txt"
 : > "$summary"
 note() { echo "$*" | tee -a "$summary"; }
@@ -46,7 +48,7 @@ if [[ $parts == *" fixtures "* ]]; then
   fixtures_pid=$!
 fi
 opt=/tmp/opt-tinystories
-if [[ $parts == *" opt "* || $parts == *" compare "* ]]; then
+if [[ $parts == *" opt "* || ( $parts == *" compare "* && ! -f $opt/model.safetensors ) ]]; then
   timeout 300 python3 benchmarks/train_opt_tinystories.py --shared "$(dirname "$data")" --out $opt --max_minutes 2.5 \
     > "$out/opt_train.log" 2>&1 &
   train_pid=$!
@@ -54,7 +56,7 @@ fi
 
 source "$deps/install.sh" /tmp/cur4llm-deps > /dev/null
 build=/tmp/cur4llm-build
-cmake -S . -B $build -G Ninja -DCMAKE_BUILD_TYPE=Release -DCUR4LLM_SHARED_DIR="$(dirname "$data")" \
+[[ -f $build/CMakeCache.txt ]] || cmake -S . -B $build -G Ninja -DCMAKE_BUILD_TYPE=Release -DCUR4LLM_SHARED_DIR="$(dirname "$data")" \
   > "$out/configure.log" 2>&1 || { tail -30 "$out/configure.log"; exit 1; }
 cmake --build $build -j16 --target acur acur_report build_acur_repo bench_tasks test_tasks > "$out/build.log" 2>&1 \
   || { grep -E "error|Error" -A5 "$out/build.log" | head -60; exit 1; }
@@ -73,29 +75,38 @@ if [[ -n ${train_pid:-} ]]; then
 fi
 
 if [[ $parts == *" compare "* ]]; then
-  export ACUR=$build/apps/acur ACUR_REPORT=$build/apps/acur_report
+  # One compare.sh per (model, seed, method), all at once: the models are tiny, so the GPU has room
+  # and each process is mostly its own host work (one thread each).
+  export ACUR=$build/apps/acur ACUR_REPORT=$build/apps/acur_report OMP_NUM_THREADS=1
   ratios=${RATIOS:-0.95,0.9,0.85,0.8,0.7}
-  read -ra methods <<<"${METHODS:-svd:--act_aware svd_whiten skeleton_swap cur:--preset@reference}"
-  method_args=()
-  for m in "${methods[@]}"; do method_args+=(--method "${m//@/ }"); done
+  # "@" stands for a space inside one method's flags.
+  read -ra methods <<<"${METHODS:-svd:--act_aware@--preset@reference cur:--act_aware@--preset@reference svd_whiten skeleton_swap mlp_nystrom:--search@reference mlp_nystrom modular}"
+  read -ra methods_seed1 <<<"${METHODS_SEED1:-svd_whiten skeleton_swap mlp_nystrom:--search@reference mlp_nystrom}"
   tasks_flag=${TASKS_FLAGS:---eval_tasks piqa,arc_easy,arc_challenge,hellaswag,winogrande,boolq,openbookqa --limit 1000}
-  common=(--seqlen 512 --n_calib_samples 32 --device cuda --dtype fp32 --batch_size 16 --data_dir $tasks $tasks_flag)
+  common=(--seqlen 512 --n_calib_samples 32 --device cuda --dtype fp32 --batch_size 16 --data_dir $tasks)
   pids=()
-  for seed in ${SEEDS:-233 1}; do
-    for model in stories260K-hf opt-tinystories; do
-      path=$data/models/$model
-      [[ $model == opt-tinystories ]] && path=$opt
-      dense=; [[ $seed == 233 ]] && dense=--dense
-      bash benchmarks/compare.sh --model "$path" "${method_args[@]}" --ratios "$ratios" \
-        --calib "$data/text/tinystories/tinystories_calib.txt" --eval "$data/text/tinystories/tinystories_eval.txt" \
-        --out /tmp/compare/$model-$seed $dense -- "${common[@]}" --seed $seed > "$out/compare-$model-$seed.log" 2>&1 &
-      pids+=($!)
-    done
+  run_compare() {  # model seed method extra...
+    local model=$1 seed=$2 method=$3; shift 3
+    local path=$data/models/$model name=${method%%:*}
+    [[ $model == opt-tinystories ]] && path=$opt
+    local tag=$model-$seed-$(echo "$method" | tr -c 'A-Za-z0-9_\n' '_')
+    bash benchmarks/compare.sh --model "$path" --method "${method//@/ }" --ratios "$ratios" \
+      --calib "$data/text/tinystories/tinystories_calib.txt" --eval "$data/text/tinystories/tinystories_eval.txt" \
+      --out /tmp/compare/$tag -- "${common[@]}" --seed $seed "$@" > "$out/compare-$tag.log" 2>&1
+  }
+  for model in stories260K-hf opt-tinystories; do
+    path=$data/models/$model; [[ $model == opt-tinystories ]] && path=$opt
+    mkdir -p /tmp/compare/$model-dense/runs
+    $ACUR --model_id "$path" --raw_model --eval_ppl "$data/text/tinystories/tinystories_eval.txt" "${common[@]}" \
+      $tasks_flag --output /tmp/compare/$model-dense/runs > "$out/compare-$model-dense.log" 2>&1 &
+    for m in "${methods[@]}"; do run_compare $model 233 "$m" $tasks_flag & pids+=($!); done
+    for m in "${methods_seed1[@]}"; do run_compare $model 1 "$m" & pids+=($!); done
   done
   for p in "${pids[@]}"; do wait "$p"; done
+  wait
   cat /tmp/compare/*/runs/results.jsonl > "$out/compare-results.jsonl" 2>/dev/null
   note "compare: $(wc -l < "$out/compare-results.jsonl") records at $(elapsed) s"
-  grep -h "failed\|error" "$out"/compare-*.log | head -20 >> "$summary"
+  grep -h "failed\|rror" "$out"/compare-*.log | head -20 >> "$summary"
 fi
 
 if [[ $parts == *" timing "* ]]; then
@@ -127,3 +138,8 @@ if [[ $parts == *" export "* && -n ${EXPORT_METHODS:-} ]]; then
   done
 fi
 note "done at $(elapsed) s"
+cp "$summary" "$final/"
+[[ -d $out/tasks_reference ]] && tar -cf "$final/tasks_reference.tar" -C "$out" tasks_reference
+[[ -f $out/opt-model.tar ]] && cp "$out/opt-model.tar" "$final/"
+[[ -d /tmp/compare ]] && tar -czf "$final/compare.tar.gz" -C /tmp compare --exclude='cache' --exclude='*.safetensors'
+tar -czf "$final/logs.tar.gz" -C "$out" --exclude='*.tar' --exclude=tasks_reference .
