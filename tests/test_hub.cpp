@@ -30,30 +30,13 @@ using cur4llm::io::HubOptions;
 using cur4llm::test::model_dir;
 using cur4llm::test::TempDir;
 
+using cur4llm::test::ScopedEnv;
+
 namespace {
 
 const char* const kRepo = "acme/tiny";
 const char* const kModel = "tiny-shakespeare-opt";
 
-struct ScopedEnv {
-  std::string name;
-  std::optional<std::string> old;
-  ScopedEnv(std::string n, const std::optional<std::string>& value) : name(std::move(n)) {
-    if (const char* v = std::getenv(name.c_str())) old = v;
-    if (value) {
-      ::setenv(name.c_str(), value->c_str(), 1);
-    } else {
-      ::unsetenv(name.c_str());
-    }
-  }
-  ~ScopedEnv() {
-    if (old) {
-      ::setenv(name.c_str(), old->c_str(), 1);
-    } else {
-      ::unsetenv(name.c_str());
-    }
-  }
-};
 
 template <class E, class F>
 std::string message_of(F&& fn) {

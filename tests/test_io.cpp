@@ -41,6 +41,8 @@ using Catch::Matchers::Contains;
 using cur4llm::test::model_dir;
 using cur4llm::test::TempDir;
 
+using cur4llm::test::ScopedEnv;
+
 namespace {
 
 // Plain iostreams here, so the tests do not depend on io/files.h.
@@ -116,26 +118,6 @@ float bits_to_float(uint32_t bits) {
   return f;
 }
 
-// Sets (or unsets) an environment variable for the scope of a test.
-struct ScopedEnv {
-  std::string name;
-  std::optional<std::string> old;
-  ScopedEnv(std::string n, const std::optional<std::string>& value) : name(std::move(n)) {
-    if (const char* v = std::getenv(name.c_str())) old = v;
-    if (value) {
-      ::setenv(name.c_str(), value->c_str(), 1);
-    } else {
-      ::unsetenv(name.c_str());
-    }
-  }
-  ~ScopedEnv() {
-    if (old) {
-      ::setenv(name.c_str(), old->c_str(), 1);
-    } else {
-      ::unsetenv(name.c_str());
-    }
-  }
-};
 
 std::vector<std::string> folder_listing(const fs::path& dir) {
   std::vector<std::string> names;

@@ -327,6 +327,8 @@ int run(int argc, char** argv) {
   nlohmann::json timing_record = nlohmann::json::object();
   for (const auto& [stage, s] : timings) timing_record[stage] = s;
   record["timings"] = timing_record;
+  std::string candidates_text;  // as the flag takes them; empty: the sweep's own (the reference's)
+  for (double r : pipe.candidates) candidates_text += fmt::format("{}{}", candidates_text.empty() ? "" : ",", r);
   nlohmann::json args = {{"preset", cur4llm::pipeline::preset_name(pipe.preset)},
                          {"param_ratio_target", pipe.param_ratio_target}, {"ppl_target", pipe.ppl_target},
                          {"kv_cache_ratio_target", pipe.kv_cache_ratio_target}, {"act_aware", *pipe.act_aware},
@@ -336,7 +338,7 @@ int run(int argc, char** argv) {
                          {"seed", pipe.seed}, {"rank_align", pipe.rank_align}, {"use_bos", pipe.use_bos},
                          {"cur_selection", pipe.cur_selection}, {"cur_fold_u", pipe.cur_fold_u},
                          {"sequential", *pipe.sequential}, {"search", pipe.search},
-                         {"candidates", pipe.candidates}, {"compress_lm_head", flags.compress_lm_head}};
+                         {"candidates", candidates_text}, {"compress_lm_head", flags.compress_lm_head}};
   record["args"] = args;
   fmt::print(stderr, "time:");
   for (const auto& [stage, s] : timings) fmt::print(stderr, " {} {:.2f} s;", stage_label(stage), s);

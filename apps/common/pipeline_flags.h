@@ -44,8 +44,8 @@ inline void add_pipeline_flags(boost::program_options::options_description& ref,
       ("param_ratio_target", po::value(&o.param_ratio_target)->default_value(-1),
        "target ratio of Linear weight parameters, in (0, 1]")
       ("act_aware", po::value<bool>()->implicit_value(true)->notifier([&o](bool v) { o.act_aware = v; }),
-       "scale the weight by activation statistics, ASVD-style (default: on; off with the reference preset; "
-       "--act_aware=false turns it off)")
+       "scale the weight by activation statistics, ASVD-style (default: on for the methods that read an "
+       "activation scale; off with the reference preset; --act_aware=false turns it off)")
       ("alpha", po::value(&o.alpha)->default_value(0.5), "exponent of the activation scale, >= 0")
       ("n_calib_samples", po::value(&o.n_calib_samples)->default_value(32), "calibration samples")
       ("calib_dataset", po::value(&o.calib_dataset)->default_value("wikitext2"),

@@ -7,7 +7,7 @@ include(${CMAKE_CURRENT_LIST_DIR}/cli_functions.cmake)
 file(REMOVE_RECURSE "${WORK}")
 set(common --model_id ${MODEL} --calib_dataset ${TEXT} --eval_ppl ${TEXT} --seqlen 64 --n_calib_samples 4
     --limit 8 --output ${WORK}/out)
-run(0 svd_out ${ACUR} ${common} --method svd --act_aware --param_ratio_target 0.8)
+run(0 svd_out ${ACUR} ${common} --method svd --act_aware --preset reference --param_ratio_target 0.8)
 run(0 skel_out ${ACUR} ${common} --method skeleton_swap --search lagrangian --candidates 0.5,0.7,0.9
     --param_ratio_target 0.9)
 file(GLOB plans "${WORK}/out/plan-*svd*.json")

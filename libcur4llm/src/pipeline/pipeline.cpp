@@ -219,18 +219,18 @@ PipelineOptions resolve(const PipelineOptions& options) {
   PipelineOptions o = options;
   const bool best = o.preset == Preset::kBest;
   if (o.method.empty()) o.method = best ? "skeleton_swap" : "cur";
-  if (!o.act_aware) o.act_aware = best;
-  if (!o.sequential) {
-    bool gram = false;
-    if (best) {
-      try {
-        gram = compress::make_compressor(o.method)->statistic() == compress::LayerStatistic::Gram;
-      } catch (const std::invalid_argument&) {
-        // An unknown method: validate() names it.
-      }
+  // Methods on the Gram matrix read no activation scale: act_aware would change nothing for them.
+  bool gram = false;
+  if (best) {
+    try {
+      gram = !modules::is_module_method(o.method) &&
+             compress::make_compressor(o.method)->statistic() == compress::LayerStatistic::Gram;
+    } catch (const std::invalid_argument&) {
+      // An unknown method: validate() names it.
     }
-    o.sequential = gram;
   }
+  if (!o.act_aware) o.act_aware = best && !gram && !modules::is_module_method(o.method);
+  if (!o.sequential) o.sequential = gram;
   const bool ppl_weights = o.sensitivity_metric == "ppl" && !o.compress_kv_cache;
   if (o.search.empty()) {
     o.search = best && ppl_weights && o.param_ratio_target > 0 && o.plan_file.empty() ? "lagrangian" : "reference";

@@ -9,7 +9,7 @@
 /// continuation); the model scores every request (sum of the continuation's
 /// token log-probabilities, and whether greedy decoding would produce it); the
 /// task turns the scores into metrics. docs/evaluation.md lists the tasks, the
-/// data layout under <data_dir>/tasks/ and where the results can differ from
+/// data layout under `<data_dir>/tasks/` and where the results can differ from
 /// the harness's.
 
 #include <cstdint>
@@ -104,7 +104,7 @@ const std::vector<std::string>& task_names();
 /// The 57 MMLU subjects, alphabetically.
 const std::vector<std::string>& mmlu_subjects();
 
-/// Reads task `name` from <data_dir>/tasks/<name>/ (layouts in docs/evaluation.md).
+/// Reads task `name` from `<data_dir>/tasks/<name>/` (layouts in docs/evaluation.md).
 /// std::invalid_argument for an unknown name or a missing file (naming the path
 /// looked for); std::runtime_error naming the file and line for malformed data.
 Task load_task(const std::string& name, const std::filesystem::path& data_dir, const TaskLoadOptions& options = {});

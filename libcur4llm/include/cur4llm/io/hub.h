@@ -2,9 +2,11 @@
 /// Downloading models from the Hugging Face Hub into the Hugging Face cache.
 ///
 /// The cache layout is huggingface_hub's, so Python and cur4llm share one cache:
+/// @code
 ///   <cache>/models--<org>--<name>/blobs/<etag>            the files' contents
 ///   <cache>/models--<org>--<name>/snapshots/<commit>/<f>  relative links to the blobs
 ///   <cache>/models--<org>--<name>/refs/<revision>         the commit a revision named
+/// @endcode
 
 #include <filesystem>
 #include <stdexcept>

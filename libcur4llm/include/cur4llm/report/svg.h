@@ -50,7 +50,7 @@ class SvgWriter {
   /// A text element.
   void text(double x, double y, const std::string& content, const TextStyle& style = {});
 
-  /// The document: an <svg> element with its namespace, no XML declaration (so it also inlines into HTML).
+  /// The document: an `<svg>` element with its namespace, no XML declaration (so it also inlines into HTML).
   std::string str() const;
 
  private:
