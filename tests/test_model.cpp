@@ -184,6 +184,17 @@ TEST_CASE("CUDA: cur4llm's kernels and cuDNN attention give ATen's results on mo
   }
 }
 
+TEST_CASE("asking for CUDA without a CUDA device says so, not that a dtype is unsupported", "[model][unit]") {
+  if (at::hasCUDA()) {
+    WARN("SKIPPED: a CUDA device is present");
+    return;
+  }
+  LoadOptions options;
+  options.device = c10::Device(c10::kCUDA);
+  CHECK_THROWS_WITH(CausalLM::load(model_dir("llama_gqa"), options),
+                    Catch::Contains("no CUDA device is available") && !Catch::Contains("dtype"));
+}
+
 TEST_CASE("configs are parsed into the typed struct", "[model][unit]") {
   auto opt = cur4llm::model::ModelConfig::from_file(model_dir("opt_proj_post") / "config.json");
   CHECK(opt.family == cur4llm::model::Family::Opt);
