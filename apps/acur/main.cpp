@@ -177,7 +177,7 @@ int run(int argc, char** argv) {
     }
     if (flags.options.compress_kv_cache) throw std::invalid_argument("--raw_model takes no --compress_kv_cache");
   }
-  if (o.limit == 0 || o.limit < -1) throw std::invalid_argument(fmt::format("--limit must be -1 (all) or positive, not {}", o.limit));
+  cur4llm::app::check_limit(o.limit);
   if (o.weight_quant != "none" && o.weight_quant != "rtn_int8" && o.weight_quant != "rtn_int6" &&
       o.weight_quant != "rtn_int4") {
     throw std::invalid_argument(

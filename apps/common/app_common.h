@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
+#include <cstdint>
 #include <iostream>
 
 #include <cstdio>
@@ -127,6 +128,13 @@ inline void check_output_folder(const std::string& folder, const char* flag) {
   bool ok = static_cast<bool>(std::ofstream(probe, std::ios::app));
   fs::remove(probe, ec);
   if (!ok) throw std::invalid_argument(fmt::format("{} {}: cannot write files in this folder", flag, dir.string()));
+}
+
+/// std::invalid_argument unless --limit is -1 (all) or positive.
+inline void check_limit(int64_t limit) {
+  if (limit == 0 || limit < -1) {
+    throw std::invalid_argument(fmt::format("--limit must be -1 (all) or positive, not {}", limit));
+  }
 }
 
 /// Runs `body`, turning exceptions into one line on stderr and an exit code.

@@ -83,7 +83,7 @@ int run(int argc, char** argv) {
   po::variables_map vm;
   int exit_code = 0;
   if (!cur4llm::app::parse_command_line("quantize", argc, argv, opts, vm, exit_code)) return exit_code;
-  if (o.limit == 0 || o.limit < -1) throw std::invalid_argument(fmt::format("--limit must be positive or -1 (all), not {}", o.limit));
+  cur4llm::app::check_limit(o.limit);
 
   // Every flag is checked before the model is read.
   const auto format = cur4llm::quant::parse_quant_format(o.format);

@@ -407,7 +407,6 @@ PipelineResult compress_model(model::CausalLM& lm, const tokenize::Tokenizer& to
   const PipelineOptions o = resolve(options);
   validate(o);
   PipelineResult result;
-  result.options = o;
   const int64_t seqlen = std::min(o.seqlen, lm.config().max_position_embeddings);
   result.seqlen = seqlen;
   const fs::path data_dir = data_dir_of(o);
@@ -634,16 +633,16 @@ PipelineResult compress_model(model::CausalLM& lm, const tokenize::Tokenizer& to
                         {"preset", preset_name(o.preset)}};
   if (keep_head) result.plan.meta()["lm_head"] = "tied, kept dense";
 
-  // 6. Was the target reached? Counted on what the layers really store now.
-  double kept = 0, total = 0;
+  // 6. Was the target reached? Counted as the search counts, on what the layers really store now.
+  search::Allocation applied;
   for (const auto& size : sizes) {
     const std::optional<search::PlannedLayer> planned = result.plan.find(size.name);
     const bool compressed = planned && planned->method != "dense";
-    if (!size.shared) total += static_cast<double>(size.numel);
-    if (size.shared && !compressed) continue;
-    kept += compressed ? static_cast<double>(planned->stored_params) : static_cast<double>(size.numel);
+    applied.push_back({size.name, compressed ? planned->ratio : 1.0, compressed});
   }
-  result.budget_ratio = total > 0 ? kept / total : 1;
+  result.budget_ratio = search::whole_model_ratio(
+      applied, sizes, search::CompressMode::kWeights,
+      [&](const std::string& layer, double) { return result.plan.find(layer)->stored_params; });
   if (saved_plan) {
     // A plan states its ratios; there is no target to miss.
   } else if (o.ppl_target > 0) {

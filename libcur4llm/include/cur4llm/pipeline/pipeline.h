@@ -109,7 +109,6 @@ void validate_settings(const PipelineOptions& options);
 
 /// What compress_model did.
 struct PipelineResult {
-  PipelineOptions options;        ///< the options as run: resolve(options) of the call
   search::CompressionPlan plan;   ///< every Linear layer: method, ratio, rank, stored and dense parameters
   std::string target_label;       ///< "ratio0.9", "ppl10", "kv0.5" or "plan"
   int64_t seqlen = 0;             ///< calibration sample length used
