@@ -10,7 +10,11 @@
 #
 # DEPS holds the build dependencies (install.sh, see README "Build against CUDA
 # LibTorch"), DATA the data/ folder (models/, text/, tasks.tar.xz,
-# tokenizers-real.tar.xz). parts (default "fixtures opt compare timing export"):
+# tokenizers-real.tar.xz). The whole run ends by $BUDGET seconds (default 540): later
+# steps get what is left, and the outputs are written however it ends. With
+# $PREBUILT (a build.tar.xz an earlier run wrote to OUT) the build is skipped;
+# $OPT_MODEL names an OPT an earlier run trained; $MODELS the models compared.
+# parts (default "fixtures opt compare timing export"):
 #   fixtures  scripts/tasks_reference.py on stories260K-hf and the tiny OPT
 #   opt       train benchmarks/train_opt_tinystories.py's OPT (opt-model.tar in OUT)
 #   compare   compare.sh on both models ($METHODS, $RATIOS, seeds $SEEDS), in parallel
@@ -28,6 +32,18 @@ summary="$out/summary.txt"
 note() { echo "$*" | tee -a "$summary"; }
 t_start=$(date +%s)
 elapsed() { echo $(( $(date +%s) - t_start )); }
+budget=${BUDGET:-540}
+left() { local l=$(( budget - 45 - $(elapsed) )); (( l > 5 )) && echo $l || echo 5; }  # seconds a step may take
+build=/tmp/cur4llm-build
+finish() {
+  note "done at $(elapsed) s"
+  cp "$summary" "$final/"
+  [[ -d $out/tasks_reference ]] && tar -cf "$final/tasks_reference.tar" -C "$out" tasks_reference
+  [[ -f $out/opt-model.tar ]] && cp "$out/opt-model.tar" "$final/"
+  [[ -d /tmp/compare ]] && tar -czf "$final/compare.tar.gz" -C /tmp compare --exclude='cache' --exclude='*.safetensors'
+  tar -czf "$final/logs.tar.gz" -C "$out" --exclude='*.tar' --exclude=tasks_reference .
+}
+trap finish EXIT
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee -a "$summary"
 python3 -c 'import torch, transformers; print("torch", torch.__version__, "cuda", torch.version.cuda, "transformers", transformers.__version__)' | tee -a "$summary"
@@ -42,12 +58,12 @@ if [[ $parts == *" fixtures "* ]]; then
   (
     mkdir -p "$out/tasks_reference"
     for m in "$data/models/stories260K-hf" tests/data/models/tiny-shakespeare-opt; do
-      python3 scripts/tasks_reference.py --model "$m" --data_dir $tasks --out "$out/tasks_reference" --device cuda
+      timeout 240 python3 scripts/tasks_reference.py --model "$m" --data_dir $tasks --out "$out/tasks_reference" --device cuda
     done
   ) > "$out/fixtures.log" 2>&1 &
   fixtures_pid=$!
 fi
-opt=/tmp/opt-tinystories
+opt=${OPT_MODEL:-/tmp/opt-tinystories}  # OPT_MODEL: an OPT trained by an earlier run (opt-model.tar unpacked)
 if [[ $parts == *" opt "* || ( $parts == *" compare "* && ! -f $opt/model.safetensors ) ]]; then
   timeout 300 python3 benchmarks/train_opt_tinystories.py --shared "$(dirname "$data")" --out $opt --max_minutes 2.5 \
     > "$out/opt_train.log" 2>&1 &
@@ -55,15 +71,23 @@ if [[ $parts == *" opt "* || ( $parts == *" compare "* && ! -f $opt/model.safete
 fi
 
 source "$deps/install.sh" /tmp/cur4llm-deps > /dev/null
-build=/tmp/cur4llm-build
+if [[ -n ${PREBUILT:-} && -f ${PREBUILT:-} ]]; then
+  mkdir -p $build && tar -xJf "$PREBUILT" -C $build
+  note "prebuilt binaries from $PREBUILT"
+else
 [[ -f $build/CMakeCache.txt ]] || cmake -S . -B $build -G Ninja -DCMAKE_BUILD_TYPE=Release -DCUR4LLM_SHARED_DIR="$(dirname "$data")" \
   > "$out/configure.log" 2>&1 || { tail -30 "$out/configure.log"; exit 1; }
 cmake --build $build -j16 --target acur acur_report build_acur_repo bench_tasks test_tasks > "$out/build.log" 2>&1 \
   || { grep -E "error|Error" -A5 "$out/build.log" | head -60; exit 1; }
 note "built at $(elapsed) s"
+# The binaries, for a later run's $PREBUILT (same paths: their RPATH names the build folder).
+(cd $build && strip -g libcur4llm/libcur4llm.so* 2>/dev/null
+ tar -cJf "$final/build.tar.xz" libcur4llm/libcur4llm.so* apps/acur apps/acur_report apps/build_acur_repo \
+   benchmarks/bench_tasks tests/test_tasks) && note "binaries: $(du -h "$final/build.tar.xz" | cut -f1)"
+fi
 
 if [[ -n ${fixtures_pid:-} ]]; then
-  wait $fixtures_pid; note "fixtures rc=$? at $(elapsed) s"; tail -25 "$out/fixtures.log" >> "$summary"
+  timeout $(left) tail --pid=$fixtures_pid -f /dev/null; kill $fixtures_pid 2>/dev/null; wait $fixtures_pid; note "fixtures rc=$? at $(elapsed) s"; tail -25 "$out/fixtures.log" >> "$summary"
   mkdir -p tests/data/tasks_reference && cp "$out"/tasks_reference/*.json tests/data/tasks_reference/ 2>/dev/null
   $build/tests/test_tasks "per-item*" 2>&1 | tail -4 | tee -a "$summary"
   $build/tests/test_tasks 2>&1 | tail -2 | tee -a "$summary"
@@ -90,14 +114,14 @@ if [[ $parts == *" compare "* ]]; then
     local path=$data/models/$model name=${method%%:*}
     [[ $model == opt-tinystories ]] && path=$opt
     local tag=$model-$seed-$(echo "$method" | tr -c 'A-Za-z0-9_\n' '_')
-    bash benchmarks/compare.sh --model "$path" --method "${method//@/ }" --ratios "$ratios" \
+    timeout $(left) bash benchmarks/compare.sh --model "$path" --method "${method//@/ }" --ratios "$ratios" \
       --calib "$data/text/tinystories/tinystories_calib.txt" --eval "$data/text/tinystories/tinystories_eval.txt" \
       --out /tmp/compare/$tag -- "${common[@]}" --seed $seed "$@" > "$out/compare-$tag.log" 2>&1
   }
-  for model in stories260K-hf opt-tinystories; do
+  for model in ${MODELS:-stories260K-hf opt-tinystories}; do
     path=$data/models/$model; [[ $model == opt-tinystories ]] && path=$opt
     mkdir -p /tmp/compare/$model-dense/runs
-    $ACUR --model_id "$path" --raw_model --eval_ppl "$data/text/tinystories/tinystories_eval.txt" "${common[@]}" \
+    timeout $(left) $ACUR --model_id "$path" --raw_model --eval_ppl "$data/text/tinystories/tinystories_eval.txt" "${common[@]}" \
       $tasks_flag --output /tmp/compare/$model-dense/runs > "$out/compare-$model-dense.log" 2>&1 &
     for m in "${methods[@]}"; do run_compare $model 233 "$m" $tasks_flag & pids+=($!); done
     for m in "${methods_seed1[@]}"; do run_compare $model 1 "$m" & pids+=($!); done
@@ -117,7 +141,7 @@ if [[ $parts == *" timing "* ]]; then
       cpp_one_row) cmd=($build/benchmarks/bench_tasks --config benchmarks/configs/llama-7b.json --tokenizer $tok --max_batch_tokens 1) ;;
       python) cmd=(python3 scripts/tasks_reference.py --time --tokenizer $tok) ;;
     esac
-    timeout 240 "${cmd[@]}" --data_dir $tasks --tasks hellaswag,mmlu --limit 200 --mmlu_limit 4 --device cuda --dtype fp16 \
+    timeout $(( $(left) < 150 ? $(left) : 150 )) "${cmd[@]}" --data_dir $tasks --tasks hellaswag,mmlu --limit 200 --mmlu_limit 4 --device cuda --dtype fp16 \
       > "$out/timing-$what.log" 2>&1
     note "timing $what rc=$? at $(elapsed) s: $(tail -3 "$out/timing-$what.log" | tr '\n' ' ')"
   done
@@ -137,9 +161,3 @@ if [[ $parts == *" export "* && -n ${EXPORT_METHODS:-} ]]; then
     done
   done
 fi
-note "done at $(elapsed) s"
-cp "$summary" "$final/"
-[[ -d $out/tasks_reference ]] && tar -cf "$final/tasks_reference.tar" -C "$out" tasks_reference
-[[ -f $out/opt-model.tar ]] && cp "$out/opt-model.tar" "$final/"
-[[ -d /tmp/compare ]] && tar -czf "$final/compare.tar.gz" -C /tmp compare --exclude='cache' --exclude='*.safetensors'
-tar -czf "$final/logs.tar.gz" -C "$out" --exclude='*.tar' --exclude=tasks_reference .
