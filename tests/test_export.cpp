@@ -681,3 +681,29 @@ TEST_CASE("check_target_free: a symbolic link is an existing target, dangling or
   CHECK(io::read_file(dir / "elsewhere" / "keep") == "k");
   CHECK_FALSE(fs::exists(dir / "elsewhere" / "f"));
 }
+
+TEST_CASE("export_weight_bytes: the tensor bytes write_acur_repo then writes, without writing", "[export]") {
+  struct Case {
+    std::string model, method, format;
+    std::optional<c10::ScalarType> dtype;
+  };
+  // Tied (opt_pre, qwen2_bias) and untied (llama_gqa) models; dense, factorized, packed; a dtype override.
+  for (const Case& c : {Case{"opt_pre", "", "", {}}, Case{"opt_pre", "cur", "", {}}, Case{"llama_gqa", "svd", "", at::kHalf},
+                        Case{"qwen2_bias", "cur", "rtn_int4", {}}, Case{"opt_pre_fp16", "skeleton", "rtn_int8", {}}}) {
+    DYNAMIC_SECTION(c.model << " " << c.method << " " << c.format) {
+      auto lm = CausalLM::load(model_dir(c.model));
+      if (!c.method.empty()) compress_some(*lm, c.method, 2);
+      quant::PackedWeights packed;
+      if (!c.format.empty()) packed = quant::quantize_model_packed(*lm, quant::parse_quant_format(c.format));
+      repo::ExportOptions o;
+      o.dtype = c.dtype;
+      if (!packed.empty()) o.packed = &packed;
+      const int64_t predicted = repo::export_weight_bytes(*lm, o);
+      TempDir dir("export_bytes");
+      const auto written = repo::write_acur_repo(*lm, dir / "repo", o);
+      CHECK(predicted == written.weight_bytes);
+      // The safetensors file holds those bytes plus its header (8-byte length + JSON).
+      CHECK(static_cast<int64_t>(fs::file_size(dir / "repo" / "model.safetensors")) > predicted);
+    }
+  }
+}

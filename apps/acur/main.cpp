@@ -11,6 +11,7 @@
 #include <cur4llm/pipeline/pipeline.h>
 #include <cur4llm/quant/packed_quant.h>
 #include <cur4llm/quant/quantize.h>
+#include <cur4llm/repo/acur_repo.h>
 #include <cur4llm/tokenize/tokenizer.h>
 #include <cur4llm/util/host_memory.h>
 
@@ -278,6 +279,8 @@ int run(int argc, char** argv) {
   record["linear_params"] = {{"stored", after.linear_stored}, {"dense", counts.linear_dense}};
   fmt::print("param ratio: {:.4f} of Linear weights, {:.4f} of the whole model\n",
              record["param_ratio_linear"].get<double>(), record["param_ratio_model"].get<double>());
+  // What an export (build_acur_repo, config.json's dtype) would store; not known here for --weight_quant.
+  if (o.weight_quant == "none") record["bytes"] = cur4llm::repo::export_weight_bytes(*lm);
 
   if (o.weight_quant != "none") {
     // int8 / int6 as the reference (fp32 scales); group-wise int4 has no reference counterpart and

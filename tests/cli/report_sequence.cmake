@@ -42,6 +42,10 @@ set(row_skel "[|] tiny-shakespeare-opt [|] skeleton_swap [|] lagrangian[^|\n]* [
 if(NOT md MATCHES "${row_svd}[^\n]*\n${row_skel}")
   message(FATAL_ERROR "report.md lacks the two runs' rows:\n${md}")
 endif()
+# acur records the bytes an export would store; the report shows them (digits grouped by commas).
+if(NOT md MATCHES "[|] bytes [|]" OR NOT md MATCHES "[|] [0-9][0-9]?[0-9]?,[0-9][0-9][0-9] [|]")
+  message(FATAL_ERROR "report.md lacks the bytes column:\n${md}")
+endif()
 if(NOT html MATCHES "<td>svd</td>" OR NOT html MATCHES "<td>skeleton_swap</td>" OR NOT html MATCHES "<svg ")
   message(FATAL_ERROR "report.html lacks the runs or the inline plots:\n${html}")
 endif()

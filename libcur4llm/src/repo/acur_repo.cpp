@@ -336,4 +336,40 @@ ExportResult write_acur_repo(const model::CausalLM& lm, const fs::path& folder, 
   return result;
 }
 
+namespace {
+const quant::QuantizedTensor* find_packed(const quant::PackedWeights& packed, const std::string& name) {
+  const auto it = packed.find(name);
+  return it == packed.end() ? nullptr : &it->second;
+}
+}  // namespace
+
+int64_t export_weight_bytes(const model::CausalLM& lm, const ExportOptions& options) {
+  // The same choices as write_acur_repo's tensor list, counted instead of converted.
+  const c10::ScalarType dtype = options.dtype ? *options.dtype : model::stored_dtype(lm.config());
+  const auto stored = [dtype](const at::Tensor& t) {
+    const auto type = at::isFloatingType(t.scalar_type()) ? dtype : t.scalar_type();
+    return t.numel() * static_cast<int64_t>(c10::elementSize(type));
+  };
+  int64_t bytes = 0;
+  for (const auto& [name, t] : lm.other_tensors()) bytes += stored(t);
+  const bool tied = lm.config().tie_word_embeddings;
+  for (const auto& info : lm.linears()) {
+    const auto slot = lm.linear_ptr(info.name);
+    bool any_packed = false;
+    for (const auto& [rel, t] : slot->state()) {
+      const auto* q = options.packed ? find_packed(*options.packed, info.name + "." + rel) : nullptr;
+      if (q) {
+        bytes += q->nbytes();
+        any_packed = true;
+      } else {
+        bytes += stored(t);
+      }
+    }
+    if (info.name == "lm_head" && tied && slot->kind() == "dense" && !any_packed) {  // tied to the embedding
+      for (const auto& [rel, t] : slot->state()) bytes -= stored(t);
+    }
+  }
+  return bytes;
+}
+
 }  // namespace cur4llm::repo

@@ -60,6 +60,11 @@ struct ExportResult {
 ExportResult write_acur_repo(const model::CausalLM& lm, const std::filesystem::path& folder,
                              const ExportOptions& options = {});
 
+/// The bytes of tensor data write_acur_repo(lm, folder, options) would write
+/// (ExportResult::weight_bytes), computed without converting or writing
+/// anything: what a compressed model occupies on disk, for reports.
+int64_t export_weight_bytes(const model::CausalLM& lm, const ExportOptions& options = {});
+
 /// "<model_name>-acur<round(100 * ratio)>", the reference's folder name.
 std::string repo_folder_name(const std::string& model_name, double ratio);
 
