@@ -177,6 +177,7 @@ def max_length_of(model):
 
 def score_one(torch, model, ctx, cont, max_length, device):
     inp = model_inputs(ctx, cont, max_length)
+    cont = cont[-len(inp):]  # a continuation longer than the window: its last max_length tokens
     with torch.no_grad():
         logits = torch.nn.functional.log_softmax(model(torch.tensor([inp], device=device)).logits.float(), dim=-1)[0]
     logits = logits[len(inp) - len(cont):]
@@ -289,6 +290,7 @@ def timing(args):
                     for r, row in enumerate(batch):
                         ids[r, :len(row)] = torch.tensor(row)
                         for cont in rows[row]:
+                            cont = cont[-len(row):]
                             spans.append(len(cont))
                             for j, tok in enumerate(cont):
                                 rows_at.append(r)

@@ -319,6 +319,27 @@ TEST_CASE("score_requests: continuation log-probs and greedy flags from the mode
   CHECK_THROWS_AS(ev::score_requests(*lm, {{{0, 1}, {}}}), std::invalid_argument);
 }
 
+TEST_CASE("score_requests: a continuation longer than the window is scored on its last window of tokens",
+          "[tasks]") {
+  auto lm = cur4llm::model::CausalLM::load(cur4llm::test::model_dir("tiny-shakespeare-opt"));
+  // Window 6: context 3 tokens + continuation 9 tokens; the input is the last 6 of the 11 tokens
+  // context + continuation[:-1] = continuation[2..7], predicting continuation[3..8].
+  const std::vector<int64_t> ctx = {0, 5, 9}, cont = {13, 20, 21, 22, 23, 30, 31, 32, 40};
+  ev::ScoreOptions o;
+  o.max_length = 6;
+  const auto got = ev::score_requests(*lm, {{ctx, cont}, {ctx, {cont.begin(), cont.begin() + 2}}}, o);
+  c10::InferenceMode guard;
+  const std::vector<int64_t> window(cont.begin() + 2, cont.begin() + 8);
+  auto logp = at::log_softmax(lm->forward(at::tensor(window, at::kLong).unsqueeze(0)).to(at::kDouble)[0], -1);
+  double sum = 0;
+  for (int64_t j = 0; j < 6; ++j) sum += logp[j][cont[static_cast<size_t>(3 + j)]].item<double>();
+  CHECK(got[0].logprob == Approx(sum).margin(1e-4));
+  // A short continuation in the same call keeps its whole context.
+  auto full = at::log_softmax(lm->forward(at::tensor(std::vector<int64_t>{0, 5, 9, 13}, at::kLong).unsqueeze(0))
+                                  .to(at::kDouble)[0], -1);
+  CHECK(got[1].logprob == Approx(full[2][13].item<double>() + full[3][20].item<double>()).margin(1e-4));
+}
+
 namespace {
 
 // The task data unpacked once into the build tree; nullopt (test skipped) when absent.

@@ -74,10 +74,6 @@ std::vector<LoglikelihoodResult> score_requests(const model::CausalLM& lm, const
     if (r.continuation.empty()) {
       throw std::invalid_argument(fmt::format("request {} has no continuation tokens to score", i));
     }
-    if (static_cast<int64_t>(r.continuation.size()) > max_length) {
-      throw std::invalid_argument(fmt::format("request {}: continuation of {} tokens is longer than the model's {}", i,
-                                              r.continuation.size(), max_length));
-    }
     std::vector<int64_t> whole(r.context);
     whole.insert(whole.end(), r.continuation.begin(), r.continuation.end() - 1);
     if (static_cast<int64_t>(whole.size()) > max_length) whole.erase(whole.begin(), whole.end() - max_length);
@@ -118,11 +114,13 @@ std::vector<LoglikelihoodResult> score_requests(const model::CausalLM& lm, const
       const int64_t len = static_cast<int64_t>(row.input.size());
       for (size_t q : row.requests) {
         const auto& cont = requests[q].continuation;
-        const int64_t n = static_cast<int64_t>(cont.size());
-        // The logits at the last n input positions predict the n continuation tokens.
+        // The logits at the last n input positions predict the last n continuation tokens: all of
+        // them, or, for a continuation longer than the window, the window's worth (docs/evaluation.md).
+        const int64_t n = std::min(static_cast<int64_t>(cont.size()), len);
+        const int64_t skip = static_cast<int64_t>(cont.size()) - n;
         for (int64_t j = 0; j < n; ++j) {
           positions.push_back(r * width + len - n + j);
-          targets.push_back(cont[static_cast<size_t>(j)]);
+          targets.push_back(cont[static_cast<size_t>(skip + j)]);
         }
         owner.emplace_back(q, n);
       }
