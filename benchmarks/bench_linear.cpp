@@ -6,7 +6,10 @@
 //   bench_linear [--device cuda] [--dtype bf16]
 //                [--shapes 768x768,768x3072,3072x768,4096x4096,4096x11008,11008x4096]   (IN x OUT)
 //                [--ratios 0.9,0.8,0.6,0.4] [--tokens 1,2048] [--kinds cur,cur_folded,svd]
-//                [--decode_iters 2000] [--prefill_iters 50] [--graph 1]
+//                [--decode_iters 2000] [--prefill_iters 50] [--graph 1] [--packed rtn_int8,rtn_int4]
+//
+// --packed: the dense weight quantized and kept packed (quant::PackedLinear; kinds
+// "packed_rtn_int8", ...; "weight_gb_per_s" then counts the packed bytes). Empty: none.
 //
 // Where cur4llm's CUDA kernels are built, factorized layers decode (<= 8 tokens)
 // in one kernel launch; each factorized measurement is also repeated with the
@@ -18,6 +21,7 @@
 // the host's launch overheads (as in a decoding loop under CUDA graphs).
 #include "bench_common.h"
 
+#include <cur4llm/quant/packed_linear.h>
 #include <cur4llm/util/fused_kernels.h>
 
 #include <ATen/ATen.h>
@@ -63,7 +67,8 @@ int main(int argc, char** argv) try {
       };
       const double dense_s = time_of(*dense);
       const auto dense_graph = graph_of(*dense);
-      auto record = [&](const std::string& kind, double ratio, const model::LinearSlot& slot, double seconds) {
+      auto record = [&](const std::string& kind, double ratio, const model::LinearSlot& slot, double seconds,
+                        std::optional<double> stored_bytes = std::nullopt) {
         nlohmann::json j = {{"benchmark", "linear"},    {"device_name", name},
                             {"fused", util::fused_kernels_enabled()},
                             {"dtype", c10::toString(dtype)}, {"in", in},
@@ -71,7 +76,9 @@ int main(int argc, char** argv) try {
                             {"kind", kind},             {"ratio", ratio},
                             {"params", slot.weight_params()},
                             {"us", seconds * 1e6},      {"speedup_vs_dense", dense_s / seconds}};
-        const double bytes = static_cast<double>(slot.weight_params()) * static_cast<double>(at::elementSize(dtype));
+        const double bytes = stored_bytes ? *stored_bytes
+                                          : static_cast<double>(slot.weight_params()) *
+                                                static_cast<double>(at::elementSize(dtype));
         j["weight_gb_per_s"] = bytes / seconds / 1e9;
         if (const auto g = graph_of(slot)) {
           j["graph_us"] = *g * 1e6;
@@ -81,6 +88,17 @@ int main(int argc, char** argv) try {
         std::cout << j.dump() << std::endl;
       };
       record("dense", 1.0, *dense, dense_s);
+      for (const auto& format : args.list("packed", "rtn_int8,rtn_int4")) {
+        const quant::PackedLinear packed(quant::quantize_tensor(dense->weight(), quant::parse_quant_format(format)),
+                                         at::Tensor());
+        record("packed_" + format, 1.0, packed, time_of(packed), static_cast<double>(packed.packed_bytes()));
+        std::cout << nlohmann::json{{"benchmark", "linear_check"}, {"kind", "packed_" + format}, {"in", in},
+                                    {"out", out}, {"tokens", tokens}, {"fused", packed.fused_for(x)},
+                                    {"max_abs_diff", (packed.forward(x) - at::linear(x, packed.reconstruct_weight().to(dtype)))
+                                                         .abs().max().item<double>()}}
+                         .dump()
+                  << std::endl;
+      }
       for (const auto& ratio_str : args.list("ratios", "0.9,0.8,0.6,0.4")) {
         const double ratio = std::stod(ratio_str);
         for (const auto& kind : args.list("kinds", "cur,cur_folded,svd")) {

@@ -4,6 +4,7 @@
 #include <cur4llm/compress/apply.h>
 #include <cur4llm/compress/cur_linear.h>
 #include <cur4llm/compress/factory.h>
+#include <cur4llm/quant/packed_linear.h>
 #include <cur4llm/quant/packed_model.h>
 #include <cur4llm/compress/skeleton_linear.h>
 #include <cur4llm/compress/slot_io.h>
@@ -704,6 +705,44 @@ TEST_CASE("export_weight_bytes: the tensor bytes write_acur_repo then writes, wi
       CHECK(predicted == written.weight_bytes);
       // The safetensors file holds those bytes plus its header (8-byte length + JSON).
       CHECK(static_cast<int64_t>(fs::file_size(dir / "repo" / "model.safetensors")) > predicted);
+    }
+  }
+}
+
+TEST_CASE("keep_packed: packed dense weights stay codes in memory and give the dequantized model's logits",
+          "[export][quantize]") {
+  for (const std::string format : {"rtn_int8", "rtn_int4"}) {
+    DYNAMIC_SECTION(format) {
+      auto lm = CausalLM::load(model_dir("llama_gqa"));
+      compress_some(*lm, "svd", 3);
+      const auto packed = quant::quantize_model_packed(*lm, quant::parse_quant_format(format));
+      TempDir dir("keep_packed");
+      repo::ExportOptions o;
+      o.packed = &packed;
+      repo::write_acur_repo(*lm, dir / "repo", o);
+
+      auto unpacked = CausalLM::load(dir / "repo");
+      cur4llm::model::LoadOptions keep;
+      keep.keep_packed = true;
+      auto kept = CausalLM::load(dir / "repo", keep);
+      int64_t n_packed = 0, packed_bytes = 0, dense_bytes = 0;
+      for (const auto& info : kept->linears()) {
+        const auto slot = kept->linear_ptr(info.name);
+        if (const auto* p = dynamic_cast<const quant::PackedLinear*>(slot.get())) {
+          ++n_packed;
+          CHECK(packed.count(info.name + ".weight") == 1);
+          packed_bytes += p->packed_bytes();
+          dense_bytes += p->weight_params() * 4;
+        } else {
+          CHECK(packed.count(info.name + ".weight") == 0);  // every packed dense weight stays packed
+        }
+      }
+      CHECK(n_packed > 0);
+      CHECK(packed_bytes * (format == "rtn_int4" ? 6 : 3) < dense_bytes);
+      CHECK(at::equal(logits(*kept), logits(*unpacked)));
+      // Written again, the kept model is the same repository's model.
+      const auto again = repo::write_acur_repo(*kept, dir / "again");
+      CHECK(at::equal(logits(*CausalLM::load(dir / "again")), logits(*unpacked)));
     }
   }
 }

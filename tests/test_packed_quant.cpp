@@ -5,6 +5,7 @@
 // triples, and rtn_quantize_model with a format on the tiny LLaMA.
 #include "test_paths.h"
 
+#include <cur4llm/quant/packed_linear.h>
 #include <cur4llm/quant/packed_quant.h>
 #include <cur4llm/quant/quantize.h>
 #include <cur4llm/model/causal_lm.h>
@@ -505,5 +506,55 @@ TEST_CASE("packed quantization on CUDA gives the CPU's bytes", "[packed_quant][c
     CHECK(at::equal(quant::fake_quantize(w.cuda(), f).cpu(), quant::fake_quantize(w, f)));
     CHECK(at::equal(quant::unpack_codes(qg.qweight, f.bits, 300).cpu(),
                     quant::unpack_codes(qc.qweight, f.bits, 300)));
+  }
+}
+
+TEST_CASE("PackedLinear computes the dequantized layer: CPU reference path", "[packed_quant]") {
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(11);
+  const auto w = at::randn({40, 256}, gen);
+  const auto b = at::randn({40}, gen);
+  const auto x = at::randn({3, 5, 256}, gen);
+  for (const std::string name : {"rtn_int8", "rtn_int4"}) {
+    const auto q = quant::quantize_tensor(w, quant::parse_quant_format(name));
+    quant::PackedLinear layer(q, b);
+    CHECK_FALSE(layer.fused_for(x));
+    CHECK(layer.kind() == "dense");
+    CHECK(layer.weight_params() == 40 * 256);
+    CHECK(layer.packed_bytes() == q.nbytes());
+    CHECK(layer.packed().qweight.scalar_type() == at::kByte);
+    CHECK(at::equal(layer.forward(x), at::linear(x, quant::dequantize_tensor(q, at::kFloat), b)));
+    CHECK(at::equal(layer.reconstruct_weight(), quant::dequantize_tensor(q, at::kFloat)));
+  }
+  quant::QuantizedTensor bad = quant::quantize_tensor(w, quant::parse_quant_format("rtn_int4"));
+  CHECK_THROWS_WITH(quant::PackedLinear(bad, at::zeros({7})), Catch::Matchers::Contains("bias of 7 values"));
+}
+
+TEST_CASE("CUDA: the fused packed product equals the dequantized layer's", "[packed_quant][cuda]") {
+  CUR4LLM_REQUIRE_CUDA();
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(12);
+  const auto w = at::randn({300, 512}, gen);  // 300 rows: a partial last block
+  const auto b = at::randn({300}, gen);
+  for (const std::string name : {"rtn_int8", "rtn_int4"}) {
+    const auto q = quant::quantize_tensor(w, quant::parse_quant_format(name));
+    quant::QuantizedTensor qc = q;
+    for (auto* part : {&qc.qweight, &qc.scales, &qc.zeros}) *part = part->cuda();
+    for (const auto dtype : {at::kFloat, at::kHalf, at::kBFloat16}) {
+      for (const bool with_bias : {false, true}) {
+        const auto bias = with_bias ? b.to(at::kCUDA, dtype) : at::Tensor();
+        quant::PackedLinear layer(qc, bias);
+        const auto deq = quant::dequantize_tensor(qc, dtype);
+        for (const int64_t tokens : {1, 3, 8, 9}) {
+          DYNAMIC_SECTION(name << " " << c10::toString(dtype) << " bias " << with_bias << " tokens " << tokens) {
+            const auto x = at::randn({tokens, 512}, gen).to(at::kCUDA, dtype);
+            CHECK(layer.fused_for(x) == (tokens <= 8));
+            const auto got = layer.forward(x).to(at::kFloat);
+            const auto want = at::linear(x, deq, bias).to(at::kFloat);
+            // Both sum the same rounded weights in float, in different orders; then one rounding to dtype.
+            const double tol = dtype == at::kFloat ? 1e-4 : (dtype == at::kHalf ? 2e-2 : 1.5e-1);
+            CHECK((got - want).abs().max().item<double>() <= tol * (1 + want.abs().max().item<double>() / 10));
+          }
+        }
+      }
+    }
   }
 }

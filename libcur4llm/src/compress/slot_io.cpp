@@ -4,6 +4,7 @@
 #include <cur4llm/compress/slot_io.h>
 
 #include <cur4llm/compress/cur_linear.h>
+#include <cur4llm/quant/packed_linear.h>
 #include <cur4llm/quant/packed_quant.h>
 #include <cur4llm/compress/skeleton_linear.h>
 #include <cur4llm/compress/svd_linear.h>
@@ -20,26 +21,35 @@ namespace cur4llm::compress {
 std::string int_field(int64_t value) { return std::to_string(value); }
 std::string bool_field(bool value) { return value ? "true" : "false"; }
 
+namespace {
+
+// The packed tensor `name` ([rows, cols]) of a slot, checked, on the CPU.
+quant::QuantizedTensor read_packed(const model::SlotSpec& spec, const model::SlotTensors& tensors,
+                                   const std::string& name, const std::vector<int64_t>& shape) {
+  if (shape.size() != 2) {
+    throw std::runtime_error(fmt::format("{}: only 2-d tensors can be packed", tensors.describe(name)));
+  }
+  const quant::QuantFormat format = quant::parse_quant_format(spec.quant_format);
+  const int64_t rows = shape[0], cols = shape[1];
+  const int64_t group = format.group_size > 0 ? format.group_size : cols;
+  const int64_t groups = (cols + group - 1) / group;
+  try {
+    return quant::make_quantized_tensor(
+        name, tensors.stored(name + ".qweight", {rows, quant::packed_cols(cols, format.bits)}),
+        tensors.stored(name + ".scales", {rows, groups}), tensors.stored(name + ".zeros", {rows, groups}), rows, cols,
+        format);
+  } catch (const std::invalid_argument& e) {
+    throw std::runtime_error(fmt::format("{}: {}", tensors.describe(name), e.what()));
+  }
+}
+
+}  // namespace
+
 at::Tensor read_factor(const model::SlotSpec& spec, const model::SlotTensors& tensors, const std::string& name,
                        const std::vector<int64_t>& shape) {
   at::Tensor value;
   if (spec.packed.count(name)) {
-    if (shape.size() != 2) {
-      throw std::runtime_error(fmt::format("{}: only 2-d tensors can be packed", tensors.describe(name)));
-    }
-    const quant::QuantFormat format = quant::parse_quant_format(spec.quant_format);
-    const int64_t rows = shape[0], cols = shape[1];
-    const int64_t group = format.group_size > 0 ? format.group_size : cols;
-    const int64_t groups = (cols + group - 1) / group;
-    quant::QuantizedTensor q;
-    try {
-      q = quant::make_quantized_tensor(name, tensors.stored(name + ".qweight", {rows, quant::packed_cols(cols, format.bits)}),
-                                tensors.stored(name + ".scales", {rows, groups}),
-                                tensors.stored(name + ".zeros", {rows, groups}), rows, cols, format);
-    } catch (const std::invalid_argument& e) {
-      throw std::runtime_error(fmt::format("{}: {}", tensors.describe(name), e.what()));
-    }
-    value = quant::dequantize_tensor(q, tensors.dtype());
+    value = quant::dequantize_tensor(read_packed(spec, tensors, name, shape), tensors.dtype());
   } else {
     value = tensors.stored(name, shape);
     if (!at::isFloatingType(value.scalar_type())) {
@@ -66,15 +76,24 @@ namespace {
 
 // ---------------------------------------------------------------------------------------------
 // "dense": y = x W^T + b. Written to an acur repository only when W is packed.
+// Loaded with keep_packed, a packed weight stays packed (quant::PackedLinear).
 model::SlotFields describe_dense(const model::LinearSlot& slot) {
+  if (const auto* packed = dynamic_cast<const quant::PackedLinear*>(&slot)) {
+    return {{"bias", bool_field(packed->bias().defined())}};
+  }
   const auto& s = dynamic_cast<const model::DenseLinear&>(slot);
   return {{"bias", bool_field(s.bias().defined())}};
 }
 
 model::LinearPtr load_dense(const model::SlotSpec& spec, const model::SlotTensors& t) {
-  auto weight = read_factor(spec, t, "weight", {spec.out_features, spec.in_features});
+  const std::vector<int64_t> shape{spec.out_features, spec.in_features};
   auto bias = spec.boolean("bias") ? read_factor(spec, t, "bias", {spec.out_features}) : at::Tensor();
-  return std::make_shared<model::DenseLinear>(weight, bias);
+  if (t.keep_packed() && spec.packed.count("weight")) {
+    auto q = read_packed(spec, t, "weight", shape);
+    for (auto* part : {&q.qweight, &q.scales, &q.zeros}) *part = part->to(t.device());
+    return std::make_shared<quant::PackedLinear>(std::move(q), bias);
+  }
+  return std::make_shared<model::DenseLinear>(read_factor(spec, t, "weight", shape), bias);
 }
 
 // ---------------------------------------------------------------------------------------------

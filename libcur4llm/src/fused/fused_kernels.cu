@@ -572,6 +572,89 @@ int launch_lowrank(const void* x, int64_t tokens, const void* r, const void* u, 
   return static_cast<int>(cudaGetLastError());
 }
 
+// ---------------------------------------------------------------------------------------------
+// Weight-only packed matrix-vector products (decoding with int4/int8 weights).
+
+// Each warp owns one output row: its lanes read the row's packed codes 16 bytes at a time
+// (coalesced), rebuild each weight as the dequantization rounds it, and multiply it with every
+// token's input; the lanes' sums meet through shuffles.
+template <typename T, int BITS>
+__global__ void __launch_bounds__(256)
+    packed_linear_kernel(const T* __restrict__ x, int tokens, const uint8_t* __restrict__ q,
+                         const __half* __restrict__ scales, const __half* __restrict__ zeros,
+                         const T* __restrict__ bias, T* __restrict__ y, int64_t rows, int64_t cols, int64_t group) {
+  constexpr int kCodes = 128 / BITS;  // codes in 16 bytes
+  const int lane = threadIdx.x % 32;
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32;
+  if (row >= rows) return;
+  const int64_t row_bytes = cols * BITS / 8;
+  const int64_t groups = cols / group;
+  const uint8_t* qr = q + row * row_bytes;
+  float acc[kPackedMaxTokens];
+#pragma unroll
+  for (int t = 0; t < kPackedMaxTokens; ++t) acc[t] = 0.f;
+  for (int64_t offset = static_cast<int64_t>(lane) * 16; offset < row_bytes; offset += 32 * 16) {
+    const uint4 chunk = *reinterpret_cast<const uint4*>(qr + offset);
+    const uint32_t words[4] = {chunk.x, chunk.y, chunk.z, chunk.w};
+    const int64_t c0 = offset * 8 / BITS;
+    const int64_t g = c0 / group;
+    const float scale = __half2float(scales[row * groups + g]);
+    const float zero = __half2float(zeros[row * groups + g]);
+    float w[kCodes];
+#pragma unroll
+    for (int j = 0; j < kCodes; ++j) {
+      const uint32_t code = (words[(j * BITS) / 32] >> ((j * BITS) % 32)) & ((1u << BITS) - 1u);
+      w[j] = round_to<T>(scale * (static_cast<float>(code) - zero));
+    }
+#pragma unroll
+    for (int t = 0; t < kPackedMaxTokens; ++t) {
+      if (t < tokens) {
+        const T* xt = x + static_cast<int64_t>(t) * cols + c0;
+        float sum = 0.f;
+#pragma unroll
+        for (int j = 0; j < kCodes; ++j) sum += Elem<T>::load(xt[j]) * w[j];
+        acc[t] += sum;
+      }
+    }
+  }
+#pragma unroll
+  for (int t = 0; t < kPackedMaxTokens; ++t) {
+    if (t < tokens) {
+      float v = acc[t];
+      for (int o = 16; o > 0; o /= 2) v += __shfl_xor_sync(0xffffffffu, v, o);
+      if (lane == 0) {
+        // As at::linear (addmm): the bias joins the float sum, rounded once.
+        const float b = bias != nullptr ? Elem<T>::load(bias[row]) : 0.f;
+        y[static_cast<int64_t>(t) * rows + row] = Elem<T>::store(v + b);
+      }
+    }
+  }
+}
+
+template <typename T>
+int launch_packed_linear(const void* x, int64_t tokens, const uint8_t* q, const void* scales, const void* zeros,
+                         const void* bias, void* y, int bits, int64_t rows, int64_t cols, int64_t group,
+                         void* stream) {
+  if (tokens < 1 || tokens > kPackedMaxTokens || (bits != 4 && bits != 8) || group < 1 || cols % group != 0 ||
+      (cols * bits / 8) % 16 != 0 || group % (128 / bits) != 0) {
+    return static_cast<int>(cudaErrorInvalidValue);
+  }
+  constexpr int kThreads = 256;
+  const int64_t blocks = (rows + kThreads / 32 - 1) / (kThreads / 32);
+  const auto* px = static_cast<const T*>(x);
+  const auto* ps = static_cast<const __half*>(scales);
+  const auto* pz = static_cast<const __half*>(zeros);
+  const auto* pb = static_cast<const T*>(bias);
+  auto* py = static_cast<T*>(y);
+  const int n = static_cast<int>(tokens);
+  if (bits == 4) {
+    packed_linear_kernel<T, 4><<<blocks, kThreads, 0, as_stream(stream)>>>(px, n, q, ps, pz, pb, py, rows, cols, group);
+  } else {
+    packed_linear_kernel<T, 8><<<blocks, kThreads, 0, as_stream(stream)>>>(px, n, q, ps, pz, pb, py, rows, cols, group);
+  }
+  return static_cast<int>(cudaGetLastError());
+}
+
 constexpr int kBadDtype = static_cast<int>(cudaErrorInvalidValue);
 
 }  // namespace
@@ -630,6 +713,18 @@ int silu_mul(const void* gate, const void* up, void* out, int dtype, int64_t n, 
     case 0: return launch_silu_mul<float>(gate, up, out, n, stream);
     case 1: return launch_silu_mul<__half>(gate, up, out, n, stream);
     case 2: return launch_silu_mul<__nv_bfloat16>(gate, up, out, n, stream);
+  }
+  return kBadDtype;
+}
+
+int packed_linear(const void* x, int64_t tokens, const uint8_t* q, const void* scales, const void* zeros,
+                  const void* bias, void* y, int dtype, int bits, int64_t rows, int64_t cols, int64_t group,
+                  void* stream) {
+  switch (dtype) {
+    case 0: return launch_packed_linear<float>(x, tokens, q, scales, zeros, bias, y, bits, rows, cols, group, stream);
+    case 1: return launch_packed_linear<__half>(x, tokens, q, scales, zeros, bias, y, bits, rows, cols, group, stream);
+    case 2:
+      return launch_packed_linear<__nv_bfloat16>(x, tokens, q, scales, zeros, bias, y, bits, rows, cols, group, stream);
   }
   return kBadDtype;
 }

@@ -56,6 +56,18 @@ bool lowrank_applies(const at::Tensor& x, const at::Tensor& r, const at::Tensor&
 at::Tensor lowrank_forward(const at::Tensor& x, const at::Tensor& r, const at::Tensor& u, const at::Tensor& c,
                            const at::Tensor& bias);
 
+/// Whether packed_linear serves x [..., cols] with this packed weight: kernels
+/// enabled for x, at most 8 tokens, 4 or 8 bits, rows of a multiple of 16
+/// bytes, groups of a multiple of 128 / bits columns that divide cols, uint8
+/// codes and fp16 scales/zeros on x's device (contiguous), bias in x's dtype.
+bool packed_linear_applies(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& scales,
+                           const at::Tensor& zeros, int bits, int64_t cols, int64_t group, const at::Tensor& bias);
+
+/// at::linear(x, dequantize(qweight, scales, zeros) in x's dtype, bias) without
+/// the dequantized weight: the codes are read once, inside the product (decoding).
+at::Tensor packed_linear(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& scales,
+                         const at::Tensor& zeros, int bits, int64_t cols, int64_t group, const at::Tensor& bias);
+
 /// Causal attention of q, k, v [B, heads, T, dim] (equal head counts, last
 /// dim contiguous) through cuDNN's fused kernel, as at::scaled_dot_product_attention
 /// with is_causal computes it; the output is [B, heads, T, dim] laid out like q.

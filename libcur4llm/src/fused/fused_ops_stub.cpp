@@ -36,6 +36,15 @@ at::Tensor lowrank_forward(const at::Tensor&, const at::Tensor&, const at::Tenso
   absent();
 }
 
+bool packed_linear_applies(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, int, int64_t,
+                           int64_t, const at::Tensor&) {
+  return false;
+}
+at::Tensor packed_linear(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, int, int64_t,
+                         int64_t, const at::Tensor&) {
+  absent();
+}
+
 at::Tensor causal_attention_cudnn(const at::Tensor&, const at::Tensor&, const at::Tensor&) { return {}; }
 
 struct SideStream::Impl {};

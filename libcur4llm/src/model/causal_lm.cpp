@@ -124,9 +124,9 @@ void check_dtype_supported(c10::Device device, c10::ScalarType dtype) {
 class CheckpointSlotTensors final : public SlotTensors {
  public:
   CheckpointSlotTensors(const io::Checkpoint& ckpt, std::string module, c10::Device device, c10::ScalarType dtype,
-                        std::set<std::string>& used, bool allow_nonfinite)
+                        std::set<std::string>& used, const LoadOptions& options)
       : ckpt_(ckpt), module_(std::move(module)), device_(device), dtype_(dtype), used_(used),
-        allow_nonfinite_(allow_nonfinite) {}
+        allow_nonfinite_(options.allow_nonfinite), keep_packed_(options.keep_packed) {}
 
   bool contains(const std::string& name) const override { return find_in_checkpoint(ckpt_, full(name)).has_value(); }
 
@@ -151,6 +151,7 @@ class CheckpointSlotTensors final : public SlotTensors {
   }
   c10::Device device() const override { return device_; }
   c10::ScalarType dtype() const override { return dtype_; }
+  bool keep_packed() const override { return keep_packed_; }
 
  private:
   std::string full(const std::string& name) const { return module_ + "." + name; }
@@ -160,6 +161,7 @@ class CheckpointSlotTensors final : public SlotTensors {
   c10::ScalarType dtype_;
   std::set<std::string>& used_;
   bool allow_nonfinite_;
+  bool keep_packed_;
 };
 
 struct AcurSection {
@@ -351,7 +353,7 @@ std::unique_ptr<CausalLM> CausalLM::load(const std::filesystem::path& folder, co
                                            config_path.string(), spec.name, spec.out_features, spec.in_features,
                                            out_f, in_f));
     }
-    const CheckpointSlotTensors tensors(ckpt, spec.name, options.device, lm->dtype_, used, options.allow_nonfinite);
+    const CheckpointSlotTensors tensors(ckpt, spec.name, options.device, lm->dtype_, used, options);
     LinearPtr slot = find_slot_kind(spec.kind).load(spec, tensors);
     if (!slot || slot->in_features() != in_f || slot->out_features() != out_f) {
       throw std::runtime_error(fmt::format("{}: layer \"{}\" was rebuilt with the wrong shape", config_path.string(),

@@ -33,6 +33,7 @@ struct LoadOptions {
   c10::Device device = c10::Device(c10::kCPU);   ///< CPU or CUDA
   std::optional<c10::ScalarType> dtype;           ///< default: float32 on CPU, config's dtype on CUDA
   bool allow_nonfinite = false;                   ///< load weights holding NaN/inf (refused by default)
+  bool keep_packed = false;                       ///< packed dense weights stay packed (quant::PackedLinear), not dequantized at load
 };
 
 /// The role a Linear plays inside a decoder layer.

@@ -69,6 +69,8 @@ class SlotTensors {
   /// Where and in which dtype the model runs: floating factors go there.
   virtual c10::Device device() const = 0;
   virtual c10::ScalarType dtype() const = 0;
+  /// Whether a packed weight may stay packed in the rebuilt slot (LoadOptions::keep_packed).
+  virtual bool keep_packed() const { return false; }
 };
 
 /// How one slot kind is described in config.json and rebuilt from it.
