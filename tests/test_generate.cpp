@@ -5,6 +5,9 @@
 #include <cur4llm/generate/generate.h>
 #include <cur4llm/model/causal_lm.h>
 #include <cur4llm/model/kv_cache.h>
+#include <cur4llm/quant/packed_model.h>
+#include <cur4llm/quant/packed_quant.h>
+#include <cur4llm/repo/acur_repo.h>
 #include <cur4llm/tokenize/tokenizer.h>
 
 #include <ATen/ATen.h>
@@ -122,6 +125,47 @@ TEST_CASE("cached decoding through factorized slots and narrowed layers") {
     CHECK(cache.values(1).size(3) == 3);
     CHECK(cache.keys(1).size(3) == 8);
   }
+}
+
+TEST_CASE("generation from an acur repository with factorized layers and packed int8 weights") {
+  auto lm = CausalLM::load(model_dir("llama_gqa"));
+  factorize(*lm);
+  const auto packed = quant::quantize_model_packed(*lm, quant::parse_quant_format("rtn_int8"));
+  REQUIRE_FALSE(packed.empty());
+  test::TempDir dir("cur4llm_gen_repo");
+  repo::ExportOptions eo;
+  eo.packed = &packed;
+  repo::write_acur_repo(*lm, dir / "repo", eo);
+  auto back = CausalLM::load(dir / "repo");
+  REQUIRE(back->stored_form().quantization == "rtn_int8");
+  REQUIRE(back->linear("model.layers.1.mlp.up_proj").kind() == "svd");
+  check_cached_equals_forward(*back, 6, 18);
+  const auto prompts = prompts_of({5, 2}, back->config().vocab_size);
+  CHECK(generate::generate(*back, prompts, greedy(12)).sequences[1].tokens ==
+        generate::generate(*lm, prompts, greedy(12)).sequences[1].tokens);
+}
+
+TEST_CASE("stories260K: greedy tokens with the cache are those of full forward passes") {
+  CUR4LLM_REQUIRE_SHARED_DATA(shared);
+  const auto folder = shared / "models" / "stories260K-hf";
+  if (!fs::is_directory(folder)) {
+    WARN("SKIPPED: " << folder.string() << " not found");
+    return;
+  }
+  auto lm = CausalLM::load(folder);
+  auto tok = tokenize::load_tokenizer(folder);
+  const auto prompt = tok->encode("Once upon a time, there was a little girl named Lily. She");
+  const auto r = generate::generate(*lm, *tok, {"Once upon a time, there was a little girl named Lily. She"}, greedy(64));
+  REQUIRE(r.sequences[0].prompt_ids == prompt);
+  // The same 64 tokens from argmax over full forward passes, no cache.
+  c10::InferenceMode guard;
+  std::vector<int64_t> seq = prompt;
+  for (int i = 0; i < 64; ++i) seq.push_back(lm->forward(row_ids(seq))[0][-1].argmax().item<int64_t>());
+  CHECK(r.sequences[0].tokens == std::vector<int64_t>(seq.begin() + static_cast<int64_t>(prompt.size()), seq.end()));
+  // The text continues the prompt's (SentencePiece drops a leading space when the tokens are decoded alone).
+  std::vector<int64_t> all = prompt;
+  all.insert(all.end(), r.sequences[0].tokens.begin(), r.sequences[0].tokens.end());
+  CHECK(tok->decode(prompt) + r.sequences[0].text == tok->decode(all));
 }
 
 TEST_CASE("a batch of prompts of different lengths gives each prompt what it gives alone") {

@@ -44,8 +44,20 @@ double uniform(std::mt19937_64& gen) { return static_cast<double>(gen() >> 11) *
 
 // The text of a row as it grows, for the streamed pieces and the stop strings.
 struct RowText {
+  std::string prompt;   // the decoded prompt
   std::string emitted;  // text already handed to on_token
 };
+
+// The text `tokens` add after the prompt: decoded together with it, as a
+// SentencePiece tokenizer drops the space of the first token of a text.
+std::string continuation(const tokenize::Tokenizer& tokenizer, const std::vector<int64_t>& prompt,
+                         const std::string& prompt_text, const std::vector<int64_t>& tokens) {
+  std::vector<int64_t> all = prompt;
+  all.insert(all.end(), tokens.begin(), tokens.end());
+  std::string full = tokenizer.decode(all);
+  if (full.compare(0, prompt_text.size(), prompt_text) == 0) return full.substr(prompt_text.size());
+  return tokenizer.decode(tokens);
+}
 
 bool ends_incomplete(const std::string& text) {
   // A decoder shows an unfinished UTF-8 character (byte-fallback tokens) as U+FFFD; wait for the rest.
@@ -189,6 +201,9 @@ GenerateResult generate(const model::CausalLM& lm, const std::vector<std::vector
   std::vector<bool> finished(batch, false);
   std::vector<RowText> texts(batch);
   const bool want_text = tokenizer && (options.on_token || !options.stop.empty());
+  if (tokenizer) {
+    for (int64_t b = 0; b < batch; ++b) texts[b].prompt = tokenizer->decode(result.sequences[b].prompt_ids);
+  }
 
   auto pick = [&](const at::Tensor& logits) {  // [B, vocab] -> a token per row
     std::vector<int64_t> next(batch, 0);
@@ -215,7 +230,7 @@ GenerateResult generate(const model::CausalLM& lm, const std::vector<std::vector
     bool done = false;
     std::string visible;
     if (want_text) {
-      visible = tokenizer->decode(seq.tokens);
+      visible = continuation(*tokenizer, seq.prompt_ids, texts[b].prompt, seq.tokens);
       size_t cut = std::string::npos;
       for (const auto& s : options.stop) {
         const size_t at = visible.find(s);
@@ -274,7 +289,10 @@ GenerateResult generate(const model::CausalLM& lm, const std::vector<std::vector
   util::synchronize(device);
   result.stats.decode_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t1).count();
   if (tokenizer && !want_text) {
-    for (auto& seq : result.sequences) seq.text = tokenizer->decode(seq.tokens);
+    for (int64_t b = 0; b < batch; ++b) {
+      auto& seq = result.sequences[b];
+      seq.text = continuation(*tokenizer, seq.prompt_ids, texts[b].prompt, seq.tokens);
+    }
   }
   return result;
 }

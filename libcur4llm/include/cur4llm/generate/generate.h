@@ -63,7 +63,7 @@ std::string to_string(FinishReason reason);
 struct Sequence {
   std::vector<int64_t> prompt_ids;  ///< the prompt as the model saw it
   std::vector<int64_t> tokens;      ///< generated tokens (an end-of-sequence token that stopped the row included)
-  std::string text;                 ///< decoded tokens (with a tokenizer; ends with the stop string that stopped it)
+  std::string text;                 ///< the text the tokens add to the prompt's (with a tokenizer; ends with the stop string that stopped it)
   FinishReason finish = FinishReason::Length;
 };
 
