@@ -30,25 +30,26 @@ namespace {
 
 at::Tensor row_ids(const std::vector<int64_t>& ids) { return at::tensor(ids, at::kLong).unsqueeze(0); }
 
-// |a - b| <= 1e-4 (1 + |b|) everywhere.
-bool close(const at::Tensor& a, const at::Tensor& b) {
-  return a.sizes() == b.sizes() && (a - b).abs().le(1e-4 * (1 + b.abs())).all().item<bool>();
+// |a - b| <= tol (1 + |b|) everywhere.
+bool close(const at::Tensor& a, const at::Tensor& b, double tol = 1e-4) {
+  auto x = a.to(at::kCPU, at::kFloat), y = b.to(at::kCPU, at::kFloat);
+  return x.sizes() == y.sizes() && (x - y).abs().le(tol * (1 + y.abs())).all().item<bool>();
 }
 
 // Prefills `prefill` tokens of a fixed sequence, then feeds the rest one at a
 // time; each step's logits must be the full forward's at that position.
-void check_cached_equals_forward(const CausalLM& lm, int64_t prefill, int64_t total) {
+void check_cached_equals_forward(const CausalLM& lm, int64_t prefill, int64_t total, double tol = 1e-4) {
   c10::InferenceMode guard;
-  const auto ids = row_ids(test::make_samples({total}, lm.config().vocab_size, 11).front());
+  const auto ids = row_ids(test::make_samples({total}, lm.config().vocab_size, 11).front()).to(lm.device());
   const auto full = lm.forward(ids);  // [1, total, vocab]
   model::KVCache cache(1, total, lm.device());
   const auto first = lm.forward_cached(ids.narrow(1, 0, prefill), cache, {}, /*all_positions=*/true);
-  CHECK(close(first, full.narrow(1, 0, prefill)));
+  CHECK(close(first, full.narrow(1, 0, prefill), tol));
   CHECK(cache.length() == prefill);
   for (int64_t t = prefill; t < total; ++t) {
     const auto step = lm.forward_cached(ids.narrow(1, t, 1), cache);
     INFO("position " << t);
-    CHECK(close(step, full.narrow(1, t, 1)));
+    CHECK(close(step, full.narrow(1, t, 1), tol));
   }
   CHECK(cache.length() == total);
   CHECK(cache.next_positions()[0].item<int64_t>() == total);
@@ -401,6 +402,23 @@ TEST_CASE("generation's bad input: long and empty prompts, bad options, a full c
     CHECK(cache.next_positions()[0].item<int64_t>() == 2);
     const auto again = lm->forward_cached(row_ids({7}), cache);
     CHECK(close(again, lm->forward(row_ids({3, 4, 7})).narrow(1, 2, 1)));
+  }
+}
+
+TEST_CASE("CUDA: cached decoding gives the full forward's logits (fp32, bf16)", "[cuda]") {
+  CUR4LLM_REQUIRE_CUDA();
+  for (const char* name : {"opt_pre", "llama_gqa", "mistral_window", "qwen2_bias"}) {
+    INFO(name);
+    model::LoadOptions o;
+    o.device = c10::Device(c10::kCUDA);
+    o.dtype = at::kFloat;
+    check_cached_equals_forward(*CausalLM::load(model_dir(name), o), 9, 24, 1e-3);
+    o.dtype = at::kBFloat16;
+    check_cached_equals_forward(*CausalLM::load(model_dir(name), o), 9, 24, 0.1);
+    auto lm = CausalLM::load(model_dir(name), o);
+    const auto prompts = prompts_of({3, 11, 7}, lm->config().vocab_size);
+    const auto batched = generate::generate(*lm, prompts, greedy(8));
+    CHECK(batched.sequences[1].tokens.size() == 8);
   }
 }
 
