@@ -21,6 +21,7 @@
 #include <cur4llm/tokenize/tokenizer.h>
 #include <cur4llm/model/causal_lm.h>
 #include <cur4llm/model/config.h>
+#include <cur4llm/model/kv_cache.h>
 #include <cur4llm/model/linear.h>
 #include <cur4llm/model/slot_registry.h>
 #include <cur4llm/data/text_data.h>
@@ -49,6 +50,7 @@
 #include <cur4llm/search/sensitivity_table.h>
 #include <cur4llm/search/stable_rank.h>
 #include <cur4llm/eval/perplexity.h>
+#include <cur4llm/generate/generate.h>
 #include <cur4llm/pipeline/pipeline.h>
 #include <cur4llm/repo/acur_repo.h>
 #include <cur4llm/report/plots.h>

@@ -7,6 +7,8 @@
 #include <fmt/format.h>
 
 #include <cmath>
+#include <limits>
+#include <utility>
 #include <stdexcept>
 #include <vector>
 
@@ -24,6 +26,15 @@ const at::Tensor* Architecture::optional_tensor(const CausalLM& lm, const std::s
 }
 
 const LinearSlot& Architecture::slot(const CausalLM& lm, const std::string& name) { return lm.linear(name); }
+
+at::Tensor Architecture::embed_step(const CausalLM& lm, const at::Tensor& input_ids, const detail::Step&) const {
+  return embed(lm, input_ids);
+}
+
+at::Tensor Architecture::layer_step(const CausalLM& lm, int64_t, const at::Tensor&, detail::Step&) const {
+  throw std::invalid_argument(
+      fmt::format("generation with a KV cache is not supported for model_type \"{}\" yet", lm.config().model_type));
+}
 
 std::unique_ptr<Architecture> make_architecture(const ModelConfig& config) {
   switch (config.family) {
@@ -155,6 +166,79 @@ at::Tensor causal_attention(const at::Tensor& q_in, const at::Tensor& k_in, cons
   out = (parts.size() == 1 ? parts.front() : at::cat(parts, 0)).view({b, num_heads, t, dv});
 #endif
   return out.transpose(1, 2).reshape({b, t, num_heads * dv});
+}
+
+Step::Step(KVCache& cache, at::Tensor positions) : cache_(cache), positions_(std::move(positions)) {}
+
+const at::Tensor& Step::allowed(int64_t window) {
+  for (const auto& [w, mask] : masks_) {
+    if (w == window) return mask;
+  }
+  const int64_t t = tokens(), length = cache_.length(), s = length + t;
+  const auto long_opts = at::TensorOptions().dtype(at::kLong).device(positions_.device());
+  auto key_slot = at::arange(s, long_opts).view({1, 1, s});
+  auto query_slot = at::arange(length, s, long_opts).view({1, t, 1});
+  auto allowed = (key_slot <= query_slot).logical_and(cache_.valid().narrow(1, 0, s).unsqueeze(1));  // [B, T, S]
+  if (window > 0) {
+    auto distance = positions_.unsqueeze(2) - cache_.positions().narrow(1, 0, s).unsqueeze(1);
+    allowed = allowed.logical_and(distance < window);
+  }
+  allowed = allowed.logical_or(key_slot == query_slot);
+  masks_.emplace_back(window, allowed.unsqueeze(1));
+  return masks_.back().second;
+}
+
+const Rotary& Step::rotary_at(const Rotary& table) {
+  const void* key = table.cos.data_ptr();
+  for (const auto& [k, rows] : rotary_rows_) {
+    if (k == key) return rows;
+  }
+  if (table.cos.size(0) < rotary_length()) {
+    throw std::logic_error("internal: a rotary table shorter than the cache's capacity");
+  }
+  const int64_t b = positions_.size(0), t = tokens(), d = table.cos.size(1);
+  auto flat = positions_.reshape({-1});
+  Rotary rows{table.cos.index_select(0, flat).view({b, t, 1, d}), table.sin.index_select(0, flat).view({b, t, 1, d})};
+  rotary_rows_.emplace_back(key, std::move(rows));
+  return rotary_rows_.back().second;
+}
+
+at::Tensor cached_attention(const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
+                            int64_t num_heads, int64_t num_kv_heads, int64_t head_dim, const Rotary* rotary,
+                            int64_t window, int64_t v_head_dim, Step& step, int64_t layer) {
+  const int64_t b = q_in.size(0), t = q_in.size(1);
+  const int64_t dv = v_head_dim > 0 ? v_head_dim : head_dim;
+  const int64_t groups = num_heads / num_kv_heads;
+  auto q = q_in.reshape({b, t, num_heads, head_dim});
+  auto k = k_in.reshape({b, t, num_kv_heads, head_dim});
+  if (rotary) {
+    const Rotary& rows = step.rotary_at(*rotary);  // [B, T, 1, d], broadcast over the heads
+    auto cos = rows.cos.to(q.scalar_type());
+    auto sin = rows.sin.to(q.scalar_type());
+    q = apply_rotary(q, cos, sin);
+    k = apply_rotary(k, cos, sin);
+  }
+  KVCache& cache = step.cache();
+  cache.write(layer, k.transpose(1, 2), v_in.reshape({b, t, num_kv_heads, dv}).transpose(1, 2));
+  const int64_t s = cache.length() + t;
+  auto keys = cache.keys(layer).narrow(2, 0, s);      // [B, kv, S, d]
+  auto values = cache.values(layer).narrow(2, 0, s);  // [B, kv, S, dv]
+  // The query heads of one KV head side by side: [B, kv, groups*T, d], rows (group, token); no copy of the cache.
+  auto q4 = q.transpose(1, 2).reshape({b, num_kv_heads, groups * t, head_dim});
+  auto allowed = step.allowed(window);  // [B, 1, T, S]
+  if (groups > 1) allowed = allowed.repeat({1, 1, groups, 1});
+  at::Tensor out;
+#if TORCH_VERSION_MAJOR >= 2
+  out = at::scaled_dot_product_attention(q4, keys, values, allowed, 0.0, false);
+#else
+  // As causal_attention's eager formulation: softmax in float32.
+  const double scale = 1.0 / std::sqrt(static_cast<double>(head_dim));
+  auto scores = at::matmul(q4, keys.transpose(2, 3)) * scale;
+  scores.masked_fill_(at::logical_not(allowed), -std::numeric_limits<double>::infinity());
+  out = at::matmul(at::softmax(scores, -1, at::kFloat).to(q.scalar_type()), values);
+#endif
+  // [B, kv, groups*T, dv] -> [B, heads, T, dv] -> [B, T, heads*dv]
+  return out.reshape({b, num_heads, t, dv}).transpose(1, 2).reshape({b, t, num_heads * dv});
 }
 
 at::Tensor linear_activation(const LinearSlot& slot, const std::string& name, const at::Tensor& x) {

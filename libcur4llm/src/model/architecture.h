@@ -3,6 +3,7 @@
 // table (data) plus its forward functions; CausalLM owns the tensors.
 
 #include <cur4llm/model/causal_lm.h>
+#include <cur4llm/model/kv_cache.h>
 
 #include <ATen/ATen.h>
 
@@ -12,6 +13,10 @@
 #include <vector>
 
 namespace cur4llm::model {
+
+namespace detail {
+class Step;
+}
 
 /// One tensor the checkpoint must (or may) hold.
 struct ExpectedTensor {
@@ -37,6 +42,22 @@ class Architecture {
   /// The layer's output from such values (missing ones are computed with the current slots).
   virtual at::Tensor resume(const CausalLM& lm, int64_t index, std::vector<at::Tensor> values) const = 0;
   virtual at::Tensor final_hidden(const CausalLM& lm, const at::Tensor& hidden) const = 0;
+
+  // Generation (CausalLM::forward_cached). What a family does to support it:
+  //  - embed_step: the embedding of the step's new tokens at step.positions
+  //    (override only where the embedding depends on the position, as OPT's
+  //    learned positions do; the default is embed());
+  //  - layer_step: the layer on the step's new tokens, its attention computed
+  //    by detail::cached_attention(..., step, layer) instead of
+  //    detail::causal_attention (same arguments, plus the step; a rotary
+  //    table must cover positions 0 .. step.rotary_length() - 1). A
+  //    ValueGraphArchitecture family gets layer_step from its
+  //    run(lm, i, values, detail::Step* step) and value(..., step): the step
+  //    passed down to the attention value, null on the ordinary forward.
+  // Everything else (norms, MLP, slots) is the ordinary layer's code on [B, T] tokens.
+  virtual at::Tensor embed_step(const CausalLM& lm, const at::Tensor& input_ids, const detail::Step& step) const;
+  /// Decoder layer `index` on the step's new tokens; the default refuses (family without generation support).
+  virtual at::Tensor layer_step(const CausalLM& lm, int64_t index, const at::Tensor& hidden, detail::Step& step) const;
 
  protected:
   // CausalLM's members, for the families (friendship is not inherited).
@@ -77,8 +98,26 @@ class ValueGraphArchitecture : public Architecture {
     return self().run(lm, i, values);
   }
 
+  at::Tensor layer_step(const CausalLM& lm, int64_t i, const at::Tensor& hidden, detail::Step& step) const override {
+    std::vector<at::Tensor> values(Derived::kCount);
+    values[Derived::kH] = hidden;
+    return step_run(self(), lm, i, values, step, 0);
+  }
+
  private:
   const Derived& self() const { return static_cast<const Derived&>(*this); }
+
+  // Derived::run(lm, i, values, &step) where the family has it; else the default (a refusal).
+  template <class D>
+  auto step_run(const D& d, const CausalLM& lm, int64_t i, std::vector<at::Tensor>& values, detail::Step& step,
+                int) const -> decltype(d.run(lm, i, values, &step)) {
+    return d.run(lm, i, values, &step);
+  }
+  template <class D>
+  at::Tensor step_run(const D&, const CausalLM& lm, int64_t i, std::vector<at::Tensor>& values, detail::Step& step,
+                      long) const {
+    return Architecture::layer_step(lm, i, values[Derived::kH], step);
+  }
 };
 
 /// The registry: picks the architecture for config.model_type.
@@ -104,6 +143,43 @@ at::Tensor inverse_frequencies(const ModelConfig& config);
 at::Tensor causal_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t num_heads,
                             int64_t num_kv_heads, int64_t head_dim, const Rotary* rotary, int64_t window,
                             int64_t v_head_dim = 0);
+
+/// One CausalLM::forward_cached call as the layers see it: the cache, the
+/// positions of the new tokens, and what every layer shares (the attention
+/// mask of each window, the rotary rows of the positions), made once.
+class Step {
+ public:
+  /// `positions` [B, T] int64 on the cache's device; the cache's step must have begun.
+  Step(KVCache& cache, at::Tensor positions);
+  KVCache& cache() const { return cache_; }
+  /// [B, T]: the position of each new token.
+  const at::Tensor& positions() const { return positions_; }
+  /// New tokens per row (T).
+  int64_t tokens() const { return positions_.size(1); }
+  /// Positions a rotary table passed to cached_attention must cover (0 .. rotary_length() - 1).
+  int64_t rotary_length() const { return cache_.capacity(); }
+  /// [B, 1, T, S] bool over the S = length + T slots: true where a new token attends to a slot
+  /// (a token of its row, not after it, within `window` positions if window > 0; a padding
+  /// token attends to itself only, so that its values stay finite).
+  const at::Tensor& allowed(int64_t window);
+  /// `table` (tables for positions 0..N-1, [N, d]) at the step's positions: [B, T, 1, d] each.
+  const Rotary& rotary_at(const Rotary& table);
+
+ private:
+  KVCache& cache_;
+  at::Tensor positions_;
+  std::vector<std::pair<int64_t, at::Tensor>> masks_;            // window -> allowed
+  std::vector<std::pair<const void*, Rotary>> rotary_rows_;     // table -> rows at the positions
+};
+
+/// causal_attention for the new tokens of a step: q, k, v [B, T, heads*dim] of
+/// the new tokens; k (after rotary) and v are written into layer `layer` of
+/// the step's cache, and each query attends to the cached keys of its row
+/// that step.allowed(window) lets it see. `rotary` (if given) holds the tables
+/// for positions 0 .. step.rotary_length() - 1. Same conventions otherwise.
+at::Tensor cached_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t num_heads,
+                            int64_t num_kv_heads, int64_t head_dim, const Rotary* rotary, int64_t window,
+                            int64_t v_head_dim, Step& step, int64_t layer);
 
 /// The activation named by config.json ("relu", "silu", "gelu", "gelu_new", ...).
 at::Tensor activation(const std::string& name, const at::Tensor& x);

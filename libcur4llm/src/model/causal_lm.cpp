@@ -4,6 +4,8 @@
 #include <cur4llm/io/safetensors.h>
 #include <cur4llm/model/slot_registry.h>
 
+#include <cur4llm/model/kv_cache.h>
+
 #include "architecture.h"
 #include "io/json_parse.h"
 
@@ -436,6 +438,57 @@ at::Tensor CausalLM::forward(const at::Tensor& input_ids) const {
   auto h = embed(input_ids);
   for (int64_t i = 0; i < config_.num_layers; ++i) h = arch_->layer(*this, i, h);
   return head(h);
+}
+
+at::Tensor CausalLM::forward_cached(const at::Tensor& input_ids, KVCache& cache, const at::Tensor& mask,
+                                    bool all_positions) const {
+  if (input_ids.dim() != 2 || input_ids.size(1) < 1) {
+    throw std::invalid_argument(
+        fmt::format("forward_cached: input ids must be [batch, tokens], not {}", shape_str(input_ids.sizes())));
+  }
+  if (input_ids.size(0) != cache.batch()) {
+    throw std::invalid_argument(fmt::format("forward_cached: {} rows of input ids for a cache of {} rows",
+                                            input_ids.size(0), cache.batch()));
+  }
+  if (mask.defined() && mask.sizes() != input_ids.sizes()) {
+    throw std::invalid_argument(fmt::format("forward_cached: mask {} does not match input ids {}",
+                                            shape_str(mask.sizes()), shape_str(input_ids.sizes())));
+  }
+  if (cache.device() != options_.device) {
+    throw std::invalid_argument(fmt::format("forward_cached: the cache is on {}, the model on {}", cache.device().str(),
+                                            options_.device.str()));
+  }
+  const int64_t t = input_ids.size(1);
+  const auto long_opts = at::TensorOptions().dtype(at::kLong).device(options_.device);
+  at::Tensor tokens, positions;
+  if (mask.defined()) {
+    tokens = mask.to(options_.device).ne(0);
+    // A row's positions count its tokens; padding takes its neighbour's (unused: padding attends to itself only).
+    positions = (cache.next_positions().unsqueeze(1) + tokens.to(at::kLong).cumsum(1) - 1).clamp_min(0);
+  } else {
+    tokens = at::ones({input_ids.size(0), t}, long_opts.dtype(at::kBool));
+    positions = cache.next_positions().unsqueeze(1) + at::arange(t, long_opts).unsqueeze(0);
+  }
+  if (input_ids.device().is_cpu()) {
+    // Range-checked as embed() checks them; ids already on the device are trusted (no synchronisation).
+    const auto lo = input_ids.min().item<int64_t>(), hi = input_ids.max().item<int64_t>();
+    if (lo < 0 || hi >= config_.vocab_size) {
+      throw std::invalid_argument(
+          fmt::format("token id {} is outside the vocabulary [0, {})", lo < 0 ? lo : hi, config_.vocab_size));
+    }
+  }
+  cache.begin_step(positions, tokens);
+  try {
+    detail::Step step(cache, positions);
+    auto h = arch_->embed_step(*this, input_ids.to(options_.device, at::kLong), step);
+    for (int64_t i = 0; i < config_.num_layers; ++i) h = arch_->layer_step(*this, i, h, step);
+    cache.end_step();
+    if (!all_positions) h = h.narrow(1, t - 1, 1);
+    return head(h);
+  } catch (...) {
+    cache.cancel_step();
+    throw;
+  }
 }
 
 bool CausalLM::has_linear(const std::string& name) const { return slots_.count(name) > 0; }

@@ -96,9 +96,11 @@ class Llama final : public ValueGraphArchitecture<Llama> {
   enum Value { kH, kX, kQ, kK, kV, kAttn, kH2, kX2, kGate, kUp, kGated, kCount };
 
   // With `release`, inputs nothing later needs are dropped once used (a whole layer's peak memory).
-  at::Tensor value(const CausalLM& lm, int64_t i, std::vector<at::Tensor>& v, int index, bool release = false) const {
+  // With `step` (generation), the attention reads and extends its KV cache.
+  at::Tensor value(const CausalLM& lm, int64_t i, std::vector<at::Tensor>& v, int index, bool release = false,
+                   detail::Step* step = nullptr) const {
     if (v[index].defined()) return v[index];
-    auto get = [&](int other) { return value(lm, i, v, other, release); };
+    auto get = [&](int other) { return value(lm, i, v, other, release, step); };
     const LayerNames& n = layers_.at(i);
     at::Tensor t;
     switch (index) {
@@ -107,6 +109,12 @@ class Llama final : public ValueGraphArchitecture<Llama> {
       case kK: t = slot(lm, n.k).forward(get(kX)); break;
       case kV: t = slot(lm, n.v).forward(get(kX)); break;
       case kAttn: {
+        if (step) {
+          const detail::Rotary rotary = rotary_for(step->rotary_length(), v[kH].device());
+          t = detail::cached_attention(get(kQ), get(kK), get(kV), c_.num_heads, c_.num_kv_heads, c_.head_dim, &rotary,
+                                       c_.sliding_window, c_.layer_shape(i).v_head_dim, *step, i);
+          break;
+        }
         const detail::Rotary rotary = rotary_for(v[kH].size(1), v[kH].device());
         t = detail::causal_attention(get(kQ), get(kK), get(kV), c_.num_heads,
                                      c_.num_kv_heads, c_.head_dim, &rotary, c_.sliding_window,
@@ -150,9 +158,9 @@ class Llama final : public ValueGraphArchitecture<Llama> {
     }
   }
 
-  at::Tensor run(const CausalLM& lm, int64_t i, std::vector<at::Tensor>& v) const {
-    value(lm, i, v, kH2, true);
-    auto gated = value(lm, i, v, kGated, true);
+  at::Tensor run(const CausalLM& lm, int64_t i, std::vector<at::Tensor>& v, detail::Step* step = nullptr) const {
+    value(lm, i, v, kH2, true, step);
+    auto gated = value(lm, i, v, kGated, true, step);
     // Moved out: unless a layer prefix also holds it, down_proj adds into it in place.
     return detail::residual_linear(std::move(v[kH2]), slot(lm, layers_.at(i).down), gated);
   }

@@ -87,6 +87,14 @@ class Opt final : public ValueGraphArchitecture<Opt> {
   }
 
 
+  // The tokens at the step's positions (learned positions, offset 2 as in OPTLearnedPositionalEmbedding).
+  at::Tensor embed_step(const CausalLM& lm, const at::Tensor& ids, const detail::Step& step) const override {
+    auto x = at::embedding(tensor(lm, std::string(kPrefix) + "embed_tokens.weight"), ids);
+    if (c_.word_embed_proj_dim != c_.hidden_size) x = slot(lm, std::string(kPrefix) + "project_in").forward(x);
+    const at::Tensor pos_table = tensor(lm, std::string(kPrefix) + "embed_positions.weight");
+    return x + at::embedding(pos_table, step.positions() + kPositionOffset);
+  }
+
   at::Tensor final_hidden(const CausalLM& lm, const at::Tensor& hidden) const override {
     auto h = c_.final_layer_norm ? norm(lm, std::string(kPrefix) + "final_layer_norm", hidden) : hidden;
     if (c_.word_embed_proj_dim != c_.hidden_size) h = slot(lm, std::string(kPrefix) + "project_out").forward(h);
@@ -113,9 +121,11 @@ class Opt final : public ValueGraphArchitecture<Opt> {
   enum Value { kH, kX, kQ, kK, kV, kAttn, kH2, kX2, kAct, kCount };
 
   // With `release`, inputs nothing later needs are dropped once used (a whole layer's peak memory).
-  at::Tensor value(const CausalLM& lm, int64_t i, std::vector<at::Tensor>& v, int index, bool release = false) const {
+  // With `step` (generation), the attention reads and extends its KV cache.
+  at::Tensor value(const CausalLM& lm, int64_t i, std::vector<at::Tensor>& v, int index, bool release = false,
+                   detail::Step* step = nullptr) const {
     if (v[index].defined()) return v[index];
-    auto get = [&](int other) { return value(lm, i, v, other, release); };
+    auto get = [&](int other) { return value(lm, i, v, other, release, step); };
     const LayerNames& n = layers_.at(i);
     const bool pre = c_.do_layer_norm_before;
     at::Tensor t;
@@ -125,8 +135,10 @@ class Opt final : public ValueGraphArchitecture<Opt> {
       case kK: t = slot(lm, n.k).forward(get(kX)); break;
       case kV: t = slot(lm, n.v).forward(get(kX)); break;
       case kAttn:
-        t = detail::causal_attention(get(kQ), get(kK), get(kV), c_.num_heads,
-                                     c_.num_kv_heads, c_.head_dim, nullptr, 0, c_.layer_shape(i).v_head_dim);
+        t = step ? detail::cached_attention(get(kQ), get(kK), get(kV), c_.num_heads, c_.num_kv_heads, c_.head_dim,
+                                            nullptr, 0, c_.layer_shape(i).v_head_dim, *step, i)
+                 : detail::causal_attention(get(kQ), get(kK), get(kV), c_.num_heads, c_.num_kv_heads, c_.head_dim,
+                                            nullptr, 0, c_.layer_shape(i).v_head_dim);
         break;
       case kH2: {
         auto o = slot(lm, n.o).forward(get(kAttn));
@@ -166,9 +178,9 @@ class Opt final : public ValueGraphArchitecture<Opt> {
     }
   }
 
-  at::Tensor run(const CausalLM& lm, int64_t i, std::vector<at::Tensor>& v) const {
-    auto h2 = value(lm, i, v, kH2, true);
-    auto h = h2 + slot(lm, layers_.at(i).fc2).forward(value(lm, i, v, kAct, true));
+  at::Tensor run(const CausalLM& lm, int64_t i, std::vector<at::Tensor>& v, detail::Step* step = nullptr) const {
+    auto h2 = value(lm, i, v, kH2, true, step);
+    auto h = h2 + slot(lm, layers_.at(i).fc2).forward(value(lm, i, v, kAct, true, step));
     return c_.do_layer_norm_before ? h : norm(lm, layers_.at(i).ffn_norm, h);
   }
 

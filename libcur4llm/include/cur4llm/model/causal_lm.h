@@ -62,6 +62,7 @@ struct LayerPrefix {
 };
 
 class Architecture;  // internal: one per family
+class KVCache;       // model/kv_cache.h
 
 /// What a model folder's config.json says about how it is stored: an ordinary
 /// Hugging Face folder, or an acur repository (docs/export.md).
@@ -113,6 +114,16 @@ class CausalLM {
   at::Tensor head(const at::Tensor& hidden) const;
   /// embed, every layer, head.
   at::Tensor forward(const at::Tensor& input_ids) const;
+  /// The new tokens `input_ids` [B, T] of each row, after the tokens `cache`
+  /// holds (model/kv_cache.h), whose keys and values are stored in it: a
+  /// prefill (T prompt tokens) or a decoding step (T = 1). `mask` [B, T]
+  /// (optional; nonzero: a token, 0: padding) marks padding, e.g. the left
+  /// padding of prompts of different lengths; positions count tokens only.
+  /// Returns logits [B, 1, vocab] of the last new token of each row, or
+  /// [B, T, vocab] with `all_positions`. std::invalid_argument if the tokens do
+  /// not fit in the cache or the family does not support generation.
+  at::Tensor forward_cached(const at::Tensor& input_ids, KVCache& cache, const at::Tensor& mask = {},
+                            bool all_positions = false) const;
   int64_t num_layers() const { return config_.num_layers; }
 
   /// Every Linear slot, in model order (layers, then lm_head), with the shapes

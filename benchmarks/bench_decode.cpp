@@ -1,0 +1,129 @@
+// Generation throughput with the KV cache: tokens/s of the prefill and of the
+// decoding steps for a model folder (real weights) or a config.json (random
+// weights of that shape), dense or with every decoder Linear factorized.
+// Prints one JSON object per (batch, layers) pair. Timings only; never a
+// pass/fail test.
+//
+//   bench_decode --model PATH | --config CONFIG.json
+//                [--device cuda] [--dtype bf16] [--batch 1,16] [--prompt_len 512] [--new_tokens 256]
+//                [--factorize dense,svd:0.6,cur:0.6] [--iters 1] [--graph 0] [--seed 0]
+//
+// Each run: a prefill of --prompt_len random tokens per row, then
+// --new_tokens - 1 greedy decoding steps (the argmax stays on the device; one
+// step is one forward_cached of one token per row), timed with the device
+// synchronised at both ends. KIND:RATIO replaces every Linear of the decoder
+// layers by a factorized one of random factors (as bench_forward). --graph 1
+// adds the decoding step captured in a CUDA graph at the cache length halfway
+// through the run and replayed (the step's time without the host's launch
+// overheads): "graph_decode_step_s" and "graph_decode_tokens_per_s"; off CUDA,
+// or if the capture fails, "graph_error" says why.
+#include "bench_common.h"
+
+#include <cur4llm/model/kv_cache.h>
+
+#include <ATen/ATen.h>
+#include <c10/core/InferenceMode.h>
+
+#include <iostream>
+#include <map>
+
+int main(int argc, char** argv) try {
+  using namespace cur4llm;
+  const bench::Args args(argc, argv);
+  args.check_known({"model", "config", "device", "dtype", "batch", "prompt_len", "new_tokens", "factorize", "iters",
+                    "graph", "seed", "peak_tflops"});
+  const int64_t prompt_len = args.integer("prompt_len", 512);
+  const int64_t new_tokens = args.integer("new_tokens", 256);
+  const int iters = static_cast<int>(args.integer("iters", 1));
+  if (prompt_len < 1 || new_tokens < 2 || iters < 1) {
+    throw std::invalid_argument("--prompt_len must be >= 1, --new_tokens >= 2, --iters >= 1");
+  }
+
+  std::string source;
+  auto lm = bench::load_model(args, &source);
+  const auto& c = lm->config();
+  const c10::Device device = lm->device();
+  std::map<std::string, model::LinearPtr> dense_slots;
+  for (const auto& info : lm->linears()) dense_slots[info.name] = lm->linear_ptr(info.name);
+
+  for (const auto& spec : args.list("factorize", "dense")) {
+    for (const auto& [name, slot] : dense_slots) lm->replace_linear(name, slot);
+    nlohmann::json base = {{"benchmark", "decode"}, {"source", source}, {"layers", spec}};
+    if (spec != "dense") {
+      const auto colon = spec.find(':');
+      if (colon == std::string::npos) throw std::invalid_argument("--factorize KIND:RATIO, e.g. svd:0.6");
+      base["factorized_layers"] = bench::factorize_decoder(*lm, spec.substr(0, colon), std::stod(spec.substr(colon + 1)));
+    }
+    for (const auto& batch_str : args.list("batch", "1")) {
+      const int64_t batch = std::stoll(batch_str);
+      c10::InferenceMode guard;
+      auto prompt = at::randint(c.vocab_size, {batch, prompt_len}, at::TensorOptions().dtype(at::kLong)).to(device);
+      const int64_t capacity = prompt_len + new_tokens;
+      double prefill_s = 0, decode_s = 0;
+      int64_t cache_bytes = 0;
+      bench::reset_peak_memory(device);
+      auto run_once = [&](int64_t steps, double* pre, double* dec) {
+        model::KVCache cache(batch, capacity, device);
+        at::Tensor next;
+        *pre = bench::timed(device, [&] { next = lm->forward_cached(prompt, cache).argmax(-1); });
+        *dec = bench::timed(device, [&] {
+          for (int64_t s = 0; s < steps; ++s) next = lm->forward_cached(next, cache).argmax(-1);
+        });
+        cache_bytes = cache.bytes();
+      };
+      double w1 = 0, w2 = 0;
+      run_once(2, &w1, &w2);  // warm-up: kernels, tables, allocator
+      for (int i = 0; i < iters; ++i) {
+        double pre = 0, dec = 0;
+        run_once(new_tokens - 1, &pre, &dec);
+        prefill_s += pre / iters;
+        decode_s += dec / iters;
+      }
+      nlohmann::json out = base;
+      out.update(bench::device_json(*lm, args.real("peak_tflops", 0)));
+      out.update({{"model_type", c.model_type},
+                  {"linear_params", lm->linear_weight_params()},
+                  {"batch", batch},
+                  {"prompt_len", prompt_len},
+                  {"new_tokens", new_tokens},
+                  {"iters", iters},
+                  {"prefill_s", prefill_s},
+                  {"prefill_tokens_per_s", static_cast<double>(batch * prompt_len) / prefill_s},
+                  {"decode_s", decode_s},
+                  {"decode_step_s", decode_s / static_cast<double>(new_tokens - 1)},
+                  {"decode_tokens_per_s", static_cast<double>(batch * (new_tokens - 1)) / decode_s},
+                  {"kv_cache_bytes", cache_bytes}});
+      if (args.integer("graph", 0) != 0) {
+        // One decoding step at the cache length halfway through, captured and replayed.
+        model::KVCache cache(batch, capacity, device);
+        (void)lm->forward_cached(prompt, cache);
+        auto fill = at::randint(c.vocab_size, {batch, new_tokens / 2}, at::TensorOptions().dtype(at::kLong)).to(device);
+        (void)lm->forward_cached(fill, cache);
+        const int64_t length = cache.length();
+        auto step_ids = at::randint(c.vocab_size, {batch, 1}, at::TensorOptions().dtype(at::kLong)).to(device);
+        std::string why;
+        const auto step_s = bench::graph_timed(
+            device, 1, 20,
+            [&] {
+              cache.truncate(length);
+              (void)lm->forward_cached(step_ids, cache);
+            },
+            &why);
+        if (step_s) {
+          out["graph_decode_step_s"] = *step_s;
+          out["graph_decode_tokens_per_s"] = static_cast<double>(batch) / *step_s;
+          out["graph_cache_length"] = length;
+        } else {
+          out["graph_error"] = why.empty() ? std::string("CUDA graphs need a CUDA device") : why;
+        }
+      }
+      out["peak_device_memory_bytes"] = bench::peak_memory(device);
+      out["peak_host_rss_bytes"] = bench::peak_host_rss();
+      std::cout << out.dump() << std::endl;
+    }
+  }
+  return 0;
+} catch (const std::exception& e) {
+  std::cerr << "bench_decode: " << e.what() << "\n";
+  return 1;
+}
