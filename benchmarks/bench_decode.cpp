@@ -6,7 +6,7 @@
 //
 //   bench_decode --model PATH | --config CONFIG.json
 //                [--device cuda] [--dtype bf16] [--batch 1,16] [--prompt_len 512] [--new_tokens 256]
-//                [--factorize dense,svd:0.6,cur:0.6] [--iters 1] [--graph 0] [--seed 0]
+//                [--factorize dense,svd:0.6,cur:0.6,packed:rtn_int4] [--iters 1] [--graph 0] [--seed 0]
 //
 // Each run: a prefill of --prompt_len random tokens per row, then
 // --new_tokens - 1 greedy decoding steps (the argmax stays on the device; one
@@ -16,10 +16,14 @@
 // adds the decoding step captured in a CUDA graph at the cache length halfway
 // through the run and replayed (the step's time without the host's launch
 // overheads): "graph_decode_step_s" and "graph_decode_tokens_per_s"; off CUDA,
-// or if the capture fails, "graph_error" says why.
+// or if the capture fails, "graph_error" says why. packed:FORMAT (rtn_int8,
+// rtn_int4) quantizes every dense Linear of the decoder layers and keeps it
+// packed (quant::PackedLinear, as LoadOptions::keep_packed loads a quantized
+// repository): "packed_layers" and "packed_bytes" say what it holds.
 #include "bench_common.h"
 
 #include <cur4llm/model/kv_cache.h>
+#include <cur4llm/quant/packed_linear.h>
 
 #include <ATen/ATen.h>
 #include <c10/core/InferenceMode.h>
@@ -49,7 +53,20 @@ int main(int argc, char** argv) try {
   for (const auto& spec : args.list("factorize", "dense")) {
     for (const auto& [name, slot] : dense_slots) lm->replace_linear(name, slot);
     nlohmann::json base = {{"benchmark", "decode"}, {"source", source}, {"layers", spec}};
-    if (spec != "dense") {
+    if (spec.rfind("packed:", 0) == 0) {
+      const auto format = quant::parse_quant_format(spec.substr(7));
+      int64_t layers = 0, bytes = 0;
+      for (const auto& info : lm->linears()) {
+        const auto* d = dynamic_cast<const model::DenseLinear*>(dense_slots.at(info.name).get());
+        if (info.layer < 0 || !d) continue;
+        auto packed = std::make_shared<quant::PackedLinear>(quant::quantize_tensor(d->weight(), format), d->bias());
+        bytes += packed->packed_bytes();
+        lm->replace_linear(info.name, packed);
+        ++layers;
+      }
+      base["packed_layers"] = layers;
+      base["packed_bytes"] = bytes;
+    } else if (spec != "dense") {
       const auto colon = spec.find(':');
       if (colon == std::string::npos) throw std::invalid_argument("--factorize KIND:RATIO, e.g. svd:0.6");
       base["factorized_layers"] = bench::factorize_decoder(*lm, spec.substr(0, colon), std::stod(spec.substr(colon + 1)));

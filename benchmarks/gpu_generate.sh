@@ -31,7 +31,7 @@ $build/tests/test_generate -r compact 2>&1 | tail -20 | tee "$out/test_generate.
 bench=$build/benchmarks/bench_decode
 {
   timeout 300 $bench --config benchmarks/configs/llama-7b.json --device cuda --dtype bf16 --batch 1,16 \
-    --prompt_len 512 --new_tokens 256 --factorize dense,svd:0.6,cur:0.6 --graph 1
+    --prompt_len 512 --new_tokens 256 --factorize dense,svd:0.6,cur:0.6,packed:rtn_int8,packed:rtn_int4 --graph 1
   timeout 300 $bench --config benchmarks/configs/opt-1.3b.json --device cuda --dtype fp16 --batch 1,16 \
-    --prompt_len 512 --new_tokens 256 --factorize dense,svd:0.6,cur:0.6 --graph 1
+    --prompt_len 512 --new_tokens 256 --factorize dense,svd:0.6,cur:0.6,packed:rtn_int8,packed:rtn_int4 --graph 1
 } 2>&1 | tee "$out/bench_decode.jsonl"

@@ -30,6 +30,7 @@ struct Options {
   uint64_t seed = 0;
   std::vector<std::string> stop;
   bool ignore_eos = false;
+  bool keep_packed = false;
   std::string device = "cpu";
   std::string dtype;
 };
@@ -57,6 +58,8 @@ int run(int argc, char** argv) {
       ("ignore_eos", po::bool_switch(&o.ignore_eos), "do not stop at the end-of-sequence token")
       ("device", po::value(&o.device)->default_value("cpu"), "cpu, cuda or cuda:N")
       ("dtype", po::value(&o.dtype)->default_value(""), "fp32, fp16 or bf16 (default: fp32 on the CPU, the config's on CUDA)")
+      ("keep_packed", po::bool_switch(&o.keep_packed),
+       "a quantized repository's packed dense weights stay packed in memory (decoded inside the products)")
       ("version", "print the version and exit")
       ("help,h", "print this help");
   po::variables_map vm;
@@ -82,6 +85,7 @@ int run(int argc, char** argv) {
   cur4llm::model::LoadOptions load;
   load.device = cur4llm::model::parse_device(o.device);
   if (!o.dtype.empty()) load.dtype = cur4llm::model::parse_dtype(o.dtype);
+  load.keep_packed = o.keep_packed;
   auto hub = cur4llm::io::HubOptions::from_environment();
   hub.revision = o.revision;
   const fs::path folder = cur4llm::io::resolve_model_id(o.model_id, hub);
