@@ -35,7 +35,8 @@ at::Tensor read_factor(const model::SlotSpec& spec, const model::SlotTensors& te
     try {
       q = quant::make_quantized_tensor(name, tensors.stored(name + ".qweight", {rows, quant::packed_cols(cols, format.bits)}),
                                 tensors.stored(name + ".scales", {rows, groups}),
-                                tensors.stored(name + ".zeros", {rows, groups}), rows, cols, format);
+                                tensors.stored(name + ".zeros", {rows, groups}), rows, cols, format,
+                                format.activation_aware ? tensors.stored(name + ".input_scales", {cols}) : at::Tensor());
     } catch (const std::invalid_argument& e) {
       throw std::runtime_error(fmt::format("{}: {}", tensors.describe(name), e.what()));
     }

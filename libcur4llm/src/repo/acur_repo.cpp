@@ -241,6 +241,9 @@ ExportResult write_acur_repo(const model::CausalLM& lm, const fs::path& folder, 
       tensors.push_back({full + ".qweight", it->second.qweight.cpu().contiguous()});
       tensors.push_back({full + ".scales", it->second.scales.cpu().contiguous()});
       tensors.push_back({full + ".zeros", it->second.zeros.cpu().contiguous()});
+      if (it->second.input_scales.defined()) {
+        tensors.push_back({full + ".input_scales", it->second.input_scales.cpu().contiguous()});
+      }
     }
   }
   for (const auto& [name, q] : packed) {
@@ -259,6 +262,7 @@ ExportResult write_acur_repo(const model::CausalLM& lm, const fs::path& folder, 
   if (!packed.empty()) {
     const auto& format = packed.begin()->second.format;
     acur["quantization"] = {{"format", format.name}, {"bits", format.bits}, {"group_size", format.group_size}};
+    if (format.activation_aware) acur["quantization"]["activation_aware"] = true;
   }
   acur["base"] = base;
   acur["layers"] = layers;
