@@ -117,7 +117,11 @@ CalibrationStage calibration_stage(const model::CausalLM& lm, const tokenize::To
     copts.seqlen = seqlen;
     copts.seed = o.seed;
     copts.use_bos = o.use_bos;
-    samples = data::sample_calibration(calib_text.text, tokenizer, copts);
+    const auto format = data::resolve_dataset(o.calib_dataset, data::Purpose::Calibration, data_dir).format;
+    samples = format == data::DatasetFile::Format::Alpaca
+                  ? data::sample_alpaca(data::parse_alpaca(calib_text.text, calib_text.files.at(0).string()),
+                                        tokenizer, copts)
+                  : data::sample_calibration(calib_text.text, tokenizer, copts);
     if (o.use_cache) save_samples(calib_file, *samples, calib_key.as_metadata());
   }
   return {std::move(calib_key), std::move(*samples)};
@@ -381,7 +385,11 @@ void validate(const PipelineOptions& options) {
   if (modules::is_module_method(o.method) && (o.param_ratio_target <= 0 || !o.plan_file.empty())) {
     throw invalid_argument(fmt::format("--method {} needs --param_ratio_target (no ppl target or plan file)", o.method));
   }
-  data::resolve_dataset(o.calib_dataset, data::Purpose::Calibration, data_dir_of(o));
+  const auto calib = data::resolve_dataset(o.calib_dataset, data::Purpose::Calibration, data_dir_of(o));
+  if (calib.format == data::DatasetFile::Format::Alpaca) {  // a broken record is reported now, not after the work
+    const auto text = data::load_text(o.calib_dataset, data::Purpose::Calibration, data_dir_of(o));
+    data::parse_alpaca(text.text, calib.file.string());
+  }
   if (!o.plan_file.empty() && !fs::is_regular_file(o.plan_file)) {
     throw invalid_argument(fmt::format("plan file {} does not exist", o.plan_file.string()));
   }
