@@ -9,6 +9,8 @@
 #
 #   BIN=build/apps SHARED=../shared bash benchmarks/results_awq.sh          # stories260K, TinyStories text
 #   BIN=build/apps MODEL=M CALIB=calib.txt EVAL=eval.txt SEQLEN=512 bash benchmarks/results_awq.sh
+# EXTRA adds flags to build_acur_repo (e.g. EXTRA="--sensitivity_metric stable_rank --search reference"
+# for a run without the perplexity sweep); METHODS and FORMATS pick the rows.
 set -euo pipefail
 bin=${BIN:?folder of the build_acur_repo and quantize binaries}
 shared=${SHARED:-}
@@ -29,7 +31,7 @@ for method in $methods; do
   folder="$out/$(basename "$model")-acur90$suffix"
   ppl=$("$bin/build_acur_repo" --model_id "$model" --act_aware --alpha 0.5 --scaling_method abs_mean \
     --calib_dataset "$calib" --param_ratio_target 0.9 --method "$method" --eval_ppl "$eval_text" --use_cache \
-    --cache_dir "$out/cache" --output "$out" --overwrite "${common[@]}" 2>/dev/null | ppl_of)
+    --cache_dir "$out/cache" --output "$out" --overwrite ${EXTRA:-} "${common[@]}" 2>/dev/null | ppl_of)
   echo "$(basename "$folder") none $ppl"
   sources+=("$folder")
 done

@@ -40,6 +40,8 @@ constexpr FamilyNames kFamilies[] = {
     {"llama", "Llama", "llama"},
     {"mistral", "Mistral", "llama"},
     {"qwen2", "Qwen2", "llama"},
+    {"qwen3", "Qwen3", "llama"},
+    {"gemma2", "Gemma2", "gemma2"},
 };
 
 const FamilyNames& family_of(const std::string& model_type) {
@@ -47,7 +49,7 @@ const FamilyNames& family_of(const std::string& model_type) {
     if (model_type == f.model_type) return f;
   }
   throw std::invalid_argument(
-      fmt::format("model_type \"{}\" cannot be exported (supported: opt, llama, mistral, qwen2)", model_type));
+      fmt::format("model_type \"{}\" cannot be exported (supported: opt, llama, mistral, qwen2, qwen3, gemma2)", model_type));
 }
 
 std::string fill_template(std::string text, const FamilyNames& f) {
