@@ -10,7 +10,7 @@
 #   BIN=build/apps SHARED=../shared bash benchmarks/results_awq.sh          # stories260K, TinyStories text
 #   BIN=build/apps MODEL=M CALIB=calib.txt EVAL=eval.txt SEQLEN=512 bash benchmarks/results_awq.sh
 # EXTRA adds flags to build_acur_repo (e.g. EXTRA="--sensitivity_metric stable_rank --search reference"
-# for a run without the perplexity sweep); METHODS and FORMATS pick the rows.
+# for a run without the perplexity sweep); METHODS and FORMATS pick the rows; DEVICE=cuda runs on a GPU.
 set -euo pipefail
 bin=${BIN:?folder of the build_acur_repo and quantize binaries}
 shared=${SHARED:-}
@@ -22,7 +22,7 @@ methods=${METHODS:-cur svd skeleton_swap}
 formats=${FORMATS:-rtn_int4 awq_int4 rtn_int8 awq_int8}
 out=${OUT_DIR:-output/awq}
 mkdir -p "$out"
-common=(--seqlen "$seqlen" --batch_size 8 --n_calib_samples 32 --seed 233)
+common=(--seqlen "$seqlen" --batch_size 8 --n_calib_samples 32 --seed 233 --device "${DEVICE:-cpu}")
 ppl_of() { awk -v t="$eval_text" '$1 == t {print $2}'; }
 
 sources=("$model")

@@ -113,9 +113,9 @@ struct AlpacaRecord {
 /// ignored). std::runtime_error naming `source` and the record index otherwise.
 std::vector<AlpacaRecord> parse_alpaca(const std::string& json_text, const std::string& source);
 
-/// The calibration text of one record: the reference's chat prompt (docs/data.md)
-///   [INST] <<SYS>>\n"Below is an instruction ... request."\n<</SYS>>\n\n
-///   {instruction}[\n\n{input}] [/INST] {output}
+/// The calibration text of one record: the reference's Llama-2 chat prompt (its
+/// system line, then the instruction, the input after a blank line when there
+/// is one, and the output; docs/data.md gives the exact text).
 std::string alpaca_text(const AlpacaRecord& record);
 
 /// Indices of Python's random.sample(range(population), k) after random.seed(seed).
