@@ -540,3 +540,84 @@ TEST_CASE("split_windows cuts floor(N/seqlen) windows and drops the tail", "[uni
   CHECK(data::split_windows({}, 4).empty());
   CHECK_THROWS_AS(data::split_windows(ids, 0), std::invalid_argument);
 }
+
+// ---------------------------------------------------------------------------------------------
+// alpaca: instruction records as calibration samples.
+
+namespace {
+
+std::string read_text(const fs::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+const fs::path kAlpacaMini = fs::path(CUR4LLM_TEST_DATA_DIR) / "text" / "alpaca_mini.json";
+
+}  // namespace
+
+TEST_CASE("alpaca: records parsed, and a file that is not a list of records refused by file and index", "[data][alpaca]") {
+  const auto records = data::parse_alpaca(read_text(kAlpacaMini), kAlpacaMini.string());
+  REQUIRE(records.size() == 8);
+  CHECK(records[1].instruction == "Translate the sentence into French.");
+  CHECK(records[1].input == "The cat sleeps.");
+  CHECK(records[1].output == "Le chat dort.");
+  CHECK(records[6].input.empty());  // "input" absent
+  CHECK_THROWS_WITH(data::parse_alpaca(R"({"instruction": "x"})", "a.json"),
+                    Contains("a.json") && Contains("JSON list"));
+  CHECK_THROWS_WITH(data::parse_alpaca(R"([{"instruction": "x", "output": "y"}, {"instruction": "x"}])", "b.json"),
+                    Contains("b.json: record 1 has no \"output\""));
+  CHECK_THROWS_WITH(data::parse_alpaca(R"([{"instruction": "x", "input": 3, "output": "y"}])", "c.json"),
+                    Contains("c.json: record 0 has a \"input\" that is not a string"));
+  CHECK_THROWS_WITH(data::parse_alpaca(R"([{"instruction": "x", "output": "y"}, "text"])", "d.json"),
+                    Contains("d.json: record 1 is a string, not an object"));
+  CHECK_THROWS_AS(data::parse_alpaca("[{", "e.json"), std::runtime_error);
+}
+
+TEST_CASE("alpaca: a record's text is the reference's chat prompt with the fields filled in", "[data][alpaca]") {
+  const std::string header =
+      "[INST] <<SYS>>\n\"Below is an instruction that describes a task. Write a response that appropriately "
+      "completes the request.\"\n<</SYS>>\n\n";
+  CHECK(data::alpaca_text({"Name a primary colour.", "", "Red."}) == header + "Name a primary colour. [/INST] Red.");
+  CHECK(data::alpaca_text({"Add the numbers.", "4 and 9", "13"}) == header + "Add the numbers.\n\n4 and 9 [/INST] 13");
+}
+
+TEST_CASE("alpaca: records drawn as Python's random.sample draws them", "[data][alpaca]") {
+  // Expected values printed by CPython 3.11: random.seed(s); random.sample(range(n), k).
+  CHECK(data::python_sample_indices(8, 3, 233) == std::vector<int64_t>{2, 4, 1});
+  CHECK(data::python_sample_indices(1000, 4, 233) == std::vector<int64_t>{698, 821, 643, 178});  // the set branch
+  CHECK(data::python_sample_indices(100, 7, 5) == std::vector<int64_t>{79, 32, 94, 45, 88, 83, 67});
+  CHECK_THROWS_AS(data::python_sample_indices(3, 4, 1), std::invalid_argument);
+}
+
+TEST_CASE("alpaca: calibration samples are the drawn records' texts tokenized and cut", "[data][alpaca]") {
+  const auto tok = tokenize::load_tokenizer(fs::path(CUR4LLM_TEST_DATA_DIR) / "models" / "tiny-shakespeare-opt");
+  const auto records = data::parse_alpaca(read_text(kAlpacaMini), kAlpacaMini.string());
+  data::CalibrationOptions o;
+  o.n_samples = 3;
+  o.seqlen = 1000;
+  o.seed = 233;
+  const auto samples = data::sample_alpaca(records, *tok, o);
+  REQUIRE(samples.size() == 3);
+  const std::vector<int> drawn{2, 4, 1};
+  for (size_t i = 0; i < 3; ++i) {
+    CHECK(samples[i] == tok->encode(data::alpaca_text(records[static_cast<size_t>(drawn[i])])));
+  }
+  o.seqlen = 10;
+  for (const auto& s : data::sample_alpaca(records, *tok, o)) CHECK(s.size() == 10);
+  o.n_samples = 9;
+  CHECK_THROWS_WITH(data::sample_alpaca(records, *tok, o), Contains("more than the 8 records"));
+}
+
+TEST_CASE("alpaca: resolved from the data folder or a path, for calibration only", "[data][alpaca]") {
+  const auto d = data::resolve_dataset("alpaca:" + kAlpacaMini.string(), data::Purpose::Calibration, "unused");
+  CHECK(d.format == data::DatasetFile::Format::Alpaca);
+  CHECK(d.file == kAlpacaMini);
+  CHECK_THROWS_WITH(data::resolve_dataset("alpaca", data::Purpose::Calibration, "/no/such/dir"),
+                    Contains("/no/such/dir/alpaca/alpaca_data.json"));
+  CHECK_THROWS_WITH(data::resolve_dataset("alpaca:" + kAlpacaMini.string(), data::Purpose::Evaluation, "unused"),
+                    Contains("calibration source"));
+  const auto text = data::load_text("alpaca:" + kAlpacaMini.string(), data::Purpose::Calibration, "unused");
+  CHECK(text.text == read_text(kAlpacaMini));
+}

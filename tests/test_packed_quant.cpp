@@ -134,7 +134,7 @@ TEST_CASE("quant formats by name, packed sizes", "[packed_quant][unit]") {
   CHECK((i8.name == "rtn_int8" && i8.bits == 8 && i8.group_size == 0));
   CHECK((i6.name == "rtn_int6" && i6.bits == 6 && i6.group_size == 0));
   CHECK((i4.name == "rtn_int4" && i4.bits == 4 && i4.group_size == 128));
-  CHECK(quant::quant_format_names() == std::vector<std::string>{"rtn_int8", "rtn_int6", "rtn_int4"});
+  CHECK(quant::quant_format_names() == std::vector<std::string>{"rtn_int8", "rtn_int6", "rtn_int4", "awq_int8", "awq_int4"});
   CHECK_THROWS_WITH(quant::parse_quant_format("int4"), Catch::Contains("\"int4\"") && Catch::Contains("rtn_int4"));
   // ceil(cols * bits / 8)
   CHECK(quant::packed_cols(5, 8) == 5);

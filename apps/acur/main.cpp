@@ -9,6 +9,7 @@
 #include <cur4llm/io/model_folder.h>
 #include <cur4llm/model/causal_lm.h>
 #include <cur4llm/pipeline/pipeline.h>
+#include <cur4llm/quant/awq.h>
 #include <cur4llm/quant/packed_quant.h>
 #include <cur4llm/quant/quantize.h>
 #include <cur4llm/repo/acur_repo.h>
@@ -22,6 +23,7 @@
 #include "app_common.h"
 #include "pipeline_flags.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <ctime>
@@ -134,7 +136,8 @@ int run(int argc, char** argv) {
       ("revision", po::value(&o.revision)->default_value("main"),
        "with an org/name --model_id: the Hub branch, tag or commit (default main)")
       ("weight_quant", po::value(&o.weight_quant)->default_value("none"),
-       "none, rtn_int8 or rtn_int6 (per channel, as the reference), or rtn_int4 (groups of 128): after compression")
+       "none, rtn_int8 or rtn_int6 (per channel, as the reference), rtn_int4 (groups of 128), or awq_int8 / "
+       "awq_int4 (activation-aware scales searched on the calibration data): after compression")
       ("eval_ppl", po::value(&o.eval_ppl)->default_value("wikitext2,ptb"),
        "datasets to evaluate, comma-separated (name, name:split, text file, or none)")
       ("eval_tasks", po::value(&o.eval_tasks), "zero-shot tasks as lm-evaluation-harness scores them, comma-separated "
@@ -179,11 +182,13 @@ int run(int argc, char** argv) {
     if (flags.options.compress_kv_cache) throw std::invalid_argument("--raw_model takes no --compress_kv_cache");
   }
   cur4llm::app::check_limit(o.limit);
-  if (o.weight_quant != "none" && o.weight_quant != "rtn_int8" && o.weight_quant != "rtn_int6" &&
-      o.weight_quant != "rtn_int4") {
-    throw std::invalid_argument(
-        fmt::format("--weight_quant must be none, rtn_int8, rtn_int6 or rtn_int4, not \"{}\"", o.weight_quant));
+  if (o.weight_quant != "none" && std::find(cur4llm::quant::quant_format_names().begin(),
+                                              cur4llm::quant::quant_format_names().end(),
+                                              o.weight_quant) == cur4llm::quant::quant_format_names().end()) {
+    throw std::invalid_argument(fmt::format("--weight_quant must be none, {}, not \"{}\"",
+                                            fmt::join(cur4llm::quant::quant_format_names(), ", "), o.weight_quant));
   }
+  const bool awq = o.weight_quant != "none" && cur4llm::quant::parse_quant_format(o.weight_quant).activation_aware;
   auto pipe = flags.resolved();
 
   // The model first: a wrong --model_id is the error to report, not the data it would have read.
@@ -206,6 +211,7 @@ int run(int argc, char** argv) {
   const fs::path data_dir = pipe.data_dir.empty() ? cur4llm::data::default_data_dir() : pipe.data_dir;
   const auto eval_sets = split_list(o.eval_ppl);
   for (const auto& spec : eval_sets) cur4llm::data::resolve_dataset(spec, cur4llm::data::Purpose::Evaluation, data_dir);
+  if (awq) cur4llm::app::require_calibration_data(o.weight_quant, pipe.calib_dataset, data_dir);
   const fs::path results_file = o.results_file.empty() ? fs::path(o.output) / "results.jsonl" : fs::path(o.results_file);
   auto task_names = split_list(o.eval_tasks);
   if (o.eval_mmlu) task_names.push_back("mmlu");
@@ -286,9 +292,29 @@ int run(int argc, char** argv) {
     // int8 / int6 as the reference (fp32 scales); group-wise int4 has no reference counterpart and
     // takes the packed storage's arithmetic (fp16 scales), applied in memory.
     t0 = std::chrono::steady_clock::now();
-    const int64_t n = o.weight_quant == "rtn_int4"
-                          ? cur4llm::quant::rtn_quantize_model(*lm, cur4llm::quant::parse_quant_format(o.weight_quant))
-                          : cur4llm::quant::rtn_quantize_model(*lm, o.weight_quant == "rtn_int8" ? 8 : 6);
+    int64_t n = 0;
+    if (awq) {
+      // Scales searched on the inputs the calibration samples give the model as it is now.
+      const auto samples = cur4llm::pipeline::calibration_samples(*lm, *tokenizer, pipe);
+      cur4llm::quant::AWQOptions aopts;
+      aopts.show_progress = true;
+      const auto r =
+          cur4llm::quant::awq_quantize_model(*lm, samples, cur4llm::quant::parse_quant_format(o.weight_quant), aopts);
+      n = static_cast<int64_t>(r.packed.size());
+      double error = 0, rtn_error = 0;
+      for (const auto& [name, c] : r.choices) {
+        error += c.error;
+        rtn_error += c.rtn_error;
+      }
+      const double ratio = rtn_error > 0 ? error / rtn_error : 1.0;
+      fmt::print(stderr, "{}: output error on the calibration inputs {:.4f} of RTN's (summed over tensors)\n",
+                 o.weight_quant, ratio);
+      record["awq_error_ratio"] = ratio;
+    } else {
+      n = o.weight_quant == "rtn_int4"
+              ? cur4llm::quant::rtn_quantize_model(*lm, cur4llm::quant::parse_quant_format(o.weight_quant))
+              : cur4llm::quant::rtn_quantize_model(*lm, o.weight_quant == "rtn_int8" ? 8 : 6);
+    }
     timings.emplace_back("quantize_s", seconds_since(t0));
     fmt::print(stderr, "{}: quantized {} weight tensors of the decoder layers\n", o.weight_quant, n);
     record["weight_quant"] = o.weight_quant;

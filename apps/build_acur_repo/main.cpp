@@ -3,6 +3,7 @@
 // (docs/export.md). The compression flags are acur's (docs/acur.md); a plan
 // saved by acur (--plan) replaces the sensitivity sweep and the search.
 #include <cur4llm/compress/optimize_scale.h>
+#include <cur4llm/quant/awq.h>
 #include <cur4llm/quant/packed_model.h>
 #include <cur4llm/data/text_data.h>
 #include <cur4llm/io/atomic_folder.h>
@@ -60,7 +61,8 @@ int run(int argc, char** argv) {
       ("max_shard_size", po::value(&o.max_shard_size)->default_value("5GB"),
        "largest safetensors file before the weights are sharded (e.g. 500MB, 2GB, 1GiB)")
       ("weight_quant", po::value(&o.weight_quant)->default_value("none"),
-       "none, or store the decoder layers' weights packed: rtn_int8, rtn_int6, rtn_int4")
+       "none, or store the decoder layers' weights packed: rtn_int8, rtn_int6, rtn_int4, or awq_int8 / awq_int4 "
+       "(activation-aware scales searched on the calibration data)")
       ("save_dtype", po::value(&o.save_dtype)->default_value(""),
        "fp32, fp16 or bf16 for floating tensors (default: the source config's dtype)")
       ("eval_ppl", po::value(&o.eval_ppl)->default_value("none"),
@@ -89,6 +91,7 @@ int run(int argc, char** argv) {
   const auto eval_sets = cur4llm::app::split_list(o.eval_ppl);
   const fs::path data_dir = pipe.data_dir.empty() ? cur4llm::data::default_data_dir() : pipe.data_dir;
   for (const auto& spec : eval_sets) cur4llm::data::resolve_dataset(spec, cur4llm::data::Purpose::Evaluation, data_dir);
+  if (quant && quant->activation_aware) cur4llm::app::require_calibration_data(o.weight_quant, pipe.calib_dataset, data_dir);
 
   // With a ratio target the folder name is known before any work, so that an existing one is refused at once.
   // <model>-acur<round(100*ratio)>, then "-<method>" for methods other than cur, "-folded" for CUR with
@@ -132,7 +135,15 @@ int run(int argc, char** argv) {
 
   cur4llm::quant::PackedWeights packed;
   if (quant) {
-    packed = cur4llm::quant::quantize_model_packed(*lm, *quant);
+    if (quant->activation_aware) {
+      // Scales searched on the inputs the calibration samples give the compressed model.
+      const auto samples = cur4llm::pipeline::calibration_samples(*lm, *tokenizer, pipe);
+      cur4llm::quant::AWQOptions aopts;
+      aopts.show_progress = true;
+      packed = cur4llm::quant::awq_quantize_model(*lm, samples, *quant, aopts).packed;
+    } else {
+      packed = cur4llm::quant::quantize_model_packed(*lm, *quant);
+    }
     eopts.packed = &packed;
     fmt::print("{}: {} weight tensors of the decoder layers packed: {} -> {} bytes\n", o.weight_quant, packed.size(),
                cur4llm::quant::unpacked_bytes(packed, lm->dtype()), cur4llm::quant::packed_bytes(packed));

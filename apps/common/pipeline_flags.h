@@ -2,10 +2,13 @@
 // The compression flags acur and build_acur_repo share: the reference
 // pipeline's (asvd.py) with their names and defaults, and cur4llm's own.
 
+#include <cur4llm/data/text_data.h>
 #include <cur4llm/pipeline/pipeline.h>
 
 #include <boost/program_options.hpp>
 
+#include <filesystem>
+#include <stdexcept>
 #include <string>
 
 namespace cur4llm::app {
@@ -98,6 +101,21 @@ inline void add_pipeline_flags(boost::program_options::options_description& ref,
       ("batch_size", po::value(&o.batch_size)->default_value(1), "samples or windows per forward pass")
       ("sweep_batch_size", po::value(&o.sweep_batch_size)->default_value(0),
        "calibration samples per forward pass of the sensitivity sweep (0: as many as fit in 65536 tokens)");
+}
+
+/// Refuses an activation-aware --weight_quant / --format (`format`) whose
+/// calibration data `calib_dataset` is not given or cannot be found, before any work.
+inline void require_calibration_data(const std::string& format, const std::string& calib_dataset,
+                                     const std::filesystem::path& data_dir) {
+  if (calib_dataset.empty()) {
+    throw std::invalid_argument(format + " searches its scales on calibration data: give --calib_dataset");
+  }
+  try {
+    data::resolve_dataset(calib_dataset, data::Purpose::Calibration, data_dir);
+  } catch (const std::exception& e) {
+    throw std::invalid_argument(format + " searches its scales on calibration data, and --calib_dataset " +
+                                calib_dataset + " has none: " + e.what());
+  }
 }
 
 }  // namespace cur4llm::app

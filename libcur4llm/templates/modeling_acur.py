@@ -27,6 +27,9 @@
 # <name>.qweight (uint8 codes, little-endian bit stream per row), <name>.scales
 # and <name>.zeros (fp16, one per row and group of group_size columns), with
 # w = scales * (q - zeros); from_pretrained dequantizes it once after loading.
+# An activation-aware format ("quantization" has "activation_aware": true, e.g.
+# awq_int4) also stores <name>.input_scales (fp16, one per column), and
+# w = scales * (q - zeros) * input_scales, computed in float32.
 
 import torch
 import torch.nn.functional as F
@@ -67,7 +70,7 @@ def _unpack_codes(packed, bits, cols):
 class PackedTensor(nn.Module):
     """A [rows, cols] matrix stored as packed integer codes with fp16 scales and zero points."""
 
-    def __init__(self, rows, cols, bits, group_size):
+    def __init__(self, rows, cols, bits, group_size, activation_aware=False):
         super().__init__()
         self.rows, self.cols, self.bits = rows, cols, bits
         self.group_size = group_size if group_size and group_size > 0 else cols
@@ -75,13 +78,20 @@ class PackedTensor(nn.Module):
         self.register_buffer("qweight", torch.zeros(rows, -(-cols * bits // 8), dtype=torch.uint8))
         self.register_buffer("scales", torch.zeros(rows, groups, dtype=torch.float16))
         self.register_buffer("zeros", torch.zeros(rows, groups, dtype=torch.float16))
+        if activation_aware:
+            self.register_buffer("input_scales", torch.ones(cols, dtype=torch.float16))
+        else:
+            self.input_scales = None
 
     def dequantize(self, dtype):
         q = _unpack_codes(self.qweight, self.bits, self.cols).to(torch.float32)
         group = torch.arange(self.cols, device=q.device) // self.group_size
         scales = self.scales.to(torch.float32).index_select(1, group)
         zeros = self.zeros.to(torch.float32).index_select(1, group)
-        return (scales * (q - zeros)).to(dtype)
+        w = scales * (q - zeros)
+        if self.input_scales is not None:
+            w = w * self.input_scales.to(torch.float32).unsqueeze(0)
+        return w.to(dtype)
 
 
 def _tensor_names(spec):
@@ -148,7 +158,8 @@ class AcurLinear(nn.Module):
                 if quantization is None:
                     raise ValueError('config.json: a layer lists "quantized" tensors but "acur" has no "quantization"')
                 owner.add_module(leaf, PackedTensor(shape[0], shape[1], quantization["bits"],
-                                                    quantization.get("group_size", 0)))
+                                                    quantization.get("group_size", 0),
+                                                    bool(quantization.get("activation_aware", False))))
             elif is_index:
                 owner.register_buffer(leaf, torch.zeros(shape, dtype=torch.long))
             else:

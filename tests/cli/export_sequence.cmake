@@ -90,6 +90,16 @@ run(2 twice ${QUANTIZE} --model_id ${WORK}/q4 --format rtn_int8 --output ${WORK}
 expect("${twice}" "already quantized \\(rtn_int4\\)")
 run(2 exists ${QUANTIZE} --model_id ${MODEL} --format rtn_int8 --output ${WORK}/q4)
 expect("${exists}" "already exists")
+# AWQ: the repository's factors quantized with searched input scales, stored beside the codes and read back.
+run(0 awq ${QUANTIZE} --model_id ${repo} --format awq_int4 --calib_dataset ${TEXT} --n_calib_samples 4 --seqlen 64
+    --output ${WORK}/awq4)
+expect("${awq}" "awq_int4: [0-9]+ weight tensors of the decoder layers: [0-9]+ bytes as Float -> [0-9]+ bytes packed")
+file(READ "${WORK}/awq4/config.json" awq_config)
+expect("${awq_config}" "\"activation_aware\": true")
+file(READ "${WORK}/awq4/model.safetensors" awq_header OFFSET 8 LIMIT 100000)  # the JSON header
+expect("${awq_header}" "q_proj[.][A-Za-z_.]+[.]input_scales")
+run(0 awq_ppl ${ACUR} --model_id ${WORK}/awq4 --raw_model --eval_ppl ${TEXT} --seqlen 64 --output ${WORK}/acur_awq)
+expect("${awq_ppl}" "shakespeare_tail.txt [0-9]+[.][0-9]+")
 
 # 4. Writes that cannot succeed.
 run(1 limited sh -c "ulimit -f 100 && exec \"$0\" \"$@\"" ${BUILD} --model_id ${MODEL} ${flags} --plan ${plan}

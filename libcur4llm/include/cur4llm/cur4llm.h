@@ -40,6 +40,7 @@
 #include <cur4llm/compress/slot_io.h>
 #include <cur4llm/compress/svd_linear.h>
 #include <cur4llm/compress/whiten_svd.h>
+#include <cur4llm/quant/awq.h>
 #include <cur4llm/quant/packed_model.h>
 #include <cur4llm/quant/packed_quant.h>
 #include <cur4llm/quant/quantize.h>

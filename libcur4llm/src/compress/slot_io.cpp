@@ -37,7 +37,7 @@ quant::QuantizedTensor read_packed(const model::SlotSpec& spec, const model::Slo
     return quant::make_quantized_tensor(
         name, tensors.stored(name + ".qweight", {rows, quant::packed_cols(cols, format.bits)}),
         tensors.stored(name + ".scales", {rows, groups}), tensors.stored(name + ".zeros", {rows, groups}), rows, cols,
-        format);
+        format, format.activation_aware ? tensors.stored(name + ".input_scales", {cols}) : at::Tensor());
   } catch (const std::invalid_argument& e) {
     throw std::runtime_error(fmt::format("{}: {}", tensors.describe(name), e.what()));
   }
@@ -90,7 +90,9 @@ model::LinearPtr load_dense(const model::SlotSpec& spec, const model::SlotTensor
   auto bias = spec.boolean("bias") ? read_factor(spec, t, "bias", {spec.out_features}) : at::Tensor();
   if (t.keep_packed() && spec.packed.count("weight")) {
     auto q = read_packed(spec, t, "weight", shape);
-    for (auto* part : {&q.qweight, &q.scales, &q.zeros}) *part = part->to(t.device());
+    for (auto* part : {&q.qweight, &q.scales, &q.zeros, &q.input_scales}) {
+      if (part->defined()) *part = part->to(t.device());
+    }
     return std::make_shared<quant::PackedLinear>(std::move(q), bias);
   }
   return std::make_shared<model::DenseLinear>(read_factor(spec, t, "weight", shape), bias);

@@ -182,6 +182,15 @@ fs::path default_data_dir() {
 DatasetFile resolve_dataset(const std::string& spec, Purpose purpose, const fs::path& data_dir) {
   const size_t colon = spec.find(':');
   const std::string name = spec.substr(0, colon);
+  if (name == "alpaca") {
+    if (purpose != Purpose::Calibration) {
+      throw std::invalid_argument("dataset '" + spec + "': alpaca is a calibration source, not an evaluation set");
+    }
+    const fs::path file = colon == std::string::npos ? data_dir / "alpaca" / "alpaca_data.json"
+                                                     : fs::path(spec.substr(colon + 1));
+    if (!fs::is_regular_file(file)) missing(spec, file.string());
+    return {spec, file, DatasetFile::Format::Alpaca};
+  }
   const bool known = std::find(known_datasets().begin(), known_datasets().end(), name) != known_datasets().end();
 
   if (!known) {
@@ -229,6 +238,9 @@ TextSource load_text(const std::string& spec, Purpose purpose, const fs::path& d
   switch (d.format) {
     case DatasetFile::Format::Plain:
       source.text = read_file(d.file);  // a plain text file is used as it is
+      break;
+    case DatasetFile::Format::Alpaca:
+      source.text = read_file(d.file);  // JSON records: parse_alpaca
       break;
     case DatasetFile::Format::WikiText:
       source.text = join_wikitext(read_file(d.file));

@@ -97,7 +97,7 @@ at::Tensor nll_after(const model::CausalLM& lm, int64_t next_layer, at::Tensor h
   // The last position predicts nothing: only the first t hidden states meet lm_head.
   auto hidden = lm.final_hidden(h).narrow(1, 0, t).reshape({b * t, -1});
   auto labels = ids.narrow(1, 1, t).reshape({b * t});
-  auto nll = token_nll(lm.linear("lm_head"), hidden, labels, options.logits_chunk_tokens);
+  auto nll = token_nll(*lm.logits_slot(), hidden, labels, options.logits_chunk_tokens);
   return nll.view({b, t}).to(at::kDouble).mean(1);
 }
 

@@ -92,7 +92,8 @@ std::vector<LoglikelihoodResult> score_requests(const model::CausalLM& lm, const
       options.max_batch_tokens > 0 ? options.max_batch_tokens : (lm.device().is_cuda() ? 16384 : 1024);
   std::vector<LoglikelihoodResult> out(requests.size());
   c10::InferenceMode guard;
-  const auto& head = lm.linear("lm_head");
+  const auto head_slot = lm.logits_slot();  // lm_head, soft-capped where the family caps logits
+  const auto& head = *head_slot;
   std::unique_ptr<util::Progress> progress;
   if (options.show_progress)
     progress = std::make_unique<util::Progress>("tasks", static_cast<int64_t>(rows.size()), "rows");

@@ -42,6 +42,8 @@ std::unique_ptr<Architecture> make_architecture(const ModelConfig& config) {
       return make_opt(config);
     case Family::Llama:
       return make_llama(config);
+    case Family::Gemma2:
+      return make_gemma2(config);
   }
   throw std::logic_error("internal: unknown model family");
 }
@@ -108,9 +110,38 @@ at::Tensor allowed_mask(int64_t t, int64_t window, c10::Device device) {
 
 }  // namespace
 
+namespace {
+
+// The eager formulation of transformers (softmax in float32) on [B, heads, T, d]
+// q, k, v: scores * scale, soft-capped (cap * tanh(scores / cap), cap > 0),
+// masked, over groups of (batch x head) rows so that the T x T scores of a group
+// stay near 8 MiB: large buffers would each be a fresh mmap on the CPU.
+at::Tensor eager_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t window,
+                           double scale, double softcap) {
+  const int64_t b = q.size(0), heads = q.size(1), t = q.size(2), d = q.size(3), dv = v.size(3);
+  const auto blocked = at::logical_not(allowed_mask(t, window, q.device()));
+  auto q3 = q.reshape({b * heads, t, d});
+  auto k3 = k.reshape({b * heads, t, d});
+  auto v3 = v.reshape({b * heads, t, dv});
+  const int64_t rows = b * heads;
+  const int64_t group = std::max<int64_t>(1, (int64_t{2} << 20) / std::max<int64_t>(1, t * t));
+  std::vector<at::Tensor> parts;
+  for (int64_t start = 0; start < rows; start += group) {
+    const int64_t n = std::min(group, rows - start);
+    auto scores = at::bmm(q3.narrow(0, start, n), k3.narrow(0, start, n).transpose(1, 2)) * scale;
+    if (softcap > 0) scores = at::tanh(scores / softcap) * softcap;
+    scores.masked_fill_(blocked, -std::numeric_limits<double>::infinity());
+    auto probs = at::softmax(scores, -1, at::kFloat).to(q.scalar_type());
+    parts.push_back(at::bmm(probs, v3.narrow(0, start, n)));
+  }
+  return (parts.size() == 1 ? parts.front() : at::cat(parts, 0)).view({b, heads, t, dv});
+}
+
+}  // namespace
+
 at::Tensor causal_attention(const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
                             int64_t num_heads, int64_t num_kv_heads, int64_t head_dim, const Rotary* rotary,
-                            int64_t window, int64_t v_head_dim) {
+                            int64_t window, int64_t v_head_dim, double scale, double softcap) {
   const int64_t b = q_in.size(0), t = q_in.size(1);
   const int64_t dv = v_head_dim > 0 ? v_head_dim : head_dim;
   auto q = q_in.reshape({b, t, num_heads, head_dim});
@@ -133,37 +164,27 @@ at::Tensor causal_attention(const at::Tensor& q_in, const at::Tensor& k_in, cons
   k = repeat_kv(k, num_heads / num_kv_heads);
   v = repeat_kv(v, num_heads / num_kv_heads);
   const bool windowed = window > 0 && window < t;
+  const double default_scale = 1.0 / std::sqrt(static_cast<double>(head_dim));
+  const double s = scale > 0 ? scale : default_scale;
 
   at::Tensor out;
 #if TORCH_VERSION_MAJOR >= 2
-  // Flash / memory-efficient kernels where the device has them.
-  if (windowed) {
-    out = at::scaled_dot_product_attention(q, k, v, allowed_mask(t, window, q.device()), 0.0, false);
+  if (softcap > 0) {
+    out = eager_attention(q, k, v, windowed ? window : 0, s, softcap);  // no fused kernel soft-caps
   } else {
-    // cuDNN's kernel where it is the faster one (Hopper), else ATen's choice.
-    out = fused::causal_attention_cudnn(q, k, v);
-    if (!out.defined()) out = at::scaled_dot_product_attention(q, k, v, {}, 0.0, true);
+    // A scale other than 1/sqrt(head_dim) goes into q: the kernels apply the default one.
+    if (scale > 0) q = q * (s / default_scale);
+    // Flash / memory-efficient kernels where the device has them.
+    if (windowed) {
+      out = at::scaled_dot_product_attention(q, k, v, allowed_mask(t, window, q.device()), 0.0, false);
+    } else {
+      // cuDNN's kernel where it is the faster one (Hopper), else ATen's choice.
+      out = fused::causal_attention_cudnn(q, k, v);
+      if (!out.defined()) out = at::scaled_dot_product_attention(q, k, v, {}, 0.0, true);
+    }
   }
 #else
-  // LibTorch 1.x: the eager formulation of transformers (softmax in float32),
-  // over groups of (batch x head) rows so that the T x T scores of a group stay
-  // near 8 MiB: large buffers would each be a fresh mmap on the CPU.
-  const auto blocked = at::logical_not(allowed_mask(t, windowed ? window : 0, q.device()));
-  const double scale = 1.0 / std::sqrt(static_cast<double>(head_dim));
-  auto q3 = q.reshape({b * num_heads, t, head_dim});
-  auto k3 = k.reshape({b * num_heads, t, head_dim});
-  auto v3 = v.reshape({b * num_heads, t, dv});
-  const int64_t rows = b * num_heads;
-  const int64_t group = std::max<int64_t>(1, (int64_t{2} << 20) / std::max<int64_t>(1, t * t));
-  std::vector<at::Tensor> parts;
-  for (int64_t start = 0; start < rows; start += group) {
-    const int64_t n = std::min(group, rows - start);
-    auto scores = at::bmm(q3.narrow(0, start, n), k3.narrow(0, start, n).transpose(1, 2)) * scale;
-    scores.masked_fill_(blocked, -std::numeric_limits<double>::infinity());
-    auto probs = at::softmax(scores, -1, at::kFloat).to(q.scalar_type());
-    parts.push_back(at::bmm(probs, v3.narrow(0, start, n)));
-  }
-  out = (parts.size() == 1 ? parts.front() : at::cat(parts, 0)).view({b, num_heads, t, dv});
+  out = eager_attention(q, k, v, windowed ? window : 0, s, softcap);
 #endif
   return out.transpose(1, 2).reshape({b, t, num_heads * dv});
 }

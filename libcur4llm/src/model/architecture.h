@@ -124,6 +124,7 @@ class ValueGraphArchitecture : public Architecture {
 std::unique_ptr<Architecture> make_architecture(const ModelConfig& config);
 std::unique_ptr<Architecture> make_opt(const ModelConfig& config);
 std::unique_ptr<Architecture> make_llama(const ModelConfig& config);
+std::unique_ptr<Architecture> make_gemma2(const ModelConfig& config);
 
 namespace detail {
 
@@ -140,9 +141,12 @@ at::Tensor inverse_frequencies(const ModelConfig& config);
 /// query to the last `window` keys (Mistral). Scale is 1/sqrt(head_dim).
 /// `v_head_dim` (0: head_dim) is the per-head width of v and of the output,
 /// narrower where a module method reduced the values (LayerShapes::v_head_dim).
+/// `scale` > 0 replaces 1/sqrt(head_dim) (Gemma-2: query_pre_attn_scalar^-1/2);
+/// `softcap` > 0 caps the scaled scores to softcap * tanh(scores / softcap)
+/// before the mask (Gemma-2's attn_logit_softcapping).
 at::Tensor causal_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t num_heads,
                             int64_t num_kv_heads, int64_t head_dim, const Rotary* rotary, int64_t window,
-                            int64_t v_head_dim = 0);
+                            int64_t v_head_dim = 0, double scale = 0, double softcap = 0);
 
 /// One CausalLM::forward_cached call as the layers see it: the cache, the
 /// positions of the new tokens, and what every layer shares (the attention

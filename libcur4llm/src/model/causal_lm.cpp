@@ -432,7 +432,29 @@ at::Tensor CausalLM::layer_resume(const LayerPrefix& prefix) const {
 
 at::Tensor CausalLM::final_hidden(const at::Tensor& hidden) const { return arch_->final_hidden(*this, hidden); }
 
-at::Tensor CausalLM::head(const at::Tensor& hidden) const { return linear("lm_head").forward(final_hidden(hidden)); }
+namespace {
+
+// logits -> cap * tanh(logits / cap), as transformers' Gemma-2 (final_logit_softcapping).
+class SoftcapSlot final : public ForwardingSlot {
+ public:
+  SoftcapSlot(LinearPtr inner, double cap) : ForwardingSlot(std::move(inner)), cap_(cap) {}
+  at::Tensor forward(const at::Tensor& x) const override {
+    return at::tanh(ForwardingSlot::forward(x) / cap_) * cap_;
+  }
+
+ private:
+  double cap_;
+};
+
+}  // namespace
+
+LinearPtr CausalLM::logits_slot() const {
+  auto head = linear_ptr("lm_head");
+  if (config_.final_logit_softcapping > 0) return std::make_shared<SoftcapSlot>(head, config_.final_logit_softcapping);
+  return head;
+}
+
+at::Tensor CausalLM::head(const at::Tensor& hidden) const { return logits_slot()->forward(final_hidden(hidden)); }
 
 at::Tensor CausalLM::forward(const at::Tensor& input_ids) const {
   auto h = embed(input_ids);

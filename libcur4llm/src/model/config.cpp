@@ -139,7 +139,7 @@ void parse_llama_family(const Keys& k, ModelConfig& c) {
     throw k.error("num_key_value_heads",
                   fmt::format("({}) must divide num_attention_heads ({})", c.num_kv_heads, c.num_heads));
   }
-  c.head_dim = k.positive("head_dim", 0);
+  c.head_dim = k.positive("head_dim", c.model_type == "qwen3" ? 128 : 0);  // transformers' Qwen3Config default
   c.norm_eps = k.number("rms_norm_eps", 1e-6);
   c.hidden_act = k.string("hidden_act", "silu");
   c.tie_word_embeddings = k.boolean("tie_word_embeddings", false);
@@ -152,6 +152,63 @@ void parse_llama_family(const Keys& k, ModelConfig& c) {
     c.attention_bias = k.boolean("attention_bias", false);
     c.attention_out_bias = c.attention_bias;
     if (c.model_type == "mistral") c.sliding_window = k.has("sliding_window") ? k.positive("sliding_window") : 0;
+  }
+  if (c.model_type == "qwen3") {
+    c.qk_norm = true;
+    // As transformers: with use_sliding_window, layers from max_window_layers on are windowed.
+    if (k.boolean("use_sliding_window", false) && k.has("sliding_window") && !k.json().at("sliding_window").is_null()) {
+      c.sliding_window = k.positive("sliding_window");
+      const int64_t from = k.has("max_window_layers") ? k.positive("max_window_layers", 0) : c.num_layers;
+      for (int64_t i = 0; i < c.num_layers; ++i) c.sliding_layers.push_back(i >= from);
+    }
+  }
+  parse_rope(k, c);
+}
+
+// Gemma-2: "layer_types" lists "sliding_attention" / "full_attention" per layer; older configs
+// leave it out, and then even layers are windowed (transformers' default).
+void parse_gemma2(const Keys& k, ModelConfig& c) {
+  c.family = Family::Gemma2;
+  c.hidden_size = k.positive("hidden_size");
+  c.intermediate_size = k.positive("intermediate_size");
+  c.num_heads = k.positive("num_attention_heads");
+  c.num_kv_heads = k.positive("num_key_value_heads", c.num_heads);
+  if (c.num_heads % c.num_kv_heads != 0) {
+    throw k.error("num_key_value_heads",
+                  fmt::format("({}) must divide num_attention_heads ({})", c.num_kv_heads, c.num_heads));
+  }
+  c.head_dim = k.positive("head_dim", 256);
+  c.norm_eps = k.number("rms_norm_eps", 1e-6);
+  c.hidden_act = k.string("hidden_activation", k.string("hidden_act", "gelu_pytorch_tanh"));
+  c.tie_word_embeddings = k.boolean("tie_word_embeddings", true);
+  c.attention_bias = k.boolean("attention_bias", false);
+  c.attention_out_bias = c.attention_bias;
+  c.query_pre_attn_scalar = k.number("query_pre_attn_scalar", 256.0);
+  if (c.query_pre_attn_scalar <= 0) throw k.error("query_pre_attn_scalar", "must be positive");
+  const auto cap = [&](const char* key, double fallback) {
+    if (!k.has(key) || k.json().at(key).is_null()) return 0.0;
+    const double v = k.number(key, fallback);
+    if (v < 0) throw k.error(key, "must be positive or null");
+    return v;
+  };
+  c.attn_logit_softcapping = cap("attn_logit_softcapping", 50.0);
+  c.final_logit_softcapping = cap("final_logit_softcapping", 30.0);
+  if (k.has("sliding_window") && !k.json().at("sliding_window").is_null()) c.sliding_window = k.positive("sliding_window");
+  if (c.sliding_window > 0) {
+    if (k.has("layer_types")) {
+      const Json& types = k.json().at("layer_types");
+      if (!types.is_array() || static_cast<int64_t>(types.size()) != c.num_layers) {
+        throw k.error("layer_types", fmt::format("must list {} layer types", c.num_layers));
+      }
+      for (const auto& t : types) {
+        if (t != "sliding_attention" && t != "full_attention") {
+          throw k.error("layer_types", "holds a type other than sliding_attention and full_attention");
+        }
+        c.sliding_layers.push_back(t == "sliding_attention");
+      }
+    } else {
+      for (int64_t i = 0; i < c.num_layers; ++i) c.sliding_layers.push_back(i % 2 == 0);
+    }
   }
   parse_rope(k, c);
 }
@@ -200,6 +257,8 @@ const std::map<std::string, Parser>& registry() {
       {"llama", parse_llama_family},
       {"mistral", parse_llama_family},
       {"qwen2", parse_llama_family},
+      {"qwen3", parse_llama_family},
+      {"gemma2", parse_gemma2},
   };
   return table;
 }
@@ -236,7 +295,9 @@ ModelConfig ModelConfig::from_json(const std::string& text, const std::string& s
   c.eos_token_id = k.token_id("eos_token_id");
   it->second(k, c);
   {
-    const char* act_key = c.family == Family::Opt ? "activation_function" : "hidden_act";
+    const char* act_key = c.family == Family::Opt ? "activation_function"
+                          : c.family == Family::Gemma2 ? "hidden_activation"
+                                                       : "hidden_act";
     static const char* const kActivations[] = {"relu", "silu", "swish", "gelu", "gelu_new", "gelu_pytorch_tanh",
                                                "gelu_fast"};
     if (std::find(std::begin(kActivations), std::end(kActivations), c.hidden_act) == std::end(kActivations)) {

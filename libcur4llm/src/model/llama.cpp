@@ -1,7 +1,8 @@
-// The LLaMA family (llama, mistral, qwen2): RMSNorm before each block, rotary
-// position embeddings, grouped-query attention, SiLU-gated MLP. The members
-// differ only in data: attention biases (Qwen2), a sliding window (Mistral),
-// RoPE scaling (LLaMA-3), tied or untied lm_head.
+// The LLaMA family (llama, mistral, qwen2, qwen3): RMSNorm before each block,
+// rotary position embeddings, grouped-query attention, SiLU-gated MLP. The
+// members differ only in data: attention biases (Qwen2), a sliding window
+// (Mistral; Qwen3 from max_window_layers on), RoPE scaling (LLaMA-3), an
+// RMSNorm over each head of q and k (Qwen3), tied or untied lm_head.
 #include "architecture.h"
 
 #include "fused/fused_ops.h"
@@ -16,7 +17,7 @@ namespace {
 std::string layer_name(int64_t i, const char* rest) { return fmt::format("model.layers.{}.{}", i, rest); }
 
 struct LayerNames {
-  std::string q, k, v, o, gate, up, down, attn_norm, ffn_norm;
+  std::string q, k, v, o, gate, up, down, attn_norm, ffn_norm, q_norm, k_norm;
 };
 
 class Llama final : public ValueGraphArchitecture<Llama> {
@@ -26,7 +27,8 @@ class Llama final : public ValueGraphArchitecture<Llama> {
       layers_.push_back({layer_name(i, "self_attn.q_proj"), layer_name(i, "self_attn.k_proj"),
                          layer_name(i, "self_attn.v_proj"), layer_name(i, "self_attn.o_proj"),
                          layer_name(i, "mlp.gate_proj"), layer_name(i, "mlp.up_proj"), layer_name(i, "mlp.down_proj"),
-                         layer_name(i, "input_layernorm.weight"), layer_name(i, "post_attention_layernorm.weight")});
+                         layer_name(i, "input_layernorm.weight"), layer_name(i, "post_attention_layernorm.weight"),
+                         layer_name(i, "self_attn.q_norm.weight"), layer_name(i, "self_attn.k_norm.weight")});
     }
   }
 
@@ -50,6 +52,10 @@ class Llama final : public ValueGraphArchitecture<Llama> {
       linear(n.k, kv_dim, h, c_.attention_bias, i, LinearRole::K);
       linear(n.v, v_dim, h, c_.attention_bias, i, LinearRole::V);
       linear(n.o, h, o_dim, c_.attention_out_bias, i, LinearRole::O);
+      if (c_.qk_norm) {
+        out.push_back({n.q_norm, {c_.head_dim}});
+        out.push_back({n.k_norm, {c_.head_dim}});
+      }
       out.push_back({n.ffn_norm, {h}});
       linear(n.gate, f, h, c_.mlp_bias, i, LinearRole::Gate);
       linear(n.up, f, h, c_.mlp_bias, i, LinearRole::Up);
@@ -82,6 +88,14 @@ class Llama final : public ValueGraphArchitecture<Llama> {
     return weight * (xf * at::rsqrt(variance + c_.norm_eps)).to(x.scalar_type());
   }
 
+  // Qwen3: RMSNorm over each head's head_dim features of q or k ([B, T, heads * head_dim]).
+  at::Tensor head_norm(const at::Tensor& weight, const at::Tensor& x) const {
+    if (!c_.qk_norm) return x;
+    const auto sizes = x.sizes().vec();
+    auto per_head = x.reshape({-1, c_.head_dim});
+    return rms_norm(weight, per_head).reshape(sizes);
+  }
+
   // The tables depend only on the length and device; every layer of a forward reuses them.
   detail::Rotary rotary_for(int64_t t, c10::Device device) const {
     std::lock_guard<std::mutex> lock(rotary_mutex_);
@@ -105,8 +119,14 @@ class Llama final : public ValueGraphArchitecture<Llama> {
     at::Tensor t;
     switch (index) {
       case kX: t = rms_norm(tensor(lm, n.attn_norm), v[kH]); break;
-      case kQ: t = slot(lm, n.q).forward(get(kX)); break;
-      case kK: t = slot(lm, n.k).forward(get(kX)); break;
+      case kQ:
+        t = slot(lm, n.q).forward(get(kX));
+        if (c_.qk_norm) t = head_norm(tensor(lm, n.q_norm), t);
+        break;
+      case kK:
+        t = slot(lm, n.k).forward(get(kX));
+        if (c_.qk_norm) t = head_norm(tensor(lm, n.k_norm), t);
+        break;
       case kV: t = slot(lm, n.v).forward(get(kX)); break;
       case kAttn: {
         if (step) {
@@ -117,7 +137,7 @@ class Llama final : public ValueGraphArchitecture<Llama> {
         }
         const detail::Rotary rotary = rotary_for(v[kH].size(1), v[kH].device());
         t = detail::causal_attention(get(kQ), get(kK), get(kV), c_.num_heads,
-                                     c_.num_kv_heads, c_.head_dim, &rotary, c_.sliding_window,
+                                     c_.num_kv_heads, c_.head_dim, &rotary, c_.window(i),
                                      c_.layer_shape(i).v_head_dim);
         break;
       }

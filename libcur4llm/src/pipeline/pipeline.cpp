@@ -86,6 +86,47 @@ void save_samples(const fs::path& file, const std::vector<std::vector<int64_t>>&
   io::save_safetensors_checked(file, tensors, meta);
 }
 
+// The calibration samples of `o` (read from its cache when use_cache is set) and their cache key,
+// whose fields the later stages' keys extend.
+struct CalibrationStage {
+  io::CacheKey key;
+  std::vector<std::vector<int64_t>> samples;
+};
+CalibrationStage calibration_stage(const model::CausalLM& lm, const tokenize::Tokenizer& tokenizer,
+                                   const PipelineOptions& o, int64_t seqlen, const fs::path& data_dir) {
+  const fs::path folder = lm.folder();
+  const std::string fingerprint = folder.empty() ? std::string("random") : io::model_fingerprint(folder);
+  const fs::path& cache_dir = o.cache_dir;
+  if (o.use_cache) fs::create_directories(cache_dir);
+  std::map<std::string, std::string> base = {{"model", fs::absolute(folder).lexically_normal().string()},
+                                             {"model_fingerprint", fingerprint},
+                                             {"dtype", c10::toString(lm.dtype())},
+                                             {"calib_dataset", o.calib_dataset},
+                                             {"n_calib_samples", std::to_string(o.n_calib_samples)},
+                                             {"seqlen", std::to_string(seqlen)},
+                                             {"seed", std::to_string(o.seed)},
+                                             {"use_bos", o.use_bos ? "1" : "0"}};
+  io::CacheKey calib_key{"calib", base};
+  const auto calib_text = data::load_text(o.calib_dataset, data::Purpose::Calibration, data_dir);
+  calib_key.fields["calib_text_fnv1a"] = io::hex64(io::fnv1a64(calib_text.text));
+  const fs::path calib_file = cache_dir / calib_key.file_name("safetensors");
+  auto samples = cache_lookup<std::vector<std::vector<int64_t>>>(o, calib_key, calib_file, load_samples);
+  if (!samples) {
+    data::CalibrationOptions copts;
+    copts.n_samples = o.n_calib_samples;
+    copts.seqlen = seqlen;
+    copts.seed = o.seed;
+    copts.use_bos = o.use_bos;
+    const auto format = data::resolve_dataset(o.calib_dataset, data::Purpose::Calibration, data_dir).format;
+    samples = format == data::DatasetFile::Format::Alpaca
+                  ? data::sample_alpaca(data::parse_alpaca(calib_text.text, calib_text.files.at(0).string()),
+                                        tokenizer, copts)
+                  : data::sample_calibration(calib_text.text, tokenizer, copts);
+    if (o.use_cache) save_samples(calib_file, *samples, calib_key.as_metadata());
+  }
+  return {std::move(calib_key), std::move(*samples)};
+}
+
 // The allocation a saved plan describes, checked against the model and the options.
 search::Allocation allocation_from_plan(const model::CausalLM& lm, const search::CompressionPlan& plan,
                                         const PipelineOptions& o) {
@@ -344,7 +385,11 @@ void validate(const PipelineOptions& options) {
   if (modules::is_module_method(o.method) && (o.param_ratio_target <= 0 || !o.plan_file.empty())) {
     throw invalid_argument(fmt::format("--method {} needs --param_ratio_target (no ppl target or plan file)", o.method));
   }
-  data::resolve_dataset(o.calib_dataset, data::Purpose::Calibration, data_dir_of(o));
+  const auto calib = data::resolve_dataset(o.calib_dataset, data::Purpose::Calibration, data_dir_of(o));
+  if (calib.format == data::DatasetFile::Format::Alpaca) {  // a broken record is reported now, not after the work
+    const auto text = data::load_text(o.calib_dataset, data::Purpose::Calibration, data_dir_of(o));
+    data::parse_alpaca(text.text, calib.file.string());
+  }
   if (!o.plan_file.empty() && !fs::is_regular_file(o.plan_file)) {
     throw invalid_argument(fmt::format("plan file {} does not exist", o.plan_file.string()));
   }
@@ -403,6 +448,14 @@ std::string model_label(const std::string& model_id) {
   return s.empty() ? "model" : s;
 }
 
+std::vector<std::vector<int64_t>> calibration_samples(const model::CausalLM& lm, const tokenize::Tokenizer& tokenizer,
+                                                      const PipelineOptions& options) {
+  const PipelineOptions o = resolve(options);
+  validate_settings(o);
+  const int64_t seqlen = std::min(o.seqlen, lm.config().max_position_embeddings);
+  return calibration_stage(lm, tokenizer, o, seqlen, data_dir_of(o)).samples;
+}
+
 PipelineResult compress_model(model::CausalLM& lm, const tokenize::Tokenizer& tokenizer, const PipelineOptions& options) {
   const PipelineOptions o = resolve(options);
   validate(o);
@@ -424,36 +477,13 @@ PipelineResult compress_model(model::CausalLM& lm, const tokenize::Tokenizer& to
     result.budget_layers.push_back(info.name);
   }
 
-  const fs::path folder = lm.folder();
-  const std::string fingerprint = folder.empty() ? std::string("random") : io::model_fingerprint(folder);
-  const fs::path& cache_dir = o.cache_dir;
-  if (o.use_cache) fs::create_directories(cache_dir);
-  const auto scaling = calib::parse_scaling_method(o.scaling_method);
-  std::map<std::string, std::string> base = {{"model", fs::absolute(folder).lexically_normal().string()},
-                                             {"model_fingerprint", fingerprint},
-                                             {"dtype", c10::toString(lm.dtype())},
-                                             {"calib_dataset", o.calib_dataset},
-                                             {"n_calib_samples", std::to_string(o.n_calib_samples)},
-                                             {"seqlen", std::to_string(seqlen)},
-                                             {"seed", std::to_string(o.seed)},
-                                             {"use_bos", o.use_bos ? "1" : "0"}};
-
   // 1. Calibration samples.
   auto t0 = Clock::now();
-  io::CacheKey calib_key{"calib", base};
-  const auto calib_text = data::load_text(o.calib_dataset, data::Purpose::Calibration, data_dir);
-  calib_key.fields["calib_text_fnv1a"] = io::hex64(io::fnv1a64(calib_text.text));
-  const fs::path calib_file = cache_dir / calib_key.file_name("safetensors");
-  auto samples = cache_lookup<std::vector<std::vector<int64_t>>>(o, calib_key, calib_file, load_samples);
-  if (!samples) {
-    data::CalibrationOptions copts;
-    copts.n_samples = o.n_calib_samples;
-    copts.seqlen = seqlen;
-    copts.seed = o.seed;
-    copts.use_bos = o.use_bos;
-    samples = data::sample_calibration(calib_text.text, tokenizer, copts);
-    if (o.use_cache) save_samples(calib_file, *samples, calib_key.as_metadata());
-  }
+  auto calib = calibration_stage(lm, tokenizer, o, seqlen, data_dir);
+  const io::CacheKey& calib_key = calib.key;
+  const std::optional<std::vector<std::vector<int64_t>>> samples = std::move(calib.samples);
+  const fs::path& cache_dir = o.cache_dir;
+  const auto scaling = calib::parse_scaling_method(o.scaling_method);
   result.timings.emplace_back("calib_samples_s", seconds_since(t0));
 
   if (modules::is_module_method(o.method)) return compress_modules_stage(lm, *samples, calib_key, o, std::move(result));
@@ -627,7 +657,7 @@ PipelineResult compress_model(model::CausalLM& lm, const tokenize::Tokenizer& to
     result.plan = compress::apply_allocation(lm, allocation, *compressor, scale, aopts);
   }
   result.timings.emplace_back("decompose_s", seconds_since(t0));
-  result.plan.meta() = {{"model_id", folder.string()},          {"method", o.method},
+  result.plan.meta() = {{"model_id", lm.folder().string()},     {"method", o.method},
                         {"sequential", *o.sequential ? "1" : "0"}, {"act_aware", *o.act_aware ? "1" : "0"},
                         {"alpha", fmt_double(o.alpha)},           {"scaling_method", o.scaling_method},
                         {"preset", preset_name(o.preset)}};

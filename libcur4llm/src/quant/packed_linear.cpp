@@ -14,7 +14,7 @@ namespace cur4llm::quant {
 PackedLinear::PackedLinear(QuantizedTensor weight, at::Tensor bias) : weight_(std::move(weight)), bias_(std::move(bias)) {
   const int64_t rows = weight_.rows, cols = weight_.cols;
   weight_ = make_quantized_tensor("PackedLinear weight", weight_.qweight, weight_.scales, weight_.zeros, rows, cols,
-                                  weight_.format);  // checks shapes and dtypes
+                                  weight_.format, weight_.input_scales);  // checks shapes and dtypes
   group_ = weight_.format.group_size > 0 && weight_.format.group_size < cols ? weight_.format.group_size : cols;
   if (bias_.defined() && (bias_.dim() != 1 || bias_.size(0) != rows)) {
     throw std::invalid_argument(fmt::format("PackedLinear: bias of {} values for {} output features", bias_.numel(), rows));
@@ -22,7 +22,8 @@ PackedLinear::PackedLinear(QuantizedTensor weight, at::Tensor bias) : weight_(st
 }
 
 bool PackedLinear::fused_for(const at::Tensor& x) const {
-  return fused::packed_linear_applies(x, weight_.qweight, weight_.scales, weight_.zeros, weight_.format.bits,
+  // The kernel knows no per-column multipliers (activation-aware formats): those dequantize.
+  return !weight_.input_scales.defined() && fused::packed_linear_applies(x, weight_.qweight, weight_.scales, weight_.zeros, weight_.format.bits,
                                       weight_.cols, group_, bias_);
 }
 

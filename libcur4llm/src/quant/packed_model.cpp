@@ -12,6 +12,7 @@ namespace cur4llm::quant {
 
 PackedWeights quantize_model_packed(model::CausalLM& lm, const QuantFormat& format) {
   detail::check_quant_format("quantize_model_packed", format);
+  detail::refuse_activation_aware("quantize_model_packed", format);
   c10::InferenceMode guard;
   const auto tensors = decoder_weight_tensors(lm);
   // Every tensor is checked before any is changed.

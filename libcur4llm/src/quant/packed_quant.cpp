@@ -150,18 +150,50 @@ Grouped quantize_grouped(const at::Tensor& w, const QuantFormat& format) {
 }
 
 // scales * (q - zeros) over [rows, groups, gc] fp32 codes (overwritten), cut
-// to `cols`, in `dtype`. Exact in fp32: an fp16 scale (11 significant bits)
-// times an integer of at most 8 bits.
+// to `cols`, times the column multipliers m (fp16 [cols], if defined), in
+// `dtype`. Exact in fp32 up to m: an fp16 scale (11 significant bits) times an
+// integer of at most 8 bits; the product with m is one correctly rounded fp32 multiply.
 at::Tensor dequantize_grouped(at::Tensor q, const at::Tensor& scales, const at::Tensor& zeros, int64_t cols,
-                              c10::ScalarType dtype) {
+                              c10::ScalarType dtype, const at::Tensor& m = {}) {
   q.sub_(zeros.to(at::kFloat).unsqueeze(2)).mul_(scales.to(at::kFloat).unsqueeze(2));
-  return q.view({q.size(0), q.size(1) * q.size(2)}).narrow(1, 0, cols).to(dtype).contiguous();
+  auto w = q.view({q.size(0), q.size(1) * q.size(2)}).narrow(1, 0, cols);
+  if (m.defined()) w = w.mul(m.to(at::kFloat).unsqueeze(0));
+  return w.to(dtype).contiguous();
+}
+
+// The column multipliers of `format` for a weight of `cols` columns on `device`:
+// undefined for a format that is not activation-aware (which refuses any), else
+// `given` rounded to fp16 (all ones when undefined). They must be finite and > 0.
+at::Tensor column_multipliers(const std::string& who, const QuantFormat& format, const at::Tensor& given, int64_t cols,
+                              c10::Device device) {
+  if (!format.activation_aware) {
+    if (given.defined()) {
+      throw std::invalid_argument(fmt::format("{}: format \"{}\" takes no input scales", who, format.name));
+    }
+    return {};
+  }
+  if (!given.defined()) return at::ones({cols}, at::TensorOptions().dtype(at::kHalf).device(device));
+  if (given.dim() != 1 || given.size(0) != cols || !at::isFloatingType(given.scalar_type())) {
+    throw std::invalid_argument(fmt::format("{}: input scales must be a floating [{}] tensor, not {} {}", who, cols,
+                                            c10::toString(given.scalar_type()), shape_str(given.sizes())));
+  }
+  auto m = given.to(device, at::kHalf);
+  const auto f = m.to(at::kFloat);
+  if (!(at::isfinite(f).logical_and(f > 0)).all().item<bool>()) {
+    throw std::invalid_argument(fmt::format("{}: input scales must be finite and positive in fp16", who));
+  }
+  return m;
+}
+
+// w / m in fp32 (w itself when m is undefined).
+at::Tensor divided(const at::Tensor& w, const at::Tensor& m) {
+  return m.defined() ? w.to(at::kFloat).div(m.to(at::kFloat).unsqueeze(0)) : w;
 }
 
 }  // namespace
 
 const std::vector<std::string>& quant_format_names() {
-  static const std::vector<std::string> names{"rtn_int8", "rtn_int6", "rtn_int4"};
+  static const std::vector<std::string> names{"rtn_int8", "rtn_int6", "rtn_int4", "awq_int8", "awq_int4"};
   return names;
 }
 
@@ -169,6 +201,8 @@ QuantFormat parse_quant_format(const std::string& name) {
   if (name == "rtn_int8") return {name, 8, 0};
   if (name == "rtn_int6") return {name, 6, 0};
   if (name == "rtn_int4") return {name, 4, 128};
+  if (name == "awq_int8") return {name, 8, 0, true};
+  if (name == "awq_int4") return {name, 4, 128, true};
   throw std::invalid_argument(
       fmt::format("unknown quantization format \"{}\" (known: {})", name, fmt::join(quant_format_names(), ", ")));
 }
@@ -213,16 +247,17 @@ at::Tensor unpack_codes(const at::Tensor& packed, int bits, int64_t cols) {
 
 int64_t QuantizedTensor::nbytes() const {
   int64_t n = 0;
-  for (const auto* t : {&qweight, &scales, &zeros}) {
+  for (const auto* t : {&qweight, &scales, &zeros, &input_scales}) {
     if (t->defined()) n += t->numel() * static_cast<int64_t>(t->element_size());
   }
   return n;
 }
 
-QuantizedTensor quantize_tensor(const at::Tensor& w, const QuantFormat& format) {
+QuantizedTensor quantize_tensor(const at::Tensor& w, const QuantFormat& format, const at::Tensor& input_scales) {
   detail::check_quant_format("quantize_tensor", format);
   c10::NoGradGuard no_grad;
-  auto g = quantize_grouped(w, format);
+  const auto m = column_multipliers("quantize_tensor", format, input_scales, w.dim() == 2 ? w.size(1) : 0, w.device());
+  auto g = quantize_grouped(divided(w, m), format);
   QuantizedTensor out;
   out.rows = w.size(0);
   out.cols = w.size(1);
@@ -231,6 +266,7 @@ QuantizedTensor quantize_tensor(const at::Tensor& w, const QuantFormat& format) 
   out.qweight = pack_checked(codes, format.bits);
   out.scales = std::move(g.scales);
   out.zeros = std::move(g.zeros);
+  out.input_scales = m;
   return out;
 }
 
@@ -244,19 +280,25 @@ at::Tensor dequantize_tensor(const QuantizedTensor& q, c10::ScalarType dtype) {
     throw std::invalid_argument(fmt::format("dequantize_tensor: scales {} and zeros {} do not fit {} groups",
                                             shape_str(q.scales.sizes()), shape_str(q.zeros.sizes()), groups));
   }
+  if (q.format.activation_aware != q.input_scales.defined() ||
+      (q.input_scales.defined() && q.input_scales.sizes() != at::IntArrayRef{q.cols})) {
+    throw std::invalid_argument(fmt::format("dequantize_tensor: format \"{}\" {} input scales [{}]", q.format.name,
+                                            q.format.activation_aware ? "needs" : "takes no", q.cols));
+  }
   const auto grouped = pad_cols(codes, groups * gc).view({q.rows, groups, gc});
-  return dequantize_grouped(grouped, q.scales, q.zeros, q.cols, dtype);
+  return dequantize_grouped(grouped, q.scales, q.zeros, q.cols, dtype, q.input_scales);
 }
 
-at::Tensor fake_quantize(const at::Tensor& w, const QuantFormat& format) {
+at::Tensor fake_quantize(const at::Tensor& w, const QuantFormat& format, const at::Tensor& input_scales) {
   detail::check_quant_format("fake_quantize", format);
   c10::NoGradGuard no_grad;
-  const auto g = quantize_grouped(w, format);
-  return dequantize_grouped(g.q, g.scales, g.zeros, w.size(1), w.scalar_type());
+  const auto m = column_multipliers("fake_quantize", format, input_scales, w.dim() == 2 ? w.size(1) : 0, w.device());
+  const auto g = quantize_grouped(divided(w, m), format);
+  return dequantize_grouped(g.q, g.scales, g.zeros, w.size(1), w.scalar_type(), m);
 }
 
 QuantizedTensor make_quantized_tensor(const std::string& name, at::Tensor qweight, at::Tensor scales, at::Tensor zeros,
-                                      int64_t rows, int64_t cols, const QuantFormat& format) {
+                                      int64_t rows, int64_t cols, const QuantFormat& format, at::Tensor input_scales) {
   detail::check_quant_format(name, format);
   const auto fail = [&](const std::string& what) {
     throw std::invalid_argument(fmt::format("{}: {} (format {}, {} x {})", name, what, format.name, rows, cols));
@@ -283,10 +325,19 @@ QuantizedTensor make_quantized_tensor(const std::string& name, at::Tensor qweigh
   if (((z != at::round(z)) | (z < 0) | (z > static_cast<double>(max_code(format.bits)))).any().item<bool>()) {
     fail(fmt::format("zeros must be integers in [0, {}]", max_code(format.bits)));
   }
+  if (format.activation_aware) {
+    check(input_scales, "input_scales", at::kHalf, {cols});
+    if (input_scales.device() != qweight.device()) fail("input_scales must be on the device of qweight");
+    const auto m = input_scales.to(at::kFloat);
+    if (!(at::isfinite(m).logical_and(m > 0)).all().item<bool>()) fail("input_scales must be finite and positive");
+  } else if (input_scales.defined()) {
+    fail("this format stores no input_scales");
+  }
   QuantizedTensor out;
   out.qweight = std::move(qweight);
   out.scales = std::move(scales);
   out.zeros = std::move(zeros);
+  out.input_scales = std::move(input_scales);
   out.rows = rows;
   out.cols = cols;
   out.format = format;
@@ -303,13 +354,22 @@ void check_quant_format(const std::string& who, const QuantFormat& format) {
   }
 }
 
-void check_quantizable(const std::string& who, const at::Tensor& w, const QuantFormat& format) {
+void check_quantizable(const std::string& who, const at::Tensor& w, const QuantFormat& format,
+                       const at::Tensor& input_scales) {
   check_quant_format(who, format);
   c10::NoGradGuard no_grad;
   try {
-    group_scales(grouped_fp32(w, format), format.bits);
+    const auto m = column_multipliers(who, format, input_scales, w.dim() == 2 ? w.size(1) : 0, w.device());
+    group_scales(grouped_fp32(divided(w, m), format), format.bits);
   } catch (const std::invalid_argument& e) {
     throw std::invalid_argument(fmt::format("{}: {}", who, e.what()));
+  }
+}
+
+void refuse_activation_aware(const std::string& who, const QuantFormat& format) {
+  if (format.activation_aware) {
+    throw std::invalid_argument(fmt::format("{}: {} is activation-aware and needs calibration data "
+                                            "(quant::awq_quantize_model)", who, format.name));
   }
 }
 

@@ -63,6 +63,7 @@ int64_t rtn_quantize_model(model::CausalLM& lm, int bits) {
 
 int64_t rtn_quantize_model(model::CausalLM& lm, const QuantFormat& format) {
   detail::check_quant_format("rtn_quantize_model", format);
+  detail::refuse_activation_aware("rtn_quantize_model", format);
   c10::InferenceMode guard;
   for_each_decoder_weight(lm, [&](const std::string& name, const at::Tensor& t) {
     detail::check_quantizable(name, t, format);

@@ -40,6 +40,8 @@ constexpr FamilyNames kFamilies[] = {
     {"llama", "Llama", "llama"},
     {"mistral", "Mistral", "llama"},
     {"qwen2", "Qwen2", "llama"},
+    {"qwen3", "Qwen3", "llama"},
+    {"gemma2", "Gemma2", "gemma2"},
 };
 
 const FamilyNames& family_of(const std::string& model_type) {
@@ -47,7 +49,7 @@ const FamilyNames& family_of(const std::string& model_type) {
     if (model_type == f.model_type) return f;
   }
   throw std::invalid_argument(
-      fmt::format("model_type \"{}\" cannot be exported (supported: opt, llama, mistral, qwen2)", model_type));
+      fmt::format("model_type \"{}\" cannot be exported (supported: opt, llama, mistral, qwen2, qwen3, gemma2)", model_type));
 }
 
 std::string fill_template(std::string text, const FamilyNames& f) {
@@ -241,6 +243,9 @@ ExportResult write_acur_repo(const model::CausalLM& lm, const fs::path& folder, 
       tensors.push_back({full + ".qweight", it->second.qweight.cpu().contiguous()});
       tensors.push_back({full + ".scales", it->second.scales.cpu().contiguous()});
       tensors.push_back({full + ".zeros", it->second.zeros.cpu().contiguous()});
+      if (it->second.input_scales.defined()) {
+        tensors.push_back({full + ".input_scales", it->second.input_scales.cpu().contiguous()});
+      }
     }
   }
   for (const auto& [name, q] : packed) {
@@ -259,6 +264,7 @@ ExportResult write_acur_repo(const model::CausalLM& lm, const fs::path& folder, 
   if (!packed.empty()) {
     const auto& format = packed.begin()->second.format;
     acur["quantization"] = {{"format", format.name}, {"bits", format.bits}, {"group_size", format.group_size}};
+    if (format.activation_aware) acur["quantization"]["activation_aware"] = true;
   }
   acur["base"] = base;
   acur["layers"] = layers;

@@ -8,6 +8,7 @@
 ///   wikitext-2-raw/wiki.{train,valid,test}.raw
 ///   ptb/ptb.{train,valid,test}.txt
 ///   c4/c4-{train,validation}.*.json.gz   (or .json, one JSON object per line)
+///   alpaca/alpaca_data.json              (calibration only: "alpaca", or "alpaca:FILE")
 
 #include <cstdint>
 #include <filesystem>
@@ -38,7 +39,7 @@ struct TextSource {
 
 /// Where a dataset spec's text lives and how it is joined.
 struct DatasetFile {
-  enum class Format { Plain, WikiText, Ptb, C4 };
+  enum class Format { Plain, WikiText, Ptb, C4, Alpaca };
   std::string name;             ///< "wikitext2:test", or the path given
   std::filesystem::path file;   ///< the file to read
   Format format = Format::Plain;
@@ -48,7 +49,8 @@ struct DatasetFile {
 /// lets an app check every dataset before any work starts.
 DatasetFile resolve_dataset(const std::string& spec, Purpose purpose, const std::filesystem::path& data_dir);
 
-/// Reads the text of `spec` for `purpose` from `data_dir`. Throws
+/// Reads the text of `spec` for `purpose` from `data_dir` (for an alpaca
+/// source: the JSON file's text, for parse_alpaca). Throws
 /// std::invalid_argument for an unknown name or split, and
 /// std::runtime_error naming the expected file when it is missing.
 TextSource load_text(const std::string& spec, Purpose purpose, const std::filesystem::path& data_dir);
@@ -98,6 +100,36 @@ struct CalibrationOptions {
 std::vector<std::vector<int64_t>> sample_calibration(const std::string& text,
                                                      const tokenize::Tokenizer& tokenizer,
                                                      const CalibrationOptions& options);
+
+/// One instruction record of the Stanford Alpaca layout.
+struct AlpacaRecord {
+  std::string instruction;  ///< the task
+  std::string input;        ///< its input, often empty
+  std::string output;       ///< the response
+};
+
+/// The records of an Alpaca JSON file's text: a list of objects with the
+/// strings "instruction", "output" and optionally "input" (other keys are
+/// ignored). std::runtime_error naming `source` and the record index otherwise.
+std::vector<AlpacaRecord> parse_alpaca(const std::string& json_text, const std::string& source);
+
+/// The calibration text of one record: the reference's Llama-2 chat prompt (its
+/// system line, then the instruction, the input after a blank line when there
+/// is one, and the output; docs/data.md gives the exact text).
+std::string alpaca_text(const AlpacaRecord& record);
+
+/// Indices of Python's random.sample(range(population), k) after random.seed(seed).
+/// std::invalid_argument for k outside [0, population].
+std::vector<int64_t> python_sample_indices(int64_t population, int64_t k, uint64_t seed);
+
+/// Calibration samples from instruction records: options.n_samples records
+/// drawn as the reference draws them (python_sample_indices), each record's
+/// alpaca_text tokenized with default special tokens (BOS first with use_bos
+/// when the tokenizer adds none) and cut to options.seqlen tokens. Samples are
+/// as long as their records. std::invalid_argument for more samples than records.
+std::vector<std::vector<int64_t>> sample_alpaca(const std::vector<AlpacaRecord>& records,
+                                                const tokenize::Tokenizer& tokenizer,
+                                                const CalibrationOptions& options);
 
 /// Evaluation windows: `ids` cut into floor(N / seqlen) consecutive windows of
 /// seqlen ids each; the tail that does not fill a window is dropped.

@@ -110,6 +110,10 @@ class CausalLM {
   at::Tensor layer_resume(const LayerPrefix& prefix) const;
   /// Final norm (and OPT's project_out): hidden states in front of lm_head.
   at::Tensor final_hidden(const at::Tensor& hidden) const;
+  /// The slot that turns final_hidden() states into logits: lm_head, wrapped in
+  /// the family's final soft-capping where it has one (Gemma-2). Evaluation
+  /// calls it in place of linear("lm_head").
+  LinearPtr logits_slot() const;
   /// Final norm and lm_head: logits [B, T, vocab] in the model dtype.
   at::Tensor head(const at::Tensor& hidden) const;
   /// embed, every layer, head.

@@ -14,7 +14,8 @@ namespace cur4llm::model {
 /// The families of architectures the library runs.
 enum class Family {
   Opt,    ///< OPT: LayerNorm, learned positions, ReLU MLP, biases
-  Llama,  ///< LLaMA, Mistral, Qwen2: RMSNorm, RoPE, SiLU-gated MLP, GQA
+  Llama,  ///< LLaMA, Mistral, Qwen2, Qwen3: RMSNorm, RoPE, SiLU-gated MLP, GQA
+  Gemma2, ///< Gemma-2: RMSNorm (1 + w) before and after each block, GeGLU, soft-capping, alternating windows
 };
 
 /// RoPE frequency scaling ("rope_scaling" / "rope_parameters" in config.json).
@@ -40,7 +41,7 @@ struct LayerShapes {
 
 /// Everything the forward pass needs to know about a checkpoint.
 struct ModelConfig {
-  std::string model_type;            ///< config.json "model_type": opt, llama, mistral, qwen2
+  std::string model_type;            ///< config.json "model_type": opt, llama, mistral, qwen2, qwen3, gemma2
   Family family = Family::Llama;
   int64_t vocab_size = 0;
   int64_t hidden_size = 0;
@@ -71,6 +72,18 @@ struct ModelConfig {
   bool attention_out_bias = false;   ///< bias on o_proj (LLaMA attention_bias)
   bool mlp_bias = false;
   int64_t sliding_window = 0;        ///< 0: none (Mistral: sliding_window)
+  std::vector<bool> sliding_layers;  ///< per layer: whether sliding_window applies; empty: every layer
+  bool qk_norm = false;              ///< RMSNorm over each head of q and k before RoPE (Qwen3, Gemma-2: no)
+
+  // Gemma-2
+  double attn_logit_softcapping = 0;   ///< attention scores become cap * tanh(scores / cap); 0: none
+  double final_logit_softcapping = 0;  ///< logits become cap * tanh(logits / cap); 0: none
+  double query_pre_attn_scalar = 0;    ///< attention scale 1/sqrt(this); 0: 1/sqrt(head_dim)
+
+  /// The attention window of layer `i`: sliding_window where it applies, else 0 (none).
+  int64_t window(int64_t i) const {
+    return sliding_layers.empty() || sliding_layers.at(static_cast<size_t>(i)) ? sliding_window : 0;
+  }
 
   /// Per-layer widths where a module method narrowed a layer (config.json
   /// "layer_shapes": one object per layer); empty: every layer has the

@@ -135,6 +135,14 @@ struct PipelineResult {
 PipelineResult compress_model(model::CausalLM& lm, const tokenize::Tokenizer& tokenizer,
                               const PipelineOptions& options);
 
+/// The calibration samples (token ids) compress_model calibrates on for
+/// `options` (calib_dataset, n_calib_samples, seqlen clamped to the model's
+/// max_position_embeddings, seed, use_bos), read from and written to
+/// options.cache_dir when use_cache is set. For calibration that follows
+/// compression, such as AWQ (quant/awq.h). Needs no target (validate_settings).
+std::vector<std::vector<int64_t>> calibration_samples(const model::CausalLM& lm, const tokenize::Tokenizer& tokenizer,
+                                                      const PipelineOptions& options);
+
 /// How evaluate_dataset cuts and batches.
 struct EvalOptions {
   int64_t seqlen = 2048;            ///< window length in tokens

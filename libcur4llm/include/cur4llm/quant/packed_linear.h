@@ -5,7 +5,8 @@
 /// product rebuilds the weight exactly as a load-time dequantization would:
 /// on CUDA, for up to 8 tokens (decoding) with 4 or 8 bits, inside one kernel
 /// that reads the codes once; otherwise by dequantizing the weight for the
-/// call (the CPU's reference path, and prefill on the GPU).
+/// call (the CPU's reference path, prefill on the GPU, activation-aware
+/// formats).
 
 #include <cur4llm/model/linear.h>
 #include <cur4llm/quant/packed_quant.h>

@@ -32,6 +32,13 @@
 /// Example (4 bits, one group): w = [-1, 0, 0.25, 2] gives scale = 1639 / 8192
 /// (the fp16 value just above 3/15), zero = 5, q = [0, 5, 6, 15], packed bytes
 /// [0x50, 0xF6], w' = [-1.0004, 0, 0.2001, 2.0007].
+///
+/// Activation-aware formats (awq_int8, awq_int4; quant/awq.h) store a fourth tensor
+///   t.input_scales  fp16 [cols]   m, one multiplier per input column
+/// and w[r, c] = scales[r, g] * (q[r, c] - zeros[r, g]) * m[c]: the codes quantize
+/// w / m (fp32) as above, so a column with a small m gets a finer grid. The
+/// product is computed in fp32 (correctly rounded), so every reader rebuilds the
+/// same w'.
 
 #include <ATen/core/Tensor.h>
 
@@ -43,13 +50,16 @@ namespace cur4llm::quant {
 
 /// One quantization format.
 struct QuantFormat {
-  std::string name;        ///< "rtn_int8", "rtn_int6", "rtn_int4"
+  std::string name;        ///< "rtn_int8", "rtn_int6", "rtn_int4", "awq_int8", "awq_int4"
   int bits = 8;            ///< 2..8
   int64_t group_size = 0;  ///< columns per group; 0 (or >= cols): one group per row (per output channel)
+  bool activation_aware = false;  ///< AWQ: a per-column multiplier (input_scales) is stored too
 };
 
 /// "rtn_int8" -> {8, per channel}, "rtn_int6" -> {6, per channel}, "rtn_int4" ->
-/// {4, groups of 128}; std::invalid_argument listing the names otherwise.
+/// {4, groups of 128}, "awq_int8" -> {8, per channel, activation-aware},
+/// "awq_int4" -> {4, groups of 128, activation-aware}; std::invalid_argument
+/// listing the names otherwise.
 QuantFormat parse_quant_format(const std::string& name);
 /// The names parse_quant_format knows.
 const std::vector<std::string>& quant_format_names();
@@ -68,24 +78,29 @@ struct QuantizedTensor {
   at::Tensor qweight;  ///< uint8 [rows, packed_cols]
   at::Tensor scales;   ///< fp16 [rows, groups]
   at::Tensor zeros;    ///< fp16 [rows, groups]
+  at::Tensor input_scales;  ///< fp16 [cols] (activation-aware formats only; undefined otherwise)
   int64_t rows = 0, cols = 0;
   QuantFormat format;
-  /// Bytes of the three tensors together.
+  /// Bytes of the stored tensors together.
   int64_t nbytes() const;
 };
 
 /// Quantizes a floating 2-d tensor (any float dtype, CPU or CUDA; computed in fp32).
-QuantizedTensor quantize_tensor(const at::Tensor& w, const QuantFormat& format);
-/// Rebuilds w' = scales * (q - zeros) in `dtype`, on the tensors' device
-/// (computed in fp32, where it is exact, then converted).
+/// An activation-aware format takes the multipliers `input_scales` (any floating
+/// [cols], rounded to fp16, all > 0; undefined: all ones); other formats refuse them.
+QuantizedTensor quantize_tensor(const at::Tensor& w, const QuantFormat& format, const at::Tensor& input_scales = {});
+/// Rebuilds w' = scales * (q - zeros) (* input_scales) in `dtype`, on the
+/// tensors' device (computed in fp32, then converted).
 at::Tensor dequantize_tensor(const QuantizedTensor& q, c10::ScalarType dtype);
 /// dequantize_tensor(quantize_tensor(w, format), w's dtype), without packing:
 /// the in-memory (fake) quantization of a 2-d floating tensor, CPU or CUDA.
-at::Tensor fake_quantize(const at::Tensor& w, const QuantFormat& format);
-/// Checks a stored triple against `format` and a [rows, cols] shape: dtypes,
-/// shapes, one device, finite scales and integer zero points within [0, 2^bits);
-/// std::invalid_argument naming `name` otherwise.
+at::Tensor fake_quantize(const at::Tensor& w, const QuantFormat& format, const at::Tensor& input_scales = {});
+/// Checks a stored triple (and, for an activation-aware format, the
+/// input_scales) against `format` and a [rows, cols] shape: dtypes, shapes, one
+/// device, finite scales, integer zero points within [0, 2^bits), finite
+/// positive input scales; std::invalid_argument naming `name` otherwise.
 QuantizedTensor make_quantized_tensor(const std::string& name, at::Tensor qweight, at::Tensor scales,
-                                      at::Tensor zeros, int64_t rows, int64_t cols, const QuantFormat& format);
+                                      at::Tensor zeros, int64_t rows, int64_t cols, const QuantFormat& format,
+                                      at::Tensor input_scales = {});
 
 }  // namespace cur4llm::quant
