@@ -97,15 +97,28 @@ at::Tensor allowed_mask(int64_t t, int64_t window, c10::Device device) {
 
 }  // namespace
 
+Rotary narrowed_rotary(const Rotary& full, const std::vector<int64_t>& qk_dims, int64_t num_kv_heads) {
+  if (qk_dims.empty()) return full;
+  const int64_t dk = static_cast<int64_t>(qk_dims.size()) / num_kv_heads;
+  auto idx = at::tensor(qk_dims, at::kLong).to(full.cos.device());
+  auto pick = [&](const at::Tensor& table) {  // [T, d] -> [kv, T, dk]
+    return table.index_select(1, idx).view({table.size(0), num_kv_heads, dk}).permute({1, 0, 2}).contiguous();
+  };
+  return {pick(full.cos), pick(full.sin)};
+}
+
 at::Tensor causal_attention(const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
                             int64_t num_heads, int64_t num_kv_heads, int64_t head_dim, const Rotary* rotary,
-                            int64_t window, int64_t v_head_dim) {
+                            int64_t window, int64_t v_head_dim, int64_t qk_head_dim) {
   const int64_t b = q_in.size(0), t = q_in.size(1);
   const int64_t dv = v_head_dim > 0 ? v_head_dim : head_dim;
-  auto q = q_in.reshape({b, t, num_heads, head_dim});
-  auto k = k_in.reshape({b, t, num_kv_heads, head_dim});
+  const int64_t dk = qk_head_dim > 0 ? qk_head_dim : head_dim;
+  const int64_t groups = num_heads / num_kv_heads;
+  auto q = q_in.reshape({b, t, num_heads, dk});
+  auto k = k_in.reshape({b, t, num_kv_heads, dk});
   auto v = v_in.reshape({b, t, num_kv_heads, dv}).transpose(1, 2);
-  if (rotary && fused::enabled_for(q) && fused::enabled_for(k)) {
+  const bool per_head_rotary = rotary && rotary->cos.dim() == 3;  // narrowed: [kv, T, dk] tables
+  if (rotary && !per_head_rotary && fused::enabled_for(q) && fused::enabled_for(k)) {
     // One pass over q and k instead of ATen's six; the kernels keep the [B, T, heads, dim] layout.
     q = fused::rotary(q, rotary->cos, rotary->sin).transpose(1, 2);
     k = fused::rotary(k, rotary->cos, rotary->sin).transpose(1, 2);
@@ -115,22 +128,29 @@ at::Tensor causal_attention(const at::Tensor& q_in, const at::Tensor& k_in, cons
     if (rotary) {
       auto cos = rotary->cos.to(q.scalar_type());
       auto sin = rotary->sin.to(q.scalar_type());
-      q = apply_rotary(q, cos, sin);
+      if (per_head_rotary) {
+        // Query head i uses the kept dimensions (and so the frequencies) of its KV head i / groups.
+        q = apply_rotary(q, cos.repeat_interleave(groups, 0), sin.repeat_interleave(groups, 0));
+      } else {
+        q = apply_rotary(q, cos, sin);
+      }
       k = apply_rotary(k, cos, sin);
     }
   }
-  k = repeat_kv(k, num_heads / num_kv_heads);
-  v = repeat_kv(v, num_heads / num_kv_heads);
+  k = repeat_kv(k, groups);
+  v = repeat_kv(v, groups);
   const bool windowed = window > 0 && window < t;
 
   at::Tensor out;
 #if TORCH_VERSION_MAJOR >= 2
   // Flash / memory-efficient kernels where the device has them.
+  // The kernels scale by 1/sqrt(dk); narrowed queries and keys keep the base scale 1/sqrt(head_dim).
+  if (dk != head_dim) q = q * std::sqrt(static_cast<double>(dk) / static_cast<double>(head_dim));
   if (windowed) {
     out = at::scaled_dot_product_attention(q, k, v, allowed_mask(t, window, q.device()), 0.0, false);
   } else {
     // cuDNN's kernel where it is the faster one (Hopper), else ATen's choice.
-    out = fused::causal_attention_cudnn(q, k, v);
+    if (dk == head_dim) out = fused::causal_attention_cudnn(q, k, v);
     if (!out.defined()) out = at::scaled_dot_product_attention(q, k, v, {}, 0.0, true);
   }
 #else
@@ -139,8 +159,8 @@ at::Tensor causal_attention(const at::Tensor& q_in, const at::Tensor& k_in, cons
   // near 8 MiB: large buffers would each be a fresh mmap on the CPU.
   const auto blocked = at::logical_not(allowed_mask(t, windowed ? window : 0, q.device()));
   const double scale = 1.0 / std::sqrt(static_cast<double>(head_dim));
-  auto q3 = q.reshape({b * num_heads, t, head_dim});
-  auto k3 = k.reshape({b * num_heads, t, head_dim});
+  auto q3 = q.reshape({b * num_heads, t, dk});
+  auto k3 = k.reshape({b * num_heads, t, dk});
   auto v3 = v.reshape({b * num_heads, t, dv});
   const int64_t rows = b * num_heads;
   const int64_t group = std::max<int64_t>(1, (int64_t{2} << 20) / std::max<int64_t>(1, t * t));

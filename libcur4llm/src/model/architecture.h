@@ -100,10 +100,17 @@ at::Tensor inverse_frequencies(const ModelConfig& config);
 /// inputs. `rotary` (if given) is applied to q and k; `window` > 0 limits each
 /// query to the last `window` keys (Mistral). Scale is 1/sqrt(head_dim).
 /// `v_head_dim` (0: head_dim) is the per-head width of v and of the output,
-/// narrower where a module method reduced the values (LayerShapes::v_head_dim).
+/// narrower where a module method reduced the values (LayerShapes::v_head_dim);
+/// `qk_head_dim` (0: head_dim) that of q and k (LayerShapes::qk_head_dim), whose
+/// rotary tables are then per KV head ([kv, T, qk_head_dim], narrowed_rotary).
+/// The scale stays 1/sqrt(head_dim) either way.
 at::Tensor causal_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t num_heads,
                             int64_t num_kv_heads, int64_t head_dim, const Rotary* rotary, int64_t window,
-                            int64_t v_head_dim = 0);
+                            int64_t v_head_dim = 0, int64_t qk_head_dim = 0);
+
+/// The rotary tables of a layer whose queries and keys keep `qk_dims` (LayerShapes::qk_dims)
+/// of each KV head: [kv, T, qk_head_dim] columns of the full [T, head_dim] tables; `full` if empty.
+Rotary narrowed_rotary(const Rotary& full, const std::vector<int64_t>& qk_dims, int64_t num_kv_heads);
 
 /// The activation named by config.json ("relu", "silu", "gelu", "gelu_new", ...).
 at::Tensor activation(const std::string& name, const at::Tensor& x);

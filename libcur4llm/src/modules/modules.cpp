@@ -1,5 +1,6 @@
 #include <cur4llm/modules/modules.h>
 
+#include <cur4llm/modules/qk_cr.h>
 #include <cur4llm/modules/vo_svd.h>
 
 #include <cur4llm/calib/statistics.h>
@@ -52,6 +53,15 @@ std::vector<AnyModule> gather(const model::CausalLM& lm, const calib::Activation
   std::vector<AnyModule> out;
   const bool mlp = o.method == "mlp_nystrom" || o.method == "modular";
   const bool vo = o.method == "vo_svd" || o.method == "modular";
+  const bool qk = o.method == "qk_cr" || o.method == "modular";
+  if (qk) {
+    for (const auto& m : qk_modules(lm)) {
+      const auto gram = stats.mean_gram(m.query);
+      out.push_back({m.name(), m.layer, m.width, m.unit(), {m.query, m.key},
+                     [m](int64_t k) { return qk_weight_params(m, k); },
+                     [m, gram](model::CausalLM& target, int64_t k) { return compress_qk(target, m, k, gram); }});
+    }
+  }
   if (vo) {
     for (const auto& m : vo_modules(lm)) {
       const auto gram = stats.mean_gram(m.value);
@@ -104,7 +114,7 @@ class TrialModule {
 }  // namespace
 
 const std::vector<std::string>& module_method_names() {
-  static const std::vector<std::string> names{"mlp_nystrom", "vo_svd", "modular"};
+  static const std::vector<std::string> names{"mlp_nystrom", "vo_svd", "qk_cr", "modular"};
   return names;
 }
 
@@ -124,7 +134,7 @@ ModuleResult compress_modules(model::CausalLM& lm, const calib::ActivationStatis
                               const ModuleOptions& o) {
   if (!is_module_method(o.method)) {
     throw std::invalid_argument(
-        fmt::format("\"{}\" is not a module method (use mlp_nystrom, vo_svd or modular)", o.method));
+        fmt::format("\"{}\" is not a module method (use mlp_nystrom, vo_svd, qk_cr or modular)", o.method));
   }
   check_allocation(o.allocation);
   if (!(target > 0 && target <= 1)) throw std::invalid_argument(fmt::format("module target {} is not in (0, 1]", target));
