@@ -3,6 +3,7 @@
 #include <cur4llm/calib/statistics.h>
 #include <cur4llm/compress/factory.h>
 #include <cur4llm/compress/gram.h>
+#include <cur4llm/eval/perplexity.h>
 #include <cur4llm/io/files.h>
 #include <cur4llm/model/causal_lm.h>
 #include <cur4llm/modules/mlp_nystrom.h>
@@ -591,4 +592,57 @@ TEST_CASE("qk_cr: the unit scores are RMS bounds of the score contributions, the
   const auto pair_scores = at::tensor(std::vector<double>{0.1, 0.9, 0.5, 0.7, 0.2, 0.8}, at::kDouble).view({2, 3});
   CHECK(modules::select_qk_dims(pair_scores, 6, 4, true) == std::vector<int64_t>{1, 2, 4, 5, 0, 2, 3, 5});
   CHECK_THROWS_AS(modules::select_qk_dims(pair_scores, 6, 3, true), std::invalid_argument);
+}
+
+TEST_CASE("the module sensitivity table measured layer by layer equals the calibration perplexity of full forwards") {
+  for (const char* json : {kLlama, kOpt}) {
+    auto lm = random_model(json);
+    const auto stats = gram_stats(*lm);
+    const auto samples = test::make_samples({16, 16, 12}, 64, 4);  // two lengths: two batches
+    modules::ModuleOptions o;
+    o.method = "modular";
+    o.allocation = "lagrangian";
+    o.candidates = {0.5};
+    o.batch_size = 2;
+    auto reference = random_model(json);
+    auto result = modules::compress_modules(*lm, stats, samples, 0.9, o);
+    REQUIRE(result.sensitivity.size() == 6);  // 2 layers x (MLP, qk, vo)
+    eval::PerplexityOptions popts;
+    CHECK(result.dense_calibration_ppl == Approx(eval::samples_perplexity(*reference, samples, popts).perplexity)
+                                              .epsilon(1e-5));
+    // Layer 1's query-key pair at 0.5, measured with a whole forward of the model with only that pair narrowed.
+    const auto qk = modules::qk_modules(*reference)[1];
+    modules::compress_qk(*reference, qk, qk.width / 2 - (qk.width / 2) % qk.unit(), stats.mean_gram(qk.query));
+    const auto measured = result.sensitivity.score(qk.name(), 0.5);
+    REQUIRE(measured);
+    CHECK(*measured == Approx(eval::samples_perplexity(*reference, samples, popts).perplexity).epsilon(1e-5));
+  }
+}
+
+TEST_CASE("a module method plus a Gram compressor allocates the other Linears in the same search, counted exactly") {
+  CHECK(modules::is_module_method("mlp_nystrom+svd_whiten"));
+  CHECK(modules::is_module_method("qk_cr"));
+  CHECK_FALSE(modules::is_module_method("mlp_nystrom+nonsense"));
+  CHECK_FALSE(modules::is_module_method("mlp_nystrom+"));
+  CHECK(modules::split_module_method("modular+skeleton_swap") ==
+        std::pair<std::string, std::string>{"modular", "skeleton_swap"});
+  auto lm = random_model(kLlama);
+  const auto stats = gram_stats(*lm);
+  const auto samples = test::make_samples({16, 16}, 64, 4);
+  modules::ModuleOptions o;
+  o.method = "mlp_nystrom+svd_whiten";
+  o.allocation = "lagrangian";
+  o.candidates = {0.5, 0.75};
+  auto result = modules::compress_modules(*lm, stats, samples, 0.7, o);
+  // 2 MLPs, 8 attention Linears and the untied lm_head, each at 2 ratios.
+  CHECK(result.sensitivity.size() == 22);
+  CHECK(result.sensitivity.score("lm_head", 0.5));
+  CHECK(result.plan.param_ratio() <= 0.7);
+  CHECK(result.plan.stored_params() == model::count_params(*lm).linear_stored);
+  bool any_svd = false;
+  for (const auto& row : result.plan.layers()) any_svd = any_svd || row.method == "svd_whiten";
+  CHECK(any_svd);
+  o.method = "mlp_nystrom+cur";  // a compressor on the activation scale, not the Gram matrix
+  CHECK_THROWS_WITH(modules::compress_modules(*random_model(kLlama), stats, samples, 0.7, o),
+                    Catch::Contains("Gram compressor"));
 }

@@ -239,14 +239,8 @@ class AcurAttention(nn.Module):
         self.v_dim = shape.get("v_head_dim") or self.head_dim
         self.scaling = self.head_dim ** -0.5
         self.rotary = hasattr(old, "o_proj")  # LLaMA family; OPT has out_proj and no rotary
-        dims = shape.get("qk_dims")
-        self.register_buffer(
-            "qk_dims",
-            torch.tensor(dims if dims else list(range(self.head_dim)) * self.num_kv_heads, dtype=torch.long).view(
-                self.num_kv_heads, self.qk_dim
-            ),
-            persistent=False,
-        )
+        # A plain list, not a buffer: from_pretrained builds the model on the meta device.
+        self.qk_dims = shape.get("qk_dims") or list(range(self.head_dim)) * self.num_kv_heads
         out_name = "o_proj" if self.rotary else "out_proj"
 
         def linear(name, n_in, n_out):
@@ -272,8 +266,9 @@ class AcurAttention(nn.Module):
                 raise ValueError("AcurAttention: the LLaMA family needs position_embeddings")
             cos, sin = position_embeddings  # [B, T, head_dim]
             # The kept dimensions' own frequencies, per KV head: [B, kv, T, qk_dim].
-            cos = cos[..., self.qk_dims].permute(0, 2, 1, 3).to(q.dtype)
-            sin = sin[..., self.qk_dims].permute(0, 2, 1, 3).to(q.dtype)
+            dims = torch.tensor(self.qk_dims, dtype=torch.long, device=cos.device).view(self.num_kv_heads, self.qk_dim)
+            cos = cos[..., dims].permute(0, 2, 1, 3).to(q.dtype)
+            sin = sin[..., dims].permute(0, 2, 1, 3).to(q.dtype)
             k = k * cos + _rotate_half(k) * sin
             cos_q, sin_q = cos.repeat_interleave(groups, dim=1), sin.repeat_interleave(groups, dim=1)
             q = q * cos_q + _rotate_half(q) * sin_q
