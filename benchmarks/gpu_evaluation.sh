@@ -104,8 +104,8 @@ if [[ $parts == *" compare "* ]]; then
   export ACUR=$build/apps/acur ACUR_REPORT=$build/apps/acur_report OMP_NUM_THREADS=1
   ratios=${RATIOS:-0.95,0.9,0.85,0.8,0.7}
   # "@" stands for a space inside one method's flags.
-  read -ra methods <<<"${METHODS:-svd:--act_aware@--preset@reference cur:--act_aware@--preset@reference svd_whiten skeleton_swap mlp_nystrom:--search@reference mlp_nystrom modular}"
-  read -ra methods_seed1 <<<"${METHODS_SEED1:-svd_whiten skeleton_swap mlp_nystrom:--search@reference mlp_nystrom}"
+  read -ra methods <<<"${METHODS:-svd:--act_aware@--preset@reference cur:--act_aware@--preset@reference svd_whiten skeleton_swap mlp_nystrom:--search@reference mlp_nystrom modular mlp_nystrom+svd_whiten}"
+  read -ra methods_seed1 <<<"${METHODS_SEED1:-svd_whiten skeleton_swap mlp_nystrom:--search@reference mlp_nystrom mlp_nystrom+svd_whiten}"
   tasks_flag=${TASKS_FLAGS:---eval_tasks piqa,arc_easy,arc_challenge,hellaswag,winogrande,boolq,openbookqa --limit 1000}
   common=(--seqlen 512 --n_calib_samples 32 --device cuda --dtype fp32 --batch_size 16 --data_dir $tasks)
   pids=()
@@ -147,7 +147,8 @@ if [[ $parts == *" timing "* ]]; then
   done
 fi
 
-if [[ $parts == *" export "* && -n ${EXPORT_METHODS:-} ]]; then
+EXPORT_METHODS=${EXPORT_METHODS-mlp_nystrom modular qk_cr mlp_nystrom+svd_whiten}
+if [[ $parts == *" export "* && -n ${EXPORT_METHODS} ]]; then
   stories=$data/models/stories260K-hf
   for m in $EXPORT_METHODS; do
     $build/apps/build_acur_repo --model_id "$stories" --method "$m" --param_ratio_target 0.8 --seqlen 512 \

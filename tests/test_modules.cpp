@@ -3,10 +3,12 @@
 #include <cur4llm/calib/statistics.h>
 #include <cur4llm/compress/factory.h>
 #include <cur4llm/compress/gram.h>
+#include <cur4llm/eval/perplexity.h>
 #include <cur4llm/io/files.h>
 #include <cur4llm/model/causal_lm.h>
 #include <cur4llm/modules/mlp_nystrom.h>
 #include <cur4llm/modules/modules.h>
+#include <cur4llm/modules/qk_cr.h>
 #include <cur4llm/modules/vo_svd.h>
 #include <cur4llm/repo/acur_repo.h>
 
@@ -222,8 +224,30 @@ TEST_CASE("config.json layer_shapes: parsed per layer, bad values named") {
                     Catch::Contains("layer_shapes"));
   CHECK_THROWS_WITH(model::ModelConfig::from_json(base + R"(, "layer_shapes": [{"intermediate_size": 30}, {}]})", "c"),
                     Catch::Contains("exceeds"));
+  // Narrowed queries and keys name their kept dimensions, per KV head (4 heads of width 4 here), in rotary pairs.
+  const auto q = model::ModelConfig::from_json(
+      base + R"(, "layer_shapes": [{"qk_head_dim": 2, "qk_dims": [0, 2, 1, 3, 1, 3, 0, 2]}, {}]})", "c");
+  CHECK(q.layer_shape(0).qk_head_dim == 2);
+  CHECK(q.layer_shape(0).qk_dims == std::vector<int64_t>{0, 2, 1, 3, 1, 3, 0, 2});
+  CHECK(q.layer_shape(1).qk_dims.empty());
   CHECK_THROWS_WITH(model::ModelConfig::from_json(base + R"(, "layer_shapes": [{"qk_head_dim": 2}, {}]})", "c"),
-                    Catch::Contains("not supported"));
+                    Catch::Contains("qk_dims must list 8"));
+  CHECK_THROWS_WITH(model::ModelConfig::from_json(
+                        base + R"(, "layer_shapes": [{"qk_head_dim": 2, "qk_dims": [0, 1, 1, 3, 1, 3, 0, 2]}, {}]})", "c"),
+                    Catch::Contains("rotary pairs"));
+  const std::string opt = R"({"model_type": "opt", "vocab_size": 64, "hidden_size": 16, "num_hidden_layers": 2,
+      "ffn_dim": 24, "num_attention_heads": 4, "max_position_embeddings": 64)";
+  CHECK(model::ModelConfig::from_json(
+            opt + R"(, "layer_shapes": [{"qk_head_dim": 2, "qk_dims": [0, 1, 3, 1, 2, 0, 1, 2]}, {}]})", "c")
+            .layer_shape(0)
+            .qk_dims.size() == 8);  // no rotary: any dimensions
+  CHECK_THROWS_WITH(model::ModelConfig::from_json(
+                        opt + R"(, "layer_shapes": [{"qk_head_dim": 2, "qk_dims": [0, 0, 1, 3, 1, 3, 0, 2]}, {}]})", "c"),
+                    Catch::Contains("repeats"));
+  CHECK_THROWS_WITH(model::ModelConfig::from_json(base + R"(, "layer_shapes": [{"qk_dims": [0, 2]}, {}]})", "c"),
+                    Catch::Contains("qk_dims is given"));
+  CHECK_THROWS_WITH(model::ModelConfig::from_json(base + R"(, "layer_shapes": [{"qk_head_dim": 6}, {}]})", "c"),
+                    Catch::Contains("exceeds head_dim"));
   CHECK_THROWS_WITH(model::ModelConfig::from_json(base + R"(, "layer_shapes": [{"width": 2}, {}]})", "c"),
                     Catch::Contains("unknown key"));
 }
@@ -292,8 +316,10 @@ TEST_CASE("compress_modules: modular allocates MLPs and value-output pairs toget
   const auto stats = gram_stats(*lm);
   const auto samples = test::make_samples({16, 16}, 64, 4);
   auto result = modules::compress_modules(*lm, stats, samples, 0.8, {"modular"});
-  CHECK(result.widths.size() == 4);  // 2 MLPs + 2 value-output pairs
+  CHECK(result.widths.size() == 6);  // 2 MLPs + 2 value-output pairs + 2 query-key pairs
   CHECK(result.widths.count("model.layers.1.self_attn.vo") == 1);
+  CHECK(result.widths.count("model.layers.1.self_attn.qk") == 1);
+  CHECK(result.widths.at("model.layers.1.self_attn.qk") % 2 == 0);  // rotary pairs
   CHECK(result.plan.param_ratio() <= 0.8);
   CHECK(result.plan.stored_params() == model::count_params(*lm).linear_stored);
   CHECK(lm->config().layer_shape(0).v_head_dim < lm->config().head_dim);
@@ -415,12 +441,208 @@ TEST_CASE("compress_vo: narrower value heads give the same logits when the value
   }
 }
 
-TEST_CASE("narrowed value heads are refused by the export, naming v_head_dim, and nothing is written") {
-  auto lm = model::CausalLM::load(test::model_dir("llama_gqa"));
+TEST_CASE("acur repository round trip of narrowed query-key and value-output heads: the same logits, the shapes in config.json") {
+  for (const char* fixture : {"llama_gqa", "tiny-shakespeare-opt"}) {
+    DYNAMIC_SECTION(fixture) {
+      auto lm = model::CausalLM::load(test::model_dir(fixture));
+      const auto stats = gram_stats(*lm);
+      const auto qk = modules::qk_modules(*lm);
+      const auto vo = modules::vo_modules(*lm);
+      const int64_t d = lm->config().head_dim, dk = d / 2 - (d / 2) % 2, dv = d / 2 + 1;
+      modules::compress_qk(*lm, qk[0], dk, stats.mean_gram(qk[0].query));
+      modules::compress_vo(*lm, vo[0], dv, stats.mean_gram(vo[0].value));
+      modules::compress_vo(*lm, vo[1], dv - 1, stats.mean_gram(vo[1].value));
+      const auto dims = lm->config().layer_shape(0).qk_dims;
+      const auto ids = at::tensor(test::make_samples({24}, lm->config().vocab_size, 7).front(), at::kLong).unsqueeze(0);
+      const auto before = lm->forward(ids);
+      test::TempDir dir("modules_attention_export");
+      repo::write_acur_repo(*lm, dir / "repo", {});
+
+      const auto config = nlohmann::json::parse(io::read_file(dir / "repo" / "config.json"));
+      REQUIRE(config.contains("layer_shapes"));
+      const auto& shapes = config.at("layer_shapes");
+      CHECK(shapes[0].at("qk_head_dim").get<int64_t>() == dk);
+      CHECK(shapes[0].at("qk_dims").get<std::vector<int64_t>>() == dims);
+      CHECK(shapes[0].at("v_head_dim").get<int64_t>() == dv);
+      CHECK(shapes[1].at("v_head_dim").get<int64_t>() == dv - 1);
+      CHECK_FALSE(shapes[1].contains("qk_head_dim"));
+
+      auto back = model::CausalLM::load(dir / "repo");
+      CHECK(back->config().layer_shape(0) == lm->config().layer_shape(0));
+      CHECK(back->config().layer_shape(1) == lm->config().layer_shape(1));
+      CHECK(back->linear(qk[0].query).out_features() == qk[0].heads * dk);
+      CHECK(model::count_params(*back).linear_stored == model::count_params(*lm).linear_stored);
+      CHECK(at::equal(back->forward(ids), before));
+    }
+  }
+}
+
+namespace {
+
+// The model with the query and key rows of layer `layer` outside `dims` (LayerShapes::qk_dims) zeroed: what the
+// narrowed attention must compute (same scale, same rotary frequencies for the kept dimensions).
+void zero_dropped_qk(model::CausalLM& lm, const modules::QkModule& m, const std::vector<int64_t>& dims) {
+  const int64_t dk = static_cast<int64_t>(dims.size()) / m.kv_heads, group = m.heads / m.kv_heads;
+  for (const auto& [name, heads] : {std::pair<std::string, int64_t>{m.query, m.heads}, {m.key, m.kv_heads}}) {
+    const auto& slot = lm.dense_linear(name);
+    auto keep = at::zeros({slot.out_features()}, slot.weight().options());
+    for (int64_t i = 0; i < heads; ++i) {
+      const int64_t j = name == m.query ? i / group : i;
+      for (int64_t r = 0; r < dk; ++r) keep[i * m.width + dims[static_cast<size_t>(j * dk + r)]] = 1.0;
+    }
+    auto b = slot.bias().defined() ? slot.bias() * keep : at::Tensor();
+    lm.replace_linear(name, std::make_shared<model::DenseLinear>(slot.weight() * keep.unsqueeze(1), b));
+  }
+}
+
+}  // namespace
+
+TEST_CASE("compress_qk: the narrowed attention equals the full one with the dropped dimensions zeroed (rotary pairs, GQA, OPT biases)") {
+  for (const char* json : {kLlama, kOpt}) {
+    auto lm = random_model(json);
+    const auto& c = lm->config();
+    const auto mods = modules::qk_modules(*lm);
+    REQUIRE(mods.size() == 2);
+    const auto& m = mods[0];
+    CHECK(m.rotary == (c.family == model::Family::Llama));
+    const auto stats = gram_stats(*lm);
+    const auto ids = at::tensor(test::make_samples({20}, 64, 9).front(), at::kLong).unsqueeze(0);
+    const auto before = lm->forward(ids);
+    const auto counts = model::count_params(*lm);
+
+    // Every dimension kept: nothing changes.
+    modules::compress_qk(*lm, m, m.width, stats.mean_gram(m.query));
+    CHECK(at::equal(lm->forward(ids), before));
+
+    const int64_t dk = 2;
+    const auto rows = modules::compress_qk(*lm, m, dk, stats.mean_gram(m.query));
+    const auto shape = lm->config().layer_shape(0);
+    CHECK(shape.qk_head_dim == dk);
+    REQUIRE(shape.qk_dims.size() == static_cast<size_t>(m.kv_heads * dk));
+    if (m.rotary) {
+      for (int64_t j = 0; j < m.kv_heads; ++j) {  // a rotary pair: dims p and p + d/2
+        CHECK(shape.qk_dims[j * dk + 1] == shape.qk_dims[j * dk] + m.width / 2);
+      }
+    }
+    CHECK(lm->config().layer_shape(1).qk_head_dim == m.width);
+    CHECK(lm->linear(m.query).out_features() == m.heads * dk);
+    CHECK(lm->linear(m.key).out_features() == m.kv_heads * dk);
+    const int64_t saved = m.hidden * (m.width - dk) * (m.heads + m.kv_heads);
+    CHECK(model::count_params(*lm).linear_stored == counts.linear_stored - saved);
+    CHECK(rows[0].stored_params + rows[1].stored_params == modules::qk_weight_params(m, dk));
+    const auto after = lm->forward(ids);
+    CHECK(max_abs(after - before) > 1e-4);  // the selection changed the model
+
+    auto reference = random_model(json);
+    zero_dropped_qk(*reference, m, shape.qk_dims);
+    CHECK(max_abs(after - reference->forward(ids)) < 1e-5 * std::max(1.0, max_abs(before)));
+    CHECK_THROWS_AS(modules::compress_qk(*lm, m, dk, stats.mean_gram(m.query)), std::invalid_argument);
+    if (m.rotary) CHECK_THROWS_AS(modules::compress_qk(*reference, m, 3, stats.mean_gram(m.query)), std::invalid_argument);
+  }
+}
+
+TEST_CASE("qk_cr: the unit scores are RMS bounds of the score contributions, the kept units the highest, and the "
+          "mean-square score error the dropped block's") {
+  const int64_t h = 9, d = 6, n = 400;
+  const auto x = randn64({n, h}, 51);
+  const auto g = x.t().mm(x) / static_cast<double>(n);
+  for (int64_t heads : {2, 4}) {  // 2 KV heads: without and with GQA (2 query heads per KV head)
+    const int64_t kv = 2, group = heads / kv;
+    const auto wq = randn64({heads * d, h}, 52), wk = randn64({kv * d, h}, 53);
+    const auto bq = randn64({heads * d}, 54) * 0.1;
+    const auto q = x.mm(wq.t()) + bq, k = x.mm(wk.t());  // [n, heads * d], [n, kv * d]
+    // sqrt(E q_p^2) sqrt(E k_p^2) per dimension, from the activations (the bias enters as b^2: x has mean ~0).
+    const auto rms_q = (x.mm(wq.t()).pow(2).mean(0) + bq.pow(2)).sqrt().view({kv, group, d}).sum(1);
+    const auto rms_k = k.pow(2).mean(0).sqrt().view({kv, d});
+    const auto scores = modules::qk_unit_scores(wq, bq, wk, {}, g, heads, kv, false);
+    CHECK(max_abs(scores - rms_q * rms_k) < 1e-9);
+
+    const int64_t dk = 4;
+    const auto dims = modules::select_qk_dims(scores, d, dk, false);
+    for (int64_t j = 0; j < kv; ++j) {
+      std::vector<bool> kept(d, false);
+      for (int64_t r = 0; r < dk; ++r) kept[dims[j * dk + r]] = true;
+      double lowest_kept = 1e300, highest_dropped = -1;
+      for (int64_t p = 0; p < d; ++p) {
+        const double s = scores[j][p].item<double>();
+        if (kept[p]) {
+          lowest_kept = std::min(lowest_kept, s);
+        } else {
+          highest_dropped = std::max(highest_dropped, s);
+        }
+      }
+      CHECK(lowest_kept >= highest_dropped);
+      // Per query head of the group: the score error over all token pairs, against the dropped block.
+      for (int64_t r = 0; r < group; ++r) {
+        const int64_t i = j * group + r;
+        auto drop = at::ones({d}, x.options());
+        for (int64_t p = 0; p < d; ++p) drop[p] = kept[p] ? 0.0 : 1.0;
+        const auto qi = q.narrow(1, i * d, d) * drop, kj = k.narrow(1, j * d, d) * drop;
+        const auto err = qi.mm(kj.t());  // [n, n]: the full score minus the kept one
+        const double mse = err.pow(2).mean().item<double>();
+        const auto gq = qi.t().mm(qi) / static_cast<double>(n), gk = kj.t().mm(kj) / static_cast<double>(n);
+        CHECK(mse == Approx((gq * gk).sum().item<double>()).epsilon(1e-9));
+        // The bound the selection minimised: RMS <= the sum of the dropped units' sqrt(E q^2) sqrt(E k^2).
+        const double bound = (q.narrow(1, i * d, d).pow(2).mean(0).sqrt() * rms_k[j] * drop).sum().item<double>();
+        CHECK(std::sqrt(mse) <= bound * (1 + 1e-9));
+      }
+    }
+  }
+  // Rotary units are pairs (p, p + d/2): kept together, first halves then second halves.
+  const auto pair_scores = at::tensor(std::vector<double>{0.1, 0.9, 0.5, 0.7, 0.2, 0.8}, at::kDouble).view({2, 3});
+  CHECK(modules::select_qk_dims(pair_scores, 6, 4, true) == std::vector<int64_t>{1, 2, 4, 5, 0, 2, 3, 5});
+  CHECK_THROWS_AS(modules::select_qk_dims(pair_scores, 6, 3, true), std::invalid_argument);
+}
+
+TEST_CASE("the module sensitivity table measured layer by layer equals the calibration perplexity of full forwards") {
+  for (const char* json : {kLlama, kOpt}) {
+    auto lm = random_model(json);
+    const auto stats = gram_stats(*lm);
+    const auto samples = test::make_samples({16, 16, 12}, 64, 4);  // two lengths: two batches
+    modules::ModuleOptions o;
+    o.method = "modular";
+    o.allocation = "lagrangian";
+    o.candidates = {0.5};
+    o.batch_size = 2;
+    auto reference = random_model(json);
+    auto result = modules::compress_modules(*lm, stats, samples, 0.9, o);
+    REQUIRE(result.sensitivity.size() == 6);  // 2 layers x (MLP, qk, vo)
+    eval::PerplexityOptions popts;
+    CHECK(result.dense_calibration_ppl == Approx(eval::samples_perplexity(*reference, samples, popts).perplexity)
+                                              .epsilon(1e-5));
+    // Layer 1's query-key pair at 0.5, measured with a whole forward of the model with only that pair narrowed.
+    const auto qk = modules::qk_modules(*reference)[1];
+    modules::compress_qk(*reference, qk, qk.width / 2 - (qk.width / 2) % qk.unit(), stats.mean_gram(qk.query));
+    const auto measured = result.sensitivity.score(qk.name(), 0.5);
+    REQUIRE(measured);
+    CHECK(*measured == Approx(eval::samples_perplexity(*reference, samples, popts).perplexity).epsilon(1e-5));
+  }
+}
+
+TEST_CASE("a module method plus a Gram compressor allocates the other Linears in the same search, counted exactly") {
+  CHECK(modules::is_module_method("mlp_nystrom+svd_whiten"));
+  CHECK(modules::is_module_method("qk_cr"));
+  CHECK_FALSE(modules::is_module_method("mlp_nystrom+nonsense"));
+  CHECK_FALSE(modules::is_module_method("mlp_nystrom+"));
+  CHECK(modules::split_module_method("modular+skeleton_swap") ==
+        std::pair<std::string, std::string>{"modular", "skeleton_swap"});
+  auto lm = random_model(kLlama);
   const auto stats = gram_stats(*lm);
-  const auto m = modules::vo_modules(*lm)[0];
-  modules::compress_vo(*lm, m, m.width / 2, stats.mean_gram(m.value));
-  test::TempDir dir("modules_vo_export");
-  CHECK_THROWS_WITH(repo::write_acur_repo(*lm, dir / "repo", {}), Catch::Contains("v_head_dim"));
-  CHECK_FALSE(std::filesystem::exists(dir / "repo"));
+  const auto samples = test::make_samples({16, 16}, 64, 4);
+  modules::ModuleOptions o;
+  o.method = "mlp_nystrom+svd_whiten";
+  o.allocation = "lagrangian";
+  o.candidates = {0.5, 0.75};
+  auto result = modules::compress_modules(*lm, stats, samples, 0.7, o);
+  // 2 MLPs, 8 attention Linears and the untied lm_head, each at 2 ratios.
+  CHECK(result.sensitivity.size() == 22);
+  CHECK(result.sensitivity.score("lm_head", 0.5));
+  CHECK(result.plan.param_ratio() <= 0.7);
+  CHECK(result.plan.stored_params() == model::count_params(*lm).linear_stored);
+  bool any_svd = false;
+  for (const auto& row : result.plan.layers()) any_svd = any_svd || row.method == "svd_whiten";
+  CHECK(any_svd);
+  o.method = "mlp_nystrom+cur";  // a compressor on the activation scale, not the Gram matrix
+  CHECK_THROWS_WITH(modules::compress_modules(*random_model(kLlama), stats, samples, 0.7, o),
+                    Catch::Contains("Gram compressor"));
 }

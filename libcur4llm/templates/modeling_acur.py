@@ -22,6 +22,12 @@
 # module method of cur4llm narrowed layers) gives a layer's MLP width
 # "intermediate_size": its gate_proj / up_proj / fc1 get that many output
 # features and its down_proj / fc2 that many input features (plain nn.Linear).
+# "qk_head_dim" and "v_head_dim" narrow the attention: q_proj / k_proj give
+# qk_head_dim per head, v_proj / o_proj v_head_dim per head, and the layer's
+# attention is AcurAttention (below). "qk_dims" lists, per KV head, the base
+# head dimension of each kept query/key dimension: its rotary frequency (LLaMA
+# family: kept in pairs, the first half's dimensions then the same + head_dim/2).
+# The attention scale stays 1/sqrt(head_dim) of the base model.
 #
 # A tensor listed in a layer's "quantized" list is stored packed as
 # <name>.qweight (uint8 codes, little-endian bit stream per row), <name>.scales
@@ -225,6 +231,97 @@ class AcurLinear(nn.Module):
         return f"kind={self.kind}, in_features={self.in_features}, out_features={self.out_features}"
 
 
+def _rotate_half(x):
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+class AcurAttention(nn.Module):
+    """Causal attention with narrowed query/key (qk_head_dim) and value (v_head_dim) heads."""
+
+    def __init__(self, config, layer_idx, shape, old):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.num_heads = config.num_attention_heads
+        self.num_kv_heads = getattr(config, "num_key_value_heads", None) or self.num_heads
+        hidden = config.hidden_size
+        self.head_dim = getattr(config, "head_dim", None) or hidden // self.num_heads
+        self.qk_dim = shape.get("qk_head_dim") or self.head_dim
+        self.v_dim = shape.get("v_head_dim") or self.head_dim
+        self.scaling = self.head_dim ** -0.5
+        self.rotary = hasattr(old, "o_proj")  # LLaMA family; OPT has out_proj and no rotary
+        # A plain list, not a buffer: from_pretrained builds the model on the meta device.
+        self.qk_dims = shape.get("qk_dims") or list(range(self.head_dim)) * self.num_kv_heads
+        out_name = "o_proj" if self.rotary else "out_proj"
+
+        def linear(name, n_in, n_out):
+            o = getattr(old, name)
+            new = nn.Linear(n_in, n_out, bias=o.bias is not None)
+            return new.to(dtype=o.weight.dtype, device=o.weight.device)
+
+        self.q_proj = linear("q_proj", hidden, self.num_heads * self.qk_dim)
+        self.k_proj = linear("k_proj", hidden, self.num_kv_heads * self.qk_dim)
+        self.v_proj = linear("v_proj", hidden, self.num_kv_heads * self.v_dim)
+        setattr(self, out_name, linear(out_name, self.num_heads * self.v_dim, hidden))
+        self.out_name = out_name
+
+    def forward(self, hidden_states, *args, **kwargs):
+        b, t, _ = hidden_states.shape
+        groups = self.num_heads // self.num_kv_heads
+        q = self.q_proj(hidden_states).view(b, t, self.num_heads, self.qk_dim).transpose(1, 2)
+        k = self.k_proj(hidden_states).view(b, t, self.num_kv_heads, self.qk_dim).transpose(1, 2)
+        v = self.v_proj(hidden_states).view(b, t, self.num_kv_heads, self.v_dim).transpose(1, 2)
+        position_embeddings = kwargs.get("position_embeddings")
+        if self.rotary:
+            if position_embeddings is None:
+                raise ValueError("AcurAttention: the LLaMA family needs position_embeddings")
+            cos, sin = position_embeddings  # [B, T, head_dim]
+            # The kept dimensions' own frequencies, per KV head: [B, kv, T, qk_dim].
+            dims = torch.tensor(self.qk_dims, dtype=torch.long, device=cos.device).view(self.num_kv_heads, self.qk_dim)
+            cos = cos[..., dims].permute(0, 2, 1, 3).to(q.dtype)
+            sin = sin[..., dims].permute(0, 2, 1, 3).to(q.dtype)
+            k = k * cos + _rotate_half(k) * sin
+            cos_q, sin_q = cos.repeat_interleave(groups, dim=1), sin.repeat_interleave(groups, dim=1)
+            q = q * cos_q + _rotate_half(q) * sin_q
+        cache = kwargs.get("past_key_values", kwargs.get("past_key_value"))
+        if cache is not None and hasattr(cache, "update"):
+            k, v = cache.update(k, v, self.layer_idx, {"cache_position": kwargs.get("cache_position")})
+        if groups > 1:
+            k = k.repeat_interleave(groups, dim=1)
+            v = v.repeat_interleave(groups, dim=1)
+        s = k.shape[2]
+        mask = kwargs.get("attention_mask")
+        if mask is None and len(args) > 0 and torch.is_tensor(args[-1]):
+            mask = args[-1]
+        # Causal positions: query i (the last t of s keys) sees keys j <= i + s - t.
+        causal = torch.ones(t, s, dtype=torch.bool, device=q.device).tril(s - t)
+        if mask is None:
+            attn_mask = causal
+        elif mask.dtype == torch.bool:
+            attn_mask = mask[..., -t:, :s] if mask.dim() == 4 else causal & mask[:, None, None, :s]
+        elif mask.dim() == 4:
+            attn_mask = mask[..., -t:, :s].to(q.dtype)
+        else:  # a 2-d padding mask (1 = keep)
+            attn_mask = causal & mask[:, None, None, :s].bool()
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=self.scaling)
+        out = out.transpose(1, 2).reshape(b, t, self.num_heads * self.v_dim)
+        return getattr(self, self.out_name)(out), None
+
+
+def _narrow_attention(model, config):
+    """Replaces the attention of every layer whose query/key or value heads config.json narrows."""
+    shapes = getattr(config, "layer_shapes", None) or []
+    for name, module in list(model.named_modules()):
+        if not name.endswith(".self_attn") or ".layers." not in name:
+            continue
+        index = int(name.split(".layers.", 1)[1].split(".", 1)[0])
+        shape = (shapes[index] if index < len(shapes) else None) or {}
+        if not (shape.get("qk_head_dim") or shape.get("v_head_dim")):
+            continue
+        parent_name, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent_name), child, AcurAttention(config, index, shape, module))
+
+
 _MLP_PRODUCERS = ("mlp.gate_proj", "mlp.up_proj", "fc1")  # output features = the MLP width
 _MLP_CONSUMERS = ("mlp.down_proj", "fc2")                 # input features = the MLP width
 
@@ -262,6 +359,7 @@ class Acur{{PREFIX}}ForCausalLM({{PREFIX}}ForCausalLM):
     def __init__(self, config):
         super().__init__(config)
         _narrow_layers(self, config)
+        _narrow_attention(self, config)
         section = config.acur_section() if hasattr(config, "acur_section") else getattr(config, "acur", {})
         quantization = section.get("quantization")
         for name, spec in section.get("layers", {}).items():

@@ -139,15 +139,28 @@ at::Tensor eager_attention(const at::Tensor& q, const at::Tensor& k, const at::T
 
 }  // namespace
 
+Rotary narrowed_rotary(const Rotary& full, const std::vector<int64_t>& qk_dims, int64_t num_kv_heads) {
+  if (qk_dims.empty()) return full;
+  const int64_t dk = static_cast<int64_t>(qk_dims.size()) / num_kv_heads;
+  auto idx = at::tensor(qk_dims, at::kLong).to(full.cos.device());
+  auto pick = [&](const at::Tensor& table) {  // [T, d] -> [kv, T, dk]
+    return table.index_select(1, idx).view({table.size(0), num_kv_heads, dk}).permute({1, 0, 2}).contiguous();
+  };
+  return {pick(full.cos), pick(full.sin)};
+}
+
 at::Tensor causal_attention(const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
                             int64_t num_heads, int64_t num_kv_heads, int64_t head_dim, const Rotary* rotary,
-                            int64_t window, int64_t v_head_dim, double scale, double softcap) {
+                            int64_t window, int64_t v_head_dim, int64_t qk_head_dim, double scale, double softcap) {
   const int64_t b = q_in.size(0), t = q_in.size(1);
   const int64_t dv = v_head_dim > 0 ? v_head_dim : head_dim;
-  auto q = q_in.reshape({b, t, num_heads, head_dim});
-  auto k = k_in.reshape({b, t, num_kv_heads, head_dim});
+  const int64_t dk = qk_head_dim > 0 ? qk_head_dim : head_dim;
+  const int64_t groups = num_heads / num_kv_heads;
+  auto q = q_in.reshape({b, t, num_heads, dk});
+  auto k = k_in.reshape({b, t, num_kv_heads, dk});
   auto v = v_in.reshape({b, t, num_kv_heads, dv}).transpose(1, 2);
-  if (rotary && fused::enabled_for(q) && fused::enabled_for(k)) {
+  const bool per_head_rotary = rotary && rotary->cos.dim() == 3;  // narrowed: [kv, T, dk] tables
+  if (rotary && !per_head_rotary && fused::enabled_for(q) && fused::enabled_for(k)) {
     // One pass over q and k instead of ATen's six; the kernels keep the [B, T, heads, dim] layout.
     q = fused::rotary(q, rotary->cos, rotary->sin).transpose(1, 2);
     k = fused::rotary(k, rotary->cos, rotary->sin).transpose(1, 2);
@@ -157,12 +170,17 @@ at::Tensor causal_attention(const at::Tensor& q_in, const at::Tensor& k_in, cons
     if (rotary) {
       auto cos = rotary->cos.to(q.scalar_type());
       auto sin = rotary->sin.to(q.scalar_type());
-      q = apply_rotary(q, cos, sin);
+      if (per_head_rotary) {
+        // Query head i uses the kept dimensions (and so the frequencies) of its KV head i / groups.
+        q = apply_rotary(q, cos.repeat_interleave(groups, 0), sin.repeat_interleave(groups, 0));
+      } else {
+        q = apply_rotary(q, cos, sin);
+      }
       k = apply_rotary(k, cos, sin);
     }
   }
-  k = repeat_kv(k, num_heads / num_kv_heads);
-  v = repeat_kv(v, num_heads / num_kv_heads);
+  k = repeat_kv(k, groups);
+  v = repeat_kv(v, groups);
   const bool windowed = window > 0 && window < t;
   const double default_scale = 1.0 / std::sqrt(static_cast<double>(head_dim));
   const double s = scale > 0 ? scale : default_scale;
@@ -172,14 +190,16 @@ at::Tensor causal_attention(const at::Tensor& q_in, const at::Tensor& k_in, cons
   if (softcap > 0) {
     out = eager_attention(q, k, v, windowed ? window : 0, s, softcap);  // no fused kernel soft-caps
   } else {
-    // A scale other than 1/sqrt(head_dim) goes into q: the kernels apply the default one.
-    if (scale > 0) q = q * (s / default_scale);
+    // The kernels scale by 1/sqrt(dk): another scale (Gemma-2's, or 1/sqrt(head_dim) for
+    // narrowed queries and keys) goes into q.
+    const double kernel_scale = 1.0 / std::sqrt(static_cast<double>(dk));
+    if (s != kernel_scale) q = q * (s / kernel_scale);
     // Flash / memory-efficient kernels where the device has them.
     if (windowed) {
       out = at::scaled_dot_product_attention(q, k, v, allowed_mask(t, window, q.device()), 0.0, false);
     } else {
       // cuDNN's kernel where it is the faster one (Hopper), else ATen's choice.
-      out = fused::causal_attention_cudnn(q, k, v);
+      if (dk == head_dim) out = fused::causal_attention_cudnn(q, k, v);
       if (!out.defined()) out = at::scaled_dot_product_attention(q, k, v, {}, 0.0, true);
     }
   }
@@ -226,34 +246,46 @@ const Rotary& Step::rotary_at(const Rotary& table) {
 
 at::Tensor cached_attention(const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
                             int64_t num_heads, int64_t num_kv_heads, int64_t head_dim, const Rotary* rotary,
-                            int64_t window, int64_t v_head_dim, Step& step, int64_t layer) {
+                            int64_t window, int64_t v_head_dim, Step& step, int64_t layer, int64_t qk_head_dim) {
   const int64_t b = q_in.size(0), t = q_in.size(1);
   const int64_t dv = v_head_dim > 0 ? v_head_dim : head_dim;
+  const int64_t dk = qk_head_dim > 0 ? qk_head_dim : head_dim;
   const int64_t groups = num_heads / num_kv_heads;
-  auto q = q_in.reshape({b, t, num_heads, head_dim});
-  auto k = k_in.reshape({b, t, num_kv_heads, head_dim});
-  if (rotary) {
+  auto q = q_in.reshape({b, t, num_heads, dk});
+  auto k = k_in.reshape({b, t, num_kv_heads, dk});
+  if (rotary && rotary->cos.dim() == 3) {
+    // Narrowed heads: per-KV-head tables [kv, N, dk] at the step's positions -> [B, T, kv, dk].
+    const auto flat = step.positions().reshape({-1});
+    auto pick = [&](const at::Tensor& table) {
+      return table.index_select(1, flat).view({table.size(0), b, t, dk}).permute({1, 2, 0, 3}).to(q.scalar_type());
+    };
+    const auto cos = pick(rotary->cos), sin = pick(rotary->sin);
+    q = apply_rotary(q, cos.repeat_interleave(groups, 2), sin.repeat_interleave(groups, 2));
+    k = apply_rotary(k, cos, sin);
+  } else if (rotary) {
     const Rotary& rows = step.rotary_at(*rotary);  // [B, T, 1, d], broadcast over the heads
     auto cos = rows.cos.to(q.scalar_type());
     auto sin = rows.sin.to(q.scalar_type());
     q = apply_rotary(q, cos, sin);
     k = apply_rotary(k, cos, sin);
   }
+  // The kernels scale by 1/sqrt(dk); narrowed queries and keys keep 1/sqrt(head_dim).
+  if (dk != head_dim) q = q * std::sqrt(static_cast<double>(dk) / static_cast<double>(head_dim));
   KVCache& cache = step.cache();
   cache.write(layer, k.transpose(1, 2), v_in.reshape({b, t, num_kv_heads, dv}).transpose(1, 2));
   const int64_t s = cache.length() + t;
   auto keys = cache.keys(layer).narrow(2, 0, s);      // [B, kv, S, d]
   auto values = cache.values(layer).narrow(2, 0, s);  // [B, kv, S, dv]
   // The query heads of one KV head side by side: [B, kv, groups*T, d], rows (group, token); no copy of the cache.
-  auto q4 = q.transpose(1, 2).reshape({b, num_kv_heads, groups * t, head_dim});
+  auto q4 = q.transpose(1, 2).reshape({b, num_kv_heads, groups * t, dk});
   auto allowed = step.allowed(window);  // [B, 1, T, S]
   if (groups > 1) allowed = allowed.repeat({1, 1, groups, 1});
   at::Tensor out;
 #if TORCH_VERSION_MAJOR >= 2
   out = at::scaled_dot_product_attention(q4, keys, values, allowed, 0.0, false);
 #else
-  // As causal_attention's eager formulation: softmax in float32.
-  const double scale = 1.0 / std::sqrt(static_cast<double>(head_dim));
+  // As causal_attention's eager formulation: softmax in float32 (q already carries any narrowing factor).
+  const double scale = 1.0 / std::sqrt(static_cast<double>(dk));
   auto scores = at::matmul(q4, keys.transpose(2, 3)) * scale;
   scores.masked_fill_(at::logical_not(allowed), -std::numeric_limits<double>::infinity());
   out = at::matmul(at::softmax(scores, -1, at::kFloat).to(q.scalar_type()), values);

@@ -140,13 +140,20 @@ at::Tensor inverse_frequencies(const ModelConfig& config);
 /// inputs. `rotary` (if given) is applied to q and k; `window` > 0 limits each
 /// query to the last `window` keys (Mistral). Scale is 1/sqrt(head_dim).
 /// `v_head_dim` (0: head_dim) is the per-head width of v and of the output,
-/// narrower where a module method reduced the values (LayerShapes::v_head_dim).
-/// `scale` > 0 replaces 1/sqrt(head_dim) (Gemma-2: query_pre_attn_scalar^-1/2);
+/// narrower where a module method reduced the values (LayerShapes::v_head_dim);
+/// `qk_head_dim` (0: head_dim) that of q and k (LayerShapes::qk_head_dim), whose
+/// rotary tables are then per KV head ([kv, T, qk_head_dim], narrowed_rotary);
+/// the scale stays 1/sqrt(head_dim) then. `scale` > 0 replaces 1/sqrt(head_dim) (Gemma-2: query_pre_attn_scalar^-1/2);
 /// `softcap` > 0 caps the scaled scores to softcap * tanh(scores / softcap)
 /// before the mask (Gemma-2's attn_logit_softcapping).
 at::Tensor causal_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t num_heads,
                             int64_t num_kv_heads, int64_t head_dim, const Rotary* rotary, int64_t window,
-                            int64_t v_head_dim = 0, double scale = 0, double softcap = 0);
+                            int64_t v_head_dim = 0, int64_t qk_head_dim = 0, double scale = 0,
+                            double softcap = 0);
+
+/// The rotary tables of a layer whose queries and keys keep `qk_dims` (LayerShapes::qk_dims)
+/// of each KV head: [kv, T, qk_head_dim] columns of the full [T, head_dim] tables; `full` if empty.
+Rotary narrowed_rotary(const Rotary& full, const std::vector<int64_t>& qk_dims, int64_t num_kv_heads);
 
 /// One CausalLM::forward_cached call as the layers see it: the cache, the
 /// positions of the new tokens, and what every layer shares (the attention
@@ -180,10 +187,11 @@ class Step {
 /// the new tokens; k (after rotary) and v are written into layer `layer` of
 /// the step's cache, and each query attends to the cached keys of its row
 /// that step.allowed(window) lets it see. `rotary` (if given) holds the tables
-/// for positions 0 .. step.rotary_length() - 1. Same conventions otherwise.
+/// for positions 0 .. step.rotary_length() - 1 (per KV head where narrowed).
+/// Same conventions otherwise (no soft-capping, the default scale).
 at::Tensor cached_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t num_heads,
                             int64_t num_kv_heads, int64_t head_dim, const Rotary* rotary, int64_t window,
-                            int64_t v_head_dim, Step& step, int64_t layer);
+                            int64_t v_head_dim, Step& step, int64_t layer, int64_t qk_head_dim = 0);
 
 /// The activation named by config.json ("relu", "silu", "gelu", "gelu_new", ...).
 at::Tensor activation(const std::string& name, const at::Tensor& x);

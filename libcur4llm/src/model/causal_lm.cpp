@@ -550,19 +550,8 @@ std::map<std::string, LinearPtr> CausalLM::reshape_layer(int64_t layer, const La
   ModelConfig next = config_;
   if (next.layer_shapes.empty()) next.layer_shapes.assign(config_.num_layers, LayerShapes{});
   next.layer_shapes[layer] = shapes;
-  const LayerShapes resolved = next.layer_shape(layer);
-  if (resolved.intermediate_size > config_.intermediate_size) {
-    throw std::invalid_argument(fmt::format("reshape_layer({}): intermediate_size {} exceeds the model's {}", layer,
-                                            resolved.intermediate_size, config_.intermediate_size));
-  }
-  if (resolved.qk_head_dim != config_.head_dim) {
-    throw std::invalid_argument(fmt::format("reshape_layer({}): a qk_head_dim other than head_dim ({}) is not supported",
-                                            layer, config_.head_dim));
-  }
-  if (resolved.v_head_dim > config_.head_dim) {
-    throw std::invalid_argument(fmt::format("reshape_layer({}): v_head_dim {} exceeds head_dim ({})", layer,
-                                            resolved.v_head_dim, config_.head_dim));
-  }
+  const std::string problem = layer_shape_problem(config_, shapes);
+  if (!problem.empty()) throw std::invalid_argument(fmt::format("reshape_layer({}): {}", layer, problem));
   auto next_arch = make_architecture(next);
   std::map<std::string, std::pair<int64_t, int64_t>> expected;  // this layer's slots: (in, out)
   for (const ExpectedTensor& e : next_arch->expected_tensors()) {

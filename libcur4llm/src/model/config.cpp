@@ -213,6 +213,45 @@ void parse_gemma2(const Keys& k, ModelConfig& c) {
   parse_rope(k, c);
 }
 
+}  // namespace
+
+std::string layer_shape_problem(const ModelConfig& c, const LayerShapes& s) {
+  if (s.intermediate_size > c.intermediate_size) {
+    return fmt::format("intermediate_size {} exceeds the model's {}", s.intermediate_size, c.intermediate_size);
+  }
+  if (s.v_head_dim > c.head_dim) return fmt::format("v_head_dim {} exceeds head_dim ({})", s.v_head_dim, c.head_dim);
+  if (s.qk_head_dim > c.head_dim) return fmt::format("qk_head_dim {} exceeds head_dim ({})", s.qk_head_dim, c.head_dim);
+  const int64_t dk = s.qk_head_dim == 0 ? c.head_dim : s.qk_head_dim;
+  if (dk == c.head_dim) {
+    if (!s.qk_dims.empty()) return "qk_dims is given, but qk_head_dim is the model's head_dim";
+    return {};
+  }
+  if (static_cast<int64_t>(s.qk_dims.size()) != c.num_kv_heads * dk) {
+    return fmt::format("qk_dims must list {} dimensions ({} KV heads x qk_head_dim {}), not {}", c.num_kv_heads * dk,
+                       c.num_kv_heads, dk, s.qk_dims.size());
+  }
+  const bool rotary = c.family == Family::Llama;
+  if (rotary && dk % 2 != 0) return fmt::format("qk_head_dim {} must be even (rotary pairs)", dk);
+  const int64_t half = c.head_dim / 2;
+  for (int64_t j = 0; j < c.num_kv_heads; ++j) {
+    std::vector<bool> seen(static_cast<size_t>(c.head_dim), false);
+    for (int64_t r = 0; r < dk; ++r) {
+      const int64_t d = s.qk_dims[static_cast<size_t>(j * dk + r)];
+      if (d < 0 || d >= c.head_dim) return fmt::format("qk_dims entry {} is outside [0, {})", d, c.head_dim);
+      if (seen[static_cast<size_t>(d)]) return fmt::format("qk_dims repeats dimension {} of KV head {}", d, j);
+      seen[static_cast<size_t>(d)] = true;
+      if (rotary && r < dk / 2 &&
+          (d >= half || s.qk_dims[static_cast<size_t>(j * dk + r + dk / 2)] != d + half)) {
+        return fmt::format("qk_dims of KV head {} must keep rotary pairs (entry {} + {} is entry {} + {})", j, r, dk / 2,
+                           r, half);
+      }
+    }
+  }
+  return {};
+}
+
+namespace {
+
 // "layer_shapes": [{"intermediate_size": n, "qk_head_dim": d, "v_head_dim": d}, ...], one per layer
 // (written by module methods, docs/methods.md); keys may be left out for the model-wide value.
 void parse_layer_shapes(const Keys& k, ModelConfig& c) {
@@ -229,21 +268,21 @@ void parse_layer_shapes(const Keys& k, ModelConfig& c) {
     s.intermediate_size = entry.has("intermediate_size") ? entry.positive("intermediate_size") : 0;
     s.qk_head_dim = entry.has("qk_head_dim") ? entry.positive("qk_head_dim") : 0;
     s.v_head_dim = entry.has("v_head_dim") ? entry.positive("v_head_dim") : 0;
-    if (s.intermediate_size > c.intermediate_size) {
-      throw k.error(where, fmt::format("intermediate_size {} exceeds the model's {}", s.intermediate_size,
-                                       c.intermediate_size));
-    }
-    if (s.qk_head_dim != 0 && s.qk_head_dim != c.head_dim) {
-      throw k.error(where, fmt::format("a qk_head_dim other than head_dim ({}) is not supported", c.head_dim));
-    }
-    if (s.v_head_dim > c.head_dim) {
-      throw k.error(where, fmt::format("v_head_dim {} exceeds head_dim ({})", s.v_head_dim, c.head_dim));
+    if (entry.has("qk_dims")) {
+      const Json& dims = list[i].at("qk_dims");
+      if (!dims.is_array()) throw k.error(where, "qk_dims must be a list of integers");
+      for (const auto& d : dims) {
+        if (!d.is_number_integer()) throw k.error(where, "qk_dims must be a list of integers");
+        s.qk_dims.push_back(d.get<int64_t>());
+      }
     }
     for (const auto& [key, value] : list[i].items()) {
-      if (key != "intermediate_size" && key != "qk_head_dim" && key != "v_head_dim") {
+      if (key != "intermediate_size" && key != "qk_head_dim" && key != "v_head_dim" && key != "qk_dims") {
         throw k.error(where, fmt::format("has an unknown key \"{}\"", key));
       }
     }
+    const std::string problem = layer_shape_problem(c, s);
+    if (!problem.empty()) throw k.error(where, problem);
     c.layer_shapes.push_back(s);
   }
 }

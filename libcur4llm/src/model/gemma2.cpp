@@ -115,7 +115,7 @@ class Gemma2 final : public ValueGraphArchitecture<Gemma2> {
       case kAttn: {
         const detail::Rotary rotary = rotary_for(v[kH].size(1), v[kH].device());
         t = detail::causal_attention(get(kQ), get(kK), get(kV), c_.num_heads, c_.num_kv_heads, c_.head_dim, &rotary,
-                                     c_.window(i), c_.layer_shape(i).v_head_dim,
+                                     c_.window(i), c_.layer_shape(i).v_head_dim, /*qk_head_dim=*/0,
                                      1.0 / std::sqrt(c_.query_pre_attn_scalar), c_.attn_logit_softcapping);
         break;
       }

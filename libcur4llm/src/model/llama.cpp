@@ -45,7 +45,7 @@ class Llama final : public ValueGraphArchitecture<Llama> {
       const LayerNames& n = layers_[i];
       const LayerShapes s = c_.layer_shape(i);
       const int64_t f = s.intermediate_size;
-      const int64_t q_dim = c_.num_heads * c_.head_dim, kv_dim = c_.num_kv_heads * c_.head_dim;
+      const int64_t q_dim = c_.num_heads * s.qk_head_dim, kv_dim = c_.num_kv_heads * s.qk_head_dim;
       const int64_t v_dim = c_.num_kv_heads * s.v_head_dim, o_dim = c_.num_heads * s.v_head_dim;
       out.push_back({n.attn_norm, {h}});
       linear(n.q, q_dim, h, c_.attention_bias, i, LinearRole::Q);
@@ -129,16 +129,18 @@ class Llama final : public ValueGraphArchitecture<Llama> {
         break;
       case kV: t = slot(lm, n.v).forward(get(kX)); break;
       case kAttn: {
+        const LayerShapes s = c_.layer_shape(i);
         if (step) {
-          const detail::Rotary rotary = rotary_for(step->rotary_length(), v[kH].device());
+          const detail::Rotary rotary =
+              detail::narrowed_rotary(rotary_for(step->rotary_length(), v[kH].device()), s.qk_dims, c_.num_kv_heads);
           t = detail::cached_attention(get(kQ), get(kK), get(kV), c_.num_heads, c_.num_kv_heads, c_.head_dim, &rotary,
-                                       c_.sliding_window, c_.layer_shape(i).v_head_dim, *step, i);
+                                       c_.window(i), s.v_head_dim, *step, i, s.qk_head_dim);
           break;
         }
-        const detail::Rotary rotary = rotary_for(v[kH].size(1), v[kH].device());
-        t = detail::causal_attention(get(kQ), get(kK), get(kV), c_.num_heads,
-                                     c_.num_kv_heads, c_.head_dim, &rotary, c_.window(i),
-                                     c_.layer_shape(i).v_head_dim);
+        const detail::Rotary rotary =
+            detail::narrowed_rotary(rotary_for(v[kH].size(1), v[kH].device()), s.qk_dims, c_.num_kv_heads);
+        t = detail::causal_attention(get(kQ), get(kK), get(kV), c_.num_heads, c_.num_kv_heads, c_.head_dim, &rotary,
+                                     c_.window(i), s.v_head_dim, s.qk_head_dim);
         break;
       }
       case kH2: t = v[kH] + slot(lm, n.o).forward(get(kAttn)); break;

@@ -56,8 +56,9 @@ class Opt final : public ValueGraphArchitecture<Opt> {
       const LayerNames& n = layers_[i];
       const LayerShapes s = c_.layer_shape(i);
       const int64_t f = s.intermediate_size, v_dim = c_.num_heads * s.v_head_dim;
-      linear(n.q, h, h, i, LinearRole::Q);
-      linear(n.k, h, h, i, LinearRole::K);
+      const int64_t qk_dim = c_.num_heads * s.qk_head_dim;
+      linear(n.q, qk_dim, h, i, LinearRole::Q);
+      linear(n.k, qk_dim, h, i, LinearRole::K);
       linear(n.v, v_dim, h, i, LinearRole::V);
       linear(n.o, h, v_dim, i, LinearRole::O);
       norm(n.attn_norm);
@@ -134,12 +135,14 @@ class Opt final : public ValueGraphArchitecture<Opt> {
       case kQ: t = slot(lm, n.q).forward(get(kX)); break;
       case kK: t = slot(lm, n.k).forward(get(kX)); break;
       case kV: t = slot(lm, n.v).forward(get(kX)); break;
-      case kAttn:
+      case kAttn: {
+        const LayerShapes s = c_.layer_shape(i);
         t = step ? detail::cached_attention(get(kQ), get(kK), get(kV), c_.num_heads, c_.num_kv_heads, c_.head_dim,
-                                            nullptr, 0, c_.layer_shape(i).v_head_dim, *step, i)
+                                            nullptr, 0, s.v_head_dim, *step, i, s.qk_head_dim)
                  : detail::causal_attention(get(kQ), get(kK), get(kV), c_.num_heads, c_.num_kv_heads, c_.head_dim,
-                                            nullptr, 0, c_.layer_shape(i).v_head_dim);
+                                            nullptr, 0, s.v_head_dim, s.qk_head_dim);
         break;
+      }
       case kH2: {
         auto o = slot(lm, n.o).forward(get(kAttn));
         if (pre && fused::enabled_for(o) && v[kH].sizes() == o.sizes() && v[kH].scalar_type() == o.scalar_type()) {

@@ -1,18 +1,21 @@
 #include <cur4llm/modules/modules.h>
 
+#include <cur4llm/modules/qk_cr.h>
 #include <cur4llm/modules/vo_svd.h>
 
 #include <cur4llm/calib/statistics.h>
-#include <cur4llm/eval/perplexity.h>
+#include <cur4llm/compress/factory.h>
 #include <cur4llm/model/causal_lm.h>
 #include <cur4llm/search/binary_search.h>
 #include <cur4llm/search/lagrangian.h>
 
 #include <ATen/ATen.h>
+#include <c10/core/InferenceMode.h>
 
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <optional>
 #include <cmath>
 #include <functional>
 #include <set>
@@ -22,12 +25,67 @@
 namespace cur4llm::modules {
 namespace {
 
-double calibration_ppl(const model::CausalLM& lm, const std::vector<std::vector<int64_t>>& samples,
-                       int64_t batch_size) {
-  eval::PerplexityOptions popts;
-  popts.batch_size = batch_size;
-  return eval::samples_perplexity(lm, samples, popts).perplexity;
-}
+
+// The calibration perplexity of the model with only layers from `layer()` on
+// changed: the dense hidden states entering that layer are kept per batch, so
+// a trial of a module in layer L runs layers L.. and the head only. advance()
+// moves past a layer (run dense). Same value as samples_perplexity: the mean over
+// samples of each sample's mean next-token NLL, exponentiated.
+class LayerLocalPpl {
+ public:
+  LayerLocalPpl(const model::CausalLM& lm, const std::vector<std::vector<int64_t>>& samples, int64_t batch_size)
+      : lm_(lm) {
+    c10::InferenceMode guard;
+    std::map<size_t, std::vector<size_t>> by_length;
+    for (size_t i = 0; i < samples.size(); ++i) {
+      if (samples[i].size() < 2) throw std::invalid_argument(fmt::format("calibration sample {} has fewer than 2 tokens", i));
+      by_length[samples[i].size()].push_back(i);
+    }
+    const size_t batch = static_cast<size_t>(std::max<int64_t>(1, batch_size));
+    for (const auto& [length, members] : by_length) {
+      for (size_t start = 0; start < members.size(); start += batch) {
+        const size_t n = std::min(batch, members.size() - start);
+        auto ids = at::empty({static_cast<int64_t>(n), static_cast<int64_t>(length)}, at::kLong);
+        for (size_t r = 0; r < n; ++r) {
+          const auto& sample = samples[members[start + r]];
+          std::copy(sample.begin(), sample.end(), ids[static_cast<int64_t>(r)].data_ptr<int64_t>());
+        }
+        ids = ids.to(lm.device());
+        hidden_.push_back(lm.embed(ids));
+        ids_.push_back(std::move(ids));
+      }
+    }
+    samples_ = static_cast<int64_t>(samples.size());
+  }
+
+  int64_t layer() const { return layer_; }
+
+  void advance() {
+    c10::InferenceMode guard;
+    for (auto& h : hidden_) h = lm_.layer(layer_, h);
+    ++layer_;
+  }
+
+  double ppl() const {
+    c10::InferenceMode guard;
+    double total = 0;
+    for (size_t b = 0; b < hidden_.size(); ++b) {
+      auto h = hidden_[b];
+      for (int64_t l = layer_; l < lm_.num_layers(); ++l) h = lm_.layer(l, h);
+      const auto logits = lm_.head(h).narrow(1, 0, h.size(1) - 1).to(at::kFloat);
+      const auto target = ids_[b].narrow(1, 1, ids_[b].size(1) - 1);
+      const auto nll = -at::log_softmax(logits, -1).gather(-1, target.unsqueeze(-1)).squeeze(-1);  // [n, T - 1]
+      total += nll.to(at::kDouble).mean(1).sum().item<double>();
+    }
+    return std::exp(total / static_cast<double>(samples_));
+  }
+
+ private:
+  const model::CausalLM& lm_;
+  std::vector<at::Tensor> ids_, hidden_;
+  int64_t layer_ = 0;
+  int64_t samples_ = 0;
+};
 
 // One module of any kind, as the allocation sees it.
 struct AnyModule {
@@ -47,11 +105,61 @@ struct AnyModule {
   }
 };
 
+// The per-layer "modules" of a hybrid method: one Linear outside the structural
+// modules, compressed by a Gram compressor at a ratio on a grid of kGrid steps
+// (the width k stands for the ratio k / kGrid).
+constexpr int64_t kGrid = 1000;
+
+void add_linears(std::vector<AnyModule>& out, const model::CausalLM& lm, const calib::ActivationStatistics& stats,
+                 const std::string& method, const std::set<std::string>& taken, int64_t rank_align) {
+  compress::CompressorOptions copts;
+  copts.svd.rank_align = rank_align;
+  copts.skeleton.rank_align = rank_align;
+  std::shared_ptr<const compress::Compressor> c = compress::make_compressor(method, copts);
+  if (c->statistic() != compress::LayerStatistic::Gram) {
+    throw std::invalid_argument(fmt::format(
+        "a module method combines with a Gram compressor (svd_whiten, skeleton_swap, ...), not \"{}\"", method));
+  }
+  for (const auto& info : lm.linears()) {
+    // OPT's projections stay dense, and so does a tied lm_head (its factors would count in full).
+    if (taken.count(info.name) || (info.layer < 0 && (info.name != "lm_head" || lm.config().tie_word_embeddings))) {
+      continue;
+    }
+    const int64_t m = info.out_features, n = info.in_features;
+    const std::string name = info.name;
+    const auto gram = stats.mean_gram(name);
+    out.push_back({name, info.layer, kGrid, 1, {name},
+                   [c, m, n](int64_t k) {
+                     return k >= kGrid ? m * n : c->stored_params(m, n, static_cast<double>(k) / kGrid);
+                   },
+                   [c, m, n, name, gram, method](model::CausalLM& target, int64_t k) {
+                     const double ratio = static_cast<double>(k) / kGrid;
+                     if (k >= kGrid) return std::vector<search::PlannedLayer>{{name, "dense", 1.0, 0, m * n, m * n}};
+                     const auto& dense = target.dense_linear(name);
+                     auto slot = c->compress(dense.weight(), dense.bias(), gram, ratio);
+                     const int64_t stored = slot->weight_params();
+                     target.replace_linear(name, std::move(slot));
+                     return std::vector<search::PlannedLayer>{
+                         {name, method, ratio, c->rank_for(m, n, ratio), stored, m * n}};
+                   }});
+  }
+}
+
 std::vector<AnyModule> gather(const model::CausalLM& lm, const calib::ActivationStatistics& stats,
                               const ModuleOptions& o) {
   std::vector<AnyModule> out;
-  const bool mlp = o.method == "mlp_nystrom" || o.method == "modular";
-  const bool vo = o.method == "vo_svd" || o.method == "modular";
+  const auto [base, linear_method] = split_module_method(o.method);
+  const bool mlp = base == "mlp_nystrom" || base == "modular";
+  const bool vo = base == "vo_svd" || base == "modular";
+  const bool qk = base == "qk_cr" || base == "modular";
+  if (qk) {
+    for (const auto& m : qk_modules(lm)) {
+      const auto gram = stats.mean_gram(m.query);
+      out.push_back({m.name(), m.layer, m.width, m.unit(), {m.query, m.key},
+                     [m](int64_t k) { return qk_weight_params(m, k); },
+                     [m, gram](model::CausalLM& target, int64_t k) { return compress_qk(target, m, k, gram); }});
+    }
+  }
   if (vo) {
     for (const auto& m : vo_modules(lm)) {
       const auto gram = stats.mean_gram(m.value);
@@ -73,6 +181,11 @@ std::vector<AnyModule> gather(const model::CausalLM& lm, const calib::Activation
                      }});
     }
   }
+  if (!linear_method.empty()) {
+    std::set<std::string> taken;
+    for (const auto& m : out) taken.insert(m.linears.begin(), m.linears.end());
+    add_linears(out, lm, stats, linear_method, taken, o.nystrom.channel_align);
+  }
   return out;
 }
 
@@ -80,12 +193,16 @@ std::vector<AnyModule> gather(const model::CausalLM& lm, const calib::Activation
 class TrialModule {
  public:
   TrialModule(model::CausalLM& lm, const AnyModule& m, int64_t k)
-      : lm_(lm), layer_(m.layer), shapes_(lm.config().layer_shape(m.layer)) {
+      : lm_(lm), layer_(m.layer), shapes_(m.layer >= 0 ? lm.config().layer_shape(m.layer) : model::LayerShapes{}) {
     for (const auto& name : m.linears) originals_[name] = lm.linear_ptr(name);
     m.compress(lm, k);
   }
   ~TrialModule() {
     try {
+      if (layer_ < 0) {  // lm_head: no layer widths
+        for (const auto& [name, slot] : originals_) lm_.replace_linear(name, slot);
+        return;
+      }
       lm_.reshape_layer(layer_, shapes_, originals_);
     } catch (const std::exception& e) {
       fmt::print(stderr, "internal: could not restore layer {}: {}\n", layer_, e.what());
@@ -104,13 +221,23 @@ class TrialModule {
 }  // namespace
 
 const std::vector<std::string>& module_method_names() {
-  static const std::vector<std::string> names{"mlp_nystrom", "vo_svd", "modular"};
+  static const std::vector<std::string> names{"mlp_nystrom", "vo_svd", "qk_cr", "modular"};
   return names;
+}
+
+std::pair<std::string, std::string> split_module_method(const std::string& method) {
+  const auto plus = method.find('+');
+  if (plus == std::string::npos) return {method, ""};
+  return {method.substr(0, plus), method.substr(plus + 1)};
 }
 
 bool is_module_method(const std::string& method) {
   const auto& names = module_method_names();
-  return std::find(names.begin(), names.end(), method) != names.end();
+  const auto [base, linear_method] = split_module_method(method);
+  if (std::find(names.begin(), names.end(), base) == names.end()) return false;
+  if (linear_method.empty()) return method.find('+') == std::string::npos;
+  const auto& known = compress::compressor_names();
+  return std::find(known.begin(), known.end(), linear_method) != known.end();
 }
 
 void check_allocation(const std::string& allocation) {
@@ -124,7 +251,9 @@ ModuleResult compress_modules(model::CausalLM& lm, const calib::ActivationStatis
                               const ModuleOptions& o) {
   if (!is_module_method(o.method)) {
     throw std::invalid_argument(
-        fmt::format("\"{}\" is not a module method (use mlp_nystrom, vo_svd or modular)", o.method));
+        fmt::format("\"{}\" is not a module method (use mlp_nystrom, vo_svd, qk_cr or modular, optionally "
+                    "+ a Gram compressor for the other Linears, e.g. mlp_nystrom+svd_whiten)",
+                    o.method));
   }
   check_allocation(o.allocation);
   if (!(target > 0 && target <= 1)) throw std::invalid_argument(fmt::format("module target {} is not in (0, 1]", target));
@@ -159,24 +288,35 @@ ModuleResult compress_modules(model::CausalLM& lm, const calib::ActivationStatis
   } else {
     const std::vector<double> candidates =
         o.candidates.empty() ? std::vector<double>{0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9} : o.candidates;
-    result.dense_calibration_ppl = calibration_ppl(lm, samples, o.batch_size);
     search::SensitivityTable table("ppl");
+    // Only the points not in a given table are measured, layer by layer, from that layer's dense inputs.
+    std::vector<std::pair<const AnyModule*, double>> missing;
     for (const auto& m : modules) {
       for (double r : candidates) {
-        const int64_t k = m.width_for(r);
-        if (o.sensitivity) {
-          if (auto known = o.sensitivity->score(m.name, r)) {
-            table.add(m.name, r, *known);
-            continue;
-          }
+        std::optional<double> known;
+        if (o.sensitivity) known = o.sensitivity->score(m.name, r);
+        if (known) {
+          table.add(m.name, r, *known);
+        } else {
+          missing.emplace_back(&m, r);
         }
+      }
+    }
+    {
+      LayerLocalPpl local(lm, samples, o.batch_size);
+      result.dense_calibration_ppl = local.ppl();
+      std::stable_sort(missing.begin(), missing.end(),
+                       [](const auto& a, const auto& b) { return a.first->layer < b.first->layer; });
+      for (const auto& [m, r] : missing) {
+        while (local.layer() < m->layer) local.advance();
+        const int64_t k = m->width_for(r);
         double ppl = 0;
         {
-          TrialModule trial(lm, m, k);
-          ppl = calibration_ppl(lm, samples, o.batch_size);
+          TrialModule trial(lm, *m, k);
+          ppl = local.ppl();
         }
-        table.add(m.name, r, ppl);
-        if (o.show_progress) fmt::print(stderr, "modules: {} at {} (width {}): ppl {:.4f}\n", m.name, r, k, ppl);
+        table.add(m->name, r, ppl);
+        if (o.show_progress) fmt::print(stderr, "modules: {} at {} (width {}): ppl {:.4f}\n", m->name, r, k, ppl);
       }
     }
     // The Lagrangian search over modules (each one "layer" of the search) and the dense rest.

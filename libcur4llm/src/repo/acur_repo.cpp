@@ -285,13 +285,6 @@ ExportResult write_acur_repo(const model::CausalLM& lm, const fs::path& folder, 
   // Layers a module method narrowed (model::LayerShapes): their widths, read by the modeling code and by cur4llm.
   config.erase("layer_shapes");
   if (lm.config().has_layer_shapes()) {
-    for (int64_t i = 0; i < lm.config().num_layers; ++i) {
-      if (lm.config().layer_shape(i).v_head_dim != lm.config().head_dim) {
-        throw std::invalid_argument(fmt::format(
-            "write_acur_repo: layer {} has narrowed value heads (v_head_dim {}), which transformers' attention "
-            "cannot load; only narrowed MLPs are exported", i, lm.config().layer_shape(i).v_head_dim));
-      }
-    }
     Json shapes = Json::array();
     for (int64_t i = 0; i < lm.config().num_layers; ++i) {
       const model::LayerShapes s = lm.config().layer_shape(i);
@@ -299,6 +292,7 @@ ExportResult write_acur_repo(const model::CausalLM& lm, const fs::path& folder, 
       if (s.intermediate_size != lm.config().intermediate_size) entry["intermediate_size"] = s.intermediate_size;
       if (s.qk_head_dim != lm.config().head_dim) entry["qk_head_dim"] = s.qk_head_dim;
       if (s.v_head_dim != lm.config().head_dim) entry["v_head_dim"] = s.v_head_dim;
+      if (!s.qk_dims.empty()) entry["qk_dims"] = s.qk_dims;
       shapes.push_back(entry);
     }
     config["layer_shapes"] = shapes;

@@ -23,7 +23,7 @@ bool known_method(const std::string& m) {
   static const char* const names[] = {"dense",         "cur",          "svd",          "grad_cur",
                                       "svd_whiten",    "skeleton",     "skeleton_row", "skeleton_col",
                                       "skeleton_diag", "skeleton_swap", "cur_whiten",   "cur_deim",     "cur_qr",
-                                      "mlp_nystrom",   "vo_svd"};
+                                      "mlp_nystrom",   "vo_svd",       "qk_cr"};
   return std::find(std::begin(names), std::end(names), m) != std::end(names);
 }
 

@@ -31,10 +31,15 @@ struct RopeScaling {
 /// 0 means the model-wide value of ModelConfig.
 struct LayerShapes {
   int64_t intermediate_size = 0;  ///< MLP hidden width (rows of up/gate or fc1; columns of down or fc2)
-  int64_t qk_head_dim = 0;        ///< per-head width of queries and keys (reserved: equals head_dim in this version)
+  int64_t qk_head_dim = 0;        ///< per-head width of queries and keys (the attention scale stays 1/sqrt(head_dim))
   int64_t v_head_dim = 0;         ///< per-head width of values and of the attention output (o_proj's input per head)
+  /// Narrowed queries and keys: for each KV head, the base head dimension of each kept one
+  /// ([num_kv_heads * qk_head_dim], empty: 0 .. head_dim - 1). Rotary models keep pairs:
+  /// entry r + qk_head_dim / 2 of a head is entry r + head_dim / 2.
+  std::vector<int64_t> qk_dims;
   bool operator==(const LayerShapes& o) const {
-    return intermediate_size == o.intermediate_size && qk_head_dim == o.qk_head_dim && v_head_dim == o.v_head_dim;
+    return intermediate_size == o.intermediate_size && qk_head_dim == o.qk_head_dim && v_head_dim == o.v_head_dim &&
+           qk_dims == o.qk_dims;
   }
   bool operator!=(const LayerShapes& o) const { return !(*this == o); }
 };
@@ -101,6 +106,10 @@ struct ModelConfig {
   /// Reads and parses a config.json file.
   static ModelConfig from_file(const std::filesystem::path& path);
 };
+
+/// Why `shapes` cannot be a layer of a model with config `config` (widths above the base
+/// model's, qk_dims of the wrong length, repeated, or breaking rotary pairs); empty if it can.
+std::string layer_shape_problem(const ModelConfig& config, const LayerShapes& shapes);
 
 /// The dtype config.json names for the stored weights ("dtype", else
 /// "torch_dtype"): float16 or bfloat16; float32 otherwise and when absent.

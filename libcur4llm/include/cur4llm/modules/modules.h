@@ -20,6 +20,7 @@
 #include <cstdint>
 #include <map>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace cur4llm::calib {
@@ -31,8 +32,13 @@ namespace cur4llm::modules {
 /// The module method names: "mlp_nystrom" (MLPs), "vo_svd" (attention values
 /// and outputs), "modular" (both, allocated together).
 const std::vector<std::string>& module_method_names();
-/// True for a name of module_method_names().
+/// True for a name of module_method_names(), alone or as "<module method>+<Gram compressor>"
+/// (e.g. "mlp_nystrom+svd_whiten"): the decoder Linears outside the modules are then compressed
+/// per layer by that compressor, in the same allocation (lagrangian: their ratios on the
+/// candidate grid; uniform: the modules' nominal ratio).
 bool is_module_method(const std::string& method);
+/// "mlp_nystrom+svd_whiten" -> {"mlp_nystrom", "svd_whiten"}; no "+": {method, ""}.
+std::pair<std::string, std::string> split_module_method(const std::string& method);
 
 /// How compress_modules works.
 struct ModuleOptions {
