@@ -284,3 +284,50 @@ TEST_CASE("NFC normalizer: composition, ordering of marks, Hangul, singletons an
   CHECK(plain(*tok, "a\u0302\u0323") == ids{12});           // the marks reordered first
   CHECK(plain(*tok, "e\u0301\u0301") == ids{0, 2});         // the second acute is blocked
 }
+
+namespace {
+
+std::string base64(const std::string& raw) {
+  static const char* const k = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+  std::string out;
+  for (size_t i = 0; i < raw.size(); i += 3) {
+    uint32_t n = static_cast<unsigned char>(raw[i]) << 16;
+    if (i + 1 < raw.size()) n |= static_cast<unsigned char>(raw[i + 1]) << 8;
+    if (i + 2 < raw.size()) n |= static_cast<unsigned char>(raw[i + 2]);
+    out += k[(n >> 18) & 63];
+    out += k[(n >> 12) & 63];
+    out += i + 1 < raw.size() ? k[(n >> 6) & 63] : '=';
+    out += i + 2 < raw.size() ? k[n & 63] : '=';
+  }
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("tiktoken rank file: ranks are merge priorities, specials follow the ranks, bad lines named", "[tokenize]") {
+  const fs::path dir = fs::absolute("tiktoken_small");
+  fs::create_directories(dir);
+  // Ranks 0..255: the single bytes; then "ab" (256) and "abc" (257).
+  std::string text;
+  for (int b = 0; b < 256; ++b) text += base64(std::string(1, static_cast<char>(b))) + " " + std::to_string(b) + "\n";
+  text += base64("ab") + " 256\n" + base64("abc") + " 257\n";
+  std::ofstream(dir / "tokenizer.model", std::ios::binary) << text;
+  const auto tok = tk::load_tokenizer(dir);  // a tiktoken tokenizer.model, not a SentencePiece one
+  CHECK(tok->vocab_size() == 258 + 256);
+  CHECK(tok->bos_id() == 258);
+  CHECK(tok->encode("abc") == std::vector<int64_t>{258, 257});
+  CHECK(plain(*tok, "abd") == std::vector<int64_t>{256, 'd'});
+  CHECK(plain(*tok, "ba c") == std::vector<int64_t>{'b', 'a', ' ', 'c'});
+  CHECK(plain(*tok, "<|eot_id|>") == std::vector<int64_t>{258 + 9});
+  CHECK(tok->decode(tok->encode("abc abd")) == "abc abd");
+
+  auto refused = [&](const std::string& body, const std::string& message) {
+    std::ofstream(dir / "bad.model", std::ios::binary) << body;
+    CHECK_THROWS_WITH(tk::load_tiktoken(dir / "bad.model"), Catch::Contains(message));
+  };
+  refused(text + "!!!! 258\n", "line 259: the token is not base64");
+  refused(text + base64("xyz") + " 300\n", "line 259: rank 300 where 258 was expected");
+  refused(text + base64("ab") + " 258\n", "line 259: the token is listed twice");
+  refused(text + base64("xyz") + "\n", "line 259: expected \"base64-token rank\"");
+  refused(base64("a") + " 0\n", "fewer than 256 tokens");
+}

@@ -103,6 +103,7 @@ kill_at() {  # kill_at DELAY FINAL LOG COMMAND...: starts COMMAND, kills it afte
   pid=$!
   sleep "$delay"
   if kill -9 $pid 2> /dev/null; then
+    landed=$((landed + 1))
     wait $pid 2> /dev/null
     [ -e "$final" ] && fail "a killed run left $final" "$log"
   else
@@ -112,7 +113,7 @@ kill_at() {  # kill_at DELAY FINAL LOG COMMAND...: starts COMMAND, kills it afte
   return 0
 }
 build_flags="--act_aware --param_ratio_target 0.8 --method svd --calib_dataset $TEXT --seqlen 64 --n_calib_samples 4"
-killed=0
+killed=0 landed=0
 for delay in 0.2 0.5 1 1.5 2 3 4 6; do
   # shellcheck disable=SC2086
   kill_at $delay "$WORK/repos/tiny-shakespeare-opt-acur80-svd" "$WORK/kill_build.log" \
@@ -120,6 +121,7 @@ for delay in 0.2 0.5 1 1.5 2 3 4 6; do
   kill_at $delay "$WORK/q8" "$WORK/kill_quantize.log" "$QUANTIZE" --model_id "$MODEL" --format rtn_int8 --output "$WORK/q8"
   killed=$((killed + 1))
 done
+[ $landed -ge 2 ] || fail "only $landed of the kills came before the app finished"
 [ "$(sum_of "$MODEL/model.safetensors" "$MODEL/config.json")" = "$source_sum" ] || fail "a killed run changed the source model"
 # shellcheck disable=SC2086
 "$BUILD" --model_id "$MODEL" $build_flags --output "$WORK/repos" > "$WORK/build.log" 2>&1 ||
@@ -128,4 +130,4 @@ done
 "$QUANTIZE" --model_id "$MODEL" --format rtn_int8 --output "$WORK/q8" > "$WORK/quantize.log" 2>&1 ||
   fail "quantize after the killed runs failed" "$WORK/quantize.log"
 [ -f "$WORK/q8/config.json" ] || fail "no quantized model after the killed runs" "$WORK/quantize.log"
-echo "faults ok ($killed kill points per app)"
+echo "faults ok ($killed kill points per app, $landed kills while running)"
