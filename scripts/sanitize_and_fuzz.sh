@@ -35,7 +35,7 @@ for f in "${fuzzers[@]}"; do
   mkdir -p "$work/corpus"
   echo "== $f: ${seconds} s"
   status=0
-  (cd "$work" && "$root/$build/tests/fuzz/$f" -max_total_time="$seconds" -rss_limit_mb=4096 -timeout=30 \
+  (cd "$work" && "$root/$build/tests/fuzz/$f" -max_total_time="$seconds" -rss_limit_mb=4096 -timeout=30 -max_len=32768 \
     -print_final_stats=1 corpus "$root/$build/tests/fuzz/fuzz_corpus/$f" > log 2>&1) || status=$?
   grep -E '^(#[0-9]+.*DONE|stat::number_of_executed_units|stat::average_exec_per_sec)' "$work/log" || true
   if [ $status -ne 0 ] || ls "$work"/crash-* "$work"/leak-* "$work"/timeout-* "$work"/oom-* > /dev/null 2>&1; then
