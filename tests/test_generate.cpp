@@ -126,6 +126,37 @@ TEST_CASE("cached decoding through factorized slots and narrowed layers") {
     CHECK(cache.values(1).size(3) == 3);
     CHECK(cache.keys(1).size(3) == 8);
   }
+  SECTION("narrower query/key heads (qk_cr's shapes): rotary pairs per KV head, and OPT") {
+    auto gen = at::make_generator<at::CPUGeneratorImpl>(10);
+    auto dense = [&](int64_t out, int64_t in, bool bias) {
+      return std::make_shared<model::DenseLinear>(at::randn({out, in}, gen) * 0.3,
+                                                  bias ? at::randn({out}, gen) * 0.1 : at::Tensor());
+    };
+    {
+      auto lm = CausalLM::load(model_dir("llama_gqa"));  // 4 heads, 2 KV heads, head_dim 8, hidden 32
+      model::LayerShapes narrow;
+      narrow.qk_head_dim = 4;
+      narrow.qk_dims = {0, 2, 4, 6, 1, 3, 5, 7};  // KV head 0 keeps pairs (0, 4), (2, 6); head 1 (1, 5), (3, 7)
+      const std::string p = "model.layers.0.";
+      lm->reshape_layer(0, narrow, {{p + "self_attn.q_proj", dense(4 * 4, 32, false)},
+                                    {p + "self_attn.k_proj", dense(2 * 4, 32, false)}});
+      check_cached_equals_forward(*lm, 6, 16);
+      model::KVCache cache(1, 4, lm->device());
+      (void)lm->forward_cached(row_ids({3, 4}), cache);
+      CHECK(cache.keys(0).size(3) == 4);
+      CHECK(cache.keys(1).size(3) == 8);
+    }
+    {
+      auto lm = CausalLM::load(model_dir("opt_pre"));  // 4 heads of 8
+      model::LayerShapes narrow;
+      narrow.qk_head_dim = 3;
+      narrow.qk_dims = {0, 5, 7, 1, 2, 6, 3, 4, 5, 0, 6, 7};
+      const std::string p = "model.decoder.layers.1.";
+      lm->reshape_layer(1, narrow, {{p + "self_attn.q_proj", dense(4 * 3, 32, true)},
+                                    {p + "self_attn.k_proj", dense(4 * 3, 32, true)}});
+      check_cached_equals_forward(*lm, 4, 12);
+    }
+  }
 }
 
 TEST_CASE("generation from an acur repository with factorized layers and packed int8 weights") {
