@@ -26,6 +26,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <csignal>
 #include <ctime>
 #include <iostream>
 #include <map>
@@ -118,15 +119,20 @@ cur4llm::eval::PerplexityResult dense_perplexity(const cur4llm::model::CausalLM&
   }
   auto r = cur4llm::pipeline::evaluate_dataset(lm, tokenizer, spec, eopts);
   if (file) {
-    fs::create_directories(pipe.cache_dir);
-    const nlohmann::json j = {{"key", key.as_metadata()}, {"ppl", r.perplexity}, {"windows", r.windows}, {"tokens", r.tokens}};
-    cur4llm::io::write_file_atomic(*file, j.dump(1) + "\n");
+    try {  // a cache file that cannot be written (a full disk) is not an error of the run
+      fs::create_directories(pipe.cache_dir);
+      const nlohmann::json j = {{"key", key.as_metadata()}, {"ppl", r.perplexity}, {"windows", r.windows}, {"tokens", r.tokens}};
+      cur4llm::io::write_file_atomic(*file, j.dump(1) + "\n");
+    } catch (const std::exception& e) {
+      fmt::print(stderr, "cache: cannot write {} ({}); going on without it\n", file->string(), e.what());
+    }
   }
   return r;
 }
 
 int run(int argc, char** argv) {
   cur4llm::util::tune_host_allocator();
+  std::signal(SIGXFSZ, SIG_IGN);  // a file size limit gives a write error (EFBIG), not a core dump
   Options o;
   cur4llm::app::PipelineFlags flags;
   po::options_description ref("Options of the reference pipeline (asvd.py)");

@@ -10,6 +10,8 @@
 #include <string>
 #include <unistd.h>
 
+#include "../support/sanitizer_defaults.h"
+
 namespace cur4llm::fuzz {
 
 /// A scratch folder for this process, made once.

@@ -1,6 +1,8 @@
 // libFuzzer target: a config.json.
 #include <cur4llm/model/config.h>
 
+#include "fuzz_common.h"
+
 #include <exception>
 #include <string>
 

@@ -204,7 +204,9 @@ AcurSection parse_acur_section(const std::string& text, const std::string& sourc
   }
   if (!acur.contains("layers")) return out;
   if (!acur.at("layers").is_object()) throw bad("\"layers\" must be an object");
-  for (const auto& [name, entry] : acur.at("layers").items()) {
+  for (const auto& item : acur.at("layers").items()) {
+    const std::string& name = item.key();  // not a structured binding: lambdas capture it (C++17, clang)
+    const auto& entry = item.value();
     auto layer_error = [&](const std::string& what) {
       return std::runtime_error(fmt::format("{}: acur layer \"{}\" {}", source, name, what));
     };

@@ -61,6 +61,17 @@ std::optional<T> cache_lookup(const PipelineOptions& o, const io::CacheKey& key,
   return std::nullopt;
 }
 
+// Writes a cache file through `save`; a write that fails (a full disk, a
+// read-only folder) is reported and the run goes on without that cache file.
+template <typename Save>
+void cache_store(const fs::path& file, Save&& save) {
+  try {
+    save();
+  } catch (const std::exception& e) {
+    fmt::print(stderr, "cache: cannot write {} ({}); going on without it\n", file.string(), e.what());
+  }
+}
+
 std::vector<std::vector<int64_t>> load_samples(const fs::path& file, std::map<std::string, std::string>& meta) {
   io::SafetensorsFile f(file);
   f.verify_data_checksum();
@@ -122,7 +133,7 @@ CalibrationStage calibration_stage(const model::CausalLM& lm, const tokenize::To
                   ? data::sample_alpaca(data::parse_alpaca(calib_text.text, calib_text.files.at(0).string()),
                                         tokenizer, copts)
                   : data::sample_calibration(calib_text.text, tokenizer, copts);
-    if (o.use_cache) save_samples(calib_file, *samples, calib_key.as_metadata());
+    if (o.use_cache) cache_store(calib_file, [&] { save_samples(calib_file, *samples, calib_key.as_metadata()); });
   }
   return {std::move(calib_key), std::move(*samples)};
 }
@@ -185,7 +196,7 @@ PipelineResult compress_modules_stage(model::CausalLM& lm, const std::vector<std
     copts.batch_size = o.batch_size;
     copts.show_progress = o.show_progress;
     stats = calib::collect_statistics(lm, samples, copts);
-    if (o.use_cache) stats->save(file, key.as_metadata());
+    if (o.use_cache) cache_store(file, [&] { stats->save(file, key.as_metadata()); });
   }
   result.timings.emplace_back("statistics_s", seconds_since(t0));
 
@@ -222,7 +233,7 @@ PipelineResult compress_modules_stage(model::CausalLM& lm, const std::vector<std
   auto done = modules::compress_modules(lm, *stats, samples, o.param_ratio_target, mopts);
   if (mopts.allocation == "lagrangian" && !cached_table && o.use_cache) {
     done.sensitivity.meta() = sens_key.as_metadata();
-    done.sensitivity.save(sens_file);
+    cache_store(sens_file, [&] { done.sensitivity.save(sens_file); });
   }
   result.timings.emplace_back("decompose_s", seconds_since(t0));
   result.plan = std::move(done.plan);
@@ -521,7 +532,7 @@ PipelineResult compress_model(model::CausalLM& lm, const tokenize::Tokenizer& to
       copts.batch_size = o.batch_size;
       copts.show_progress = o.show_progress;
       stats = calib::collect_statistics(lm, *samples, copts);
-      if (o.use_cache) stats.save(file, key.as_metadata());
+      if (o.use_cache) cache_store(file, [&] { stats.save(file, key.as_metadata()); });
     }
     scale = [&stats, scaling, alpha = o.alpha, gram](const std::string& layer) {
       return gram ? stats.mean_gram(layer) : stats.scale(layer, scaling, alpha);
@@ -579,7 +590,7 @@ PipelineResult compress_model(model::CausalLM& lm, const tokenize::Tokenizer& to
       table = o.sensitivity_metric == "ppl" ? sensitivity::ppl_sensitivity(lm, *samples, *compressor, scale, sweep)
                                             : sensitivity::stable_rank_sensitivity(lm, sweep);
       table->meta() = sens_key.as_metadata();
-      if (o.use_cache) table->save(sens_file);
+      if (o.use_cache) cache_store(sens_file, [&] { table->save(sens_file); });
     }
     result.timings.emplace_back("sensitivity_s", seconds_since(t0));
 

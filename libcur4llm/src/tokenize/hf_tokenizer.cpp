@@ -34,6 +34,10 @@ const char* const kGpt2Pattern =
 const char* const kQwen2Pattern =
     R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)";
 
+// Llama-3's split regex (Meta's tiktoken tokenizer and its tokenizer.json).
+const char* const kLlama3Pattern =
+    R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)";
+
 std::string read_file(const std::filesystem::path& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) throw std::runtime_error(path.string() + ": cannot open file");
@@ -218,7 +222,7 @@ void apply_normalizer(const std::vector<NormalizerStep>& steps, std::string& s) 
         break;
       }
       case NormalizerStep::Kind::Nfc:
-        // Identity: exact for text already in NFC, which is what real corpora hold.
+        s = detail::nfc(s);
         break;
       case NormalizerStep::Kind::Strip: {
         size_t begin = 0, end = s.size();
@@ -1067,6 +1071,130 @@ std::unique_ptr<Tokenizer> load_gpt2_bpe_with_config(const std::filesystem::path
   return std::make_unique<HfBpeTokenizer>(std::move(spec));
 }
 
+namespace {
+
+// One base64 field of a tiktoken file; nullopt when it is not base64.
+std::optional<std::string> base64_decode(std::string_view in) {
+  auto value = [](char c) -> int {
+    if (c >= 'A' && c <= 'Z') return c - 'A';
+    if (c >= 'a' && c <= 'z') return c - 'a' + 26;
+    if (c >= '0' && c <= '9') return c - '0' + 52;
+    if (c == '+') return 62;
+    if (c == '/') return 63;
+    return -1;
+  };
+  if (in.empty() || in.size() % 4 != 0) return std::nullopt;
+  std::string out;
+  for (size_t i = 0; i < in.size(); i += 4) {
+    int v[4];
+    int pad = 0;
+    for (int k = 0; k < 4; ++k) {
+      const char c = in[i + k];
+      if (c == '=' && i + 4 == in.size() && k >= 2) {
+        v[k] = 0;
+        ++pad;
+      } else if (pad > 0 || (v[k] = value(c)) < 0) {
+        return std::nullopt;
+      }
+    }
+    const uint32_t n = (uint32_t(v[0]) << 18) | (uint32_t(v[1]) << 12) | (uint32_t(v[2]) << 6) | uint32_t(v[3]);
+    out += static_cast<char>(n >> 16);
+    if (pad < 2) out += static_cast<char>((n >> 8) & 0xFF);
+    if (pad < 1) out += static_cast<char>(n & 0xFF);
+  }
+  return out;
+}
+
+}  // namespace
+
+bool is_tiktoken_file(const std::filesystem::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::string line;
+  if (!in || !std::getline(in, line)) return false;
+  const size_t space = line.find(' ');
+  if (space == std::string::npos || space + 1 >= line.size()) return false;
+  if (line.find_first_not_of("0123456789", space + 1) != std::string::npos) return false;
+  return base64_decode(std::string_view(line).substr(0, space)).has_value();
+}
+
+// Llama-3's tiktoken rank file: "base64-token rank" lines, ranks 0, 1, 2, ...
+// Encoded as transformers' converted tokenizer.json does: byte-level BPE whose
+// merges are every split of a token into two tokens, ranked by the token's
+// rank; a word found whole in the vocabulary is one token; Meta's 256 special
+// tokens follow the ranks, and <|begin_of_text|> starts every sequence.
+std::unique_ptr<Tokenizer> load_tiktoken_with_config(const std::filesystem::path& model_file,
+                                                     const std::filesystem::path& config_path) {
+  std::ifstream in(model_file, std::ios::binary);
+  if (!in) throw std::runtime_error(model_file.string() + ": cannot open file");
+  std::vector<std::string> by_rank;  // raw bytes of each rank
+  std::unordered_map<std::string, int64_t> rank_of;
+  std::string line;
+  for (size_t n = 1; std::getline(in, line); ++n) {
+    if (line.empty()) continue;
+    const std::string where = model_file.string() + ": line " + std::to_string(n);
+    const size_t space = line.find(' ');
+    if (space == std::string::npos) throw std::runtime_error(where + ": expected \"base64-token rank\"");
+    auto token = base64_decode(std::string_view(line).substr(0, space));
+    if (!token) throw std::runtime_error(where + ": the token is not base64");
+    const std::string rank_text = line.substr(space + 1);
+    if (rank_text.empty() || rank_text.size() > 9 || rank_text.find_first_not_of("0123456789") != std::string::npos)
+      throw std::runtime_error(where + ": the rank \"" + rank_text + "\" is not a number");
+    if (std::stoll(rank_text) != static_cast<int64_t>(by_rank.size()))
+      throw std::runtime_error(where + ": rank " + rank_text + " where " + std::to_string(by_rank.size()) +
+                               " was expected (ranks run 0, 1, 2, ...)");
+    if (!rank_of.emplace(*token, static_cast<int64_t>(by_rank.size())).second)
+      throw std::runtime_error(where + ": the token is listed twice");
+    by_rank.push_back(std::move(*token));
+  }
+  if (by_rank.size() < 256) throw std::runtime_error(model_file.string() + ": fewer than 256 tokens");
+  const auto& bytes = ByteLevelMap::get();
+  std::unordered_map<std::string, int64_t> vocab;
+  vocab.reserve(by_rank.size() * 2);
+  for (size_t r = 0; r < by_rank.size(); ++r) vocab.emplace(bytes.encode(by_rank[r]), static_cast<int64_t>(r));
+  std::vector<std::pair<std::string, std::string>> merges;
+  std::vector<std::pair<int64_t, int64_t>> local;
+  for (const std::string& token : by_rank) {
+    local.clear();
+    for (size_t i = 1; i < token.size(); ++i) {
+      auto l = rank_of.find(token.substr(0, i)), r = rank_of.find(token.substr(i));
+      if (l != rank_of.end() && r != rank_of.end()) local.emplace_back(l->second, r->second);
+    }
+    std::sort(local.begin(), local.end());
+    for (const auto& [l, r] : local) merges.emplace_back(bytes.encode(by_rank[l]), bytes.encode(by_rank[r]));
+  }
+
+  Spec spec;
+  std::unordered_map<std::string, int64_t> all_ids = vocab;
+  const int64_t base = static_cast<int64_t>(by_rank.size());
+  for (int64_t i = 0; i < 256; ++i) {
+    static const char* const kNamed[] = {"<|begin_of_text|>", "<|end_of_text|>", "<|reserved_special_token_0|>",
+                                         "<|reserved_special_token_1|>", "<|reserved_special_token_2|>",
+                                         "<|reserved_special_token_3|>", "<|start_header_id|>", "<|end_header_id|>",
+                                         "<|reserved_special_token_4|>", "<|eot_id|>"};
+    AddedToken a;
+    a.content = i < 10 ? std::string(kNamed[i]) : "<|reserved_special_token_" + std::to_string(i - 5) + "|>";
+    a.id = base + i;
+    a.special = true;
+    all_ids[a.content] = a.id;
+    spec.added.push_back(std::move(a));
+  }
+  PreTokenizerStep byte_level{};
+  byte_level.kind = PreTokenizerStep::Kind::ByteLevel;
+  byte_level.map_bytes = false;
+  byte_level.regex = std::make_shared<Regex>(kLlama3Pattern, "Llama-3 pattern");
+  spec.pre_tokenizer.push_back(std::move(byte_level));
+  spec.decoder = std::vector<DecoderStep>{DecoderStep{DecoderStep::Kind::ByteLevel, "", "", 0, 0, true}};
+  spec.prefix = {base};  // <|begin_of_text|>
+  BpeOptions options;
+  options.byte_level_input = true;
+  options.ignore_merges = true;
+  spec.model = std::make_unique<BpeModel>(std::move(vocab), merges, options, model_file.string());
+  const TokenizerConfig config = read_tokenizer_config(config_path);
+  settle_bos_eos(spec, all_ids, config, config_path.string());
+  spec.description = "tiktoken byte-level BPE (" + model_file.string() + ")";
+  return std::make_unique<HfBpeTokenizer>(std::move(spec));
+}
+
 TokenizerConfig read_tokenizer_config(const std::filesystem::path& path) {
   TokenizerConfig config;
   if (path.empty()) return config;
@@ -1133,6 +1261,10 @@ namespace cur4llm::tokenize {
 std::unique_ptr<Tokenizer> load_gpt2_bpe(const std::filesystem::path& vocab_json,
                                          const std::filesystem::path& merges_txt) {
   return detail::load_gpt2_bpe_with_config(vocab_json, merges_txt, {});
+}
+
+std::unique_ptr<Tokenizer> load_tiktoken(const std::filesystem::path& model_file) {
+  return detail::load_tiktoken_with_config(model_file, {});
 }
 
 }  // namespace cur4llm::tokenize

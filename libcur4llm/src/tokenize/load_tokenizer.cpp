@@ -1,4 +1,4 @@
-// load_tokenizer(folder): tokenizer.json, then tokenizer.model, then
+// load_tokenizer(folder): tokenizer.json, then tokenizer.model (tiktoken or SentencePiece), then
 // vocab.json + merges.txt; tokenizer_config.json decides BOS/EOS where it says.
 
 #include "cur4llm/tokenize/tokenizer.h"
@@ -15,6 +15,8 @@ std::unique_ptr<Tokenizer> load_tokenizer(const std::filesystem::path& folder) {
   const fs::path config = fs::is_regular_file(folder / "tokenizer_config.json") ? folder / "tokenizer_config.json"
                                                                                  : fs::path();
   if (fs::is_regular_file(folder / "tokenizer.json")) return load_tokenizer_json(folder / "tokenizer.json", config);
+  if (fs::is_regular_file(folder / "tokenizer.model") && detail::is_tiktoken_file(folder / "tokenizer.model"))
+    return detail::load_tiktoken_with_config(folder / "tokenizer.model", config);
   if (fs::is_regular_file(folder / "tokenizer.model")) {
     const detail::TokenizerConfig cfg = detail::read_tokenizer_config(config);
     SentencePieceOptions options;  // LLaMA's defaults: BOS, no EOS

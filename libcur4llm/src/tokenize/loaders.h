@@ -43,4 +43,11 @@ std::unique_ptr<tokenize::Tokenizer> load_gpt2_bpe_with_config(const std::filesy
                                                                const std::filesystem::path& merges_txt,
                                                                const std::filesystem::path& config);
 
+/// Whether `path` is a tiktoken rank file ("base64-token rank" lines) rather than a SentencePiece model.
+bool is_tiktoken_file(const std::filesystem::path& path);
+
+/// Llama-3's tiktoken tokenizer.model, with the BOS/EOS overrides of an optional tokenizer_config.json.
+std::unique_ptr<tokenize::Tokenizer> load_tiktoken_with_config(const std::filesystem::path& model_file,
+                                                               const std::filesystem::path& config);
+
 }  // namespace cur4llm::detail

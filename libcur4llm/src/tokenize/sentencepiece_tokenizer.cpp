@@ -25,6 +25,12 @@ namespace {
 namespace spm = sentencepiece;
 
 // The few non-virtual functions of libsentencepiece that are needed, looked up by symbol.
+#if defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define CUR4LLM_CLANG_ASAN 1
+#endif
+#endif
+
 class SentencePieceLibrary {
  public:
   static const SentencePieceLibrary& get() {
@@ -37,6 +43,11 @@ class SentencePieceLibrary {
 
  private:
   SentencePieceLibrary() {
+#if defined(__SANITIZE_ADDRESS__) || defined(CUR4LLM_CLANG_ASAN)
+    // AddressSanitizer refuses RTLD_DEEPBIND, and without it the library's protobuf would clash.
+    throw std::runtime_error("libsentencepiece.so.0 cannot be used in a build with AddressSanitizer "
+                             "(it must be opened with RTLD_DEEPBIND, which the sanitizer does not allow)");
+#endif
     void* handle = dlopen("libsentencepiece.so.0", RTLD_NOW | RTLD_LOCAL | RTLD_DEEPBIND);
     if (!handle) throw std::runtime_error(std::string("cannot load libsentencepiece.so.0: ") + dlerror());
     auto sym = [&](const char* name) {

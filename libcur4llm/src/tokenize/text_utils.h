@@ -34,6 +34,12 @@ uint32_t next_code_point(std::string_view text, size_t& pos);
 /// Whether `cp` is whitespace as Rust's char::is_whitespace says.
 bool is_unicode_whitespace(uint32_t cp);
 
+/// `text` (valid UTF-8) in Unicode Normalization Form C, as tokenizers' NFC normalizer gives it.
+std::string nfc(std::string_view text);
+
+/// The Unicode version of the NFC tables (unicode_nfc.inc).
+const char* unicode_version();
+
 /// GPT-2's reversible map of the 256 byte values to printable code points.
 class ByteLevelMap {
  public:

@@ -3,8 +3,9 @@
 ///
 /// load_tokenizer(folder) picks, in order: tokenizer.json (byte-level BPE as in
 /// GPT-2 / OPT / LLaMA-3 / Qwen2, or SentencePiece-style BPE with byte fallback
-/// as in LLaMA-1/2 and Mistral), tokenizer.model (SentencePiece, through
-/// libsentencepiece), vocab.json + merges.txt (GPT-2 byte-level BPE).
+/// as in LLaMA-1/2 and Mistral), tokenizer.model (Llama-3's tiktoken rank file,
+/// or SentencePiece through libsentencepiece), vocab.json + merges.txt (GPT-2
+/// byte-level BPE).
 /// tokenizer_config.json, when present, decides add_bos_token / add_eos_token.
 
 #include <cstdint>
@@ -51,6 +52,10 @@ std::unique_ptr<Tokenizer> load_tokenizer_json(const std::filesystem::path& toke
 /// GPT-2 style vocab.json + merges.txt (byte-level BPE, GPT-2 split regex, no special tokens added).
 std::unique_ptr<Tokenizer> load_gpt2_bpe(const std::filesystem::path& vocab_json,
                                          const std::filesystem::path& merges_txt);
+
+/// A tiktoken rank file ("base64-token rank" lines, as Llama-3's tokenizer.model): byte-level BPE with
+/// Llama-3's split regex and its 256 special tokens after the ranks; BOS <|begin_of_text|> is added.
+std::unique_ptr<Tokenizer> load_tiktoken(const std::filesystem::path& model_file);
 
 /// Options for a SentencePiece model.
 struct SentencePieceOptions {
