@@ -3,6 +3,7 @@
 // every flag, its status against the reference, and docs/deviations.md for
 // where we differ.
 #include <cur4llm/data/text_data.h>
+#include <cur4llm/dist/group.h>
 #include <cur4llm/io/cache.h>
 #include <cur4llm/eval/tasks.h>
 #include <cur4llm/io/files.h>
@@ -84,7 +85,7 @@ std::string windows_note(const cur4llm::eval::PerplexityResult& r, int64_t seqle
 cur4llm::eval::PerplexityResult dense_perplexity(const cur4llm::model::CausalLM& lm,
                                                  const cur4llm::tokenize::Tokenizer& tokenizer, const std::string& spec,
                                                  const cur4llm::pipeline::EvalOptions& eopts,
-                                                 const cur4llm::pipeline::PipelineOptions& pipe) {
+                                                 const cur4llm::pipeline::PipelineOptions& pipe, bool write_cache) {
   std::optional<fs::path> file;
   cur4llm::io::CacheKey key{"dense_ppl",
                             {{"model_fingerprint", cur4llm::io::model_fingerprint(lm.folder())},
@@ -114,7 +115,7 @@ cur4llm::eval::PerplexityResult dense_perplexity(const cur4llm::model::CausalLM&
     }
   }
   auto r = cur4llm::pipeline::evaluate_dataset(lm, tokenizer, spec, eopts);
-  if (file) {
+  if (file && write_cache) {
     fs::create_directories(pipe.cache_dir);
     const nlohmann::json j = {{"key", key.as_metadata()}, {"ppl", r.perplexity}, {"windows", r.windows}, {"tokens", r.tokens}};
     cur4llm::io::write_file_atomic(*file, j.dump(1) + "\n");
@@ -122,7 +123,7 @@ cur4llm::eval::PerplexityResult dense_perplexity(const cur4llm::model::CausalLM&
   return r;
 }
 
-int run(int argc, char** argv) {
+int run_rank(int argc, char** argv, const std::shared_ptr<cur4llm::dist::Group>& group) {
   cur4llm::util::tune_host_allocator();
   Options o;
   cur4llm::app::PipelineFlags flags;
@@ -184,6 +185,17 @@ int run(int argc, char** argv) {
         fmt::format("--weight_quant must be none, rtn_int8, rtn_int6 or rtn_int4, not \"{}\"", o.weight_quant));
   }
   auto pipe = flags.resolved();
+  if (group->distributed()) {
+    // Every rank runs the same command; rank 0 alone prints results and writes files.
+    std::string command;
+    for (int i = 1; i < argc; ++i) command += std::string(argv[i]) + "\n";
+    group->check_same("the command line", command);
+    pipe.group = group;
+    if (!group->is_root()) {
+      pipe.show_progress = false;
+      if (!std::freopen("/dev/null", "w", stdout)) throw std::runtime_error("cannot silence the output of this rank");
+    }
+  }
 
   // The model first: a wrong --model_id is the error to report, not the data it would have read.
   auto hub = cur4llm::io::HubOptions::from_environment();
@@ -242,7 +254,7 @@ int run(int argc, char** argv) {
   std::map<std::string, double> dense_ppl;
   if (!o.raw_model && !o.skip_dense_eval && !eval_sets.empty()) {
     t0 = std::chrono::steady_clock::now();
-    for (const auto& spec : eval_sets) dense_ppl[spec] = dense_perplexity(*lm, *tokenizer, spec, eopts, pipe).perplexity;
+    for (const auto& spec : eval_sets) dense_ppl[spec] = dense_perplexity(*lm, *tokenizer, spec, eopts, pipe, group->is_root()).perplexity;
     timings.emplace_back("dense_eval_s", seconds_since(t0));
   }
 
@@ -254,9 +266,11 @@ int run(int argc, char** argv) {
     std::cout << plan.table() << std::flush;
     const fs::path plan_file = fs::path(o.output) / cur4llm::pipeline::plan_file_name(
                                                          cur4llm::pipeline::model_label(o.model_id), pipe, result.target_label);
-    fs::create_directories(plan_file.parent_path().empty() ? fs::path(".") : plan_file.parent_path());
-    plan.save(plan_file);
-    fmt::print(stderr, "plan saved to {}\n", plan_file.string());
+    if (group->is_root()) {
+      fs::create_directories(plan_file.parent_path().empty() ? fs::path(".") : plan_file.parent_path());
+      plan.save(plan_file);
+      fmt::print(stderr, "plan saved to {}\n", plan_file.string());
+    }
     record["plan_file"] = plan_file.string();
     record["search"] = {{"cut", result.search_cut}, {"entries", result.search_entries},
                         {"nominal_ratio", result.nominal_ratio}};
@@ -343,9 +357,25 @@ int run(int argc, char** argv) {
   fmt::print(stderr, "time:");
   for (const auto& [stage, s] : timings) fmt::print(stderr, " {} {:.2f} s;", stage_label(stage), s);
   fmt::print(stderr, "\n");
-  cur4llm::io::append_line(results_file, record.dump());
-  fmt::print(stderr, "results appended to {}\n", results_file.string());
+  group->finish();  // every rank got here: the record stands for all of them
+  if (group->is_root()) {
+    cur4llm::io::append_line(results_file, record.dump());
+    fmt::print(stderr, "results appended to {}\n", results_file.string());
+  }
   return 0;
+}
+
+// One process, or one rank of several (docs/distributed.md): a rank's error ends every rank.
+int run(int argc, char** argv) {
+  const auto group = cur4llm::dist::Group::from_environment();
+  try {
+    const int code = run_rank(argc, argv, group);
+    if (code != 0) group->report_failure(fmt::format("acur exited with code {} (a bad command line?)", code));
+    return code;
+  } catch (const std::exception& e) {
+    group->report_failure(e.what());
+    throw;
+  }
 }
 
 }  // namespace
