@@ -20,6 +20,7 @@
 #include <nlohmann/json.hpp>
 
 #include "app_common.h"
+#include "distributed.h"
 #include "pipeline_flags.h"
 
 #include <chrono>
@@ -185,17 +186,7 @@ int run_rank(int argc, char** argv, const std::shared_ptr<cur4llm::dist::Group>&
         fmt::format("--weight_quant must be none, rtn_int8, rtn_int6 or rtn_int4, not \"{}\"", o.weight_quant));
   }
   auto pipe = flags.resolved();
-  if (group->distributed()) {
-    // Every rank runs the same command; rank 0 alone prints results and writes files.
-    std::string command;
-    for (int i = 1; i < argc; ++i) command += std::string(argv[i]) + "\n";
-    group->check_same("the command line", command);
-    pipe.group = group;
-    if (!group->is_root()) {
-      pipe.show_progress = false;
-      if (!std::freopen("/dev/null", "w", stdout)) throw std::runtime_error("cannot silence the output of this rank");
-    }
-  }
+  cur4llm::app::join_pipeline(group, argc, argv, pipe);  // several ranks: rank 0 alone prints and writes
 
   // The model first: a wrong --model_id is the error to report, not the data it would have read.
   auto hub = cur4llm::io::HubOptions::from_environment();
@@ -367,15 +358,7 @@ int run_rank(int argc, char** argv, const std::shared_ptr<cur4llm::dist::Group>&
 
 // One process, or one rank of several (docs/distributed.md): a rank's error ends every rank.
 int run(int argc, char** argv) {
-  const auto group = cur4llm::dist::Group::from_environment();
-  try {
-    const int code = run_rank(argc, argv, group);
-    if (code != 0) group->report_failure(fmt::format("acur exited with code {} (a bad command line?)", code));
-    return code;
-  } catch (const std::exception& e) {
-    group->report_failure(e.what());
-    throw;
-  }
+  return cur4llm::app::run_as_rank("acur", [&](const auto& group) { return run_rank(argc, argv, group); });
 }
 
 }  // namespace
