@@ -203,6 +203,8 @@ int run_rank(int argc, char** argv, const std::shared_ptr<cur4llm::dist::Group>&
 
   cur4llm::model::LoadOptions load;
   load.device = cur4llm::model::parse_device(flags.device);
+  load.device_map = flags.device_map;
+  load.max_memory = flags.max_memory;
   if (!flags.dtype.empty()) load.dtype = cur4llm::model::parse_dtype(flags.dtype);
   load.allow_nonfinite = o.allow_nonfinite;
   const fs::path data_dir = pipe.data_dir.empty() ? cur4llm::data::default_data_dir() : pipe.data_dir;

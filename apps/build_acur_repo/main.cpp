@@ -109,6 +109,8 @@ int run_rank(int argc, char** argv, const std::shared_ptr<cur4llm::dist::Group>&
 
   cur4llm::model::LoadOptions load;
   load.device = cur4llm::model::parse_device(flags.device);
+  load.device_map = flags.device_map;
+  load.max_memory = flags.max_memory;
   if (!flags.dtype.empty()) load.dtype = cur4llm::model::parse_dtype(flags.dtype);
   auto lm = cur4llm::model::CausalLM::load(source, load);
   if (lm->stored_form().acur_format_version > 0) {

@@ -11,6 +11,8 @@ CASE:
   throw     rank 1 fails with an error as the sweep starts: every rank exits non-zero
             and rank 0 prints rank 1's error; nothing is written.
   mismatch  rank 1 has another --alpha: refused at start by every rank.
+  placement one process with --device_map (two "cpu" entries; auto with a --max_memory cap
+            that offloads a layer) gives the resident run's plan, table and perplexity.
 Prints "SKIPPED: ..." (exit 0) when MODEL is absent.
 """
 import json
@@ -93,12 +95,14 @@ def main():
     os.makedirs(work)
     flags = ["--model_id", model, "--calib_dataset", calib_text, "--eval_ppl", eval_text, "--skip_dense_eval"] + extra
 
-    if case == "same":
+    if case in ("same", "placement"):
         reference = None
-        for world in (1, 2, 3):
-            out_dir = os.path.join(work, f"world{world}")
-            cache = os.path.join(work, f"cache{world}")
-            results, _ = launch(acur, flags + ["--use_cache", "--cache_dir", cache], world, out_dir)
+        runs = [(w, []) for w in (1, 2, 3)] if case == "same" else [
+            (1, []), (1, ["--device_map", "cpu=0-0,cpu=1-1"]), (1, ["--device_map", "auto", "--max_memory", "cpu=650KB"])]
+        for index, (world, placement) in enumerate(runs):
+            out_dir = os.path.join(work, f"run{index}")
+            cache = os.path.join(work, f"cache{index}")
+            results, _ = launch(acur, flags + placement + ["--use_cache", "--cache_dir", cache], world, out_dir)
             if any(rc != 0 for rc, _, _ in results):
                 fail(f"{world} ranks: a rank exited non-zero", results)
             plans = [f for f in os.listdir(out_dir) if f.startswith("plan-")]
@@ -138,7 +142,8 @@ def main():
                 got = run["ppl"].get(spec)
                 if got is None or abs(got - ppl) > 1e-6 * ppl:
                     fail(f"{world} ranks: perplexity {got} on {spec}, one process has {ppl}")
-            print(f"{world} ranks: plan, table ({len(run['table'])} entries) and perplexity {run['ppl']} as one process")
+            print(f"{world} ranks {' '.join(placement)}: plan, table ({len(run['table'])} entries) and perplexity "
+                  f"{run['ppl']} as one resident process")
         print("PASS")
         return
 
