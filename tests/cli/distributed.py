@@ -97,8 +97,11 @@ def main():
 
     if case in ("same", "placement"):
         reference = None
+        # With --device cuda among the flags, the placement maps name cuda:0 instead of cpu.
+        dev = "cuda:0" if any(f.startswith("cuda") for f in extra) else "cpu"
         runs = [(w, []) for w in (1, 2, 3)] if case == "same" else [
-            (1, []), (1, ["--device_map", "cpu=0-0,cpu=1-1"]), (1, ["--device_map", "auto", "--max_memory", "cpu=650KB"])]
+            (1, []), (1, ["--device_map", f"{dev}=0-0,{dev}=1-1"]),
+            (1, ["--device_map", "auto", "--max_memory", f"{dev}=650KB"])]
         for index, (world, placement) in enumerate(runs):
             out_dir = os.path.join(work, f"run{index}")
             cache = os.path.join(work, f"cache{index}")

@@ -163,7 +163,7 @@ c10::intrusive_ptr<c10d::TCPStore> connect_store(const LaunchEnvironment& env, b
   c10d::TCPStoreOptions o;
   o.port = static_cast<std::uint16_t>(env.master_port);
   o.isServer = join && env.rank == 0;
-  o.numWorkers = join ? c10::optional<std::size_t>(static_cast<std::size_t>(env.world_size)) : c10::nullopt;
+  if (join) o.numWorkers = static_cast<std::size_t>(env.world_size);  // else unset (c10:: or std::optional by version)
   o.waitWorkers = join;
   o.timeout = to_ms(timeout_s);
   return c10::make_intrusive<c10d::TCPStore>(env.master_addr, o);
