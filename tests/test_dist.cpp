@@ -6,7 +6,9 @@
 #include <cur4llm/dist/group.h>
 #include <cur4llm/dist/work.h>
 #include <cur4llm/model/causal_lm.h>
+#include <cur4llm/pipeline/pipeline.h>
 #include <cur4llm/sensitivity/sensitivity.h>
+#include <cur4llm/tokenize/tokenizer.h>
 
 #include <ATen/ATen.h>
 #include <catch2/catch.hpp>
@@ -52,9 +54,10 @@ std::vector<std::vector<int64_t>> token_samples(int64_t n, int64_t length, int64
   return out;
 }
 
-// Runs f(rank group) for every rank of a `world`-rank group, each rank a thread.
+// Runs f(rank group) for every rank of a `world`-rank group, each rank a thread;
+// returns each rank's error ("" for none).
 template <typename F>
-void run_ranks(int world, F&& f) {
+std::vector<std::string> ranks_errors(int world, F&& f) {
   const int port = free_port();
   std::vector<std::string> errors(static_cast<size_t>(world));
   std::vector<std::thread> threads;
@@ -77,6 +80,12 @@ void run_ranks(int world, F&& f) {
     });
   }
   for (auto& t : threads) t.join();
+  return errors;
+}
+
+template <typename F>
+void run_ranks(int world, F&& f) {
+  const auto errors = ranks_errors(world, std::forward<F>(f));
   for (int rank = 0; rank < world; ++rank) {
     INFO("rank " << rank);
     CHECK(errors[static_cast<size_t>(rank)].empty());
@@ -222,4 +231,58 @@ TEST_CASE("dist: two ranks over Gloo give one process's statistics and sensitivi
       CHECK(std::abs(got[i].score - want[i].score) <= 1e-6 * std::abs(want[i].score));
     }
   }
+}
+
+TEST_CASE("dist: the pipeline refuses ranks whose options differ, and agrees when they do not", "[dist][gloo]") {
+  if (!dist::available()) {
+    WARN("SKIPPED: built without c10d (CUR4LLM_WITH_DIST=OFF)");
+    return;
+  }
+  const auto folder = test::model_dir("tiny-shakespeare-opt");
+  auto options_for = [](int rank, bool differ) {
+    pipeline::PipelineOptions o;
+    o.param_ratio_target = 0.8;
+    o.method = "svd";
+    o.calib_dataset = (test::fixture_dir() / "text" / "shakespeare_tail.txt").string();
+    o.n_calib_samples = 4;
+    o.seqlen = 32;
+    o.batch_size = 2;
+    o.candidates = {0.5, 0.8};
+    o.show_progress = false;
+    o.alpha = differ && rank == 1 ? 0.25 : 0.5;
+    return o;
+  };
+  const auto errors = ranks_errors(2, [&](dist::Group& group) {
+    auto lm = model::CausalLM::load(folder);
+    auto tokenizer = tokenize::load_tokenizer(folder);
+    auto o = options_for(group.rank(), true);
+    o.group = std::shared_ptr<dist::Group>(&group, [](dist::Group*) {});
+    try {
+      pipeline::compress_model(*lm, *tokenizer, o);
+    } catch (...) {
+      // Both ranks refuse at the same point: end in order, so that neither
+      // rank's watchdog sees the other's store go (it would end this process).
+      group.finish();
+      throw;
+    }
+  });
+  for (const auto& e : errors) {
+    CHECK_THAT(e, Catch::Contains("the ranks disagree on the model and the pipeline options") &&
+                      Catch::Contains("rank 1 has \"alpha=0.25\" where rank 0 has \"alpha=0.5\""));
+  }
+
+  // The same options: both ranks reach one process's plan.
+  auto lm = model::CausalLM::load(folder);
+  auto tokenizer = tokenize::load_tokenizer(folder);
+  const auto want = pipeline::compress_model(*lm, *tokenizer, options_for(0, false)).plan.to_json();
+  std::vector<std::string> plans(2);
+  run_ranks(2, [&](dist::Group& group) {
+    auto rank_lm = model::CausalLM::load(folder);
+    auto rank_tokenizer = tokenize::load_tokenizer(folder);
+    auto o = options_for(group.rank(), false);
+    o.group = std::shared_ptr<dist::Group>(&group, [](dist::Group*) {});
+    plans[static_cast<size_t>(group.rank())] = pipeline::compress_model(*rank_lm, *rank_tokenizer, o).plan.to_json();
+  });
+  CHECK(plans[0] == want);
+  CHECK(plans[1] == want);
 }

@@ -477,9 +477,12 @@ PipelineResult compress_model(model::CausalLM& lm, const tokenize::Tokenizer& to
                                              {"use_bos", o.use_bos ? "1" : "0"}};
 
   if (group.distributed()) {
-    // Every rank must run the same model with the same options.
-    std::string same = fmt::format("model_folder={}\n", folder.string());
-    for (const auto& [k, v] : base) same += k + "=" + v + "\n";
+    // Every rank must run the same model (by its fingerprint: the folder may sit elsewhere on
+    // another host) with the same options.
+    std::string same;
+    for (const auto& [k, v] : base) {
+      if (k != "model") same += k + "=" + v + "\n";
+    }
     same += describe_for_ranks(o);
     group.check_same("the model and the pipeline options", same);
   }
