@@ -251,6 +251,7 @@ int run_rank(int argc, char** argv, const std::shared_ptr<cur4llm::dist::Group>&
     timings.emplace_back("dense_eval_s", seconds_since(t0));
   }
 
+  std::optional<std::pair<cur4llm::search::CompressionPlan, fs::path>> plan_to_save;
   if (!o.raw_model) {
     auto result = cur4llm::pipeline::compress_model(*lm, *tokenizer, pipe);
     for (const auto& stage : result.timings) timings.push_back(stage);
@@ -259,7 +260,9 @@ int run_rank(int argc, char** argv, const std::shared_ptr<cur4llm::dist::Group>&
     std::cout << plan.table() << std::flush;
     const fs::path plan_file = fs::path(o.output) / cur4llm::pipeline::plan_file_name(
                                                          cur4llm::pipeline::model_label(o.model_id), pipe, result.target_label);
-    if (group->is_root()) {
+    if (group->distributed()) {
+      plan_to_save = std::make_pair(plan, plan_file);  // written once every rank has finished
+    } else {
       fs::create_directories(plan_file.parent_path().empty() ? fs::path(".") : plan_file.parent_path());
       plan.save(plan_file);
       fmt::print(stderr, "plan saved to {}\n", plan_file.string());
@@ -350,7 +353,13 @@ int run_rank(int argc, char** argv, const std::shared_ptr<cur4llm::dist::Group>&
   fmt::print(stderr, "time:");
   for (const auto& [stage, s] : timings) fmt::print(stderr, " {} {:.2f} s;", stage_label(stage), s);
   fmt::print(stderr, "\n");
-  group->finish();  // every rank got here: the record stands for all of them
+  group->finish();  // every rank got here: the plan and record stand for all of them
+  if (plan_to_save && group->is_root()) {
+    const auto& [plan, plan_file] = *plan_to_save;
+    fs::create_directories(plan_file.parent_path().empty() ? fs::path(".") : plan_file.parent_path());
+    plan.save(plan_file);
+    fmt::print(stderr, "plan saved to {}\n", plan_file.string());
+  }
   if (group->is_root()) {
     cur4llm::io::append_line(results_file, record.dump());
     fmt::print(stderr, "results appended to {}\n", results_file.string());

@@ -8,6 +8,8 @@ CASE:
             (within 1e-6 relative); only rank 0 writes.
   kill      rank 1 is killed as the sweep starts: every rank exits non-zero within
             the time limit, rank 0 names the failure, nothing is written.
+  kill0     rank 0 (the store's host) is killed as the sweep starts: rank 1 exits non-zero
+            naming rank 0 within the time limit.
   throw     rank 1 fails with an error as the sweep starts: every rank exits non-zero
             and rank 0 prints rank 1's error; nothing is written.
   mismatch  rank 1 has another --alpha: refused at start by every rank.
@@ -151,6 +153,17 @@ def main():
         return
 
     out_dir = os.path.join(work, "out")
+    if case == "kill0":
+        results, elapsed = launch(acur, flags, 2, out_dir, extra_env={"CUR4LLM_DIST_FAULT": "kill:0:sweep"})
+        if any(rc == 0 for rc, _, _ in results):
+            fail("a rank exited with 0", results)
+        if not re.search(r"rank 0", results[1][2]):
+            fail("rank 1 does not name rank 0", results)
+        print(f"kill0: every rank exited non-zero in {elapsed:.1f} s; rank 1 said: "
+              + [l for l in results[1][2].splitlines() if "rank" in l][-1])
+        print("PASS")
+        return
+
     if case in ("kill", "throw"):
         results, elapsed = launch(acur, flags, 2, out_dir, extra_env={"CUR4LLM_DIST_FAULT": f"{case}:1:sweep"})
         if any(rc == 0 for rc, _, _ in results):
