@@ -43,3 +43,30 @@ if(CUR4LLM_WITH_HUB AND NOT CURL_FOUND)
   message(FATAL_ERROR "CUR4LLM_WITH_HUB needs libcurl (Debian: libcurl4-openssl-dev); or set -DCUR4LLM_WITH_HUB=OFF")
 endif()
 message(STATUS "cur4llm Hub downloads: ${CUR4LLM_WITH_HUB}")
+
+# Several processes over LibTorch's c10d (TCPStore and Gloo; docs/distributed.md).
+# Debian's LibTorch needs the Gloo headers beside it (libgloo-dev). Without
+# them the library still builds, and WORLD_SIZE > 1 is refused.
+include(CheckCXXSourceCompiles)
+set(CMAKE_REQUIRED_INCLUDES ${TORCH_INCLUDE_DIRS})
+set(CMAKE_REQUIRED_FLAGS "-std=c++17 ${TORCH_CXX_FLAGS}")
+set(CMAKE_REQUIRED_LIBRARIES ${TORCH_LIBRARIES})
+set(CMAKE_REQUIRED_QUIET ON)
+# LibTorch 2.x declares the Gloo group only under USE_C10D_GLOO; linking proves it is there.
+check_cxx_source_compiles("
+#ifndef USE_C10D_GLOO
+#define USE_C10D_GLOO 1
+#endif
+#include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
+#include <torch/csrc/distributed/c10d/TCPStore.hpp>
+int main() { auto device = c10d::ProcessGroupGloo::createDeviceForHostname(\"127.0.0.1\"); return device ? 0 : 1; }"
+  CUR4LLM_C10D_FOUND)
+unset(CMAKE_REQUIRED_INCLUDES)
+unset(CMAKE_REQUIRED_FLAGS)
+unset(CMAKE_REQUIRED_LIBRARIES)
+unset(CMAKE_REQUIRED_QUIET)
+option(CUR4LLM_WITH_DIST "Several processes over c10d (needs LibTorch's c10d and Gloo headers)" ${CUR4LLM_C10D_FOUND})
+if(CUR4LLM_WITH_DIST AND NOT CUR4LLM_C10D_FOUND)
+  message(FATAL_ERROR "CUR4LLM_WITH_DIST needs LibTorch's c10d and Gloo headers (Debian: libgloo-dev); or set -DCUR4LLM_WITH_DIST=OFF")
+endif()
+message(STATUS "cur4llm several processes (c10d): ${CUR4LLM_WITH_DIST}")

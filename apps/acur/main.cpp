@@ -3,6 +3,7 @@
 // every flag, its status against the reference, and docs/deviations.md for
 // where we differ.
 #include <cur4llm/data/text_data.h>
+#include <cur4llm/dist/group.h>
 #include <cur4llm/io/cache.h>
 #include <cur4llm/eval/tasks.h>
 #include <cur4llm/io/files.h>
@@ -21,6 +22,7 @@
 #include <nlohmann/json.hpp>
 
 #include "app_common.h"
+#include "distributed.h"
 #include "pipeline_flags.h"
 
 #include <algorithm>
@@ -88,7 +90,7 @@ std::string windows_note(const cur4llm::eval::PerplexityResult& r, int64_t seqle
 cur4llm::eval::PerplexityResult dense_perplexity(const cur4llm::model::CausalLM& lm,
                                                  const cur4llm::tokenize::Tokenizer& tokenizer, const std::string& spec,
                                                  const cur4llm::pipeline::EvalOptions& eopts,
-                                                 const cur4llm::pipeline::PipelineOptions& pipe) {
+                                                 const cur4llm::pipeline::PipelineOptions& pipe, bool write_cache) {
   std::optional<fs::path> file;
   cur4llm::io::CacheKey key{"dense_ppl",
                             {{"model_fingerprint", cur4llm::io::model_fingerprint(lm.folder())},
@@ -118,7 +120,7 @@ cur4llm::eval::PerplexityResult dense_perplexity(const cur4llm::model::CausalLM&
     }
   }
   auto r = cur4llm::pipeline::evaluate_dataset(lm, tokenizer, spec, eopts);
-  if (file) {
+  if (file && write_cache) {
     try {  // a cache file that cannot be written (a full disk) is not an error of the run
       fs::create_directories(pipe.cache_dir);
       const nlohmann::json j = {{"key", key.as_metadata()}, {"ppl", r.perplexity}, {"windows", r.windows}, {"tokens", r.tokens}};
@@ -130,7 +132,7 @@ cur4llm::eval::PerplexityResult dense_perplexity(const cur4llm::model::CausalLM&
   return r;
 }
 
-int run(int argc, char** argv) {
+int run_rank(int argc, char** argv, const std::shared_ptr<cur4llm::dist::Group>& group) {
   cur4llm::util::tune_host_allocator();
   std::signal(SIGXFSZ, SIG_IGN);  // a file size limit gives a write error (EFBIG), not a core dump
   Options o;
@@ -196,6 +198,7 @@ int run(int argc, char** argv) {
   }
   const bool awq = o.weight_quant != "none" && cur4llm::quant::parse_quant_format(o.weight_quant).activation_aware;
   auto pipe = flags.resolved();
+  cur4llm::app::join_pipeline(group, argc, argv, pipe);  // several ranks: rank 0 alone prints and writes
 
   // The model first: a wrong --model_id is the error to report, not the data it would have read.
   auto hub = cur4llm::io::HubOptions::from_environment();
@@ -212,6 +215,8 @@ int run(int argc, char** argv) {
 
   cur4llm::model::LoadOptions load;
   load.device = cur4llm::model::parse_device(flags.device);
+  load.device_map = flags.device_map;
+  load.max_memory = flags.max_memory;
   if (!flags.dtype.empty()) load.dtype = cur4llm::model::parse_dtype(flags.dtype);
   load.allow_nonfinite = o.allow_nonfinite;
   const fs::path data_dir = pipe.data_dir.empty() ? cur4llm::data::default_data_dir() : pipe.data_dir;
@@ -255,10 +260,11 @@ int run(int argc, char** argv) {
   std::map<std::string, double> dense_ppl;
   if (!o.raw_model && !o.skip_dense_eval && !eval_sets.empty()) {
     t0 = std::chrono::steady_clock::now();
-    for (const auto& spec : eval_sets) dense_ppl[spec] = dense_perplexity(*lm, *tokenizer, spec, eopts, pipe).perplexity;
+    for (const auto& spec : eval_sets) dense_ppl[spec] = dense_perplexity(*lm, *tokenizer, spec, eopts, pipe, group->is_root()).perplexity;
     timings.emplace_back("dense_eval_s", seconds_since(t0));
   }
 
+  std::optional<std::pair<cur4llm::search::CompressionPlan, fs::path>> plan_to_save;
   if (!o.raw_model) {
     auto result = cur4llm::pipeline::compress_model(*lm, *tokenizer, pipe);
     for (const auto& stage : result.timings) timings.push_back(stage);
@@ -267,9 +273,13 @@ int run(int argc, char** argv) {
     std::cout << plan.table() << std::flush;
     const fs::path plan_file = fs::path(o.output) / cur4llm::pipeline::plan_file_name(
                                                          cur4llm::pipeline::model_label(o.model_id), pipe, result.target_label);
-    fs::create_directories(plan_file.parent_path().empty() ? fs::path(".") : plan_file.parent_path());
-    plan.save(plan_file);
-    fmt::print(stderr, "plan saved to {}\n", plan_file.string());
+    if (group->distributed()) {
+      plan_to_save = std::make_pair(plan, plan_file);  // written once every rank has finished
+    } else {
+      fs::create_directories(plan_file.parent_path().empty() ? fs::path(".") : plan_file.parent_path());
+      plan.save(plan_file);
+      fmt::print(stderr, "plan saved to {}\n", plan_file.string());
+    }
     record["plan_file"] = plan_file.string();
     record["search"] = {{"cut", result.search_cut}, {"entries", result.search_entries},
                         {"nominal_ratio", result.nominal_ratio}};
@@ -378,9 +388,23 @@ int run(int argc, char** argv) {
   fmt::print(stderr, "time:");
   for (const auto& [stage, s] : timings) fmt::print(stderr, " {} {:.2f} s;", stage_label(stage), s);
   fmt::print(stderr, "\n");
-  cur4llm::io::append_line(results_file, record.dump());
-  fmt::print(stderr, "results appended to {}\n", results_file.string());
+  group->finish();  // every rank got here: the plan and record stand for all of them
+  if (plan_to_save && group->is_root()) {
+    const auto& [plan, plan_file] = *plan_to_save;
+    fs::create_directories(plan_file.parent_path().empty() ? fs::path(".") : plan_file.parent_path());
+    plan.save(plan_file);
+    fmt::print(stderr, "plan saved to {}\n", plan_file.string());
+  }
+  if (group->is_root()) {
+    cur4llm::io::append_line(results_file, record.dump());
+    fmt::print(stderr, "results appended to {}\n", results_file.string());
+  }
   return 0;
+}
+
+// One process, or one rank of several (docs/distributed.md): a rank's error ends every rank.
+int run(int argc, char** argv) {
+  return cur4llm::app::run_as_rank("acur", [&](const auto& group) { return run_rank(argc, argv, group); });
 }
 
 }  // namespace

@@ -17,6 +17,7 @@
 #include <ATen/ATen.h>
 
 #include "app_common.h"
+#include "distributed.h"
 #include "pipeline_flags.h"
 
 #include <csignal>
@@ -40,7 +41,7 @@ struct Options {
   int64_t limit = -1;
 };
 
-int run(int argc, char** argv) {
+int run_rank(int argc, char** argv, const std::shared_ptr<cur4llm::dist::Group>& group) {
   cur4llm::util::tune_host_allocator();
   std::signal(SIGXFSZ, SIG_IGN);  // a file size limit gives a write error (EFBIG), not a core dump
   Options o;
@@ -81,6 +82,7 @@ int run(int argc, char** argv) {
 
   auto pipe = flags.resolved();
   pipe.plan_file = o.plan;
+  cur4llm::app::join_pipeline(group, argc, argv, pipe);  // several ranks: rank 0 alone prints and writes
   cur4llm::pipeline::validate(pipe);
   cur4llm::repo::ExportOptions eopts;
   eopts.overwrite = o.overwrite;
@@ -103,13 +105,15 @@ int run(int argc, char** argv) {
     if (quant) name += "-" + o.weight_quant;
     return fs::path(o.output) / name;
   };
-  if (pipe.param_ratio_target > 0) cur4llm::io::check_target_free(folder_for(pipe.param_ratio_target), {o.overwrite});
+  if (pipe.param_ratio_target > 0 && group->is_root()) cur4llm::io::check_target_free(folder_for(pipe.param_ratio_target), {o.overwrite});
   auto hub = cur4llm::io::HubOptions::from_environment();
   hub.revision = o.revision;
   const fs::path source = cur4llm::io::resolve_model_id(o.model_id, hub);
 
   cur4llm::model::LoadOptions load;
   load.device = cur4llm::model::parse_device(flags.device);
+  load.device_map = flags.device_map;
+  load.max_memory = flags.max_memory;
   if (!flags.dtype.empty()) load.dtype = cur4llm::model::parse_dtype(flags.dtype);
   auto lm = cur4llm::model::CausalLM::load(source, load);
   if (lm->stored_form().acur_format_version > 0) {
@@ -170,10 +174,17 @@ int run(int argc, char** argv) {
                       {"n_calib_samples", std::to_string(pipe.n_calib_samples)},
                       {"seqlen", std::to_string(pipe.seqlen)}};
   const fs::path folder = folder_for(pipe.param_ratio_target > 0 ? pipe.param_ratio_target : linear_ratio);
+  group->finish();  // every rank got here
+  if (!group->is_root()) return 0;
   const auto written = cur4llm::repo::write_acur_repo(*lm, folder, eopts);
   fmt::print("wrote {}: {} layers described, {} safetensors file(s), {} bytes of weights, {} bytes in all\n",
              written.folder.string(), written.layers, written.shards, written.weight_bytes, written.folder_bytes);
   return 0;
+}
+
+// One process, or one rank of several (docs/distributed.md).
+int run(int argc, char** argv) {
+  return cur4llm::app::run_as_rank("build_acur_repo", [&](const auto& group) { return run_rank(argc, argv, group); });
 }
 
 }  // namespace

@@ -19,6 +19,8 @@ struct PipelineFlags {
   std::string data_dir;
   std::string cache_dir = "cache";
   std::string device = "cpu";
+  std::string device_map;  ///< --device_map (model/device_map.h)
+  std::string max_memory;  ///< --max_memory
   std::string dtype;
   std::string candidates;
   std::string preset = "best";
@@ -94,6 +96,10 @@ inline void add_pipeline_flags(boost::program_options::options_description& ref,
        "let the search compress a tied lm_head too (it then unties from the embedding and its factors count in "
        "full); by default a tied lm_head stays dense and tied, since it stores nothing of its own")
       ("device", po::value(&f.device)->default_value("cpu"), "cpu, cuda or cuda:N")
+      ("device_map", po::value(&f.device_map), "decoder layers over several devices: auto, cuda:0=0-39,cuda:1=40-79, "
+       "or a .json file (docs/distributed.md)")
+      ("max_memory", po::value(&f.max_memory), "with --device_map: what each device may hold, e.g. cuda:0=20GiB,cuda:1=20GiB; "
+       "layers beyond stay in host memory and are copied in to run")
       ("dtype", po::value(&f.dtype)->default_value(""), "fp32, fp16 or bf16 (default: fp32 on CPU, checkpoint's on CUDA)")
       ("seqlen", po::value(&o.seqlen)->default_value(2048), "tokens per sample and per evaluation window")
       ("data_dir", po::value(&f.data_dir)->default_value(""), "datasets folder (default $CUR4LLM_DATA_DIR, else ./data)")

@@ -14,6 +14,8 @@
 #include <c10/core/InferenceMode.h>
 
 #include <fmt/format.h>
+
+#include <cctype>
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
@@ -258,7 +260,8 @@ void CausalLM::populate(Fetch&& fetch, const std::set<std::string>& provided) {
       if (e.linear_weight) slots_in_order.push_back(e);
       continue;
     }
-    at::Tensor value = e.tied_to.empty() ? fetch(e).to(options_.device, dtype_) : others_.at(e.tied_to);
+    const c10::Device home = home_of(e.name);
+    at::Tensor value = e.tied_to.empty() ? fetch(e).to(home, dtype_) : others_.at(e.tied_to).to(home);
     if (e.linear_weight) {
       weights[module_of(e.name)] = value;
       slots_in_order.push_back(e);
@@ -310,6 +313,7 @@ std::unique_ptr<CausalLM> CausalLM::load(const std::filesystem::path& folder, co
   const io::Checkpoint ckpt = io::Checkpoint::open(folder);
   check_layer_count(lm->config_, ckpt, config_path.string());
   lm->arch_ = make_architecture(lm->config_);
+  lm->place();
 
   std::set<std::string> used;  // checkpoint names the model reads
   for (const ExpectedTensor& e : lm->arch_->expected_tensors()) {
@@ -357,7 +361,7 @@ std::unique_ptr<CausalLM> CausalLM::load(const std::filesystem::path& folder, co
                                            config_path.string(), spec.name, spec.out_features, spec.in_features,
                                            out_f, in_f));
     }
-    const CheckpointSlotTensors tensors(ckpt, spec.name, options.device, lm->dtype_, used, options);
+    const CheckpointSlotTensors tensors(ckpt, spec.name, lm->home_of(spec.name + ".weight"), lm->dtype_, used, options);
     LinearPtr slot = find_slot_kind(spec.kind).load(spec, tensors);
     if (!slot || slot->in_features() != in_f || slot->out_features() != out_f) {
       throw std::runtime_error(fmt::format("{}: layer \"{}\" was rebuilt with the wrong shape", config_path.string(),
@@ -376,12 +380,13 @@ std::unique_ptr<CausalLM> CausalLM::random(const ModelConfig& config, const Load
   lm->dtype_ = options.dtype ? *options.dtype : default_dtype(config, options.device);
   check_dtype_supported(options.device, lm->dtype_);
   lm->arch_ = make_architecture(config);
+  lm->place();
   auto gen = at::make_generator<at::CPUGeneratorImpl>(seed);
   lm->populate([&](const ExpectedTensor& e) {
     const bool norm_weight = e.shape.size() == 1 && !e.linear_bias && e.name.find("norm") != std::string::npos &&
                              e.name.compare(e.name.size() - 7, 7, ".weight") == 0;
     // Made directly on the target device and dtype: a 7B-shaped model needs no host copy.
-    const auto opts = at::TensorOptions().device(lm->options_.device).dtype(lm->dtype_);
+    const auto opts = at::TensorOptions().device(lm->home_of(e.name)).dtype(lm->dtype_);
     if (norm_weight) return at::ones(e.shape, opts);
     if (e.shape.size() == 1) return at::zeros(e.shape, opts);
     const double std = 1.0 / std::sqrt(static_cast<double>(e.shape.back()));
@@ -415,14 +420,129 @@ at::Tensor CausalLM::layer(int64_t index, const at::Tensor& hidden) const {
   if (index < 0 || index >= config_.num_layers) {
     throw std::out_of_range(fmt::format("layer {} out of range [0, {})", index, config_.num_layers));
   }
-  return arch_->layer(*this, index, hidden);
+  return run_layer(index, hidden);
+}
+
+namespace {
+
+// The decoder-layer index in a tensor or module name ("model.layers.3.mlp..." -> 3), or -1.
+int64_t layer_of_name(const std::string& name) {
+  const auto at = name.find("layers.");
+  if (at == std::string::npos) return -1;
+  size_t i = at + 7, j = i;
+  while (j < name.size() && std::isdigit(static_cast<unsigned char>(name[j]))) ++j;
+  return j > i ? std::stoll(name.substr(i, j - i)) : -1;
+}
+
+// Tensors after the decoder layers: final norm, lm_head, OPT's project_out.
+bool is_head_side(const std::string& name) {
+  return name.rfind("lm_head", 0) == 0 || name.find("project_out") != std::string::npos ||
+         name.find("final_layer_norm") != std::string::npos || name == "model.norm.weight" || name == "model.norm.bias";
+}
+
+// An offloaded layer's tensors on its device for the guard's lifetime: every
+// slot tensor (LinearSlot::state()) and norm of the layer points at a device
+// copy, and back at the host copy afterwards.
+class OnDevice {
+ public:
+  OnDevice(std::vector<at::Tensor> tensors, c10::Device device) : tensors_(std::move(tensors)) {
+    for (auto& t : tensors_) {
+      host_.push_back(t.detach());
+      t.set_data(host_.back().to(device, /*non_blocking=*/true));
+    }
+  }
+  ~OnDevice() {
+    for (size_t i = 0; i < tensors_.size(); ++i) tensors_[i].set_data(host_[i]);
+  }
+  OnDevice(const OnDevice&) = delete;
+  OnDevice& operator=(const OnDevice&) = delete;
+
+ private:
+  std::vector<at::Tensor> tensors_;
+  std::vector<at::Tensor> host_;
+};
+
+}  // namespace
+
+c10::Device CausalLM::layer_device(int64_t index) const {
+  return placement_ ? placement_->layers.at(static_cast<size_t>(index)) : options_.device;
+}
+
+bool CausalLM::layer_offloaded(int64_t index) const {
+  return placement_ && placement_->offloaded.at(static_cast<size_t>(index));
+}
+
+c10::Device CausalLM::head_device() const { return placement_ ? placement_->head : options_.device; }
+
+c10::Device CausalLM::home_of(const std::string& name) const {
+  if (!placement_) return options_.device;
+  const int64_t layer = layer_of_name(name);
+  if (layer >= 0 && layer < static_cast<int64_t>(placement_->layers.size())) {
+    return placement_->offloaded[static_cast<size_t>(layer)] ? c10::Device(c10::kCPU) : placement_->layers[layer];
+  }
+  return is_head_side(name) ? placement_->head : placement_->embed;
+}
+
+void CausalLM::place() {
+  if (options_.device_map.empty()) {
+    if (!options_.max_memory.empty()) throw std::invalid_argument("--max_memory applies with --device_map");
+    return;
+  }
+  const DeviceMap map = DeviceMap::parse(options_.device_map);
+  PlacementInputs in;
+  in.num_layers = config_.num_layers;
+  const int64_t element = static_cast<int64_t>(c10::elementSize(dtype_));
+  for (const ExpectedTensor& e : arch_->expected_tensors()) {
+    int64_t numel = 1;
+    for (auto d : e.shape) numel *= d;
+    const int64_t layer = layer_of_name(e.name);
+    if (layer == 0) in.layer_bytes += numel * element;
+    else if (layer < 0 && is_head_side(e.name)) in.head_bytes += numel * element;
+    else if (layer < 0) in.embed_bytes += numel * element;
+  }
+  in.budget = options_.max_memory.empty() ? std::map<std::string, int64_t>() : parse_max_memory(options_.max_memory);
+  if (map.automatic) {
+    if (options_.device.is_cuda()) {
+      for (int64_t d = 0; d < static_cast<int64_t>(at::getNumGPUs()); ++d) in.devices.emplace_back(c10::kCUDA, static_cast<c10::DeviceIndex>(d));
+    } else {
+      in.devices.emplace_back(c10::kCPU);
+    }
+  }
+  for (const auto& r : map.ranges) check_dtype_supported(r.device, dtype_);
+  placement_ = plan_placement(map, in);
+  options_.device = placement_->embed;  // token ids go to the embedding
+  if (options_.keep_packed &&
+      std::find(placement_->offloaded.begin(), placement_->offloaded.end(), true) != placement_->offloaded.end()) {
+    // An offloaded layer is copied in through LinearSlot::state(), which a packed slot gives dequantized.
+    throw std::invalid_argument("--keep_packed cannot be combined with layers offloaded to host memory (--max_memory)");
+  }
+}
+
+at::Tensor CausalLM::run_layer(int64_t index, const at::Tensor& hidden) const {
+  if (!placement_) return arch_->layer(*this, index, hidden);
+  const c10::Device device = placement_->layers[static_cast<size_t>(index)];
+  const at::Tensor h = hidden.device() == device ? hidden : hidden.to(device);
+  if (!placement_->offloaded[static_cast<size_t>(index)]) return arch_->layer(*this, index, h);
+  std::vector<at::Tensor> tensors;
+  for (const auto& info : linear_infos_) {
+    if (info.layer != index) continue;
+    for (auto& [key, t] : slots_.at(info.name)->state()) tensors.push_back(t);
+  }
+  for (const auto& [name, t] : others_) {
+    if (layer_of_name(name) == index) tensors.push_back(t);
+  }
+  OnDevice on_device(std::move(tensors), device);
+  return arch_->layer(*this, index, h);
 }
 
 LayerPrefix CausalLM::layer_prefix(int64_t index, const at::Tensor& hidden, LinearRole role) const {
   if (index < 0 || index >= config_.num_layers) {
     throw std::out_of_range(fmt::format("layer {} out of range [0, {})", index, config_.num_layers));
   }
-  return {index, role, arch_->prefix(*this, index, hidden, role)};
+  if (placement_ && placement_->offloaded[static_cast<size_t>(index)]) {
+    throw std::invalid_argument(fmt::format("layer {} is offloaded: it runs whole (CausalLM::layer), not in parts", index));
+  }
+  return {index, role, arch_->prefix(*this, index, hidden.to(layer_device(index)), role)};
 }
 
 at::Tensor CausalLM::layer_resume(const LayerPrefix& prefix) const {
@@ -432,7 +552,9 @@ at::Tensor CausalLM::layer_resume(const LayerPrefix& prefix) const {
   return arch_->resume(*this, prefix.layer, prefix.values);
 }
 
-at::Tensor CausalLM::final_hidden(const at::Tensor& hidden) const { return arch_->final_hidden(*this, hidden); }
+at::Tensor CausalLM::final_hidden(const at::Tensor& hidden) const {
+  return arch_->final_hidden(*this, placement_ ? hidden.to(placement_->head) : hidden);
+}
 
 namespace {
 
@@ -460,7 +582,7 @@ at::Tensor CausalLM::head(const at::Tensor& hidden) const { return logits_slot()
 
 at::Tensor CausalLM::forward(const at::Tensor& input_ids) const {
   auto h = embed(input_ids);
-  for (int64_t i = 0; i < config_.num_layers; ++i) h = arch_->layer(*this, i, h);
+  for (int64_t i = 0; i < config_.num_layers; ++i) h = run_layer(i, h);
   return head(h);
 }
 
@@ -481,6 +603,17 @@ at::Tensor CausalLM::forward_cached(const at::Tensor& input_ids, KVCache& cache,
   if (cache.device() != options_.device) {
     throw std::invalid_argument(fmt::format("forward_cached: the cache is on {}, the model on {}", cache.device().str(),
                                             options_.device.str()));
+  }
+  if (placement_) {
+    bool one_device = placement_->head == options_.device;
+    for (size_t i = 0; i < placement_->layers.size(); ++i) {
+      one_device = one_device && placement_->layers[i] == options_.device && !placement_->offloaded[i];
+    }
+    if (!one_device) {
+      // The cache holds every layer's keys and values on one device.
+      throw std::invalid_argument("forward_cached: the model is placed over several devices or offloads layers "
+                                  "(--device_map, --max_memory); the KV cache needs every layer on one device");
+    }
   }
   const int64_t t = input_ids.size(1);
   const auto long_opts = at::TensorOptions().dtype(at::kLong).device(options_.device);

@@ -5,6 +5,8 @@
 #include <cur4llm/compress/factory.h>
 #include <cur4llm/compress/sequential.h>
 #include <cur4llm/data/text_data.h>
+#include <cur4llm/dist/group.h>
+#include <cur4llm/dist/work.h>
 #include <cur4llm/eval/perplexity.h>
 #include <cur4llm/io/cache.h>
 #include <cur4llm/io/safetensors.h>
@@ -72,6 +74,21 @@ void cache_store(const fs::path& file, Save&& save) {
   }
 }
 
+// A cached artefact is used only when every rank found it (each rank reads the
+// cache; rank 0 alone writes it), so that all ranks take the same path.
+template <typename T>
+std::optional<T> agreed(dist::Group& group, std::optional<T> found) {
+  if (!group.all_true(found.has_value())) found.reset();
+  return found;
+}
+
+// Rank 0's single group when the options name none.
+dist::Group& group_of(const PipelineOptions& o, std::shared_ptr<dist::Group>& holder) {
+  if (o.group) return *o.group;
+  holder = dist::Group::single();
+  return *holder;
+}
+
 std::vector<std::vector<int64_t>> load_samples(const fs::path& file, std::map<std::string, std::string>& meta) {
   io::SafetensorsFile f(file);
   f.verify_data_checksum();
@@ -103,8 +120,10 @@ struct CalibrationStage {
   io::CacheKey key;
   std::vector<std::vector<int64_t>> samples;
 };
+std::string describe_for_ranks(const PipelineOptions& o);
 CalibrationStage calibration_stage(const model::CausalLM& lm, const tokenize::Tokenizer& tokenizer,
-                                   const PipelineOptions& o, int64_t seqlen, const fs::path& data_dir) {
+                                   const PipelineOptions& o, int64_t seqlen, const fs::path& data_dir,
+                                   dist::Group& group) {
   const fs::path folder = lm.folder();
   const std::string fingerprint = folder.empty() ? std::string("random") : io::model_fingerprint(folder);
   const fs::path& cache_dir = o.cache_dir;
@@ -117,11 +136,21 @@ CalibrationStage calibration_stage(const model::CausalLM& lm, const tokenize::To
                                              {"seqlen", std::to_string(seqlen)},
                                              {"seed", std::to_string(o.seed)},
                                              {"use_bos", o.use_bos ? "1" : "0"}};
+  if (group.distributed()) {
+    // Every rank must run the same model (by its fingerprint: the folder may sit elsewhere on
+    // another host) with the same options.
+    std::string same;
+    for (const auto& [k, v] : base) {
+      if (k != "model") same += k + "=" + v + "\n";
+    }
+    same += describe_for_ranks(o);
+    group.check_same("the model and the pipeline options", same);
+  }
   io::CacheKey calib_key{"calib", base};
   const auto calib_text = data::load_text(o.calib_dataset, data::Purpose::Calibration, data_dir);
   calib_key.fields["calib_text_fnv1a"] = io::hex64(io::fnv1a64(calib_text.text));
   const fs::path calib_file = cache_dir / calib_key.file_name("safetensors");
-  auto samples = cache_lookup<std::vector<std::vector<int64_t>>>(o, calib_key, calib_file, load_samples);
+  auto samples = agreed(group, cache_lookup<std::vector<std::vector<int64_t>>>(o, calib_key, calib_file, load_samples));
   if (!samples) {
     data::CalibrationOptions copts;
     copts.n_samples = o.n_calib_samples;
@@ -133,7 +162,9 @@ CalibrationStage calibration_stage(const model::CausalLM& lm, const tokenize::To
                   ? data::sample_alpaca(data::parse_alpaca(calib_text.text, calib_text.files.at(0).string()),
                                         tokenizer, copts)
                   : data::sample_calibration(calib_text.text, tokenizer, copts);
-    if (o.use_cache) cache_store(calib_file, [&] { save_samples(calib_file, *samples, calib_key.as_metadata()); });
+    if (o.use_cache && group.is_root()) {
+      cache_store(calib_file, [&] { save_samples(calib_file, *samples, calib_key.as_metadata()); });
+    }
   }
   return {std::move(calib_key), std::move(*samples)};
 }
@@ -186,17 +217,19 @@ PipelineResult compress_modules_stage(model::CausalLM& lm, const std::vector<std
   stats_fields["gram"] = "1";
   io::CacheKey key{"stats", stats_fields};
   const fs::path file = o.cache_dir / key.file_name("safetensors");
-  auto stats = cache_lookup<calib::ActivationStatistics>(
+  std::shared_ptr<dist::Group> single;
+  dist::Group& group = group_of(o, single);
+  auto stats = agreed(group, cache_lookup<calib::ActivationStatistics>(
       o, key, file, [](const fs::path& p, std::map<std::string, std::string>& meta) {
         return calib::ActivationStatistics::load(p, &meta);
-      });
+      }));
   if (!stats) {
     auto copts = calib::CollectOptions::for_method(calib::parse_scaling_method(o.scaling_method));
     copts.gram = true;
     copts.batch_size = o.batch_size;
     copts.show_progress = o.show_progress;
-    stats = calib::collect_statistics(lm, samples, copts);
-    if (o.use_cache) cache_store(file, [&] { stats->save(file, key.as_metadata()); });
+    stats = dist::collect_statistics(lm, samples, copts, group);
+    if (o.use_cache && group.is_root()) cache_store(file, [&] { stats->save(file, key.as_metadata()); });
   }
   result.timings.emplace_back("statistics_s", seconds_since(t0));
 
@@ -222,16 +255,16 @@ PipelineResult compress_modules_stage(model::CausalLM& lm, const std::vector<std
   io::CacheKey sens_key{"module_sensitivity", sens_fields};
   const fs::path sens_file = o.cache_dir / sens_key.file_name("json");
   if (mopts.allocation == "lagrangian") {
-    cached_table = cache_lookup<search::SensitivityTable>(
+    cached_table = agreed(group, cache_lookup<search::SensitivityTable>(
         o, sens_key, sens_file, [](const fs::path& p, std::map<std::string, std::string>& meta) {
           auto t = search::SensitivityTable::load(p);
           meta = t.meta();
           return t;
-        });
+        }));
     if (cached_table) mopts.sensitivity = &*cached_table;
   }
   auto done = modules::compress_modules(lm, *stats, samples, o.param_ratio_target, mopts);
-  if (mopts.allocation == "lagrangian" && !cached_table && o.use_cache) {
+  if (mopts.allocation == "lagrangian" && !cached_table && o.use_cache && group.is_root()) {
     done.sensitivity.meta() = sens_key.as_metadata();
     cache_store(sens_file, [&] { done.sensitivity.save(sens_file); });
   }
@@ -255,6 +288,23 @@ PipelineResult compress_modules_stage(model::CausalLM& lm, const std::vector<std
     if (o.show_progress) fmt::print(stderr, "warning: {}\n", result.target_note);
   }
   return result;
+}
+
+// The resolved options that decide a run's results, one "name=value" a line.
+std::string describe_for_ranks(const PipelineOptions& o) {
+  std::string cands;
+  for (double r : o.candidates) cands += fmt_double(r) + ",";
+  return fmt::format(
+      "preset={}\nparam_ratio_target={}\nppl_target={}\nkv_cache_ratio_target={}\ncompress_kv_cache={}\nplan_file={}\n"
+      "act_aware={}\nalpha={}\nn_calib_samples={}\ncalib_dataset={}\nscaling_method={}\nsensitivity_metric={}\n"
+      "method={}\ncur_selection={}\ncur_fold_u={}\nsigma_fuse={}\nchannel_selection={}\nridge={}\nsearch={}\n"
+      "candidates={}\nsequential={}\nfinal_cut={}\nlm_head={}\nseed={}\nrank_align={}\nuse_bos={}\nseqlen={}\n"
+      "batch_size={}\nsweep_batch_size={}\nuse_cache={}\n",
+      preset_name(o.preset), o.param_ratio_target, o.ppl_target, o.kv_cache_ratio_target, o.compress_kv_cache,
+      o.plan_file.string(), o.act_aware.value_or(false), o.alpha, o.n_calib_samples, o.calib_dataset, o.scaling_method,
+      o.sensitivity_metric, o.method, o.cur_selection, o.cur_fold_u, o.sigma_fuse, o.channel_selection, o.ridge,
+      o.search, cands, o.sequential.value_or(false), static_cast<int>(o.final_cut), static_cast<int>(o.lm_head), o.seed,
+      o.rank_align, o.use_bos, o.seqlen, o.batch_size, o.sweep_batch_size, o.use_cache);
 }
 
 }  // namespace
@@ -464,7 +514,8 @@ std::vector<std::vector<int64_t>> calibration_samples(const model::CausalLM& lm,
   const PipelineOptions o = resolve(options);
   validate_settings(o);
   const int64_t seqlen = std::min(o.seqlen, lm.config().max_position_embeddings);
-  return calibration_stage(lm, tokenizer, o, seqlen, data_dir_of(o)).samples;
+  std::shared_ptr<dist::Group> single;
+  return calibration_stage(lm, tokenizer, o, seqlen, data_dir_of(o), group_of(o, single)).samples;
 }
 
 PipelineResult compress_model(model::CausalLM& lm, const tokenize::Tokenizer& tokenizer, const PipelineOptions& options) {
@@ -488,9 +539,12 @@ PipelineResult compress_model(model::CausalLM& lm, const tokenize::Tokenizer& to
     result.budget_layers.push_back(info.name);
   }
 
-  // 1. Calibration samples.
+  std::shared_ptr<dist::Group> single;
+  dist::Group& group = group_of(o, single);
+
+  // 1. Calibration samples (every rank of a distributed run checked to run the same model and options).
   auto t0 = Clock::now();
-  auto calib = calibration_stage(lm, tokenizer, o, seqlen, data_dir);
+  auto calib = calibration_stage(lm, tokenizer, o, seqlen, data_dir, group);
   const io::CacheKey& calib_key = calib.key;
   const std::optional<std::vector<std::vector<int64_t>>> samples = std::move(calib.samples);
   const fs::path& cache_dir = o.cache_dir;
@@ -520,10 +574,10 @@ PipelineResult compress_model(model::CausalLM& lm, const tokenize::Tokenizer& to
     t0 = Clock::now();
     io::CacheKey key{"stats", stats_fields};
     const fs::path file = cache_dir / key.file_name("safetensors");
-    auto cached = cache_lookup<calib::ActivationStatistics>(
+    auto cached = agreed(group, cache_lookup<calib::ActivationStatistics>(
         o, key, file, [](const fs::path& p, std::map<std::string, std::string>& meta) {
           return calib::ActivationStatistics::load(p, &meta);
-        });
+        }));
     if (cached) {
       stats = std::move(*cached);
     } else {
@@ -531,8 +585,8 @@ PipelineResult compress_model(model::CausalLM& lm, const tokenize::Tokenizer& to
       copts.gram = gram;
       copts.batch_size = o.batch_size;
       copts.show_progress = o.show_progress;
-      stats = calib::collect_statistics(lm, *samples, copts);
-      if (o.use_cache) cache_store(file, [&] { stats.save(file, key.as_metadata()); });
+      stats = dist::collect_statistics(lm, *samples, copts, group);
+      if (o.use_cache && group.is_root()) cache_store(file, [&] { stats.save(file, key.as_metadata()); });
     }
     scale = [&stats, scaling, alpha = o.alpha, gram](const std::string& layer) {
       return gram ? stats.mean_gram(layer) : stats.scale(layer, scaling, alpha);
@@ -580,17 +634,18 @@ PipelineResult compress_model(model::CausalLM& lm, const tokenize::Tokenizer& to
     }
     io::CacheKey sens_key{"sensitivity", sens_fields};
     const fs::path sens_file = cache_dir / sens_key.file_name("json");
-    auto table = cache_lookup<search::SensitivityTable>(
+    auto table = agreed(group, cache_lookup<search::SensitivityTable>(
         o, sens_key, sens_file, [](const fs::path& p, std::map<std::string, std::string>& meta) {
           auto t = search::SensitivityTable::load(p);
           meta = t.meta();
           return t;
-        });
+        }));
     if (!table) {
-      table = o.sensitivity_metric == "ppl" ? sensitivity::ppl_sensitivity(lm, *samples, *compressor, scale, sweep)
+      // ppl: each rank sweeps a share of the layers; stable_rank is cheap enough for every rank to compute.
+      table = o.sensitivity_metric == "ppl" ? dist::ppl_sensitivity(lm, *samples, *compressor, scale, sweep, group)
                                             : sensitivity::stable_rank_sensitivity(lm, sweep);
       table->meta() = sens_key.as_metadata();
-      if (o.use_cache) cache_store(sens_file, [&] { table->save(sens_file); });
+      if (o.use_cache && group.is_root()) cache_store(sens_file, [&] { table->save(sens_file); });
     }
     result.timings.emplace_back("sensitivity_s", seconds_since(t0));
 

@@ -248,7 +248,9 @@ search::SensitivityTable ppl_sensitivity(model::CausalLM& lm, const std::vector<
       PhaseTimer timer(profile, &SweepProfile::forward_s, device);
       // The part of the slot's layer before it is the same for every candidate:
       // computed once, and queued before waiting for the layer's decomposition.
-      const bool resume = options.reuse_hidden_states && info.layer >= 0 && info.role.has_value();
+      // An offloaded layer runs whole (its weights are brought in for the call), so it is not resumed.
+      const bool resume =
+          options.reuse_hidden_states && info.layer >= 0 && info.role.has_value() && !lm.layer_offloaded(info.layer);
       for (auto& b : batches) {
         b.prefix = resume ? lm.layer_prefix(info.layer, b.hidden, *info.role) : model::LayerPrefix();
       }

@@ -15,6 +15,7 @@
 #include <c10/core/ScalarType.h>
 
 #include <cur4llm/model/config.h>
+#include <cur4llm/model/device_map.h>
 #include <cur4llm/model/linear.h>
 
 #include <filesystem>
@@ -34,6 +35,8 @@ struct LoadOptions {
   std::optional<c10::ScalarType> dtype;           ///< default: float32 on CPU, config's dtype on CUDA
   bool allow_nonfinite = false;                   ///< load weights holding NaN/inf (refused by default)
   bool keep_packed = false;                       ///< packed dense weights stay packed (quant::PackedLinear), not dequantized at load
+  std::string device_map;  ///< "" (everything on `device`), "auto", "cuda:0=0-39,cuda:1=40-79" or a .json file (model/device_map.h)
+  std::string max_memory;  ///< with device_map: bytes each device may hold, "cuda:0=20GiB,cpu=64GiB"; beyond: offloaded
 };
 
 /// The role a Linear plays inside a decoder layer.
@@ -92,7 +95,16 @@ class CausalLM {
   const std::filesystem::path& folder() const { return folder_; }
   /// How the loaded folder was stored.
   const StoredForm& stored_form() const { return stored_form_; }
+  /// Where the embedding runs (with a device map: the first device); token ids go there.
   c10::Device device() const { return options_.device; }
+  /// The placement of a model loaded with LoadOptions::device_map, or null.
+  const Placement* placement() const { return placement_ ? &*placement_ : nullptr; }
+  /// The device decoder layer `index` runs on.
+  c10::Device layer_device(int64_t index) const;
+  /// The device of the final norm and lm_head.
+  c10::Device head_device() const;
+  /// Whether decoder layer `index` is kept in host memory and copied to its device to run.
+  bool layer_offloaded(int64_t index) const;
   c10::ScalarType dtype() const { return dtype_; }
 
   /// Token ids [B, T] (int64, any device) to the hidden states entering layer 0.
@@ -167,6 +179,13 @@ class CausalLM {
   // except the Linear modules in `provided`, whose slots the caller sets.
   template <typename Fetch>
   void populate(Fetch&& fetch, const std::set<std::string>& provided = {});
+  // Resolves options_.device_map for this model (after arch_ and dtype_ are set).
+  void place();
+  // Where the tensor `name` lives: its layer's device, host memory for an
+  // offloaded layer, else the embedding's or the head's device.
+  c10::Device home_of(const std::string& name) const;
+  // Decoder layer `index` on its device (hidden states moved there; an offloaded layer copied in for the call).
+  at::Tensor run_layer(int64_t index, const at::Tensor& hidden) const;
 
   ModelConfig config_;
   std::filesystem::path folder_;
@@ -177,6 +196,7 @@ class CausalLM {
   std::map<std::string, at::Tensor> others_;
   std::map<std::string, LinearPtr> slots_;
   std::vector<LinearInfo> linear_infos_;
+  std::optional<Placement> placement_;
 };
 
 /// Parameter counts of a model as it is now and of the dense model it stands for.

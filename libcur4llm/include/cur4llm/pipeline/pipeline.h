@@ -20,6 +20,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <filesystem>
+#include <memory>
 #include <optional>
 #include <string>
 #include <utility>
@@ -30,6 +31,9 @@ class CausalLM;
 }
 namespace cur4llm::tokenize {
 class Tokenizer;
+}
+namespace cur4llm::dist {
+class Group;
 }
 
 namespace cur4llm::pipeline {
@@ -85,6 +89,7 @@ struct PipelineOptions {
   bool use_cache = false;             ///< reuse samples, statistics and sensitivity from cache_dir
   std::filesystem::path cache_dir = "cache";  ///< where use_cache keeps its files
   bool show_progress = true;          ///< progress lines and cache messages on stderr
+  std::shared_ptr<dist::Group> group; ///< the processes sharing the run (docs/distributed.md); null: this process alone
 };
 
 /// "best" or "reference"; std::invalid_argument naming --preset otherwise.

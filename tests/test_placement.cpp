@@ -1,0 +1,181 @@
+// Placement of a model over several devices: the device map and memory flags,
+// the planned placement, and on the CPU (several "cpu" entries, host offload
+// under a memory cap) the same logits and sensitivity as the resident model.
+#include <cur4llm/compress/factory.h>
+#include <cur4llm/model/causal_lm.h>
+#include <cur4llm/model/device_map.h>
+#include <cur4llm/sensitivity/sensitivity.h>
+
+#include <ATen/ATen.h>
+#include <c10/core/InferenceMode.h>
+#include <catch2/catch.hpp>
+
+#include "test_helpers.h"
+#include "test_paths.h"
+
+#include <filesystem>
+#include <fstream>
+
+using namespace cur4llm;
+using model::DeviceMap;
+using model::PlacementInputs;
+
+namespace {
+
+std::filesystem::path write_temp(const std::string& name, const std::string& text) {
+  const auto p = std::filesystem::temp_directory_path() / name;
+  std::ofstream(p) << text;
+  return p;
+}
+
+PlacementInputs inputs(int64_t layers, std::vector<c10::Device> devices = {}, std::map<std::string, int64_t> budget = {}) {
+  PlacementInputs in;
+  in.num_layers = layers;
+  in.layer_bytes = 10;
+  in.embed_bytes = 5;
+  in.head_bytes = 7;
+  in.devices = std::move(devices);
+  in.budget = std::move(budget);
+  return in;
+}
+
+const c10::Device cuda0("cuda:0"), cuda1("cuda:1"), cpu("cpu");
+
+}  // namespace
+
+TEST_CASE("placement: memory sizes", "[placement]") {
+  CHECK(model::parse_memory_size("20GiB") == 20LL * 1024 * 1024 * 1024);
+  CHECK(model::parse_memory_size("1.5GB") == 1500000000LL);
+  CHECK(model::parse_memory_size("512 MiB") == 512LL * 1024 * 1024);
+  CHECK(model::parse_memory_size("1000") == 1000);
+  CHECK_THROWS_WITH(model::parse_memory_size("12XB"), Catch::Contains("--max_memory") && Catch::Contains("12XB"));
+  CHECK_THROWS_AS(model::parse_memory_size("-3GB"), std::invalid_argument);
+  const auto caps = model::parse_max_memory("cuda:0=20GiB, cpu=1KB");
+  REQUIRE(caps.size() == 2);
+  CHECK(caps.at("cuda:0") == 20LL << 30);
+  CHECK(caps.at("cpu") == 1000);
+  CHECK_THROWS_WITH(model::parse_max_memory("cuda:0"), Catch::Contains("DEVICE=SIZE"));
+  CHECK_THROWS_WITH(model::parse_max_memory("cpu=1KB,cpu=2KB"), Catch::Contains("twice"));
+  CHECK_THROWS_WITH(model::parse_max_memory("tpu:0=1GB"), Catch::Contains("unknown device \"tpu:0\""));
+}
+
+TEST_CASE("placement: device maps as flags and files", "[placement]") {
+  CHECK(DeviceMap::parse("auto").automatic);
+  const auto m = DeviceMap::parse("cuda:0=0-39,cuda:1=40-79");
+  REQUIRE(m.ranges.size() == 2);
+  CHECK(m.ranges[0].device == cuda0);
+  CHECK(m.ranges[0].first == 0);
+  CHECK(m.ranges[0].last == 39);
+  CHECK(m.ranges[1].device == cuda1);
+  CHECK(m.ranges[1].first == 40);
+  const auto two_cpu = DeviceMap::parse("cpu=0-0,cpu=1");
+  REQUIRE(two_cpu.ranges.size() == 2);
+  CHECK(two_cpu.ranges[1].first == 1);
+  CHECK(two_cpu.ranges[1].last == 1);
+  const auto object = DeviceMap::parse(write_temp("cur4llm_map_object.json", R"({"cuda:0": "0-3", "cuda:1": "4-7"})").string());
+  REQUIRE(object.ranges.size() == 2);
+  CHECK(object.ranges[1].device == cuda1);
+  CHECK(object.ranges[1].last == 7);
+  const auto list = DeviceMap::parse(
+      write_temp("cur4llm_map_list.json", R"([{"device": "cpu", "layers": "0-1"}, {"device": "cpu", "layers": "2-3"}])").string());
+  REQUIRE(list.ranges.size() == 2);
+  CHECK(list.ranges[1].first == 2);
+  CHECK_THROWS_WITH(DeviceMap::parse("cpu=3-1"), Catch::Contains("ends before it starts"));
+  CHECK_THROWS_WITH(DeviceMap::parse("gpu=0-1"), Catch::Contains("unknown device \"gpu\""));
+  CHECK_THROWS_WITH(DeviceMap::parse("cpu"), Catch::Contains("DEVICE=A-B"));
+  CHECK_THROWS_WITH(DeviceMap::parse("cpu=a-b"), Catch::Contains("not a layer range"));
+  CHECK_THROWS_AS(DeviceMap::parse(write_temp("cur4llm_map_bad.json", "[1, 2").string()), std::runtime_error);
+  CHECK_THROWS_AS(DeviceMap::parse("/nonexistent/map.json"), std::runtime_error);
+}
+
+TEST_CASE("placement: an explicit map names every layer once; a budget offloads a device's last layers", "[placement]") {
+  auto p = model::plan_placement(DeviceMap::parse("cuda:0=0-1,cuda:1=2-3"), inputs(4));
+  CHECK(p.layers == std::vector<c10::Device>{cuda0, cuda0, cuda1, cuda1});
+  CHECK(p.stage == std::vector<int64_t>{0, 0, 1, 1});
+  CHECK(p.embed == cuda0);
+  CHECK(p.head == cuda1);
+  CHECK(p.num_offloaded() == 0);
+  CHECK(p.describe() == "embed cuda:0; layers 0-1 cuda:0, 2-3 cuda:1; head cuda:1");
+  CHECK_THROWS_WITH(model::plan_placement(DeviceMap::parse("cpu=0-1,cpu=3-3"), inputs(4)),
+                    Catch::Contains("layer 2 is on no device"));
+  CHECK_THROWS_WITH(model::plan_placement(DeviceMap::parse("cpu=0-2,cpu=2-3"), inputs(4)),
+                    Catch::Contains("layer 2 is placed twice"));
+  CHECK_THROWS_WITH(model::plan_placement(DeviceMap::parse("cpu=0-4"), inputs(4)), Catch::Contains("beyond the model's 4"));
+  // cuda:1 holds the head (7) and room for one layer (10) within 20 bytes: layer 3 stays in host memory.
+  p = model::plan_placement(DeviceMap::parse("cuda:0=0-1,cuda:1=2-3"), inputs(4, {}, {{"cuda:1", 20}}));
+  CHECK(p.offloaded == std::vector<bool>{false, false, false, true});
+  CHECK(p.layers[3] == cuda1);
+  CHECK(p.describe() == "embed cuda:0; layers 0-1 cuda:0, 2 cuda:1, 3 cuda:1 (offloaded); head cuda:1");
+}
+
+TEST_CASE("placement: auto spreads the layers by the devices' room", "[placement]") {
+  // No caps: equal shares.
+  auto p = model::plan_placement(DeviceMap::parse("auto"), inputs(5, {cuda0, cuda1}));
+  CHECK(p.layers == std::vector<c10::Device>{cuda0, cuda0, cuda0, cuda1, cuda1});
+  CHECK(p.num_offloaded() == 0);
+  // Room for 6 layers on cuda:0 (5 + 60) and 2 on cuda:1 (7 + 20): 6 and 2.
+  p = model::plan_placement(DeviceMap::parse("auto"), inputs(8, {cuda0, cuda1}, {{"cuda:0", 65}, {"cuda:1", 27}}));
+  CHECK(std::count(p.layers.begin(), p.layers.end(), cuda0) == 6);
+  CHECK(std::count(p.layers.begin(), p.layers.end(), cuda1) == 2);
+  CHECK(p.num_offloaded() == 0);
+  CHECK(p.embed == cuda0);
+  CHECK(p.head == cuda1);
+  // Room for 3 of 8 layers: the 5 others run on the last device from host memory.
+  p = model::plan_placement(DeviceMap::parse("auto"), inputs(8, {cuda0, cuda1}, {{"cuda:0", 25}, {"cuda:1", 17}}));
+  CHECK(p.offloaded == std::vector<bool>{false, false, false, true, true, true, true, true});
+  CHECK(p.layers == std::vector<c10::Device>{cuda0, cuda0, cuda1, cuda1, cuda1, cuda1, cuda1, cuda1});
+  CHECK_THROWS_AS(model::plan_placement(DeviceMap::parse("auto"), inputs(2)), std::invalid_argument);
+}
+
+TEST_CASE("placement: on the CPU, a mapped or offloaded model computes what the resident one does", "[placement]") {
+  const auto folder = test::model_dir("tiny-shakespeare-opt");
+  auto resident = model::CausalLM::load(folder);
+  model::LoadOptions mapped_options;
+  mapped_options.device_map = "cpu=0-0,cpu=1-1";
+  auto mapped = model::CausalLM::load(folder, mapped_options);
+  model::LoadOptions offload_options;
+  offload_options.device_map = "auto";
+  // Embedding and head 374 KB, a layer 200 KB: room for one of the two layers.
+  offload_options.max_memory = "cpu=650KB";
+  auto offloaded = model::CausalLM::load(folder, offload_options);
+
+  CHECK(resident->placement() == nullptr);
+  REQUIRE(mapped->placement() != nullptr);
+  CHECK(mapped->placement()->stage == std::vector<int64_t>{0, 1});
+  CHECK(mapped->placement()->num_offloaded() == 0);
+  REQUIRE(offloaded->placement() != nullptr);
+  INFO(offloaded->placement()->describe());
+  CHECK(offloaded->placement()->num_offloaded() >= 1);
+  CHECK(offloaded->placement()->num_offloaded() < 2);  // the cap leaves room for one layer
+
+  const auto samples = test::make_samples({24, 24, 24}, resident->config().vocab_size, 5);
+  auto ids = at::empty({3, 24}, at::kLong);
+  for (int64_t r = 0; r < 3; ++r) std::copy(samples[r].begin(), samples[r].end(), ids[r].data_ptr<int64_t>());
+  {
+    c10::InferenceMode guard;
+    const auto want = resident->forward(ids);
+    CHECK(mapped->forward(ids).equal(want));
+    CHECK(offloaded->forward(ids).equal(want));
+  }
+  // The offloaded layer's weights are back where they live after the call.
+  const int64_t last = offloaded->num_layers() - 1;
+  CHECK(offloaded->layer_offloaded(last));
+  CHECK(offloaded->dense_linear("model.decoder.layers.1.fc1").weight().is_cpu());
+  CHECK(offloaded->dense_linear("model.decoder.layers.1.fc1").weight().equal(
+      resident->dense_linear("model.decoder.layers.1.fc1").weight()));
+
+  // The sweep: the same table, entry for entry.
+  const auto compressor = compress::make_compressor("svd");
+  sensitivity::SweepOptions sweep;
+  sweep.candidates = {0.5, 0.8};
+  const auto want = sensitivity::ppl_sensitivity(*resident, samples, *compressor, {}, sweep);
+  for (auto* lm : {mapped.get(), offloaded.get()}) {
+    const auto got = sensitivity::ppl_sensitivity(*lm, samples, *compressor, {}, sweep);
+    REQUIRE(got.size() == want.size());
+    for (size_t i = 0; i < got.size(); ++i) {
+      INFO(want.entries()[i].layer << " at " << want.entries()[i].ratio);
+      CHECK(got.entries()[i].layer == want.entries()[i].layer);
+      CHECK(got.entries()[i].score == Approx(want.entries()[i].score).epsilon(1e-9));
+    }
+  }
+}
