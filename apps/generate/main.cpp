@@ -23,12 +23,7 @@ struct Options {
   std::string revision = "main";
   std::vector<std::string> prompts;
   std::string prompt_file;
-  int64_t max_new_tokens = 64;
-  double temperature = 0;
-  int64_t top_k = 0;
-  double top_p = 1;
-  uint64_t seed = 0;
-  std::vector<std::string> stop;
+  cur4llm::generate::GenerateOptions gen;  // the sampling flags land here directly
   bool ignore_eos = false;
   bool keep_packed = false;
   std::string device = "cpu";
@@ -49,12 +44,12 @@ int run(int argc, char** argv) {
       ("prompt", po::value(&o.prompts)->composing(),
        "a prompt (repeat for a batch); an empty one starts from the BOS token")
       ("prompt_file", po::value(&o.prompt_file), "a file whose whole text is one prompt (one final newline dropped)")
-      ("max_new_tokens", po::value(&o.max_new_tokens)->default_value(64), "tokens to generate per prompt at most")
-      ("temperature", po::value(&o.temperature)->default_value(0.0), "0: greedy; > 0: sample at this temperature")
-      ("top_k", po::value(&o.top_k)->default_value(0), "sampling: only the k most likely tokens (0: all)")
-      ("top_p", po::value(&o.top_p)->default_value(1.0), "sampling: the most likely tokens up to this probability")
-      ("seed", po::value(&o.seed)->default_value(0), "sampling: the seed (the same seed gives the same text)")
-      ("stop", po::value(&o.stop)->composing(), "stop a prompt once its text contains this (repeatable)")
+      ("max_new_tokens", po::value(&o.gen.max_new_tokens)->default_value(64), "tokens to generate per prompt at most")
+      ("temperature", po::value(&o.gen.temperature)->default_value(0.0), "0: greedy; > 0: sample at this temperature")
+      ("top_k", po::value(&o.gen.top_k)->default_value(0), "sampling: only the k most likely tokens (0: all)")
+      ("top_p", po::value(&o.gen.top_p)->default_value(1.0), "sampling: the most likely tokens up to this probability")
+      ("seed", po::value(&o.gen.seed)->default_value(0), "sampling: the seed (the same seed gives the same text)")
+      ("stop", po::value(&o.gen.stop)->composing(), "stop a prompt once its text contains this (repeatable)")
       ("ignore_eos", po::bool_switch(&o.ignore_eos), "do not stop at the end-of-sequence token")
       ("device", po::value(&o.device)->default_value("cpu"), "cpu, cuda or cuda:N")
       ("dtype", po::value(&o.dtype)->default_value(""), "fp32, fp16 or bf16 (default: fp32 on the CPU, the config's on CUDA)")
@@ -73,13 +68,7 @@ int run(int argc, char** argv) {
     if (!text.empty() && text.back() == '\n') text.pop_back();
     o.prompts = {text};
   }
-  cur4llm::generate::GenerateOptions g;
-  g.max_new_tokens = o.max_new_tokens;
-  g.temperature = o.temperature;
-  g.top_k = o.top_k;
-  g.top_p = o.top_p;
-  g.seed = o.seed;
-  g.stop = o.stop;
+  cur4llm::generate::GenerateOptions g = o.gen;
   g.stop_at_eos = !o.ignore_eos;
 
   cur4llm::model::LoadOptions load;
