@@ -102,14 +102,15 @@ kill_at() {  # kill_at DELAY FINAL LOG COMMAND...: starts COMMAND, kills it afte
   "$@" > "$log" 2>&1 &
   pid=$!
   sleep "$delay"
-  if kill -9 $pid 2> /dev/null; then
+  kill -9 $pid 2> /dev/null
+  # The exit status tells whether the kill landed: a run that had already finished (a zombie
+  # not yet reaped still accepts the signal) exits with its own status, a killed one with 137.
+  wait $pid 2> /dev/null
+  if [ $? -eq 137 ]; then
     landed=$((landed + 1))
-    wait $pid 2> /dev/null
     [ -e "$final" ] && fail "a killed run left $final" "$log"
-  else
-    wait $pid 2> /dev/null
-    rm -rf "$final"  # it had finished; nothing to check
   fi
+  rm -rf "$final"  # a finished run's folder: nothing to check
   return 0
 }
 build_flags="--act_aware --param_ratio_target 0.8 --method svd --calib_dataset $TEXT --seqlen 64 --n_calib_samples 4"
