@@ -309,4 +309,59 @@ inline int64_t factorize_decoder(model::CausalLM& lm, const std::string& kind, d
   return n;
 }
 
+/// The shape a module method leaves at nominal ratio `ratio` (MLP width, query/key and
+/// value head widths all times `ratio`: every decoder Linear then keeps that share of
+/// its weights), with random dense weights: what a modular-compressed model runs.
+/// Query/key dimensions keep rotary pairs (the first qk/2 of each half of a head).
+/// Returns how many Linears it replaced. restore_layers undoes it.
+inline int64_t narrow_decoder(model::CausalLM& lm, double ratio) {
+  const model::ModelConfig c = lm.config();
+  const auto options = at::TensorOptions().device(lm.device()).dtype(lm.dtype());
+  model::LayerShapes s;
+  s.intermediate_size = std::max<int64_t>(1, std::llround(static_cast<double>(c.intermediate_size) * ratio));
+  s.qk_head_dim = std::max<int64_t>(2, 2 * std::llround(static_cast<double>(c.head_dim) * ratio / 2));
+  s.v_head_dim = std::max<int64_t>(1, std::llround(static_cast<double>(c.head_dim) * ratio));
+  for (int64_t j = 0; j < c.num_kv_heads; ++j) {
+    for (int64_t half = 0; half < 2; ++half) {
+      for (int64_t r = 0; r < s.qk_head_dim / 2; ++r) s.qk_dims.push_back(half * (c.head_dim / 2) + r);
+    }
+  }
+  int64_t n = 0;
+  for (int64_t layer = 0; layer < c.num_layers; ++layer) {
+    std::map<std::string, model::LinearPtr> slots;
+    for (const auto& info : lm.linears()) {
+      if (info.layer != layer) continue;
+      const std::string leaf = info.name.substr(info.name.rfind('.') + 1);
+      int64_t out = info.out_features, in = info.in_features;
+      if (leaf == "q_proj") out = c.num_heads * s.qk_head_dim;
+      if (leaf == "k_proj") out = c.num_kv_heads * s.qk_head_dim;
+      if (leaf == "v_proj") out = c.num_kv_heads * s.v_head_dim;
+      if (leaf == "o_proj" || leaf == "out_proj") in = c.num_heads * s.v_head_dim;
+      if (leaf == "gate_proj" || leaf == "up_proj" || leaf == "fc1") out = s.intermediate_size;
+      if (leaf == "down_proj" || leaf == "fc2") in = s.intermediate_size;
+      const auto* dense = dynamic_cast<const model::DenseLinear*>(lm.linear_ptr(info.name).get());
+      at::Tensor bias;
+      if (dense && dense->bias().defined()) bias = at::zeros({out}, options);
+      auto w = at::randn({out, in}, options) / std::sqrt(static_cast<double>(in));
+      slots[info.name] = std::make_shared<model::DenseLinear>(w, bias);
+      ++n;
+    }
+    lm.reshape_layer(layer, s, slots);
+  }
+  return n;
+}
+
+/// Puts every decoder layer back to the base widths with the given slots (name -> slot,
+/// as saved before any replacement).
+inline void restore_layers(model::CausalLM& lm, const std::map<std::string, model::LinearPtr>& saved) {
+  for (int64_t layer = 0; layer < lm.num_layers(); ++layer) {
+    std::map<std::string, model::LinearPtr> slots;
+    for (const auto& info : lm.linears()) {
+      if (info.layer == layer) slots[info.name] = saved.at(info.name);
+    }
+    lm.reshape_layer(layer, model::LayerShapes{}, slots);
+  }
+  for (const auto& [name, slot] : saved) lm.replace_linear(name, slot);
+}
+
 }  // namespace cur4llm::bench

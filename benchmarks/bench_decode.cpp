@@ -6,7 +6,7 @@
 //
 //   bench_decode --model PATH | --config CONFIG.json
 //                [--device cuda] [--dtype bf16] [--batch 1,16] [--prompt_len 512] [--new_tokens 256]
-//                [--factorize dense,svd:0.6,cur:0.6,packed:rtn_int4] [--iters 1] [--graph 0] [--seed 0]
+//                [--factorize dense,svd:0.6,cur:0.6,narrow:0.8,packed:rtn_int4] [--iters 1] [--graph 0] [--seed 0]
 //
 // Each run: a prefill of --prompt_len random tokens per row, then
 // --new_tokens - 1 greedy decoding steps (the argmax stays on the device; one
@@ -20,6 +20,8 @@
 // rtn_int4) quantizes every dense Linear of the decoder layers and keeps it
 // packed (quant::PackedLinear, as LoadOptions::keep_packed loads a quantized
 // repository): "packed_layers" and "packed_bytes" say what it holds.
+// narrow:RATIO gives every decoder layer the smaller dense shapes a module
+// method leaves (MLP width and query/key/value head widths times RATIO).
 #include "bench_common.h"
 
 #include <cur4llm/model/kv_cache.h>
@@ -51,7 +53,7 @@ int main(int argc, char** argv) try {
   for (const auto& info : lm->linears()) dense_slots[info.name] = lm->linear_ptr(info.name);
 
   for (const auto& spec : args.list("factorize", "dense")) {
-    for (const auto& [name, slot] : dense_slots) lm->replace_linear(name, slot);
+    bench::restore_layers(*lm, dense_slots);
     nlohmann::json base = {{"benchmark", "decode"}, {"source", source}, {"layers", spec}};
     if (spec.rfind("packed:", 0) == 0) {
       const auto format = quant::parse_quant_format(spec.substr(7));
@@ -66,6 +68,8 @@ int main(int argc, char** argv) try {
       }
       base["packed_layers"] = layers;
       base["packed_bytes"] = bytes;
+    } else if (spec.rfind("narrow:", 0) == 0) {
+      base["narrowed_layers"] = bench::narrow_decoder(*lm, std::stod(spec.substr(7)));
     } else if (spec != "dense") {
       const auto colon = spec.find(':');
       if (colon == std::string::npos) throw std::invalid_argument("--factorize KIND:RATIO, e.g. svd:0.6");

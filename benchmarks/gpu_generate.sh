@@ -1,37 +1,76 @@
 #!/usr/bin/env bash
-# Generation on the GPU host: greedy references from transformers' generate()
-# (scripts/generate_reference.py), test_generate with them (its CUDA test
-# included), and decoding throughput (bench_decode) on the LLaMA-7B and
-# OPT-1.3B shapes, batch 1 and 16, prompt 512, 256 new tokens, dense and
-# factorized. Logs, the reference JSON files and JSON lines go to $OUT:
-#   bash benchmarks/gpu_generate.sh <deps-folder> <shared-folder>
-# where <deps-folder> holds ../shared/gpu-deps and <shared-folder> holds data/.
+# Generation on the GPU host: the CUDA tests of generation and packed layers,
+# greedy references from transformers' generate() (scripts/generate_reference.py),
+# and decoding throughput (bench_decode, batch 1 and 16, prompt 512, 256 new
+# tokens, CUDA graphs) on the LLaMA-7B and OPT-1.3B shapes: dense, factorized,
+# module-narrowed and packed, with transformers' generate() on the same card
+# (benchmarks/hf_decode.py). Logs and JSON lines go to $OUT:
+#   bash benchmarks/gpu_generate.sh <deps-folder> <shared-folder> [parts]
+# parts (default "tests refs llama hf prefill opt"); the build is incremental,
+# so a second call on the same machine skips it.
 set -uo pipefail
 deps=${1:?gpu-deps folder}
 shared=${2:?shared folder}
+parts=" ${3:-tests refs llama hf prefill opt} "
 out=${LOG_DIR:-${OUT:-/tmp/cur4llm-out}}
 mkdir -p "$out"
 source "$deps/install.sh" /tmp/cur4llm-deps > /dev/null
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/gpu.txt"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee -a "$out/gpu.txt"
 python3 -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)' | tee -a "$out/gpu.txt"
+t0=$(date +%s)
+stamp() { echo "[$(( $(date +%s) - t0 )) s] $*"; }
 
+if [[ $parts == *" refs "* ]]; then  # CPU, float32: runs beside the build
+  python3 scripts/generate_reference.py --models tests/data/models --extra "$shared/data/models/stories260K-hf" \
+    --out "$out/generate_reference" > "$out/generate_reference.log" 2>&1 &
+  refs_pid=$!
+fi
 build=/tmp/cur4llm-build
 cmake -S . -B $build -G Ninja -DCMAKE_BUILD_TYPE=Release -DCUR4LLM_SHARED_DIR="$(realpath "$shared")" \
   > "$out/configure.log" 2>&1 || { tail -40 "$out/configure.log"; exit 1; }
-cmake --build $build -j16 --target test_generate generate bench_decode > "$out/build.log" 2>&1 ||
+cmake --build $build -j16 --target test_generate test_packed_quant test_model generate bench_decode bench_linear > "$out/build.log" 2>&1 ||
   { grep -E "error|Error" -A5 "$out/build.log" | head -60; exit 1; }
-echo "built"
+stamp "built"
 
-# References (CPU, float32), then the test that compares with them.
-python3 scripts/generate_reference.py --models tests/data/models --extra "$shared/data/models/stories260K-hf" \
-  --out "$out/generate_reference" 2>&1 | tee "$out/generate_reference.log"
-mkdir -p tests/data/generate_reference && cp "$out"/generate_reference/*.json tests/data/generate_reference/
-$build/tests/test_generate -r compact 2>&1 | tail -20 | tee "$out/test_generate.log"
+if [[ $parts == *" tests "* ]]; then
+  for t in test_packed_quant test_generate test_model; do
+    timeout 120 $build/tests/$t "[cuda]" -r compact 2>&1 | tail -4 | tee -a "$out/cuda_tests.log"
+  done
+  stamp "cuda tests"
+fi
+if [[ -n ${refs_pid:-} ]]; then
+  wait $refs_pid; tail -3 "$out/generate_reference.log"
+  mkdir -p tests/data/generate_reference && cp "$out"/generate_reference/*.json tests/data/generate_reference/
+  $build/tests/test_generate -r compact 2>&1 | tail -6 | tee "$out/test_generate.log"
+  stamp "references"
+fi
 
 bench=$build/benchmarks/bench_decode
-{
-  timeout 300 $bench --config benchmarks/configs/llama-7b.json --device cuda --dtype bf16 --batch 1,16 \
-    --prompt_len 512 --new_tokens 256 --factorize dense,svd:0.6,cur:0.6,packed:rtn_int8,packed:rtn_int4 --graph 1
-  timeout 300 $bench --config benchmarks/configs/opt-1.3b.json --device cuda --dtype fp16 --batch 1,16 \
-    --prompt_len 512 --new_tokens 256 --factorize dense,svd:0.6,cur:0.6,packed:rtn_int8,packed:rtn_int4 --graph 1
-} 2>&1 | tee "$out/bench_decode.jsonl"
+run() { timeout "$1" "${@:2}" 2>&1 | tee -a "$out/bench_decode.jsonl"; }
+if [[ $parts == *" llama "* ]]; then
+  run 300 $bench --config benchmarks/configs/llama-7b.json --device cuda --dtype bf16 --batch 1,16 --prompt_len 512 \
+    --new_tokens 256 --graph 1 \
+    --factorize dense,narrow:0.8,narrow:0.7,svd:0.8,svd:0.6,cur:0.6,cur_folded:0.6,packed:rtn_int8,packed:rtn_int4
+  # Where a decoding step's time goes: each LLaMA-7B Linear shape alone, 1 token, graph-replayed.
+  timeout 120 $build/benchmarks/bench_linear --device cuda --dtype bf16 --shapes 4096x4096,4096x11008,11008x4096 \
+    --ratios 0.8,0.6 --tokens 1 --packed rtn_int8,rtn_int4 --decode_iters 300 2>&1 | tee -a "$out/bench_linear.jsonl"
+  stamp "llama"
+fi
+if [[ $parts == *" hf "* ]]; then
+  timeout 150 python3 benchmarks/hf_decode.py --config benchmarks/configs/llama-7b.json --dtype bf16 --batch 1,16 \
+    --prompt_len 512 --new_tokens 256 --cache dynamic,static 2>&1 | grep -v Warning | tee -a "$out/hf_decode.jsonl"
+  stamp "hf"
+fi
+if [[ $parts == *" prefill "* ]]; then
+  run 150 $bench --config benchmarks/configs/llama-7b.json --device cuda --dtype bf16 --batch 1 --prompt_len 2048 \
+    --new_tokens 64 --graph 1 --factorize dense,narrow:0.8,narrow:0.7,svd:0.8
+  run 60 $bench --config benchmarks/configs/opt-125m.json --device cuda --dtype bf16 --batch 1,16 --prompt_len 2048 \
+    --new_tokens 64 --graph 1 --factorize dense,narrow:0.8,narrow:0.7,svd:0.8
+  stamp "prefill"
+fi
+if [[ $parts == *" opt "* ]]; then
+  run 200 $bench --config benchmarks/configs/opt-1.3b.json --device cuda --dtype fp16 --batch 1,16 --prompt_len 512 \
+    --new_tokens 256 --graph 1 \
+    --factorize dense,narrow:0.8,svd:0.8,svd:0.6,cur:0.6,packed:rtn_int8,packed:rtn_int4
+  stamp "opt"
+fi

@@ -182,6 +182,12 @@ TEST_CASE("compress_model: a saved plan rebuilds the model its search made", "[p
   REQUIRE(a.searched);
   CHECK(a.target_label == "ratio0.8");
   REQUIRE(cur4llm::compress::count_layers(a.plan, "svd") > 0);
+  // Every timed stage has its memory peaks, in the same order.
+  REQUIRE(a.memory.size() == a.timings.size());
+  for (std::size_t i = 0; i < a.timings.size(); ++i) {
+    CHECK(a.memory[i].first == a.timings[i].first);
+    CHECK(a.memory[i].second.host_bytes > 0);
+  }
   cur4llm::test::TempDir dir("pipeline_plan");
   a.plan.save(dir / "plan.json");
 
@@ -400,4 +406,31 @@ TEST_CASE("a missed target is reported, not silent", "[pipeline][model]") {
   CHECK_FALSE(result.target_met);
   CHECK(result.budget_ratio > 0.2);
   CHECK_THAT(result.target_note, Catch::Contains("--param_ratio_target 0.2 not reached") && Catch::Contains("--candidates"));
+}
+
+TEST_CASE("memory peaks: a stage's host peak counts what it touched, and the next stage starts afresh", "[pipeline][unit]") {
+  namespace util = cur4llm::util;
+  CHECK(util::format_bytes(512) == "512 B");
+  CHECK(util::format_bytes(3 * 1024 * 1024 / 2) == "1.50 MiB");
+  CHECK(util::format_bytes(int64_t{40} << 30) == "40.0 GiB");
+  CHECK(util::format_bytes(-1) == "?");
+
+  util::reset_memory_peaks();
+  const auto before = util::memory_peaks();
+  REQUIRE(before.host_bytes > 0);
+  constexpr int64_t kBytes = int64_t{256} << 20;
+  {
+    auto t = at::ones({kBytes / 4}, at::kFloat);  // 256 MiB, every page written
+    CHECK(t.sum().item<double>() == Approx(static_cast<double>(kBytes / 4)));
+  }
+  const auto during = util::memory_peaks();
+  CHECK(during.host_bytes >= before.host_bytes + kBytes * 9 / 10);
+  CHECK(during.devices.empty());  // no CUDA device used on this path
+  util::reset_memory_peaks();
+  const auto after = util::memory_peaks();
+  if (!after.host_since_reset) {
+    WARN("SKIPPED: this kernel does not reset the peak resident set (/proc/self/clear_refs)");
+    return;
+  }
+  CHECK(after.host_bytes < during.host_bytes - kBytes / 2);  // the freed tensor is not in the new peak
 }

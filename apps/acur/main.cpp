@@ -15,6 +15,7 @@
 #include <cur4llm/quant/quantize.h>
 #include <cur4llm/repo/acur_repo.h>
 #include <cur4llm/tokenize/tokenizer.h>
+#include <cur4llm/util/memory.h>
 #include <cur4llm/util/host_memory.h>
 
 #include <ATen/ATen.h>
@@ -81,6 +82,31 @@ std::string stage_label(const std::string& key) {
 }
 
 // "(first 20 of 1591 windows)" when --limit cut the evaluation.
+using StagePeaks = std::vector<std::pair<std::string, cur4llm::util::MemoryPeaks>>;
+
+// results.jsonl "peak_memory": stage -> {"host_bytes", "host_since_reset", "cuda:0", ...}.
+nlohmann::json memory_record(const StagePeaks& memory) {
+  nlohmann::json out = nlohmann::json::object();
+  for (const auto& [stage, p] : memory) {
+    nlohmann::json j = {{"host_bytes", p.host_bytes}, {"host_since_reset", p.host_since_reset}};
+    for (const auto& [device, bytes] : p.devices) j[device] = bytes;
+    out[stage] = j;
+  }
+  return out;
+}
+
+// "peak memory: load 1.21 GiB host; statistics 1.30 GiB host, 2.04 GiB cuda:0; ..." on stderr.
+void print_memory(const StagePeaks& memory) {
+  if (memory.empty() || memory.front().second.host_bytes < 0) return;
+  fmt::print(stderr, "peak memory{}:", memory.front().second.host_since_reset ? "" : " (host: since the start)");
+  for (const auto& [stage, p] : memory) {
+    fmt::print(stderr, " {} {} host", stage_label(stage), cur4llm::util::format_bytes(p.host_bytes));
+    for (const auto& [device, bytes] : p.devices) fmt::print(stderr, ", {} {}", cur4llm::util::format_bytes(bytes), device);
+    fmt::print(stderr, ";");
+  }
+  fmt::print(stderr, "\n");
+}
+
 std::string windows_note(const cur4llm::eval::PerplexityResult& r, int64_t seqlen) {
   const int64_t all = seqlen > 0 ? r.tokens / seqlen : r.windows;
   return r.windows < all ? fmt::format(" (first {} of {} windows)", r.windows, all) : std::string();
@@ -229,10 +255,18 @@ int run_rank(int argc, char** argv, const std::shared_ptr<cur4llm::dist::Group>&
   const auto tasks = cur4llm::eval::load_tasks(task_names, data_dir, {o.limit, {}});  // refuses missing data now
 
   std::vector<std::pair<std::string, double>> timings;
+  std::vector<std::pair<std::string, cur4llm::util::MemoryPeaks>> memory;  // each stage's peaks, as timings
   auto t0 = std::chrono::steady_clock::now();
+  // Ends a stage begun at t0: its seconds and peak memory are recorded, the next peak starts.
+  auto stage_done = [&](const char* stage) {
+    timings.emplace_back(stage, seconds_since(t0));
+    memory.emplace_back(stage, cur4llm::util::memory_peaks());
+    cur4llm::util::reset_memory_peaks();
+  };
+  cur4llm::util::reset_memory_peaks();
   auto lm = cur4llm::model::CausalLM::load(folder, load);
   auto tokenizer = cur4llm::tokenize::load_tokenizer(folder);
-  timings.emplace_back("load_s", seconds_since(t0));
+  stage_done("load_s");
   fmt::print(stderr, "loaded {} ({}, {} layers, {}) on {} in {:.1f} s; tokenizer: {}\n", folder.string(),
              lm->config().model_type, lm->num_layers(), c10::toString(lm->dtype()), lm->device().str(),
              timings.back().second, tokenizer->describe());
@@ -261,13 +295,14 @@ int run_rank(int argc, char** argv, const std::shared_ptr<cur4llm::dist::Group>&
   if (!o.raw_model && !o.skip_dense_eval && !eval_sets.empty()) {
     t0 = std::chrono::steady_clock::now();
     for (const auto& spec : eval_sets) dense_ppl[spec] = dense_perplexity(*lm, *tokenizer, spec, eopts, pipe, group->is_root()).perplexity;
-    timings.emplace_back("dense_eval_s", seconds_since(t0));
+    stage_done("dense_eval_s");
   }
 
   std::optional<std::pair<cur4llm::search::CompressionPlan, fs::path>> plan_to_save;
   if (!o.raw_model) {
     auto result = cur4llm::pipeline::compress_model(*lm, *tokenizer, pipe);
     for (const auto& stage : result.timings) timings.push_back(stage);
+    for (const auto& stage : result.memory) memory.push_back(stage);
     auto& plan = result.plan;
     plan.meta()["model_id"] = o.model_id;
     std::cout << plan.table() << std::flush;
@@ -331,7 +366,7 @@ int run_rank(int argc, char** argv, const std::shared_ptr<cur4llm::dist::Group>&
               ? cur4llm::quant::rtn_quantize_model(*lm, cur4llm::quant::parse_quant_format(o.weight_quant))
               : cur4llm::quant::rtn_quantize_model(*lm, o.weight_quant == "rtn_int8" ? 8 : 6);
     }
-    timings.emplace_back("quantize_s", seconds_since(t0));
+    stage_done("quantize_s");
     fmt::print(stderr, "{}: quantized {} weight tensors of the decoder layers\n", o.weight_quant, n);
     record["weight_quant"] = o.weight_quant;
   }
@@ -357,7 +392,7 @@ int run_rank(int argc, char** argv, const std::shared_ptr<cur4llm::dist::Group>&
                      {"eval_s", seconds_since(t1)}};
     if (dense != dense_ppl.end()) results[spec]["dense_ppl"] = dense->second;
   }
-  if (!eval_sets.empty()) timings.emplace_back("eval_s", seconds_since(t0));
+  if (!eval_sets.empty()) stage_done("eval_s");
   record["ppl"] = results;
   if (!tasks.empty()) {
     t0 = std::chrono::steady_clock::now();
@@ -367,11 +402,12 @@ int run_rank(int argc, char** argv, const std::shared_ptr<cur4llm::dist::Group>&
     const auto task_results = cur4llm::eval::evaluate_tasks(*lm, *tokenizer, tasks, sopts);
     std::cout << cur4llm::eval::format_task_table(task_results) << std::flush;
     record["tasks"] = nlohmann::json::parse(cur4llm::eval::task_results_json(task_results));
-    timings.emplace_back("eval_tasks_s", seconds_since(t0));
+    stage_done("eval_tasks_s");
   }
   nlohmann::json timing_record = nlohmann::json::object();
   for (const auto& [stage, s] : timings) timing_record[stage] = s;
   record["timings"] = timing_record;
+  record["peak_memory"] = memory_record(memory);
   std::string candidates_text;  // as the flag takes them; empty: the sweep's own (the reference's)
   for (double r : pipe.candidates) candidates_text += fmt::format("{}{}", candidates_text.empty() ? "" : ",", r);
   nlohmann::json args = {{"preset", cur4llm::pipeline::preset_name(pipe.preset)},
@@ -388,6 +424,7 @@ int run_rank(int argc, char** argv, const std::shared_ptr<cur4llm::dist::Group>&
   fmt::print(stderr, "time:");
   for (const auto& [stage, s] : timings) fmt::print(stderr, " {} {:.2f} s;", stage_label(stage), s);
   fmt::print(stderr, "\n");
+  print_memory(memory);
   group->finish();  // every rank got here: the plan and record stand for all of them
   if (plan_to_save && group->is_root()) {
     const auto& [plan, plan_file] = *plan_to_save;

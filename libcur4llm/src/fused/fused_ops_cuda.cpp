@@ -5,6 +5,7 @@
 #include "fused_kernels.h"
 
 #include <cur4llm/util/fused_kernels.h>
+#include <cur4llm/util/memory.h>
 
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
@@ -437,4 +438,23 @@ PrivateStream::~PrivateStream() {
 }
 
 }  // namespace fused
+
+namespace detail {
+std::vector<std::pair<std::string, int64_t>> device_memory_peaks(bool reset) {
+  std::vector<std::pair<std::string, int64_t>> out;
+  if (!at::cuda::is_available()) return out;
+  const auto count = static_cast<c10::DeviceIndex>(c10::cuda::device_count());
+  for (c10::DeviceIndex i = 0; i < count; ++i) {
+    const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(i);
+    const auto& allocated = stats.allocated_bytes[static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE)];
+    if (allocated.allocated == 0) continue;  // never used: leave its context uncreated
+    if (reset) {
+      c10::cuda::CUDACachingAllocator::resetPeakStats(i);
+    } else {
+      out.emplace_back(fmt::format("cuda:{}", i), allocated.peak);
+    }
+  }
+  return out;
+}
+}  // namespace detail
 }  // namespace cur4llm

@@ -2,6 +2,7 @@
 #include "fused_ops.h"
 
 #include <cur4llm/util/fused_kernels.h>
+#include <cur4llm/util/memory.h>
 
 #include <stdexcept>
 
@@ -12,6 +13,10 @@ bool fused_kernels_built() { return false; }
 bool fused_kernels_enabled() { return false; }
 void set_fused_kernels_enabled(bool) {}
 }  // namespace util
+
+namespace detail {
+std::vector<std::pair<std::string, int64_t>> device_memory_peaks(bool) { return {}; }
+}  // namespace detail
 
 namespace fused {
 namespace {

@@ -39,6 +39,14 @@ using Clock = std::chrono::steady_clock;
 
 double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
 
+// Ends a stage: its seconds and memory peaks go into the result, and the next stage starts here.
+void end_stage(PipelineResult& result, const char* stage, Clock::time_point& t0) {
+  result.timings.emplace_back(stage, seconds_since(t0));
+  result.memory.emplace_back(stage, util::memory_peaks());
+  util::reset_memory_peaks();
+  t0 = Clock::now();
+}
+
 std::string fmt_double(double v) { return fmt::format("{}", v); }
 
 fs::path data_dir_of(const PipelineOptions& o) { return o.data_dir.empty() ? data::default_data_dir() : o.data_dir; }
@@ -211,6 +219,7 @@ search::Allocation allocation_from_plan(const model::CausalLM& lm, const search:
 // Module methods (modules/modules.h): Gram statistics, then the modules' own allocation and decomposition.
 PipelineResult compress_modules_stage(model::CausalLM& lm, const std::vector<std::vector<int64_t>>& samples,
                                       const io::CacheKey& calib_key, const PipelineOptions& o, PipelineResult result) {
+  util::reset_memory_peaks();
   auto t0 = Clock::now();
   auto stats_fields = calib_key.fields;
   stats_fields["scaling_method"] = o.scaling_method;
@@ -231,7 +240,7 @@ PipelineResult compress_modules_stage(model::CausalLM& lm, const std::vector<std
     stats = dist::collect_statistics(lm, samples, copts, group);
     if (o.use_cache && group.is_root()) cache_store(file, [&] { stats->save(file, key.as_metadata()); });
   }
-  result.timings.emplace_back("statistics_s", seconds_since(t0));
+  end_stage(result, "statistics_s", t0);
 
   t0 = Clock::now();
   modules::ModuleOptions mopts;
@@ -268,7 +277,7 @@ PipelineResult compress_modules_stage(model::CausalLM& lm, const std::vector<std
     done.sensitivity.meta() = sens_key.as_metadata();
     cache_store(sens_file, [&] { done.sensitivity.save(sens_file); });
   }
-  result.timings.emplace_back("decompose_s", seconds_since(t0));
+  end_stage(result, "decompose_s", t0);
   result.plan = std::move(done.plan);
   result.dense_calibration_ppl = done.dense_calibration_ppl;
   result.searched = true;
@@ -543,13 +552,14 @@ PipelineResult compress_model(model::CausalLM& lm, const tokenize::Tokenizer& to
   dist::Group& group = group_of(o, single);
 
   // 1. Calibration samples (every rank of a distributed run checked to run the same model and options).
+  util::reset_memory_peaks();
   auto t0 = Clock::now();
   auto calib = calibration_stage(lm, tokenizer, o, seqlen, data_dir, group);
   const io::CacheKey& calib_key = calib.key;
   const std::optional<std::vector<std::vector<int64_t>>> samples = std::move(calib.samples);
   const fs::path& cache_dir = o.cache_dir;
   const auto scaling = calib::parse_scaling_method(o.scaling_method);
-  result.timings.emplace_back("calib_samples_s", seconds_since(t0));
+  end_stage(result, "calib_samples_s", t0);
 
   if (modules::is_module_method(o.method)) return compress_modules_stage(lm, *samples, calib_key, o, std::move(result));
 
@@ -591,7 +601,7 @@ PipelineResult compress_model(model::CausalLM& lm, const tokenize::Tokenizer& to
     scale = [&stats, scaling, alpha = o.alpha, gram](const std::string& layer) {
       return gram ? stats.mean_gram(layer) : stats.scale(layer, scaling, alpha);
     };
-    result.timings.emplace_back("statistics_s", seconds_since(t0));
+    end_stage(result, "statistics_s", t0);
   }
 
   search::Allocation allocation;
@@ -647,7 +657,7 @@ PipelineResult compress_model(model::CausalLM& lm, const tokenize::Tokenizer& to
       table->meta() = sens_key.as_metadata();
       if (o.use_cache && group.is_root()) cache_store(sens_file, [&] { table->save(sens_file); });
     }
-    result.timings.emplace_back("sensitivity_s", seconds_since(t0));
+    end_stage(result, "sensitivity_s", t0);
 
     // 4. Binary search.
     t0 = Clock::now();
@@ -699,7 +709,7 @@ PipelineResult compress_model(model::CausalLM& lm, const tokenize::Tokenizer& to
       result.target_label = o.compress_kv_cache ? fmt::format("kv{}", o.kv_cache_ratio_target)
                                                 : fmt::format("ratio{}", o.param_ratio_target);
     }
-    result.timings.emplace_back("search_s", seconds_since(t0));
+    end_stage(result, "search_s", t0);
     result.searched = true;
     result.search_cut = found.cut;
     result.search_entries = found.num_entries;
@@ -722,7 +732,7 @@ PipelineResult compress_model(model::CausalLM& lm, const tokenize::Tokenizer& to
     aopts.show_progress = o.show_progress;
     result.plan = compress::apply_allocation(lm, allocation, *compressor, scale, aopts);
   }
-  result.timings.emplace_back("decompose_s", seconds_since(t0));
+  end_stage(result, "decompose_s", t0);
   result.plan.meta() = {{"model_id", lm.folder().string()},     {"method", o.method},
                         {"sequential", *o.sequential ? "1" : "0"}, {"act_aware", *o.act_aware ? "1" : "0"},
                         {"alpha", fmt_double(o.alpha)},           {"scaling_method", o.scaling_method},

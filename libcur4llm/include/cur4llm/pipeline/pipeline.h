@@ -16,6 +16,7 @@
 #include <cur4llm/eval/perplexity.h>
 #include <cur4llm/search/binary_search.h>
 #include <cur4llm/search/compression_plan.h>
+#include <cur4llm/util/memory.h>
 
 #include <cstddef>
 #include <cstdint>
@@ -128,6 +129,7 @@ struct PipelineResult {
   bool target_met = true;         ///< false: the target was not reached (see target_note)
   std::string target_note;        ///< for a missed target: what was asked and what was reached, one line
   std::vector<std::pair<std::string, double>> timings;  ///< stage -> seconds, in order
+  std::vector<std::pair<std::string, util::MemoryPeaks>> memory;  ///< stage -> peak host and device memory, as timings
 };
 
 /// Runs the pipeline on `lm` (whose Linear layers must still be dense) with the
