@@ -262,16 +262,26 @@ TEST_CASE("presets: the best configuration by default, the reference's exactly o
   namespace pipeline = cur4llm::pipeline;
   pipeline::PipelineOptions o;
   o.param_ratio_target = 0.8;
+  // A parameter target: narrowed MLPs + whitened SVD, one Lagrangian allocation on the module grid.
   auto best = pipeline::resolve(o);
-  CHECK(best.method == "skeleton_swap");
-  CHECK(*best.sequential);
-  CHECK_FALSE(*best.act_aware);  // skeleton_swap reads the Gram matrix, not an activation scale
+  CHECK(best.method == "mlp_nystrom+svd_whiten");
+  CHECK_FALSE(*best.sequential);  // module methods refit from the dense inputs
+  CHECK_FALSE(*best.act_aware);
   CHECK(best.search == "lagrangian");
-  REQUIRE(best.candidates.size() == 12);
-  CHECK(best.candidates.front() == Approx(0.4));
-  CHECK(best.candidates.back() == Approx(0.95));
+  CHECK(best.candidates == std::vector<double>{0.5, 0.6, 0.7, 0.8, 0.9, 0.95});
   CHECK(best.final_cut == cur4llm::search::FinalCut::kConverged);
   CHECK(best.lm_head == pipeline::LmHeadPolicy::kAuto);
+  CHECK_NOTHROW(pipeline::validate_settings(best));
+
+  // A method on the Gram matrix given by name: the sequential pass and the fine per-layer grid.
+  auto skeleton = o;
+  skeleton.method = "skeleton_swap";
+  const auto skel = pipeline::resolve(skeleton);
+  CHECK(*skel.sequential);
+  CHECK_FALSE(*skel.act_aware);  // skeleton_swap reads the Gram matrix, not an activation scale
+  REQUIRE(skel.candidates.size() == 12);
+  CHECK(skel.candidates.front() == Approx(0.4));
+  CHECK(skel.candidates.back() == Approx(0.95));
 
   // Defaults that do not apply to the method or target give way; explicit values stay.
   auto cur = o;
@@ -282,6 +292,11 @@ TEST_CASE("presets: the best configuration by default, the reference's exactly o
   ppl.param_ratio_target = -1;
   ppl.ppl_target = 30;
   CHECK(pipeline::resolve(ppl).search == "reference");
+  CHECK(pipeline::resolve(ppl).method == "skeleton_swap");  // module methods take a parameter target only
+  CHECK(*pipeline::resolve(ppl).sequential);
+  auto planned = o;
+  planned.plan_file = "plan.json";
+  CHECK(pipeline::resolve(planned).method == "skeleton_swap");
   auto kv = o;
   kv.param_ratio_target = -1;
   kv.compress_kv_cache = true;

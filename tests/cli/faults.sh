@@ -27,7 +27,7 @@ ppl_of() { grep -o 'shakespeare_tail.txt [0-9.]*' "$1" | head -n1; }
 acur_cached() {  # acur_cached LOG [extra flags]: a compression run with --use_cache in $WORK/cache
   log=$1
   shift
-  "$ACUR" --model_id "$MODEL" --act_aware --param_ratio_target 0.8 --calib_dataset "$TEXT" --eval_ppl "$TEXT" \
+  "$ACUR" --model_id "$MODEL" --method skeleton_swap --act_aware --param_ratio_target 0.8 --calib_dataset "$TEXT" --eval_ppl "$TEXT" \
     --seqlen 64 --n_calib_samples 6 --limit 4 --candidates 0.5,0.7,0.9 --use_cache --cache_dir "$WORK/cache" \
     --output "$WORK/out_$(basename "$log" .log)" "$@" > "$log" 2>&1
 }

@@ -39,6 +39,8 @@ using Clock = std::chrono::steady_clock;
 
 double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
 
+constexpr const char* kBestModuleMethod = "mlp_nystrom+svd_whiten";
+
 // Ends a stage: its seconds and memory peaks go into the result, and the next stage starts here.
 void end_stage(PipelineResult& result, const char* stage, Clock::time_point& t0) {
   result.timings.emplace_back(stage, seconds_since(t0));
@@ -329,7 +331,14 @@ std::string preset_name(Preset preset) { return preset == Preset::kBest ? "best"
 PipelineOptions resolve(const PipelineOptions& options) {
   PipelineOptions o = options;
   const bool best = o.preset == Preset::kBest;
-  if (o.method.empty()) o.method = best ? "skeleton_swap" : "cur";
+  const bool ppl_weights = o.sensitivity_metric == "ppl" && !o.compress_kv_cache;
+  if (o.method.empty()) {
+    // The best measured configurations (docs/results.md): for a parameter target, narrowed MLPs
+    // with whitened SVD for the other Linears in one Lagrangian allocation; otherwise (a perplexity
+    // target, a plan file, another sensitivity) skeleton_swap with the sequential pass.
+    const bool module_default = best && ppl_weights && o.param_ratio_target > 0 && o.plan_file.empty();
+    o.method = !best ? "cur" : module_default ? kBestModuleMethod : "skeleton_swap";
+  }
   // Methods on the Gram matrix read no activation scale: act_aware would change nothing for them.
   bool gram = false;
   if (best) {
@@ -342,12 +351,15 @@ PipelineOptions resolve(const PipelineOptions& options) {
   }
   if (!o.act_aware) o.act_aware = best && !gram && !modules::is_module_method(o.method);
   if (!o.sequential) o.sequential = gram;
-  const bool ppl_weights = o.sensitivity_metric == "ppl" && !o.compress_kv_cache;
   if (o.search.empty()) {
     o.search = best && ppl_weights && o.param_ratio_target > 0 && o.plan_file.empty() ? "lagrangian" : "reference";
   }
   if (o.candidates.empty() && best && ppl_weights) {
-    for (int i = 8; i <= 19; ++i) o.candidates.push_back(i / 20.0);  // 0.4, 0.45, ..., 0.95
+    if (modules::is_module_method(o.method)) {
+      o.candidates = {0.5, 0.6, 0.7, 0.8, 0.9, 0.95};  // the grid the module results were measured on
+    } else {
+      for (int i = 8; i <= 19; ++i) o.candidates.push_back(i / 20.0);  // 0.4, 0.45, ..., 0.95
+    }
   }
   if (!best) {
     o.final_cut = search::FinalCut::kReferenceLastMid;
