@@ -96,6 +96,25 @@ TEST_CASE("cached decoding gives the full forward's logits at every position, ev
   }
 }
 
+TEST_CASE("Gemma-2 and Qwen3: cached decoding gives the full forward's logits within 1e-5 (fp32)") {
+  for (const char* name : {"gemma2_softcap", "qwen3_qknorm"}) {
+    INFO(name);
+    auto lm = CausalLM::load(model_dir(name));
+    REQUIRE(lm->config().max_position_embeddings >= 40);
+    check_cached_equals_forward(*lm, 9, 24, 1e-5);
+    check_cached_equals_forward(*lm, 1, 6, 1e-5);
+    check_cached_equals_forward(*lm, 30, 40, 1e-5);
+  }
+  // gemma2_softcap: layers 0 and 2 slide over 5 positions, 1 and 3 see everything; attention scores and
+  // logits are soft-capped. A prefill and decoding both longer than the window, up to the model's 64 positions.
+  auto lm = CausalLM::load(model_dir("gemma2_softcap"));
+  REQUIRE(lm->config().sliding_window == 5);
+  REQUIRE(lm->config().window(0) == 5);
+  REQUIRE(lm->config().window(1) == 0);
+  REQUIRE(lm->config().attn_logit_softcapping > 0);
+  check_cached_equals_forward(*lm, 12, 64, 1e-5);
+}
+
 TEST_CASE("cached decoding through factorized slots and narrowed layers") {
   SECTION("svd slots in every decoder layer") {
     for (const char* name : {"opt_pre", "llama_gqa", "mistral_window"}) {
@@ -201,7 +220,7 @@ TEST_CASE("stories260K: greedy tokens with the cache are those of full forward p
 }
 
 TEST_CASE("a batch of prompts of different lengths gives each prompt what it gives alone") {
-  for (const char* name : {"opt_pre", "llama_gqa", "mistral_window", "qwen2_bias"}) {
+  for (const char* name : {"opt_pre", "llama_gqa", "mistral_window", "qwen2_bias", "qwen3_qknorm", "gemma2_softcap"}) {
     INFO(name);
     auto lm = CausalLM::load(model_dir(name));
     const auto prompts = prompts_of({3, 11, 7, 1}, lm->config().vocab_size);
@@ -438,7 +457,7 @@ TEST_CASE("generation's bad input: long and empty prompts, bad options, a full c
 
 TEST_CASE("CUDA: cached decoding gives the full forward's logits (fp32, bf16)", "[cuda]") {
   CUR4LLM_REQUIRE_CUDA();
-  for (const char* name : {"opt_pre", "llama_gqa", "mistral_window", "qwen2_bias"}) {
+  for (const char* name : {"opt_pre", "llama_gqa", "mistral_window", "qwen2_bias", "qwen3_qknorm", "gemma2_softcap"}) {
     INFO(name);
     model::LoadOptions o;
     o.device = c10::Device(c10::kCUDA);

@@ -17,6 +17,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <fstream>
@@ -400,6 +401,7 @@ TEST_CASE("per-item log-likelihoods and accuracies match the Python reference (f
       {"tiny-shakespeare-opt", cur4llm::test::model_dir("tiny-shakespeare-opt")},
       {"stories260K-hf", *shared / "models" / "stories260K-hf"}};
   int compared = 0;
+  size_t skipped = 0, total = 0;
   for (const auto& [name, folder] : models) {
     const fs::path fixture = cur4llm::test::fixture_dir() / "tasks_reference" / (name + ".json");
     if (!fs::is_regular_file(fixture) || !fs::is_directory(folder)) continue;
@@ -407,6 +409,15 @@ TEST_CASE("per-item log-likelihoods and accuracies match the Python reference (f
     const auto ref = nlohmann::json::parse(in);
     auto lm = cur4llm::model::CausalLM::load(folder);
     auto tok = cur4llm::tokenize::load_tokenizer(folder);
+    // A SentencePiece model without tokenizer.json is tokenized by SentencePiece, which collapses runs of
+    // spaces and drops leading and trailing ones; transformers' converted tokenizer keeps them
+    // (docs/deviations.md). Requests whose text has such spaces have other tokens than the reference's.
+    const bool collapses = tok->encode("a  b ", {false}) == tok->encode("a b", {false});
+    auto spaces_differ = [&](const ev::LoglikelihoodRequest& q) {
+      const std::string text = q.context + q.continuation;
+      return collapses && !text.empty() &&
+             (text.find("  ") != std::string::npos || text.front() == ' ' || text.back() == ' ');
+    };
     ev::ScoreOptions so;
     so.add_special_tokens = ref.value("bos", true);
     ev::TaskLoadOptions o;
@@ -418,8 +429,15 @@ TEST_CASE("per-item log-likelihoods and accuracies match the Python reference (f
       const auto res = ev::evaluate_tasks(*lm, *tok, {task}, so).at(0);
       const auto& items = t.at("items");
       REQUIRE(res.item_scores.size() == items.size());
+      REQUIRE(task.items.size() == items.size());
+      size_t skipped_here = 0;
       for (size_t i = 0; i < items.size(); ++i) {
         INFO("item " << i);
+        const auto& reqs = task.items[i].requests;
+        if (std::any_of(reqs.begin(), reqs.end(), spaces_differ)) {
+          ++skipped_here;
+          continue;
+        }
         const auto& lls = items[i].at("logprobs");
         REQUIRE(res.item_scores[i].results.size() == lls.size());
         for (size_t k = 0; k < lls.size(); ++k) {
@@ -429,10 +447,16 @@ TEST_CASE("per-item log-likelihoods and accuracies match the Python reference (f
         CHECK(res.item_scores[i].acc == items[i].at("acc").get<double>());
         if (items[i].contains("acc_norm")) CHECK(res.item_scores[i].acc_norm == items[i].at("acc_norm").get<double>());
       }
-      CHECK(res.acc.value == Approx(t.at("acc").get<double>()));
+      if (skipped_here == 0) CHECK(res.acc.value == Approx(t.at("acc").get<double>()));
+      skipped += skipped_here;
+      total += items.size();
       ++compared;
     }
   }
+  // stories260K's fixture: PIQA item 1 (a trailing and a double space) and MMLU items 40, 41 and 49 (runs of
+  // spaces in the prompt; 40 and 41 have them outside the 512-token window and would still agree).
+  CHECK(skipped * 50 <= total);
+  if (skipped > 0) WARN(skipped << " items with runs of spaces left out (SentencePiece collapses them)");
   if (compared == 0)
     WARN("SKIPPED: fixture missing (tests/data/tasks_reference/*.json; scripts/tasks_reference.py writes them)");
 }

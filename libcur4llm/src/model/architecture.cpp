@@ -246,7 +246,8 @@ const Rotary& Step::rotary_at(const Rotary& table) {
 
 at::Tensor cached_attention(const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
                             int64_t num_heads, int64_t num_kv_heads, int64_t head_dim, const Rotary* rotary,
-                            int64_t window, int64_t v_head_dim, Step& step, int64_t layer, int64_t qk_head_dim) {
+                            int64_t window, int64_t v_head_dim, Step& step, int64_t layer, int64_t qk_head_dim,
+                            double scale, double softcap) {
   const int64_t b = q_in.size(0), t = q_in.size(1);
   const int64_t dv = v_head_dim > 0 ? v_head_dim : head_dim;
   const int64_t dk = qk_head_dim > 0 ? qk_head_dim : head_dim;
@@ -269,8 +270,8 @@ at::Tensor cached_attention(const at::Tensor& q_in, const at::Tensor& k_in, cons
     q = apply_rotary(q, cos, sin);
     k = apply_rotary(k, cos, sin);
   }
-  // The kernels scale by 1/sqrt(dk); narrowed queries and keys keep 1/sqrt(head_dim).
-  if (dk != head_dim) q = q * std::sqrt(static_cast<double>(dk) / static_cast<double>(head_dim));
+  // Scores are scaled by `scale` (Gemma-2), else 1/sqrt(head_dim), also for narrowed queries and keys.
+  const double s_scale = scale > 0 ? scale : 1.0 / std::sqrt(static_cast<double>(head_dim));
   KVCache& cache = step.cache();
   cache.write(layer, k.transpose(1, 2), v_in.reshape({b, t, num_kv_heads, dv}).transpose(1, 2));
   const int64_t s = cache.length() + t;
@@ -281,15 +282,24 @@ at::Tensor cached_attention(const at::Tensor& q_in, const at::Tensor& k_in, cons
   auto allowed = step.allowed(window);  // [B, 1, T, S]
   if (groups > 1) allowed = allowed.repeat({1, 1, groups, 1});
   at::Tensor out;
-#if TORCH_VERSION_MAJOR >= 2
-  out = at::scaled_dot_product_attention(q4, keys, values, allowed, 0.0, false);
-#else
-  // As causal_attention's eager formulation: softmax in float32 (q already carries any narrowing factor).
-  const double scale = 1.0 / std::sqrt(static_cast<double>(dk));
-  auto scores = at::matmul(q4, keys.transpose(2, 3)) * scale;
-  scores.masked_fill_(at::logical_not(allowed), -std::numeric_limits<double>::infinity());
-  out = at::matmul(at::softmax(scores, -1, at::kFloat).to(q.scalar_type()), values);
+  bool eager = softcap > 0;  // no fused kernel soft-caps
+#if TORCH_VERSION_MAJOR < 2
+  eager = true;
 #endif
+  if (eager) {
+    // As causal_attention's eager formulation: scaled, soft-capped, masked, softmax in float32.
+    auto scores = at::matmul(q4, keys.transpose(2, 3)) * s_scale;
+    if (softcap > 0) scores = at::tanh(scores / softcap) * softcap;
+    scores.masked_fill_(at::logical_not(allowed), -std::numeric_limits<double>::infinity());
+    out = at::matmul(at::softmax(scores, -1, at::kFloat).to(q.scalar_type()), values);
+  } else {
+#if TORCH_VERSION_MAJOR >= 2
+    // The kernel scales by 1/sqrt(dk): another scale goes into q.
+    const double kernel_scale = 1.0 / std::sqrt(static_cast<double>(dk));
+    if (s_scale != kernel_scale) q4 = q4 * (s_scale / kernel_scale);
+    out = at::scaled_dot_product_attention(q4, keys, values, allowed, 0.0, false);
+#endif
+  }
   // [B, kv, groups*T, dv] -> [B, heads, T, dv] -> [B, T, heads*dv]
   return out.reshape({b, num_heads, t, dv}).transpose(1, 2).reshape({b, t, num_heads * dv});
 }

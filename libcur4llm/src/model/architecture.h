@@ -188,10 +188,11 @@ class Step {
 /// the step's cache, and each query attends to the cached keys of its row
 /// that step.allowed(window) lets it see. `rotary` (if given) holds the tables
 /// for positions 0 .. step.rotary_length() - 1 (per KV head where narrowed).
-/// Same conventions otherwise (no soft-capping, the default scale).
+/// Same conventions otherwise, `scale` and `softcap` included (Gemma-2).
 at::Tensor cached_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t num_heads,
                             int64_t num_kv_heads, int64_t head_dim, const Rotary* rotary, int64_t window,
-                            int64_t v_head_dim, Step& step, int64_t layer, int64_t qk_head_dim = 0);
+                            int64_t v_head_dim, Step& step, int64_t layer, int64_t qk_head_dim = 0, double scale = 0,
+                            double softcap = 0);
 
 /// The activation named by config.json ("relu", "silu", "gelu", "gelu_new", ...).
 at::Tensor activation(const std::string& name, const at::Tensor& x);

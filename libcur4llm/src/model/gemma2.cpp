@@ -5,7 +5,8 @@
 // around the MLP); the MLP is GeGLU (gelu_pytorch_tanh); attention is scaled by
 // query_pre_attn_scalar^-1/2, its scores soft-capped, and windowed on the layers
 // layer_types marks "sliding_attention"; the final logits are soft-capped
-// (CausalLM::logits_slot).
+// (CausalLM::logits_slot). Generation reads and extends a KV cache through the
+// same attention (detail::cached_attention, with the scale and the soft cap).
 #include "architecture.h"
 
 #include <fmt/format.h>
@@ -102,9 +103,11 @@ class Gemma2 final : public ValueGraphArchitecture<Gemma2> {
 
   enum Value { kH, kX, kQ, kK, kV, kAttn, kH2, kX2, kGate, kUp, kGated, kCount };
 
-  at::Tensor value(const CausalLM& lm, int64_t i, std::vector<at::Tensor>& v, int index, bool release = false) const {
+  // With `step` (generation), the attention reads and extends its KV cache.
+  at::Tensor value(const CausalLM& lm, int64_t i, std::vector<at::Tensor>& v, int index, bool release = false,
+                   detail::Step* step = nullptr) const {
     if (v[index].defined()) return v[index];
-    auto get = [&](int other) { return value(lm, i, v, other, release); };
+    auto get = [&](int other) { return value(lm, i, v, other, release, step); };
     const LayerNames& n = layers_.at(i);
     at::Tensor t;
     switch (index) {
@@ -113,10 +116,19 @@ class Gemma2 final : public ValueGraphArchitecture<Gemma2> {
       case kK: t = slot(lm, n.k).forward(get(kX)); break;
       case kV: t = slot(lm, n.v).forward(get(kX)); break;
       case kAttn: {
+        const double scale = 1.0 / std::sqrt(c_.query_pre_attn_scalar);
+        if (step) {
+          // Sliding layers see the last window positions through the step's mask; the cache keeps every slot.
+          const detail::Rotary rotary = rotary_for(step->rotary_length(), v[kH].device());
+          t = detail::cached_attention(get(kQ), get(kK), get(kV), c_.num_heads, c_.num_kv_heads, c_.head_dim,
+                                       &rotary, c_.window(i), c_.layer_shape(i).v_head_dim, *step, i,
+                                       /*qk_head_dim=*/0, scale, c_.attn_logit_softcapping);
+          break;
+        }
         const detail::Rotary rotary = rotary_for(v[kH].size(1), v[kH].device());
         t = detail::causal_attention(get(kQ), get(kK), get(kV), c_.num_heads, c_.num_kv_heads, c_.head_dim, &rotary,
-                                     c_.window(i), c_.layer_shape(i).v_head_dim, /*qk_head_dim=*/0,
-                                     1.0 / std::sqrt(c_.query_pre_attn_scalar), c_.attn_logit_softcapping);
+                                     c_.window(i), c_.layer_shape(i).v_head_dim, /*qk_head_dim=*/0, scale,
+                                     c_.attn_logit_softcapping);
         break;
       }
       case kH2: t = v[kH] + rms_norm(tensor(lm, n.post_attn_norm), slot(lm, n.o).forward(get(kAttn))); break;
@@ -148,9 +160,9 @@ class Gemma2 final : public ValueGraphArchitecture<Gemma2> {
     }
   }
 
-  at::Tensor run(const CausalLM& lm, int64_t i, std::vector<at::Tensor>& v) const {
-    auto h2 = value(lm, i, v, kH2, true);
-    auto gated = value(lm, i, v, kGated, true);
+  at::Tensor run(const CausalLM& lm, int64_t i, std::vector<at::Tensor>& v, detail::Step* step = nullptr) const {
+    auto h2 = value(lm, i, v, kH2, true, step);
+    auto gated = value(lm, i, v, kGated, true, step);
     return h2 + rms_norm(tensor(lm, layers_.at(i).post_ffn_norm), slot(lm, layers_.at(i).down).forward(gated));
   }
 
