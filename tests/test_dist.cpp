@@ -286,3 +286,32 @@ TEST_CASE("dist: the pipeline refuses ranks whose options differ, and agrees whe
   CHECK(plans[0] == want);
   CHECK(plans[1] == want);
 }
+
+TEST_CASE("dist: selfgen samples generated in shares by two ranks are one process's samples", "[dist][gloo][selfgen]") {
+  if (!dist::available()) {
+    WARN("SKIPPED: built without c10d (CUR4LLM_WITH_DIST=OFF)");
+    return;
+  }
+  const auto folder = test::model_dir("tiny-shakespeare-opt");
+  pipeline::PipelineOptions o;
+  o.calib_dataset = "selfgen";
+  o.data_dir = test::fixture_dir() / "selfgen";
+  o.n_calib_samples = 5;  // 3 on rank 0, 2 on rank 1
+  o.seqlen = 20;
+  o.show_progress = false;
+  o.method = "cur";
+  const auto lm = model::CausalLM::load(folder);
+  const auto tokenizer = tokenize::load_tokenizer(folder);
+  const auto want = pipeline::calibration_samples(*lm, *tokenizer, o);
+  REQUIRE(want.size() == 5);
+  std::vector<std::vector<std::vector<int64_t>>> got(2);
+  run_ranks(2, [&](dist::Group& group) {
+    auto rank_lm = model::CausalLM::load(folder);
+    auto rank_tokenizer = tokenize::load_tokenizer(folder);
+    auto ro = o;
+    ro.group = std::shared_ptr<dist::Group>(&group, [](dist::Group*) {});
+    got[static_cast<size_t>(group.rank())] = pipeline::calibration_samples(*rank_lm, *rank_tokenizer, ro);
+  });
+  CHECK(got[0] == want);
+  CHECK(got[1] == want);
+}

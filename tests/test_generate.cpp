@@ -361,6 +361,26 @@ TEST_CASE("sampling: a seed gives the same tokens, top_k 1 is greedy, the batch 
   CHECK(k1.sequences[1].tokens == g.sequences[1].tokens);
 }
 
+TEST_CASE("sampling: row_seeds give each prompt its own seed, as that seed alone gives it") {
+  auto lm = CausalLM::load(model_dir("llama_gqa"));
+  const auto prompts = prompts_of({4, 4}, lm->config().vocab_size);
+  auto o = greedy(24);
+  o.temperature = 1.5;
+  auto alone = [&](size_t row, uint64_t seed) {
+    auto one = o;
+    one.row_seeds.clear();
+    one.seed = seed;
+    return generate::generate(*lm, {prompts[row]}, one).sequences[0].tokens;
+  };
+  o.row_seeds = {11, 12};
+  const auto r = generate::generate(*lm, prompts, o);
+  CHECK(r.sequences[0].tokens == alone(0, 11));
+  CHECK(r.sequences[1].tokens == alone(1, 12));
+  CHECK(r.sequences[1].tokens != alone(1, 11));
+  o.row_seeds = {11};
+  CHECK_THROWS_WITH(generate::generate(*lm, prompts, o), Catch::Contains("row_seeds has 1 seeds for 2 prompts"));
+}
+
 TEST_CASE("pick_token: temperature, top_k and top_p on hand-made logits") {
   generate::GenerateOptions o;
   // Greedy: the first maximum.

@@ -54,7 +54,8 @@ inline void add_pipeline_flags(boost::program_options::options_description& ref,
       ("alpha", po::value(&o.alpha)->default_value(0.5), "exponent of the activation scale, >= 0")
       ("n_calib_samples", po::value(&o.n_calib_samples)->default_value(32), "calibration samples")
       ("calib_dataset", po::value(&o.calib_dataset)->default_value("wikitext2"),
-       "wikitext2, ptb, c4 (train split), name:split, or a text file")
+       "wikitext2, ptb, c4 (train split), name:split, a text file, alpaca[:FILE] (instruction records), or "
+       "selfgen[:SPEC] (samples the model generates from the start of each row of wikitext2's train split or SPEC)")
       ("scaling_method", po::value(&o.scaling_method)->default_value("abs_mean"),
        "abs_mean, abs_max, fisher or fisher_abs_mean")
       ("sensitivity_metric", po::value(&o.sensitivity_metric)->default_value("ppl"), "ppl or stable_rank")

@@ -74,7 +74,7 @@ int run(int argc, char** argv) {
        "rtn_int8 or rtn_int6 (per output channel), rtn_int4 (groups of 128 input columns); awq_int8, awq_int4: "
        "the same with activation-aware scales searched on --calib_dataset")
       ("calib_dataset", po::value(&o.calib_dataset)->default_value(""),
-       "awq formats: calibration data (wikitext2, ptb, c4, alpaca, name:split, or a text file)")
+       "awq formats: calibration data (wikitext2, ptb, c4, alpaca, selfgen, name:split, or a text file)")
       ("n_calib_samples", po::value(&o.n_calib_samples)->default_value(32), "awq formats: calibration samples")
       ("seed", po::value(&o.seed)->default_value(233), "awq formats: seed of calibration sampling")
       ("use_bos", po::bool_switch(&o.use_bos), "awq formats: BOS before each calibration sample if the tokenizer adds none")

@@ -24,6 +24,7 @@
 #include <cur4llm/model/kv_cache.h>
 #include <cur4llm/model/linear.h>
 #include <cur4llm/model/slot_registry.h>
+#include <cur4llm/data/selfgen.h>
 #include <cur4llm/data/text_data.h>
 #include <cur4llm/calib/statistics.h>
 #include <cur4llm/compress/apply.h>

@@ -97,23 +97,23 @@ std::string join(const std::vector<std::string>& rows, const std::string& separa
 
 // Hugging Face "wikitext" (wikitext-2-raw-v1): each line is a row, a blank one
 // becomes "", the others keep their "\n".
-std::string join_wikitext(const std::string& raw) {
+std::vector<std::string> wikitext_rows(const std::string& raw) {
   auto rows = python_lines(translate_newlines(raw));
   for (auto& row : rows) {
     if (py_strip(row).empty()) row.clear();
   }
-  return join(rows, "\n\n");
+  return rows;
 }
 
 // Hugging Face "ptb_text_only": each line, stripped, is a sentence.
-std::string join_ptb(const std::string& raw) {
+std::vector<std::string> ptb_rows(const std::string& raw) {
   auto rows = python_lines(translate_newlines(raw));
   for (auto& row : rows) row = py_strip(row);
-  return join(rows, "\n\n");
+  return rows;
 }
 
 // A C4 shard: one JSON object per line; the "text" fields.
-std::string join_c4(const std::string& raw, const fs::path& path) {
+std::vector<std::string> c4_rows(const std::string& raw, const fs::path& path) {
   std::vector<std::string> rows;
   size_t start = 0;
   size_t line_number = 0;
@@ -138,7 +138,7 @@ std::string join_c4(const std::string& raw, const fs::path& path) {
     }
     rows.push_back(text->get<std::string>());
   }
-  return join(rows, "\n\n");
+  return rows;
 }
 
 std::string known_names_list() {
@@ -182,6 +182,21 @@ fs::path default_data_dir() {
 DatasetFile resolve_dataset(const std::string& spec, Purpose purpose, const fs::path& data_dir) {
   const size_t colon = spec.find(':');
   const std::string name = spec.substr(0, colon);
+  if (name == "selfgen") {
+    if (purpose != Purpose::Calibration) {
+      throw std::invalid_argument("dataset '" + spec + "': selfgen is a calibration source, not an evaluation set");
+    }
+    const std::string source = colon == std::string::npos ? "wikitext2" : spec.substr(colon + 1);
+    const std::string source_name = source.substr(0, source.find(':'));
+    if (source_name == "selfgen" || source_name == "alpaca") {
+      throw std::invalid_argument("dataset '" + spec + "': selfgen takes its prompts from the rows of a text dataset "
+                                  "(wikitext2, ptb, c4, or a text file), not from " + source_name);
+    }
+    DatasetFile d = resolve_dataset(source, purpose, data_dir);
+    d.name = "selfgen:" + d.name;
+    d.selfgen = true;
+    return d;
+  }
   if (name == "alpaca") {
     if (purpose != Purpose::Calibration) {
       throw std::invalid_argument("dataset '" + spec + "': alpaca is a calibration source, not an evaluation set");
@@ -243,16 +258,33 @@ TextSource load_text(const std::string& spec, Purpose purpose, const fs::path& d
       source.text = read_file(d.file);  // JSON records: parse_alpaca
       break;
     case DatasetFile::Format::WikiText:
-      source.text = join_wikitext(read_file(d.file));
+      source.text = join(wikitext_rows(read_file(d.file)), "\n\n");
       break;
     case DatasetFile::Format::Ptb:
-      source.text = join_ptb(read_file(d.file));
+      source.text = join(ptb_rows(read_file(d.file)), "\n\n");
       break;
     case DatasetFile::Format::C4:
-      source.text = join_c4(read_gz(d.file), d.file);
+      source.text = join(c4_rows(read_gz(d.file), d.file), "\n\n");
       break;
   }
   return source;
+}
+
+std::vector<std::string> load_rows(const std::string& spec, Purpose purpose, const fs::path& data_dir) {
+  const DatasetFile d = resolve_dataset(spec, purpose, data_dir);
+  switch (d.format) {
+    case DatasetFile::Format::Plain:
+      return python_lines(read_file(d.file));
+    case DatasetFile::Format::Alpaca:
+      break;
+    case DatasetFile::Format::WikiText:
+      return wikitext_rows(read_file(d.file));
+    case DatasetFile::Format::Ptb:
+      return ptb_rows(read_file(d.file));
+    case DatasetFile::Format::C4:
+      return c4_rows(read_gz(d.file), d.file);
+  }
+  throw std::invalid_argument("dataset '" + spec + "': alpaca has instruction records, not rows of text");
 }
 
 std::string py_strip(const std::string& text) {

@@ -141,6 +141,10 @@ GenerateResult generate(const model::CausalLM& lm, const std::vector<std::vector
                         const GenerateOptions& options, const tokenize::Tokenizer* tokenizer) {
   check_options(options, tokenizer);
   if (prompts.empty()) throw std::invalid_argument("generate: no prompts");
+  if (!options.row_seeds.empty() && options.row_seeds.size() != prompts.size()) {
+    throw std::invalid_argument(fmt::format("row_seeds has {} seeds for {} prompts", options.row_seeds.size(),
+                                            prompts.size()));
+  }
   const auto& config = lm.config();
   const std::vector<int64_t> eos = options.eos_token_ids.empty() ? default_eos_ids(lm) : options.eos_token_ids;
   const auto batch = static_cast<int64_t>(prompts.size());
@@ -197,7 +201,9 @@ GenerateResult generate(const model::CausalLM& lm, const std::vector<std::vector
   }
 
   std::vector<std::mt19937_64> generators;
-  for (int64_t b = 0; b < batch; ++b) generators.emplace_back(options.seed);
+  for (int64_t b = 0; b < batch; ++b) {
+    generators.emplace_back(options.row_seeds.empty() ? options.seed : options.row_seeds[static_cast<size_t>(b)]);
+  }
   std::vector<bool> finished(batch, false);
   std::vector<RowText> texts(batch);
   const bool want_text = tokenizer && (options.on_token || !options.stop.empty());

@@ -4,6 +4,7 @@
 #include <cur4llm/compress/apply.h>
 #include <cur4llm/compress/factory.h>
 #include <cur4llm/compress/sequential.h>
+#include <cur4llm/data/selfgen.h>
 #include <cur4llm/data/text_data.h>
 #include <cur4llm/dist/group.h>
 #include <cur4llm/dist/work.h>
@@ -124,6 +125,49 @@ void save_samples(const fs::path& file, const std::vector<std::vector<int64_t>>&
   io::save_safetensors_checked(file, tensors, meta);
 }
 
+// Self-generated samples (data/selfgen.h): each rank generates every world_size-th sample, and
+// the ranks exchange them, so that every rank holds the same set (the one rank 0 alone would make).
+std::vector<std::vector<int64_t>> selfgen_samples(const model::CausalLM& lm, const tokenize::Tokenizer& tokenizer,
+                                                  const PipelineOptions& o, const data::CalibrationOptions& copts,
+                                                  const fs::path& data_dir, dist::Group& group) {
+  const auto rows = data::load_rows(o.calib_dataset, data::Purpose::Calibration, data_dir);
+  const auto prompts = data::selfgen_prompts(rows, tokenizer, copts);
+  const auto world = static_cast<size_t>(group.world_size());
+  std::vector<data::SelfGenPrompt> mine;
+  for (size_t k = static_cast<size_t>(group.rank()); k < prompts.size(); k += world) mine.push_back(prompts[k]);
+  data::SelfGenOptions sopts;
+  sopts.show_progress = o.show_progress;
+  auto part = data::generate_selfgen(lm, mine, copts, sopts);
+  if (!group.distributed()) return part;
+  std::string bytes;
+  for (const auto& sample : part) {
+    const auto len = static_cast<int64_t>(sample.size());
+    bytes.append(reinterpret_cast<const char*>(&len), sizeof len);
+    bytes.append(reinterpret_cast<const char*>(sample.data()), sample.size() * sizeof(int64_t));
+  }
+  const auto gathered = group.all_gather(bytes);
+  std::vector<std::vector<int64_t>> samples(prompts.size());
+  for (size_t r = 0; r < gathered.size(); ++r) {
+    size_t pos = 0;
+    for (size_t k = r; k < prompts.size(); k += world) {
+      int64_t len = 0;
+      if (pos + sizeof len > gathered[r].size()) {
+        throw std::runtime_error(fmt::format("selfgen: rank {} sent too few samples", r));
+      }
+      std::copy_n(gathered[r].data() + pos, sizeof len, reinterpret_cast<char*>(&len));
+      pos += sizeof len;
+      const size_t n_bytes = static_cast<size_t>(len) * sizeof(int64_t);
+      if (len < 0 || pos + n_bytes > gathered[r].size()) {
+        throw std::runtime_error(fmt::format("selfgen: a truncated sample from rank {}", r));
+      }
+      samples[k].resize(static_cast<size_t>(len));
+      std::copy_n(gathered[r].data() + pos, n_bytes, reinterpret_cast<char*>(samples[k].data()));
+      pos += n_bytes;
+    }
+  }
+  return samples;
+}
+
 // The calibration samples of `o` (read from its cache when use_cache is set) and their cache key,
 // whose fields the later stages' keys extend.
 struct CalibrationStage {
@@ -167,11 +211,15 @@ CalibrationStage calibration_stage(const model::CausalLM& lm, const tokenize::To
     copts.seqlen = seqlen;
     copts.seed = o.seed;
     copts.use_bos = o.use_bos;
-    const auto format = data::resolve_dataset(o.calib_dataset, data::Purpose::Calibration, data_dir).format;
-    samples = format == data::DatasetFile::Format::Alpaca
-                  ? data::sample_alpaca(data::parse_alpaca(calib_text.text, calib_text.files.at(0).string()),
-                                        tokenizer, copts)
-                  : data::sample_calibration(calib_text.text, tokenizer, copts);
+    const auto resolved = data::resolve_dataset(o.calib_dataset, data::Purpose::Calibration, data_dir);
+    if (resolved.selfgen) {
+      samples = selfgen_samples(lm, tokenizer, o, copts, data_dir, group);
+    } else if (resolved.format == data::DatasetFile::Format::Alpaca) {
+      samples = data::sample_alpaca(data::parse_alpaca(calib_text.text, calib_text.files.at(0).string()), tokenizer,
+                                    copts);
+    } else {
+      samples = data::sample_calibration(calib_text.text, tokenizer, copts);
+    }
     if (o.use_cache && group.is_root()) {
       cache_store(calib_file, [&] { save_samples(calib_file, *samples, calib_key.as_metadata()); });
     }

@@ -9,6 +9,9 @@
 ///   ptb/ptb.{train,valid,test}.txt
 ///   c4/c4-{train,validation}.*.json.gz   (or .json, one JSON object per line)
 ///   alpaca/alpaca_data.json              (calibration only: "alpaca", or "alpaca:FILE")
+/// "selfgen" (or "selfgen:SPEC") is a calibration source too: samples the model
+/// generates from the first characters of the rows of wikitext2's train split
+/// (or of SPEC), data/selfgen.h.
 
 #include <cstdint>
 #include <filesystem>
@@ -43,6 +46,7 @@ struct DatasetFile {
   std::string name;             ///< "wikitext2:test", or the path given
   std::filesystem::path file;   ///< the file to read
   Format format = Format::Plain;
+  bool selfgen = false;         ///< "selfgen[:SPEC]": the model generates the samples from this file's rows (data/selfgen.h)
 };
 
 /// Resolves `spec` without reading it, with the same errors as load_text():
@@ -50,10 +54,19 @@ struct DatasetFile {
 DatasetFile resolve_dataset(const std::string& spec, Purpose purpose, const std::filesystem::path& data_dir);
 
 /// Reads the text of `spec` for `purpose` from `data_dir` (for an alpaca
-/// source: the JSON file's text, for parse_alpaca). Throws
+/// source: the JSON file's text, for parse_alpaca; for selfgen: the joined text
+/// of its source, which the calibration cache key fingerprints). Throws
 /// std::invalid_argument for an unknown name or split, and
 /// std::runtime_error naming the expected file when it is missing.
 TextSource load_text(const std::string& spec, Purpose purpose, const std::filesystem::path& data_dir);
+
+/// The rows of `spec` as the reference's datasets yield them, before they are
+/// joined: wikitext2 and ptb their lines (as load_text treats them: blank
+/// wikitext lines are "", other lines keep their "\n"; ptb lines stripped), c4
+/// the "text" fields, a plain file its lines (each with its "\n"). For
+/// "selfgen[:SPEC]", the rows of its source. Errors as load_text; alpaca has
+/// records, not rows (std::invalid_argument).
+std::vector<std::string> load_rows(const std::string& spec, Purpose purpose, const std::filesystem::path& data_dir);
 
 /// The dataset names load_text knows: "wikitext2", "ptb", "c4".
 const std::vector<std::string>& known_datasets();

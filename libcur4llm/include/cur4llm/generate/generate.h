@@ -42,6 +42,7 @@ struct GenerateOptions {
   int64_t top_k = 0;                    ///< sampling: only the k most likely tokens (0: all)
   double top_p = 1.0;                   ///< sampling: the fewest most likely tokens whose probability reaches top_p
   uint64_t seed = 0;                    ///< sampling: each prompt draws from its own generator seeded with this
+  std::vector<uint64_t> row_seeds;      ///< sampling: one seed per prompt, in place of seed (empty: seed for every prompt)
   std::vector<std::string> stop;        ///< a row stops once its text contains one of these (needs a tokenizer)
   bool stop_at_eos = true;              ///< a row stops after an end-of-sequence token (kept in its tokens)
   std::vector<int64_t> eos_token_ids;   ///< empty: generation_config.json's eos_token_id, else config.json's
