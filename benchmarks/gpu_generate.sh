@@ -6,12 +6,13 @@
 # module-narrowed and packed, with transformers' generate() on the same card
 # (benchmarks/hf_decode.py). Logs and JSON lines go to $OUT:
 #   bash benchmarks/gpu_generate.sh <deps-folder> <shared-folder> [parts]
-# parts (default "tests refs llama hf prefill opt"); the build is incremental,
-# so a second call on the same machine skips it.
+# parts (default "tests refs llama prefill hf opt"); the build is incremental,
+# so a second call on the same machine skips it. The whole run ends by $BUDGET
+# seconds (default 580): each step gets at most what is left.
 set -uo pipefail
 deps=${1:?gpu-deps folder}
 shared=${2:?shared folder}
-parts=" ${3:-tests refs llama hf prefill opt} "
+parts=" ${3:-tests refs llama prefill hf opt} "
 out=${LOG_DIR:-${OUT:-/tmp/cur4llm-out}}
 mkdir -p "$out"
 source "$deps/install.sh" /tmp/cur4llm-deps > /dev/null
@@ -19,6 +20,8 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | 
 python3 -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)' | tee -a "$out/gpu.txt"
 t0=$(date +%s)
 stamp() { echo "[$(( $(date +%s) - t0 )) s] $*"; }
+budget=${BUDGET:-580}
+left() { local l=$(( budget - $(date +%s) + t0 )); (( l > ${1:-999999} )) && l=$1; (( l > 3 )) && echo $l || echo 3; }
 
 if [[ $parts == *" refs "* ]]; then  # CPU, float32: runs beside the build
   python3 scripts/generate_reference.py --models tests/data/models --extra "$shared/data/models/stories260K-hf" \
@@ -34,35 +37,35 @@ stamp "built"
 
 if [[ $parts == *" tests "* ]]; then
   for t in test_packed_quant test_generate test_model; do
-    timeout 120 $build/tests/$t "[cuda]" -r compact 2>&1 | tail -4 | tee -a "$out/cuda_tests.log"
+    timeout "$(left 120)" $build/tests/$t "[cuda]" -r compact 2>&1 | tail -4 | tee -a "$out/cuda_tests.log"
   done
   stamp "cuda tests"
 fi
 if [[ -n ${refs_pid:-} ]]; then
-  wait $refs_pid; tail -3 "$out/generate_reference.log"
+  timeout "$(left 60)" tail --pid=$refs_pid -f /dev/null; kill $refs_pid 2>/dev/null; tail -3 "$out/generate_reference.log"
   mkdir -p tests/data/generate_reference && cp "$out"/generate_reference/*.json tests/data/generate_reference/
   $build/tests/test_generate -r compact 2>&1 | tail -6 | tee "$out/test_generate.log"
   stamp "references"
 fi
 
 bench=$build/benchmarks/bench_decode
-run() { timeout "$1" "${@:2}" 2>&1 | tee -a "$out/bench_decode.jsonl"; }
+run() { timeout "$(left "$1")" "${@:2}" 2>&1 | tee -a "$out/bench_decode.jsonl"; }
 if [[ $parts == *" llama "* ]]; then
-  run 300 $bench --config benchmarks/configs/llama-7b.json --device cuda --dtype bf16 --batch 1,16 --prompt_len 512 \
+  run 200 $bench --config benchmarks/configs/llama-7b.json --device cuda --dtype bf16 --batch 1,16 --prompt_len 512 \
     --new_tokens 256 --graph 1 \
-    --factorize dense,narrow:0.8,narrow:0.7,svd:0.8,svd:0.6,cur:0.6,cur_folded:0.6,packed:rtn_int8,packed:rtn_int4
+    --factorize dense,packed:rtn_int4,packed:rtn_int8,narrow:0.8,narrow:0.7,svd:0.6,cur:0.6,cur_folded:0.6,svd:0.8
   # Where a decoding step's time goes: each LLaMA-7B Linear shape alone, 1 token, graph-replayed.
-  timeout 120 $build/benchmarks/bench_linear --device cuda --dtype bf16 --shapes 4096x4096,4096x11008,11008x4096 \
+  timeout "$(left 60)" $build/benchmarks/bench_linear --device cuda --dtype bf16 --shapes 4096x4096,4096x11008,11008x4096 \
     --ratios 0.8,0.6 --tokens 1 --packed rtn_int8,rtn_int4 --decode_iters 300 2>&1 | tee -a "$out/bench_linear.jsonl"
   stamp "llama"
 fi
 if [[ $parts == *" hf "* ]]; then
-  timeout 150 python3 benchmarks/hf_decode.py --config benchmarks/configs/llama-7b.json --dtype bf16 --batch 1,16 \
+  timeout "$(left 100)" python3 benchmarks/hf_decode.py --config benchmarks/configs/llama-7b.json --dtype bf16 --batch 1,16 \
     --prompt_len 512 --new_tokens 256 --cache dynamic,static 2>&1 | grep -v Warning | tee -a "$out/hf_decode.jsonl"
   stamp "hf"
 fi
 if [[ $parts == *" prefill "* ]]; then
-  run 150 $bench --config benchmarks/configs/llama-7b.json --device cuda --dtype bf16 --batch 1 --prompt_len 2048 \
+  run 90 $bench --config benchmarks/configs/llama-7b.json --device cuda --dtype bf16 --batch 1 --prompt_len 2048 \
     --new_tokens 64 --graph 1 --factorize dense,narrow:0.8,narrow:0.7,svd:0.8
   run 60 $bench --config benchmarks/configs/opt-125m.json --device cuda --dtype bf16 --batch 1,16 --prompt_len 2048 \
     --new_tokens 64 --graph 1 --factorize dense,narrow:0.8,narrow:0.7,svd:0.8
