@@ -48,6 +48,25 @@ std::unique_ptr<Architecture> make_architecture(const ModelConfig& config) {
   throw std::logic_error("internal: unknown model family");
 }
 
+std::vector<int> GatedLayerValues::prefix_values(LinearRole role) {
+  switch (role) {
+    case LinearRole::Q: return {kH, kX, kK, kV};
+    case LinearRole::K: return {kH, kX, kQ, kV};
+    case LinearRole::V: return {kH, kX, kQ, kK};
+    case LinearRole::O: return {kH, kAttn};
+    case LinearRole::Gate: return {kH2, kX2, kUp};
+    case LinearRole::Up: return {kH2, kX2, kGate};
+    case LinearRole::Down: return {kH2, kGated};
+    default: return {kH};
+  }
+}
+
+void GatedLayerValues::release_inputs(std::vector<at::Tensor>& v, int index) {
+  if (index == kAttn) v[kX] = v[kQ] = v[kK] = v[kV] = at::Tensor();
+  if (index == kH2) v[kH] = v[kAttn] = at::Tensor();
+  if (index == kGated) v[kGate] = v[kUp] = v[kX2] = at::Tensor();
+}
+
 namespace detail {
 
 at::Tensor inverse_frequencies(const ModelConfig& c) {
@@ -207,6 +226,15 @@ at::Tensor causal_attention(const at::Tensor& q_in, const at::Tensor& k_in, cons
   out = eager_attention(q, k, v, windowed ? window : 0, s, softcap);
 #endif
   return out.transpose(1, 2).reshape({b, t, num_heads * dv});
+}
+
+Rotary RotaryCache::get(const ModelConfig& config, int64_t seq_len, c10::Device device) const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (!rotary_.cos.defined() || length_ != seq_len || rotary_.cos.device() != device) {
+    rotary_ = rotary_tables(config, seq_len, device);
+    length_ = seq_len;
+  }
+  return rotary_;
 }
 
 Step::Step(KVCache& cache, at::Tensor positions) : cache_(cache), positions_(std::move(positions)) {}

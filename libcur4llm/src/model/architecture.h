@@ -8,6 +8,7 @@
 #include <ATen/ATen.h>
 
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <vector>
@@ -120,6 +121,18 @@ class ValueGraphArchitecture : public Architecture {
   }
 };
 
+/// The named values of a pre-norm decoder layer with a gated MLP (the LLaMA
+/// family, Gemma-2): hidden states, attention input and q/k/v, attention
+/// output, the residual sum, MLP input, gate, up and the gated product. Such a
+/// family's value graph derives from this for the names and the bookkeeping.
+struct GatedLayerValues {
+  enum Value { kH, kX, kQ, kK, kV, kAttn, kH2, kX2, kGate, kUp, kGated, kCount };
+  /// The values of a layer that do not depend on the Linear in slot `role`.
+  static std::vector<int> prefix_values(LinearRole role);
+  /// After values[index] is computed with `release`: drops the inputs nothing later needs.
+  static void release_inputs(std::vector<at::Tensor>& values, int index);
+};
+
 /// The registry: picks the architecture for config.model_type.
 std::unique_ptr<Architecture> make_architecture(const ModelConfig& config);
 std::unique_ptr<Architecture> make_opt(const ModelConfig& config);
@@ -134,6 +147,18 @@ struct Rotary {
   at::Tensor sin;
 };
 Rotary rotary_tables(const ModelConfig& config, int64_t seq_len, c10::Device device);
+
+/// rotary_tables of one length and device, made once and shared by every layer
+/// of a forward (and by concurrent forwards: the lookup is locked).
+class RotaryCache {
+ public:
+  Rotary get(const ModelConfig& config, int64_t seq_len, c10::Device device) const;
+
+ private:
+  mutable std::mutex mutex_;
+  mutable Rotary rotary_;
+  mutable int64_t length_ = -1;
+};
 at::Tensor inverse_frequencies(const ModelConfig& config);
 
 /// Causal multi-head attention with grouped KV heads on [B, T, heads*head_dim]

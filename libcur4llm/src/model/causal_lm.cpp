@@ -111,7 +111,7 @@ void check_dtype_supported(c10::Device device, c10::ScalarType dtype) {
     throw std::invalid_argument(fmt::format("device {} asked for, but no CUDA device is available{}", device.str(),
                                             " (this LibTorch has no CUDA support, or no GPU is visible)"));
   }
-  if (device.is_cuda() && device.has_index() && device.index() >= at::getNumGPUs()) {
+  if (device.is_cuda() && device.has_index() && static_cast<size_t>(device.index()) >= at::getNumGPUs()) {
     throw std::invalid_argument(fmt::format("device {} asked for, but only {} CUDA device(s) are visible", device.str(),
                                             at::getNumGPUs()));
   }

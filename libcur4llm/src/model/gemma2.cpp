@@ -12,7 +12,6 @@
 #include <fmt/format.h>
 
 #include <cmath>
-#include <mutex>
 
 namespace cur4llm::model {
 namespace {
@@ -23,7 +22,7 @@ struct LayerNames {
   std::string q, k, v, o, gate, up, down, attn_norm, post_attn_norm, pre_ffn_norm, post_ffn_norm;
 };
 
-class Gemma2 final : public ValueGraphArchitecture<Gemma2> {
+class Gemma2 final : public ValueGraphArchitecture<Gemma2>, public GatedLayerValues {
  public:
   explicit Gemma2(const ModelConfig& c) : c_(c) {
     for (int64_t i = 0; i < c.num_layers; ++i) {
@@ -92,16 +91,7 @@ class Gemma2 final : public ValueGraphArchitecture<Gemma2> {
     return (normed * (weight.to(at::kFloat) + 1.0)).to(x.scalar_type());
   }
 
-  detail::Rotary rotary_for(int64_t t, c10::Device device) const {
-    std::lock_guard<std::mutex> lock(rotary_mutex_);
-    if (!rotary_.cos.defined() || rotary_len_ != t || rotary_.cos.device() != device) {
-      rotary_ = detail::rotary_tables(c_, t, device);
-      rotary_len_ = t;
-    }
-    return rotary_;
-  }
-
-  enum Value { kH, kX, kQ, kK, kV, kAttn, kH2, kX2, kGate, kUp, kGated, kCount };
+  detail::Rotary rotary_for(int64_t t, c10::Device device) const { return rotary_.get(c_, t, device); }
 
   // With `step` (generation), the attention reads and extends its KV cache.
   at::Tensor value(const CausalLM& lm, int64_t i, std::vector<at::Tensor>& v, int index, bool release = false,
@@ -139,25 +129,8 @@ class Gemma2 final : public ValueGraphArchitecture<Gemma2> {
       default: throw std::logic_error("internal: Gemma-2 layer value");
     }
     v[index] = t;
-    if (release) {
-      if (index == kAttn) v[kX] = v[kQ] = v[kK] = v[kV] = at::Tensor();
-      if (index == kH2) v[kH] = v[kAttn] = at::Tensor();
-      if (index == kGated) v[kGate] = v[kUp] = v[kX2] = at::Tensor();
-    }
+    if (release) release_inputs(v, index);
     return t;
-  }
-
-  static std::vector<int> prefix_values(LinearRole role) {
-    switch (role) {
-      case LinearRole::Q: return {kH, kX, kK, kV};
-      case LinearRole::K: return {kH, kX, kQ, kV};
-      case LinearRole::V: return {kH, kX, kQ, kK};
-      case LinearRole::O: return {kH, kAttn};
-      case LinearRole::Gate: return {kH2, kX2, kUp};
-      case LinearRole::Up: return {kH2, kX2, kGate};
-      case LinearRole::Down: return {kH2, kGated};
-      default: return {kH};
-    }
   }
 
   at::Tensor run(const CausalLM& lm, int64_t i, std::vector<at::Tensor>& v, detail::Step* step = nullptr) const {
@@ -168,9 +141,7 @@ class Gemma2 final : public ValueGraphArchitecture<Gemma2> {
 
   ModelConfig c_;
   std::vector<LayerNames> layers_;
-  mutable std::mutex rotary_mutex_;
-  mutable detail::Rotary rotary_;
-  mutable int64_t rotary_len_ = -1;
+  detail::RotaryCache rotary_;
 };
 
 }  // namespace

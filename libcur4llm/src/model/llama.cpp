@@ -9,7 +9,6 @@
 
 #include <fmt/format.h>
 
-#include <mutex>
 
 namespace cur4llm::model {
 namespace {
@@ -20,7 +19,7 @@ struct LayerNames {
   std::string q, k, v, o, gate, up, down, attn_norm, ffn_norm, q_norm, k_norm;
 };
 
-class Llama final : public ValueGraphArchitecture<Llama> {
+class Llama final : public ValueGraphArchitecture<Llama>, public GatedLayerValues {
  public:
   explicit Llama(const ModelConfig& c) : c_(c) {
     for (int64_t i = 0; i < c.num_layers; ++i) {
@@ -96,18 +95,7 @@ class Llama final : public ValueGraphArchitecture<Llama> {
     return rms_norm(weight, per_head).reshape(sizes);
   }
 
-  // The tables depend only on the length and device; every layer of a forward reuses them.
-  detail::Rotary rotary_for(int64_t t, c10::Device device) const {
-    std::lock_guard<std::mutex> lock(rotary_mutex_);
-    if (!rotary_.cos.defined() || rotary_len_ != t || rotary_.cos.device() != device) {
-      rotary_ = detail::rotary_tables(c_, t, device);
-      rotary_len_ = t;
-    }
-    return rotary_;
-  }
-
-  // The layer's named values; value() computes one from those it needs unless already present.
-  enum Value { kH, kX, kQ, kK, kV, kAttn, kH2, kX2, kGate, kUp, kGated, kCount };
+  detail::Rotary rotary_for(int64_t t, c10::Device device) const { return rotary_.get(c_, t, device); }
 
   // With `release`, inputs nothing later needs are dropped once used (a whole layer's peak memory).
   // With `step` (generation), the attention reads and extends its KV cache.
@@ -158,26 +146,8 @@ class Llama final : public ValueGraphArchitecture<Llama> {
       default: throw std::logic_error("internal: LLaMA layer value");
     }
     v[index] = t;
-    if (release) {
-      if (index == kAttn) v[kX] = v[kQ] = v[kK] = v[kV] = at::Tensor();
-      if (index == kH2) v[kH] = v[kAttn] = at::Tensor();
-      if (index == kGated) v[kGate] = v[kUp] = v[kX2] = at::Tensor();
-    }
+    if (release) release_inputs(v, index);
     return t;
-  }
-
-  // The values of a layer that do not depend on the Linear in slot `role`.
-  static std::vector<int> prefix_values(LinearRole role) {
-    switch (role) {
-      case LinearRole::Q: return {kH, kX, kK, kV};
-      case LinearRole::K: return {kH, kX, kQ, kV};
-      case LinearRole::V: return {kH, kX, kQ, kK};
-      case LinearRole::O: return {kH, kAttn};
-      case LinearRole::Gate: return {kH2, kX2, kUp};
-      case LinearRole::Up: return {kH2, kX2, kGate};
-      case LinearRole::Down: return {kH2, kGated};
-      default: return {kH};
-    }
   }
 
   at::Tensor run(const CausalLM& lm, int64_t i, std::vector<at::Tensor>& v, detail::Step* step = nullptr) const {
@@ -189,9 +159,7 @@ class Llama final : public ValueGraphArchitecture<Llama> {
 
   ModelConfig c_;
   std::vector<LayerNames> layers_;
-  mutable std::mutex rotary_mutex_;
-  mutable detail::Rotary rotary_;
-  mutable int64_t rotary_len_ = -1;
+  detail::RotaryCache rotary_;
 };
 
 }  // namespace
