@@ -111,7 +111,8 @@ struct AnyModule {
 constexpr int64_t kGrid = 1000;
 
 void add_linears(std::vector<AnyModule>& out, const model::CausalLM& lm, const calib::ActivationStatistics& stats,
-                 const std::string& method, const std::set<std::string>& taken, int64_t rank_align) {
+                 const std::string& method, const std::set<std::string>& taken, int64_t rank_align,
+                 bool compress_tied_head) {
   compress::CompressorOptions copts;
   copts.svd.rank_align = rank_align;
   copts.skeleton.rank_align = rank_align;
@@ -121,8 +122,9 @@ void add_linears(std::vector<AnyModule>& out, const model::CausalLM& lm, const c
         "a module method combines with a Gram compressor (svd_whiten, skeleton_swap, ...), not \"{}\"", method));
   }
   for (const auto& info : lm.linears()) {
-    // OPT's projections stay dense, and so does a tied lm_head (its factors would count in full).
-    if (taken.count(info.name) || (info.layer < 0 && (info.name != "lm_head" || lm.config().tie_word_embeddings))) {
+    // OPT's projections stay dense, and so does a tied lm_head unless asked for (its factors count in full).
+    const bool tied_head = info.name == "lm_head" && lm.config().tie_word_embeddings && !compress_tied_head;
+    if (taken.count(info.name) || (info.layer < 0 && (info.name != "lm_head" || tied_head))) {
       continue;
     }
     const int64_t m = info.out_features, n = info.in_features;
@@ -184,7 +186,7 @@ std::vector<AnyModule> gather(const model::CausalLM& lm, const calib::Activation
   if (!linear_method.empty()) {
     std::set<std::string> taken;
     for (const auto& m : out) taken.insert(m.linears.begin(), m.linears.end());
-    add_linears(out, lm, stats, linear_method, taken, o.nystrom.channel_align);
+    add_linears(out, lm, stats, linear_method, taken, o.nystrom.channel_align, o.compress_lm_head);
   }
   return out;
 }
@@ -261,9 +263,15 @@ ModuleResult compress_modules(model::CausalLM& lm, const calib::ActivationStatis
   if (o.nystrom.channel_align < 1) throw std::invalid_argument("mlp_nystrom: channel_align must be positive");
 
   const std::vector<AnyModule> modules = gather(lm, stats, o);
+  // A tied lm_head stays dense and tied: it stores nothing of its own, so it is neither
+  // counted in the budget nor listed in the plan (as in the per-layer search).
+  const bool tied_head = lm.config().tie_word_embeddings && !o.compress_lm_head;
+  auto counted = [&](const model::LinearInfo& info) { return !(tied_head && info.name == "lm_head"); };
   std::set<std::string> in_module;
   int64_t dense_total = 0, module_dense = 0;
-  for (const auto& info : lm.linears()) dense_total += info.in_features * info.out_features;
+  for (const auto& info : lm.linears()) {
+    if (counted(info)) dense_total += info.in_features * info.out_features;
+  }
   for (const auto& m : modules) {
     module_dense += m.dense_params();
     in_module.insert(m.linears.begin(), m.linears.end());
@@ -328,7 +336,7 @@ ModuleResult compress_modules(model::CausalLM& lm, const calib::ActivationStatis
       by_name[m.name] = &m;
     }
     for (const auto& info : lm.linears()) {
-      if (!in_module.count(info.name)) sizes.push_back({info.name, info.in_features * info.out_features});
+      if (!in_module.count(info.name) && counted(info)) sizes.push_back({info.name, info.in_features * info.out_features});
     }
     for (const auto& s : sizes) numel[s.name] = s.numel;
     search::SearchOptions sopts;
@@ -349,6 +357,7 @@ ModuleResult compress_modules(model::CausalLM& lm, const calib::ActivationStatis
     for (auto& row : m.compress(lm, widths.at(m.name))) rows[row.name] = row;
   }
   for (const auto& info : lm.linears()) {
+    if (!counted(info)) continue;
     auto it = rows.find(info.name);
     const int64_t n = info.in_features * info.out_features;
     result.plan.add(it != rows.end() ? it->second : search::PlannedLayer{info.name, "dense", 1.0, 0, n, n});

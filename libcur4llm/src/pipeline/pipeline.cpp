@@ -302,12 +302,14 @@ PipelineResult compress_modules_stage(model::CausalLM& lm, const std::vector<std
   mopts.candidates = o.candidates;
   mopts.batch_size = o.batch_size;
   mopts.show_progress = o.show_progress;
+  mopts.compress_lm_head = o.lm_head == LmHeadPolicy::kCompress || o.lm_head == LmHeadPolicy::kReference;
   // The lagrangian allocation's per-module table, cached like the per-layer sensitivity.
   std::optional<search::SensitivityTable> cached_table;
   auto sens_fields = stats_fields;
   sens_fields["method"] = o.method;
   sens_fields["method_options"] = method_cache_options(o);
   sens_fields["rank_align"] = std::to_string(o.rank_align);
+  if (mopts.compress_lm_head) sens_fields["lm_head"] = "candidate";  // a tied head's points join the table
   std::string cands;
   for (double r : o.candidates) cands += (cands.empty() ? "" : ",") + fmt_double(r);
   sens_fields["candidates"] = cands.empty() ? "default" : cands;
@@ -342,8 +344,11 @@ PipelineResult compress_modules_stage(model::CausalLM& lm, const std::vector<std
   result.budget_ratio = result.plan.param_ratio();
   result.target_met = result.budget_ratio <= o.param_ratio_target + 1e-3;
   if (!result.target_met) {
-    result.target_note = fmt::format("--param_ratio_target {} not reached: the layers store {:.4f} of their weights",
-                                     o.param_ratio_target, result.budget_ratio);
+    result.target_note = fmt::format(
+        "--param_ratio_target {} not reached: the layers store {:.4f} of their weights{}", o.param_ratio_target,
+        result.budget_ratio,
+        mopts.allocation == "lagrangian" ? " (even the smallest candidate ratios do not reach it; add smaller --candidates)"
+                                         : " (even the narrowest modules do not reach it)");
     if (o.show_progress) fmt::print(stderr, "warning: {}\n", result.target_note);
   }
   return result;

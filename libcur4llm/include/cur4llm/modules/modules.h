@@ -49,6 +49,7 @@ struct ModuleOptions {
   int64_t batch_size = 1;              ///< samples per forward pass of the calibration perplexity
   bool show_progress = false;          ///< a line per sensitivity point on stderr
   const search::SensitivityTable* sensitivity = nullptr;  ///< lagrangian: a table made before (same model and options); null: measure
+  bool compress_lm_head = false;  ///< a tied lm_head counts in full and is a hybrid's candidate (else left out)
 };
 
 /// "uniform" | "lagrangian"; std::invalid_argument naming the valid values otherwise.
@@ -56,7 +57,7 @@ void check_allocation(const std::string& allocation);
 
 /// What compress_modules did.
 struct ModuleResult {
-  search::CompressionPlan plan;            ///< every Linear: module layers "mlp_nystrom", the rest "dense"
+  search::CompressionPlan plan;            ///< every Linear but a tied lm_head: module layers "mlp_nystrom", the rest "dense"
   std::map<std::string, int64_t> widths;   ///< module name -> width kept (MLP channels, value head width)
   search::SensitivityTable sensitivity;    ///< lagrangian: (module, ratio) -> calibration ppl
   double dense_calibration_ppl = -1;       ///< lagrangian: the dense model's calibration ppl
@@ -64,7 +65,9 @@ struct ModuleResult {
 
 /// Compresses the modules of `lm` (dense Linears) so that the Linear weights
 /// of the whole model are at most `param_ratio_target` of the dense model's
-/// (the rest of the model stays dense; if even the narrowest modules do not
+/// (a tied lm_head, which stores nothing of its own, is not counted unless
+/// options.compress_lm_head; the rest
+/// of the model stays dense; if even the narrowest modules do not
 /// reach the target, every module takes its narrowest width). `stats` must
 /// hold the Gram matrices of the inputs of down_proj / fc2 and v_proj (CollectOptions::gram).
 /// std::invalid_argument for an unknown method or allocation, a target outside (0, 1].
