@@ -4,8 +4,9 @@
 # targets of tests/fuzz over the same instrumented library); the fast tests run,
 # then each fuzz target for a bounded time from its seed corpus.
 #   scripts/sanitize_and_fuzz.sh [BUILD_DIR] [SECONDS_PER_FUZZ_TARGET]
-# Needs Debian's clang (libFuzzer is part of it). Exits non-zero on any test
-# failure, sanitizer report or fuzzer finding (a crash-* file in BUILD_DIR/fuzz-findings).
+# Needs Debian's clang and libclang-rt-dev (its sanitizer and libFuzzer runtimes).
+# Exits non-zero on any test failure, sanitizer report or fuzzer finding (a crash-*
+# file in BUILD_DIR/fuzz-findings).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD

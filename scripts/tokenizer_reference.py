@@ -37,7 +37,9 @@ TOKENIZERS = [
     ("falcon", "falcon", "folder"),
     ("pythia", "pythia", "folder"),
     ("smollm2", "smollm2", "folder"),
-    ("deepseek-coder", "deepseek-coder", "folder"),
+    # Its tokenizer.json is byte-level but tokenizer_config.json names LlamaTokenizer, whose
+    # transformers 5 pipeline drops spaces and non-ASCII text: the file is read as tokenizers reads it.
+    ("deepseek-coder", "deepseek-coder", "tokenizer.json"),
     ("opt", "opt", "folder"),
     ("qwen2.5", "qwen2.5", "folder"),
     ("llama3", "llama3", "folder"),

@@ -440,6 +440,108 @@ TEST_CASE("tokenizer.json: keys tokenizers writes with their default values are 
   cur4llm::io::remove_tree(dir);
 }
 
+TEST_CASE("tokenizer_config.json naming LlamaTokenizer: transformers 5's Metaspace replaces the file's normalizer",
+          "[unit][tokenize]") {
+  // stories260K's vocabulary: "a" 412, "▁a" 261, "▁" 410, "▁b" 268, "<s>" 1; no "▁▁".
+  json root;
+  {
+    std::ifstream in(stories_json_dir() / "tokenizer.json");
+    root = json::parse(in);
+  }
+  root["pre_tokenizer"] = nullptr;
+  root["normalizer"] = json::parse(R"({"type": "Sequence", "normalizers": [
+      {"type": "Prepend", "prepend": "▁"},
+      {"type": "Replace", "pattern": {"String": " "}, "content": "▁"}]})");
+  const auto dir = temp_folder("llama_class");
+  write_text(dir / "tokenizer.json", root.dump());
+  using ids = std::vector<int64_t>;
+  {
+    // No config: the file's normalizer puts "▁" before a leading space and after a special token.
+    auto tok = cur4llm::tokenize::load_tokenizer(dir);
+    CHECK(no_special(*tok, " a") == ids{410, 261});
+    CHECK(no_special(*tok, "<s>a") == ids{1, 261});
+  }
+  {
+    // legacy not given (false): "▁" only at the start of the text, and not twice.
+    write_text(dir / "tokenizer_config.json", R"({"tokenizer_class": "LlamaTokenizer"})");
+    auto tok = cur4llm::tokenize::load_tokenizer(dir);
+    CHECK(no_special(*tok, "a") == ids{261});
+    CHECK(no_special(*tok, " a") == ids{261});
+    CHECK(no_special(*tok, "<s>a") == ids{1, 412});
+    CHECK(no_special(*tok, "a <s> b") == ids{261, 410, 1, 268});
+    CHECK(tok->describe().find("LlamaTokenizer") != std::string::npos);
+  }
+  {
+    write_text(dir / "tokenizer_config.json", R"({"tokenizer_class": "LlamaTokenizerFast", "legacy": true})");
+    auto tok = cur4llm::tokenize::load_tokenizer(dir);
+    CHECK(no_special(*tok, "<s>a") == ids{1, 261});  // "always": after a special token too
+    CHECK(no_special(*tok, " a") == ids{261});
+  }
+  {
+    write_text(dir / "tokenizer_config.json", R"({"tokenizer_class": "LlamaTokenizer", "add_prefix_space": false})");
+    auto tok = cur4llm::tokenize::load_tokenizer(dir);
+    CHECK(no_special(*tok, "a") == ids{412});
+    CHECK(no_special(*tok, "a b") == ids{412, 268});
+  }
+  // A byte-level vocabulary under LlamaTokenizer keeps the file's pipeline (transformers 5 would
+  // turn spaces into "▁" and drop what the vocabulary lacks).
+  const auto dir3 = temp_folder("llama_class_bytes");
+  fs::copy_file(llama3_json(), dir3 / "tokenizer.json");
+  write_text(dir3 / "tokenizer_config.json", R"({"tokenizer_class": "LlamaTokenizer"})");
+  auto bytes = cur4llm::tokenize::load_tokenizer(dir3);
+  const auto& texts = reference().at("bpe_llama3_texts");
+  const auto& want_plain = reference().at("bpe_llama3_tricky_no_special");
+  for (size_t i = 0; i < texts.size(); ++i) {
+    INFO("text " << i);
+    CHECK(no_special(*bytes, texts[i].get<std::string>()) == want_plain[i].get<std::vector<int64_t>>());
+  }
+  cur4llm::io::remove_tree(dir);
+  cur4llm::io::remove_tree(dir3);
+}
+
+TEST_CASE("tokenizer_config.json naming GPT2Tokenizer: ByteLevel with GPT-2's regex replaces the file's pre-tokenizer",
+          "[unit][tokenize]") {
+  // "Ġ" is the byte-level form of a space.
+  const json root = json::parse(R"({
+    "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+        {"type": "Digits", "individual_digits": true},
+        {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true}]},
+    "model": {"type": "BPE", "vocab": {"Ġ": 0, "1": 1, "2": 2, "Ġ1": 3, "x": 4, "Ġx": 5},
+              "merges": ["Ġ 1", "Ġ x"]}})");
+  const auto dir = temp_folder("gpt2_class");
+  write_text(dir / "tokenizer.json", root.dump());
+  using ids = std::vector<int64_t>;
+  // The file's Digits step cuts the space from the digits.
+  CHECK(no_special(*cur4llm::tokenize::load_tokenizer(dir), "x 12") == ids{4, 0, 1, 2});
+  // GPT2Tokenizer has no Digits step: " 12" is one word.
+  write_text(dir / "tokenizer_config.json", R"({"tokenizer_class": "GPT2Tokenizer", "add_prefix_space": false})");
+  CHECK(no_special(*cur4llm::tokenize::load_tokenizer(dir), "x 12") == ids{4, 3, 2});
+  write_text(dir / "tokenizer_config.json", R"({"tokenizer_class": "GPT2Tokenizer", "add_prefix_space": true})");
+  CHECK(no_special(*cur4llm::tokenize::load_tokenizer(dir), "x 12") == ids{5, 3, 2});
+  cur4llm::io::remove_tree(dir);
+}
+
+TEST_CASE("vocab.json + merges.txt: <|endoftext|>, or the config's BOS/EOS, is split out as a special token",
+          "[unit][tokenize]") {
+  const auto dir = temp_folder("gpt2_specials");
+  // Every character of the special tokens, and the tokens themselves.
+  write_text(dir / "vocab.json", R"({"<": 0, "|": 1, "e": 2, "n": 3, "d": 4, "o": 5, "f": 6, "t": 7, "x": 8, ">": 9,
+                                     "/": 10, "s": 11, "<|endoftext|>": 12, "</s>": 13, "Ġ": 14})");
+  write_text(dir / "merges.txt", "#version: 0.2\n");
+  using ids = std::vector<int64_t>;
+  auto tok = cur4llm::tokenize::load_gpt2_bpe(dir / "vocab.json", dir / "merges.txt");
+  CHECK(no_special(*tok, "x<|endoftext|>x") == ids{8, 12, 8});
+  CHECK(no_special(*tok, "x <|endoftext|>") == ids{8, 14, 12});
+  CHECK(no_special(*tok, "</s>") == ids{0, 10, 11, 9});
+  CHECK(tok->decode({8, 12, 8}) == "xx");  // special: skipped
+  // A config that names its BOS/EOS (as OPT's does) but lists no added tokens.
+  write_text(dir / "tokenizer_config.json", R"({"bos_token": "</s>", "eos_token": "</s>"})");
+  auto opt = cur4llm::tokenize::load_tokenizer(dir);
+  CHECK(no_special(*opt, "x</s>") == ids{8, 13});
+  CHECK(no_special(*opt, "<|endoftext|>").size() == 13);
+  cur4llm::io::remove_tree(dir);
+}
+
 // ------------------------------------------------- real tokenizer files
 namespace {
 

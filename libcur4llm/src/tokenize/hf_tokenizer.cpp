@@ -871,6 +871,53 @@ void settle_bos_eos(Spec& spec, const std::unordered_map<std::string, int64_t>& 
   }
 }
 
+bool ends_in_byte_level(const Spec& spec) {
+  return !spec.pre_tokenizer.empty() && spec.pre_tokenizer.back().kind == PreTokenizerStep::Kind::ByteLevel;
+}
+
+// transformers 5 builds the normalizer and pre-tokenizer of some tokenizer
+// classes itself: AutoTokenizer keeps only the vocabulary, merges and added
+// tokens of tokenizer.json when tokenizer_config.json names such a class. This
+// does the same for the two classes whose own pipeline fits the vocabulary:
+// LlamaTokenizer on a SentencePiece-style vocabulary (no normalizer; Metaspace
+// "▁" without splitting, prepended always when legacy, else only at the start
+// of the text, never when add_prefix_space is false; byte fallback) and
+// GPT2Tokenizer on a byte-level one (no normalizer; ByteLevel with GPT-2's
+// split regex, so a Digits step of the file is dropped). A byte-level
+// vocabulary under LlamaTokenizer keeps its own pipeline: the class's would
+// turn spaces into "▁" and drop every character outside the vocabulary.
+// Returns the class applied, or "" when the file's pipeline stays.
+std::string use_class_pipeline(const detail::TokenizerConfig& config, Spec& spec, BpeOptions& options) {
+  const std::string& cls = config.tokenizer_class;
+  const bool byte_level = ends_in_byte_level(spec);
+  if ((cls == "LlamaTokenizer" || cls == "LlamaTokenizerFast") && !byte_level) {
+    PreTokenizerStep metaspace{};
+    metaspace.kind = PreTokenizerStep::Kind::Metaspace;
+    metaspace.replacement = "\xE2\x96\x81";  // U+2581
+    metaspace.split = false;
+    if (!config.add_prefix_space.value_or(true)) metaspace.prepend = PreTokenizerStep::Prepend::Never;
+    else if (config.legacy.value_or(false)) metaspace.prepend = PreTokenizerStep::Prepend::Always;
+    else metaspace.prepend = PreTokenizerStep::Prepend::First;
+    spec.normalizer.clear();
+    spec.pre_tokenizer.clear();
+    spec.pre_tokenizer.push_back(std::move(metaspace));
+    options.byte_fallback = true;
+    options.fuse_unk = true;
+    return "LlamaTokenizer";
+  }
+  if ((cls == "GPT2Tokenizer" || cls == "GPT2TokenizerFast") && byte_level) {
+    PreTokenizerStep step{};
+    step.kind = PreTokenizerStep::Kind::ByteLevel;
+    step.add_prefix_space = config.add_prefix_space.value_or(false);
+    step.regex = std::make_shared<Regex>(kGpt2Pattern, "GPT-2 pattern");
+    spec.normalizer.clear();
+    spec.pre_tokenizer.clear();
+    spec.pre_tokenizer.push_back(std::move(step));
+    return "GPT2Tokenizer";
+  }
+  return "";
+}
+
 }  // namespace
 
 std::unique_ptr<Tokenizer> load_tokenizer_json(const std::filesystem::path& tokenizer_json,
@@ -979,17 +1026,18 @@ std::unique_ptr<Tokenizer> load_tokenizer_json(const std::filesystem::path& toke
   options.ignore_merges = r.bool_or(model, "ignore_merges", false, "model.ignore_merges");
   if (model.contains("unk_token") && !model.at("unk_token").is_null())
     options.unk_token = r.string_of(model, "unk_token", "model.unk_token");
+  const detail::TokenizerConfig config = detail::read_tokenizer_config(config_path);
+  const std::string class_pipeline = use_class_pipeline(config, spec, options);
   // When ByteLevel is the last pre-tokenizer, the model maps the bytes itself
   // (and caches words by their raw bytes).
-  const bool byte_level = !spec.pre_tokenizer.empty() &&
-                          spec.pre_tokenizer.back().kind == PreTokenizerStep::Kind::ByteLevel;
+  const bool byte_level = ends_in_byte_level(spec);
   if (byte_level) spec.pre_tokenizer.back().map_bytes = false;
   options.byte_level_input = byte_level;
   spec.model = std::make_unique<BpeModel>(std::move(vocab), merges, options, tokenizer_json.string());
 
-  const detail::TokenizerConfig config = detail::read_tokenizer_config(config_path);
   settle_bos_eos(spec, all_ids, config, config_path.string());
-  spec.description = std::string(byte_level ? "byte-level BPE" : "BPE") + " (" + tokenizer_json.string() + ")";
+  spec.description = std::string(byte_level ? "byte-level BPE" : "BPE") + " (" + tokenizer_json.string() +
+                     (class_pipeline.empty() ? "" : ", pre-tokenized as transformers' " + class_pipeline) + ")";
   return std::make_unique<HfBpeTokenizer>(std::move(spec));
 }
 
@@ -1061,6 +1109,20 @@ std::unique_ptr<Tokenizer> load_gpt2_bpe_with_config(const std::filesystem::path
     a.normalized = c.normalized;
     all_ids[a.content] = a.id;
     spec.added.push_back(std::move(a));
+  }
+  // Without that record, transformers' GPT2Tokenizer still splits out its special
+  // tokens: BOS and EOS as the config names them, "<|endoftext|>" by default.
+  if (config.added_tokens.empty()) {
+    for (const auto& name : {config.bos_token.value_or("<|endoftext|>"), config.eos_token.value_or("<|endoftext|>")}) {
+      auto it = vocab.find(name);
+      if (it == vocab.end() || added_ids.count(it->second)) continue;
+      added_ids.emplace(it->second, name);
+      AddedToken a;
+      a.content = name;
+      a.id = it->second;
+      a.special = true;
+      spec.added.push_back(std::move(a));
+    }
   }
   spec.decoder = std::vector<DecoderStep>{DecoderStep{DecoderStep::Kind::ByteLevel, "", "", 0, 0, true}};
   BpeOptions options;
@@ -1214,6 +1276,8 @@ TokenizerConfig read_tokenizer_config(const std::filesystem::path& path) {
   };
   flag("add_bos_token", config.add_bos_token);
   flag("add_eos_token", config.add_eos_token);
+  flag("add_prefix_space", config.add_prefix_space);
+  flag("legacy", config.legacy);
   if (root.contains("tokenizer_class") && root.at("tokenizer_class").is_string())
     config.tokenizer_class = root.at("tokenizer_class").get<std::string>();
   if (root.contains("added_tokens_decoder") && !root.at("added_tokens_decoder").is_null()) {

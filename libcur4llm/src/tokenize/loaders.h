@@ -13,6 +13,8 @@ namespace cur4llm::detail {
 struct TokenizerConfig {
   std::optional<bool> add_bos_token;
   std::optional<bool> add_eos_token;
+  std::optional<bool> add_prefix_space;  ///< transformers' add_prefix_space (null counts as not given)
+  std::optional<bool> legacy;            ///< LlamaTokenizer's legacy flag
   std::optional<std::string> bos_token;
   std::optional<std::string> eos_token;
   std::string tokenizer_class;  ///< e.g. "Qwen2Tokenizer"; empty when not given

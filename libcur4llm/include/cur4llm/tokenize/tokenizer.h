@@ -6,7 +6,10 @@
 /// as in LLaMA-1/2 and Mistral), tokenizer.model (Llama-3's tiktoken rank file,
 /// or SentencePiece through libsentencepiece), vocab.json + merges.txt (GPT-2
 /// byte-level BPE).
-/// tokenizer_config.json, when present, decides add_bos_token / add_eos_token.
+/// tokenizer_config.json, when present, decides add_bos_token / add_eos_token;
+/// when it names LlamaTokenizer (over a SentencePiece-style vocabulary) or
+/// GPT2Tokenizer (over a byte-level one), the text is pre-tokenized as
+/// transformers 5 does for that class, not as tokenizer.json says.
 
 #include <cstdint>
 #include <filesystem>
@@ -49,7 +52,8 @@ std::unique_ptr<Tokenizer> load_tokenizer(const std::filesystem::path& folder);
 std::unique_ptr<Tokenizer> load_tokenizer_json(const std::filesystem::path& tokenizer_json,
                                                const std::filesystem::path& config = {});
 
-/// GPT-2 style vocab.json + merges.txt (byte-level BPE, GPT-2 split regex, no special tokens added).
+/// GPT-2 style vocab.json + merges.txt (byte-level BPE, GPT-2 split regex; "<|endoftext|>" in the
+/// text is its special token, as in transformers' GPT2Tokenizer; no special tokens added).
 std::unique_ptr<Tokenizer> load_gpt2_bpe(const std::filesystem::path& vocab_json,
                                          const std::filesystem::path& merges_txt);
 
