@@ -83,7 +83,9 @@ def run_generate(model, prompts, n, pad_id):
 
 def reference(folder, location):
     name = os.path.basename(os.path.normpath(folder))
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    # Eager attention, as the parity fixtures: transformers' SDPA path leaves out Gemma-2's
+    # attention soft-capping, so its generate() would not be the model's own greedy decoding.
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, attn_implementation="eager")
     model.eval()
     model.generation_config.eos_token_id = None  # every row runs to max_new_tokens
     config = model.config

@@ -11,6 +11,9 @@
 
 #include "app_common.h"
 
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
 #include <iostream>
 
 namespace po = boost::program_options;

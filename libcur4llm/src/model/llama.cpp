@@ -9,6 +9,10 @@
 
 #include <fmt/format.h>
 
+#include <map>
+#include <mutex>
+#include <utility>
+
 
 namespace cur4llm::model {
 namespace {
@@ -97,6 +101,21 @@ class Llama final : public ValueGraphArchitecture<Llama>, public GatedLayerValue
 
   detail::Rotary rotary_for(int64_t t, c10::Device device) const { return rotary_.get(c_, t, device); }
 
+  // Layer i's tables for its kept query/key dimensions (narrowed layers), made once per full
+  // table: rebuilding them every step would copy the kept dimensions to the device each time,
+  // which also cannot be captured in a CUDA graph.
+  detail::Rotary layer_rotary(int64_t i, const detail::Rotary& full) const {
+    const LayerShapes s = c_.layer_shape(i);
+    if (s.qk_dims.empty()) return full;
+    std::lock_guard<std::mutex> lock(narrowed_mutex_);
+    auto& [source, tables] = narrowed_[i];
+    if (!source.defined() || !source.is_same(full.cos)) {  // the held source keeps its storage from reuse
+      tables = detail::narrowed_rotary(full, s.qk_dims, c_.num_kv_heads);
+      source = full.cos;
+    }
+    return tables;
+  }
+
   // With `release`, inputs nothing later needs are dropped once used (a whole layer's peak memory).
   // With `step` (generation), the attention reads and extends its KV cache.
   at::Tensor value(const CausalLM& lm, int64_t i, std::vector<at::Tensor>& v, int index, bool release = false,
@@ -119,14 +138,12 @@ class Llama final : public ValueGraphArchitecture<Llama>, public GatedLayerValue
       case kAttn: {
         const LayerShapes s = c_.layer_shape(i);
         if (step) {
-          const detail::Rotary rotary =
-              detail::narrowed_rotary(rotary_for(step->rotary_length(), v[kH].device()), s.qk_dims, c_.num_kv_heads);
+          const detail::Rotary rotary = layer_rotary(i, rotary_for(step->rotary_length(), v[kH].device()));
           t = detail::cached_attention(get(kQ), get(kK), get(kV), c_.num_heads, c_.num_kv_heads, c_.head_dim, &rotary,
                                        c_.window(i), s.v_head_dim, *step, i, s.qk_head_dim);
           break;
         }
-        const detail::Rotary rotary =
-            detail::narrowed_rotary(rotary_for(v[kH].size(1), v[kH].device()), s.qk_dims, c_.num_kv_heads);
+        const detail::Rotary rotary = layer_rotary(i, rotary_for(v[kH].size(1), v[kH].device()));
         t = detail::causal_attention(get(kQ), get(kK), get(kV), c_.num_heads, c_.num_kv_heads, c_.head_dim, &rotary,
                                      c_.window(i), s.v_head_dim, s.qk_head_dim);
         break;
@@ -160,6 +177,8 @@ class Llama final : public ValueGraphArchitecture<Llama>, public GatedLayerValue
   ModelConfig c_;
   std::vector<LayerNames> layers_;
   detail::RotaryCache rotary_;
+  mutable std::mutex narrowed_mutex_;
+  mutable std::map<int64_t, std::pair<at::Tensor, detail::Rotary>> narrowed_;  // layer -> (full cos, its tables)
 };
 
 }  // namespace

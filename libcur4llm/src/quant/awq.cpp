@@ -11,6 +11,7 @@
 #include "common.h"
 
 #include <ATen/ATen.h>
+#include <c10/core/GradMode.h>
 #include <c10/core/InferenceMode.h>
 
 #include <fmt/format.h>
