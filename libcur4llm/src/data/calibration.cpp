@@ -3,11 +3,23 @@
 #include "cur4llm/data/text_data.h"
 #include "cur4llm/tokenize/tokenizer.h"
 
+#include "data/bos.h"
 #include "data/utf8.h"
 
 #include <optional>
 #include <stdexcept>
 #include <string>
+
+namespace cur4llm::detail {
+
+std::optional<int64_t> sample_bos(const tokenize::Tokenizer& tokenizer, const data::CalibrationOptions& options) {
+  if (!options.use_bos || tokenizer.adds_bos()) return std::nullopt;
+  const std::optional<int64_t> bos = tokenizer.bos_id();
+  if (!bos) throw std::invalid_argument("use_bos: the tokenizer (" + tokenizer.describe() + ") has no BOS token");
+  return bos;
+}
+
+}  // namespace cur4llm::detail
 
 namespace cur4llm::data {
 
@@ -60,11 +72,7 @@ std::vector<std::vector<int64_t>> sample_calibration(const std::string& text,
   if (options.seqlen <= 1) {
     throw std::invalid_argument("seqlen must be at least 2, got " + std::to_string(options.seqlen));
   }
-  std::optional<int64_t> bos;
-  if (options.use_bos && !tokenizer.adds_bos()) {
-    bos = tokenizer.bos_id();
-    if (!bos) throw std::invalid_argument("use_bos: the tokenizer (" + tokenizer.describe() + ") has no BOS token");
-  }
+  const std::optional<int64_t> bos = detail::sample_bos(tokenizer, options);
   const CodePointIndex index(text);
   if (index.size() < options.seqlen + 1) {
     throw std::invalid_argument("seqlen " + std::to_string(options.seqlen) + " needs a calibration text of at least " +

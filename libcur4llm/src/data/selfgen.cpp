@@ -7,6 +7,7 @@
 #include "cur4llm/tokenize/tokenizer.h"
 #include "cur4llm/util/progress.h"
 
+#include "data/bos.h"
 #include "data/utf8.h"
 
 #include <fmt/format.h>
@@ -50,11 +51,7 @@ std::vector<SelfGenPrompt> selfgen_prompts(const std::vector<std::string>& rows,
   if (options.n_samples <= 0) {
     throw std::invalid_argument("n_samples must be positive, got " + std::to_string(options.n_samples));
   }
-  std::optional<int64_t> bos;
-  if (options.use_bos && !tokenizer.adds_bos()) {
-    bos = tokenizer.bos_id();
-    if (!bos) throw std::invalid_argument("use_bos: the tokenizer (" + tokenizer.describe() + ") has no BOS token");
-  }
+  const std::optional<int64_t> bos = detail::sample_bos(tokenizer, options);
   std::vector<SelfGenPrompt> prompts;
   for (size_t r = 0; r < rows.size() && static_cast<int64_t>(prompts.size()) < options.n_samples; ++r) {
     std::vector<int64_t> ids;
