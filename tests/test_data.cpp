@@ -546,19 +546,12 @@ TEST_CASE("split_windows cuts floor(N/seqlen) windows and drops the tail", "[uni
 
 namespace {
 
-std::string read_text(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
 const fs::path kAlpacaMini = fs::path(CUR4LLM_TEST_DATA_DIR) / "text" / "alpaca_mini.json";
 
 }  // namespace
 
 TEST_CASE("alpaca: records parsed, and a file that is not a list of records refused by file and index", "[data][alpaca]") {
-  const auto records = data::parse_alpaca(read_text(kAlpacaMini), kAlpacaMini.string());
+  const auto records = data::parse_alpaca(cur4llm::io::read_file(kAlpacaMini), kAlpacaMini.string());
   REQUIRE(records.size() == 8);
   CHECK(records[1].instruction == "Translate the sentence into French.");
   CHECK(records[1].input == "The cat sleeps.");
@@ -593,7 +586,7 @@ TEST_CASE("alpaca: records drawn as Python's random.sample draws them", "[data][
 
 TEST_CASE("alpaca: calibration samples are the drawn records' texts tokenized and cut", "[data][alpaca]") {
   const auto tok = tokenize::load_tokenizer(fs::path(CUR4LLM_TEST_DATA_DIR) / "models" / "tiny-shakespeare-opt");
-  const auto records = data::parse_alpaca(read_text(kAlpacaMini), kAlpacaMini.string());
+  const auto records = data::parse_alpaca(cur4llm::io::read_file(kAlpacaMini), kAlpacaMini.string());
   data::CalibrationOptions o;
   o.n_samples = 3;
   o.seqlen = 1000;
@@ -619,5 +612,5 @@ TEST_CASE("alpaca: resolved from the data folder or a path, for calibration only
   CHECK_THROWS_WITH(data::resolve_dataset("alpaca:" + kAlpacaMini.string(), data::Purpose::Evaluation, "unused"),
                     Contains("calibration source"));
   const auto text = data::load_text("alpaca:" + kAlpacaMini.string(), data::Purpose::Calibration, "unused");
-  CHECK(text.text == read_text(kAlpacaMini));
+  CHECK(text.text == cur4llm::io::read_file(kAlpacaMini));
 }

@@ -32,16 +32,8 @@ const json& reference() {
   return ref.at("tokenizers");
 }
 
-std::string read_text(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  REQUIRE(in);
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
 std::vector<int64_t> read_u16(const std::string& name, const std::string& key) {
-  const std::string bytes = read_text(cur4llm::test::fixture_dir() / "tokenizers" / name);
+  const std::string bytes = cur4llm::io::read_file(cur4llm::test::fixture_dir() / "tokenizers" / name);
   std::vector<int64_t> ids(bytes.size() / 2);
   for (size_t i = 0; i < ids.size(); ++i)
     ids[i] = static_cast<unsigned char>(bytes[2 * i]) | (static_cast<unsigned char>(bytes[2 * i + 1]) << 8);
@@ -123,7 +115,7 @@ TEST_CASE("gpt2 vocab.json+merges.txt: the whole wikitext-2 test file", "[tokeni
   CUR4LLM_REQUIRE_SHARED_DATA(data);
   const auto dir = data / "tokenizers" / "gpt2";
   auto tok = cur4llm::tokenize::load_gpt2_bpe(dir / "vocab.json", dir / "merges.txt");
-  const std::string wiki = read_text(data / "text" / "wikitext-2-raw" / "wiki.test.raw");
+  const std::string wiki = cur4llm::io::read_file(data / "text" / "wikitext-2-raw" / "wiki.test.raw");
   const auto t0 = std::chrono::steady_clock::now();
   const auto ids = tok->encode(wiki);
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -160,7 +152,7 @@ TEST_CASE("stories260K tokenizer.json: tinystories eval equals transformers", "[
   CUR4LLM_REQUIRE_SHARED_DATA(data);
   auto tok = cur4llm::tokenize::load_tokenizer_json(stories_json_dir() / "tokenizer.json",
                                                    stories_json_dir() / "tokenizer_config.json");
-  const std::string text = read_text(data / "text" / "tinystories" / "tinystories_eval.txt");
+  const std::string text = cur4llm::io::read_file(data / "text" / "tinystories" / "tinystories_eval.txt");
   require_same_ids(tok->encode(text), read_u16("hf_stories_eval.u16", "hf_stories_eval"));
 }
 
@@ -178,7 +170,7 @@ TEST_CASE("stories260K tokenizer.model: libsentencepiece ids", "[tokenize]") {
     INFO("text " << i);
     CHECK(no_special(*tok, texts[i].get<std::string>()) == want[i].get<std::vector<int64_t>>());
   }
-  const std::string text = read_text(data / "text" / "tinystories" / "tinystories_eval.txt");
+  const std::string text = cur4llm::io::read_file(data / "text" / "tinystories" / "tinystories_eval.txt");
   auto want_ids = read_u16("sp_stories_eval.u16", "sp_stories_eval");
   want_ids.insert(want_ids.begin(), 1);
   require_same_ids(tok->encode(text), want_ids);
@@ -217,7 +209,7 @@ TEST_CASE("bpe_llama3_style: special tokens are split out before pre-tokenizatio
 TEST_CASE("bpe_llama3_style: head of wikitext-2 test", "[tokenize]") {
   CUR4LLM_REQUIRE_SHARED_DATA(data);
   auto tok = cur4llm::tokenize::load_tokenizer_json(llama3_json());
-  const std::string wiki = read_text(data / "text" / "wikitext-2-raw" / "wiki.test.raw");
+  const std::string wiki = cur4llm::io::read_file(data / "text" / "wikitext-2-raw" / "wiki.test.raw");
   // The first 200000 code points.
   size_t bytes = 0;
   for (size_t cps = 0; cps < 200000 && bytes < wiki.size(); ++cps) {

@@ -5,6 +5,7 @@
 // scripts/tokenizer_reference.py writes (tests/data/tokenizer_reference/), also
 // the whole wikitext-2 test text and the torture text of tests/data/text.
 
+#include "cur4llm/io/files.h"
 #include "cur4llm/tokenize/tokenizer.h"
 
 #include "test_paths.h"
@@ -47,15 +48,7 @@ std::optional<fs::path> real_tokenizers() {
   }                                                                                         \
   const fs::path var = *var##_opt
 
-std::string read_text(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  REQUIRE(in);
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
-json read_json(const fs::path& path) { return json::parse(read_text(path)); }
+json read_json(const fs::path& path) { return json::parse(cur4llm::io::read_file(path)); }
 
 std::vector<int64_t> plain(const tk::Tokenizer& tok, const std::string& text) {
   tk::EncodeOptions o;
@@ -220,9 +213,9 @@ TEST_CASE("real tokenizers: wikitext-2 and the torture text against the tokenize
     return;
   }
   const auto shared = cur4llm::test::shared_data_dir();
-  const std::string torture = read_text(cur4llm::test::fixture_dir() / "text" / "tokenizer_torture.txt");
+  const std::string torture = cur4llm::io::read_file(cur4llm::test::fixture_dir() / "text" / "tokenizer_torture.txt");
   const fs::path wiki_path = *shared / "text" / "wikitext-2-raw" / "wiki.test.raw";
-  const std::string wiki = fs::is_regular_file(wiki_path) ? read_text(wiki_path) : std::string();
+  const std::string wiki = fs::is_regular_file(wiki_path) ? cur4llm::io::read_file(wiki_path) : std::string();
   size_t compared = 0;
   for (const auto& entry : fs::directory_iterator(fixtures)) {
     if (entry.path().extension() != ".json") continue;

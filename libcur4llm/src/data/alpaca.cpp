@@ -2,6 +2,7 @@
 #include <cur4llm/data/text_data.h>
 #include <cur4llm/tokenize/tokenizer.h>
 
+#include "data/sample_options.h"
 #include "io/json_parse.h"
 
 #include <cmath>
@@ -88,21 +89,12 @@ std::vector<int64_t> python_sample_indices(int64_t population, int64_t k, uint64
 std::vector<std::vector<int64_t>> sample_alpaca(const std::vector<AlpacaRecord>& records,
                                                 const tokenize::Tokenizer& tokenizer,
                                                 const CalibrationOptions& options) {
-  if (options.n_samples <= 0) {
-    throw std::invalid_argument("n_samples must be positive, got " + std::to_string(options.n_samples));
-  }
-  if (options.seqlen <= 1) {
-    throw std::invalid_argument("seqlen must be at least 2, got " + std::to_string(options.seqlen));
-  }
+  detail::check_sample_options(options);
   if (options.n_samples > static_cast<int64_t>(records.size())) {
     throw std::invalid_argument("--n_calib_samples " + std::to_string(options.n_samples) + " is more than the " +
                                 std::to_string(records.size()) + " records of the alpaca file");
   }
-  std::optional<int64_t> bos;
-  if (options.use_bos && !tokenizer.adds_bos()) {
-    bos = tokenizer.bos_id();
-    if (!bos) throw std::invalid_argument("use_bos: the tokenizer (" + tokenizer.describe() + ") has no BOS token");
-  }
+  const std::optional<int64_t> bos = detail::sample_bos(tokenizer, options);
   std::vector<std::vector<int64_t>> samples;
   for (int64_t index : python_sample_indices(static_cast<int64_t>(records.size()), options.n_samples, options.seed)) {
     std::vector<int64_t> ids;

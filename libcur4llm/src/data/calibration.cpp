@@ -3,14 +3,25 @@
 #include "cur4llm/data/text_data.h"
 #include "cur4llm/tokenize/tokenizer.h"
 
-#include "data/bos.h"
+#include "data/sample_options.h"
 #include "data/utf8.h"
+
+#include <fmt/format.h>
 
 #include <optional>
 #include <stdexcept>
 #include <string>
 
 namespace cur4llm::detail {
+
+void check_sample_options(const data::CalibrationOptions& options, int64_t min_seqlen) {
+  if (options.n_samples <= 0) {
+    throw std::invalid_argument("n_samples must be positive, got " + std::to_string(options.n_samples));
+  }
+  if (options.seqlen < min_seqlen) {
+    throw std::invalid_argument(fmt::format("seqlen must be at least {}, got {}", min_seqlen, options.seqlen));
+  }
+}
 
 std::optional<int64_t> sample_bos(const tokenize::Tokenizer& tokenizer, const data::CalibrationOptions& options) {
   if (!options.use_bos || tokenizer.adds_bos()) return std::nullopt;
@@ -66,12 +77,7 @@ class CodePointIndex {
 std::vector<std::vector<int64_t>> sample_calibration(const std::string& text,
                                                      const tokenize::Tokenizer& tokenizer,
                                                      const CalibrationOptions& options) {
-  if (options.n_samples <= 0) {
-    throw std::invalid_argument("n_samples must be positive, got " + std::to_string(options.n_samples));
-  }
-  if (options.seqlen <= 1) {
-    throw std::invalid_argument("seqlen must be at least 2, got " + std::to_string(options.seqlen));
-  }
+  detail::check_sample_options(options);
   const std::optional<int64_t> bos = detail::sample_bos(tokenizer, options);
   const CodePointIndex index(text);
   if (index.size() < options.seqlen + 1) {

@@ -7,7 +7,7 @@
 #include "cur4llm/tokenize/tokenizer.h"
 #include "cur4llm/util/progress.h"
 
-#include "data/bos.h"
+#include "data/sample_options.h"
 #include "data/utf8.h"
 
 #include <fmt/format.h>

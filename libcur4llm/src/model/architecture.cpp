@@ -48,6 +48,12 @@ std::unique_ptr<Architecture> make_architecture(const ModelConfig& config) {
   throw std::logic_error("internal: unknown model family");
 }
 
+void add_linear_tensors(std::vector<ExpectedTensor>& out, const std::string& module, int64_t out_f, int64_t in_f,
+                        bool bias, int64_t layer, LinearRole role) {
+  out.push_back({module + ".weight", {out_f, in_f}, true, false, layer, role});
+  if (bias) out.push_back({module + ".bias", {out_f}, false, true, layer, role});
+}
+
 std::vector<int> GatedLayerValues::prefix_values(LinearRole role) {
   switch (role) {
     case LinearRole::Q: return {kH, kX, kK, kV};

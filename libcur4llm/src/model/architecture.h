@@ -121,6 +121,10 @@ class ValueGraphArchitecture : public Architecture {
   }
 };
 
+/// Appends a Linear's expected weight [out_f, in_f] (and bias [out_f] when `bias`) to `out`.
+void add_linear_tensors(std::vector<ExpectedTensor>& out, const std::string& module, int64_t out_f, int64_t in_f,
+                        bool bias, int64_t layer, LinearRole role);
+
 /// The named values of a pre-norm decoder layer with a gated MLP (the LLaMA
 /// family, Gemma-2): hidden states, attention input and q/k/v, attention
 /// output, the residual sum, MLP input, gate, up and the gated product. Such a

@@ -129,8 +129,8 @@ void parse_rope(const Keys& k, ModelConfig& c) {
   }
 }
 
-void parse_llama_family(const Keys& k, ModelConfig& c) {
-  c.family = Family::Llama;
+// The widths every LLaMA-layout family reads alike: hidden, MLP, query and key/value heads.
+void parse_llama_widths(const Keys& k, ModelConfig& c) {
   c.hidden_size = k.positive("hidden_size");
   c.intermediate_size = k.positive("intermediate_size");
   c.num_heads = k.positive("num_attention_heads");
@@ -139,6 +139,11 @@ void parse_llama_family(const Keys& k, ModelConfig& c) {
     throw k.error("num_key_value_heads",
                   fmt::format("({}) must divide num_attention_heads ({})", c.num_kv_heads, c.num_heads));
   }
+}
+
+void parse_llama_family(const Keys& k, ModelConfig& c) {
+  c.family = Family::Llama;
+  parse_llama_widths(k, c);
   c.head_dim = k.positive("head_dim", c.model_type == "qwen3" ? 128 : 0);  // transformers' Qwen3Config default
   c.norm_eps = k.number("rms_norm_eps", 1e-6);
   c.hidden_act = k.string("hidden_act", "silu");
@@ -169,14 +174,7 @@ void parse_llama_family(const Keys& k, ModelConfig& c) {
 // leave it out, and then even layers are windowed (transformers' default).
 void parse_gemma2(const Keys& k, ModelConfig& c) {
   c.family = Family::Gemma2;
-  c.hidden_size = k.positive("hidden_size");
-  c.intermediate_size = k.positive("intermediate_size");
-  c.num_heads = k.positive("num_attention_heads");
-  c.num_kv_heads = k.positive("num_key_value_heads", c.num_heads);
-  if (c.num_heads % c.num_kv_heads != 0) {
-    throw k.error("num_key_value_heads",
-                  fmt::format("({}) must divide num_attention_heads ({})", c.num_kv_heads, c.num_heads));
-  }
+  parse_llama_widths(k, c);
   c.head_dim = k.positive("head_dim", 256);
   c.norm_eps = k.number("rms_norm_eps", 1e-6);
   c.hidden_act = k.string("hidden_activation", k.string("hidden_act", "gelu_pytorch_tanh"));

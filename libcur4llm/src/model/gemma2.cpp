@@ -39,11 +39,6 @@ class Gemma2 final : public ValueGraphArchitecture<Gemma2>, public GatedLayerVal
     const int64_t h = c_.hidden_size;
     std::vector<ExpectedTensor> out;
     out.push_back({"model.embed_tokens.weight", {c_.vocab_size, h}});
-    auto linear = [&](const std::string& module, int64_t out_f, int64_t in_f, bool bias, int64_t layer,
-                      LinearRole role) {
-      out.push_back({module + ".weight", {out_f, in_f}, true, false, layer, role});
-      if (bias) out.push_back({module + ".bias", {out_f}, false, true, layer, role});
-    };
     for (int64_t i = 0; i < c_.num_layers; ++i) {
       const LayerNames& n = layers_[i];
       const LayerShapes s = c_.layer_shape(i);
@@ -51,15 +46,15 @@ class Gemma2 final : public ValueGraphArchitecture<Gemma2>, public GatedLayerVal
       const int64_t q_dim = c_.num_heads * c_.head_dim, kv_dim = c_.num_kv_heads * c_.head_dim;
       const int64_t v_dim = c_.num_kv_heads * s.v_head_dim, o_dim = c_.num_heads * s.v_head_dim;
       out.push_back({n.attn_norm, {h}});
-      linear(n.q, q_dim, h, c_.attention_bias, i, LinearRole::Q);
-      linear(n.k, kv_dim, h, c_.attention_bias, i, LinearRole::K);
-      linear(n.v, v_dim, h, c_.attention_bias, i, LinearRole::V);
-      linear(n.o, h, o_dim, c_.attention_out_bias, i, LinearRole::O);
+      add_linear_tensors(out, n.q, q_dim, h, c_.attention_bias, i, LinearRole::Q);
+      add_linear_tensors(out, n.k, kv_dim, h, c_.attention_bias, i, LinearRole::K);
+      add_linear_tensors(out, n.v, v_dim, h, c_.attention_bias, i, LinearRole::V);
+      add_linear_tensors(out, n.o, h, o_dim, c_.attention_out_bias, i, LinearRole::O);
       out.push_back({n.post_attn_norm, {h}});
       out.push_back({n.pre_ffn_norm, {h}});
-      linear(n.gate, f, h, false, i, LinearRole::Gate);
-      linear(n.up, f, h, false, i, LinearRole::Up);
-      linear(n.down, h, f, false, i, LinearRole::Down);
+      add_linear_tensors(out, n.gate, f, h, false, i, LinearRole::Gate);
+      add_linear_tensors(out, n.up, f, h, false, i, LinearRole::Up);
+      add_linear_tensors(out, n.down, h, f, false, i, LinearRole::Down);
       out.push_back({n.post_ffn_norm, {h}});
     }
     out.push_back({"model.norm.weight", {h}});

@@ -39,11 +39,6 @@ class Llama final : public ValueGraphArchitecture<Llama>, public GatedLayerValue
     const int64_t h = c_.hidden_size;
     std::vector<ExpectedTensor> out;
     out.push_back({"model.embed_tokens.weight", {c_.vocab_size, h}});
-    auto linear = [&](const std::string& module, int64_t out_f, int64_t in_f, bool bias, int64_t layer,
-                      LinearRole role) {
-      out.push_back({module + ".weight", {out_f, in_f}, true, false, layer, role});
-      if (bias) out.push_back({module + ".bias", {out_f}, false, true, layer, role});
-    };
     for (int64_t i = 0; i < c_.num_layers; ++i) {
       const LayerNames& n = layers_[i];
       const LayerShapes s = c_.layer_shape(i);
@@ -51,18 +46,18 @@ class Llama final : public ValueGraphArchitecture<Llama>, public GatedLayerValue
       const int64_t q_dim = c_.num_heads * s.qk_head_dim, kv_dim = c_.num_kv_heads * s.qk_head_dim;
       const int64_t v_dim = c_.num_kv_heads * s.v_head_dim, o_dim = c_.num_heads * s.v_head_dim;
       out.push_back({n.attn_norm, {h}});
-      linear(n.q, q_dim, h, c_.attention_bias, i, LinearRole::Q);
-      linear(n.k, kv_dim, h, c_.attention_bias, i, LinearRole::K);
-      linear(n.v, v_dim, h, c_.attention_bias, i, LinearRole::V);
-      linear(n.o, h, o_dim, c_.attention_out_bias, i, LinearRole::O);
+      add_linear_tensors(out, n.q, q_dim, h, c_.attention_bias, i, LinearRole::Q);
+      add_linear_tensors(out, n.k, kv_dim, h, c_.attention_bias, i, LinearRole::K);
+      add_linear_tensors(out, n.v, v_dim, h, c_.attention_bias, i, LinearRole::V);
+      add_linear_tensors(out, n.o, h, o_dim, c_.attention_out_bias, i, LinearRole::O);
       if (c_.qk_norm) {
         out.push_back({n.q_norm, {c_.head_dim}});
         out.push_back({n.k_norm, {c_.head_dim}});
       }
       out.push_back({n.ffn_norm, {h}});
-      linear(n.gate, f, h, c_.mlp_bias, i, LinearRole::Gate);
-      linear(n.up, f, h, c_.mlp_bias, i, LinearRole::Up);
-      linear(n.down, h, f, c_.mlp_bias, i, LinearRole::Down);
+      add_linear_tensors(out, n.gate, f, h, c_.mlp_bias, i, LinearRole::Gate);
+      add_linear_tensors(out, n.up, f, h, c_.mlp_bias, i, LinearRole::Up);
+      add_linear_tensors(out, n.down, h, f, c_.mlp_bias, i, LinearRole::Down);
     }
     out.push_back({"model.norm.weight", {h}});
     ExpectedTensor head{"lm_head.weight", {c_.vocab_size, h}, true};

@@ -44,8 +44,7 @@ class Opt final : public ValueGraphArchitecture<Opt> {
       out.push_back({std::string(kPrefix) + "project_in.weight", {h, e}, true});
     }
     auto linear = [&](const std::string& module, int64_t out_f, int64_t in_f, int64_t layer, LinearRole role) {
-      out.push_back({module + ".weight", {out_f, in_f}, true, false, layer, role});
-      if (c_.enable_bias) out.push_back({module + ".bias", {out_f}, false, true, layer, role});
+      add_linear_tensors(out, module, out_f, in_f, c_.enable_bias, layer, role);
     };
     auto norm = [&](const std::string& module) {
       if (!c_.layer_norm_affine) return;
