@@ -344,17 +344,7 @@ TEST_CASE("score_requests: a continuation longer than the window is scored on it
 namespace {
 
 // The task data unpacked once into the build tree; nullopt (test skipped) when absent.
-std::optional<fs::path> task_data() {
-  const auto shared = cur4llm::test::shared_data_dir();
-  if (!shared || !fs::is_regular_file(*shared / "tasks.tar.xz")) return std::nullopt;
-  const fs::path dir = fs::absolute("tasks_data");
-  if (!fs::is_directory(dir / "tasks" / "mmlu" / "test")) {
-    fs::create_directories(dir);
-    const std::string cmd = "tar -xJf '" + (*shared / "tasks.tar.xz").string() + "' -C '" + dir.string() + "'";
-    if (std::system(cmd.c_str()) != 0) return std::nullopt;
-  }
-  return dir;
-}
+std::optional<fs::path> task_data() { return cur4llm::test::unpacked_shared_archive("tasks.tar.xz", "tasks/mmlu/test"); }
 
 }  // namespace
 

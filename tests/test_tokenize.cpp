@@ -539,16 +539,10 @@ namespace {
 
 // tokenizers-real.tar.xz (shared data) unpacked once into the build tree.
 std::optional<fs::path> real_tokenizers(const fs::path& shared) {
-  const fs::path archive = shared / "tokenizers-real.tar.xz";
-  if (!fs::is_regular_file(archive)) return std::nullopt;
-  const fs::path dir = fs::current_path() / "tokenizers-real";
-  if (!fs::is_regular_file(dir / "tokenizers" / "SOURCES.md")) {
-    cur4llm::io::remove_tree(dir);
-    fs::create_directories(dir);
-    const std::string cmd = "tar -xJf '" + archive.string() + "' -C '" + dir.string() + "'";
-    REQUIRE(std::system(cmd.c_str()) == 0);
-  }
-  return dir / "tokenizers";
+  if (!fs::is_regular_file(shared / "tokenizers-real.tar.xz")) return std::nullopt;
+  const auto dir = cur4llm::test::unpacked_shared_archive("tokenizers-real.tar.xz", "tokenizers/SOURCES.md");
+  REQUIRE(dir);
+  return *dir / "tokenizers";
 }
 
 json read_json(const fs::path& path) {

@@ -28,16 +28,8 @@ namespace {
 
 // The tarball unpacked once into the build tree; nullopt (tests skipped) when absent.
 std::optional<fs::path> real_tokenizers() {
-  const auto shared = cur4llm::test::shared_data_dir();
-  if (!shared || !fs::is_regular_file(*shared / "tokenizers-real.tar.xz")) return std::nullopt;
-  const fs::path dir = fs::absolute("tokenizers_real");
-  if (!fs::is_regular_file(dir / "tokenizers" / "llama3" / "tokenizer.model")) {
-    fs::remove_all(dir);
-    fs::create_directories(dir);
-    const std::string cmd = "tar -xJf '" + (*shared / "tokenizers-real.tar.xz").string() + "' -C '" + dir.string() + "'";
-    if (std::system(cmd.c_str()) != 0) return std::nullopt;
-  }
-  return dir / "tokenizers";
+  const auto dir = cur4llm::test::unpacked_shared_archive("tokenizers-real.tar.xz", "tokenizers/SOURCES.md");
+  return dir ? std::optional<fs::path>(*dir / "tokenizers") : std::nullopt;
 }
 
 #define REQUIRE_REAL_TOKENIZERS(var)                                                        \
@@ -254,7 +246,7 @@ TEST_CASE("real tokenizers: wikitext-2 and the torture text against the tokenize
 
 TEST_CASE("NFC normalizer: composition, ordering of marks, Hangul, singletons and exclusions", "[tokenize]") {
   // A tokenizer.json whose model sees the normalized text as one word: each id names one code point.
-  const fs::path dir = fs::absolute("nfc_tokenizer");
+  const fs::path dir = fs::path(CUR4LLM_TEST_WORK_DIR) / "nfc_tokenizer";
   fs::create_directories(dir);
   const json vocab = {{"\u00e9", 0},       {"e", 1},         {"\u0301", 2},  {"\uac00", 3},  {"\uac01", 4},
                       {"\u1100", 5},       {"\u1161", 6},    {"\u11a8", 7},  {"\u00c5", 8},  {"\u03a9", 9},
@@ -298,7 +290,7 @@ std::string base64(const std::string& raw) {
 }  // namespace
 
 TEST_CASE("tiktoken rank file: ranks are merge priorities, specials follow the ranks, bad lines named", "[tokenize]") {
-  const fs::path dir = fs::absolute("tiktoken_small");
+  const fs::path dir = fs::path(CUR4LLM_TEST_WORK_DIR) / "tiktoken_small";
   fs::create_directories(dir);
   // Ranks 0..255: the single bytes; then "ab" (256) and "abc" (257).
   std::string text;

@@ -3,6 +3,8 @@
 //  - fixture_dir(): tests/data in the source tree (committed fixtures).
 //  - shared_data_dir(): ../shared/data (real models and text), or
 //    $CUR4LLM_SHARED_DIR/data; absent in a user's fresh clone.
+//  - unpacked_shared_archive(): a tarball of shared/data unpacked once into
+//    the build tree (never into the directory the test runs from).
 
 // Debian's LibTorch is built with glog, whose CHECK macro would replace
 // Catch's if it came later; including it first lets Catch's definition win.
@@ -10,10 +12,13 @@
 
 #include <catch2/catch.hpp>
 
+#include <unistd.h>
+
 #include <cstdlib>
 #include <filesystem>
 #include <optional>
 #include <string>
+#include <system_error>
 
 namespace cur4llm::test {
 
@@ -28,6 +33,34 @@ inline std::optional<std::filesystem::path> shared_data_dir() {
   auto data = root / "data";
   if (std::filesystem::is_directory(data)) return data;
   return std::nullopt;
+}
+
+/// shared_data_dir()/ARCHIVE (a .tar.xz) unpacked into <build>/tests/<stem>, where
+/// <stem> is ARCHIVE less ".tar.xz"; `marker` is a path inside the archive that an
+/// unpacked copy has. Unpacked into a private folder first and renamed into place, so
+/// that tests running side by side never see half a tree. nullopt when the archive is
+/// absent or tar fails.
+inline std::optional<std::filesystem::path> unpacked_shared_archive(const std::string& archive,
+                                                                    const std::string& marker) {
+  namespace fs = std::filesystem;
+  const auto shared = shared_data_dir();
+  if (!shared || !fs::is_regular_file(*shared / archive)) return std::nullopt;
+  const std::string stem = archive.substr(0, archive.rfind(".tar"));
+  const fs::path dir = fs::path(CUR4LLM_TEST_WORK_DIR) / stem;
+  if (fs::exists(dir / marker)) return dir;
+  const fs::path staging = fs::path(CUR4LLM_TEST_WORK_DIR) / (stem + ".unpacking." + std::to_string(::getpid()));
+  std::error_code ec;
+  fs::remove_all(staging, ec);
+  fs::create_directories(staging);
+  const std::string cmd = "tar -xJf '" + (*shared / archive).string() + "' -C '" + staging.string() + "'";
+  if (std::system(cmd.c_str()) != 0 || !fs::exists(staging / marker)) {
+    fs::remove_all(staging, ec);
+    return std::nullopt;
+  }
+  if (!fs::exists(dir / marker)) fs::remove_all(dir, ec);  // a tree left half-made by an older run
+  fs::rename(staging, dir, ec);  // fails when another test got there first: its copy serves
+  fs::remove_all(staging, ec);
+  return fs::exists(dir / marker) ? std::optional<fs::path>(dir) : std::nullopt;
 }
 
 }  // namespace cur4llm::test
