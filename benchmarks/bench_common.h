@@ -15,6 +15,10 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <cuda_runtime_api.h>
+#if __has_include(<nvtx3/nvToolsExt.h>)
+#include <nvtx3/nvToolsExt.h>
+#define CUR4LLM_BENCH_NVTX 1
+#endif
 #define CUR4LLM_BENCH_CUDA 1
 #endif
 
@@ -142,11 +146,13 @@ template <typename Fn>
 std::optional<double> graph_timed(c10::Device device, int calls, int replays, Fn&& fn, std::string* why = nullptr) {
 #ifdef CUR4LLM_BENCH_CUDA
   if (!device.is_cuda()) return std::nullopt;
+  cudaStream_t raw = nullptr;
   try {
     c10::cuda::CUDAGuard device_guard(device);
     fn();  // first-call work (plans, tables) outside the capture
     util::synchronize(device);
     auto stream = c10::cuda::getStreamFromPool(false, device.index());
+    raw = stream.stream();
     at::cuda::CUDAGraph graph;
     {
       c10::cuda::CUDAStreamGuard guard(stream);
@@ -162,6 +168,15 @@ std::optional<double> graph_timed(c10::Device device, int calls, int replays, Fn
     return seconds_since(t0) / (static_cast<double>(calls) * replays);
   } catch (const std::exception& e) {
     if (why) *why = std::string(e.what()).substr(0, 300);
+    // A capture that failed inside fn() is still open on its stream: close it, so that
+    // the configurations measured after this one run normally.
+    cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+    if (raw != nullptr && cudaStreamIsCapturing(raw, &status) == cudaSuccess &&
+        status != cudaStreamCaptureStatusNone) {
+      cudaGraph_t partial = nullptr;
+      (void)cudaStreamEndCapture(raw, &partial);
+      if (partial != nullptr) (void)cudaGraphDestroy(partial);
+    }
     (void)cudaGetLastError();
     return std::nullopt;
   }
@@ -170,6 +185,26 @@ std::optional<double> graph_timed(c10::Device device, int calls, int replays, Fn
   return std::nullopt;
 #endif
 }
+
+/// A named range on the profilers' timeline (NVTX; nothing without CUDA), so that
+/// `ncu --nvtx --nvtx-include "NAME/"` profiles only the kernels inside it.
+class ProfileRange {
+ public:
+  explicit ProfileRange(const char* name) {
+#ifdef CUR4LLM_BENCH_NVTX
+    nvtxRangePushA(name);
+#else
+    (void)name;
+#endif
+  }
+  ~ProfileRange() {
+#ifdef CUR4LLM_BENCH_NVTX
+    nvtxRangePop();
+#endif
+  }
+  ProfileRange(const ProfileRange&) = delete;
+  ProfileRange& operator=(const ProfileRange&) = delete;
+};
 
 inline int device_index(c10::Device device) { return device.has_index() ? device.index() : 0; }
 
@@ -310,17 +345,22 @@ inline int64_t factorize_decoder(model::CausalLM& lm, const std::string& kind, d
 }
 
 /// The shape a module method leaves at nominal ratio `ratio` (MLP width, query/key and
-/// value head widths all times `ratio`: every decoder Linear then keeps that share of
-/// its weights), with random dense weights: what a modular-compressed model runs.
+/// value head widths all times `ratio`, rounded to multiples of 8: every decoder Linear
+/// then keeps about that share of its weights), with random dense weights: what a
+/// modular-compressed model runs.
 /// Query/key dimensions keep rotary pairs (the first qk/2 of each half of a head).
 /// Returns how many Linears it replaced. restore_layers undoes it.
 inline int64_t narrow_decoder(model::CausalLM& lm, double ratio) {
   const model::ModelConfig c = lm.config();
   const auto options = at::TensorOptions().device(lm.device()).dtype(lm.dtype());
   model::LayerShapes s;
-  s.intermediate_size = std::max<int64_t>(1, std::llround(static_cast<double>(c.intermediate_size) * ratio));
-  s.qk_head_dim = std::max<int64_t>(2, 2 * std::llround(static_cast<double>(c.head_dim) * ratio / 2));
-  s.v_head_dim = std::max<int64_t>(1, std::llround(static_cast<double>(c.head_dim) * ratio));
+  // Widths in multiples of 8: what the GPU kernels (and the packed one) want.
+  const auto width = [&](int64_t full) {
+    return std::min(full, std::max<int64_t>(8, 8 * std::llround(static_cast<double>(full) * ratio / 8)));
+  };
+  s.intermediate_size = width(c.intermediate_size);
+  s.qk_head_dim = width(c.head_dim);
+  s.v_head_dim = width(c.head_dim);
   for (int64_t j = 0; j < c.num_kv_heads; ++j) {
     for (int64_t half = 0; half < 2; ++half) {
       for (int64_t r = 0; r < s.qk_head_dim / 2; ++r) s.qk_dims.push_back(half * (c.head_dim / 2) + r);

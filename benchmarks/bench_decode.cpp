@@ -20,8 +20,11 @@
 // rtn_int4) quantizes every dense Linear of the decoder layers and keeps it
 // packed (quant::PackedLinear, as LoadOptions::keep_packed loads a quantized
 // repository): "packed_layers" and "packed_bytes" say what it holds.
-// narrow:RATIO gives every decoder layer the smaller dense shapes a module
+// Steps joined by '+' apply in order: narrow:0.6+packed:rtn_int4 packs the
+// narrowed layers. narrow:RATIO gives every decoder layer the smaller dense shapes a module
 // method leaves (MLP width and query/key/value head widths times RATIO).
+// Each timed decoding step is an NVTX range "decode_step" (CUDA builds), for
+// per-kernel times: ncu --nvtx --nvtx-include "decode_step/" bench_decode ...
 #include "bench_common.h"
 
 #include <cur4llm/model/kv_cache.h>
@@ -55,25 +58,37 @@ int main(int argc, char** argv) try {
   for (const auto& spec : args.list("factorize", "dense")) {
     bench::restore_layers(*lm, dense_slots);
     nlohmann::json base = {{"benchmark", "decode"}, {"source", source}, {"layers", spec}};
-    if (spec.rfind("packed:", 0) == 0) {
-      const auto format = quant::parse_quant_format(spec.substr(7));
-      int64_t layers = 0, bytes = 0;
-      for (const auto& info : lm->linears()) {
-        const auto* d = dynamic_cast<const model::DenseLinear*>(dense_slots.at(info.name).get());
-        if (info.layer < 0 || !d) continue;
-        auto packed = std::make_shared<quant::PackedLinear>(quant::quantize_tensor(d->weight(), format), d->bias());
-        bytes += packed->packed_bytes();
-        lm->replace_linear(info.name, packed);
-        ++layers;
+    // SPEC is one step or two joined by '+' (narrow:0.6+packed:rtn_int4), applied in order.
+    std::vector<std::string> steps;
+    for (size_t from = 0;;) {
+      const auto plus = spec.find('+', from);
+      steps.push_back(spec.substr(from, plus == std::string::npos ? std::string::npos : plus - from));
+      if (plus == std::string::npos) break;
+      from = plus + 1;
+    }
+    for (const auto& step : steps) {
+      if (step.rfind("packed:", 0) == 0) {
+        // Packs the dense Linears the steps before left (every decoder Linear after narrow:).
+        const auto format = quant::parse_quant_format(step.substr(7));
+        int64_t layers = 0, bytes = 0;
+        for (const auto& info : lm->linears()) {
+          const auto* d = dynamic_cast<const model::DenseLinear*>(lm->linear_ptr(info.name).get());
+          if (info.layer < 0 || !d) continue;
+          auto packed = std::make_shared<quant::PackedLinear>(quant::quantize_tensor(d->weight(), format), d->bias());
+          bytes += packed->packed_bytes();
+          lm->replace_linear(info.name, packed);
+          ++layers;
+        }
+        base["packed_layers"] = layers;
+        base["packed_bytes"] = bytes;
+      } else if (step.rfind("narrow:", 0) == 0) {
+        base["narrowed_layers"] = bench::narrow_decoder(*lm, std::stod(step.substr(7)));
+      } else if (step != "dense") {
+        const auto colon = step.find(':');
+        if (colon == std::string::npos) throw std::invalid_argument("--factorize KIND:RATIO, e.g. svd:0.6");
+        base["factorized_layers"] =
+            bench::factorize_decoder(*lm, step.substr(0, colon), std::stod(step.substr(colon + 1)));
       }
-      base["packed_layers"] = layers;
-      base["packed_bytes"] = bytes;
-    } else if (spec.rfind("narrow:", 0) == 0) {
-      base["narrowed_layers"] = bench::narrow_decoder(*lm, std::stod(spec.substr(7)));
-    } else if (spec != "dense") {
-      const auto colon = spec.find(':');
-      if (colon == std::string::npos) throw std::invalid_argument("--factorize KIND:RATIO, e.g. svd:0.6");
-      base["factorized_layers"] = bench::factorize_decoder(*lm, spec.substr(0, colon), std::stod(spec.substr(colon + 1)));
     }
     for (const auto& batch_str : args.list("batch", "1")) {
       const int64_t batch = std::stoll(batch_str);
@@ -88,7 +103,10 @@ int main(int argc, char** argv) try {
         at::Tensor next;
         *pre = bench::timed(device, [&] { next = lm->forward_cached(prompt, cache).argmax(-1); });
         *dec = bench::timed(device, [&] {
-          for (int64_t s = 0; s < steps; ++s) next = lm->forward_cached(next, cache).argmax(-1);
+          for (int64_t s = 0; s < steps; ++s) {
+            bench::ProfileRange range("decode_step");
+            next = lm->forward_cached(next, cache).argmax(-1);
+          }
         });
         cache_bytes = cache.bytes();
       };

@@ -6,7 +6,8 @@
 # module-narrowed and packed, with transformers' generate() on the same card
 # (benchmarks/hf_decode.py). Logs and JSON lines go to $OUT:
 #   bash benchmarks/gpu_generate.sh <deps-folder> <shared-folder> [parts]
-# parts (default "tests refs llama prefill hf opt"); the build is incremental,
+# parts (default "tests refs llama prefill hf opt"; "profile" adds per-kernel
+# times of one decoding step through Nsight Compute); the build is incremental,
 # so a second call on the same machine skips it. The whole run ends by $BUDGET
 # seconds (default 580): each step gets at most what is left.
 set -uo pipefail
@@ -50,10 +51,28 @@ fi
 
 bench=$build/benchmarks/bench_decode
 run() { timeout "$(left "$1")" "${@:2}" 2>&1 | tee -a "$out/bench_decode.jsonl"; }
+# One process per configuration: one that fails leaves the others measured.
+each() {
+  local limit=$1 specs=$2
+  shift 2
+  for spec in ${specs//,/ }; do run "$limit" $bench "$@" --factorize "$spec"; done
+}
+if [[ $parts == *" profile "* ]]; then
+  # ncu runs each kernel of the 3 "decode_step" ranges alone (--new_tokens 2: 2 warm-up steps, 1 timed).
+  for spec in dense packed:rtn_int4 narrow:0.6 svd:0.6; do
+    timeout "$(left 90)" ncu --clock-control none --cache-control none --nvtx --nvtx-include "decode_step/" \
+      --metrics gpu__time_duration.sum --print-units base --csv \
+      $bench --config benchmarks/configs/llama-7b.json --device cuda --dtype bf16 --batch 1 --prompt_len 512 \
+      --new_tokens 2 --factorize $spec > "$out/ncu_${spec//:/_}.csv" 2> "$out/ncu_${spec//:/_}.log"
+    python3 benchmarks/kernel_times.py "$out/ncu_${spec//:/_}.csv" --steps 3 --label "llama-7b bf16 b1 $spec" \
+      | tee -a "$out/kernel_times.jsonl"
+  done
+  stamp "profile"
+fi
 if [[ $parts == *" llama "* ]]; then
-  run 200 $bench --config benchmarks/configs/llama-7b.json --device cuda --dtype bf16 --batch 1,16 --prompt_len 512 \
-    --new_tokens 256 --graph 1 \
-    --factorize dense,packed:rtn_int4,packed:rtn_int8,narrow:0.8,narrow:0.7,svd:0.6,cur:0.6,cur_folded:0.6,svd:0.8
+  each 60 ${LLAMA_SPECS:-dense,packed:rtn_int4,narrow:0.6,svd:0.6,packed:rtn_int8,narrow:0.8,narrow:0.6+packed:rtn_int4,svd:0.8,cur:0.6,cur_folded:0.6,cur:0.8,narrow:0.8+packed:rtn_int4} \
+    --config benchmarks/configs/llama-7b.json --device cuda --dtype bf16 --batch 1,16 --prompt_len 512 \
+    --new_tokens 256 --graph 1
   # Where a decoding step's time goes: each LLaMA-7B Linear shape alone, 1 token, graph-replayed.
   timeout "$(left 60)" $build/benchmarks/bench_linear --device cuda --dtype bf16 --shapes 4096x4096,4096x11008,11008x4096 \
     --ratios 0.8,0.6 --tokens 1 --packed rtn_int8,rtn_int4 --decode_iters 300 2>&1 | tee -a "$out/bench_linear.jsonl"
@@ -65,15 +84,15 @@ if [[ $parts == *" hf "* ]]; then
   stamp "hf"
 fi
 if [[ $parts == *" prefill "* ]]; then
-  run 90 $bench --config benchmarks/configs/llama-7b.json --device cuda --dtype bf16 --batch 1 --prompt_len 2048 \
-    --new_tokens 64 --graph 1 --factorize dense,narrow:0.8,narrow:0.7,svd:0.8
-  run 60 $bench --config benchmarks/configs/opt-125m.json --device cuda --dtype bf16 --batch 1,16 --prompt_len 2048 \
-    --new_tokens 64 --graph 1 --factorize dense,narrow:0.8,narrow:0.7,svd:0.8
+  each 40 dense,narrow:0.8,narrow:0.7,svd:0.8 --config benchmarks/configs/llama-7b.json --device cuda --dtype bf16 \
+    --batch 1 --prompt_len 2048 --new_tokens 64 --graph 1
+  each 30 dense,narrow:0.8,narrow:0.7,svd:0.8 --config benchmarks/configs/opt-125m.json --device cuda --dtype bf16 \
+    --batch 1,16 --prompt_len 2048 --new_tokens 64 --graph 1
   stamp "prefill"
 fi
 if [[ $parts == *" opt "* ]]; then
-  run 200 $bench --config benchmarks/configs/opt-1.3b.json --device cuda --dtype fp16 --batch 1,16 --prompt_len 512 \
-    --new_tokens 256 --graph 1 \
-    --factorize dense,narrow:0.8,svd:0.8,svd:0.6,cur:0.6,packed:rtn_int8,packed:rtn_int4
+  each 40 dense,narrow:0.8,narrow:0.6,svd:0.8,svd:0.6,cur:0.6,packed:rtn_int8,packed:rtn_int4 \
+    --config benchmarks/configs/opt-1.3b.json --device cuda --dtype fp16 --batch 1,16 --prompt_len 512 \
+    --new_tokens 256 --graph 1
   stamp "opt"
 fi

@@ -529,27 +529,67 @@ TEST_CASE("PackedLinear computes the dequantized layer: CPU reference path", "[p
   CHECK_THROWS_WITH(quant::PackedLinear(bad, at::zeros({7})), Catch::Matchers::Contains("bias of 7 values"));
 }
 
+TEST_CASE("CUDA: the fused packed product with a partial last group and with columns that are no multiple of 8",
+          "[packed_quant][cuda]") {
+  CUR4LLM_REQUIRE_CUDA();
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(14);
+  for (const int64_t cols : {200, 204}) {  // groups of 128: 128 + 72, 128 + 76
+    const auto w = at::randn({70, cols}, gen);
+    for (const std::string name : {"rtn_int8", "rtn_int4"}) {
+      auto q = quant::quantize_tensor(w, quant::parse_quant_format(name));
+      for (auto* part : {&q.qweight, &q.scales, &q.zeros}) *part = part->cuda();
+      quant::PackedLinear layer(q, at::Tensor());
+      const auto x = at::randn({5, cols}, gen).to(at::kCUDA, at::kHalf);
+      CHECK(layer.fused_for(x) == (cols % 8 == 0));  // 204 columns: the unfused path
+      const auto want = at::linear(x, quant::dequantize_tensor(q, at::kHalf)).to(at::kFloat);
+      const auto got = layer.forward(x).to(at::kFloat);
+      CHECK((got - want).abs().max().item<double>() <= 2e-2 * (1 + want.abs().max().item<double>() / 10));
+    }
+  }
+}
+
+TEST_CASE("CUDA: an input that starts off 16 bytes takes the unfused path and the same values", "[packed_quant][cuda]") {
+  CUR4LLM_REQUIRE_CUDA();
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(13);
+  const auto w = at::randn({64, 256}, gen);
+  auto q = quant::quantize_tensor(w, quant::parse_quant_format("rtn_int4"));
+  for (auto* part : {&q.qweight, &q.scales, &q.zeros}) *part = part->cuda();
+  quant::PackedLinear layer(q, at::Tensor());
+  const auto storage = at::randn({257}, gen).to(at::kCUDA, at::kHalf);
+  const auto shifted = storage.narrow(0, 1, 256).view({1, 256});  // contiguous, 2 bytes past an aligned start
+  CHECK_FALSE(layer.fused_for(shifted));
+  const auto aligned = shifted.clone();
+  CHECK(layer.fused_for(aligned));
+  const auto want = at::linear(aligned, quant::dequantize_tensor(q, at::kHalf)).to(at::kFloat);
+  CHECK((layer.forward(shifted).to(at::kFloat) - want).abs().max().item<double>() <= 2e-2 * (1 + want.abs().max().item<double>() / 10));
+  CHECK((layer.forward(aligned).to(at::kFloat) - want).abs().max().item<double>() <= 2e-2 * (1 + want.abs().max().item<double>() / 10));
+}
+
 TEST_CASE("CUDA: the fused packed product equals the dequantized layer's", "[packed_quant][cuda]") {
   CUR4LLM_REQUIRE_CUDA();
   auto gen = at::make_generator<at::CPUGeneratorImpl>(12);
   const auto w = at::randn({300, 512}, gen);  // 300 rows: a partial last block
   const auto b = at::randn({300}, gen);
-  for (const std::string name : {"rtn_int8", "rtn_int4"}) {
-    const auto q = quant::quantize_tensor(w, quant::parse_quant_format(name));
+  const auto column_scales = at::rand({512}, gen).add_(0.5);  // activation-aware formats: multipliers in [0.5, 1.5)
+  for (const std::string name : {"rtn_int8", "rtn_int4", "awq_int8", "awq_int4"}) {
+    const auto format = quant::parse_quant_format(name);
+    const auto q = quant::quantize_tensor(w, format, format.activation_aware ? column_scales : at::Tensor());
     quant::QuantizedTensor qc = q;
-    for (auto* part : {&qc.qweight, &qc.scales, &qc.zeros}) *part = part->cuda();
+    for (auto* part : {&qc.qweight, &qc.scales, &qc.zeros, &qc.input_scales}) {
+      if (part->defined()) *part = part->cuda();
+    }
     for (const auto dtype : {at::kFloat, at::kHalf, at::kBFloat16}) {
       for (const bool with_bias : {false, true}) {
         const auto bias = with_bias ? b.to(at::kCUDA, dtype) : at::Tensor();
         quant::PackedLinear layer(qc, bias);
         const auto deq = quant::dequantize_tensor(qc, dtype);
-        for (const int64_t tokens : {1, 3, 8, 9}) {
+        for (const int64_t tokens : {1, 2, 3, 8, 9, 16, 17}) {
           DYNAMIC_SECTION(name << " " << c10::toString(dtype) << " bias " << with_bias << " tokens " << tokens) {
             const auto x = at::randn({tokens, 512}, gen).to(at::kCUDA, dtype);
-            CHECK(layer.fused_for(x) == (tokens <= 8));
+            CHECK(layer.fused_for(x) == (tokens <= 16));
             const auto got = layer.forward(x).to(at::kFloat);
             const auto want = at::linear(x, deq, bias).to(at::kFloat);
-            // Both sum the same rounded weights in float, in different orders; then one rounding to dtype.
+            // The kernel sums float weights, the reference weights rounded to dtype; one rounding to dtype each.
             const double tol = dtype == at::kFloat ? 1e-4 : (dtype == at::kHalf ? 2e-2 : 1.5e-1);
             CHECK((got - want).abs().max().item<double>() <= tol * (1 + want.abs().max().item<double>() / 10));
           }

@@ -575,82 +575,181 @@ int launch_lowrank(const void* x, int64_t tokens, const void* r, const void* u, 
 // ---------------------------------------------------------------------------------------------
 // Weight-only packed matrix-vector products (decoding with int4/int8 weights).
 
-// Each warp owns one output row: its lanes read the row's packed codes 16 bytes at a time
-// (coalesced), rebuild each weight as the dequantization rounds it, and multiply it with every
-// token's input; the lanes' sums meet through shuffles.
-template <typename T, int BITS>
-__global__ void __launch_bounds__(256)
+// Layout: a block of kPackedWarps warps owns kPackedRows output rows and splits their columns
+// between its warps in slices of 256: in a slice, lane l takes the 8 columns 8l..8l+7, so a
+// warp reads one row's codes for 256 columns in one coalesced 128-byte (int4) or 256-byte
+// (int8) sweep and every token's 256 inputs in one 512-byte sweep (bf16/fp16), shared by the
+// block's rows. Weights are rebuilt in float (code - zero) * scale without the rounding to the
+// element type that dequantize_tensor adds; sums are in float. Warps meet in shared memory.
+constexpr int kPackedWarps = 4;
+constexpr int kPackedRows = 4;
+
+// 8 consecutive inputs as float (p is 16-byte aligned for half/bfloat16, 32 for float).
+template <typename T>
+__device__ inline void load8(const T* p, float out[8]);
+template <>
+__device__ inline void load8<float>(const float* p, float out[8]) {
+  const float4 a = *reinterpret_cast<const float4*>(p);
+  const float4 b = *reinterpret_cast<const float4*>(p + 4);
+  out[0] = a.x, out[1] = a.y, out[2] = a.z, out[3] = a.w, out[4] = b.x, out[5] = b.y, out[6] = b.z, out[7] = b.w;
+}
+template <>
+__device__ inline void load8<__half>(const __half* p, float out[8]) {
+  const uint4 v = *reinterpret_cast<const uint4*>(p);
+  const uint32_t w[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const float2 f = __half22float2(*reinterpret_cast<const __half2*>(&w[i]));
+    out[2 * i] = f.x, out[2 * i + 1] = f.y;
+  }
+}
+template <>
+__device__ inline void load8<__nv_bfloat16>(const __nv_bfloat16* p, float out[8]) {
+  const uint4 v = *reinterpret_cast<const uint4*>(p);
+  const uint32_t w[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {  // a bfloat16 is the top half of a float
+    out[2 * i] = __uint_as_float(w[i] << 16);
+    out[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
+  }
+}
+
+// The 8 codes of one lane's slice: one 32-bit word at 4 bits, two at 8 bits.
+template <int BITS>
+struct Codes8 {
+  uint32_t w[BITS / 4];
+  __device__ void load(const uint8_t* p) {
+    if constexpr (BITS == 4) {
+      w[0] = *reinterpret_cast<const uint32_t*>(p);
+    } else {
+      const uint2 v = *reinterpret_cast<const uint2*>(p);
+      w[0] = v.x, w[1] = v.y;
+    }
+  }
+  // Code j as a float, exactly: OR it into the mantissa of 2^23 and take 2^23 away.
+  __device__ float get(int j) const {
+    constexpr uint32_t kMask = (1u << BITS) - 1u;
+    const uint32_t code = (w[(j * BITS) / 32] >> ((j * BITS) % 32)) & kMask;
+    return __uint_as_float(0x4B000000u | code) - 8388608.f;
+  }
+};
+
+template <typename T, int BITS, int TOKENS>
+__global__ void __launch_bounds__(kPackedWarps * 32)
     packed_linear_kernel(const T* __restrict__ x, int tokens, const uint8_t* __restrict__ q,
                          const __half* __restrict__ scales, const __half* __restrict__ zeros,
-                         const T* __restrict__ bias, T* __restrict__ y, int64_t rows, int64_t cols, int64_t group) {
-  constexpr int kCodes = 128 / BITS;  // codes in 16 bytes
-  const int lane = threadIdx.x % 32;
-  const int64_t row = static_cast<int64_t>(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32;
-  if (row >= rows) return;
-  const int64_t row_bytes = cols * BITS / 8;
-  const int64_t groups = cols / group;
-  const uint8_t* qr = q + row * row_bytes;
-  float acc[kPackedMaxTokens];
+                         const T* __restrict__ bias, const __half* __restrict__ colmul, T* __restrict__ y,
+                         int64_t rows, int64_t cols, int64_t group) {
+  __shared__ float partial[kPackedWarps][kPackedRows][TOKENS];
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int64_t row0 = static_cast<int64_t>(blockIdx.x) * kPackedRows;
+  const int64_t row_bytes = cols * BITS / 8, groups = (cols + group - 1) / group;
+  float acc[kPackedRows][TOKENS];
 #pragma unroll
-  for (int t = 0; t < kPackedMaxTokens; ++t) acc[t] = 0.f;
-  for (int64_t offset = static_cast<int64_t>(lane) * 16; offset < row_bytes; offset += 32 * 16) {
-    const uint4 chunk = *reinterpret_cast<const uint4*>(qr + offset);
-    const uint32_t words[4] = {chunk.x, chunk.y, chunk.z, chunk.w};
-    const int64_t c0 = offset * 8 / BITS;
-    const int64_t g = c0 / group;
-    const float scale = __half2float(scales[row * groups + g]);
-    const float zero = __half2float(zeros[row * groups + g]);
-    float w[kCodes];
+  for (int r = 0; r < kPackedRows; ++r) {
 #pragma unroll
-    for (int j = 0; j < kCodes; ++j) {
-      const uint32_t code = (words[(j * BITS) / 32] >> ((j * BITS) % 32)) & ((1u << BITS) - 1u);
-      w[j] = round_to<T>(scale * (static_cast<float>(code) - zero));
+    for (int t = 0; t < TOKENS; ++t) acc[r][t] = 0.f;
+  }
+  for (int64_t c = (static_cast<int64_t>(warp) * 32 + lane) * 8; c < cols; c += kPackedWarps * 256) {
+    // Every load of the slice first, so that they are in flight together.
+    Codes8<BITS> codes[kPackedRows];
+    float scale[kPackedRows], offset[kPackedRows];
+    const int64_t g = c / group;
+#pragma unroll
+    for (int r = 0; r < kPackedRows; ++r) {
+      const int64_t row = row0 + r < rows ? row0 + r : rows - 1;  // a partial last block repeats a row
+      codes[r].load(q + row * row_bytes + c * BITS / 8);
+      scale[r] = __half2float(scales[row * groups + g]);
+      offset[r] = -scale[r] * __half2float(zeros[row * groups + g]);
+    }
+    float w[kPackedRows][8];
+#pragma unroll
+    for (int r = 0; r < kPackedRows; ++r) {
+#pragma unroll
+      for (int j = 0; j < 8; ++j) w[r][j] = fmaf(codes[r].get(j), scale[r], offset[r]);
     }
 #pragma unroll
-    for (int t = 0; t < kPackedMaxTokens; ++t) {
+    for (int t = 0; t < TOKENS; ++t) {
       if (t < tokens) {
-        const T* xt = x + static_cast<int64_t>(t) * cols + c0;
-        float sum = 0.f;
+        float xv[8];
+        load8<T>(x + static_cast<int64_t>(t) * cols + c, xv);
+        if (colmul != nullptr) {
+          float m[8];
+          load8<__half>(colmul + c, m);
 #pragma unroll
-        for (int j = 0; j < kCodes; ++j) sum += Elem<T>::load(xt[j]) * w[j];
-        acc[t] += sum;
+          for (int j = 0; j < 8; ++j) xv[j] *= m[j];
+        }
+#pragma unroll
+        for (int r = 0; r < kPackedRows; ++r) {
+#pragma unroll
+          for (int j = 0; j < 8; ++j) acc[r][t] = fmaf(xv[j], w[r][j], acc[r][t]);
+        }
       }
     }
   }
 #pragma unroll
-  for (int t = 0; t < kPackedMaxTokens; ++t) {
-    if (t < tokens) {
-      float v = acc[t];
+  for (int r = 0; r < kPackedRows; ++r) {
+#pragma unroll
+    for (int t = 0; t < TOKENS; ++t) {
+      float v = acc[r][t];
       for (int o = 16; o > 0; o /= 2) v += __shfl_xor_sync(0xffffffffu, v, o);
-      if (lane == 0) {
-        // As at::linear (addmm): the bias joins the float sum, rounded once.
-        const float b = bias != nullptr ? Elem<T>::load(bias[row]) : 0.f;
-        y[static_cast<int64_t>(t) * rows + row] = Elem<T>::store(v + b);
-      }
+      if (lane == 0) partial[warp][r][t] = v;
     }
+  }
+  __syncthreads();
+  for (int i = threadIdx.x; i < kPackedRows * TOKENS; i += blockDim.x) {
+    const int r = i / TOKENS, t = i % TOKENS;
+    const int64_t row = row0 + r;
+    if (row >= rows || t >= tokens) continue;
+    float v = 0.f;
+#pragma unroll
+    for (int k = 0; k < kPackedWarps; ++k) v += partial[k][r][t];
+    // As at::linear (addmm): the bias joins the float sum, rounded once.
+    if (bias != nullptr) v += Elem<T>::load(bias[row]);
+    y[static_cast<int64_t>(t) * rows + row] = Elem<T>::store(v);
+  }
+}
+
+template <typename T, int BITS>
+void launch_packed_bits(const T* x, int tokens, const uint8_t* q, const __half* scales, const __half* zeros,
+                        const T* bias, const __half* colmul, T* y, int64_t rows, int64_t cols, int64_t group, cudaStream_t stream) {
+  const auto blocks = static_cast<unsigned>((rows + kPackedRows - 1) / kPackedRows);
+  constexpr int kThreads = kPackedWarps * 32;
+  // Templated on a token bound so that each count keeps only the accumulators it needs.
+  if (tokens <= 1) {
+    packed_linear_kernel<T, BITS, 1><<<blocks, kThreads, 0, stream>>>(x, tokens, q, scales, zeros, bias, colmul, y, rows, cols, group);
+  } else if (tokens <= 2) {
+    packed_linear_kernel<T, BITS, 2><<<blocks, kThreads, 0, stream>>>(x, tokens, q, scales, zeros, bias, colmul, y, rows, cols, group);
+  } else if (tokens <= 4) {
+    packed_linear_kernel<T, BITS, 4><<<blocks, kThreads, 0, stream>>>(x, tokens, q, scales, zeros, bias, colmul, y, rows, cols, group);
+  } else if (tokens <= 8) {
+    packed_linear_kernel<T, BITS, 8><<<blocks, kThreads, 0, stream>>>(x, tokens, q, scales, zeros, bias, colmul, y, rows, cols, group);
+  } else {
+    packed_linear_kernel<T, BITS, 16><<<blocks, kThreads, 0, stream>>>(x, tokens, q, scales, zeros, bias, colmul, y, rows, cols, group);
   }
 }
 
 template <typename T>
 int launch_packed_linear(const void* x, int64_t tokens, const uint8_t* q, const void* scales, const void* zeros,
-                         const void* bias, void* y, int bits, int64_t rows, int64_t cols, int64_t group,
+                         const void* bias, const void* input_scales, void* y, int bits, int64_t rows, int64_t cols, int64_t group,
                          void* stream) {
-  if (tokens < 1 || tokens > kPackedMaxTokens || (bits != 4 && bits != 8) || group < 1 || cols % group != 0 ||
-      (cols * bits / 8) % 16 != 0 || group % (128 / bits) != 0) {
+  static_assert(kPackedMaxTokens <= 16, "packed_linear_kernel is instantiated for at most 16 tokens");
+  const auto aligned = [](const void* p, uintptr_t n) { return reinterpret_cast<uintptr_t>(p) % n == 0; };
+  if (tokens < 1 || tokens > kPackedMaxTokens || (bits != 4 && bits != 8) || group < 8 || group % 8 != 0 ||
+      cols % 8 != 0 || !aligned(x, 16) || !aligned(q, 8) || !aligned(input_scales, 16)) {
     return static_cast<int>(cudaErrorInvalidValue);
   }
-  constexpr int kThreads = 256;
-  const int64_t blocks = (rows + kThreads / 32 - 1) / (kThreads / 32);
   const auto* px = static_cast<const T*>(x);
   const auto* ps = static_cast<const __half*>(scales);
   const auto* pz = static_cast<const __half*>(zeros);
   const auto* pb = static_cast<const T*>(bias);
+  const auto* pm = static_cast<const __half*>(input_scales);
   auto* py = static_cast<T*>(y);
   const int n = static_cast<int>(tokens);
   if (bits == 4) {
-    packed_linear_kernel<T, 4><<<blocks, kThreads, 0, as_stream(stream)>>>(px, n, q, ps, pz, pb, py, rows, cols, group);
+    launch_packed_bits<T, 4>(px, n, q, ps, pz, pb, pm, py, rows, cols, group, as_stream(stream));
   } else {
-    packed_linear_kernel<T, 8><<<blocks, kThreads, 0, as_stream(stream)>>>(px, n, q, ps, pz, pb, py, rows, cols, group);
+    launch_packed_bits<T, 8>(px, n, q, ps, pz, pb, pm, py, rows, cols, group, as_stream(stream));
   }
   return static_cast<int>(cudaGetLastError());
 }
@@ -718,13 +817,18 @@ int silu_mul(const void* gate, const void* up, void* out, int dtype, int64_t n, 
 }
 
 int packed_linear(const void* x, int64_t tokens, const uint8_t* q, const void* scales, const void* zeros,
-                  const void* bias, void* y, int dtype, int bits, int64_t rows, int64_t cols, int64_t group,
-                  void* stream) {
+                  const void* bias, const void* input_scales, void* y, int dtype, int bits, int64_t rows,
+                  int64_t cols, int64_t group, void* stream) {
   switch (dtype) {
-    case 0: return launch_packed_linear<float>(x, tokens, q, scales, zeros, bias, y, bits, rows, cols, group, stream);
-    case 1: return launch_packed_linear<__half>(x, tokens, q, scales, zeros, bias, y, bits, rows, cols, group, stream);
+    case 0:
+      return launch_packed_linear<float>(x, tokens, q, scales, zeros, bias, input_scales, y, bits, rows, cols, group,
+                                         stream);
+    case 1:
+      return launch_packed_linear<__half>(x, tokens, q, scales, zeros, bias, input_scales, y, bits, rows, cols, group,
+                                          stream);
     case 2:
-      return launch_packed_linear<__nv_bfloat16>(x, tokens, q, scales, zeros, bias, y, bits, rows, cols, group, stream);
+      return launch_packed_linear<__nv_bfloat16>(x, tokens, q, scales, zeros, bias, input_scales, y, bits, rows, cols,
+                                                 group, stream);
   }
   return kBadDtype;
 }

@@ -44,17 +44,19 @@ constexpr int64_t kLowRankMaxTokens = 8;
 int lowrank_forward(const void* x, int64_t tokens, const void* r, const void* u, const void* c, const void* bias,
                     void* y, float* scratch, int dtype, int64_t in, int64_t k, int64_t out, void* stream);
 
-/// The most tokens packed_linear takes.
-constexpr int64_t kPackedMaxTokens = 8;
+/// The most tokens packed_linear takes (a decoding step of up to 16 sequences).
+constexpr int64_t kPackedMaxTokens = 16;
 
 /// y [tokens, rows] = x [tokens, cols] w^T + bias for a weight stored packed
-/// (quant/packed_quant.h): w[r, c] = to_dtype(scales[r, g] * (q[r, c] - zeros[r, g])),
-/// g = c / group, codes of `bits` (4 or 8) bits packed little-endian into
-/// uint8 rows of cols * bits / 8 bytes, fp16 scales and zeros [rows, cols / group].
-/// Needs cols * bits / 8 a multiple of 16 and group a multiple of 128 / bits;
-/// a warp per output row, products summed in float.
+/// (quant/packed_quant.h): w[r, c] = scales[r, g] * (q[r, c] - zeros[r, g]) in float,
+/// g = c / group (the last group may be partial), codes of `bits` (4 or 8) bits packed little-endian into
+/// uint8 rows of cols * bits / 8 bytes, fp16 scales and zeros [rows, ceil(cols / group)].
+/// Needs cols and group multiples of 8, x 16-byte and q 8-byte aligned;
+/// weights are not rounded to the element type (dequantize_tensor rounds them),
+/// products are summed in float and rounded once. input_scales (fp16 [cols],
+/// 16-byte aligned, or null) multiply column c of w (activation-aware formats).
 int packed_linear(const void* x, int64_t tokens, const uint8_t* q, const void* scales, const void* zeros,
-                  const void* bias, void* y, int dtype, int bits, int64_t rows, int64_t cols, int64_t group,
-                  void* stream);
+                  const void* bias, const void* input_scales, void* y, int dtype, int bits, int64_t rows,
+                  int64_t cols, int64_t group, void* stream);
 
 }  // namespace cur4llm::fused::kernels

@@ -57,16 +57,21 @@ at::Tensor lowrank_forward(const at::Tensor& x, const at::Tensor& r, const at::T
                            const at::Tensor& bias);
 
 /// Whether packed_linear serves x [..., cols] with this packed weight: kernels
-/// enabled for x, at most 8 tokens, 4 or 8 bits, rows of a multiple of 16
-/// bytes, groups of a multiple of 128 / bits columns that divide cols, uint8
-/// codes and fp16 scales/zeros on x's device (contiguous), bias in x's dtype.
+/// enabled for x, at most 16 tokens, 4 or 8 bits, cols and the group's
+/// columns multiples of 8, x 16-byte aligned where it is contiguous, uint8
+/// codes (8-byte aligned) and fp16 scales/zeros on x's device (contiguous),
+/// bias in x's dtype, input_scales (activation-aware formats: column
+/// multipliers of the weight) undefined or fp16 [cols] on x's device.
 bool packed_linear_applies(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& scales,
-                           const at::Tensor& zeros, int bits, int64_t cols, int64_t group, const at::Tensor& bias);
+                           const at::Tensor& zeros, int bits, int64_t cols, int64_t group, const at::Tensor& bias,
+                           const at::Tensor& input_scales = {});
 
-/// at::linear(x, dequantize(qweight, scales, zeros) in x's dtype, bias) without
-/// the dequantized weight: the codes are read once, inside the product (decoding).
+/// at::linear(x, dequantize(qweight, scales, zeros), bias) without the
+/// dequantized weight: the codes are read once, inside the product, and each
+/// weight is rebuilt in float (not rounded to x's dtype) (decoding).
 at::Tensor packed_linear(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& scales,
-                         const at::Tensor& zeros, int bits, int64_t cols, int64_t group, const at::Tensor& bias);
+                         const at::Tensor& zeros, int bits, int64_t cols, int64_t group, const at::Tensor& bias,
+                         const at::Tensor& input_scales = {});
 
 /// Causal attention of q, k, v [B, heads, T, dim] (equal head counts, last
 /// dim contiguous) through cuDNN's fused kernel, as at::scaled_dot_product_attention

@@ -229,23 +229,34 @@ at::Tensor lowrank_forward(const at::Tensor& x, const at::Tensor& r, const at::T
 }
 
 bool packed_linear_applies(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& scales,
-                           const at::Tensor& zeros, int bits, int64_t cols, int64_t group, const at::Tensor& bias) {
+                           const at::Tensor& zeros, int bits, int64_t cols, int64_t group, const at::Tensor& bias,
+                           const at::Tensor& input_scales) {
   if (!enabled_for(x) || x.dim() < 1 || x.size(-1) != cols || (bits != 4 && bits != 8)) return false;
   if (x.numel() / std::max<int64_t>(1, cols) > kernels::kPackedMaxTokens) return false;
-  if (group < 1 || cols % group != 0 || (cols * bits / 8) % 16 != 0 || group % (128 / bits) != 0) return false;
+  if (group < 8 || group % 8 != 0 || cols % 8 != 0) return false;
+  // The kernel reads x 16 bytes and codes up to 8 bytes at a time. A non-contiguous x is copied
+  // (aligned) below; a contiguous view that starts off 16 bytes takes the unfused path.
+  if ((x.is_contiguous() && reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 != 0) ||
+      reinterpret_cast<uintptr_t>(qweight.data_ptr()) % 8 != 0) {
+    return false;
+  }
   const int64_t rows = qweight.dim() == 2 ? qweight.size(0) : -1;
   auto on_x = [&](const at::Tensor& t, at::ScalarType type) {
     return t.defined() && t.device() == x.device() && t.scalar_type() == type && t.is_contiguous();
   };
   return on_x(qweight, at::kByte) && qweight.size(1) == cols * bits / 8 && on_x(scales, at::kHalf) &&
-         on_x(zeros, at::kHalf) && scales.dim() == 2 && scales.size(0) == rows && scales.size(1) == cols / group &&
+         on_x(zeros, at::kHalf) && scales.dim() == 2 && scales.size(0) == rows && scales.size(1) == (cols + group - 1) / group &&
          zeros.sizes() == scales.sizes() &&
-         (!bias.defined() || (on_x(bias, x.scalar_type()) && bias.numel() == rows && !bias.requires_grad()));
+         (!bias.defined() || (on_x(bias, x.scalar_type()) && bias.numel() == rows && !bias.requires_grad())) &&
+         (!input_scales.defined() || (on_x(input_scales, at::kHalf) && input_scales.dim() == 1 &&
+                                      input_scales.size(0) == cols &&
+                                      reinterpret_cast<uintptr_t>(input_scales.data_ptr()) % 16 == 0));
 }
 
 at::Tensor packed_linear(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& scales,
-                         const at::Tensor& zeros, int bits, int64_t cols, int64_t group, const at::Tensor& bias) {
-  if (!packed_linear_applies(x, qweight, scales, zeros, bits, cols, group, bias)) {
+                         const at::Tensor& zeros, int bits, int64_t cols, int64_t group, const at::Tensor& bias,
+                         const at::Tensor& input_scales) {
+  if (!packed_linear_applies(x, qweight, scales, zeros, bits, cols, group, bias, input_scales)) {
     throw std::invalid_argument("fused::packed_linear: unsupported inputs");
   }
   c10::cuda::CUDAGuard guard(x.device());
@@ -257,7 +268,8 @@ at::Tensor packed_linear(const at::Tensor& x, const at::Tensor& qweight, const a
   auto y = at::empty({tokens, rows}, x.options());
   if (tokens == 0 || rows == 0) return y.view(sizes);
   check(kernels::packed_linear(x2.data_ptr(), tokens, qweight.data_ptr<uint8_t>(), scales.data_ptr(), zeros.data_ptr(),
-                               bias.defined() ? bias.data_ptr() : nullptr, y.data_ptr(), dtype_code(x2), bits, rows,
+                               bias.defined() ? bias.data_ptr() : nullptr,
+                               input_scales.defined() ? input_scales.data_ptr() : nullptr, y.data_ptr(), dtype_code(x2), bits, rows,
                                cols, group, current_stream(x2)),
         "packed_linear");
   return y.view(sizes);

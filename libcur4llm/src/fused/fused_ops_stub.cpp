@@ -42,11 +42,11 @@ at::Tensor lowrank_forward(const at::Tensor&, const at::Tensor&, const at::Tenso
 }
 
 bool packed_linear_applies(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, int, int64_t,
-                           int64_t, const at::Tensor&) {
+                           int64_t, const at::Tensor&, const at::Tensor&) {
   return false;
 }
 at::Tensor packed_linear(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, int, int64_t,
-                         int64_t, const at::Tensor&) {
+                         int64_t, const at::Tensor&, const at::Tensor&) {
   absent();
 }
 

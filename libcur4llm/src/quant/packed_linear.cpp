@@ -22,15 +22,14 @@ PackedLinear::PackedLinear(QuantizedTensor weight, at::Tensor bias) : weight_(st
 }
 
 bool PackedLinear::fused_for(const at::Tensor& x) const {
-  // The kernel knows no per-column multipliers (activation-aware formats): those dequantize.
-  return !weight_.input_scales.defined() && fused::packed_linear_applies(x, weight_.qweight, weight_.scales, weight_.zeros, weight_.format.bits,
-                                      weight_.cols, group_, bias_);
+  return fused::packed_linear_applies(x, weight_.qweight, weight_.scales, weight_.zeros, weight_.format.bits,
+                                      weight_.cols, group_, bias_, weight_.input_scales);
 }
 
 at::Tensor PackedLinear::forward(const at::Tensor& x) const {
   if (fused_for(x)) {
     return fused::packed_linear(x, weight_.qweight, weight_.scales, weight_.zeros, weight_.format.bits, weight_.cols,
-                                group_, bias_);
+                                group_, bias_, weight_.input_scales);
   }
   return at::linear(x, dequantize_tensor(weight_, x.scalar_type()), bias_);
 }
