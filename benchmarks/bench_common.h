@@ -256,6 +256,17 @@ inline int64_t peak_memory(c10::Device device) {
   return -1;
 }
 
+/// Bytes allocated on the device now (CUDA), else -1.
+inline int64_t allocated_memory(c10::Device device) {
+#ifdef CUR4LLM_BENCH_CUDA
+  if (device.is_cuda()) {
+    auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(device_index(device));
+    return stats.allocated_bytes[static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE)].current;
+  }
+#endif
+  return -1;
+}
+
 inline int64_t peak_host_rss() {
   struct rusage usage {};
   getrusage(RUSAGE_SELF, &usage);
@@ -361,7 +372,7 @@ inline int64_t narrow_decoder(model::CausalLM& lm, double ratio) {
   s.intermediate_size = width(c.intermediate_size);
   s.qk_head_dim = width(c.head_dim);
   s.v_head_dim = width(c.head_dim);
-  for (int64_t j = 0; j < c.num_kv_heads; ++j) {
+  for (int64_t j = 0; s.qk_head_dim < c.head_dim && j < c.num_kv_heads; ++j) {
     for (int64_t half = 0; half < 2; ++half) {
       for (int64_t r = 0; r < s.qk_head_dim / 2; ++r) s.qk_dims.push_back(half * (c.head_dim / 2) + r);
     }

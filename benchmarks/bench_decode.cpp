@@ -54,9 +54,13 @@ int main(int argc, char** argv) try {
   const c10::Device device = lm->device();
   std::map<std::string, model::LinearPtr> dense_slots;
   for (const auto& info : lm->linears()) dense_slots[info.name] = lm->linear_ptr(info.name);
+  // With one configuration the dense layers it replaces are let go, so that the device
+  // memory figures are the model's as it runs (with several they are kept to restore).
+  const auto specs = args.list("factorize", "dense");
+  const bool keep_dense = specs.size() > 1;
 
-  for (const auto& spec : args.list("factorize", "dense")) {
-    bench::restore_layers(*lm, dense_slots);
+  for (const auto& spec : specs) {
+    if (keep_dense) bench::restore_layers(*lm, dense_slots);
     nlohmann::json base = {{"benchmark", "decode"}, {"source", source}, {"layers", spec}};
     // SPEC is one step or two joined by '+' (narrow:0.6+packed:rtn_int4), applied in order.
     std::vector<std::string> steps;
@@ -90,6 +94,9 @@ int main(int argc, char** argv) try {
             bench::factorize_decoder(*lm, step.substr(0, colon), std::stod(step.substr(colon + 1)));
       }
     }
+    if (!keep_dense) dense_slots.clear();
+    // Weights and buffers on the device before any input: what the layers hold.
+    base["model_device_bytes"] = bench::allocated_memory(device);
     for (const auto& batch_str : args.list("batch", "1")) {
       const int64_t batch = std::stoll(batch_str);
       c10::InferenceMode guard;
