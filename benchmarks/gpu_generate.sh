@@ -28,6 +28,10 @@ if [[ $parts == *" refs "* ]]; then  # CPU, float32: runs beside the build
   python3 scripts/generate_reference.py --models tests/data/models --extra "$shared/data/models/stories260K-hf" \
     --out "$out/generate_reference" > "$out/generate_reference.log" 2>&1 &
   refs_pid=$!
+  # And the tokenizers' reference ids (tests/data/tokenizer_reference), one tarball.
+  ( python3 scripts/tokenizer_reference.py --tarball "$shared/data/tokenizers-real.tar.xz" \
+      --wikitext "$shared/data/text/wikitext-2-raw/wiki.test.raw" --out /tmp/tokenizer_reference &&
+    tar -czf "$out/tokenizer_reference.tar.gz" -C /tmp tokenizer_reference ) > "$out/tokenizer_reference.log" 2>&1 &
 fi
 build=/tmp/cur4llm-build
 cmake -S . -B $build -G Ninja -DCMAKE_BUILD_TYPE=Release -DCUR4LLM_SHARED_DIR="$(realpath "$shared")" \
