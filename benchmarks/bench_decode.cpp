@@ -21,7 +21,7 @@
 // packed (quant::PackedLinear, as LoadOptions::keep_packed loads a quantized
 // repository): "packed_layers" and "packed_bytes" say what it holds.
 // Steps joined by '+' apply in order: narrow:0.6+packed:rtn_int4 packs the
-// narrowed layers. narrow:RATIO gives every decoder layer the smaller dense shapes a module
+// narrowed layers, svd:0.6+packed:rtn_int4 the factors of the SVD layers. narrow:RATIO gives every decoder layer the smaller dense shapes a module
 // method leaves (MLP width and query/key/value head widths times RATIO).
 // Each timed decoding step is an NVTX range "decode_step" (CUDA builds), for
 // per-kernel times: ncu --nvtx --nvtx-include "decode_step/" bench_decode ...
@@ -72,14 +72,15 @@ int main(int argc, char** argv) try {
     }
     for (const auto& step : steps) {
       if (step.rfind("packed:", 0) == 0) {
-        // Packs the dense Linears the steps before left (every decoder Linear after narrow:).
+        // Packs the decoder's Linears as the steps before left them: dense (also narrowed)
+        // ones as packed weights, svd/cur ones as packed factors.
         const auto format = quant::parse_quant_format(step.substr(7));
         int64_t layers = 0, bytes = 0;
         for (const auto& info : lm->linears()) {
-          const auto* d = dynamic_cast<const model::DenseLinear*>(lm->linear_ptr(info.name).get());
-          if (info.layer < 0 || !d) continue;
-          auto packed = std::make_shared<quant::PackedLinear>(quant::quantize_tensor(d->weight(), format), d->bias());
-          bytes += packed->packed_bytes();
+          if (info.layer < 0) continue;
+          auto packed = quant::pack_slot(lm->linear(info.name), format);
+          if (const auto* p = dynamic_cast<const quant::PackedLinear*>(packed.get())) bytes += p->packed_bytes();
+          if (const auto* f = dynamic_cast<const quant::PackedFactors*>(packed.get())) bytes += f->weight_bytes();
           lm->replace_linear(info.name, packed);
           ++layers;
         }

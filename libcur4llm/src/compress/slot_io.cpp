@@ -14,6 +14,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <initializer_list>
 #include <stdexcept>
 
 namespace cur4llm::compress {
@@ -41,6 +42,27 @@ quant::QuantizedTensor read_packed(const model::SlotSpec& spec, const model::Slo
   } catch (const std::invalid_argument& e) {
     throw std::runtime_error(fmt::format("{}: {}", tensors.describe(name), e.what()));
   }
+}
+
+// A factor of a factorized slot that keep_packed loads: packed -> PackedLinear on the
+// device, else a DenseLinear; `bias` joins the last factor.
+model::LinearPtr kept_factor(const model::SlotSpec& spec, const model::SlotTensors& t, const std::string& name,
+                             const std::vector<int64_t>& shape, const at::Tensor& bias) {
+  if (!spec.packed.count(name)) return std::make_shared<model::DenseLinear>(read_factor(spec, t, name, shape), bias);
+  auto q = read_packed(spec, t, name, shape);
+  for (auto* part : {&q.qweight, &q.scales, &q.zeros, &q.input_scales}) {
+    if (part->defined()) *part = part->to(t.device());
+  }
+  return std::make_shared<quant::PackedLinear>(std::move(q), bias);
+}
+
+// Whether keep_packed keeps this slot's factors packed (some factor is packed).
+bool keeps_packed(const model::SlotSpec& spec, const model::SlotTensors& t, std::initializer_list<const char*> names) {
+  if (!t.keep_packed()) return false;
+  for (const char* n : names) {
+    if (spec.packed.count(n)) return true;
+  }
+  return false;
 }
 
 }  // namespace
@@ -76,7 +98,8 @@ namespace {
 
 // ---------------------------------------------------------------------------------------------
 // "dense": y = x W^T + b. Written to an acur repository only when W is packed.
-// Loaded with keep_packed, a packed weight stays packed (quant::PackedLinear).
+// Loaded with keep_packed, a packed weight stays packed (quant::PackedLinear), and so do
+// the packed factors of "cur" and "svd" slots (quant::PackedFactors).
 model::SlotFields describe_dense(const model::LinearSlot& slot) {
   if (const auto* packed = dynamic_cast<const quant::PackedLinear*>(&slot)) {
     return {{"bias", bool_field(packed->bias().defined())}};
@@ -101,6 +124,7 @@ model::LinearPtr load_dense(const model::SlotSpec& spec, const model::SlotTensor
 // ---------------------------------------------------------------------------------------------
 // "cur": C [out, k] (or C·U when folded), U [k, k], R [k, in], bias, row/column indices.
 model::SlotFields describe_cur(const model::LinearSlot& slot) {
+  if (const auto* kept = dynamic_cast<const quant::PackedFactors*>(&slot)) return kept->fields();
   const auto& s = dynamic_cast<const CURLinear&>(slot);
   return {{"rank", int_field(s.rank())},
           {"folded", bool_field(s.folded())},
@@ -116,6 +140,24 @@ model::LinearPtr load_cur(const model::SlotSpec& spec, const model::SlotTensors&
                                          std::min(out, in)));
   }
   const bool folded = spec.boolean("folded", false);
+  if (keeps_packed(spec, t, {"C", "CU", "U", "R"})) {
+    auto bias = spec.boolean("bias") ? read_factor(spec, t, "bias", {out}) : at::Tensor();
+    std::vector<quant::PackedFactors::Factor> factors{{"R", kept_factor(spec, t, "R", {k, in}, {})}};
+    if (!folded) factors.push_back({"U", kept_factor(spec, t, "U", {k, k}, {})});
+    factors.push_back({folded ? "CU" : "C", kept_factor(spec, t, folded ? "CU" : "C", {out, k}, bias)});
+    std::vector<std::pair<std::string, at::Tensor>> extra;
+    const bool indices = spec.boolean("indices", false);
+    if (indices) {
+      extra.emplace_back("row_indices", read_indices(t, "row_indices", k, out));
+      extra.emplace_back("col_indices", read_indices(t, "col_indices", k, in));
+    }
+    model::SlotFields fields{{"rank", int_field(k)},
+                             {"folded", bool_field(folded)},
+                             {"bias", bool_field(bias.defined())},
+                             {"indices", bool_field(indices)}};
+    return std::make_shared<quant::PackedFactors>("cur", std::move(fields), std::move(factors), "bias",
+                                                  std::move(extra));
+  }
   auto c = read_factor(spec, t, folded ? "CU" : "C", {out, k});
   auto u = folded ? at::Tensor() : read_factor(spec, t, "U", {k, k});
   auto r = read_factor(spec, t, "R", {k, in});
@@ -131,6 +173,7 @@ model::LinearPtr load_cur(const model::SlotSpec& spec, const model::SlotTensors&
 // ---------------------------------------------------------------------------------------------
 // "svd": A [out, k] ("ALinear.weight"), B [k, in] ("BLinear.weight"), bias ("ALinear.bias").
 model::SlotFields describe_svd(const model::LinearSlot& slot) {
+  if (const auto* kept = dynamic_cast<const quant::PackedFactors*>(&slot)) return kept->fields();
   const auto& s = dynamic_cast<const SVDLinear&>(slot);
   return {{"rank", int_field(s.rank())}, {"bias", bool_field(s.bias().defined())}};
 }
@@ -140,6 +183,14 @@ model::LinearPtr load_svd(const model::SlotSpec& spec, const model::SlotTensors&
   if (k < 1 || k > std::min(spec.out_features, spec.in_features)) {
     throw std::runtime_error(fmt::format("{}: layer \"{}\": rank {} is not in [1, {}]", spec.source, spec.name, k,
                                          std::min(spec.out_features, spec.in_features)));
+  }
+  if (keeps_packed(spec, t, {"ALinear.weight", "BLinear.weight"})) {
+    auto bias = spec.boolean("bias") ? read_factor(spec, t, "ALinear.bias", {spec.out_features}) : at::Tensor();
+    std::vector<quant::PackedFactors::Factor> factors{
+        {"BLinear.weight", kept_factor(spec, t, "BLinear.weight", {k, spec.in_features}, {})},
+        {"ALinear.weight", kept_factor(spec, t, "ALinear.weight", {spec.out_features, k}, bias)}};
+    model::SlotFields fields{{"rank", int_field(k)}, {"bias", bool_field(bias.defined())}};
+    return std::make_shared<quant::PackedFactors>("svd", std::move(fields), std::move(factors), "ALinear.bias");
   }
   auto a = read_factor(spec, t, "ALinear.weight", {spec.out_features, k});
   auto b = read_factor(spec, t, "BLinear.weight", {k, spec.in_features});

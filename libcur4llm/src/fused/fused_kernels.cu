@@ -710,35 +710,90 @@ __global__ void __launch_bounds__(kPackedWarps * 32)
   }
 }
 
+// Any shape: a warp per output row, lane l taking columns l, l + 32, ... one at a time (reads
+// stay coalesced, a byte or nibble of codes each). For the layers the sliced kernel does not
+// take: columns no multiple of 8 (a factorized layer's rank), inputs off 16 bytes.
+template <typename T, int BITS, int TOKENS>
+__global__ void __launch_bounds__(256)
+    packed_linear_any_kernel(const T* __restrict__ x, int tokens, const uint8_t* __restrict__ q,
+                             const __half* __restrict__ scales, const __half* __restrict__ zeros,
+                             const T* __restrict__ bias, const __half* __restrict__ colmul, T* __restrict__ y,
+                             int64_t rows, int64_t cols, int64_t group) {
+  const int lane = threadIdx.x % 32;
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32;
+  if (row >= rows) return;
+  const int64_t row_bytes = (cols * BITS + 7) / 8, groups = (cols + group - 1) / group;
+  const uint8_t* qr = q + row * row_bytes;
+  float acc[TOKENS];
+#pragma unroll
+  for (int t = 0; t < TOKENS; ++t) acc[t] = 0.f;
+  for (int64_t c = lane; c < cols; c += 32) {
+    const uint32_t byte = qr[c * BITS / 8];
+    const uint32_t code = BITS == 8 ? byte : (byte >> ((c % 2) * 4)) & 15u;
+    const int64_t g = row * groups + c / group;
+    float w = (static_cast<float>(code) - __half2float(zeros[g])) * __half2float(scales[g]);
+    if (colmul != nullptr) w *= __half2float(colmul[c]);
+#pragma unroll
+    for (int t = 0; t < TOKENS; ++t) {
+      if (t < tokens) acc[t] = fmaf(Elem<T>::load(x[static_cast<int64_t>(t) * cols + c]), w, acc[t]);
+    }
+  }
+#pragma unroll
+  for (int t = 0; t < TOKENS; ++t) {
+    float v = acc[t];
+    for (int o = 16; o > 0; o /= 2) v += __shfl_xor_sync(0xffffffffu, v, o);
+    if (lane == 0 && t < tokens) {
+      if (bias != nullptr) v += Elem<T>::load(bias[row]);
+      y[static_cast<int64_t>(t) * rows + row] = Elem<T>::store(v);
+    }
+  }
+}
+
+template <typename T, int BITS, int TOKENS>
+void launch_packed_tokens(bool sliced, const T* x, int tokens, const uint8_t* q, const __half* scales,
+                          const __half* zeros, const T* bias, const __half* colmul, T* y, int64_t rows, int64_t cols,
+                          int64_t group, cudaStream_t stream) {
+  if (sliced) {
+    const auto blocks = static_cast<unsigned>((rows + kPackedRows - 1) / kPackedRows);
+    packed_linear_kernel<T, BITS, TOKENS>
+        <<<blocks, kPackedWarps * 32, 0, stream>>>(x, tokens, q, scales, zeros, bias, colmul, y, rows, cols, group);
+  } else {
+    const auto blocks = static_cast<unsigned>((rows + 7) / 8);
+    packed_linear_any_kernel<T, BITS, TOKENS>
+        <<<blocks, 256, 0, stream>>>(x, tokens, q, scales, zeros, bias, colmul, y, rows, cols, group);
+  }
+}
+
 template <typename T, int BITS>
-void launch_packed_bits(const T* x, int tokens, const uint8_t* q, const __half* scales, const __half* zeros,
-                        const T* bias, const __half* colmul, T* y, int64_t rows, int64_t cols, int64_t group, cudaStream_t stream) {
-  const auto blocks = static_cast<unsigned>((rows + kPackedRows - 1) / kPackedRows);
-  constexpr int kThreads = kPackedWarps * 32;
+void launch_packed_bits(bool sliced, const T* x, int tokens, const uint8_t* q, const __half* scales,
+                        const __half* zeros, const T* bias, const __half* colmul, T* y, int64_t rows, int64_t cols,
+                        int64_t group, cudaStream_t stream) {
   // Templated on a token bound so that each count keeps only the accumulators it needs.
   if (tokens <= 1) {
-    packed_linear_kernel<T, BITS, 1><<<blocks, kThreads, 0, stream>>>(x, tokens, q, scales, zeros, bias, colmul, y, rows, cols, group);
+    launch_packed_tokens<T, BITS, 1>(sliced, x, tokens, q, scales, zeros, bias, colmul, y, rows, cols, group, stream);
   } else if (tokens <= 2) {
-    packed_linear_kernel<T, BITS, 2><<<blocks, kThreads, 0, stream>>>(x, tokens, q, scales, zeros, bias, colmul, y, rows, cols, group);
+    launch_packed_tokens<T, BITS, 2>(sliced, x, tokens, q, scales, zeros, bias, colmul, y, rows, cols, group, stream);
   } else if (tokens <= 4) {
-    packed_linear_kernel<T, BITS, 4><<<blocks, kThreads, 0, stream>>>(x, tokens, q, scales, zeros, bias, colmul, y, rows, cols, group);
+    launch_packed_tokens<T, BITS, 4>(sliced, x, tokens, q, scales, zeros, bias, colmul, y, rows, cols, group, stream);
   } else if (tokens <= 8) {
-    packed_linear_kernel<T, BITS, 8><<<blocks, kThreads, 0, stream>>>(x, tokens, q, scales, zeros, bias, colmul, y, rows, cols, group);
+    launch_packed_tokens<T, BITS, 8>(sliced, x, tokens, q, scales, zeros, bias, colmul, y, rows, cols, group, stream);
   } else {
-    packed_linear_kernel<T, BITS, 16><<<blocks, kThreads, 0, stream>>>(x, tokens, q, scales, zeros, bias, colmul, y, rows, cols, group);
+    launch_packed_tokens<T, BITS, 16>(sliced, x, tokens, q, scales, zeros, bias, colmul, y, rows, cols, group, stream);
   }
 }
 
 template <typename T>
 int launch_packed_linear(const void* x, int64_t tokens, const uint8_t* q, const void* scales, const void* zeros,
-                         const void* bias, const void* input_scales, void* y, int bits, int64_t rows, int64_t cols, int64_t group,
-                         void* stream) {
-  static_assert(kPackedMaxTokens <= 16, "packed_linear_kernel is instantiated for at most 16 tokens");
-  const auto aligned = [](const void* p, uintptr_t n) { return reinterpret_cast<uintptr_t>(p) % n == 0; };
-  if (tokens < 1 || tokens > kPackedMaxTokens || (bits != 4 && bits != 8) || group < 8 || group % 8 != 0 ||
-      cols % 8 != 0 || !aligned(x, 16) || !aligned(q, 8) || !aligned(input_scales, 16)) {
+                         const void* bias, const void* input_scales, void* y, int bits, int64_t rows, int64_t cols,
+                         int64_t group, void* stream) {
+  static_assert(kPackedMaxTokens <= 16, "the packed kernels are instantiated for at most 16 tokens");
+  if (tokens < 1 || tokens > kPackedMaxTokens || (bits != 4 && bits != 8) || group < 1 || cols < 1) {
     return static_cast<int>(cudaErrorInvalidValue);
   }
+  const auto aligned = [](const void* p, uintptr_t n) { return reinterpret_cast<uintptr_t>(p) % n == 0; };
+  // The sliced kernel reads 8 columns at a time: x in 16 bytes, codes in 4 or 8, multipliers in 16.
+  const bool sliced = cols % 8 == 0 && group % 8 == 0 && aligned(x, 16) && aligned(q, 8) &&
+                      aligned(input_scales, 16);
   const auto* px = static_cast<const T*>(x);
   const auto* ps = static_cast<const __half*>(scales);
   const auto* pz = static_cast<const __half*>(zeros);
@@ -747,9 +802,9 @@ int launch_packed_linear(const void* x, int64_t tokens, const uint8_t* q, const 
   auto* py = static_cast<T*>(y);
   const int n = static_cast<int>(tokens);
   if (bits == 4) {
-    launch_packed_bits<T, 4>(px, n, q, ps, pz, pb, pm, py, rows, cols, group, as_stream(stream));
+    launch_packed_bits<T, 4>(sliced, px, n, q, ps, pz, pb, pm, py, rows, cols, group, as_stream(stream));
   } else {
-    launch_packed_bits<T, 8>(px, n, q, ps, pz, pb, pm, py, rows, cols, group, as_stream(stream));
+    launch_packed_bits<T, 8>(sliced, px, n, q, ps, pz, pb, pm, py, rows, cols, group, as_stream(stream));
   }
   return static_cast<int>(cudaGetLastError());
 }

@@ -49,12 +49,14 @@ constexpr int64_t kPackedMaxTokens = 16;
 
 /// y [tokens, rows] = x [tokens, cols] w^T + bias for a weight stored packed
 /// (quant/packed_quant.h): w[r, c] = scales[r, g] * (q[r, c] - zeros[r, g]) in float,
-/// g = c / group (the last group may be partial), codes of `bits` (4 or 8) bits packed little-endian into
-/// uint8 rows of cols * bits / 8 bytes, fp16 scales and zeros [rows, ceil(cols / group)].
-/// Needs cols and group multiples of 8, x 16-byte and q 8-byte aligned;
-/// weights are not rounded to the element type (dequantize_tensor rounds them),
-/// products are summed in float and rounded once. input_scales (fp16 [cols],
-/// 16-byte aligned, or null) multiply column c of w (activation-aware formats).
+/// g = c / group (the last group may be partial), codes of `bits` (4 or 8) bits packed
+/// little-endian into uint8 rows of ceil(cols * bits / 8) bytes, fp16 scales and zeros
+/// [rows, ceil(cols / group)]. Weights are not rounded to the element type
+/// (dequantize_tensor rounds them); products are summed in float and rounded once.
+/// input_scales (fp16 [cols], or null) multiply column c of w (activation-aware
+/// formats). With cols and group multiples of 8, x 16-byte, q 8-byte and
+/// input_scales 16-byte aligned, each lane reads 8 columns at a time; any other
+/// shape takes a kernel that reads one column at a time.
 int packed_linear(const void* x, int64_t tokens, const uint8_t* q, const void* scales, const void* zeros,
                   const void* bias, const void* input_scales, void* y, int dtype, int bits, int64_t rows,
                   int64_t cols, int64_t group, void* stream);

@@ -57,9 +57,8 @@ at::Tensor lowrank_forward(const at::Tensor& x, const at::Tensor& r, const at::T
                            const at::Tensor& bias);
 
 /// Whether packed_linear serves x [..., cols] with this packed weight: kernels
-/// enabled for x, at most 16 tokens, 4 or 8 bits, cols and the group's
-/// columns multiples of 8, x 16-byte aligned where it is contiguous, uint8
-/// codes (8-byte aligned) and fp16 scales/zeros on x's device (contiguous),
+/// enabled for x, at most 16 tokens, 4 or 8 bits, uint8 codes and fp16
+/// scales/zeros on x's device (contiguous),
 /// bias in x's dtype, input_scales (activation-aware formats: column
 /// multipliers of the weight) undefined or fp16 [cols] on x's device.
 bool packed_linear_applies(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& scales,

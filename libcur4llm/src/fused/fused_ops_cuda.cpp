@@ -233,24 +233,17 @@ bool packed_linear_applies(const at::Tensor& x, const at::Tensor& qweight, const
                            const at::Tensor& input_scales) {
   if (!enabled_for(x) || x.dim() < 1 || x.size(-1) != cols || (bits != 4 && bits != 8)) return false;
   if (x.numel() / std::max<int64_t>(1, cols) > kernels::kPackedMaxTokens) return false;
-  if (group < 8 || group % 8 != 0 || cols % 8 != 0) return false;
-  // The kernel reads x 16 bytes and codes up to 8 bytes at a time. A non-contiguous x is copied
-  // (aligned) below; a contiguous view that starts off 16 bytes takes the unfused path.
-  if ((x.is_contiguous() && reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 != 0) ||
-      reinterpret_cast<uintptr_t>(qweight.data_ptr()) % 8 != 0) {
-    return false;
-  }
+  if (group < 1 || cols < 1) return false;
   const int64_t rows = qweight.dim() == 2 ? qweight.size(0) : -1;
   auto on_x = [&](const at::Tensor& t, at::ScalarType type) {
     return t.defined() && t.device() == x.device() && t.scalar_type() == type && t.is_contiguous();
   };
-  return on_x(qweight, at::kByte) && qweight.size(1) == cols * bits / 8 && on_x(scales, at::kHalf) &&
+  return on_x(qweight, at::kByte) && qweight.size(1) == (cols * bits + 7) / 8 && on_x(scales, at::kHalf) &&
          on_x(zeros, at::kHalf) && scales.dim() == 2 && scales.size(0) == rows && scales.size(1) == (cols + group - 1) / group &&
          zeros.sizes() == scales.sizes() &&
          (!bias.defined() || (on_x(bias, x.scalar_type()) && bias.numel() == rows && !bias.requires_grad())) &&
          (!input_scales.defined() || (on_x(input_scales, at::kHalf) && input_scales.dim() == 1 &&
-                                      input_scales.size(0) == cols &&
-                                      reinterpret_cast<uintptr_t>(input_scales.data_ptr()) % 16 == 0));
+                                      input_scales.size(0) == cols));
 }
 
 at::Tensor packed_linear(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& scales,

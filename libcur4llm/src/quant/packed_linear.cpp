@@ -1,4 +1,5 @@
-// PackedLinear: a dense Linear layer computed from its packed int4/int8 weight.
+// PackedLinear: a dense Linear layer computed from its packed int4/int8 weight;
+// PackedFactors: a factorized one computed from its (partly) packed factors.
 #include <cur4llm/quant/packed_linear.h>
 
 #include "../fused/fused_ops.h"
@@ -42,6 +43,128 @@ std::vector<std::pair<std::string, at::Tensor>> PackedLinear::state() const {
 
 at::Tensor PackedLinear::reconstruct_weight() const {
   return dequantize_tensor(weight_, bias_.defined() ? bias_.scalar_type() : at::kFloat);
+}
+
+namespace {
+
+// The bias of a factor, or undefined.
+at::Tensor factor_bias(const model::LinearSlot& layer) {
+  if (const auto* p = dynamic_cast<const PackedLinear*>(&layer)) return p->bias();
+  if (const auto* d = dynamic_cast<const model::DenseLinear*>(&layer)) return d->bias();
+  throw std::invalid_argument(
+      fmt::format("PackedFactors: a factor must be a packed or a dense Linear, not \"{}\"", layer.kind()));
+}
+
+}  // namespace
+
+PackedFactors::PackedFactors(std::string kind, model::SlotFields fields, std::vector<Factor> factors,
+                             std::string bias_name, std::vector<std::pair<std::string, at::Tensor>> extra)
+    : kind_(std::move(kind)),
+      fields_(std::move(fields)),
+      factors_(std::move(factors)),
+      bias_name_(std::move(bias_name)),
+      extra_(std::move(extra)) {
+  if (factors_.empty()) throw std::invalid_argument("PackedFactors: no factors");
+  for (size_t i = 0; i < factors_.size(); ++i) {
+    const auto& f = factors_[i];
+    if (!f.layer) throw std::invalid_argument(fmt::format("PackedFactors: factor \"{}\" is null", f.name));
+    if (i > 0 && f.layer->in_features() != factors_[i - 1].layer->out_features()) {
+      throw std::invalid_argument(fmt::format("PackedFactors: factor \"{}\" takes {} features, \"{}\" gives {}", f.name,
+                                              f.layer->in_features(), factors_[i - 1].name,
+                                              factors_[i - 1].layer->out_features()));
+    }
+    if (factor_bias(*f.layer).defined() && i + 1 != factors_.size()) {
+      throw std::invalid_argument(fmt::format("PackedFactors: only the last factor has a bias, not \"{}\"", f.name));
+    }
+  }
+}
+
+at::Tensor PackedFactors::forward(const at::Tensor& x) const {
+  at::Tensor t = x;
+  for (const auto& f : factors_) t = f.layer->forward(t);
+  return t;
+}
+
+int64_t PackedFactors::weight_params() const {
+  int64_t n = 0;
+  for (const auto& f : factors_) n += f.layer->weight_params();
+  return n;
+}
+
+int64_t PackedFactors::weight_bytes() const {
+  int64_t n = 0;
+  for (const auto& f : factors_) {
+    if (const auto* p = dynamic_cast<const PackedLinear*>(f.layer.get())) {
+      n += p->packed_bytes();
+    } else {
+      const auto& w = dynamic_cast<const model::DenseLinear&>(*f.layer).weight();
+      n += w.numel() * static_cast<int64_t>(w.element_size());
+    }
+  }
+  return n;
+}
+
+std::vector<std::pair<std::string, at::Tensor>> PackedFactors::state() const {
+  std::vector<std::pair<std::string, at::Tensor>> out;
+  for (const auto& f : factors_) {
+    for (auto& [key, t] : f.layer->state()) {
+      if (key == "weight") out.emplace_back(f.name, t);
+    }
+  }
+  const auto bias = factor_bias(*factors_.back().layer);
+  if (bias.defined()) out.emplace_back(bias_name_, bias);
+  for (const auto& e : extra_) out.push_back(e);
+  return out;
+}
+
+at::Tensor PackedFactors::reconstruct_weight() const {
+  at::Tensor w;
+  for (const auto& f : factors_) {
+    const auto fw = f.layer->reconstruct_weight().to(at::kFloat);
+    w = w.defined() ? at::matmul(fw, w) : fw;
+  }
+  return w;
+}
+
+model::LinearPtr pack_slot(const model::LinearSlot& slot, const QuantFormat& format) {
+  if (format.activation_aware) {
+    throw std::invalid_argument(fmt::format("pack_slot: format \"{}\" needs input scales", format.name));
+  }
+  const auto state = slot.state();
+  auto get = [&](const std::string& name) {
+    for (const auto& [key, t] : state) {
+      if (key == name) return t;
+    }
+    return at::Tensor();
+  };
+  auto packed = [&](const std::string& name, const at::Tensor& bias) -> model::LinearPtr {
+    return std::make_shared<PackedLinear>(quantize_tensor(get(name), format), bias);
+  };
+  const std::string kind = slot.kind();
+  if (kind == "dense") return packed("weight", get("bias"));
+  if (kind == "svd") {
+    const auto a = get("ALinear.weight"), bias = get("ALinear.bias");
+    model::SlotFields fields{{"rank", std::to_string(a.size(1))}, {"bias", bias.defined() ? "true" : "false"}};
+    return std::make_shared<PackedFactors>(
+        "svd", std::move(fields),
+        std::vector<PackedFactors::Factor>{{"BLinear.weight", packed("BLinear.weight", {})},
+                                           {"ALinear.weight", packed("ALinear.weight", bias)}},
+        "ALinear.bias");
+  }
+  if (kind == "cur") {
+    const bool folded = get("U").defined() == false;
+    const std::string c = folded ? "CU" : "C";
+    const auto bias = get("bias");
+    std::vector<PackedFactors::Factor> factors{{"R", packed("R", {})}};
+    if (!folded) factors.push_back({"U", packed("U", {})});
+    factors.push_back({c, packed(c, bias)});
+    model::SlotFields fields{{"rank", std::to_string(get(c).size(1))},
+                             {"folded", folded ? "true" : "false"},
+                             {"bias", bias.defined() ? "true" : "false"},
+                             {"indices", "false"}};
+    return std::make_shared<PackedFactors>("cur", std::move(fields), std::move(factors), "bias");
+  }
+  throw std::invalid_argument(fmt::format("pack_slot: a \"{}\" layer cannot be kept packed", kind));
 }
 
 }  // namespace cur4llm::quant
