@@ -7,7 +7,8 @@
 # (benchmarks/hf_decode.py). Logs and JSON lines go to $OUT:
 #   bash benchmarks/gpu_generate.sh <deps-folder> <shared-folder> [parts]
 # parts (default "tests refs llama prefill hf opt"; "profile" adds per-kernel
-# times of one decoding step through Nsight Compute); the build is incremental,
+# times of one decoding step through Nsight Compute, last); $EXTRA_TARGETS are
+# built too; the build is incremental,
 # so a second call on the same machine skips it. The whole run ends by $BUDGET
 # seconds (default 580): each step gets at most what is left.
 set -uo pipefail
@@ -36,7 +37,8 @@ fi
 build=/tmp/cur4llm-build
 cmake -S . -B $build -G Ninja -DCMAKE_BUILD_TYPE=Release -DCUR4LLM_SHARED_DIR="$(realpath "$shared")" \
   > "$out/configure.log" 2>&1 || { tail -40 "$out/configure.log"; exit 1; }
-cmake --build $build -j16 --target test_generate test_packed_quant test_model generate bench_decode bench_linear > "$out/build.log" 2>&1 ||
+cmake --build $build -j16 --target test_generate test_packed_quant test_model generate bench_decode bench_linear \
+  ${EXTRA_TARGETS:-} > "$out/build.log" 2>&1 ||
   { grep -E "error|Error" -A5 "$out/build.log" | head -60; exit 1; }
 stamp "built"
 
@@ -61,20 +63,8 @@ each() {
   shift 2
   for spec in ${specs//,/ }; do run "$limit" $bench "$@" --factorize "$spec"; done
 }
-if [[ $parts == *" profile "* ]]; then
-  # ncu runs each kernel of the 3 "decode_step" ranges alone (--new_tokens 2: 2 warm-up steps, 1 timed).
-  for spec in dense packed:rtn_int4 narrow:0.6 svd:0.6; do
-    timeout "$(left 90)" ncu --clock-control none --cache-control none --nvtx --nvtx-include "decode_step/" \
-      --metrics gpu__time_duration.sum --print-units base --csv \
-      $bench --config benchmarks/configs/llama-7b.json --device cuda --dtype bf16 --batch 1 --prompt_len 512 \
-      --new_tokens 2 --factorize $spec > "$out/ncu_${spec//:/_}.csv" 2> "$out/ncu_${spec//:/_}.log"
-    python3 benchmarks/kernel_times.py "$out/ncu_${spec//:/_}.csv" --steps 3 --label "llama-7b bf16 b1 $spec" \
-      | tee -a "$out/kernel_times.jsonl"
-  done
-  stamp "profile"
-fi
 if [[ $parts == *" llama "* ]]; then
-  each 60 ${LLAMA_SPECS:-dense,packed:rtn_int4,narrow:0.6,svd:0.6,packed:rtn_int8,narrow:0.8,narrow:0.6+packed:rtn_int4,svd:0.8,cur:0.6,cur_folded:0.6,cur:0.8,narrow:0.8+packed:rtn_int4} \
+  each 45 ${LLAMA_SPECS:-dense,packed:rtn_int4,narrow:0.6,svd:0.6,packed:rtn_int8,narrow:0.6+packed:rtn_int4,svd:0.6+packed:rtn_int4,narrow:0.8,svd:0.8,cur:0.6,cur_folded:0.6,cur:0.8} \
     --config benchmarks/configs/llama-7b.json --device cuda --dtype bf16 --batch 1,16 --prompt_len 512 \
     --new_tokens 256 --graph 1
   # Where a decoding step's time goes: each LLaMA-7B Linear shape alone, 1 token, graph-replayed.
@@ -99,4 +89,16 @@ if [[ $parts == *" opt "* ]]; then
     --config benchmarks/configs/opt-1.3b.json --device cuda --dtype fp16 --batch 1,16 --prompt_len 512 \
     --new_tokens 256 --graph 1
   stamp "opt"
+fi
+if [[ $parts == *" profile "* ]]; then
+  # ncu runs each kernel of the 3 "decode_step" ranges alone (--new_tokens 2: 2 warm-up steps, 1 timed).
+  for spec in dense packed:rtn_int4 narrow:0.6 svd:0.6; do
+    timeout "$(left 90)" ncu --clock-control none --cache-control none --nvtx --nvtx-include "decode_step/" \
+      --metrics gpu__time_duration.sum --print-units base --csv \
+      $bench --config benchmarks/configs/llama-7b.json --device cuda --dtype bf16 --batch 1 --prompt_len 512 \
+      --new_tokens 2 --factorize $spec > "$out/ncu_${spec//:/_}.csv" 2> "$out/ncu_${spec//:/_}.log"
+    python3 benchmarks/kernel_times.py "$out/ncu_${spec//:/_}.csv" --steps 3 --label "llama-7b bf16 b1 $spec" \
+      | tee -a "$out/kernel_times.jsonl"
+  done
+  stamp "profile"
 fi
