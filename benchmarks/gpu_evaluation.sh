@@ -19,6 +19,7 @@
 #   opt       train benchmarks/train_opt_tinystories.py's OPT (opt-model.tar in OUT)
 #   compare   compare.sh on both models ($METHODS, $RATIOS, seeds $SEEDS), in parallel
 #   timing    bench_tasks against tasks_reference.py --time, LLaMA-7B shape, fp16
+#             ($TIMING_RUNS: which of "cpp cpp_one_row python", default all)
 #   export    build_acur_repo of module-method folders, loaded by scripts/check_hf_repo.py
 set -uo pipefail
 deps=${1:?deps folder}
@@ -135,7 +136,7 @@ fi
 
 if [[ $parts == *" timing "* ]]; then
   tok=/tmp/cur4llm-tok/tokenizers/llama2
-  for what in cpp cpp_one_row python; do
+  for what in ${TIMING_RUNS:-cpp cpp_one_row python}; do
     case $what in
       cpp) cmd=($build/benchmarks/bench_tasks --config benchmarks/configs/llama-7b.json --tokenizer $tok) ;;
       cpp_one_row) cmd=($build/benchmarks/bench_tasks --config benchmarks/configs/llama-7b.json --tokenizer $tok --max_batch_tokens 1) ;;
