@@ -40,7 +40,9 @@ TOKENIZERS = [
     # Its tokenizer.json is byte-level but tokenizer_config.json names LlamaTokenizer, whose
     # transformers 5 pipeline drops spaces and non-ASCII text: the file is read as tokenizers reads it.
     ("deepseek-coder", "deepseek-coder", "tokenizer.json"),
-    ("opt", "opt", "folder"),
+    # No tokenizer.json exists for OPT, and transformers 5 has no slow GPT2Tokenizer backend to read
+    # vocab.json + merges.txt with: the same pipeline is built from them with tokenizers.
+    ("opt", "opt", "opt_bpe"),
     ("qwen2.5", "qwen2.5", "folder"),
     ("llama3", "llama3", "folder"),
 ]
@@ -71,6 +73,18 @@ def load(folder, loader):
     if loader == "vocab_merges":
         tok = transformers.GPT2Tokenizer(os.path.join(folder, "vocab.json"), os.path.join(folder, "merges.txt"))
         return (lambda t, s: tok(t, add_special_tokens=s)["input_ids"]), "transformers GPT2Tokenizer(vocab, merges)"
+    if loader == "opt_bpe":
+        # OPT's GPT2Tokenizer: byte-level BPE, no prefix space, "</s>" (its bos) before the text
+        # (add_bos_token), and its special tokens matched whole in the text.
+        from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+        tok = Tokenizer(models.BPE.from_file(os.path.join(folder, "vocab.json"), os.path.join(folder, "merges.txt")))
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        tok.add_special_tokens(["</s>", "<pad>"])
+        bos = tok.token_to_id("</s>")
+        tok.post_processor = processors.TemplateProcessing(single="</s> $A", pair="</s> $A </s> $B",
+                                                           special_tokens=[("</s>", bos)])
+        return (lambda t, s: tok.encode(t, add_special_tokens=s).ids), "tokenizers BPE(vocab, merges) as GPT2Tokenizer"
     if loader != "folder":
         import tokenizers
         tok = tokenizers.Tokenizer.from_file(os.path.join(folder, loader))
