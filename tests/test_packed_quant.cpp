@@ -5,6 +5,8 @@
 // triples, and rtn_quantize_model with a format on the tiny LLaMA.
 #include "test_paths.h"
 
+#include <cur4llm/compress/cur_linear.h>
+#include <cur4llm/compress/svd_linear.h>
 #include <cur4llm/quant/packed_linear.h>
 #include <cur4llm/quant/packed_quant.h>
 #include <cur4llm/quant/quantize.h>
@@ -527,6 +529,47 @@ TEST_CASE("PackedLinear computes the dequantized layer: CPU reference path", "[p
   }
   quant::QuantizedTensor bad = quant::quantize_tensor(w, quant::parse_quant_format("rtn_int4"));
   CHECK_THROWS_WITH(quant::PackedLinear(bad, at::zeros({7})), Catch::Matchers::Contains("bias of 7 values"));
+}
+
+TEST_CASE("pack_slot keeps dense, SVD and CUR layers packed and computes their dequantized factors",
+          "[packed_quant]") {
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(15);
+  const auto f = quant::parse_quant_format("rtn_int4");
+  auto deq = [&](const at::Tensor& w) { return quant::dequantize_tensor(quant::quantize_tensor(w, f), at::kFloat); };
+  const auto x = at::randn({3, 64}, gen);
+  const auto w = at::randn({40, 64}, gen), b = at::randn({40}, gen);
+  const auto a = at::randn({40, 12}, gen), bb = at::randn({12, 64}, gen);
+  const auto c = at::randn({40, 12}, gen), u = at::randn({12, 12}, gen), r = at::randn({12, 64}, gen);
+
+  const auto dense = quant::pack_slot(cur4llm::model::DenseLinear(w, b), f);
+  CHECK(dense->kind() == "dense");
+  CHECK(dynamic_cast<const quant::PackedLinear*>(dense.get()) != nullptr);
+  CHECK(at::allclose(dense->forward(x), at::linear(x, deq(w), b), 1e-5, 1e-5));
+
+  const auto svd = quant::pack_slot(cur4llm::compress::SVDLinear(a, bb, b), f);
+  const auto* svd_factors = dynamic_cast<const quant::PackedFactors*>(svd.get());
+  REQUIRE(svd_factors != nullptr);
+  CHECK(svd->kind() == "svd");
+  CHECK(svd_factors->fields().at("rank") == "12");
+  CHECK(svd->weight_params() == 40 * 12 + 12 * 64);
+  CHECK(at::allclose(svd->forward(x), at::linear(at::linear(x, deq(bb)), deq(a), b), 1e-5, 1e-5));
+  CHECK(at::allclose(svd->reconstruct_weight(), at::matmul(deq(a), deq(bb)), 1e-5, 1e-5));
+  std::vector<std::string> names;
+  for (const auto& [name, t] : svd->state()) names.push_back(name);
+  CHECK(names == std::vector<std::string>{"BLinear.weight", "ALinear.weight", "ALinear.bias"});
+
+  const auto cur = quant::pack_slot(cur4llm::compress::CURLinear(c, u, r, at::Tensor(), {}, {}), f);
+  CHECK(cur->kind() == "cur");
+  CHECK(dynamic_cast<const quant::PackedFactors&>(*cur).fields().at("folded") == "false");
+  CHECK(at::allclose(cur->forward(x), at::linear(at::linear(at::linear(x, deq(r)), deq(u)), deq(c)), 1e-4, 1e-4));
+
+  CHECK_THROWS_WITH(quant::pack_slot(cur4llm::model::DenseLinear(w, b), quant::parse_quant_format("awq_int4")),
+                    Catch::Contains("input scales"));
+  // Factors whose shapes do not chain are refused.
+  CHECK_THROWS_WITH(quant::PackedFactors("svd", {}, {{"B", std::make_shared<cur4llm::model::DenseLinear>(bb, at::Tensor())},
+                                                      {"A", std::make_shared<cur4llm::model::DenseLinear>(w, b)}},
+                                         "bias"),
+                    Catch::Contains("takes 64 features"));
 }
 
 TEST_CASE("CUDA: the fused packed product for any shape: partial groups, odd ranks, inputs off 16 bytes",

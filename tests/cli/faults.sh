@@ -108,7 +108,11 @@ kill_at() {  # kill_at DELAY FINAL LOG COMMAND...: starts COMMAND, kills it afte
   wait $pid 2> /dev/null
   if [ $? -eq 137 ]; then
     landed=$((landed + 1))
-    [ -e "$final" ] && fail "a killed run left $final" "$log"
+    # A kill that lands after the folder's final rename (before the process exits) leaves the
+    # whole folder; anything at the final name must be complete.
+    if [ -e "$final" ] && ! { [ -f "$final/config.json" ] && [ -f "$final/model.safetensors" ]; }; then
+      fail "a killed run left an incomplete $final" "$log"
+    fi
   fi
   rm -rf "$final"  # a finished run's folder: nothing to check
   return 0

@@ -152,7 +152,7 @@ model::LinearPtr pack_slot(const model::LinearSlot& slot, const QuantFormat& for
         "ALinear.bias");
   }
   if (kind == "cur") {
-    const bool folded = get("U").defined() == false;
+    const bool folded = !get("U").defined();
     const std::string c = folded ? "CU" : "C";
     const auto bias = get("bias");
     std::vector<PackedFactors::Factor> factors{{"R", packed("R", {})}};
