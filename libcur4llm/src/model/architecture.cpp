@@ -278,12 +278,6 @@ const Rotary& Step::rotary_at(const Rotary& table) {
   return rotary_rows_.back().second;
 }
 
-namespace {
-// The most query rows (query heads of one KV head times tokens) per step that cached_attention
-// computes with the eager formulation.
-constexpr int64_t kEagerAttentionQueries = 64;
-}  // namespace
-
 at::Tensor cached_attention(const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
                             int64_t num_heads, int64_t num_kv_heads, int64_t head_dim, const Rotary* rotary,
                             int64_t window, int64_t v_head_dim, Step& step, int64_t layer, int64_t qk_head_dim,
@@ -322,9 +316,7 @@ at::Tensor cached_attention(const at::Tensor& q_in, const at::Tensor& k_in, cons
   auto allowed = step.allowed(window);  // [B, 1, T, S]
   if (groups > 1) allowed = allowed.repeat({1, 1, groups, 1});
   at::Tensor out;
-  // No fused kernel soft-caps. A decoding step (a few queries) takes the eager formulation too:
-  // the fused kernels build a plan for each new key length, which is every step when decoding.
-  bool eager = softcap > 0 || groups * t <= kEagerAttentionQueries;
+  bool eager = softcap > 0;  // no fused kernel soft-caps
 #if TORCH_VERSION_MAJOR < 2
   eager = true;
 #endif
