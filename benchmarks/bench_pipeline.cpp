@@ -12,6 +12,7 @@
 //                  [--eval_windows 8] [--stages statistics,sensitivity,search,decompose,evaluation]
 //                  [--profile 0|1|2] [--overlap 1] [--fused 1] [--reference_s 51.5] [--peak_tflops X]
 //                  [--micro ce,layer,linalg] [--linalg_dense 0] [--sdpa default|flash|cudnn|efficient]
+//                  [--share R/N]
 //
 // --layers restricts the sweep (and so the search and the decomposition) to a
 // subset, for models whose whole sweep exceeds a time limit: Li is every Linear
@@ -25,11 +26,15 @@
 // and one decomposition per distinct layer shape ("linalg"; --linalg_dense 1
 // also times the dense-SVD algorithms the CPU uses, slow on a GPU). --sdpa
 // leaves only that attention backend of at::scaled_dot_product_attention on.
+// --share R/N keeps the layers rank R of N sweeps in a distributed run (the
+// cost-balanced split of dist/work.h), to time one rank's share on one device;
+// the setup record says its predicted cost and the split's max/mean cost.
 #include "bench_common.h"
 
 #include <cur4llm/calib/statistics.h>
 #include <cur4llm/compress/apply.h>
 #include <cur4llm/compress/factory.h>
+#include <cur4llm/dist/work.h>
 #include <cur4llm/eval/perplexity.h>
 #include <cur4llm/search/binary_search.h>
 #include <cur4llm/sensitivity/sensitivity.h>
@@ -42,7 +47,9 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <iostream>
+#include <numeric>
 #include <set>
 
 namespace {
@@ -147,7 +154,29 @@ int main(int argc, char** argv) try {
   const auto samples = random_samples(num_samples, seqlen, config.vocab_size, 233);
   const double calib_tokens = static_cast<double>(num_samples * seqlen);
   const auto compressor = compress::make_compressor(method);
-  const auto layers = select_layers(*lm, args.list("layers", "all"));
+  auto layers = select_layers(*lm, args.list("layers", "all"));
+  if (const auto share = args.str("share", ""); !share.empty()) {
+    // R/N: the layers rank R of N sweeps in a distributed run (dist::ppl_sensitivity's split).
+    const auto slash = share.find('/');
+    const int rank = slash == std::string::npos ? -1 : std::stoi(share.substr(0, slash));
+    const int world = slash == std::string::npos ? 0 : std::stoi(share.substr(slash + 1));
+    if (world < 1 || rank < 0 || rank >= world) throw std::invalid_argument("--share R/N with 0 <= R < N");
+    const auto costs = dist::sweep_costs(*lm, layers);
+    const auto rank_of = dist::balance(costs, world);
+    std::vector<double> per_rank(static_cast<size_t>(world), 0.0);
+    std::vector<std::string> mine;
+    for (size_t i = 0; i < layers.size(); ++i) {
+      per_rank[static_cast<size_t>(rank_of[i])] += costs[i];
+      if (rank_of[i] == rank) mine.push_back(layers[i]);
+    }
+    const double mean = std::accumulate(per_rank.begin(), per_rank.end(), 0.0) / world;
+    machine["share"] = share;
+    machine["share_layers"] = mine.size();
+    machine["share_cost"] = per_rank[static_cast<size_t>(rank)];
+    machine["share_cost_max_over_mean"] = *std::max_element(per_rank.begin(), per_rank.end()) / mean;
+    if (mine.empty()) throw std::invalid_argument("--share " + share + ": this rank has no layer to sweep");
+    layers = mine;
+  }
 
   // Dense FLOPs per decoder layer and outside them, before anything is compressed.
   std::vector<double> dense_layer_flops;
