@@ -17,41 +17,50 @@ shared=${2:?shared folder}
 parts=" ${3:-tests refs llama prefill hf opt} "
 out=${LOG_DIR:-${OUT:-/tmp/cur4llm-out}}
 mkdir -p "$out"
+# A device call returns at most 8 files from $out: every log goes to log.txt, the
+# references into one refs.tar.gz, the raw profiles stay in $work.
+work=/tmp/cur4llm-gen
+rm -rf "$work"; mkdir -p "$work"
+log="$out/log.txt"
 source "$deps/install.sh" /tmp/cur4llm-deps > /dev/null
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee -a "$out/gpu.txt"
-python3 -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)' | tee -a "$out/gpu.txt"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee -a "$log"
+python3 -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)' | tee -a "$log"
 t0=$(date +%s)
-stamp() { echo "[$(( $(date +%s) - t0 )) s] $*"; }
+stamp() { echo "[$(( $(date +%s) - t0 )) s] $*" | tee -a "$log"; }
 budget=${BUDGET:-580}
 left() { local l=$(( budget - $(date +%s) + t0 )); (( l > ${1:-999999} )) && l=$1; (( l > 3 )) && echo $l || echo 3; }
 
 if [[ $parts == *" refs "* ]]; then  # CPU, float32: runs beside the build
   python3 scripts/generate_reference.py --models tests/data/models --extra "$shared/data/models/stories260K-hf" \
-    --out "$out/generate_reference" > "$out/generate_reference.log" 2>&1 &
+    --out "$work/refs/generate_reference" > "$work/generate_reference.log" 2>&1 &
   refs_pid=$!
   # And the tokenizers' reference ids (tests/data/tokenizer_reference), one tarball.
   ( python3 scripts/tokenizer_reference.py --tarball "$shared/data/tokenizers-real.tar.xz" \
-      --wikitext "$shared/data/text/wikitext-2-raw/wiki.test.raw" --out /tmp/tokenizer_reference &&
-    tar -czf "$out/tokenizer_reference.tar.gz" -C /tmp tokenizer_reference ) > "$out/tokenizer_reference.log" 2>&1 &
+      --wikitext "$shared/data/text/wikitext-2-raw/wiki.test.raw" --out "$work/refs/tokenizer_reference" ) \
+    > "$work/tokenizer_reference.log" 2>&1 &
+  tok_pid=$!
 fi
 build=/tmp/cur4llm-build
 cmake -S . -B $build -G Ninja -DCMAKE_BUILD_TYPE=Release -DCUR4LLM_SHARED_DIR="$(realpath "$shared")" \
-  > "$out/configure.log" 2>&1 || { tail -40 "$out/configure.log"; exit 1; }
+  > "$work/configure.log" 2>&1 || { tail -40 "$work/configure.log" | tee -a "$log"; exit 1; }
 cmake --build $build -j16 --target test_generate test_packed_quant test_model generate bench_decode bench_linear \
-  ${EXTRA_TARGETS:-} > "$out/build.log" 2>&1 ||
-  { grep -E "error|Error" -A5 "$out/build.log" | head -60; exit 1; }
+  ${EXTRA_TARGETS:-} > "$work/build.log" 2>&1 ||
+  { grep -E "error|Error" -A5 "$work/build.log" | head -60 | tee -a "$log"; exit 1; }
 stamp "built"
 
 if [[ $parts == *" tests "* ]]; then
   for t in test_packed_quant test_generate test_model; do
-    timeout "$(left 120)" $build/tests/$t "[cuda]" -r compact 2>&1 | tail -4 | tee -a "$out/cuda_tests.log"
+    timeout "$(left 120)" $build/tests/$t "[cuda]" -r compact 2>&1 | tail -4 | tee -a "$log"
   done
   stamp "cuda tests"
 fi
 if [[ -n ${refs_pid:-} ]]; then
-  timeout "$(left 60)" tail --pid=$refs_pid -f /dev/null; kill $refs_pid 2>/dev/null; tail -3 "$out/generate_reference.log"
-  mkdir -p tests/data/generate_reference && cp "$out"/generate_reference/*.json tests/data/generate_reference/
-  $build/tests/test_generate -r compact 2>&1 | tail -6 | tee "$out/test_generate.log"
+  timeout "$(left 60)" tail --pid=$refs_pid -f /dev/null; kill $refs_pid 2>/dev/null
+  timeout "$(left 60)" tail --pid=$tok_pid -f /dev/null; kill $tok_pid 2>/dev/null
+  tail -3 "$work/generate_reference.log" "$work/tokenizer_reference.log" | tee -a "$log"
+  tar -czf "$out/refs.tar.gz" -C "$work" refs
+  mkdir -p tests/data/generate_reference && cp "$work"/refs/generate_reference/*.json tests/data/generate_reference/
+  $build/tests/test_generate -r compact 2>&1 | tail -6 | tee -a "$log"
   stamp "references"
 fi
 
@@ -96,8 +105,8 @@ if [[ $parts == *" profile "* ]]; then
     timeout "$(left 90)" ncu --clock-control none --cache-control none --nvtx --nvtx-include "decode_step/" \
       --metrics gpu__time_duration.sum --print-units base --csv \
       $bench --config benchmarks/configs/llama-7b.json --device cuda --dtype bf16 --batch 1 --prompt_len 512 \
-      --new_tokens 2 --factorize $spec > "$out/ncu_${spec//:/_}.csv" 2> "$out/ncu_${spec//:/_}.log"
-    python3 benchmarks/kernel_times.py "$out/ncu_${spec//:/_}.csv" --steps 3 --label "llama-7b bf16 b1 $spec" \
+      --new_tokens 2 --factorize $spec > "$work/ncu_${spec//:/_}.csv" 2> "$work/ncu_${spec//:/_}.log"
+    python3 benchmarks/kernel_times.py "$work/ncu_${spec//:/_}.csv" --steps 3 --label "llama-7b bf16 b1 $spec" \
       | tee -a "$out/kernel_times.jsonl"
   done
   stamp "profile"
