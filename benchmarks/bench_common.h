@@ -38,6 +38,16 @@
 
 namespace cur4llm::bench {
 
+/// The non-empty items of `text` between `sep`s.
+inline std::vector<std::string> split(const std::string& text, char sep) {
+  std::vector<std::string> out;
+  std::stringstream in(text);
+  for (std::string item; std::getline(in, item, sep);) {
+    if (!item.empty()) out.push_back(item);
+  }
+  return out;
+}
+
 /// "--key value" pairs ("--flag" alone, followed by another option or by
 /// nothing, reads as "1"), and positional arguments (e.g. shapes).
 class Args {
@@ -73,12 +83,7 @@ class Args {
   double real(const std::string& key, double fallback) const { return has(key) ? std::stod(values_.at(key)) : fallback; }
   /// A comma-separated list.
   std::vector<std::string> list(const std::string& key, const std::string& fallback) const {
-    std::vector<std::string> out;
-    std::stringstream in(str(key, fallback));
-    for (std::string item; std::getline(in, item, ',');) {
-      if (!item.empty()) out.push_back(item);
-    }
-    return out;
+    return split(str(key, fallback), ',');
   }
   /// A comma-separated list of numbers.
   std::vector<double> reals(const std::string& key, const std::string& fallback) const {
@@ -245,27 +250,22 @@ inline void reset_peak_memory(c10::Device device) {
 #endif
 }
 
-/// Peak bytes allocated on the device since the last reset (CUDA), else -1.
-inline int64_t peak_memory(c10::Device device) {
+/// Bytes allocated on the device (CUDA), else -1: the peak since the last reset, or
+/// what is allocated now.
+inline int64_t device_memory(c10::Device device, bool peak) {
 #ifdef CUR4LLM_BENCH_CUDA
   if (device.is_cuda()) {
-    auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(device_index(device));
-    return stats.allocated_bytes[static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE)].peak;
+    const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(device_index(device));
+    const auto& bytes = stats.allocated_bytes[static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE)];
+    return peak ? bytes.peak : bytes.current;
   }
 #endif
+  (void)peak;
   return -1;
 }
 
-/// Bytes allocated on the device now (CUDA), else -1.
-inline int64_t allocated_memory(c10::Device device) {
-#ifdef CUR4LLM_BENCH_CUDA
-  if (device.is_cuda()) {
-    auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(device_index(device));
-    return stats.allocated_bytes[static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE)].current;
-  }
-#endif
-  return -1;
-}
+/// Peak bytes allocated on the device since the last reset (CUDA), else -1.
+inline int64_t peak_memory(c10::Device device) { return device_memory(device, true); }
 
 inline int64_t peak_host_rss() {
   struct rusage usage {};
@@ -372,9 +372,11 @@ inline int64_t narrow_decoder(model::CausalLM& lm, double ratio) {
   s.intermediate_size = width(c.intermediate_size);
   s.qk_head_dim = width(c.head_dim);
   s.v_head_dim = width(c.head_dim);
-  for (int64_t j = 0; s.qk_head_dim < c.head_dim && j < c.num_kv_heads; ++j) {
-    for (int64_t half = 0; half < 2; ++half) {
-      for (int64_t r = 0; r < s.qk_head_dim / 2; ++r) s.qk_dims.push_back(half * (c.head_dim / 2) + r);
+  if (s.qk_head_dim < c.head_dim) {  // else the heads stay whole, with no dimension list
+    for (int64_t j = 0; j < c.num_kv_heads; ++j) {
+      for (int64_t half = 0; half < 2; ++half) {
+        for (int64_t r = 0; r < s.qk_head_dim / 2; ++r) s.qk_dims.push_back(half * (c.head_dim / 2) + r);
+      }
     }
   }
   int64_t n = 0;

@@ -20,9 +20,10 @@
 // rtn_int4) quantizes every dense Linear of the decoder layers and keeps it
 // packed (quant::PackedLinear, as LoadOptions::keep_packed loads a quantized
 // repository): "packed_layers" and "packed_bytes" say what it holds.
-// Steps joined by '+' apply in order: narrow:0.6+packed:rtn_int4 packs the
-// narrowed layers, svd:0.6+packed:rtn_int4 the factors of the SVD layers. narrow:RATIO gives every decoder layer the smaller dense shapes a module
+// narrow:RATIO gives every decoder layer the smaller dense shapes a module
 // method leaves (MLP width and query/key/value head widths times RATIO).
+// Steps joined by '+' apply in order: narrow:0.6+packed:rtn_int4 packs the
+// narrowed layers, svd:0.6+packed:rtn_int4 the factors of the SVD layers.
 // Each timed decoding step is an NVTX range "decode_step" (CUDA builds), for
 // per-kernel times: ncu --nvtx --nvtx-include "decode_step/" bench_decode ...
 #include "bench_common.h"
@@ -62,15 +63,7 @@ int main(int argc, char** argv) try {
   for (const auto& spec : specs) {
     if (keep_dense) bench::restore_layers(*lm, dense_slots);
     nlohmann::json base = {{"benchmark", "decode"}, {"source", source}, {"layers", spec}};
-    // SPEC is one step or two joined by '+' (narrow:0.6+packed:rtn_int4), applied in order.
-    std::vector<std::string> steps;
-    for (size_t from = 0;;) {
-      const auto plus = spec.find('+', from);
-      steps.push_back(spec.substr(from, plus == std::string::npos ? std::string::npos : plus - from));
-      if (plus == std::string::npos) break;
-      from = plus + 1;
-    }
-    for (const auto& step : steps) {
+    for (const auto& step : bench::split(spec, '+')) {
       if (step.rfind("packed:", 0) == 0) {
         // Packs the decoder's Linears as the steps before left them: dense (also narrowed)
         // ones as packed weights, svd/cur ones as packed factors.
@@ -80,7 +73,7 @@ int main(int argc, char** argv) try {
           if (info.layer < 0) continue;
           auto packed = quant::pack_slot(lm->linear(info.name), format);
           if (const auto* p = dynamic_cast<const quant::PackedLinear*>(packed.get())) bytes += p->packed_bytes();
-          if (const auto* f = dynamic_cast<const quant::PackedFactors*>(packed.get())) bytes += f->weight_bytes();
+          if (const auto* f = dynamic_cast<const quant::PackedFactors*>(packed.get())) bytes += f->packed_bytes();
           lm->replace_linear(info.name, packed);
           ++layers;
         }
@@ -97,7 +90,7 @@ int main(int argc, char** argv) try {
     }
     if (!keep_dense) dense_slots.clear();
     // Weights and buffers on the device before any input: what the layers hold.
-    base["model_device_bytes"] = bench::allocated_memory(device);
+    base["model_device_bytes"] = bench::device_memory(device, /*peak=*/false);
     for (const auto& batch_str : args.list("batch", "1")) {
       const int64_t batch = std::stoll(batch_str);
       c10::InferenceMode guard;

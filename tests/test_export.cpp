@@ -713,55 +713,55 @@ TEST_CASE("keep_packed: packed dense weights and factors stay codes in memory an
           "[export][quantize]") {
   for (const std::string format : {"rtn_int8", "rtn_int4"}) {
     for (const std::string method : {"svd", "cur"}) {
-    DYNAMIC_SECTION(format << " " << method) {
-      auto lm = CausalLM::load(model_dir("llama_gqa"));
-      compress_some(*lm, method, 3);
-      const auto packed = quant::quantize_model_packed(*lm, quant::parse_quant_format(format));
-      TempDir dir("keep_packed");
-      repo::ExportOptions o;
-      o.packed = &packed;
-      repo::write_acur_repo(*lm, dir / "repo", o);
+      DYNAMIC_SECTION(format << " " << method) {
+        auto lm = CausalLM::load(model_dir("llama_gqa"));
+        compress_some(*lm, method, 3);
+        const auto packed = quant::quantize_model_packed(*lm, quant::parse_quant_format(format));
+        TempDir dir("keep_packed");
+        repo::ExportOptions o;
+        o.packed = &packed;
+        repo::write_acur_repo(*lm, dir / "repo", o);
 
-      auto unpacked = CausalLM::load(dir / "repo");
-      cur4llm::model::LoadOptions keep;
-      keep.keep_packed = true;
-      auto kept = CausalLM::load(dir / "repo", keep);
-      int64_t n_packed = 0, n_factorized = 0, packed_bytes = 0, dense_bytes = 0;
-      for (const auto& info : kept->linears()) {
-        const auto slot = kept->linear_ptr(info.name);
-        CHECK(slot->kind() == unpacked->linear(info.name).kind());
-        if (const auto* p = dynamic_cast<const quant::PackedLinear*>(slot.get())) {
-          ++n_packed;
-          CHECK(packed.count(info.name + ".weight") == 1);
-          packed_bytes += p->packed_bytes();
-          dense_bytes += p->weight_params() * 4;
-        } else if (const auto* f = dynamic_cast<const quant::PackedFactors*>(slot.get())) {
-          ++n_factorized;
-          for (const auto& factor : f->factors()) {
-            // Every 2-d factor of these slots is quantized, so each stays packed.
-            CHECK(packed.count(info.name + "." + factor.name) == 1);
-            CHECK(dynamic_cast<const quant::PackedLinear*>(factor.layer.get()) != nullptr);
+        auto unpacked = CausalLM::load(dir / "repo");
+        cur4llm::model::LoadOptions keep;
+        keep.keep_packed = true;
+        auto kept = CausalLM::load(dir / "repo", keep);
+        int64_t n_packed = 0, n_factorized = 0, packed_bytes = 0, dense_bytes = 0;
+        for (const auto& info : kept->linears()) {
+          const auto slot = kept->linear_ptr(info.name);
+          CHECK(slot->kind() == unpacked->linear(info.name).kind());
+          if (const auto* p = dynamic_cast<const quant::PackedLinear*>(slot.get())) {
+            ++n_packed;
+            CHECK(packed.count(info.name + ".weight") == 1);
+            packed_bytes += p->packed_bytes();
+            dense_bytes += p->weight_params() * 4;
+          } else if (const auto* f = dynamic_cast<const quant::PackedFactors*>(slot.get())) {
+            ++n_factorized;
+            for (const auto& factor : f->factors()) {
+              // Every 2-d factor of these slots is quantized, so each stays packed.
+              CHECK(packed.count(info.name + "." + factor.name) == 1);
+              CHECK(dynamic_cast<const quant::PackedLinear*>(factor.layer.get()) != nullptr);
+            }
+            packed_bytes += f->packed_bytes();
+            dense_bytes += f->weight_params() * 4;
+            CHECK(at::allclose(f->reconstruct_weight(), unpacked->linear(info.name).reconstruct_weight().to(at::kFloat),
+                               1e-5, 1e-6));
+          } else {
+            CHECK(packed.count(info.name + ".weight") == 0);  // every packed dense weight stays packed
           }
-          packed_bytes += f->weight_bytes();
-          dense_bytes += f->weight_params() * 4;
-          CHECK(at::allclose(f->reconstruct_weight(), unpacked->linear(info.name).reconstruct_weight().to(at::kFloat),
-                             1e-5, 1e-6));
-        } else {
-          CHECK(packed.count(info.name + ".weight") == 0);  // every packed dense weight stays packed
         }
+        CHECK(n_packed > 0);
+        int64_t factorized = 0;
+        for (const auto& info : unpacked->linears()) factorized += unpacked->linear(info.name).kind() != "dense";
+        CHECK(factorized > 0);
+        CHECK(n_factorized == factorized);
+        CHECK(packed_bytes * (format == "rtn_int4" ? 6 : 3) < dense_bytes);
+        // The factorized products run unpadded here, padded in the loaded CUR/SVD layers.
+        CHECK(at::allclose(logits(*kept), logits(*unpacked), 1e-5, 1e-5));
+        // Written again, the kept model is the same repository's model.
+        const auto again = repo::write_acur_repo(*kept, dir / "again");
+        CHECK(at::allclose(logits(*CausalLM::load(dir / "again")), logits(*unpacked), 1e-6, 1e-6));
       }
-      CHECK(n_packed > 0);
-      int64_t factorized = 0;
-      for (const auto& info : unpacked->linears()) factorized += unpacked->linear(info.name).kind() != "dense";
-      CHECK(factorized > 0);
-      CHECK(n_factorized == factorized);
-      CHECK(packed_bytes * (format == "rtn_int4" ? 6 : 3) < dense_bytes);
-      // The factorized products run unpadded here, padded in the loaded CUR/SVD layers.
-      CHECK(at::allclose(logits(*kept), logits(*unpacked), 1e-5, 1e-5));
-      // Written again, the kept model is the same repository's model.
-      const auto again = repo::write_acur_repo(*kept, dir / "again");
-      CHECK(at::allclose(logits(*CausalLM::load(dir / "again")), logits(*unpacked), 1e-6, 1e-6));
-    }
     }
   }
 }

@@ -558,9 +558,18 @@ TEST_CASE("pack_slot keeps dense, SVD and CUR layers packed and computes their d
   for (const auto& [name, t] : svd->state()) names.push_back(name);
   CHECK(names == std::vector<std::string>{"BLinear.weight", "ALinear.weight", "ALinear.bias"});
 
-  const auto cur = quant::pack_slot(cur4llm::compress::CURLinear(c, u, r, at::Tensor(), {}, {}), f);
+  const auto rows = at::arange(12, at::kLong) * 3, cols = at::arange(12, at::kLong) * 5;
+  const cur4llm::compress::CURLinear cur_slot(c, u, r, at::Tensor(), rows, cols);
+  const auto cur = quant::pack_slot(cur_slot, f);
   CHECK(cur->kind() == "cur");
-  CHECK(dynamic_cast<const quant::PackedFactors&>(*cur).fields().at("folded") == "false");
+  const auto& cur_factors = dynamic_cast<const quant::PackedFactors&>(*cur);
+  CHECK(cur_factors.fields().at("folded") == "false");
+  CHECK(cur_factors.fields().at("indices") == "true");
+  std::map<std::string, at::Tensor> cur_state;
+  for (const auto& [name, t] : cur->state()) cur_state[name] = t;
+  CHECK(cur_state.size() == 5);  // R, U, C and the indices, no bias
+  CHECK(at::equal(cur_state.at("row_indices"), rows));
+  CHECK(at::equal(cur_state.at("col_indices"), cols));
   CHECK(at::allclose(cur->forward(x), at::linear(at::linear(at::linear(x, deq(r)), deq(u)), deq(c)), 1e-4, 1e-4));
 
   CHECK_THROWS_WITH(quant::pack_slot(cur4llm::model::DenseLinear(w, b), quant::parse_quant_format("awq_int4")),

@@ -44,11 +44,13 @@ quant::QuantizedTensor read_packed(const model::SlotSpec& spec, const model::Slo
   }
 }
 
-// A factor of a factorized slot that keep_packed loads: packed -> PackedLinear on the
-// device, else a DenseLinear; `bias` joins the last factor.
+// The weight or factor `name` as a Linear of its own with `bias`: with keep_packed, a
+// packed one stays packed (quant::PackedLinear, on the device); else a DenseLinear.
 model::LinearPtr kept_factor(const model::SlotSpec& spec, const model::SlotTensors& t, const std::string& name,
                              const std::vector<int64_t>& shape, const at::Tensor& bias) {
-  if (!spec.packed.count(name)) return std::make_shared<model::DenseLinear>(read_factor(spec, t, name, shape), bias);
+  if (!t.keep_packed() || !spec.packed.count(name)) {
+    return std::make_shared<model::DenseLinear>(read_factor(spec, t, name, shape), bias);
+  }
   auto q = read_packed(spec, t, name, shape);
   for (auto* part : {&q.qweight, &q.scales, &q.zeros, &q.input_scales}) {
     if (part->defined()) *part = part->to(t.device());
@@ -111,14 +113,7 @@ model::SlotFields describe_dense(const model::LinearSlot& slot) {
 model::LinearPtr load_dense(const model::SlotSpec& spec, const model::SlotTensors& t) {
   const std::vector<int64_t> shape{spec.out_features, spec.in_features};
   auto bias = spec.boolean("bias") ? read_factor(spec, t, "bias", {spec.out_features}) : at::Tensor();
-  if (t.keep_packed() && spec.packed.count("weight")) {
-    auto q = read_packed(spec, t, "weight", shape);
-    for (auto* part : {&q.qweight, &q.scales, &q.zeros, &q.input_scales}) {
-      if (part->defined()) *part = part->to(t.device());
-    }
-    return std::make_shared<quant::PackedLinear>(std::move(q), bias);
-  }
-  return std::make_shared<model::DenseLinear>(read_factor(spec, t, "weight", shape), bias);
+  return kept_factor(spec, t, "weight", shape, bias);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -146,17 +141,11 @@ model::LinearPtr load_cur(const model::SlotSpec& spec, const model::SlotTensors&
     if (!folded) factors.push_back({"U", kept_factor(spec, t, "U", {k, k}, {})});
     factors.push_back({folded ? "CU" : "C", kept_factor(spec, t, folded ? "CU" : "C", {out, k}, bias)});
     std::vector<std::pair<std::string, at::Tensor>> extra;
-    const bool indices = spec.boolean("indices", false);
-    if (indices) {
+    if (spec.boolean("indices", false)) {
       extra.emplace_back("row_indices", read_indices(t, "row_indices", k, out));
       extra.emplace_back("col_indices", read_indices(t, "col_indices", k, in));
     }
-    model::SlotFields fields{{"rank", int_field(k)},
-                             {"folded", bool_field(folded)},
-                             {"bias", bool_field(bias.defined())},
-                             {"indices", bool_field(indices)}};
-    return std::make_shared<quant::PackedFactors>("cur", std::move(fields), std::move(factors), "bias",
-                                                  std::move(extra));
+    return std::make_shared<quant::PackedFactors>("cur", spec.fields, std::move(factors), "bias", std::move(extra));
   }
   auto c = read_factor(spec, t, folded ? "CU" : "C", {out, k});
   auto u = folded ? at::Tensor() : read_factor(spec, t, "U", {k, k});
@@ -189,8 +178,7 @@ model::LinearPtr load_svd(const model::SlotSpec& spec, const model::SlotTensors&
     std::vector<quant::PackedFactors::Factor> factors{
         {"BLinear.weight", kept_factor(spec, t, "BLinear.weight", {k, spec.in_features}, {})},
         {"ALinear.weight", kept_factor(spec, t, "ALinear.weight", {spec.out_features, k}, bias)}};
-    model::SlotFields fields{{"rank", int_field(k)}, {"bias", bool_field(bias.defined())}};
-    return std::make_shared<quant::PackedFactors>("svd", std::move(fields), std::move(factors), "ALinear.bias");
+    return std::make_shared<quant::PackedFactors>("svd", spec.fields, std::move(factors), "ALinear.bias");
   }
   auto a = read_factor(spec, t, "ALinear.weight", {spec.out_features, k});
   auto b = read_factor(spec, t, "BLinear.weight", {k, spec.in_features});

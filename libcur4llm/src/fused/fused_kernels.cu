@@ -584,33 +584,16 @@ int launch_lowrank(const void* x, int64_t tokens, const void* r, const void* u, 
 constexpr int kPackedWarps = 4;
 constexpr int kPackedRows = 4;
 
-// 8 consecutive inputs as float (p is 16-byte aligned for half/bfloat16, 32 for float).
+// 8 consecutive inputs as float, read in 16-byte packs (p 16-byte aligned).
 template <typename T>
-__device__ inline void load8(const T* p, float out[8]);
-template <>
-__device__ inline void load8<float>(const float* p, float out[8]) {
-  const float4 a = *reinterpret_cast<const float4*>(p);
-  const float4 b = *reinterpret_cast<const float4*>(p + 4);
-  out[0] = a.x, out[1] = a.y, out[2] = a.z, out[3] = a.w, out[4] = b.x, out[5] = b.y, out[6] = b.z, out[7] = b.w;
-}
-template <>
-__device__ inline void load8<__half>(const __half* p, float out[8]) {
-  const uint4 v = *reinterpret_cast<const uint4*>(p);
-  const uint32_t w[4] = {v.x, v.y, v.z, v.w};
+__device__ inline void load8(const T* p, float out[8]) {
+  constexpr int K = Pack<T>::kSize;  // 8 for half and bfloat16, 4 for float
+  const auto* packs = reinterpret_cast<const Pack<T>*>(p);
 #pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    const float2 f = __half22float2(*reinterpret_cast<const __half2*>(&w[i]));
-    out[2 * i] = f.x, out[2 * i + 1] = f.y;
-  }
-}
-template <>
-__device__ inline void load8<__nv_bfloat16>(const __nv_bfloat16* p, float out[8]) {
-  const uint4 v = *reinterpret_cast<const uint4*>(p);
-  const uint32_t w[4] = {v.x, v.y, v.z, v.w};
+  for (int i = 0; i < 8 / K; ++i) {
+    const Pack<T> v = packs[i];
 #pragma unroll
-  for (int i = 0; i < 4; ++i) {  // a bfloat16 is the top half of a float
-    out[2 * i] = __uint_as_float(w[i] << 16);
-    out[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
+    for (int j = 0; j < K; ++j) out[i * K + j] = Elem<T>::load(v.v[j]);
   }
 }
 
@@ -673,7 +656,7 @@ __global__ void __launch_bounds__(kPackedWarps * 32)
       if (t < tokens) {
         float xv[8];
         load8<T>(x + static_cast<int64_t>(t) * cols + c, xv);
-        if (colmul != nullptr) {
+        if (colmul != nullptr) {  // activation-aware formats: column c of w times colmul[c]
           float m[8];
           load8<__half>(colmul + c, m);
 #pragma unroll
@@ -790,10 +773,9 @@ int launch_packed_linear(const void* x, int64_t tokens, const uint8_t* q, const 
   if (tokens < 1 || tokens > kPackedMaxTokens || (bits != 4 && bits != 8) || group < 1 || cols < 1) {
     return static_cast<int>(cudaErrorInvalidValue);
   }
-  const auto aligned = [](const void* p, uintptr_t n) { return reinterpret_cast<uintptr_t>(p) % n == 0; };
-  // The sliced kernel reads 8 columns at a time: x in 16 bytes, codes in 4 or 8, multipliers in 16.
-  const bool sliced = cols % 8 == 0 && group % 8 == 0 && aligned(x, 16) && aligned(q, 8) &&
-                      aligned(input_scales, 16);
+  // The sliced kernel reads 8 columns at a time: x and the multipliers in 16-byte packs, codes in 4 or 8 bytes.
+  const bool sliced = cols % 8 == 0 && group % 8 == 0 && aligned16<T>(x, cols) && aligned16<__half>(input_scales, 0) &&
+                      reinterpret_cast<uintptr_t>(q) % 8 == 0;
   const auto* px = static_cast<const T*>(x);
   const auto* ps = static_cast<const __half*>(scales);
   const auto* pz = static_cast<const __half*>(zeros);

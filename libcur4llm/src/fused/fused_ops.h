@@ -58,9 +58,9 @@ at::Tensor lowrank_forward(const at::Tensor& x, const at::Tensor& r, const at::T
 
 /// Whether packed_linear serves x [..., cols] with this packed weight: kernels
 /// enabled for x, at most 16 tokens, 4 or 8 bits, uint8 codes and fp16
-/// scales/zeros on x's device (contiguous),
-/// bias in x's dtype, input_scales (activation-aware formats: column
-/// multipliers of the weight) undefined or fp16 [cols] on x's device.
+/// scales/zeros on x's device (contiguous), bias in x's dtype, input_scales
+/// (activation-aware formats: column multipliers of the weight) undefined or
+/// fp16 [cols] on x's device.
 bool packed_linear_applies(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& scales,
                            const at::Tensor& zeros, int bits, int64_t cols, int64_t group, const at::Tensor& bias,
                            const at::Tensor& input_scales = {});

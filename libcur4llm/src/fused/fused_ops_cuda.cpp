@@ -238,8 +238,9 @@ bool packed_linear_applies(const at::Tensor& x, const at::Tensor& qweight, const
   auto on_x = [&](const at::Tensor& t, at::ScalarType type) {
     return t.defined() && t.device() == x.device() && t.scalar_type() == type && t.is_contiguous();
   };
+  const int64_t groups = (cols + group - 1) / group;  // the last one may be partial
   return on_x(qweight, at::kByte) && qweight.size(1) == (cols * bits + 7) / 8 && on_x(scales, at::kHalf) &&
-         on_x(zeros, at::kHalf) && scales.dim() == 2 && scales.size(0) == rows && scales.size(1) == (cols + group - 1) / group &&
+         on_x(zeros, at::kHalf) && scales.dim() == 2 && scales.size(0) == rows && scales.size(1) == groups &&
          zeros.sizes() == scales.sizes() &&
          (!bias.defined() || (on_x(bias, x.scalar_type()) && bias.numel() == rows && !bias.requires_grad())) &&
          (!input_scales.defined() || (on_x(input_scales, at::kHalf) && input_scales.dim() == 1 &&
@@ -262,8 +263,8 @@ at::Tensor packed_linear(const at::Tensor& x, const at::Tensor& qweight, const a
   if (tokens == 0 || rows == 0) return y.view(sizes);
   check(kernels::packed_linear(x2.data_ptr(), tokens, qweight.data_ptr<uint8_t>(), scales.data_ptr(), zeros.data_ptr(),
                                bias.defined() ? bias.data_ptr() : nullptr,
-                               input_scales.defined() ? input_scales.data_ptr() : nullptr, y.data_ptr(), dtype_code(x2), bits, rows,
-                               cols, group, current_stream(x2)),
+                               input_scales.defined() ? input_scales.data_ptr() : nullptr, y.data_ptr(), dtype_code(x2),
+                               bits, rows, cols, group, current_stream(x2)),
         "packed_linear");
   return y.view(sizes);
 }

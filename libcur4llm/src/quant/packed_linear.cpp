@@ -8,6 +8,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <stdexcept>
 
 namespace cur4llm::quant {
@@ -91,7 +92,7 @@ int64_t PackedFactors::weight_params() const {
   return n;
 }
 
-int64_t PackedFactors::weight_bytes() const {
+int64_t PackedFactors::packed_bytes() const {
   int64_t n = 0;
   for (const auto& f : factors_) {
     if (const auto* p = dynamic_cast<const PackedLinear*>(f.layer.get())) {
@@ -130,6 +131,7 @@ model::LinearPtr pack_slot(const model::LinearSlot& slot, const QuantFormat& for
   if (format.activation_aware) {
     throw std::invalid_argument(fmt::format("pack_slot: format \"{}\" needs input scales", format.name));
   }
+  const std::string kind = slot.kind();
   const auto state = slot.state();
   auto get = [&](const std::string& name) {
     for (const auto& [key, t] : state) {
@@ -137,34 +139,32 @@ model::LinearPtr pack_slot(const model::LinearSlot& slot, const QuantFormat& for
     }
     return at::Tensor();
   };
-  auto packed = [&](const std::string& name, const at::Tensor& bias) -> model::LinearPtr {
-    return std::make_shared<PackedLinear>(quantize_tensor(get(name), format), bias);
-  };
-  const std::string kind = slot.kind();
-  if (kind == "dense") return packed("weight", get("bias"));
+  // The kind's factors, input side first, and its bias's name.
+  std::vector<std::string> names;
+  std::string bias_name;
+  if (kind == "dense") return std::make_shared<PackedLinear>(quantize_tensor(get("weight"), format), get("bias"));
   if (kind == "svd") {
-    const auto a = get("ALinear.weight"), bias = get("ALinear.bias");
-    model::SlotFields fields{{"rank", std::to_string(a.size(1))}, {"bias", bias.defined() ? "true" : "false"}};
-    return std::make_shared<PackedFactors>(
-        "svd", std::move(fields),
-        std::vector<PackedFactors::Factor>{{"BLinear.weight", packed("BLinear.weight", {})},
-                                           {"ALinear.weight", packed("ALinear.weight", bias)}},
-        "ALinear.bias");
+    names = {"BLinear.weight", "ALinear.weight"}, bias_name = "ALinear.bias";
+  } else if (kind == "cur") {
+    names = get("U").defined() ? std::vector<std::string>{"R", "U", "C"} : std::vector<std::string>{"R", "CU"};
+    bias_name = "bias";
+  } else {
+    throw std::invalid_argument(fmt::format("pack_slot: a \"{}\" layer cannot be kept packed", kind));
   }
-  if (kind == "cur") {
-    const bool folded = !get("U").defined();
-    const std::string c = folded ? "CU" : "C";
-    const auto bias = get("bias");
-    std::vector<PackedFactors::Factor> factors{{"R", packed("R", {})}};
-    if (!folded) factors.push_back({"U", packed("U", {})});
-    factors.push_back({c, packed(c, bias)});
-    model::SlotFields fields{{"rank", std::to_string(get(c).size(1))},
-                             {"folded", folded ? "true" : "false"},
-                             {"bias", bias.defined() ? "true" : "false"},
-                             {"indices", "false"}};
-    return std::make_shared<PackedFactors>("cur", std::move(fields), std::move(factors), "bias");
+  const auto bias = get(bias_name);
+  std::vector<PackedFactors::Factor> factors;
+  for (const auto& name : names) {
+    const bool last = name == names.back();
+    factors.push_back({name, std::make_shared<PackedLinear>(quantize_tensor(get(name), format),
+                                                             last ? bias : at::Tensor())});
   }
-  throw std::invalid_argument(fmt::format("pack_slot: a \"{}\" layer cannot be kept packed", kind));
+  // Whatever else the slot stores (CUR's indices) is kept as it is.
+  std::vector<std::pair<std::string, at::Tensor>> extra;
+  for (const auto& [key, t] : state) {
+    if (key != bias_name && std::find(names.begin(), names.end(), key) == names.end()) extra.emplace_back(key, t);
+  }
+  return std::make_shared<PackedFactors>(kind, model::find_slot_kind(kind).describe(slot), std::move(factors),
+                                         bias_name, std::move(extra));
 }
 
 }  // namespace cur4llm::quant

@@ -80,7 +80,7 @@ class PackedFactors final : public model::LinearSlot {
   const model::SlotFields& fields() const { return fields_; }
   const std::vector<Factor>& factors() const { return factors_; }
   /// Bytes the factors hold (packed ones as codes, scales and zeros), bias excluded.
-  int64_t weight_bytes() const;
+  int64_t packed_bytes() const;
 
  private:
   std::string kind_;
@@ -92,7 +92,8 @@ class PackedFactors final : public model::LinearSlot {
 
 /// The slot packed in memory at `format` (round to nearest; not activation-aware):
 /// a dense slot as a PackedLinear, a "cur" or "svd" slot as PackedFactors of its
-/// quantized factors (CUR's indices dropped), on the slot's device. What a
+/// quantized factors (with the slot's fields and other stored tensors), on the
+/// slot's device. What a
 /// repository quantized at `format` and loaded with keep_packed holds, without
 /// writing it. std::invalid_argument for other kinds or an activation-aware format.
 model::LinearPtr pack_slot(const model::LinearSlot& slot, const QuantFormat& format);
