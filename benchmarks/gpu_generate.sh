@@ -100,14 +100,22 @@ if [[ $parts == *" opt "* ]]; then
   stamp "opt"
 fi
 if [[ $parts == *" profile "* ]]; then
-  # ncu runs each kernel of the 3 "decode_step" ranges alone (--new_tokens 2: 2 warm-up steps, 1 timed).
-  for spec in dense packed:rtn_int4 narrow:0.6 svd:0.6; do
+  # ncu runs each kernel of the 3 "decode_step" ranges alone (--new_tokens 2: 2 warm-up steps, 1 timed),
+  # on a 2-layer copy of the LLaMA-7B shape: every layer runs the same kernels, and ncu's replay of
+  # each kernel is slow. A layer's time is (step - lm_head and final norm) / 2.
+  python3 -c 'import json,sys; c=json.load(open(sys.argv[1])); c["num_hidden_layers"]=2; json.dump(c, open(sys.argv[2], "w"))' \
+    benchmarks/configs/llama-7b.json "$work/llama-7b-2layers.json"
+  # The same 2 layers timed as a CUDA graph: kernel sums against the step's wall time show the gaps.
+  each 30 "${PROFILE_SPECS:-dense packed:rtn_int4 narrow:0.6 svd:0.6}" --config "$work/llama-7b-2layers.json" \
+    --device cuda --dtype bf16 --batch ${PROFILE_BATCH:-1} --prompt_len 512 --new_tokens 256 --graph 1
+  for spec in ${PROFILE_SPECS:-dense packed:rtn_int4 narrow:0.6 svd:0.6}; do
     timeout "$(left 90)" ncu --clock-control none --cache-control none --nvtx --nvtx-include "decode_step/" \
       --metrics gpu__time_duration.sum --print-units base --csv \
-      $bench --config benchmarks/configs/llama-7b.json --device cuda --dtype bf16 --batch 1 --prompt_len 512 \
-      --new_tokens 2 --factorize $spec > "$work/ncu_${spec//:/_}.csv" 2> "$work/ncu_${spec//:/_}.log"
-    python3 benchmarks/kernel_times.py "$work/ncu_${spec//:/_}.csv" --steps 3 --label "llama-7b bf16 b1 $spec" \
-      | tee -a "$out/kernel_times.jsonl"
+      $bench --config "$work/llama-7b-2layers.json" --device cuda --dtype bf16 --batch ${PROFILE_BATCH:-1} \
+      --prompt_len 512 --new_tokens 2 --factorize $spec > "$work/ncu_${spec//:/_}.csv" 2> "$work/ncu_${spec//:/_}.log"
+    tail -2 "$work/ncu_${spec//:/_}.log" >> "$log"
+    python3 benchmarks/kernel_times.py "$work/ncu_${spec//:/_}.csv" --steps 3 --top 40 \
+      --label "llama-7b (2 layers) bf16 b${PROFILE_BATCH:-1} $spec" | tee -a "$out/kernel_times.jsonl"
   done
   stamp "profile"
 fi
