@@ -106,16 +106,22 @@ if [[ $parts == *" profile "* ]]; then
   python3 -c 'import json,sys; c=json.load(open(sys.argv[1])); c["num_hidden_layers"]=2; json.dump(c, open(sys.argv[2], "w"))' \
     benchmarks/configs/llama-7b.json "$work/llama-7b-2layers.json"
   # The same 2 layers timed as a CUDA graph: kernel sums against the step's wall time show the gaps.
-  each 30 "${PROFILE_SPECS:-dense packed:rtn_int4 narrow:0.6 svd:0.6}" --config "$work/llama-7b-2layers.json" \
-    --device cuda --dtype bf16 --batch ${PROFILE_BATCH:-1} --prompt_len 512 --new_tokens 256 --graph 1
-  for spec in ${PROFILE_SPECS:-dense packed:rtn_int4 narrow:0.6 svd:0.6}; do
+  # $PROFILE_RUNS: BATCH/SPEC words.
+  runs=${PROFILE_RUNS:-1/dense 1/packed:rtn_int4 1/narrow:0.6 1/svd:0.6}
+  for r in $runs; do
+    run 30 $bench --config "$work/llama-7b-2layers.json" --device cuda --dtype bf16 --batch "${r%%/*}" \
+      --prompt_len 512 --new_tokens 256 --graph 1 --factorize "${r#*/}"
+  done
+  for r in $runs; do
+    b=${r%%/*} spec=${r#*/}
+    f="$work/ncu_b${b}_${spec//[:+]/_}"
     timeout "$(left 90)" ncu --clock-control none --cache-control none --nvtx --nvtx-include "decode_step/" \
       --metrics gpu__time_duration.sum --print-units base --csv \
-      $bench --config "$work/llama-7b-2layers.json" --device cuda --dtype bf16 --batch ${PROFILE_BATCH:-1} \
-      --prompt_len 512 --new_tokens 2 --factorize $spec > "$work/ncu_${spec//:/_}.csv" 2> "$work/ncu_${spec//:/_}.log"
-    tail -2 "$work/ncu_${spec//:/_}.log" >> "$log"
-    python3 benchmarks/kernel_times.py "$work/ncu_${spec//:/_}.csv" --steps 3 --top 40 \
-      --label "llama-7b (2 layers) bf16 b${PROFILE_BATCH:-1} $spec" | tee -a "$out/kernel_times.jsonl"
+      $bench --config "$work/llama-7b-2layers.json" --device cuda --dtype bf16 --batch "$b" \
+      --prompt_len 512 --new_tokens 2 --factorize "$spec" > "$f.csv" 2> "$f.log"
+    tail -2 "$f.log" >> "$log"
+    python3 benchmarks/kernel_times.py "$f.csv" --steps 3 --top 40 \
+      --label "llama-7b (2 layers) bf16 b$b $spec" | tee -a "$out/kernel_times.jsonl"
   done
   stamp "profile"
 fi

@@ -9,6 +9,7 @@
 #include <cur4llm/quant/packed_quant.h>
 #include <cur4llm/repo/acur_repo.h>
 #include <cur4llm/tokenize/tokenizer.h>
+#include <cur4llm/util/fused_kernels.h>
 
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
@@ -490,6 +491,67 @@ TEST_CASE("CUDA: cached decoding gives the full forward's logits (fp32, bf16)", 
     const auto batched = generate::generate(*lm, prompts, greedy(8));
     CHECK(batched.sequences[1].tokens.size() == 8);
   }
+}
+
+TEST_CASE("CUDA: rotary rows at each row's positions: narrowed heads, rows of different lengths", "[cuda]") {
+  CUR4LLM_REQUIRE_CUDA();
+  model::LoadOptions o;
+  o.device = c10::Device(c10::kCUDA);
+  o.dtype = at::kFloat;
+  {
+    // Layer 0 keeps 2 rotary pairs per KV head: the fused rotary reads each KV head's own table.
+    auto lm = CausalLM::load(model_dir("llama_gqa"), o);  // 4 heads, 2 KV heads, head_dim 8, hidden 32
+    auto gen = at::make_generator<at::CPUGeneratorImpl>(10);
+    auto dense = [&](int64_t out, int64_t in) {
+      return std::make_shared<model::DenseLinear>((at::randn({out, in}, gen) * 0.3).cuda(), at::Tensor());
+    };
+    model::LayerShapes narrow;
+    narrow.qk_head_dim = 4;
+    narrow.qk_dims = {0, 2, 4, 6, 1, 3, 5, 7};
+    const std::string p = "model.layers.0.";
+    lm->reshape_layer(0, narrow, {{p + "self_attn.q_proj", dense(4 * 4, 32)}, {p + "self_attn.k_proj", dense(2 * 4, 32)}});
+    check_cached_equals_forward(*lm, 6, 16, 1e-4);
+  }
+  // Rows of a batch sit at different positions (prompts of 3, 11 and 7 tokens): each row's
+  // tokens equal those it gets alone.
+  auto lm = CausalLM::load(model_dir("llama_gqa"), o);
+  const auto prompts = prompts_of({3, 11, 7}, lm->config().vocab_size);
+  const auto batched = generate::generate(*lm, prompts, greedy(10));
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    INFO("prompt " << i);
+    CHECK(batched.sequences[i].tokens == generate::generate(*lm, {prompts[i]}, greedy(10)).sequences[0].tokens);
+  }
+}
+
+TEST_CASE("CUDA: decoding attention over many cache slots, model-sized heads, GQA", "[cuda]") {
+  CUR4LLM_REQUIRE_CUDA();
+  // Head dim 128 and 4 query heads per KV head; 70 to 100 slots span several blocks of the
+  // split key axis. The fused decoding path against the full forward (fp32), and against the
+  // cached path with cur4llm's kernels off (bf16).
+  const auto config = model::ModelConfig::from_json(
+      R"({"model_type": "llama", "vocab_size": 512, "hidden_size": 1024, "num_hidden_layers": 2,
+          "intermediate_size": 2816, "num_attention_heads": 8, "num_key_value_heads": 2, "rms_norm_eps": 1e-5,
+          "max_position_embeddings": 4096, "hidden_act": "silu"})",
+      "test config");
+  model::LoadOptions o;
+  o.device = c10::Device(c10::kCUDA);
+  o.dtype = at::kFloat;
+  check_cached_equals_forward(*CausalLM::random(config, o, 3), 70, 100, 1e-3);
+  o.dtype = at::kBFloat16;
+  const auto lm = CausalLM::random(config, o, 3);
+  c10::InferenceMode guard;
+  const auto ids = row_ids(test::make_samples({100}, 512, 5).front()).to(lm->device());
+  auto decode = [&](bool fused) {
+    util::set_fused_kernels_enabled(fused);
+    model::KVCache cache(1, 100, lm->device());
+    std::vector<at::Tensor> steps{lm->forward_cached(ids.narrow(1, 0, 70), cache)};
+    for (int64_t t = 70; t < 100; ++t) steps.push_back(lm->forward_cached(ids.narrow(1, t, 1), cache));
+    util::set_fused_kernels_enabled(true);
+    return at::cat(steps, 1).to(at::kFloat);
+  };
+  const auto fused = decode(true), plain = decode(false);
+  const double err = (fused - plain).pow(2).mean().item<double>() / plain.pow(2).mean().item<double>();
+  CHECK(err < 1e-4);
 }
 
 TEST_CASE("read_reference parses a reference file and names what is wrong") {

@@ -585,9 +585,10 @@ TEST_CASE("CUDA: the fused packed product for any shape: partial groups, odd ran
           "[packed_quant][cuda]") {
   CUR4LLM_REQUIRE_CUDA();
   auto gen = at::make_generator<at::CPUGeneratorImpl>(14);
-  // 200 columns: groups of 128 + 72 (the sliced kernel); 203: no multiple of 8, an odd int4 row
-  // (the column kernel); 1790: a factorized layer's rank.
-  for (const int64_t cols : {200, 203, 1790}) {
+  // 200 columns: groups of 128 + 72 (the sliced kernel, 8 columns a lane); 203: no multiple of 8, an
+  // odd int4 row (the column kernel); 1790: a factorized layer's rank; 4360: 8 columns a lane over
+  // several passes, the last one partial; 5152: 32 columns a lane, several passes, a last group of 32.
+  for (const int64_t cols : {200, 203, 1790, 4360, 5152}) {
     const auto w = at::randn({70, cols}, gen);
     const auto b = at::randn({70}, gen);
     for (const std::string name : {"rtn_int8", "rtn_int4"}) {
@@ -597,7 +598,7 @@ TEST_CASE("CUDA: the fused packed product for any shape: partial groups, odd ran
         const double tol = dtype == at::kFloat ? 1e-4 : 1.5e-1;
         quant::PackedLinear layer(q, b.to(at::kCUDA, dtype));
         const auto deq = quant::dequantize_tensor(q, dtype);
-        for (const int64_t tokens : {1, 5, 16}) {
+        for (const int64_t tokens : {1, 2, 3, 5, 16}) {
           DYNAMIC_SECTION(cols << " " << name << " " << c10::toString(dtype) << " tokens " << tokens) {
             // x starts one element past an aligned start: the sliced kernel needs 16-byte rows.
             const auto storage = at::randn({tokens * cols + 1}, gen).to(at::kCUDA, dtype);

@@ -2,6 +2,7 @@
 // of the cross-entropy that ATen would run as several passes over a tensor.
 // Plain CUDA (no LibTorch headers); fused_ops_cuda.cpp calls these launchers.
 #include "fused_kernels.h"
+#include "kernel_types.cuh"
 
 #include <cooperative_groups.h>
 #include <cuda_bf16.h>
@@ -14,38 +15,6 @@
 
 namespace cur4llm::fused::kernels {
 namespace {
-
-// Conversions that round as ATen does (round to nearest even).
-template <typename T>
-struct Elem;
-template <>
-struct Elem<float> {
-  __device__ static float load(float v) { return v; }
-  __device__ static float store(float v) { return v; }
-};
-template <>
-struct Elem<__half> {
-  __device__ static float load(__half v) { return __half2float(v); }
-  __device__ static __half store(float v) { return __float2half_rn(v); }
-};
-template <>
-struct Elem<__nv_bfloat16> {
-  __device__ static float load(__nv_bfloat16 v) { return __bfloat162float(v); }
-  __device__ static __nv_bfloat16 store(float v) { return __float2bfloat16_rn(v); }
-};
-
-// Rounds a float to the element type and back.
-template <typename T>
-__device__ inline float round_to(float v) {
-  return Elem<T>::load(Elem<T>::store(v));
-}
-
-// 16 bytes of elements, for vectorised loads and stores.
-template <typename T>
-struct alignas(16) Pack {
-  static constexpr int kSize = 16 / sizeof(T);
-  T v[kSize];
-};
 
 template <typename T>
 bool aligned16(const void* p, int64_t stride_elems) {
@@ -246,22 +215,36 @@ int launch_rms_norm(const void* x, const void* w, void* out, int64_t rows, int64
 // ---------------------------------------------------------------------------------------------
 // Rotary embedding: one thread per (token, head, pair j < dim/2).
 
+// Where a row's (token, head) finds its cos/sin: table row `position` of table `tbl`.
+struct RotaryTables {
+  const float* cos;
+  const float* sin;
+  int64_t seq_len;           // without positions: token n sits at n % seq_len
+  const int64_t* positions;  // or: token n sits at positions[n]
+  int64_t tables;            // 1, or one per group of heads / tables heads
+  int64_t table_rows;
+  __device__ int64_t offset(int64_t token, int64_t head, int64_t heads, int64_t dim) const {
+    const int64_t pos = positions != nullptr ? positions[token] : token % seq_len;
+    const int64_t tbl = tables > 1 ? head / (heads / tables) : 0;
+    return (tbl * table_rows + pos) * dim;
+  }
+};
+
 template <typename T>
-__global__ void rotary_kernel(const T* __restrict__ x, const float* __restrict__ cos, const float* __restrict__ sin,
-                              T* __restrict__ out, int64_t tokens, int64_t seq_len, int64_t heads, int64_t dim) {
+__global__ void rotary_kernel(const T* __restrict__ x, RotaryTables tab, T* __restrict__ out, int64_t tokens,
+                              int64_t heads, int64_t dim) {
   const int64_t half = dim / 2;
   const int64_t total = tokens * heads * half;
   for (int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; idx < total;
        idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t j = idx % half;
     const int64_t th = idx / half;  // token * heads + head
-    const int64_t token = th / heads;
-    const int64_t pos = token % seq_len;
+    const int64_t at = tab.offset(th / heads, th % heads, heads, dim);
     const int64_t base = th * dim;
     const float x1 = Elem<T>::load(x[base + j]);
     const float x2 = Elem<T>::load(x[base + j + half]);
-    const float c1 = round_to<T>(cos[pos * dim + j]), s1 = round_to<T>(sin[pos * dim + j]);
-    const float c2 = round_to<T>(cos[pos * dim + j + half]), s2 = round_to<T>(sin[pos * dim + j + half]);
+    const float c1 = round_to<T>(tab.cos[at + j]), s1 = round_to<T>(tab.sin[at + j]);
+    const float c2 = round_to<T>(tab.cos[at + j + half]), s2 = round_to<T>(tab.sin[at + j + half]);
     // rotate_half(x) = cat(-x2, x1); every product and the sum rounded as ATen rounds them.
     out[base + j] = Elem<T>::store(round_to<T>(x1 * c1) + round_to<T>(-x2 * s1));
     out[base + j + half] = Elem<T>::store(round_to<T>(x2 * c2) + round_to<T>(x1 * s2));
@@ -271,8 +254,7 @@ __global__ void rotary_kernel(const T* __restrict__ x, const float* __restrict__
 // The same arithmetic on 16-byte packs: one thread per (token, head, pack of
 // pairs), so the index arithmetic is paid once per pack, not per element.
 template <typename T>
-__global__ void rotary_pack_kernel(const T* __restrict__ x, const float* __restrict__ cos,
-                                   const float* __restrict__ sin, T* __restrict__ out, int64_t rows, int64_t seq_len,
+__global__ void rotary_pack_kernel(const T* __restrict__ x, RotaryTables tab, T* __restrict__ out, int64_t rows,
                                    int64_t heads, int64_t dim) {
   constexpr int K = Pack<T>::kSize;
   const int64_t half = dim / 2, packs = half / K;
@@ -281,12 +263,12 @@ __global__ void rotary_pack_kernel(const T* __restrict__ x, const float* __restr
        idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t row = idx / packs;  // token * heads + head
     const int64_t j = (idx - row * packs) * K;
-    const int64_t pos = (row / heads) % seq_len;
+    const int64_t at = tab.offset(row / heads, row % heads, heads, dim);
     const int64_t base = row * dim;
     const Pack<T> a = *reinterpret_cast<const Pack<T>*>(x + base + j);
     const Pack<T> b = *reinterpret_cast<const Pack<T>*>(x + base + j + half);
-    const float* c = cos + pos * dim + j;
-    const float* sn = sin + pos * dim + j;
+    const float* c = tab.cos + at + j;
+    const float* sn = tab.sin + at + j;
     Pack<T> oa, ob;
 #pragma unroll
     for (int e = 0; e < K; ++e) {
@@ -302,8 +284,8 @@ __global__ void rotary_pack_kernel(const T* __restrict__ x, const float* __restr
 }
 
 template <typename T>
-int launch_rotary(const void* x, const float* cos, const float* sin, void* out, int64_t tokens, int64_t seq_len,
-                  int64_t heads, int64_t dim, void* stream) {
+int launch_rotary(const void* x, const RotaryTables& tab, void* out, int64_t tokens, int64_t heads, int64_t dim,
+                  void* stream) {
   const int64_t total = tokens * heads * (dim / 2);
   if (total <= 0) return 0;
   constexpr int kThreads = 256;
@@ -313,11 +295,11 @@ int launch_rotary(const void* x, const float* cos, const float* sin, void* out, 
   const int64_t blocks = (work + kThreads - 1) / kThreads;
   const unsigned grid = static_cast<unsigned>(blocks < (int64_t{1} << 20) ? blocks : (int64_t{1} << 20));
   if (vec) {
-    rotary_pack_kernel<T><<<grid, kThreads, 0, as_stream(stream)>>>(
-        static_cast<const T*>(x), cos, sin, static_cast<T*>(out), tokens * heads, seq_len, heads, dim);
+    rotary_pack_kernel<T><<<grid, kThreads, 0, as_stream(stream)>>>(static_cast<const T*>(x), tab,
+                                                                    static_cast<T*>(out), tokens * heads, heads, dim);
   } else {
-    rotary_kernel<T><<<grid, kThreads, 0, as_stream(stream)>>>(static_cast<const T*>(x), cos, sin,
-                                                               static_cast<T*>(out), tokens, seq_len, heads, dim);
+    rotary_kernel<T><<<grid, kThreads, 0, as_stream(stream)>>>(static_cast<const T*>(x), tab, static_cast<T*>(out),
+                                                               tokens, heads, dim);
   }
   return static_cast<int>(cudaGetLastError());
 }
@@ -579,10 +561,21 @@ int launch_lowrank(const void* x, int64_t tokens, const void* r, const void* u, 
 // between its warps in slices of 256: in a slice, lane l takes the 8 columns 8l..8l+7, so a
 // warp reads one row's codes for 256 columns in one coalesced 128-byte (int4) or 256-byte
 // (int8) sweep and every token's 256 inputs in one 512-byte sweep (bf16/fp16), shared by the
-// block's rows. Weights are rebuilt in float (code - zero) * scale without the rounding to the
-// element type that dequantize_tensor adds; sums are in float. Warps meet in shared memory.
+// block's rows. A warp takes packed_unroll<TOKENS>() consecutive slices per pass, their loads
+// all issued before any is used: at one or two tokens the product is bound by how many bytes are
+// in flight, not by arithmetic. Weights are never rounded to the element type (dequantize_tensor
+// rounds them); sums are in float. Warps meet in shared memory.
 constexpr int kPackedWarps = 4;
 constexpr int kPackedRows = 4;
+constexpr int kPackedSlice = 256;
+
+// Few tokens: slices per warp and pass, and 8-column pieces per lane in a slice (8 * V columns:
+// V = 4 reads a lane's codes in 16- or 32-byte loads, where columns and groups are multiples of
+// 32). Both set how many bytes are in flight, which bounds the product at one or two tokens.
+template <int TOKENS, int V>
+__host__ __device__ constexpr int packed_unroll() {
+  return V == 4 ? 1 : (TOKENS <= 2 ? 4 : 2);
+}
 
 // 8 consecutive inputs as float, read in 16-byte packs (p 16-byte aligned).
 template <typename T>
@@ -600,6 +593,9 @@ __device__ inline void load8(const T* p, float out[8]) {
 // The 8 codes of one lane's slice: one 32-bit word at 4 bits, two at 8 bits.
 template <int BITS>
 struct Codes8 {
+  static constexpr uint32_t kMask = (1u << BITS) - 1u;
+  static constexpr int kPerWord = 32 / BITS;  // 8 or 4 codes
+  static constexpr int kInPlace = 23 / BITS;  // codes of a word inside a float's 23 mantissa bits: 5 or 2
   uint32_t w[BITS / 4];
   __device__ void load(const uint8_t* p) {
     if constexpr (BITS == 4) {
@@ -611,30 +607,133 @@ struct Codes8 {
   }
   // Code j as a float, exactly: OR it into the mantissa of 2^23 and take 2^23 away.
   __device__ float get(int j) const {
-    constexpr uint32_t kMask = (1u << BITS) - 1u;
     const uint32_t code = (w[(j * BITS) / 32] >> ((j * BITS) % 32)) & kMask;
     return __uint_as_float(0x4B000000u | code) - 8388608.f;
   }
+  // Code j times 2^(BITS * place(j)), exactly, in one logic operation and one subtraction: the
+  // code is masked where it lies in its word and ORed into the mantissa of 2^23. Codes that
+  // reach bit 23 (the exponent's) are shifted down first: those from bit 20 of an int4 word,
+  // from bit 16 of an int8 one (one shift per word).
+  __device__ float placed(int j) const {
+    const uint32_t word = w[j / kPerWord];
+    const int k = j % kPerWord;
+    const uint32_t bits = k < kInPlace ? word & (kMask << (BITS * k))
+                                       : (word >> (BITS * kInPlace)) & (kMask << (BITS * (k - kInPlace)));
+    return __uint_as_float(0x4B000000u | bits) - 8388608.f;
+  }
+  // 2^-(BITS * place(j)): the factor on column j's input that undoes placed()'s.
+  __device__ static constexpr float unplace(int j) {
+    const int k = j % kPerWord;
+    return 1.f / static_cast<float>(1u << (BITS * (k < kInPlace ? k : k - kInPlace)));
+  }
 };
 
-template <typename T, int BITS, int TOKENS>
-__global__ void __launch_bounds__(kPackedWarps * 32)
-    packed_linear_kernel(const T* __restrict__ x, int tokens, const uint8_t* __restrict__ q,
-                         const __half* __restrict__ scales, const __half* __restrict__ zeros,
-                         const T* __restrict__ bias, const __half* __restrict__ colmul, T* __restrict__ y,
-                         int64_t rows, int64_t cols, int64_t group) {
-  __shared__ float partial[kPackedWarps][kPackedRows][TOKENS];
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  const int64_t row0 = static_cast<int64_t>(blockIdx.x) * kPackedRows;
+// Few tokens: per 8 columns of one group (scale s, zero z) a row adds
+// s * (sum_j code_j x_j - z * sum_j x_j). The inputs, their sum and their placed() factors are
+// worked out once per 8 columns and token for all rows, which leaves each weight one logic
+// operation, one subtraction and one multiply-add per token. A lane takes 8 * V consecutive
+// columns of a slice (one group: group % (8 * V) == 0), a warp U slices per pass.
+template <typename T, int BITS, int TOKENS, int V>
+__device__ inline void packed_rows_few_tokens(const T* __restrict__ x, int tokens, const uint8_t* __restrict__ q,
+                                              const __half* __restrict__ scales, const __half* __restrict__ zeros,
+                                              const __half* __restrict__ colmul, int64_t rows, int64_t cols,
+                                              int64_t group, int64_t row0, int warp, int lane,
+                                              float (&acc)[kPackedRows][TOKENS]) {
+  constexpr int U = packed_unroll<TOKENS, V>();
+  constexpr int kSlice = 32 * 8 * V;             // columns of one warp-wide sweep
+  constexpr int kWords = V * BITS / 4;           // 32-bit code words of a lane's piece
   const int64_t row_bytes = cols * BITS / 8, groups = (cols + group - 1) / group;
-  float acc[kPackedRows][TOKENS];
+  for (int64_t base = static_cast<int64_t>(warp) * U * kSlice + lane * 8 * V; base < cols;
+       base += static_cast<int64_t>(kPackedWarps) * U * kSlice) {
+    // Every load of the pass first, so that they are in flight together.
+    uint32_t words[U][kPackedRows][kWords];
+    float scale[U][kPackedRows], zero[U][kPackedRows];
 #pragma unroll
-  for (int r = 0; r < kPackedRows; ++r) {
+    for (int u = 0; u < U; ++u) {
+      const int64_t c = base + u * kSlice;
+      const int64_t g = c / group;
 #pragma unroll
-    for (int t = 0; t < TOKENS; ++t) acc[r][t] = 0.f;
+      for (int r = 0; r < kPackedRows; ++r) {
+        const int64_t row = row0 + r < rows ? row0 + r : rows - 1;  // a partial last block repeats a row
+        if (c < cols) {
+          const uint8_t* p = q + row * row_bytes + c * BITS / 8;
+          if constexpr (kWords % 4 == 0) {
+#pragma unroll
+            for (int i = 0; i < kWords / 4; ++i) {
+              const uint4 v = reinterpret_cast<const uint4*>(p)[i];
+              words[u][r][4 * i] = v.x, words[u][r][4 * i + 1] = v.y, words[u][r][4 * i + 2] = v.z,
+                                 words[u][r][4 * i + 3] = v.w;
+            }
+          } else if constexpr (kWords == 2) {
+            const uint2 v = *reinterpret_cast<const uint2*>(p);
+            words[u][r][0] = v.x, words[u][r][1] = v.y;
+          } else {
+            words[u][r][0] = *reinterpret_cast<const uint32_t*>(p);
+          }
+          scale[u][r] = __half2float(scales[row * groups + g]);
+          zero[u][r] = __half2float(zeros[row * groups + g]);
+        } else {
+#pragma unroll
+          for (int i = 0; i < kWords; ++i) words[u][r][i] = 0u;
+          scale[u][r] = zero[u][r] = 0.f;
+        }
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int64_t c0 = base + u * kSlice;
+      if (c0 >= cols) break;  // the slices after it are out too
+#pragma unroll
+      for (int v = 0; v < V; ++v) {
+        const int64_t c = c0 + 8 * v;
+        float xs[TOKENS][8], xsum[TOKENS];
+        float m[8];
+        if (colmul != nullptr) load8<__half>(colmul + c, m);  // activation-aware formats: column c times colmul[c]
+#pragma unroll
+        for (int t = 0; t < TOKENS; ++t) {
+          xsum[t] = 0.f;
+#pragma unroll
+          for (int j = 0; j < 8; ++j) xs[t][j] = 0.f;
+          if (t < tokens) {
+            load8<T>(x + static_cast<int64_t>(t) * cols + c, xs[t]);
+#pragma unroll
+            for (int j = 0; j < 8; ++j) {
+              if (colmul != nullptr) xs[t][j] *= m[j];
+              xsum[t] += xs[t][j];
+              xs[t][j] *= Codes8<BITS>::unplace(j);
+            }
+          }
+        }
+#pragma unroll
+        for (int r = 0; r < kPackedRows; ++r) {
+          Codes8<BITS> codes;
+#pragma unroll
+          for (int i = 0; i < BITS / 4; ++i) codes.w[i] = words[u][r][v * (BITS / 4) + i];
+          float f[8];
+#pragma unroll
+          for (int j = 0; j < 8; ++j) f[j] = codes.placed(j);
+#pragma unroll
+          for (int t = 0; t < TOKENS; ++t) {
+            float dot = 0.f;
+#pragma unroll
+            for (int j = 0; j < 8; ++j) dot = fmaf(f[j], xs[t][j], dot);
+            acc[r][t] = fmaf(scale[u][r], fmaf(-zero[u][r], xsum[t], dot), acc[r][t]);
+          }
+        }
+      }
+    }
   }
-  for (int64_t c = (static_cast<int64_t>(warp) * 32 + lane) * 8; c < cols; c += kPackedWarps * 256) {
-    // Every load of the slice first, so that they are in flight together.
+}
+
+// Many tokens: each weight is rebuilt once, (code - zero) * scale, and used for every token.
+template <typename T, int BITS, int TOKENS>
+__device__ inline void packed_rows_many_tokens(const T* __restrict__ x, int tokens, const uint8_t* __restrict__ q,
+                                               const __half* __restrict__ scales, const __half* __restrict__ zeros,
+                                               const __half* __restrict__ colmul, int64_t rows, int64_t cols,
+                                               int64_t group, int64_t row0, int warp, int lane,
+                                               float (&acc)[kPackedRows][TOKENS]) {
+  const int64_t row_bytes = cols * BITS / 8, groups = (cols + group - 1) / group;
+  for (int64_t c = (static_cast<int64_t>(warp) * 32 + lane) * 8; c < cols; c += kPackedWarps * kPackedSlice) {
     Codes8<BITS> codes[kPackedRows];
     float scale[kPackedRows], offset[kPackedRows];
     const int64_t g = c / group;
@@ -669,6 +768,30 @@ __global__ void __launch_bounds__(kPackedWarps * 32)
         }
       }
     }
+  }
+}
+
+template <typename T, int BITS, int TOKENS, int V>
+__global__ void __launch_bounds__(kPackedWarps * 32)
+    packed_linear_kernel(const T* __restrict__ x, int tokens, const uint8_t* __restrict__ q,
+                         const __half* __restrict__ scales, const __half* __restrict__ zeros,
+                         const T* __restrict__ bias, const __half* __restrict__ colmul, T* __restrict__ y,
+                         int64_t rows, int64_t cols, int64_t group) {
+  __shared__ float partial[kPackedWarps][kPackedRows][TOKENS];
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int64_t row0 = static_cast<int64_t>(blockIdx.x) * kPackedRows;
+  float acc[kPackedRows][TOKENS];
+#pragma unroll
+  for (int r = 0; r < kPackedRows; ++r) {
+#pragma unroll
+    for (int t = 0; t < TOKENS; ++t) acc[r][t] = 0.f;
+  }
+  if constexpr (TOKENS <= 4) {
+    packed_rows_few_tokens<T, BITS, TOKENS, V>(x, tokens, q, scales, zeros, colmul, rows, cols, group, row0, warp,
+                                               lane, acc);
+  } else {
+    packed_rows_many_tokens<T, BITS, TOKENS>(x, tokens, q, scales, zeros, colmul, rows, cols, group, row0, warp, lane,
+                                             acc);
   }
 #pragma unroll
   for (int r = 0; r < kPackedRows; ++r) {
@@ -732,23 +855,34 @@ __global__ void __launch_bounds__(256)
   }
 }
 
+// Which kernel serves a shape: the column-at-a-time one, or the sliced one with 8 columns a lane
+// (V = 1) or, where columns and groups are multiples of 32 and the codes 16-byte aligned, 32 (V = 4).
+enum class PackedPath { kAny, kSliced8, kSliced32 };
+
 template <typename T, int BITS, int TOKENS>
-void launch_packed_tokens(bool sliced, const T* x, int tokens, const uint8_t* q, const __half* scales,
+void launch_packed_tokens(PackedPath path, const T* x, int tokens, const uint8_t* q, const __half* scales,
                           const __half* zeros, const T* bias, const __half* colmul, T* y, int64_t rows, int64_t cols,
                           int64_t group, cudaStream_t stream) {
-  if (sliced) {
-    const auto blocks = static_cast<unsigned>((rows + kPackedRows - 1) / kPackedRows);
-    packed_linear_kernel<T, BITS, TOKENS>
+  const auto blocks = static_cast<unsigned>((rows + kPackedRows - 1) / kPackedRows);
+  if constexpr (TOKENS <= 4) {  // many tokens take 8 columns a lane either way
+    if (path == PackedPath::kSliced32) {
+      packed_linear_kernel<T, BITS, TOKENS, 4>
+          <<<blocks, kPackedWarps * 32, 0, stream>>>(x, tokens, q, scales, zeros, bias, colmul, y, rows, cols, group);
+      return;
+    }
+  }
+  if (path != PackedPath::kAny) {
+    packed_linear_kernel<T, BITS, TOKENS, 1>
         <<<blocks, kPackedWarps * 32, 0, stream>>>(x, tokens, q, scales, zeros, bias, colmul, y, rows, cols, group);
   } else {
-    const auto blocks = static_cast<unsigned>((rows + 7) / 8);
     packed_linear_any_kernel<T, BITS, TOKENS>
-        <<<blocks, 256, 0, stream>>>(x, tokens, q, scales, zeros, bias, colmul, y, rows, cols, group);
+        <<<static_cast<unsigned>((rows + 7) / 8), 256, 0, stream>>>(x, tokens, q, scales, zeros, bias, colmul, y,
+                                                                     rows, cols, group);
   }
 }
 
 template <typename T, int BITS>
-void launch_packed_bits(bool sliced, const T* x, int tokens, const uint8_t* q, const __half* scales,
+void launch_packed_bits(PackedPath sliced, const T* x, int tokens, const uint8_t* q, const __half* scales,
                         const __half* zeros, const T* bias, const __half* colmul, T* y, int64_t rows, int64_t cols,
                         int64_t group, cudaStream_t stream) {
   // Templated on a token bound so that each count keeps only the accumulators it needs.
@@ -773,9 +907,14 @@ int launch_packed_linear(const void* x, int64_t tokens, const uint8_t* q, const 
   if (tokens < 1 || tokens > kPackedMaxTokens || (bits != 4 && bits != 8) || group < 1 || cols < 1) {
     return static_cast<int>(cudaErrorInvalidValue);
   }
-  // The sliced kernel reads 8 columns at a time: x and the multipliers in 16-byte packs, codes in 4 or 8 bytes.
-  const bool sliced = cols % 8 == 0 && group % 8 == 0 && aligned16<T>(x, cols) && aligned16<__half>(input_scales, 0) &&
-                      reinterpret_cast<uintptr_t>(q) % 8 == 0;
+  // The sliced kernel reads 8 columns at a time: x and the multipliers in 16-byte packs, codes in 4 or 8 bytes
+  // (or 32 columns, codes in 16 or 32 bytes).
+  PackedPath sliced = PackedPath::kAny;
+  if (cols % 8 == 0 && group % 8 == 0 && aligned16<T>(x, cols) && aligned16<__half>(input_scales, 0) &&
+      reinterpret_cast<uintptr_t>(q) % 8 == 0) {
+    sliced = cols % 32 == 0 && group % 32 == 0 && reinterpret_cast<uintptr_t>(q) % 16 == 0 ? PackedPath::kSliced32
+                                                                                          : PackedPath::kSliced8;
+  }
   const auto* px = static_cast<const T*>(x);
   const auto* ps = static_cast<const __half*>(scales);
   const auto* pz = static_cast<const __half*>(zeros);
@@ -815,11 +954,12 @@ int rms_norm(const void* x, const void* w, void* out, int dtype, int64_t rows, i
 }
 
 int rotary(const void* x, const float* cos, const float* sin, void* out, int dtype, int64_t tokens, int64_t seq_len,
-           int64_t heads, int64_t dim, void* stream) {
+           int64_t heads, int64_t dim, void* stream, const int64_t* positions, int64_t tables, int64_t table_rows) {
+  const RotaryTables tab{cos, sin, seq_len, positions, tables < 1 ? 1 : tables, table_rows};
   switch (dtype) {
-    case 0: return launch_rotary<float>(x, cos, sin, out, tokens, seq_len, heads, dim, stream);
-    case 1: return launch_rotary<__half>(x, cos, sin, out, tokens, seq_len, heads, dim, stream);
-    case 2: return launch_rotary<__nv_bfloat16>(x, cos, sin, out, tokens, seq_len, heads, dim, stream);
+    case 0: return launch_rotary<float>(x, tab, out, tokens, heads, dim, stream);
+    case 1: return launch_rotary<__half>(x, tab, out, tokens, heads, dim, stream);
+    case 2: return launch_rotary<__nv_bfloat16>(x, tab, out, tokens, heads, dim, stream);
   }
   return kBadDtype;
 }

@@ -20,10 +20,13 @@ int token_nll(const void* logits, int dtype, int64_t rows, int64_t cols, int64_t
 int rms_norm(const void* x, const void* w, void* out, int dtype, int64_t rows, int64_t cols, float eps, void* stream);
 
 /// Rotary embedding of x [tokens, heads, dim] (contiguous; token n sits at
-/// position n % seq_len): out = x * cos + rotate_half(x) * sin with cos/sin
-/// (float [seq_len, dim]) rounded to the element type, each product and the sum rounded.
+/// position n % seq_len, or at positions[n] where given): out = x * cos +
+/// rotate_half(x) * sin with cos/sin (float [tables, table_rows, dim]: head h
+/// takes table h / (heads / tables)) rounded to the element type, each product and
+/// the sum rounded.
 int rotary(const void* x, const float* cos, const float* sin, void* out, int dtype, int64_t tokens, int64_t seq_len,
-           int64_t heads, int64_t dim, void* stream);
+           int64_t heads, int64_t dim, void* stream, const int64_t* positions = nullptr, int64_t tables = 1,
+           int64_t table_rows = 0);
 
 /// LayerNorm per row of `cols`: s = x, or to_dtype(x + y) when y is given
 /// (then written to sum_out, which must be given too); out =
@@ -45,6 +48,24 @@ int lowrank_forward(const void* x, int64_t tokens, const void* r, const void* u,
                     void* y, float* scratch, int dtype, int64_t in, int64_t k, int64_t out, void* stream);
 
 /// The most tokens packed_linear takes (a decoding step of up to 16 sequences).
+/// Decoding attention (decode_attention.cu): query rows per KV head and head dims it takes.
+constexpr int64_t kDecodeMaxRows = 8;
+constexpr int64_t kDecodeMaxHeadDim = 256;
+
+/// Floats of workspace decode_attention needs.
+int64_t decode_attention_workspace(int64_t batch, int64_t kv_heads, int64_t rows, int64_t length, int64_t dv);
+
+/// softmax(q k^T * scale + mask) v for q [batch, kv_heads, rows, d] (contiguous) against the first
+/// `length` of `cap` slots of keys [batch, kv_heads, cap, d] and values [batch, kv_heads, cap, dv]
+/// (contiguous), with the additive mask (element type; -inf: not attended) at
+/// mask[b * mask_batch_stride + r * mask_row_stride + s]; out [batch, kv_heads, rows, dv].
+/// Every row must attend to at least one slot. Sums in float; the key axis is split over
+/// blocks of 32 slots, merged by a second kernel.
+int decode_attention(const void* q, const void* keys, const void* values, const void* mask, float* workspace,
+                     void* out, int dtype, int64_t batch, int64_t kv_heads, int64_t rows, int64_t cap, int64_t length,
+                     int64_t d, int64_t dv, float scale, int64_t mask_row_stride, int64_t mask_batch_stride,
+                     void* stream);
+
 constexpr int64_t kPackedMaxTokens = 16;
 
 /// y [tokens, rows] = x [tokens, cols] w^T + bias for a weight stored packed

@@ -33,6 +33,12 @@ at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps);
 /// x * cos.to(dtype) + rotate_half(x) * sin.to(dtype), same layout as x.
 at::Tensor rotary(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin);
 
+/// Rotary embedding of x [B, T, heads, dim] (contiguous) at positions (int64 [B, T] on x's
+/// device, each below N) with float tables cos/sin [N, dim] (every head) or [tables, N, dim]
+/// (head h takes table h / (heads / tables): narrowed heads), as
+/// x * cos.to(dtype) + rotate_half(x) * sin.to(dtype) with the rows the positions pick.
+at::Tensor rotary_at(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin, const at::Tensor& positions);
+
 /// at::layer_norm(x, {h}, weight, bias, eps) over the last dim h of x
 /// (weight, bias [h] in x's dtype, or undefined).
 at::Tensor layer_norm(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, double eps);
@@ -83,6 +89,17 @@ at::Tensor packed_linear(const at::Tensor& x, const at::Tensor& qweight, const a
 /// (at::globalContext().setSDPUseCuDNN(false)), LibTorch before 2.5, or an
 /// earlier call that cuDNN refused.
 at::Tensor causal_attention_cudnn(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v);
+
+/// Attention of a decoding step: softmax(q k^T * scale + mask) v for q [B, kv, R, d] (the R
+/// query rows of each KV head, contiguous) against the first `length` slots of a KV cache's
+/// keys [B, kv, cap, d] and values [B, kv, cap, dv] (contiguous), with `mask` [B, 1, R, length]
+/// additive in q's dtype (-inf: not attended; every row attends to a slot). Output
+/// [B, kv, R, dv]. The key axis is split over the GPU's multiprocessors (one query row per
+/// head leaves a query-tiled kernel mostly idle). Undefined where it does not apply, and the
+/// caller takes at::scaled_dot_product_attention: kernels disabled, more than 8 rows per KV
+/// head, head dims above 256, other layouts or dtypes, CUR4LLM_DECODE_ATTENTION=0 in the environment.
+at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& keys, const at::Tensor& values, int64_t length,
+                            const at::Tensor& mask, double scale);
 
 /// A second, high-priority CUDA stream, fed by a host thread of its own, for
 /// work that overlaps the current stream's (the sweep decomposes the next

@@ -123,6 +123,30 @@ at::Tensor rotary(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& 
   return out;
 }
 
+at::Tensor rotary_at(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin, const at::Tensor& positions) {
+  const bool shared = cos.dim() == 2;
+  const int64_t tables = shared ? 1 : cos.size(0);
+  if (x.dim() != 4 || (cos.dim() != 2 && cos.dim() != 3) || sin.sizes() != cos.sizes() ||
+      cos.size(-1) != x.size(3) || x.size(3) % 2 != 0 || tables < 1 || x.size(2) % tables != 0 ||
+      positions.scalar_type() != at::kLong || positions.dim() != 2 || positions.size(0) != x.size(0) ||
+      positions.size(1) != x.size(1) || positions.device() != x.device()) {
+    throw std::invalid_argument(
+        "fused::rotary_at: x [B, T, heads, dim], cos/sin [N, dim] or [tables, N, dim] (tables dividing heads), "
+        "int64 positions [B, T] on x's device");
+  }
+  c10::cuda::CUDAGuard guard(x.device());
+  auto xc = x.contiguous();
+  auto c = cos.to(x.device(), at::kFloat).contiguous();
+  auto s = sin.to(x.device(), at::kFloat).contiguous();
+  auto pos = positions.contiguous();
+  auto out = at::empty_like(xc);
+  check(kernels::rotary(xc.data_ptr(), c.data_ptr<float>(), s.data_ptr<float>(), out.data_ptr(), dtype_code(xc),
+                        xc.size(0) * xc.size(1), /*seq_len=*/1, xc.size(2), xc.size(3), current_stream(xc),
+                        pos.data_ptr<int64_t>(), tables, c.size(-2)),
+        "rotary_at");
+  return out;
+}
+
 namespace {
 
 at::Tensor norm_param(const at::Tensor& p, const at::Tensor& x, const char* what) {
@@ -297,6 +321,40 @@ at::Tensor causal_attention_cudnn(const at::Tensor& q, const at::Tensor& k, cons
   (void)v;
   return {};
 #endif
+}
+
+at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& keys, const at::Tensor& values, int64_t length,
+                            const at::Tensor& mask, double scale) {
+  // CUR4LLM_DECODE_ATTENTION=0 leaves decoding attention to ATen (the other kernels stay on).
+  static const bool off = [] {
+    const char* v = std::getenv("CUR4LLM_DECODE_ATTENTION");
+    return v != nullptr && std::string(v) == "0";
+  }();
+  if (off || !enabled_for(q) || q.dim() != 4 || keys.dim() != 4 || values.dim() != 4 || mask.dim() != 4) return {};
+  const auto dtype = q.scalar_type();
+  if (keys.scalar_type() != dtype || values.scalar_type() != dtype || mask.scalar_type() != dtype) return {};
+  if (keys.device() != q.device() || values.device() != q.device() || mask.device() != q.device()) return {};
+  const int64_t batch = q.size(0), kv = q.size(1), rows = q.size(2), d = q.size(3), dv = values.size(3);
+  if (rows > kernels::kDecodeMaxRows || d > kernels::kDecodeMaxHeadDim || dv > kernels::kDecodeMaxHeadDim) return {};
+  if (keys.size(0) != batch || keys.size(1) != kv || keys.size(3) != d || values.size(0) != batch ||
+      values.size(1) != kv || values.size(2) != keys.size(2) || length < 1 || length > keys.size(2)) {
+    return {};
+  }
+  if (!q.is_contiguous() || !keys.is_contiguous() || !values.is_contiguous()) return {};
+  if (mask.size(0) != batch || mask.size(1) != 1 || mask.size(2) != rows || mask.size(3) != length ||
+      mask.stride(3) != 1) {
+    return {};
+  }
+  c10::cuda::CUDAGuard guard(q.device());
+  auto work = at::empty({kernels::decode_attention_workspace(batch, kv, rows, length, dv)},
+                        q.options().dtype(at::kFloat));
+  auto out = at::empty({batch, kv, rows, dv}, q.options());
+  check(kernels::decode_attention(q.data_ptr(), keys.data_ptr(), values.data_ptr(), mask.data_ptr(),
+                                  work.data_ptr<float>(), out.data_ptr(), dtype_code(q), batch, kv, rows,
+                                  keys.size(2), length, d, dv, static_cast<float>(scale), mask.stride(2),
+                                  mask.stride(0), current_stream(q)),
+        "decode_attention");
+  return out;
 }
 
 // The side stream's work runs on a host thread of its own, so that its host

@@ -27,12 +27,17 @@ bool enabled_for(const at::Tensor&) { return false; }
 at::Tensor token_nll(const at::Tensor&, const at::Tensor&) { absent(); }
 at::Tensor rms_norm(const at::Tensor&, const at::Tensor&, double) { absent(); }
 at::Tensor rotary(const at::Tensor&, const at::Tensor&, const at::Tensor&) { absent(); }
+at::Tensor rotary_at(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&) { absent(); }
 at::Tensor layer_norm(const at::Tensor&, const at::Tensor&, const at::Tensor&, double) { absent(); }
 std::pair<at::Tensor, at::Tensor> add_layer_norm(const at::Tensor&, const at::Tensor&, const at::Tensor&,
                                                  const at::Tensor&, double) {
   absent();
 }
 at::Tensor silu_mul(const at::Tensor&, const at::Tensor&) { absent(); }
+at::Tensor decode_attention(const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t, const at::Tensor&,
+                            double) {
+  return {};
+}
 bool lowrank_applies(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&) {
   return false;
 }

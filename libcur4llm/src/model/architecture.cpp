@@ -263,6 +263,18 @@ const at::Tensor& Step::allowed(int64_t window) {
   return masks_.back().second;
 }
 
+const at::Tensor& Step::additive_mask(int64_t window, int64_t groups, at::ScalarType dtype) {
+  const auto key = std::make_tuple(window, groups, dtype);
+  for (const auto& [k, mask] : additive_) {
+    if (k == key) return mask;
+  }
+  auto mask = at::zeros(allowed(window).sizes(), allowed(window).options().dtype(dtype))
+                  .masked_fill_(at::logical_not(allowed(window)), -std::numeric_limits<double>::infinity());
+  if (groups > 1) mask = mask.repeat({1, 1, groups, 1});
+  additive_.emplace_back(key, std::move(mask));
+  return additive_.back().second;
+}
+
 const Rotary& Step::rotary_at(const Rotary& table) {
   const void* key = table.cos.data_ptr();
   for (const auto& [k, rows] : rotary_rows_) {
@@ -288,7 +300,11 @@ at::Tensor cached_attention(const at::Tensor& q_in, const at::Tensor& k_in, cons
   const int64_t groups = num_heads / num_kv_heads;
   auto q = q_in.reshape({b, t, num_heads, dk});
   auto k = k_in.reshape({b, t, num_kv_heads, dk});
-  if (rotary && rotary->cos.dim() == 3) {
+  if (rotary && rotary->cos.size(-2) >= step.rotary_length() && fused::enabled_for(q) && fused::enabled_for(k)) {
+    // One kernel each, reading the table rows at the step's positions (narrowed heads: their KV head's table).
+    q = fused::rotary_at(q, rotary->cos, rotary->sin, step.positions());
+    k = fused::rotary_at(k, rotary->cos, rotary->sin, step.positions());
+  } else if (rotary && rotary->cos.dim() == 3) {
     // Narrowed heads: per-KV-head tables [kv, N, dk] at the step's positions -> [B, T, kv, dk].
     const auto flat = step.positions().reshape({-1});
     auto pick = [&](const at::Tensor& table) {
@@ -313,14 +329,14 @@ at::Tensor cached_attention(const at::Tensor& q_in, const at::Tensor& k_in, cons
   auto values = cache.values(layer).narrow(2, 0, s);  // [B, kv, S, dv]
   // The query heads of one KV head side by side: [B, kv, groups*T, d], rows (group, token); no copy of the cache.
   auto q4 = q.transpose(1, 2).reshape({b, num_kv_heads, groups * t, dk});
-  auto allowed = step.allowed(window);  // [B, 1, T, S]
-  if (groups > 1) allowed = allowed.repeat({1, 1, groups, 1});
   at::Tensor out;
   bool eager = softcap > 0;  // no fused kernel soft-caps
 #if TORCH_VERSION_MAJOR < 2
   eager = true;
 #endif
   if (eager) {
+    auto allowed = step.allowed(window);  // [B, 1, T, S]
+    if (groups > 1) allowed = allowed.repeat({1, 1, groups, 1});
     // As causal_attention's eager formulation: scaled, soft-capped, masked, softmax in float32.
     auto scores = at::matmul(q4, keys.transpose(2, 3)) * s_scale;
     if (softcap > 0) scores = at::tanh(scores / softcap) * softcap;
@@ -328,10 +344,14 @@ at::Tensor cached_attention(const at::Tensor& q_in, const at::Tensor& k_in, cons
     out = at::matmul(at::softmax(scores, -1, at::kFloat).to(q.scalar_type()), values);
   } else {
 #if TORCH_VERSION_MAJOR >= 2
-    // The kernel scales by 1/sqrt(dk): another scale goes into q.
-    const double kernel_scale = 1.0 / std::sqrt(static_cast<double>(dk));
-    if (s_scale != kernel_scale) q4 = q4 * (s_scale / kernel_scale);
-    out = at::scaled_dot_product_attention(q4, keys, values, allowed, 0.0, false);
+    const auto& mask = step.additive_mask(window, groups, q4.scalar_type());
+    out = fused::decode_attention(q4.contiguous(), cache.keys(layer), cache.values(layer), s, mask, s_scale);
+    if (!out.defined()) {
+      // The kernel scales by 1/sqrt(dk): another scale goes into q.
+      const double kernel_scale = 1.0 / std::sqrt(static_cast<double>(dk));
+      if (s_scale != kernel_scale) q4 = q4 * (s_scale / kernel_scale);
+      out = at::scaled_dot_product_attention(q4, keys, values, mask, 0.0, false);
+    }
 #endif
   }
   // [B, kv, groups*T, dv] -> [B, heads, T, dv] -> [B, T, heads*dv]

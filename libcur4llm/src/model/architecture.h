@@ -11,6 +11,7 @@
 #include <mutex>
 #include <optional>
 #include <string>
+#include <tuple>
 #include <vector>
 
 namespace cur4llm::model {
@@ -202,6 +203,10 @@ class Step {
   /// (a token of its row, not after it, within `window` positions if window > 0; a padding
   /// token attends to itself only, so that its values stay finite).
   const at::Tensor& allowed(int64_t window);
+  /// allowed(window) as the additive mask the fused attention takes: [B, 1, groups * T, S] of
+  /// `dtype`, 0 where allowed and -inf elsewhere, its rows repeated for `groups` query heads per
+  /// KV head. Made once per step, not once per layer.
+  const at::Tensor& additive_mask(int64_t window, int64_t groups, at::ScalarType dtype);
   /// `table` (tables for positions 0..N-1, [N, d]) at the step's positions: [B, T, 1, d] each.
   const Rotary& rotary_at(const Rotary& table);
 
@@ -209,6 +214,7 @@ class Step {
   KVCache& cache_;
   at::Tensor positions_;
   std::vector<std::pair<int64_t, at::Tensor>> masks_;            // window -> allowed
+  std::vector<std::pair<std::tuple<int64_t, int64_t, at::ScalarType>, at::Tensor>> additive_;  // (window, groups, dtype)
   std::vector<std::pair<const void*, Rotary>> rotary_rows_;     // table -> rows at the positions
 };
 

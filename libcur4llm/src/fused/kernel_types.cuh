@@ -1,0 +1,42 @@
+#pragma once
+// Internal, for the .cu files of libcur4llm/src/fused: element types as the kernels read and
+// write them.
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+namespace cur4llm::fused::kernels {
+
+// Conversions that round as ATen does (round to nearest even).
+template <typename T>
+struct Elem;
+template <>
+struct Elem<float> {
+  __device__ static float load(float v) { return v; }
+  __device__ static float store(float v) { return v; }
+};
+template <>
+struct Elem<__half> {
+  __device__ static float load(__half v) { return __half2float(v); }
+  __device__ static __half store(float v) { return __float2half_rn(v); }
+};
+template <>
+struct Elem<__nv_bfloat16> {
+  __device__ static float load(__nv_bfloat16 v) { return __bfloat162float(v); }
+  __device__ static __nv_bfloat16 store(float v) { return __float2bfloat16_rn(v); }
+};
+
+// Rounds a float to the element type and back.
+template <typename T>
+__device__ inline float round_to(float v) {
+  return Elem<T>::load(Elem<T>::store(v));
+}
+
+// 16 bytes of elements, for vectorised loads and stores.
+template <typename T>
+struct alignas(16) Pack {
+  static constexpr int kSize = 16 / sizeof(T);
+  T v[kSize];
+};
+
+}  // namespace cur4llm::fused::kernels
