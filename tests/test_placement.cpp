@@ -5,6 +5,7 @@
 #include <cur4llm/model/causal_lm.h>
 #include <cur4llm/model/device_map.h>
 #include <cur4llm/sensitivity/sensitivity.h>
+#include <cur4llm/util/memory.h>
 
 #include <ATen/ATen.h>
 #include <c10/core/InferenceMode.h>
@@ -155,7 +156,16 @@ TEST_CASE("placement: on the CPU, a mapped or offloaded model computes what the 
     c10::InferenceMode guard;
     const auto want = resident->forward(ids);
     CHECK(mapped->forward(ids).equal(want));
+    util::reset_memory_peaks();
     CHECK(offloaded->forward(ids).equal(want));
+    // The offloaded layer's tensors were staged once, and counted: an OPT layer of hidden h and
+    // MLP width f holds 4 (h^2 + h) attention, (f h + f) + (h f + h) MLP and 2 x 2h norm floats.
+    const int64_t h = resident->config().hidden_size, f = resident->config().intermediate_size;
+    REQUIRE(h == 64);
+    REQUIRE(f == 256);
+    CHECK(util::memory_peaks().offload_bytes == (4 * (h * h + h) + (f * h + f) + (h * f + h) + 4 * h) * 4);
+    CHECK(mapped->forward(ids).equal(want));
+    CHECK(util::memory_peaks().offload_bytes == (4 * (h * h + h) + (f * h + f) + (h * f + h) + 4 * h) * 4);
   }
   // The offloaded layer's weights are back where they live after the call.
   const int64_t last = offloaded->num_layers() - 1;
@@ -170,7 +180,16 @@ TEST_CASE("placement: on the CPU, a mapped or offloaded model computes what the 
   sweep.candidates = {0.5, 0.8};
   const auto want = sensitivity::ppl_sensitivity(*resident, samples, *compressor, {}, sweep);
   for (auto* lm : {mapped.get(), offloaded.get()}) {
+    util::reset_memory_peaks();
     const auto got = sensitivity::ppl_sensitivity(*lm, samples, *compressor, {}, sweep);
+    if (lm == mapped.get()) CHECK(util::memory_peaks().offload_bytes == 0);
+    if (lm == offloaded.get()) {
+      // Each entry runs the offloaded layer 1 at most once (whole, with the entry's slot if it is
+      // one of layer 1's), beside the dense baseline: at most entries + 1 copies of the layer.
+      const int64_t layer_bytes = 199936;  // the count checked above for h = 64, f = 256
+      CHECK(util::memory_peaks().offload_bytes > 0);
+      CHECK(util::memory_peaks().offload_bytes <= static_cast<int64_t>(want.size() + 1) * layer_bytes);
+    }
     REQUIRE(got.size() == want.size());
     for (size_t i = 0; i < got.size(); ++i) {
       INFO(want.entries()[i].layer << " at " << want.entries()[i].ratio);

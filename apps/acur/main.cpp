@@ -84,12 +84,13 @@ std::string stage_label(const std::string& key) {
 // "(first 20 of 1591 windows)" when --limit cut the evaluation.
 using StagePeaks = std::vector<std::pair<std::string, cur4llm::util::MemoryPeaks>>;
 
-// results.jsonl "peak_memory": stage -> {"host_bytes", "host_since_reset", "cuda:0", ...}.
+// results.jsonl "peak_memory": stage -> {"host_bytes", "host_since_reset", "cuda:0", ..., "offload_bytes"}.
 nlohmann::json memory_record(const StagePeaks& memory) {
   nlohmann::json out = nlohmann::json::object();
   for (const auto& [stage, p] : memory) {
     nlohmann::json j = {{"host_bytes", p.host_bytes}, {"host_since_reset", p.host_since_reset}};
     for (const auto& [device, bytes] : p.devices) j[device] = bytes;
+    if (p.offload_bytes > 0) j["offload_bytes"] = p.offload_bytes;
     out[stage] = j;
   }
   return out;
@@ -102,6 +103,7 @@ void print_memory(const StagePeaks& memory) {
   for (const auto& [stage, p] : memory) {
     fmt::print(stderr, " {} {} host", stage_label(stage), cur4llm::util::format_bytes(p.host_bytes));
     for (const auto& [device, bytes] : p.devices) fmt::print(stderr, ", {} {}", cur4llm::util::format_bytes(bytes), device);
+    if (p.offload_bytes > 0) fmt::print(stderr, ", {} offloaded weights copied in", cur4llm::util::format_bytes(p.offload_bytes));
     fmt::print(stderr, ";");
   }
   fmt::print(stderr, "\n");

@@ -3,6 +3,7 @@
 #include <cur4llm/io/files.h>
 #include <cur4llm/io/safetensors.h>
 #include <cur4llm/model/slot_registry.h>
+#include <cur4llm/util/memory.h>
 
 #include <cur4llm/model/kv_cache.h>
 
@@ -442,14 +443,18 @@ bool is_head_side(const std::string& name) {
 
 // An offloaded layer's tensors on its device for the guard's lifetime: every
 // slot tensor (LinearSlot::state()) and norm of the layer points at a device
-// copy, and back at the host copy afterwards.
+// copy, and back at the host copy afterwards. The bytes staged are counted
+// (util::MemoryPeaks::offload_bytes).
 class OnDevice {
  public:
   OnDevice(std::vector<at::Tensor> tensors, c10::Device device) : tensors_(std::move(tensors)) {
+    int64_t bytes = 0;
     for (auto& t : tensors_) {
       host_.push_back(t.detach());
+      bytes += static_cast<int64_t>(t.nbytes());
       t.set_data(host_.back().to(device, /*non_blocking=*/true));
     }
+    cur4llm::detail::add_offload_bytes(bytes);
   }
   ~OnDevice() {
     for (size_t i = 0; i < tensors_.size(); ++i) tensors_[i].set_data(host_[i]);

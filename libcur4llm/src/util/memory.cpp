@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include <atomic>
 #include <cstdio>
 #include <fstream>
 #include <string>
@@ -24,6 +25,7 @@ int64_t host_peak() {
 }
 
 bool g_host_reset = false;  // the last reset reached the kernel
+std::atomic<int64_t> g_offload_bytes{0};
 
 }  // namespace
 
@@ -33,6 +35,7 @@ void reset_memory_peaks() {
   g_host_reset = f != nullptr && std::fputs("5", f) >= 0;
   if (f != nullptr && std::fclose(f) != 0) g_host_reset = false;
   (void)detail::device_memory_peaks(true);
+  g_offload_bytes.store(0);
 }
 
 MemoryPeaks memory_peaks() {
@@ -40,6 +43,7 @@ MemoryPeaks memory_peaks() {
   p.host_bytes = host_peak();
   p.host_since_reset = g_host_reset && p.host_bytes >= 0;
   p.devices = detail::device_memory_peaks(false);
+  p.offload_bytes = g_offload_bytes.load();
   return p;
 }
 
@@ -58,3 +62,7 @@ std::string format_bytes(int64_t bytes) {
 }
 
 }  // namespace cur4llm::util
+
+namespace cur4llm::detail {
+void add_offload_bytes(int64_t bytes) { util::g_offload_bytes.fetch_add(bytes); }
+}  // namespace cur4llm::detail

@@ -9,7 +9,9 @@
 /// resets it on request where /proc/self/clear_refs takes "5"; where it does
 /// not, the figure is the peak since the process began (host_since_reset says
 /// which). Device figures are the CUDA caching allocator's peak of allocated
-/// bytes per device, where the library was built with its CUDA kernels.
+/// bytes per device, where the library was built with its CUDA kernels. With
+/// layers offloaded to host memory (LoadOptions::max_memory), offload_bytes counts
+/// what was copied in for them over the same stretch.
 
 #include <cstdint>
 #include <string>
@@ -23,6 +25,7 @@ struct MemoryPeaks {
   int64_t host_bytes = -1;        ///< peak resident set of the process (-1: not readable here)
   bool host_since_reset = false;  ///< true: host_bytes counts from the last reset; false: from the start
   std::vector<std::pair<std::string, int64_t>> devices;  ///< "cuda:0" -> peak bytes allocated (initialised devices only)
+  int64_t offload_bytes = 0;  ///< bytes of offloaded layers' tensors staged on their device (each time a layer runs)
 };
 
 /// Starts a new measurement: resets the host peak (where the kernel allows it) and
@@ -41,4 +44,6 @@ namespace cur4llm::detail {
 /// Peak allocated bytes per initialised CUDA device ("cuda:i"); `reset` starts the next
 /// peak. Empty on builds without the CUDA kernels.
 std::vector<std::pair<std::string, int64_t>> device_memory_peaks(bool reset);
+/// Adds to MemoryPeaks::offload_bytes (CausalLM, when an offloaded layer's tensors are staged).
+void add_offload_bytes(int64_t bytes);
 }  // namespace cur4llm::detail
