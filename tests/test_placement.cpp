@@ -174,27 +174,33 @@ TEST_CASE("placement: on the CPU, a mapped or offloaded model computes what the 
   CHECK(offloaded->dense_linear("model.decoder.layers.1.fc1").weight().equal(
       resident->dense_linear("model.decoder.layers.1.fc1").weight()));
 
-  // The sweep: the same table, entry for entry.
+  // The sweep: the same table, entry for entry, with the 3 samples in one batch and in three.
   const auto compressor = compress::make_compressor("svd");
-  sensitivity::SweepOptions sweep;
-  sweep.candidates = {0.5, 0.8};
-  const auto want = sensitivity::ppl_sensitivity(*resident, samples, *compressor, {}, sweep);
-  for (auto* lm : {mapped.get(), offloaded.get()}) {
-    util::reset_memory_peaks();
-    const auto got = sensitivity::ppl_sensitivity(*lm, samples, *compressor, {}, sweep);
-    if (lm == mapped.get()) CHECK(util::memory_peaks().offload_bytes == 0);
-    if (lm == offloaded.get()) {
-      // Each entry runs the offloaded layer 1 at most once (whole, with the entry's slot if it is
-      // one of layer 1's), beside the dense baseline: at most entries + 1 copies of the layer.
-      const int64_t layer_bytes = 199936;  // the count checked above for h = 64, f = 256
-      CHECK(util::memory_peaks().offload_bytes > 0);
-      CHECK(util::memory_peaks().offload_bytes <= static_cast<int64_t>(want.size() + 1) * layer_bytes);
-    }
-    REQUIRE(got.size() == want.size());
-    for (size_t i = 0; i < got.size(); ++i) {
-      INFO(want.entries()[i].layer << " at " << want.entries()[i].ratio);
-      CHECK(got.entries()[i].layer == want.entries()[i].layer);
-      CHECK(got.entries()[i].score == Approx(want.entries()[i].score).epsilon(1e-9));
+  for (const int64_t batch_size : {0, 1}) {
+    INFO("batch size " << batch_size);
+    sensitivity::SweepOptions sweep;
+    sweep.candidates = {0.5, 0.8};
+    sweep.batch_size = batch_size;
+    const auto want = sensitivity::ppl_sensitivity(*resident, samples, *compressor, {}, sweep);
+    for (auto* lm : {mapped.get(), offloaded.get()}) {
+      util::reset_memory_peaks();
+      const auto got = sensitivity::ppl_sensitivity(*lm, samples, *compressor, {}, sweep);
+      if (lm == mapped.get()) CHECK(util::memory_peaks().offload_bytes == 0);
+      if (lm == offloaded.get()) {
+        // Each entry copies the offloaded layer 1 in at most once, whatever the number of batches
+        // (they pass it together; whole, with the entry's slot if it is one of layer 1's), and
+        // so does the pass that brings the batches' hidden states to it: at most entries + 1
+        // copies of the layer.
+        const int64_t layer_bytes = 199936;  // the count checked above for h = 64, f = 256
+        CHECK(util::memory_peaks().offload_bytes > 0);
+        CHECK(util::memory_peaks().offload_bytes <= static_cast<int64_t>(want.size() + 1) * layer_bytes);
+      }
+      REQUIRE(got.size() == want.size());
+      for (size_t i = 0; i < got.size(); ++i) {
+        INFO(want.entries()[i].layer << " at " << want.entries()[i].ratio);
+        CHECK(got.entries()[i].layer == want.entries()[i].layer);
+        CHECK(got.entries()[i].score == Approx(want.entries()[i].score).epsilon(1e-9));
+      }
     }
   }
 }

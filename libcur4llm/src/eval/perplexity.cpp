@@ -109,6 +109,23 @@ at::Tensor sequence_nll_from(const model::CausalLM& lm, int64_t first_layer, con
   return nll_after(lm, first_layer, hidden, input_ids, options);
 }
 
+std::vector<at::Tensor> sequence_nll_from_batches(const model::CausalLM& lm, int64_t first_layer,
+                                                  std::vector<at::Tensor> hidden,
+                                                  const std::vector<at::Tensor>& input_ids, const NllOptions& options) {
+  if (hidden.size() != input_ids.size()) {
+    throw std::invalid_argument(fmt::format("sequence_nll_from_batches: {} hidden states for {} id batches",
+                                            hidden.size(), input_ids.size()));
+  }
+  for (const auto& ids : input_ids) check_ids(ids);
+  for (int64_t i = std::max<int64_t>(first_layer, 0); i < lm.num_layers(); ++i) {
+    const auto hold = lm.hold_layer(i);
+    for (auto& h : hidden) h = lm.layer(i, h);
+  }
+  std::vector<at::Tensor> out;
+  for (size_t b = 0; b < hidden.size(); ++b) out.push_back(nll_after(lm, lm.num_layers(), hidden[b], input_ids[b], options));
+  return out;
+}
+
 at::Tensor sequence_nll_resume(const model::CausalLM& lm, const model::LayerPrefix& prefix, const at::Tensor& input_ids,
                                const NllOptions& options) {
   check_ids(input_ids);

@@ -78,6 +78,24 @@ std::vector<Batch> make_batches(const model::CausalLM& lm, const std::vector<std
 // first_layer < 0.
 at::Tensor nll_sum(const model::CausalLM& lm, const std::vector<Batch>& batches, int64_t first_layer,
                    const eval::NllOptions& nll_options) {
+  // With a layer offloaded to host memory on the way, the batches pass the layers together, so
+  // that each such layer is copied to its device once per entry rather than once per batch.
+  int64_t next = first_layer < 0 ? 0 : first_layer;
+  if (!batches.empty() && batches.front().prefix.layer >= 0) next = batches.front().prefix.layer + 1;
+  bool offloaded_ahead = false;
+  for (int64_t i = next; i < lm.num_layers(); ++i) offloaded_ahead = offloaded_ahead || lm.layer_offloaded(i);
+  if (offloaded_ahead && batches.size() > 1) {
+    std::vector<at::Tensor> hidden, ids;
+    for (const Batch& b : batches) {
+      hidden.push_back(first_layer < 0 ? lm.embed(b.ids) : b.prefix.layer >= 0 ? lm.layer_resume(b.prefix) : b.hidden);
+      ids.push_back(b.ids);
+    }
+    at::Tensor sum;
+    for (const auto& nll : eval::sequence_nll_from_batches(lm, next, std::move(hidden), ids, nll_options)) {
+      sum = sum.defined() ? sum + nll.sum() : nll.sum();
+    }
+    return sum;
+  }
   at::Tensor sum;
   for (const Batch& b : batches) {
     auto nll = first_layer < 0          ? eval::sequence_nll(lm, b.ids, nll_options)
@@ -174,6 +192,7 @@ search::SensitivityTable ppl_sensitivity(model::CausalLM& lm, const std::vector<
   auto advance_to = [&](int64_t layer) {
     PhaseTimer timer(profile, &SweepProfile::advance_s, device);
     for (; cached_layer < layer; ++cached_layer) {
+      const auto hold = lm.hold_layer(cached_layer);  // an offloaded layer: copied in once for every batch
       for (auto& b : batches) b.hidden = lm.layer(cached_layer, b.hidden);
     }
   };

@@ -105,6 +105,11 @@ class CausalLM {
   c10::Device head_device() const;
   /// Whether decoder layer `index` is kept in host memory and copied to its device to run.
   bool layer_offloaded(int64_t index) const;
+  /// While the returned handle lives, decoder layer `index`, if offloaded, keeps its weights
+  /// on its device: layer(index, ...) copies nothing in meanwhile, so that several batches
+  /// passing the layer one after another copy it once. Empty for a resident layer. Slots of
+  /// the layer must not be replaced while it is held.
+  std::shared_ptr<void> hold_layer(int64_t index) const;
   c10::ScalarType dtype() const { return dtype_; }
 
   /// Token ids [B, T] (int64, any device) to the hidden states entering layer 0.
@@ -186,6 +191,8 @@ class CausalLM {
   c10::Device home_of(const std::string& name) const;
   // Decoder layer `index` on its device (hidden states moved there; an offloaded layer copied in for the call).
   at::Tensor run_layer(int64_t index, const at::Tensor& hidden) const;
+  // Every slot tensor (LinearSlot::state()) and norm of decoder layer `index`.
+  std::vector<at::Tensor> layer_tensors(int64_t index) const;
 
   ModelConfig config_;
   std::filesystem::path folder_;
@@ -197,6 +204,7 @@ class CausalLM {
   std::map<std::string, LinearPtr> slots_;
   std::vector<LinearInfo> linear_infos_;
   std::optional<Placement> placement_;
+  mutable std::vector<char> held_;  // per decoder layer: an offloaded layer staged by hold_layer()
 };
 
 /// Parameter counts of a model as it is now and of the dense model it stands for.
