@@ -209,7 +209,11 @@ search::SensitivityTable ppl_sensitivity(model::CausalLM& lm, const std::vector<
   };
   auto gather = [&](const std::string& name) {
     const auto& dense = lm.dense_linear(name);
-    return Source{name, dense.weight(), dense.bias(), scale ? scale(name) : at::Tensor()};
+    // Detached: new tensors on the same storage, which an offloaded layer's staging (it swaps
+    // the storage of the layer's own tensors for device copies) leaves as they are while the
+    // side stream's thread reads them.
+    return Source{name, dense.weight().detach(), dense.bias().defined() ? dense.bias().detach() : at::Tensor(),
+                  scale ? scale(name) : at::Tensor()};
   };
   struct Decomposed {
     std::vector<model::LinearPtr> slots;
