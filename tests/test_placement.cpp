@@ -1,6 +1,7 @@
 // Placement of a model over several devices: the device map and memory flags,
 // the planned placement, and on the CPU (several "cpu" entries, host offload
 // under a memory cap) the same logits and sensitivity as the resident model.
+#include <cur4llm/calib/statistics.h>
 #include <cur4llm/compress/factory.h>
 #include <cur4llm/model/causal_lm.h>
 #include <cur4llm/model/device_map.h>
@@ -173,6 +174,28 @@ TEST_CASE("placement: on the CPU, a mapped or offloaded model computes what the 
   CHECK(offloaded->dense_linear("model.decoder.layers.1.fc1").weight().is_cpu());
   CHECK(offloaded->dense_linear("model.decoder.layers.1.fc1").weight().equal(
       resident->dense_linear("model.decoder.layers.1.fc1").weight()));
+
+  // Activation statistics, one sample per batch: the same sums, and the offloaded layer copied in
+  // once for the three batches (they pass it together).
+  {
+    calib::CollectOptions co;
+    co.gram = true;
+    co.abs_max = true;
+    co.batch_size = 1;
+    const auto want = calib::collect_statistics(*resident, samples, co);
+    util::reset_memory_peaks();
+    const auto got = calib::collect_statistics(*offloaded, samples, co);
+    CHECK(util::memory_peaks().offload_bytes == 199936);  // one copy of layer 1 (h = 64, f = 256)
+    REQUIRE(got.layer_names() == want.layer_names());
+    for (const auto& name : want.layer_names()) {
+      INFO(name);
+      CHECK(got.layer(name).samples == want.layer(name).samples);
+      CHECK(got.layer(name).tokens == want.layer(name).tokens);
+      CHECK(got.layer(name).abs_mean_sum.equal(want.layer(name).abs_mean_sum));
+      CHECK(got.layer(name).abs_max.equal(want.layer(name).abs_max));
+      CHECK(got.layer(name).gram.equal(want.layer(name).gram));
+    }
+  }
 
   // The sweep: the same table, entry for entry, with the 3 samples in one batch and in three.
   const auto compressor = compress::make_compressor("svd");

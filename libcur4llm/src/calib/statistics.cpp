@@ -240,6 +240,12 @@ ActivationStatistics collect_statistics(model::CausalLM& lm, const std::vector<s
   if (options.show_progress) {
     progress = std::make_unique<util::Progress>("statistics", static_cast<int64_t>(samples.size()), "samples");
   }
+  // With layers offloaded to host memory, the recording passes go layer by layer, every batch
+  // through a layer before the next one runs (its hidden states parked in host memory), so that
+  // an offloaded layer is copied to its device once rather than once per batch.
+  bool offloaded = false;
+  for (int64_t i = 0; i < lm.num_layers(); ++i) offloaded = offloaded || lm.layer_offloaded(i);
+  std::vector<at::Tensor> deferred;  // the recording passes' ids, when they go layer by layer
   {
     RecordingScope scope(lm, stats, options);
     // Fisher needs one backward pass per sample (squares of per-sample
@@ -271,15 +277,31 @@ ActivationStatistics collect_statistics(model::CausalLM& lm, const std::vector<s
         }
       }
       if (!options.fisher || options.abs_mean || options.abs_max || options.gram) {
-        // The whole sequence, as the reference's forward hooks see it.
-        c10::InferenceMode guard;
-        (void)lm.forward(ids);
+        if (offloaded) {
+          deferred.push_back(ids);
+        } else {
+          // The whole sequence, as the reference's forward hooks see it.
+          c10::InferenceMode guard;
+          (void)lm.forward(ids);
+        }
       } else {
         for (auto& [name, s] : stats) s.tokens += ids.numel();  // what a recording pass would count
       }
       for (auto& [name, s] : stats) s.samples += static_cast<int64_t>(count);
       first += count;
-      if (progress) progress->advance(static_cast<int64_t>(count));
+      if (progress && deferred.empty()) progress->advance(static_cast<int64_t>(count));
+    }
+    if (!deferred.empty()) {
+      // The same passes, layer by layer; each layer still sees the batches in order.
+      c10::InferenceMode guard;
+      std::vector<at::Tensor> hidden;
+      for (const auto& ids : deferred) hidden.push_back(lm.embed(ids).to(at::kCPU));
+      for (int64_t i = 0; i < lm.num_layers(); ++i) {
+        const auto hold = lm.hold_layer(i);
+        for (auto& h : hidden) h = lm.layer(i, h).to(at::kCPU);
+      }
+      for (const auto& h : hidden) (void)lm.head(h.to(lm.head_device()));
+      if (progress) progress->advance(static_cast<int64_t>(samples.size()));
     }
   }
   ActivationStatistics out;
