@@ -243,8 +243,7 @@ ActivationStatistics collect_statistics(model::CausalLM& lm, const std::vector<s
   // With layers offloaded to host memory, the recording passes go layer by layer, every batch
   // through a layer before the next one runs (its hidden states parked in host memory), so that
   // an offloaded layer is copied to its device once rather than once per batch.
-  bool offloaded = false;
-  for (int64_t i = 0; i < lm.num_layers(); ++i) offloaded = offloaded || lm.layer_offloaded(i);
+  const bool offloaded = lm.placement() != nullptr && lm.placement()->num_offloaded() > 0;
   std::vector<at::Tensor> deferred;  // the recording passes' ids, when they go layer by layer
   {
     RecordingScope scope(lm, stats, options);
@@ -296,10 +295,7 @@ ActivationStatistics collect_statistics(model::CausalLM& lm, const std::vector<s
       c10::InferenceMode guard;
       std::vector<at::Tensor> hidden;
       for (const auto& ids : deferred) hidden.push_back(lm.embed(ids).to(at::kCPU));
-      for (int64_t i = 0; i < lm.num_layers(); ++i) {
-        const auto hold = lm.hold_layer(i);
-        for (auto& h : hidden) h = lm.layer(i, h).to(at::kCPU);
-      }
+      lm.layers(0, lm.num_layers(), hidden, /*park_on_host=*/true);
       for (const auto& h : hidden) (void)lm.head(h.to(lm.head_device()));
       if (progress) progress->advance(static_cast<int64_t>(samples.size()));
     }

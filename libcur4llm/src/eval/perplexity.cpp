@@ -117,10 +117,7 @@ std::vector<at::Tensor> sequence_nll_from_batches(const model::CausalLM& lm, int
                                             hidden.size(), input_ids.size()));
   }
   for (const auto& ids : input_ids) check_ids(ids);
-  for (int64_t i = std::max<int64_t>(first_layer, 0); i < lm.num_layers(); ++i) {
-    const auto hold = lm.hold_layer(i);
-    for (auto& h : hidden) h = lm.layer(i, h);
-  }
+  lm.layers(first_layer, lm.num_layers(), hidden);
   std::vector<at::Tensor> out;
   for (size_t b = 0; b < hidden.size(); ++b) out.push_back(nll_after(lm, lm.num_layers(), hidden[b], input_ids[b], options));
   return out;

@@ -2,8 +2,9 @@
 // values, split over the key axis so that every multiprocessor reads part of the cache
 // (one query row per KV head leaves most of the GPU idle in a kernel that tiles queries).
 //
-// Pass 1: block (b, kv, chunk) takes kDecodeChunk keys; each warp a quarter of them, one key at
-// a time: the lanes split the head dimension, a shuffle sum gives each query row's score, and
+// Pass 1: block (b, kv, chunk) takes kDecodeChunk keys; each warp a quarter of them, kRound at
+// a time (their loads issued together), then one key after the other: the lanes split the head
+// dimension, a shuffle sum gives each query row's score, and
 // the warp keeps a running max, sum of exponentials and weighted sum of values per row (the
 // online softmax). The block's warps merge in shared memory and write (max, sum, values) of
 // the chunk. Pass 2: one block per (b, kv, row) merges the chunks and writes the output.

@@ -268,8 +268,9 @@ const at::Tensor& Step::additive_mask(int64_t window, int64_t groups, at::Scalar
   for (const auto& [k, mask] : additive_) {
     if (k == key) return mask;
   }
-  auto mask = at::zeros(allowed(window).sizes(), allowed(window).options().dtype(dtype))
-                  .masked_fill_(at::logical_not(allowed(window)), -std::numeric_limits<double>::infinity());
+  const at::Tensor& keep = allowed(window);
+  auto mask = at::zeros(keep.sizes(), keep.options().dtype(dtype))
+                  .masked_fill_(at::logical_not(keep), -std::numeric_limits<double>::infinity());
   if (groups > 1) mask = mask.repeat({1, 1, groups, 1});
   additive_.emplace_back(key, std::move(mask));
   return additive_.back().second;

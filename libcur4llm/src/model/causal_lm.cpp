@@ -477,27 +477,6 @@ bool CausalLM::layer_offloaded(int64_t index) const {
   return placement_ && placement_->offloaded.at(static_cast<size_t>(index));
 }
 
-std::shared_ptr<void> CausalLM::hold_layer(int64_t index) const {
-  if (index < 0 || index >= config_.num_layers) {
-    throw std::out_of_range(fmt::format("layer {} out of range [0, {})", index, config_.num_layers));
-  }
-  if (!layer_offloaded(index)) return nullptr;
-  if (held_.empty()) held_.assign(static_cast<size_t>(config_.num_layers), 0);
-  if (held_[static_cast<size_t>(index)] != 0) throw std::logic_error(fmt::format("layer {} is held twice", index));
-  struct Hold {
-    Hold(std::vector<at::Tensor> tensors, c10::Device device, std::vector<char>& flags, size_t i)
-        : staged(std::move(tensors), device), held(flags), index(i) {
-      held[index] = 1;
-    }
-    ~Hold() { held[index] = 0; }
-    OnDevice staged;
-    std::vector<char>& held;
-    size_t index;
-  };
-  return std::make_shared<Hold>(layer_tensors(index), placement_->layers[static_cast<size_t>(index)], held_,
-                                static_cast<size_t>(index));
-}
-
 c10::Device CausalLM::head_device() const { return placement_ ? placement_->head : options_.device; }
 
 c10::Device CausalLM::home_of(const std::string& name) const {
@@ -546,12 +525,24 @@ void CausalLM::place() {
 
 at::Tensor CausalLM::run_layer(int64_t index, const at::Tensor& hidden) const {
   if (!placement_) return arch_->layer(*this, index, hidden);
-  const c10::Device device = placement_->layers[static_cast<size_t>(index)];
-  const at::Tensor h = hidden.device() == device ? hidden : hidden.to(device);
-  const bool held = !held_.empty() && held_[static_cast<size_t>(index)] != 0;
-  if (!placement_->offloaded[static_cast<size_t>(index)] || held) return arch_->layer(*this, index, h);
-  OnDevice on_device(layer_tensors(index), device);
-  return arch_->layer(*this, index, h);
+  std::vector<at::Tensor> h{hidden};
+  layers(index, index + 1, h);
+  return h.front();
+}
+
+void CausalLM::layers(int64_t first, int64_t end, std::vector<at::Tensor>& hidden, bool park_on_host) const {
+  if (first < 0 || end > config_.num_layers || first > end) {
+    throw std::out_of_range(fmt::format("layers [{}, {}) out of range [0, {})", first, end, config_.num_layers));
+  }
+  for (int64_t i = first; i < end; ++i) {
+    const c10::Device device = layer_device(i);
+    std::optional<OnDevice> staged;  // an offloaded layer: copied in once for every batch
+    if (layer_offloaded(i)) staged.emplace(layer_tensors(i), device);
+    for (auto& h : hidden) {
+      h = arch_->layer(*this, i, h.device() == device ? h : h.to(device));
+      if (park_on_host) h = h.to(at::kCPU);
+    }
+  }
 }
 
 std::vector<at::Tensor> CausalLM::layer_tensors(int64_t index) const {

@@ -84,7 +84,7 @@ at::Tensor nll_sum(const model::CausalLM& lm, const std::vector<Batch>& batches,
   if (!batches.empty() && batches.front().prefix.layer >= 0) next = batches.front().prefix.layer + 1;
   bool offloaded_ahead = false;
   for (int64_t i = next; i < lm.num_layers(); ++i) offloaded_ahead = offloaded_ahead || lm.layer_offloaded(i);
-  if (offloaded_ahead && batches.size() > 1) {
+  if (offloaded_ahead) {
     std::vector<at::Tensor> hidden, ids;
     for (const Batch& b : batches) {
       hidden.push_back(first_layer < 0 ? lm.embed(b.ids) : b.prefix.layer >= 0 ? lm.layer_resume(b.prefix) : b.hidden);
@@ -191,10 +191,12 @@ search::SensitivityTable ppl_sensitivity(model::CausalLM& lm, const std::vector<
   }
   auto advance_to = [&](int64_t layer) {
     PhaseTimer timer(profile, &SweepProfile::advance_s, device);
-    for (; cached_layer < layer; ++cached_layer) {
-      const auto hold = lm.hold_layer(cached_layer);  // an offloaded layer: copied in once for every batch
-      for (auto& b : batches) b.hidden = lm.layer(cached_layer, b.hidden);
-    }
+    if (cached_layer >= layer) return;
+    std::vector<at::Tensor> hidden;
+    for (auto& b : batches) hidden.push_back(std::move(b.hidden));
+    lm.layers(cached_layer, layer, hidden);  // an offloaded layer: copied in once for every batch
+    for (size_t i = 0; i < batches.size(); ++i) batches[i].hidden = std::move(hidden[i]);
+    cached_layer = layer;
   };
 
   // Every candidate's slot of one layer, built before its forward passes so

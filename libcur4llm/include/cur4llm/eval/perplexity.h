@@ -70,9 +70,8 @@ at::Tensor sequence_nll_from(const model::CausalLM& lm, int64_t first_layer, con
                              const at::Tensor& input_ids, const NllOptions& options = {});
 
 /// sequence_nll_from for several batches (hidden[b] entering `first_layer`, input_ids[b]), layer
-/// by layer: every batch passes a layer before the next one runs, and a layer offloaded to host
-/// memory is held on its device meanwhile (CausalLM::hold_layer), so it is copied in once for
-/// all of them. Returns each batch's per-row NLL, as sequence_nll_from does.
+/// by layer (CausalLM::layers: a layer offloaded to host memory is copied in once for all of
+/// them). Returns each batch's per-row NLL, as sequence_nll_from does.
 std::vector<at::Tensor> sequence_nll_from_batches(const model::CausalLM& lm, int64_t first_layer,
                                                   std::vector<at::Tensor> hidden,
                                                   const std::vector<at::Tensor>& input_ids,

@@ -105,17 +105,18 @@ class CausalLM {
   c10::Device head_device() const;
   /// Whether decoder layer `index` is kept in host memory and copied to its device to run.
   bool layer_offloaded(int64_t index) const;
-  /// While the returned handle lives, decoder layer `index`, if offloaded, keeps its weights
-  /// on its device: layer(index, ...) copies nothing in meanwhile, so that several batches
-  /// passing the layer one after another copy it once. Empty for a resident layer. Slots of
-  /// the layer must not be replaced while it is held.
-  std::shared_ptr<void> hold_layer(int64_t index) const;
   c10::ScalarType dtype() const { return dtype_; }
 
   /// Token ids [B, T] (int64, any device) to the hidden states entering layer 0.
   at::Tensor embed(const at::Tensor& input_ids) const;
   /// Decoder layer `index` applied to hidden states [B, T, hidden].
   at::Tensor layer(int64_t index, const at::Tensor& hidden) const;
+  /// Decoder layers [first, end) applied to each batch of `hidden` (states entering layer
+  /// `first`), layer by layer: every batch passes a layer before the next one runs, so that a
+  /// layer offloaded to host memory is copied to its device once for all of them. With
+  /// `park_on_host` the states wait in host memory between layers (many batches on a device
+  /// that has room for few).
+  void layers(int64_t first, int64_t end, std::vector<at::Tensor>& hidden, bool park_on_host = false) const;
   /// Layer `index` on `hidden` up to its slot `role` (see LayerPrefix). Then
   /// layer_resume(prefix) == layer(index, hidden) with the slots as they are at
   /// resume time: a sweep that tries several candidates for one slot computes
@@ -189,7 +190,8 @@ class CausalLM {
   // Where the tensor `name` lives: its layer's device, host memory for an
   // offloaded layer, else the embedding's or the head's device.
   c10::Device home_of(const std::string& name) const;
-  // Decoder layer `index` on its device (hidden states moved there; an offloaded layer copied in for the call).
+  // Decoder layer `index` on its device (hidden states moved there; an offloaded layer copied in
+  // for the call): layers() for one batch.
   at::Tensor run_layer(int64_t index, const at::Tensor& hidden) const;
   // Every slot tensor (LinearSlot::state()) and norm of decoder layer `index`.
   std::vector<at::Tensor> layer_tensors(int64_t index) const;
@@ -204,7 +206,6 @@ class CausalLM {
   std::map<std::string, LinearPtr> slots_;
   std::vector<LinearInfo> linear_infos_;
   std::optional<Placement> placement_;
-  mutable std::vector<char> held_;  // per decoder layer: an offloaded layer staged by hold_layer()
 };
 
 /// Parameter counts of a model as it is now and of the dense model it stands for.
