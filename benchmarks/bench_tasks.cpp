@@ -5,6 +5,7 @@
 //   bench_tasks --config benchmarks/configs/llama-7b.json --tokenizer TOKENIZER_FOLDER
 //               --data_dir DATA [--tasks hellaswag,mmlu] [--limit 200] [--mmlu_limit 4]
 //               [--device cuda] [--dtype fp16] [--max_batch_tokens N (default: by device)]
+//               [--share_prefixes 0|1 (default 1)]
 //
 // DATA holds tasks/<task>/... (docs/evaluation.md). --limit caps the items of
 // each task; for mmlu, --mmlu_limit caps the items of each of its 57 subjects.
@@ -20,13 +21,14 @@ int main(int argc, char** argv) try {
   using namespace cur4llm;
   const bench::Args args(argc, argv);
   args.check_known({"model", "config", "tokenizer", "data_dir", "tasks", "limit", "mmlu_limit", "device", "dtype",
-                    "seed", "max_batch_tokens"});
+                    "seed", "max_batch_tokens", "share_prefixes"});
   std::string source;
   auto lm = bench::load_model(args, &source);
   auto tok = tokenize::load_tokenizer(args.str("tokenizer", args.str("model", "")));
   if (!args.has("data_dir")) throw std::invalid_argument("give --data_dir DATA (with tasks/<task>/...)");
   eval::ScoreOptions options;
   options.max_batch_tokens = args.integer("max_batch_tokens", options.max_batch_tokens);
+  options.share_prefixes = args.integer("share_prefixes", 1) != 0;
   for (const auto& name : args.list("tasks", "hellaswag,mmlu")) {
     eval::TaskLoadOptions load;
     load.limit = name == "mmlu" ? args.integer("mmlu_limit", 4) : args.integer("limit", 200);
@@ -41,14 +43,20 @@ int main(int argc, char** argv) try {
       }
     const double encode_s = bench::seconds_since(t0);
     (void)eval::score_requests(*lm, {encoded.front()}, options);  // warm-up
-    const double score_s = bench::timed(lm->device(), [&] { (void)eval::score_requests(*lm, encoded, options); });
+    eval::ScoreStats stats;
+    const double score_s =
+        bench::timed(lm->device(), [&] { (void)eval::score_requests(*lm, encoded, options, &stats); });
     nlohmann::json j = {{"benchmark", "tasks"},
                         {"source", source},
                         {"task", name},
                         {"items", task.items.size()},
                         {"requests", encoded.size()},
                         {"request_tokens", tokens},
+                        {"rows", stats.rows},
+                        {"shared_groups", stats.shared_groups},
+                        {"tokens_run", stats.tokens},
                         {"max_batch_tokens", options.max_batch_tokens},
+                        {"share_prefixes", options.share_prefixes},
                         {"encode_s", encode_s},
                         {"score_s", score_s},
                         {"items_per_s", static_cast<double>(task.items.size()) / score_s},

@@ -14,18 +14,21 @@
 # steps get what is left, and the outputs are written however it ends. With
 # $PREBUILT (a build.tar.xz an earlier run wrote to OUT) the build is skipped;
 # $OPT_MODEL names an OPT an earlier run trained; $MODELS the models compared.
-# parts (default "fixtures opt compare timing export"):
+# parts (default "fixtures opt compare timing export awq"):
 #   fixtures  scripts/tasks_reference.py on stories260K-hf and the tiny OPT
 #   opt       train benchmarks/train_opt_tinystories.py's OPT (opt-model.tar in OUT)
 #   compare   compare.sh on both models ($METHODS, $RATIOS, seeds $SEEDS), in parallel
 #   timing    bench_tasks against tasks_reference.py --time, LLaMA-7B shape, fp16
-#             ($TIMING_RUNS: which of "cpp cpp_one_row python", default all)
+#             ($TIMING_RUNS: which of "cpp cpp_unshared cpp_one_row python", default all but cpp_unshared;
+#             $TIMING_ARGS: the items, default "--limit 200 --mmlu_limit 4")
 #   export    build_acur_repo of module-method folders, loaded by scripts/check_hf_repo.py
+#   awq       benchmarks/results_awq.sh on the TinyStories OPT (RTN against AWQ, packed by quantize),
+#             in parallel with export
 set -uo pipefail
 deps=${1:?deps folder}
 data=$(realpath "${2:?data folder}")
 final=$(realpath -m "${3:?output folder}")
-parts=" ${4:-fixtures opt compare timing export} "
+parts=" ${4:-fixtures opt compare timing export awq} "
 out=/tmp/cur4llm-gpu-out
 rm -rf "$out"; mkdir -p "$out" "$final"
 summary="$out/summary.txt"
@@ -41,7 +44,7 @@ finish() {
   cp "$summary" "$final/"
   [[ -d $out/tasks_reference ]] && tar -cf "$final/tasks_reference.tar" -C "$out" tasks_reference
   [[ -f $out/opt-model.tar ]] && cp "$out/opt-model.tar" "$final/"
-  [[ -d /tmp/compare ]] && tar -czf "$final/compare.tar.gz" -C /tmp compare --exclude='cache' --exclude='*.safetensors'
+  [[ -d /tmp/compare ]] && tar -czf "$final/compare.tar.gz" --exclude=cache --exclude="*.safetensors" -C /tmp compare
   tar -czf "$final/logs.tar.gz" -C "$out" --exclude='*.tar' --exclude=tasks_reference .
 }
 trap finish EXIT
@@ -65,7 +68,7 @@ if [[ $parts == *" fixtures "* ]]; then
   fixtures_pid=$!
 fi
 opt=${OPT_MODEL:-/tmp/opt-tinystories}  # OPT_MODEL: an OPT trained by an earlier run (opt-model.tar unpacked)
-if [[ $parts == *" opt "* || ( $parts == *" compare "* && ! -f $opt/model.safetensors ) ]]; then
+if [[ $parts == *" opt "* || ( ( $parts == *" compare "* || $parts == *" awq "* ) && ! -f $opt/model.safetensors ) ]]; then
   timeout 300 python3 benchmarks/train_opt_tinystories.py --shared "$(dirname "$data")" --out $opt --max_minutes 2.5 \
     > "$out/opt_train.log" 2>&1 &
   train_pid=$!
@@ -78,12 +81,12 @@ if [[ -n ${PREBUILT:-} && -f ${PREBUILT:-} ]]; then
 else
 [[ -f $build/CMakeCache.txt ]] || cmake -S . -B $build -G Ninja -DCMAKE_BUILD_TYPE=Release -DCUR4LLM_SHARED_DIR="$(dirname "$data")" \
   > "$out/configure.log" 2>&1 || { tail -30 "$out/configure.log"; exit 1; }
-cmake --build $build -j16 --target acur acur_report build_acur_repo bench_tasks test_tasks > "$out/build.log" 2>&1 \
+cmake --build $build -j16 --target acur acur_report build_acur_repo quantize bench_tasks test_tasks > "$out/build.log" 2>&1 \
   || { grep -E "error|Error" -A5 "$out/build.log" | head -60; exit 1; }
 note "built at $(elapsed) s"
 # The binaries, for a later run's $PREBUILT (same paths: their RPATH names the build folder).
 (cd $build && strip -g libcur4llm/libcur4llm.so* 2>/dev/null
- tar -cJf "$final/build.tar.xz" libcur4llm/libcur4llm.so* apps/acur apps/acur_report apps/build_acur_repo \
+ tar -cJf "$final/build.tar.xz" libcur4llm/libcur4llm.so* apps/acur apps/acur_report apps/build_acur_repo apps/quantize \
    benchmarks/bench_tasks tests/test_tasks) && note "binaries: $(du -h "$final/build.tar.xz" | cut -f1)"
 fi
 
@@ -140,26 +143,38 @@ if [[ $parts == *" timing "* ]]; then
     case $what in
       cpp) cmd=($build/benchmarks/bench_tasks --config benchmarks/configs/llama-7b.json --tokenizer $tok) ;;
       cpp_one_row) cmd=($build/benchmarks/bench_tasks --config benchmarks/configs/llama-7b.json --tokenizer $tok --max_batch_tokens 1) ;;
+      cpp_unshared) cmd=($build/benchmarks/bench_tasks --config benchmarks/configs/llama-7b.json --tokenizer $tok --share_prefixes 0) ;;
       python) cmd=(python3 scripts/tasks_reference.py --time --tokenizer $tok) ;;
     esac
-    timeout $(( $(left) < 150 ? $(left) : 150 )) "${cmd[@]}" --data_dir $tasks --tasks hellaswag,mmlu --limit 200 --mmlu_limit 4 --device cuda --dtype fp16 \
+    timeout $(( $(left) < 150 ? $(left) : 150 )) "${cmd[@]}" --data_dir $tasks --tasks hellaswag,mmlu ${TIMING_ARGS:---limit 200 --mmlu_limit 4} --device cuda --dtype fp16 \
       > "$out/timing-$what.log" 2>&1
     note "timing $what rc=$? at $(elapsed) s: $(tail -3 "$out/timing-$what.log" | tr '\n' ' ')"
   done
 fi
 
+if [[ $parts == *" awq "* ]]; then
+  BIN=$build/apps MODEL=$opt CALIB="$data/text/tinystories/tinystories_calib.txt" EVAL="$data/text/tinystories/tinystories_eval.txt" \
+    DEVICE=cuda OUT_DIR=/tmp/awq timeout $(left) bash benchmarks/results_awq.sh > "$out/awq.txt" 2> "$out/awq.log" &
+  awq_pid=$!
+fi
+
 EXPORT_METHODS=${EXPORT_METHODS-mlp_nystrom modular qk_cr mlp_nystrom+svd_whiten}
 if [[ $parts == *" export "* && -n ${EXPORT_METHODS} ]]; then
-  stories=$data/models/stories260K-hf
+  for model in ${EXPORT_MODELS:-$data/models/stories260K-hf $opt}; do
   for m in $EXPORT_METHODS; do
-    $build/apps/build_acur_repo --model_id "$stories" --method "$m" --param_ratio_target 0.8 --seqlen 512 \
+    tag=$(basename "$model")-$m
+    timeout $(left) $build/apps/build_acur_repo --model_id "$model" --method "$m" --param_ratio_target 0.8 --seqlen 512 \
       --n_calib_samples 32 --calib_dataset "$data/text/tinystories/tinystories_calib.txt" --device cuda --dtype fp32 \
-      --eval_ppl "$data/text/tinystories/tinystories_eval.txt" --output /tmp/export-$m > "$out/export-$m.log" 2>&1
-    note "export $m rc=$?: $(grep -E 'tinystories_eval.txt|wrote' "$out/export-$m.log" | tr '\n' ' ')"
-    for repo in /tmp/export-$m/*/; do
-      python3 scripts/check_hf_repo.py "$repo" --text "$data/text/tinystories/tinystories_eval.txt" --seqlen 512 \
-        --resave > "$out/check-$m.log" 2>&1
-      note "transformers $m rc=$?: $(tail -4 "$out/check-$m.log" | tr '\n' ' ')"
+      --eval_ppl "$data/text/tinystories/tinystories_eval.txt" --output /tmp/export-$tag > "$out/export-$tag.log" 2>&1
+    note "export $tag rc=$?: $(grep -E 'tinystories_eval.txt|wrote' "$out/export-$tag.log" | tr '\n' ' ')"
+    for repo in /tmp/export-$tag/*/; do
+      timeout $(left) python3 scripts/check_hf_repo.py "$repo" --text "$data/text/tinystories/tinystories_eval.txt" --seqlen 512 \
+        --resave > "$out/check-$tag.log" 2>&1
+      note "transformers $tag rc=$?: $(tail -4 "$out/check-$tag.log" | tr '\n' ' ')"
     done
   done
+  done
+fi
+if [[ -n ${awq_pid:-} ]]; then
+  wait $awq_pid; note "awq rc=$? at $(elapsed) s"; cat "$out/awq.txt" >> "$summary"
 fi

@@ -320,6 +320,64 @@ TEST_CASE("score_requests: continuation log-probs and greedy flags from the mode
   CHECK_THROWS_AS(ev::score_requests(*lm, {{{0, 1}, {}}}), std::invalid_argument);
 }
 
+TEST_CASE("score_requests: rows that begin alike run their common tokens once, with the results of separate rows",
+          "[tasks]") {
+  for (const char* name : {"tiny-shakespeare-opt", "llama_gqa", "mistral_window", "gemma2_softcap"}) {
+    INFO(name);
+    auto lm = cur4llm::model::CausalLM::load(cur4llm::test::model_dir(name));
+    const int64_t vocab = lm->config().vocab_size;
+    // 3 contexts of 40 tokens, each with 4 endings of 1 to 4 tokens that begin differently (a
+    // multiple-choice item); a few-shot block of 30 tokens shared by 2 questions of 6 and 9 tokens,
+    // each with a one-token answer; and a request that begins like nothing else.
+    std::vector<ev::EncodedRequest> reqs;
+    auto token = [&](int64_t i) { return (i * 7 + 3) % vocab; };
+    for (int64_t c = 0; c < 3; ++c) {
+      std::vector<int64_t> ctx;
+      for (int64_t i = 0; i < 40; ++i) ctx.push_back(token(c * 100 + i));
+      for (int64_t e = 0; e < 4; ++e) {
+        std::vector<int64_t> ending;
+        for (int64_t i = 0; i <= e; ++i) ending.push_back(token(1000 + c * 10 + e + 3 * i));
+        reqs.push_back({ctx, ending});
+      }
+    }
+    std::vector<int64_t> shots;
+    for (int64_t i = 0; i < 30; ++i) shots.push_back(token(5000 + i));
+    for (int64_t q : {6, 9}) {
+      std::vector<int64_t> ctx(shots);
+      for (int64_t i = 0; i < q; ++i) ctx.push_back(token(6000 + 13 * q + i));
+      for (int64_t a = 0; a < 2; ++a) reqs.push_back({ctx, {token(7000 + a)}});
+    }
+    reqs.push_back({{token(9000), token(9001)}, {token(9002), token(9003)}});
+
+    ev::ScoreOptions separate;
+    separate.share_prefixes = false;
+    ev::ScoreStats with, without;
+    const auto expected = ev::score_requests(*lm, reqs, separate, &without);
+    const auto shared = ev::score_requests(*lm, reqs, {}, &with);
+    ev::ScoreOptions pieces;  // budgets so small that every group runs in several pieces and batches
+    pieces.max_batch_tokens = 24;
+    ev::ScoreStats cut;
+    const auto small = ev::score_requests(*lm, reqs, pieces, &cut);
+    REQUIRE(shared.size() == reqs.size());
+    for (size_t i = 0; i < reqs.size(); ++i) {
+      INFO("request " << i);
+      CHECK(shared[i].logprob == Approx(expected[i].logprob).margin(1e-4));
+      CHECK(small[i].logprob == Approx(expected[i].logprob).margin(1e-4));
+      CHECK(shared[i].is_greedy == expected[i].is_greedy);
+    }
+    // Rows: 12 endings, 2 questions (their two answers share an input), the stray one.
+    CHECK(without.rows == 15);
+    CHECK(without.shared_groups == 0);
+    CHECK(with.shared_groups == 4);
+    // Separate: each ending runs 40 + e tokens (e = 0..3), each question 30 + q, the stray 3.
+    CHECK(without.tokens == 3 * (4 * 40 + 6) + (36 + 39) + 3);
+    // Shared: a context's first 39 tokens once (its last one predicts the ending), then 1 + e each;
+    // the few-shot block's 30 tokens once, then 6 and 9.
+    CHECK(with.tokens == 3 * (39 + 10) + (30 + 15) + 3);
+    CHECK(cut.tokens > with.tokens);  // pieces run their group's prefix again
+  }
+}
+
 TEST_CASE("score_requests: a continuation longer than the window is scored on its last window of tokens",
           "[tasks]") {
   auto lm = cur4llm::model::CausalLM::load(cur4llm::test::model_dir("tiny-shakespeare-opt"));

@@ -34,6 +34,7 @@
 #include <iostream>
 #include <map>
 #include <utility>
+#include <fmt/ranges.h>
 
 namespace po = boost::program_options;
 namespace fs = std::filesystem;

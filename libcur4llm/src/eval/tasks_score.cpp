@@ -3,6 +3,7 @@
 #include <cur4llm/eval/tasks.h>
 
 #include <cur4llm/model/causal_lm.h>
+#include <cur4llm/model/kv_cache.h>
 #include <cur4llm/tokenize/tokenizer.h>
 #include <cur4llm/util/progress.h>
 
@@ -14,6 +15,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <limits>
 #include <map>
 #include <numeric>
 #include <stdexcept>
@@ -57,81 +59,120 @@ namespace {
 struct Row {
   std::vector<int64_t> input;
   std::vector<size_t> requests;
+  int64_t scored = 0;  // input positions, counted from the end, whose logits a request reads
 };
 
-}  // namespace
+// Rows that run their first `prefix` input tokens once (0: a row on its own).
+struct Group {
+  std::vector<size_t> rows;
+  int64_t prefix = 0;
+};
 
-std::vector<LoglikelihoodResult> score_requests(const model::CausalLM& lm, const std::vector<EncodedRequest>& requests,
-                                                const ScoreOptions& options) {
-  int64_t max_length = options.max_length;
-  if (max_length <= 0)
-    max_length = lm.config().max_position_embeddings > 0 ? lm.config().max_position_embeddings : 2048;
-  // The input of a request: (context + continuation)[:-1], its last max_length tokens.
-  std::map<std::vector<int64_t>, size_t> row_of;
-  std::vector<Row> rows;
-  for (size_t i = 0; i < requests.size(); ++i) {
-    const auto& r = requests[i];
-    if (r.continuation.empty()) {
-      throw std::invalid_argument(fmt::format("request {} has no continuation tokens to score", i));
-    }
-    std::vector<int64_t> whole(r.context);
-    whole.insert(whole.end(), r.continuation.begin(), r.continuation.end() - 1);
-    if (static_cast<int64_t>(whole.size()) > max_length) whole.erase(whole.begin(), whole.end() - max_length);
-    auto [it, fresh] = row_of.emplace(whole, rows.size());
-    if (fresh) rows.push_back(Row{std::move(whole), {}});
-    rows[it->second].requests.push_back(i);
-  }
-  // Longest rows first, as the harness orders them (an out-of-memory shows at once).
-  std::vector<size_t> order(rows.size());
-  std::iota(order.begin(), order.end(), size_t{0});
-  std::stable_sort(order.begin(), order.end(),
-                   [&](size_t a, size_t b) { return rows[a].input.size() > rows[b].input.size(); });
+int64_t common_prefix(const std::vector<int64_t>& a, const std::vector<int64_t>& b) {
+  const size_t n = std::min(a.size(), b.size());
+  size_t i = 0;
+  while (i < n && a[i] == b[i]) ++i;
+  return static_cast<int64_t>(i);
+}
 
-  // Small batches on the CPU, where larger ones only cost cache; large ones on CUDA.
-  const int64_t batch_tokens =
-      options.max_batch_tokens > 0 ? options.max_batch_tokens : (lm.device().is_cuda() ? 16384 : 1024);
-  std::vector<LoglikelihoodResult> out(requests.size());
-  c10::InferenceMode guard;
-  const auto head_slot = lm.logits_slot();  // lm_head, soft-capped where the family caps logits
-  const auto& head = *head_slot;
-  std::unique_ptr<util::Progress> progress;
-  if (options.show_progress)
-    progress = std::make_unique<util::Progress>("tasks", static_cast<int64_t>(rows.size()), "rows");
-  size_t start = 0;
-  while (start < order.size()) {
-    const int64_t width = static_cast<int64_t>(rows[order[start]].input.size());
-    const int64_t fit = std::max<int64_t>(1, batch_tokens / std::max<int64_t>(width, 1));
-    const size_t stop = std::min(order.size(), start + static_cast<size_t>(fit));
-    const int64_t b = static_cast<int64_t>(stop - start);
-    // Right padding: causal attention keeps the real tokens' outputs unchanged.
-    auto ids = at::zeros({b, width}, at::TensorOptions().dtype(at::kLong));
-    auto* p = ids.data_ptr<int64_t>();
-    std::vector<int64_t> positions, targets;        // flat positions in [b * width] and the token each must predict
-    std::vector<std::pair<size_t, int64_t>> owner;  // (request, continuation length) per scored span
-    for (size_t k = start; k < stop; ++k) {
-      const auto& row = rows[order[k]];
-      const int64_t r = static_cast<int64_t>(k - start);
-      std::copy(row.input.begin(), row.input.end(), p + r * width);
-      const int64_t len = static_cast<int64_t>(row.input.size());
-      for (size_t q : row.requests) {
-        const auto& cont = requests[q].continuation;
-        // The logits at the last n input positions predict the last n continuation tokens: all of
-        // them, or, for a continuation longer than the window, the window's worth (docs/evaluation.md).
-        const int64_t n = std::min(static_cast<int64_t>(cont.size()), len);
-        const int64_t skip = static_cast<int64_t>(cont.size()) - n;
-        for (int64_t j = 0; j < n; ++j) {
-          positions.push_back(r * width + len - n + j);
-          targets.push_back(cont[static_cast<size_t>(skip + j)]);
-        }
-        owner.emplace_back(q, n);
+// Groups of rows with a common beginning of at least `min_prefix` tokens. In
+// lexicographic order, rows that begin alike are neighbours and a range's
+// common beginning is the least common prefix of its neighbours, so a range is
+// either one group or split where that least prefix lies, whichever runs fewer
+// tokens (a group of n rows saves (n - 1) * prefix). A group's prefix stops
+// before the first position any of its rows is scored at.
+class Grouping {
+ public:
+  Grouping(const std::vector<Row>& rows, int64_t min_prefix) : rows_(rows), min_prefix_(std::max<int64_t>(1, min_prefix)) {
+    order_.resize(rows.size());
+    std::iota(order_.begin(), order_.end(), size_t{0});
+    std::sort(order_.begin(), order_.end(), [&](size_t a, size_t b) { return rows[a].input < rows[b].input; });
+    lcp_.assign(order_.size(), 0);
+    for (size_t i = 1; i < order_.size(); ++i) lcp_[i] = common_prefix(rows[order_[i - 1]].input, rows[order_[i]].input);
+    // Boundaries below the minimum never pay: cut there first, then decide within each run.
+    size_t a = 0;
+    for (size_t i = 1; i <= order_.size(); ++i) {
+      if (i == order_.size() || lcp_[i] < min_prefix_) {
+        (void)split(a, i, groups_);
+        a = i;
       }
     }
-    auto h = lm.embed(ids.to(lm.device()));
-    for (int64_t i = 0; i < lm.num_layers(); ++i) h = lm.layer(i, h);
-    auto hidden = lm.final_hidden(h).reshape({b * width, -1});
+  }
+  std::vector<Group> take() { return std::move(groups_); }
+
+ private:
+  // The prefix rows order_[a, b) would share, and the tokens that saves.
+  std::pair<int64_t, int64_t> shared(size_t a, size_t b) const {
+    if (b - a < 2) return {0, 0};
+    int64_t prefix = std::numeric_limits<int64_t>::max();
+    for (size_t i = a + 1; i < b; ++i) prefix = std::min(prefix, lcp_[i]);
+    for (size_t i = a; i < b; ++i) {
+      const auto& row = rows_[order_[i]];
+      prefix = std::min(prefix, static_cast<int64_t>(row.input.size()) - row.scored);
+    }
+    if (prefix < min_prefix_) return {0, 0};
+    return {prefix, prefix * static_cast<int64_t>(b - a - 1)};
+  }
+  // The best grouping of rows order_[a, b) (appended to `out`) and the tokens it saves: the range
+  // whole, or its two sides split where the common prefix is shortest, each grouped at best.
+  int64_t split(size_t a, size_t b, std::vector<Group>& out) const {
+    if (b - a < 2) {
+      out.push_back(Group{{order_[a]}, 0});
+      return 0;
+    }
+    size_t cut = a + 1;
+    for (size_t i = a + 2; i < b; ++i) {
+      if (lcp_[i] < lcp_[cut]) cut = i;
+    }
+    std::vector<Group> sides;
+    const int64_t apart = split(a, cut, sides) + split(cut, b, sides);
+    const auto [prefix, together] = shared(a, b);
+    if (together > 0 && together >= apart) {
+      Group g{{}, prefix};
+      for (size_t i = a; i < b; ++i) g.rows.push_back(order_[i]);
+      out.push_back(std::move(g));
+      return together;
+    }
+    for (auto& g : sides) out.push_back(std::move(g));
+    return apart;
+  }
+
+  const std::vector<Row>& rows_;
+  int64_t min_prefix_;
+  std::vector<size_t> order_;
+  std::vector<int64_t> lcp_;
+  std::vector<Group> groups_;
+};
+
+// The scored positions of a batch: where to read the hidden states, the token
+// each must predict, and which request each span belongs to.
+struct Reads {
+  std::vector<int64_t> positions, targets;        // flat positions in the batch's [rows * width] states
+  std::vector<std::pair<size_t, int64_t>> owner;  // (request, continuation length) per scored span
+
+  // The requests of `row`, whose last input token sits at flat position `last`.
+  void add(const Row& row, const std::vector<EncodedRequest>& requests, int64_t last) {
+    const int64_t len = static_cast<int64_t>(row.input.size());
+    for (size_t q : row.requests) {
+      const auto& cont = requests[q].continuation;
+      // The logits at the last n input positions predict the last n continuation tokens: all of
+      // them, or, for a continuation longer than the window, the window's worth (docs/evaluation.md).
+      const int64_t n = std::min(static_cast<int64_t>(cont.size()), len);
+      const int64_t skip = static_cast<int64_t>(cont.size()) - n;
+      for (int64_t j = 0; j < n; ++j) {
+        positions.push_back(last - n + 1 + j);
+        targets.push_back(cont[static_cast<size_t>(skip + j)]);
+      }
+      owner.emplace_back(q, n);
+    }
+  }
+
+  // Log-probabilities and greedy flags from the final states [rows * width, hidden].
+  void score(const model::CausalLM& lm, const model::LinearSlot& head, const at::Tensor& hidden,
+             std::vector<LoglikelihoodResult>& out) const {
     const int64_t m = static_cast<int64_t>(positions.size());
-    auto pos = at::from_blob(positions.data(), {m}, at::kLong).to(lm.device());
-    auto tgt = at::from_blob(targets.data(), {m}, at::kLong).to(lm.device());
+    auto pos = at::from_blob(const_cast<int64_t*>(positions.data()), {m}, at::kLong).to(lm.device());
+    auto tgt = at::from_blob(const_cast<int64_t*>(targets.data()), {m}, at::kLong).to(lm.device());
     auto logits = head.forward(hidden.index_select(0, pos)).to(at::kFloat);
     auto logp = at::log_softmax(logits, -1);
     auto chosen = logp.gather(1, tgt.unsqueeze(1)).squeeze(1).to(at::kDouble).cpu();
@@ -148,9 +189,183 @@ std::vector<LoglikelihoodResult> score_requests(const model::CausalLM& lm, const
       }
       out[q] = {sum, all};
     }
+  }
+};
+
+// Right-padded ids [pieces.size(), width] of `from`..`to` of each piece's tokens and the mask of real ones.
+std::pair<at::Tensor, at::Tensor> padded(const std::vector<std::pair<const std::vector<int64_t>*, std::pair<int64_t, int64_t>>>& pieces,
+                                         int64_t width) {
+  const int64_t b = static_cast<int64_t>(pieces.size());
+  auto ids = at::zeros({b, width}, at::kLong);
+  auto mask = at::zeros({b, width}, at::kBool);
+  auto* p = ids.data_ptr<int64_t>();
+  auto* m = mask.data_ptr<bool>();
+  for (int64_t r = 0; r < b; ++r) {
+    const auto& [tokens, span] = pieces[static_cast<size_t>(r)];
+    std::copy(tokens->begin() + span.first, tokens->begin() + span.second, p + r * width);
+    std::fill(m + r * width, m + r * width + (span.second - span.first), true);
+  }
+  return {ids, mask};
+}
+
+}  // namespace
+
+std::vector<LoglikelihoodResult> score_requests(const model::CausalLM& lm, const std::vector<EncodedRequest>& requests,
+                                                const ScoreOptions& options, ScoreStats* stats) {
+  int64_t max_length = options.max_length;
+  if (max_length <= 0)
+    max_length = lm.config().max_position_embeddings > 0 ? lm.config().max_position_embeddings : 2048;
+  // The input of a request: (context + continuation)[:-1], its last max_length tokens.
+  std::map<std::vector<int64_t>, size_t> row_of;
+  std::vector<Row> rows;
+  for (size_t i = 0; i < requests.size(); ++i) {
+    const auto& r = requests[i];
+    if (r.continuation.empty()) {
+      throw std::invalid_argument(fmt::format("request {} has no continuation tokens to score", i));
+    }
+    std::vector<int64_t> whole(r.context);
+    whole.insert(whole.end(), r.continuation.begin(), r.continuation.end() - 1);
+    if (static_cast<int64_t>(whole.size()) > max_length) whole.erase(whole.begin(), whole.end() - max_length);
+    auto [it, fresh] = row_of.emplace(whole, rows.size());
+    if (fresh) rows.push_back(Row{std::move(whole), {}, 0});
+    auto& row = rows[it->second];
+    row.requests.push_back(i);
+    row.scored = std::max(row.scored, std::min(static_cast<int64_t>(r.continuation.size()),
+                                               static_cast<int64_t>(row.input.size())));
+  }
+  ScoreStats counted;
+  counted.rows = static_cast<int64_t>(rows.size());
+
+  std::vector<Group> groups;
+  if (options.share_prefixes && lm.on_one_device()) {
+    groups = Grouping(rows, options.min_shared_prefix).take();
+  } else {
+    for (size_t i = 0; i < rows.size(); ++i) groups.push_back(Group{{i}, 0});
+  }
+  // Small batches on the CPU, where larger ones only cost cache; large ones on CUDA.
+  const int64_t batch_tokens =
+      options.max_batch_tokens > 0 ? options.max_batch_tokens : (lm.device().is_cuda() ? 16384 : 1024);
+  std::vector<LoglikelihoodResult> out(requests.size());
+  c10::InferenceMode guard;
+  const auto head_slot = lm.logits_slot();  // lm_head, soft-capped where the family caps logits
+  const auto& head = *head_slot;
+  std::unique_ptr<util::Progress> progress;
+  if (options.show_progress)
+    progress = std::make_unique<util::Progress>("tasks", static_cast<int64_t>(rows.size()), "rows");
+
+  // Shared groups: a batch of prefixes runs into a KV cache, whose rows are then copied once per
+  // member row, and the members' own tokens run after them. A group larger than a batch is cut into
+  // pieces (each piece runs the prefix again).
+  struct Piece {
+    int64_t prefix;
+    std::vector<size_t> rows;
+  };
+  std::vector<Piece> pieces;
+  std::vector<size_t> single;  // rows that run whole
+  for (const auto& g : groups) {
+    if (g.prefix == 0) {
+      single.insert(single.end(), g.rows.begin(), g.rows.end());
+      continue;
+    }
+    ++counted.shared_groups;
+    Piece piece{g.prefix, {}};
+    int64_t width = 0;
+    for (size_t r : g.rows) {
+      const int64_t rest = static_cast<int64_t>(rows[r].input.size()) - g.prefix;
+      const int64_t w = std::max(width, rest);
+      if (!piece.rows.empty() && static_cast<int64_t>(piece.rows.size() + 1) * (g.prefix + w) > 2 * batch_tokens) {
+        pieces.push_back(std::move(piece));
+        piece = Piece{g.prefix, {}};
+        width = rest;
+      } else {
+        width = w;
+      }
+      piece.rows.push_back(r);
+    }
+    pieces.push_back(std::move(piece));
+  }
+  size_t p0 = 0;
+  while (p0 < pieces.size()) {
+    // Pieces join a batch while the prefixes, the members' own tokens and the cache slots fit.
+    int64_t prefix_width = 0, rest_width = 0, members = 0;
+    size_t p1 = p0;
+    while (p1 < pieces.size()) {
+      const auto& piece = pieces[p1];
+      int64_t rest = 0;
+      for (size_t r : piece.rows) rest = std::max(rest, static_cast<int64_t>(rows[r].input.size()) - piece.prefix);
+      const int64_t pw = std::max(prefix_width, piece.prefix), rw = std::max(rest_width, rest);
+      const int64_t n = members + static_cast<int64_t>(piece.rows.size());
+      const bool fits = static_cast<int64_t>(p1 - p0 + 1) * pw <= batch_tokens && n * rw <= batch_tokens &&
+                        n * (pw + rw) <= 2 * batch_tokens;
+      if (p1 > p0 && !fits) break;
+      prefix_width = pw;
+      rest_width = rw;
+      members = n;
+      ++p1;
+    }
+    std::vector<std::pair<const std::vector<int64_t>*, std::pair<int64_t, int64_t>>> heads, tails;
+    std::vector<int64_t> owner_of;  // the prefix row of each member
+    for (size_t k = p0; k < p1; ++k) {
+      const auto& piece = pieces[k];
+      heads.push_back({&rows[piece.rows.front()].input, {0, piece.prefix}});
+      for (size_t r : piece.rows) {
+        tails.push_back({&rows[r].input, {piece.prefix, static_cast<int64_t>(rows[r].input.size())}});
+        owner_of.push_back(static_cast<int64_t>(k - p0));
+        counted.tokens += static_cast<int64_t>(rows[r].input.size()) - piece.prefix;
+      }
+      counted.tokens += piece.prefix;
+    }
+    model::KVCache cache(static_cast<int64_t>(heads.size()), prefix_width + rest_width, lm.device());
+    {
+      auto [ids, mask] = padded(heads, prefix_width);
+      (void)lm.forward_cached_hidden(ids.to(lm.device()), cache, mask.to(lm.device()));
+    }
+    const auto index = at::from_blob(owner_of.data(), {static_cast<int64_t>(owner_of.size())}, at::kLong).clone();
+    auto members_cache = cache.select_rows(index);
+    auto [ids, mask] = padded(tails, rest_width);
+    auto h = lm.forward_cached_hidden(ids.to(lm.device()), members_cache, mask.to(lm.device()));
+    const int64_t b = h.size(0);
+    Reads reads;
+    size_t t = 0;
+    for (size_t k = p0; k < p1; ++k) {
+      for (size_t r : pieces[k].rows) {
+        const int64_t own = static_cast<int64_t>(rows[r].input.size()) - pieces[k].prefix;
+        reads.add(rows[r], requests, static_cast<int64_t>(t) * rest_width + own - 1);
+        ++t;
+      }
+    }
+    reads.score(lm, head, lm.final_hidden(h).reshape({b * rest_width, -1}), out);
+    if (progress) progress->advance(b);
+    p0 = p1;
+  }
+
+  // The other rows: longest first, as the harness orders them (an out-of-memory shows at once).
+  std::stable_sort(single.begin(), single.end(),
+                   [&](size_t a, size_t b) { return rows[a].input.size() > rows[b].input.size(); });
+  size_t start = 0;
+  while (start < single.size()) {
+    const int64_t width = static_cast<int64_t>(rows[single[start]].input.size());
+    const int64_t fit = std::max<int64_t>(1, batch_tokens / std::max<int64_t>(width, 1));
+    const size_t stop = std::min(single.size(), start + static_cast<size_t>(fit));
+    const int64_t b = static_cast<int64_t>(stop - start);
+    // Right padding: causal attention keeps the real tokens' outputs unchanged.
+    auto ids = at::zeros({b, width}, at::TensorOptions().dtype(at::kLong));
+    auto* p = ids.data_ptr<int64_t>();
+    Reads reads;
+    for (size_t k = start; k < stop; ++k) {
+      const auto& row = rows[single[k]];
+      const int64_t r = static_cast<int64_t>(k - start);
+      std::copy(row.input.begin(), row.input.end(), p + r * width);
+      reads.add(row, requests, r * width + static_cast<int64_t>(row.input.size()) - 1);
+      counted.tokens += static_cast<int64_t>(row.input.size());
+    }
+    auto h = lm.embed(ids.to(lm.device()));
+    for (int64_t i = 0; i < lm.num_layers(); ++i) h = lm.layer(i, h);
+    reads.score(lm, head, lm.final_hidden(h).reshape({b * width, -1}), out);
     if (progress) progress->advance(b);
     start = stop;
   }
+  if (stats) *stats = counted;
   return out;
 }
 

@@ -509,7 +509,12 @@ std::vector<std::pair<std::string, int64_t>> device_memory_peaks(bool reset) {
   if (!at::cuda::is_available()) return out;
   const auto count = static_cast<c10::DeviceIndex>(c10::cuda::device_count());
   for (c10::DeviceIndex i = 0; i < count; ++i) {
-    const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(i);
+    decltype(c10::cuda::CUDACachingAllocator::getDeviceStats(0)) stats;
+    try {
+      stats = c10::cuda::CUDACachingAllocator::getDeviceStats(i);
+    } catch (const c10::Error&) {
+      continue;  // the allocator is not set up yet (nothing ran on CUDA): nothing to report or reset
+    }
     const auto& allocated = stats.allocated_bytes[static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE)];
     if (allocated.allocated == 0) continue;  // never used: leave its context uncreated
     if (reset) {

@@ -15,6 +15,7 @@
 #include <c10/core/InferenceMode.h>
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include <cctype>
 #include <nlohmann/json.hpp>
@@ -610,6 +611,12 @@ at::Tensor CausalLM::forward(const at::Tensor& input_ids) const {
 
 at::Tensor CausalLM::forward_cached(const at::Tensor& input_ids, KVCache& cache, const at::Tensor& mask,
                                     bool all_positions) const {
+  auto h = forward_cached_hidden(input_ids, cache, mask);
+  if (!all_positions) h = h.narrow(1, h.size(1) - 1, 1);
+  return head(h);
+}
+
+at::Tensor CausalLM::forward_cached_hidden(const at::Tensor& input_ids, KVCache& cache, const at::Tensor& mask) const {
   if (input_ids.dim() != 2 || input_ids.size(1) < 1) {
     throw std::invalid_argument(
         fmt::format("forward_cached: input ids must be [batch, tokens], not {}", shape_str(input_ids.sizes())));
@@ -626,16 +633,10 @@ at::Tensor CausalLM::forward_cached(const at::Tensor& input_ids, KVCache& cache,
     throw std::invalid_argument(fmt::format("forward_cached: the cache is on {}, the model on {}", cache.device().str(),
                                             options_.device.str()));
   }
-  if (placement_) {
-    bool one_device = placement_->head == options_.device;
-    for (size_t i = 0; i < placement_->layers.size(); ++i) {
-      one_device = one_device && placement_->layers[i] == options_.device && !placement_->offloaded[i];
-    }
-    if (!one_device) {
-      // The cache holds every layer's keys and values on one device.
-      throw std::invalid_argument("forward_cached: the model is placed over several devices or offloads layers "
-                                  "(--device_map, --max_memory); the KV cache needs every layer on one device");
-    }
+  if (!on_one_device()) {
+    // The cache holds every layer's keys and values on one device.
+    throw std::invalid_argument("forward_cached: the model is placed over several devices or offloads layers "
+                                "(--device_map, --max_memory); the KV cache needs every layer on one device");
   }
   const int64_t t = input_ids.size(1);
   const auto long_opts = at::TensorOptions().dtype(at::kLong).device(options_.device);
@@ -662,12 +663,20 @@ at::Tensor CausalLM::forward_cached(const at::Tensor& input_ids, KVCache& cache,
     auto h = arch_->embed_step(*this, input_ids.to(options_.device, at::kLong), step);
     for (int64_t i = 0; i < config_.num_layers; ++i) h = arch_->layer_step(*this, i, h, step);
     cache.end_step();
-    if (!all_positions) h = h.narrow(1, t - 1, 1);
-    return head(h);
+    return h;
   } catch (...) {
     cache.cancel_step();
     throw;
   }
+}
+
+bool CausalLM::on_one_device() const {
+  if (!placement_) return true;
+  bool one = placement_->head == options_.device;
+  for (size_t i = 0; i < placement_->layers.size(); ++i) {
+    one = one && placement_->layers[i] == options_.device && !placement_->offloaded[i];
+  }
+  return one;
 }
 
 bool CausalLM::has_linear(const std::string& name) const { return slots_.count(name) > 0; }

@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include <stdexcept>
 #include <string>
@@ -41,6 +42,32 @@ void KVCache::truncate(int64_t length) {
   // A row's next position is the number of its tokens: positions count the row's tokens only.
   next_positions_.copy_(valid_.narrow(1, 0, std::max<int64_t>(length, 0)).sum(1));
   length_ = length;
+}
+
+KVCache KVCache::select_rows(const at::Tensor& rows) const {
+  if (step_tokens_ != 0) throw std::logic_error("KVCache::select_rows inside a step");
+  if (rows.dim() != 1 || rows.numel() < 1 || rows.scalar_type() != at::kLong) {
+    throw std::invalid_argument(fmt::format("KVCache::select_rows: rows must be a non-empty int64 vector, not {} {}",
+                                            c10::toString(rows.scalar_type()), shape(rows)));
+  }
+  const auto index = rows.to(device_);
+  const auto lo = index.min().item<int64_t>(), hi = index.max().item<int64_t>();
+  if (lo < 0 || hi >= batch_) {
+    throw std::invalid_argument(
+        fmt::format("KVCache::select_rows: row {} of a cache of {} rows", lo < 0 ? lo : hi, batch_));
+  }
+  KVCache out(rows.numel(), capacity_, device_);
+  out.length_ = length_;
+  out.valid_ = valid_.index_select(0, index);
+  out.positions_ = positions_.index_select(0, index);
+  out.next_positions_ = next_positions_.index_select(0, index);
+  out.keys_.resize(keys_.size());
+  out.values_.resize(values_.size());
+  for (size_t l = 0; l < keys_.size(); ++l) {
+    if (keys_[l].defined()) out.keys_[l] = keys_[l].index_select(0, index);
+    if (values_[l].defined()) out.values_[l] = values_[l].index_select(0, index);
+  }
+  return out;
 }
 
 const at::Tensor& KVCache::keys(int64_t layer) const {

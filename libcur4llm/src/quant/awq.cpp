@@ -15,6 +15,7 @@
 #include <c10/core/InferenceMode.h>
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include <limits>
 #include <memory>

@@ -6,6 +6,7 @@
 #include <c10/core/GradMode.h>
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include <algorithm>
 #include <numeric>

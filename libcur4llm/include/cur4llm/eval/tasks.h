@@ -51,6 +51,15 @@ struct ScoreOptions {
   int64_t max_length = 0;          ///< longest input; 0: the model's max_position_embeddings (2048 if unset)
   bool show_progress = false;      ///< a progress line on stderr
   bool add_special_tokens = true;  ///< evaluate_tasks: the tokenizer's BOS (false: none, as harness < 0.4.9)
+  bool share_prefixes = true;      ///< rows that begin alike run their common tokens once (KV cache; one device)
+  int64_t min_shared_prefix = 16;  ///< shortest common beginning worth a shared pass (tokens)
+};
+
+/// What score_requests ran.
+struct ScoreStats {
+  int64_t rows = 0;           ///< distinct inputs
+  int64_t shared_groups = 0;  ///< groups of rows whose common beginning ran once
+  int64_t tokens = 0;         ///< token positions run through the layers, padding not counted
 };
 
 /// Encodes a request as the harness's Hugging Face model does: trailing spaces
@@ -64,11 +73,15 @@ EncodedRequest encode_request(const tokenize::Tokenizer& tokenizer, const Loglik
 
 /// Scores encoded requests. Inputs longer than max_length keep their last
 /// tokens, as the harness truncates; requests with the same input tokens share
-/// one row; rows are sorted by length and right-padded into batches. Works on
-/// the model's device (CPU or CUDA); the log-softmax runs in float32.
-/// std::invalid_argument if a request has no continuation tokens.
+/// one row. Rows that begin with the same tokens (a context and its endings,
+/// MMLU's few-shot examples) run those tokens once into a KV cache and only
+/// their own ends after it (ScoreOptions::share_prefixes, models on one
+/// device); the other rows are sorted by length and right-padded into batches.
+/// Works on the model's device (CPU or CUDA); the log-softmax runs in float32.
+/// std::invalid_argument if a request has no continuation tokens. `stats`, if
+/// given, receives what ran.
 std::vector<LoglikelihoodResult> score_requests(const model::CausalLM& lm, const std::vector<EncodedRequest>& requests,
-                                                const ScoreOptions& options = {});
+                                                const ScoreOptions& options = {}, ScoreStats* stats = nullptr);
 
 /// How a task's results become metrics.
 enum class TaskKind {

@@ -146,6 +146,12 @@ class CausalLM {
   /// not fit in the cache or the family does not support generation.
   at::Tensor forward_cached(const at::Tensor& input_ids, KVCache& cache, const at::Tensor& mask = {},
                             bool all_positions = false) const;
+  /// forward_cached() without the head: the last decoder layer's hidden states
+  /// [B, T, hidden] of the new tokens (final_hidden() not applied yet).
+  at::Tensor forward_cached_hidden(const at::Tensor& input_ids, KVCache& cache, const at::Tensor& mask = {}) const;
+  /// Whether every layer and the head run on device() with nothing offloaded,
+  /// as forward_cached() needs (a KV cache lives on one device).
+  bool on_one_device() const;
   int64_t num_layers() const { return config_.num_layers; }
 
   /// Every Linear slot, in model order (layers, then lm_head), with the shapes

@@ -41,6 +41,10 @@ class KVCache {
 
   /// Forgets the slots from `length` on (0: empty), so that they are written again.
   void truncate(int64_t length);
+  /// A new cache whose row i is a copy of row `rows[i]` of this one (`rows`: int64 [n], values in
+  /// [0, batch())), same capacity and length: e.g. a prompt's keys computed once and given to
+  /// several continuations. Not inside a step.
+  KVCache select_rows(const at::Tensor& rows) const;
 
   // The parts below are what the families' attention (and CausalLM) use.
 
