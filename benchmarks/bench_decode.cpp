@@ -34,6 +34,8 @@
 #include <ATen/ATen.h>
 #include <c10/core/InferenceMode.h>
 
+#include <fmt/format.h>
+
 #include <iostream>
 #include <map>
 
@@ -53,6 +55,11 @@ int main(int argc, char** argv) try {
   auto lm = bench::load_model(args, &source);
   const auto& c = lm->config();
   const c10::Device device = lm->device();
+  if (c.max_position_embeddings > 0 && prompt_len + new_tokens > c.max_position_embeddings) {
+    throw std::invalid_argument(fmt::format("--prompt_len {} + --new_tokens {} exceed the model's {} positions "
+                                            "(max_position_embeddings)",
+                                            prompt_len, new_tokens, c.max_position_embeddings));
+  }
   std::map<std::string, model::LinearPtr> dense_slots;
   for (const auto& info : lm->linears()) dense_slots[info.name] = lm->linear_ptr(info.name);
   // With one configuration the dense layers it replaces are let go, so that the device

@@ -253,12 +253,13 @@ std::vector<LoglikelihoodResult> score_requests(const model::CausalLM& lm, const
   if (options.show_progress)
     progress = std::make_unique<util::Progress>("tasks", static_cast<int64_t>(rows.size()), "rows");
 
-  // Shared groups: a batch of prefixes runs into a KV cache, whose rows are then copied once per
-  // member row, and the members' own tokens run after them. A group larger than a batch is cut into
-  // pieces (each piece runs the prefix again).
+  // Shared groups: a batch of prefixes runs into a KV cache, and the members' own tokens run after
+  // it, in batches of rows of like length, each row with a copy of its prefix's cache row. A group
+  // whose members' caches would not fit in a batch is cut into pieces (each runs the prefix again).
+  auto own = [&](size_t r, int64_t prefix) { return static_cast<int64_t>(rows[r].input.size()) - prefix; };
   struct Piece {
     int64_t prefix;
-    std::vector<size_t> rows;
+    std::vector<size_t> rows;  // longest own part first
   };
   std::vector<Piece> pieces;
   std::vector<size_t> single;  // rows that run whole
@@ -268,74 +269,77 @@ std::vector<LoglikelihoodResult> score_requests(const model::CausalLM& lm, const
       continue;
     }
     ++counted.shared_groups;
+    std::vector<size_t> members = g.rows;
+    std::stable_sort(members.begin(), members.end(),
+                     [&](size_t x, size_t y) { return own(x, g.prefix) > own(y, g.prefix); });
     Piece piece{g.prefix, {}};
-    int64_t width = 0;
-    for (size_t r : g.rows) {
-      const int64_t rest = static_cast<int64_t>(rows[r].input.size()) - g.prefix;
-      const int64_t w = std::max(width, rest);
-      if (!piece.rows.empty() && static_cast<int64_t>(piece.rows.size() + 1) * (g.prefix + w) > 2 * batch_tokens) {
+    for (size_t r : members) {
+      const int64_t slots = g.prefix + (piece.rows.empty() ? own(r, g.prefix) : own(piece.rows.front(), g.prefix));
+      if (!piece.rows.empty() && static_cast<int64_t>(piece.rows.size() + 1) * slots > 2 * batch_tokens) {
         pieces.push_back(std::move(piece));
         piece = Piece{g.prefix, {}};
-        width = rest;
-      } else {
-        width = w;
       }
       piece.rows.push_back(r);
     }
     pieces.push_back(std::move(piece));
   }
+  // Prefixes of like length run together (little padding).
+  std::stable_sort(pieces.begin(), pieces.end(), [](const Piece& x, const Piece& y) { return x.prefix > y.prefix; });
   size_t p0 = 0;
   while (p0 < pieces.size()) {
-    // Pieces join a batch while the prefixes, the members' own tokens and the cache slots fit.
-    int64_t prefix_width = 0, rest_width = 0, members = 0;
+    // Pieces join a batch while the prefixes and their cache fit.
+    const int64_t prefix_width = pieces[p0].prefix;
+    int64_t rest_width = 0;
     size_t p1 = p0;
     while (p1 < pieces.size()) {
-      const auto& piece = pieces[p1];
-      int64_t rest = 0;
-      for (size_t r : piece.rows) rest = std::max(rest, static_cast<int64_t>(rows[r].input.size()) - piece.prefix);
-      const int64_t pw = std::max(prefix_width, piece.prefix), rw = std::max(rest_width, rest);
-      const int64_t n = members + static_cast<int64_t>(piece.rows.size());
-      const bool fits = static_cast<int64_t>(p1 - p0 + 1) * pw <= batch_tokens && n * rw <= batch_tokens &&
-                        n * (pw + rw) <= 2 * batch_tokens;
-      if (p1 > p0 && !fits) break;
-      prefix_width = pw;
+      const int64_t rw = std::max(rest_width, own(pieces[p1].rows.front(), pieces[p1].prefix));
+      const auto n = static_cast<int64_t>(p1 - p0 + 1);
+      if (p1 > p0 && (n * prefix_width > batch_tokens || n * (prefix_width + rw) > 2 * batch_tokens)) break;
       rest_width = rw;
-      members = n;
       ++p1;
     }
-    std::vector<std::pair<const std::vector<int64_t>*, std::pair<int64_t, int64_t>>> heads, tails;
-    std::vector<int64_t> owner_of;  // the prefix row of each member
+    std::vector<std::pair<const std::vector<int64_t>*, std::pair<int64_t, int64_t>>> heads;
+    std::vector<std::pair<size_t, int64_t>> members;  // (row, its piece in this batch)
     for (size_t k = p0; k < p1; ++k) {
       const auto& piece = pieces[k];
       heads.push_back({&rows[piece.rows.front()].input, {0, piece.prefix}});
-      for (size_t r : piece.rows) {
-        tails.push_back({&rows[r].input, {piece.prefix, static_cast<int64_t>(rows[r].input.size())}});
-        owner_of.push_back(static_cast<int64_t>(k - p0));
-        counted.tokens += static_cast<int64_t>(rows[r].input.size()) - piece.prefix;
-      }
       counted.tokens += piece.prefix;
+      for (size_t r : piece.rows) members.emplace_back(r, static_cast<int64_t>(k - p0));
     }
     model::KVCache cache(static_cast<int64_t>(heads.size()), prefix_width + rest_width, lm.device());
     {
       auto [ids, mask] = padded(heads, prefix_width);
       (void)lm.forward_cached_hidden(ids.to(lm.device()), cache, mask.to(lm.device()));
     }
-    const auto index = at::from_blob(owner_of.data(), {static_cast<int64_t>(owner_of.size())}, at::kLong).clone();
-    auto members_cache = cache.select_rows(index);
-    auto [ids, mask] = padded(tails, rest_width);
-    auto h = lm.forward_cached_hidden(ids.to(lm.device()), members_cache, mask.to(lm.device()));
-    const int64_t b = h.size(0);
-    Reads reads;
-    size_t t = 0;
-    for (size_t k = p0; k < p1; ++k) {
-      for (size_t r : pieces[k].rows) {
-        const int64_t own = static_cast<int64_t>(rows[r].input.size()) - pieces[k].prefix;
-        reads.add(rows[r], requests, static_cast<int64_t>(t) * rest_width + own - 1);
-        ++t;
+    std::stable_sort(members.begin(), members.end(), [&](const auto& x, const auto& y) {
+      return own(x.first, pieces[p0 + x.second].prefix) > own(y.first, pieces[p0 + y.second].prefix);
+    });
+    size_t m0 = 0;
+    while (m0 < members.size()) {
+      const int64_t width = own(members[m0].first, pieces[p0 + members[m0].second].prefix);
+      const int64_t fit = std::max<int64_t>(
+          1, std::min(batch_tokens / std::max<int64_t>(width, 1), 2 * batch_tokens / (prefix_width + rest_width)));
+      const size_t m1 = std::min(members.size(), m0 + static_cast<size_t>(fit));
+      std::vector<std::pair<const std::vector<int64_t>*, std::pair<int64_t, int64_t>>> tails;
+      std::vector<int64_t> owner_of;
+      Reads reads;
+      for (size_t i = m0; i < m1; ++i) {
+        const auto [r, k] = members[i];
+        const int64_t prefix = pieces[p0 + static_cast<size_t>(k)].prefix;
+        tails.push_back({&rows[r].input, {prefix, static_cast<int64_t>(rows[r].input.size())}});
+        owner_of.push_back(k);
+        reads.add(rows[r], requests, static_cast<int64_t>(i - m0) * width + own(r, prefix) - 1);
+        counted.tokens += own(r, prefix);
       }
+      const auto index = at::from_blob(owner_of.data(), {static_cast<int64_t>(owner_of.size())}, at::kLong).clone();
+      auto members_cache = cache.select_rows(index);
+      auto [ids, mask] = padded(tails, width);
+      auto h = lm.forward_cached_hidden(ids.to(lm.device()), members_cache, mask.to(lm.device()));
+      const int64_t b = h.size(0);
+      reads.score(lm, head, lm.final_hidden(h).reshape({b * width, -1}), out);
+      if (progress) progress->advance(b);
+      m0 = m1;
     }
-    reads.score(lm, head, lm.final_hidden(h).reshape({b * rest_width, -1}), out);
-    if (progress) progress->advance(b);
     p0 = p1;
   }
 
