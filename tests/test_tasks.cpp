@@ -375,6 +375,13 @@ TEST_CASE("score_requests: rows that begin alike run their common tokens once, w
     // the few-shot block's 30 tokens once, then 6 and 9.
     CHECK(with.tokens == 3 * (39 + 10) + (30 + 15) + 3);
     CHECK(cut.tokens > with.tokens);  // pieces run their group's prefix again
+    // A longer least beginning (35) shares the 39-token contexts but not the 30-token block.
+    ev::ScoreOptions longer;
+    longer.min_shared_prefix = 35;
+    ev::ScoreStats fewer;
+    (void)ev::score_requests(*lm, reqs, longer, &fewer);
+    CHECK(fewer.shared_groups == 3);
+    CHECK(fewer.tokens == 3 * (39 + 10) + (36 + 39) + 3);
   }
 }
 

@@ -52,7 +52,7 @@ struct ScoreOptions {
   bool show_progress = false;      ///< a progress line on stderr
   bool add_special_tokens = true;  ///< evaluate_tasks: the tokenizer's BOS (false: none, as harness < 0.4.9)
   bool share_prefixes = true;      ///< rows that begin alike run their common tokens once (KV cache; one device)
-  int64_t min_shared_prefix = 16;  ///< shortest common beginning worth a shared pass (tokens)
+  int64_t min_shared_prefix = 0;   ///< shortest common beginning worth a shared pass; 0: 16 on CPU, 256 on CUDA
 };
 
 /// What score_requests ran.
