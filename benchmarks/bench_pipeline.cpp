@@ -161,7 +161,11 @@ int main(int argc, char** argv) try {
     const int rank = slash == std::string::npos ? -1 : std::stoi(share.substr(0, slash));
     const int world = slash == std::string::npos ? 0 : std::stoi(share.substr(slash + 1));
     if (world < 1 || rank < 0 || rank >= world) throw std::invalid_argument("--share R/N with 0 <= R < N");
-    const auto costs = dist::sweep_costs(*lm, layers);
+    dist::SweepCostOptions cost;
+    cost.calibration_tokens = num_samples * seqlen;
+    cost.candidates = static_cast<int64_t>(candidates.size());
+    cost.prepare_cost = compressor->prepare_cost();
+    const auto costs = dist::sweep_costs(*lm, layers, cost);
     const auto rank_of = dist::balance(costs, world);
     std::vector<double> per_rank(static_cast<size_t>(world), 0.0);
     std::vector<std::string> mine;

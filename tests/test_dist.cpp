@@ -129,11 +129,37 @@ TEST_CASE("dist: a table message keeps every score exactly, inf and NaN included
   CHECK_THROWS_AS(dist::table_from_bytes(""), std::runtime_error);
 }
 
-TEST_CASE("dist: a sweep entry costs the decoder layers left to run", "[dist]") {
+TEST_CASE("dist: a swept layer costs its candidates' forward passes and one decomposition", "[dist]") {
   auto lm = model::CausalLM::load(test::model_dir("tiny-shakespeare-opt"));
   REQUIRE(lm->num_layers() == 2);
-  const auto costs = dist::sweep_costs(*lm, {"model.decoder.layers.0.fc1", "model.decoder.layers.1.fc1", "lm_head"});
-  CHECK(costs == std::vector<double>{3, 2, 1});
+  REQUIRE(lm->config().hidden_size == 64);
+  REQUIRE(lm->config().intermediate_size == 256);
+  REQUIRE(lm->config().vocab_size == 601);
+  // Multiply-adds per token: a layer's q, k, v, out_proj (64 x 64) and fc1, fc2 (256 x 64); lm_head 601 x 64.
+  const double layer = 4 * 64 * 64 + 2 * 256 * 64, head = 601 * 64;
+  dist::SweepCostOptions o;
+  o.calibration_tokens = 100;
+  o.candidates = 3;
+  o.prepare_cost = 2;
+  const std::vector<std::string> names{"model.decoder.layers.0.fc1", "model.decoder.layers.1.fc1",
+                                       "model.decoder.layers.1.self_attn.q_proj", "lm_head"};
+  auto costs = dist::sweep_costs(*lm, names, o);
+  REQUIRE(costs.size() == 4);
+  CHECK(costs[0] == Approx(300 * (2 * layer + head) + 2.0 * 256 * 64 * 64));
+  CHECK(costs[1] == Approx(300 * (layer + head) + 2.0 * 256 * 64 * 64));
+  CHECK(costs[2] == Approx(300 * (layer + head) + 2.0 * 64 * 64 * 64));
+  CHECK(costs[3] == Approx(300 * head + 2.0 * 601 * 64 * 64));
+  // Forward passes alone: the later the layer, the cheaper; lm_head the cheapest.
+  o.prepare_cost = 0;
+  costs = dist::sweep_costs(*lm, names, o);
+  CHECK(costs[0] > costs[1]);
+  CHECK(costs[3] == Approx(300 * head));
+  // A costly decomposition of the largest matrix (lm_head) puts it first in the split.
+  o.prepare_cost = 40;
+  o.calibration_tokens = 16;
+  costs = dist::sweep_costs(*lm, names, o);
+  CHECK(costs[3] > costs[0]);
+  CHECK(dist::balance(costs, 2) == std::vector<int>{1, 1, 1, 0});
   CHECK_THROWS_AS(dist::sweep_costs(*lm, {"model.decoder.layers.7.fc1"}), std::invalid_argument);
 }
 

@@ -1,8 +1,9 @@
 // Placement of a model over several devices: the device map and memory flags,
 // the planned placement, and on the CPU (several "cpu" entries, host offload
-// under a memory cap) the same logits and sensitivity as the resident model.
+// under a memory cap) the same logits, statistics, perplexity and sensitivity as the resident model.
 #include <cur4llm/calib/statistics.h>
 #include <cur4llm/compress/factory.h>
+#include <cur4llm/eval/perplexity.h>
 #include <cur4llm/model/causal_lm.h>
 #include <cur4llm/model/device_map.h>
 #include <cur4llm/sensitivity/sensitivity.h>
@@ -226,4 +227,58 @@ TEST_CASE("placement: on the CPU, a mapped or offloaded model computes what the 
       }
     }
   }
+}
+
+TEST_CASE("placement: perplexity with offloaded layers equals the resident one, a layer copied once per group", "[placement]") {
+  const auto folder = test::model_dir("tiny-shakespeare-opt");
+  auto resident = model::CausalLM::load(folder);
+  model::LoadOptions offload_options;
+  offload_options.device_map = "auto";
+  offload_options.max_memory = "cpu=650KB";  // room for one of the two layers (see above)
+  auto offloaded = model::CausalLM::load(folder, offload_options);
+  REQUIRE(offloaded->placement() != nullptr);
+  const int64_t offloaded_layers = offloaded->placement()->num_offloaded();
+  REQUIRE(offloaded_layers == 1);
+  const int64_t layer_bytes = 199936;  // an OPT layer of h = 64, f = 256 (checked above)
+  const int64_t h = resident->config().hidden_size;
+  REQUIRE(h == 64);
+
+  // 6 windows of 16 tokens; a window's hidden states take 16 x 64 fp32 = 4 KiB.
+  const auto text = test::make_samples({6 * 16}, resident->config().vocab_size, 11).front();
+  const int64_t window_bytes = 16 * h * 4;
+  struct Case {
+    int64_t batch_size, group_bytes, groups;
+  };
+  for (const Case& c : {Case{1, int64_t{1} << 30, 1},      // the default budget: all 6 windows at once
+                        Case{1, 2 * window_bytes, 3},       // 2 windows a group
+                        Case{2, 4 * window_bytes, 2},       // batches {0,1} {2,3} | {4,5}
+                        Case{2, 3 * window_bytes, 3},       // a second batch would pass the budget
+                        Case{4, 1, 2}}) {                   // a budget below one batch: a batch a group
+    INFO("batch size " << c.batch_size << ", group bytes " << c.group_bytes);
+    eval::PerplexityOptions o;
+    o.seqlen = 16;
+    o.batch_size = c.batch_size;
+    o.offload_group_bytes = c.group_bytes;
+    const auto want = eval::evaluate_perplexity(*resident, text, o);
+    REQUIRE(want.windows == 6);
+    util::reset_memory_peaks();
+    const auto got = eval::evaluate_perplexity(*offloaded, text, o);
+    CHECK(util::memory_peaks().offload_bytes == offloaded_layers * layer_bytes * c.groups);
+    CHECK(got.window_nll == want.window_nll);  // the same arithmetic per window: equal, not close
+    CHECK(got.perplexity == want.perplexity);
+  }
+
+  // Calibration samples of two lengths, one per batch: equal values, one copy for the 4 batches.
+  const auto samples = test::make_samples({24, 20, 24, 20}, resident->config().vocab_size, 12);
+  eval::PerplexityOptions o;
+  const auto want = eval::samples_perplexity(*resident, samples, o);
+  util::reset_memory_peaks();
+  const auto got = eval::samples_perplexity(*offloaded, samples, o);
+  CHECK(util::memory_peaks().offload_bytes == offloaded_layers * layer_bytes);
+  CHECK(got.window_nll == want.window_nll);
+  CHECK(got.perplexity == want.perplexity);
+  // A resident model copies nothing.
+  util::reset_memory_peaks();
+  CHECK(eval::samples_perplexity(*resident, samples, o).window_nll == want.window_nll);
+  CHECK(util::memory_peaks().offload_bytes == 0);
 }

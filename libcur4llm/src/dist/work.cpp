@@ -1,7 +1,9 @@
 #include <cur4llm/dist/work.h>
 
 #include <cur4llm/dist/group.h>
+#include <cur4llm/compress/compressor.h>
 #include <cur4llm/model/causal_lm.h>
+#include <cur4llm/search/sensitivity_table.h>
 
 #include <ATen/ATen.h>
 
@@ -40,22 +42,34 @@ std::pair<std::size_t, std::size_t> contiguous_share(std::size_t n, int rank, in
   return {n * r / w, n * (r + 1) / w};
 }
 
-std::vector<double> sweep_costs(const model::CausalLM& lm, const std::vector<std::string>& layers) {
+std::vector<double> sweep_costs(const model::CausalLM& lm, const std::vector<std::string>& layers,
+                                const SweepCostOptions& options) {
+  // Multiply-adds per token: each decoder layer's Linear weights, and those outside the layers
+  // that run after them (lm_head, OPT's project_out) or before them (project_in).
+  std::vector<double> layer_macs(static_cast<size_t>(lm.num_layers()), 0.0);
+  double after = 0, before = 0;
   std::map<std::string, const model::LinearInfo*> info_of;
-  for (const auto& info : lm.linears()) info_of[info.name] = &info;
-  const auto total = static_cast<double>(lm.num_layers());
+  for (const auto& info : lm.linears()) {
+    info_of[info.name] = &info;
+    const double macs = static_cast<double>(info.in_features) * static_cast<double>(info.out_features);
+    if (info.layer >= 0) layer_macs.at(static_cast<size_t>(info.layer)) += macs;
+    else if (info.name.find("project_in") != std::string::npos) before += macs;
+    else after += macs;
+  }
+  // from[i]: a pass from decoder layer i on (from[L]: the vocabulary side alone).
+  std::vector<double> from(layer_macs.size() + 1, after);
+  for (size_t i = layer_macs.size(); i-- > 0;) from[i] = from[i + 1] + layer_macs[i];
+  const double passes = static_cast<double>(options.candidates) * static_cast<double>(options.calibration_tokens);
   std::vector<double> costs;
   for (const auto& name : layers) {
     const auto it = info_of.find(name);
     if (it == info_of.end()) throw std::invalid_argument(fmt::format("the model has no Linear layer \"{}\"", name));
     const auto& info = *it->second;
-    if (info.layer >= 0) {
-      costs.push_back(total - static_cast<double>(info.layer) + 1.0);
-    } else if (name.find("project_in") != std::string::npos) {
-      costs.push_back(total + 1.0);
-    } else {
-      costs.push_back(1.0);
-    }
+    double forward = from.back();  // lm_head, OPT's project_out
+    if (info.layer >= 0) forward = from[static_cast<size_t>(info.layer)];
+    else if (name.find("project_in") != std::string::npos) forward = before + from.front();
+    const auto m = static_cast<double>(info.out_features), n = static_cast<double>(info.in_features);
+    costs.push_back(passes * forward + options.prepare_cost * m * n * std::min(m, n));
   }
   return costs;
 }
@@ -138,7 +152,13 @@ search::SensitivityTable ppl_sensitivity(model::CausalLM& lm, const std::vector<
   for (const auto& info : lm.linears()) {
     if (std::find(names.begin(), names.end(), info.name) != names.end()) ordered.push_back(info.name);
   }
-  const auto rank_of = balance(sweep_costs(lm, ordered), group.world_size());
+  SweepCostOptions cost;
+  cost.calibration_tokens = 0;
+  for (const auto& s : samples) cost.calibration_tokens += static_cast<int64_t>(s.size());
+  cost.candidates = static_cast<int64_t>(options.candidates.empty() ? search::candidate_ratios(options.mode).size()
+                                                                    : options.candidates.size());
+  cost.prepare_cost = compressor.prepare_cost();
+  const auto rank_of = balance(sweep_costs(lm, ordered, cost), group.world_size());
   sensitivity::SweepOptions mine = options;
   mine.layers.clear();
   for (size_t i = 0; i < ordered.size(); ++i) {

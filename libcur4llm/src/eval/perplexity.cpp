@@ -129,6 +129,76 @@ at::Tensor sequence_nll_resume(const model::CausalLM& lm, const model::LayerPref
   return nll_after(lm, prefix.layer + 1, lm.layer_resume(prefix), input_ids, options);
 }
 
+namespace {
+
+// Decoder layers [0, L) on each group member's hidden states (in host memory, entering layer 0),
+// which end in host memory. A run of offloaded layers goes layer by layer, every batch through a
+// layer before the next one is copied in, the states parked in host memory between layers; a
+// run of resident layers goes batch by batch, each batch parked at its end. The same operations
+// on each batch as CausalLM::forward's, in another order.
+void run_group(const model::CausalLM& lm, std::vector<at::Tensor>& hidden) {
+  const int64_t L = lm.num_layers();
+  for (int64_t first = 0; first < L;) {
+    const bool offloaded = lm.layer_offloaded(first);
+    int64_t end = first + 1;
+    while (end < L && lm.layer_offloaded(end) == offloaded) ++end;
+    if (offloaded) {
+      lm.layers(first, end, hidden, /*park_on_host=*/true);
+    } else {
+      for (auto& h : hidden) {
+        for (int64_t i = first; i < end; ++i) h = lm.layer(i, h);
+        h = h.to(at::kCPU);
+      }
+    }
+    first = end;
+  }
+}
+
+// Each batch's per-row NLL (float64 [rows] on the head's device), in order. A model whose layers
+// are all resident runs the batches one after another (sequence_nll). With offloaded layers, the
+// batches go in groups whose hidden states take at most options.offload_group_bytes (at least
+// one batch), each group through run_group, so that an offloaded layer is copied to its device
+// once per group instead of once per batch.
+std::vector<at::Tensor> batches_nll(const model::CausalLM& lm, const std::vector<at::Tensor>& ids,
+                                    const PerplexityOptions& options, util::Progress* progress) {
+  const NllOptions nll_options{options.logits_chunk_tokens};
+  std::vector<at::Tensor> out;
+  if (lm.placement() == nullptr || lm.placement()->num_offloaded() == 0) {
+    for (const auto& batch : ids) {
+      out.push_back(sequence_nll(lm, batch, nll_options));
+      if (progress) progress->advance(batch.size(0));
+    }
+    return out;
+  }
+  const int64_t row_bytes = lm.config().hidden_size * static_cast<int64_t>(c10::elementSize(lm.dtype()));
+  for (size_t first = 0; first < ids.size();) {
+    size_t end = first;
+    int64_t bytes = 0, rows = 0;
+    while (end < ids.size()) {
+      const int64_t b = ids[end].numel() * row_bytes;
+      if (end > first && bytes + b > options.offload_group_bytes) break;
+      bytes += b;
+      rows += ids[end].size(0);
+      ++end;
+    }
+    std::vector<at::Tensor> hidden;
+    for (size_t b = first; b < end; ++b) {
+      check_ids(ids[b]);
+      hidden.push_back(lm.embed(ids[b]).to(at::kCPU));
+    }
+    run_group(lm, hidden);
+    for (size_t b = first; b < end; ++b) {
+      out.push_back(sequence_nll_from(lm, lm.num_layers(), hidden[b - first], ids[b], nll_options));
+      hidden[b - first] = at::Tensor();
+    }
+    if (progress) progress->advance(rows);
+    first = end;
+  }
+  return out;
+}
+
+}  // namespace
+
 PerplexityResult evaluate_perplexity(const model::CausalLM& lm, const std::vector<int64_t>& ids,
                                      const PerplexityOptions& options) {
   if (options.seqlen < 2) throw std::invalid_argument(fmt::format("seqlen must be at least 2, not {}", options.seqlen));
@@ -144,13 +214,12 @@ PerplexityResult evaluate_perplexity(const model::CausalLM& lm, const std::vecto
   std::unique_ptr<util::Progress> progress;
   if (options.show_progress) progress = std::make_unique<util::Progress>(options.label, windows, "windows");
   const int64_t batch = std::max<int64_t>(1, options.batch_size);
-  std::vector<at::Tensor> parts;
+  std::vector<at::Tensor> batches;
   for (int64_t start = 0; start < windows; start += batch) {
-    const int64_t n = std::min(batch, windows - start);
-    parts.push_back(sequence_nll(lm, all.narrow(0, start, n), {options.logits_chunk_tokens}));
-    if (progress) progress->advance(n);
+    batches.push_back(all.narrow(0, start, std::min(batch, windows - start)));
   }
-  auto nll = at::cat(parts).to(at::kCPU).contiguous();  // one host synchronisation, at the end
+  // One host synchronisation, at the end.
+  auto nll = at::cat(batches_nll(lm, batches, options, progress.get())).to(at::kCPU).contiguous();
   const double* p = nll.data_ptr<double>();
   return finish(std::vector<double>(p, p + nll.numel()), static_cast<int64_t>(ids.size()));
 }
@@ -172,23 +241,24 @@ PerplexityResult samples_perplexity(const model::CausalLM& lm, const std::vector
     progress = std::make_unique<util::Progress>(options.label, static_cast<int64_t>(samples.size()), "samples");
   }
   const int64_t batch = std::max<int64_t>(1, options.batch_size);
-  std::vector<std::pair<std::vector<size_t>, at::Tensor>> parts;
+  std::vector<std::vector<size_t>> which;  // each batch's samples
+  std::vector<at::Tensor> batches;
   for (const auto& [length, members] : by_length) {
     for (size_t start = 0; start < members.size(); start += batch) {
       const size_t n = std::min<size_t>(batch, members.size() - start);
       auto ids = at::empty({static_cast<int64_t>(n), static_cast<int64_t>(length)}, at::kLong);
-      std::vector<size_t> which(members.begin() + start, members.begin() + start + n);
+      which.emplace_back(members.begin() + start, members.begin() + start + n);
       for (size_t r = 0; r < n; ++r) {
-        std::copy(samples[which[r]].begin(), samples[which[r]].end(), ids[r].data_ptr<int64_t>());
+        std::copy(samples[which.back()[r]].begin(), samples[which.back()[r]].end(), ids[r].data_ptr<int64_t>());
       }
-      parts.emplace_back(which, sequence_nll(lm, ids, {options.logits_chunk_tokens}));
-      if (progress) progress->advance(static_cast<int64_t>(n));
+      batches.push_back(ids);
     }
   }
+  const auto parts = batches_nll(lm, batches, options, progress.get());
   std::vector<double> nll(samples.size());
-  for (auto& [which, values] : parts) {
-    auto cpu = values.to(at::kCPU).contiguous();
-    for (size_t r = 0; r < which.size(); ++r) nll[which[r]] = cpu.data_ptr<double>()[r];
+  for (size_t b = 0; b < parts.size(); ++b) {
+    auto cpu = parts[b].to(at::kCPU).contiguous();
+    for (size_t r = 0; r < which[b].size(); ++r) nll[which[b][r]] = cpu.data_ptr<double>()[r];
   }
   return finish(std::move(nll), tokens);
 }

@@ -72,6 +72,10 @@ class Compressor {
   virtual int64_t rank_for(int64_t out_features, int64_t in_features, double param_ratio) const = 0;
   /// The weight parameters compress() would store, without decomposing.
   virtual int64_t stored_params(int64_t out_features, int64_t in_features, double param_ratio) const = 0;
+  /// What prepare() costs on an out x in weight, in multiply-adds of a forward pass per
+  /// out * in * min(out, in): the weight dist::sweep_costs gives a sweep's decompositions against
+  /// its forward passes. Measured on a CPU for "cur" (this default) and "svd" (docs/distributed.md).
+  virtual double prepare_cost() const { return 40.0; }
 };
 
 using CompressorPtr = std::unique_ptr<Compressor>;

@@ -85,6 +85,7 @@ class SVDCompressor final : public Compressor {
  public:
   explicit SVDCompressor(SVDOptions options = {});
   std::string name() const override { return "svd"; }
+  double prepare_cost() const override { return 5.6; }  // measured on a CPU (docs/distributed.md)
   model::LinearPtr compress(const at::Tensor& weight, const at::Tensor& bias, const at::Tensor& scale,
                             double param_ratio) const override;
   std::unique_ptr<PreparedLayer> prepare(const at::Tensor& weight, const at::Tensor& bias, const at::Tensor& scale,

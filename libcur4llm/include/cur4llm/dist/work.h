@@ -5,10 +5,11 @@
 ///   statistics   each rank runs a contiguous share of the calibration samples;
 ///                sums and maxima are all-reduced (float32 sums in another
 ///                order: equal to one process up to rounding)
-///   sensitivity  each rank sweeps a cost-balanced share of the layers (an entry
-///                of decoder layer i runs layers i .. L-1, so it costs about
-///                L - i layers); the tables are gathered into the one-process
-///                order, every score computed exactly as one process does
+///   sensitivity  each rank sweeps a cost-balanced share of the layers (a swept
+///                layer costs its candidates' forward passes from its decoder
+///                layer on and its decomposition: sweep_costs); the tables are
+///                gathered into the one-process order, every score computed
+///                exactly as one process does
 
 #include <cur4llm/calib/statistics.h>
 #include <cur4llm/sensitivity/sensitivity.h>
@@ -34,10 +35,20 @@ std::vector<int> balance(const std::vector<double>& costs, int world_size);
 /// [first, end) of rank's contiguous share of n items (shares differ by at most one).
 std::pair<std::size_t, std::size_t> contiguous_share(std::size_t n, int rank, int world_size);
 
-/// The relative cost of sweeping each of `layers` (names of `lm`'s Linear slots):
-/// decoder layers still to run after the slot's own, plus one for the vocabulary
-/// projection; a slot before the decoder layers (OPT's project_in) runs all of them.
-std::vector<double> sweep_costs(const model::CausalLM& lm, const std::vector<std::string>& layers);
+/// What a sweep's cost depends on besides the model's shapes (sweep_costs).
+struct SweepCostOptions {
+  int64_t calibration_tokens = 1;  ///< tokens of all calibration samples together
+  int64_t candidates = 1;          ///< candidate ratios tried per swept layer
+  double prepare_cost = 40.0;      ///< a decomposition's multiply-adds per out * in * min(out, in) (compress::Compressor::prepare_cost)
+};
+
+/// The cost of sweeping each of `layers` (names of `lm`'s Linear slots), in multiply-adds:
+/// for each candidate, a forward pass of the calibration tokens through the Linear weights from
+/// the slot's decoder layer on (lm_head and OPT's project_out: only the vocabulary side; a slot
+/// before the decoder layers, OPT's project_in: all of them), plus one decomposition of the
+/// slot's out x in weight, options.prepare_cost * out * in * min(out, in).
+std::vector<double> sweep_costs(const model::CausalLM& lm, const std::vector<std::string>& layers,
+                                const SweepCostOptions& options = {});
 
 /// calib::collect_statistics over the group: this rank's share of `samples`, then
 /// sums and maxima over ranks. Every rank needs at least one sample

@@ -27,6 +27,7 @@ struct PerplexityOptions {
   bool show_progress = false;   ///< a progress line on stderr
   const char* label = "ppl";    ///< the progress line's label
   int64_t logits_chunk_tokens = 0;  ///< tokens per vocabulary-projection chunk (0: by memory, see NllOptions)
+  int64_t offload_group_bytes = int64_t{1} << 30;  ///< with offloaded layers: host memory for the hidden states of batches run together
 };
 
 /// What an evaluation measured.
@@ -39,11 +40,18 @@ struct PerplexityResult {
 };
 
 /// Perplexity of `ids` (a whole tokenized text) cut into windows.
+///
+/// A model with layers offloaded to host memory (LoadOptions::max_memory) runs
+/// the batches in groups (PerplexityOptions::offload_group_bytes): the batches
+/// of a group pass each offloaded layer together, their hidden states waiting
+/// in host memory, so that the layer is copied to its device once per group
+/// rather than once per batch. Each batch is computed as it is alone.
 PerplexityResult evaluate_perplexity(const model::CausalLM& lm, const std::vector<int64_t>& ids,
                                      const PerplexityOptions& options = {});
 
 /// Perplexity over separate samples (calibration): exp(mean over samples of the
-/// sample's mean token NLL). Samples of equal length are batched.
+/// sample's mean token NLL). Samples of equal length are batched; offloaded
+/// layers are run as by evaluate_perplexity.
 PerplexityResult samples_perplexity(const model::CausalLM& lm, const std::vector<std::vector<int64_t>>& samples,
                                     const PerplexityOptions& options = {});
 
