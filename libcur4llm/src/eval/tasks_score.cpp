@@ -192,18 +192,23 @@ struct Reads {
   }
 };
 
-// Right-padded ids [pieces.size(), width] of `from`..`to` of each piece's tokens and the mask of real ones.
-std::pair<at::Tensor, at::Tensor> padded(const std::vector<std::pair<const std::vector<int64_t>*, std::pair<int64_t, int64_t>>>& pieces,
-                                         int64_t width) {
-  const int64_t b = static_cast<int64_t>(pieces.size());
+// Tokens [from, to) of a row's input.
+struct Span {
+  const std::vector<int64_t>* tokens;
+  int64_t from, to;
+};
+
+// Right-padded ids [spans.size(), width] of the spans and the mask of their real tokens.
+std::pair<at::Tensor, at::Tensor> padded(const std::vector<Span>& spans, int64_t width) {
+  const int64_t b = static_cast<int64_t>(spans.size());
   auto ids = at::zeros({b, width}, at::kLong);
   auto mask = at::zeros({b, width}, at::kBool);
   auto* p = ids.data_ptr<int64_t>();
   auto* m = mask.data_ptr<bool>();
   for (int64_t r = 0; r < b; ++r) {
-    const auto& [tokens, span] = pieces[static_cast<size_t>(r)];
-    std::copy(tokens->begin() + span.first, tokens->begin() + span.second, p + r * width);
-    std::fill(m + r * width, m + r * width + (span.second - span.first), true);
+    const Span& span = spans[static_cast<size_t>(r)];
+    std::copy(span.tokens->begin() + span.from, span.tokens->begin() + span.to, p + r * width);
+    std::fill(m + r * width, m + r * width + (span.to - span.from), true);
   }
   return {ids, mask};
 }
@@ -302,11 +307,11 @@ std::vector<LoglikelihoodResult> score_requests(const model::CausalLM& lm, const
       rest_width = rw;
       ++p1;
     }
-    std::vector<std::pair<const std::vector<int64_t>*, std::pair<int64_t, int64_t>>> heads;
+    std::vector<Span> heads;
     std::vector<std::pair<size_t, int64_t>> members;  // (row, its piece in this batch)
     for (size_t k = p0; k < p1; ++k) {
       const auto& piece = pieces[k];
-      heads.push_back({&rows[piece.rows.front()].input, {0, piece.prefix}});
+      heads.push_back({&rows[piece.rows.front()].input, 0, piece.prefix});
       counted.tokens += piece.prefix;
       for (size_t r : piece.rows) members.emplace_back(r, static_cast<int64_t>(k - p0));
     }
@@ -324,13 +329,13 @@ std::vector<LoglikelihoodResult> score_requests(const model::CausalLM& lm, const
       const int64_t fit = std::max<int64_t>(
           1, std::min(batch_tokens / std::max<int64_t>(width, 1), 2 * batch_tokens / (prefix_width + rest_width)));
       const size_t m1 = std::min(members.size(), m0 + static_cast<size_t>(fit));
-      std::vector<std::pair<const std::vector<int64_t>*, std::pair<int64_t, int64_t>>> tails;
+      std::vector<Span> tails;
       std::vector<int64_t> owner_of;
       Reads reads;
       for (size_t i = m0; i < m1; ++i) {
         const auto [r, k] = members[i];
         const int64_t prefix = pieces[p0 + static_cast<size_t>(k)].prefix;
-        tails.push_back({&rows[r].input, {prefix, static_cast<int64_t>(rows[r].input.size())}});
+        tails.push_back({&rows[r].input, prefix, static_cast<int64_t>(rows[r].input.size())});
         owner_of.push_back(k);
         reads.add(rows[r], requests, static_cast<int64_t>(i - m0) * width + own(r, prefix) - 1);
         counted.tokens += own(r, prefix);
