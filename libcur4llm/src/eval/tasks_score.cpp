@@ -243,9 +243,9 @@ std::vector<LoglikelihoodResult> score_requests(const model::CausalLM& lm, const
 
   std::vector<Group> groups;
   if (options.share_prefixes && lm.on_one_device()) {
-    // On CUDA a row through the KV cache costs several times a plain row's time per token (measured
-    // with LLaMA-7B's shape: HellaSwag's contexts of under 256 tokens ran slower shared than whole,
-    // MMLU's few-shot blocks of 500+ tokens faster), so only long beginnings are shared there.
+    // On CUDA a token through the KV cache costs several times a plain row's token (measured with
+    // LLaMA-7B's shape: HellaSwag's short contexts ran slower shared than whole, MMLU's few-shot
+    // blocks, in requests of about 700 tokens, faster), so only long beginnings are shared there.
     const int64_t least = options.min_shared_prefix > 0 ? options.min_shared_prefix : (lm.device().is_cuda() ? 256 : 16);
     groups = Grouping(rows, least).take();
   } else {
