@@ -107,6 +107,49 @@ at::Tensor nll_sum(const model::CausalLM& lm, const std::vector<Batch>& batches,
   return sum;
 }
 
+// Whether a decoder layer after `layer` is offloaded to host memory.
+bool offloaded_after(const model::CausalLM& lm, int64_t layer) {
+  for (int64_t i = layer + 1; i < lm.num_layers(); ++i) {
+    if (lm.layer_offloaded(i)) return true;
+  }
+  return false;
+}
+
+// Each candidate's sum over samples of each sample's mean NLL (as nll_sum), for a slot `name` of
+// decoder layer `layer`, whose batches hold the hidden states entering that layer (or its prefix):
+// every candidate's batches pass the layers after it together, so that a layer offloaded to host
+// memory there is copied in once for all of them. Undefined where a candidate has no slot.
+std::vector<at::Tensor> candidates_nll_sums(model::CausalLM& lm, const std::vector<Batch>& batches, int64_t layer,
+                                            const std::string& name, const std::vector<model::LinearPtr>& slots,
+                                            const eval::NllOptions& nll_options) {
+  std::vector<at::Tensor> hidden, ids;
+  std::vector<size_t> owner;  // the candidate of each entry of hidden
+  for (size_t j = 0; j < slots.size(); ++j) {
+    if (!slots[j]) continue;
+    model::ScopedSlots trial(lm);
+    trial.replace(name, slots[j]);
+    std::vector<at::Tensor> out;
+    if (!batches.empty() && batches.front().prefix.layer >= 0) {
+      for (const Batch& b : batches) out.push_back(lm.layer_resume(b.prefix));
+    } else {
+      for (const Batch& b : batches) out.push_back(b.hidden);
+      lm.layers(layer, layer + 1, out);  // the slot's layer with the candidate in it
+    }
+    for (size_t b = 0; b < batches.size(); ++b) {
+      hidden.push_back(std::move(out[b]));
+      ids.push_back(batches[b].ids);
+      owner.push_back(j);
+    }
+  }
+  const auto nll = eval::sequence_nll_from_batches(lm, layer + 1, std::move(hidden), ids, nll_options);
+  std::vector<at::Tensor> sums(slots.size());
+  for (size_t k = 0; k < nll.size(); ++k) {
+    auto s = nll[k].sum();
+    sums[owner[k]] = sums[owner[k]].defined() ? sums[owner[k]] + s : s;
+  }
+  return sums;
+}
+
 // Seconds spent in a phase, measured only when profiling (then the device is
 // synchronised at the phase's end, so that its queued work is counted).
 class PhaseTimer {
@@ -294,12 +337,23 @@ search::SensitivityTable ppl_sensitivity(model::CausalLM& lm, const std::vector<
     std::vector<int64_t> sum_of(candidates.size(), -1);  // candidate -> its entry in sums
     {
       PhaseTimer timer(profile, &SweepProfile::forward_s, device);
-      for (size_t j = 0; j < candidates.size(); ++j) {
-        if (!current.slots[j]) continue;
-        model::ScopedSlots trial(lm);
-        trial.replace(name, current.slots[j]);
-        sum_of[j] = static_cast<int64_t>(sums.size());
-        sums.push_back(nll_sum(lm, batches, first_layer, nll_options).reshape({1}));
+      if (first_layer >= 0 && first_layer < lm.num_layers() && offloaded_after(lm, first_layer)) {
+        // An offloaded layer after this one: the candidates pass it together (each such layer
+        // crosses the bus once per swept slot, not once per entry).
+        const auto per_candidate = candidates_nll_sums(lm, batches, first_layer, name, current.slots, nll_options);
+        for (size_t j = 0; j < candidates.size(); ++j) {
+          if (!per_candidate[j].defined()) continue;
+          sum_of[j] = static_cast<int64_t>(sums.size());
+          sums.push_back(per_candidate[j].reshape({1}));
+        }
+      } else {
+        for (size_t j = 0; j < candidates.size(); ++j) {
+          if (!current.slots[j]) continue;
+          model::ScopedSlots trial(lm);
+          trial.replace(name, current.slots[j]);
+          sum_of[j] = static_cast<int64_t>(sums.size());
+          sums.push_back(nll_sum(lm, batches, first_layer, nll_options).reshape({1}));
+        }
       }
       for (auto& b : batches) b.prefix = model::LayerPrefix();
     }
