@@ -243,7 +243,7 @@ ActivationStatistics collect_statistics(model::CausalLM& lm, const std::vector<s
   // With layers offloaded to host memory, the recording passes go layer by layer, every batch
   // through a layer before the next one runs (its hidden states parked in host memory), so that
   // an offloaded layer is copied to its device once rather than once per batch.
-  const bool offloaded = lm.placement() != nullptr && lm.placement()->num_offloaded() > 0;
+  const bool offloaded = lm.offloads_layers();
   std::vector<at::Tensor> deferred;  // the recording passes' ids, when they go layer by layer
   {
     RecordingScope scope(lm, stats, options);

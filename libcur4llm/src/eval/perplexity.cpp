@@ -111,13 +111,14 @@ at::Tensor sequence_nll_from(const model::CausalLM& lm, int64_t first_layer, con
 
 std::vector<at::Tensor> sequence_nll_from_batches(const model::CausalLM& lm, int64_t first_layer,
                                                   std::vector<at::Tensor> hidden,
-                                                  const std::vector<at::Tensor>& input_ids, const NllOptions& options) {
+                                                  const std::vector<at::Tensor>& input_ids, const NllOptions& options,
+                                                  bool park_on_host) {
   if (hidden.size() != input_ids.size()) {
     throw std::invalid_argument(fmt::format("sequence_nll_from_batches: {} hidden states for {} id batches",
                                             hidden.size(), input_ids.size()));
   }
   for (const auto& ids : input_ids) check_ids(ids);
-  lm.layers(first_layer, lm.num_layers(), hidden);
+  lm.layers(first_layer, lm.num_layers(), hidden, park_on_host);
   std::vector<at::Tensor> out;
   for (size_t b = 0; b < hidden.size(); ++b) out.push_back(nll_after(lm, lm.num_layers(), hidden[b], input_ids[b], options));
   return out;
@@ -131,39 +132,16 @@ at::Tensor sequence_nll_resume(const model::CausalLM& lm, const model::LayerPref
 
 namespace {
 
-// Decoder layers [0, L) on each group member's hidden states (in host memory, entering layer 0),
-// which end in host memory. A run of offloaded layers goes layer by layer, every batch through a
-// layer before the next one is copied in, the states parked in host memory between layers; a
-// run of resident layers goes batch by batch, each batch parked at its end. The same operations
-// on each batch as CausalLM::forward's, in another order.
-void run_group(const model::CausalLM& lm, std::vector<at::Tensor>& hidden) {
-  const int64_t L = lm.num_layers();
-  for (int64_t first = 0; first < L;) {
-    const bool offloaded = lm.layer_offloaded(first);
-    int64_t end = first + 1;
-    while (end < L && lm.layer_offloaded(end) == offloaded) ++end;
-    if (offloaded) {
-      lm.layers(first, end, hidden, /*park_on_host=*/true);
-    } else {
-      for (auto& h : hidden) {
-        for (int64_t i = first; i < end; ++i) h = lm.layer(i, h);
-        h = h.to(at::kCPU);
-      }
-    }
-    first = end;
-  }
-}
-
 // Each batch's per-row NLL (float64 [rows] on the head's device), in order. A model whose layers
 // are all resident runs the batches one after another (sequence_nll). With offloaded layers, the
 // batches go in groups whose hidden states take at most options.offload_group_bytes (at least
-// one batch), each group through run_group, so that an offloaded layer is copied to its device
-// once per group instead of once per batch.
+// one batch), each group through sequence_nll_from_batches with its states parked in host memory,
+// so that an offloaded layer is copied to its device once per group instead of once per batch.
 std::vector<at::Tensor> batches_nll(const model::CausalLM& lm, const std::vector<at::Tensor>& ids,
                                     const PerplexityOptions& options, util::Progress* progress) {
   const NllOptions nll_options{options.logits_chunk_tokens};
   std::vector<at::Tensor> out;
-  if (lm.placement() == nullptr || lm.placement()->num_offloaded() == 0) {
+  if (!lm.offloads_layers()) {
     for (const auto& batch : ids) {
       out.push_back(sequence_nll(lm, batch, nll_options));
       if (progress) progress->advance(batch.size(0));
@@ -181,15 +159,14 @@ std::vector<at::Tensor> batches_nll(const model::CausalLM& lm, const std::vector
       rows += ids[end].size(0);
       ++end;
     }
-    std::vector<at::Tensor> hidden;
-    for (size_t b = first; b < end; ++b) {
-      check_ids(ids[b]);
-      hidden.push_back(lm.embed(ids[b]).to(at::kCPU));
+    std::vector<at::Tensor> hidden, group(ids.begin() + static_cast<std::ptrdiff_t>(first),
+                                          ids.begin() + static_cast<std::ptrdiff_t>(end));
+    for (const auto& batch : group) {
+      check_ids(batch);
+      hidden.push_back(lm.embed(batch).to(at::kCPU));
     }
-    run_group(lm, hidden);
-    for (size_t b = first; b < end; ++b) {
-      out.push_back(sequence_nll_from(lm, lm.num_layers(), hidden[b - first], ids[b], nll_options));
-      hidden[b - first] = at::Tensor();
+    for (auto& nll : sequence_nll_from_batches(lm, 0, std::move(hidden), group, nll_options, /*park_on_host=*/true)) {
+      out.push_back(std::move(nll));
     }
     if (progress) progress->advance(rows);
     first = end;

@@ -213,6 +213,143 @@ std::pair<at::Tensor, at::Tensor> padded(const std::vector<Span>& spans, int64_t
   return {ids, mask};
 }
 
+
+// Runs the rows of score_requests and scores their requests into `out`, counting what runs.
+class RowRunner {
+ public:
+  RowRunner(const model::CausalLM& lm, const std::vector<Row>& rows, const std::vector<EncodedRequest>& requests,
+            int64_t batch_tokens, std::vector<LoglikelihoodResult>& out, ScoreStats& counted, util::Progress* progress)
+      : lm_(lm), head_slot_(lm.logits_slot()), rows_(rows), requests_(requests), batch_tokens_(batch_tokens),
+        out_(out), counted_(counted), progress_(progress) {}
+
+  // Groups with a shared prefix: a batch of prefixes runs into a KV cache, and the members' own
+  // tokens run after it, in batches of rows of like length, each row with a copy of its prefix's
+  // cache row. A group whose members' caches would not fit in a batch is cut into pieces (each
+  // runs the prefix again).
+  void shared(const std::vector<Group>& groups) {
+    std::vector<Piece> pieces;
+    for (const auto& g : groups) {
+      ++counted_.shared_groups;
+      std::vector<size_t> members = g.rows;
+      std::stable_sort(members.begin(), members.end(),
+                       [&](size_t x, size_t y) { return own(x, g.prefix) > own(y, g.prefix); });
+      Piece piece{g.prefix, {}};
+      for (size_t r : members) {
+        const int64_t slots = g.prefix + own(piece.rows.empty() ? r : piece.rows.front(), g.prefix);
+        if (!piece.rows.empty() && static_cast<int64_t>(piece.rows.size() + 1) * slots > 2 * batch_tokens_) {
+          pieces.push_back(std::move(piece));
+          piece = Piece{g.prefix, {}};
+        }
+        piece.rows.push_back(r);
+      }
+      pieces.push_back(std::move(piece));
+    }
+    // Prefixes of like length run together (little padding).
+    std::stable_sort(pieces.begin(), pieces.end(), [](const Piece& x, const Piece& y) { return x.prefix > y.prefix; });
+    for (size_t p0 = 0, p1 = 0; p0 < pieces.size(); p0 = p1) {
+      // Pieces join a batch while the prefixes and their cache fit.
+      const int64_t prefix_width = pieces[p0].prefix;
+      int64_t rest_width = 0;
+      for (p1 = p0; p1 < pieces.size(); ++p1) {
+        const int64_t rw = std::max(rest_width, own(pieces[p1].rows.front(), pieces[p1].prefix));
+        const auto n = static_cast<int64_t>(p1 - p0 + 1);
+        if (p1 > p0 && (n * prefix_width > batch_tokens_ || n * (prefix_width + rw) > 2 * batch_tokens_)) break;
+        rest_width = rw;
+      }
+      run_pieces(pieces, p0, p1, prefix_width, rest_width);
+    }
+  }
+
+  // Rows that run whole: longest first, as the harness orders them (an out-of-memory shows at once).
+  void whole(std::vector<size_t> single) {
+    std::stable_sort(single.begin(), single.end(),
+                     [&](size_t a, size_t b) { return rows_[a].input.size() > rows_[b].input.size(); });
+    for (size_t start = 0, stop = 0; start < single.size(); start = stop) {
+      const int64_t width = static_cast<int64_t>(rows_[single[start]].input.size());
+      const int64_t fit = std::max<int64_t>(1, batch_tokens_ / std::max<int64_t>(width, 1));
+      stop = std::min(single.size(), start + static_cast<size_t>(fit));
+      std::vector<Span> spans;
+      Reads reads;
+      for (size_t k = start; k < stop; ++k) {
+        const auto& row = rows_[single[k]];
+        const auto len = static_cast<int64_t>(row.input.size());
+        spans.push_back({&row.input, 0, len});
+        reads.add(row, requests_, static_cast<int64_t>(k - start) * width + len - 1);
+        counted_.tokens += len;
+      }
+      // Right padding: causal attention keeps the real tokens' outputs unchanged.
+      auto h = lm_.embed(padded(spans, width).first.to(lm_.device()));
+      for (int64_t i = 0; i < lm_.num_layers(); ++i) h = lm_.layer(i, h);
+      finish(reads, h, width);
+    }
+  }
+
+ private:
+  struct Piece {
+    int64_t prefix;
+    std::vector<size_t> rows;  // longest own part first
+  };
+
+  int64_t own(size_t r, int64_t prefix) const { return static_cast<int64_t>(rows_[r].input.size()) - prefix; }
+
+  // Pieces [p0, p1): their prefixes in one batch, then their members in batches of like length.
+  void run_pieces(const std::vector<Piece>& pieces, size_t p0, size_t p1, int64_t prefix_width, int64_t rest_width) {
+    std::vector<Span> heads;
+    std::vector<std::pair<size_t, int64_t>> members;  // (row, its piece in this batch)
+    for (size_t k = p0; k < p1; ++k) {
+      const auto& piece = pieces[k];
+      heads.push_back({&rows_[piece.rows.front()].input, 0, piece.prefix});
+      counted_.tokens += piece.prefix;
+      for (size_t r : piece.rows) members.emplace_back(r, static_cast<int64_t>(k - p0));
+    }
+    model::KVCache cache(static_cast<int64_t>(heads.size()), prefix_width + rest_width, lm_.device());
+    {
+      auto [ids, mask] = padded(heads, prefix_width);
+      (void)lm_.forward_cached_hidden(ids.to(lm_.device()), cache, mask.to(lm_.device()));
+    }
+    auto prefix_of = [&](const std::pair<size_t, int64_t>& m) { return pieces[p0 + static_cast<size_t>(m.second)].prefix; };
+    std::stable_sort(members.begin(), members.end(),
+                     [&](const auto& x, const auto& y) { return own(x.first, prefix_of(x)) > own(y.first, prefix_of(y)); });
+    for (size_t m0 = 0, m1 = 0; m0 < members.size(); m0 = m1) {
+      const int64_t width = own(members[m0].first, prefix_of(members[m0]));
+      const int64_t fit = std::max<int64_t>(
+          1, std::min(batch_tokens_ / std::max<int64_t>(width, 1), 2 * batch_tokens_ / (prefix_width + rest_width)));
+      m1 = std::min(members.size(), m0 + static_cast<size_t>(fit));
+      std::vector<Span> tails;
+      std::vector<int64_t> owner_of;
+      Reads reads;
+      for (size_t i = m0; i < m1; ++i) {
+        const auto& [r, k] = members[i];
+        const int64_t prefix = prefix_of(members[i]);
+        tails.push_back({&rows_[r].input, prefix, static_cast<int64_t>(rows_[r].input.size())});
+        owner_of.push_back(k);
+        reads.add(rows_[r], requests_, static_cast<int64_t>(i - m0) * width + own(r, prefix) - 1);
+        counted_.tokens += own(r, prefix);
+      }
+      const auto index = at::from_blob(owner_of.data(), {static_cast<int64_t>(owner_of.size())}, at::kLong).clone();
+      auto members_cache = cache.select_rows(index);
+      auto [ids, mask] = padded(tails, width);
+      finish(reads, lm_.forward_cached_hidden(ids.to(lm_.device()), members_cache, mask.to(lm_.device())), width);
+    }
+  }
+
+  // Scores a batch's reads from its last layer's states [b, width, hidden].
+  void finish(const Reads& reads, const at::Tensor& h, int64_t width) {
+    const int64_t b = h.size(0);
+    reads.score(lm_, *head_slot_, lm_.final_hidden(h).reshape({b * width, -1}), out_);
+    if (progress_) progress_->advance(b);
+  }
+
+  const model::CausalLM& lm_;
+  const model::LinearPtr head_slot_;  // lm_head, soft-capped where the family caps logits
+  const std::vector<Row>& rows_;
+  const std::vector<EncodedRequest>& requests_;
+  const int64_t batch_tokens_;
+  std::vector<LoglikelihoodResult>& out_;
+  ScoreStats& counted_;
+  util::Progress* progress_;
+};
+
 }  // namespace
 
 std::vector<LoglikelihoodResult> score_requests(const model::CausalLM& lm, const std::vector<EncodedRequest>& requests,
@@ -241,143 +378,35 @@ std::vector<LoglikelihoodResult> score_requests(const model::CausalLM& lm, const
   ScoreStats counted;
   counted.rows = static_cast<int64_t>(rows.size());
 
-  std::vector<Group> groups;
+  std::vector<Group> shared;
+  std::vector<size_t> single;  // rows that run whole
   if (options.share_prefixes && lm.on_one_device()) {
     // On CUDA a token through the KV cache costs several times a plain row's token (measured with
     // LLaMA-7B's shape: HellaSwag's short contexts ran slower shared than whole, MMLU's few-shot
     // blocks, in requests of about 700 tokens, faster), so only long beginnings are shared there.
     const int64_t least = options.min_shared_prefix > 0 ? options.min_shared_prefix : (lm.device().is_cuda() ? 256 : 16);
-    groups = Grouping(rows, least).take();
+    for (auto& g : Grouping(rows, least).take()) {
+      if (g.prefix > 0) {
+        shared.push_back(std::move(g));
+      } else {
+        single.insert(single.end(), g.rows.begin(), g.rows.end());
+      }
+    }
   } else {
-    for (size_t i = 0; i < rows.size(); ++i) groups.push_back(Group{{i}, 0});
+    single.resize(rows.size());
+    std::iota(single.begin(), single.end(), size_t{0});
   }
   // Small batches on the CPU, where larger ones only cost cache; large ones on CUDA.
   const int64_t batch_tokens =
       options.max_batch_tokens > 0 ? options.max_batch_tokens : (lm.device().is_cuda() ? 16384 : 1024);
   std::vector<LoglikelihoodResult> out(requests.size());
   c10::InferenceMode guard;
-  const auto head_slot = lm.logits_slot();  // lm_head, soft-capped where the family caps logits
-  const auto& head = *head_slot;
   std::unique_ptr<util::Progress> progress;
   if (options.show_progress)
     progress = std::make_unique<util::Progress>("tasks", static_cast<int64_t>(rows.size()), "rows");
-
-  // Shared groups: a batch of prefixes runs into a KV cache, and the members' own tokens run after
-  // it, in batches of rows of like length, each row with a copy of its prefix's cache row. A group
-  // whose members' caches would not fit in a batch is cut into pieces (each runs the prefix again).
-  auto own = [&](size_t r, int64_t prefix) { return static_cast<int64_t>(rows[r].input.size()) - prefix; };
-  struct Piece {
-    int64_t prefix;
-    std::vector<size_t> rows;  // longest own part first
-  };
-  std::vector<Piece> pieces;
-  std::vector<size_t> single;  // rows that run whole
-  for (const auto& g : groups) {
-    if (g.prefix == 0) {
-      single.insert(single.end(), g.rows.begin(), g.rows.end());
-      continue;
-    }
-    ++counted.shared_groups;
-    std::vector<size_t> members = g.rows;
-    std::stable_sort(members.begin(), members.end(),
-                     [&](size_t x, size_t y) { return own(x, g.prefix) > own(y, g.prefix); });
-    Piece piece{g.prefix, {}};
-    for (size_t r : members) {
-      const int64_t slots = g.prefix + (piece.rows.empty() ? own(r, g.prefix) : own(piece.rows.front(), g.prefix));
-      if (!piece.rows.empty() && static_cast<int64_t>(piece.rows.size() + 1) * slots > 2 * batch_tokens) {
-        pieces.push_back(std::move(piece));
-        piece = Piece{g.prefix, {}};
-      }
-      piece.rows.push_back(r);
-    }
-    pieces.push_back(std::move(piece));
-  }
-  // Prefixes of like length run together (little padding).
-  std::stable_sort(pieces.begin(), pieces.end(), [](const Piece& x, const Piece& y) { return x.prefix > y.prefix; });
-  size_t p0 = 0;
-  while (p0 < pieces.size()) {
-    // Pieces join a batch while the prefixes and their cache fit.
-    const int64_t prefix_width = pieces[p0].prefix;
-    int64_t rest_width = 0;
-    size_t p1 = p0;
-    while (p1 < pieces.size()) {
-      const int64_t rw = std::max(rest_width, own(pieces[p1].rows.front(), pieces[p1].prefix));
-      const auto n = static_cast<int64_t>(p1 - p0 + 1);
-      if (p1 > p0 && (n * prefix_width > batch_tokens || n * (prefix_width + rw) > 2 * batch_tokens)) break;
-      rest_width = rw;
-      ++p1;
-    }
-    std::vector<Span> heads;
-    std::vector<std::pair<size_t, int64_t>> members;  // (row, its piece in this batch)
-    for (size_t k = p0; k < p1; ++k) {
-      const auto& piece = pieces[k];
-      heads.push_back({&rows[piece.rows.front()].input, 0, piece.prefix});
-      counted.tokens += piece.prefix;
-      for (size_t r : piece.rows) members.emplace_back(r, static_cast<int64_t>(k - p0));
-    }
-    model::KVCache cache(static_cast<int64_t>(heads.size()), prefix_width + rest_width, lm.device());
-    {
-      auto [ids, mask] = padded(heads, prefix_width);
-      (void)lm.forward_cached_hidden(ids.to(lm.device()), cache, mask.to(lm.device()));
-    }
-    std::stable_sort(members.begin(), members.end(), [&](const auto& x, const auto& y) {
-      return own(x.first, pieces[p0 + x.second].prefix) > own(y.first, pieces[p0 + y.second].prefix);
-    });
-    size_t m0 = 0;
-    while (m0 < members.size()) {
-      const int64_t width = own(members[m0].first, pieces[p0 + members[m0].second].prefix);
-      const int64_t fit = std::max<int64_t>(
-          1, std::min(batch_tokens / std::max<int64_t>(width, 1), 2 * batch_tokens / (prefix_width + rest_width)));
-      const size_t m1 = std::min(members.size(), m0 + static_cast<size_t>(fit));
-      std::vector<Span> tails;
-      std::vector<int64_t> owner_of;
-      Reads reads;
-      for (size_t i = m0; i < m1; ++i) {
-        const auto [r, k] = members[i];
-        const int64_t prefix = pieces[p0 + static_cast<size_t>(k)].prefix;
-        tails.push_back({&rows[r].input, prefix, static_cast<int64_t>(rows[r].input.size())});
-        owner_of.push_back(k);
-        reads.add(rows[r], requests, static_cast<int64_t>(i - m0) * width + own(r, prefix) - 1);
-        counted.tokens += own(r, prefix);
-      }
-      const auto index = at::from_blob(owner_of.data(), {static_cast<int64_t>(owner_of.size())}, at::kLong).clone();
-      auto members_cache = cache.select_rows(index);
-      auto [ids, mask] = padded(tails, width);
-      auto h = lm.forward_cached_hidden(ids.to(lm.device()), members_cache, mask.to(lm.device()));
-      const int64_t b = h.size(0);
-      reads.score(lm, head, lm.final_hidden(h).reshape({b * width, -1}), out);
-      if (progress) progress->advance(b);
-      m0 = m1;
-    }
-    p0 = p1;
-  }
-
-  // The other rows: longest first, as the harness orders them (an out-of-memory shows at once).
-  std::stable_sort(single.begin(), single.end(),
-                   [&](size_t a, size_t b) { return rows[a].input.size() > rows[b].input.size(); });
-  size_t start = 0;
-  while (start < single.size()) {
-    const int64_t width = static_cast<int64_t>(rows[single[start]].input.size());
-    const int64_t fit = std::max<int64_t>(1, batch_tokens / std::max<int64_t>(width, 1));
-    const size_t stop = std::min(single.size(), start + static_cast<size_t>(fit));
-    const int64_t b = static_cast<int64_t>(stop - start);
-    // Right padding: causal attention keeps the real tokens' outputs unchanged.
-    auto ids = at::zeros({b, width}, at::TensorOptions().dtype(at::kLong));
-    auto* p = ids.data_ptr<int64_t>();
-    Reads reads;
-    for (size_t k = start; k < stop; ++k) {
-      const auto& row = rows[single[k]];
-      const int64_t r = static_cast<int64_t>(k - start);
-      std::copy(row.input.begin(), row.input.end(), p + r * width);
-      reads.add(row, requests, r * width + static_cast<int64_t>(row.input.size()) - 1);
-      counted.tokens += static_cast<int64_t>(row.input.size());
-    }
-    auto h = lm.embed(ids.to(lm.device()));
-    for (int64_t i = 0; i < lm.num_layers(); ++i) h = lm.layer(i, h);
-    reads.score(lm, head, lm.final_hidden(h).reshape({b * width, -1}), out);
-    if (progress) progress->advance(b);
-    start = stop;
-  }
+  RowRunner runner(lm, rows, requests, batch_tokens, out, counted, progress.get());
+  runner.shared(shared);
+  runner.whole(std::move(single));
   if (stats) *stats = counted;
   return out;
 }

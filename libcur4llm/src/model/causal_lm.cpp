@@ -478,6 +478,13 @@ bool CausalLM::layer_offloaded(int64_t index) const {
   return placement_ && placement_->offloaded.at(static_cast<size_t>(index));
 }
 
+bool CausalLM::offloads_layers(int64_t first) const {
+  for (int64_t i = std::max<int64_t>(first, 0); i < config_.num_layers; ++i) {
+    if (layer_offloaded(i)) return true;
+  }
+  return false;
+}
+
 c10::Device CausalLM::head_device() const { return placement_ ? placement_->head : options_.device; }
 
 c10::Device CausalLM::home_of(const std::string& name) const {
@@ -535,14 +542,25 @@ void CausalLM::layers(int64_t first, int64_t end, std::vector<at::Tensor>& hidde
   if (first < 0 || end > config_.num_layers || first > end) {
     throw std::out_of_range(fmt::format("layers [{}, {}) out of range [0, {})", first, end, config_.num_layers));
   }
-  for (int64_t i = first; i < end; ++i) {
-    const c10::Device device = layer_device(i);
-    std::optional<OnDevice> staged;  // an offloaded layer: copied in once for every batch
-    if (layer_offloaded(i)) staged.emplace(layer_tensors(i), device);
+  auto on = [](const at::Tensor& h, c10::Device device) { return h.device() == device ? h : h.to(device); };
+  for (int64_t i = first; i < end;) {
+    if (layer_offloaded(i)) {
+      const c10::Device device = layer_device(i);
+      OnDevice staged(layer_tensors(i), device);  // copied in once for every batch
+      for (auto& h : hidden) {
+        h = arch_->layer(*this, i, on(h, device));
+        if (park_on_host) h = h.to(at::kCPU);
+      }
+      ++i;
+      continue;
+    }
+    int64_t run_end = i + 1;  // resident layers up to the next offloaded one
+    while (run_end < end && !layer_offloaded(run_end)) ++run_end;
     for (auto& h : hidden) {
-      h = arch_->layer(*this, i, h.device() == device ? h : h.to(device));
+      for (int64_t j = i; j < run_end; ++j) h = arch_->layer(*this, j, on(h, layer_device(j)));
       if (park_on_host) h = h.to(at::kCPU);
     }
+    i = run_end;
   }
 }
 

@@ -78,20 +78,17 @@ std::vector<Batch> make_batches(const model::CausalLM& lm, const std::vector<std
 // first_layer < 0.
 at::Tensor nll_sum(const model::CausalLM& lm, const std::vector<Batch>& batches, int64_t first_layer,
                    const eval::NllOptions& nll_options) {
-  // With a layer offloaded to host memory on the way, the batches pass the layers together, so
-  // that each such layer is copied to its device once per entry rather than once per batch.
-  int64_t next = first_layer < 0 ? 0 : first_layer;
-  if (!batches.empty() && batches.front().prefix.layer >= 0) next = batches.front().prefix.layer + 1;
-  bool offloaded_ahead = false;
-  for (int64_t i = next; i < lm.num_layers(); ++i) offloaded_ahead = offloaded_ahead || lm.layer_offloaded(i);
-  if (offloaded_ahead) {
+  // Full forwards with a layer offloaded to host memory: the batches pass the layers together, so
+  // that each such layer is copied to its device once per entry rather than once per batch. (From
+  // a decoder layer on, candidates_nll_sums does this for all candidates at once.)
+  if (first_layer < 0 && lm.offloads_layers()) {
     std::vector<at::Tensor> hidden, ids;
     for (const Batch& b : batches) {
-      hidden.push_back(first_layer < 0 ? lm.embed(b.ids) : b.prefix.layer >= 0 ? lm.layer_resume(b.prefix) : b.hidden);
+      hidden.push_back(lm.embed(b.ids));
       ids.push_back(b.ids);
     }
     at::Tensor sum;
-    for (const auto& nll : eval::sequence_nll_from_batches(lm, next, std::move(hidden), ids, nll_options)) {
+    for (const auto& nll : eval::sequence_nll_from_batches(lm, 0, std::move(hidden), ids, nll_options)) {
       sum = sum.defined() ? sum + nll.sum() : nll.sum();
     }
     return sum;
@@ -107,18 +104,11 @@ at::Tensor nll_sum(const model::CausalLM& lm, const std::vector<Batch>& batches,
   return sum;
 }
 
-// Whether a decoder layer after `layer` is offloaded to host memory.
-bool offloaded_after(const model::CausalLM& lm, int64_t layer) {
-  for (int64_t i = layer + 1; i < lm.num_layers(); ++i) {
-    if (lm.layer_offloaded(i)) return true;
-  }
-  return false;
-}
-
 // Each candidate's sum over samples of each sample's mean NLL (as nll_sum), for a slot `name` of
 // decoder layer `layer`, whose batches hold the hidden states entering that layer (or its prefix):
 // every candidate's batches pass the layers after it together, so that a layer offloaded to host
-// memory there is copied in once for all of them. Undefined where a candidate has no slot.
+// memory there is copied in once for all of them (the slot's own layer, when offloaded, once per
+// candidate: it runs with that candidate in it). Undefined where a candidate has no slot.
 std::vector<at::Tensor> candidates_nll_sums(model::CausalLM& lm, const std::vector<Batch>& batches, int64_t layer,
                                             const std::string& name, const std::vector<model::LinearPtr>& slots,
                                             const eval::NllOptions& nll_options) {
@@ -337,8 +327,8 @@ search::SensitivityTable ppl_sensitivity(model::CausalLM& lm, const std::vector<
     std::vector<int64_t> sum_of(candidates.size(), -1);  // candidate -> its entry in sums
     {
       PhaseTimer timer(profile, &SweepProfile::forward_s, device);
-      if (first_layer >= 0 && first_layer < lm.num_layers() && offloaded_after(lm, first_layer)) {
-        // An offloaded layer after this one: the candidates pass it together (each such layer
+      if (first_layer >= 0 && first_layer < lm.num_layers() && lm.offloads_layers(first_layer)) {
+        // An offloaded layer from this one on: the candidates pass the later ones together (each
         // crosses the bus once per swept slot, not once per entry).
         const auto per_candidate = candidates_nll_sums(lm, batches, first_layer, name, current.slots, nll_options);
         for (size_t j = 0; j < candidates.size(); ++j) {

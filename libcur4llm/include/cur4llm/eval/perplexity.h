@@ -77,13 +77,14 @@ at::Tensor sequence_nll(const model::CausalLM& lm, const at::Tensor& input_ids, 
 at::Tensor sequence_nll_from(const model::CausalLM& lm, int64_t first_layer, const at::Tensor& hidden,
                              const at::Tensor& input_ids, const NllOptions& options = {});
 
-/// sequence_nll_from for several batches (hidden[b] entering `first_layer`, input_ids[b]), layer
-/// by layer (CausalLM::layers: a layer offloaded to host memory is copied in once for all of
-/// them). Returns each batch's per-row NLL, as sequence_nll_from does.
+/// sequence_nll_from for several batches (hidden[b] entering `first_layer`, input_ids[b]), through
+/// CausalLM::layers (a layer offloaded to host memory is copied in once for all of them; with
+/// `park_on_host` the states wait in host memory between layers). Returns each batch's per-row
+/// NLL, as sequence_nll_from does.
 std::vector<at::Tensor> sequence_nll_from_batches(const model::CausalLM& lm, int64_t first_layer,
                                                   std::vector<at::Tensor> hidden,
                                                   const std::vector<at::Tensor>& input_ids,
-                                                  const NllOptions& options = {});
+                                                  const NllOptions& options = {}, bool park_on_host = false);
 
 /// As sequence_nll, finishing the layer of `prefix` (CausalLM::layer_prefix)
 /// with the slots as they are now, then the layers after it.

@@ -105,6 +105,8 @@ class CausalLM {
   c10::Device head_device() const;
   /// Whether decoder layer `index` is kept in host memory and copied to its device to run.
   bool layer_offloaded(int64_t index) const;
+  /// Whether any decoder layer from `first` on is offloaded (layer_offloaded).
+  bool offloads_layers(int64_t first = 0) const;
   c10::ScalarType dtype() const { return dtype_; }
 
   /// Token ids [B, T] (int64, any device) to the hidden states entering layer 0.
@@ -112,10 +114,11 @@ class CausalLM {
   /// Decoder layer `index` applied to hidden states [B, T, hidden].
   at::Tensor layer(int64_t index, const at::Tensor& hidden) const;
   /// Decoder layers [first, end) applied to each batch of `hidden` (states entering layer
-  /// `first`), layer by layer: every batch passes a layer before the next one runs, so that a
-  /// layer offloaded to host memory is copied to its device once for all of them. With
-  /// `park_on_host` the states wait in host memory between layers (many batches on a device
-  /// that has room for few).
+  /// `first`): every batch passes an offloaded layer before the next layer runs, so that the
+  /// layer is copied to its device once for all of them; a run of resident layers takes the
+  /// batches one at a time. With `park_on_host` the states wait in host memory after each
+  /// offloaded layer and each run of resident ones (many batches on a device that has room
+  /// for few). Each batch is computed as it is alone.
   void layers(int64_t first, int64_t end, std::vector<at::Tensor>& hidden, bool park_on_host = false) const;
   /// Layer `index` on `hidden` up to its slot `role` (see LayerPrefix). Then
   /// layer_resume(prefix) == layer(index, hidden) with the slots as they are at
