@@ -19,8 +19,11 @@
 #   opt       train benchmarks/train_opt_tinystories.py's OPT (opt-model.tar in OUT)
 #   compare   compare.sh on both models ($METHODS, $RATIOS, seeds $SEEDS), in parallel
 #   timing    bench_tasks against tasks_reference.py --time, LLaMA-7B shape, fp16
-#             ($TIMING_RUNS: which of "cpp cpp_unshared cpp_one_row python", default all but cpp_unshared;
-#             $TIMING_ARGS: the items, default "--limit 200 --mmlu_limit 4")
+#             ($TIMING_RUNS: which of "cpp cpp_unshared cpp_one_row python", default all but cpp_unshared,
+#             and "cpp@ARG@ARG..." for bench_tasks with those arguments;
+#             $TIMING_ARGS: the items, default "--limit 200 --mmlu_limit 4";
+#             TIMING_TRACE=1: each bench_tasks run twice, the second traced and summarised by trace_summary.py)
+#   BUILD_TARGETS: what to build (default: the apps, bench_tasks and test_tasks)
 #   export    build_acur_repo of module-method folders, loaded by scripts/check_hf_repo.py
 #   awq       benchmarks/results_awq.sh on the TinyStories OPT (RTN against AWQ, packed by quantize),
 #             in parallel with export
@@ -81,11 +84,11 @@ if [[ -n ${PREBUILT:-} && -f ${PREBUILT:-} ]]; then
 else
 [[ -f $build/CMakeCache.txt ]] || cmake -S . -B $build -G Ninja -DCMAKE_BUILD_TYPE=Release -DCUR4LLM_SHARED_DIR="$(dirname "$data")" \
   > "$out/configure.log" 2>&1 || { tail -30 "$out/configure.log"; exit 1; }
-cmake --build $build -j16 --target acur acur_report build_acur_repo quantize bench_tasks test_tasks > "$out/build.log" 2>&1 \
+cmake --build $build -j16 --target ${BUILD_TARGETS:-acur acur_report build_acur_repo quantize bench_tasks test_tasks} > "$out/build.log" 2>&1 \
   || { grep -E "error|Error" -A5 "$out/build.log" | head -60; exit 1; }
 note "built at $(elapsed) s"
 # The binaries, for a later run's $PREBUILT (same paths: their RPATH names the build folder).
-(cd $build && strip -g libcur4llm/libcur4llm.so* 2>/dev/null
+[[ -z ${BUILD_TARGETS:-} ]] && (cd $build && strip -g libcur4llm/libcur4llm.so* 2>/dev/null
  tar -cJf "$final/build.tar.xz" libcur4llm/libcur4llm.so* apps/acur apps/acur_report apps/build_acur_repo apps/quantize \
    benchmarks/bench_tasks tests/test_tasks) && note "binaries: $(du -h "$final/build.tar.xz" | cut -f1)"
 fi
@@ -139,16 +142,26 @@ fi
 
 if [[ $parts == *" timing "* ]]; then
   tok=/tmp/cur4llm-tok/tokenizers/llama2
+  bench=($build/benchmarks/bench_tasks --config benchmarks/configs/llama-7b.json --tokenizer $tok)
   for what in ${TIMING_RUNS:-cpp cpp_one_row python}; do
+    trace=()
     case $what in
-      cpp) cmd=($build/benchmarks/bench_tasks --config benchmarks/configs/llama-7b.json --tokenizer $tok) ;;
-      cpp_one_row) cmd=($build/benchmarks/bench_tasks --config benchmarks/configs/llama-7b.json --tokenizer $tok --max_batch_tokens 1) ;;
-      cpp_unshared) cmd=($build/benchmarks/bench_tasks --config benchmarks/configs/llama-7b.json --tokenizer $tok --share_prefixes 0) ;;
+      cpp) cmd=("${bench[@]}") ;;
+      cpp_one_row) cmd=("${bench[@]}" --max_batch_tokens 1) ;;
+      cpp_unshared) cmd=("${bench[@]}" --share_prefixes 0) ;;
+      cpp@*) IFS=@ read -ra extra <<< "${what#cpp@}"; cmd=("${bench[@]}" "${extra[@]}") ;;
       python) cmd=(python3 scripts/tasks_reference.py --time --tokenizer $tok) ;;
+      *) note "timing: unknown run $what"; continue ;;
     esac
-    timeout $(( $(left) < 150 ? $(left) : 150 )) "${cmd[@]}" --data_dir $tasks --tasks hellaswag,mmlu ${TIMING_ARGS:---limit 200 --mmlu_limit 4} --device cuda --dtype fp16 \
-      > "$out/timing-$what.log" 2>&1
-    note "timing $what rc=$? at $(elapsed) s: $(tail -3 "$out/timing-$what.log" | tr '\n' ' ')"
+    log=timing-$(echo "$what" | tr -c 'A-Za-z0-9_.,=\n-' '_')
+    [[ ${TIMING_TRACE:-0} == 1 && $what == cpp* ]] && trace=(--repeat 2 --trace /tmp/$log)
+    timeout $(( $(left) < 150 ? $(left) : 150 )) "${cmd[@]}" "${trace[@]}" --data_dir $tasks --tasks hellaswag,mmlu \
+      ${TIMING_ARGS:---limit 200 --mmlu_limit 4} --device cuda --dtype fp16 > "$out/$log.log" 2>&1
+    note "timing $what rc=$? at $(elapsed) s: $(tail -3 "$out/$log.log" | tr '\n' ' ')"
+    for t in /tmp/$log.*.json; do
+      [[ -f $t ]] && timeout 120 python3 benchmarks/trace_summary.py "$t" --label "$what" >> "$out/traces.jsonl" 2>&1
+      rm -f "$t"
+    done
   done
 fi
 

@@ -10,6 +10,7 @@
 #include "python_text.h"
 
 #include <ATen/ATen.h>
+#include <ATen/record_function.h>
 #include <c10/core/InferenceMode.h>
 
 #include <fmt/format.h>
@@ -278,6 +279,7 @@ class RowRunner {
         counted_.tokens += len;
       }
       // Right padding: causal attention keeps the real tokens' outputs unchanged.
+      RECORD_USER_SCOPE("tasks.whole_rows");
       auto h = lm_.embed(padded(spans, width).first.to(lm_.device()));
       for (int64_t i = 0; i < lm_.num_layers(); ++i) h = lm_.layer(i, h);
       finish(reads, h, width);
@@ -304,6 +306,7 @@ class RowRunner {
     }
     model::KVCache cache(static_cast<int64_t>(heads.size()), prefix_width + rest_width, lm_.device());
     {
+      RECORD_USER_SCOPE("tasks.prefixes");
       auto [ids, mask] = padded(heads, prefix_width);
       (void)lm_.forward_cached_hidden(ids.to(lm_.device()), cache, mask.to(lm_.device()));
     }
@@ -326,6 +329,7 @@ class RowRunner {
         reads.add(rows_[r], requests_, static_cast<int64_t>(i - m0) * width + own(r, prefix) - 1);
         counted_.tokens += own(r, prefix);
       }
+      RECORD_USER_SCOPE("tasks.members");
       const auto index = at::from_blob(owner_of.data(), {static_cast<int64_t>(owner_of.size())}, at::kLong).clone();
       auto members_cache = cache.select_rows(index);
       auto [ids, mask] = padded(tails, width);
@@ -335,6 +339,7 @@ class RowRunner {
 
   // Scores a batch's reads from its last layer's states [b, width, hidden].
   void finish(const Reads& reads, const at::Tensor& h, int64_t width) {
+    RECORD_USER_SCOPE("tasks.score");
     const int64_t b = h.size(0);
     reads.score(lm_, *head_slot_, lm_.final_hidden(h).reshape({b * width, -1}), out_);
     if (progress_) progress_->advance(b);
