@@ -5,7 +5,8 @@
 //   bench_tasks --config benchmarks/configs/llama-7b.json --tokenizer TOKENIZER_FOLDER
 //               --data_dir DATA [--tasks hellaswag,mmlu] [--limit 200] [--mmlu_limit 4]
 //               [--device cuda] [--dtype fp16] [--max_batch_tokens N (default: by device)]
-//               [--share_prefixes 0|1 (default 1)] [--min_shared_prefix N (default: by device)] [--repeat N (default 1)] [--trace FILE]
+//               [--share_prefixes 0|1 (default 1)] [--min_shared_prefix N (default: by device)]
+//               [--max_packed_tokens N (default: by model; -1 never)] [--repeat N (default 1)] [--trace FILE]
 //               [--sdpa flash,efficient,math,cudnn (default: all PyTorch allows)]
 //
 // DATA holds tasks/<task>/... (docs/evaluation.md). --limit caps the items of
@@ -33,7 +34,7 @@ int main(int argc, char** argv) try {
   using namespace cur4llm;
   const bench::Args args(argc, argv);
   args.check_known({"model", "config", "tokenizer", "data_dir", "tasks", "limit", "mmlu_limit", "device", "dtype",
-                    "seed", "max_batch_tokens", "share_prefixes", "min_shared_prefix", "repeat", "trace", "sdpa"});
+                    "seed", "max_batch_tokens", "share_prefixes", "min_shared_prefix", "max_packed_tokens", "repeat", "trace", "sdpa"});
   if (args.has("sdpa")) {
     std::set<std::string> keep;
     for (const auto& b : args.list("sdpa", "")) {
@@ -77,6 +78,7 @@ int main(int argc, char** argv) try {
   options.max_batch_tokens = args.integer("max_batch_tokens", options.max_batch_tokens);
   options.share_prefixes = args.integer("share_prefixes", 1) != 0;
   options.min_shared_prefix = args.integer("min_shared_prefix", 0);
+  options.max_packed_tokens = args.integer("max_packed_tokens", 0);
   for (const auto& name : args.list("tasks", "hellaswag,mmlu")) {
     eval::TaskLoadOptions load;
     load.limit = name == "mmlu" ? args.integer("mmlu_limit", 4) : args.integer("limit", 200);
@@ -112,10 +114,12 @@ int main(int argc, char** argv) try {
                         {"request_tokens", tokens},
                         {"rows", stats.rows},
                         {"shared_groups", stats.shared_groups},
+                        {"packed_groups", stats.packed_groups},
                         {"tokens_run", stats.tokens},
                         {"max_batch_tokens", options.max_batch_tokens},
                         {"share_prefixes", options.share_prefixes},
                         {"min_shared_prefix", options.min_shared_prefix},
+                        {"max_packed_tokens", options.max_packed_tokens},
                         {"encode_s", encode_s},
                         {"score_s", score_s},
                         {"items_per_s", static_cast<double>(task.items.size()) / score_s},

@@ -116,6 +116,60 @@ TEST_CASE("Gemma-2 and Qwen3: cached decoding gives the full forward's logits wi
   check_cached_equals_forward(*lm, 12, 64, 1e-5);
 }
 
+TEST_CASE("branched rows: each branch gives what its trunk and it give as one row; bad layouts refused") {
+  for (const char* name : {"opt_pre", "tiny-shakespeare-opt", "llama_gqa", "mistral_window", "gemma2_softcap",
+                           "qwen3_qknorm"}) {
+    INFO(name);
+    auto lm = CausalLM::load(model_dir(name));
+    c10::InferenceMode guard;
+    const int64_t vocab = lm->config().vocab_size;
+    // Row 0: a trunk of 7 tokens, then branches of 3, 6 and 1 tokens. Row 1: a trunk of 4, branches
+    // of 8 and 2, then padding. mistral_window and gemma2_softcap slide over 5 positions: a late
+    // branch sits more than 5 slots after the trunk but only its own length in positions.
+    const std::vector<std::vector<int64_t>> trunks = {{3, 9, 4, 17, 2, 8, 11}, {5, 1, 12, 7}};
+    const std::vector<std::vector<std::vector<int64_t>>> branches = {{{6, 14, 2}, {9, 9, 1, 4, 13, 7}, {10}},
+                                                                     {{2, 3, 5, 8, 13, 4, 6, 1}, {15, 16}}};
+    const int64_t width = 17;
+    auto ids = at::zeros({2, width}, at::kLong), pos = at::zeros({2, width}, at::kLong);
+    auto br = at::full({2, width}, -1, at::kLong);
+    for (int64_t r = 0; r < 2; ++r) {
+      int64_t at = 0;
+      const auto& trunk = trunks[static_cast<size_t>(r)];
+      for (size_t j = 0; j < trunk.size(); ++j, ++at) {
+        ids[r][at] = trunk[j] % vocab, pos[r][at] = static_cast<int64_t>(j), br[r][at] = 0;
+      }
+      int64_t b = 0;
+      for (const auto& branch : branches[static_cast<size_t>(r)]) {
+        ++b;
+        for (size_t j = 0; j < branch.size(); ++j, ++at) {
+          ids[r][at] = branch[j] % vocab, pos[r][at] = static_cast<int64_t>(trunk.size() + j), br[r][at] = b;
+        }
+      }
+    }
+    const auto logits = lm->head(lm->forward_branched_hidden(ids, pos, br));
+    for (int64_t r = 0; r < 2; ++r) {
+      const auto& trunk = trunks[static_cast<size_t>(r)];
+      int64_t at = static_cast<int64_t>(trunk.size());
+      const auto alone = lm->forward(row_ids(trunk).remainder(vocab));
+      INFO("row " << r << ", trunk");
+      CHECK(close(logits[r].narrow(0, 0, at), alone[0]));
+      for (const auto& branch : branches[static_cast<size_t>(r)]) {
+        std::vector<int64_t> whole(trunk);
+        whole.insert(whole.end(), branch.begin(), branch.end());
+        const auto n = static_cast<int64_t>(branch.size());
+        const auto expected = lm->forward(row_ids(whole).remainder(vocab))[0].narrow(0, trunk.size(), n);
+        INFO("branch at slot " << at);
+        CHECK(close(logits[r].narrow(0, at, n), expected));
+        at += n;
+      }
+    }
+    // Sizes that disagree, and a position past the row's slots, are refused.
+    CHECK_THROWS_AS(lm->forward_branched_hidden(ids, pos.narrow(1, 0, 5), br), std::invalid_argument);
+    CHECK_THROWS_AS(lm->forward_branched_hidden(ids, pos + width, br), std::invalid_argument);
+    CHECK_THROWS_AS(lm->forward_branched_hidden(ids, pos - 1, br), std::invalid_argument);
+  }
+}
+
 TEST_CASE("cached decoding through factorized slots and narrowed layers") {
   SECTION("svd slots in every decoder layer") {
     for (const char* name : {"opt_pre", "llama_gqa", "mistral_window"}) {

@@ -354,17 +354,34 @@ TEST_CASE("score_requests: rows that begin alike run their common tokens once, w
     ev::ScoreStats with, without;
     const auto expected = ev::score_requests(*lm, reqs, separate, &without);
     const auto shared = ev::score_requests(*lm, reqs, {}, &with);
-    ev::ScoreOptions pieces;  // budgets so small that every group runs in several pieces and batches
+    // Through the KV cache only, with budgets so small that every group runs in several pieces and batches.
+    ev::ScoreOptions pieces;
     pieces.max_batch_tokens = 24;
+    pieces.max_packed_tokens = -1;
     ev::ScoreStats cut;
     const auto small = ev::score_requests(*lm, reqs, pieces, &cut);
+    // Packed rows up to 48 tokens: the few-shot group (30 + 6 + 9) packed, the contexts' (39 + 10)
+    // through the cache; a packed row longer than the batch runs alone.
+    ev::ScoreOptions mixed;
+    mixed.max_packed_tokens = 48;
+    mixed.max_batch_tokens = 24;
+    ev::ScoreStats both;
+    const auto some = ev::score_requests(*lm, reqs, mixed, &both);
     REQUIRE(shared.size() == reqs.size());
     for (size_t i = 0; i < reqs.size(); ++i) {
       INFO("request " << i);
       CHECK(shared[i].logprob == Approx(expected[i].logprob).margin(1e-4));
       CHECK(small[i].logprob == Approx(expected[i].logprob).margin(1e-4));
+      CHECK(some[i].logprob == Approx(expected[i].logprob).margin(1e-4));
       CHECK(shared[i].is_greedy == expected[i].is_greedy);
+      CHECK(some[i].is_greedy == expected[i].is_greedy);
     }
+    CHECK(with.packed_groups == 4);  // every group fits the default (256 tokens for these widths)
+    CHECK(cut.packed_groups == 0);
+    CHECK(both.packed_groups == 1);
+    // The contexts' cache pieces hold one ending each at this batch size (their prefix runs 4 times);
+    // the packed few-shot row runs its 30 + 6 + 9 tokens once.
+    CHECK(both.tokens == 3 * (4 * 39 + 10) + (30 + 15) + 3);
     // Rows: 12 endings, 2 questions (their two answers share an input), the stray one.
     CHECK(without.rows == 15);
     CHECK(without.shared_groups == 0);

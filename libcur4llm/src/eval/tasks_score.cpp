@@ -219,18 +219,30 @@ std::pair<at::Tensor, at::Tensor> padded(const std::vector<Span>& spans, int64_t
 class RowRunner {
  public:
   RowRunner(const model::CausalLM& lm, const std::vector<Row>& rows, const std::vector<EncodedRequest>& requests,
-            int64_t batch_tokens, std::vector<LoglikelihoodResult>& out, ScoreStats& counted, util::Progress* progress)
+            int64_t batch_tokens, int64_t pack_tokens, std::vector<LoglikelihoodResult>& out, ScoreStats& counted,
+            util::Progress* progress)
       : lm_(lm), head_slot_(lm.logits_slot()), rows_(rows), requests_(requests), batch_tokens_(batch_tokens),
-        out_(out), counted_(counted), progress_(progress) {}
+        pack_tokens_(pack_tokens), out_(out), counted_(counted), progress_(progress) {}
 
-  // Groups with a shared prefix: a batch of prefixes runs into a KV cache, and the members' own
-  // tokens run after it, in batches of rows of like length, each row with a copy of its prefix's
-  // cache row. A group whose members' caches would not fit in a batch is cut into pieces (each
-  // runs the prefix again).
+  // Groups with a shared prefix. A group whose prefix and members' own tokens together fit in
+  // pack_tokens runs as one packed row: the prefix, then each member's own tokens as a branch
+  // that sees the prefix and itself (CausalLM::forward_branched_hidden), packed rows of like
+  // length batched together. Larger groups: a batch of prefixes runs into a KV cache, and the
+  // members' own tokens run after it, in batches of rows of like length, each row with a copy of
+  // its prefix's cache row. A group whose members' caches would not fit in a batch is cut into
+  // pieces (each runs the prefix again).
   void shared(const std::vector<Group>& groups) {
     std::vector<Piece> pieces;
+    std::vector<Piece> packs;
     for (const auto& g : groups) {
       ++counted_.shared_groups;
+      int64_t packed = g.prefix;
+      for (size_t r : g.rows) packed += own(r, g.prefix);
+      if (packed <= pack_tokens_) {
+        ++counted_.packed_groups;
+        packs.push_back(Piece{g.prefix, g.rows});
+        continue;
+      }
       std::vector<size_t> members = g.rows;
       std::stable_sort(members.begin(), members.end(),
                        [&](size_t x, size_t y) { return own(x, g.prefix) > own(y, g.prefix); });
@@ -245,6 +257,7 @@ class RowRunner {
       }
       pieces.push_back(std::move(piece));
     }
+    run_packed(std::move(packs));
     // Prefixes of like length run together (little padding).
     std::stable_sort(pieces.begin(), pieces.end(), [](const Piece& x, const Piece& y) { return x.prefix > y.prefix; });
     for (size_t p0 = 0, p1 = 0; p0 < pieces.size(); p0 = p1) {
@@ -293,6 +306,62 @@ class RowRunner {
   };
 
   int64_t own(size_t r, int64_t prefix) const { return static_cast<int64_t>(rows_[r].input.size()) - prefix; }
+  int64_t packed_length(const Piece& p) const {
+    int64_t n = p.prefix;
+    for (size_t r : p.rows) n += own(r, p.prefix);
+    return n;
+  }
+
+  // Groups as packed rows: the prefix, then each member's own tokens, a branch of its own at the
+  // positions that follow the prefix. Longest first, as many as fit in a batch.
+  void run_packed(std::vector<Piece> packs) {
+    std::vector<int64_t> length(packs.size());
+    for (size_t i = 0; i < packs.size(); ++i) length[i] = packed_length(packs[i]);
+    std::vector<size_t> order(packs.size());
+    std::iota(order.begin(), order.end(), size_t{0});
+    std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return length[a] > length[b]; });
+    for (size_t start = 0, stop = 0; start < order.size(); start = stop) {
+      const int64_t width = length[order[start]];
+      const int64_t fit = std::max<int64_t>(1, batch_tokens_ / std::max<int64_t>(width, 1));
+      stop = std::min(order.size(), start + static_cast<size_t>(fit));
+      const auto b = static_cast<int64_t>(stop - start);
+      auto ids = at::zeros({b, width}, at::kLong);
+      auto positions = at::zeros({b, width}, at::kLong);
+      auto branches = at::full({b, width}, -1, at::kLong);
+      int64_t* id = ids.data_ptr<int64_t>();
+      int64_t* pos = positions.data_ptr<int64_t>();
+      int64_t* branch = branches.data_ptr<int64_t>();
+      Reads reads;
+      int64_t rows = 0;
+      for (int64_t k = 0; k < b; ++k) {
+        const Piece& piece = packs[order[start + static_cast<size_t>(k)]];
+        const auto& first = rows_[piece.rows.front()].input;
+        int64_t at = k * width;
+        for (int64_t j = 0; j < piece.prefix; ++j, ++at) {
+          id[at] = first[static_cast<size_t>(j)];
+          pos[at] = j;
+          branch[at] = 0;
+        }
+        int64_t member = 0;
+        for (size_t r : piece.rows) {
+          const auto& input = rows_[r].input;
+          const auto len = static_cast<int64_t>(input.size());
+          ++member;
+          for (int64_t j = piece.prefix; j < len; ++j, ++at) {
+            id[at] = input[static_cast<size_t>(j)];
+            pos[at] = j;
+            branch[at] = member;
+          }
+          reads.add(rows_[r], requests_, at - 1);
+          ++rows;
+        }
+        counted_.tokens += length[order[start + static_cast<size_t>(k)]];
+      }
+      RECORD_USER_SCOPE("tasks.packed");
+      auto h = lm_.forward_branched_hidden(ids.to(lm_.device()), positions, branches);
+      finish(reads, h, width, rows);
+    }
+  }
 
   // Pieces [p0, p1): their prefixes in one batch, then their members in batches of like length.
   void run_pieces(const std::vector<Piece>& pieces, size_t p0, size_t p1, int64_t prefix_width, int64_t rest_width) {
@@ -337,12 +406,12 @@ class RowRunner {
     }
   }
 
-  // Scores a batch's reads from its last layer's states [b, width, hidden].
-  void finish(const Reads& reads, const at::Tensor& h, int64_t width) {
+  // Scores a batch's reads from its last layer's states [b, width, hidden] (`rows` rows of the requests; -1: b).
+  void finish(const Reads& reads, const at::Tensor& h, int64_t width, int64_t rows = -1) {
     RECORD_USER_SCOPE("tasks.score");
     const int64_t b = h.size(0);
     reads.score(lm_, *head_slot_, lm_.final_hidden(h).reshape({b * width, -1}), out_);
-    if (progress_) progress_->advance(b);
+    if (progress_) progress_->advance(rows < 0 ? b : rows);
   }
 
   const model::CausalLM& lm_;
@@ -350,6 +419,7 @@ class RowRunner {
   const std::vector<Row>& rows_;
   const std::vector<EncodedRequest>& requests_;
   const int64_t batch_tokens_;
+  const int64_t pack_tokens_;
   std::vector<LoglikelihoodResult>& out_;
   ScoreStats& counted_;
   util::Progress* progress_;
@@ -409,7 +479,9 @@ std::vector<LoglikelihoodResult> score_requests(const model::CausalLM& lm, const
   std::unique_ptr<util::Progress> progress;
   if (options.show_progress)
     progress = std::make_unique<util::Progress>("tasks", static_cast<int64_t>(rows.size()), "rows");
-  RowRunner runner(lm, rows, requests, batch_tokens, out, counted, progress.get());
+  int64_t pack_tokens = options.max_packed_tokens;
+  if (pack_tokens == 0) pack_tokens = std::clamp<int64_t>(lm.config().hidden_size, 256, 2048);
+  RowRunner runner(lm, rows, requests, batch_tokens, pack_tokens, out, counted, progress.get());
   runner.shared(shared);
   runner.whole(std::move(single));
   if (stats) *stats = counted;

@@ -258,6 +258,12 @@ const at::Tensor& Step::allowed(int64_t window) {
     auto distance = positions_.unsqueeze(2) - cache_.positions().narrow(1, 0, s).unsqueeze(1);
     allowed = allowed.logical_and(distance < window);
   }
+  if (cache_.branches().defined()) {
+    // A branch's token sees the trunk and its own branch.
+    auto key_branch = cache_.branches().narrow(1, 0, s).unsqueeze(1);            // [B, 1, S]
+    auto query_branch = cache_.branches().narrow(1, length, t).unsqueeze(2);     // [B, T, 1]
+    allowed = allowed.logical_and(key_branch.eq(0).logical_or(key_branch == query_branch));
+  }
   allowed = allowed.logical_or(key_slot == query_slot);
   masks_.emplace_back(window, allowed.unsqueeze(1));
   return masks_.back().second;

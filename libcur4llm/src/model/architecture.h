@@ -200,8 +200,9 @@ class Step {
   /// Positions a rotary table passed to cached_attention must cover (0 .. rotary_length() - 1).
   int64_t rotary_length() const { return cache_.capacity(); }
   /// [B, 1, T, S] bool over the S = length + T slots: true where a new token attends to a slot
-  /// (a token of its row, not after it, within `window` positions if window > 0; a padding
-  /// token attends to itself only, so that its values stay finite).
+  /// (a token of its row, not after it, of the trunk or of its own branch (KVCache::branches),
+  /// within `window` positions if window > 0; a padding token attends to itself only, so that its
+  /// values stay finite).
   const at::Tensor& allowed(int64_t window);
   /// allowed(window) as the additive mask the fused attention takes: [B, 1, groups * T, S] of
   /// `dtype`, 0 where allowed and -inf elsewhere, its rows repeated for `groups` query heads per

@@ -61,6 +61,7 @@ KVCache KVCache::select_rows(const at::Tensor& rows) const {
   out.valid_ = valid_.index_select(0, index);
   out.positions_ = positions_.index_select(0, index);
   out.next_positions_ = next_positions_.index_select(0, index);
+  if (branches_.defined()) out.branches_ = branches_.index_select(0, index);
   out.keys_.resize(keys_.size());
   out.values_.resize(values_.size());
   for (size_t l = 0; l < keys_.size(); ++l) {
@@ -107,7 +108,7 @@ void KVCache::write(int64_t layer, const at::Tensor& k, const at::Tensor& v) {
   values_[layer].narrow(2, length_, t).copy_(v);
 }
 
-void KVCache::begin_step(const at::Tensor& positions, const at::Tensor& mask) {
+void KVCache::begin_step(const at::Tensor& positions, const at::Tensor& mask, const at::Tensor& branches) {
   if (step_tokens_ != 0) throw std::logic_error("KVCache::begin_step: the previous step was not ended");
   const int64_t t = positions.size(1);
   if (positions.size(0) != batch_ || mask.sizes() != positions.sizes()) {
@@ -117,6 +118,21 @@ void KVCache::begin_step(const at::Tensor& positions, const at::Tensor& mask) {
   if (t < 1 || length_ + t > capacity_) {
     throw std::invalid_argument(fmt::format("KVCache: {} more tokens do not fit: {} of {} slots are used", t, length_,
                                             capacity_));
+  }
+  if (branches.defined() && branches.sizes() != positions.sizes()) {
+    throw std::invalid_argument(fmt::format("KVCache: branches {} for a step of positions {}", shape(branches),
+                                            shape(positions)));
+  }
+  if (branches.defined() && !branches_.defined()) {
+    branches_ = at::zeros({batch_, capacity_}, at::TensorOptions().dtype(at::kLong).device(device_));
+  }
+  if (branches_.defined()) {
+    auto slots = branches_.narrow(1, length_, t);
+    if (branches.defined()) {
+      slots.copy_(branches);
+    } else {
+      slots.zero_();
+    }
   }
   valid_.narrow(1, length_, t).copy_(mask);
   positions_.narrow(1, length_, t).copy_(positions);

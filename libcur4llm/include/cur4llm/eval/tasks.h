@@ -53,12 +53,17 @@ struct ScoreOptions {
   bool add_special_tokens = true;  ///< evaluate_tasks: the tokenizer's BOS (false: none, as harness < 0.4.9)
   bool share_prefixes = true;      ///< rows that begin alike run their common tokens once (KV cache; one device)
   int64_t min_shared_prefix = 0;   ///< shortest common beginning worth a shared pass; 0: 16 on CPU, 256 on CUDA
+  /// Longest packed row: a group of rows whose beginning and own tokens together are no longer
+  /// runs as one row, its members as branches after the beginning; larger groups go through a KV
+  /// cache. 0: the model's hidden size, kept within [256, 2048]; -1: never packed.
+  int64_t max_packed_tokens = 0;
 };
 
 /// What score_requests ran.
 struct ScoreStats {
   int64_t rows = 0;           ///< distinct inputs
   int64_t shared_groups = 0;  ///< groups of rows whose common beginning ran once
+  int64_t packed_groups = 0;  ///< of which ran as one packed row (ScoreOptions::max_packed_tokens)
   int64_t tokens = 0;         ///< token positions run through the layers, padding not counted
 };
 
@@ -74,9 +79,10 @@ EncodedRequest encode_request(const tokenize::Tokenizer& tokenizer, const Loglik
 /// Scores encoded requests. Inputs longer than max_length keep their last
 /// tokens, as the harness truncates; requests with the same input tokens share
 /// one row. Rows that begin with the same tokens (a context and its endings,
-/// MMLU's few-shot examples) run those tokens once into a KV cache and only
-/// their own ends after it (ScoreOptions::share_prefixes, models on one
-/// device); the other rows are sorted by length and right-padded into batches.
+/// MMLU's few-shot examples) run those tokens once, with their own ends as
+/// branches after them in one packed row or through a KV cache
+/// (ScoreOptions::share_prefixes, models on one device); the other rows are
+/// sorted by length and right-padded into batches.
 /// Works on the model's device (CPU or CUDA); the log-softmax runs in float32.
 /// std::invalid_argument if a request has no continuation tokens. `stats`, if
 /// given, receives what ran.
