@@ -24,6 +24,7 @@
 
 #include <ATen/Context.h>
 #include <torch/csrc/autograd/profiler_kineto.h>
+#include <torch/version.h>
 
 #include <algorithm>
 #include <cstdio>

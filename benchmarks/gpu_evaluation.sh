@@ -20,9 +20,11 @@
 #   compare   compare.sh on both models ($METHODS, $RATIOS, seeds $SEEDS), in parallel
 #   timing    bench_tasks against tasks_reference.py --time, LLaMA-7B shape, fp16
 #             ($TIMING_RUNS: which of "cpp cpp_unshared cpp_one_row python", default all but cpp_unshared,
-#             and "cpp@ARG@ARG..." for bench_tasks with those arguments;
+#             and "cpp@ARG@ARG..." / "python@ARG@ARG..." for bench_tasks / tasks_reference.py with those arguments;
 #             $TIMING_ARGS: the items, default "--limit 200 --mmlu_limit 4";
-#             TIMING_TRACE=1: each bench_tasks run twice, the second traced and summarised by trace_summary.py)
+#             TIMING_TRACE=1: each bench_tasks run twice, the second traced and summarised by trace_summary.py;
+#             TIMING_REPEAT=N: each run N times, the first reported as items_per_s, the fastest later one as
+#             items_per_s_warm)
 #   BUILD_TARGETS: what to build (default: the apps, bench_tasks and test_tasks)
 #   export    build_acur_repo of module-method folders, loaded by scripts/check_hf_repo.py
 #   awq       benchmarks/results_awq.sh on the TinyStories OPT (RTN against AWQ, packed by quantize),
@@ -151,10 +153,12 @@ if [[ $parts == *" timing "* ]]; then
       cpp_unshared) cmd=("${bench[@]}" --share_prefixes 0) ;;
       cpp@*) IFS=@ read -ra extra <<< "${what#cpp@}"; cmd=("${bench[@]}" "${extra[@]}") ;;
       python) cmd=(python3 scripts/tasks_reference.py --time --tokenizer $tok) ;;
+      python@*) IFS=@ read -ra extra <<< "${what#python@}"; cmd=(python3 scripts/tasks_reference.py --time --tokenizer $tok "${extra[@]}") ;;
       *) note "timing: unknown run $what"; continue ;;
     esac
     log=timing-$(echo "$what" | tr -c 'A-Za-z0-9_.,=\n-' '_')
     [[ ${TIMING_TRACE:-0} == 1 && $what == cpp* ]] && trace=(--repeat 2 --trace /tmp/$log)
+    [[ ${TIMING_REPEAT:-1} != 1 && ${#trace[@]} == 0 ]] && trace=(--repeat ${TIMING_REPEAT})
     timeout $(( $(left) < 150 ? $(left) : 150 )) "${cmd[@]}" "${trace[@]}" --data_dir $tasks --tasks hellaswag,mmlu \
       ${TIMING_ARGS:---limit 200 --mmlu_limit 4} --device cuda --dtype fp16 > "$out/$log.log" 2>&1
     note "timing $what rc=$? at $(elapsed) s: $(tail -3 "$out/$log.log" | tr '\n' ' ')"

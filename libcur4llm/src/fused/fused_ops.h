@@ -90,6 +90,18 @@ at::Tensor packed_linear(const at::Tensor& x, const at::Tensor& qweight, const a
 /// earlier call that cuDNN refused.
 at::Tensor causal_attention_cudnn(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v);
 
+/// softmax(q k^T / sqrt(d) + mask) v through PyTorch's memory-efficient kernel for q [B, H, R, d],
+/// k [B, H, S, d], v [B, H, S, dv] (last dims contiguous; keys and values may be the first S slots
+/// of a KV cache) and `mask` [B, 1, R, S] additive in q's dtype, its rows 16-element aligned
+/// (Step::additive_mask). Output [B, H, R, dv]. ATen's own choice for a mask is cuDNN on Hopper,
+/// which builds a plan for every new shape (tens of milliseconds each); this kernel builds none.
+/// Undefined where it does not apply, and the caller takes at::scaled_dot_product_attention:
+/// kernels disabled, not half/bfloat16, head dims above 128 or not multiples of 8, another mask
+/// layout, memory-efficient attention turned off (setSDPUseMemEfficient(false)),
+/// CUR4LLM_MASKED_ATTENTION=sdpa in the environment, LibTorch before 2.1, or an earlier call that
+/// the kernel refused.
+at::Tensor masked_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& mask);
+
 /// Attention of a decoding step: softmax(q k^T * scale + mask) v for q [B, kv, R, d] (the R
 /// query rows of each KV head, contiguous) against the first `length` slots of a KV cache's
 /// keys [B, kv, cap, d] and values [B, kv, cap, dv] (contiguous), with `mask` [B, 1, R, length]

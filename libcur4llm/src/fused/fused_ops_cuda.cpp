@@ -323,6 +323,44 @@ at::Tensor causal_attention_cudnn(const at::Tensor& q, const at::Tensor& k, cons
 #endif
 }
 
+at::Tensor masked_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& mask) {
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 1)
+  static const bool off = [] {
+    const char* env = std::getenv("CUR4LLM_MASKED_ATTENTION");
+    return env != nullptr && std::string(env) == "sdpa";
+  }();
+  static std::atomic<bool> refused{false};
+  if (off || refused.load() || !enabled_for(q) || !at::globalContext().userEnabledMemEfficientSDP()) return {};
+  const auto dtype = q.scalar_type();
+  if ((dtype != at::kHalf && dtype != at::kBFloat16) || k.scalar_type() != dtype || v.scalar_type() != dtype ||
+      mask.scalar_type() != dtype) {
+    return {};
+  }
+  if (q.dim() != 4 || k.dim() != 4 || v.dim() != 4 || mask.dim() != 4) return {};
+  const int64_t b = q.size(0), h = q.size(1), r = q.size(2), d = q.size(3), s = k.size(2);
+  if (k.size(0) != b || k.size(1) != h || k.size(3) != d || v.size(0) != b || v.size(1) != h || v.size(2) != s) return {};
+  if (d > 128 || d % 8 != 0 || v.size(3) > 128 || v.size(3) % 8 != 0) return {};
+  if (q.stride(3) != 1 || k.stride(3) != 1 || v.stride(3) != 1) return {};
+  if (mask.size(0) != b || mask.size(1) != 1 || mask.size(2) != r || mask.size(3) != s || mask.stride(3) != 1 ||
+      mask.stride(2) % 16 != 0) {
+    return {};
+  }
+  try {
+    return std::get<0>(at::_scaled_dot_product_efficient_attention(q, k, v, mask.expand({b, h, r, s}),
+                                                                   /*compute_log_sumexp=*/false, /*dropout_p=*/0.0,
+                                                                   /*is_causal=*/false));
+  } catch (const c10::Error& e) {
+    refused.store(true);
+    fmt::print(stderr, "note: memory-efficient attention refused ({}); using at::scaled_dot_product_attention\n",
+               std::string(e.what_without_backtrace()).substr(0, 200));
+    return {};
+  }
+#else
+  (void)q, (void)k, (void)v, (void)mask;
+  return {};
+#endif
+}
+
 at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& keys, const at::Tensor& values, int64_t length,
                             const at::Tensor& mask, double scale) {
   // CUR4LLM_DECODE_ATTENTION=0 leaves decoding attention to ATen (the other kernels stay on).

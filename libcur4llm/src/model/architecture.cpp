@@ -274,10 +274,12 @@ const at::Tensor& Step::additive_mask(int64_t window, int64_t groups, at::Scalar
   for (const auto& [k, mask] : additive_) {
     if (k == key) return mask;
   }
-  const at::Tensor& keep = allowed(window);
-  auto mask = at::zeros(keep.sizes(), keep.options().dtype(dtype))
-                  .masked_fill_(at::logical_not(keep), -std::numeric_limits<double>::infinity());
-  if (groups > 1) mask = mask.repeat({1, 1, groups, 1});
+  at::Tensor keep = allowed(window);
+  if (groups > 1) keep = keep.repeat({1, 1, groups, 1});
+  // Rows start 16-element aligned, as the fused attention kernels read them.
+  const int64_t s = keep.size(3), aligned = (s + 15) / 16 * 16;
+  auto mask = at::zeros({keep.size(0), 1, keep.size(2), aligned}, keep.options().dtype(dtype)).narrow(3, 0, s);
+  mask.masked_fill_(at::logical_not(keep), -std::numeric_limits<double>::infinity());
   additive_.emplace_back(key, std::move(mask));
   return additive_.back().second;
 }
@@ -357,7 +359,8 @@ at::Tensor cached_attention(const at::Tensor& q_in, const at::Tensor& k_in, cons
       // The kernel scales by 1/sqrt(dk): another scale goes into q.
       const double kernel_scale = 1.0 / std::sqrt(static_cast<double>(dk));
       if (s_scale != kernel_scale) q4 = q4 * (s_scale / kernel_scale);
-      out = at::scaled_dot_product_attention(q4, keys, values, mask, 0.0, false);
+      out = fused::masked_attention(q4, keys, values, mask);
+      if (!out.defined()) out = at::scaled_dot_product_attention(q4, keys, values, mask, 0.0, false);
     }
 #endif
   }

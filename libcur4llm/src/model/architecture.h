@@ -206,7 +206,8 @@ class Step {
   const at::Tensor& allowed(int64_t window);
   /// allowed(window) as the additive mask the fused attention takes: [B, 1, groups * T, S] of
   /// `dtype`, 0 where allowed and -inf elsewhere, its rows repeated for `groups` query heads per
-  /// KV head. Made once per step, not once per layer.
+  /// KV head, each row starting 16-element aligned (a view of wider storage). Made once per step,
+  /// not once per layer.
   const at::Tensor& additive_mask(int64_t window, int64_t groups, at::ScalarType dtype);
   /// `table` (tables for positions 0..N-1, [N, d]) at the step's positions: [B, T, 1, d] each.
   const Rotary& rotary_at(const Rotary& table);
