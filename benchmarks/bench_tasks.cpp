@@ -5,7 +5,7 @@
 //   bench_tasks --config benchmarks/configs/llama-7b.json --tokenizer TOKENIZER_FOLDER
 //               --data_dir DATA [--tasks hellaswag,mmlu] [--limit 200] [--mmlu_limit 4]
 //               [--device cuda] [--dtype fp16] [--max_batch_tokens N (default: by device)]
-//               [--share_prefixes 0|1 (default 1)] [--min_shared_prefix N (default: by device)]
+//               [--share_prefixes 0|1 (default 1)] [--min_shared_prefix N (default 16)]
 //               [--max_packed_tokens N (default: by model; -1 never)] [--repeat N (default 1)] [--trace FILE]
 //               [--sdpa flash,efficient,math,cudnn (default: all PyTorch allows)]
 //

@@ -456,10 +456,7 @@ std::vector<LoglikelihoodResult> score_requests(const model::CausalLM& lm, const
   std::vector<Group> shared;
   std::vector<size_t> single;  // rows that run whole
   if (options.share_prefixes && lm.on_one_device()) {
-    // On CUDA a token through the KV cache costs several times a plain row's token (measured with
-    // LLaMA-7B's shape: HellaSwag's short contexts ran slower shared than whole, MMLU's few-shot
-    // blocks, in requests of about 700 tokens, faster), so only long beginnings are shared there.
-    const int64_t least = options.min_shared_prefix > 0 ? options.min_shared_prefix : (lm.device().is_cuda() ? 256 : 16);
+    const int64_t least = options.min_shared_prefix > 0 ? options.min_shared_prefix : 16;
     for (auto& g : Grouping(rows, least).take()) {
       if (g.prefix > 0) {
         shared.push_back(std::move(g));

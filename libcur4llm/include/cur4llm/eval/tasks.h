@@ -52,7 +52,7 @@ struct ScoreOptions {
   bool show_progress = false;      ///< a progress line on stderr
   bool add_special_tokens = true;  ///< evaluate_tasks: the tokenizer's BOS (false: none, as harness < 0.4.9)
   bool share_prefixes = true;      ///< rows that begin alike run their common tokens once (KV cache; one device)
-  int64_t min_shared_prefix = 0;   ///< shortest common beginning worth a shared pass; 0: 16 on CPU, 256 on CUDA
+  int64_t min_shared_prefix = 0;   ///< shortest common beginning worth a shared pass; 0: 16
   /// Longest packed row: a group of rows whose beginning and own tokens together are no longer
   /// runs as one row, its members as branches after the beginning; larger groups go through a KV
   /// cache. 0: the model's hidden size, kept within [256, 2048]; -1: never packed.
