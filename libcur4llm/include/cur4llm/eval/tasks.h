@@ -55,7 +55,7 @@ struct ScoreOptions {
   int64_t min_shared_prefix = 0;   ///< shortest common beginning worth a shared pass; 0: 16
   /// Longest packed row: a group of rows whose beginning and own tokens together are no longer
   /// runs as one row, its members as branches after the beginning; larger groups go through a KV
-  /// cache. 0: the model's hidden size, kept within [256, 2048]; -1: never packed.
+  /// cache. 0: the model's hidden size, kept within [256, 8192]; -1: never packed.
   int64_t max_packed_tokens = 0;
 };
 
