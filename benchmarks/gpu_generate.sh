@@ -86,14 +86,14 @@ if [[ $parts == *" hf "* ]]; then
     --prompt_len 512 --new_tokens 256 --cache dynamic,static 2>&1 | grep -v Warning | tee -a "$out/hf_decode.jsonl"
   stamp "hf"
 fi
-shapes=" ${PREFILL_SHAPES:-llama-7b opt-125m} "  # which shapes the prefill part runs
+shapes=" ${PREFILL_SHAPES:-llama-7b opt-125m} "  # which shapes the prefill part runs ($PREFILL_SPECS: which models)
 if [[ $parts == *" prefill "* && $shapes == *" llama-7b "* ]]; then
-  each 40 dense,narrow:0.8,narrow:0.7,svd:0.8 --config benchmarks/configs/llama-7b.json --device cuda --dtype bf16 \
-    --batch 1 --prompt_len 2048 --new_tokens 64 --graph 1
+  each 40 ${PREFILL_SPECS:-dense,narrow:0.8,narrow:0.7,svd:0.8} --config benchmarks/configs/llama-7b.json --device cuda \
+    --dtype bf16 --batch 1 --prompt_len 2048 --new_tokens 64 --graph 1
 fi
 if [[ $parts == *" prefill "* && $shapes == *" opt-125m "* ]]; then
   # OPT-125m has 2048 learned positions: the prompt leaves room for the new tokens.
-  each 30 dense,narrow:0.8,narrow:0.7,svd:0.8 --config benchmarks/configs/opt-125m.json --device cuda --dtype bf16 \
+  each 30 ${PREFILL_SPECS:-dense,narrow:0.8,narrow:0.7,svd:0.8} --config benchmarks/configs/opt-125m.json --device cuda --dtype bf16 \
     --batch 1,16 --prompt_len 1984 --new_tokens 64 --graph 1
   stamp "prefill"
 fi
