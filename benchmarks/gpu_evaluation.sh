@@ -13,7 +13,8 @@
 # tokenizers-real.tar.xz). The whole run ends by $BUDGET seconds (default 540): later
 # steps get what is left, and the outputs are written however it ends. With
 # $PREBUILT (a build.tar.xz an earlier run wrote to OUT) the build is skipped;
-# $OPT_MODEL names an OPT an earlier run trained; $MODELS the models compared.
+# $OPT_MODEL names an OPT an earlier run trained; $MODELS the models compared;
+# $BUILD_TARGETS what to build (default: the apps, bench_tasks and test_tasks).
 # parts (default "fixtures opt compare timing export awq"):
 #   fixtures  scripts/tasks_reference.py on stories260K-hf and the tiny OPT
 #   opt       train benchmarks/train_opt_tinystories.py's OPT (opt-model.tar in OUT)
@@ -25,7 +26,6 @@
 #             TIMING_TRACE=1: each bench_tasks run twice, the second traced and summarised by trace_summary.py;
 #             TIMING_REPEAT=N: each run N times, the first reported as items_per_s, the fastest later one as
 #             items_per_s_warm)
-#   BUILD_TARGETS: what to build (default: the apps, bench_tasks and test_tasks)
 #   export    build_acur_repo of module-method folders, loaded by scripts/check_hf_repo.py
 #   awq       benchmarks/results_awq.sh on the TinyStories OPT (RTN against AWQ, packed by quantize),
 #             in parallel with export
@@ -146,7 +146,7 @@ if [[ $parts == *" timing "* ]]; then
   tok=/tmp/cur4llm-tok/tokenizers/llama2
   bench=($build/benchmarks/bench_tasks --config benchmarks/configs/llama-7b.json --tokenizer $tok)
   for what in ${TIMING_RUNS:-cpp cpp_one_row python}; do
-    trace=()
+    runs=()  # --repeat (and --trace) of this run
     case $what in
       cpp) cmd=("${bench[@]}") ;;
       cpp_one_row) cmd=("${bench[@]}" --max_batch_tokens 1) ;;
@@ -157,9 +157,12 @@ if [[ $parts == *" timing "* ]]; then
       *) note "timing: unknown run $what"; continue ;;
     esac
     log=timing-$(echo "$what" | tr -c 'A-Za-z0-9_.,=\n-' '_')
-    [[ ${TIMING_TRACE:-0} == 1 && $what == cpp* ]] && trace=(--repeat 2 --trace /tmp/$log)
-    [[ ${TIMING_REPEAT:-1} != 1 && ${#trace[@]} == 0 ]] && trace=(--repeat ${TIMING_REPEAT})
-    timeout $(( $(left) < 150 ? $(left) : 150 )) "${cmd[@]}" "${trace[@]}" --data_dir $tasks --tasks hellaswag,mmlu \
+    if [[ ${TIMING_TRACE:-0} == 1 && $what == cpp* ]]; then
+      runs=(--repeat 2 --trace /tmp/$log)
+    elif [[ ${TIMING_REPEAT:-1} != 1 ]]; then
+      runs=(--repeat "$TIMING_REPEAT")
+    fi
+    timeout $(( $(left) < 150 ? $(left) : 150 )) "${cmd[@]}" "${runs[@]}" --data_dir $tasks --tasks hellaswag,mmlu \
       ${TIMING_ARGS:---limit 200 --mmlu_limit 4} --device cuda --dtype fp16 > "$out/$log.log" 2>&1
     note "timing $what rc=$? at $(elapsed) s: $(tail -3 "$out/$log.log" | tr '\n' ' ')"
     for t in /tmp/$log.*.json; do

@@ -20,6 +20,9 @@
 
 #include <ATen/ATen.h>
 
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
 #include <nlohmann/json.hpp>
 
 #include "app_common.h"
@@ -34,7 +37,6 @@
 #include <iostream>
 #include <map>
 #include <utility>
-#include <fmt/ranges.h>
 
 namespace po = boost::program_options;
 namespace fs = std::filesystem;

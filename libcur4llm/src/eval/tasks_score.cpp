@@ -214,6 +214,20 @@ std::pair<at::Tensor, at::Tensor> padded(const std::vector<Span>& spans, int64_t
   return {ids, mask};
 }
 
+// Sorts `items` longest first and calls fn(start, stop, width) for each batch [start, stop):
+// as many items as fit in `batch_tokens` when padded to the width of the batch's first (longest)
+// one, at least one and at most `max_rows` (0: no bound).
+template <typename T, typename Width, typename Fn>
+void longest_first(std::vector<T>& items, Width width, int64_t batch_tokens, int64_t max_rows, Fn fn) {
+  std::stable_sort(items.begin(), items.end(), [&](const T& a, const T& b) { return width(a) > width(b); });
+  for (size_t start = 0, stop = 0; start < items.size(); start = stop) {
+    const int64_t w = width(items[start]);
+    int64_t fit = std::max<int64_t>(1, batch_tokens / std::max<int64_t>(w, 1));
+    if (max_rows > 0) fit = std::min(fit, max_rows);
+    stop = std::min(items.size(), start + static_cast<size_t>(fit));
+    fn(start, stop, w);
+  }
+}
 
 // Runs the rows of score_requests and scores their requests into `out`, counting what runs.
 class RowRunner {
@@ -236,11 +250,10 @@ class RowRunner {
     std::vector<Piece> packs;
     for (const auto& g : groups) {
       ++counted_.shared_groups;
-      int64_t packed = g.prefix;
-      for (size_t r : g.rows) packed += own(r, g.prefix);
-      if (packed <= pack_tokens_) {
+      Piece whole_group{g.prefix, g.rows};
+      if (packed_length(whole_group) <= pack_tokens_) {
         ++counted_.packed_groups;
-        packs.push_back(Piece{g.prefix, g.rows});
+        packs.push_back(std::move(whole_group));
         continue;
       }
       std::vector<size_t> members = g.rows;
@@ -276,12 +289,8 @@ class RowRunner {
 
   // Rows that run whole: longest first, as the harness orders them (an out-of-memory shows at once).
   void whole(std::vector<size_t> single) {
-    std::stable_sort(single.begin(), single.end(),
-                     [&](size_t a, size_t b) { return rows_[a].input.size() > rows_[b].input.size(); });
-    for (size_t start = 0, stop = 0; start < single.size(); start = stop) {
-      const int64_t width = static_cast<int64_t>(rows_[single[start]].input.size());
-      const int64_t fit = std::max<int64_t>(1, batch_tokens_ / std::max<int64_t>(width, 1));
-      stop = std::min(single.size(), start + static_cast<size_t>(fit));
+    auto length = [&](size_t r) { return static_cast<int64_t>(rows_[r].input.size()); };
+    longest_first(single, length, batch_tokens_, 0, [&](size_t start, size_t stop, int64_t width) {
       std::vector<Span> spans;
       Reads reads;
       for (size_t k = start; k < stop; ++k) {
@@ -296,7 +305,7 @@ class RowRunner {
       auto h = lm_.embed(padded(spans, width).first.to(lm_.device()));
       for (int64_t i = 0; i < lm_.num_layers(); ++i) h = lm_.layer(i, h);
       finish(reads, h, width);
-    }
+    });
   }
 
  private:
@@ -319,11 +328,8 @@ class RowRunner {
     for (size_t i = 0; i < packs.size(); ++i) length[i] = packed_length(packs[i]);
     std::vector<size_t> order(packs.size());
     std::iota(order.begin(), order.end(), size_t{0});
-    std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return length[a] > length[b]; });
-    for (size_t start = 0, stop = 0; start < order.size(); start = stop) {
-      const int64_t width = length[order[start]];
-      const int64_t fit = std::max<int64_t>(1, batch_tokens_ / std::max<int64_t>(width, 1));
-      stop = std::min(order.size(), start + static_cast<size_t>(fit));
+    auto width_of = [&](size_t i) { return length[i]; };
+    longest_first(order, width_of, batch_tokens_, 0, [&](size_t start, size_t stop, int64_t width) {
       const auto b = static_cast<int64_t>(stop - start);
       auto ids = at::zeros({b, width}, at::kLong);
       auto positions = at::zeros({b, width}, at::kLong);
@@ -360,7 +366,7 @@ class RowRunner {
       RECORD_USER_SCOPE("tasks.packed");
       auto h = lm_.forward_branched_hidden(ids.to(lm_.device()), positions, branches);
       finish(reads, h, width, rows);
-    }
+    });
   }
 
   // Pieces [p0, p1): their prefixes in one batch, then their members in batches of like length.
@@ -380,13 +386,10 @@ class RowRunner {
       (void)lm_.forward_cached_hidden(ids.to(lm_.device()), cache, mask.to(lm_.device()));
     }
     auto prefix_of = [&](const std::pair<size_t, int64_t>& m) { return pieces[p0 + static_cast<size_t>(m.second)].prefix; };
-    std::stable_sort(members.begin(), members.end(),
-                     [&](const auto& x, const auto& y) { return own(x.first, prefix_of(x)) > own(y.first, prefix_of(y)); });
-    for (size_t m0 = 0, m1 = 0; m0 < members.size(); m0 = m1) {
-      const int64_t width = own(members[m0].first, prefix_of(members[m0]));
-      const int64_t fit = std::max<int64_t>(
-          1, std::min(batch_tokens_ / std::max<int64_t>(width, 1), 2 * batch_tokens_ / (prefix_width + rest_width)));
-      m1 = std::min(members.size(), m0 + static_cast<size_t>(fit));
+    auto own_of = [&](const std::pair<size_t, int64_t>& m) { return own(m.first, prefix_of(m)); };
+    // Each member row holds a copy of its cache row: at most twice a batch's tokens of cache.
+    const int64_t cache_rows = std::max<int64_t>(1, 2 * batch_tokens_ / (prefix_width + rest_width));
+    longest_first(members, own_of, batch_tokens_, cache_rows, [&](size_t m0, size_t m1, int64_t width) {
       std::vector<Span> tails;
       std::vector<int64_t> owner_of;
       Reads reads;
@@ -403,7 +406,7 @@ class RowRunner {
       auto members_cache = cache.select_rows(index);
       auto [ids, mask] = padded(tails, width);
       finish(reads, lm_.forward_cached_hidden(ids.to(lm_.device()), members_cache, mask.to(lm_.device())), width);
-    }
+    });
   }
 
   // Scores a batch's reads from its last layer's states [b, width, hidden] (`rows` rows of the requests; -1: b).

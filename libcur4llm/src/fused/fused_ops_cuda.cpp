@@ -35,9 +35,21 @@
 namespace cur4llm {
 namespace {
 
+// Whether the environment variable `name` is set to `value`.
+bool environment_says(const char* name, const char* value) {
+  const char* v = std::getenv(name);
+  return v != nullptr && std::strcmp(v, value) == 0;
+}
+
 bool enabled_by_environment() {
-  const char* v = std::getenv("CUR4LLM_FUSED_KERNELS");
-  return !(v && (std::strcmp(v, "0") == 0 || std::strcmp(v, "off") == 0));
+  return !(environment_says("CUR4LLM_FUSED_KERNELS", "0") || environment_says("CUR4LLM_FUSED_KERNELS", "off"));
+}
+
+// A fused ATen kernel that threw: never tried again (`refused`), said once on stderr.
+[[maybe_unused]] void refuse(std::atomic<bool>& refused, const char* kernel, const c10::Error& e) {
+  refused.store(true);
+  fmt::print(stderr, "note: {} refused ({}); using at::scaled_dot_product_attention\n", kernel,
+             std::string(e.what_without_backtrace()).substr(0, 200));
 }
 
 std::atomic<bool>& enabled_flag() {
@@ -309,10 +321,7 @@ at::Tensor causal_attention_cudnn(const at::Tensor& q, const at::Tensor& k, cons
                                                                 /*compute_log_sumexp=*/false, /*dropout_p=*/0.0,
                                                                 /*is_causal=*/true, /*return_debug_mask=*/false));
   } catch (const c10::Error& e) {
-    // Once refused (a cuDNN version without these shapes), never tried again.
-    refused.store(true);
-    fmt::print(stderr, "note: cuDNN attention refused ({}); using at::scaled_dot_product_attention\n",
-               std::string(e.what_without_backtrace()).substr(0, 200));
+    refuse(refused, "cuDNN attention", e);  // e.g. a cuDNN version without these shapes
     return {};
   }
 #else
@@ -325,10 +334,7 @@ at::Tensor causal_attention_cudnn(const at::Tensor& q, const at::Tensor& k, cons
 
 at::Tensor masked_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& mask) {
 #if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 1)
-  static const bool off = [] {
-    const char* env = std::getenv("CUR4LLM_MASKED_ATTENTION");
-    return env != nullptr && std::string(env) == "sdpa";
-  }();
+  static const bool off = environment_says("CUR4LLM_MASKED_ATTENTION", "sdpa");
   static std::atomic<bool> refused{false};
   if (off || refused.load() || !enabled_for(q) || !at::globalContext().userEnabledMemEfficientSDP()) return {};
   const auto dtype = q.scalar_type();
@@ -350,9 +356,7 @@ at::Tensor masked_attention(const at::Tensor& q, const at::Tensor& k, const at::
                                                                    /*compute_log_sumexp=*/false, /*dropout_p=*/0.0,
                                                                    /*is_causal=*/false));
   } catch (const c10::Error& e) {
-    refused.store(true);
-    fmt::print(stderr, "note: memory-efficient attention refused ({}); using at::scaled_dot_product_attention\n",
-               std::string(e.what_without_backtrace()).substr(0, 200));
+    refuse(refused, "memory-efficient attention", e);
     return {};
   }
 #else
@@ -364,10 +368,7 @@ at::Tensor masked_attention(const at::Tensor& q, const at::Tensor& k, const at::
 at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& keys, const at::Tensor& values, int64_t length,
                             const at::Tensor& mask, double scale) {
   // CUR4LLM_DECODE_ATTENTION=0 leaves decoding attention to ATen (the other kernels stay on).
-  static const bool off = [] {
-    const char* v = std::getenv("CUR4LLM_DECODE_ATTENTION");
-    return v != nullptr && std::string(v) == "0";
-  }();
+  static const bool off = environment_says("CUR4LLM_DECODE_ATTENTION", "0");
   if (off || !enabled_for(q) || q.dim() != 4 || keys.dim() != 4 || values.dim() != 4 || mask.dim() != 4) return {};
   const auto dtype = q.scalar_type();
   if (keys.scalar_type() != dtype || values.scalar_type() != dtype || mask.scalar_type() != dtype) return {};
