@@ -26,6 +26,7 @@
 #include <sys/resource.h>
 
 #include <algorithm>
+#include <cctype>
 #include <chrono>
 #include <cstdint>
 #include <map>
@@ -340,6 +341,15 @@ inline model::LinearPtr random_factorized(const std::string& kind, int64_t out, 
                                                idx);
 }
 
+/// `text` with every character other than letters, digits, '.', '-' and '_' as '_': a
+/// benchmark's spec ("narrow:0.6+packed:rtn_int4") as part of a file name.
+inline std::string file_safe(std::string text) {
+  for (auto& ch : text) {
+    if (!std::isalnum(static_cast<unsigned char>(ch)) && ch != '.' && ch != '-' && ch != '_') ch = '_';
+  }
+  return text;
+}
+
 /// Replaces every Linear inside the decoder layers by a random factorized one
 /// (random_factorized); returns how many.
 inline int64_t factorize_decoder(model::CausalLM& lm, const std::string& kind, double ratio) {
@@ -355,30 +365,53 @@ inline int64_t factorize_decoder(model::CausalLM& lm, const std::string& kind, d
   return n;
 }
 
-/// The shape a module method leaves at nominal ratio `ratio` (MLP width, query/key and
-/// value head widths all times `ratio`, rounded to multiples of 8: every decoder Linear
-/// then keeps about that share of its weights), with random dense weights: what a
-/// modular-compressed model runs.
-/// Query/key dimensions keep rotary pairs (the first qk/2 of each half of a head).
+/// The shape a module method leaves at nominal ratio `ratio`, with random dense weights:
+/// what a modular-compressed model runs. Every decoder layer gets the same shapes.
+/// - Uniform (`mlp_only` false): MLP width, query/key and value head widths all times
+///   `ratio` (the MLP width rounded to a multiple of `align`, the head widths to multiples
+///   of 8), so every decoder Linear keeps about that share of its weights. Query/key
+///   dimensions keep rotary pairs (the first qk/2 of each half of a head).
+/// - MLP only (`mlp_only`, what mlp_nystrom alone leaves): the heads stay whole and the
+///   MLP width (a multiple of `align`) is chosen so that the decoder's Linear weights
+///   come to `ratio` of the base's.
 /// Returns how many Linears it replaced. restore_layers undoes it.
-inline int64_t narrow_decoder(model::CausalLM& lm, double ratio) {
+inline int64_t narrow_decoder(model::CausalLM& lm, double ratio, int64_t align = 8, bool mlp_only = false) {
   const model::ModelConfig c = lm.config();
   const auto options = at::TensorOptions().device(lm.device()).dtype(lm.dtype());
   model::LayerShapes s;
-  // Widths in multiples of 8: what the GPU kernels (and the packed one) want.
-  const auto width = [&](int64_t full) {
-    return std::min(full, std::max<int64_t>(8, 8 * std::llround(static_cast<double>(full) * ratio / 8)));
+  // Widths in multiples of 8 at least: what the GPU kernels (and the packed one) want.
+  const auto rounded = [&](double width, int64_t full, int64_t multiple) {
+    const int64_t a = (std::max<int64_t>(multiple, 8) + 7) / 8 * 8;
+    return std::min(full, std::max<int64_t>(a, a * std::llround(width / a)));
   };
-  s.intermediate_size = width(c.intermediate_size);
-  s.qk_head_dim = width(c.head_dim);
-  s.v_head_dim = width(c.head_dim);
-  if (s.qk_head_dim < c.head_dim) {  // else the heads stay whole, with no dimension list
+  if (mlp_only) {
+    // Layer 0's Linears: the attention's weights stay; the MLP's scale with its width.
+    double attention = 0, mlp = 0;
+    for (const auto& info : lm.linears()) {
+      if (info.layer != 0) continue;
+      const double params = static_cast<double>(info.out_features) * static_cast<double>(info.in_features);
+      const auto r = info.role;
+      const bool in_mlp = r == model::LinearRole::Gate || r == model::LinearRole::Up ||
+                          r == model::LinearRole::Down || r == model::LinearRole::Fc1 || r == model::LinearRole::Fc2;
+      (in_mlp ? mlp : attention) += params;
+    }
+    const double share = ((attention + mlp) * ratio - attention) / mlp;
+    if (share <= 0) throw std::invalid_argument("narrow_mlp: the attention alone holds more than that ratio");
+    s.intermediate_size = rounded(static_cast<double>(c.intermediate_size) * share, c.intermediate_size, align);
+  } else {
+    s.intermediate_size = rounded(static_cast<double>(c.intermediate_size) * ratio, c.intermediate_size, align);
+    s.qk_head_dim = rounded(static_cast<double>(c.head_dim) * ratio, c.head_dim, 8);
+    s.v_head_dim = s.qk_head_dim;
+  }
+  if (s.qk_head_dim > 0 && s.qk_head_dim < c.head_dim) {  // else the heads stay whole, with no dimension list
     for (int64_t j = 0; j < c.num_kv_heads; ++j) {
       for (int64_t half = 0; half < 2; ++half) {
         for (int64_t r = 0; r < s.qk_head_dim / 2; ++r) s.qk_dims.push_back(half * (c.head_dim / 2) + r);
       }
     }
   }
+  const int64_t qk = s.qk_head_dim > 0 ? s.qk_head_dim : c.head_dim;
+  const int64_t dv = s.v_head_dim > 0 ? s.v_head_dim : c.head_dim;
   int64_t n = 0;
   for (int64_t layer = 0; layer < c.num_layers; ++layer) {
     std::map<std::string, model::LinearPtr> slots;
@@ -386,10 +419,10 @@ inline int64_t narrow_decoder(model::CausalLM& lm, double ratio) {
       if (info.layer != layer) continue;
       const std::string leaf = info.name.substr(info.name.rfind('.') + 1);
       int64_t out = info.out_features, in = info.in_features;
-      if (leaf == "q_proj") out = c.num_heads * s.qk_head_dim;
-      if (leaf == "k_proj") out = c.num_kv_heads * s.qk_head_dim;
-      if (leaf == "v_proj") out = c.num_kv_heads * s.v_head_dim;
-      if (leaf == "o_proj" || leaf == "out_proj") in = c.num_heads * s.v_head_dim;
+      if (leaf == "q_proj") out = c.num_heads * qk;
+      if (leaf == "k_proj") out = c.num_kv_heads * qk;
+      if (leaf == "v_proj") out = c.num_kv_heads * dv;
+      if (leaf == "o_proj" || leaf == "out_proj") in = c.num_heads * dv;
       if (leaf == "gate_proj" || leaf == "up_proj" || leaf == "fc1") out = s.intermediate_size;
       if (leaf == "down_proj" || leaf == "fc2") in = s.intermediate_size;
       const auto* dense = dynamic_cast<const model::DenseLinear*>(lm.linear_ptr(info.name).get());

@@ -6,7 +6,8 @@
 //
 //   bench_decode --model PATH | --config CONFIG.json
 //                [--device cuda] [--dtype bf16] [--batch 1,16] [--prompt_len 512] [--new_tokens 256]
-//                [--factorize dense,svd:0.6,cur:0.6,narrow:0.8,packed:rtn_int4] [--iters 1] [--graph 0] [--seed 0]
+//                [--factorize dense,svd:0.6,cur:0.6,narrow:0.8,narrow_mlp:0.8,packed:rtn_int4] [--iters 1] [--graph 0] [--seed 0]
+//                [--narrow_align 8] [--trace FILE] [--group 1]
 //
 // Each run: a prefill of --prompt_len random tokens per row, then
 // --new_tokens - 1 greedy decoding steps (the argmax stays on the device; one
@@ -21,17 +22,27 @@
 // packed (quant::PackedLinear, as LoadOptions::keep_packed loads a quantized
 // repository): "packed_layers" and "packed_bytes" say what it holds.
 // narrow:RATIO gives every decoder layer the smaller dense shapes a module
-// method leaves (MLP width and query/key/value head widths times RATIO).
+// method leaves (MLP width and query/key/value head widths times RATIO, in
+// multiples of --narrow_align); narrow_mlp:RATIO narrows the MLPs alone (what
+// mlp_nystrom leaves), to RATIO of the decoder's Linear weights.
 // Steps joined by '+' apply in order: narrow:0.6+packed:rtn_int4 packs the
 // narrowed layers, svd:0.6+packed:rtn_int4 the factors of the SVD layers.
+// Dense projections that read one input (q/k/v, gate/up) are laid out as one
+// product each (CausalLM::group_projections, as the generate app loads a model);
+// --group 0 keeps them apart.
 // Each timed decoding step is an NVTX range "decode_step" (CUDA builds), for
 // per-kernel times: ncu --nvtx --nvtx-include "decode_step/" bench_decode ...
+// --trace FILE saves a Chrome trace of the last timed run (PyTorch's profiler:
+// the prefill and the decoding steps as user scopes "decode.prefill" and
+// "decode.step") as FILE.<spec>.b<batch>.json; benchmarks/trace_summary.py reads it.
 #include "bench_common.h"
+#include "bench_trace.h"
 
 #include <cur4llm/model/kv_cache.h>
 #include <cur4llm/quant/packed_linear.h>
 
 #include <ATen/ATen.h>
+#include <ATen/record_function.h>
 #include <c10/core/InferenceMode.h>
 
 #include <fmt/format.h>
@@ -43,7 +54,7 @@ int main(int argc, char** argv) try {
   using namespace cur4llm;
   const bench::Args args(argc, argv);
   args.check_known({"model", "config", "device", "dtype", "batch", "prompt_len", "new_tokens", "factorize", "iters",
-                    "graph", "seed", "peak_tflops"});
+                    "graph", "seed", "peak_tflops", "narrow_align", "trace", "group"});
   const int64_t prompt_len = args.integer("prompt_len", 512);
   const int64_t new_tokens = args.integer("new_tokens", 256);
   const int iters = static_cast<int>(args.integer("iters", 1));
@@ -51,6 +62,9 @@ int main(int argc, char** argv) try {
     throw std::invalid_argument("--prompt_len must be >= 1, --new_tokens >= 2, --iters >= 1");
   }
 
+  const int64_t narrow_align = args.integer("narrow_align", 8);
+  if (narrow_align < 1) throw std::invalid_argument("--narrow_align must be at least 1");
+  const bench::Tracer tracer(args.str("trace", ""));
   std::string source;
   auto lm = bench::load_model(args, &source);
   const auto& c = lm->config();
@@ -87,7 +101,9 @@ int main(int argc, char** argv) try {
         base["packed_layers"] = layers;
         base["packed_bytes"] = bytes;
       } else if (step.rfind("narrow:", 0) == 0) {
-        base["narrowed_layers"] = bench::narrow_decoder(*lm, std::stod(step.substr(7)));
+        base["narrowed_layers"] = bench::narrow_decoder(*lm, std::stod(step.substr(7)), narrow_align);
+      } else if (step.rfind("narrow_mlp:", 0) == 0) {
+        base["narrowed_layers"] = bench::narrow_decoder(*lm, std::stod(step.substr(11)), narrow_align, true);
       } else if (step != "dense") {
         const auto colon = step.find(':');
         if (colon == std::string::npos) throw std::invalid_argument("--factorize KIND:RATIO, e.g. svd:0.6");
@@ -95,6 +111,8 @@ int main(int argc, char** argv) try {
             bench::factorize_decoder(*lm, step.substr(0, colon), std::stod(step.substr(colon + 1)));
       }
     }
+    // As the generate app runs a model: each layer's q/k/v and gate/up as one product where dense.
+    if (args.integer("group", 1) != 0) base["grouped_projections"] = lm->group_projections();
     if (!keep_dense) dense_slots.clear();
     // Weights and buffers on the device before any input: what the layers hold.
     base["model_device_bytes"] = bench::device_memory(device, /*peak=*/false);
@@ -109,10 +127,14 @@ int main(int argc, char** argv) try {
       auto run_once = [&](int64_t steps, double* pre, double* dec) {
         model::KVCache cache(batch, capacity, device);
         at::Tensor next;
-        *pre = bench::timed(device, [&] { next = lm->forward_cached(prompt, cache).argmax(-1); });
+        *pre = bench::timed(device, [&] {
+          RECORD_USER_SCOPE("decode.prefill");
+          next = lm->forward_cached(prompt, cache).argmax(-1);
+        });
         *dec = bench::timed(device, [&] {
           for (int64_t s = 0; s < steps; ++s) {
             bench::ProfileRange range("decode_step");
+            RECORD_USER_SCOPE("decode.step");
             next = lm->forward_cached(next, cache).argmax(-1);
           }
         });
@@ -122,7 +144,9 @@ int main(int argc, char** argv) try {
       run_once(2, &w1, &w2);  // warm-up: kernels, tables, allocator
       for (int i = 0; i < iters; ++i) {
         double pre = 0, dec = 0;
+        if (i + 1 == iters) tracer.start();
         run_once(new_tokens - 1, &pre, &dec);
+        if (i + 1 == iters) tracer.save(fmt::format(".{}.b{}.json", bench::file_safe(spec), batch));
         prefill_s += pre / iters;
         decode_s += dec / iters;
       }

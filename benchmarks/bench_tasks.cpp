@@ -18,16 +18,15 @@
 // and CUDA) as FILE.<task>.json; benchmarks/trace_summary.py reads it.
 // --sdpa keeps only the named backends of at::scaled_dot_product_attention.
 #include "bench_common.h"
+#include "bench_trace.h"
 
 #include <cur4llm/eval/tasks.h>
 #include <cur4llm/tokenize/tokenizer.h>
 
 #include <ATen/Context.h>
-#include <torch/csrc/autograd/profiler_kineto.h>
 #include <torch/version.h>
 
 #include <algorithm>
-#include <cstdio>
 #include <iostream>
 #include <set>
 
@@ -55,22 +54,7 @@ int main(int argc, char** argv) try {
   }
   const int64_t repeat = args.integer("repeat", 1);
   if (repeat < 1) throw std::invalid_argument("--repeat must be at least 1");
-  const std::string trace = args.str("trace", "");
-  namespace prof = torch::autograd::profiler;
-  const torch::profiler::impl::ProfilerConfig trace_config(torch::profiler::impl::ProfilerState::KINETO);
-  const std::set<torch::profiler::impl::ActivityType> trace_activities{torch::profiler::impl::ActivityType::CPU,
-                                                                       torch::profiler::impl::ActivityType::CUDA};
-  if (!trace.empty()) {
-    // A LibTorch without Kineto refuses to save only at the end: ask before the run.
-    try {
-      prof::prepareProfiler(trace_config, {torch::profiler::impl::ActivityType::CPU});
-      prof::enableProfiler(trace_config, {torch::profiler::impl::ActivityType::CPU});
-      prof::disableProfiler()->save(trace + ".probe.json");
-      std::remove((trace + ".probe.json").c_str());
-    } catch (const c10::Error&) {
-      throw std::invalid_argument("--trace needs a LibTorch built with Kineto (USE_KINETO=1); this one is not");
-    }
-  }
+  const bench::Tracer tracer(args.str("trace", ""));
   std::string source;
   auto lm = bench::load_model(args, &source);
   auto tok = tokenize::load_tokenizer(args.str("tokenizer", args.str("model", "")));
@@ -97,13 +81,10 @@ int main(int argc, char** argv) try {
     eval::ScoreStats stats;
     std::vector<double> runs;
     for (int64_t r = 0; r < repeat; ++r) {
-      const bool traced = !trace.empty() && r + 1 == repeat;
-      if (traced) {
-        prof::prepareProfiler(trace_config, trace_activities);
-        prof::enableProfiler(trace_config, trace_activities);
-      }
+      const bool traced = r + 1 == repeat;
+      if (traced) tracer.start();
       runs.push_back(bench::timed(lm->device(), [&] { (void)eval::score_requests(*lm, encoded, options, &stats); }));
-      if (traced) prof::disableProfiler()->save(trace + "." + name + ".json");
+      if (traced) tracer.save("." + name + ".json");
     }
     const double score_s = runs.front();
     const double warm_s = runs.size() > 1 ? *std::min_element(runs.begin() + 1, runs.end()) : score_s;

@@ -7,7 +7,9 @@
 # (benchmarks/hf_decode.py). Logs and JSON lines go to $OUT:
 #   bash benchmarks/gpu_generate.sh <deps-folder> <shared-folder> [parts]
 # parts (default "tests refs llama prefill hf opt"; "profile" adds per-kernel
-# times of one decoding step through Nsight Compute, last); $EXTRA_TARGETS are
+# times of one decoding step through Nsight Compute, last; "trace" the kernels
+# of 16 decoding steps of the whole LLaMA-7B shape through PyTorch's profiler,
+# for each of $TRACE_SPECS, summed by benchmarks/trace_summary.py); $EXTRA_TARGETS are
 # built too; the build is incremental,
 # so a second call on the same machine skips it. The whole run ends by $BUDGET
 # seconds (default 580): each step gets at most what is left.
@@ -89,12 +91,12 @@ fi
 shapes=" ${PREFILL_SHAPES:-llama-7b opt-125m} "  # which shapes the prefill part runs ($PREFILL_SPECS: which models)
 if [[ $parts == *" prefill "* && $shapes == *" llama-7b "* ]]; then
   each 40 ${PREFILL_SPECS:-dense,narrow:0.8,narrow:0.7,svd:0.8} --config benchmarks/configs/llama-7b.json --device cuda \
-    --dtype bf16 --batch 1 --prompt_len 2048 --new_tokens 64 --graph 1
+    --dtype bf16 --batch 1 --prompt_len 2048 --new_tokens 64 --graph 1 --iters "${PREFILL_ITERS:-3}" ${PREFILL_ARGS:-}
 fi
 if [[ $parts == *" prefill "* && $shapes == *" opt-125m "* ]]; then
   # OPT-125m has 2048 learned positions: the prompt leaves room for the new tokens.
   each 30 ${PREFILL_SPECS:-dense,narrow:0.8,narrow:0.7,svd:0.8} --config benchmarks/configs/opt-125m.json --device cuda --dtype bf16 \
-    --batch 1,16 --prompt_len 1984 --new_tokens 64 --graph 1
+    --batch 1,16 --prompt_len 1984 --new_tokens 64 --graph 1 --iters "${PREFILL_ITERS:-3}" ${PREFILL_ARGS:-}
   stamp "prefill"
 fi
 if [[ $parts == *" opt "* ]]; then
@@ -102,6 +104,16 @@ if [[ $parts == *" opt "* ]]; then
     --config benchmarks/configs/opt-1.3b.json --device cuda --dtype fp16 --batch 1,16 --prompt_len 512 \
     --new_tokens 256 --graph 1
   stamp "opt"
+fi
+if [[ $parts == *" trace "* ]]; then
+  for spec in ${TRACE_SPECS:-dense narrow:0.8 packed:rtn_int4}; do
+    run 45 $bench --config benchmarks/configs/llama-7b.json --device cuda --dtype bf16 --batch 1 --prompt_len 512 \
+      --new_tokens 17 --factorize "$spec" --trace "$work/trace"
+    f="$work/trace.${spec//[:+]/_}.b1.json"
+    [[ -f $f ]] && python3 benchmarks/trace_summary.py "$f" --phase decode.step --top 40 --label "llama-7b bf16 b1 $spec" \
+      | tee -a "$out/trace_summary.jsonl"
+  done
+  stamp "trace"
 fi
 if [[ $parts == *" profile "* ]]; then
   # ncu runs each kernel of the 3 "decode_step" ranges alone (--new_tokens 2: 2 warm-up steps, 1 timed),

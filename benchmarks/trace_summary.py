@@ -10,7 +10,9 @@ kernel (benchmarks/kernel_times.py's kinds) and by phase, and the largest
 kernels and CPU operators. A phase is the innermost user scope
 (RECORD_USER_SCOPE, e.g. "tasks.prefixes") open on the launching thread when a
 kernel was launched; kernels launched outside every scope count as "(none)".
-The CPU time of a phase is the summed length of its scopes.
+The CPU time of a phase is the summed length of its scopes. With --phase, only
+the GPU work launched in that phase is counted (bench_decode's "decode.step":
+what the decoding steps run).
 """
 import argparse
 import bisect
@@ -42,6 +44,7 @@ def main():
     p.add_argument("trace")
     p.add_argument("--label", default="")
     p.add_argument("--top", type=int, default=12)
+    p.add_argument("--phase", default="", help="count only the GPU work launched in this phase (e.g. decode.step)")
     a = p.parse_args()
     with open(a.trace) as f:
         data = json.load(f)
@@ -75,12 +78,17 @@ def main():
             launch_phase[e["args"]["correlation"]] = phase_at(e.get("tid"), e["ts"])
 
     gpu = [e for e in events if e.get("cat") in GPU_CATS]
+    phase_of = lambda e: launch_phase.get(e.get("args", {}).get("correlation"), "(none)")
+    if a.phase:
+        gpu = [e for e in gpu if phase_of(e) == a.phase]
+        if not gpu:
+            sys.exit(f"trace_summary.py: no GPU work launched in phase {a.phase!r} in {a.trace}")
     by_kind, by_phase, by_kernel = {}, {}, {}
     for e in gpu:
         us = float(e["dur"])
         name = e["name"]
         kind = kind_of(name) if e["cat"] == "kernel" else e["cat"]
-        phase = launch_phase.get(e.get("args", {}).get("correlation"), "(none)")
+        phase = phase_of(e)
         for table, key in ((by_kind, kind), (by_phase, phase), (by_kernel, name)):
             calls, total = table.get(key, (0, 0.0))
             table[key] = (calls + 1, total + us)
@@ -102,6 +110,7 @@ def main():
     ]
     out = {
         "label": a.label,
+        "phase": a.phase or "(all)",
         "trace": os.path.basename(a.trace),
         "wall_ms": ms(last - first),
         "gpu_busy_ms": ms(busy([(e["ts"], e["ts"] + e["dur"]) for e in gpu])),

@@ -94,6 +94,8 @@ TEST_CASE("cached decoding gives the full forward's logits at every position, ev
     // mistral_window's window is 5 tokens: both the prefill and the decoding run past it.
     check_cached_equals_forward(*lm, 9, 24);
     check_cached_equals_forward(*lm, 1, 6);
+    REQUIRE(lm->group_projections() > 0);  // as the generate app runs it: q/k/v (and gate/up) as one product
+    check_cached_equals_forward(*lm, 9, 24);
   }
 }
 
@@ -538,6 +540,9 @@ TEST_CASE("CUDA: cached decoding gives the full forward's logits (fp32, bf16)", 
     o.device = c10::Device(c10::kCUDA);
     o.dtype = at::kFloat;
     check_cached_equals_forward(*CausalLM::load(model_dir(name), o), 9, 24, 1e-3);
+    auto grouped = CausalLM::load(model_dir(name), o);
+    REQUIRE(grouped->group_projections() > 0);  // as the generate app runs it
+    check_cached_equals_forward(*grouped, 9, 24, 1e-3);
     o.dtype = at::kBFloat16;
     check_cached_equals_forward(*CausalLM::load(model_dir(name), o), 9, 24, 0.1);
     auto lm = CausalLM::load(model_dir(name), o);

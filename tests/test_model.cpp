@@ -17,6 +17,7 @@
 
 #include <fstream>
 #include <limits>
+#include <map>
 #include <iterator>
 #include <string>
 
@@ -174,11 +175,16 @@ TEST_CASE("CUDA: cur4llm's kernels and cuDNN attention give ATen's results on mo
       cur4llm::util::set_fused_kernels_enabled(false);
       auto plain = lm->forward(ids).to(at::kFloat);
       cur4llm::util::set_fused_kernels_enabled(true);
+      // q/k/v and gate/up as one product each: the kernels read their parts as rows further apart.
+      REQUIRE(lm->group_projections() == (config.model_type == "opt" ? 2 : 4));
+      auto grouped = lm->forward(ids).to(at::kFloat);
       INFO(config.model_type << " " << c10::toString(dtype));
       if (dtype == at::kFloat) {
         CHECK(max_abs_diff(fused, plain) <= 1e-4 * plain.abs().max().item<double>());
+        CHECK(max_abs_diff(grouped, plain) <= 1e-4 * plain.abs().max().item<double>());
       } else {
         CHECK(nmse(fused, plain) < 1e-4);
+        CHECK(nmse(grouped, plain) < 1e-4);
       }
     }
   }
@@ -435,4 +441,83 @@ TEST_CASE("a layer resumed from its prefix at any slot equals the whole layer, a
     CHECK(at::allclose(lm->layer_resume(prefix), want, 1e-6, 1e-6));
   }
   CHECK_THROWS_AS(lm->layer_resume(cur4llm::model::LayerPrefix()), std::invalid_argument);
+}
+
+namespace {
+
+// Weight of slot `name` as a dense layer.
+const at::Tensor& dense_weight(const CausalLM& lm, const std::string& name) { return lm.dense_linear(name).weight(); }
+
+std::string slot_of(const CausalLM& lm, int64_t layer, cur4llm::model::LinearRole role) {
+  for (const auto& info : lm.linears()) {
+    if (info.layer == layer && info.role == role) return info.name;
+  }
+  return "";
+}
+
+}  // namespace
+
+TEST_CASE("group_projections lays q/k/v and gate/up out together; logits, weights and later swaps as before",
+          "[model][unit]") {
+  using cur4llm::model::LinearRole;
+  const std::string name = GENERATE(as<std::string>{}, "opt_pre", "llama_gqa", "qwen2_bias", "qwen3_qknorm",
+                                    "gemma2_softcap");
+  INFO(name);
+  auto lm = CausalLM::load(model_dir(name));
+  auto plain = CausalLM::load(model_dir(name));
+  const bool gated = lm->config().family != cur4llm::model::Family::Opt;
+  const int64_t layers = lm->config().num_layers;
+  c10::InferenceMode guard;
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(3);
+  auto ids = at::randint(lm->config().vocab_size, {2, 11}, gen, at::TensorOptions().dtype(at::kLong));
+  const auto before = lm->forward(ids);
+  std::map<std::string, at::Tensor> weights;
+  for (const auto& info : lm->linears()) weights[info.name] = dense_weight(*lm, info.name).clone();
+
+  // One group per layer for OPT (q/k/v; fc1 has no partner), two for the gated MLP families.
+  const int64_t groups = layers * (gated ? 2 : 1);
+  CHECK(lm->group_projections() == groups);
+  CHECK(lm->group_projections() == groups);  // already laid out: counted, not copied again
+  for (int64_t layer = 0; layer < layers; ++layer) {
+    std::vector<std::vector<LinearRole>> sets{{LinearRole::Q, LinearRole::K, LinearRole::V}};
+    if (gated) sets.push_back({LinearRole::Gate, LinearRole::Up});
+    for (const auto& roles : sets) {
+      for (size_t j = 1; j < roles.size(); ++j) {
+        const auto& prev = dense_weight(*lm, slot_of(*lm, layer, roles[j - 1]));
+        const auto& next = dense_weight(*lm, slot_of(*lm, layer, roles[j]));
+        INFO("layer " << layer << " slot " << slot_of(*lm, layer, roles[j]));
+        CHECK(static_cast<const char*>(next.data_ptr()) ==
+              static_cast<const char*>(prev.data_ptr()) + prev.numel() * prev.element_size());
+      }
+    }
+  }
+  for (const auto& [slot, w] : weights) CHECK(at::equal(dense_weight(*lm, slot), w));
+  CHECK(at::allclose(lm->forward(ids), before, 1e-5, 1e-5));
+
+  // A layer resumed from a prefix (as the sensitivity sweeps do) still equals the whole layer: its
+  // key computed alone, the rest as parts of the one product, differ from the whole in round-off.
+  auto hidden = lm->embed(ids);
+  const auto prefix = lm->layer_prefix(0, hidden, LinearRole::K);
+  const auto whole = lm->layer(0, hidden);
+  INFO("largest difference " << (lm->layer_resume(prefix) - whole).abs().max().item<double>() << " of "
+                             << whole.abs().max().item<double>());
+  CHECK(at::allclose(lm->layer_resume(prefix), whole, 1e-5, 1e-5));  // the parts of one product or three: round-off
+
+  // Replacing one slot of a group afterwards: the forward uses the new slot, as on a model never grouped.
+  // (Its columns reversed: a scaled key would not matter where keys are normalised, as in Qwen3.)
+  const std::string k = slot_of(*lm, 0, LinearRole::K);
+  for (auto* model : {lm.get(), plain.get()}) {
+    const auto& old = model->dense_linear(k);
+    model->replace_linear(k, std::make_shared<cur4llm::model::DenseLinear>(old.weight().flip(1), old.bias()));
+  }
+  const auto swapped = plain->forward(ids);
+  REQUIRE(!at::allclose(swapped, before, 1e-4, 1e-4));
+  CHECK(at::allclose(lm->forward(ids), swapped, 1e-5, 1e-5));
+  CHECK(lm->group_projections() == groups);  // the group of the new slot is laid out again
+
+  // A group with a slot that is not dense stays apart.
+  const std::string q = slot_of(*plain, 1, LinearRole::Q);
+  plain->replace_linear(q, std::make_shared<cur4llm::model::ForwardingSlot>(plain->linear_ptr(q)));
+  CHECK(plain->group_projections() == groups - 1);
+  CHECK(at::allclose(plain->forward(ids), swapped, 1e-5, 1e-5));
 }

@@ -232,17 +232,19 @@ struct RotaryTables {
 
 template <typename T>
 __global__ void rotary_kernel(const T* __restrict__ x, RotaryTables tab, T* __restrict__ out, int64_t tokens,
-                              int64_t heads, int64_t dim) {
+                              int64_t heads, int64_t dim, int64_t x_token_stride) {
   const int64_t half = dim / 2;
   const int64_t total = tokens * heads * half;
   for (int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; idx < total;
        idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t j = idx % half;
     const int64_t th = idx / half;  // token * heads + head
-    const int64_t at = tab.offset(th / heads, th % heads, heads, dim);
+    const int64_t token = th / heads, head = th - token * heads;
+    const int64_t at = tab.offset(token, head, heads, dim);
     const int64_t base = th * dim;
-    const float x1 = Elem<T>::load(x[base + j]);
-    const float x2 = Elem<T>::load(x[base + j + half]);
+    const int64_t in = token * x_token_stride + head * dim;
+    const float x1 = Elem<T>::load(x[in + j]);
+    const float x2 = Elem<T>::load(x[in + j + half]);
     const float c1 = round_to<T>(tab.cos[at + j]), s1 = round_to<T>(tab.sin[at + j]);
     const float c2 = round_to<T>(tab.cos[at + j + half]), s2 = round_to<T>(tab.sin[at + j + half]);
     // rotate_half(x) = cat(-x2, x1); every product and the sum rounded as ATen rounds them.
@@ -255,7 +257,7 @@ __global__ void rotary_kernel(const T* __restrict__ x, RotaryTables tab, T* __re
 // pairs), so the index arithmetic is paid once per pack, not per element.
 template <typename T>
 __global__ void rotary_pack_kernel(const T* __restrict__ x, RotaryTables tab, T* __restrict__ out, int64_t rows,
-                                   int64_t heads, int64_t dim) {
+                                   int64_t heads, int64_t dim, int64_t x_token_stride) {
   constexpr int K = Pack<T>::kSize;
   const int64_t half = dim / 2, packs = half / K;
   const int64_t total = rows * packs;
@@ -263,10 +265,12 @@ __global__ void rotary_pack_kernel(const T* __restrict__ x, RotaryTables tab, T*
        idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t row = idx / packs;  // token * heads + head
     const int64_t j = (idx - row * packs) * K;
-    const int64_t at = tab.offset(row / heads, row % heads, heads, dim);
+    const int64_t token = row / heads, head = row - token * heads;
+    const int64_t at = tab.offset(token, head, heads, dim);
     const int64_t base = row * dim;
-    const Pack<T> a = *reinterpret_cast<const Pack<T>*>(x + base + j);
-    const Pack<T> b = *reinterpret_cast<const Pack<T>*>(x + base + j + half);
+    const int64_t in = token * x_token_stride + head * dim;
+    const Pack<T> a = *reinterpret_cast<const Pack<T>*>(x + in + j);
+    const Pack<T> b = *reinterpret_cast<const Pack<T>*>(x + in + j + half);
     const float* c = tab.cos + at + j;
     const float* sn = tab.sin + at + j;
     Pack<T> oa, ob;
@@ -285,21 +289,22 @@ __global__ void rotary_pack_kernel(const T* __restrict__ x, RotaryTables tab, T*
 
 template <typename T>
 int launch_rotary(const void* x, const RotaryTables& tab, void* out, int64_t tokens, int64_t heads, int64_t dim,
-                  void* stream) {
+                  int64_t x_token_stride, void* stream) {
   const int64_t total = tokens * heads * (dim / 2);
   if (total <= 0) return 0;
   constexpr int kThreads = 256;
   constexpr int K = Pack<T>::kSize;
-  const bool vec = (dim / 2) % K == 0 && aligned16<T>(x, dim / 2) && aligned16<T>(out, dim / 2);
+  const bool vec = (dim / 2) % K == 0 && aligned16<T>(x, dim / 2) && aligned16<T>(out, dim / 2) &&
+                   aligned16<T>(x, x_token_stride);
   const int64_t work = vec ? total / K : total;
   const int64_t blocks = (work + kThreads - 1) / kThreads;
   const unsigned grid = static_cast<unsigned>(blocks < (int64_t{1} << 20) ? blocks : (int64_t{1} << 20));
   if (vec) {
-    rotary_pack_kernel<T><<<grid, kThreads, 0, as_stream(stream)>>>(static_cast<const T*>(x), tab,
-                                                                    static_cast<T*>(out), tokens * heads, heads, dim);
+    rotary_pack_kernel<T><<<grid, kThreads, 0, as_stream(stream)>>>(
+        static_cast<const T*>(x), tab, static_cast<T*>(out), tokens * heads, heads, dim, x_token_stride);
   } else {
     rotary_kernel<T><<<grid, kThreads, 0, as_stream(stream)>>>(static_cast<const T*>(x), tab, static_cast<T*>(out),
-                                                               tokens, heads, dim);
+                                                               tokens, heads, dim, x_token_stride);
   }
   return static_cast<int>(cudaGetLastError());
 }
@@ -373,47 +378,53 @@ __device__ inline float silu_mul_one(float g, float u) {
   return act * u;
 }
 
+// gate and up are [rows, cols], rows gate_stride and up_stride elements apart; out is [rows, cols], contiguous.
 template <typename T, bool kVec>
-__global__ void silu_mul_kernel(const T* __restrict__ gate, const T* __restrict__ up, T* __restrict__ out, int64_t n) {
+__global__ void silu_mul_kernel(const T* __restrict__ gate, const T* __restrict__ up, T* __restrict__ out,
+                                int64_t rows, int64_t cols, int64_t gate_stride, int64_t up_stride) {
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   const int64_t first = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  int64_t done = 0;  // columns of each row handled by packs
   if constexpr (kVec) {
     constexpr int K = Pack<T>::kSize;
-    const Pack<T>* pg = reinterpret_cast<const Pack<T>*>(gate);
-    const Pack<T>* pu = reinterpret_cast<const Pack<T>*>(up);
-    Pack<T>* po = reinterpret_cast<Pack<T>*>(out);
-    for (int64_t i = first; i < n / K; i += stride) {
-      const Pack<T> g = pg[i], u = pu[i];
+    const int64_t packs = cols / K;
+    for (int64_t i = first; i < rows * packs; i += stride) {
+      const int64_t r = i / packs, c = (i - r * packs) * K;
+      const Pack<T> g = *reinterpret_cast<const Pack<T>*>(gate + r * gate_stride + c);
+      const Pack<T> u = *reinterpret_cast<const Pack<T>*>(up + r * up_stride + c);
       Pack<T> o;
 #pragma unroll
       for (int j = 0; j < K; ++j) o.v[j] = Elem<T>::store(silu_mul_one<T>(Elem<T>::load(g.v[j]), Elem<T>::load(u.v[j])));
-      po[i] = o;
+      *reinterpret_cast<Pack<T>*>(out + r * cols + c) = o;
     }
-    for (int64_t i = (n / K) * K + first; i < n; i += stride) {
-      out[i] = Elem<T>::store(silu_mul_one<T>(Elem<T>::load(gate[i]), Elem<T>::load(up[i])));
-    }
-  } else {
-    for (int64_t i = first; i < n; i += stride) {
-      out[i] = Elem<T>::store(silu_mul_one<T>(Elem<T>::load(gate[i]), Elem<T>::load(up[i])));
-    }
+    done = packs * K;
+  }
+  const int64_t rest = cols - done;
+  for (int64_t i = first; i < rows * rest; i += stride) {
+    const int64_t r = i / rest, c = done + (i - r * rest);
+    out[r * cols + c] =
+        Elem<T>::store(silu_mul_one<T>(Elem<T>::load(gate[r * gate_stride + c]), Elem<T>::load(up[r * up_stride + c])));
   }
 }
 
 template <typename T>
-int launch_silu_mul(const void* gate, const void* up, void* out, int64_t n, void* stream) {
-  if (n <= 0) return 0;
+int launch_silu_mul(const void* gate, const void* up, void* out, int64_t rows, int64_t cols, int64_t gate_stride,
+                    int64_t up_stride, void* stream) {
+  if (rows <= 0 || cols <= 0) return 0;
   constexpr int kThreads = 256;
-  const bool vec = aligned16<T>(gate, 0) && aligned16<T>(up, 0) && aligned16<T>(out, 0);
-  const int64_t work = vec ? n / Pack<T>::kSize + 1 : n;
+  // One row: only the pointers need alignment (a tail of fewer than a pack goes element by element).
+  const bool vec = aligned16<T>(gate, rows > 1 ? gate_stride : 0) && aligned16<T>(up, rows > 1 ? up_stride : 0) &&
+                   aligned16<T>(out, rows > 1 ? cols : 0) && (rows == 1 || cols % Pack<T>::kSize == 0);
+  const int64_t work = vec ? rows * (cols / Pack<T>::kSize) + rows * (cols % Pack<T>::kSize) : rows * cols;
   const int64_t blocks = (work + kThreads - 1) / kThreads;
   const unsigned grid = static_cast<unsigned>(blocks < (int64_t{1} << 20) ? blocks : (int64_t{1} << 20));
   const T* g = static_cast<const T*>(gate);
   const T* u = static_cast<const T*>(up);
   T* o = static_cast<T*>(out);
   if (vec) {
-    silu_mul_kernel<T, true><<<grid, kThreads, 0, as_stream(stream)>>>(g, u, o, n);
+    silu_mul_kernel<T, true><<<grid, kThreads, 0, as_stream(stream)>>>(g, u, o, rows, cols, gate_stride, up_stride);
   } else {
-    silu_mul_kernel<T, false><<<grid, kThreads, 0, as_stream(stream)>>>(g, u, o, n);
+    silu_mul_kernel<T, false><<<grid, kThreads, 0, as_stream(stream)>>>(g, u, o, rows, cols, gate_stride, up_stride);
   }
   return static_cast<int>(cudaGetLastError());
 }
@@ -954,12 +965,14 @@ int rms_norm(const void* x, const void* w, void* out, int dtype, int64_t rows, i
 }
 
 int rotary(const void* x, const float* cos, const float* sin, void* out, int dtype, int64_t tokens, int64_t seq_len,
-           int64_t heads, int64_t dim, void* stream, const int64_t* positions, int64_t tables, int64_t table_rows) {
+           int64_t heads, int64_t dim, void* stream, const int64_t* positions, int64_t tables, int64_t table_rows,
+           int64_t x_token_stride) {
   const RotaryTables tab{cos, sin, seq_len, positions, tables < 1 ? 1 : tables, table_rows};
+  const int64_t xs = x_token_stride > 0 ? x_token_stride : heads * dim;
   switch (dtype) {
-    case 0: return launch_rotary<float>(x, tab, out, tokens, heads, dim, stream);
-    case 1: return launch_rotary<__half>(x, tab, out, tokens, heads, dim, stream);
-    case 2: return launch_rotary<__nv_bfloat16>(x, tab, out, tokens, heads, dim, stream);
+    case 0: return launch_rotary<float>(x, tab, out, tokens, heads, dim, xs, stream);
+    case 1: return launch_rotary<__half>(x, tab, out, tokens, heads, dim, xs, stream);
+    case 2: return launch_rotary<__nv_bfloat16>(x, tab, out, tokens, heads, dim, xs, stream);
   }
   return kBadDtype;
 }
@@ -984,11 +997,12 @@ int lowrank_forward(const void* x, int64_t tokens, const void* r, const void* u,
   return kBadDtype;
 }
 
-int silu_mul(const void* gate, const void* up, void* out, int dtype, int64_t n, void* stream) {
+int silu_mul(const void* gate, const void* up, void* out, int dtype, int64_t rows, int64_t cols, int64_t gate_stride,
+             int64_t up_stride, void* stream) {
   switch (dtype) {
-    case 0: return launch_silu_mul<float>(gate, up, out, n, stream);
-    case 1: return launch_silu_mul<__half>(gate, up, out, n, stream);
-    case 2: return launch_silu_mul<__nv_bfloat16>(gate, up, out, n, stream);
+    case 0: return launch_silu_mul<float>(gate, up, out, rows, cols, gate_stride, up_stride, stream);
+    case 1: return launch_silu_mul<__half>(gate, up, out, rows, cols, gate_stride, up_stride, stream);
+    case 2: return launch_silu_mul<__nv_bfloat16>(gate, up, out, rows, cols, gate_stride, up_stride, stream);
   }
   return kBadDtype;
 }

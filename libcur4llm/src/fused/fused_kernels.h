@@ -19,14 +19,15 @@ int token_nll(const void* logits, int dtype, int64_t rows, int64_t cols, int64_t
 /// out = w * to_dtype(x * rsqrt(mean(x^2) + eps)) per row of `cols` (LLaMA's RMSNorm).
 int rms_norm(const void* x, const void* w, void* out, int dtype, int64_t rows, int64_t cols, float eps, void* stream);
 
-/// Rotary embedding of x [tokens, heads, dim] (contiguous; token n sits at
-/// position n % seq_len, or at positions[n] where given): out = x * cos +
-/// rotate_half(x) * sin with cos/sin (float [tables, table_rows, dim]: head h
-/// takes table h / (heads / tables)) rounded to the element type, each product and
-/// the sum rounded.
+/// Rotary embedding of x [tokens, heads, dim] (each token's heads contiguous,
+/// tokens x_token_stride elements apart, 0: heads * dim; token n sits at
+/// position n % seq_len, or at positions[n] where given) into out [tokens,
+/// heads, dim] (contiguous): out = x * cos + rotate_half(x) * sin with cos/sin
+/// (float [tables, table_rows, dim]: head h takes table h / (heads / tables))
+/// rounded to the element type, each product and the sum rounded.
 int rotary(const void* x, const float* cos, const float* sin, void* out, int dtype, int64_t tokens, int64_t seq_len,
            int64_t heads, int64_t dim, void* stream, const int64_t* positions = nullptr, int64_t tables = 1,
-           int64_t table_rows = 0);
+           int64_t table_rows = 0, int64_t x_token_stride = 0);
 
 /// LayerNorm per row of `cols`: s = x, or to_dtype(x + y) when y is given
 /// (then written to sum_out, which must be given too); out =
@@ -34,8 +35,10 @@ int rotary(const void* x, const float* cos, const float* sin, void* out, int dty
 int layer_norm(const void* x, const void* y, const void* w, const void* b, void* sum_out, void* out, int dtype,
                int64_t rows, int64_t cols, float eps, void* stream);
 
-/// out = to_dtype(silu(gate)) * up, element-wise over n values (rounded after each op).
-int silu_mul(const void* gate, const void* up, void* out, int dtype, int64_t n, void* stream);
+/// out = to_dtype(silu(gate)) * up, element-wise (rounded after each op), for gate and up
+/// [rows, cols] with rows gate_stride and up_stride elements apart and out [rows, cols] contiguous.
+int silu_mul(const void* gate, const void* up, void* out, int dtype, int64_t rows, int64_t cols, int64_t gate_stride,
+             int64_t up_stride, void* stream);
 
 /// The most tokens lowrank_forward takes.
 constexpr int64_t kLowRankMaxTokens = 8;

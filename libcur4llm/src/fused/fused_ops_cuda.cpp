@@ -119,18 +119,58 @@ at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
   return out;
 }
 
+namespace {
+
+// x read as rows of its dimensions from `lead` on, those laid out contiguously: how many
+// elements apart its rows are (the dimensions before `lead` collapsed into one stride), or
+// nullopt where they are not evenly spaced. A view of the first columns of a contiguous
+// [rows, wider] tensor (one part of a grouped product) has rows `wider` apart.
+std::optional<int64_t> row_stride(const at::Tensor& x, int64_t lead) {
+  int64_t inner = 1;
+  for (int64_t d = x.dim() - 1; d >= lead; --d) {
+    if (x.size(d) != 1 && x.stride(d) != inner) return std::nullopt;
+    inner *= x.size(d);
+  }
+  std::optional<int64_t> stride;
+  int64_t expected = 0;
+  for (int64_t d = lead - 1; d >= 0; --d) {
+    if (x.size(d) == 1) continue;
+    if (!stride) {
+      stride = x.stride(d);
+    } else if (x.stride(d) != expected) {
+      return std::nullopt;
+    }
+    expected = x.stride(d) * x.size(d);
+  }
+  if (!stride) return inner;  // one row
+  return *stride >= inner ? stride : std::nullopt;
+}
+
+// x itself where its rows (from dimension `lead` on) are evenly spaced, else a contiguous copy;
+// and that spacing.
+std::pair<at::Tensor, int64_t> evenly_spaced(const at::Tensor& x, int64_t lead) {
+  if (const auto stride = row_stride(x, lead)) return {x, *stride};
+  auto xc = x.contiguous();
+  int64_t inner = 1;
+  for (int64_t d = lead; d < xc.dim(); ++d) inner *= xc.size(d);
+  return {xc, inner};
+}
+
+}  // namespace
+
 at::Tensor rotary(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
   if (x.dim() != 4 || cos.dim() != 2 || cos.size(0) != x.size(1) || cos.size(1) != x.size(3) ||
       sin.sizes() != cos.sizes() || x.size(3) % 2 != 0) {
     throw std::invalid_argument("fused::rotary: x [B, T, heads, dim] with cos/sin [T, dim]");
   }
   c10::cuda::CUDAGuard guard(x.device());
-  auto xc = x.contiguous();
+  const auto [xc, token_stride] = evenly_spaced(x, 2);
   auto c = cos.to(x.device(), at::kFloat).contiguous();
   auto s = sin.to(x.device(), at::kFloat).contiguous();
-  auto out = at::empty_like(xc);
+  auto out = at::empty(xc.sizes(), xc.options());
   check(kernels::rotary(xc.data_ptr(), c.data_ptr<float>(), s.data_ptr<float>(), out.data_ptr(), dtype_code(xc),
-                        xc.size(0) * xc.size(1), xc.size(1), xc.size(2), xc.size(3), current_stream(xc)),
+                        xc.size(0) * xc.size(1), xc.size(1), xc.size(2), xc.size(3), current_stream(xc), nullptr, 1,
+                        0, token_stride),
         "rotary");
   return out;
 }
@@ -147,14 +187,14 @@ at::Tensor rotary_at(const at::Tensor& x, const at::Tensor& cos, const at::Tenso
         "int64 positions [B, T] on x's device");
   }
   c10::cuda::CUDAGuard guard(x.device());
-  auto xc = x.contiguous();
+  const auto [xc, token_stride] = evenly_spaced(x, 2);
   auto c = cos.to(x.device(), at::kFloat).contiguous();
   auto s = sin.to(x.device(), at::kFloat).contiguous();
   auto pos = positions.contiguous();
-  auto out = at::empty_like(xc);
+  auto out = at::empty(xc.sizes(), xc.options());
   check(kernels::rotary(xc.data_ptr(), c.data_ptr<float>(), s.data_ptr<float>(), out.data_ptr(), dtype_code(xc),
                         xc.size(0) * xc.size(1), /*seq_len=*/1, xc.size(2), xc.size(3), current_stream(xc),
-                        pos.data_ptr<int64_t>(), tables, c.size(-2)),
+                        pos.data_ptr<int64_t>(), tables, c.size(-2), token_stride),
         "rotary_at");
   return out;
 }
@@ -211,10 +251,16 @@ at::Tensor silu_mul(const at::Tensor& gate, const at::Tensor& up) {
     throw std::invalid_argument("fused::silu_mul: gate and up must have the same shape and dtype");
   }
   c10::cuda::CUDAGuard guard(gate.device());
-  auto g = gate.contiguous();
-  auto u = up.contiguous();
-  auto out = at::empty_like(g);
-  check(kernels::silu_mul(g.data_ptr(), u.data_ptr(), out.data_ptr(), dtype_code(g), g.numel(), current_stream(g)),
+  // Rows of the last dimension; gate and up may be parts of one grouped product (rows further apart).
+  const int64_t lead = std::max<int64_t>(0, gate.dim() - 1);
+  const auto [g, gate_stride] = evenly_spaced(gate, lead);
+  const auto [u, up_stride] = evenly_spaced(up, lead);
+  auto out = at::empty(gate.sizes(), gate.options());
+  int64_t cols = gate.dim() == 0 ? 1 : gate.size(-1);
+  int64_t rows = cols == 0 ? 0 : gate.numel() / cols;
+  if (gate_stride == cols && up_stride == cols) cols = gate.numel(), rows = 1;  // both contiguous: one row
+  check(kernels::silu_mul(g.data_ptr(), u.data_ptr(), out.data_ptr(), dtype_code(g), rows, cols, gate_stride, up_stride,
+                          current_stream(g)),
         "silu_mul");
   return out;
 }

@@ -8,6 +8,7 @@
 
 #include <cmath>
 #include <limits>
+#include <optional>
 #include <utility>
 #include <stdexcept>
 #include <vector>
@@ -31,7 +32,7 @@ at::Tensor Architecture::embed_step(const CausalLM& lm, const at::Tensor& input_
   return embed(lm, input_ids);
 }
 
-at::Tensor Architecture::layer_step(const CausalLM& lm, int64_t, const at::Tensor&, detail::Step&) const {
+at::Tensor Architecture::layer_step(const CausalLM& lm, int64_t, at::Tensor, detail::Step&) const {
   throw std::invalid_argument(
       fmt::format("generation with a KV cache is not supported for model_type \"{}\" yet", lm.config().model_type));
 }
@@ -243,7 +244,8 @@ Rotary RotaryCache::get(const ModelConfig& config, int64_t seq_len, c10::Device 
   return rotary_;
 }
 
-Step::Step(KVCache& cache, at::Tensor positions) : cache_(cache), positions_(std::move(positions)) {}
+Step::Step(KVCache& cache, at::Tensor positions, bool whole_rows)
+    : cache_(cache), positions_(std::move(positions)), causal_prefill_(whole_rows && cache_.length() == 0) {}
 
 const at::Tensor& Step::allowed(int64_t window) {
   for (const auto& [w, mask] : masks_) {
@@ -343,6 +345,19 @@ at::Tensor cached_attention(const at::Tensor& q_in, const at::Tensor& k_in, cons
 #if TORCH_VERSION_MAJOR < 2
   eager = true;
 #endif
+  const bool triangle = step.causal_prefill() && (window <= 0 || window >= t);
+  if (!eager && triangle && t > 1) {
+#if TORCH_VERSION_MAJOR >= 2
+    // A prompt's first pass: the causal triangle over the new tokens, no mask to read (ATen's
+    // flash kernel where it applies). The kernel scales by 1/sqrt(dk).
+    const double kernel_scale = 1.0 / std::sqrt(static_cast<double>(dk));
+    auto qh = q.transpose(1, 2);  // [B, heads, T, dk]
+    if (s_scale != kernel_scale) qh = qh * (s_scale / kernel_scale);
+    const auto kh = repeat_kv(k.transpose(1, 2), groups);
+    const auto vh = repeat_kv(v_in.reshape({b, t, num_kv_heads, dv}).transpose(1, 2), groups);
+    return at::scaled_dot_product_attention(qh, kh, vh, {}, 0.0, true).transpose(1, 2).reshape({b, t, num_heads * dv});
+#endif
+  }
   if (eager) {
     auto allowed = step.allowed(window);  // [B, 1, T, S]
     if (groups > 1) allowed = allowed.repeat({1, 1, groups, 1});
@@ -401,6 +416,66 @@ at::Tensor residual_linear(at::Tensor residual, const LinearSlot& slot, const at
     return residual;
   }
   return residual + slot.forward(x);
+}
+
+namespace {
+
+// Whether `next` starts where `prev` ends in the same storage (both contiguous, same dtype).
+bool follows(const at::Tensor& prev, const at::Tensor& next) {
+  return next.is_alias_of(prev) && next.is_contiguous() && prev.is_contiguous() &&
+         next.scalar_type() == prev.scalar_type() &&
+         static_cast<const char*>(next.data_ptr()) ==
+             static_cast<const char*>(prev.data_ptr()) + prev.numel() * static_cast<int64_t>(prev.element_size());
+}
+
+}  // namespace
+
+std::optional<std::pair<at::Tensor, at::Tensor>> joint_weights(const std::vector<const LinearSlot*>& slots) {
+  std::vector<const DenseLinear*> dense;
+  for (const auto* s : slots) {
+    const auto* d = dynamic_cast<const DenseLinear*>(s);
+    if (!d || d->weight().dim() != 2 || d->weight().requires_grad()) return std::nullopt;
+    dense.push_back(d);
+  }
+  if (dense.size() < 2) return std::nullopt;
+  const bool biased = dense.front()->bias().defined();
+  int64_t rows = 0;
+  for (size_t i = 0; i < dense.size(); ++i) {
+    const auto& w = dense[i]->weight();
+    const auto& b = dense[i]->bias();
+    if (b.defined() != biased || (biased && (b.dim() != 1 || b.requires_grad()))) return std::nullopt;
+    if (i > 0) {
+      const auto& pw = dense[i - 1]->weight();
+      if (w.size(1) != pw.size(1) || !follows(pw, w)) return std::nullopt;
+      if (biased && !follows(dense[i - 1]->bias(), b)) return std::nullopt;
+    } else if (!w.is_contiguous() || (biased && !b.is_contiguous())) {
+      return std::nullopt;
+    }
+    rows += w.size(0);
+  }
+  const auto& w0 = dense.front()->weight();
+  at::Tensor weight = w0.as_strided({rows, w0.size(1)}, {w0.size(1), 1});
+  at::Tensor bias;
+  if (biased) bias = dense.front()->bias().as_strided({rows}, {1});
+  return std::make_pair(std::move(weight), std::move(bias));
+}
+
+at::Tensor grouped_value(std::vector<at::Tensor>& values, int first, int index,
+                         const std::vector<const LinearSlot*>& slots, const at::Tensor& x,
+                         const std::function<at::Tensor(int, at::Tensor)>& finish) {
+  const int count = static_cast<int>(slots.size());
+  auto done = [&](int value, at::Tensor out) { return finish ? finish(value, std::move(out)) : out; };
+  bool fresh = true;
+  for (int j = 0; j < count; ++j) fresh = fresh && !values[first + j].defined();
+  const auto joint = fresh ? joint_weights(slots) : std::nullopt;
+  if (!joint) return done(index, slots.at(index - first)->forward(x));
+  std::vector<int64_t> sizes;
+  for (const auto* s : slots) sizes.push_back(s->out_features());
+  auto parts = at::linear(x, joint->first, joint->second).split_with_sizes(sizes, -1);
+  for (int j = 0; j < count; ++j) {
+    if (first + j != index) values[first + j] = done(first + j, std::move(parts[j]));
+  }
+  return done(index, std::move(parts[index - first]));
 }
 
 at::Tensor activation(const std::string& name, const at::Tensor& x) {

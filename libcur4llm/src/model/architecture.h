@@ -7,6 +7,7 @@
 
 #include <ATen/ATen.h>
 
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -59,7 +60,8 @@ class Architecture {
   // Everything else (norms, MLP, slots) is the ordinary layer's code on [B, T] tokens.
   virtual at::Tensor embed_step(const CausalLM& lm, const at::Tensor& input_ids, const detail::Step& step) const;
   /// Decoder layer `index` on the step's new tokens; the default refuses (family without generation support).
-  virtual at::Tensor layer_step(const CausalLM& lm, int64_t index, const at::Tensor& hidden, detail::Step& step) const;
+  /// `hidden` is moved in by the caller: a layer may add into it in place (detail::residual_linear).
+  virtual at::Tensor layer_step(const CausalLM& lm, int64_t index, at::Tensor hidden, detail::Step& step) const;
 
  protected:
   // CausalLM's members, for the families (friendship is not inherited).
@@ -100,9 +102,9 @@ class ValueGraphArchitecture : public Architecture {
     return self().run(lm, i, values);
   }
 
-  at::Tensor layer_step(const CausalLM& lm, int64_t i, const at::Tensor& hidden, detail::Step& step) const override {
+  at::Tensor layer_step(const CausalLM& lm, int64_t i, at::Tensor hidden, detail::Step& step) const override {
     std::vector<at::Tensor> values(Derived::kCount);
-    values[Derived::kH] = hidden;
+    values[Derived::kH] = std::move(hidden);
     return step_run(self(), lm, i, values, step, 0);
   }
 
@@ -191,12 +193,17 @@ Rotary narrowed_rotary(const Rotary& full, const std::vector<int64_t>& qk_dims, 
 class Step {
  public:
   /// `positions` [B, T] int64 on the cache's device; the cache's step must have begun.
-  Step(KVCache& cache, at::Tensor positions);
+  /// `whole_rows`: the caller knows every new token is real (no padding) and of the trunk
+  /// (no branches); with an empty cache each token then attends to those before it alone.
+  Step(KVCache& cache, at::Tensor positions, bool whole_rows = false);
   KVCache& cache() const { return cache_; }
   /// [B, T]: the position of each new token.
   const at::Tensor& positions() const { return positions_; }
   /// New tokens per row (T).
   int64_t tokens() const { return positions_.size(1); }
+  /// Whether the step is a prompt's first pass: real trunk tokens into an empty cache, so that
+  /// allowed(0) is the causal triangle over the new tokens (attention can skip the mask).
+  bool causal_prefill() const { return causal_prefill_; }
   /// Positions a rotary table passed to cached_attention must cover (0 .. rotary_length() - 1).
   int64_t rotary_length() const { return cache_.capacity(); }
   /// [B, 1, T, S] bool over the S = length + T slots: true where a new token attends to a slot
@@ -215,6 +222,7 @@ class Step {
  private:
   KVCache& cache_;
   at::Tensor positions_;
+  bool causal_prefill_ = false;
   std::vector<std::pair<int64_t, at::Tensor>> masks_;            // window -> allowed
   std::vector<std::pair<std::tuple<int64_t, int64_t, at::ScalarType>, at::Tensor>> additive_;  // (window, groups, dtype)
   std::vector<std::pair<const void*, Rotary>> rotary_rows_;     // table -> rows at the positions
@@ -237,6 +245,23 @@ at::Tensor activation(const std::string& name, const at::Tensor& x);
 /// activation(name, slot.forward(x)), with ReLU fused into the matrix product
 /// where the slot is dense with a bias and x is on CUDA (LibTorch 2.x).
 at::Tensor linear_activation(const LinearSlot& slot, const std::string& name, const at::Tensor& x);
+
+/// The weights (and biases, where the slots have them) of dense slots laid out
+/// one after another in one tensor (CausalLM::group_projections), as one
+/// [sum of out, in] weight and [sum of out] bias (undefined without biases):
+/// views of that tensor. Nullopt where any slot is not dense, or the layout
+/// differs (other tensors, gaps, dtypes, devices, a weight that needs grad).
+std::optional<std::pair<at::Tensor, at::Tensor>> joint_weights(const std::vector<const LinearSlot*>& slots);
+
+/// values[index] of a value graph whose values first, first + 1, ... are the
+/// outputs of `slots` on x, each passed through finish(value, output) where
+/// given. Where the slots' weights lie together (joint_weights) and none of
+/// those values is computed yet, all of them at once, as one matrix product:
+/// the others are stored in `values` (views of that product, along the last
+/// dimension). Else that slot's forward alone. The caller stores the returned one.
+at::Tensor grouped_value(std::vector<at::Tensor>& values, int first, int index,
+                         const std::vector<const LinearSlot*>& slots, const at::Tensor& x,
+                         const std::function<at::Tensor(int, at::Tensor)>& finish = {});
 
 /// residual + slot.forward(x). Where the slot is dense without a bias, x is on
 /// CUDA and nothing else holds `residual` (moved in), the product is added to

@@ -667,7 +667,7 @@ at::Tensor CausalLM::forward_cached_hidden(const at::Tensor& input_ids, KVCache&
     tokens = at::ones({input_ids.size(0), t}, long_opts.dtype(at::kBool));
     positions = cache.next_positions().unsqueeze(1) + at::arange(t, long_opts).unsqueeze(0);
   }
-  return run_step(input_ids, cache, positions, tokens, {});
+  return run_step(input_ids, cache, positions, tokens, {}, /*whole_rows=*/!mask.defined());
 }
 
 at::Tensor CausalLM::forward_branched_hidden(const at::Tensor& input_ids, const at::Tensor& positions,
@@ -698,11 +698,11 @@ at::Tensor CausalLM::forward_branched_hidden(const at::Tensor& input_ids, const 
   }
   KVCache cache(input_ids.size(0), t, options_.device);
   auto tokens = branch.ge(0);
-  return run_step(input_ids, cache, pos, tokens, branch.clamp_min(0));
+  return run_step(input_ids, cache, pos, tokens, branch.clamp_min(0), /*whole_rows=*/false);
 }
 
 at::Tensor CausalLM::run_step(const at::Tensor& input_ids, KVCache& cache, const at::Tensor& positions,
-                              const at::Tensor& tokens, const at::Tensor& branches) const {
+                              const at::Tensor& tokens, const at::Tensor& branches, bool whole_rows) const {
   if (input_ids.device().is_cpu()) {
     // Range-checked as embed() checks them; ids already on the device are trusted (no synchronisation).
     const auto lo = input_ids.min().item<int64_t>(), hi = input_ids.max().item<int64_t>();
@@ -713,9 +713,10 @@ at::Tensor CausalLM::run_step(const at::Tensor& input_ids, KVCache& cache, const
   }
   cache.begin_step(positions, tokens, branches);
   try {
-    detail::Step step(cache, positions);
+    detail::Step step(cache, positions, whole_rows);
     auto h = arch_->embed_step(*this, input_ids.to(options_.device, at::kLong), step);
-    for (int64_t i = 0; i < config_.num_layers; ++i) h = arch_->layer_step(*this, i, h, step);
+    // Moved in: a layer may then add into its input in place (detail::residual_linear).
+    for (int64_t i = 0; i < config_.num_layers; ++i) h = arch_->layer_step(*this, i, std::move(h), step);
     cache.end_step();
     return h;
   } catch (...) {
@@ -760,6 +761,58 @@ LinearPtr CausalLM::replace_linear(const std::string& name, LinearPtr slot) {
   }
   slots_[name] = std::move(slot);
   return previous;
+}
+
+int64_t CausalLM::group_projections() {
+  const std::vector<std::vector<LinearRole>> groups{{LinearRole::Q, LinearRole::K, LinearRole::V},
+                                                    {LinearRole::Gate, LinearRole::Up}};
+  int64_t grouped = 0;
+  for (int64_t layer = 0; layer < config_.num_layers; ++layer) {
+    for (const auto& roles : groups) {
+      std::vector<std::string> names;
+      for (const LinearRole role : roles) {
+        for (const auto& info : linear_infos_) {
+          if (info.layer == layer && info.role == role) names.push_back(info.name);
+        }
+      }
+      if (names.size() != roles.size()) continue;  // the family has no such group
+      std::vector<const LinearSlot*> slots;
+      std::vector<const DenseLinear*> dense;
+      for (const auto& name : names) {
+        slots.push_back(slots_.at(name).get());
+        dense.push_back(dynamic_cast<const DenseLinear*>(slots.back()));
+      }
+      if (detail::joint_weights(slots)) {
+        ++grouped;
+        continue;
+      }
+      if (!dense.front()) continue;
+      const auto usable = [&](const DenseLinear* d) {
+        const auto& w = dense.front()->weight();
+        return d && !d->weight().requires_grad() && d->weight().scalar_type() == w.scalar_type() &&
+               d->weight().device() == w.device() && d->weight().size(1) == w.size(1) &&
+               d->bias().defined() == dense.front()->bias().defined() &&
+               (!d->bias().defined() || d->bias().scalar_type() == dense.front()->bias().scalar_type());
+      };
+      if (!std::all_of(dense.begin(), dense.end(), usable)) continue;
+      std::vector<at::Tensor> weights, biases;
+      for (const auto* d : dense) {
+        weights.push_back(d->weight());
+        if (d->bias().defined()) biases.push_back(d->bias());
+      }
+      const auto weight = at::cat(weights, 0);
+      const auto bias = biases.empty() ? at::Tensor() : at::cat(biases, 0);
+      int64_t row = 0;
+      for (size_t j = 0; j < names.size(); ++j) {
+        const int64_t rows = weights[j].size(0);
+        slots_[names[j]] = std::make_shared<DenseLinear>(weight.narrow(0, row, rows),
+                                                         bias.defined() ? bias.narrow(0, row, rows) : at::Tensor());
+        row += rows;
+      }
+      ++grouped;
+    }
+  }
+  return grouped;
 }
 
 std::map<std::string, LinearPtr> CausalLM::reshape_layer(int64_t layer, const LayerShapes& shapes,

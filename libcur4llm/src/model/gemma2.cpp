@@ -97,9 +97,11 @@ class Gemma2 final : public ValueGraphArchitecture<Gemma2>, public GatedLayerVal
     at::Tensor t;
     switch (index) {
       case kX: t = rms_norm(tensor(lm, n.attn_norm), v[kH]); break;
-      case kQ: t = slot(lm, n.q).forward(get(kX)); break;
-      case kK: t = slot(lm, n.k).forward(get(kX)); break;
-      case kV: t = slot(lm, n.v).forward(get(kX)); break;
+      case kQ:
+      case kK:
+      case kV:
+        t = detail::grouped_value(v, kQ, index, {&slot(lm, n.q), &slot(lm, n.k), &slot(lm, n.v)}, get(kX));
+        break;
       case kAttn: {
         const double scale = 1.0 / std::sqrt(c_.query_pre_attn_scalar);
         if (step) {
@@ -118,8 +120,10 @@ class Gemma2 final : public ValueGraphArchitecture<Gemma2>, public GatedLayerVal
       }
       case kH2: t = v[kH] + rms_norm(tensor(lm, n.post_attn_norm), slot(lm, n.o).forward(get(kAttn))); break;
       case kX2: t = rms_norm(tensor(lm, n.pre_ffn_norm), get(kH2)); break;
-      case kGate: t = slot(lm, n.gate).forward(get(kX2)); break;
-      case kUp: t = slot(lm, n.up).forward(get(kX2)); break;
+      case kGate:
+      case kUp:
+        t = detail::grouped_value(v, kGate, index, {&slot(lm, n.gate), &slot(lm, n.up)}, get(kX2));
+        break;
       case kGated: t = detail::activation(c_.hidden_act, get(kGate)) * get(kUp); break;
       default: throw std::logic_error("internal: Gemma-2 layer value");
     }

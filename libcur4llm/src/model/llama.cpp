@@ -122,14 +122,15 @@ class Llama final : public ValueGraphArchitecture<Llama>, public GatedLayerValue
     switch (index) {
       case kX: t = rms_norm(tensor(lm, n.attn_norm), v[kH]); break;
       case kQ:
-        t = slot(lm, n.q).forward(get(kX));
-        if (c_.qk_norm) t = head_norm(tensor(lm, n.q_norm), t);
-        break;
       case kK:
-        t = slot(lm, n.k).forward(get(kX));
-        if (c_.qk_norm) t = head_norm(tensor(lm, n.k_norm), t);
+      case kV:
+        // Query, key and value in one product where group_projections laid them out so.
+        t = detail::grouped_value(v, kQ, index, {&slot(lm, n.q), &slot(lm, n.k), &slot(lm, n.v)}, get(kX),
+                                  [&](int value, at::Tensor out) {
+                                    if (!c_.qk_norm || value == kV) return out;
+                                    return head_norm(tensor(lm, value == kQ ? n.q_norm : n.k_norm), out);
+                                  });
         break;
-      case kV: t = slot(lm, n.v).forward(get(kX)); break;
       case kAttn: {
         const LayerShapes s = c_.layer_shape(i);
         if (step) {
@@ -143,10 +144,18 @@ class Llama final : public ValueGraphArchitecture<Llama>, public GatedLayerValue
                                      c_.window(i), s.v_head_dim, s.qk_head_dim);
         break;
       }
-      case kH2: t = v[kH] + slot(lm, n.o).forward(get(kAttn)); break;
+      case kH2: {
+        auto attn = get(kAttn);
+        // Once released, the layer's input is needed no more: o_proj may add into it in place.
+        t = release ? detail::residual_linear(std::move(v[kH]), slot(lm, n.o), attn)
+                    : v[kH] + slot(lm, n.o).forward(attn);
+        break;
+      }
       case kX2: t = rms_norm(tensor(lm, n.ffn_norm), get(kH2)); break;
-      case kGate: t = slot(lm, n.gate).forward(get(kX2)); break;
-      case kUp: t = slot(lm, n.up).forward(get(kX2)); break;
+      case kGate:
+      case kUp:
+        t = detail::grouped_value(v, kGate, index, {&slot(lm, n.gate), &slot(lm, n.up)}, get(kX2));
+        break;
       case kGated: {
         auto gate = get(kGate), up = get(kUp);
         const bool silu = c_.hidden_act == "silu" || c_.hidden_act == "swish";

@@ -131,9 +131,11 @@ class Opt final : public ValueGraphArchitecture<Opt> {
     at::Tensor t;
     switch (index) {
       case kX: t = pre ? norm(lm, n.attn_norm, v[kH]) : v[kH]; break;
-      case kQ: t = slot(lm, n.q).forward(get(kX)); break;
-      case kK: t = slot(lm, n.k).forward(get(kX)); break;
-      case kV: t = slot(lm, n.v).forward(get(kX)); break;
+      case kQ:
+      case kK:
+      case kV:
+        t = detail::grouped_value(v, kQ, index, {&slot(lm, n.q), &slot(lm, n.k), &slot(lm, n.v)}, get(kX));
+        break;
       case kAttn: {
         const LayerShapes s = c_.layer_shape(i);
         t = step ? detail::cached_attention(get(kQ), get(kK), get(kV), c_.num_heads, c_.num_kv_heads, c_.head_dim,

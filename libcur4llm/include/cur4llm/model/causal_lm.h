@@ -191,6 +191,19 @@ class CausalLM {
   std::map<std::string, LinearPtr> reshape_layer(int64_t layer, const LayerShapes& shapes,
                                                  const std::map<std::string, LinearPtr>& slots);
 
+  /// Lays out the dense weights (and biases) of each decoder layer's
+  /// projections that read the same input, query, key and value, and gate and
+  /// up, one after another in one tensor per group: the forward then computes
+  /// a group as one matrix product (fewer, larger products; decoding gains
+  /// most). The values do not change. A group is left as it is where one of
+  /// its slots is not dense, or its slots differ in dtype, device or having a
+  /// bias. Replacing one slot of a group later ends its single product; the
+  /// group's other slots then still hold the shared tensor, the replaced
+  /// weight's memory included, so call this once the model's slots are final
+  /// (before generating or evaluating, not before compressing). Returns how
+  /// many groups are laid out together now.
+  int64_t group_projections();
+
   /// Parameters that are not in Linear slots (embeddings, norms, positions).
   const std::map<std::string, at::Tensor>& other_tensors() const { return others_; }
   /// Weight parameters of all Linear slots, and of the dense model they came from.
@@ -214,8 +227,9 @@ class CausalLM {
   at::Tensor run_layer(int64_t index, const at::Tensor& hidden) const;
   // The layers over a step of `cache` whose tokens have `positions`, `tokens` (false: padding)
   // and `branches` (undefined: the trunk), all [B, T] on device(): forward_cached_hidden's work.
+  // `whole_rows`: the caller knows there is no padding and no branch (detail::Step).
   at::Tensor run_step(const at::Tensor& input_ids, KVCache& cache, const at::Tensor& positions,
-                      const at::Tensor& tokens, const at::Tensor& branches) const;
+                      const at::Tensor& tokens, const at::Tensor& branches, bool whole_rows) const;
   // Every slot tensor (LinearSlot::state()) and norm of decoder layer `index`.
   std::vector<at::Tensor> layer_tensors(int64_t index) const;
 
