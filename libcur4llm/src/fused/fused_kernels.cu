@@ -310,6 +310,71 @@ int launch_rotary(const void* x, const RotaryTables& tab, void* out, int64_t tok
 }
 
 // ---------------------------------------------------------------------------------------------
+// A decoding step's query, key and value in one launch: q rotated into q_out, k rotated and v
+// copied into their KV-cache slots. Work items, in order: the query pairs, the key pairs, the
+// values; one thread each (a step has a few tokens, so the launch, not the loop, is the cost).
+// The roundings are rotary_kernel's.
+
+struct StepLayout {
+  int64_t batch, tokens, heads, kv_heads, dk, dv;
+  int64_t q_stride, k_stride, v_stride;  // elements between consecutive tokens of q, k, v
+  int64_t cap, start;                    // cache slots per row; the step's first slot
+};
+
+template <typename T>
+__global__ void rotary_step_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
+                                   RotaryTables q_tab, RotaryTables k_tab, StepLayout L, T* __restrict__ q_out,
+                                   T* __restrict__ keys, T* __restrict__ values) {
+  const int64_t rows = L.batch * L.tokens, half = L.dk / 2;
+  const int64_t nq = rows * L.heads * half, nk = rows * L.kv_heads * half, nv = rows * L.kv_heads * L.dv;
+  for (int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; idx < nq + nk + nv;
+       idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    if (idx < nq + nk) {
+      const bool is_q = idx < nq;
+      const int64_t i = is_q ? idx : idx - nq;
+      const int64_t heads = is_q ? L.heads : L.kv_heads;
+      const int64_t j = i % half, th = i / half, row = th / heads, head = th - row * heads;
+      const T* x = (is_q ? q + row * L.q_stride : k + row * L.k_stride) + head * L.dk;
+      const int64_t at = (is_q ? q_tab : k_tab).offset(row, head, heads, L.dk);
+      const RotaryTables& tab = is_q ? q_tab : k_tab;
+      const float x1 = Elem<T>::load(x[j]), x2 = Elem<T>::load(x[j + half]);
+      const float c1 = round_to<T>(tab.cos[at + j]), s1 = round_to<T>(tab.sin[at + j]);
+      const float c2 = round_to<T>(tab.cos[at + j + half]), s2 = round_to<T>(tab.sin[at + j + half]);
+      T* out;
+      if (is_q) {
+        out = q_out + th * L.dk;
+      } else {  // slot start + t of row b, KV head `head`
+        const int64_t b = row / L.tokens, t = row - b * L.tokens;
+        out = keys + ((b * L.kv_heads + head) * L.cap + L.start + t) * L.dk;
+      }
+      out[j] = Elem<T>::store(round_to<T>(x1 * c1) + round_to<T>(-x2 * s1));
+      out[j + half] = Elem<T>::store(round_to<T>(x2 * c2) + round_to<T>(x1 * s2));
+    } else {
+      const int64_t i = idx - nq - nk;
+      const int64_t e = i % L.dv, th = i / L.dv, row = th / L.kv_heads, head = th - row * L.kv_heads;
+      const int64_t b = row / L.tokens, t = row - b * L.tokens;
+      values[((b * L.kv_heads + head) * L.cap + L.start + t) * L.dv + e] = v[row * L.v_stride + head * L.dv + e];
+    }
+  }
+}
+
+template <typename T>
+int launch_rotary_step(const void* q, const void* k, const void* v, const RotaryTables& q_tab,
+                       const RotaryTables& k_tab, const StepLayout& L, void* q_out, void* keys, void* values,
+                       void* stream) {
+  const int64_t rows = L.batch * L.tokens;
+  const int64_t total = rows * ((L.heads + L.kv_heads) * (L.dk / 2) + L.kv_heads * L.dv);
+  if (total <= 0) return 0;
+  constexpr int kThreads = 256;
+  const int64_t blocks = (total + kThreads - 1) / kThreads;
+  const unsigned grid = static_cast<unsigned>(blocks < (int64_t{1} << 20) ? blocks : (int64_t{1} << 20));
+  rotary_step_kernel<T><<<grid, kThreads, 0, as_stream(stream)>>>(
+      static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v), q_tab, k_tab, L,
+      static_cast<T*>(q_out), static_cast<T*>(keys), static_cast<T*>(values));
+  return static_cast<int>(cudaGetLastError());
+}
+
+// ---------------------------------------------------------------------------------------------
 // LayerNorm (OPT), optionally after a residual addition: one block per row.
 // With y: s = to_dtype(x + y), written to sum_out; without: s = x. Then
 // out = to_dtype((s - mean) * rstd * w + b) with mean and variance in float,
@@ -973,6 +1038,23 @@ int rotary(const void* x, const float* cos, const float* sin, void* out, int dty
     case 0: return launch_rotary<float>(x, tab, out, tokens, heads, dim, xs, stream);
     case 1: return launch_rotary<__half>(x, tab, out, tokens, heads, dim, xs, stream);
     case 2: return launch_rotary<__nv_bfloat16>(x, tab, out, tokens, heads, dim, xs, stream);
+  }
+  return kBadDtype;
+}
+
+int rotary_step(const void* q, const void* k, const void* v, const float* cos, const float* sin,
+                const int64_t* positions, int64_t tables, int64_t table_rows, int dtype, int64_t batch, int64_t tokens,
+                int64_t heads, int64_t kv_heads, int64_t dk, int64_t dv, int64_t q_stride, int64_t k_stride,
+                int64_t v_stride, void* q_out, void* keys, void* values, int64_t cap, int64_t start, void* stream) {
+  const int64_t t = tables < 1 ? 1 : tables;
+  // Queries take their KV head's table (heads / t per table); keys one table each (t of kv_heads).
+  const RotaryTables q_tab{cos, sin, 1, positions, t, table_rows};
+  const RotaryTables k_tab{cos, sin, 1, positions, t, table_rows};
+  const StepLayout L{batch, tokens, heads, kv_heads, dk, dv, q_stride, k_stride, v_stride, cap, start};
+  switch (dtype) {
+    case 0: return launch_rotary_step<float>(q, k, v, q_tab, k_tab, L, q_out, keys, values, stream);
+    case 1: return launch_rotary_step<__half>(q, k, v, q_tab, k_tab, L, q_out, keys, values, stream);
+    case 2: return launch_rotary_step<__nv_bfloat16>(q, k, v, q_tab, k_tab, L, q_out, keys, values, stream);
   }
   return kBadDtype;
 }

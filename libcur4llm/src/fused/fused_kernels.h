@@ -29,6 +29,17 @@ int rotary(const void* x, const float* cos, const float* sin, void* out, int dty
            int64_t heads, int64_t dim, void* stream, const int64_t* positions = nullptr, int64_t tables = 1,
            int64_t table_rows = 0, int64_t x_token_stride = 0);
 
+/// A decoding step's rotary embedding and KV-cache writes in one launch: q [rows, heads, dk]
+/// rotated into q_out (contiguous), k [rows, kv_heads, dk] rotated into keys [batch, kv_heads,
+/// cap, dk] and v [rows, kv_heads, dv] copied into values [batch, kv_heads, cap, dv], at slots
+/// start .. start + tokens - 1 (rows = batch * tokens, row r = token r % tokens of batch row
+/// r / tokens, at positions[r]; each row's heads contiguous, rows q_stride, k_stride, v_stride
+/// elements apart). cos/sin and tables as rotary's (queries take their KV head's table).
+int rotary_step(const void* q, const void* k, const void* v, const float* cos, const float* sin,
+                const int64_t* positions, int64_t tables, int64_t table_rows, int dtype, int64_t batch, int64_t tokens,
+                int64_t heads, int64_t kv_heads, int64_t dk, int64_t dv, int64_t q_stride, int64_t k_stride,
+                int64_t v_stride, void* q_out, void* keys, void* values, int64_t cap, int64_t start, void* stream);
+
 /// LayerNorm per row of `cols`: s = x, or to_dtype(x + y) when y is given
 /// (then written to sum_out, which must be given too); out =
 /// to_dtype((s - mean) * rstd * w + b) in float (w, b may be null).

@@ -39,6 +39,17 @@ at::Tensor rotary(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& 
 /// x * cos.to(dtype) + rotate_half(x) * sin.to(dtype) with the rows the positions pick.
 at::Tensor rotary_at(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin, const at::Tensor& positions);
 
+/// A decoding step's rotary embedding and KV-cache writes in one launch: returns q [B, T, heads,
+/// dk] rotated (rotary_at's result), and writes k [B, T, kv, dk] rotated and v [B, T, kv, dv]
+/// into slots start .. start + T - 1 of a layer's cache keys [B, kv, cap, dk] and values
+/// [B, kv, cap, dv]. cos/sin [N, dk] or [kv, N, dk] (narrowed heads: per KV head), positions
+/// [B, T]. q, k, v may be parts of one grouped product (rows further apart). Undefined where it
+/// does not apply (kernels disabled, more than 8 tokens a row, other shapes or layouts): the
+/// caller then rotates and writes as before.
+at::Tensor rotary_step(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& cos,
+                       const at::Tensor& sin, const at::Tensor& positions, const at::Tensor& keys,
+                       const at::Tensor& values, int64_t start);
+
 /// at::layer_norm(x, {h}, weight, bias, eps) over the last dim h of x
 /// (weight, bias [h] in x's dtype, or undefined).
 at::Tensor layer_norm(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, double eps);

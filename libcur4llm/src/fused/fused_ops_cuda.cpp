@@ -199,6 +199,39 @@ at::Tensor rotary_at(const at::Tensor& x, const at::Tensor& cos, const at::Tenso
   return out;
 }
 
+at::Tensor rotary_step(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& cos,
+                       const at::Tensor& sin, const at::Tensor& positions, const at::Tensor& keys,
+                       const at::Tensor& values, int64_t start) {
+  if (!enabled_for(q) || q.dim() != 4 || k.dim() != 4 || v.dim() != 4) return {};
+  const int64_t b = q.size(0), t = q.size(1), heads = q.size(2), dk = q.size(3), kv = k.size(2), dv = v.size(3);
+  const bool shared = cos.dim() == 2;
+  const int64_t tables = shared ? 1 : cos.size(0);
+  const auto dtype = q.scalar_type();
+  if (t > kernels::kDecodeMaxRows || k.size(0) != b || k.size(1) != t || k.size(3) != dk || v.size(0) != b ||
+      v.size(1) != t || v.size(2) != kv || dk % 2 != 0 || kv < 1 || heads % kv != 0 || k.scalar_type() != dtype ||
+      v.scalar_type() != dtype || (cos.dim() != 2 && cos.dim() != 3) || cos.size(-1) != dk ||
+      sin.sizes() != cos.sizes() || (!shared && kv % tables != 0) || positions.scalar_type() != at::kLong ||
+      positions.dim() != 2 || positions.size(0) != b || positions.size(1) != t || !positions.is_contiguous() ||
+      positions.device() != q.device() || !keys.is_contiguous() || !values.is_contiguous() || keys.dim() != 4 ||
+      values.dim() != 4 || keys.size(0) != b || keys.size(1) != kv || keys.size(3) != dk ||
+      values.sizes() != at::IntArrayRef({b, kv, keys.size(2), dv}) || keys.scalar_type() != dtype ||
+      values.scalar_type() != dtype || start < 0 || start + t > keys.size(2)) {
+    return {};
+  }
+  const auto qs = row_stride(q, 2), ks = row_stride(k, 2), vs = row_stride(v, 2);
+  if (!qs || !ks || !vs) return {};
+  c10::cuda::CUDAGuard guard(q.device());
+  auto c = cos.to(q.device(), at::kFloat).contiguous();
+  auto s = sin.to(q.device(), at::kFloat).contiguous();
+  auto out = at::empty({b, t, heads, dk}, q.options());
+  check(kernels::rotary_step(q.data_ptr(), k.data_ptr(), v.data_ptr(), c.data_ptr<float>(), s.data_ptr<float>(),
+                             positions.data_ptr<int64_t>(), tables, c.size(-2), dtype_code(q), b, t, heads, kv, dk, dv,
+                             *qs, *ks, *vs, out.data_ptr(), keys.data_ptr(), values.data_ptr(), keys.size(2), start,
+                             current_stream(q)),
+        "rotary_step");
+  return out;
+}
+
 namespace {
 
 at::Tensor norm_param(const at::Tensor& p, const at::Tensor& x, const char* what) {

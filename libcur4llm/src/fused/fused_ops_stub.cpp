@@ -34,6 +34,10 @@ std::pair<at::Tensor, at::Tensor> add_layer_norm(const at::Tensor&, const at::Te
   absent();
 }
 at::Tensor silu_mul(const at::Tensor&, const at::Tensor&) { absent(); }
+at::Tensor rotary_step(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                       const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t) {
+  return {};
+}
 at::Tensor decode_attention(const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t, const at::Tensor&,
                             double) {
   return {};

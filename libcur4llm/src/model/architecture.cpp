@@ -311,30 +311,43 @@ at::Tensor cached_attention(const at::Tensor& q_in, const at::Tensor& k_in, cons
   const int64_t groups = num_heads / num_kv_heads;
   auto q = q_in.reshape({b, t, num_heads, dk});
   auto k = k_in.reshape({b, t, num_kv_heads, dk});
-  if (rotary && rotary->cos.size(-2) >= step.rotary_length() && fused::enabled_for(q) && fused::enabled_for(k)) {
-    // One kernel each, reading the table rows at the step's positions (narrowed heads: their KV head's table).
-    q = fused::rotary_at(q, rotary->cos, rotary->sin, step.positions());
-    k = fused::rotary_at(k, rotary->cos, rotary->sin, step.positions());
-  } else if (rotary && rotary->cos.dim() == 3) {
-    // Narrowed heads: per-KV-head tables [kv, N, dk] at the step's positions -> [B, T, kv, dk].
-    const auto flat = step.positions().reshape({-1});
-    auto pick = [&](const at::Tensor& table) {
-      return table.index_select(1, flat).view({table.size(0), b, t, dk}).permute({1, 2, 0, 3}).to(q.scalar_type());
-    };
-    const auto cos = pick(rotary->cos), sin = pick(rotary->sin);
-    q = apply_rotary(q, cos.repeat_interleave(groups, 2), sin.repeat_interleave(groups, 2));
-    k = apply_rotary(k, cos, sin);
-  } else if (rotary) {
-    const Rotary& rows = step.rotary_at(*rotary);  // [B, T, 1, d], broadcast over the heads
-    auto cos = rows.cos.to(q.scalar_type());
-    auto sin = rows.sin.to(q.scalar_type());
-    q = apply_rotary(q, cos, sin);
-    k = apply_rotary(k, cos, sin);
+  const auto v = v_in.reshape({b, t, num_kv_heads, dv});
+  KVCache& cache = step.cache();
+  bool written = false;  // k (rotated) and v in the cache
+  const bool fused_rotary =
+      rotary && rotary->cos.size(-2) >= step.rotary_length() && fused::enabled_for(q) && fused::enabled_for(k);
+  if (fused_rotary && t <= 8) {
+    // A decoding step: q rotated, k rotated and v into the cache's slots, in one launch.
+    const auto [keys, values] = cache.writable(layer, k.transpose(1, 2), v.transpose(1, 2));
+    auto rotated = fused::rotary_step(q, k, v, rotary->cos, rotary->sin, step.positions(), keys, values,
+                                      cache.length());
+    if (rotated.defined()) q = std::move(rotated), written = true;
+  }
+  if (!written) {
+    if (fused_rotary) {
+      // One kernel each, reading the table rows at the step's positions (narrowed heads: their KV head's table).
+      q = fused::rotary_at(q, rotary->cos, rotary->sin, step.positions());
+      k = fused::rotary_at(k, rotary->cos, rotary->sin, step.positions());
+    } else if (rotary && rotary->cos.dim() == 3) {
+      // Narrowed heads: per-KV-head tables [kv, N, dk] at the step's positions -> [B, T, kv, dk].
+      const auto flat = step.positions().reshape({-1});
+      auto pick = [&](const at::Tensor& table) {
+        return table.index_select(1, flat).view({table.size(0), b, t, dk}).permute({1, 2, 0, 3}).to(q.scalar_type());
+      };
+      const auto cos = pick(rotary->cos), sin = pick(rotary->sin);
+      q = apply_rotary(q, cos.repeat_interleave(groups, 2), sin.repeat_interleave(groups, 2));
+      k = apply_rotary(k, cos, sin);
+    } else if (rotary) {
+      const Rotary& rows = step.rotary_at(*rotary);  // [B, T, 1, d], broadcast over the heads
+      auto cos = rows.cos.to(q.scalar_type());
+      auto sin = rows.sin.to(q.scalar_type());
+      q = apply_rotary(q, cos, sin);
+      k = apply_rotary(k, cos, sin);
+    }
   }
   // Scores are scaled by `scale` (Gemma-2), else 1/sqrt(head_dim), also for narrowed queries and keys.
   const double s_scale = scale > 0 ? scale : 1.0 / std::sqrt(static_cast<double>(head_dim));
-  KVCache& cache = step.cache();
-  cache.write(layer, k.transpose(1, 2), v_in.reshape({b, t, num_kv_heads, dv}).transpose(1, 2));
+  if (!written) cache.write(layer, k.transpose(1, 2), v.transpose(1, 2));
   const int64_t s = cache.length() + t;
   auto keys = cache.keys(layer).narrow(2, 0, s);      // [B, kv, S, d]
   auto values = cache.values(layer).narrow(2, 0, s);  // [B, kv, S, dv]
@@ -353,8 +366,9 @@ at::Tensor cached_attention(const at::Tensor& q_in, const at::Tensor& k_in, cons
     const double kernel_scale = 1.0 / std::sqrt(static_cast<double>(dk));
     auto qh = q.transpose(1, 2);  // [B, heads, T, dk]
     if (s_scale != kernel_scale) qh = qh * (s_scale / kernel_scale);
-    const auto kh = repeat_kv(k.transpose(1, 2), groups);
-    const auto vh = repeat_kv(v_in.reshape({b, t, num_kv_heads, dv}).transpose(1, 2), groups);
+    // The step's keys (rotated) and values, as the cache now holds them in its first T slots.
+    const auto kh = repeat_kv(cache.keys(layer).narrow(2, 0, t), groups);
+    const auto vh = repeat_kv(cache.values(layer).narrow(2, 0, t), groups);
     return at::scaled_dot_product_attention(qh, kh, vh, {}, 0.0, true).transpose(1, 2).reshape({b, t, num_heads * dv});
 #endif
   }

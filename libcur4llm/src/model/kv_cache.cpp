@@ -82,6 +82,12 @@ const at::Tensor& KVCache::values(int64_t layer) const {
 }
 
 void KVCache::write(int64_t layer, const at::Tensor& k, const at::Tensor& v) {
+  auto [keys, values] = writable(layer, k, v);
+  keys.narrow(2, length_, k.size(2)).copy_(k);
+  values.narrow(2, length_, v.size(2)).copy_(v);
+}
+
+std::pair<at::Tensor, at::Tensor> KVCache::writable(int64_t layer, const at::Tensor& k, const at::Tensor& v) {
   if (layer < 0) throw std::invalid_argument(fmt::format("KVCache::write: layer {}", layer));
   const int64_t t = k.size(2);
   if (k.dim() != 4 || v.dim() != 4 || k.size(0) != batch_ || v.size(0) != batch_ || v.size(2) != t ||
@@ -104,8 +110,7 @@ void KVCache::write(int64_t layer, const at::Tensor& k, const at::Tensor& v) {
     throw std::invalid_argument(fmt::format("KVCache::write: layer {} changed shape or dtype ({} into {})", layer,
                                             shape(k), shape(keys_[layer])));
   }
-  keys_[layer].narrow(2, length_, t).copy_(k);
-  values_[layer].narrow(2, length_, t).copy_(v);
+  return {keys_[layer], values_[layer]};
 }
 
 void KVCache::begin_step(const at::Tensor& positions, const at::Tensor& mask, const at::Tensor& branches) {

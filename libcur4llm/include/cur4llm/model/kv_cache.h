@@ -18,6 +18,7 @@
 #include <c10/core/Device.h>
 
 #include <cstdint>
+#include <utility>
 #include <vector>
 
 namespace cur4llm::model {
@@ -55,6 +56,9 @@ class KVCache {
   /// Stores k [batch, kv_heads, T, head_dim] and v [batch, kv_heads, T, v_head_dim] of layer `layer`
   /// in slots [length(), length() + T), allocating the layer's tensors at its first write.
   void write(int64_t layer, const at::Tensor& k, const at::Tensor& v);
+  /// What write(layer, k, v) checks and allocates, without the copy: layer `layer`'s keys and
+  /// values, whose slots [length(), length() + T) the caller fills itself (a fused kernel).
+  std::pair<at::Tensor, at::Tensor> writable(int64_t layer, const at::Tensor& k, const at::Tensor& v);
   /// [batch, capacity] bool: true where a slot holds a token of the row (false: padding or unwritten).
   const at::Tensor& valid() const { return valid_; }
   /// [batch, capacity] int64: the position (index in its row, padding not counted) of each slot's token.
