@@ -11,6 +11,7 @@
 #include <cur4llm/quant/packed_quant.h>
 #include <cur4llm/quant/quantize.h>
 #include <cur4llm/model/causal_lm.h>
+#include <cur4llm/model/kv_cache.h>
 
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
@@ -646,5 +647,77 @@ TEST_CASE("CUDA: the fused packed product equals the dequantized layer's", "[pac
         }
       }
     }
+  }
+}
+
+namespace {
+
+// Every Linear of the decoder layers packed as `format_of(name)` names it; the head stays as it is.
+template <typename FormatOf>
+void pack_decoder(model::CausalLM& lm, FormatOf&& format_of) {
+  for (const auto& info : lm.linears()) {
+    if (info.layer < 0) continue;
+    lm.replace_linear(info.name, quant::pack_slot(lm.linear(info.name), quant::parse_quant_format(format_of(info.name))));
+  }
+}
+
+}  // namespace
+
+TEST_CASE("group_projections stacks packed q/k/v and gate/up of one format; logits as before", "[packed_quant]") {
+  for (const std::string format : {"rtn_int8", "rtn_int4"}) {
+    INFO(format);
+    auto lm = model::CausalLM::load(model_dir("llama_gqa"));
+    pack_decoder(*lm, [&](const std::string&) { return format; });
+    c10::InferenceMode guard;
+    auto gen = at::make_generator<at::CPUGeneratorImpl>(8);
+    const auto ids = at::randint(lm->config().vocab_size, {2, 9}, gen, at::TensorOptions().dtype(at::kLong));
+    const auto before = lm->forward(ids);
+    std::map<std::string, at::Tensor> codes;
+    for (const auto& info : lm->linears()) {
+      if (const auto* p = dynamic_cast<const quant::PackedLinear*>(&lm->linear(info.name))) {
+        codes[info.name] = p->packed().qweight.clone();
+      }
+    }
+    REQUIRE(lm->group_projections() == 2 * lm->config().num_layers);
+    for (const auto& [name, q] : codes) {
+      const auto* p = dynamic_cast<const quant::PackedLinear*>(&lm->linear(name));
+      REQUIRE(p);
+      CHECK(at::equal(p->packed().qweight, q));  // each slot reads the same codes, now part of its group's
+    }
+    const auto& q0 = dynamic_cast<const quant::PackedLinear&>(lm->linear("model.layers.0.self_attn.q_proj"));
+    const auto& k0 = dynamic_cast<const quant::PackedLinear&>(lm->linear("model.layers.0.self_attn.k_proj"));
+    CHECK(k0.packed().qweight.is_alias_of(q0.packed().qweight));
+    CHECK(at::allclose(lm->forward(ids), before, 1e-5, 1e-5));
+  }
+  // q packed at 8 bits, k and v at 4: the attention projections cannot stack; the MLPs can.
+  auto lm = model::CausalLM::load(model_dir("llama_gqa"));
+  pack_decoder(*lm, [](const std::string& name) {
+    return name.find("q_proj") != std::string::npos ? "rtn_int8" : "rtn_int4";
+  });
+  CHECK(lm->group_projections() == lm->config().num_layers);
+}
+
+TEST_CASE("CUDA: stacked packed projections decode as the unstacked ones", "[packed_quant][cuda]") {
+  CUR4LLM_REQUIRE_CUDA();
+  model::LoadOptions o;
+  o.device = c10::Device(c10::kCUDA);
+  o.dtype = at::kBFloat16;
+  auto plain = model::CausalLM::load(model_dir("llama_gqa"), o);
+  auto stacked = model::CausalLM::load(model_dir("llama_gqa"), o);
+  for (auto* lm : {plain.get(), stacked.get()}) pack_decoder(*lm, [](const std::string&) { return "rtn_int4"; });
+  REQUIRE(stacked->group_projections() == 2 * stacked->config().num_layers);
+  c10::InferenceMode guard;
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(9);
+  const auto ids = at::randint(plain->config().vocab_size, {2, 12}, gen, at::TensorOptions().dtype(at::kLong)).cuda();
+  model::KVCache a(2, 16, plain->device()), b(2, 16, stacked->device());
+  // The prefill, then single-token steps through the fused packed kernel.
+  auto want = plain->forward_cached(ids.narrow(1, 0, 8), a).to(at::kFloat);
+  auto got = stacked->forward_cached(ids.narrow(1, 0, 8), b).to(at::kFloat);
+  CHECK((got - want).abs().max().item<double>() <= 2e-2 * (1 + want.abs().max().item<double>()));
+  for (int64_t t = 8; t < 12; ++t) {
+    want = plain->forward_cached(ids.narrow(1, t, 1), a).to(at::kFloat);
+    got = stacked->forward_cached(ids.narrow(1, t, 1), b).to(at::kFloat);
+    INFO("step " << t);
+    CHECK((got - want).abs().max().item<double>() <= 2e-2 * (1 + want.abs().max().item<double>()));
   }
 }

@@ -28,6 +28,13 @@ const at::Tensor* Architecture::optional_tensor(const CausalLM& lm, const std::s
 
 const LinearSlot& Architecture::slot(const CausalLM& lm, const std::string& name) { return lm.linear(name); }
 
+detail::SlotGroup Architecture::group(const CausalLM& lm, const std::vector<std::string>& names) {
+  detail::SlotGroup g;
+  for (const auto& name : names) g.slots.push_back(&lm.linear(name));
+  g.joint = lm.joint_slot(names);
+  return g;
+}
+
 at::Tensor Architecture::embed_step(const CausalLM& lm, const at::Tensor& input_ids, const detail::Step&) const {
   return embed(lm, input_ids);
 }
@@ -432,60 +439,16 @@ at::Tensor residual_linear(at::Tensor residual, const LinearSlot& slot, const at
   return residual + slot.forward(x);
 }
 
-namespace {
-
-// Whether `next` starts where `prev` ends in the same storage (both contiguous, same dtype).
-bool follows(const at::Tensor& prev, const at::Tensor& next) {
-  return next.is_alias_of(prev) && next.is_contiguous() && prev.is_contiguous() &&
-         next.scalar_type() == prev.scalar_type() &&
-         static_cast<const char*>(next.data_ptr()) ==
-             static_cast<const char*>(prev.data_ptr()) + prev.numel() * static_cast<int64_t>(prev.element_size());
-}
-
-}  // namespace
-
-std::optional<std::pair<at::Tensor, at::Tensor>> joint_weights(const std::vector<const LinearSlot*>& slots) {
-  std::vector<const DenseLinear*> dense;
-  for (const auto* s : slots) {
-    const auto* d = dynamic_cast<const DenseLinear*>(s);
-    if (!d || d->weight().dim() != 2 || d->weight().requires_grad()) return std::nullopt;
-    dense.push_back(d);
-  }
-  if (dense.size() < 2) return std::nullopt;
-  const bool biased = dense.front()->bias().defined();
-  int64_t rows = 0;
-  for (size_t i = 0; i < dense.size(); ++i) {
-    const auto& w = dense[i]->weight();
-    const auto& b = dense[i]->bias();
-    if (b.defined() != biased || (biased && (b.dim() != 1 || b.requires_grad()))) return std::nullopt;
-    if (i > 0) {
-      const auto& pw = dense[i - 1]->weight();
-      if (w.size(1) != pw.size(1) || !follows(pw, w)) return std::nullopt;
-      if (biased && !follows(dense[i - 1]->bias(), b)) return std::nullopt;
-    } else if (!w.is_contiguous() || (biased && !b.is_contiguous())) {
-      return std::nullopt;
-    }
-    rows += w.size(0);
-  }
-  const auto& w0 = dense.front()->weight();
-  at::Tensor weight = w0.as_strided({rows, w0.size(1)}, {w0.size(1), 1});
-  at::Tensor bias;
-  if (biased) bias = dense.front()->bias().as_strided({rows}, {1});
-  return std::make_pair(std::move(weight), std::move(bias));
-}
-
-at::Tensor grouped_value(std::vector<at::Tensor>& values, int first, int index,
-                         const std::vector<const LinearSlot*>& slots, const at::Tensor& x,
-                         const std::function<at::Tensor(int, at::Tensor)>& finish) {
-  const int count = static_cast<int>(slots.size());
+at::Tensor grouped_value(std::vector<at::Tensor>& values, int first, int index, const SlotGroup& group,
+                         const at::Tensor& x, const std::function<at::Tensor(int, at::Tensor)>& finish) {
+  const int count = static_cast<int>(group.slots.size());
   auto done = [&](int value, at::Tensor out) { return finish ? finish(value, std::move(out)) : out; };
-  bool fresh = true;
-  for (int j = 0; j < count; ++j) fresh = fresh && !values[first + j].defined();
-  const auto joint = fresh ? joint_weights(slots) : std::nullopt;
-  if (!joint) return done(index, slots.at(index - first)->forward(x));
+  bool fresh = group.joint != nullptr;
+  for (int j = 0; j < count && fresh; ++j) fresh = !values[first + j].defined();
+  if (!fresh) return done(index, group.slots.at(index - first)->forward(x));
   std::vector<int64_t> sizes;
-  for (const auto* s : slots) sizes.push_back(s->out_features());
-  auto parts = at::linear(x, joint->first, joint->second).split_with_sizes(sizes, -1);
+  for (const auto* s : group.slots) sizes.push_back(s->out_features());
+  auto parts = group.joint->forward(x).split_with_sizes(sizes, -1);
   for (int j = 0; j < count; ++j) {
     if (first + j != index) values[first + j] = done(first + j, std::move(parts[j]));
   }

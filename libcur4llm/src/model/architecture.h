@@ -19,6 +19,13 @@ namespace cur4llm::model {
 
 namespace detail {
 class Step;
+
+/// Projections that read one input (a layer's q/k/v, or gate/up), and the slot computing them
+/// together where CausalLM::group_projections stacked them (null otherwise).
+struct SlotGroup {
+  std::vector<const LinearSlot*> slots;
+  const LinearSlot* joint = nullptr;
+};
 }
 
 /// One tensor the checkpoint must (or may) hold.
@@ -68,6 +75,8 @@ class Architecture {
   static const at::Tensor& tensor(const CausalLM& lm, const std::string& name);
   static const at::Tensor* optional_tensor(const CausalLM& lm, const std::string& name);
   static const LinearSlot& slot(const CausalLM& lm, const std::string& name);
+  /// The slots named `names`, with their joint slot where group_projections stacked them.
+  static detail::SlotGroup group(const CausalLM& lm, const std::vector<std::string>& names);
 };
 
 /// A family whose decoder layer is computed as a graph of named values (an
@@ -246,21 +255,14 @@ at::Tensor activation(const std::string& name, const at::Tensor& x);
 /// where the slot is dense with a bias and x is on CUDA (LibTorch 2.x).
 at::Tensor linear_activation(const LinearSlot& slot, const std::string& name, const at::Tensor& x);
 
-/// The weights (and biases, where the slots have them) of dense slots laid out
-/// one after another in one tensor (CausalLM::group_projections), as one
-/// [sum of out, in] weight and [sum of out] bias (undefined without biases):
-/// views of that tensor. Nullopt where any slot is not dense, or the layout
-/// differs (other tensors, gaps, dtypes, devices, a weight that needs grad).
-std::optional<std::pair<at::Tensor, at::Tensor>> joint_weights(const std::vector<const LinearSlot*>& slots);
-
 /// values[index] of a value graph whose values first, first + 1, ... are the
-/// outputs of `slots` on x, each passed through finish(value, output) where
-/// given. Where the slots' weights lie together (joint_weights) and none of
-/// those values is computed yet, all of them at once, as one matrix product:
-/// the others are stored in `values` (views of that product, along the last
-/// dimension). Else that slot's forward alone. The caller stores the returned one.
-at::Tensor grouped_value(std::vector<at::Tensor>& values, int first, int index,
-                         const std::vector<const LinearSlot*>& slots, const at::Tensor& x,
+/// outputs of `group`'s slots on x, each passed through finish(value, output)
+/// where given. Where the group has a joint slot and none of those values is
+/// computed yet, all of them at once, as one product: the others are stored in
+/// `values` (views of that product, along the last dimension). Else that
+/// slot's forward alone. The caller stores the returned one.
+at::Tensor grouped_value(std::vector<at::Tensor>& values, int first, int index, const SlotGroup& group,
+                         const at::Tensor& x,
                          const std::function<at::Tensor(int, at::Tensor)>& finish = {});
 
 /// residual + slot.forward(x). Where the slot is dense without a bias, x is on

@@ -21,6 +21,7 @@
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
+#include <iterator>
 #include <cmath>
 #include <stdexcept>
 
@@ -760,15 +761,23 @@ LinearPtr CausalLM::replace_linear(const std::string& name, LinearPtr slot) {
                                             previous->in_features()));
   }
   slots_[name] = std::move(slot);
+  drop_group_of(name);
   return previous;
 }
 
+void CausalLM::drop_group_of(const std::string& name) {
+  for (auto it = groups_.begin(); it != groups_.end();) {
+    const auto& names = it->second.names;
+    it = std::find(names.begin(), names.end(), name) != names.end() ? groups_.erase(it) : std::next(it);
+  }
+}
+
 int64_t CausalLM::group_projections() {
-  const std::vector<std::vector<LinearRole>> groups{{LinearRole::Q, LinearRole::K, LinearRole::V},
-                                                    {LinearRole::Gate, LinearRole::Up}};
+  const std::vector<std::vector<LinearRole>> role_sets{{LinearRole::Q, LinearRole::K, LinearRole::V},
+                                                       {LinearRole::Gate, LinearRole::Up}};
   int64_t grouped = 0;
   for (int64_t layer = 0; layer < config_.num_layers; ++layer) {
-    for (const auto& roles : groups) {
+    for (const auto& roles : role_sets) {
       std::vector<std::string> names;
       for (const LinearRole role : roles) {
         for (const auto& info : linear_infos_) {
@@ -776,43 +785,40 @@ int64_t CausalLM::group_projections() {
         }
       }
       if (names.size() != roles.size()) continue;  // the family has no such group
-      std::vector<const LinearSlot*> slots;
-      std::vector<const DenseLinear*> dense;
-      for (const auto& name : names) {
-        slots.push_back(slots_.at(name).get());
-        dense.push_back(dynamic_cast<const DenseLinear*>(slots.back()));
-      }
-      if (detail::joint_weights(slots)) {
+      if (joint_slot(names)) {                     // stacked already
         ++grouped;
         continue;
       }
-      if (!dense.front()) continue;
-      const auto usable = [&](const DenseLinear* d) {
-        const auto& w = dense.front()->weight();
-        return d && !d->weight().requires_grad() && d->weight().scalar_type() == w.scalar_type() &&
-               d->weight().device() == w.device() && d->weight().size(1) == w.size(1) &&
-               d->bias().defined() == dense.front()->bias().defined() &&
-               (!d->bias().defined() || d->bias().scalar_type() == dense.front()->bias().scalar_type());
-      };
-      if (!std::all_of(dense.begin(), dense.end(), usable)) continue;
-      std::vector<at::Tensor> weights, biases;
-      for (const auto* d : dense) {
-        weights.push_back(d->weight());
-        if (d->bias().defined()) biases.push_back(d->bias());
-      }
-      const auto weight = at::cat(weights, 0);
-      const auto bias = biases.empty() ? at::Tensor() : at::cat(biases, 0);
+      std::vector<const LinearSlot*> rest;
+      for (size_t j = 1; j < names.size(); ++j) rest.push_back(slots_.at(names[j]).get());
+      auto joint = slots_.at(names[0])->stacked_with(rest);
+      if (!joint) continue;
+      ProjectionGroup group{names, {}, joint};
       int64_t row = 0;
-      for (size_t j = 0; j < names.size(); ++j) {
-        const int64_t rows = weights[j].size(0);
-        slots_[names[j]] = std::make_shared<DenseLinear>(weight.narrow(0, row, rows),
-                                                         bias.defined() ? bias.narrow(0, row, rows) : at::Tensor());
-        row += rows;
+      for (const auto& name : names) {
+        const int64_t count = slots_.at(name)->out_features();
+        group.members.push_back(joint->rows(row, count));
+        if (!group.members.back()) break;
+        row += count;
       }
+      if (group.members.size() != names.size() || !group.members.back()) continue;
+      for (size_t j = 0; j < names.size(); ++j) slots_[names[j]] = group.members[j];
+      groups_[names[0]] = std::move(group);
       ++grouped;
     }
   }
   return grouped;
+}
+
+const LinearSlot* CausalLM::joint_slot(const std::vector<std::string>& names) const {
+  if (names.empty()) return nullptr;
+  const auto it = groups_.find(names[0]);
+  if (it == groups_.end() || it->second.names != names) return nullptr;
+  for (size_t j = 0; j < names.size(); ++j) {
+    const auto slot = slots_.find(names[j]);
+    if (slot == slots_.end() || slot->second != it->second.members[j]) return nullptr;
+  }
+  return it->second.joint.get();
 }
 
 std::map<std::string, LinearPtr> CausalLM::reshape_layer(int64_t layer, const LayerShapes& shapes,
@@ -853,6 +859,7 @@ std::map<std::string, LinearPtr> CausalLM::reshape_layer(int64_t layer, const La
   for (const auto& [name, slot] : slots) {
     previous[name] = slots_.at(name);
     slots_[name] = slot;
+    drop_group_of(name);
   }
   if (!next.has_layer_shapes()) next.layer_shapes.clear();
   config_ = std::move(next);
@@ -889,7 +896,10 @@ void ScopedSlots::replace(const std::string& name, LinearPtr slot) {
 
 void ScopedSlots::restore() noexcept {
   // Reverse order, so that a name replaced twice ends with its first original.
-  for (auto it = displaced_.rbegin(); it != displaced_.rend(); ++it) lm_.slots_[it->first] = it->second;
+  for (auto it = displaced_.rbegin(); it != displaced_.rend(); ++it) {
+    lm_.slots_[it->first] = it->second;
+    lm_.drop_group_of(it->first);
+  }
   displaced_.clear();
 }
 

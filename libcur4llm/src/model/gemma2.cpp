@@ -100,7 +100,7 @@ class Gemma2 final : public ValueGraphArchitecture<Gemma2>, public GatedLayerVal
       case kQ:
       case kK:
       case kV:
-        t = detail::grouped_value(v, kQ, index, {&slot(lm, n.q), &slot(lm, n.k), &slot(lm, n.v)}, get(kX));
+        t = detail::grouped_value(v, kQ, index, group(lm, {n.q, n.k, n.v}), get(kX));
         break;
       case kAttn: {
         const double scale = 1.0 / std::sqrt(c_.query_pre_attn_scalar);
@@ -122,7 +122,7 @@ class Gemma2 final : public ValueGraphArchitecture<Gemma2>, public GatedLayerVal
       case kX2: t = rms_norm(tensor(lm, n.pre_ffn_norm), get(kH2)); break;
       case kGate:
       case kUp:
-        t = detail::grouped_value(v, kGate, index, {&slot(lm, n.gate), &slot(lm, n.up)}, get(kX2));
+        t = detail::grouped_value(v, kGate, index, group(lm, {n.gate, n.up}), get(kX2));
         break;
       case kGated: t = detail::activation(c_.hidden_act, get(kGate)) * get(kUp); break;
       default: throw std::logic_error("internal: Gemma-2 layer value");

@@ -21,6 +21,31 @@ int64_t DenseLinear::in_features() const { return weight_.size(1); }
 int64_t DenseLinear::out_features() const { return weight_.size(0); }
 int64_t DenseLinear::weight_params() const { return weight_.numel(); }
 
+std::shared_ptr<LinearSlot> LinearSlot::stacked_with(const std::vector<const LinearSlot*>&) const { return nullptr; }
+std::shared_ptr<LinearSlot> LinearSlot::rows(int64_t, int64_t) const { return nullptr; }
+
+std::shared_ptr<LinearSlot> DenseLinear::stacked_with(const std::vector<const LinearSlot*>& others) const {
+  std::vector<at::Tensor> weights{weight_}, biases;
+  if (bias_.defined()) biases.push_back(bias_);
+  for (const auto* other : others) {
+    const auto* d = dynamic_cast<const DenseLinear*>(other);
+    if (!d || d->weight_.scalar_type() != weight_.scalar_type() || d->weight_.device() != weight_.device() ||
+        d->weight_.size(1) != weight_.size(1) || d->bias_.defined() != bias_.defined() ||
+        (bias_.defined() && d->bias_.scalar_type() != bias_.scalar_type()) || d->weight_.requires_grad()) {
+      return nullptr;
+    }
+    weights.push_back(d->weight_);
+    if (d->bias_.defined()) biases.push_back(d->bias_);
+  }
+  if (weight_.requires_grad()) return nullptr;
+  return std::make_shared<DenseLinear>(at::cat(weights, 0), biases.empty() ? at::Tensor() : at::cat(biases, 0));
+}
+
+std::shared_ptr<LinearSlot> DenseLinear::rows(int64_t begin, int64_t count) const {
+  return std::make_shared<DenseLinear>(weight_.narrow(0, begin, count),
+                                       bias_.defined() ? bias_.narrow(0, begin, count) : at::Tensor());
+}
+
 std::vector<std::pair<std::string, at::Tensor>> DenseLinear::state() const {
   std::vector<std::pair<std::string, at::Tensor>> out{{"weight", weight_}};
   if (bias_.defined()) out.emplace_back("bias", bias_);

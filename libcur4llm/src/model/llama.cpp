@@ -125,7 +125,7 @@ class Llama final : public ValueGraphArchitecture<Llama>, public GatedLayerValue
       case kK:
       case kV:
         // Query, key and value in one product where group_projections laid them out so.
-        t = detail::grouped_value(v, kQ, index, {&slot(lm, n.q), &slot(lm, n.k), &slot(lm, n.v)}, get(kX),
+        t = detail::grouped_value(v, kQ, index, group(lm, {n.q, n.k, n.v}), get(kX),
                                   [&](int value, at::Tensor out) {
                                     if (!c_.qk_norm || value == kV) return out;
                                     return head_norm(tensor(lm, value == kQ ? n.q_norm : n.k_norm), out);
@@ -154,7 +154,7 @@ class Llama final : public ValueGraphArchitecture<Llama>, public GatedLayerValue
       case kX2: t = rms_norm(tensor(lm, n.ffn_norm), get(kH2)); break;
       case kGate:
       case kUp:
-        t = detail::grouped_value(v, kGate, index, {&slot(lm, n.gate), &slot(lm, n.up)}, get(kX2));
+        t = detail::grouped_value(v, kGate, index, group(lm, {n.gate, n.up}), get(kX2));
         break;
       case kGated: {
         auto gate = get(kGate), up = get(kUp);

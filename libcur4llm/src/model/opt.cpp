@@ -134,7 +134,7 @@ class Opt final : public ValueGraphArchitecture<Opt> {
       case kQ:
       case kK:
       case kV:
-        t = detail::grouped_value(v, kQ, index, {&slot(lm, n.q), &slot(lm, n.k), &slot(lm, n.v)}, get(kX));
+        t = detail::grouped_value(v, kQ, index, group(lm, {n.q, n.k, n.v}), get(kX));
         break;
       case kAttn: {
         const LayerShapes s = c_.layer_shape(i);

@@ -46,6 +46,41 @@ at::Tensor PackedLinear::reconstruct_weight() const {
   return dequantize_tensor(weight_, bias_.defined() ? bias_.scalar_type() : at::kFloat);
 }
 
+std::shared_ptr<model::LinearSlot> PackedLinear::stacked_with(const std::vector<const model::LinearSlot*>& others) const {
+  const QuantizedTensor& w = weight_;
+  std::vector<at::Tensor> codes{w.qweight}, scales{w.scales}, zeros{w.zeros}, biases;
+  if (bias_.defined()) biases.push_back(bias_);
+  int64_t rows = w.rows;
+  for (const auto* other : others) {
+    const auto* p = dynamic_cast<const PackedLinear*>(other);
+    if (!p) return nullptr;
+    const QuantizedTensor& o = p->weight_;
+    const bool same_input_scales = o.input_scales.defined() == w.input_scales.defined() &&
+                                   (!w.input_scales.defined() || o.input_scales.is_same(w.input_scales) ||
+                                    at::equal(o.input_scales, w.input_scales));
+    if (o.cols != w.cols || o.format.name != w.format.name || o.format.bits != w.format.bits ||
+        p->group_ != group_ || o.qweight.device() != w.qweight.device() || !same_input_scales ||
+        p->bias_.defined() != bias_.defined() || (bias_.defined() && p->bias_.scalar_type() != bias_.scalar_type())) {
+      return nullptr;
+    }
+    codes.push_back(o.qweight);
+    scales.push_back(o.scales);
+    zeros.push_back(o.zeros);
+    if (p->bias_.defined()) biases.push_back(p->bias_);
+    rows += o.rows;
+  }
+  QuantizedTensor stacked{at::cat(codes, 0), at::cat(scales, 0), at::cat(zeros, 0), w.input_scales, rows, w.cols,
+                          w.format};
+  return std::make_shared<PackedLinear>(std::move(stacked), biases.empty() ? at::Tensor() : at::cat(biases, 0));
+}
+
+std::shared_ptr<model::LinearSlot> PackedLinear::rows(int64_t begin, int64_t count) const {
+  const QuantizedTensor& w = weight_;
+  QuantizedTensor part{w.qweight.narrow(0, begin, count), w.scales.narrow(0, begin, count),
+                       w.zeros.narrow(0, begin, count), w.input_scales, count, w.cols, w.format};
+  return std::make_shared<PackedLinear>(std::move(part), bias_.defined() ? bias_.narrow(0, begin, count) : at::Tensor());
+}
+
 namespace {
 
 // The bias of a factor, or undefined.

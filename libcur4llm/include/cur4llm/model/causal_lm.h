@@ -191,17 +191,18 @@ class CausalLM {
   std::map<std::string, LinearPtr> reshape_layer(int64_t layer, const LayerShapes& shapes,
                                                  const std::map<std::string, LinearPtr>& slots);
 
-  /// Lays out the dense weights (and biases) of each decoder layer's
-  /// projections that read the same input, query, key and value, and gate and
-  /// up, one after another in one tensor per group: the forward then computes
-  /// a group as one matrix product (fewer, larger products; decoding gains
-  /// most). The values do not change. A group is left as it is where one of
-  /// its slots is not dense, or its slots differ in dtype, device or having a
-  /// bias. Replacing one slot of a group later ends its single product; the
-  /// group's other slots then still hold the shared tensor, the replaced
-  /// weight's memory included, so call this once the model's slots are final
-  /// (before generating or evaluating, not before compressing). Returns how
-  /// many groups are laid out together now.
+  /// Stacks each decoder layer's projections that read the same input, query,
+  /// key and value, and gate and up, into one slot per group
+  /// (LinearSlot::stacked_with: dense weights, or packed ones of one format),
+  /// and gives each projection's slot a view of that one's storage
+  /// (LinearSlot::rows): the forward then computes a group as one product
+  /// (fewer, larger products; decoding gains most). The values do not change.
+  /// A group whose slots cannot stack (factorized, different dtypes, devices,
+  /// formats, or biases on some) is left as it is. Replacing one slot of a
+  /// group later ends its single product; the group's other slots then still
+  /// hold the shared storage, the replaced slot's part included, so call this
+  /// once the model's slots are final (before generating or evaluating, not
+  /// before compressing). Returns how many groups are stacked now.
   int64_t group_projections();
 
   /// Parameters that are not in Linear slots (embeddings, norms, positions).
@@ -241,6 +242,19 @@ class CausalLM {
   std::unique_ptr<Architecture> arch_;
   std::map<std::string, at::Tensor> others_;
   std::map<std::string, LinearPtr> slots_;
+  // group_projections' groups, by their first slot's name: the slots it installed, and the one
+  // slot computing them together (valid while slots_ still holds those slots).
+  struct ProjectionGroup {
+    std::vector<std::string> names;
+    std::vector<LinearPtr> members;
+    LinearPtr joint;
+  };
+  std::map<std::string, ProjectionGroup> groups_;
+  // The joint slot of the group named `names`, or null (none, or one of its slots replaced since).
+  const LinearSlot* joint_slot(const std::vector<std::string>& names) const;
+  // Forgets the group that slot `name` belongs to (its slot is being replaced): its joint's
+  // storage is freed once no member holds a view of it.
+  void drop_group_of(const std::string& name);
   std::vector<LinearInfo> linear_infos_;
   std::optional<Placement> placement_;
 };

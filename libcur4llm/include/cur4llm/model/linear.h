@@ -27,6 +27,15 @@ class LinearSlot {
   virtual std::vector<std::pair<std::string, at::Tensor>> state() const = 0;
   /// The dense weight this layer computes ([out, in]); for analysis and tests.
   virtual at::Tensor reconstruct_weight() const = 0;
+
+  /// One slot whose output is this slot's and then each of `others`' side by side (their
+  /// output features stacked, same input), with its own copy of their parameters; null where
+  /// this kind of slot cannot stack with those (the default). CausalLM::group_projections
+  /// uses it for the projections that read one input.
+  virtual std::shared_ptr<LinearSlot> stacked_with(const std::vector<const LinearSlot*>& others) const;
+  /// For a slot made by stacked_with: the slot computing its output features [begin,
+  /// begin + count), sharing its storage (no copy); null where the kind has none (the default).
+  virtual std::shared_ptr<LinearSlot> rows(int64_t begin, int64_t count) const;
 };
 
 /// An ordinary Linear layer: y = x W^T + b.
@@ -42,6 +51,9 @@ class DenseLinear final : public LinearSlot {
   std::string kind() const override { return "dense"; }
   std::vector<std::pair<std::string, at::Tensor>> state() const override;
   at::Tensor reconstruct_weight() const override { return weight_; }
+  /// Dense slots of one dtype and device, all with a bias or none.
+  std::shared_ptr<LinearSlot> stacked_with(const std::vector<const LinearSlot*>& others) const override;
+  std::shared_ptr<LinearSlot> rows(int64_t begin, int64_t count) const override;
 
   const at::Tensor& weight() const { return weight_; }
   const at::Tensor& bias() const { return bias_; }

@@ -39,6 +39,10 @@ class PackedLinear final : public model::LinearSlot {
   /// {"weight": dequantized (in the bias's dtype, else float32), "bias"}.
   std::vector<std::pair<std::string, at::Tensor>> state() const override;
   at::Tensor reconstruct_weight() const override;
+  /// Packed slots of one format, width and device (and one set of input scales), all with a
+  /// bias or none: their codes, scales and zero points stacked row-wise.
+  std::shared_ptr<model::LinearSlot> stacked_with(const std::vector<const model::LinearSlot*>& others) const override;
+  std::shared_ptr<model::LinearSlot> rows(int64_t begin, int64_t count) const override;
 
   const QuantizedTensor& packed() const { return weight_; }
   const at::Tensor& bias() const { return bias_; }
