@@ -27,9 +27,9 @@
 // mlp_nystrom leaves), to RATIO of the decoder's Linear weights.
 // Steps joined by '+' apply in order: narrow:0.6+packed:rtn_int4 packs the
 // narrowed layers, svd:0.6+packed:rtn_int4 the factors of the SVD layers.
-// Dense projections that read one input (q/k/v, gate/up) are laid out as one
-// product each (CausalLM::group_projections, as the generate app loads a model);
-// --group 0 keeps them apart.
+// Projections that read one input (q/k/v, gate/up; dense or packed) are stacked
+// into one product each (CausalLM::group_projections, as the generate app loads a
+// model); --group 0 keeps them apart.
 // Each timed decoding step is an NVTX range "decode_step" (CUDA builds), for
 // per-kernel times: ncu --nvtx --nvtx-include "decode_step/" bench_decode ...
 // --trace FILE saves a Chrome trace of the last timed run (PyTorch's profiler:
@@ -111,7 +111,7 @@ int main(int argc, char** argv) try {
             bench::factorize_decoder(*lm, step.substr(0, colon), std::stod(step.substr(colon + 1)));
       }
     }
-    // As the generate app runs a model: each layer's q/k/v and gate/up as one product where dense.
+    // As the generate app runs a model: each layer's q/k/v and gate/up as one product where they stack.
     if (args.integer("group", 1) != 0) base["grouped_projections"] = lm->group_projections();
     if (!keep_dense) dense_slots.clear();
     // Weights and buffers on the device before any input: what the layers hold.
