@@ -177,6 +177,15 @@ TEST_CASE("placement: on the CPU, a mapped or offloaded model computes what the 
   CHECK(offloaded->dense_linear("model.decoder.layers.1.fc1").weight().equal(
       resident->dense_linear("model.decoder.layers.1.fc1").weight()));
 
+  // Grouped projections: the resident layer's q/k/v become one product; the offloaded one stays
+  // apart (its tensors are staged for each call), and the model still computes the same.
+  {
+    auto grouped = model::CausalLM::load(folder, offload_options);
+    CHECK(grouped->group_projections() == grouped->num_layers() - grouped->placement()->num_offloaded());
+    c10::InferenceMode guard;
+    CHECK(at::allclose(grouped->forward(ids), resident->forward(ids), 1e-5, 1e-5));
+  }
+
   // Activation statistics, one sample per batch: the same sums, and the offloaded layer copied in
   // once for the three batches (they pass it together).
   {

@@ -8,7 +8,6 @@
 
 #include <cmath>
 #include <limits>
-#include <optional>
 #include <utility>
 #include <stdexcept>
 #include <vector>
@@ -323,7 +322,7 @@ at::Tensor cached_attention(const at::Tensor& q_in, const at::Tensor& k_in, cons
   bool written = false;  // k (rotated) and v in the cache
   const bool fused_rotary =
       rotary && rotary->cos.size(-2) >= step.rotary_length() && fused::enabled_for(q) && fused::enabled_for(k);
-  if (fused_rotary && t <= 8) {
+  if (fused_rotary && t <= 8) {  // rotary_step takes up to 8 tokens a row
     // A decoding step: q rotated, k rotated and v into the cache's slots, in one launch.
     const auto [keys, values] = cache.writable(layer, k.transpose(1, 2), v.transpose(1, 2));
     auto rotated = fused::rotary_step(q, k, v, rotary->cos, rotary->sin, step.positions(), keys, values,

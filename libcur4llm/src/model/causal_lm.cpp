@@ -777,6 +777,8 @@ int64_t CausalLM::group_projections() {
                                                        {LinearRole::Gate, LinearRole::Up}};
   int64_t grouped = 0;
   for (int64_t layer = 0; layer < config_.num_layers; ++layer) {
+    // An offloaded layer's slot tensors are copied in for each call; a joint slot would stay behind.
+    if (layer_offloaded(layer)) continue;
     for (const auto& roles : role_sets) {
       std::vector<std::string> names;
       for (const LinearRole role : roles) {

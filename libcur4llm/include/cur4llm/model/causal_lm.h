@@ -198,7 +198,8 @@ class CausalLM {
   /// (LinearSlot::rows): the forward then computes a group as one product
   /// (fewer, larger products; decoding gains most). The values do not change.
   /// A group whose slots cannot stack (factorized, different dtypes, devices,
-  /// formats, or biases on some) is left as it is. Replacing one slot of a
+  /// formats, or biases on some), or of a layer offloaded to host memory, is
+  /// left as it is. Replacing one slot of a
   /// group later ends its single product; the group's other slots then still
   /// hold the shared storage, the replaced slot's part included, so call this
   /// once the model's slots are final (before generating or evaluating, not
