@@ -365,6 +365,12 @@ inline int64_t factorize_decoder(model::CausalLM& lm, const std::string& kind, d
   return n;
 }
 
+/// Whether a Linear of role `role` is part of the MLP (its width is the MLP's).
+inline bool in_mlp(const std::optional<model::LinearRole>& role) {
+  using R = model::LinearRole;
+  return role && (*role == R::Gate || *role == R::Up || *role == R::Down || *role == R::Fc1 || *role == R::Fc2);
+}
+
 /// The shape a module method leaves at nominal ratio `ratio`, with random dense weights:
 /// what a modular-compressed model runs. Every decoder layer gets the same shapes.
 /// - Uniform (`mlp_only` false): MLP width, query/key and value head widths all times
@@ -390,10 +396,7 @@ inline int64_t narrow_decoder(model::CausalLM& lm, double ratio, int64_t align =
     for (const auto& info : lm.linears()) {
       if (info.layer != 0) continue;
       const double params = static_cast<double>(info.out_features) * static_cast<double>(info.in_features);
-      const auto r = info.role;
-      const bool in_mlp = r == model::LinearRole::Gate || r == model::LinearRole::Up ||
-                          r == model::LinearRole::Down || r == model::LinearRole::Fc1 || r == model::LinearRole::Fc2;
-      (in_mlp ? mlp : attention) += params;
+      (in_mlp(info.role) ? mlp : attention) += params;
     }
     const double share = ((attention + mlp) * ratio - attention) / mlp;
     if (share <= 0) throw std::invalid_argument("narrow_mlp: the attention alone holds more than that ratio");
@@ -417,14 +420,14 @@ inline int64_t narrow_decoder(model::CausalLM& lm, double ratio, int64_t align =
     std::map<std::string, model::LinearPtr> slots;
     for (const auto& info : lm.linears()) {
       if (info.layer != layer) continue;
-      const std::string leaf = info.name.substr(info.name.rfind('.') + 1);
+      using R = model::LinearRole;
       int64_t out = info.out_features, in = info.in_features;
-      if (leaf == "q_proj") out = c.num_heads * qk;
-      if (leaf == "k_proj") out = c.num_kv_heads * qk;
-      if (leaf == "v_proj") out = c.num_kv_heads * dv;
-      if (leaf == "o_proj" || leaf == "out_proj") in = c.num_heads * dv;
-      if (leaf == "gate_proj" || leaf == "up_proj" || leaf == "fc1") out = s.intermediate_size;
-      if (leaf == "down_proj" || leaf == "fc2") in = s.intermediate_size;
+      if (info.role == R::Q) out = c.num_heads * qk;
+      if (info.role == R::K) out = c.num_kv_heads * qk;
+      if (info.role == R::V) out = c.num_kv_heads * dv;
+      if (info.role == R::O) in = c.num_heads * dv;
+      if (info.role == R::Gate || info.role == R::Up || info.role == R::Fc1) out = s.intermediate_size;
+      if (info.role == R::Down || info.role == R::Fc2) in = s.intermediate_size;
       const auto* dense = dynamic_cast<const model::DenseLinear*>(lm.linear_ptr(info.name).get());
       at::Tensor bias;
       if (dense && dense->bias().defined()) bias = at::zeros({out}, options);

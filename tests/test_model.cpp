@@ -477,7 +477,9 @@ TEST_CASE("group_projections lays q/k/v and gate/up out together; logits, weight
   // One group per layer for OPT (q/k/v; fc1 has no partner), two for the gated MLP families.
   const int64_t groups = layers * (gated ? 2 : 1);
   CHECK(lm->group_projections() == groups);
-  CHECK(lm->group_projections() == groups);  // already laid out: counted, not copied again
+  const void* q0 = dense_weight(*lm, slot_of(*lm, 0, LinearRole::Q)).data_ptr();
+  CHECK(lm->group_projections() == groups);  // already stacked: counted, not copied again
+  CHECK(dense_weight(*lm, slot_of(*lm, 0, LinearRole::Q)).data_ptr() == q0);
   for (int64_t layer = 0; layer < layers; ++layer) {
     std::vector<std::vector<LinearRole>> sets{{LinearRole::Q, LinearRole::K, LinearRole::V}};
     if (gated) sets.push_back({LinearRole::Gate, LinearRole::Up});

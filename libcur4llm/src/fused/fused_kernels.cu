@@ -230,6 +230,17 @@ struct RotaryTables {
   }
 };
 
+// One rotated pair: x1 = x[j] and x2 = x[j + half] against the table row's cos/sin at j (c, s
+// point there). rotate_half(x) = cat(-x2, x1); every product and the sum rounded as ATen rounds
+// them. The three rotary kernels below share it.
+template <typename T>
+__device__ inline void rotate_pair(float x1, float x2, const float* c, const float* s, int64_t half, T& lo, T& hi) {
+  const float c1 = round_to<T>(c[0]), s1 = round_to<T>(s[0]);
+  const float c2 = round_to<T>(c[half]), s2 = round_to<T>(s[half]);
+  lo = Elem<T>::store(round_to<T>(x1 * c1) + round_to<T>(-x2 * s1));
+  hi = Elem<T>::store(round_to<T>(x2 * c2) + round_to<T>(x1 * s2));
+}
+
 template <typename T>
 __global__ void rotary_kernel(const T* __restrict__ x, RotaryTables tab, T* __restrict__ out, int64_t tokens,
                               int64_t heads, int64_t dim, int64_t x_token_stride) {
@@ -243,13 +254,8 @@ __global__ void rotary_kernel(const T* __restrict__ x, RotaryTables tab, T* __re
     const int64_t at = tab.offset(token, head, heads, dim);
     const int64_t base = th * dim;
     const int64_t in = token * x_token_stride + head * dim;
-    const float x1 = Elem<T>::load(x[in + j]);
-    const float x2 = Elem<T>::load(x[in + j + half]);
-    const float c1 = round_to<T>(tab.cos[at + j]), s1 = round_to<T>(tab.sin[at + j]);
-    const float c2 = round_to<T>(tab.cos[at + j + half]), s2 = round_to<T>(tab.sin[at + j + half]);
-    // rotate_half(x) = cat(-x2, x1); every product and the sum rounded as ATen rounds them.
-    out[base + j] = Elem<T>::store(round_to<T>(x1 * c1) + round_to<T>(-x2 * s1));
-    out[base + j + half] = Elem<T>::store(round_to<T>(x2 * c2) + round_to<T>(x1 * s2));
+    rotate_pair<T>(Elem<T>::load(x[in + j]), Elem<T>::load(x[in + j + half]), tab.cos + at + j, tab.sin + at + j,
+                   half, out[base + j], out[base + j + half]);
   }
 }
 
@@ -276,11 +282,7 @@ __global__ void rotary_pack_kernel(const T* __restrict__ x, RotaryTables tab, T*
     Pack<T> oa, ob;
 #pragma unroll
     for (int e = 0; e < K; ++e) {
-      const float x1 = Elem<T>::load(a.v[e]), x2 = Elem<T>::load(b.v[e]);
-      const float c1 = round_to<T>(c[e]), s1 = round_to<T>(sn[e]);
-      const float c2 = round_to<T>(c[e + half]), s2 = round_to<T>(sn[e + half]);
-      oa.v[e] = Elem<T>::store(round_to<T>(x1 * c1) + round_to<T>(-x2 * s1));
-      ob.v[e] = Elem<T>::store(round_to<T>(x2 * c2) + round_to<T>(x1 * s2));
+      rotate_pair<T>(Elem<T>::load(a.v[e]), Elem<T>::load(b.v[e]), c + e, sn + e, half, oa.v[e], ob.v[e]);
     }
     *reinterpret_cast<Pack<T>*>(out + base + j) = oa;
     *reinterpret_cast<Pack<T>*>(out + base + j + half) = ob;
@@ -323,7 +325,7 @@ struct StepLayout {
 
 template <typename T>
 __global__ void rotary_step_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
-                                   RotaryTables q_tab, RotaryTables k_tab, StepLayout L, T* __restrict__ q_out,
+                                   RotaryTables tab, StepLayout L, T* __restrict__ q_out,
                                    T* __restrict__ keys, T* __restrict__ values) {
   const int64_t rows = L.batch * L.tokens, half = L.dk / 2;
   const int64_t nq = rows * L.heads * half, nk = rows * L.kv_heads * half, nv = rows * L.kv_heads * L.dv;
@@ -335,11 +337,8 @@ __global__ void rotary_step_kernel(const T* __restrict__ q, const T* __restrict_
       const int64_t heads = is_q ? L.heads : L.kv_heads;
       const int64_t j = i % half, th = i / half, row = th / heads, head = th - row * heads;
       const T* x = (is_q ? q + row * L.q_stride : k + row * L.k_stride) + head * L.dk;
-      const int64_t at = (is_q ? q_tab : k_tab).offset(row, head, heads, L.dk);
-      const RotaryTables& tab = is_q ? q_tab : k_tab;
-      const float x1 = Elem<T>::load(x[j]), x2 = Elem<T>::load(x[j + half]);
-      const float c1 = round_to<T>(tab.cos[at + j]), s1 = round_to<T>(tab.sin[at + j]);
-      const float c2 = round_to<T>(tab.cos[at + j + half]), s2 = round_to<T>(tab.sin[at + j + half]);
+      // Queries take their KV head's table (heads / tables of them a table), keys their own.
+      const int64_t at = tab.offset(row, head, heads, L.dk);
       T* out;
       if (is_q) {
         out = q_out + th * L.dk;
@@ -347,8 +346,8 @@ __global__ void rotary_step_kernel(const T* __restrict__ q, const T* __restrict_
         const int64_t b = row / L.tokens, t = row - b * L.tokens;
         out = keys + ((b * L.kv_heads + head) * L.cap + L.start + t) * L.dk;
       }
-      out[j] = Elem<T>::store(round_to<T>(x1 * c1) + round_to<T>(-x2 * s1));
-      out[j + half] = Elem<T>::store(round_to<T>(x2 * c2) + round_to<T>(x1 * s2));
+      rotate_pair<T>(Elem<T>::load(x[j]), Elem<T>::load(x[j + half]), tab.cos + at + j, tab.sin + at + j, half,
+                     out[j], out[j + half]);
     } else {
       const int64_t i = idx - nq - nk;
       const int64_t e = i % L.dv, th = i / L.dv, row = th / L.kv_heads, head = th - row * L.kv_heads;
@@ -359,9 +358,8 @@ __global__ void rotary_step_kernel(const T* __restrict__ q, const T* __restrict_
 }
 
 template <typename T>
-int launch_rotary_step(const void* q, const void* k, const void* v, const RotaryTables& q_tab,
-                       const RotaryTables& k_tab, const StepLayout& L, void* q_out, void* keys, void* values,
-                       void* stream) {
+int launch_rotary_step(const void* q, const void* k, const void* v, const RotaryTables& tab, const StepLayout& L,
+                       void* q_out, void* keys, void* values, void* stream) {
   const int64_t rows = L.batch * L.tokens;
   const int64_t total = rows * ((L.heads + L.kv_heads) * (L.dk / 2) + L.kv_heads * L.dv);
   if (total <= 0) return 0;
@@ -369,7 +367,7 @@ int launch_rotary_step(const void* q, const void* k, const void* v, const Rotary
   const int64_t blocks = (total + kThreads - 1) / kThreads;
   const unsigned grid = static_cast<unsigned>(blocks < (int64_t{1} << 20) ? blocks : (int64_t{1} << 20));
   rotary_step_kernel<T><<<grid, kThreads, 0, as_stream(stream)>>>(
-      static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v), q_tab, k_tab, L,
+      static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(v), tab, L,
       static_cast<T*>(q_out), static_cast<T*>(keys), static_cast<T*>(values));
   return static_cast<int>(cudaGetLastError());
 }
@@ -1046,15 +1044,12 @@ int rotary_step(const void* q, const void* k, const void* v, const float* cos, c
                 const int64_t* positions, int64_t tables, int64_t table_rows, int dtype, int64_t batch, int64_t tokens,
                 int64_t heads, int64_t kv_heads, int64_t dk, int64_t dv, int64_t q_stride, int64_t k_stride,
                 int64_t v_stride, void* q_out, void* keys, void* values, int64_t cap, int64_t start, void* stream) {
-  const int64_t t = tables < 1 ? 1 : tables;
-  // Queries take their KV head's table (heads / t per table); keys one table each (t of kv_heads).
-  const RotaryTables q_tab{cos, sin, 1, positions, t, table_rows};
-  const RotaryTables k_tab{cos, sin, 1, positions, t, table_rows};
+  const RotaryTables tab{cos, sin, 1, positions, tables < 1 ? 1 : tables, table_rows};
   const StepLayout L{batch, tokens, heads, kv_heads, dk, dv, q_stride, k_stride, v_stride, cap, start};
   switch (dtype) {
-    case 0: return launch_rotary_step<float>(q, k, v, q_tab, k_tab, L, q_out, keys, values, stream);
-    case 1: return launch_rotary_step<__half>(q, k, v, q_tab, k_tab, L, q_out, keys, values, stream);
-    case 2: return launch_rotary_step<__nv_bfloat16>(q, k, v, q_tab, k_tab, L, q_out, keys, values, stream);
+    case 0: return launch_rotary_step<float>(q, k, v, tab, L, q_out, keys, values, stream);
+    case 1: return launch_rotary_step<__half>(q, k, v, tab, L, q_out, keys, values, stream);
+    case 2: return launch_rotary_step<__nv_bfloat16>(q, k, v, tab, L, q_out, keys, values, stream);
   }
   return kBadDtype;
 }

@@ -27,10 +27,11 @@ const at::Tensor* Architecture::optional_tensor(const CausalLM& lm, const std::s
 
 const LinearSlot& Architecture::slot(const CausalLM& lm, const std::string& name) { return lm.linear(name); }
 
-detail::SlotGroup Architecture::group(const CausalLM& lm, const std::vector<std::string>& names) {
+detail::SlotGroup Architecture::group(const CausalLM& lm,
+                                      std::initializer_list<std::reference_wrapper<const std::string>> names) {
   detail::SlotGroup g;
-  for (const auto& name : names) g.slots.push_back(&lm.linear(name));
-  g.joint = lm.joint_slot(names);
+  for (const std::string& name : names) g.slots.push_back(&lm.linear(name));
+  if (names.size() > 0) g.joint = lm.joint_slot(names.begin()->get());
   return g;
 }
 

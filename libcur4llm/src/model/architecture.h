@@ -8,6 +8,7 @@
 #include <ATen/ATen.h>
 
 #include <functional>
+#include <initializer_list>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -75,8 +76,10 @@ class Architecture {
   static const at::Tensor& tensor(const CausalLM& lm, const std::string& name);
   static const at::Tensor* optional_tensor(const CausalLM& lm, const std::string& name);
   static const LinearSlot& slot(const CausalLM& lm, const std::string& name);
-  /// The slots named `names`, with their joint slot where group_projections stacked them.
-  static detail::SlotGroup group(const CausalLM& lm, const std::vector<std::string>& names);
+  /// The slots named `names`, with their joint slot where group_projections stacked them
+  /// (names by reference: a forward asks for every layer's groups).
+  static detail::SlotGroup group(const CausalLM& lm,
+                                 std::initializer_list<std::reference_wrapper<const std::string>> names);
 };
 
 /// A family whose decoder layer is computed as a graph of named values (an
@@ -204,7 +207,7 @@ class Step {
   /// `positions` [B, T] int64 on the cache's device; the cache's step must have begun.
   /// `whole_rows`: the caller knows every new token is real (no padding) and of the trunk
   /// (no branches); with an empty cache each token then attends to those before it alone.
-  Step(KVCache& cache, at::Tensor positions, bool whole_rows = false);
+  Step(KVCache& cache, at::Tensor positions, bool whole_rows);
   KVCache& cache() const { return cache_; }
   /// [B, T]: the position of each new token.
   const at::Tensor& positions() const { return positions_; }

@@ -760,12 +760,12 @@ LinearPtr CausalLM::replace_linear(const std::string& name, LinearPtr slot) {
                                             slot->out_features(), slot->in_features(), previous->out_features(),
                                             previous->in_features()));
   }
-  slots_[name] = std::move(slot);
-  drop_group_of(name);
+  set_slot(name, std::move(slot));
   return previous;
 }
 
-void CausalLM::drop_group_of(const std::string& name) {
+void CausalLM::set_slot(const std::string& name, LinearPtr slot) {
+  slots_[name] = std::move(slot);
   for (auto it = groups_.begin(); it != groups_.end();) {
     const auto& names = it->second.names;
     it = std::find(names.begin(), names.end(), name) != names.end() ? groups_.erase(it) : std::next(it);
@@ -787,7 +787,7 @@ int64_t CausalLM::group_projections() {
         }
       }
       if (names.size() != roles.size()) continue;  // the family has no such group
-      if (joint_slot(names)) {                     // stacked already
+      if (joint_slot(names[0])) {                  // stacked already
         ++grouped;
         continue;
       }
@@ -795,32 +795,25 @@ int64_t CausalLM::group_projections() {
       for (size_t j = 1; j < names.size(); ++j) rest.push_back(slots_.at(names[j]).get());
       auto joint = slots_.at(names[0])->stacked_with(rest);
       if (!joint) continue;
-      ProjectionGroup group{names, {}, joint};
+      std::vector<LinearPtr> members;  // each slot's rows of the joint one
       int64_t row = 0;
       for (const auto& name : names) {
         const int64_t count = slots_.at(name)->out_features();
-        group.members.push_back(joint->rows(row, count));
-        if (!group.members.back()) break;
+        members.push_back(joint->rows(row, count));
         row += count;
       }
-      if (group.members.size() != names.size() || !group.members.back()) continue;
-      for (size_t j = 0; j < names.size(); ++j) slots_[names[j]] = group.members[j];
-      groups_[names[0]] = std::move(group);
+      if (std::find(members.begin(), members.end(), nullptr) != members.end()) continue;
+      for (size_t j = 0; j < names.size(); ++j) set_slot(names[j], members[j]);
+      groups_[names[0]] = ProjectionGroup{names, std::move(joint)};
       ++grouped;
     }
   }
   return grouped;
 }
 
-const LinearSlot* CausalLM::joint_slot(const std::vector<std::string>& names) const {
-  if (names.empty()) return nullptr;
-  const auto it = groups_.find(names[0]);
-  if (it == groups_.end() || it->second.names != names) return nullptr;
-  for (size_t j = 0; j < names.size(); ++j) {
-    const auto slot = slots_.find(names[j]);
-    if (slot == slots_.end() || slot->second != it->second.members[j]) return nullptr;
-  }
-  return it->second.joint.get();
+const LinearSlot* CausalLM::joint_slot(const std::string& first) const {
+  const auto it = groups_.find(first);
+  return it == groups_.end() ? nullptr : it->second.joint.get();
 }
 
 std::map<std::string, LinearPtr> CausalLM::reshape_layer(int64_t layer, const LayerShapes& shapes,
@@ -860,8 +853,7 @@ std::map<std::string, LinearPtr> CausalLM::reshape_layer(int64_t layer, const La
   std::map<std::string, LinearPtr> previous;
   for (const auto& [name, slot] : slots) {
     previous[name] = slots_.at(name);
-    slots_[name] = slot;
-    drop_group_of(name);
+    set_slot(name, slot);
   }
   if (!next.has_layer_shapes()) next.layer_shapes.clear();
   config_ = std::move(next);
@@ -898,10 +890,7 @@ void ScopedSlots::replace(const std::string& name, LinearPtr slot) {
 
 void ScopedSlots::restore() noexcept {
   // Reverse order, so that a name replaced twice ends with its first original.
-  for (auto it = displaced_.rbegin(); it != displaced_.rend(); ++it) {
-    lm_.slots_[it->first] = it->second;
-    lm_.drop_group_of(it->first);
-  }
+  for (auto it = displaced_.rbegin(); it != displaced_.rend(); ++it) lm_.set_slot(it->first, it->second);
   displaced_.clear();
 }
 

@@ -124,7 +124,7 @@ class Llama final : public ValueGraphArchitecture<Llama>, public GatedLayerValue
       case kQ:
       case kK:
       case kV:
-        // Query, key and value in one product where group_projections laid them out so.
+        // Query, key and value in one product where group_projections stacked them.
         t = detail::grouped_value(v, kQ, index, group(lm, {n.q, n.k, n.v}), get(kX),
                                   [&](int value, at::Tensor out) {
                                     if (!c_.qk_norm || value == kV) return out;

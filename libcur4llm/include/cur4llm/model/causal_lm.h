@@ -243,19 +243,18 @@ class CausalLM {
   std::unique_ptr<Architecture> arch_;
   std::map<std::string, at::Tensor> others_;
   std::map<std::string, LinearPtr> slots_;
-  // group_projections' groups, by their first slot's name: the slots it installed, and the one
-  // slot computing them together (valid while slots_ still holds those slots).
+  // group_projections' groups, by their first slot's name: the slots' names and the one slot
+  // computing them together. A group lives while its slots do: set_slot forgets it.
   struct ProjectionGroup {
     std::vector<std::string> names;
-    std::vector<LinearPtr> members;
     LinearPtr joint;
   };
   std::map<std::string, ProjectionGroup> groups_;
-  // The joint slot of the group named `names`, or null (none, or one of its slots replaced since).
-  const LinearSlot* joint_slot(const std::vector<std::string>& names) const;
-  // Forgets the group that slot `name` belongs to (its slot is being replaced): its joint's
-  // storage is freed once no member holds a view of it.
-  void drop_group_of(const std::string& name);
+  // The joint slot of the group whose first slot is `first`, or null.
+  const LinearSlot* joint_slot(const std::string& first) const;
+  // Installs `slot` as `name` (every change of a slot after loading goes through here), forgetting
+  // the group it belonged to: the joint's storage is freed once no member holds a view of it.
+  void set_slot(const std::string& name, LinearPtr slot);
   std::vector<LinearInfo> linear_infos_;
   std::optional<Placement> placement_;
 };
