@@ -7,7 +7,7 @@
 //   bench_decode --model PATH | --config CONFIG.json
 //                [--device cuda] [--dtype bf16] [--batch 1,16] [--prompt_len 512] [--new_tokens 256]
 //                [--factorize dense,svd:0.6,cur:0.6,narrow:0.8,narrow_mlp:0.8,packed:rtn_int4] [--iters 1] [--graph 0] [--seed 0]
-//                [--narrow_align 8] [--trace FILE] [--group 1]
+//                [--narrow_align 8] [--trace FILE] [--group 1] [--dense_mma 0|1]
 //
 // Each run: a prefill of --prompt_len random tokens per row, then
 // --new_tokens - 1 greedy decoding steps (the argmax stays on the device; one
@@ -29,7 +29,9 @@
 // narrowed layers, svd:0.6+packed:rtn_int4 the factors of the SVD layers.
 // Projections that read one input (q/k/v, gate/up; dense or packed) are stacked
 // into one product each (CausalLM::group_projections, as the generate app loads a
-// model); --group 0 keeps them apart.
+// model); --group 0 keeps them apart. --dense_mma 1 runs dense 16-bit layers' steps
+// of up to 8 tokens on cur4llm's tensor-core kernel (util::set_dense_mma_enabled),
+// 0 on cuBLAS; left out, the library's default.
 // Each timed decoding step is an NVTX range "decode_step" (CUDA builds), for
 // per-kernel times: ncu --nvtx --nvtx-include "decode_step/" bench_decode ...
 // --trace FILE saves a Chrome trace of the last timed run (PyTorch's profiler:
@@ -40,6 +42,7 @@
 
 #include <cur4llm/model/kv_cache.h>
 #include <cur4llm/quant/packed_linear.h>
+#include <cur4llm/util/fused_kernels.h>
 
 #include <ATen/ATen.h>
 #include <ATen/record_function.h>
@@ -54,7 +57,7 @@ int main(int argc, char** argv) try {
   using namespace cur4llm;
   const bench::Args args(argc, argv);
   args.check_known({"model", "config", "device", "dtype", "batch", "prompt_len", "new_tokens", "factorize", "iters",
-                    "graph", "seed", "peak_tflops", "narrow_align", "trace", "group"});
+                    "graph", "seed", "peak_tflops", "narrow_align", "trace", "group", "dense_mma"});
   const int64_t prompt_len = args.integer("prompt_len", 512);
   const int64_t new_tokens = args.integer("new_tokens", 256);
   const int iters = static_cast<int>(args.integer("iters", 1));
@@ -65,6 +68,7 @@ int main(int argc, char** argv) try {
   const int64_t narrow_align = args.integer("narrow_align", 8);
   if (narrow_align < 1) throw std::invalid_argument("--narrow_align must be at least 1");
   const bench::Tracer tracer(args.str("trace", ""));
+  if (args.has("dense_mma")) util::set_dense_mma_enabled(args.integer("dense_mma", 0) != 0);
   std::string source;
   auto lm = bench::load_model(args, &source);
   const auto& c = lm->config();
@@ -113,6 +117,7 @@ int main(int argc, char** argv) try {
     }
     // As the generate app runs a model: each layer's q/k/v and gate/up as one product where they stack.
     if (args.integer("group", 1) != 0) base["grouped_projections"] = lm->group_projections();
+    base["dense_mma"] = util::dense_mma_enabled();
     if (!keep_dense) dense_slots.clear();
     // Weights and buffers on the device before any input: what the layers hold.
     base["model_device_bytes"] = bench::device_memory(device, /*peak=*/false);

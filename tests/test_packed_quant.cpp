@@ -687,6 +687,17 @@ TEST_CASE("group_projections stacks packed q/k/v and gate/up of one format; logi
     const auto& q0 = dynamic_cast<const quant::PackedLinear&>(lm->linear("model.layers.0.self_attn.q_proj"));
     const auto& k0 = dynamic_cast<const quant::PackedLinear&>(lm->linear("model.layers.0.self_attn.k_proj"));
     CHECK(k0.packed().qweight.is_alias_of(q0.packed().qweight));
+    // The stacked gate/up computes the gated activation in one call (the LLaMA layer takes it),
+    // as silu(gate) * up of the separate slots.
+    const auto& gate0 = lm->linear("model.layers.0.mlp.gate_proj");
+    const auto& up0 = lm->linear("model.layers.0.mlp.up_proj");
+    const auto x = at::randn({3, lm->config().hidden_size}, gen);
+    const auto stacked_gate = gate0.stacked_with({&up0});
+    REQUIRE(stacked_gate);
+    const auto gated = stacked_gate->silu_gate(x);
+    REQUIRE(gated.defined());
+    CHECK(gated.sizes() == at::IntArrayRef{3, gate0.out_features()});
+    CHECK(at::allclose(gated, at::silu(gate0.forward(x)) * up0.forward(x), 1e-6, 1e-6));
     CHECK(at::allclose(lm->forward(ids), before, 1e-5, 1e-5));
   }
   // q packed at 8 bits, k and v at 4: the attention projections cannot stack; the MLPs can.
@@ -719,5 +730,130 @@ TEST_CASE("CUDA: stacked packed projections decode as the unstacked ones", "[pac
     got = stacked->forward_cached(ids.narrow(1, t, 1), b).to(at::kFloat);
     INFO("step " << t);
     CHECK((got - want).abs().max().item<double>() <= 2e-2 * (1 + want.abs().max().item<double>()));
+  }
+}
+
+TEST_CASE("CUDA: int4 on the tensor cores: products, a residual added in place, the SiLU gate of stacked gate/up",
+          "[packed_quant][cuda]") {
+  CUR4LLM_REQUIRE_CUDA();
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(21);
+  // |got - want| within one rounding to dtype (eps: half a unit in the last place, relative) and
+  // the float sums' error.
+  auto within = [](const at::Tensor& got, const at::Tensor& want, const at::Tensor& scale, double eps) {
+    const auto err = (got.to(at::kDouble) - want).abs();
+    const auto allowed = scale * eps + 1e-5 * (1 + want.abs().max().item<double>());
+    return (err <= allowed).all().item<bool>();
+  };
+  // 128 columns: one chunk of the kernel; 384: three (fewer than a block's warps); 2816: 22, two
+  // or three a warp, two at a time. Groups of 128 and 256 (a chunk's columns share a scale).
+  for (const int64_t cols : {128, 384, 2816}) {
+    for (const int64_t group : {128, 256}) {
+      // 48 rows: a block and a half (32 rows each); 70: the last block repeats rows it does not write.
+      for (const int64_t rows : {48, 70}) {
+        auto format = quant::parse_quant_format("rtn_int4");
+        format.group_size = group;
+        auto q = quant::quantize_tensor(at::randn({rows, cols}, gen), format);
+        for (auto* part : {&q.qweight, &q.scales, &q.zeros}) *part = part->cuda();
+        // The weights exactly (an fp16 scale times a small integer is exact in float), summed in double.
+        const auto deq = quant::dequantize_tensor(q, at::kFloat).to(at::kDouble);
+        const auto b = at::randn({rows}, gen);
+        for (const auto dtype : {at::kHalf, at::kBFloat16}) {
+          const double eps = std::ldexp(1.0, dtype == at::kHalf ? -11 : -8);
+          for (const bool with_bias : {false, true}) {
+            const auto bias = with_bias ? b.to(at::kCUDA, dtype) : at::Tensor();
+            quant::PackedLinear layer(q, bias);
+            for (const int64_t tokens : {1, 3, 8}) {
+              DYNAMIC_SECTION(cols << " cols, group " << group << ", " << rows << " rows, " << c10::toString(dtype)
+                                   << ", bias " << with_bias << ", tokens " << tokens) {
+                const auto x = at::randn({tokens, cols}, gen).to(at::kCUDA, dtype);
+                auto exact = at::matmul(x.to(at::kDouble), deq.t());
+                if (with_bias) exact = exact + bias.to(at::kDouble);
+                CHECK(within(layer.forward(x), exact, exact.abs(), eps));
+
+                // The residual's sum, rounded once, in the residual's own storage.
+                const auto residual = at::randn({tokens, rows}, gen).to(at::kCUDA, dtype);
+                const auto want = exact + residual.to(at::kDouble);
+                auto mine = residual.clone();
+                const void* storage = mine.data_ptr();
+                const auto sum = layer.forward_add(std::move(mine), x);
+                CHECK(sum.data_ptr() == storage);
+                CHECK(within(sum, want, want.abs(), eps));
+                // A residual someone else holds is not written: the sum goes to a new tensor.
+                auto held = residual.clone();
+                const auto apart = layer.forward_add(held, x);
+                CHECK(at::equal(held, residual));
+                CHECK(apart.data_ptr() != held.data_ptr());
+                CHECK(within(apart, want, want.abs() + exact.abs(), eps));
+              }
+            }
+          }
+        }
+      }
+    }
+  }
+
+  // The SiLU gate of a stacked [gate; up] weight, against silu(gate) * up from the exact products
+  // rounded as the separate steps round them (a product rounded either way of a tie moves it by
+  // a unit, hence the wider bound).
+  for (const int64_t half : {48, 40}) {
+    auto q = quant::quantize_tensor(at::randn({2 * half, 2816}, gen), quant::parse_quant_format("rtn_int4"));
+    for (auto* part : {&q.qweight, &q.scales, &q.zeros}) *part = part->cuda();
+    const auto deq = quant::dequantize_tensor(q, at::kFloat).to(at::kDouble);
+    for (const auto dtype : {at::kHalf, at::kBFloat16}) {
+      const double eps = std::ldexp(1.0, dtype == at::kHalf ? -11 : -8);
+      quant::PackedLinear layer(q, at::Tensor());
+      for (const int64_t tokens : {1, 5, 8}) {
+        DYNAMIC_SECTION("gate of " << half << " rows, " << c10::toString(dtype) << ", tokens " << tokens) {
+          const auto x = at::randn({tokens, 2816}, gen).to(at::kCUDA, dtype);
+          const auto exact = at::matmul(x.to(at::kDouble), deq.t());
+          const auto g = exact.narrow(1, 0, half).to(dtype).to(at::kDouble);
+          const auto u = exact.narrow(1, half, half).to(dtype).to(at::kDouble);
+          const auto act = (g / (1 + at::exp(-g))).to(dtype).to(at::kDouble);
+          const auto got = layer.silu_gate(x);
+          REQUIRE(got.defined());
+          CHECK(got.sizes() == at::IntArrayRef{tokens, half});
+          CHECK(within(got, act * u, 4 * (act.abs() + g.abs()) * u.abs(), eps));
+        }
+      }
+      // More tokens than the tensor cores' 8, or float inputs: no fused gate; the caller splits.
+      CHECK_FALSE(layer.silu_gate(at::randn({9, 2816}, gen).to(at::kCUDA, dtype)).defined());
+    }
+    CHECK_FALSE(quant::PackedLinear(q, at::Tensor()).silu_gate(at::randn({1, 2816}, gen).cuda()).defined());
+  }
+}
+
+TEST_CASE("CUDA: a model-sized LLaMA at int4 decodes the same with its projections stacked (fused SiLU gate)",
+          "[packed_quant][cuda]") {
+  CUR4LLM_REQUIRE_CUDA();
+  // Widths the tensor-core kernel takes (multiples of 128), GQA.
+  const auto config = model::ModelConfig::from_json(
+      R"({"model_type": "llama", "vocab_size": 512, "hidden_size": 1024, "num_hidden_layers": 2,
+          "intermediate_size": 2816, "num_attention_heads": 8, "num_key_value_heads": 2, "rms_norm_eps": 1e-5,
+          "max_position_embeddings": 4096, "hidden_act": "silu"})",
+      "test config");
+  model::LoadOptions o;
+  o.device = c10::Device(c10::kCUDA);
+  o.dtype = at::kBFloat16;
+  auto lm = model::CausalLM::random(config, o, 7);
+  pack_decoder(*lm, [](const std::string&) { return "rtn_int4"; });
+  c10::InferenceMode guard;
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(10);
+  const auto ids = at::randint(config.vocab_size, {2, 12}, gen, at::TensorOptions().dtype(at::kLong)).cuda();
+  // The prefill (16 tokens: the scalar packed kernel), then steps of 2 rows x 1 token (the tensor
+  // cores, o_proj and down_proj adding into the residual), first with the projections apart,
+  // then stacked (q/k/v one product, the gate in gate/up's launch).
+  auto decode = [&] {
+    std::vector<at::Tensor> logits;
+    model::KVCache cache(2, 16, lm->device());
+    logits.push_back(lm->forward_cached(ids.narrow(1, 0, 8), cache).to(at::kFloat));
+    for (int64_t t = 8; t < 12; ++t) logits.push_back(lm->forward_cached(ids.narrow(1, t, 1), cache).to(at::kFloat));
+    return logits;
+  };
+  const auto apart = decode();
+  REQUIRE(lm->group_projections() == 2 * config.num_layers);
+  const auto stacked = decode();
+  for (size_t i = 0; i < apart.size(); ++i) {
+    INFO("pass " << i);
+    CHECK((stacked[i] - apart[i]).abs().max().item<double>() <= 2e-2 * (1 + apart[i].abs().max().item<double>()));
   }
 }

@@ -433,13 +433,7 @@ int launch_layer_norm(const void* x, const void* y, const void* w, const void* b
 }
 
 // ---------------------------------------------------------------------------------------------
-// SiLU gate: out = round(silu(g)) * u, with silu(g) = g / (1 + exp(-g)) as ATen computes it.
-
-template <typename T>
-__device__ inline float silu_mul_one(float g, float u) {
-  const float act = round_to<T>(g / (1.0f + expf(-g)));
-  return act * u;
-}
+// SiLU gate: out = round(silu(g)) * u (silu_mul_one, kernel_types.cuh).
 
 // gate and up are [rows, cols], rows gate_stride and up_stride elements apart; out is [rows, cols], contiguous.
 template <typename T, bool kVec>
@@ -1087,6 +1081,13 @@ int silu_mul(const void* gate, const void* up, void* out, int dtype, int64_t row
 int packed_linear(const void* x, int64_t tokens, const uint8_t* q, const void* scales, const void* zeros,
                   const void* bias, const void* input_scales, void* y, int dtype, int bits, int64_t rows,
                   int64_t cols, int64_t group, void* stream) {
+  if (bits == 4) {  // the tensor cores where they take the shape (linear_mma.cu)
+    MmaLinearArgs a;
+    a.x = x, a.q = q, a.scales = scales, a.zeros = zeros, a.bias = bias, a.colmul = input_scales, a.y = y;
+    a.dtype = dtype, a.tokens = static_cast<int>(std::min<int64_t>(tokens, kPackedMaxTokens + 1));
+    a.rows = rows, a.cols = cols, a.group = group;
+    if (linear_mma_fits(a)) return linear_mma(a, stream);
+  }
   switch (dtype) {
     case 0:
       return launch_packed_linear<float>(x, tokens, q, scales, zeros, bias, input_scales, y, bits, rows, cols, group,

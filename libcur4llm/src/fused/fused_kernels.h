@@ -96,4 +96,36 @@ int packed_linear(const void* x, int64_t tokens, const uint8_t* q, const void* s
                   const void* bias, const void* input_scales, void* y, int dtype, int bits, int64_t rows,
                   int64_t cols, int64_t group, void* stream);
 
+/// The most tokens linear_mma takes (the tensor cores' N).
+constexpr int64_t kLinearMmaMaxTokens = 8;
+
+/// A product of a few tokens on the tensor cores (linear_mma.cu), with what may follow it in
+/// the same launch: y [tokens, rows] = x [tokens, cols] w^T + bias, plus residual [tokens,
+/// rows] where given (it may be y itself), rounded once. w is either packed int4 (q, scales,
+/// zeros, group and colmul = input_scales as packed_linear's with bits = 4) or dense
+/// [rows, cols] in x's element type (weight, row-major). With silu_pair, w holds a gate
+/// projection's rows and then an up projection's, rows / 2 each, and y [tokens, rows / 2] =
+/// silu_mul(gate, up), each of the two rounded to the element type first (as silu_mul takes them).
+struct MmaLinearArgs {
+  const void* x = nullptr;
+  const uint8_t* q = nullptr;     ///< packed codes, or null
+  const void* weight = nullptr;   ///< dense weight, or null
+  const void* scales = nullptr;
+  const void* zeros = nullptr;
+  const void* bias = nullptr;
+  const void* colmul = nullptr;
+  const void* residual = nullptr;
+  void* y = nullptr;
+  int dtype = 0;
+  int tokens = 0;
+  int64_t rows = 0, cols = 0, group = 0;
+  bool silu_pair = false;
+};
+
+/// Whether linear_mma takes these: half or bfloat16, 1..kLinearMmaMaxTokens tokens, cols (and
+/// an int4 group) a multiple of 128, x, the weight and colmul 16-byte aligned, a GPU of compute
+/// capability 8.0 or later; for int4, CUR4LLM_PACKED_MMA not "0" (which keeps the scalar kernels).
+bool linear_mma_fits(const MmaLinearArgs& args);
+int linear_mma(const MmaLinearArgs& args, void* stream);
+
 }  // namespace cur4llm::fused::kernels

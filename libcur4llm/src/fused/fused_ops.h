@@ -89,6 +89,21 @@ at::Tensor packed_linear(const at::Tensor& x, const at::Tensor& qweight, const a
                          const at::Tensor& zeros, int bits, int64_t cols, int64_t group, const at::Tensor& bias,
                          const at::Tensor& input_scales = {});
 
+/// A product of at most 8 tokens on the tensor cores, with what follows it in the same launch;
+/// undefined where that kernel does not take the inputs (the caller then runs the steps
+/// apart): x half or bfloat16, cols a multiple of 128, aligned storage, compute capability 8.0
+/// or later. With `residual` ([..., rows], contiguous, x's dtype and device) the result is
+/// residual + product, written into `residual` and rounded once (the caller makes sure nothing
+/// else reads it); with silu_gate the weight's rows are a gate projection's and then an up
+/// projection's (rows / 2 each), and the result [..., rows / 2] is silu_mul(gate, up).
+/// packed_linear_mma: a packed weight as packed_linear takes it, 4 bits, group a multiple of 128.
+at::Tensor packed_linear_mma(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& scales,
+                             const at::Tensor& zeros, int bits, int64_t cols, int64_t group, const at::Tensor& bias,
+                             const at::Tensor& input_scales, const at::Tensor& residual = {}, bool silu_gate = false);
+/// dense_linear_mma: weight [rows, cols] and bias in x's dtype on x's device, contiguous.
+at::Tensor dense_linear_mma(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
+                            const at::Tensor& residual = {}, bool silu_gate = false);
+
 /// Causal attention of q, k, v [B, heads, T, dim] (equal head counts, last
 /// dim contiguous) through cuDNN's fused kernel, as at::scaled_dot_product_attention
 /// with is_causal computes it; the output is [B, heads, T, dim] laid out like q.

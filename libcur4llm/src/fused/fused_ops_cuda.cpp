@@ -57,6 +57,11 @@ std::atomic<bool>& enabled_flag() {
   return flag;
 }
 
+std::atomic<bool>& dense_mma_flag() {
+  static std::atomic<bool> flag{environment_says("CUR4LLM_DENSE_MMA", "1")};
+  return flag;
+}
+
 int dtype_code(const at::Tensor& t) {
   switch (t.scalar_type()) {
     case at::kFloat: return 0;
@@ -80,6 +85,8 @@ namespace util {
 bool fused_kernels_built() { return true; }
 bool fused_kernels_enabled() { return enabled_flag().load(); }
 void set_fused_kernels_enabled(bool on) { enabled_flag().store(on); }
+bool dense_mma_enabled() { return dense_mma_flag().load(); }
+void set_dense_mma_enabled(bool on) { dense_mma_flag().store(on); }
 }  // namespace util
 
 namespace fused {
@@ -382,6 +389,70 @@ at::Tensor packed_linear(const at::Tensor& x, const at::Tensor& qweight, const a
                                bits, rows, cols, group, current_stream(x2)),
         "packed_linear");
   return y.view(sizes);
+}
+
+namespace {
+
+// Runs the tensor-core kernel on `a` (x2 the contiguous [tokens, cols] input it points at), its
+// output into `residual` (in place) where given, or into a new tensor; undefined where the
+// kernel does not take the shape.
+at::Tensor run_linear_mma(kernels::MmaLinearArgs a, const at::Tensor& x, const at::Tensor& x2,
+                          const at::Tensor& residual, bool silu_gate) {
+  a.x = x2.data_ptr();
+  a.dtype = dtype_code(x2), a.tokens = static_cast<int>(std::min<int64_t>(x2.size(0), kernels::kLinearMmaMaxTokens + 1));
+  a.silu_pair = silu_gate;
+  if (x2.size(0) == 0 || !kernels::linear_mma_fits(a)) return {};
+  const int64_t out = silu_gate ? a.rows / 2 : a.rows;
+  if (residual.defined()) {
+    if (silu_gate || residual.requires_grad() || !residual.is_contiguous() || residual.device() != x.device() ||
+        residual.scalar_type() != x.scalar_type() || residual.dim() < 1 || residual.size(-1) != out ||
+        residual.numel() != x2.size(0) * out) {
+      return {};
+    }
+  }
+  c10::cuda::CUDAGuard guard(x.device());
+  at::Tensor y = residual;
+  if (!y.defined()) {
+    auto sizes = x.sizes().vec();
+    sizes.back() = out;
+    y = at::empty(sizes, x.options());
+  }
+  a.residual = residual.defined() ? residual.data_ptr() : nullptr;
+  a.y = y.data_ptr();
+  check(kernels::linear_mma(a, current_stream(x2)), "linear_mma");
+  return y;
+}
+
+}  // namespace
+
+at::Tensor packed_linear_mma(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& scales,
+                             const at::Tensor& zeros, int bits, int64_t cols, int64_t group, const at::Tensor& bias,
+                             const at::Tensor& input_scales, const at::Tensor& residual, bool silu_gate) {
+  if (bits != 4 || !packed_linear_applies(x, qweight, scales, zeros, bits, cols, group, bias, input_scales)) return {};
+  const auto x2 = x.reshape({-1, cols}).contiguous();
+  kernels::MmaLinearArgs a;
+  a.q = qweight.data_ptr<uint8_t>(), a.scales = scales.data_ptr(), a.zeros = zeros.data_ptr();
+  a.bias = bias.defined() ? bias.data_ptr() : nullptr;
+  a.colmul = input_scales.defined() ? input_scales.data_ptr() : nullptr;
+  a.rows = qweight.size(0), a.cols = cols, a.group = group;
+  return run_linear_mma(a, x, x2, residual, silu_gate);
+}
+
+at::Tensor dense_linear_mma(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
+                            const at::Tensor& residual, bool silu_gate) {
+  if (!enabled_for(x) || x.dim() < 1 || weight.dim() != 2 || x.size(-1) != weight.size(1)) return {};
+  auto on_x = [&](const at::Tensor& t) {
+    return t.device() == x.device() && t.scalar_type() == x.scalar_type() && t.is_contiguous() && !t.requires_grad();
+  };
+  if (!on_x(weight) || (bias.defined() && (!on_x(bias) || bias.numel() != weight.size(0)))) return {};
+  const int64_t cols = weight.size(1);
+  if (x.numel() / std::max<int64_t>(1, cols) > kernels::kLinearMmaMaxTokens) return {};
+  const auto x2 = x.reshape({-1, cols}).contiguous();
+  kernels::MmaLinearArgs a;
+  a.weight = weight.data_ptr();
+  a.bias = bias.defined() ? bias.data_ptr() : nullptr;
+  a.rows = weight.size(0), a.cols = cols;
+  return run_linear_mma(a, x, x2, residual, silu_gate);
 }
 
 at::Tensor causal_attention_cudnn(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {

@@ -12,6 +12,8 @@ namespace util {
 bool fused_kernels_built() { return false; }
 bool fused_kernels_enabled() { return false; }
 void set_fused_kernels_enabled(bool) {}
+bool dense_mma_enabled() { return false; }
+void set_dense_mma_enabled(bool) {}
 }  // namespace util
 
 namespace detail {
@@ -57,6 +59,14 @@ bool packed_linear_applies(const at::Tensor&, const at::Tensor&, const at::Tenso
 at::Tensor packed_linear(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, int, int64_t,
                          int64_t, const at::Tensor&, const at::Tensor&) {
   absent();
+}
+
+at::Tensor packed_linear_mma(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, int, int64_t,
+                             int64_t, const at::Tensor&, const at::Tensor&, const at::Tensor&, bool) {
+  return {};
+}
+at::Tensor dense_linear_mma(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, bool) {
+  return {};
 }
 
 at::Tensor causal_attention_cudnn(const at::Tensor&, const at::Tensor&, const at::Tensor&) { return {}; }

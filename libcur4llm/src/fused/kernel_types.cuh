@@ -32,6 +32,14 @@ __device__ inline float round_to(float v) {
   return Elem<T>::load(Elem<T>::store(v));
 }
 
+// SiLU gate of one element: round(silu(g)) * u, with silu(g) = g / (1 + exp(-g)) as ATen
+// computes it (the caller rounds the product).
+template <typename T>
+__device__ inline float silu_mul_one(float g, float u) {
+  const float act = round_to<T>(g / (1.0f + expf(-g)));
+  return act * u;
+}
+
 // 16 bytes of elements, for vectorised loads and stores.
 template <typename T>
 struct alignas(16) Pack {

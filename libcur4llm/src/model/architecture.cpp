@@ -423,20 +423,8 @@ at::Tensor linear_activation(const LinearSlot& slot, const std::string& name, co
 }
 
 at::Tensor residual_linear(at::Tensor residual, const LinearSlot& slot, const at::Tensor& x) {
-  // On CUDA, a residual that nothing else holds takes the product in place, as
-  // the matrix product's C operand (beta = 1): one pass less over [tokens,
-  // hidden] than a product and then an addition. The sum is rounded to the
-  // dtype once instead of twice (at most one unit apart).
-  const auto* dense = dynamic_cast<const DenseLinear*>(&slot);
-  if (dense && !dense->bias().defined() && x.is_cuda() && !x.requires_grad() && !residual.requires_grad() &&
-      !dense->weight().requires_grad() && residual.use_count() == 1 && residual.storage().use_count() == 1 &&
-      residual.is_contiguous() && x.size(-1) == dense->weight().size(1) &&
-      residual.size(-1) == dense->weight().size(0) && residual.scalar_type() == x.scalar_type() &&
-      residual.numel() / residual.size(-1) == x.numel() / x.size(-1)) {
-    residual.view({-1, residual.size(-1)}).addmm_(x.reshape({-1, x.size(-1)}), dense->weight().t());
-    return residual;
-  }
-  return residual + slot.forward(x);
+  // A residual that nothing else holds may take the product in place (LinearSlot::forward_add).
+  return slot.forward_add(std::move(residual), x);
 }
 
 at::Tensor grouped_value(std::vector<at::Tensor>& values, int first, int index, const SlotGroup& group,

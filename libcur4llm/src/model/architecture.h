@@ -268,9 +268,9 @@ at::Tensor grouped_value(std::vector<at::Tensor>& values, int first, int index, 
                          const at::Tensor& x,
                          const std::function<at::Tensor(int, at::Tensor)>& finish = {});
 
-/// residual + slot.forward(x). Where the slot is dense without a bias, x is on
-/// CUDA and nothing else holds `residual` (moved in), the product is added to
-/// it in place inside the matrix product.
+/// residual + slot.forward(x) through LinearSlot::forward_add: where nothing else
+/// holds `residual` (moved in), kinds that can add the product into it in place
+/// do (dense without a bias on CUDA, packed int4 on the tensor cores).
 at::Tensor residual_linear(at::Tensor residual, const LinearSlot& slot, const at::Tensor& x);
 
 }  // namespace detail

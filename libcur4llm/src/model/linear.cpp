@@ -1,5 +1,9 @@
 #include <cur4llm/model/linear.h>
 
+#include "fused/fused_ops.h"
+
+#include <cur4llm/util/fused_kernels.h>
+
 #include <ATen/ATen.h>
 
 #include <fmt/format.h>
@@ -16,13 +20,44 @@ DenseLinear::DenseLinear(at::Tensor weight, at::Tensor bias) : weight_(std::move
   }
 }
 
-at::Tensor DenseLinear::forward(const at::Tensor& x) const { return at::linear(x, weight_, bias_); }
+at::Tensor DenseLinear::forward(const at::Tensor& x) const {
+  if (x.is_cuda() && util::dense_mma_enabled()) {
+    auto y = fused::dense_linear_mma(x, weight_, bias_);
+    if (y.defined()) return y;
+  }
+  return at::linear(x, weight_, bias_);
+}
 int64_t DenseLinear::in_features() const { return weight_.size(1); }
 int64_t DenseLinear::out_features() const { return weight_.size(0); }
 int64_t DenseLinear::weight_params() const { return weight_.numel(); }
 
 std::shared_ptr<LinearSlot> LinearSlot::stacked_with(const std::vector<const LinearSlot*>&) const { return nullptr; }
 std::shared_ptr<LinearSlot> LinearSlot::rows(int64_t, int64_t) const { return nullptr; }
+at::Tensor LinearSlot::forward_add(at::Tensor residual, const at::Tensor& x) const { return residual + forward(x); }
+at::Tensor LinearSlot::silu_gate(const at::Tensor&) const { return {}; }
+
+bool sole_owner(const at::Tensor& t) { return t.defined() && t.use_count() == 1 && t.storage().use_count() == 1; }
+
+at::Tensor DenseLinear::forward_add(at::Tensor residual, const at::Tensor& x) const {
+  // The sum is rounded to the dtype once instead of twice (at most one unit apart).
+  if (x.is_cuda() && util::dense_mma_enabled() && sole_owner(residual)) {
+    auto y = fused::dense_linear_mma(x, weight_, bias_, residual);
+    if (y.defined()) return y;
+  }
+  if (!bias_.defined() && x.is_cuda() && !x.requires_grad() && !residual.requires_grad() &&
+      !weight_.requires_grad() && sole_owner(residual) && residual.is_contiguous() && x.size(-1) == weight_.size(1) &&
+      residual.size(-1) == weight_.size(0) && residual.scalar_type() == x.scalar_type() &&
+      residual.numel() / residual.size(-1) == x.numel() / x.size(-1)) {
+    residual.view({-1, residual.size(-1)}).addmm_(x.reshape({-1, x.size(-1)}), weight_.t());
+    return residual;
+  }
+  return residual + forward(x);
+}
+
+at::Tensor DenseLinear::silu_gate(const at::Tensor& x) const {
+  return x.is_cuda() && util::dense_mma_enabled() ? fused::dense_linear_mma(x, weight_, bias_, {}, true)
+                                                      : at::Tensor();
+}
 
 std::shared_ptr<LinearSlot> DenseLinear::stacked_with(const std::vector<const LinearSlot*>& others) const {
   std::vector<at::Tensor> weights{weight_}, biases;

@@ -157,8 +157,16 @@ class Llama final : public ValueGraphArchitecture<Llama>, public GatedLayerValue
         t = detail::grouped_value(v, kGate, index, group(lm, {n.gate, n.up}), get(kX2));
         break;
       case kGated: {
-        auto gate = get(kGate), up = get(kUp);
         const bool silu = c_.hidden_act == "silu" || c_.hidden_act == "swish";
+        if (silu && !v[kGate].defined() && !v[kUp].defined()) {
+          // A stacked gate/up whose kind computes the gate with the product (LinearSlot::silu_gate).
+          const detail::SlotGroup g = group(lm, {n.gate, n.up});
+          if (g.joint && g.slots.size() == 2 && g.slots[0]->out_features() == g.slots[1]->out_features()) {
+            t = g.joint->silu_gate(get(kX2));
+          }
+        }
+        if (t.defined()) break;
+        auto gate = get(kGate), up = get(kUp);
         t = silu && fused::enabled_for(gate) && fused::enabled_for(up) && gate.sizes() == up.sizes()
                 ? fused::silu_mul(gate, up)
                 : detail::activation(c_.hidden_act, gate) * up;

@@ -36,6 +36,29 @@ at::Tensor PackedLinear::forward(const at::Tensor& x) const {
   return at::linear(x, dequantize_tensor(weight_, x.scalar_type()), bias_);
 }
 
+at::Tensor PackedLinear::forward_add(at::Tensor residual, const at::Tensor& x) const {
+  if (model::sole_owner(residual) && fused_for(x)) {
+    const QuantizedTensor& w = weight_;
+    auto out = fused::packed_linear_mma(x, w.qweight, w.scales, w.zeros, w.format.bits, w.cols, group_, bias_,
+                                        w.input_scales, residual);
+    if (out.defined()) return out;
+  }
+  return residual + forward(x);
+}
+
+at::Tensor PackedLinear::silu_gate(const at::Tensor& x) const {
+  if (weight_.rows % 2 != 0) return {};
+  if (!x.is_cuda()) {
+    // The reference: the product, then silu(gate) * up as the separate steps compute them.
+    const auto parts = forward(x).chunk(2, -1);
+    return at::silu(parts[0]) * parts[1];
+  }
+  if (!fused_for(x)) return {};
+  const QuantizedTensor& w = weight_;
+  return fused::packed_linear_mma(x, w.qweight, w.scales, w.zeros, w.format.bits, w.cols, group_, bias_,
+                                 w.input_scales, {}, /*silu_gate=*/true);
+}
+
 std::vector<std::pair<std::string, at::Tensor>> PackedLinear::state() const {
   std::vector<std::pair<std::string, at::Tensor>> out{{"weight", reconstruct_weight()}};
   if (bias_.defined()) out.emplace_back("bias", bias_);

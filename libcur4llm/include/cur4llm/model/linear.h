@@ -36,7 +36,21 @@ class LinearSlot {
   /// For a slot made by stacked_with: the slot computing its output features [begin,
   /// begin + count), sharing its storage (no copy); null where the kind has none (the default).
   virtual std::shared_ptr<LinearSlot> rows(int64_t begin, int64_t count) const;
+
+  /// residual + forward(x), for `residual` [..., out_features] moved in by a caller that
+  /// holds it alone: a kind may add its product into it in place, in the same pass (the sum
+  /// then rounded once). The default adds forward(x).
+  virtual at::Tensor forward_add(at::Tensor residual, const at::Tensor& x) const;
+  /// For a slot whose output features are a gate projection's and then an up projection's
+  /// (half each, as CausalLM::group_projections stacks them): silu(gate) * up as the separate
+  /// steps compute it, in one pass where the kind has one; undefined otherwise (the default),
+  /// and the caller splits forward(x).
+  virtual at::Tensor silu_gate(const at::Tensor& x) const;
 };
+
+/// Whether nothing but the caller's handle holds `t` or its storage (a residual that
+/// forward_add may overwrite).
+bool sole_owner(const at::Tensor& t);
 
 /// An ordinary Linear layer: y = x W^T + b.
 class DenseLinear final : public LinearSlot {
@@ -54,6 +68,12 @@ class DenseLinear final : public LinearSlot {
   /// Dense slots of one dtype and device, all with a bias or none.
   std::shared_ptr<LinearSlot> stacked_with(const std::vector<const LinearSlot*>& others) const override;
   std::shared_ptr<LinearSlot> rows(int64_t begin, int64_t count) const override;
+  /// On CUDA, without a bias: the product goes into the residual as the matrix product's C
+  /// operand (beta = 1), one pass less than a product and then an addition; with
+  /// util::dense_mma_enabled() and a few tokens, in the tensor-core kernel's launch.
+  at::Tensor forward_add(at::Tensor residual, const at::Tensor& x) const override;
+  /// Where dense layers take the tensor-core kernel for a few tokens (util::dense_mma_enabled).
+  at::Tensor silu_gate(const at::Tensor& x) const override;
 
   const at::Tensor& weight() const { return weight_; }
   const at::Tensor& bias() const { return bias_; }

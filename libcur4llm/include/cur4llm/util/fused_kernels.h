@@ -19,5 +19,10 @@ bool fused_kernels_enabled();
 /// Turns them on or off at run time (no effect on builds without them), e.g.
 /// to compare against the plain ATen operations.
 void set_fused_kernels_enabled(bool on);
+/// Whether dense 16-bit Linear layers take cur4llm's tensor-core kernel for steps of at most 8
+/// tokens (decoding), with the residual's addition or the SiLU gate in its launch, instead of
+/// cuBLAS. The default comes from CUR4LLM_DENSE_MMA ("1": on); settable at run time.
+bool dense_mma_enabled();
+void set_dense_mma_enabled(bool on);
 
 }  // namespace cur4llm::util

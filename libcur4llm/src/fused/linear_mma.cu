@@ -1,0 +1,358 @@
+// Products of a few tokens (a decoding step) on the tensor cores: packed int4 weights, and
+// 16-bit dense ones.
+//
+// The scalar packed kernels of fused_kernels.cu spend three instructions on every weight
+// (rebuild the code as a float, then multiply-add), which at one token caps them near half of
+// what the memory gives. Here a warp rebuilds codes two at a time as 16-bit floats and lets
+// mma.sync m16n8k16 do the products: the weights are the mma's A (16 rows x 16 columns), the
+// tokens its B (up to 8 of them as the 8 columns of N), sums in float. Dense 16-bit weights go
+// to the mma as they are; what the kernel adds over cuBLAS for them is the launch's epilogue
+// (the residual's addition, the SiLU gate) and no split of the columns across launches.
+//
+// Layout of the work. A block takes two tiles of 16 rows (rows 32b..32b+31, or, for a SiLU
+// pair, gate rows 16b.. and the up rows half a matrix further) and its 8 warps split the columns
+// in chunks of 128 (for int4, inside one quantization group: group % 128 == 0): lane (g, c) of
+// a warp (g = lane / 4, c = lane % 4) reads the 32 columns c*32..c*32+31 of a chunk for each of
+// its rows (g and g + 8 of each tile) and the same columns of token g's input.
+//
+// The mma's k index need not follow the columns: any order that A and B share gives the same
+// sum. Lane (g, c) supplies the k slots 2c, 2c+1, 2c+8, 2c+9 of every mma, and for 8 columns
+// 8j..8j+7 of its strip two mmas take
+//   h = 0: slots (2c, 2c+1) <- columns (0, 4), slots (2c+8, 2c+9) <- columns (1, 5);
+//   h = 1: slots (2c, 2c+1) <- columns (2, 6), slots (2c+8, 2c+9) <- columns (3, 7)
+// (+ 8j). 16-bit values (inputs, dense weights) are paired so by byte permutes. int4 codes
+// (one 32-bit word for 8 columns, code i in bits 4i..4i+3): ((word >> 4i) & 0x000F000F) holds
+// codes i and i + 4 in the low bits of two 16-bit halves; OR-ing in the bits of 128.0
+// (bfloat16) or 1024.0 (half), whose unit in the last place is 1, makes them 128 + code
+// exactly, and one paired subtraction of 128 + zero leaves code - zero, exact
+// (|code - zero| <= 15). Each int4 chunk's sums are then scaled by their rows' group scales.
+//
+// int4 weights are not rounded to the element type; products are exact and summed in float
+// (the tensor cores' accumulation), the result rounded once.
+#include "fused_kernels.h"
+#include "kernel_types.cuh"
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+
+namespace cur4llm::fused::kernels {
+namespace {
+
+constexpr int kChunk = 128;     // columns a warp takes at a time: 4 lanes x 32
+constexpr int kTileRows = 16;   // the mma's M
+
+template <typename To, typename From>
+__device__ inline To bits_as(const From& f) {
+  static_assert(sizeof(To) == sizeof(From), "same size");
+  To t;
+  memcpy(&t, &f, sizeof(To));
+  return t;
+}
+
+// The 16-bit element types: the base that int4 codes are OR-ed into, a paired subtraction, the mma.
+template <typename T>
+struct Mma16;
+
+template <>
+struct Mma16<__nv_bfloat16> {
+  static constexpr uint32_t kMagic = 0x43004300u;  // 128.0 in both halves
+  static constexpr float kBase = 128.f;
+  __device__ static uint32_t pair(float v) { return bits_as<uint32_t>(__float2bfloat162_rn(v)); }
+  __device__ static uint32_t sub(uint32_t a, uint32_t b) {
+    return bits_as<uint32_t>(__hsub2(bits_as<__nv_bfloat162>(a), bits_as<__nv_bfloat162>(b)));
+  }
+  __device__ static void mma(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0,
+                             uint32_t b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+  }
+};
+
+template <>
+struct Mma16<__half> {
+  static constexpr uint32_t kMagic = 0x64006400u;  // 1024.0 in both halves
+  static constexpr float kBase = 1024.f;
+  __device__ static uint32_t pair(float v) { return bits_as<uint32_t>(__float2half2_rn(v)); }
+  __device__ static uint32_t sub(uint32_t a, uint32_t b) {
+    return bits_as<uint32_t>(__hsub2(bits_as<__half2>(a), bits_as<__half2>(b)));
+  }
+  __device__ static void mma(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0,
+                             uint32_t b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+  }
+};
+
+__device__ inline uint4 load16(const void* p) { return __ldg(reinterpret_cast<const uint4*>(p)); }
+
+__device__ inline uint32_t word(const uint4& v, int j) { return j == 0 ? v.x : j == 1 ? v.y : j == 2 ? v.z : v.w; }
+
+// 8 inputs times their columns' multipliers (activation-aware formats), rounded to T.
+template <typename T>
+__device__ inline uint4 times_colmul(uint4 v, uint4 m) {
+  auto xs = bits_as<Pack<T>>(v);
+  const auto ms = bits_as<Pack<__half>>(m);
+#pragma unroll
+  for (int j = 0; j < 8; ++j) xs.v[j] = Elem<T>::store(Elem<T>::load(xs.v[j]) * __half2float(ms.v[j]));
+  return bits_as<uint4>(xs);
+}
+
+// The two register pairs of 8 16-bit values v0..v7 that mma h (0 or 1) takes: (v[2h], v[2h+4])
+// for slots (2c, 2c+1), (v[2h+1], v[2h+5]) for slots (2c+8, 2c+9).
+__device__ inline void pairs(const uint4& v, int h, uint32_t& low, uint32_t& high) {
+  const uint32_t a = h == 0 ? v.x : v.y, b = h == 0 ? v.z : v.w;
+  low = __byte_perm(a, b, 0x5410);
+  high = __byte_perm(a, b, 0x7632);
+}
+
+// Rows of the block and of the lane. Tile A: rows first_a.. (below limit_a); tile B: first_a +
+// offset_b.. (below rows). The lane's rows are g and g + 8 of tile A, then of tile B; a row past
+// the end repeats the last (read, never written).
+struct Rows {
+  int64_t first_a, first_b, limit_a, offset_b;
+  int64_t lane[4];
+  __device__ Rows(const MmaLinearArgs& p, int g) {
+    const int64_t step = p.silu_pair ? kTileRows : 2 * kTileRows;
+    offset_b = p.silu_pair ? p.rows / 2 : kTileRows;
+    limit_a = p.silu_pair ? p.rows / 2 : p.rows;
+    first_a = static_cast<int64_t>(blockIdx.x) * step;
+    first_b = first_a + offset_b;
+    lane[0] = min(first_a + g, limit_a - 1);
+    lane[1] = min(first_a + g + 8, limit_a - 1);
+    lane[2] = min(first_b + g, p.rows - 1);
+    lane[3] = min(first_b + g + 8, p.rows - 1);
+  }
+};
+
+// The block's warps' sums meet in shared memory; thread i then writes output (tile, lane, k) of
+// i: the bias joins the float sum (as at::linear's addmm), so does the residual (addmm_ with
+// beta 1), rounded once; or, for a SiLU pair, the gate's and up's sums are rounded and gated.
+template <typename T, int W>
+__device__ inline void finish(const MmaLinearArgs& p, const Rows& rows, const float (&acc)[2][4]) {
+  __shared__ float part[W][2][32][4];
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+#pragma unroll
+  for (int t = 0; t < 2; ++t) {
+#pragma unroll
+    for (int k = 0; k < 4; ++k) part[warp][t][lane][k] = acc[t][k];
+  }
+  __syncthreads();
+  const T* bias = static_cast<const T*>(p.bias);
+  T* y = static_cast<T*>(p.y);
+  for (int i = threadIdx.x; i < 2 * 32 * 4; i += W * 32) {
+    const int tile = i / 128, l = (i / 4) % 32, k = i % 4;
+    const int token = 2 * (l % 4) + k % 2;  // acc[t]: (row g, tokens 2c, 2c + 1), then row g + 8
+    const int64_t in_tile = l / 4 + 8 * (k / 2);
+    if (token >= p.tokens) continue;
+    auto sum = [&](int t) {
+      float v = 0.f;
+#pragma unroll
+      for (int wp = 0; wp < W; ++wp) v += part[wp][t][l][k];
+      return v;
+    };
+    if (p.silu_pair) {
+      const int64_t r = rows.first_a + in_tile;
+      if (tile != 0 || r >= rows.limit_a) continue;
+      float gate = sum(0), up = sum(1);
+      if (bias != nullptr) gate += Elem<T>::load(bias[r]), up += Elem<T>::load(bias[r + rows.offset_b]);
+      y[token * rows.limit_a + r] = Elem<T>::store(silu_mul_one<T>(round_to<T>(gate), round_to<T>(up)));
+      continue;
+    }
+    const int64_t r = (tile == 0 ? rows.first_a : rows.first_b) + in_tile;
+    if (r >= p.rows) continue;
+    float v = sum(tile);
+    if (bias != nullptr) v += Elem<T>::load(bias[r]);
+    if (p.residual != nullptr) v += Elem<T>::load(static_cast<const T*>(p.residual)[token * p.rows + r]);
+    y[token * p.rows + r] = Elem<T>::store(v);
+  }
+}
+
+// Packed int4 weights. W: warps of a block; kUnroll: consecutive chunks whose loads a warp
+// issues together.
+template <typename T, int W, int kUnroll>
+__global__ void __launch_bounds__(W * 32, 16 / W) int4_mma_kernel(const MmaLinearArgs p) {
+  using M = Mma16<T>;
+  static_assert(Pack<T>::kSize == 8, "16-bit elements");
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int g = lane / 4, c = lane % 4;
+  const Rows rows(p, g);
+  const int64_t row_bytes = p.cols / 2, groups = (p.cols + p.group - 1) / p.group;
+  const bool has_x = g < p.tokens;  // lanes of token g >= tokens feed zeros
+  const T* xr = static_cast<const T*>(p.x) + (has_x ? g : 0) * p.cols + c * 32;
+  const int chunks = static_cast<int>(p.cols / kChunk);
+  const auto* scales = static_cast<const __half*>(p.scales);
+  const auto* zeros = static_cast<const __half*>(p.zeros);
+  const auto* colmul = static_cast<const __half*>(p.colmul);
+
+  float acc[2][4] = {};
+  for (int base = warp * kUnroll; base < chunks; base += W * kUnroll) {
+    // Every load of the pass first, so that they are in flight together.
+    uint4 w[kUnroll][4], xv[kUnroll][4];
+    float scale[kUnroll][4], zero[kUnroll][4];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int ch = base + u;
+      if (ch >= chunks) break;
+      const int64_t gi = static_cast<int64_t>(ch) * kChunk / p.group;
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        w[u][i] = load16(p.q + rows.lane[i] * row_bytes + static_cast<int64_t>(ch) * (kChunk / 2) + c * 16);
+        scale[u][i] = __half2float(scales[rows.lane[i] * groups + gi]);
+        zero[u][i] = __half2float(zeros[rows.lane[i] * groups + gi]);
+        xv[u][i] = has_x ? load16(xr + static_cast<int64_t>(ch) * kChunk + 8 * i) : make_uint4(0, 0, 0, 0);
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int ch = base + u;
+      if (ch >= chunks) break;
+      if (colmul != nullptr && has_x) {
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          xv[u][i] = times_colmul<T>(xv[u][i], load16(colmul + static_cast<int64_t>(ch) * kChunk + c * 32 + 8 * i));
+        }
+      }
+      uint32_t base_zero[4];  // (base + zero) in both halves, per row
+#pragma unroll
+      for (int i = 0; i < 4; ++i) base_zero[i] = M::pair(M::kBase + zero[u][i]);
+      auto codes = [&](uint32_t wd, int shift, uint32_t bz) {
+        return M::sub(((wd >> shift) & 0x000F000Fu) | M::kMagic, bz);
+      };
+      float d[2][4] = {};
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          uint32_t b0, b1;
+          pairs(xv[u][j], h, b0, b1);
+#pragma unroll
+          for (int t = 0; t < 2; ++t) {
+            const uint32_t lo = word(w[u][2 * t], j), hi = word(w[u][2 * t + 1], j);  // rows g, g + 8
+            M::mma(d[t], codes(lo, 8 * h, base_zero[2 * t]), codes(hi, 8 * h, base_zero[2 * t + 1]),
+                   codes(lo, 8 * h + 4, base_zero[2 * t]), codes(hi, 8 * h + 4, base_zero[2 * t + 1]), b0, b1);
+          }
+        }
+      }
+#pragma unroll
+      for (int t = 0; t < 2; ++t) {
+        acc[t][0] = fmaf(scale[u][2 * t], d[t][0], acc[t][0]);
+        acc[t][1] = fmaf(scale[u][2 * t], d[t][1], acc[t][1]);
+        acc[t][2] = fmaf(scale[u][2 * t + 1], d[t][2], acc[t][2]);
+        acc[t][3] = fmaf(scale[u][2 * t + 1], d[t][3], acc[t][3]);
+      }
+    }
+  }
+  finish<T, W>(p, rows, acc);
+}
+
+// Dense 16-bit weights [rows, cols] (row-major, x's type): each chunk's 64 bytes a row and lane,
+// straight into the mma, its float accumulators kept across chunks.
+template <typename T, int W>
+__global__ void __launch_bounds__(W * 32, 16 / W) dense_mma_kernel(const MmaLinearArgs p) {
+  using M = Mma16<T>;
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int g = lane / 4, c = lane % 4;
+  const Rows rows(p, g);
+  const T* wt = static_cast<const T*>(p.weight);
+  const bool has_x = g < p.tokens;
+  const T* xr = static_cast<const T*>(p.x) + (has_x ? g : 0) * p.cols + c * 32;
+  const int chunks = static_cast<int>(p.cols / kChunk);
+  float acc[2][4] = {};
+  for (int ch = warp; ch < chunks; ch += W) {
+    uint4 w[4][4], xv[4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const T* wr = wt + rows.lane[i] * p.cols + static_cast<int64_t>(ch) * kChunk + c * 32;
+#pragma unroll
+      for (int j = 0; j < 4; ++j) w[i][j] = load16(wr + 8 * j);
+      xv[i] = has_x ? load16(xr + static_cast<int64_t>(ch) * kChunk + 8 * i) : make_uint4(0, 0, 0, 0);
+    }
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        uint32_t b0, b1;
+        pairs(xv[j], h, b0, b1);
+#pragma unroll
+        for (int t = 0; t < 2; ++t) {
+          uint32_t a0, a1, a2, a3;
+          pairs(w[2 * t][j], h, a0, a2);      // row g
+          pairs(w[2 * t + 1][j], h, a1, a3);  // row g + 8
+          M::mma(acc[t], a0, a1, a2, a3, b0, b1);
+        }
+      }
+    }
+  }
+  finish<T, W>(p, rows, acc);
+}
+
+// Compute capability 8.0 or later (mma.sync with bfloat16), per device, asked once each.
+bool device_has_mma() {
+  static int major[64] = {};  // 0: not asked yet
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= 64) return false;
+  if (major[dev] == 0) {
+    int m = 0;
+    if (cudaDeviceGetAttribute(&m, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess) return false;
+    major[dev] = m;
+  }
+  return major[dev] >= 8;
+}
+
+// CUR4LLM_PACKED_MMA=0 keeps int4 on the scalar kernels (fused_kernels.cu).
+bool packed_allowed() {
+  static const bool allowed = [] {
+    const char* v = std::getenv("CUR4LLM_PACKED_MMA");
+    return v == nullptr || std::strcmp(v, "0") != 0;
+  }();
+  return allowed;
+}
+
+template <typename T>
+void launch(const MmaLinearArgs& a, dim3 grid, cudaStream_t s) {
+  constexpr int W = 8;
+  if (a.weight != nullptr) {
+    dense_mma_kernel<T, W><<<grid, W * 32, 0, s>>>(a);
+  } else {
+    int4_mma_kernel<T, W, 2><<<grid, W * 32, 0, s>>>(a);
+  }
+}
+
+bool aligned(const void* p) { return p == nullptr || reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
+}  // namespace
+
+bool linear_mma_fits(const MmaLinearArgs& a) {
+  if ((a.dtype != 1 && a.dtype != 2) || a.tokens < 1 || a.tokens > kLinearMmaMaxTokens || a.rows < 1) return false;
+  if (a.cols < kChunk || a.cols % kChunk != 0) return false;
+  if (a.silu_pair && a.rows % 2 != 0) return false;
+  if ((a.weight == nullptr) == (a.q == nullptr)) return false;  // one kind of weight
+  if (a.q != nullptr && (a.group < kChunk || a.group % kChunk != 0 || !packed_allowed())) return false;
+  if (!aligned(a.x) || !aligned(a.q) || !aligned(a.weight) || !aligned(a.colmul)) return false;
+  return device_has_mma();
+}
+
+int linear_mma(const MmaLinearArgs& a, void* stream) {
+  if (!linear_mma_fits(a)) return static_cast<int>(cudaErrorInvalidValue);
+  const int64_t blocks = a.silu_pair ? (a.rows / 2 + kTileRows - 1) / kTileRows
+                                     : (a.rows + 2 * kTileRows - 1) / (2 * kTileRows);
+  const auto s = static_cast<cudaStream_t>(stream);
+  const dim3 grid(static_cast<unsigned>(blocks));
+  if (a.dtype == 1) {
+    launch<__half>(a, grid, s);
+  } else {
+    launch<__nv_bfloat16>(a, grid, s);
+  }
+  return static_cast<int>(cudaGetLastError());
+}
+
+}  // namespace cur4llm::fused::kernels
