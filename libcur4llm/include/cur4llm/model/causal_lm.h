@@ -86,7 +86,9 @@ class CausalLM {
   /// dequantized; one of a newer format version is refused.
   static std::unique_ptr<CausalLM> load(const std::filesystem::path& folder, const LoadOptions& options = {});
   /// A model of `config`'s shape with random weights (normal, std 1/sqrt(fan_in);
-  /// norms 1): for throughput benchmarks, where values do not matter.
+  /// norms 1): for throughput benchmarks, where values do not matter. `seed` fixes
+  /// the weights made on the CPU; weights made on a GPU come from that device's
+  /// default generator, so two models of one seed differ there.
   static std::unique_ptr<CausalLM> random(const ModelConfig& config, const LoadOptions& options = {},
                                           uint64_t seed = 0);
   ~CausalLM();
