@@ -16,6 +16,7 @@
 #include <c10/core/InferenceMode.h>
 
 #include "test_paths.h"
+#include "product_checks.h"
 #include "test_helpers.h"
 #include "generate_reference.h"
 
@@ -587,11 +588,7 @@ TEST_CASE("CUDA: decoding attention over many cache slots, model-sized heads, GQ
   // Head dim 128 and 4 query heads per KV head; 70 to 100 slots span several blocks of the
   // split key axis. The fused decoding path against the full forward (fp32), and against the
   // cached path with cur4llm's kernels off (bf16).
-  const auto config = model::ModelConfig::from_json(
-      R"({"model_type": "llama", "vocab_size": 512, "hidden_size": 1024, "num_hidden_layers": 2,
-          "intermediate_size": 2816, "num_attention_heads": 8, "num_key_value_heads": 2, "rms_norm_eps": 1e-5,
-          "max_position_embeddings": 4096, "hidden_act": "silu"})",
-      "test config");
+  const auto config = model::ModelConfig::from_json(test::kModelSizedLlama, "test config");
   model::LoadOptions o;
   o.device = c10::Device(c10::kCUDA);
   o.dtype = at::kFloat;

@@ -11,6 +11,7 @@
 #include <c10/core/InferenceMode.h>
 
 #include "test_paths.h"
+#include "product_checks.h"
 #include "test_helpers.h"
 
 #include <cur4llm/io/files.h>
@@ -158,9 +159,7 @@ TEST_CASE("CUDA: cur4llm's kernels and cuDNN attention give ATen's results on mo
   const char* opt = R"({"model_type": "opt", "vocab_size": 512, "hidden_size": 768, "num_hidden_layers": 2,
       "ffn_dim": 3072, "num_attention_heads": 12, "max_position_embeddings": 2048, "word_embed_proj_dim": 768,
       "do_layer_norm_before": true, "activation_function": "relu", "enable_bias": true})";
-  const char* llama = R"({"model_type": "llama", "vocab_size": 512, "hidden_size": 1024, "num_hidden_layers": 2,
-      "intermediate_size": 2816, "num_attention_heads": 8, "num_key_value_heads": 2, "rms_norm_eps": 1e-5,
-      "max_position_embeddings": 4096, "hidden_act": "silu"})";
+  const char* llama = cur4llm::test::kModelSizedLlama;
   for (const char* text : {opt, llama}) {
     const auto config = cur4llm::model::ModelConfig::from_json(text, "test config");
     for (auto dtype : {at::kFloat, at::kBFloat16}) {
@@ -201,19 +200,11 @@ TEST_CASE("CUDA: dense 16-bit products of a few tokens on the tensor cores: plai
   cur4llm::util::set_dense_mma_enabled(true);
   c10::InferenceMode guard;
   auto gen = at::make_generator<at::CPUGeneratorImpl>(23);
-  // |got - want| within one rounding to dtype (eps: half a unit in the last place, relative)
-  // and the float sums' error.
-  auto within = [](const at::Tensor& got, const at::Tensor& want, const at::Tensor& scale, double eps) {
-    const auto err = (got.to(at::kDouble) - want).abs();
-    const auto allowed = scale * eps + 1e-5 * (1 + want.abs().max().item<double>());
-    return (err <= allowed).all().item<bool>();
-  };
   // 128 columns: one chunk of the kernel; 384: three (fewer than a block's warps); 2816: 22.
   // 48 rows: a block and a half (32 rows each); 70: the last block repeats rows it does not write.
   for (const int64_t cols : {128, 384, 2816}) {
     for (const int64_t rows : {48, 70}) {
       for (const auto dtype : {at::kHalf, at::kBFloat16}) {
-        const double eps = std::ldexp(1.0, dtype == at::kHalf ? -11 : -8);
         const auto w = at::randn({rows, cols}, gen).to(at::kCUDA, dtype);
         const auto b = at::randn({rows}, gen).to(at::kCUDA, dtype);
         for (const bool with_bias : {false, true}) {
@@ -224,43 +215,20 @@ TEST_CASE("CUDA: dense 16-bit products of a few tokens on the tensor cores: plai
               const auto x = at::randn({tokens, cols}, gen).to(at::kCUDA, dtype);
               auto exact = at::matmul(x.to(at::kDouble), w.to(at::kDouble).t());
               if (with_bias) exact = exact + b.to(at::kDouble);
-              CHECK(within(layer.forward(x), exact, exact.abs(), eps));
-              // The residual's sum, rounded once, in the residual's own storage.
-              const auto residual = at::randn({tokens, rows}, gen).to(at::kCUDA, dtype);
-              const auto want = exact + residual.to(at::kDouble);
-              auto mine = residual.clone();
-              const void* storage = mine.data_ptr();
-              const auto sum = layer.forward_add(std::move(mine), x);
-              CHECK(sum.data_ptr() == storage);
-              CHECK(within(sum, want, want.abs(), eps));
-              // A residual someone else holds is not written.
-              auto held = residual.clone();
-              const auto apart = layer.forward_add(held, x);
-              CHECK(at::equal(held, residual));
-              CHECK(within(apart, want, want.abs() + exact.abs(), eps));
+              cur4llm::test::check_forward_and_add(layer, x, exact, gen);
             }
           }
         }
       }
     }
   }
-  // The SiLU gate of stacked [gate; up] rows against silu(gate) * up from the exact products,
-  // rounded as the separate steps round them (a tie rounded the other way moves it by a unit).
+  // The SiLU gate of stacked [gate; up] rows.
   for (const auto dtype : {at::kHalf, at::kBFloat16}) {
-    const double eps = std::ldexp(1.0, dtype == at::kHalf ? -11 : -8);
-    const int64_t half = 40;
-    const auto w = at::randn({2 * half, 1024}, gen).to(at::kCUDA, dtype);
+    const auto w = at::randn({2 * 40, 1024}, gen).to(at::kCUDA, dtype);
     cur4llm::model::DenseLinear layer(w, at::Tensor());
     for (const int64_t tokens : {1, 8}) {
       const auto x = at::randn({tokens, 1024}, gen).to(at::kCUDA, dtype);
-      const auto exact = at::matmul(x.to(at::kDouble), w.to(at::kDouble).t());
-      const auto g = exact.narrow(1, 0, half).to(dtype).to(at::kDouble);
-      const auto u = exact.narrow(1, half, half).to(dtype).to(at::kDouble);
-      const auto act = (g / (1 + at::exp(-g))).to(dtype).to(at::kDouble);
-      const auto got = layer.silu_gate(x);
-      REQUIRE(got.defined());
-      CHECK(got.sizes() == at::IntArrayRef{tokens, half});
-      CHECK(within(got, act * u, 4 * (act.abs() + g.abs()) * u.abs(), eps));
+      cur4llm::test::check_silu_gate(layer, x, at::matmul(x.to(at::kDouble), w.to(at::kDouble).t()));
     }
     CHECK_FALSE(layer.silu_gate(at::randn({9, 1024}, gen).to(at::kCUDA, dtype)).defined());  // more than 8 tokens
     cur4llm::util::set_dense_mma_enabled(false);

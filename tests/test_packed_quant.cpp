@@ -3,6 +3,7 @@
 // bound |w - w'| <= scale / 2 on random and adversarial rows, rtn_int8 codes
 // against the formula computed here element by element, the checks of stored
 // triples, and rtn_quantize_model with a format on the tiny LLaMA.
+#include "product_checks.h"
 #include "test_paths.h"
 
 #include <cur4llm/compress/cur_linear.h>
@@ -737,12 +738,14 @@ TEST_CASE("CUDA: int4 on the tensor cores: products, a residual added in place, 
           "[packed_quant][cuda]") {
   CUR4LLM_REQUIRE_CUDA();
   auto gen = at::make_generator<at::CPUGeneratorImpl>(21);
-  // |got - want| within one rounding to dtype (eps: half a unit in the last place, relative) and
-  // the float sums' error.
-  auto within = [](const at::Tensor& got, const at::Tensor& want, const at::Tensor& scale, double eps) {
-    const auto err = (got.to(at::kDouble) - want).abs();
-    const auto allowed = scale * eps + 1e-5 * (1 + want.abs().max().item<double>());
-    return (err <= allowed).all().item<bool>();
+  // A packed int4 weight on CUDA and its exact values in float64 (an fp16 scale times a small
+  // integer is exact in float).
+  auto packed = [&](int64_t rows, int64_t cols, int64_t group) {
+    auto format = quant::parse_quant_format("rtn_int4");
+    format.group_size = group;
+    auto q = quant::quantize_tensor(at::randn({rows, cols}, gen), format);
+    for (auto* part : {&q.qweight, &q.scales, &q.zeros}) *part = part->cuda();
+    return std::make_pair(q, quant::dequantize_tensor(q, at::kFloat).to(at::kDouble));
   };
   // 128 columns: one chunk of the kernel; 384: three (fewer than a block's warps); 2816: 22, two
   // or three a warp, two at a time. Groups of 128 and 256 (a chunk's columns share a scale).
@@ -750,15 +753,9 @@ TEST_CASE("CUDA: int4 on the tensor cores: products, a residual added in place, 
     for (const int64_t group : {128, 256}) {
       // 48 rows: a block and a half (32 rows each); 70: the last block repeats rows it does not write.
       for (const int64_t rows : {48, 70}) {
-        auto format = quant::parse_quant_format("rtn_int4");
-        format.group_size = group;
-        auto q = quant::quantize_tensor(at::randn({rows, cols}, gen), format);
-        for (auto* part : {&q.qweight, &q.scales, &q.zeros}) *part = part->cuda();
-        // The weights exactly (an fp16 scale times a small integer is exact in float), summed in double.
-        const auto deq = quant::dequantize_tensor(q, at::kFloat).to(at::kDouble);
+        const auto [q, deq] = packed(rows, cols, group);
         const auto b = at::randn({rows}, gen);
         for (const auto dtype : {at::kHalf, at::kBFloat16}) {
-          const double eps = std::ldexp(1.0, dtype == at::kHalf ? -11 : -8);
           for (const bool with_bias : {false, true}) {
             const auto bias = with_bias ? b.to(at::kCUDA, dtype) : at::Tensor();
             quant::PackedLinear layer(q, bias);
@@ -768,22 +765,7 @@ TEST_CASE("CUDA: int4 on the tensor cores: products, a residual added in place, 
                 const auto x = at::randn({tokens, cols}, gen).to(at::kCUDA, dtype);
                 auto exact = at::matmul(x.to(at::kDouble), deq.t());
                 if (with_bias) exact = exact + bias.to(at::kDouble);
-                CHECK(within(layer.forward(x), exact, exact.abs(), eps));
-
-                // The residual's sum, rounded once, in the residual's own storage.
-                const auto residual = at::randn({tokens, rows}, gen).to(at::kCUDA, dtype);
-                const auto want = exact + residual.to(at::kDouble);
-                auto mine = residual.clone();
-                const void* storage = mine.data_ptr();
-                const auto sum = layer.forward_add(std::move(mine), x);
-                CHECK(sum.data_ptr() == storage);
-                CHECK(within(sum, want, want.abs(), eps));
-                // A residual someone else holds is not written: the sum goes to a new tensor.
-                auto held = residual.clone();
-                const auto apart = layer.forward_add(held, x);
-                CHECK(at::equal(held, residual));
-                CHECK(apart.data_ptr() != held.data_ptr());
-                CHECK(within(apart, want, want.abs() + exact.abs(), eps));
+                test::check_forward_and_add(layer, x, exact, gen);
               }
             }
           }
@@ -791,46 +773,29 @@ TEST_CASE("CUDA: int4 on the tensor cores: products, a residual added in place, 
       }
     }
   }
-
-  // The SiLU gate of a stacked [gate; up] weight, against silu(gate) * up from the exact products
-  // rounded as the separate steps round them (a product rounded either way of a tie moves it by
-  // a unit, hence the wider bound).
+  // The SiLU gate of a stacked [gate; up] weight: 48 and 40 rows each (the second a partial tile).
   for (const int64_t half : {48, 40}) {
-    auto q = quant::quantize_tensor(at::randn({2 * half, 2816}, gen), quant::parse_quant_format("rtn_int4"));
-    for (auto* part : {&q.qweight, &q.scales, &q.zeros}) *part = part->cuda();
-    const auto deq = quant::dequantize_tensor(q, at::kFloat).to(at::kDouble);
+    const auto [q, deq] = packed(2 * half, 2816, 128);
+    quant::PackedLinear layer(q, at::Tensor());
     for (const auto dtype : {at::kHalf, at::kBFloat16}) {
-      const double eps = std::ldexp(1.0, dtype == at::kHalf ? -11 : -8);
-      quant::PackedLinear layer(q, at::Tensor());
       for (const int64_t tokens : {1, 5, 8}) {
         DYNAMIC_SECTION("gate of " << half << " rows, " << c10::toString(dtype) << ", tokens " << tokens) {
           const auto x = at::randn({tokens, 2816}, gen).to(at::kCUDA, dtype);
-          const auto exact = at::matmul(x.to(at::kDouble), deq.t());
-          const auto g = exact.narrow(1, 0, half).to(dtype).to(at::kDouble);
-          const auto u = exact.narrow(1, half, half).to(dtype).to(at::kDouble);
-          const auto act = (g / (1 + at::exp(-g))).to(dtype).to(at::kDouble);
-          const auto got = layer.silu_gate(x);
-          REQUIRE(got.defined());
-          CHECK(got.sizes() == at::IntArrayRef{tokens, half});
-          CHECK(within(got, act * u, 4 * (act.abs() + g.abs()) * u.abs(), eps));
+          test::check_silu_gate(layer, x, at::matmul(x.to(at::kDouble), deq.t()));
         }
       }
-      // More tokens than the tensor cores' 8, or float inputs: no fused gate; the caller splits.
+      // More tokens than the tensor cores' 8: no fused gate; the caller splits.
       CHECK_FALSE(layer.silu_gate(at::randn({9, 2816}, gen).to(at::kCUDA, dtype)).defined());
     }
-    CHECK_FALSE(quant::PackedLinear(q, at::Tensor()).silu_gate(at::randn({1, 2816}, gen).cuda()).defined());
+    // Float inputs: no fused gate either.
+    CHECK_FALSE(layer.silu_gate(at::randn({1, 2816}, gen).cuda()).defined());
   }
 }
 
 TEST_CASE("CUDA: a model-sized LLaMA at int4 decodes the same with its projections stacked (fused SiLU gate)",
           "[packed_quant][cuda]") {
   CUR4LLM_REQUIRE_CUDA();
-  // Widths the tensor-core kernel takes (multiples of 128), GQA.
-  const auto config = model::ModelConfig::from_json(
-      R"({"model_type": "llama", "vocab_size": 512, "hidden_size": 1024, "num_hidden_layers": 2,
-          "intermediate_size": 2816, "num_attention_heads": 8, "num_key_value_heads": 2, "rms_norm_eps": 1e-5,
-          "max_position_embeddings": 4096, "hidden_act": "silu"})",
-      "test config");
+  const auto config = model::ModelConfig::from_json(test::kModelSizedLlama, "test config");
   model::LoadOptions o;
   o.device = c10::Device(c10::kCUDA);
   o.dtype = at::kBFloat16;

@@ -126,6 +126,7 @@ struct MmaLinearArgs {
 /// an int4 group) a multiple of 128, x, the weight and colmul 16-byte aligned, a GPU of compute
 /// capability 8.0 or later; for int4, CUR4LLM_PACKED_MMA not "0" (which keeps the scalar kernels).
 bool linear_mma_fits(const MmaLinearArgs& args);
+/// Launches it; the caller has checked linear_mma_fits (both callers do, once per call).
 int linear_mma(const MmaLinearArgs& args, void* stream);
 
 }  // namespace cur4llm::fused::kernels

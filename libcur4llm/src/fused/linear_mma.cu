@@ -40,6 +40,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <type_traits>
 
 namespace cur4llm::fused::kernels {
 namespace {
@@ -55,45 +56,43 @@ __device__ inline To bits_as(const From& f) {
   return t;
 }
 
-// The 16-bit element types: the base that int4 codes are OR-ed into, a paired subtraction, the mma.
+// mma.sync m16n8k16 of 16-bit TYPE ("f16", "bf16") into float: d += a b (registers as the
+// PTX ISA lays out the fragments).
+#define CUR4LLM_MMA_M16N8K16(TYPE)                                                                        \
+  asm volatile("mma.sync.aligned.m16n8k16.row.col.f32." TYPE "." TYPE                                     \
+               ".f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"                            \
+               : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])                                           \
+               : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1))
+
+// The 16-bit element types: the base that int4 codes are OR-ed into (128.0 in bfloat16, 1024.0
+// in half: their unit in the last place is 1), a paired subtraction, the mma.
 template <typename T>
-struct Mma16;
-
-template <>
-struct Mma16<__nv_bfloat16> {
-  static constexpr uint32_t kMagic = 0x43004300u;  // 128.0 in both halves
-  static constexpr float kBase = 128.f;
-  __device__ static uint32_t pair(float v) { return bits_as<uint32_t>(__float2bfloat162_rn(v)); }
+struct Mma16 {
+  static constexpr bool kHalf = std::is_same_v<T, __half>;
+  using Pair = std::conditional_t<kHalf, __half2, __nv_bfloat162>;
+  static constexpr uint32_t kMagic = kHalf ? 0x64006400u : 0x43004300u;  // the base in both halves
+  static constexpr float kBase = kHalf ? 1024.f : 128.f;
+  __device__ static uint32_t pair(float v) {
+    if constexpr (kHalf) {
+      return bits_as<uint32_t>(__float2half2_rn(v));
+    } else {
+      return bits_as<uint32_t>(__float2bfloat162_rn(v));
+    }
+  }
   __device__ static uint32_t sub(uint32_t a, uint32_t b) {
-    return bits_as<uint32_t>(__hsub2(bits_as<__nv_bfloat162>(a), bits_as<__nv_bfloat162>(b)));
+    return bits_as<uint32_t>(__hsub2(bits_as<Pair>(a), bits_as<Pair>(b)));
   }
   __device__ static void mma(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0,
                              uint32_t b1) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-        "{%0,%1,%2,%3};\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+    if constexpr (kHalf) {
+      CUR4LLM_MMA_M16N8K16("f16");
+    } else {
+      CUR4LLM_MMA_M16N8K16("bf16");
+    }
   }
 };
 
-template <>
-struct Mma16<__half> {
-  static constexpr uint32_t kMagic = 0x64006400u;  // 1024.0 in both halves
-  static constexpr float kBase = 1024.f;
-  __device__ static uint32_t pair(float v) { return bits_as<uint32_t>(__float2half2_rn(v)); }
-  __device__ static uint32_t sub(uint32_t a, uint32_t b) {
-    return bits_as<uint32_t>(__hsub2(bits_as<__half2>(a), bits_as<__half2>(b)));
-  }
-  __device__ static void mma(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0,
-                             uint32_t b1) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-        "{%0,%1,%2,%3};\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-  }
-};
+#undef CUR4LLM_MMA_M16N8K16
 
 __device__ inline uint4 load16(const void* p) { return __ldg(reinterpret_cast<const uint4*>(p)); }
 
@@ -345,7 +344,6 @@ bool linear_mma_fits(const MmaLinearArgs& a) {
 }
 
 int linear_mma(const MmaLinearArgs& a, void* stream) {
-  if (!linear_mma_fits(a)) return static_cast<int>(cudaErrorInvalidValue);
   const int64_t blocks = a.silu_pair ? (a.rows / 2 + kTileRows - 1) / kTileRows
                                      : (a.rows + 2 * kTileRows - 1) / (2 * kTileRows);
   const auto s = static_cast<cudaStream_t>(stream);

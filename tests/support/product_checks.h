@@ -1,0 +1,71 @@
+#pragma once
+// Checks of a Linear slot's products of a few tokens (16-bit, on CUDA) against exact float64
+// sums, shared by the tests of the dense and packed tensor-core paths; and the model-sized
+// LLaMA shape those kernels (and the vectorised ones) take.
+
+#include <cur4llm/model/linear.h>
+
+#include <ATen/ATen.h>
+#include <catch2/catch.hpp>
+
+#include <cmath>
+#include <cstdint>
+#include <utility>
+
+namespace cur4llm::test {
+
+/// A LLaMA of model-sized widths (hidden 1024, MLP 2816: multiples of 128; head dim 128, GQA
+/// with 4 query heads per KV head), two layers, a small vocabulary.
+inline constexpr const char* kModelSizedLlama =
+    R"({"model_type": "llama", "vocab_size": 512, "hidden_size": 1024, "num_hidden_layers": 2,
+        "intermediate_size": 2816, "num_attention_heads": 8, "num_key_value_heads": 2, "rms_norm_eps": 1e-5,
+        "max_position_embeddings": 4096, "hidden_act": "silu"})";
+
+/// Half a unit in the last place, relative, of half or bfloat16.
+inline double half_ulp(at::ScalarType dtype) { return std::ldexp(1.0, dtype == at::kHalf ? -11 : -8); }
+
+/// |got - want| <= scale * eps + 1e-5 (1 + max |want|) everywhere: one rounding to the dtype
+/// and the float sums' error.
+inline bool within_rounding(const at::Tensor& got, const at::Tensor& want, const at::Tensor& scale, double eps) {
+  const auto err = (got.to(at::kDouble) - want).abs();
+  const auto allowed = scale * eps + 1e-5 * (1 + want.abs().max().item<double>());
+  return (err <= allowed).all().item<bool>();
+}
+
+/// slot.forward(x) against `exact` (x W^T + b in float64), then slot.forward_add: the
+/// residual's sum rounded once, in the residual's own storage when the caller holds it alone,
+/// in a new tensor (the residual left as it was) when someone else holds it too.
+inline void check_forward_and_add(const model::LinearSlot& slot, const at::Tensor& x, const at::Tensor& exact,
+                                  at::Generator& gen) {
+  const double eps = half_ulp(x.scalar_type());
+  CHECK(within_rounding(slot.forward(x), exact, exact.abs(), eps));
+  const auto residual = at::randn(exact.sizes(), gen).to(x.device(), x.scalar_type());
+  const auto want = exact + residual.to(at::kDouble);
+  auto mine = residual.clone();
+  const void* storage = mine.data_ptr();
+  const auto sum = slot.forward_add(std::move(mine), x);
+  CHECK(sum.data_ptr() == storage);
+  CHECK(within_rounding(sum, want, want.abs(), eps));
+  auto held = residual.clone();
+  const auto apart = slot.forward_add(held, x);
+  CHECK(at::equal(held, residual));
+  CHECK(apart.data_ptr() != held.data_ptr());
+  CHECK(within_rounding(apart, want, want.abs() + exact.abs(), eps));  // rounded twice there
+}
+
+/// A stacked [gate; up] slot's silu_gate(x) against silu(gate) * up from the exact products
+/// `exact` [tokens, 2 * half], rounded as the separate steps round them (a product rounded the
+/// other way of a tie moves it by a unit, hence the wider bound).
+inline void check_silu_gate(const model::LinearSlot& stacked, const at::Tensor& x, const at::Tensor& exact) {
+  const auto dtype = x.scalar_type();
+  const int64_t half = exact.size(1) / 2;
+  const auto g = exact.narrow(1, 0, half).to(dtype).to(at::kDouble);
+  const auto u = exact.narrow(1, half, half).to(dtype).to(at::kDouble);
+  const auto act = (g / (1 + at::exp(-g))).to(dtype).to(at::kDouble);
+  const auto got = stacked.silu_gate(x);
+  REQUIRE(got.defined());
+  CHECK(got.sizes() == at::IntArrayRef{x.size(0), half});
+  CHECK(within_rounding(got, act * u, 4 * (act.abs() + g.abs()) * u.abs(), half_ulp(dtype)));
+}
+
+}  // namespace cur4llm::test
