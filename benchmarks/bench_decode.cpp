@@ -7,7 +7,8 @@
 //   bench_decode --model PATH | --config CONFIG.json
 //                [--device cuda] [--dtype bf16] [--batch 1,16] [--prompt_len 512] [--new_tokens 256]
 //                [--factorize dense,svd:0.6,cur:0.6,narrow:0.8,narrow_mlp:0.8,packed:rtn_int4] [--iters 1] [--graph 0] [--seed 0]
-//                [--narrow_align 8] [--trace FILE] [--group 1] [--dense_mma 0|1]
+//                [--narrow_align 8] [--trace FILE] [--group 1] [--dense_mma 0|1] [--int4_pipeline 0|1]
+//                [--norm_in_product 0|1] [--decode_vector 0|1]
 //
 // Each run: a prefill of --prompt_len random tokens per row, then
 // --new_tokens - 1 greedy decoding steps (the argmax stays on the device; one
@@ -31,7 +32,11 @@
 // into one product each (CausalLM::group_projections, as the generate app loads a
 // model); --group 0 keeps them apart. --dense_mma 1 runs dense 16-bit layers' steps
 // of up to 8 tokens on cur4llm's tensor-core kernel (util::set_dense_mma_enabled),
-// 0 on cuBLAS; left out, the library's default.
+// 0 on cuBLAS; left out, the library's default. Likewise --int4_pipeline (packed int4 codes
+// through shared memory by asynchronous copies, util::set_int4_pipeline_enabled),
+// --norm_in_product (LLaMA's input norms inside the tensor-core products,
+// util::set_norm_in_product_enabled) and --decode_vector (decoding attention reading the
+// cache 16 bytes a lane, util::set_decode_vector_loads_enabled).
 // Each timed decoding step is an NVTX range "decode_step" (CUDA builds), for
 // per-kernel times: ncu --nvtx --nvtx-include "decode_step/" bench_decode ...
 // --trace FILE saves a Chrome trace of the last timed run (PyTorch's profiler:
@@ -57,7 +62,8 @@ int main(int argc, char** argv) try {
   using namespace cur4llm;
   const bench::Args args(argc, argv);
   args.check_known({"model", "config", "device", "dtype", "batch", "prompt_len", "new_tokens", "factorize", "iters",
-                    "graph", "seed", "peak_tflops", "narrow_align", "trace", "group", "dense_mma"});
+                    "graph", "seed", "peak_tflops", "narrow_align", "trace", "group", "dense_mma",
+                    "int4_pipeline", "norm_in_product", "decode_vector"});
   const int64_t prompt_len = args.integer("prompt_len", 512);
   const int64_t new_tokens = args.integer("new_tokens", 256);
   const int iters = static_cast<int>(args.integer("iters", 1));
@@ -69,6 +75,9 @@ int main(int argc, char** argv) try {
   if (narrow_align < 1) throw std::invalid_argument("--narrow_align must be at least 1");
   const bench::Tracer tracer(args.str("trace", ""));
   if (args.has("dense_mma")) util::set_dense_mma_enabled(args.integer("dense_mma", 0) != 0);
+  if (args.has("int4_pipeline")) util::set_int4_pipeline_enabled(args.integer("int4_pipeline", 0) != 0);
+  if (args.has("norm_in_product")) util::set_norm_in_product_enabled(args.integer("norm_in_product", 0) != 0);
+  if (args.has("decode_vector")) util::set_decode_vector_loads_enabled(args.integer("decode_vector", 0) != 0);
   std::string source;
   auto lm = bench::load_model(args, &source);
   const auto& c = lm->config();
@@ -118,6 +127,9 @@ int main(int argc, char** argv) try {
     // As the generate app runs a model: each layer's q/k/v and gate/up as one product where they stack.
     if (args.integer("group", 1) != 0) base["grouped_projections"] = lm->group_projections();
     base["dense_mma"] = util::dense_mma_enabled();
+    base["int4_pipeline"] = util::int4_pipeline_enabled();
+    base["norm_in_product"] = util::norm_in_product_enabled();
+    base["decode_vector"] = util::decode_vector_loads_enabled();
     if (!keep_dense) dense_slots.clear();
     // Weights and buffers on the device before any input: what the layers hold.
     base["model_device_bytes"] = bench::device_memory(device, /*peak=*/false);

@@ -583,31 +583,61 @@ TEST_CASE("CUDA: rotary rows at each row's positions: narrowed heads, rows of di
   }
 }
 
-TEST_CASE("CUDA: decoding attention over many cache slots, model-sized heads, GQA", "[cuda]") {
+TEST_CASE("CUDA: decoding attention over many cache slots, model-sized heads, with and without GQA", "[cuda]") {
   CUR4LLM_REQUIRE_CUDA();
-  // Head dim 128 and 4 query heads per KV head; 70 to 100 slots span several blocks of the
-  // split key axis. The fused decoding path against the full forward (fp32), and against the
-  // cached path with cur4llm's kernels off (bf16).
-  const auto config = model::ModelConfig::from_json(test::kModelSizedLlama, "test config");
-  model::LoadOptions o;
-  o.device = c10::Device(c10::kCUDA);
-  o.dtype = at::kFloat;
-  check_cached_equals_forward(*CausalLM::random(config, o, 3), 70, 100, 1e-3);
-  o.dtype = at::kBFloat16;
-  const auto lm = CausalLM::random(config, o, 3);
-  c10::InferenceMode guard;
-  const auto ids = row_ids(test::make_samples({100}, 512, 5).front()).to(lm->device());
-  auto decode = [&](bool fused) {
-    util::set_fused_kernels_enabled(fused);
-    model::KVCache cache(1, 100, lm->device());
-    std::vector<at::Tensor> steps{lm->forward_cached(ids.narrow(1, 0, 70), cache)};
-    for (int64_t t = 70; t < 100; ++t) steps.push_back(lm->forward_cached(ids.narrow(1, t, 1), cache));
-    util::set_fused_kernels_enabled(true);
-    return at::cat(steps, 1).to(at::kFloat);
+  // Head dim 128 with 4 query heads per KV head (70 to 100 slots), and head dim 64 with one (260
+  // to 300 slots): the key axis spans several blocks either way; batch 2 with prompts of
+  // different lengths (masked slots). The fused decoding path, reading the cache 16 bytes a lane
+  // and one element a lane, against the full forward (fp32), and against the cached path with
+  // cur4llm's kernels off (bf16, half).
+  struct Restore {
+    bool was = util::decode_vector_loads_enabled();
+    ~Restore() { util::set_decode_vector_loads_enabled(was); }
+  } restore;
+  const char* mha = R"({"model_type": "llama", "vocab_size": 512, "hidden_size": 512, "num_hidden_layers": 2,
+      "intermediate_size": 1024, "num_attention_heads": 8, "num_key_value_heads": 8, "rms_norm_eps": 1e-5,
+      "max_position_embeddings": 4096, "hidden_act": "silu"})";
+  struct Case {
+    const char* config;
+    int64_t prefill, total;
   };
-  const auto fused = decode(true), plain = decode(false);
-  const double err = (fused - plain).pow(2).mean().item<double>() / plain.pow(2).mean().item<double>();
-  CHECK(err < 1e-4);
+  for (const auto& c : {Case{test::kModelSizedLlama, 70, 100}, Case{mha, 260, 300}}) {
+    const auto config = model::ModelConfig::from_json(c.config, "test config");
+    INFO("head dim " << config.head_dim << ", " << config.num_heads / config.num_kv_heads << " query heads per KV head");
+    model::LoadOptions o;
+    o.device = c10::Device(c10::kCUDA);
+    o.dtype = at::kFloat;
+    for (const bool vector_loads : {false, true}) {
+      util::set_decode_vector_loads_enabled(vector_loads);
+      check_cached_equals_forward(*CausalLM::random(config, o, 3), c.prefill, c.total, 1e-3);
+    }
+    for (const auto dtype : {at::kBFloat16, at::kHalf}) {
+      o.dtype = dtype;
+      const auto lm = CausalLM::random(config, o, 3);
+      c10::InferenceMode guard;
+      const auto samples = test::make_samples({c.total, c.total}, 512, 5);
+      // Row 1's prompt is 13 tokens shorter, padded on the left: its first slots are masked in every step.
+      auto padding = at::ones({2, c.prefill}, at::kLong);
+      padding[1].narrow(0, 0, 13).zero_();
+      auto ids = at::stack({row_ids(samples[0])[0], row_ids(samples[1])[0]}).to(lm->device());
+      auto decode = [&](bool fused) {
+        util::set_fused_kernels_enabled(fused);
+        model::KVCache cache(2, c.total, lm->device());
+        std::vector<at::Tensor> steps{lm->forward_cached(ids.narrow(1, 0, c.prefill), cache, padding.to(lm->device()))};
+        for (int64_t t = c.prefill; t < c.total; ++t) steps.push_back(lm->forward_cached(ids.narrow(1, t, 1), cache));
+        util::set_fused_kernels_enabled(true);
+        return at::cat(steps, 1).to(at::kFloat);
+      };
+      const auto plain = decode(false);
+      for (const bool vector_loads : {false, true}) {
+        util::set_decode_vector_loads_enabled(vector_loads);
+        const auto fused = decode(true);
+        INFO(c10::toString(dtype) << ", vector loads " << vector_loads);
+        const double err = (fused - plain).pow(2).mean().item<double>() / plain.pow(2).mean().item<double>();
+        CHECK(err < 1e-4);
+      }
+    }
+  }
 }
 
 TEST_CASE("read_reference parses a reference file and names what is wrong") {

@@ -190,14 +190,19 @@ TEST_CASE("CUDA: cur4llm's kernels and cuDNN attention give ATen's results on mo
   }
 }
 
-TEST_CASE("CUDA: dense 16-bit products of a few tokens on the tensor cores: plain, into a residual, SiLU gate",
+TEST_CASE("CUDA: dense 16-bit products of a few tokens on the tensor cores: plain, into a residual, SiLU gate, "
+          "with the input's norm",
           "[model][cuda]") {
   CUR4LLM_REQUIRE_CUDA();
   struct Restore {
-    bool was = cur4llm::util::dense_mma_enabled();
-    ~Restore() { cur4llm::util::set_dense_mma_enabled(was); }
+    bool was = cur4llm::util::dense_mma_enabled(), normed = cur4llm::util::norm_in_product_enabled();
+    ~Restore() {
+      cur4llm::util::set_dense_mma_enabled(was);
+      cur4llm::util::set_norm_in_product_enabled(normed);
+    }
   } restore;
   cur4llm::util::set_dense_mma_enabled(true);
+  cur4llm::util::set_norm_in_product_enabled(true);
   c10::InferenceMode guard;
   auto gen = at::make_generator<at::CPUGeneratorImpl>(23);
   // 128 columns: one chunk of the kernel; 384: three (fewer than a block's warps); 2816: 22.
@@ -216,6 +221,8 @@ TEST_CASE("CUDA: dense 16-bit products of a few tokens on the tensor cores: plai
               auto exact = at::matmul(x.to(at::kDouble), w.to(at::kDouble).t());
               if (with_bias) exact = exact + b.to(at::kDouble);
               cur4llm::test::check_forward_and_add(layer, x, exact, gen);
+              const cur4llm::model::InputNorm norm{(at::rand({cols}, gen) + 0.5).to(at::kCUDA, dtype), 1e-5};
+              cur4llm::test::check_normed(layer, x, norm, w.to(at::kDouble), with_bias ? b : at::Tensor(), false);
             }
           }
         }
@@ -229,7 +236,14 @@ TEST_CASE("CUDA: dense 16-bit products of a few tokens on the tensor cores: plai
     for (const int64_t tokens : {1, 8}) {
       const auto x = at::randn({tokens, 1024}, gen).to(at::kCUDA, dtype);
       cur4llm::test::check_silu_gate(layer, x, at::matmul(x.to(at::kDouble), w.to(at::kDouble).t()));
+      const cur4llm::model::InputNorm norm{(at::rand({1024}, gen) + 0.5).to(at::kCUDA, dtype), 1e-6};
+      cur4llm::test::check_normed(layer, x, norm, w.to(at::kDouble), at::Tensor(), true);
     }
+    // The norm in the launch turned off: the caller normalises.
+    cur4llm::util::set_norm_in_product_enabled(false);
+    const cur4llm::model::InputNorm norm{at::ones({1024}, at::TensorOptions().device(at::kCUDA).dtype(dtype)), 1e-6};
+    CHECK_FALSE(layer.forward_normed(at::randn({1, 1024}, gen).to(at::kCUDA, dtype), norm).defined());
+    cur4llm::util::set_norm_in_product_enabled(true);
     CHECK_FALSE(layer.silu_gate(at::randn({9, 1024}, gen).to(at::kCUDA, dtype)).defined());  // more than 8 tokens
     cur4llm::util::set_dense_mma_enabled(false);
     CHECK_FALSE(layer.silu_gate(at::randn({1, 1024}, gen).to(at::kCUDA, dtype)).defined());  // turned off

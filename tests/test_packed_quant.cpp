@@ -11,6 +11,7 @@
 #include <cur4llm/quant/packed_linear.h>
 #include <cur4llm/quant/packed_quant.h>
 #include <cur4llm/quant/quantize.h>
+#include <cur4llm/util/fused_kernels.h>
 #include <cur4llm/model/causal_lm.h>
 #include <cur4llm/model/kv_cache.h>
 
@@ -747,52 +748,71 @@ TEST_CASE("CUDA: int4 on the tensor cores: products, a residual added in place, 
     for (auto* part : {&q.qweight, &q.scales, &q.zeros}) *part = part->cuda();
     return std::make_pair(q, quant::dequantize_tensor(q, at::kFloat).to(at::kDouble));
   };
+  // Both kernels: codes loaded into registers, and through shared memory by asynchronous copies.
+  struct Restore {
+    bool was = util::int4_pipeline_enabled(), normed = util::norm_in_product_enabled();
+    ~Restore() {
+      util::set_int4_pipeline_enabled(was);
+      util::set_norm_in_product_enabled(normed);
+    }
+  } restore;
+  util::set_norm_in_product_enabled(true);  // the input's norm in the launch, checked beside the plain product
   // 128 columns: one chunk of the kernel; 384: three (fewer than a block's warps); 2816: 22, two
-  // or three a warp, two at a time. Groups of 128 and 256 (a chunk's columns share a scale).
-  for (const int64_t cols : {128, 384, 2816}) {
-    for (const int64_t group : {128, 256}) {
-      // 48 rows: a block and a half (32 rows each); 70: the last block repeats rows it does not write.
-      for (const int64_t rows : {48, 70}) {
-        const auto [q, deq] = packed(rows, cols, group);
-        const auto b = at::randn({rows}, gen);
-        for (const auto dtype : {at::kHalf, at::kBFloat16}) {
-          for (const bool with_bias : {false, true}) {
-            const auto bias = with_bias ? b.to(at::kCUDA, dtype) : at::Tensor();
-            quant::PackedLinear layer(q, bias);
-            for (const int64_t tokens : {1, 3, 8}) {
-              DYNAMIC_SECTION(cols << " cols, group " << group << ", " << rows << " rows, " << c10::toString(dtype)
-                                   << ", bias " << with_bias << ", tokens " << tokens) {
-                const auto x = at::randn({tokens, cols}, gen).to(at::kCUDA, dtype);
-                auto exact = at::matmul(x.to(at::kDouble), deq.t());
-                if (with_bias) exact = exact + bias.to(at::kDouble);
-                test::check_forward_and_add(layer, x, exact, gen);
+  // or three a warp; 11008: 86, ten or eleven a warp (the pipeline's stages are reused). Groups
+  // of 128 and 256 (a chunk's columns share a scale; 384 ends in half a group of 256).
+  for (const bool pipeline : {false, true}) {
+    util::set_int4_pipeline_enabled(pipeline);
+    for (const int64_t cols : {128, 384, 2816, 11008}) {
+      for (const int64_t group : {128, 256}) {
+        // 48 rows: a block and a half (32 rows each); 70: the last block repeats rows it does not write.
+        for (const int64_t rows : {48, 70}) {
+          const auto [q, deq] = packed(rows, cols, group);
+          const auto b = at::randn({rows}, gen);
+          for (const auto dtype : {at::kHalf, at::kBFloat16}) {
+            for (const bool with_bias : {false, true}) {
+              const auto bias = with_bias ? b.to(at::kCUDA, dtype) : at::Tensor();
+              quant::PackedLinear layer(q, bias);
+              for (const int64_t tokens : {1, 3, 8}) {
+                DYNAMIC_SECTION("pipeline " << pipeline << ", " << cols << " cols, group " << group << ", " << rows
+                                             << " rows, " << c10::toString(dtype) << ", bias " << with_bias
+                                             << ", tokens " << tokens) {
+                  const auto x = at::randn({tokens, cols}, gen).to(at::kCUDA, dtype);
+                  auto exact = at::matmul(x.to(at::kDouble), deq.t());
+                  if (with_bias) exact = exact + bias.to(at::kDouble);
+                  test::check_forward_and_add(layer, x, exact, gen);
+                  const model::InputNorm norm{(at::rand({cols}, gen) + 0.5).to(at::kCUDA, dtype), 1e-5};
+                  test::check_normed(layer, x, norm, deq, bias, false);
+                }
               }
             }
           }
         }
       }
     }
-  }
-  // The SiLU gate of a stacked [gate; up] weight: 48 and 40 rows each (the second a partial tile).
-  for (const int64_t half : {48, 40}) {
-    const auto [q, deq] = packed(2 * half, 2816, 128);
-    quant::PackedLinear layer(q, at::Tensor());
-    for (const auto dtype : {at::kHalf, at::kBFloat16}) {
-      for (const int64_t tokens : {1, 5, 8}) {
-        DYNAMIC_SECTION("gate of " << half << " rows, " << c10::toString(dtype) << ", tokens " << tokens) {
-          const auto x = at::randn({tokens, 2816}, gen).to(at::kCUDA, dtype);
-          test::check_silu_gate(layer, x, at::matmul(x.to(at::kDouble), deq.t()));
+    // The SiLU gate of a stacked [gate; up] weight: 48 and 40 rows each (the second a partial tile).
+    for (const int64_t half : {48, 40}) {
+      const auto [q, deq] = packed(2 * half, 2816, 128);
+      quant::PackedLinear layer(q, at::Tensor());
+      for (const auto dtype : {at::kHalf, at::kBFloat16}) {
+        for (const int64_t tokens : {1, 5, 8}) {
+          DYNAMIC_SECTION("pipeline " << pipeline << ", gate of " << half << " rows, " << c10::toString(dtype)
+                                      << ", tokens " << tokens) {
+            const auto x = at::randn({tokens, 2816}, gen).to(at::kCUDA, dtype);
+            test::check_silu_gate(layer, x, at::matmul(x.to(at::kDouble), deq.t()));
+            const model::InputNorm norm{(at::rand({2816}, gen) + 0.5).to(at::kCUDA, dtype), 1e-6};
+            test::check_normed(layer, x, norm, deq, at::Tensor(), true);
+          }
         }
+        // More tokens than the tensor cores' 8: no fused gate; the caller splits.
+        CHECK_FALSE(layer.silu_gate(at::randn({9, 2816}, gen).to(at::kCUDA, dtype)).defined());
       }
-      // More tokens than the tensor cores' 8: no fused gate; the caller splits.
-      CHECK_FALSE(layer.silu_gate(at::randn({9, 2816}, gen).to(at::kCUDA, dtype)).defined());
+      // Float inputs: no fused gate either.
+      CHECK_FALSE(layer.silu_gate(at::randn({1, 2816}, gen).cuda()).defined());
     }
-    // Float inputs: no fused gate either.
-    CHECK_FALSE(layer.silu_gate(at::randn({1, 2816}, gen).cuda()).defined());
   }
 }
 
-TEST_CASE("CUDA: a model-sized LLaMA at int4 decodes the same with its projections stacked (fused SiLU gate)",
+TEST_CASE("CUDA: a model-sized LLaMA at int4 decodes the same with its projections stacked (SiLU gate, norms inside)",
           "[packed_quant][cuda]") {
   CUR4LLM_REQUIRE_CUDA();
   const auto config = model::ModelConfig::from_json(test::kModelSizedLlama, "test config");
@@ -814,11 +834,21 @@ TEST_CASE("CUDA: a model-sized LLaMA at int4 decodes the same with its projectio
     for (int64_t t = 8; t < 12; ++t) logits.push_back(lm->forward_cached(ids.narrow(1, t, 1), cache).to(at::kFloat));
     return logits;
   };
+  struct Restore {
+    bool was = util::norm_in_product_enabled();
+    ~Restore() { util::set_norm_in_product_enabled(was); }
+  } restore;
+  util::set_norm_in_product_enabled(false);
   const auto apart = decode();
   REQUIRE(lm->group_projections() == 2 * config.num_layers);
   const auto stacked = decode();
+  // And the input norms inside the stacked products' launches (no norm kernel in a step).
+  util::set_norm_in_product_enabled(true);
+  const auto normed = decode();
   for (size_t i = 0; i < apart.size(); ++i) {
     INFO("pass " << i);
-    CHECK((stacked[i] - apart[i]).abs().max().item<double>() <= 2e-2 * (1 + apart[i].abs().max().item<double>()));
+    const double bound = 2e-2 * (1 + apart[i].abs().max().item<double>());
+    CHECK((stacked[i] - apart[i]).abs().max().item<double>() <= bound);
+    CHECK((normed[i] - apart[i]).abs().max().item<double>() <= bound);
   }
 }

@@ -56,16 +56,41 @@ inline void check_forward_and_add(const model::LinearSlot& slot, const at::Tenso
 /// A stacked [gate; up] slot's silu_gate(x) against silu(gate) * up from the exact products
 /// `exact` [tokens, 2 * half], rounded as the separate steps round them (a product rounded the
 /// other way of a tie moves it by a unit, hence the wider bound).
-inline void check_silu_gate(const model::LinearSlot& stacked, const at::Tensor& x, const at::Tensor& exact) {
-  const auto dtype = x.scalar_type();
+inline void check_gated(const at::Tensor& got, at::ScalarType dtype, const at::Tensor& exact) {
   const int64_t half = exact.size(1) / 2;
   const auto g = exact.narrow(1, 0, half).to(dtype).to(at::kDouble);
   const auto u = exact.narrow(1, half, half).to(dtype).to(at::kDouble);
   const auto act = (g / (1 + at::exp(-g))).to(dtype).to(at::kDouble);
-  const auto got = stacked.silu_gate(x);
   REQUIRE(got.defined());
-  CHECK(got.sizes() == at::IntArrayRef{x.size(0), half});
+  CHECK(got.sizes() == at::IntArrayRef{exact.size(0), half});
   CHECK(within_rounding(got, act * u, 4 * (act.abs() + g.abs()) * u.abs(), half_ulp(dtype)));
+}
+inline void check_silu_gate(const model::LinearSlot& stacked, const at::Tensor& x, const at::Tensor& exact) {
+  check_gated(stacked.silu_gate(x), x.scalar_type(), exact);
+}
+
+/// The input the tensor-core kernels multiply when they compute an input norm in their launch,
+/// in float64: x times the norm's weight rounded to x's dtype (that product is exact in
+/// float), and each token's 1 / sqrt(mean(x^2) + eps), which scales its sums.
+inline std::pair<at::Tensor, at::Tensor> normed_input(const at::Tensor& x, const model::InputNorm& norm) {
+  const auto xd = x.to(at::kDouble);
+  const auto scaled = (xd * norm.weight.to(at::kDouble)).to(x.scalar_type()).to(at::kDouble);
+  const auto inv_rms = at::rsqrt(xd.pow(2).mean(-1, /*keepdim=*/true) + norm.eps);
+  return {scaled, inv_rms};
+}
+
+/// slot.forward_normed(x, norm) against (x * weight) W^T * inv_rms + b in float64 (`weight_exact`
+/// W [rows, cols], `bias` undefined or [rows]), one rounding; and silu_gate_normed, for a slot
+/// that stacks [gate; up] (`gated`), against the gate of those exact products.
+inline void check_normed(const model::LinearSlot& slot, const at::Tensor& x, const model::InputNorm& norm,
+                         const at::Tensor& weight_exact, const at::Tensor& bias, bool gated) {
+  const auto [scaled, inv_rms] = normed_input(x, norm);
+  auto exact = at::matmul(scaled, weight_exact.t()) * inv_rms;
+  if (bias.defined()) exact = exact + bias.to(at::kDouble);
+  const auto got = slot.forward_normed(x, norm);
+  REQUIRE(got.defined());
+  CHECK(within_rounding(got, exact, exact.abs(), half_ulp(x.scalar_type())));
+  if (gated) check_gated(slot.silu_gate_normed(x, norm), x.scalar_type(), exact);
 }
 
 }  // namespace cur4llm::test

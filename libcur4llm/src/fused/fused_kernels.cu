@@ -1081,13 +1081,6 @@ int silu_mul(const void* gate, const void* up, void* out, int dtype, int64_t row
 int packed_linear(const void* x, int64_t tokens, const uint8_t* q, const void* scales, const void* zeros,
                   const void* bias, const void* input_scales, void* y, int dtype, int bits, int64_t rows,
                   int64_t cols, int64_t group, void* stream) {
-  if (bits == 4) {  // the tensor cores where they take the shape (linear_mma.cu)
-    MmaLinearArgs a;
-    a.x = x, a.q = q, a.scales = scales, a.zeros = zeros, a.bias = bias, a.colmul = input_scales, a.y = y;
-    a.dtype = dtype, a.tokens = static_cast<int>(std::min<int64_t>(tokens, kPackedMaxTokens + 1));
-    a.rows = rows, a.cols = cols, a.group = group;
-    if (linear_mma_fits(a)) return linear_mma(a, stream);
-  }
   switch (dtype) {
     case 0:
       return launch_packed_linear<float>(x, tokens, q, scales, zeros, bias, input_scales, y, bits, rows, cols, group,

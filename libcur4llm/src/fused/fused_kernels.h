@@ -74,11 +74,13 @@ int64_t decode_attention_workspace(int64_t batch, int64_t kv_heads, int64_t rows
 /// (contiguous), with the additive mask (element type; -inf: not attended) at
 /// mask[b * mask_batch_stride + r * mask_row_stride + s]; out [batch, kv_heads, rows, dv].
 /// Every row must attend to at least one slot. Sums in float; the key axis is split over
-/// blocks of 32 slots, merged by a second kernel.
+/// blocks of at least 32 slots, merged by a second kernel. With vector_loads, head dims that are
+/// whole 16-byte pieces (up to 32 of them) are read 16 bytes a lane; otherwise, and for other
+/// dims, one element a lane.
 int decode_attention(const void* q, const void* keys, const void* values, const void* mask, float* workspace,
                      void* out, int dtype, int64_t batch, int64_t kv_heads, int64_t rows, int64_t cap, int64_t length,
                      int64_t d, int64_t dv, float scale, int64_t mask_row_stride, int64_t mask_batch_stride,
-                     void* stream);
+                     bool vector_loads, void* stream);
 
 constexpr int64_t kPackedMaxTokens = 16;
 
@@ -91,7 +93,8 @@ constexpr int64_t kPackedMaxTokens = 16;
 /// input_scales (fp16 [cols], or null) multiply column c of w (activation-aware
 /// formats). With cols and group multiples of 8, x 16-byte, q 8-byte and
 /// input_scales 16-byte aligned, each lane reads 8 columns at a time; any other
-/// shape takes a kernel that reads one column at a time.
+/// shape takes a kernel that reads one column at a time. (int4 products of a few
+/// tokens are faster on the tensor cores: linear_mma, where it fits.)
 int packed_linear(const void* x, int64_t tokens, const uint8_t* q, const void* scales, const void* zeros,
                   const void* bias, const void* input_scales, void* y, int dtype, int bits, int64_t rows,
                   int64_t cols, int64_t group, void* stream);
@@ -120,6 +123,15 @@ struct MmaLinearArgs {
   int tokens = 0;
   int64_t rows = 0, cols = 0, group = 0;
   bool silu_pair = false;
+  /// int4: the codes reach the warps through shared memory by asynchronous copies, several
+  /// chunks ahead (needs compute capability 8.0 and the shared memory of the block's scales;
+  /// where the device lacks it, the kernel that loads into registers runs).
+  bool pipeline = false;
+  /// An RMSNorm of x inside the product, where given: x is taken as x / sqrt(mean(x^2) + norm_eps)
+  /// * norm_weight ([cols], x's type; mean over each token's cols), the norm's weight applied
+  /// to x before the product (rounded to the element type) and the token's scale to its sums.
+  const void* norm_weight = nullptr;
+  float norm_eps = 0.f;
 };
 
 /// Whether linear_mma takes these: half or bfloat16, 1..kLinearMmaMaxTokens tokens, cols (and

@@ -89,20 +89,32 @@ at::Tensor packed_linear(const at::Tensor& x, const at::Tensor& qweight, const a
                          const at::Tensor& zeros, int bits, int64_t cols, int64_t group, const at::Tensor& bias,
                          const at::Tensor& input_scales = {});
 
-/// A product of at most 8 tokens on the tensor cores, with what follows it in the same launch;
+/// What may run in a tensor-core product's launch besides the product (packed_linear_mma,
+/// dense_linear_mma).
+struct MmaExtras {
+  /// [..., rows], contiguous, x's dtype and device: the result is residual + product, written
+  /// into `residual` and rounded once (the caller makes sure nothing else reads it).
+  at::Tensor residual;
+  /// The weight's rows are a gate projection's and then an up projection's (rows / 2 each): the
+  /// result [..., rows / 2] is silu_mul(gate, up).
+  bool silu_gate = false;
+  /// Where defined ([cols], x's dtype and device, contiguous): the product of RMSNorm(x) =
+  /// x / sqrt(mean(x^2) + norm_eps) * norm_weight instead of x, the norm computed in the launch.
+  at::Tensor norm_weight;
+  double norm_eps = 0;
+};
+
+/// A product of at most 8 tokens on the tensor cores, with `extras` in the same launch;
 /// undefined where that kernel does not take the inputs (the caller then runs the steps
 /// apart): x half or bfloat16, cols a multiple of 128, aligned storage, compute capability 8.0
-/// or later. With `residual` ([..., rows], contiguous, x's dtype and device) the result is
-/// residual + product, written into `residual` and rounded once (the caller makes sure nothing
-/// else reads it); with silu_gate the weight's rows are a gate projection's and then an up
-/// projection's (rows / 2 each), and the result [..., rows / 2] is silu_mul(gate, up).
+/// or later.
 /// packed_linear_mma: a packed weight as packed_linear takes it, 4 bits, group a multiple of 128.
 at::Tensor packed_linear_mma(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& scales,
                              const at::Tensor& zeros, int bits, int64_t cols, int64_t group, const at::Tensor& bias,
-                             const at::Tensor& input_scales, const at::Tensor& residual = {}, bool silu_gate = false);
+                             const at::Tensor& input_scales, const MmaExtras& extras = {});
 /// dense_linear_mma: weight [rows, cols] and bias in x's dtype on x's device, contiguous.
 at::Tensor dense_linear_mma(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
-                            const at::Tensor& residual = {}, bool silu_gate = false);
+                            const MmaExtras& extras = {});
 
 /// Causal attention of q, k, v [B, heads, T, dim] (equal head counts, last
 /// dim contiguous) through cuDNN's fused kernel, as at::scaled_dot_product_attention

@@ -57,9 +57,17 @@ std::atomic<bool>& enabled_flag() {
   return flag;
 }
 
-std::atomic<bool>& dense_mma_flag() {
-  static std::atomic<bool> flag{environment_says("CUR4LLM_DENSE_MMA", "1")};
-  return flag;
+// The kernels that run only when asked for (util::set_dense_mma_enabled and the like), each
+// asked for at start when its environment variable is "1".
+struct OptIn {
+  std::atomic<bool> dense_mma, int4_pipeline, norm_in_product, decode_vector;
+};
+OptIn& opt_in() {
+  static OptIn flags{{environment_says("CUR4LLM_DENSE_MMA", "1")},
+                     {environment_says("CUR4LLM_INT4_PIPELINE", "1")},
+                     {environment_says("CUR4LLM_NORM_IN_PRODUCT", "1")},
+                     {environment_says("CUR4LLM_DECODE_VECTOR", "1")}};
+  return flags;
 }
 
 int dtype_code(const at::Tensor& t) {
@@ -85,8 +93,14 @@ namespace util {
 bool fused_kernels_built() { return true; }
 bool fused_kernels_enabled() { return enabled_flag().load(); }
 void set_fused_kernels_enabled(bool on) { enabled_flag().store(on); }
-bool dense_mma_enabled() { return dense_mma_flag().load(); }
-void set_dense_mma_enabled(bool on) { dense_mma_flag().store(on); }
+bool dense_mma_enabled() { return opt_in().dense_mma.load(); }
+void set_dense_mma_enabled(bool on) { opt_in().dense_mma.store(on); }
+bool int4_pipeline_enabled() { return opt_in().int4_pipeline.load(); }
+void set_int4_pipeline_enabled(bool on) { opt_in().int4_pipeline.store(on); }
+bool decode_vector_loads_enabled() { return opt_in().decode_vector.load(); }
+void set_decode_vector_loads_enabled(bool on) { opt_in().decode_vector.store(on); }
+bool norm_in_product_enabled() { return opt_in().norm_in_product.load(); }
+void set_norm_in_product_enabled(bool on) { opt_in().norm_in_product.store(on); }
 }  // namespace util
 
 namespace fused {
@@ -369,46 +383,35 @@ bool packed_linear_applies(const at::Tensor& x, const at::Tensor& qweight, const
                                       input_scales.size(0) == cols));
 }
 
-at::Tensor packed_linear(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& scales,
-                         const at::Tensor& zeros, int bits, int64_t cols, int64_t group, const at::Tensor& bias,
-                         const at::Tensor& input_scales) {
-  if (!packed_linear_applies(x, qweight, scales, zeros, bits, cols, group, bias, input_scales)) {
-    throw std::invalid_argument("fused::packed_linear: unsupported inputs");
-  }
-  c10::cuda::CUDAGuard guard(x.device());
-  const int64_t rows = qweight.size(0);
-  auto x2 = x.reshape({-1, cols}).contiguous();
-  const int64_t tokens = x2.size(0);
-  auto sizes = x.sizes().vec();
-  sizes.back() = rows;
-  auto y = at::empty({tokens, rows}, x.options());
-  if (tokens == 0 || rows == 0) return y.view(sizes);
-  check(kernels::packed_linear(x2.data_ptr(), tokens, qweight.data_ptr<uint8_t>(), scales.data_ptr(), zeros.data_ptr(),
-                               bias.defined() ? bias.data_ptr() : nullptr,
-                               input_scales.defined() ? input_scales.data_ptr() : nullptr, y.data_ptr(), dtype_code(x2),
-                               bits, rows, cols, group, current_stream(x2)),
-        "packed_linear");
-  return y.view(sizes);
-}
-
 namespace {
 
 // Runs the tensor-core kernel on `a` (x2 the contiguous [tokens, cols] input it points at), its
 // output into `residual` (in place) where given, or into a new tensor; undefined where the
 // kernel does not take the shape.
-at::Tensor run_linear_mma(kernels::MmaLinearArgs a, const at::Tensor& x, const at::Tensor& x2,
-                          const at::Tensor& residual, bool silu_gate) {
+at::Tensor run_linear_mma(kernels::MmaLinearArgs a, const at::Tensor& x, const at::Tensor& x2, const MmaExtras& extras) {
+  const at::Tensor& residual = extras.residual;
+  const at::Tensor& norm = extras.norm_weight;
   a.x = x2.data_ptr();
   a.dtype = dtype_code(x2), a.tokens = static_cast<int>(std::min<int64_t>(x2.size(0), kernels::kLinearMmaMaxTokens + 1));
-  a.silu_pair = silu_gate;
+  a.silu_pair = extras.silu_gate;
+  a.pipeline = opt_in().int4_pipeline.load();
   if (x2.size(0) == 0 || !kernels::linear_mma_fits(a)) return {};
-  const int64_t out = silu_gate ? a.rows / 2 : a.rows;
+  const int64_t out = extras.silu_gate ? a.rows / 2 : a.rows;
   if (residual.defined()) {
-    if (silu_gate || residual.requires_grad() || !residual.is_contiguous() || residual.device() != x.device() ||
-        residual.scalar_type() != x.scalar_type() || residual.dim() < 1 || residual.size(-1) != out ||
-        residual.numel() != x2.size(0) * out) {
+    if (extras.silu_gate || residual.requires_grad() || !residual.is_contiguous() ||
+        residual.device() != x.device() || residual.scalar_type() != x.scalar_type() || residual.dim() < 1 ||
+        residual.size(-1) != out || residual.numel() != x2.size(0) * out) {
       return {};
     }
+  }
+  if (norm.defined()) {
+    if (norm.requires_grad() || !norm.is_contiguous() || norm.device() != x.device() ||
+        norm.scalar_type() != x.scalar_type() || norm.numel() != a.cols ||
+        reinterpret_cast<uintptr_t>(norm.data_ptr()) % 16 != 0) {
+      return {};
+    }
+    a.norm_weight = norm.data_ptr();
+    a.norm_eps = static_cast<float>(extras.norm_eps);
   }
   c10::cuda::CUDAGuard guard(x.device());
   at::Tensor y = residual;
@@ -423,23 +426,57 @@ at::Tensor run_linear_mma(kernels::MmaLinearArgs a, const at::Tensor& x, const a
   return y;
 }
 
-}  // namespace
-
-at::Tensor packed_linear_mma(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& scales,
-                             const at::Tensor& zeros, int bits, int64_t cols, int64_t group, const at::Tensor& bias,
-                             const at::Tensor& input_scales, const at::Tensor& residual, bool silu_gate) {
-  if (bits != 4 || !packed_linear_applies(x, qweight, scales, zeros, bits, cols, group, bias, input_scales)) return {};
+// The packed int4 weight's arguments, for inputs packed_linear_applies accepts.
+at::Tensor run_packed_mma(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& scales,
+                          const at::Tensor& zeros, int64_t cols, int64_t group, const at::Tensor& bias,
+                          const at::Tensor& input_scales, const MmaExtras& extras) {
   const auto x2 = x.reshape({-1, cols}).contiguous();
   kernels::MmaLinearArgs a;
   a.q = qweight.data_ptr<uint8_t>(), a.scales = scales.data_ptr(), a.zeros = zeros.data_ptr();
   a.bias = bias.defined() ? bias.data_ptr() : nullptr;
   a.colmul = input_scales.defined() ? input_scales.data_ptr() : nullptr;
   a.rows = qweight.size(0), a.cols = cols, a.group = group;
-  return run_linear_mma(a, x, x2, residual, silu_gate);
+  return run_linear_mma(a, x, x2, extras);
+}
+
+}  // namespace
+
+at::Tensor packed_linear(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& scales,
+                         const at::Tensor& zeros, int bits, int64_t cols, int64_t group, const at::Tensor& bias,
+                         const at::Tensor& input_scales) {
+  if (!packed_linear_applies(x, qweight, scales, zeros, bits, cols, group, bias, input_scales)) {
+    throw std::invalid_argument("fused::packed_linear: unsupported inputs");
+  }
+  c10::cuda::CUDAGuard guard(x.device());
+  const int64_t rows = qweight.size(0);
+  auto x2 = x.reshape({-1, cols}).contiguous();
+  const int64_t tokens = x2.size(0);
+  auto sizes = x.sizes().vec();
+  sizes.back() = rows;
+  if (bits == 4 && tokens > 0) {  // the tensor cores where they take the shape
+    auto y = run_packed_mma(x, qweight, scales, zeros, cols, group, bias, input_scales, {});
+    if (y.defined()) return y;
+  }
+  auto y = at::empty({tokens, rows}, x.options());
+  if (tokens == 0 || rows == 0) return y.view(sizes);
+  check(kernels::packed_linear(x2.data_ptr(), tokens, qweight.data_ptr<uint8_t>(), scales.data_ptr(), zeros.data_ptr(),
+                               bias.defined() ? bias.data_ptr() : nullptr,
+                               input_scales.defined() ? input_scales.data_ptr() : nullptr, y.data_ptr(), dtype_code(x2),
+                               bits, rows, cols, group, current_stream(x2)),
+        "packed_linear");
+  return y.view(sizes);
+}
+
+
+at::Tensor packed_linear_mma(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& scales,
+                             const at::Tensor& zeros, int bits, int64_t cols, int64_t group, const at::Tensor& bias,
+                             const at::Tensor& input_scales, const MmaExtras& extras) {
+  if (bits != 4 || !packed_linear_applies(x, qweight, scales, zeros, bits, cols, group, bias, input_scales)) return {};
+  return run_packed_mma(x, qweight, scales, zeros, cols, group, bias, input_scales, extras);
 }
 
 at::Tensor dense_linear_mma(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
-                            const at::Tensor& residual, bool silu_gate) {
+                            const MmaExtras& extras) {
   if (!enabled_for(x) || x.dim() < 1 || weight.dim() != 2 || x.size(-1) != weight.size(1)) return {};
   auto on_x = [&](const at::Tensor& t) {
     return t.device() == x.device() && t.scalar_type() == x.scalar_type() && t.is_contiguous() && !t.requires_grad();
@@ -452,7 +489,7 @@ at::Tensor dense_linear_mma(const at::Tensor& x, const at::Tensor& weight, const
   a.weight = weight.data_ptr();
   a.bias = bias.defined() ? bias.data_ptr() : nullptr;
   a.rows = weight.size(0), a.cols = cols;
-  return run_linear_mma(a, x, x2, residual, silu_gate);
+  return run_linear_mma(a, x, x2, extras);
 }
 
 at::Tensor causal_attention_cudnn(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
@@ -541,7 +578,7 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& keys, const a
   check(kernels::decode_attention(q.data_ptr(), keys.data_ptr(), values.data_ptr(), mask.data_ptr(),
                                   work.data_ptr<float>(), out.data_ptr(), dtype_code(q), batch, kv, rows,
                                   keys.size(2), length, d, dv, static_cast<float>(scale), mask.stride(2),
-                                  mask.stride(0), current_stream(q)),
+                                  mask.stride(0), opt_in().decode_vector.load(), current_stream(q)),
         "decode_attention");
   return out;
 }

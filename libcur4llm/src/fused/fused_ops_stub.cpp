@@ -14,6 +14,12 @@ bool fused_kernels_enabled() { return false; }
 void set_fused_kernels_enabled(bool) {}
 bool dense_mma_enabled() { return false; }
 void set_dense_mma_enabled(bool) {}
+bool int4_pipeline_enabled() { return false; }
+void set_int4_pipeline_enabled(bool) {}
+bool decode_vector_loads_enabled() { return false; }
+void set_decode_vector_loads_enabled(bool) {}
+bool norm_in_product_enabled() { return false; }
+void set_norm_in_product_enabled(bool) {}
 }  // namespace util
 
 namespace detail {
@@ -62,12 +68,10 @@ at::Tensor packed_linear(const at::Tensor&, const at::Tensor&, const at::Tensor&
 }
 
 at::Tensor packed_linear_mma(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, int, int64_t,
-                             int64_t, const at::Tensor&, const at::Tensor&, const at::Tensor&, bool) {
+                             int64_t, const at::Tensor&, const at::Tensor&, const MmaExtras&) {
   return {};
 }
-at::Tensor dense_linear_mma(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, bool) {
-  return {};
-}
+at::Tensor dense_linear_mma(const at::Tensor&, const at::Tensor&, const at::Tensor&, const MmaExtras&) { return {}; }
 
 at::Tensor causal_attention_cudnn(const at::Tensor&, const at::Tensor&, const at::Tensor&) { return {}; }
 at::Tensor masked_attention(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&) { return {}; }

@@ -4,6 +4,7 @@
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <cuda_runtime.h>
 
 namespace cur4llm::fused::kernels {
 
@@ -46,5 +47,20 @@ struct alignas(16) Pack {
   static constexpr int kSize = 16 / sizeof(T);
   T v[kSize];
 };
+
+// Attribute A of the current device (host code), asked once per device; 0 where it cannot be
+// asked.
+template <cudaDeviceAttr A>
+inline int device_attribute() {
+  static int value[64] = {};  // 0: not asked yet
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= 64) return 0;
+  if (value[dev] == 0) {
+    int v = 0;
+    if (cudaDeviceGetAttribute(&v, A, dev) != cudaSuccess) return 0;
+    value[dev] = v;
+  }
+  return value[dev];
+}
 
 }  // namespace cur4llm::fused::kernels

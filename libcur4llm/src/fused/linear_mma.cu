@@ -32,12 +32,21 @@
 //
 // int4 weights are not rounded to the element type; products are exact and summed in float
 // (the tensor cores' accumulation), the result rounded once.
+//
+// int4_mma_pipe_kernel (MmaLinearArgs::pipeline) is the int4 kernel with its loads taken out of
+// the registers: each warp's chunks (codes and inputs) come into shared memory by asynchronous
+// copies, several chunks ahead of the one it multiplies, and the block's scales and zero points
+// are read once at its start. An input norm (MmaLinearArgs::norm_weight), in every kernel: the
+// lanes multiply their inputs by the norm's weight and sum their squares, and each token's
+// 1 / sqrt(mean + eps) scales its sums before the bias, the residual or the gate.
 #include "fused_kernels.h"
 #include "kernel_types.cuh"
 
 #include <cuda_runtime.h>
 
+#include <atomic>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <type_traits>
@@ -108,6 +117,25 @@ __device__ inline uint4 times_colmul(uint4 v, uint4 m) {
   return bits_as<uint4>(xs);
 }
 
+// An RMSNorm of the input inside the product: the lane's 32 inputs of a chunk (token g) add their
+// squares to `squares` and are multiplied by the norm's weight `w` at their columns, rounded to
+// T; the token's 1 / sqrt(mean + eps) scales the sums at the end (finish).
+template <typename T>
+__device__ inline void norm_inputs(uint4 (&xv)[4], const T* w, float& squares) {
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    auto xs = bits_as<Pack<T>>(xv[i]);
+    const auto ws = bits_as<Pack<T>>(load16(w + 8 * i));
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      const float v = Elem<T>::load(xs.v[j]);
+      squares = fmaf(v, v, squares);
+      xs.v[j] = Elem<T>::store(v * Elem<T>::load(ws.v[j]));
+    }
+    xv[i] = bits_as<uint4>(xs);
+  }
+}
+
 // The two register pairs of 8 16-bit values v0..v7 that mma h (0 or 1) takes: (v[2h], v[2h+4])
 // for slots (2c, 2c+1), (v[2h+1], v[2h+5]) for slots (2c+8, 2c+9).
 __device__ inline void pairs(const uint4& v, int h, uint32_t& low, uint32_t& high) {
@@ -138,16 +166,33 @@ struct Rows {
 // The block's warps' sums meet in shared memory; thread i then writes output (tile, lane, k) of
 // i: the bias joins the float sum (as at::linear's addmm), so does the residual (addmm_ with
 // beta 1), rounded once; or, for a SiLU pair, the gate's and up's sums are rounded and gated.
+// With an input norm, each token's sums are first scaled by 1 / sqrt(mean of its squares + eps)
+// (`squares`: the lane's part of token lane / 4's). part: shared memory for kPartFloats floats
+// a warp, warp w's at part + w * stride.
+constexpr int kPartFloats = 256 + 8;
 template <typename T, int W>
-__device__ inline void finish(const MmaLinearArgs& p, const Rows& rows, const float (&acc)[2][4]) {
-  __shared__ float part[W][2][32][4];
+__device__ inline void finish(const MmaLinearArgs& p, const Rows& rows, const float (&acc)[2][4], float squares,
+                              float* part, int stride) {
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
 #pragma unroll
   for (int t = 0; t < 2; ++t) {
 #pragma unroll
-    for (int k = 0; k < 4; ++k) part[warp][t][lane][k] = acc[t][k];
+    for (int k = 0; k < 4; ++k) part[warp * stride + (t * 32 + lane) * 4 + k] = acc[t][k];
+  }
+  const bool normed = p.norm_weight != nullptr;
+  if (normed) {
+    squares += __shfl_xor_sync(0xffffffffu, squares, 1);  // the 4 lanes of one token
+    squares += __shfl_xor_sync(0xffffffffu, squares, 2);
+    if (lane % 4 == 0) part[warp * stride + 256 + lane / 4] = squares;
   }
   __syncthreads();
+  auto norm_scale = [&](int token) {
+    if (!normed) return 1.f;
+    float total = 0.f;
+#pragma unroll
+    for (int wp = 0; wp < W; ++wp) total += part[wp * stride + 256 + token];
+    return rsqrtf(total / static_cast<float>(p.cols) + p.norm_eps);
+  };
   const T* bias = static_cast<const T*>(p.bias);
   T* y = static_cast<T*>(p.y);
   for (int i = threadIdx.x; i < 2 * 32 * 4; i += W * 32) {
@@ -158,23 +203,82 @@ __device__ inline void finish(const MmaLinearArgs& p, const Rows& rows, const fl
     auto sum = [&](int t) {
       float v = 0.f;
 #pragma unroll
-      for (int wp = 0; wp < W; ++wp) v += part[wp][t][l][k];
+      for (int wp = 0; wp < W; ++wp) v += part[wp * stride + (t * 32 + l) * 4 + k];
       return v;
     };
     if (p.silu_pair) {
       const int64_t r = rows.first_a + in_tile;
       if (tile != 0 || r >= rows.limit_a) continue;
-      float gate = sum(0), up = sum(1);
+      const float scale = norm_scale(token);
+      float gate = sum(0) * scale, up = sum(1) * scale;
       if (bias != nullptr) gate += Elem<T>::load(bias[r]), up += Elem<T>::load(bias[r + rows.offset_b]);
       y[token * rows.limit_a + r] = Elem<T>::store(silu_mul_one<T>(round_to<T>(gate), round_to<T>(up)));
       continue;
     }
     const int64_t r = (tile == 0 ? rows.first_a : rows.first_b) + in_tile;
     if (r >= p.rows) continue;
-    float v = sum(tile);
+    float v = sum(tile) * norm_scale(token);
     if (bias != nullptr) v += Elem<T>::load(bias[r]);
     if (p.residual != nullptr) v += Elem<T>::load(static_cast<const T*>(p.residual)[token * p.rows + r]);
     y[token * p.rows + r] = Elem<T>::store(v);
+  }
+}
+
+// The 16 mmas of a chunk into d: for each 8 columns j of the lane's strip and each half h, the
+// inputs' register pair and, for each tile t, the weights' fragment from a(t, j, h, a0..a3).
+template <typename T, typename Fragment>
+__device__ inline void chunk_mmas(const uint4 (&xv)[4], float (&d)[2][4], Fragment&& a) {
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      uint32_t b0, b1;
+      pairs(xv[j], h, b0, b1);
+#pragma unroll
+      for (int t = 0; t < 2; ++t) {
+        uint32_t a0, a1, a2, a3;
+        a(t, j, h, a0, a1, a2, a3);
+        Mma16<T>::mma(d[t], a0, a1, a2, a3, b0, b1);
+      }
+    }
+  }
+}
+
+// The lane's 32 inputs of chunk ch as the product takes them: times the input norm's weight
+// (their squares summed into `squares`) and the activation-aware multipliers, where given.
+template <typename T>
+__device__ inline void prepare_inputs(const MmaLinearArgs& p, int64_t ch, int c, uint4 (&xv)[4], float& squares) {
+  const int64_t at = ch * kChunk + c * 32;
+  if (p.norm_weight != nullptr) norm_inputs<T>(xv, static_cast<const T*>(p.norm_weight) + at, squares);
+  if (p.colmul != nullptr) {
+    const auto* colmul = static_cast<const __half*>(p.colmul);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) xv[i] = times_colmul<T>(xv[i], load16(colmul + at + 8 * i));
+  }
+}
+
+// One chunk of int4 products into acc: the lane's codes of rows g, g + 8 of each tile (w),
+// their group's scales and zero points, and its inputs (xv).
+template <typename T>
+__device__ inline void int4_chunk(const uint4 (&w)[4], const uint4 (&xv)[4], const float (&scale)[4],
+                                  const float (&zero)[4], float (&acc)[2][4]) {
+  using M = Mma16<T>;
+  uint32_t base_zero[4];  // (base + zero) in both halves, per row
+#pragma unroll
+  for (int i = 0; i < 4; ++i) base_zero[i] = M::pair(M::kBase + zero[i]);
+  auto codes = [&](uint32_t wd, int shift, uint32_t bz) { return M::sub(((wd >> shift) & 0x000F000Fu) | M::kMagic, bz); };
+  float d[2][4] = {};
+  chunk_mmas<T>(xv, d, [&](int t, int j, int h, uint32_t& a0, uint32_t& a1, uint32_t& a2, uint32_t& a3) {
+    const uint32_t lo = word(w[2 * t], j), hi = word(w[2 * t + 1], j);  // rows g, g + 8
+    a0 = codes(lo, 8 * h, base_zero[2 * t]), a1 = codes(hi, 8 * h, base_zero[2 * t + 1]);
+    a2 = codes(lo, 8 * h + 4, base_zero[2 * t]), a3 = codes(hi, 8 * h + 4, base_zero[2 * t + 1]);
+  });
+#pragma unroll
+  for (int t = 0; t < 2; ++t) {
+    acc[t][0] = fmaf(scale[2 * t], d[t][0], acc[t][0]);
+    acc[t][1] = fmaf(scale[2 * t], d[t][1], acc[t][1]);
+    acc[t][2] = fmaf(scale[2 * t + 1], d[t][2], acc[t][2]);
+    acc[t][3] = fmaf(scale[2 * t + 1], d[t][3], acc[t][3]);
   }
 }
 
@@ -182,7 +286,6 @@ __device__ inline void finish(const MmaLinearArgs& p, const Rows& rows, const fl
 // issues together.
 template <typename T, int W, int kUnroll>
 __global__ void __launch_bounds__(W * 32, 16 / W) int4_mma_kernel(const MmaLinearArgs p) {
-  using M = Mma16<T>;
   static_assert(Pack<T>::kSize == 8, "16-bit elements");
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const int g = lane / 4, c = lane % 4;
@@ -193,9 +296,8 @@ __global__ void __launch_bounds__(W * 32, 16 / W) int4_mma_kernel(const MmaLinea
   const int chunks = static_cast<int>(p.cols / kChunk);
   const auto* scales = static_cast<const __half*>(p.scales);
   const auto* zeros = static_cast<const __half*>(p.zeros);
-  const auto* colmul = static_cast<const __half*>(p.colmul);
 
-  float acc[2][4] = {};
+  float acc[2][4] = {}, squares = 0.f;
   for (int base = warp * kUnroll; base < chunks; base += W * kUnroll) {
     // Every load of the pass first, so that they are in flight together.
     uint4 w[kUnroll][4], xv[kUnroll][4];
@@ -217,50 +319,122 @@ __global__ void __launch_bounds__(W * 32, 16 / W) int4_mma_kernel(const MmaLinea
     for (int u = 0; u < kUnroll; ++u) {
       const int ch = base + u;
       if (ch >= chunks) break;
-      if (colmul != nullptr && has_x) {
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {
-          xv[u][i] = times_colmul<T>(xv[u][i], load16(colmul + static_cast<int64_t>(ch) * kChunk + c * 32 + 8 * i));
-        }
-      }
-      uint32_t base_zero[4];  // (base + zero) in both halves, per row
-#pragma unroll
-      for (int i = 0; i < 4; ++i) base_zero[i] = M::pair(M::kBase + zero[u][i]);
-      auto codes = [&](uint32_t wd, int shift, uint32_t bz) {
-        return M::sub(((wd >> shift) & 0x000F000Fu) | M::kMagic, bz);
-      };
-      float d[2][4] = {};
-#pragma unroll
-      for (int j = 0; j < 4; ++j) {
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          uint32_t b0, b1;
-          pairs(xv[u][j], h, b0, b1);
-#pragma unroll
-          for (int t = 0; t < 2; ++t) {
-            const uint32_t lo = word(w[u][2 * t], j), hi = word(w[u][2 * t + 1], j);  // rows g, g + 8
-            M::mma(d[t], codes(lo, 8 * h, base_zero[2 * t]), codes(hi, 8 * h, base_zero[2 * t + 1]),
-                   codes(lo, 8 * h + 4, base_zero[2 * t]), codes(hi, 8 * h + 4, base_zero[2 * t + 1]), b0, b1);
-          }
-        }
-      }
-#pragma unroll
-      for (int t = 0; t < 2; ++t) {
-        acc[t][0] = fmaf(scale[u][2 * t], d[t][0], acc[t][0]);
-        acc[t][1] = fmaf(scale[u][2 * t], d[t][1], acc[t][1]);
-        acc[t][2] = fmaf(scale[u][2 * t + 1], d[t][2], acc[t][2]);
-        acc[t][3] = fmaf(scale[u][2 * t + 1], d[t][3], acc[t][3]);
-      }
+      if (has_x) prepare_inputs<T>(p, ch, c, xv[u], squares);
+      int4_chunk<T>(w[u], xv[u], scale[u], zero[u], acc);
     }
   }
-  finish<T, W>(p, rows, acc);
+  __shared__ float part[W * kPartFloats];
+  finish<T, W>(p, rows, acc, squares, part, kPartFloats);
+}
+
+// Asynchronous copies into shared memory (cp.async, compute capability 8.0 and later): 16 bytes,
+// the group of copies issued since the last commit, and a wait until at most N groups are
+// pending. The lane that copies is the only one that reads the bytes back, so its own wait
+// suffices (no barrier); "memory" keeps the compiler from moving shared loads across them.
+__device__ inline void copy16_async(void* shared, const void* global) {
+  const auto at = static_cast<unsigned>(__cvta_generic_to_shared(shared));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(at), "l"(global) : "memory");
+}
+__device__ inline void commit_copies() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int N>
+__device__ inline void wait_copies() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+
+// Row of the block's row i (0..31: tile A's 16, then tile B's), as Rows clamps it.
+__device__ inline int64_t block_row(const MmaLinearArgs& p, const Rows& rows, int i) {
+  return i < kTileRows ? min(rows.first_a + i, rows.limit_a - 1) : min(rows.first_b + i - kTileRows, p.rows - 1);
+}
+
+// Shared memory of int4_mma_pipe_kernel: each warp's S stages of 8 x 16 bytes a lane (4 rows'
+// codes, 4 x 16 bytes of input), then the block's 32 rows' (scale, zero) pairs for every group.
+template <int W, int S>
+constexpr size_t pipe_stage_bytes() {
+  return static_cast<size_t>(W) * S * 8 * 32 * 16;
+}
+size_t pipe_shared_bytes(size_t stage_bytes, int64_t groups) {
+  return stage_bytes + static_cast<size_t>(2 * kTileRows) * groups * sizeof(__half2);
+}
+
+// Packed int4 weights, their loads kept in flight by a pipeline: a warp's chunks go through S
+// stages of shared memory by asynchronous copies, S - 1 chunks ahead of the one it multiplies,
+// so that no register holds a load in flight. Chunks are dealt to the warps in turn (chunk
+// warp, warp + W, ...): at any time the block reads W x 64 consecutive bytes of each row.
+template <typename T, int W, int S>
+__global__ void __launch_bounds__(W * 32) int4_mma_pipe_kernel(const MmaLinearArgs p) {
+  static_assert(Pack<T>::kSize == 8, "16-bit elements");
+  extern __shared__ uint4 staged[];
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int g = lane / 4, c = lane % 4;
+  const Rows rows(p, g);
+  const int64_t row_bytes = p.cols / 2, groups = (p.cols + p.group - 1) / p.group;
+  const bool has_x = g < p.tokens;
+  const T* xr = static_cast<const T*>(p.x) + (has_x ? g : 0) * p.cols + c * 32;
+  const int chunks = static_cast<int>(p.cols / kChunk);
+  const int mine = chunks > warp ? (chunks - warp + W - 1) / W : 0;
+  uint4* ring = staged + warp * S * 8 * 32;
+  auto* pairs_of_rows = reinterpret_cast<__half2*>(staged + W * S * 8 * 32);  // [32][groups]
+
+  auto issue = [&](int n) {  // the warp's chunk n into stage n % S; an empty group past the end
+    if (n < mine) {
+      const int64_t ch = warp + static_cast<int64_t>(W) * n;
+      uint4* stage = ring + (n % S) * 8 * 32;
+#pragma unroll
+      for (int i = 0; i < 4; ++i) copy16_async(stage + i * 32 + lane, p.q + rows.lane[i] * row_bytes + ch * (kChunk / 2) + c * 16);
+      if (has_x) {
+#pragma unroll
+        for (int i = 0; i < 4; ++i) copy16_async(stage + (4 + i) * 32 + lane, xr + ch * kChunk + 8 * i);
+      }
+    }
+    commit_copies();
+  };
+#pragma unroll
+  for (int n = 0; n < S - 1; ++n) issue(n);
+  // The block's scales and zeros, while the first stages are in flight.
+  const auto* scales = static_cast<const __half*>(p.scales);
+  const auto* zeros = static_cast<const __half*>(p.zeros);
+  for (int64_t i = threadIdx.x; i < 2 * kTileRows * groups; i += W * 32) {
+    const int64_t at = block_row(p, rows, static_cast<int>(i / groups)) * groups + i % groups;
+    pairs_of_rows[i] = __halves2half2(scales[at], zeros[at]);
+  }
+  __syncthreads();
+  int in_block[4];  // the lane's rows among the block's 32
+#pragma unroll
+  for (int i = 0; i < 4; ++i) in_block[i] = (i / 2) * kTileRows + g + 8 * (i % 2);
+
+  float acc[2][4] = {}, squares = 0.f;
+  for (int n = 0; n < mine; ++n) {
+    issue(n + S - 1);
+    wait_copies<S - 1>();  // chunk n has arrived
+    const uint4* stage = ring + (n % S) * 8 * 32;
+    const int64_t ch = warp + static_cast<int64_t>(W) * n;
+    uint4 w[4], xv[4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      w[i] = stage[i * 32 + lane];
+      xv[i] = has_x ? stage[(4 + i) * 32 + lane] : make_uint4(0, 0, 0, 0);
+    }
+    if (has_x) prepare_inputs<T>(p, ch, c, xv, squares);
+    const int64_t gi = ch * kChunk / p.group;
+    float scale[4], zero[4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const float2 sz = __half22float2(pairs_of_rows[in_block[i] * groups + gi]);
+      scale[i] = sz.x, zero[i] = sz.y;
+    }
+    int4_chunk<T>(w, xv, scale, zero, acc);
+  }
+  // Every chunk the warp's lanes copied has been waited for and read (the wait only makes sure):
+  // once all its lanes are here, its stages are free for its sums.
+  wait_copies<0>();
+  __syncwarp();
+  finish<T, W>(p, rows, acc, squares, reinterpret_cast<float*>(staged), S * 8 * 32 * 4);
 }
 
 // Dense 16-bit weights [rows, cols] (row-major, x's type): each chunk's 64 bytes a row and lane,
 // straight into the mma, its float accumulators kept across chunks.
 template <typename T, int W>
 __global__ void __launch_bounds__(W * 32, 16 / W) dense_mma_kernel(const MmaLinearArgs p) {
-  using M = Mma16<T>;
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const int g = lane / 4, c = lane % 4;
   const Rows rows(p, g);
@@ -268,7 +442,7 @@ __global__ void __launch_bounds__(W * 32, 16 / W) dense_mma_kernel(const MmaLine
   const bool has_x = g < p.tokens;
   const T* xr = static_cast<const T*>(p.x) + (has_x ? g : 0) * p.cols + c * 32;
   const int chunks = static_cast<int>(p.cols / kChunk);
-  float acc[2][4] = {};
+  float acc[2][4] = {}, squares = 0.f;
   for (int ch = warp; ch < chunks; ch += W) {
     uint4 w[4][4], xv[4];
 #pragma unroll
@@ -278,37 +452,18 @@ __global__ void __launch_bounds__(W * 32, 16 / W) dense_mma_kernel(const MmaLine
       for (int j = 0; j < 4; ++j) w[i][j] = load16(wr + 8 * j);
       xv[i] = has_x ? load16(xr + static_cast<int64_t>(ch) * kChunk + 8 * i) : make_uint4(0, 0, 0, 0);
     }
-#pragma unroll
-    for (int j = 0; j < 4; ++j) {
-#pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        uint32_t b0, b1;
-        pairs(xv[j], h, b0, b1);
-#pragma unroll
-        for (int t = 0; t < 2; ++t) {
-          uint32_t a0, a1, a2, a3;
-          pairs(w[2 * t][j], h, a0, a2);      // row g
-          pairs(w[2 * t + 1][j], h, a1, a3);  // row g + 8
-          M::mma(acc[t], a0, a1, a2, a3, b0, b1);
-        }
-      }
-    }
+    if (has_x) prepare_inputs<T>(p, ch, c, xv, squares);  // the norm (no multipliers for dense weights)
+    chunk_mmas<T>(xv, acc, [&](int t, int j, int h, uint32_t& a0, uint32_t& a1, uint32_t& a2, uint32_t& a3) {
+      pairs(w[2 * t][j], h, a0, a2);      // row g
+      pairs(w[2 * t + 1][j], h, a1, a3);  // row g + 8
+    });
   }
-  finish<T, W>(p, rows, acc);
+  __shared__ float part[W * kPartFloats];
+  finish<T, W>(p, rows, acc, squares, part, kPartFloats);
 }
 
-// Compute capability 8.0 or later (mma.sync with bfloat16), per device, asked once each.
-bool device_has_mma() {
-  static int major[64] = {};  // 0: not asked yet
-  int dev = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= 64) return false;
-  if (major[dev] == 0) {
-    int m = 0;
-    if (cudaDeviceGetAttribute(&m, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess) return false;
-    major[dev] = m;
-  }
-  return major[dev] >= 8;
-}
+// Compute capability 8.0 or later (mma.sync with bfloat16).
+bool device_has_mma() { return device_attribute<cudaDevAttrComputeCapabilityMajor>() >= 8; }
 
 // CUR4LLM_PACKED_MMA=0 keeps int4 on the scalar kernels (fused_kernels.cu).
 bool packed_allowed() {
@@ -319,12 +474,60 @@ bool packed_allowed() {
   return allowed;
 }
 
+// The int4 pipeline's shape (warps a block, stages a warp): 8 and 4, or another of those built
+// below named by CUR4LLM_MMA_PIPE="W,S" (for measuring them against each other).
+struct PipeShape {
+  int warps = 8, stages = 4;
+};
+PipeShape pipe_shape() {
+  static const PipeShape shape = [] {
+    PipeShape s;
+    if (const char* v = std::getenv("CUR4LLM_MMA_PIPE")) {
+      if (std::sscanf(v, "%d,%d", &s.warps, &s.stages) != 2) s = PipeShape();
+    }
+    return s;
+  }();
+  return shape;
+}
+
+template <typename T, int W, int S>
+bool launch_pipe(const MmaLinearArgs& a, dim3 grid, cudaStream_t s) {
+  const int64_t groups = (a.cols + a.group - 1) / a.group;
+  const size_t bytes = pipe_shared_bytes(pipe_stage_bytes<W, S>(), groups);
+  if (bytes > static_cast<size_t>(device_attribute<cudaDevAttrMaxSharedMemoryPerBlockOptin>())) return false;
+  static std::atomic<size_t> granted[64] = {};  // per device: what the kernel was allowed so far
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= 64) return false;
+  if (bytes > 48 * 1024 && bytes > granted[dev].load()) {
+    if (cudaFuncSetAttribute(int4_mma_pipe_kernel<T, W, S>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             static_cast<int>(bytes)) != cudaSuccess) {
+      return false;
+    }
+    granted[dev] = bytes;
+  }
+  int4_mma_pipe_kernel<T, W, S><<<grid, W * 32, bytes, s>>>(a);
+  return true;
+}
+
+template <typename T>
+bool launch_int4_pipe(const MmaLinearArgs& a, dim3 grid, cudaStream_t s) {
+  const PipeShape shape = pipe_shape();
+  switch (shape.warps * 100 + shape.stages) {
+    case 802: return launch_pipe<T, 8, 2>(a, grid, s);
+    case 803: return launch_pipe<T, 8, 3>(a, grid, s);
+    case 804: return launch_pipe<T, 8, 4>(a, grid, s);
+    case 404: return launch_pipe<T, 4, 4>(a, grid, s);
+    case 406: return launch_pipe<T, 4, 6>(a, grid, s);
+  }
+  return false;
+}
+
 template <typename T>
 void launch(const MmaLinearArgs& a, dim3 grid, cudaStream_t s) {
   constexpr int W = 8;
   if (a.weight != nullptr) {
     dense_mma_kernel<T, W><<<grid, W * 32, 0, s>>>(a);
-  } else {
+  } else if (!a.pipeline || !launch_int4_pipe<T>(a, grid, s)) {
     int4_mma_kernel<T, W, 2><<<grid, W * 32, 0, s>>>(a);
   }
 }

@@ -427,20 +427,31 @@ at::Tensor residual_linear(at::Tensor residual, const LinearSlot& slot, const at
   return slot.forward_add(std::move(residual), x);
 }
 
-at::Tensor grouped_value(std::vector<at::Tensor>& values, int first, int index, const SlotGroup& group,
-                         const at::Tensor& x, const std::function<at::Tensor(int, at::Tensor)>& finish) {
-  const int count = static_cast<int>(group.slots.size());
+bool group_fresh(const std::vector<at::Tensor>& values, int first, const SlotGroup& group) {
+  if (group.joint == nullptr) return false;
+  for (size_t j = 0; j < group.slots.size(); ++j) {
+    if (values[first + j].defined()) return false;
+  }
+  return true;
+}
+
+at::Tensor split_group(std::vector<at::Tensor>& values, int first, int index, const SlotGroup& group,
+                       const at::Tensor& joint_out, const std::function<at::Tensor(int, at::Tensor)>& finish) {
   auto done = [&](int value, at::Tensor out) { return finish ? finish(value, std::move(out)) : out; };
-  bool fresh = group.joint != nullptr;
-  for (int j = 0; j < count && fresh; ++j) fresh = !values[first + j].defined();
-  if (!fresh) return done(index, group.slots.at(index - first)->forward(x));
   std::vector<int64_t> sizes;
   for (const auto* s : group.slots) sizes.push_back(s->out_features());
-  auto parts = group.joint->forward(x).split_with_sizes(sizes, -1);
-  for (int j = 0; j < count; ++j) {
+  auto parts = joint_out.split_with_sizes(sizes, -1);
+  for (int j = 0; j < static_cast<int>(group.slots.size()); ++j) {
     if (first + j != index) values[first + j] = done(first + j, std::move(parts[j]));
   }
   return done(index, std::move(parts[index - first]));
+}
+
+at::Tensor grouped_value(std::vector<at::Tensor>& values, int first, int index, const SlotGroup& group,
+                         const at::Tensor& x, const std::function<at::Tensor(int, at::Tensor)>& finish) {
+  if (group_fresh(values, first, group)) return split_group(values, first, index, group, group.joint->forward(x), finish);
+  const auto out = group.slots.at(index - first)->forward(x);
+  return finish ? finish(index, out) : out;
 }
 
 at::Tensor activation(const std::string& name, const at::Tensor& x) {

@@ -267,6 +267,14 @@ at::Tensor linear_activation(const LinearSlot& slot, const std::string& name, co
 at::Tensor grouped_value(std::vector<at::Tensor>& values, int first, int index, const SlotGroup& group,
                          const at::Tensor& x,
                          const std::function<at::Tensor(int, at::Tensor)>& finish = {});
+/// Whether grouped_value would run the group's joint slot: it has one, and none of the
+/// values first, first + 1, ... is computed yet.
+bool group_fresh(const std::vector<at::Tensor>& values, int first, const SlotGroup& group);
+/// For a fresh group (group_fresh), the joint slot's output `joint_out`, computed by the
+/// caller, split as grouped_value splits it: the others stored in `values`, values[index]'s
+/// returned.
+at::Tensor split_group(std::vector<at::Tensor>& values, int first, int index, const SlotGroup& group,
+                       const at::Tensor& joint_out, const std::function<at::Tensor(int, at::Tensor)>& finish = {});
 
 /// residual + slot.forward(x) through LinearSlot::forward_add: where nothing else
 /// holds `residual` (moved in), kinds that can add the product into it in place

@@ -35,13 +35,23 @@ std::shared_ptr<LinearSlot> LinearSlot::stacked_with(const std::vector<const Lin
 std::shared_ptr<LinearSlot> LinearSlot::rows(int64_t, int64_t) const { return nullptr; }
 at::Tensor LinearSlot::forward_add(at::Tensor residual, const at::Tensor& x) const { return residual + forward(x); }
 at::Tensor LinearSlot::silu_gate(const at::Tensor&) const { return {}; }
+at::Tensor LinearSlot::forward_normed(const at::Tensor&, const InputNorm&) const { return {}; }
+at::Tensor LinearSlot::silu_gate_normed(const at::Tensor&, const InputNorm&) const { return {}; }
+
+at::Tensor InputNorm::apply(const at::Tensor& x) const {
+  const auto xf = x.to(at::kFloat);
+  const auto variance = xf.pow(2).mean(-1, /*keepdim=*/true);
+  return weight * (xf * at::rsqrt(variance + eps)).to(x.scalar_type());
+}
 
 bool sole_owner(const at::Tensor& t) { return t.defined() && t.use_count() == 1 && t.storage().use_count() == 1; }
 
 at::Tensor DenseLinear::forward_add(at::Tensor residual, const at::Tensor& x) const {
   // The sum is rounded to the dtype once instead of twice (at most one unit apart).
   if (x.is_cuda() && util::dense_mma_enabled() && sole_owner(residual)) {
-    auto y = fused::dense_linear_mma(x, weight_, bias_, residual);
+    fused::MmaExtras extras;
+    extras.residual = residual;
+    auto y = fused::dense_linear_mma(x, weight_, bias_, extras);
     if (y.defined()) return y;
   }
   if (!bias_.defined() && x.is_cuda() && !x.requires_grad() && !residual.requires_grad() &&
@@ -55,8 +65,25 @@ at::Tensor DenseLinear::forward_add(at::Tensor residual, const at::Tensor& x) co
 }
 
 at::Tensor DenseLinear::silu_gate(const at::Tensor& x) const {
-  return x.is_cuda() && util::dense_mma_enabled() ? fused::dense_linear_mma(x, weight_, bias_, {}, true)
-                                                      : at::Tensor();
+  if (!x.is_cuda() || !util::dense_mma_enabled()) return {};
+  fused::MmaExtras extras;
+  extras.silu_gate = true;
+  return fused::dense_linear_mma(x, weight_, bias_, extras);
+}
+
+at::Tensor DenseLinear::forward_normed(const at::Tensor& x, const InputNorm& norm) const {
+  if (!x.is_cuda() || !util::dense_mma_enabled() || !util::norm_in_product_enabled()) return {};
+  fused::MmaExtras extras;
+  extras.norm_weight = norm.weight, extras.norm_eps = norm.eps;
+  return fused::dense_linear_mma(x, weight_, bias_, extras);
+}
+
+at::Tensor DenseLinear::silu_gate_normed(const at::Tensor& x, const InputNorm& norm) const {
+  if (!x.is_cuda() || !util::dense_mma_enabled() || !util::norm_in_product_enabled()) return {};
+  fused::MmaExtras extras;
+  extras.silu_gate = true;
+  extras.norm_weight = norm.weight, extras.norm_eps = norm.eps;
+  return fused::dense_linear_mma(x, weight_, bias_, extras);
 }
 
 std::shared_ptr<LinearSlot> DenseLinear::stacked_with(const std::vector<const LinearSlot*>& others) const {

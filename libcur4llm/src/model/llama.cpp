@@ -81,9 +81,7 @@ class Llama final : public ValueGraphArchitecture<Llama>, public GatedLayerValue
   // As transformers: normalise in float32, cast back, then scale.
   at::Tensor rms_norm(const at::Tensor& weight, const at::Tensor& x) const {
     if (fused::enabled_for(x) && weight.scalar_type() == x.scalar_type()) return fused::rms_norm(x, weight, c_.norm_eps);
-    auto xf = x.to(at::kFloat);
-    auto variance = xf.pow(2).mean(-1, /*keepdim=*/true);
-    return weight * (xf * at::rsqrt(variance + c_.norm_eps)).to(x.scalar_type());
+    return InputNorm{weight, c_.norm_eps}.apply(x);
   }
 
   // Qwen3: RMSNorm over each head's head_dim features of q or k ([B, T, heads * head_dim]).
@@ -123,14 +121,24 @@ class Llama final : public ValueGraphArchitecture<Llama>, public GatedLayerValue
       case kX: t = rms_norm(tensor(lm, n.attn_norm), v[kH]); break;
       case kQ:
       case kK:
-      case kV:
-        // Query, key and value in one product where group_projections stacked them.
-        t = detail::grouped_value(v, kQ, index, group(lm, {n.q, n.k, n.v}), get(kX),
-                                  [&](int value, at::Tensor out) {
-                                    if (!c_.qk_norm || value == kV) return out;
-                                    return head_norm(tensor(lm, value == kQ ? n.q_norm : n.k_norm), out);
-                                  });
+      case kV: {
+        // Query, key and value in one product where group_projections stacked them; the input
+        // norm in that product's launch where its kind can (LinearSlot::forward_normed).
+        const detail::SlotGroup g = group(lm, {n.q, n.k, n.v});
+        auto head_norms = [&](int value, at::Tensor out) {
+          if (!c_.qk_norm || value == kV) return out;
+          return head_norm(tensor(lm, value == kQ ? n.q_norm : n.k_norm), out);
+        };
+        if (!v[kX].defined() && detail::group_fresh(v, kQ, g)) {
+          auto joint = g.joint->forward_normed(v[kH], InputNorm{tensor(lm, n.attn_norm), c_.norm_eps});
+          if (joint.defined()) {
+            t = detail::split_group(v, kQ, index, g, joint, head_norms);
+            break;
+          }
+        }
+        t = detail::grouped_value(v, kQ, index, g, get(kX), head_norms);
         break;
+      }
       case kAttn: {
         const LayerShapes s = c_.layer_shape(i);
         if (step) {
@@ -162,7 +170,9 @@ class Llama final : public ValueGraphArchitecture<Llama>, public GatedLayerValue
           // A stacked gate/up whose kind computes the gate with the product (LinearSlot::silu_gate).
           const detail::SlotGroup g = group(lm, {n.gate, n.up});
           if (g.joint && g.slots.size() == 2 && g.slots[0]->out_features() == g.slots[1]->out_features()) {
-            t = g.joint->silu_gate(get(kX2));
+            // The input norm in the launch too, where the kind can.
+            if (!v[kX2].defined()) t = g.joint->silu_gate_normed(get(kH2), InputNorm{tensor(lm, n.ffn_norm), c_.norm_eps});
+            if (!t.defined()) t = g.joint->silu_gate(get(kX2));
           }
         }
         if (t.defined()) break;

@@ -4,6 +4,8 @@
 
 #include "../fused/fused_ops.h"
 
+#include <cur4llm/util/fused_kernels.h>
+
 #include <ATen/ATen.h>
 
 #include <fmt/format.h>
@@ -40,8 +42,10 @@ at::Tensor PackedLinear::forward(const at::Tensor& x) const {
 at::Tensor PackedLinear::forward_add(at::Tensor residual, const at::Tensor& x) const {
   if (model::sole_owner(residual)) {
     const QuantizedTensor& w = weight_;
+    fused::MmaExtras extras;
+    extras.residual = residual;
     auto out = fused::packed_linear_mma(x, w.qweight, w.scales, w.zeros, w.format.bits, w.cols, group_, bias_,
-                                        w.input_scales, residual);
+                                        w.input_scales, extras);
     if (out.defined()) return out;
   }
   return residual + forward(x);
@@ -55,8 +59,32 @@ at::Tensor PackedLinear::silu_gate(const at::Tensor& x) const {
     return at::silu(parts[0]) * parts[1];
   }
   const QuantizedTensor& w = weight_;
+  fused::MmaExtras extras;
+  extras.silu_gate = true;
   return fused::packed_linear_mma(x, w.qweight, w.scales, w.zeros, w.format.bits, w.cols, group_, bias_,
-                                 w.input_scales, {}, /*silu_gate=*/true);
+                                 w.input_scales, extras);
+}
+
+at::Tensor PackedLinear::forward_normed(const at::Tensor& x, const model::InputNorm& norm) const {
+  if (!x.is_cuda()) return forward(norm.apply(x));  // the reference
+  if (!util::norm_in_product_enabled()) return {};
+  const QuantizedTensor& w = weight_;
+  fused::MmaExtras extras;
+  extras.norm_weight = norm.weight, extras.norm_eps = norm.eps;
+  return fused::packed_linear_mma(x, w.qweight, w.scales, w.zeros, w.format.bits, w.cols, group_, bias_,
+                                 w.input_scales, extras);
+}
+
+at::Tensor PackedLinear::silu_gate_normed(const at::Tensor& x, const model::InputNorm& norm) const {
+  if (weight_.rows % 2 != 0) return {};
+  if (!x.is_cuda()) return silu_gate(norm.apply(x));  // the reference
+  if (!util::norm_in_product_enabled()) return {};
+  const QuantizedTensor& w = weight_;
+  fused::MmaExtras extras;
+  extras.silu_gate = true;
+  extras.norm_weight = norm.weight, extras.norm_eps = norm.eps;
+  return fused::packed_linear_mma(x, w.qweight, w.scales, w.zeros, w.format.bits, w.cols, group_, bias_,
+                                 w.input_scales, extras);
 }
 
 std::vector<std::pair<std::string, at::Tensor>> PackedLinear::state() const {

@@ -12,6 +12,15 @@
 
 namespace cur4llm::model {
 
+/// An RMSNorm of a product's input, as the LLaMA family normalises a layer's input: x /
+/// sqrt(mean(x^2) + eps) over the last dim, in float32, rounded to x's dtype, times `weight`.
+struct InputNorm {
+  at::Tensor weight;
+  double eps = 1e-6;
+  /// The norm alone, computed as transformers computes it.
+  at::Tensor apply(const at::Tensor& x) const;
+};
+
 /// y = f(x) for x of shape [..., in_features] and y of shape [..., out_features].
 class LinearSlot {
  public:
@@ -46,6 +55,13 @@ class LinearSlot {
   /// steps compute it, in one pass where the kind has one; undefined otherwise (the default),
   /// and the caller splits forward(x).
   virtual at::Tensor silu_gate(const at::Tensor& x) const;
+  /// forward(norm.apply(x)), the norm computed in the product's pass where the kind can (a few
+  /// tokens on the tensor cores, util::norm_in_product_enabled); undefined otherwise (the
+  /// default), and the caller normalises x first. The result may differ from the separate
+  /// steps' by roundings: x times the norm's weight is rounded, not x normalised.
+  virtual at::Tensor forward_normed(const at::Tensor& x, const InputNorm& norm) const;
+  /// silu_gate(norm.apply(x)) likewise.
+  virtual at::Tensor silu_gate_normed(const at::Tensor& x, const InputNorm& norm) const;
 };
 
 /// Whether nothing but the caller's handle holds `t` or its storage (a residual that
@@ -74,6 +90,9 @@ class DenseLinear final : public LinearSlot {
   at::Tensor forward_add(at::Tensor residual, const at::Tensor& x) const override;
   /// Where dense layers take the tensor-core kernel for a few tokens (util::dense_mma_enabled).
   at::Tensor silu_gate(const at::Tensor& x) const override;
+  /// There too, with util::norm_in_product_enabled.
+  at::Tensor forward_normed(const at::Tensor& x, const InputNorm& norm) const override;
+  at::Tensor silu_gate_normed(const at::Tensor& x, const InputNorm& norm) const override;
 
   const at::Tensor& weight() const { return weight_; }
   const at::Tensor& bias() const { return bias_; }

@@ -24,5 +24,21 @@ void set_fused_kernels_enabled(bool on);
 /// cuBLAS. The default comes from CUR4LLM_DENSE_MMA ("1": on); settable at run time.
 bool dense_mma_enabled();
 void set_dense_mma_enabled(bool on);
+/// Whether packed int4 products of a few tokens bring their codes into shared memory by
+/// asynchronous copies, several chunks ahead of the tensor cores, instead of loading them into
+/// registers. The default comes from CUR4LLM_INT4_PIPELINE ("1": on); settable at run time.
+bool int4_pipeline_enabled();
+void set_int4_pipeline_enabled(bool on);
+/// Whether decoding attention reads the KV cache 16 bytes a lane (head dims that are whole
+/// 16-byte pieces) instead of one element a lane. The default comes from CUR4LLM_DECODE_VECTOR
+/// ("1": on); settable at run time.
+bool decode_vector_loads_enabled();
+void set_decode_vector_loads_enabled(bool on);
+/// Whether the LLaMA family's input norms run inside the products that follow them where those
+/// take the tensor-core kernel (packed int4, and dense layers with dense_mma_enabled): a
+/// decoding layer then launches no norm kernel. The default comes from CUR4LLM_NORM_IN_PRODUCT
+/// ("1": on); settable at run time.
+bool norm_in_product_enabled();
+void set_norm_in_product_enabled(bool on);
 
 }  // namespace cur4llm::util
