@@ -8,7 +8,7 @@
 //                [--device cuda] [--dtype bf16] [--batch 1,16] [--prompt_len 512] [--new_tokens 256]
 //                [--factorize dense,svd:0.6,cur:0.6,narrow:0.8,narrow_mlp:0.8,packed:rtn_int4] [--iters 1] [--graph 0] [--seed 0]
 //                [--narrow_align 8] [--trace FILE] [--group 1] [--dense_mma 0|1] [--int4_pipeline 0|1]
-//                [--norm_in_product 0|1] [--decode_vector 0|1]
+//                [--norm_in_product 0|1] [--decode_vector 0|1] [--packed_prefill 0|1]
 //
 // Each run: a prefill of --prompt_len random tokens per row, then
 // --new_tokens - 1 greedy decoding steps (the argmax stays on the device; one
@@ -30,13 +30,13 @@
 // narrowed layers, svd:0.6+packed:rtn_int4 the factors of the SVD layers.
 // Projections that read one input (q/k/v, gate/up; dense or packed) are stacked
 // into one product each (CausalLM::group_projections, as the generate app loads a
-// model); --group 0 keeps them apart. --dense_mma 1 runs dense 16-bit layers' steps
-// of up to 8 tokens on cur4llm's tensor-core kernel (util::set_dense_mma_enabled),
-// 0 on cuBLAS; left out, the library's default. Likewise --int4_pipeline (packed int4 codes
-// through shared memory by asynchronous copies, util::set_int4_pipeline_enabled),
-// --norm_in_product (LLaMA's input norms inside the tensor-core products,
-// util::set_norm_in_product_enabled) and --decode_vector (decoding attention reading the
-// cache 16 bytes a lane, util::set_decode_vector_loads_enabled).
+// model); --group 0 keeps them apart. --dense_mma, --int4_pipeline, --norm_in_product,
+// --decode_vector and --packed_prefill set cur4llm's kernels that run only where asked for
+// (util::OptIn: dense 16-bit steps of up to 8 tokens on the tensor-core kernel instead of
+// cuBLAS; packed int4 codes through shared memory; LLaMA's input norms inside the products
+// that follow them; decoding attention reading the cache 16 bytes a lane; a packed layer's
+// prefill weight rebuilt in one launch): 1 on, 0 off, left out the library's default (off
+// unless the environment asks). Each JSON line says which were on.
 // Each timed decoding step is an NVTX range "decode_step" (CUDA builds), for
 // per-kernel times: ncu --nvtx --nvtx-include "decode_step/" bench_decode ...
 // --trace FILE saves a Chrome trace of the last timed run (PyTorch's profiler:
@@ -63,7 +63,7 @@ int main(int argc, char** argv) try {
   const bench::Args args(argc, argv);
   args.check_known({"model", "config", "device", "dtype", "batch", "prompt_len", "new_tokens", "factorize", "iters",
                     "graph", "seed", "peak_tflops", "narrow_align", "trace", "group", "dense_mma",
-                    "int4_pipeline", "norm_in_product", "decode_vector"});
+                    "int4_pipeline", "norm_in_product", "decode_vector", "packed_prefill"});
   const int64_t prompt_len = args.integer("prompt_len", 512);
   const int64_t new_tokens = args.integer("new_tokens", 256);
   const int iters = static_cast<int>(args.integer("iters", 1));
@@ -74,10 +74,14 @@ int main(int argc, char** argv) try {
   const int64_t narrow_align = args.integer("narrow_align", 8);
   if (narrow_align < 1) throw std::invalid_argument("--narrow_align must be at least 1");
   const bench::Tracer tracer(args.str("trace", ""));
-  if (args.has("dense_mma")) util::set_dense_mma_enabled(args.integer("dense_mma", 0) != 0);
-  if (args.has("int4_pipeline")) util::set_int4_pipeline_enabled(args.integer("int4_pipeline", 0) != 0);
-  if (args.has("norm_in_product")) util::set_norm_in_product_enabled(args.integer("norm_in_product", 0) != 0);
-  if (args.has("decode_vector")) util::set_decode_vector_loads_enabled(args.integer("decode_vector", 0) != 0);
+  const std::pair<const char*, util::OptIn> opt_ins[] = {{"dense_mma", util::OptIn::dense_mma},
+                                                         {"int4_pipeline", util::OptIn::int4_pipeline},
+                                                         {"norm_in_product", util::OptIn::norm_in_product},
+                                                         {"decode_vector", util::OptIn::decode_vector},
+                                                         {"packed_prefill", util::OptIn::packed_prefill}};
+  for (const auto& [flag, kernel] : opt_ins) {
+    if (args.has(flag)) util::set_opt_in_enabled(kernel, args.integer(flag, 0) != 0);
+  }
   std::string source;
   auto lm = bench::load_model(args, &source);
   const auto& c = lm->config();
@@ -126,10 +130,7 @@ int main(int argc, char** argv) try {
     }
     // As the generate app runs a model: each layer's q/k/v and gate/up as one product where they stack.
     if (args.integer("group", 1) != 0) base["grouped_projections"] = lm->group_projections();
-    base["dense_mma"] = util::dense_mma_enabled();
-    base["int4_pipeline"] = util::int4_pipeline_enabled();
-    base["norm_in_product"] = util::norm_in_product_enabled();
-    base["decode_vector"] = util::decode_vector_loads_enabled();
+    for (const auto& [flag, kernel] : opt_ins) base[flag] = util::opt_in_enabled(kernel);
     if (!keep_dense) dense_slots.clear();
     // Weights and buffers on the device before any input: what the layers hold.
     base["model_device_bytes"] = bench::device_memory(device, /*peak=*/false);

@@ -110,8 +110,9 @@ if [[ $parts == *" kernels "* ]]; then
   # The decoding kernels that are off by default, against the defaults, one process each:
   # int4 products with their codes pipelined through shared memory (for each pipeline shape
   # "warps,stages" built; 0: the kernel without it), then whole LLaMA-7B steps with all of them
-  # on (the pipeline, the input norms inside the products, 16-byte decoding attention; dense
-  # layers on the tensor-core kernel) at prompts of 512 and 2048.
+  # on (the pipeline, the input norms inside the products, 16-byte decoding attention, packed
+  # prefill weights rebuilt in one launch; dense layers on the tensor-core kernel) at prompts
+  # of 512 and 2048.
   for shape in 0 8,4 8,3 8,2 4,4 4,6; do
     pipeline=$([[ $shape == 0 ]] && echo 0 || echo 1)
     echo "{\"int4_pipeline\": $pipeline, \"shape\": \"$shape\"}" >> "$out/bench_linear.jsonl"
@@ -119,7 +120,7 @@ if [[ $parts == *" kernels "* ]]; then
       --device cuda --dtype bf16 --shapes 4096x4096,4096x11008,11008x4096,4096x12288,4096x22016 --tokens 1 \
       --ratios "" --packed rtn_int4 --decode_iters 300 2>&1 | tee -a "$out/bench_linear.jsonl"
   done
-  on="--int4_pipeline 1 --norm_in_product 1 --decode_vector 1"
+  on="--int4_pipeline 1 --norm_in_product 1 --decode_vector 1 --packed_prefill 1"
   for spec in dense packed:rtn_int4; do
     for flags in "" "$on --dense_mma 1"; do
       run 45 $bench --config benchmarks/configs/llama-7b.json --device cuda --dtype bf16 --batch 1 --prompt_len 512 \

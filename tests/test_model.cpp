@@ -194,15 +194,8 @@ TEST_CASE("CUDA: dense 16-bit products of a few tokens on the tensor cores: plai
           "with the input's norm",
           "[model][cuda]") {
   CUR4LLM_REQUIRE_CUDA();
-  struct Restore {
-    bool was = cur4llm::util::dense_mma_enabled(), normed = cur4llm::util::norm_in_product_enabled();
-    ~Restore() {
-      cur4llm::util::set_dense_mma_enabled(was);
-      cur4llm::util::set_norm_in_product_enabled(normed);
-    }
-  } restore;
-  cur4llm::util::set_dense_mma_enabled(true);
-  cur4llm::util::set_norm_in_product_enabled(true);
+  using cur4llm::util::OptIn;
+  cur4llm::test::OptInScope kernels{{OptIn::dense_mma, true}, {OptIn::norm_in_product, true}};
   c10::InferenceMode guard;
   auto gen = at::make_generator<at::CPUGeneratorImpl>(23);
   // 128 columns: one chunk of the kernel; 384: three (fewer than a block's warps); 2816: 22.
@@ -240,14 +233,14 @@ TEST_CASE("CUDA: dense 16-bit products of a few tokens on the tensor cores: plai
       cur4llm::test::check_normed(layer, x, norm, w.to(at::kDouble), at::Tensor(), true);
     }
     // The norm in the launch turned off: the caller normalises.
-    cur4llm::util::set_norm_in_product_enabled(false);
+    kernels.set(OptIn::norm_in_product, false);
     const cur4llm::model::InputNorm norm{at::ones({1024}, at::TensorOptions().device(at::kCUDA).dtype(dtype)), 1e-6};
     CHECK_FALSE(layer.forward_normed(at::randn({1, 1024}, gen).to(at::kCUDA, dtype), norm).defined());
-    cur4llm::util::set_norm_in_product_enabled(true);
+    kernels.set(OptIn::norm_in_product, true);
     CHECK_FALSE(layer.silu_gate(at::randn({9, 1024}, gen).to(at::kCUDA, dtype)).defined());  // more than 8 tokens
-    cur4llm::util::set_dense_mma_enabled(false);
+    kernels.set(OptIn::dense_mma, false);
     CHECK_FALSE(layer.silu_gate(at::randn({1, 1024}, gen).to(at::kCUDA, dtype)).defined());  // turned off
-    cur4llm::util::set_dense_mma_enabled(true);
+    kernels.set(OptIn::dense_mma, true);
   }
 }
 

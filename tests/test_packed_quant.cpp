@@ -652,6 +652,35 @@ TEST_CASE("CUDA: the fused packed product equals the dequantized layer's", "[pac
   }
 }
 
+TEST_CASE("CUDA: a prefill multiplies the packed weight rebuilt in one launch, bit for bit dequantize_tensor's",
+          "[packed_quant][cuda]") {
+  CUR4LLM_REQUIRE_CUDA();
+  test::OptInScope kernels{{util::OptIn::packed_prefill, true}};
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(31);
+  // 517 columns: int4 rows end in half a byte and the last group of 128 is partial.
+  for (const int64_t cols : {512, 517}) {
+    const auto w = at::randn({70, cols}, gen);
+    const auto b = at::randn({70}, gen);
+    const auto column_scales = at::rand({cols}, gen).add_(0.5);
+    for (const std::string name : {"rtn_int8", "rtn_int4", "awq_int8", "awq_int4"}) {
+      const auto format = quant::parse_quant_format(name);
+      auto q = quant::quantize_tensor(w, format, format.activation_aware ? column_scales : at::Tensor());
+      for (auto* part : {&q.qweight, &q.scales, &q.zeros, &q.input_scales}) {
+        if (part->defined()) *part = part->cuda();
+      }
+      for (const auto dtype : {at::kFloat, at::kHalf, at::kBFloat16}) {
+        DYNAMIC_SECTION(name << ", " << cols << " cols, " << c10::toString(dtype)) {
+          const auto bias = b.to(at::kCUDA, dtype);
+          quant::PackedLinear layer(q, bias);
+          const auto x = at::randn({40, cols}, gen).to(at::kCUDA, dtype);  // more tokens than the fused products take
+          REQUIRE_FALSE(layer.fused_for(x));
+          CHECK(at::equal(layer.forward(x), at::linear(x, quant::dequantize_tensor(q, dtype), bias)));
+        }
+      }
+    }
+  }
+}
+
 namespace {
 
 // Every Linear of the decoder layers packed as `format_of(name)` names it; the head stays as it is.
@@ -749,19 +778,13 @@ TEST_CASE("CUDA: int4 on the tensor cores: products, a residual added in place, 
     return std::make_pair(q, quant::dequantize_tensor(q, at::kFloat).to(at::kDouble));
   };
   // Both kernels: codes loaded into registers, and through shared memory by asynchronous copies.
-  struct Restore {
-    bool was = util::int4_pipeline_enabled(), normed = util::norm_in_product_enabled();
-    ~Restore() {
-      util::set_int4_pipeline_enabled(was);
-      util::set_norm_in_product_enabled(normed);
-    }
-  } restore;
-  util::set_norm_in_product_enabled(true);  // the input's norm in the launch, checked beside the plain product
+  // The input's norm in the launch is checked beside the plain product.
+  test::OptInScope kernels{{util::OptIn::norm_in_product, true}};
   // 128 columns: one chunk of the kernel; 384: three (fewer than a block's warps); 2816: 22, two
   // or three a warp; 11008: 86, ten or eleven a warp (the pipeline's stages are reused). Groups
   // of 128 and 256 (a chunk's columns share a scale; 384 ends in half a group of 256).
   for (const bool pipeline : {false, true}) {
-    util::set_int4_pipeline_enabled(pipeline);
+    kernels.set(util::OptIn::int4_pipeline, pipeline);
     for (const int64_t cols : {128, 384, 2816, 11008}) {
       for (const int64_t group : {128, 256}) {
         // 48 rows: a block and a half (32 rows each); 70: the last block repeats rows it does not write.
@@ -834,16 +857,12 @@ TEST_CASE("CUDA: a model-sized LLaMA at int4 decodes the same with its projectio
     for (int64_t t = 8; t < 12; ++t) logits.push_back(lm->forward_cached(ids.narrow(1, t, 1), cache).to(at::kFloat));
     return logits;
   };
-  struct Restore {
-    bool was = util::norm_in_product_enabled();
-    ~Restore() { util::set_norm_in_product_enabled(was); }
-  } restore;
-  util::set_norm_in_product_enabled(false);
+  test::OptInScope kernels{{util::OptIn::norm_in_product, false}};
   const auto apart = decode();
   REQUIRE(lm->group_projections() == 2 * config.num_layers);
   const auto stacked = decode();
   // And the input norms inside the stacked products' launches (no norm kernel in a step).
-  util::set_norm_in_product_enabled(true);
+  kernels.set(util::OptIn::norm_in_product, true);
   const auto normed = decode();
   for (size_t i = 0; i < apart.size(); ++i) {
     INFO("pass " << i);

@@ -4,13 +4,16 @@
 // LLaMA shape those kernels (and the vectorised ones) take.
 
 #include <cur4llm/model/linear.h>
+#include <cur4llm/util/fused_kernels.h>
 
 #include <ATen/ATen.h>
 #include <catch2/catch.hpp>
 
 #include <cmath>
 #include <cstdint>
+#include <initializer_list>
 #include <utility>
+#include <vector>
 
 namespace cur4llm::test {
 
@@ -20,6 +23,26 @@ inline constexpr const char* kModelSizedLlama =
     R"({"model_type": "llama", "vocab_size": 512, "hidden_size": 1024, "num_hidden_layers": 2,
         "intermediate_size": 2816, "num_attention_heads": 8, "num_key_value_heads": 2, "rms_norm_eps": 1e-5,
         "max_position_embeddings": 4096, "hidden_act": "silu"})";
+
+/// Sets cur4llm's opt-in kernels (util::OptIn) for its life, then puts back what they were.
+class OptInScope {
+ public:
+  OptInScope(std::initializer_list<std::pair<util::OptIn, bool>> settings) {
+    for (const auto& [kernel, on] : settings) set(kernel, on);
+  }
+  ~OptInScope() {
+    for (auto it = saved_.rbegin(); it != saved_.rend(); ++it) util::set_opt_in_enabled(it->first, it->second);
+  }
+  OptInScope(const OptInScope&) = delete;
+  OptInScope& operator=(const OptInScope&) = delete;
+  void set(util::OptIn kernel, bool on) {
+    saved_.emplace_back(kernel, util::opt_in_enabled(kernel));
+    util::set_opt_in_enabled(kernel, on);
+  }
+
+ private:
+  std::vector<std::pair<util::OptIn, bool>> saved_;
+};
 
 /// Half a unit in the last place, relative, of half or bfloat16.
 inline double half_ulp(at::ScalarType dtype) { return std::ldexp(1.0, dtype == at::kHalf ? -11 : -8); }

@@ -998,9 +998,55 @@ int launch_packed_linear(const void* x, int64_t tokens, const uint8_t* q, const 
   return static_cast<int>(cudaGetLastError());
 }
 
+// A packed weight rebuilt in the element type (the weight a prefill's matrix product takes):
+// each thread one weight, w = (code - zero) * scale [* multiplier] in float, then rounded, the
+// operations and their order dequantize_tensor's. Block (column tile, row slot): rows go
+// blockIdx.y, blockIdx.y + gridDim.y, ...
+template <typename T>
+__global__ void dequantize_packed_kernel(const uint8_t* __restrict__ q, const __half* __restrict__ scales,
+                                         const __half* __restrict__ zeros, const __half* __restrict__ colmul,
+                                         T* __restrict__ w, int bits, int64_t rows, int64_t cols, int64_t group) {
+  const int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (c >= cols) return;
+  const int64_t row_bytes = (cols * bits + 7) / 8, groups = (cols + group - 1) / group, gi = c / group;
+  const int shift = bits == 4 ? static_cast<int>(c % 2) * 4 : 0;
+  const int64_t byte = bits == 4 ? c / 2 : c;
+  const float m = colmul != nullptr ? __half2float(colmul[c]) : 1.f;
+  for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
+    const int code = (q[r * row_bytes + byte] >> shift) & (bits == 4 ? 0xF : 0xFF);
+    float v = (static_cast<float>(code) - __half2float(zeros[r * groups + gi])) * __half2float(scales[r * groups + gi]);
+    if (colmul != nullptr) v = v * m;
+    w[r * cols + c] = Elem<T>::store(v);
+  }
+}
+
+template <typename T>
+int launch_dequantize_packed(const uint8_t* q, const void* scales, const void* zeros, const void* input_scales, void* w,
+                             int bits, int64_t rows, int64_t cols, int64_t group, void* stream) {
+  constexpr int kThreads = 256;
+  const dim3 grid(static_cast<unsigned>((cols + kThreads - 1) / kThreads),
+                  static_cast<unsigned>(std::min<int64_t>(rows, 65535)));
+  dequantize_packed_kernel<T><<<grid, kThreads, 0, as_stream(stream)>>>(
+      q, static_cast<const __half*>(scales), static_cast<const __half*>(zeros),
+      static_cast<const __half*>(input_scales), static_cast<T*>(w), bits, rows, cols, group);
+  return static_cast<int>(cudaGetLastError());
+}
+
 constexpr int kBadDtype = static_cast<int>(cudaErrorInvalidValue);
 
 }  // namespace
+
+int dequantize_packed(const uint8_t* q, const void* scales, const void* zeros, const void* input_scales, void* w,
+                      int dtype, int bits, int64_t rows, int64_t cols, int64_t group, void* stream) {
+  if ((bits != 4 && bits != 8) || rows < 1 || cols < 1 || group < 1) return kBadDtype;
+  switch (dtype) {
+    case 0: return launch_dequantize_packed<float>(q, scales, zeros, input_scales, w, bits, rows, cols, group, stream);
+    case 1: return launch_dequantize_packed<__half>(q, scales, zeros, input_scales, w, bits, rows, cols, group, stream);
+    case 2:
+      return launch_dequantize_packed<__nv_bfloat16>(q, scales, zeros, input_scales, w, bits, rows, cols, group, stream);
+  }
+  return kBadDtype;
+}
 
 int token_nll(const void* logits, int dtype, int64_t rows, int64_t cols, int64_t row_stride, const int64_t* labels,
               float* out, void* stream) {

@@ -99,6 +99,12 @@ int packed_linear(const void* x, int64_t tokens, const uint8_t* q, const void* s
                   const void* bias, const void* input_scales, void* y, int dtype, int bits, int64_t rows,
                   int64_t cols, int64_t group, void* stream);
 
+/// w [rows, cols] (element type dtype) = the packed weight packed_linear takes, rebuilt as
+/// dequantize_tensor rebuilds it: (code - zero) * scale in float, times the column's input
+/// scale where given, rounded once. bits 4 or 8.
+int dequantize_packed(const uint8_t* q, const void* scales, const void* zeros, const void* input_scales, void* w,
+                      int dtype, int bits, int64_t rows, int64_t cols, int64_t group, void* stream);
+
 /// The most tokens linear_mma takes (the tensor cores' N).
 constexpr int64_t kLinearMmaMaxTokens = 8;
 

@@ -89,6 +89,13 @@ at::Tensor packed_linear(const at::Tensor& x, const at::Tensor& qweight, const a
                          const at::Tensor& zeros, int bits, int64_t cols, int64_t group, const at::Tensor& bias,
                          const at::Tensor& input_scales = {});
 
+/// dequantize_tensor's weight for a packed weight as packed_linear takes it (bits 4 or 8) in
+/// `dtype`, rebuilt in one launch, bit for bit the same: the weight a packed layer's prefill
+/// multiplies. Undefined where it does not apply (kernels disabled, not on CUDA, other bits or
+/// dtypes, inconsistent shapes), and the caller takes dequantize_tensor.
+at::Tensor packed_dequantize(const at::Tensor& qweight, const at::Tensor& scales, const at::Tensor& zeros, int bits,
+                             int64_t cols, int64_t group, const at::Tensor& input_scales, at::ScalarType dtype);
+
 /// What may run in a tensor-core product's launch besides the product (packed_linear_mma,
 /// dense_linear_mma).
 struct MmaExtras {

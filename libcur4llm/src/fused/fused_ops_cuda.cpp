@@ -21,6 +21,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <condition_variable>
 #include <cstdlib>
@@ -57,18 +58,21 @@ std::atomic<bool>& enabled_flag() {
   return flag;
 }
 
-// The kernels that run only when asked for (util::set_dense_mma_enabled and the like), each
-// asked for at start when its environment variable is "1".
-struct OptIn {
-  std::atomic<bool> dense_mma, int4_pipeline, norm_in_product, decode_vector;
-};
-OptIn& opt_in() {
-  static OptIn flags{{environment_says("CUR4LLM_DENSE_MMA", "1")},
-                     {environment_says("CUR4LLM_INT4_PIPELINE", "1")},
-                     {environment_says("CUR4LLM_NORM_IN_PRODUCT", "1")},
-                     {environment_says("CUR4LLM_DECODE_VECTOR", "1")}};
+// The kernels that run only where asked for (util::OptIn), in its order, each asked for at
+// start when its environment variable is "1".
+constexpr int kOptIns = static_cast<int>(util::OptIn::packed_prefill) + 1;
+std::array<std::atomic<bool>, kOptIns>& opt_in_flags() {
+  static std::array<std::atomic<bool>, kOptIns> flags;  // false until read below
+  static const bool read = [] {
+    const char* names[kOptIns] = {"CUR4LLM_DENSE_MMA", "CUR4LLM_INT4_PIPELINE", "CUR4LLM_NORM_IN_PRODUCT",
+                                  "CUR4LLM_DECODE_VECTOR", "CUR4LLM_PACKED_PREFILL"};
+    for (int i = 0; i < kOptIns; ++i) flags[i].store(environment_says(names[i], "1"));
+    return true;
+  }();
+  (void)read;
   return flags;
 }
+bool asked_for(util::OptIn kernel) { return opt_in_flags()[static_cast<int>(kernel)].load(); }
 
 int dtype_code(const at::Tensor& t) {
   switch (t.scalar_type()) {
@@ -93,14 +97,8 @@ namespace util {
 bool fused_kernels_built() { return true; }
 bool fused_kernels_enabled() { return enabled_flag().load(); }
 void set_fused_kernels_enabled(bool on) { enabled_flag().store(on); }
-bool dense_mma_enabled() { return opt_in().dense_mma.load(); }
-void set_dense_mma_enabled(bool on) { opt_in().dense_mma.store(on); }
-bool int4_pipeline_enabled() { return opt_in().int4_pipeline.load(); }
-void set_int4_pipeline_enabled(bool on) { opt_in().int4_pipeline.store(on); }
-bool decode_vector_loads_enabled() { return opt_in().decode_vector.load(); }
-void set_decode_vector_loads_enabled(bool on) { opt_in().decode_vector.store(on); }
-bool norm_in_product_enabled() { return opt_in().norm_in_product.load(); }
-void set_norm_in_product_enabled(bool on) { opt_in().norm_in_product.store(on); }
+bool opt_in_enabled(OptIn kernel) { return asked_for(kernel); }
+void set_opt_in_enabled(OptIn kernel, bool on) { opt_in_flags()[static_cast<int>(kernel)].store(on); }
 }  // namespace util
 
 namespace fused {
@@ -383,6 +381,34 @@ bool packed_linear_applies(const at::Tensor& x, const at::Tensor& qweight, const
                                       input_scales.size(0) == cols));
 }
 
+at::Tensor packed_dequantize(const at::Tensor& qweight, const at::Tensor& scales, const at::Tensor& zeros, int bits,
+                             int64_t cols, int64_t group, const at::Tensor& input_scales, at::ScalarType dtype) {
+  if (!enabled_flag().load() || !asked_for(util::OptIn::packed_prefill) || (bits != 4 && bits != 8) || cols < 1 ||
+      group < 1 || qweight.dim() != 2 || !qweight.is_cuda()) {
+    return {};
+  }
+  if (dtype != at::kFloat && dtype != at::kHalf && dtype != at::kBFloat16) return {};
+  const int64_t rows = qweight.size(0), groups = (cols + group - 1) / group;
+  auto on_q = [&](const at::Tensor& t, at::ScalarType type) {
+    return t.defined() && t.device() == qweight.device() && t.scalar_type() == type && t.is_contiguous();
+  };
+  if (!on_q(qweight, at::kByte) || qweight.size(1) != (cols * bits + 7) / 8 || !on_q(scales, at::kHalf) ||
+      !on_q(zeros, at::kHalf) || scales.dim() != 2 || scales.size(0) != rows || scales.size(1) != groups ||
+      zeros.sizes() != scales.sizes() ||
+      (input_scales.defined() && (!on_q(input_scales, at::kHalf) || input_scales.numel() != cols))) {
+    return {};
+  }
+  c10::cuda::CUDAGuard guard(qweight.device());
+  auto w = at::empty({rows, cols}, qweight.options().dtype(dtype));
+  if (rows == 0) return w;
+  const int code = dtype == at::kFloat ? 0 : dtype == at::kHalf ? 1 : 2;
+  check(kernels::dequantize_packed(qweight.data_ptr<uint8_t>(), scales.data_ptr(), zeros.data_ptr(),
+                                   input_scales.defined() ? input_scales.data_ptr() : nullptr, w.data_ptr(), code,
+                                   bits, rows, cols, group, current_stream(qweight)),
+        "dequantize_packed");
+  return w;
+}
+
 namespace {
 
 // Runs the tensor-core kernel on `a` (x2 the contiguous [tokens, cols] input it points at), its
@@ -394,7 +420,7 @@ at::Tensor run_linear_mma(kernels::MmaLinearArgs a, const at::Tensor& x, const a
   a.x = x2.data_ptr();
   a.dtype = dtype_code(x2), a.tokens = static_cast<int>(std::min<int64_t>(x2.size(0), kernels::kLinearMmaMaxTokens + 1));
   a.silu_pair = extras.silu_gate;
-  a.pipeline = opt_in().int4_pipeline.load();
+  a.pipeline = asked_for(util::OptIn::int4_pipeline);
   if (x2.size(0) == 0 || !kernels::linear_mma_fits(a)) return {};
   const int64_t out = extras.silu_gate ? a.rows / 2 : a.rows;
   if (residual.defined()) {
@@ -578,7 +604,7 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& keys, const a
   check(kernels::decode_attention(q.data_ptr(), keys.data_ptr(), values.data_ptr(), mask.data_ptr(),
                                   work.data_ptr<float>(), out.data_ptr(), dtype_code(q), batch, kv, rows,
                                   keys.size(2), length, d, dv, static_cast<float>(scale), mask.stride(2),
-                                  mask.stride(0), opt_in().decode_vector.load(), current_stream(q)),
+                                  mask.stride(0), asked_for(util::OptIn::decode_vector), current_stream(q)),
         "decode_attention");
   return out;
 }

@@ -12,14 +12,8 @@ namespace util {
 bool fused_kernels_built() { return false; }
 bool fused_kernels_enabled() { return false; }
 void set_fused_kernels_enabled(bool) {}
-bool dense_mma_enabled() { return false; }
-void set_dense_mma_enabled(bool) {}
-bool int4_pipeline_enabled() { return false; }
-void set_int4_pipeline_enabled(bool) {}
-bool decode_vector_loads_enabled() { return false; }
-void set_decode_vector_loads_enabled(bool) {}
-bool norm_in_product_enabled() { return false; }
-void set_norm_in_product_enabled(bool) {}
+bool opt_in_enabled(OptIn) { return false; }
+void set_opt_in_enabled(OptIn, bool) {}
 }  // namespace util
 
 namespace detail {
@@ -65,6 +59,11 @@ bool packed_linear_applies(const at::Tensor&, const at::Tensor&, const at::Tenso
 at::Tensor packed_linear(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, int, int64_t,
                          int64_t, const at::Tensor&, const at::Tensor&) {
   absent();
+}
+
+at::Tensor packed_dequantize(const at::Tensor&, const at::Tensor&, const at::Tensor&, int, int64_t, int64_t,
+                             const at::Tensor&, at::ScalarType) {
+  return {};
 }
 
 at::Tensor packed_linear_mma(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, int, int64_t,

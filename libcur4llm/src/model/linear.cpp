@@ -21,7 +21,7 @@ DenseLinear::DenseLinear(at::Tensor weight, at::Tensor bias) : weight_(std::move
 }
 
 at::Tensor DenseLinear::forward(const at::Tensor& x) const {
-  if (x.is_cuda() && util::dense_mma_enabled()) {
+  if (x.is_cuda() && util::opt_in_enabled(util::OptIn::dense_mma)) {
     auto y = fused::dense_linear_mma(x, weight_, bias_);
     if (y.defined()) return y;
   }
@@ -48,7 +48,7 @@ bool sole_owner(const at::Tensor& t) { return t.defined() && t.use_count() == 1 
 
 at::Tensor DenseLinear::forward_add(at::Tensor residual, const at::Tensor& x) const {
   // The sum is rounded to the dtype once instead of twice (at most one unit apart).
-  if (x.is_cuda() && util::dense_mma_enabled() && sole_owner(residual)) {
+  if (x.is_cuda() && util::opt_in_enabled(util::OptIn::dense_mma) && sole_owner(residual)) {
     fused::MmaExtras extras;
     extras.residual = residual;
     auto y = fused::dense_linear_mma(x, weight_, bias_, extras);
@@ -65,21 +65,21 @@ at::Tensor DenseLinear::forward_add(at::Tensor residual, const at::Tensor& x) co
 }
 
 at::Tensor DenseLinear::silu_gate(const at::Tensor& x) const {
-  if (!x.is_cuda() || !util::dense_mma_enabled()) return {};
+  if (!x.is_cuda() || !util::opt_in_enabled(util::OptIn::dense_mma)) return {};
   fused::MmaExtras extras;
   extras.silu_gate = true;
   return fused::dense_linear_mma(x, weight_, bias_, extras);
 }
 
 at::Tensor DenseLinear::forward_normed(const at::Tensor& x, const InputNorm& norm) const {
-  if (!x.is_cuda() || !util::dense_mma_enabled() || !util::norm_in_product_enabled()) return {};
+  if (!x.is_cuda() || !util::opt_in_enabled(util::OptIn::dense_mma) || !util::opt_in_enabled(util::OptIn::norm_in_product)) return {};
   fused::MmaExtras extras;
   extras.norm_weight = norm.weight, extras.norm_eps = norm.eps;
   return fused::dense_linear_mma(x, weight_, bias_, extras);
 }
 
 at::Tensor DenseLinear::silu_gate_normed(const at::Tensor& x, const InputNorm& norm) const {
-  if (!x.is_cuda() || !util::dense_mma_enabled() || !util::norm_in_product_enabled()) return {};
+  if (!x.is_cuda() || !util::opt_in_enabled(util::OptIn::dense_mma) || !util::opt_in_enabled(util::OptIn::norm_in_product)) return {};
   fused::MmaExtras extras;
   extras.silu_gate = true;
   extras.norm_weight = norm.weight, extras.norm_eps = norm.eps;

@@ -35,7 +35,14 @@ at::Tensor PackedLinear::forward(const at::Tensor& x) const {
     return fused::packed_linear(x, weight_.qweight, weight_.scales, weight_.zeros, weight_.format.bits, weight_.cols,
                                 group_, bias_, weight_.input_scales);
   }
-  return at::linear(x, dequantize_tensor(weight_, x.scalar_type()), bias_);
+  // More tokens (a prefill): the weight rebuilt for the call, in one launch on CUDA.
+  const QuantizedTensor& w = weight_;
+  at::Tensor dense;
+  if (x.is_cuda()) {
+    dense = fused::packed_dequantize(w.qweight, w.scales, w.zeros, w.format.bits, w.cols, group_, w.input_scales,
+                                     x.scalar_type());
+  }
+  return at::linear(x, dense.defined() ? dense : dequantize_tensor(w, x.scalar_type()), bias_);
 }
 
 // packed_linear_mma checks what fused_for checks, and answers undefined where it does not apply.
@@ -67,7 +74,7 @@ at::Tensor PackedLinear::silu_gate(const at::Tensor& x) const {
 
 at::Tensor PackedLinear::forward_normed(const at::Tensor& x, const model::InputNorm& norm) const {
   if (!x.is_cuda()) return forward(norm.apply(x));  // the reference
-  if (!util::norm_in_product_enabled()) return {};
+  if (!util::opt_in_enabled(util::OptIn::norm_in_product)) return {};
   const QuantizedTensor& w = weight_;
   fused::MmaExtras extras;
   extras.norm_weight = norm.weight, extras.norm_eps = norm.eps;
@@ -78,7 +85,7 @@ at::Tensor PackedLinear::forward_normed(const at::Tensor& x, const model::InputN
 at::Tensor PackedLinear::silu_gate_normed(const at::Tensor& x, const model::InputNorm& norm) const {
   if (weight_.rows % 2 != 0) return {};
   if (!x.is_cuda()) return silu_gate(norm.apply(x));  // the reference
-  if (!util::norm_in_product_enabled()) return {};
+  if (!util::opt_in_enabled(util::OptIn::norm_in_product)) return {};
   const QuantizedTensor& w = weight_;
   fused::MmaExtras extras;
   extras.silu_gate = true;

@@ -19,26 +19,33 @@ bool fused_kernels_enabled();
 /// Turns them on or off at run time (no effect on builds without them), e.g.
 /// to compare against the plain ATen operations.
 void set_fused_kernels_enabled(bool on);
-/// Whether dense 16-bit Linear layers take cur4llm's tensor-core kernel for steps of at most 8
-/// tokens (decoding), with the residual's addition or the SiLU gate in its launch, instead of
-/// cuBLAS. The default comes from CUR4LLM_DENSE_MMA ("1": on); settable at run time.
-bool dense_mma_enabled();
-void set_dense_mma_enabled(bool on);
-/// Whether packed int4 products of a few tokens bring their codes into shared memory by
-/// asynchronous copies, several chunks ahead of the tensor cores, instead of loading them into
-/// registers. The default comes from CUR4LLM_INT4_PIPELINE ("1": on); settable at run time.
-bool int4_pipeline_enabled();
-void set_int4_pipeline_enabled(bool on);
-/// Whether decoding attention reads the KV cache 16 bytes a lane (head dims that are whole
-/// 16-byte pieces) instead of one element a lane. The default comes from CUR4LLM_DECODE_VECTOR
-/// ("1": on); settable at run time.
-bool decode_vector_loads_enabled();
-void set_decode_vector_loads_enabled(bool on);
-/// Whether the LLaMA family's input norms run inside the products that follow them where those
-/// take the tensor-core kernel (packed int4, and dense layers with dense_mma_enabled): a
-/// decoding layer then launches no norm kernel. The default comes from CUR4LLM_NORM_IN_PRODUCT
-/// ("1": on); settable at run time.
-bool norm_in_product_enabled();
-void set_norm_in_product_enabled(bool on);
+/// cur4llm's kernels that run only where asked for: each is off by default, asked for at
+/// start when its environment variable is "1", and settable at run time (e.g. to measure it
+/// against the default). docs/architecture.md describes them.
+enum class OptIn {
+  /// CUR4LLM_DENSE_MMA: dense 16-bit Linear layers' steps of at most 8 tokens (decoding) on
+  /// the tensor-core kernel, with the residual's addition or the SiLU gate in its launch,
+  /// instead of cuBLAS.
+  dense_mma,
+  /// CUR4LLM_INT4_PIPELINE: packed int4 products of a few tokens bring their codes into shared
+  /// memory by asynchronous copies, several chunks ahead of the tensor cores, instead of
+  /// loading them into registers.
+  int4_pipeline,
+  /// CUR4LLM_NORM_IN_PRODUCT: the LLaMA family's input norms run inside the products that
+  /// follow them where those take the tensor-core kernel (packed int4, and dense layers with
+  /// dense_mma): a decoding layer then launches no norm kernel.
+  norm_in_product,
+  /// CUR4LLM_DECODE_VECTOR: decoding attention reads the KV cache 16 bytes a lane (head dims
+  /// that are whole 16-byte pieces) instead of one element a lane.
+  decode_vector,
+  /// CUR4LLM_PACKED_PREFILL: a packed layer given more tokens than its fused products take (a
+  /// prefill) rebuilds its weight in one launch instead of through dequantize_tensor's steps
+  /// (the same weight, bit for bit).
+  packed_prefill,
+};
+/// Whether `kernel` is asked for (false in builds without the kernels).
+bool opt_in_enabled(OptIn kernel);
+/// Asks for it or not (no effect in builds without the kernels).
+void set_opt_in_enabled(OptIn kernel, bool on);
 
 }  // namespace cur4llm::util
