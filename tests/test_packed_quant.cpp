@@ -796,9 +796,9 @@ TEST_CASE("CUDA: int4 on the tensor cores: products, a residual added in place, 
               const auto bias = with_bias ? b.to(at::kCUDA, dtype) : at::Tensor();
               quant::PackedLinear layer(q, bias);
               for (const int64_t tokens : {1, 3, 8}) {
-                DYNAMIC_SECTION("pipeline " << pipeline << ", " << cols << " cols, group " << group << ", " << rows
-                                             << " rows, " << c10::toString(dtype) << ", bias " << with_bias
-                                             << ", tokens " << tokens) {
+                {  // one pass through the loops (sections would repeat every quantization above them)
+                  INFO("pipeline " << pipeline << ", " << cols << " cols, group " << group << ", " << rows << " rows, "
+                                   << c10::toString(dtype) << ", bias " << with_bias << ", tokens " << tokens);
                   const auto x = at::randn({tokens, cols}, gen).to(at::kCUDA, dtype);
                   auto exact = at::matmul(x.to(at::kDouble), deq.t());
                   if (with_bias) exact = exact + bias.to(at::kDouble);
@@ -818,8 +818,9 @@ TEST_CASE("CUDA: int4 on the tensor cores: products, a residual added in place, 
       quant::PackedLinear layer(q, at::Tensor());
       for (const auto dtype : {at::kHalf, at::kBFloat16}) {
         for (const int64_t tokens : {1, 5, 8}) {
-          DYNAMIC_SECTION("pipeline " << pipeline << ", gate of " << half << " rows, " << c10::toString(dtype)
-                                      << ", tokens " << tokens) {
+          {
+            INFO("pipeline " << pipeline << ", gate of " << half << " rows, " << c10::toString(dtype) << ", tokens "
+                             << tokens);
             const auto x = at::randn({tokens, 2816}, gen).to(at::kCUDA, dtype);
             test::check_silu_gate(layer, x, at::matmul(x.to(at::kDouble), deq.t()));
             const model::InputNorm norm{(at::rand({2816}, gen) + 0.5).to(at::kCUDA, dtype), 1e-6};

@@ -245,8 +245,9 @@ __global__ void __launch_bounds__(kDecodeWarps * 32)
         const float pj = __expf(score[j] - top);  // 0 for a masked slot
         const auto vs = bits_of<T>(vv[j]);
         l[r] += pj;
+        // A masked slot adds nothing, whatever its cache holds (0 times inf would be NaN).
 #pragma unroll
-        for (int i = 0; i < E; ++i) o[r][i] = fmaf(pj, Elem<T>::load(vs.v[i]), o[r][i]);
+        for (int i = 0; i < E; ++i) o[r][i] = pj > 0.f ? fmaf(pj, Elem<T>::load(vs.v[i]), o[r][i]) : o[r][i];
       }
       m[r] = top;
     }

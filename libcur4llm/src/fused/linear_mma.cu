@@ -49,6 +49,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <mutex>
 #include <type_traits>
 
 namespace cur4llm::fused::kernels {
@@ -494,17 +495,23 @@ template <typename T, int W, int S>
 bool launch_pipe(const MmaLinearArgs& a, dim3 grid, cudaStream_t s) {
   const int64_t groups = (a.cols + a.group - 1) / a.group;
   const size_t bytes = pipe_shared_bytes(pipe_stage_bytes<W, S>(), groups);
-  if (bytes > static_cast<size_t>(device_attribute<cudaDevAttrMaxSharedMemoryPerBlockOptin>())) return false;
-  static std::atomic<size_t> granted[64] = {};  // per device: what the kernel was allowed so far
+  const int limit = device_attribute<cudaDevAttrMaxSharedMemoryPerBlockOptin>();
+  if (bytes > static_cast<size_t>(limit)) return false;
+  // Once per device: the kernel may take all the shared memory a block can have.
+  static std::atomic<int> allowed[64] = {};  // 0: not asked yet, 1: allowed, -1: refused
+  static std::mutex asking;
   int dev = 0;
   if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= 64) return false;
-  if (bytes > 48 * 1024 && bytes > granted[dev].load()) {
-    if (cudaFuncSetAttribute(int4_mma_pipe_kernel<T, W, S>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                             static_cast<int>(bytes)) != cudaSuccess) {
-      return false;
+  if (allowed[dev].load() == 0) {
+    std::lock_guard<std::mutex> lock(asking);
+    if (allowed[dev].load() == 0) {
+      const bool ok = cudaFuncSetAttribute(int4_mma_pipe_kernel<T, W, S>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                           limit) == cudaSuccess;
+      if (!ok) (void)cudaGetLastError();  // the fallback's launch is checked, not this
+      allowed[dev].store(ok ? 1 : -1);
     }
-    granted[dev] = bytes;
   }
+  if (allowed[dev].load() != 1) return false;
   int4_mma_pipe_kernel<T, W, S><<<grid, W * 32, bytes, s>>>(a);
   return true;
 }
