@@ -133,6 +133,7 @@ if [[ $parts == *" kernels "* ]]; then
         --new_tokens 64 --graph 1 --narrow_align 128 --factorize $spec $flags
     done
   done
+  python3 benchmarks/kernels_summary.py "$out/bench_linear.jsonl" "$out/bench_decode.jsonl" | tee -a "$log"
   stamp "kernels"
 fi
 if [[ $parts == *" trace "* ]]; then

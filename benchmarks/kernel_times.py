@@ -20,9 +20,9 @@ import sys
 
 # Coarse kinds by kernel name, first match wins.
 KINDS = [
-    ("packed matmul", r"packed_linear"),
+    ("packed matmul", r"packed_linear|int4_mma"),
     ("low-rank (fused)", r"lowrank"),
-    ("matmul", r"gemv|gemm|xmma|cutlass|sm90_|splitK|Kernel2|matmul"),
+    ("matmul", r"gemv|gemm|xmma|cutlass|sm90_|splitK|Kernel2|matmul|dense_mma"),
     ("attention", r"softmax|fmha|flash|attention|sdpa|cudnn"),
     ("norm", r"norm"),
     ("rotary", r"rotary"),
