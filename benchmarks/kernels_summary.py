@@ -9,7 +9,7 @@ Prints Markdown:
   pipeline shape ("0": the kernel that loads into registers), microseconds and GB/s of the
   packed bytes;
 - the decoding runs (bench_decode): prefill and CUDA-graph decoding tokens/s, each against the
-  dense run of the same prompt length and kernel switches.
+  dense run of the same prompt length and kernel switches, and against the dense run with none.
 Lines that are not JSON, or not of these benchmarks, are skipped.
 """
 import argparse
@@ -65,19 +65,21 @@ def decode_table(path):
     def decode_rate(j):  # the CUDA graph's where there is one
         return j.get("graph_decode_tokens_per_s") or j["decode_tokens_per_s"]
 
+    def against(j, base):
+        if base is None or base is j:
+            return ""
+        return "%.2fx prefill, %.2fx decode" % (j["prefill_tokens_per_s"] / base["prefill_tokens_per_s"],
+                                                decode_rate(j) / decode_rate(base))
+
     out = ["| layers | batch | prompt | switches on | prefill tok/s | decode tok/s (graph where timed) "
-           "| vs dense, same switches |",
-           "|---|---|---|---|---|---|---|"]
+           "| vs dense, same switches | vs dense, defaults |",
+           "|---|---|---|---|---|---|---|---|"]
     for j in runs:
         on = ", ".join(s for s in SWITCHES if j.get(s)) or "none"
-        base = dense.get(key(j))
-        ratio = ""
-        if base is not None and base is not j:
-            ratio = "%.2fx prefill, %.2fx decode" % (j["prefill_tokens_per_s"] / base["prefill_tokens_per_s"],
-                                                     decode_rate(j) / decode_rate(base))
-        out.append("| %s | %s | %s | %s | %.0f | %.1f | %s |" % (
+        defaults = (j.get("prompt_len"), j.get("batch"), tuple(False for _ in SWITCHES))
+        out.append("| %s | %s | %s | %s | %.0f | %.1f | %s | %s |" % (
             j.get("layers"), j.get("batch"), j.get("prompt_len"), on, j["prefill_tokens_per_s"], decode_rate(j),
-            ratio))
+            against(j, dense.get(key(j))), against(j, dense.get(defaults))))
     return "\n".join(out) + "\n"
 
 
