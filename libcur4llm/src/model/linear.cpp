@@ -71,19 +71,29 @@ at::Tensor DenseLinear::silu_gate(const at::Tensor& x) const {
   return fused::dense_linear_mma(x, weight_, bias_, extras);
 }
 
-at::Tensor DenseLinear::forward_normed(const at::Tensor& x, const InputNorm& norm) const {
-  if (!x.is_cuda() || !util::opt_in_enabled(util::OptIn::dense_mma) || !util::opt_in_enabled(util::OptIn::norm_in_product)) return {};
+namespace {
+
+// The tensor-core kernel with the input's norm in its launch, where both are asked for; else undefined.
+at::Tensor dense_normed(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, const InputNorm& norm,
+                        bool silu_gate) {
+  if (!x.is_cuda() || !util::opt_in_enabled(util::OptIn::dense_mma) ||
+      !util::opt_in_enabled(util::OptIn::norm_in_product)) {
+    return {};
+  }
   fused::MmaExtras extras;
+  extras.silu_gate = silu_gate;
   extras.norm_weight = norm.weight, extras.norm_eps = norm.eps;
-  return fused::dense_linear_mma(x, weight_, bias_, extras);
+  return fused::dense_linear_mma(x, weight, bias, extras);
+}
+
+}  // namespace
+
+at::Tensor DenseLinear::forward_normed(const at::Tensor& x, const InputNorm& norm) const {
+  return dense_normed(x, weight_, bias_, norm, false);
 }
 
 at::Tensor DenseLinear::silu_gate_normed(const at::Tensor& x, const InputNorm& norm) const {
-  if (!x.is_cuda() || !util::opt_in_enabled(util::OptIn::dense_mma) || !util::opt_in_enabled(util::OptIn::norm_in_product)) return {};
-  fused::MmaExtras extras;
-  extras.silu_gate = true;
-  extras.norm_weight = norm.weight, extras.norm_eps = norm.eps;
-  return fused::dense_linear_mma(x, weight_, bias_, extras);
+  return dense_normed(x, weight_, bias_, norm, true);
 }
 
 std::shared_ptr<LinearSlot> DenseLinear::stacked_with(const std::vector<const LinearSlot*>& others) const {

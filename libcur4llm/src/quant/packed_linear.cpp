@@ -72,26 +72,25 @@ at::Tensor PackedLinear::silu_gate(const at::Tensor& x) const {
                                  w.input_scales, extras);
 }
 
-at::Tensor PackedLinear::forward_normed(const at::Tensor& x, const model::InputNorm& norm) const {
-  if (!x.is_cuda()) return forward(norm.apply(x));  // the reference
+// The tensor-core product with the input's norm in its launch (CUDA, where asked for), the
+// reference steps on the CPU.
+at::Tensor PackedLinear::normed(const at::Tensor& x, const model::InputNorm& norm, bool gate) const {
+  if (!x.is_cuda()) return gate ? silu_gate(norm.apply(x)) : forward(norm.apply(x));
   if (!util::opt_in_enabled(util::OptIn::norm_in_product)) return {};
   const QuantizedTensor& w = weight_;
   fused::MmaExtras extras;
+  extras.silu_gate = gate;
   extras.norm_weight = norm.weight, extras.norm_eps = norm.eps;
   return fused::packed_linear_mma(x, w.qweight, w.scales, w.zeros, w.format.bits, w.cols, group_, bias_,
                                  w.input_scales, extras);
 }
 
+at::Tensor PackedLinear::forward_normed(const at::Tensor& x, const model::InputNorm& norm) const {
+  return normed(x, norm, false);
+}
+
 at::Tensor PackedLinear::silu_gate_normed(const at::Tensor& x, const model::InputNorm& norm) const {
-  if (weight_.rows % 2 != 0) return {};
-  if (!x.is_cuda()) return silu_gate(norm.apply(x));  // the reference
-  if (!util::opt_in_enabled(util::OptIn::norm_in_product)) return {};
-  const QuantizedTensor& w = weight_;
-  fused::MmaExtras extras;
-  extras.silu_gate = true;
-  extras.norm_weight = norm.weight, extras.norm_eps = norm.eps;
-  return fused::packed_linear_mma(x, w.qweight, w.scales, w.zeros, w.format.bits, w.cols, group_, bias_,
-                                 w.input_scales, extras);
+  return weight_.rows % 2 == 0 ? normed(x, norm, true) : at::Tensor();
 }
 
 std::vector<std::pair<std::string, at::Tensor>> PackedLinear::state() const {

@@ -58,6 +58,8 @@ class PackedLinear final : public model::LinearSlot {
   int64_t packed_bytes() const { return weight_.nbytes(); }
 
  private:
+  at::Tensor normed(const at::Tensor& x, const model::InputNorm& norm, bool gate) const;
+
   QuantizedTensor weight_;
   at::Tensor bias_;
   int64_t group_ = 0;  // columns per group
