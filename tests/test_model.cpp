@@ -16,7 +16,6 @@
 
 #include <cur4llm/io/files.h>
 
-#include <cmath>
 #include <fstream>
 #include <limits>
 #include <map>

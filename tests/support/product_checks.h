@@ -9,6 +9,7 @@
 #include <ATen/ATen.h>
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <initializer_list>
@@ -31,12 +32,13 @@ class OptInScope {
     for (const auto& [kernel, on] : settings) set(kernel, on);
   }
   ~OptInScope() {
-    for (auto it = saved_.rbegin(); it != saved_.rend(); ++it) util::set_opt_in_enabled(it->first, it->second);
+    for (const auto& [kernel, was] : saved_) util::set_opt_in_enabled(kernel, was);
   }
   OptInScope(const OptInScope&) = delete;
   OptInScope& operator=(const OptInScope&) = delete;
   void set(util::OptIn kernel, bool on) {
-    saved_.emplace_back(kernel, util::opt_in_enabled(kernel));
+    const bool seen = std::any_of(saved_.begin(), saved_.end(), [&](const auto& s) { return s.first == kernel; });
+    if (!seen) saved_.emplace_back(kernel, util::opt_in_enabled(kernel));
     util::set_opt_in_enabled(kernel, on);
   }
 

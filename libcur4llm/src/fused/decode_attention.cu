@@ -18,7 +18,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <cstring>
 #include <type_traits>
 
 namespace cur4llm::fused::kernels {
@@ -28,9 +27,11 @@ constexpr int kDecodeWarps = 4;
 constexpr int kDecodeChunk = 32;  // keys per block of pass 1: 8 per warp
 constexpr int kRound = 4;         // keys a warp loads together (their loads in flight at once)
 
-__device__ inline float warp_sum(float v) {
+// The sum over each aligned group of G lanes (G a power of two up to 32), in every lane of it.
+template <int G>
+__device__ inline float group_sum(float v) {
 #pragma unroll
-  for (int o = 16; o > 0; o /= 2) v += __shfl_xor_sync(0xffffffffu, v, o);
+  for (int o = G / 2; o > 0; o /= 2) v += __shfl_xor_sync(0xffffffffu, v, o);
   return v;
 }
 
@@ -57,13 +58,6 @@ __device__ inline void merge_warps(const float* smem, float* partial, int bh, in
     if (e == 0) out[0] = mm, out[1] = ll;
     out[2 + e] = oo;
   }
-}
-
-template <typename T>
-__device__ inline Pack<T> bits_of(const uint4& v) {
-  Pack<T> p;
-  memcpy(&p, &v, sizeof(p));
-  return p;
 }
 
 // q [B, KV, R, d], keys [B, KV, cap, d], values [B, KV, cap, dv] (last dims contiguous),
@@ -128,7 +122,7 @@ __global__ void __launch_bounds__(kDecodeWarps * 32)
         float dot = 0.f;
 #pragma unroll
         for (int i = 0; i < PER; ++i) dot = fmaf(qv[r][i], kv[k][i], dot);
-        const float score = warp_sum(dot) + Elem<T>::load(mb[r * mask_row_stride + s]);
+        const float score = group_sum<32>(dot) + Elem<T>::load(mb[r * mask_row_stride + s]);
         if (score == -INFINITY) continue;  // a masked slot (the same in every lane)
         const float m_new = fmaxf(m[r], score);
         const float keep = __expf(m[r] - m_new), p = __expf(score - m_new);
@@ -163,13 +157,6 @@ __global__ void __launch_bounds__(kDecodeWarps * 32)
 // key sum its score by shuffles; the round's scores of a lane group then update one online
 // softmax state per group (one rescaling a round), and the groups of a warp merge at the end.
 // Block (b, kv, chunk) takes `per_block` keys, a multiple of the warps' rounds.
-template <int G>
-__device__ inline float group_sum(float v) {
-#pragma unroll
-  for (int o = G / 2; o > 0; o /= 2) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
-
 template <typename T, int ROWS, int G, int NK>
 __global__ void __launch_bounds__(kDecodeWarps * 32)
     decode_attention_vec(const T* __restrict__ q, const T* __restrict__ keys, const T* __restrict__ values,
@@ -228,7 +215,7 @@ __global__ void __launch_bounds__(kDecodeWarps * 32)
       float top = m[r];
 #pragma unroll
       for (int j = 0; j < NK; ++j) {
-        const auto ks = bits_of<T>(kv[j]);
+        const auto ks = bits_as<Pack<T>>(kv[j]);
         float dot = 0.f;
 #pragma unroll
         for (int i = 0; i < E; ++i) dot = fmaf(qv[r][i], Elem<T>::load(ks.v[i]), dot);
@@ -243,7 +230,7 @@ __global__ void __launch_bounds__(kDecodeWarps * 32)
 #pragma unroll
       for (int j = 0; j < NK; ++j) {
         const float pj = __expf(score[j] - top);  // 0 for a masked slot
-        const auto vs = bits_of<T>(vv[j]);
+        const auto vs = bits_as<Pack<T>>(vv[j]);
         l[r] += pj;
         // A masked slot adds nothing, whatever its cache holds (0 times inf would be NaN).
 #pragma unroll
@@ -449,7 +436,8 @@ int decode_attention(const void* q, const void* keys, const void* values, const 
                                              d, dv, scale, mask_row_stride, mask_batch_stride, vector_loads, s);
     case 2:
       return launch_decode_attention<__nv_bfloat16>(q, keys, values, mask, workspace, out, batch, kv_heads, rows, cap,
-                                                    length, d, dv, scale, mask_row_stride, mask_batch_stride, vector_loads, s);
+                                                    length, d, dv, scale, mask_row_stride, mask_batch_stride,
+                                                    vector_loads, s);
   }
   return static_cast<int>(cudaErrorInvalidValue);
 }

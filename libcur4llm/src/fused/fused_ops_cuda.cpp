@@ -25,6 +25,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <cstdlib>
+#include <iterator>
 #include <cstring>
 #include <exception>
 #include <mutex>
@@ -64,8 +65,9 @@ constexpr int kOptIns = static_cast<int>(util::OptIn::packed_prefill) + 1;
 std::array<std::atomic<bool>, kOptIns>& opt_in_flags() {
   static std::array<std::atomic<bool>, kOptIns> flags;  // false until read below
   static const bool read = [] {
-    const char* names[kOptIns] = {"CUR4LLM_DENSE_MMA", "CUR4LLM_INT4_PIPELINE", "CUR4LLM_NORM_IN_PRODUCT",
-                                  "CUR4LLM_DECODE_VECTOR", "CUR4LLM_PACKED_PREFILL"};
+    const char* const names[] = {"CUR4LLM_DENSE_MMA", "CUR4LLM_INT4_PIPELINE", "CUR4LLM_NORM_IN_PRODUCT",
+                                 "CUR4LLM_DECODE_VECTOR", "CUR4LLM_PACKED_PREFILL"};
+    static_assert(std::size(names) == kOptIns, "one environment variable per util::OptIn");
     for (int i = 0; i < kOptIns; ++i) flags[i].store(environment_says(names[i], "1"));
     return true;
   }();
@@ -74,14 +76,15 @@ std::array<std::atomic<bool>, kOptIns>& opt_in_flags() {
 }
 bool asked_for(util::OptIn kernel) { return opt_in_flags()[static_cast<int>(kernel)].load(); }
 
-int dtype_code(const at::Tensor& t) {
-  switch (t.scalar_type()) {
+int dtype_code(at::ScalarType dtype) {
+  switch (dtype) {
     case at::kFloat: return 0;
     case at::kHalf: return 1;
     case at::kBFloat16: return 2;
-    default: throw std::invalid_argument(fmt::format("fused kernels: unsupported dtype {}", c10::toString(t.scalar_type())));
+    default: throw std::invalid_argument(fmt::format("fused kernels: unsupported dtype {}", c10::toString(dtype)));
   }
 }
+int dtype_code(const at::Tensor& t) { return dtype_code(t.scalar_type()); }
 
 void* current_stream(const at::Tensor& t) {
   return static_cast<void*>(c10::cuda::getCurrentCUDAStream(t.device().index()).stream());
@@ -362,49 +365,51 @@ at::Tensor lowrank_forward(const at::Tensor& x, const at::Tensor& r, const at::T
   return y.view(sizes);
 }
 
+namespace {
+
+// Whether a packed weight (4 or 8 bits) is laid out as the packed kernels read it, all on `device`:
+// codes [rows, ceil(cols * bits / 8)] uint8, fp16 scales and zeros [rows, groups], input scales
+// fp16 [cols] or undefined, each contiguous.
+bool packed_weight_fits(const at::Tensor& qweight, const at::Tensor& scales, const at::Tensor& zeros, int bits,
+                        int64_t cols, int64_t group, const at::Tensor& input_scales, c10::Device device) {
+  if ((bits != 4 && bits != 8) || group < 1 || cols < 1 || !qweight.defined() || qweight.dim() != 2) return false;
+  auto on = [&](const at::Tensor& t, at::ScalarType type) {
+    return t.defined() && t.device() == device && t.scalar_type() == type && t.is_contiguous();
+  };
+  const int64_t rows = qweight.size(0), groups = (cols + group - 1) / group;  // the last one may be partial
+  return on(qweight, at::kByte) && qweight.size(1) == (cols * bits + 7) / 8 && on(scales, at::kHalf) &&
+         on(zeros, at::kHalf) && scales.dim() == 2 && scales.size(0) == rows && scales.size(1) == groups &&
+         zeros.sizes() == scales.sizes() &&
+         (!input_scales.defined() ||
+          (on(input_scales, at::kHalf) && input_scales.dim() == 1 && input_scales.size(0) == cols));
+}
+
+}  // namespace
+
 bool packed_linear_applies(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& scales,
                            const at::Tensor& zeros, int bits, int64_t cols, int64_t group, const at::Tensor& bias,
                            const at::Tensor& input_scales) {
-  if (!enabled_for(x) || x.dim() < 1 || x.size(-1) != cols || (bits != 4 && bits != 8)) return false;
+  if (!enabled_for(x) || x.dim() < 1 || x.size(-1) != cols) return false;
   if (x.numel() / std::max<int64_t>(1, cols) > kernels::kPackedMaxTokens) return false;
-  if (group < 1 || cols < 1) return false;
-  const int64_t rows = qweight.dim() == 2 ? qweight.size(0) : -1;
-  auto on_x = [&](const at::Tensor& t, at::ScalarType type) {
-    return t.defined() && t.device() == x.device() && t.scalar_type() == type && t.is_contiguous();
-  };
-  const int64_t groups = (cols + group - 1) / group;  // the last one may be partial
-  return on_x(qweight, at::kByte) && qweight.size(1) == (cols * bits + 7) / 8 && on_x(scales, at::kHalf) &&
-         on_x(zeros, at::kHalf) && scales.dim() == 2 && scales.size(0) == rows && scales.size(1) == groups &&
-         zeros.sizes() == scales.sizes() &&
-         (!bias.defined() || (on_x(bias, x.scalar_type()) && bias.numel() == rows && !bias.requires_grad())) &&
-         (!input_scales.defined() || (on_x(input_scales, at::kHalf) && input_scales.dim() == 1 &&
-                                      input_scales.size(0) == cols));
+  if (!packed_weight_fits(qweight, scales, zeros, bits, cols, group, input_scales, x.device())) return false;
+  return !bias.defined() || (bias.device() == x.device() && bias.scalar_type() == x.scalar_type() &&
+                             bias.is_contiguous() && bias.numel() == qweight.size(0) && !bias.requires_grad());
 }
 
 at::Tensor packed_dequantize(const at::Tensor& qweight, const at::Tensor& scales, const at::Tensor& zeros, int bits,
                              int64_t cols, int64_t group, const at::Tensor& input_scales, at::ScalarType dtype) {
-  if (!enabled_flag().load() || !asked_for(util::OptIn::packed_prefill) || (bits != 4 && bits != 8) || cols < 1 ||
-      group < 1 || qweight.dim() != 2 || !qweight.is_cuda()) {
-    return {};
-  }
-  if (dtype != at::kFloat && dtype != at::kHalf && dtype != at::kBFloat16) return {};
-  const int64_t rows = qweight.size(0), groups = (cols + group - 1) / group;
-  auto on_q = [&](const at::Tensor& t, at::ScalarType type) {
-    return t.defined() && t.device() == qweight.device() && t.scalar_type() == type && t.is_contiguous();
-  };
-  if (!on_q(qweight, at::kByte) || qweight.size(1) != (cols * bits + 7) / 8 || !on_q(scales, at::kHalf) ||
-      !on_q(zeros, at::kHalf) || scales.dim() != 2 || scales.size(0) != rows || scales.size(1) != groups ||
-      zeros.sizes() != scales.sizes() ||
-      (input_scales.defined() && (!on_q(input_scales, at::kHalf) || input_scales.numel() != cols))) {
+  if (!enabled_flag().load() || !asked_for(util::OptIn::packed_prefill) || !qweight.defined() || !qweight.is_cuda() ||
+      (dtype != at::kFloat && dtype != at::kHalf && dtype != at::kBFloat16) ||
+      !packed_weight_fits(qweight, scales, zeros, bits, cols, group, input_scales, qweight.device())) {
     return {};
   }
   c10::cuda::CUDAGuard guard(qweight.device());
+  const int64_t rows = qweight.size(0);
   auto w = at::empty({rows, cols}, qweight.options().dtype(dtype));
   if (rows == 0) return w;
-  const int code = dtype == at::kFloat ? 0 : dtype == at::kHalf ? 1 : 2;
   check(kernels::dequantize_packed(qweight.data_ptr<uint8_t>(), scales.data_ptr(), zeros.data_ptr(),
-                                   input_scales.defined() ? input_scales.data_ptr() : nullptr, w.data_ptr(), code,
-                                   bits, rows, cols, group, current_stream(qweight)),
+                                   input_scales.defined() ? input_scales.data_ptr() : nullptr, w.data_ptr(),
+                                   dtype_code(dtype), bits, rows, cols, group, current_stream(qweight)),
         "dequantize_packed");
   return w;
 }
@@ -492,7 +497,6 @@ at::Tensor packed_linear(const at::Tensor& x, const at::Tensor& qweight, const a
         "packed_linear");
   return y.view(sizes);
 }
-
 
 at::Tensor packed_linear_mma(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& scales,
                              const at::Tensor& zeros, int bits, int64_t cols, int64_t group, const at::Tensor& bias,

@@ -6,6 +6,8 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <cstring>
+
 namespace cur4llm::fused::kernels {
 
 // Conversions that round as ATen does (round to nearest even).
@@ -39,6 +41,15 @@ template <typename T>
 __device__ inline float silu_mul_one(float g, float u) {
   const float act = round_to<T>(g / (1.0f + expf(-g)));
   return act * u;
+}
+
+// The bytes of f read as a To (a register's 16-bit pairs, a 16-byte load's elements).
+template <typename To, typename From>
+__device__ inline To bits_as(const From& f) {
+  static_assert(sizeof(To) == sizeof(From), "same size");
+  To t;
+  memcpy(&t, &f, sizeof(To));
+  return t;
 }
 
 // 16 bytes of elements, for vectorised loads and stores.

@@ -3,8 +3,9 @@
 //
 // The scalar packed kernels of fused_kernels.cu spend three instructions on every weight
 // (rebuild the code as a float, then multiply-add). Here a warp rebuilds codes two at a time as
-// 16-bit floats (three instructions for two weights) and lets mma.sync m16n8k16 do the products: the weights are the mma's A (16 rows x 16 columns), the
-// tokens its B (up to 8 of them as the 8 columns of N), sums in float. Dense 16-bit weights go
+// 16-bit floats (three instructions for two weights) and lets mma.sync m16n8k16 do the products:
+// the weights are the mma's A (16 rows x 16 columns), the tokens its B (up to 8 of them as the
+// 8 columns of N), sums in float. Dense 16-bit weights go
 // to the mma as they are; what the kernel adds over cuBLAS for them is the launch's epilogue
 // (the residual's addition, the SiLU gate) and no split of the columns across launches.
 //
@@ -57,14 +58,6 @@ namespace {
 
 constexpr int kChunk = 128;     // columns a warp takes at a time: 4 lanes x 32
 constexpr int kTileRows = 16;   // the mma's M
-
-template <typename To, typename From>
-__device__ inline To bits_as(const From& f) {
-  static_assert(sizeof(To) == sizeof(From), "same size");
-  To t;
-  memcpy(&t, &f, sizeof(To));
-  return t;
-}
 
 // mma.sync m16n8k16 of 16-bit TYPE ("f16", "bf16") into float: d += a b (registers as the
 // PTX ISA lays out the fragments).
@@ -146,21 +139,24 @@ __device__ inline void pairs(const uint4& v, int h, uint32_t& low, uint32_t& hig
 }
 
 // Rows of the block and of the lane. Tile A: rows first_a.. (below limit_a); tile B: first_a +
-// offset_b.. (below rows). The lane's rows are g and g + 8 of tile A, then of tile B; a row past
-// the end repeats the last (read, never written).
+// offset_b.. (below rows). The block's row i (0..31) is tile A's row i, then tile B's row
+// i - 16; a row past the end repeats the last (read, never written). The lane's rows i = 0..3
+// are rows g and g + 8 of tile A, then of tile B: the block's rows in_block(i, g).
 struct Rows {
-  int64_t first_a, first_b, limit_a, offset_b;
+  int64_t first_a, first_b, limit_a, offset_b, rows;
   int64_t lane[4];
-  __device__ Rows(const MmaLinearArgs& p, int g) {
+  __device__ static int in_block(int i, int g) { return (i / 2) * kTileRows + g + 8 * (i % 2); }
+  __device__ int64_t row(int i) const {
+    return i < kTileRows ? min(first_a + i, limit_a - 1) : min(first_b + i - kTileRows, rows - 1);
+  }
+  __device__ Rows(const MmaLinearArgs& p, int g) : rows(p.rows) {
     const int64_t step = p.silu_pair ? kTileRows : 2 * kTileRows;
     offset_b = p.silu_pair ? p.rows / 2 : kTileRows;
     limit_a = p.silu_pair ? p.rows / 2 : p.rows;
     first_a = static_cast<int64_t>(blockIdx.x) * step;
     first_b = first_a + offset_b;
-    lane[0] = min(first_a + g, limit_a - 1);
-    lane[1] = min(first_a + g + 8, limit_a - 1);
-    lane[2] = min(first_b + g, p.rows - 1);
-    lane[3] = min(first_b + g + 8, p.rows - 1);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) lane[i] = row(in_block(i, g));
   }
 };
 
@@ -267,7 +263,9 @@ __device__ inline void int4_chunk(const uint4 (&w)[4], const uint4 (&xv)[4], con
   uint32_t base_zero[4];  // (base + zero) in both halves, per row
 #pragma unroll
   for (int i = 0; i < 4; ++i) base_zero[i] = M::pair(M::kBase + zero[i]);
-  auto codes = [&](uint32_t wd, int shift, uint32_t bz) { return M::sub(((wd >> shift) & 0x000F000Fu) | M::kMagic, bz); };
+  auto codes = [&](uint32_t wd, int shift, uint32_t bz) {
+    return M::sub(((wd >> shift) & 0x000F000Fu) | M::kMagic, bz);
+  };
   float d[2][4] = {};
   chunk_mmas<T>(xv, d, [&](int t, int j, int h, uint32_t& a0, uint32_t& a1, uint32_t& a2, uint32_t& a3) {
     const uint32_t lo = word(w[2 * t], j), hi = word(w[2 * t + 1], j);  // rows g, g + 8
@@ -342,19 +340,12 @@ __device__ inline void wait_copies() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
 }
 
-// Row of the block's row i (0..31: tile A's 16, then tile B's), as Rows clamps it.
-__device__ inline int64_t block_row(const MmaLinearArgs& p, const Rows& rows, int i) {
-  return i < kTileRows ? min(rows.first_a + i, rows.limit_a - 1) : min(rows.first_b + i - kTileRows, p.rows - 1);
-}
-
 // Shared memory of int4_mma_pipe_kernel: each warp's S stages of 8 x 16 bytes a lane (4 rows'
 // codes, 4 x 16 bytes of input), then the block's 32 rows' (scale, zero) pairs for every group.
 template <int W, int S>
-constexpr size_t pipe_stage_bytes() {
-  return static_cast<size_t>(W) * S * 8 * 32 * 16;
-}
-size_t pipe_shared_bytes(size_t stage_bytes, int64_t groups) {
-  return stage_bytes + static_cast<size_t>(2 * kTileRows) * groups * sizeof(__half2);
+size_t pipe_shared_bytes(int64_t groups) {
+  return static_cast<size_t>(W) * S * 8 * 32 * sizeof(uint4) +
+         static_cast<size_t>(2 * kTileRows) * groups * sizeof(__half2);
 }
 
 // Packed int4 weights, their loads kept in flight by a pipeline: a warp's chunks go through S
@@ -381,7 +372,9 @@ __global__ void __launch_bounds__(W * 32) int4_mma_pipe_kernel(const MmaLinearAr
       const int64_t ch = warp + static_cast<int64_t>(W) * n;
       uint4* stage = ring + (n % S) * 8 * 32;
 #pragma unroll
-      for (int i = 0; i < 4; ++i) copy16_async(stage + i * 32 + lane, p.q + rows.lane[i] * row_bytes + ch * (kChunk / 2) + c * 16);
+      for (int i = 0; i < 4; ++i) {
+        copy16_async(stage + i * 32 + lane, p.q + rows.lane[i] * row_bytes + ch * (kChunk / 2) + c * 16);
+      }
       if (has_x) {
 #pragma unroll
         for (int i = 0; i < 4; ++i) copy16_async(stage + (4 + i) * 32 + lane, xr + ch * kChunk + 8 * i);
@@ -395,14 +388,10 @@ __global__ void __launch_bounds__(W * 32) int4_mma_pipe_kernel(const MmaLinearAr
   const auto* scales = static_cast<const __half*>(p.scales);
   const auto* zeros = static_cast<const __half*>(p.zeros);
   for (int64_t i = threadIdx.x; i < 2 * kTileRows * groups; i += W * 32) {
-    const int64_t at = block_row(p, rows, static_cast<int>(i / groups)) * groups + i % groups;
+    const int64_t at = rows.row(static_cast<int>(i / groups)) * groups + i % groups;
     pairs_of_rows[i] = __halves2half2(scales[at], zeros[at]);
   }
   __syncthreads();
-  int in_block[4];  // the lane's rows among the block's 32
-#pragma unroll
-  for (int i = 0; i < 4; ++i) in_block[i] = (i / 2) * kTileRows + g + 8 * (i % 2);
-
   float acc[2][4] = {}, squares = 0.f;
   for (int n = 0; n < mine; ++n) {
     issue(n + S - 1);
@@ -420,7 +409,7 @@ __global__ void __launch_bounds__(W * 32) int4_mma_pipe_kernel(const MmaLinearAr
     float scale[4], zero[4];
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
-      const float2 sz = __half22float2(pairs_of_rows[in_block[i] * groups + gi]);
+      const float2 sz = __half22float2(pairs_of_rows[Rows::in_block(i, g) * groups + gi]);
       scale[i] = sz.x, zero[i] = sz.y;
     }
     int4_chunk<T>(w, xv, scale, zero, acc);
@@ -494,7 +483,7 @@ PipeShape pipe_shape() {
 template <typename T, int W, int S>
 bool launch_pipe(const MmaLinearArgs& a, dim3 grid, cudaStream_t s) {
   const int64_t groups = (a.cols + a.group - 1) / a.group;
-  const size_t bytes = pipe_shared_bytes(pipe_stage_bytes<W, S>(), groups);
+  const size_t bytes = pipe_shared_bytes<W, S>(groups);
   const int limit = device_attribute<cudaDevAttrMaxSharedMemoryPerBlockOptin>();
   if (bytes > static_cast<size_t>(limit)) return false;
   // Once per device: the kernel may take all the shared memory a block can have.

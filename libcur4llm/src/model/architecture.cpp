@@ -449,7 +449,9 @@ at::Tensor split_group(std::vector<at::Tensor>& values, int first, int index, co
 
 at::Tensor grouped_value(std::vector<at::Tensor>& values, int first, int index, const SlotGroup& group,
                          const at::Tensor& x, const std::function<at::Tensor(int, at::Tensor)>& finish) {
-  if (group_fresh(values, first, group)) return split_group(values, first, index, group, group.joint->forward(x), finish);
+  if (group_fresh(values, first, group)) {
+    return split_group(values, first, index, group, group.joint->forward(x), finish);
+  }
   const auto out = group.slots.at(index - first)->forward(x);
   return finish ? finish(index, out) : out;
 }

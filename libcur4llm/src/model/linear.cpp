@@ -20,12 +20,31 @@ DenseLinear::DenseLinear(at::Tensor weight, at::Tensor bias) : weight_(std::move
   }
 }
 
-at::Tensor DenseLinear::forward(const at::Tensor& x) const {
-  if (x.is_cuda() && util::opt_in_enabled(util::OptIn::dense_mma)) {
-    auto y = fused::dense_linear_mma(x, weight_, bias_);
-    if (y.defined()) return y;
+namespace {
+
+// The tensor-core kernel with `extras` in its launch where dense layers take it (CUDA,
+// util::OptIn::dense_mma; an input norm also util::OptIn::norm_in_product); else undefined.
+at::Tensor dense_mma(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
+                     const fused::MmaExtras& extras) {
+  if (!x.is_cuda() || !util::opt_in_enabled(util::OptIn::dense_mma) ||
+      (extras.norm_weight.defined() && !util::opt_in_enabled(util::OptIn::norm_in_product))) {
+    return {};
   }
-  return at::linear(x, weight_, bias_);
+  return fused::dense_linear_mma(x, weight, bias, extras);
+}
+
+fused::MmaExtras normed_extras(const InputNorm& norm, bool silu_gate) {
+  fused::MmaExtras extras;
+  extras.silu_gate = silu_gate;
+  extras.norm_weight = norm.weight, extras.norm_eps = norm.eps;
+  return extras;
+}
+
+}  // namespace
+
+at::Tensor DenseLinear::forward(const at::Tensor& x) const {
+  auto y = dense_mma(x, weight_, bias_, {});
+  return y.defined() ? y : at::linear(x, weight_, bias_);
 }
 int64_t DenseLinear::in_features() const { return weight_.size(1); }
 int64_t DenseLinear::out_features() const { return weight_.size(0); }
@@ -48,10 +67,10 @@ bool sole_owner(const at::Tensor& t) { return t.defined() && t.use_count() == 1 
 
 at::Tensor DenseLinear::forward_add(at::Tensor residual, const at::Tensor& x) const {
   // The sum is rounded to the dtype once instead of twice (at most one unit apart).
-  if (x.is_cuda() && util::opt_in_enabled(util::OptIn::dense_mma) && sole_owner(residual)) {
+  if (sole_owner(residual)) {
     fused::MmaExtras extras;
     extras.residual = residual;
-    auto y = fused::dense_linear_mma(x, weight_, bias_, extras);
+    auto y = dense_mma(x, weight_, bias_, extras);
     if (y.defined()) return y;
   }
   if (!bias_.defined() && x.is_cuda() && !x.requires_grad() && !residual.requires_grad() &&
@@ -65,35 +84,17 @@ at::Tensor DenseLinear::forward_add(at::Tensor residual, const at::Tensor& x) co
 }
 
 at::Tensor DenseLinear::silu_gate(const at::Tensor& x) const {
-  if (!x.is_cuda() || !util::opt_in_enabled(util::OptIn::dense_mma)) return {};
   fused::MmaExtras extras;
   extras.silu_gate = true;
-  return fused::dense_linear_mma(x, weight_, bias_, extras);
+  return dense_mma(x, weight_, bias_, extras);
 }
-
-namespace {
-
-// The tensor-core kernel with the input's norm in its launch, where both are asked for; else undefined.
-at::Tensor dense_normed(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias, const InputNorm& norm,
-                        bool silu_gate) {
-  if (!x.is_cuda() || !util::opt_in_enabled(util::OptIn::dense_mma) ||
-      !util::opt_in_enabled(util::OptIn::norm_in_product)) {
-    return {};
-  }
-  fused::MmaExtras extras;
-  extras.silu_gate = silu_gate;
-  extras.norm_weight = norm.weight, extras.norm_eps = norm.eps;
-  return fused::dense_linear_mma(x, weight, bias, extras);
-}
-
-}  // namespace
 
 at::Tensor DenseLinear::forward_normed(const at::Tensor& x, const InputNorm& norm) const {
-  return dense_normed(x, weight_, bias_, norm, false);
+  return dense_mma(x, weight_, bias_, normed_extras(norm, false));
 }
 
 at::Tensor DenseLinear::silu_gate_normed(const at::Tensor& x, const InputNorm& norm) const {
-  return dense_normed(x, weight_, bias_, norm, true);
+  return dense_mma(x, weight_, bias_, normed_extras(norm, true));
 }
 
 std::shared_ptr<LinearSlot> DenseLinear::stacked_with(const std::vector<const LinearSlot*>& others) const {

@@ -171,7 +171,9 @@ class Llama final : public ValueGraphArchitecture<Llama>, public GatedLayerValue
           const detail::SlotGroup g = group(lm, {n.gate, n.up});
           if (g.joint && g.slots.size() == 2 && g.slots[0]->out_features() == g.slots[1]->out_features()) {
             // The input norm in the launch too, where the kind can.
-            if (!v[kX2].defined()) t = g.joint->silu_gate_normed(get(kH2), InputNorm{tensor(lm, n.ffn_norm), c_.norm_eps});
+            if (!v[kX2].defined()) {
+              t = g.joint->silu_gate_normed(get(kH2), InputNorm{tensor(lm, n.ffn_norm), c_.norm_eps});
+            }
             if (!t.defined()) t = g.joint->silu_gate(get(kX2));
           }
         }

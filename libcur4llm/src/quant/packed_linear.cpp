@@ -45,14 +45,24 @@ at::Tensor PackedLinear::forward(const at::Tensor& x) const {
   return at::linear(x, dense.defined() ? dense : dequantize_tensor(w, x.scalar_type()), bias_);
 }
 
-// packed_linear_mma checks what fused_for checks, and answers undefined where it does not apply.
+namespace {
+
+// The int4 tensor-core product of the packed weight `w` (columns per group `group`) with
+// `extras` in its launch; undefined where it does not apply (packed_linear_mma checks what
+// PackedLinear::fused_for checks).
+at::Tensor packed_mma(const QuantizedTensor& w, int64_t group, const at::Tensor& bias, const at::Tensor& x,
+                      const fused::MmaExtras& extras) {
+  return fused::packed_linear_mma(x, w.qweight, w.scales, w.zeros, w.format.bits, w.cols, group, bias,
+                                 w.input_scales, extras);
+}
+
+}  // namespace
+
 at::Tensor PackedLinear::forward_add(at::Tensor residual, const at::Tensor& x) const {
   if (model::sole_owner(residual)) {
-    const QuantizedTensor& w = weight_;
     fused::MmaExtras extras;
     extras.residual = residual;
-    auto out = fused::packed_linear_mma(x, w.qweight, w.scales, w.zeros, w.format.bits, w.cols, group_, bias_,
-                                        w.input_scales, extras);
+    auto out = packed_mma(weight_, group_, bias_, x, extras);
     if (out.defined()) return out;
   }
   return residual + forward(x);
@@ -65,24 +75,20 @@ at::Tensor PackedLinear::silu_gate(const at::Tensor& x) const {
     const auto parts = forward(x).chunk(2, -1);
     return at::silu(parts[0]) * parts[1];
   }
-  const QuantizedTensor& w = weight_;
   fused::MmaExtras extras;
   extras.silu_gate = true;
-  return fused::packed_linear_mma(x, w.qweight, w.scales, w.zeros, w.format.bits, w.cols, group_, bias_,
-                                 w.input_scales, extras);
+  return packed_mma(weight_, group_, bias_, x, extras);
 }
 
-// The tensor-core product with the input's norm in its launch (CUDA, where asked for), the
-// reference steps on the CPU.
+// The product with the input's norm in its launch (CUDA, where asked for); on the CPU the
+// reference steps.
 at::Tensor PackedLinear::normed(const at::Tensor& x, const model::InputNorm& norm, bool gate) const {
   if (!x.is_cuda()) return gate ? silu_gate(norm.apply(x)) : forward(norm.apply(x));
   if (!util::opt_in_enabled(util::OptIn::norm_in_product)) return {};
-  const QuantizedTensor& w = weight_;
   fused::MmaExtras extras;
   extras.silu_gate = gate;
   extras.norm_weight = norm.weight, extras.norm_eps = norm.eps;
-  return fused::packed_linear_mma(x, w.qweight, w.scales, w.zeros, w.format.bits, w.cols, group_, bias_,
-                                 w.input_scales, extras);
+  return packed_mma(weight_, group_, bias_, x, extras);
 }
 
 at::Tensor PackedLinear::forward_normed(const at::Tensor& x, const model::InputNorm& norm) const {
