@@ -116,6 +116,8 @@ inline std::unique_ptr<model::CausalLM> load_model(const Args& args, std::string
   model::LoadOptions options;
   options.device = model::parse_device(args.str("device", "cpu"));
   if (args.has("dtype")) options.dtype = model::parse_dtype(args.str("dtype", ""));
+  options.device_map = args.str("device_map", "");  // placement (docs/distributed.md)
+  options.max_memory = args.str("max_memory", "");
   if (args.has("model")) {
     *source = args.str("model", "");
     return model::CausalLM::load(*source, options);

@@ -12,7 +12,7 @@
 //                  [--eval_windows 8] [--stages statistics,sensitivity,search,decompose,evaluation]
 //                  [--profile 0|1|2] [--overlap 1] [--fused 1] [--reference_s 51.5] [--peak_tflops X]
 //                  [--micro ce,layer,linalg] [--linalg_dense 0] [--sdpa default|flash|cudnn|efficient]
-//                  [--share R/N]
+//                  [--share R/N] [--device_map auto --max_memory cuda:0=12GiB]
 //
 // --layers restricts the sweep (and so the search and the decomposition) to a
 // subset, for models whose whole sweep exceeds a time limit: Li is every Linear
@@ -29,6 +29,10 @@
 // --share R/N keeps the layers rank R of N sweeps in a distributed run (the
 // cost-balanced split of dist/work.h), to time one rank's share on one device;
 // the setup record says its predicted cost and the split's max/mean cost.
+// --device_map / --max_memory place the model as acur's flags do (layers over
+// devices, those beyond a cap in host memory); each stage's record then has the
+// peaks of every device and the host, and offload_bytes, the offloaded weights
+// copied in during the stage.
 #include "bench_common.h"
 
 #include <cur4llm/calib/statistics.h>
@@ -39,6 +43,7 @@
 #include <cur4llm/search/binary_search.h>
 #include <cur4llm/sensitivity/sensitivity.h>
 #include <cur4llm/util/fused_kernels.h>
+#include <cur4llm/util/memory.h>
 
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
@@ -94,7 +99,20 @@ json stage_record(const std::string& stage, const json& machine, double seconds,
   j["tokens_per_s"] = seconds > 0 ? tokens / seconds : 0.0;
   bench::add_rate(j, flops, seconds);
   j["peak_device_memory_bytes"] = bench::peak_memory(device);
+  // Every device's and the host's peaks, and with layers offloaded (--max_memory) the
+  // bytes of their weights copied in during the stage.
+  const util::MemoryPeaks peaks = util::memory_peaks();
+  for (const auto& [name, bytes] : peaks.devices) j["peak_memory"][name] = bytes;
+  if (peaks.host_bytes >= 0) j["peak_memory"]["host"] = peaks.host_bytes;
+  j["peak_host_since_reset"] = peaks.host_since_reset;
+  j["offload_bytes"] = peaks.offload_bytes;
   return j;
+}
+
+// Starts a stage's memory figures (stage_record reads them).
+void start_stage(c10::Device device) {
+  bench::reset_peak_memory(device);
+  util::reset_memory_peaks();
 }
 
 void emit(const json& j) { std::cout << j.dump() << std::endl; }
@@ -195,7 +213,7 @@ int main(int argc, char** argv) try {
     calib::CollectOptions copts;
     copts.batch_size = std::max<int64_t>(1, std::min<int64_t>(num_samples, 65536 / seqlen));
     copts.show_progress = true;
-    bench::reset_peak_memory(device);
+    start_stage(device);
     const double s = bench::timed(device, [&] { stats = calib::collect_statistics(*lm, samples, copts); });
     emit(stage_record("statistics", machine, s, calib_tokens, dense_forward, device));
     scale = [&stats](const std::string& layer) { return stats.scale(layer, calib::ScalingMethod::AbsMean, 0.5); };
@@ -214,7 +232,7 @@ int main(int argc, char** argv) try {
     const int64_t profile_mode = args.integer("profile", 1);
     sensitivity::SweepProfile profile;
     if (profile_mode == 2) sweep.profile = &profile;
-    bench::reset_peak_memory(device);
+    start_stage(device);
     const double s = bench::timed(device, [&] { table = sensitivity::ppl_sensitivity(*lm, samples, *compressor, scale, sweep); });
 
     std::map<std::string, const model::LinearInfo*> info_of;
@@ -411,7 +429,7 @@ int main(int argc, char** argv) try {
   if (stages.count("decompose") && searched) {
     compress::ApplyOptions aopts;
     aopts.show_progress = true;
-    bench::reset_peak_memory(device);
+    start_stage(device);
     search::CompressionPlan plan;
     const double s = bench::timed(device, [&] { plan = compress::apply_allocation(*lm, result.allocation, *compressor, scale, aopts); });
     json j = stage_record("decompose", machine, s, 0, 0, device);
@@ -429,7 +447,7 @@ int main(int argc, char** argv) try {
     popts.batch_size = std::max<int64_t>(1, std::min<int64_t>(windows, 65536 / seqlen));
     popts.show_progress = true;
     popts.label = "evaluation";
-    bench::reset_peak_memory(device);
+    start_stage(device);
     eval::PerplexityResult r;
     const double s = bench::timed(device, [&] { r = eval::evaluate_perplexity(*lm, text, popts); });
     json j = stage_record("evaluation", machine, s, static_cast<double>(windows * seqlen),

@@ -410,7 +410,7 @@ TEST_CASE("loading a skeleton layer: a stored index that is no permutation is re
   }
 }
 
-TEST_CASE("read_indices: an int64 vector of the stored values, integers in [0, bound) only", "[export][unit]") {
+TEST_CASE("read_indices: an int64 vector of the stored values, integers from 0 to bound - 1 only", "[export][unit]") {
   // Stored tensors by name, as a repository's loader sees them.
   class Stored final : public cur4llm::model::SlotTensors {
    public:

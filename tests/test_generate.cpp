@@ -119,7 +119,7 @@ TEST_CASE("Gemma-2 and Qwen3: cached decoding gives the full forward's logits wi
   check_cached_equals_forward(*lm, 12, 64, 1e-5);
 }
 
-TEST_CASE("branched rows: each branch gives what its trunk and it give as one row; bad layouts refused") {
+TEST_CASE("branched rows: each branch gives what its trunk and it give as one row, bad layouts refused") {
   for (const char* name : {"opt_pre", "tiny-shakespeare-opt", "llama_gqa", "mistral_window", "gemma2_softcap",
                            "qwen3_qknorm"}) {
     INFO(name);

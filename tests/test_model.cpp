@@ -510,7 +510,7 @@ std::string slot_of(const CausalLM& lm, int64_t layer, cur4llm::model::LinearRol
 
 }  // namespace
 
-TEST_CASE("group_projections lays q/k/v and gate/up out together; logits, weights and later swaps as before",
+TEST_CASE("group_projections lays q/k/v and gate/up out together, logits, weights and later swaps as before",
           "[model][unit]") {
   using cur4llm::model::LinearRole;
   const std::string name = GENERATE(as<std::string>{}, "opt_pre", "llama_gqa", "qwen2_bias", "qwen3_qknorm",

@@ -694,7 +694,7 @@ void pack_decoder(model::CausalLM& lm, FormatOf&& format_of) {
 
 }  // namespace
 
-TEST_CASE("group_projections stacks packed q/k/v and gate/up of one format; logits as before", "[packed_quant]") {
+TEST_CASE("group_projections stacks packed q/k/v and gate/up of one format, logits as before", "[packed_quant]") {
   for (const std::string format : {"rtn_int8", "rtn_int4"}) {
     INFO(format);
     auto lm = model::CausalLM::load(model_dir("llama_gqa"));

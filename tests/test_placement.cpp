@@ -4,6 +4,7 @@
 #include <cur4llm/calib/statistics.h>
 #include <cur4llm/compress/factory.h>
 #include <cur4llm/eval/perplexity.h>
+#include <cur4llm/io/safetensors.h>
 #include <cur4llm/model/causal_lm.h>
 #include <cur4llm/model/device_map.h>
 #include <cur4llm/sensitivity/sensitivity.h>
@@ -17,6 +18,7 @@
 #include "test_paths.h"
 
 #include <filesystem>
+#include <numeric>
 #include <set>
 #include <fstream>
 
@@ -92,7 +94,7 @@ TEST_CASE("placement: device maps as flags and files", "[placement]") {
   CHECK_THROWS_AS(DeviceMap::parse("/nonexistent/map.json"), std::runtime_error);
 }
 
-TEST_CASE("placement: an explicit map names every layer once; a budget offloads a device's last layers", "[placement]") {
+TEST_CASE("placement: an explicit map names every layer once, a budget offloads a device's last layers", "[placement]") {
   auto p = model::plan_placement(DeviceMap::parse("cuda:0=0-1,cuda:1=2-3"), inputs(4));
   CHECK(p.layers == std::vector<c10::Device>{cuda0, cuda0, cuda1, cuda1});
   CHECK(p.stage == std::vector<int64_t>{0, 0, 1, 1});
@@ -253,6 +255,51 @@ TEST_CASE("placement: on the CPU, a mapped or offloaded model computes what the 
       }
     }
   }
+}
+
+TEST_CASE("placement: several offloaded layers in a row, each copied in once per pass", "[placement]") {
+  // Every decoder layer offloaded: while one runs, the next is copied in ahead of it.
+  const auto folder = test::model_dir("gemma2_softcap");
+  auto resident = model::CausalLM::load(folder);
+  model::LoadOptions options;
+  options.device_map = "auto";
+  options.max_memory = "cpu=1KB";
+  auto offloaded = model::CausalLM::load(folder, options);
+  REQUIRE(offloaded->placement() != nullptr);
+  const int64_t n = offloaded->num_layers();
+  REQUIRE(n == 4);
+  REQUIRE(offloaded->placement()->num_offloaded() == n);
+  // The bytes of each layer's tensors as the checkpoint stores them, as float32.
+  std::vector<int64_t> layer_bytes(static_cast<size_t>(n), 0);
+  const auto ckpt = io::Checkpoint::open(folder);
+  for (const auto& name : ckpt.names()) {
+    const auto at = name.find("layers.");
+    if (at == std::string::npos) continue;
+    int64_t numel = 1;
+    for (auto d : ckpt.info(name).shape) numel *= d;
+    layer_bytes.at(static_cast<size_t>(std::stoll(name.substr(at + 7)))) += numel * 4;
+  }
+  const int64_t all = std::accumulate(layer_bytes.begin(), layer_bytes.end(), int64_t{0});
+
+  const auto samples = test::make_samples({16, 16}, resident->config().vocab_size, 9);
+  auto ids = at::empty({2, 16}, at::kLong);
+  for (int64_t r = 0; r < 2; ++r) std::copy(samples[r].begin(), samples[r].end(), ids[r].data_ptr<int64_t>());
+  c10::InferenceMode guard;
+  util::reset_memory_peaks();
+  CHECK(offloaded->forward(ids).equal(resident->forward(ids)));
+  CHECK(util::memory_peaks().offload_bytes == all);
+
+  // Two batches through layers [1, 4): layers 1 to 3 once each, whatever the number of batches.
+  std::vector<at::Tensor> want{resident->embed(ids.slice(0, 0, 1)), resident->embed(ids.slice(0, 1, 2))};
+  std::vector<at::Tensor> got = want;
+  for (auto& h : want) {
+    for (int64_t i = 1; i < n; ++i) h = resident->layer(i, h);
+  }
+  util::reset_memory_peaks();
+  offloaded->layers(1, n, got);
+  CHECK(util::memory_peaks().offload_bytes == all - layer_bytes[0]);
+  REQUIRE(got.size() == 2);
+  for (size_t b = 0; b < 2; ++b) CHECK(got[b].equal(want[b]));
 }
 
 TEST_CASE("placement: perplexity with offloaded layers equals the resident one, a layer copied once per group", "[placement]") {

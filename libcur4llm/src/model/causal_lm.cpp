@@ -8,6 +8,7 @@
 #include <cur4llm/model/kv_cache.h>
 
 #include "architecture.h"
+#include "fused/fused_ops.h"
 #include "io/json_parse.h"
 
 #include <ATen/ATen.h>
@@ -250,6 +251,15 @@ AcurSection parse_acur_section(const std::string& text, const std::string& sourc
   return out;
 }
 
+// The decoder-layer index in a tensor or module name ("model.layers.3.mlp..." -> 3), or -1.
+int64_t layer_of_name(const std::string& name) {
+  const auto at = name.find("layers.");
+  if (at == std::string::npos) return -1;
+  size_t i = at + 7, j = i;
+  while (j < name.size() && std::isdigit(static_cast<unsigned char>(name[j]))) ++j;
+  return j > i ? std::stoll(name.substr(i, j - i)) : -1;
+}
+
 }  // namespace
 
 CausalLM::~CausalLM() = default;
@@ -389,13 +399,19 @@ std::unique_ptr<CausalLM> CausalLM::random(const ModelConfig& config, const Load
     const bool norm_weight = e.shape.size() == 1 && !e.linear_bias && e.name.find("norm") != std::string::npos &&
                              e.name.compare(e.name.size() - 7, 7, ".weight") == 0;
     // Made directly on the target device and dtype: a 7B-shaped model needs no host copy.
-    const auto opts = at::TensorOptions().device(lm->home_of(e.name)).dtype(lm->dtype_);
+    const c10::Device home = lm->home_of(e.name);
+    const auto opts = at::TensorOptions().device(home).dtype(lm->dtype_);
     if (norm_weight) return at::ones(e.shape, opts);
     if (e.shape.size() == 1) return at::zeros(e.shape, opts);
     const double std = 1.0 / std::sqrt(static_cast<double>(e.shape.back()));
-    auto t = at::empty(e.shape, opts);
+    // An offloaded layer's weights are drawn on the device that runs the layer and
+    // copied out: the host's generator would take minutes for a 13B shape.
+    const int64_t layer = layer_of_name(e.name);
+    const bool offloaded = layer >= 0 && layer < config.num_layers && lm->layer_offloaded(layer);
+    const c10::Device draw = offloaded ? lm->layer_device(layer) : home;
+    auto t = at::empty(e.shape, opts.device(draw));
     if (t.is_cpu()) return t.normal_(0.0, std, gen);
-    return t.normal_(0.0, std);  // the device's default generator
+    return t.normal_(0.0, std).to(home);  // the device's default generator
   });
   return lm;
 }
@@ -428,31 +444,37 @@ at::Tensor CausalLM::layer(int64_t index, const at::Tensor& hidden) const {
 
 namespace {
 
-// The decoder-layer index in a tensor or module name ("model.layers.3.mlp..." -> 3), or -1.
-int64_t layer_of_name(const std::string& name) {
-  const auto at = name.find("layers.");
-  if (at == std::string::npos) return -1;
-  size_t i = at + 7, j = i;
-  while (j < name.size() && std::isdigit(static_cast<unsigned char>(name[j]))) ++j;
-  return j > i ? std::stoll(name.substr(i, j - i)) : -1;
-}
-
 // Tensors after the decoder layers: final norm, lm_head, OPT's project_out.
 bool is_head_side(const std::string& name) {
   return name.rfind("lm_head", 0) == 0 || name.find("project_out") != std::string::npos ||
          name.find("final_layer_norm") != std::string::npos || name == "model.norm.weight" || name == "model.norm.bias";
 }
 
+// A host tensor that is copied to a CUDA device again and again is pinned once:
+// its copies then run at the bus's speed and without blocking the host. The
+// pinned copy replaces the pageable one for good (OnDevice puts it back into
+// the model). Where pinning fails (too little lockable memory), the pageable
+// tensor stays and its copies are only slower.
+at::Tensor pinned_for(const at::Tensor& host, c10::Device device) {
+  if (!device.is_cuda() || !host.is_cpu() || host.is_pinned()) return host;
+  try {
+    return host.pin_memory();
+  } catch (const c10::Error&) {
+    return host;
+  }
+}
+
 // An offloaded layer's tensors on its device for the guard's lifetime: every
 // slot tensor (LinearSlot::state()) and norm of the layer points at a device
-// copy, and back at the host copy afterwards. The bytes staged are counted
+// copy, and back at the host copy afterwards. The copies are queued on the
+// current stream without waiting for them. The bytes staged are counted
 // (util::MemoryPeaks::offload_bytes).
 class OnDevice {
  public:
   OnDevice(std::vector<at::Tensor> tensors, c10::Device device) : tensors_(std::move(tensors)) {
     int64_t bytes = 0;
     for (auto& t : tensors_) {
-      host_.push_back(t.detach());
+      host_.push_back(pinned_for(t.detach(), device));
       bytes += static_cast<int64_t>(t.nbytes());
       t.set_data(host_.back().to(device, /*non_blocking=*/true));
     }
@@ -463,6 +485,8 @@ class OnDevice {
   }
   OnDevice(const OnDevice&) = delete;
   OnDevice& operator=(const OnDevice&) = delete;
+  /// The layer's tensors, on the device while the guard lives.
+  const std::vector<at::Tensor>& tensors() const { return tensors_; }
 
  private:
   std::vector<at::Tensor> tensors_;
@@ -544,10 +568,37 @@ void CausalLM::layers(int64_t first, int64_t end, std::vector<at::Tensor>& hidde
     throw std::out_of_range(fmt::format("layers [{}, {}) out of range [0, {})", first, end, config_.num_layers));
   }
   auto on = [](const at::Tensor& h, c10::Device device) { return h.device() == device ? h : h.to(device); };
+  // While an offloaded layer runs, the next offloaded layer of [first, end) on the same
+  // device is copied in on a side stream (its source is host memory, so the copy waits
+  // for nothing queued before it). At most two offloaded layers are on a device at once.
+  auto next_offloaded = [&](int64_t after) {
+    for (int64_t j = after + 1; j < end; ++j) {
+      if (layer_offloaded(j)) return j;
+    }
+    return end;
+  };
+  std::unique_ptr<OnDevice> prefetched;  // declared before the side stream, which waits for its copy
+  int64_t prefetched_index = -1;
+  std::unique_ptr<fused::SideStream> side;
   for (int64_t i = first; i < end;) {
     if (layer_offloaded(i)) {
       const c10::Device device = layer_device(i);
-      OnDevice staged(layer_tensors(i), device);  // copied in once for every batch
+      std::unique_ptr<OnDevice> staged;  // copied in once for every batch
+      if (prefetched_index == i) {
+        side->join(prefetched->tensors());  // this stream waits for the copy; its memory is used here
+        staged = std::move(prefetched);
+        prefetched_index = -1;
+      } else {
+        staged = std::make_unique<OnDevice>(layer_tensors(i), device);
+      }
+      const int64_t next = next_offloaded(i);
+      if (next < end && layer_device(next) == device) {
+        if (!side) side = std::make_unique<fused::SideStream>(device);
+        side->run([this, &prefetched, next, device] {
+          prefetched = std::make_unique<OnDevice>(layer_tensors(next), device);
+        });
+        prefetched_index = next;
+      }
       for (auto& h : hidden) {
         h = arch_->layer(*this, i, on(h, device));
         if (park_on_host) h = h.to(at::kCPU);

@@ -120,7 +120,9 @@ class CausalLM {
   /// layer is copied to its device once for all of them; a run of resident layers takes the
   /// batches one at a time. With `park_on_host` the states wait in host memory after each
   /// offloaded layer and each run of resident ones (many batches on a device that has room
-  /// for few). Each batch is computed as it is alone.
+  /// for few). Each batch is computed as it is alone. While an offloaded layer runs, the next
+  /// offloaded one on the same device is copied in on a side stream (host copies pinned on
+  /// first use), so a device holds up to two offloaded layers beside its resident ones.
   void layers(int64_t first, int64_t end, std::vector<at::Tensor>& hidden, bool park_on_host = false) const;
   /// Layer `index` on `hidden` up to its slot `role` (see LayerPrefix). Then
   /// layer_resume(prefix) == layer(index, hidden) with the slots as they are at
