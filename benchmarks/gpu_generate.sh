@@ -46,13 +46,13 @@ fi
 build=/tmp/cur4llm-build
 cmake -S . -B $build -G Ninja -DCMAKE_BUILD_TYPE=Release -DCUR4LLM_SHARED_DIR="$(realpath "$shared")" \
   > "$work/configure.log" 2>&1 || { tail -40 "$work/configure.log" | tee -a "$log"; exit 1; }
-cmake --build $build -j16 --target test_generate test_packed_quant test_model generate bench_decode bench_linear \
+cmake --build $build -j16 --target test_generate test_packed_quant test_model test_placement generate bench_decode bench_linear \
   ${EXTRA_TARGETS:-} > "$work/build.log" 2>&1 ||
   { grep -E "error|Error" -A5 "$work/build.log" | head -60 | tee -a "$log"; exit 1; }
 stamp "built"
 
 if [[ $parts == *" tests "* ]]; then
-  for t in test_packed_quant test_generate test_model; do
+  for t in test_packed_quant test_generate test_model test_placement; do
     timeout "$(left 120)" $build/tests/$t "[cuda]" -r compact 2>&1 | tail -4 | tee -a "$log"
   done
   stamp "cuda tests"

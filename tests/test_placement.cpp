@@ -355,3 +355,55 @@ TEST_CASE("placement: perplexity with offloaded layers equals the resident one, 
   CHECK(eval::samples_perplexity(*resident, samples, o).window_nll == want.window_nll);
   CHECK(util::memory_peaks().offload_bytes == 0);
 }
+
+TEST_CASE("CUDA: offloaded layers copied in ahead on a side stream give the resident model's logits", "[placement][cuda]") {
+  CUR4LLM_REQUIRE_CUDA();
+  // Six layers of 51 MB (float32); the cap leaves the device room for two beside the
+  // embedding and the head, so four run from pinned host memory, each next one copied in
+  // while the one before it runs.
+  const auto config = model::ModelConfig::from_json(
+      R"({"model_type": "llama", "vocab_size": 512, "hidden_size": 1024, "num_hidden_layers": 6,
+          "intermediate_size": 2816, "num_attention_heads": 8, "num_key_value_heads": 8, "rms_norm_eps": 1e-5,
+          "max_position_embeddings": 4096, "hidden_act": "silu"})",
+      "config");
+  const int64_t h = 1024, f = 2816;
+  const int64_t layer_bytes = (4 * h * h + 3 * h * f + 2 * h) * 4;
+  model::LoadOptions resident_options;
+  resident_options.device = c10::Device(c10::kCUDA);
+  resident_options.dtype = at::kFloat;
+  model::LoadOptions offload_options = resident_options;
+  offload_options.device_map = "auto";
+  offload_options.max_memory = "cuda:0=110MB";
+  // The same draws for both: the device's generator from the same seed, in the same order.
+  at::manual_seed(11);
+  auto resident = model::CausalLM::random(config, resident_options, 11);
+  at::manual_seed(11);
+  auto offloaded = model::CausalLM::random(config, offload_options, 11);
+  REQUIRE(offloaded->placement() != nullptr);
+  INFO(offloaded->placement()->describe());
+  REQUIRE(offloaded->placement()->num_offloaded() == 4);
+  CHECK(offloaded->dense_linear("model.layers.5.mlp.up_proj").weight().is_cpu());
+  CHECK(offloaded->dense_linear("model.layers.5.mlp.up_proj").weight().equal(
+      resident->dense_linear("model.layers.5.mlp.up_proj").weight().cpu()));
+
+  c10::InferenceMode guard;
+  const auto ids = at::randint(512, {2, 64}, at::TensorOptions().dtype(at::kLong));
+  const auto want = resident->forward(ids);
+  resident.reset();
+  for (int pass = 0; pass < 3; ++pass) {
+    INFO("pass " << pass);
+    util::reset_memory_peaks();
+    const auto got = offloaded->forward(ids);
+    CHECK(at::allclose(got, want, 1e-5, 1e-5));
+    const auto peaks = util::memory_peaks();
+    CHECK(peaks.offload_bytes == 4 * layer_bytes);
+    // At most two offloaded layers on the device at once, beside the two resident ones and
+    // the embedding and head (4 MiB); the hidden states of 128 tokens are small.
+    REQUIRE(!peaks.devices.empty());
+    CHECK(peaks.devices.front().second <= 4 * layer_bytes + (8 << 20) + (16 << 20));
+  }
+  // Back in host memory after the pass, pinned for the next copies.
+  const auto& w = offloaded->dense_linear("model.layers.5.mlp.up_proj").weight();
+  CHECK(w.is_cpu());
+  CHECK(w.is_pinned());
+}
