@@ -31,12 +31,13 @@
 // Projections that read one input (q/k/v, gate/up; dense or packed) are stacked
 // into one product each (CausalLM::group_projections, as the generate app loads a
 // model); --group 0 keeps them apart. --dense_mma, --int4_pipeline, --norm_in_product,
-// --decode_vector and --packed_prefill set cur4llm's kernels that run only where asked for
-// (util::OptIn: dense 16-bit steps of up to 8 tokens on the tensor-core kernel instead of
+// --decode_vector and --packed_prefill switch cur4llm's kernels one by one
+// (util::Kernel: dense 16-bit steps of up to 8 tokens on the tensor-core kernel instead of
 // cuBLAS; packed int4 codes through shared memory; LLaMA's input norms inside the products
 // that follow them; decoding attention reading the cache 16 bytes a lane; a packed layer's
-// prefill weight rebuilt in one launch): 1 on, 0 off, left out the library's default (off
-// unless the environment asks). Each JSON line says which were on.
+// prefill weight rebuilt in one launch): 1 on, 0 off, left out the library's default (all
+// on but the int4 pipeline, unless the environment says otherwise). Each JSON line says
+// which were on.
 // Each timed decoding step is an NVTX range "decode_step" (CUDA builds), for
 // per-kernel times: ncu --nvtx --nvtx-include "decode_step/" bench_decode ...
 // --trace FILE saves a Chrome trace of the last timed run (PyTorch's profiler:
@@ -74,13 +75,13 @@ int main(int argc, char** argv) try {
   const int64_t narrow_align = args.integer("narrow_align", 8);
   if (narrow_align < 1) throw std::invalid_argument("--narrow_align must be at least 1");
   const bench::Tracer tracer(args.str("trace", ""));
-  const std::pair<const char*, util::OptIn> opt_ins[] = {{"dense_mma", util::OptIn::dense_mma},
-                                                         {"int4_pipeline", util::OptIn::int4_pipeline},
-                                                         {"norm_in_product", util::OptIn::norm_in_product},
-                                                         {"decode_vector", util::OptIn::decode_vector},
-                                                         {"packed_prefill", util::OptIn::packed_prefill}};
-  for (const auto& [flag, kernel] : opt_ins) {
-    if (args.has(flag)) util::set_opt_in_enabled(kernel, args.integer(flag, 0) != 0);
+  const std::pair<const char*, util::Kernel> switches[] = {{"dense_mma", util::Kernel::dense_mma},
+                                                         {"int4_pipeline", util::Kernel::int4_pipeline},
+                                                         {"norm_in_product", util::Kernel::norm_in_product},
+                                                         {"decode_vector", util::Kernel::decode_vector},
+                                                         {"packed_prefill", util::Kernel::packed_prefill}};
+  for (const auto& [flag, kernel] : switches) {
+    if (args.has(flag)) util::set_kernel_enabled(kernel, args.integer(flag, 0) != 0);
   }
   std::string source;
   auto lm = bench::load_model(args, &source);
@@ -130,7 +131,7 @@ int main(int argc, char** argv) try {
     }
     // As the generate app runs a model: each layer's q/k/v and gate/up as one product where they stack.
     if (args.integer("group", 1) != 0) base["grouped_projections"] = lm->group_projections();
-    for (const auto& [flag, kernel] : opt_ins) base[flag] = util::opt_in_enabled(kernel);
+    for (const auto& [flag, kernel] : switches) base[flag] = util::kernel_enabled(kernel);
     if (!keep_dense) dense_slots.clear();
     // Weights and buffers on the device before any input: what the layers hold.
     base["model_device_bytes"] = bench::device_memory(device, /*peak=*/false);

@@ -6,8 +6,8 @@
 # module-narrowed and packed, with transformers' generate() on the same card
 # (benchmarks/hf_decode.py). Logs and JSON lines go to $OUT:
 #   bash benchmarks/gpu_generate.sh <deps-folder> <shared-folder> [parts]
-# parts (default "tests refs llama prefill hf opt"; "kernels" measures the decoding
-# kernels that are off by default against the defaults; "profile" adds per-kernel
+# parts (default "tests refs llama prefill hf opt"; "kernels" measures the switchable
+# decoding kernels (util::Kernel), all off against the defaults; "profile" adds per-kernel
 # times of one decoding step through Nsight Compute, last; "trace" the kernels
 # of 16 decoding steps of the whole LLaMA-7B shape through PyTorch's profiler,
 # for each of $TRACE_SPECS, summed by benchmarks/trace_summary.py); $EXTRA_TARGETS are
@@ -107,12 +107,12 @@ if [[ $parts == *" opt "* ]]; then
   stamp "opt"
 fi
 if [[ $parts == *" kernels "* ]]; then
-  # The decoding kernels that are off by default, against the defaults, one process each:
-  # int4 products with their codes pipelined through shared memory (for each pipeline shape
-  # "warps,stages" built; 0: the kernel without it), then whole LLaMA-7B steps with all of them
-  # on (the pipeline, the input norms inside the products, 16-byte decoding attention, packed
-  # prefill weights rebuilt in one launch; dense layers on the tensor-core kernel) at prompts
-  # of 512 and 2048.
+  # The switchable decoding kernels (util::Kernel), one process each: int4 products with their
+  # codes pipelined through shared memory, for each pipeline shape "warps,stages" built (0: the
+  # kernel without it, the default), then whole LLaMA-7B steps with every switch off and with
+  # the defaults (dense layers on the tensor-core kernel, the input norms inside the products,
+  # 16-byte decoding attention, packed prefill weights rebuilt in one launch) at prompts of 512
+  # and 2048.
   for shape in 0 8,4 8,3 8,2 4,4 4,6; do
     pipeline=$([[ $shape == 0 ]] && echo 0 || echo 1)
     echo "{\"int4_pipeline\": $pipeline, \"shape\": \"$shape\"}" >> "$out/bench_linear.jsonl"
@@ -120,15 +120,15 @@ if [[ $parts == *" kernels "* ]]; then
       --device cuda --dtype bf16 --shapes 4096x4096,4096x11008,11008x4096,4096x12288,4096x22016 --tokens 1 \
       --ratios "" --packed rtn_int4 --decode_iters 300 2>&1 | tee -a "$out/bench_linear.jsonl"
   done
-  on="--int4_pipeline 1 --norm_in_product 1 --decode_vector 1 --packed_prefill 1"
+  off="--dense_mma 0 --int4_pipeline 0 --norm_in_product 0 --decode_vector 0 --packed_prefill 0"
   for spec in dense packed:rtn_int4; do
-    for flags in "" "$on --dense_mma 1"; do
+    for flags in "$off" ""; do
       run 45 $bench --config benchmarks/configs/llama-7b.json --device cuda --dtype bf16 --batch 1 --prompt_len 512 \
         --new_tokens 128 --graph 1 --factorize $spec $flags
     done
   done
   for spec in ${KERNEL_SPECS:-dense narrow:0.8 narrow:0.7}; do
-    for flags in "" "$on --dense_mma 1"; do
+    for flags in "$off" ""; do
       run 50 $bench --config benchmarks/configs/llama-7b.json --device cuda --dtype bf16 --batch 1 --prompt_len 2048 \
         --new_tokens 64 --graph 1 --narrow_align 128 --factorize $spec $flags
     done

@@ -8,7 +8,8 @@
 #            cuda:0=$OFFLOAD_CAP (default 12GiB: the layers beyond it stay in host
 #            memory), same arguments otherwise; each stage's record has its wall
 #            time, the device and host peaks and the bytes of offloaded weights
-#            copied in (offload_bytes).
+#            copied in (offload_bytes). $OFFLOAD_ORDER: "offloaded resident" runs them
+#            the other way round.
 #   shares   each rank's share of a LLaMA-7B-shape sweep of a subset of layers
 #            for 2, 4 and 8 ranks, timed one after another on the one card
 #            (benchmarks/share_balance.py).
@@ -42,7 +43,7 @@ if [[ $parts == *" offload "* ]]; then
   args=(--config benchmarks/configs/llama-13b.json --device cuda --dtype bf16 --samples "${OFFLOAD_SAMPLES:-8}"
         --seqlen 2048 --method svd --layers "${OFFLOAD_LAYERS:-L1,L39,head}" --profile 0 --eval_windows 8
         --stages statistics,sensitivity,evaluation)
-  for placement in resident offloaded; do
+  for placement in ${OFFLOAD_ORDER:-resident offloaded}; do
     extra=()
     [[ $placement == offloaded ]] && extra=(--device_map auto --max_memory "cuda:0=${OFFLOAD_CAP:-12GiB}")
     echo "{\"placement\": \"$placement\"}" >> "$out/scale.jsonl"

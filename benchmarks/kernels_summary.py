@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Tables of the opt-in decoding kernels against the defaults, from the JSON lines that
+"""Tables of the switchable decoding kernels (util::Kernel), from the JSON lines that
 benchmarks/gpu_generate.sh's part "kernels" writes:
 
     python3 benchmarks/kernels_summary.py OUT/bench_linear.jsonl OUT/bench_decode.jsonl
@@ -9,7 +9,8 @@ Prints Markdown:
   pipeline shape ("0": the kernel that loads into registers), microseconds and GB/s of the
   packed bytes;
 - the decoding runs (bench_decode): prefill and CUDA-graph decoding tokens/s, each against the
-  dense run of the same prompt length and kernel switches, and against the dense run with none.
+  dense run of the same prompt length and kernel switches, and against the dense run with all
+  of them off.
 Lines that are not JSON, or not of these benchmarks, are skipped.
 """
 import argparse
@@ -72,14 +73,14 @@ def decode_table(path):
                                                 decode_rate(j) / decode_rate(base))
 
     out = ["| layers | batch | prompt | switches on | prefill tok/s | decode tok/s (graph where timed) "
-           "| vs dense, same switches | vs dense, defaults |",
+           "| vs dense, same switches | vs dense, all off |",
            "|---|---|---|---|---|---|---|---|"]
     for j in runs:
         on = ", ".join(s for s in SWITCHES if j.get(s)) or "none"
-        defaults = (j.get("prompt_len"), j.get("batch"), tuple(False for _ in SWITCHES))
+        all_off = (j.get("prompt_len"), j.get("batch"), tuple(False for _ in SWITCHES))
         out.append("| %s | %s | %s | %s | %.0f | %.1f | %s | %s |" % (
             j.get("layers"), j.get("batch"), j.get("prompt_len"), on, j["prefill_tokens_per_s"], decode_rate(j),
-            against(j, dense.get(key(j))), against(j, dense.get(defaults))))
+            against(j, dense.get(key(j))), against(j, dense.get(all_off))))
     return "\n".join(out) + "\n"
 
 

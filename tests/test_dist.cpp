@@ -187,6 +187,30 @@ TEST_CASE("dist: the launcher's variables", "[dist]") {
   }
 }
 
+TEST_CASE("dist: each rank on a host gets its own CUDA devices", "[dist]") {
+  // Nothing listed: the host's devices by index, K consecutive ones per local rank.
+  CHECK(dist::rank_cuda_devices("", 0, 1) == "0");
+  CHECK(dist::rank_cuda_devices("", 3, 1) == "3");
+  CHECK(dist::rank_cuda_devices("", 1, 2) == "2,3");
+  CHECK(dist::rank_cuda_devices("", 2, 4) == "8,9,10,11");
+  // A list: this rank's share of it, whatever its entries are (indices or UUIDs).
+  CHECK(dist::rank_cuda_devices("4,5,6,7", 1, 1) == "5");
+  CHECK(dist::rank_cuda_devices("4, 5 ,6,7", 1, 2) == "6,7");
+  CHECK(dist::rank_cuda_devices("GPU-a,GPU-b,GPU-c", 2, 1) == "GPU-c");
+  // Exactly K listed: the launcher bound this rank already (Slurm's --gpus-per-task).
+  CHECK(dist::rank_cuda_devices("6", 3, 1) == "6");
+  CHECK(dist::rank_cuda_devices("2,3", 5, 2) == "2,3");
+  // Too few for this rank, or a count below one: refused, naming what was asked.
+  CHECK_THROWS_WITH(dist::rank_cuda_devices("0,1,2", 1, 2),
+                    Catch::Contains("local rank 1") && Catch::Contains("--gpus_per_rank 2") &&
+                        Catch::Contains("2 to 3") && Catch::Contains("lists 3"));
+  CHECK_THROWS_WITH(dist::rank_cuda_devices("", 0, 0), Catch::Contains("--gpus_per_rank must be 1 or more"));
+  // The variable is set for this process.
+  test::ScopedEnv visible("CUDA_VISIBLE_DEVICES", "0,1,2,3");
+  CHECK(dist::bind_cuda_devices(1, 2) == "2,3");
+  CHECK(std::string(std::getenv("CUDA_VISIBLE_DEVICES")) == "2,3");
+}
+
 TEST_CASE("dist: the single group does every collective locally", "[dist]") {
   auto group = dist::Group::single();
   auto t = at::arange(3, at::kFloat);

@@ -590,7 +590,7 @@ TEST_CASE("CUDA: decoding attention over many cache slots, model-sized heads, wi
   // different lengths (masked slots). The fused decoding path, reading the cache 16 bytes a lane
   // and one element a lane, against the full forward (fp32), and against the cached path with
   // cur4llm's kernels off (bf16, half).
-  test::OptInScope kernels{};
+  test::KernelScope kernels{};
   const char* mha = R"({"model_type": "llama", "vocab_size": 512, "hidden_size": 512, "num_hidden_layers": 2,
       "intermediate_size": 1024, "num_attention_heads": 8, "num_key_value_heads": 8, "rms_norm_eps": 1e-5,
       "max_position_embeddings": 4096, "hidden_act": "silu"})";
@@ -605,7 +605,7 @@ TEST_CASE("CUDA: decoding attention over many cache slots, model-sized heads, wi
     o.device = c10::Device(c10::kCUDA);
     o.dtype = at::kFloat;
     for (const bool vector_loads : {false, true}) {
-      kernels.set(util::OptIn::decode_vector, vector_loads);
+      kernels.set(util::Kernel::decode_vector, vector_loads);
       check_cached_equals_forward(*CausalLM::random(config, o, 3), c.prefill, c.total, 1e-3);
     }
     for (const auto dtype : {at::kBFloat16, at::kHalf}) {
@@ -627,7 +627,7 @@ TEST_CASE("CUDA: decoding attention over many cache slots, model-sized heads, wi
       };
       const auto plain = decode(false);
       for (const bool vector_loads : {false, true}) {
-        kernels.set(util::OptIn::decode_vector, vector_loads);
+        kernels.set(util::Kernel::decode_vector, vector_loads);
         const auto fused = decode(true);
         INFO(c10::toString(dtype) << ", vector loads " << vector_loads);
         const double err = (fused - plain).pow(2).mean().item<double>() / plain.pow(2).mean().item<double>();

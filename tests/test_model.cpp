@@ -3,6 +3,7 @@
 #include <cur4llm/eval/perplexity.h>
 #include <cur4llm/io/safetensors.h>
 #include <cur4llm/model/causal_lm.h>
+#include <cur4llm/model/kv_cache.h>
 #include <cur4llm/util/fused_kernels.h>
 
 #include <ATen/ATen.h>
@@ -189,12 +190,53 @@ TEST_CASE("CUDA: cur4llm's kernels and cuDNN attention give ATen's results on mo
   }
 }
 
+TEST_CASE("CUDA: a model-sized LLaMA decodes on the dense tensor-core kernel as on cuBLAS", "[model][cuda]") {
+  CUR4LLM_REQUIRE_CUDA();
+  using cur4llm::util::Kernel;
+  const auto config = cur4llm::model::ModelConfig::from_json(cur4llm::test::kModelSizedLlama, "test config");
+  LoadOptions o;
+  o.device = c10::Device(c10::kCUDA);
+  o.dtype = at::kBFloat16;
+  auto lm = CausalLM::random(config, o, 7);
+  REQUIRE(lm->group_projections() == 2 * config.num_layers);  // as the generate app runs it
+  c10::InferenceMode guard;
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(12);
+  const auto ids = at::randint(config.vocab_size, {2, 12}, gen, at::TensorOptions().dtype(at::kLong)).cuda();
+  // A prefill of 8 tokens (cuBLAS either way), then steps of 2 rows x 1 token: every Linear of a
+  // step on the kernel (q/k/v with the norm inside, o_proj and down_proj into the residual, the
+  // gate in gate/up's launch) or on cuBLAS with the norm, the addition and the gate apart.
+  auto decode = [&] {
+    std::vector<at::Tensor> logits;
+    cur4llm::model::KVCache cache(2, 16, lm->device());
+    logits.push_back(lm->forward_cached(ids.narrow(1, 0, 8), cache).to(at::kFloat));
+    for (int64_t t = 8; t < 12; ++t) logits.push_back(lm->forward_cached(ids.narrow(1, t, 1), cache).to(at::kFloat));
+    return logits;
+  };
+  cur4llm::test::KernelScope kernels{{Kernel::dense_mma, false}, {Kernel::norm_in_product, false}};
+  const auto cublas = decode();
+  kernels.set(Kernel::dense_mma, true);
+  kernels.set(Kernel::norm_in_product, true);
+  const auto mma = decode();
+  REQUIRE(mma.size() == cublas.size());
+  CHECK(mma.front().equal(cublas.front()));  // the prefill takes cuBLAS either way
+  for (size_t i = 1; i < cublas.size(); ++i) {
+    INFO("step " << i);
+    const double bound = 2e-2 * (1 + cublas[i].abs().max().item<double>());
+    CHECK((mma[i] - cublas[i]).abs().max().item<double>() <= bound);
+    // And the same greedy choice wherever cuBLAS's best logit leads by more than the bound.
+    const auto top2 = cublas[i].topk(2, -1);
+    const auto lead = (std::get<0>(top2).select(-1, 0) - std::get<0>(top2).select(-1, 1)).reshape({-1});
+    const auto same = mma[i].argmax(-1).reshape({-1}).eq(std::get<1>(top2).select(-1, 0).reshape({-1}));
+    CHECK(same.logical_or(lead.le(2 * bound)).all().item<bool>());
+  }
+}
+
 TEST_CASE("CUDA: dense 16-bit products of a few tokens on the tensor cores: plain, into a residual, SiLU gate, "
           "with the input's norm",
           "[model][cuda]") {
   CUR4LLM_REQUIRE_CUDA();
-  using cur4llm::util::OptIn;
-  cur4llm::test::OptInScope kernels{{OptIn::dense_mma, true}, {OptIn::norm_in_product, true}};
+  using cur4llm::util::Kernel;
+  cur4llm::test::KernelScope kernels{{Kernel::dense_mma, true}, {Kernel::norm_in_product, true}};
   c10::InferenceMode guard;
   auto gen = at::make_generator<at::CPUGeneratorImpl>(23);
   // 128 columns: one chunk of the kernel; 384: three (fewer than a block's warps); 2816: 22.
@@ -232,14 +274,14 @@ TEST_CASE("CUDA: dense 16-bit products of a few tokens on the tensor cores: plai
       cur4llm::test::check_normed(layer, x, norm, w.to(at::kDouble), at::Tensor(), true);
     }
     // The norm in the launch turned off: the caller normalises.
-    kernels.set(OptIn::norm_in_product, false);
+    kernels.set(Kernel::norm_in_product, false);
     const cur4llm::model::InputNorm norm{at::ones({1024}, at::TensorOptions().device(at::kCUDA).dtype(dtype)), 1e-6};
     CHECK_FALSE(layer.forward_normed(at::randn({1, 1024}, gen).to(at::kCUDA, dtype), norm).defined());
-    kernels.set(OptIn::norm_in_product, true);
+    kernels.set(Kernel::norm_in_product, true);
     CHECK_FALSE(layer.silu_gate(at::randn({9, 1024}, gen).to(at::kCUDA, dtype)).defined());  // more than 8 tokens
-    kernels.set(OptIn::dense_mma, false);
+    kernels.set(Kernel::dense_mma, false);
     CHECK_FALSE(layer.silu_gate(at::randn({1, 1024}, gen).to(at::kCUDA, dtype)).defined());  // turned off
-    kernels.set(OptIn::dense_mma, true);
+    kernels.set(Kernel::dense_mma, true);
   }
 }
 

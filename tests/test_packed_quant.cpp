@@ -655,7 +655,7 @@ TEST_CASE("CUDA: the fused packed product equals the dequantized layer's", "[pac
 TEST_CASE("CUDA: a prefill multiplies the packed weight rebuilt in one launch, bit for bit dequantize_tensor's",
           "[packed_quant][cuda]") {
   CUR4LLM_REQUIRE_CUDA();
-  test::OptInScope kernels{{util::OptIn::packed_prefill, true}};
+  test::KernelScope kernels{{util::Kernel::packed_prefill, true}};
   auto gen = at::make_generator<at::CPUGeneratorImpl>(31);
   // 517 columns: int4 rows end in half a byte and the last group of 128 is partial.
   for (const int64_t cols : {512, 517}) {
@@ -779,12 +779,12 @@ TEST_CASE("CUDA: int4 on the tensor cores: products, a residual added in place, 
   };
   // Both kernels: codes loaded into registers, and through shared memory by asynchronous copies.
   // The input's norm in the launch is checked beside the plain product.
-  test::OptInScope kernels{{util::OptIn::norm_in_product, true}};
+  test::KernelScope kernels{{util::Kernel::norm_in_product, true}};
   // 128 columns: one chunk of the kernel; 384: three (fewer than a block's warps); 2816: 22, two
   // or three a warp; 11008: 86, ten or eleven a warp (the pipeline's stages are reused). Groups
   // of 128 and 256 (a chunk's columns share a scale; 384 ends in half a group of 256).
   for (const bool pipeline : {false, true}) {
-    kernels.set(util::OptIn::int4_pipeline, pipeline);
+    kernels.set(util::Kernel::int4_pipeline, pipeline);
     for (const int64_t cols : {128, 384, 2816, 11008}) {
       for (const int64_t group : {128, 256}) {
         // 48 rows: a block and a half (32 rows each); 70: the last block repeats rows it does not write.
@@ -858,12 +858,12 @@ TEST_CASE("CUDA: a model-sized LLaMA at int4 decodes the same with its projectio
     for (int64_t t = 8; t < 12; ++t) logits.push_back(lm->forward_cached(ids.narrow(1, t, 1), cache).to(at::kFloat));
     return logits;
   };
-  test::OptInScope kernels{{util::OptIn::norm_in_product, false}};
+  test::KernelScope kernels{{util::Kernel::norm_in_product, false}};
   const auto apart = decode();
   REQUIRE(lm->group_projections() == 2 * config.num_layers);
   const auto stacked = decode();
   // And the input norms inside the stacked products' launches (no norm kernel in a step).
-  kernels.set(util::OptIn::norm_in_product, true);
+  kernels.set(util::Kernel::norm_in_product, true);
   const auto normed = decode();
   for (size_t i = 0; i < apart.size(); ++i) {
     INFO("pass " << i);

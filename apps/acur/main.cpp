@@ -205,6 +205,7 @@ int run_rank(int argc, char** argv, const std::shared_ptr<cur4llm::dist::Group>&
   po::variables_map vm;
   int exit_code = 0;
   if (!cur4llm::app::parse_command_line("acur", argc, argv, all, vm, exit_code)) return exit_code;
+  cur4llm::app::bind_rank_devices(*group, flags.gpus_per_rank);  // before CUDA is first used
 
   // Mistakes found now, not after the work.
   if (vm.count("eval_ppl") && !vm["eval_ppl"].defaulted() && split_list(o.eval_ppl).empty() &&

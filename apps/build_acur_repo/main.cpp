@@ -78,6 +78,7 @@ int run_rank(int argc, char** argv, const std::shared_ptr<cur4llm::dist::Group>&
   po::variables_map vm;
   int exit_code = 0;
   if (!cur4llm::app::parse_command_line("build_acur_repo", argc, argv, all, vm, exit_code)) return exit_code;
+  cur4llm::app::bind_rank_devices(*group, flags.gpus_per_rank);  // before CUDA is first used
   cur4llm::app::check_limit(o.limit);
 
   auto pipe = flags.resolved();

@@ -29,6 +29,14 @@ inline int run_as_rank(const char* app, const std::function<int(const std::share
   }
 }
 
+/// Gives this rank its own CUDA devices (dist::bind_cuda_devices) when several
+/// ranks run or --gpus_per_rank is given (`gpus_per_rank` 0: not given, 1 device
+/// a rank). Before anything uses CUDA: the apps call it once their flags are read.
+inline void bind_rank_devices(const dist::Group& group, int gpus_per_rank) {
+  if (!group.distributed() && gpus_per_rank == 0) return;
+  (void)dist::bind_cuda_devices(group.local_rank(), gpus_per_rank == 0 ? 1 : gpus_per_rank);
+}
+
 /// Makes `pipe` run over `group`: refuses ranks whose command lines differ, and
 /// leaves progress and standard output to rank 0 (the others' stdout goes to /dev/null).
 inline void join_pipeline(const std::shared_ptr<dist::Group>& group, int argc, char** argv,

@@ -6,6 +6,7 @@
 #include <cur4llm/pipeline/pipeline.h>
 
 #include <boost/program_options.hpp>
+#include <fmt/format.h>
 
 #include <filesystem>
 #include <stdexcept>
@@ -21,6 +22,7 @@ struct PipelineFlags {
   std::string device = "cpu";
   std::string device_map;  ///< --device_map (model/device_map.h)
   std::string max_memory;  ///< --max_memory
+  int gpus_per_rank = 0;   ///< --gpus_per_rank (0: not given)
   std::string dtype;
   std::string candidates;
   std::string preset = "best";
@@ -101,6 +103,11 @@ inline void add_pipeline_flags(boost::program_options::options_description& ref,
        "or a .json file (docs/distributed.md)")
       ("max_memory", po::value(&f.max_memory), "with --device_map: what each device may hold, e.g. cuda:0=20GiB,cuda:1=20GiB; "
        "layers beyond stay in host memory and are copied in to run")
+      ("gpus_per_rank", po::value<int>()->notifier([&f](int k) {
+         if (k < 1) throw std::invalid_argument(fmt::format("--gpus_per_rank must be 1 or more, not {}", k));
+         f.gpus_per_rank = k;
+       }), "CUDA devices of each rank when several run on a host (default 1): "
+       "local rank l uses devices l*K .. l*K+K-1, seen as cuda:0 .. cuda:K-1 (docs/distributed.md)")
       ("dtype", po::value(&f.dtype)->default_value(""), "fp32, fp16 or bf16 (default: fp32 on CPU, checkpoint's on CUDA)")
       ("seqlen", po::value(&o.seqlen)->default_value(2048), "tokens per sample and per evaluation window")
       ("data_dir", po::value(&f.data_dir)->default_value(""), "datasets folder (default $CUR4LLM_DATA_DIR, else ./data)")

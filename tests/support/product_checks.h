@@ -25,25 +25,25 @@ inline constexpr const char* kModelSizedLlama =
         "intermediate_size": 2816, "num_attention_heads": 8, "num_key_value_heads": 2, "rms_norm_eps": 1e-5,
         "max_position_embeddings": 4096, "hidden_act": "silu"})";
 
-/// Sets cur4llm's opt-in kernels (util::OptIn) for its life, then puts back what they were.
-class OptInScope {
+/// Sets cur4llm's switchable kernels (util::Kernel) for its life, then puts back what they were.
+class KernelScope {
  public:
-  OptInScope(std::initializer_list<std::pair<util::OptIn, bool>> settings) {
+  KernelScope(std::initializer_list<std::pair<util::Kernel, bool>> settings) {
     for (const auto& [kernel, on] : settings) set(kernel, on);
   }
-  ~OptInScope() {
-    for (const auto& [kernel, was] : saved_) util::set_opt_in_enabled(kernel, was);
+  ~KernelScope() {
+    for (const auto& [kernel, was] : saved_) util::set_kernel_enabled(kernel, was);
   }
-  OptInScope(const OptInScope&) = delete;
-  OptInScope& operator=(const OptInScope&) = delete;
-  void set(util::OptIn kernel, bool on) {
+  KernelScope(const KernelScope&) = delete;
+  KernelScope& operator=(const KernelScope&) = delete;
+  void set(util::Kernel kernel, bool on) {
     const bool seen = std::any_of(saved_.begin(), saved_.end(), [&](const auto& s) { return s.first == kernel; });
-    if (!seen) saved_.emplace_back(kernel, util::opt_in_enabled(kernel));
-    util::set_opt_in_enabled(kernel, on);
+    if (!seen) saved_.emplace_back(kernel, util::kernel_enabled(kernel));
+    util::set_kernel_enabled(kernel, on);
   }
 
  private:
-  std::vector<std::pair<util::OptIn, bool>> saved_;
+  std::vector<std::pair<util::Kernel, bool>> saved_;
 };
 
 /// Half a unit in the last place, relative, of half or bfloat16.

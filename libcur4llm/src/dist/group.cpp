@@ -5,7 +5,9 @@
 #include <ATen/ATen.h>
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
+#include <algorithm>
 #include <csignal>
 #include <cstdlib>
 #include <mutex>
@@ -55,6 +57,45 @@ double env_seconds(const char* name, double fallback) {
 }
 
 }  // namespace
+
+std::string rank_cuda_devices(const std::string& visible, int local_rank, int per_rank) {
+  if (per_rank < 1) throw std::invalid_argument(fmt::format("--gpus_per_rank must be 1 or more, not {}", per_rank));
+  if (local_rank < 0) throw std::invalid_argument(fmt::format("LOCAL_RANK must be 0 or more, not {}", local_rank));
+  std::vector<std::string> listed;
+  for (size_t start = 0; !visible.empty() && start <= visible.size();) {
+    const size_t comma = std::min(visible.find(',', start), visible.size());
+    std::string item = visible.substr(start, comma - start);
+    item.erase(0, item.find_first_not_of(" \t"));
+    item.erase(item.find_last_not_of(" \t") + 1);
+    if (!item.empty()) listed.push_back(item);
+    start = comma + 1;
+  }
+  if (static_cast<int>(listed.size()) == per_rank) return fmt::format("{}", fmt::join(listed, ","));
+  const int64_t first = static_cast<int64_t>(local_rank) * per_rank;
+  std::vector<std::string> mine;
+  for (int64_t i = first; i < first + per_rank; ++i) {
+    if (listed.empty()) {
+      mine.push_back(std::to_string(i));
+    } else if (i < static_cast<int64_t>(listed.size())) {
+      mine.push_back(listed[static_cast<size_t>(i)]);
+    } else {
+      throw std::invalid_argument(fmt::format(
+          "local rank {} with --gpus_per_rank {} needs the CUDA devices {} to {} of CUDA_VISIBLE_DEVICES=\"{}\", "
+          "which lists {}",
+          local_rank, per_rank, first, first + per_rank - 1, visible, listed.size()));
+    }
+  }
+  return fmt::format("{}", fmt::join(mine, ","));
+}
+
+std::string bind_cuda_devices(int local_rank, int per_rank) {
+  const char* before = std::getenv("CUDA_VISIBLE_DEVICES");
+  const std::string value = rank_cuda_devices(before ? before : "", local_rank, per_rank);
+  if (::setenv("CUDA_VISIBLE_DEVICES", value.c_str(), 1) != 0) {
+    throw std::runtime_error("cannot set CUDA_VISIBLE_DEVICES for this rank");
+  }
+  return value;
+}
 
 GroupOptions GroupOptions::from_environment() {
   GroupOptions o;

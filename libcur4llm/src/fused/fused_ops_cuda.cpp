@@ -59,22 +59,29 @@ std::atomic<bool>& enabled_flag() {
   return flag;
 }
 
-// The kernels that run only where asked for (util::OptIn), in its order, each asked for at
-// start when its environment variable is "1".
-constexpr int kOptIns = static_cast<int>(util::OptIn::packed_prefill) + 1;
-std::array<std::atomic<bool>, kOptIns>& opt_in_flags() {
-  static std::array<std::atomic<bool>, kOptIns> flags;  // false until read below
+// The switchable kernels (util::Kernel), in its order: each starts at its default unless its
+// environment variable says "1" (on) or "0" (off).
+constexpr int kKernels = static_cast<int>(util::Kernel::packed_prefill) + 1;
+std::array<std::atomic<bool>, kKernels>& kernel_flags() {
+  static std::array<std::atomic<bool>, kKernels> flags;  // false until read below
   static const bool read = [] {
-    const char* const names[] = {"CUR4LLM_DENSE_MMA", "CUR4LLM_INT4_PIPELINE", "CUR4LLM_NORM_IN_PRODUCT",
-                                 "CUR4LLM_DECODE_VECTOR", "CUR4LLM_PACKED_PREFILL"};
-    static_assert(std::size(names) == kOptIns, "one environment variable per util::OptIn");
-    for (int i = 0; i < kOptIns; ++i) flags[i].store(environment_says(names[i], "1"));
+    // In util::Kernel's order: the variable and the default (measured: docs/architecture.md).
+    const std::pair<const char*, bool> switches[] = {{"CUR4LLM_DENSE_MMA", true},
+                                                     {"CUR4LLM_INT4_PIPELINE", false},
+                                                     {"CUR4LLM_NORM_IN_PRODUCT", true},
+                                                     {"CUR4LLM_DECODE_VECTOR", true},
+                                                     {"CUR4LLM_PACKED_PREFILL", true}};
+    static_assert(std::size(switches) == kKernels, "one environment variable per util::Kernel");
+    for (int i = 0; i < kKernels; ++i) {
+      const auto& [name, on] = switches[i];
+      flags[i].store(on ? !environment_says(name, "0") : environment_says(name, "1"));
+    }
     return true;
   }();
   (void)read;
   return flags;
 }
-bool asked_for(util::OptIn kernel) { return opt_in_flags()[static_cast<int>(kernel)].load(); }
+bool switched_on(util::Kernel kernel) { return kernel_flags()[static_cast<int>(kernel)].load(); }
 
 int dtype_code(at::ScalarType dtype) {
   switch (dtype) {
@@ -100,8 +107,8 @@ namespace util {
 bool fused_kernels_built() { return true; }
 bool fused_kernels_enabled() { return enabled_flag().load(); }
 void set_fused_kernels_enabled(bool on) { enabled_flag().store(on); }
-bool opt_in_enabled(OptIn kernel) { return asked_for(kernel); }
-void set_opt_in_enabled(OptIn kernel, bool on) { opt_in_flags()[static_cast<int>(kernel)].store(on); }
+bool kernel_enabled(Kernel kernel) { return switched_on(kernel); }
+void set_kernel_enabled(Kernel kernel, bool on) { kernel_flags()[static_cast<int>(kernel)].store(on); }
 }  // namespace util
 
 namespace fused {
@@ -398,7 +405,7 @@ bool packed_linear_applies(const at::Tensor& x, const at::Tensor& qweight, const
 
 at::Tensor packed_dequantize(const at::Tensor& qweight, const at::Tensor& scales, const at::Tensor& zeros, int bits,
                              int64_t cols, int64_t group, const at::Tensor& input_scales, at::ScalarType dtype) {
-  if (!enabled_flag().load() || !asked_for(util::OptIn::packed_prefill) || !qweight.defined() || !qweight.is_cuda() ||
+  if (!enabled_flag().load() || !switched_on(util::Kernel::packed_prefill) || !qweight.defined() || !qweight.is_cuda() ||
       (dtype != at::kFloat && dtype != at::kHalf && dtype != at::kBFloat16) ||
       !packed_weight_fits(qweight, scales, zeros, bits, cols, group, input_scales, qweight.device())) {
     return {};
@@ -425,7 +432,7 @@ at::Tensor run_linear_mma(kernels::MmaLinearArgs a, const at::Tensor& x, const a
   a.x = x2.data_ptr();
   a.dtype = dtype_code(x2), a.tokens = static_cast<int>(std::min<int64_t>(x2.size(0), kernels::kLinearMmaMaxTokens + 1));
   a.silu_pair = extras.silu_gate;
-  a.pipeline = asked_for(util::OptIn::int4_pipeline);
+  a.pipeline = switched_on(util::Kernel::int4_pipeline);
   if (x2.size(0) == 0 || !kernels::linear_mma_fits(a)) return {};
   const int64_t out = extras.silu_gate ? a.rows / 2 : a.rows;
   if (residual.defined()) {
@@ -608,7 +615,7 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& keys, const a
   check(kernels::decode_attention(q.data_ptr(), keys.data_ptr(), values.data_ptr(), mask.data_ptr(),
                                   work.data_ptr<float>(), out.data_ptr(), dtype_code(q), batch, kv, rows,
                                   keys.size(2), length, d, dv, static_cast<float>(scale), mask.stride(2),
-                                  mask.stride(0), asked_for(util::OptIn::decode_vector), current_stream(q)),
+                                  mask.stride(0), switched_on(util::Kernel::decode_vector), current_stream(q)),
         "decode_attention");
   return out;
 }

@@ -12,8 +12,8 @@ namespace util {
 bool fused_kernels_built() { return false; }
 bool fused_kernels_enabled() { return false; }
 void set_fused_kernels_enabled(bool) {}
-bool opt_in_enabled(OptIn) { return false; }
-void set_opt_in_enabled(OptIn, bool) {}
+bool kernel_enabled(Kernel) { return false; }
+void set_kernel_enabled(Kernel, bool) {}
 }  // namespace util
 
 namespace detail {

@@ -567,7 +567,11 @@ void CausalLM::layers(int64_t first, int64_t end, std::vector<at::Tensor>& hidde
   if (first < 0 || end > config_.num_layers || first > end) {
     throw std::out_of_range(fmt::format("layers [{}, {}) out of range [0, {})", first, end, config_.num_layers));
   }
-  auto on = [](const at::Tensor& h, c10::Device device) { return h.device() == device ? h : h.to(device); };
+  auto on = [](const at::Tensor& h, c10::Device device) {
+    return h.device() == device ? h : h.to(device, /*non_blocking=*/h.is_pinned());
+  };
+  // Parked states go to pinned host memory without waiting: only the copy back reads them.
+  auto park = [](const at::Tensor& h) { return h.to(at::kCPU, /*non_blocking=*/h.is_cuda()); };
   // While an offloaded layer runs, the next offloaded layer of [first, end) on the same
   // device is copied in on a side stream (its source is host memory, so the copy waits
   // for nothing queued before it). At most two offloaded layers are on a device at once.
@@ -585,6 +589,7 @@ void CausalLM::layers(int64_t first, int64_t end, std::vector<at::Tensor>& hidde
       const c10::Device device = layer_device(i);
       std::unique_ptr<OnDevice> staged;  // copied in once for every batch
       if (prefetched_index == i) {
+        side->wait();  // the copy is queued (the side thread has made `prefetched`)
         side->join(prefetched->tensors());  // this stream waits for the copy; its memory is used here
         staged = std::move(prefetched);
         prefetched_index = -1;
@@ -601,7 +606,7 @@ void CausalLM::layers(int64_t first, int64_t end, std::vector<at::Tensor>& hidde
       }
       for (auto& h : hidden) {
         h = arch_->layer(*this, i, on(h, device));
-        if (park_on_host) h = h.to(at::kCPU);
+        if (park_on_host) h = park(h);
       }
       ++i;
       continue;
@@ -610,7 +615,7 @@ void CausalLM::layers(int64_t first, int64_t end, std::vector<at::Tensor>& hidde
     while (run_end < end && !layer_offloaded(run_end)) ++run_end;
     for (auto& h : hidden) {
       for (int64_t j = i; j < run_end; ++j) h = arch_->layer(*this, j, on(h, layer_device(j)));
-      if (park_on_host) h = h.to(at::kCPU);
+      if (park_on_host) h = park(h);
     }
     i = run_end;
   }

@@ -23,11 +23,11 @@ DenseLinear::DenseLinear(at::Tensor weight, at::Tensor bias) : weight_(std::move
 namespace {
 
 // The tensor-core kernel with `extras` in its launch where dense layers take it (CUDA,
-// util::OptIn::dense_mma; an input norm also util::OptIn::norm_in_product); else undefined.
+// util::Kernel::dense_mma; an input norm also util::Kernel::norm_in_product); else undefined.
 at::Tensor dense_mma(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
                      const fused::MmaExtras& extras) {
-  if (!x.is_cuda() || !util::opt_in_enabled(util::OptIn::dense_mma) ||
-      (extras.norm_weight.defined() && !util::opt_in_enabled(util::OptIn::norm_in_product))) {
+  if (!x.is_cuda() || !util::kernel_enabled(util::Kernel::dense_mma) ||
+      (extras.norm_weight.defined() && !util::kernel_enabled(util::Kernel::norm_in_product))) {
     return {};
   }
   return fused::dense_linear_mma(x, weight, bias, extras);

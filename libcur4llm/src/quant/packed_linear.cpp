@@ -80,11 +80,11 @@ at::Tensor PackedLinear::silu_gate(const at::Tensor& x) const {
   return packed_mma(weight_, group_, bias_, x, extras);
 }
 
-// The product with the input's norm in its launch (CUDA, where asked for); on the CPU the
+// The product with the input's norm in its launch (CUDA, util::Kernel::norm_in_product); on the CPU the
 // reference steps.
 at::Tensor PackedLinear::normed(const at::Tensor& x, const model::InputNorm& norm, bool gate) const {
   if (!x.is_cuda()) return gate ? silu_gate(norm.apply(x)) : forward(norm.apply(x));
-  if (!util::opt_in_enabled(util::OptIn::norm_in_product)) return {};
+  if (!util::kernel_enabled(util::Kernel::norm_in_product)) return {};
   fused::MmaExtras extras;
   extras.silu_gate = gate;
   extras.norm_weight = norm.weight, extras.norm_eps = norm.eps;

@@ -242,6 +242,12 @@ search::SensitivityTable ppl_sensitivity(model::CausalLM& lm, const std::vector<
     std::string name;
     at::Tensor weight, bias, scale;  // the tensors hold their storage while the layer is decomposed
   };
+  std::map<std::string, int64_t> layer_of;
+  for (const auto& info : lm.linears()) layer_of[info.name] = info.layer;
+  auto compute_device = [&](const std::string& name) {
+    const int64_t layer = layer_of.at(name);
+    return layer >= 0 ? lm.layer_device(layer) : lm.dense_linear(name).weight().device();
+  };
   auto gather = [&](const std::string& name) {
     const auto& dense = lm.dense_linear(name);
     // Detached: new tensors on the same storage, which an offloaded layer's staging (it swaps
@@ -256,8 +262,12 @@ search::SensitivityTable ppl_sensitivity(model::CausalLM& lm, const std::vector<
   };
   auto decompose = [&](const Source& source) {
     Decomposed d{std::vector<model::LinearPtr>(candidates.size()), std::vector<std::string>(candidates.size())};
+    // An offloaded layer's weight lives in host memory: it is decomposed on the device
+    // that runs the layer, as a resident one is (the host would take far longer).
+    const c10::Device on = compute_device(source.name);
+    auto there = [&](const at::Tensor& t) { return t.defined() && t.device() != on ? t.to(on) : t; };
     try {
-      auto prepared = compressor.prepare(source.weight, source.bias, source.scale, candidates);
+      auto prepared = compressor.prepare(there(source.weight), there(source.bias), there(source.scale), candidates);
       d.slots = prepared->build_many(candidates, &d.errors);
     } catch (const compress::CompressionError& e) {
       fmt::print(stderr, "warning: {} cannot be decomposed ({}); it scores +inf\n", source.name, e.what());

@@ -46,6 +46,21 @@ struct LaunchEnvironment {
   static LaunchEnvironment read();
 };
 
+/// The CUDA devices of one rank when several ranks share a host: `per_rank` of
+/// them, the local rank's own, as a value for CUDA_VISIBLE_DEVICES. `visible` is
+/// that variable's value before (empty: the host's devices by index, so local
+/// rank l takes l * per_rank .. l * per_rank + per_rank - 1). Where `visible`
+/// lists exactly `per_rank` devices, a launcher has already given this rank its
+/// own (Slurm's --gpus-per-task) and they are kept. std::invalid_argument for
+/// per_rank < 1 or a list too short for this local rank, naming both.
+std::string rank_cuda_devices(const std::string& visible, int local_rank, int per_rank);
+
+/// Sets CUDA_VISIBLE_DEVICES to rank_cuda_devices() of its value, `local_rank`
+/// and `per_rank`, so that this process's cuda:0 .. cuda:per_rank-1 are its own
+/// devices. Takes effect only before the process first uses CUDA; the apps call
+/// it right after reading their flags. Returns the value set.
+std::string bind_cuda_devices(int local_rank, int per_rank);
+
 /// The processes of one run and their collectives. The single-process group
 /// (world_size() == 1) does every operation locally.
 class Group {

@@ -56,7 +56,7 @@ class LinearSlot {
   /// and the caller splits forward(x).
   virtual at::Tensor silu_gate(const at::Tensor& x) const;
   /// forward(norm.apply(x)), the norm computed in the product's pass where the kind can (a few
-  /// tokens on the tensor cores, util::OptIn::norm_in_product); undefined otherwise (the
+  /// tokens on the tensor cores, util::Kernel::norm_in_product); undefined otherwise (the
   /// default), and the caller normalises x first. The result may differ from the separate
   /// steps' by roundings: x times the norm's weight is rounded, not x normalised.
   virtual at::Tensor forward_normed(const at::Tensor& x, const InputNorm& norm) const;
@@ -86,11 +86,11 @@ class DenseLinear final : public LinearSlot {
   std::shared_ptr<LinearSlot> rows(int64_t begin, int64_t count) const override;
   /// On CUDA, without a bias: the product goes into the residual as the matrix product's C
   /// operand (beta = 1), one pass less than a product and then an addition; with
-  /// util::OptIn::dense_mma and a few tokens, in the tensor-core kernel's launch.
+  /// util::Kernel::dense_mma and a few tokens, in the tensor-core kernel's launch.
   at::Tensor forward_add(at::Tensor residual, const at::Tensor& x) const override;
-  /// Where dense layers take the tensor-core kernel for a few tokens (util::OptIn::dense_mma).
+  /// Where dense layers take the tensor-core kernel for a few tokens (util::Kernel::dense_mma).
   at::Tensor silu_gate(const at::Tensor& x) const override;
-  /// There too, with util::OptIn::norm_in_product.
+  /// There too, with util::Kernel::norm_in_product.
   at::Tensor forward_normed(const at::Tensor& x, const InputNorm& norm) const override;
   at::Tensor silu_gate_normed(const at::Tensor& x, const InputNorm& norm) const override;
 

@@ -45,7 +45,7 @@ class PackedLinear final : public model::LinearSlot {
   std::shared_ptr<model::LinearSlot> rows(int64_t begin, int64_t count) const override;
   /// int4 on the tensor cores (a few tokens on CUDA): the product and the residual's
   /// addition, or the SiLU gate of a stacked gate/up weight, in one launch; the input's norm
-  /// too, with util::OptIn::norm_in_product. On the CPU, silu_gate and the normed forms are
+  /// too, with util::Kernel::norm_in_product. On the CPU, silu_gate and the normed forms are
   /// the reference (the norm, the product, then silu(gate) * up, as the separate steps).
   at::Tensor forward_add(at::Tensor residual, const at::Tensor& x) const override;
   at::Tensor silu_gate(const at::Tensor& x) const override;

@@ -19,33 +19,34 @@ bool fused_kernels_enabled();
 /// Turns them on or off at run time (no effect on builds without them), e.g.
 /// to compare against the plain ATen operations.
 void set_fused_kernels_enabled(bool on);
-/// cur4llm's kernels that run only where asked for: each is off by default, asked for at
-/// start when its environment variable is "1", and settable at run time (e.g. to measure it
-/// against the default). docs/architecture.md describes them.
-enum class OptIn {
-  /// CUR4LLM_DENSE_MMA: dense 16-bit Linear layers' steps of at most 8 tokens (decoding) on
-  /// the tensor-core kernel, with the residual's addition or the SiLU gate in its launch,
-  /// instead of cuBLAS.
+/// cur4llm's kernels that can be switched one by one, e.g. to measure one against what
+/// runs without it. Each has a default (below); its environment variable set to "1" or
+/// "0" turns it on or off at start, and set_kernel_enabled() at run time.
+/// docs/architecture.md describes them and the measurements that chose the defaults.
+enum class Kernel {
+  /// CUR4LLM_DENSE_MMA (default on): dense 16-bit Linear layers' steps of at most 8 tokens
+  /// (decoding) on the tensor-core kernel, with the residual's addition or the SiLU gate in
+  /// its launch, instead of cuBLAS.
   dense_mma,
-  /// CUR4LLM_INT4_PIPELINE: packed int4 products of a few tokens bring their codes into shared
-  /// memory by asynchronous copies, several chunks ahead of the tensor cores, instead of
-  /// loading them into registers.
+  /// CUR4LLM_INT4_PIPELINE (default off: slower on an H100): packed int4 products of a few
+  /// tokens bring their codes into shared memory by asynchronous copies, several chunks ahead
+  /// of the tensor cores, instead of loading them into registers.
   int4_pipeline,
-  /// CUR4LLM_NORM_IN_PRODUCT: the LLaMA family's input norms run inside the products that
-  /// follow them where those take the tensor-core kernel (packed int4, and dense layers with
-  /// dense_mma): a decoding layer then launches no norm kernel.
+  /// CUR4LLM_NORM_IN_PRODUCT (default on): the LLaMA family's input norms run inside the
+  /// products that follow them where those take the tensor-core kernel (packed int4, and
+  /// dense layers with dense_mma): a decoding layer then launches no norm kernel.
   norm_in_product,
-  /// CUR4LLM_DECODE_VECTOR: decoding attention reads the KV cache 16 bytes a lane (head dims
-  /// that are whole 16-byte pieces) instead of one element a lane.
+  /// CUR4LLM_DECODE_VECTOR (default on): decoding attention reads the KV cache 16 bytes a
+  /// lane (head dims that are whole 16-byte pieces) instead of one element a lane.
   decode_vector,
-  /// CUR4LLM_PACKED_PREFILL: a packed layer given more tokens than its fused products take (a
-  /// prefill) rebuilds its weight in one launch instead of through dequantize_tensor's steps
-  /// (the same weight, bit for bit).
+  /// CUR4LLM_PACKED_PREFILL (default on): a packed layer given more tokens than its fused
+  /// products take (a prefill) rebuilds its weight in one launch instead of through
+  /// dequantize_tensor's steps (the same weight, bit for bit).
   packed_prefill,
 };
-/// Whether `kernel` is asked for (false in builds without the kernels).
-bool opt_in_enabled(OptIn kernel);
-/// Asks for it or not (no effect in builds without the kernels).
-void set_opt_in_enabled(OptIn kernel, bool on);
+/// Whether `kernel` is on (false in builds without the kernels).
+bool kernel_enabled(Kernel kernel);
+/// Turns it on or off (no effect in builds without the kernels).
+void set_kernel_enabled(Kernel kernel, bool on);
 
 }  // namespace cur4llm::util
