@@ -402,6 +402,16 @@ TEST_CASE("CUDA: offloaded layers copied in ahead on a side stream give the resi
     REQUIRE(!peaks.devices.empty());
     CHECK(peaks.devices.front().second <= 4 * layer_bytes + (8 << 20) + (16 << 20));
   }
+  // Rows one at a time, their hidden states parked in host memory between layers (pinned,
+  // copied without waiting): what the evaluation and the statistics do with offloaded layers.
+  std::vector<at::Tensor> rows{offloaded->embed(ids.narrow(0, 0, 1)), offloaded->embed(ids.narrow(0, 1, 1))};
+  offloaded->layers(0, offloaded->num_layers(), rows, /*park_on_host=*/true);
+  for (int64_t r = 0; r < 2; ++r) {
+    INFO("row " << r);
+    CHECK(rows[static_cast<size_t>(r)].is_cpu());
+    const auto logits = offloaded->head(rows[static_cast<size_t>(r)].to(offloaded->head_device()));
+    CHECK(at::allclose(logits, want.narrow(0, r, 1), 1e-4, 1e-4));
+  }
   // Back in host memory after the pass, pinned for the next copies.
   const auto& w = offloaded->dense_linear("model.layers.5.mlp.up_proj").weight();
   CHECK(w.is_cpu());

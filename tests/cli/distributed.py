@@ -15,7 +15,9 @@ CASE:
   mismatch  rank 1 has another --alpha: refused at start by every rank.
   placement one process with --device_map (two "cpu" entries; auto with a --max_memory cap
             that offloads a layer) gives the resident run's plan, table and perplexity.
-Prints "SKIPPED: ..." (exit 0) when MODEL is absent.
+Prints "SKIPPED: ..." (exit 0) when MODEL is absent. With --device cuda among the flags every
+rank runs on the first GPU (CUDA_VISIBLE_DEVICES=0 unless set: a list of one device, which each
+rank keeps as its own), a functional check of several ranks on a host with one GPU.
 """
 import json
 import os
@@ -39,6 +41,8 @@ def free_port():
 def launch(acur, flags, world, out_dir, extra_env=None, rank_flags=None):
     """Starts `world` ranks; returns [(rc, stdout, stderr)] by rank and the seconds taken."""
     env_base = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", CUR4LLM_DIST_HEARTBEAT_S="10")
+    if any(f.startswith("cuda") for f in flags):
+        env_base.setdefault("CUDA_VISIBLE_DEVICES", "0")  # every rank on the one GPU
     env_base.update(extra_env or {})
     for attempt in range(3):
         port = free_port()

@@ -294,7 +294,7 @@ ActivationStatistics collect_statistics(model::CausalLM& lm, const std::vector<s
       // The same passes, layer by layer; each layer still sees the batches in order.
       c10::InferenceMode guard;
       std::vector<at::Tensor> hidden;
-      for (const auto& ids : deferred) hidden.push_back(lm.embed(ids).to(at::kCPU, /*non_blocking=*/true));  // pinned, copied back in order
+      for (const auto& ids : deferred) hidden.push_back(lm.embed(ids).to(at::kCPU));
       lm.layers(0, lm.num_layers(), hidden, /*park_on_host=*/true);
       for (const auto& h : hidden) (void)lm.head(h.to(lm.head_device()));
       if (progress) progress->advance(static_cast<int64_t>(samples.size()));

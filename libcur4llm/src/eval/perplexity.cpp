@@ -163,7 +163,7 @@ std::vector<at::Tensor> batches_nll(const model::CausalLM& lm, const std::vector
                                           ids.begin() + static_cast<std::ptrdiff_t>(end));
     for (const auto& batch : group) {
       check_ids(batch);
-      hidden.push_back(lm.embed(batch).to(at::kCPU, /*non_blocking=*/true));  // pinned, copied back in order
+      hidden.push_back(lm.embed(batch).to(at::kCPU));
     }
     for (auto& nll : sequence_nll_from_batches(lm, 0, std::move(hidden), group, nll_options, /*park_on_host=*/true)) {
       out.push_back(std::move(nll));

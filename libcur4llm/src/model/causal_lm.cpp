@@ -3,6 +3,7 @@
 #include <cur4llm/io/files.h>
 #include <cur4llm/io/safetensors.h>
 #include <cur4llm/model/slot_registry.h>
+#include <cur4llm/util/device.h>
 #include <cur4llm/util/memory.h>
 
 #include <cur4llm/model/kv_cache.h>
@@ -23,6 +24,7 @@
 
 #include <algorithm>
 #include <iterator>
+#include <optional>
 #include <cmath>
 #include <stdexcept>
 
@@ -567,11 +569,23 @@ void CausalLM::layers(int64_t first, int64_t end, std::vector<at::Tensor>& hidde
   if (first < 0 || end > config_.num_layers || first > end) {
     throw std::out_of_range(fmt::format("layers [{}, {}) out of range [0, {})", first, end, config_.num_layers));
   }
-  auto on = [](const at::Tensor& h, c10::Device device) {
+  // Parked states go to pinned host memory without waiting for the copy: the copy back to the
+  // same device is queued after it. Anything else that reads them (the host, another device's
+  // stream, the caller) first waits for that device (`settle`).
+  std::optional<c10::Device> parking;  // the device whose queued copies may still be writing them
+  auto settle = [&] {
+    if (parking) util::synchronize(*parking);
+    parking.reset();
+  };
+  auto park = [&](const at::Tensor& h) {
+    if (!h.is_cuda()) return h.to(at::kCPU);
+    parking = h.device();
+    return h.to(at::kCPU, /*non_blocking=*/true);
+  };
+  auto on = [&](const at::Tensor& h, c10::Device device) {
+    if (parking && device != *parking) settle();
     return h.device() == device ? h : h.to(device, /*non_blocking=*/h.is_pinned());
   };
-  // Parked states go to pinned host memory without waiting: only the copy back reads them.
-  auto park = [](const at::Tensor& h) { return h.to(at::kCPU, /*non_blocking=*/h.is_cuda()); };
   // While an offloaded layer runs, the next offloaded layer of [first, end) on the same
   // device is copied in on a side stream (its source is host memory, so the copy waits
   // for nothing queued before it). At most two offloaded layers are on a device at once.
@@ -619,6 +633,7 @@ void CausalLM::layers(int64_t first, int64_t end, std::vector<at::Tensor>& hidde
     }
     i = run_end;
   }
+  settle();
 }
 
 std::vector<at::Tensor> CausalLM::layer_tensors(int64_t index) const {
