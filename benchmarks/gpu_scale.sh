@@ -9,7 +9,8 @@
 #            memory), same arguments otherwise; each stage's record has its wall
 #            time, the device and host peaks and the bytes of offloaded weights
 #            copied in (offload_bytes). $OFFLOAD_ORDER: "offloaded resident" runs them
-#            the other way round.
+#            the other way round; OFFLOAD_PROFILE=2 times the sweep's phases instead
+#            (bench_pipeline --profile 2: decompositions, forward passes, per layer).
 #   shares   each rank's share of a LLaMA-7B-shape sweep of a subset of layers
 #            for 2, 4 and 8 ranks, timed one after another on the one card
 #            (benchmarks/share_balance.py).
@@ -41,7 +42,7 @@ if [[ $parts == *" offload "* ]]; then
   # every later layer, the offloaded ones among them) and of layer 39 (offloaded:
   # staged once per candidate), and lm_head.
   args=(--config benchmarks/configs/llama-13b.json --device cuda --dtype bf16 --samples "${OFFLOAD_SAMPLES:-8}"
-        --seqlen 2048 --method svd --layers "${OFFLOAD_LAYERS:-L1,L39,head}" --profile 0 --eval_windows 8
+        --seqlen 2048 --method svd --layers "${OFFLOAD_LAYERS:-L1,L39,head}" --profile "${OFFLOAD_PROFILE:-0}" --eval_windows 8
         --stages statistics,sensitivity,evaluation)
   for placement in ${OFFLOAD_ORDER:-resident offloaded}; do
     extra=()
