@@ -104,6 +104,10 @@ if [[ $parts == *" opt "* ]]; then
   each 40 dense,narrow:0.8,narrow:0.6,svd:0.8,svd:0.6,cur:0.6,packed:rtn_int8,packed:rtn_int4 \
     --config benchmarks/configs/opt-1.3b.json --device cuda --dtype fp16 --batch 1,16 --prompt_len 512 \
     --new_tokens 256 --graph 1
+  # Its 2,048-row layers on cuBLAS instead of the tensor-core kernel (on by default, measured on
+  # LLaMA-7B's 4,096 rows and more).
+  run 40 $bench --config benchmarks/configs/opt-1.3b.json --device cuda --dtype fp16 --batch 1 --prompt_len 512 \
+    --new_tokens 256 --graph 1 --factorize dense --dense_mma 0
   stamp "opt"
 fi
 if [[ $parts == *" kernels "* ]]; then
