@@ -7,7 +7,7 @@
 //   bench_decode --model PATH | --config CONFIG.json
 //                [--device cuda] [--dtype bf16] [--batch 1,16] [--prompt_len 512] [--new_tokens 256]
 //                [--factorize dense,svd:0.6,cur:0.6,narrow:0.8,narrow_mlp:0.8,packed:rtn_int4] [--iters 1] [--graph 0] [--seed 0]
-//                [--narrow_align 8] [--trace FILE] [--group 1] [--dense_mma 0|1] [--int4_pipeline 0|1]
+//                [--narrow_align 8] [--trace FILE] [--group 1] [--dense_mma 0|1]
 //                [--norm_in_product 0|1] [--decode_vector 0|1] [--packed_prefill 0|1]
 //
 // Each run: a prefill of --prompt_len random tokens per row, then
@@ -30,14 +30,12 @@
 // narrowed layers, svd:0.6+packed:rtn_int4 the factors of the SVD layers.
 // Projections that read one input (q/k/v, gate/up; dense or packed) are stacked
 // into one product each (CausalLM::group_projections, as the generate app loads a
-// model); --group 0 keeps them apart. --dense_mma, --int4_pipeline, --norm_in_product,
-// --decode_vector and --packed_prefill switch cur4llm's kernels one by one
-// (util::Kernel: dense 16-bit steps of up to 8 tokens on the tensor-core kernel instead of
-// cuBLAS; packed int4 codes through shared memory; LLaMA's input norms inside the products
-// that follow them; decoding attention reading the cache 16 bytes a lane; a packed layer's
-// prefill weight rebuilt in one launch): 1 on, 0 off, left out the library's default (all
-// on but the int4 pipeline, unless the environment says otherwise). Each JSON line says
-// which were on.
+// model); --group 0 keeps them apart. --dense_mma, --norm_in_product, --decode_vector and
+// --packed_prefill switch cur4llm's kernels one by one (util::Kernel: dense 16-bit steps of
+// up to 8 tokens on the tensor-core kernel instead of cuBLAS; LLaMA's input norms inside the
+// products that follow them; decoding attention reading the cache 16 bytes a lane; a packed
+// layer's prefill weight rebuilt in one launch): 1 on, 0 off, left out the library's default
+// (on, unless the environment says otherwise). Each JSON line says which were on.
 // Each timed decoding step is an NVTX range "decode_step" (CUDA builds), for
 // per-kernel times: ncu --nvtx --nvtx-include "decode_step/" bench_decode ...
 // --trace FILE saves a Chrome trace of the last timed run (PyTorch's profiler:
@@ -64,7 +62,7 @@ int main(int argc, char** argv) try {
   const bench::Args args(argc, argv);
   args.check_known({"model", "config", "device", "dtype", "batch", "prompt_len", "new_tokens", "factorize", "iters",
                     "graph", "seed", "peak_tflops", "narrow_align", "trace", "group", "dense_mma",
-                    "int4_pipeline", "norm_in_product", "decode_vector", "packed_prefill"});
+                    "norm_in_product", "decode_vector", "packed_prefill"});
   const int64_t prompt_len = args.integer("prompt_len", 512);
   const int64_t new_tokens = args.integer("new_tokens", 256);
   const int iters = static_cast<int>(args.integer("iters", 1));
@@ -76,7 +74,6 @@ int main(int argc, char** argv) try {
   if (narrow_align < 1) throw std::invalid_argument("--narrow_align must be at least 1");
   const bench::Tracer tracer(args.str("trace", ""));
   const std::pair<const char*, util::Kernel> switches[] = {{"dense_mma", util::Kernel::dense_mma},
-                                                         {"int4_pipeline", util::Kernel::int4_pipeline},
                                                          {"norm_in_product", util::Kernel::norm_in_product},
                                                          {"decode_vector", util::Kernel::decode_vector},
                                                          {"packed_prefill", util::Kernel::packed_prefill}};

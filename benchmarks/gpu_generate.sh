@@ -111,20 +111,14 @@ if [[ $parts == *" opt "* ]]; then
   stamp "opt"
 fi
 if [[ $parts == *" kernels "* ]]; then
-  # The switchable decoding kernels (util::Kernel), one process each: int4 products with their
-  # codes pipelined through shared memory, for each pipeline shape "warps,stages" built (0: the
-  # kernel without it, the default), then whole LLaMA-7B steps with every switch off and with
-  # the defaults (dense layers on the tensor-core kernel, the input norms inside the products,
-  # 16-byte decoding attention, packed prefill weights rebuilt in one launch) at prompts of 512
-  # and 2048.
-  for shape in 0 8,4 8,3 8,2 4,4 4,6; do
-    pipeline=$([[ $shape == 0 ]] && echo 0 || echo 1)
-    echo "{\"int4_pipeline\": $pipeline, \"shape\": \"$shape\"}" >> "$out/bench_linear.jsonl"
-    timeout "$(left 40)" env CUR4LLM_INT4_PIPELINE=$pipeline CUR4LLM_MMA_PIPE=$shape $build/benchmarks/bench_linear \
-      --device cuda --dtype bf16 --shapes 4096x4096,4096x11008,11008x4096,4096x12288,4096x22016 --tokens 1 \
-      --ratios "" --packed rtn_int4 --decode_iters 300 2>&1 | tee -a "$out/bench_linear.jsonl"
-  done
-  off="--dense_mma 0 --int4_pipeline 0 --norm_in_product 0 --decode_vector 0 --packed_prefill 0"
+  # The switchable decoding kernels (util::Kernel), one process each: the packed int4 products
+  # of one token alone, then whole LLaMA-7B steps with every switch off and with the defaults
+  # (dense layers on the tensor-core kernel, the input norms inside the products, 16-byte
+  # decoding attention, packed prefill weights rebuilt in one launch) at prompts of 512 and 2048.
+  timeout "$(left 40)" $build/benchmarks/bench_linear --device cuda --dtype bf16 \
+    --shapes 4096x4096,4096x11008,11008x4096,4096x12288,4096x22016 --tokens 1 --ratios "" --packed rtn_int4 \
+    --decode_iters 300 2>&1 | tee -a "$out/bench_linear.jsonl"
+  off="--dense_mma 0 --norm_in_product 0 --decode_vector 0 --packed_prefill 0"
   for spec in dense packed:rtn_int4; do
     for flags in "$off" ""; do
       run 45 $bench --config benchmarks/configs/llama-7b.json --device cuda --dtype bf16 --batch 1 --prompt_len 512 \

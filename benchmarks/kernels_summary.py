@@ -5,9 +5,8 @@ benchmarks/gpu_generate.sh's part "kernels" writes:
     python3 benchmarks/kernels_summary.py OUT/bench_linear.jsonl OUT/bench_decode.jsonl
 
 Prints Markdown:
-- the packed int4 products of one token (bench_linear, CUDA graph replays) for each int4
-  pipeline shape ("0": the kernel that loads into registers), microseconds and GB/s of the
-  packed bytes;
+- the packed int4 products of one token (bench_linear, CUDA graph replays), microseconds and
+  GB/s of the packed bytes;
 - the decoding runs (bench_decode): prefill and CUDA-graph decoding tokens/s, each against the
   dense run of the same prompt length and kernel switches, and against the dense run with all
   of them off.
@@ -16,7 +15,7 @@ Lines that are not JSON, or not of these benchmarks, are skipped.
 import argparse
 import json
 
-SWITCHES = ("dense_mma", "int4_pipeline", "norm_in_product", "decode_vector", "packed_prefill")
+SWITCHES = ("dense_mma", "norm_in_product", "decode_vector", "packed_prefill")
 
 
 def read(path):
@@ -32,25 +31,19 @@ def read(path):
 
 
 def linear_table(path):
-    rows, shapes, label = {}, [], None
+    cells, shapes = {}, []
     for j in read(path):
-        if "shape" in j and "int4_pipeline" in j and "benchmark" not in j:
-            label = "0" if not j["int4_pipeline"] else j["shape"]
-            continue
         if j.get("benchmark") != "linear" or j.get("kind") != "packed_rtn_int4" or j.get("tokens") != 1:
             continue
         shape = "%dx%d" % (j["in"], j["out"])
         if shape not in shapes:
             shapes.append(shape)
         us = j.get("graph_us", j["us"])
-        gbs = j["weight_gb_per_s"] * j["us"] / us  # the packed bytes over the graph time
-        rows.setdefault(label or "?", {})[shape] = (us, gbs)
-    if not rows:
+        cells[shape] = (us, j["weight_gb_per_s"] * j["us"] / us)  # the packed bytes over the graph time
+    if not cells:
         return "no int4 bench_linear lines\n"
-    out = ["| pipeline (warps,stages) | " + " | ".join(shapes) + " |", "|---|" + "---|" * len(shapes)]
-    for label, cells in rows.items():
-        out.append("| %s | " % label + " | ".join(
-            "%.1f us (%.0f GB/s)" % cells[s] if s in cells else "" for s in shapes) + " |")
+    out = ["| int4, 1 token | " + " | ".join(shapes) + " |", "|---|" + "---|" * len(shapes),
+           "| graph replay | " + " | ".join("%.1f us (%.0f GB/s)" % cells[s] for s in shapes) + " |"]
     return "\n".join(out) + "\n"
 
 

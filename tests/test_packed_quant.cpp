@@ -777,62 +777,57 @@ TEST_CASE("CUDA: int4 on the tensor cores: products, a residual added in place, 
     for (auto* part : {&q.qweight, &q.scales, &q.zeros}) *part = part->cuda();
     return std::make_pair(q, quant::dequantize_tensor(q, at::kFloat).to(at::kDouble));
   };
-  // Both kernels: codes loaded into registers, and through shared memory by asynchronous copies.
   // The input's norm in the launch is checked beside the plain product.
   test::KernelScope kernels{{util::Kernel::norm_in_product, true}};
   // 128 columns: one chunk of the kernel; 384: three (fewer than a block's warps); 2816: 22, two
-  // or three a warp; 11008: 86, ten or eleven a warp (the pipeline's stages are reused). Groups
-  // of 128 and 256 (a chunk's columns share a scale; 384 ends in half a group of 256).
-  for (const bool pipeline : {false, true}) {
-    kernels.set(util::Kernel::int4_pipeline, pipeline);
-    for (const int64_t cols : {128, 384, 2816, 11008}) {
-      for (const int64_t group : {128, 256}) {
-        // 48 rows: a block and a half (32 rows each); 70: the last block repeats rows it does not write.
-        for (const int64_t rows : {48, 70}) {
-          const auto [q, deq] = packed(rows, cols, group);
-          const auto b = at::randn({rows}, gen);
-          for (const auto dtype : {at::kHalf, at::kBFloat16}) {
-            for (const bool with_bias : {false, true}) {
-              const auto bias = with_bias ? b.to(at::kCUDA, dtype) : at::Tensor();
-              quant::PackedLinear layer(q, bias);
-              for (const int64_t tokens : {1, 3, 8}) {
-                {  // one pass through the loops (sections would repeat every quantization above them)
-                  INFO("pipeline " << pipeline << ", " << cols << " cols, group " << group << ", " << rows << " rows, "
-                                   << c10::toString(dtype) << ", bias " << with_bias << ", tokens " << tokens);
-                  const auto x = at::randn({tokens, cols}, gen).to(at::kCUDA, dtype);
-                  auto exact = at::matmul(x.to(at::kDouble), deq.t());
-                  if (with_bias) exact = exact + bias.to(at::kDouble);
-                  test::check_forward_and_add(layer, x, exact, gen);
-                  const model::InputNorm norm{(at::rand({cols}, gen) + 0.5).to(at::kCUDA, dtype), 1e-5};
-                  test::check_normed(layer, x, norm, deq, bias, false);
-                }
+  // or three a warp; 11008: 86, ten or eleven a warp. Groups of 128 and 256 (a chunk's columns
+  // share a scale; 384 ends in half a group of 256).
+  for (const int64_t cols : {128, 384, 2816, 11008}) {
+    for (const int64_t group : {128, 256}) {
+      // 48 rows: a block and a half (32 rows each); 70: the last block repeats rows it does not write.
+      for (const int64_t rows : {48, 70}) {
+        const auto [q, deq] = packed(rows, cols, group);
+        const auto b = at::randn({rows}, gen);
+        for (const auto dtype : {at::kHalf, at::kBFloat16}) {
+          for (const bool with_bias : {false, true}) {
+            const auto bias = with_bias ? b.to(at::kCUDA, dtype) : at::Tensor();
+            quant::PackedLinear layer(q, bias);
+            for (const int64_t tokens : {1, 3, 8}) {
+              {  // one pass through the loops (sections would repeat every quantization above them)
+                INFO(cols << " cols, group " << group << ", " << rows << " rows, " << c10::toString(dtype)
+                          << ", bias " << with_bias << ", tokens " << tokens);
+                const auto x = at::randn({tokens, cols}, gen).to(at::kCUDA, dtype);
+                auto exact = at::matmul(x.to(at::kDouble), deq.t());
+                if (with_bias) exact = exact + bias.to(at::kDouble);
+                test::check_forward_and_add(layer, x, exact, gen);
+                const model::InputNorm norm{(at::rand({cols}, gen) + 0.5).to(at::kCUDA, dtype), 1e-5};
+                test::check_normed(layer, x, norm, deq, bias, false);
               }
             }
           }
         }
       }
     }
-    // The SiLU gate of a stacked [gate; up] weight: 48 and 40 rows each (the second a partial tile).
-    for (const int64_t half : {48, 40}) {
-      const auto [q, deq] = packed(2 * half, 2816, 128);
-      quant::PackedLinear layer(q, at::Tensor());
-      for (const auto dtype : {at::kHalf, at::kBFloat16}) {
-        for (const int64_t tokens : {1, 5, 8}) {
-          {
-            INFO("pipeline " << pipeline << ", gate of " << half << " rows, " << c10::toString(dtype) << ", tokens "
-                             << tokens);
-            const auto x = at::randn({tokens, 2816}, gen).to(at::kCUDA, dtype);
-            test::check_silu_gate(layer, x, at::matmul(x.to(at::kDouble), deq.t()));
-            const model::InputNorm norm{(at::rand({2816}, gen) + 0.5).to(at::kCUDA, dtype), 1e-6};
-            test::check_normed(layer, x, norm, deq, at::Tensor(), true);
-          }
+  }
+  // The SiLU gate of a stacked [gate; up] weight: 48 and 40 rows each (the second a partial tile).
+  for (const int64_t half : {48, 40}) {
+    const auto [q, deq] = packed(2 * half, 2816, 128);
+    quant::PackedLinear layer(q, at::Tensor());
+    for (const auto dtype : {at::kHalf, at::kBFloat16}) {
+      for (const int64_t tokens : {1, 5, 8}) {
+        {
+          INFO("gate of " << half << " rows, " << c10::toString(dtype) << ", tokens " << tokens);
+          const auto x = at::randn({tokens, 2816}, gen).to(at::kCUDA, dtype);
+          test::check_silu_gate(layer, x, at::matmul(x.to(at::kDouble), deq.t()));
+          const model::InputNorm norm{(at::rand({2816}, gen) + 0.5).to(at::kCUDA, dtype), 1e-6};
+          test::check_normed(layer, x, norm, deq, at::Tensor(), true);
         }
-        // More tokens than the tensor cores' 8: no fused gate; the caller splits.
-        CHECK_FALSE(layer.silu_gate(at::randn({9, 2816}, gen).to(at::kCUDA, dtype)).defined());
       }
-      // Float inputs: no fused gate either.
-      CHECK_FALSE(layer.silu_gate(at::randn({1, 2816}, gen).cuda()).defined());
+      // More tokens than the tensor cores' 8: no fused gate; the caller splits.
+      CHECK_FALSE(layer.silu_gate(at::randn({9, 2816}, gen).to(at::kCUDA, dtype)).defined());
     }
+    // Float inputs: no fused gate either.
+    CHECK_FALSE(layer.silu_gate(at::randn({1, 2816}, gen).cuda()).defined());
   }
 }
 

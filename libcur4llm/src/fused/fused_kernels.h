@@ -129,10 +129,6 @@ struct MmaLinearArgs {
   int tokens = 0;
   int64_t rows = 0, cols = 0, group = 0;
   bool silu_pair = false;
-  /// int4: the codes reach the warps through shared memory by asynchronous copies, several
-  /// chunks ahead (needs compute capability 8.0 and the shared memory of the block's scales;
-  /// where the device lacks it, the kernel that loads into registers runs).
-  bool pipeline = false;
   /// An RMSNorm of x inside the product, where given: x is taken as x / sqrt(mean(x^2) + norm_eps)
   /// * norm_weight ([cols], x's type; mean over each token's cols), the norm's weight applied
   /// to x before the product (rounded to the element type) and the token's scale to its sums.

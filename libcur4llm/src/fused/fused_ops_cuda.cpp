@@ -67,7 +67,6 @@ std::array<std::atomic<bool>, kKernels>& kernel_flags() {
   static const bool read = [] {
     // In util::Kernel's order: the variable and the default (measured: docs/architecture.md).
     const std::pair<const char*, bool> switches[] = {{"CUR4LLM_DENSE_MMA", true},
-                                                     {"CUR4LLM_INT4_PIPELINE", false},
                                                      {"CUR4LLM_NORM_IN_PRODUCT", true},
                                                      {"CUR4LLM_DECODE_VECTOR", true},
                                                      {"CUR4LLM_PACKED_PREFILL", true}};
@@ -432,7 +431,6 @@ at::Tensor run_linear_mma(kernels::MmaLinearArgs a, const at::Tensor& x, const a
   a.x = x2.data_ptr();
   a.dtype = dtype_code(x2), a.tokens = static_cast<int>(std::min<int64_t>(x2.size(0), kernels::kLinearMmaMaxTokens + 1));
   a.silu_pair = extras.silu_gate;
-  a.pipeline = switched_on(util::Kernel::int4_pipeline);
   if (x2.size(0) == 0 || !kernels::linear_mma_fits(a)) return {};
   const int64_t out = extras.silu_gate ? a.rows / 2 : a.rows;
   if (residual.defined()) {

@@ -34,23 +34,21 @@
 // int4 weights are not rounded to the element type; products are exact and summed in float
 // (the tensor cores' accumulation), the result rounded once.
 //
-// int4_mma_pipe_kernel (MmaLinearArgs::pipeline) is the int4 kernel with its loads taken out of
-// the registers: each warp's chunks (codes and inputs) come into shared memory by asynchronous
-// copies, several chunks ahead of the one it multiplies, and the block's scales and zero points
-// are read once at its start. An input norm (MmaLinearArgs::norm_weight), in every kernel: the
-// lanes multiply their inputs by the norm's weight and sum their squares, and each token's
-// 1 / sqrt(mean + eps) scales its sums before the bias, the residual or the gate.
+// Keeping more of the loads in flight by copying each warp's chunks into shared memory
+// (cp.async, several chunks ahead of the tensor cores) was slower at every shape measured on an
+// H100 (docs/architecture.md), so the loads stay in registers.
+//
+// An input norm (MmaLinearArgs::norm_weight), in both kernels: the lanes multiply their inputs
+// by the norm's weight and sum their squares, and each token's 1 / sqrt(mean + eps) scales its
+// sums before the bias, the residual or the gate.
 #include "fused_kernels.h"
 #include "kernel_types.cuh"
 
 #include <cuda_runtime.h>
 
-#include <atomic>
 #include <cstdint>
-#include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <mutex>
 #include <type_traits>
 
 namespace cur4llm::fused::kernels {
@@ -165,11 +163,12 @@ struct Rows {
 // beta 1), rounded once; or, for a SiLU pair, the gate's and up's sums are rounded and gated.
 // With an input norm, each token's sums are first scaled by 1 / sqrt(mean of its squares + eps)
 // (`squares`: the lane's part of token lane / 4's). part: shared memory for kPartFloats floats
-// a warp, warp w's at part + w * stride.
+// a warp, warp w's at part + w * kPartFloats.
 constexpr int kPartFloats = 256 + 8;
 template <typename T, int W>
 __device__ inline void finish(const MmaLinearArgs& p, const Rows& rows, const float (&acc)[2][4], float squares,
-                              float* part, int stride) {
+                              float* part) {
+  constexpr int stride = kPartFloats;
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
 #pragma unroll
   for (int t = 0; t < 2; ++t) {
@@ -323,102 +322,7 @@ __global__ void __launch_bounds__(W * 32, 16 / W) int4_mma_kernel(const MmaLinea
     }
   }
   __shared__ float part[W * kPartFloats];
-  finish<T, W>(p, rows, acc, squares, part, kPartFloats);
-}
-
-// Asynchronous copies into shared memory (cp.async, compute capability 8.0 and later): 16 bytes,
-// the group of copies issued since the last commit, and a wait until at most N groups are
-// pending. The lane that copies is the only one that reads the bytes back, so its own wait
-// suffices (no barrier); "memory" keeps the compiler from moving shared loads across them.
-__device__ inline void copy16_async(void* shared, const void* global) {
-  const auto at = static_cast<unsigned>(__cvta_generic_to_shared(shared));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(at), "l"(global) : "memory");
-}
-__device__ inline void commit_copies() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-template <int N>
-__device__ inline void wait_copies() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
-}
-
-// Shared memory of int4_mma_pipe_kernel: each warp's S stages of 8 x 16 bytes a lane (4 rows'
-// codes, 4 x 16 bytes of input), then the block's 32 rows' (scale, zero) pairs for every group.
-template <int W, int S>
-size_t pipe_shared_bytes(int64_t groups) {
-  return static_cast<size_t>(W) * S * 8 * 32 * sizeof(uint4) +
-         static_cast<size_t>(2 * kTileRows) * groups * sizeof(__half2);
-}
-
-// Packed int4 weights, their loads kept in flight by a pipeline: a warp's chunks go through S
-// stages of shared memory by asynchronous copies, S - 1 chunks ahead of the one it multiplies,
-// so that no register holds a load in flight. Chunks are dealt to the warps in turn (chunk
-// warp, warp + W, ...): at any time the block reads W x 64 consecutive bytes of each row.
-template <typename T, int W, int S>
-__global__ void __launch_bounds__(W * 32) int4_mma_pipe_kernel(const MmaLinearArgs p) {
-  static_assert(Pack<T>::kSize == 8, "16-bit elements");
-  extern __shared__ uint4 staged[];
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  const int g = lane / 4, c = lane % 4;
-  const Rows rows(p, g);
-  const int64_t row_bytes = p.cols / 2, groups = (p.cols + p.group - 1) / p.group;
-  const bool has_x = g < p.tokens;
-  const T* xr = static_cast<const T*>(p.x) + (has_x ? g : 0) * p.cols + c * 32;
-  const int chunks = static_cast<int>(p.cols / kChunk);
-  const int mine = chunks > warp ? (chunks - warp + W - 1) / W : 0;
-  uint4* ring = staged + warp * S * 8 * 32;
-  auto* pairs_of_rows = reinterpret_cast<__half2*>(staged + W * S * 8 * 32);  // [32][groups]
-
-  auto issue = [&](int n) {  // the warp's chunk n into stage n % S; an empty group past the end
-    if (n < mine) {
-      const int64_t ch = warp + static_cast<int64_t>(W) * n;
-      uint4* stage = ring + (n % S) * 8 * 32;
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        copy16_async(stage + i * 32 + lane, p.q + rows.lane[i] * row_bytes + ch * (kChunk / 2) + c * 16);
-      }
-      if (has_x) {
-#pragma unroll
-        for (int i = 0; i < 4; ++i) copy16_async(stage + (4 + i) * 32 + lane, xr + ch * kChunk + 8 * i);
-      }
-    }
-    commit_copies();
-  };
-#pragma unroll
-  for (int n = 0; n < S - 1; ++n) issue(n);
-  // The block's scales and zeros, while the first stages are in flight.
-  const auto* scales = static_cast<const __half*>(p.scales);
-  const auto* zeros = static_cast<const __half*>(p.zeros);
-  for (int64_t i = threadIdx.x; i < 2 * kTileRows * groups; i += W * 32) {
-    const int64_t at = rows.row(static_cast<int>(i / groups)) * groups + i % groups;
-    pairs_of_rows[i] = __halves2half2(scales[at], zeros[at]);
-  }
-  __syncthreads();
-  float acc[2][4] = {}, squares = 0.f;
-  for (int n = 0; n < mine; ++n) {
-    issue(n + S - 1);
-    wait_copies<S - 1>();  // chunk n has arrived
-    const uint4* stage = ring + (n % S) * 8 * 32;
-    const int64_t ch = warp + static_cast<int64_t>(W) * n;
-    uint4 w[4], xv[4];
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      w[i] = stage[i * 32 + lane];
-      xv[i] = has_x ? stage[(4 + i) * 32 + lane] : make_uint4(0, 0, 0, 0);
-    }
-    if (has_x) prepare_inputs<T>(p, ch, c, xv, squares);
-    const int64_t gi = ch * kChunk / p.group;
-    float scale[4], zero[4];
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      const float2 sz = __half22float2(pairs_of_rows[Rows::in_block(i, g) * groups + gi]);
-      scale[i] = sz.x, zero[i] = sz.y;
-    }
-    int4_chunk<T>(w, xv, scale, zero, acc);
-  }
-  // Every chunk the warp's lanes copied has been waited for and read (the wait only makes sure):
-  // once all its lanes are here, its stages are free for its sums.
-  wait_copies<0>();
-  __syncwarp();
-  finish<T, W>(p, rows, acc, squares, reinterpret_cast<float*>(staged), S * 8 * 32 * 4);
+  finish<T, W>(p, rows, acc, squares, part);
 }
 
 // Dense 16-bit weights [rows, cols] (row-major, x's type): each chunk's 64 bytes a row and lane,
@@ -449,7 +353,7 @@ __global__ void __launch_bounds__(W * 32, 16 / W) dense_mma_kernel(const MmaLine
     });
   }
   __shared__ float part[W * kPartFloats];
-  finish<T, W>(p, rows, acc, squares, part, kPartFloats);
+  finish<T, W>(p, rows, acc, squares, part);
 }
 
 // Compute capability 8.0 or later (mma.sync with bfloat16).
@@ -464,66 +368,12 @@ bool packed_allowed() {
   return allowed;
 }
 
-// The int4 pipeline's shape (warps a block, stages a warp): 8 and 4, or another of those built
-// below named by CUR4LLM_MMA_PIPE="W,S" (for measuring them against each other).
-struct PipeShape {
-  int warps = 8, stages = 4;
-};
-PipeShape pipe_shape() {
-  static const PipeShape shape = [] {
-    PipeShape s;
-    if (const char* v = std::getenv("CUR4LLM_MMA_PIPE")) {
-      if (std::sscanf(v, "%d,%d", &s.warps, &s.stages) != 2) s = PipeShape();
-    }
-    return s;
-  }();
-  return shape;
-}
-
-template <typename T, int W, int S>
-bool launch_pipe(const MmaLinearArgs& a, dim3 grid, cudaStream_t s) {
-  const int64_t groups = (a.cols + a.group - 1) / a.group;
-  const size_t bytes = pipe_shared_bytes<W, S>(groups);
-  const int limit = device_attribute<cudaDevAttrMaxSharedMemoryPerBlockOptin>();
-  if (bytes > static_cast<size_t>(limit)) return false;
-  // Once per device: the kernel may take all the shared memory a block can have.
-  static std::atomic<int> allowed[64] = {};  // 0: not asked yet, 1: allowed, -1: refused
-  static std::mutex asking;
-  int dev = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= 64) return false;
-  if (allowed[dev].load() == 0) {
-    std::lock_guard<std::mutex> lock(asking);
-    if (allowed[dev].load() == 0) {
-      const bool ok = cudaFuncSetAttribute(int4_mma_pipe_kernel<T, W, S>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                           limit) == cudaSuccess;
-      if (!ok) (void)cudaGetLastError();  // the fallback's launch is checked, not this
-      allowed[dev].store(ok ? 1 : -1);
-    }
-  }
-  if (allowed[dev].load() != 1) return false;
-  int4_mma_pipe_kernel<T, W, S><<<grid, W * 32, bytes, s>>>(a);
-  return true;
-}
-
-template <typename T>
-bool launch_int4_pipe(const MmaLinearArgs& a, dim3 grid, cudaStream_t s) {
-  const PipeShape shape = pipe_shape();
-  switch (shape.warps * 100 + shape.stages) {
-    case 802: return launch_pipe<T, 8, 2>(a, grid, s);
-    case 803: return launch_pipe<T, 8, 3>(a, grid, s);
-    case 804: return launch_pipe<T, 8, 4>(a, grid, s);
-    case 404: return launch_pipe<T, 4, 4>(a, grid, s);
-    case 406: return launch_pipe<T, 4, 6>(a, grid, s);
-  }
-  return false;
-}
-
 template <typename T>
 void launch(const MmaLinearArgs& a, dim3 grid, cudaStream_t s) {
   constexpr int W = 8;
   if (a.weight != nullptr) {
     dense_mma_kernel<T, W><<<grid, W * 32, 0, s>>>(a);
-  } else if (!a.pipeline || !launch_int4_pipe<T>(a, grid, s)) {
+  } else {
     int4_mma_kernel<T, W, 2><<<grid, W * 32, 0, s>>>(a);
   }
 }

@@ -28,10 +28,6 @@ enum class Kernel {
   /// (decoding) on the tensor-core kernel, with the residual's addition or the SiLU gate in
   /// its launch, instead of cuBLAS.
   dense_mma,
-  /// CUR4LLM_INT4_PIPELINE (default off: slower on an H100): packed int4 products of a few
-  /// tokens bring their codes into shared memory by asynchronous copies, several chunks ahead
-  /// of the tensor cores, instead of loading them into registers.
-  int4_pipeline,
   /// CUR4LLM_NORM_IN_PRODUCT (default on): the LLaMA family's input norms run inside the
   /// products that follow them where those take the tensor-core kernel (packed int4, and
   /// dense layers with dense_mma): a decoding layer then launches no norm kernel.
