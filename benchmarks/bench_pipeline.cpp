@@ -109,11 +109,6 @@ json stage_record(const std::string& stage, const json& machine, double seconds,
   return j;
 }
 
-// Starts a stage's memory figures (stage_record reads them).
-void start_stage(c10::Device device) {
-  bench::reset_peak_memory(device);
-  util::reset_memory_peaks();
-}
 
 void emit(const json& j) { std::cout << j.dump() << std::endl; }
 
@@ -213,7 +208,7 @@ int main(int argc, char** argv) try {
     calib::CollectOptions copts;
     copts.batch_size = std::max<int64_t>(1, std::min<int64_t>(num_samples, 65536 / seqlen));
     copts.show_progress = true;
-    start_stage(device);
+    util::reset_memory_peaks();  // every device's and the host's (stage_record reads them)
     const double s = bench::timed(device, [&] { stats = calib::collect_statistics(*lm, samples, copts); });
     emit(stage_record("statistics", machine, s, calib_tokens, dense_forward, device));
     scale = [&stats](const std::string& layer) { return stats.scale(layer, calib::ScalingMethod::AbsMean, 0.5); };
@@ -232,7 +227,7 @@ int main(int argc, char** argv) try {
     const int64_t profile_mode = args.integer("profile", 1);
     sensitivity::SweepProfile profile;
     if (profile_mode == 2) sweep.profile = &profile;
-    start_stage(device);
+    util::reset_memory_peaks();  // every device's and the host's (stage_record reads them)
     const double s = bench::timed(device, [&] { table = sensitivity::ppl_sensitivity(*lm, samples, *compressor, scale, sweep); });
 
     std::map<std::string, const model::LinearInfo*> info_of;
@@ -429,7 +424,7 @@ int main(int argc, char** argv) try {
   if (stages.count("decompose") && searched) {
     compress::ApplyOptions aopts;
     aopts.show_progress = true;
-    start_stage(device);
+    util::reset_memory_peaks();  // every device's and the host's (stage_record reads them)
     search::CompressionPlan plan;
     const double s = bench::timed(device, [&] { plan = compress::apply_allocation(*lm, result.allocation, *compressor, scale, aopts); });
     json j = stage_record("decompose", machine, s, 0, 0, device);
@@ -447,7 +442,7 @@ int main(int argc, char** argv) try {
     popts.batch_size = std::max<int64_t>(1, std::min<int64_t>(windows, 65536 / seqlen));
     popts.show_progress = true;
     popts.label = "evaluation";
-    start_stage(device);
+    util::reset_memory_peaks();  // every device's and the host's (stage_record reads them)
     eval::PerplexityResult r;
     const double s = bench::timed(device, [&] { r = eval::evaluate_perplexity(*lm, text, popts); });
     json j = stage_record("evaluation", machine, s, static_cast<double>(windows * seqlen),

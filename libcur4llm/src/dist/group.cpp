@@ -2,6 +2,8 @@
 // and (with CUR4LLM_WITH_DIST) the c10d implementation over TCPStore and Gloo.
 #include <cur4llm/dist/group.h>
 
+#include "util/strings.h"
+
 #include <ATen/ATen.h>
 
 #include <fmt/format.h>
@@ -61,15 +63,7 @@ double env_seconds(const char* name, double fallback) {
 std::string rank_cuda_devices(const std::string& visible, int local_rank, int per_rank) {
   if (per_rank < 1) throw std::invalid_argument(fmt::format("--gpus_per_rank must be 1 or more, not {}", per_rank));
   if (local_rank < 0) throw std::invalid_argument(fmt::format("LOCAL_RANK must be 0 or more, not {}", local_rank));
-  std::vector<std::string> listed;
-  for (size_t start = 0; !visible.empty() && start <= visible.size();) {
-    const size_t comma = std::min(visible.find(',', start), visible.size());
-    std::string item = visible.substr(start, comma - start);
-    item.erase(0, item.find_first_not_of(" \t"));
-    item.erase(item.find_last_not_of(" \t") + 1);
-    if (!item.empty()) listed.push_back(item);
-    start = comma + 1;
-  }
+  const std::vector<std::string> listed = util::split_items(visible, ',');
   if (static_cast<int>(listed.size()) == per_rank) return fmt::format("{}", fmt::join(listed, ","));
   const int64_t first = static_cast<int64_t>(local_rank) * per_rank;
   std::vector<std::string> mine;

@@ -301,8 +301,7 @@ __global__ void decode_attention_merge(const float* __restrict__ partial, T* __r
   if (threadIdx.x < 32) {
     float l = 0.f;
     for (int c = threadIdx.x; c < chunks; c += 32) l += base[c * step + 1] * weight[c];
-#pragma unroll
-    for (int o = 16; o > 0; o /= 2) l += __shfl_xor_sync(0xffffffffu, l, o);
+    l = group_sum<32>(l);
     if (threadIdx.x == 0) weight[chunks] = l;
   }
   __syncthreads();
@@ -313,6 +312,17 @@ __global__ void decode_attention_merge(const float* __restrict__ partial, T* __r
     for (int c = 0; c < chunks; ++c) acc = fmaf(base[c * step + 2 + e], weight[c], acc);
     out[static_cast<int64_t>(bhr) * dv + e] = Elem<T>::store(acc * inv);
   }
+}
+
+// Pass 2 over the chunks pass 1 wrote; the launches' error, if any.
+template <typename T>
+int launch_merge(const float* partial, void* out, int64_t heads, int64_t rows, int64_t chunks, int64_t dv,
+                 cudaStream_t stream) {
+  const int threads = static_cast<int>(dv < 128 ? 32 * ((dv + 31) / 32) : 128);
+  decode_attention_merge<T><<<static_cast<unsigned>(heads * rows), threads,
+                              sizeof(float) * static_cast<size_t>(chunks + 1), stream>>>(
+      partial, static_cast<T*>(out), static_cast<int>(chunks), static_cast<int>(rows), static_cast<int>(dv));
+  return static_cast<int>(cudaGetLastError());
 }
 
 template <typename T, int ROWS, int PER>
@@ -326,11 +336,7 @@ int launch_rows(const void* q, const void* keys, const void* values, const void*
           static_cast<const T*>(q), static_cast<const T*>(keys), static_cast<const T*>(values),
           static_cast<const T*>(mask), partial, static_cast<int>(kv_heads), static_cast<int>(rows), cap, length,
           static_cast<int>(d), static_cast<int>(dv), scale, mask_row_stride, mask_batch_stride);
-  const int threads = static_cast<int>(dv < 128 ? 32 * ((dv + 31) / 32) : 128);
-  decode_attention_merge<T><<<static_cast<unsigned>(batch * kv_heads * rows), threads,
-                              sizeof(float) * static_cast<size_t>(chunks + 1), stream>>>(
-      partial, static_cast<T*>(out), static_cast<int>(chunks), static_cast<int>(rows), static_cast<int>(dv));
-  return static_cast<int>(cudaGetLastError());
+  return launch_merge<T>(partial, out, batch * kv_heads, rows, chunks, dv, stream);
 }
 
 // f(std::integral_constant<int, R>()) for the fewest rows R of 1, 4 and kDecodeMaxRows that hold `rows`.
@@ -373,13 +379,8 @@ int launch_vec(const void* q, const void* keys, const void* values, const void* 
       static_cast<const T*>(mask), partial, static_cast<int>(kv_heads), static_cast<int>(rows), cap, length,
       static_cast<int>(d), static_cast<int>(dv), scale, mask_row_stride, mask_batch_stride,
       static_cast<int>(per_block));
-  const int threads = static_cast<int>(dv < 128 ? 32 * ((dv + 31) / 32) : 128);
-  decode_attention_merge<T><<<static_cast<unsigned>(heads * rows), threads,
-                              sizeof(float) * static_cast<size_t>(chunks + 1), stream>>>(
-      partial, static_cast<T*>(out), static_cast<int>(chunks), static_cast<int>(rows), static_cast<int>(dv));
-  return static_cast<int>(cudaGetLastError());
+  return launch_merge<T>(partial, out, heads, rows, chunks, dv, stream);
 }
-
 
 template <typename T>
 int launch_decode_attention(const void* q, const void* keys, const void* values, const void* mask, float* partial,

@@ -109,6 +109,27 @@ struct MmaExtras {
   /// x / sqrt(mean(x^2) + norm_eps) * norm_weight instead of x, the norm computed in the launch.
   at::Tensor norm_weight;
   double norm_eps = 0;
+
+  /// The product added into `residual`.
+  static MmaExtras into(at::Tensor residual) {
+    MmaExtras e;
+    e.residual = std::move(residual);
+    return e;
+  }
+  /// The SiLU gate of a stacked [gate; up] weight.
+  static MmaExtras gate() {
+    MmaExtras e;
+    e.silu_gate = true;
+    return e;
+  }
+  /// The product of the input's RMSNorm, gated where `silu_gate` (the norm runs in the launch
+  /// only where util::Kernel::norm_in_product is on).
+  static MmaExtras normed(at::Tensor norm_weight, double norm_eps, bool silu_gate) {
+    MmaExtras e;
+    e.silu_gate = silu_gate;
+    e.norm_weight = std::move(norm_weight), e.norm_eps = norm_eps;
+    return e;
+  }
 };
 
 /// A product of at most 8 tokens on the tensor cores, with `extras` in the same launch;

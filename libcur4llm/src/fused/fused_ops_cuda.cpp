@@ -59,22 +59,16 @@ std::atomic<bool>& enabled_flag() {
   return flag;
 }
 
-// The switchable kernels (util::Kernel), in its order: each starts at its default unless its
-// environment variable says "1" (on) or "0" (off).
+// The switchable kernels (util::Kernel), in its order: each on unless its environment variable
+// says "0" (the defaults measured: docs/architecture.md).
 constexpr int kKernels = static_cast<int>(util::Kernel::packed_prefill) + 1;
 std::array<std::atomic<bool>, kKernels>& kernel_flags() {
   static std::array<std::atomic<bool>, kKernels> flags;  // false until read below
   static const bool read = [] {
-    // In util::Kernel's order: the variable and the default (measured: docs/architecture.md).
-    const std::pair<const char*, bool> switches[] = {{"CUR4LLM_DENSE_MMA", true},
-                                                     {"CUR4LLM_NORM_IN_PRODUCT", true},
-                                                     {"CUR4LLM_DECODE_VECTOR", true},
-                                                     {"CUR4LLM_PACKED_PREFILL", true}};
-    static_assert(std::size(switches) == kKernels, "one environment variable per util::Kernel");
-    for (int i = 0; i < kKernels; ++i) {
-      const auto& [name, on] = switches[i];
-      flags[i].store(on ? !environment_says(name, "0") : environment_says(name, "1"));
-    }
+    const char* const names[] = {"CUR4LLM_DENSE_MMA", "CUR4LLM_NORM_IN_PRODUCT", "CUR4LLM_DECODE_VECTOR",
+                                 "CUR4LLM_PACKED_PREFILL"};
+    static_assert(std::size(names) == kKernels, "one environment variable per util::Kernel");
+    for (int i = 0; i < kKernels; ++i) flags[i].store(!environment_says(names[i], "0"));
     return true;
   }();
   (void)read;
@@ -441,7 +435,7 @@ at::Tensor run_linear_mma(kernels::MmaLinearArgs a, const at::Tensor& x, const a
     }
   }
   if (norm.defined()) {
-    if (norm.requires_grad() || !norm.is_contiguous() || norm.device() != x.device() ||
+    if (!switched_on(util::Kernel::norm_in_product) || norm.requires_grad() || !norm.is_contiguous() || norm.device() != x.device() ||
         norm.scalar_type() != x.scalar_type() || norm.numel() != a.cols ||
         reinterpret_cast<uintptr_t>(norm.data_ptr()) % 16 != 0) {
       return {};
@@ -462,11 +456,11 @@ at::Tensor run_linear_mma(kernels::MmaLinearArgs a, const at::Tensor& x, const a
   return y;
 }
 
-// The packed int4 weight's arguments, for inputs packed_linear_applies accepts.
-at::Tensor run_packed_mma(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& scales,
-                          const at::Tensor& zeros, int64_t cols, int64_t group, const at::Tensor& bias,
-                          const at::Tensor& input_scales, const MmaExtras& extras) {
-  const auto x2 = x.reshape({-1, cols}).contiguous();
+// The packed int4 weight's arguments (x2: x as [tokens, cols], contiguous), for inputs
+// packed_linear_applies accepts.
+at::Tensor run_packed_mma(const at::Tensor& x, const at::Tensor& x2, const at::Tensor& qweight,
+                          const at::Tensor& scales, const at::Tensor& zeros, int64_t cols, int64_t group,
+                          const at::Tensor& bias, const at::Tensor& input_scales, const MmaExtras& extras) {
   kernels::MmaLinearArgs a;
   a.q = qweight.data_ptr<uint8_t>(), a.scales = scales.data_ptr(), a.zeros = zeros.data_ptr();
   a.bias = bias.defined() ? bias.data_ptr() : nullptr;
@@ -490,7 +484,7 @@ at::Tensor packed_linear(const at::Tensor& x, const at::Tensor& qweight, const a
   auto sizes = x.sizes().vec();
   sizes.back() = rows;
   if (bits == 4 && tokens > 0) {  // the tensor cores where they take the shape
-    auto y = run_packed_mma(x, qweight, scales, zeros, cols, group, bias, input_scales, {});
+    auto y = run_packed_mma(x, x2, qweight, scales, zeros, cols, group, bias, input_scales, {});
     if (y.defined()) return y;
   }
   auto y = at::empty({tokens, rows}, x.options());
@@ -507,7 +501,8 @@ at::Tensor packed_linear_mma(const at::Tensor& x, const at::Tensor& qweight, con
                              const at::Tensor& zeros, int bits, int64_t cols, int64_t group, const at::Tensor& bias,
                              const at::Tensor& input_scales, const MmaExtras& extras) {
   if (bits != 4 || !packed_linear_applies(x, qweight, scales, zeros, bits, cols, group, bias, input_scales)) return {};
-  return run_packed_mma(x, qweight, scales, zeros, cols, group, bias, input_scales, extras);
+  return run_packed_mma(x, x.reshape({-1, cols}).contiguous(), qweight, scales, zeros, cols, group, bias, input_scales,
+                        extras);
 }
 
 at::Tensor dense_linear_mma(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,

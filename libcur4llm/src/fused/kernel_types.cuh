@@ -6,6 +6,7 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <atomic>
 #include <cstring>
 
 namespace cur4llm::fused::kernels {
@@ -59,19 +60,19 @@ struct alignas(16) Pack {
   T v[kSize];
 };
 
-// Attribute A of the current device (host code), asked once per device; 0 where it cannot be
-// asked.
+// Attribute A of the current device (host code), asked once per device (launches may come from
+// several threads); 0 where it cannot be asked.
 template <cudaDeviceAttr A>
 inline int device_attribute() {
-  static int value[64] = {};  // 0: not asked yet
+  static std::atomic<int> value[64] = {};  // 0: not asked yet
   int dev = 0;
   if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= 64) return 0;
-  if (value[dev] == 0) {
-    int v = 0;
+  int v = value[dev].load(std::memory_order_relaxed);
+  if (v == 0) {
     if (cudaDeviceGetAttribute(&v, A, dev) != cudaSuccess) return 0;
-    value[dev] = v;
+    value[dev].store(v, std::memory_order_relaxed);
   }
-  return value[dev];
+  return v;
 }
 
 }  // namespace cur4llm::fused::kernels

@@ -2,6 +2,8 @@
 
 #include <cur4llm/io/files.h>
 
+#include "util/strings.h"
+
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
@@ -10,28 +12,10 @@
 #include <cmath>
 #include <filesystem>
 #include <limits>
-#include <sstream>
 #include <stdexcept>
 
 namespace cur4llm::model {
 namespace {
-
-std::string trim(const std::string& s) {
-  size_t b = 0, e = s.size();
-  while (b < e && std::isspace(static_cast<unsigned char>(s[b]))) ++b;
-  while (e > b && std::isspace(static_cast<unsigned char>(s[e - 1]))) --e;
-  return s.substr(b, e - b);
-}
-
-std::vector<std::string> split(const std::string& s, char sep) {
-  std::vector<std::string> out;
-  std::stringstream in(s);
-  for (std::string item; std::getline(in, item, sep);) {
-    item = trim(item);
-    if (!item.empty()) out.push_back(item);
-  }
-  return out;
-}
 
 c10::Device parse_map_device(const std::string& name, const std::string& flag) {
   try {
@@ -46,7 +30,7 @@ c10::Device parse_map_device(const std::string& name, const std::string& flag) {
 std::pair<int64_t, int64_t> parse_range(const std::string& text) {
   const auto dash = text.find('-');
   auto number = [&](const std::string& s) {
-    const std::string t = trim(s);
+    const std::string t = util::trim(s);
     if (t.empty() || !std::all_of(t.begin(), t.end(), [](char c) { return std::isdigit(static_cast<unsigned char>(c)); })) {
       throw std::invalid_argument(fmt::format("--device_map: \"{}\" is not a layer range (A-B)", text));
     }
@@ -71,7 +55,7 @@ int64_t budget_of(const PlacementInputs& in, const c10::Device& d) {
 }  // namespace
 
 int64_t parse_memory_size(const std::string& text, const std::string& flag) {
-  const std::string t = trim(text);
+  const std::string t = util::trim(text);
   size_t used = 0;
   double value = -1;
   try {
@@ -79,7 +63,7 @@ int64_t parse_memory_size(const std::string& text, const std::string& flag) {
   } catch (const std::exception&) {
     value = -1;
   }
-  std::string unit = trim(t.substr(std::min(used, t.size())));
+  std::string unit = util::trim(t.substr(std::min(used, t.size())));
   for (auto& c : unit) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
   static const std::map<std::string, double> units = {
       {"", 1},       {"B", 1},          {"KB", 1e3},        {"MB", 1e6},          {"GB", 1e9},   {"TB", 1e12},
@@ -93,12 +77,12 @@ int64_t parse_memory_size(const std::string& text, const std::string& flag) {
 
 std::map<std::string, int64_t> parse_max_memory(const std::string& text) {
   std::map<std::string, int64_t> out;
-  for (const auto& item : split(text, ',')) {
+  for (const auto& item : util::split_items(text, ',')) {
     const auto eq = item.find('=');
     if (eq == std::string::npos) {
       throw std::invalid_argument(fmt::format("--max_memory: \"{}\" is not DEVICE=SIZE (e.g. cuda:0=20GiB)", item));
     }
-    const auto device = parse_map_device(trim(item.substr(0, eq)), "--max_memory");
+    const auto device = parse_map_device(util::trim(item.substr(0, eq)), "--max_memory");
     if (out.count(device.str())) throw std::invalid_argument(fmt::format("--max_memory: {} is given twice", device.str()));
     out[device.str()] = parse_memory_size(item.substr(eq + 1));
   }
@@ -107,14 +91,14 @@ std::map<std::string, int64_t> parse_max_memory(const std::string& text) {
 
 DeviceMap DeviceMap::parse(const std::string& spec) {
   DeviceMap map;
-  const std::string s = trim(spec);
+  const std::string s = util::trim(spec);
   if (s == "auto") {
     map.automatic = true;
     return map;
   }
   auto add = [&](const std::string& device, const std::string& range) {
     const auto [a, b] = parse_range(range);
-    map.ranges.push_back({parse_map_device(trim(device), "--device_map"), a, b});
+    map.ranges.push_back({parse_map_device(util::trim(device), "--device_map"), a, b});
   };
   if (s.size() > 5 && s.substr(s.size() - 5) == ".json") {
     if (!std::filesystem::is_regular_file(s)) throw std::runtime_error(fmt::format("--device_map: no file {}", s));
@@ -132,7 +116,7 @@ DeviceMap DeviceMap::parse(const std::string& spec) {
       throw std::runtime_error(fmt::format("{}: not a device map ({})", s, e.what()));
     }
   } else {
-    for (const auto& item : split(s, ',')) {
+    for (const auto& item : util::split_items(s, ',')) {
       const auto eq = item.find('=');
       if (eq == std::string::npos) {
         throw std::invalid_argument(

@@ -23,21 +23,11 @@ DenseLinear::DenseLinear(at::Tensor weight, at::Tensor bias) : weight_(std::move
 namespace {
 
 // The tensor-core kernel with `extras` in its launch where dense layers take it (CUDA,
-// util::Kernel::dense_mma; an input norm also util::Kernel::norm_in_product); else undefined.
+// util::Kernel::dense_mma); else undefined.
 at::Tensor dense_mma(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
                      const fused::MmaExtras& extras) {
-  if (!x.is_cuda() || !util::kernel_enabled(util::Kernel::dense_mma) ||
-      (extras.norm_weight.defined() && !util::kernel_enabled(util::Kernel::norm_in_product))) {
-    return {};
-  }
+  if (!x.is_cuda() || !util::kernel_enabled(util::Kernel::dense_mma)) return {};
   return fused::dense_linear_mma(x, weight, bias, extras);
-}
-
-fused::MmaExtras normed_extras(const InputNorm& norm, bool silu_gate) {
-  fused::MmaExtras extras;
-  extras.silu_gate = silu_gate;
-  extras.norm_weight = norm.weight, extras.norm_eps = norm.eps;
-  return extras;
 }
 
 }  // namespace
@@ -68,9 +58,7 @@ bool sole_owner(const at::Tensor& t) { return t.defined() && t.use_count() == 1 
 at::Tensor DenseLinear::forward_add(at::Tensor residual, const at::Tensor& x) const {
   // The sum is rounded to the dtype once instead of twice (at most one unit apart).
   if (sole_owner(residual)) {
-    fused::MmaExtras extras;
-    extras.residual = residual;
-    auto y = dense_mma(x, weight_, bias_, extras);
+    auto y = dense_mma(x, weight_, bias_, fused::MmaExtras::into(residual));
     if (y.defined()) return y;
   }
   if (!bias_.defined() && x.is_cuda() && !x.requires_grad() && !residual.requires_grad() &&
@@ -84,17 +72,15 @@ at::Tensor DenseLinear::forward_add(at::Tensor residual, const at::Tensor& x) co
 }
 
 at::Tensor DenseLinear::silu_gate(const at::Tensor& x) const {
-  fused::MmaExtras extras;
-  extras.silu_gate = true;
-  return dense_mma(x, weight_, bias_, extras);
+  return dense_mma(x, weight_, bias_, fused::MmaExtras::gate());
 }
 
 at::Tensor DenseLinear::forward_normed(const at::Tensor& x, const InputNorm& norm) const {
-  return dense_mma(x, weight_, bias_, normed_extras(norm, false));
+  return dense_mma(x, weight_, bias_, fused::MmaExtras::normed(norm.weight, norm.eps, false));
 }
 
 at::Tensor DenseLinear::silu_gate_normed(const at::Tensor& x, const InputNorm& norm) const {
-  return dense_mma(x, weight_, bias_, normed_extras(norm, true));
+  return dense_mma(x, weight_, bias_, fused::MmaExtras::normed(norm.weight, norm.eps, true));
 }
 
 std::shared_ptr<LinearSlot> DenseLinear::stacked_with(const std::vector<const LinearSlot*>& others) const {

@@ -4,8 +4,6 @@
 
 #include "../fused/fused_ops.h"
 
-#include <cur4llm/util/fused_kernels.h>
-
 #include <ATen/ATen.h>
 
 #include <fmt/format.h>
@@ -60,9 +58,7 @@ at::Tensor packed_mma(const QuantizedTensor& w, int64_t group, const at::Tensor&
 
 at::Tensor PackedLinear::forward_add(at::Tensor residual, const at::Tensor& x) const {
   if (model::sole_owner(residual)) {
-    fused::MmaExtras extras;
-    extras.residual = residual;
-    auto out = packed_mma(weight_, group_, bias_, x, extras);
+    auto out = packed_mma(weight_, group_, bias_, x, fused::MmaExtras::into(residual));
     if (out.defined()) return out;
   }
   return residual + forward(x);
@@ -75,20 +71,14 @@ at::Tensor PackedLinear::silu_gate(const at::Tensor& x) const {
     const auto parts = forward(x).chunk(2, -1);
     return at::silu(parts[0]) * parts[1];
   }
-  fused::MmaExtras extras;
-  extras.silu_gate = true;
-  return packed_mma(weight_, group_, bias_, x, extras);
+  return packed_mma(weight_, group_, bias_, x, fused::MmaExtras::gate());
 }
 
-// The product with the input's norm in its launch (CUDA, util::Kernel::norm_in_product); on the CPU the
-// reference steps.
+// The product with the input's norm in its launch (CUDA, where util::Kernel::norm_in_product is
+// on); on the CPU the reference steps.
 at::Tensor PackedLinear::normed(const at::Tensor& x, const model::InputNorm& norm, bool gate) const {
   if (!x.is_cuda()) return gate ? silu_gate(norm.apply(x)) : forward(norm.apply(x));
-  if (!util::kernel_enabled(util::Kernel::norm_in_product)) return {};
-  fused::MmaExtras extras;
-  extras.silu_gate = gate;
-  extras.norm_weight = norm.weight, extras.norm_eps = norm.eps;
-  return packed_mma(weight_, group_, bias_, x, extras);
+  return packed_mma(weight_, group_, bias_, x, fused::MmaExtras::normed(norm.weight, norm.eps, gate));
 }
 
 at::Tensor PackedLinear::forward_normed(const at::Tensor& x, const model::InputNorm& norm) const {

@@ -242,10 +242,8 @@ search::SensitivityTable ppl_sensitivity(model::CausalLM& lm, const std::vector<
     std::string name;
     at::Tensor weight, bias, scale;  // the tensors hold their storage while the layer is decomposed
   };
-  std::map<std::string, int64_t> layer_of;
-  for (const auto& info : lm.linears()) layer_of[info.name] = info.layer;
   auto compute_device = [&](const std::string& name) {
-    const int64_t layer = layer_of.at(name);
+    const int64_t layer = info_of.at(name)->layer;
     return layer >= 0 ? lm.layer_device(layer) : lm.dense_linear(name).weight().device();
   };
   auto gather = [&](const std::string& name) {

@@ -20,22 +20,22 @@ bool fused_kernels_enabled();
 /// to compare against the plain ATen operations.
 void set_fused_kernels_enabled(bool on);
 /// cur4llm's kernels that can be switched one by one, e.g. to measure one against what
-/// runs without it. Each has a default (below); its environment variable set to "1" or
-/// "0" turns it on or off at start, and set_kernel_enabled() at run time.
-/// docs/architecture.md describes them and the measurements that chose the defaults.
+/// runs without it. Each is on unless its environment variable is "0" at start;
+/// set_kernel_enabled() switches it at run time. docs/architecture.md describes them and
+/// the measurements that put them on.
 enum class Kernel {
-  /// CUR4LLM_DENSE_MMA (default on): dense 16-bit Linear layers' steps of at most 8 tokens
+  /// CUR4LLM_DENSE_MMA: dense 16-bit Linear layers' steps of at most 8 tokens
   /// (decoding) on the tensor-core kernel, with the residual's addition or the SiLU gate in
   /// its launch, instead of cuBLAS.
   dense_mma,
-  /// CUR4LLM_NORM_IN_PRODUCT (default on): the LLaMA family's input norms run inside the
+  /// CUR4LLM_NORM_IN_PRODUCT: the LLaMA family's input norms run inside the
   /// products that follow them where those take the tensor-core kernel (packed int4, and
   /// dense layers with dense_mma): a decoding layer then launches no norm kernel.
   norm_in_product,
-  /// CUR4LLM_DECODE_VECTOR (default on): decoding attention reads the KV cache 16 bytes a
+  /// CUR4LLM_DECODE_VECTOR: decoding attention reads the KV cache 16 bytes a
   /// lane (head dims that are whole 16-byte pieces) instead of one element a lane.
   decode_vector,
-  /// CUR4LLM_PACKED_PREFILL (default on): a packed layer given more tokens than its fused
+  /// CUR4LLM_PACKED_PREFILL: a packed layer given more tokens than its fused
   /// products take (a prefill) rebuilds its weight in one launch instead of through
   /// dequantize_tensor's steps (the same weight, bit for bit).
   packed_prefill,
