@@ -375,15 +375,15 @@ inline bool in_mlp(const std::optional<model::LinearRole>& role) {
 
 /// The shape a module method leaves at nominal ratio `ratio`, with random dense weights:
 /// what a modular-compressed model runs. Every decoder layer gets the same shapes.
-/// - Uniform (`mlp_only` false): MLP width, query/key and value head widths all times
+/// - Uniform (`head_width` < 0): MLP width, query/key and value head widths all times
 ///   `ratio` (the MLP width rounded to a multiple of `align`, the head widths to multiples
 ///   of 8), so every decoder Linear keeps about that share of its weights. Query/key
 ///   dimensions keep rotary pairs (the first qk/2 of each half of a head).
-/// - MLP only (`mlp_only`, what mlp_nystrom alone leaves): the heads stay whole and the
-///   MLP width (a multiple of `align`) is chosen so that the decoder's Linear weights
-///   come to `ratio` of the base's.
+/// - Heads of `head_width` dimensions (query/key and value; the base head dim: heads whole,
+///   what mlp_nystrom alone leaves): the MLP width (a multiple of `align`) is chosen so
+///   that the decoder's Linear weights come to `ratio` of the base's.
 /// Returns how many Linears it replaced. restore_layers undoes it.
-inline int64_t narrow_decoder(model::CausalLM& lm, double ratio, int64_t align = 8, bool mlp_only = false) {
+inline int64_t narrow_decoder(model::CausalLM& lm, double ratio, int64_t align = 8, int64_t head_width = -1) {
   const model::ModelConfig c = lm.config();
   const auto options = at::TensorOptions().device(lm.device()).dtype(lm.dtype());
   model::LayerShapes s;
@@ -392,17 +392,22 @@ inline int64_t narrow_decoder(model::CausalLM& lm, double ratio, int64_t align =
     const int64_t a = (std::max<int64_t>(multiple, 8) + 7) / 8 * 8;
     return std::min(full, std::max<int64_t>(a, a * std::llround(width / a)));
   };
-  if (mlp_only) {
-    // Layer 0's Linears: the attention's weights stay; the MLP's scale with its width.
+  if (head_width >= 0) {
+    if (head_width < 2 || head_width > c.head_dim || head_width % 2 != 0) {
+      throw std::invalid_argument("narrow: a head width from 2 to " + std::to_string(c.head_dim) + ", even");
+    }
+    // Layer 0's Linears: the attention's weights scale with the head width, the MLP's with its width.
     double attention = 0, mlp = 0;
     for (const auto& info : lm.linears()) {
       if (info.layer != 0) continue;
       const double params = static_cast<double>(info.out_features) * static_cast<double>(info.in_features);
       (in_mlp(info.role) ? mlp : attention) += params;
     }
-    const double share = ((attention + mlp) * ratio - attention) / mlp;
-    if (share <= 0) throw std::invalid_argument("narrow_mlp: the attention alone holds more than that ratio");
+    const double heads = static_cast<double>(head_width) / static_cast<double>(c.head_dim);
+    const double share = ((attention + mlp) * ratio - attention * heads) / mlp;
+    if (share <= 0) throw std::invalid_argument("narrow: the attention alone holds more than that ratio");
     s.intermediate_size = rounded(static_cast<double>(c.intermediate_size) * share, c.intermediate_size, align);
+    if (head_width < c.head_dim) s.qk_head_dim = s.v_head_dim = head_width;
   } else {
     s.intermediate_size = rounded(static_cast<double>(c.intermediate_size) * ratio, c.intermediate_size, align);
     s.qk_head_dim = rounded(static_cast<double>(c.head_dim) * ratio, c.head_dim, 8);

@@ -8,7 +8,7 @@
 //                [--device cuda] [--dtype bf16] [--batch 1,16] [--prompt_len 512] [--new_tokens 256]
 //                [--factorize dense,svd:0.6,cur:0.6,narrow:0.8,narrow_mlp:0.8,packed:rtn_int4] [--iters 1] [--graph 0] [--seed 0]
 //                [--narrow_align 8] [--trace FILE] [--group 1] [--dense_mma 0|1]
-//                [--norm_in_product 0|1] [--decode_vector 0|1] [--packed_prefill 0|1]
+//                [--norm_in_product 0|1] [--decode_vector 0|1] [--packed_prefill 0|1] [--cudnn_attention 0|1]
 //
 // Each run: a prefill of --prompt_len random tokens per row, then
 // --new_tokens - 1 greedy decoding steps (the argmax stays on the device; one
@@ -25,7 +25,8 @@
 // narrow:RATIO gives every decoder layer the smaller dense shapes a module
 // method leaves (MLP width and query/key/value head widths times RATIO, in
 // multiples of --narrow_align); narrow_mlp:RATIO narrows the MLPs alone (what
-// mlp_nystrom leaves), to RATIO of the decoder's Linear weights.
+// mlp_nystrom leaves), to RATIO of the decoder's Linear weights; narrow:RATIO@H gives the
+// heads H query/key and value dimensions and the MLPs the width that makes up RATIO.
 // Steps joined by '+' apply in order: narrow:0.6+packed:rtn_int4 packs the
 // narrowed layers, svd:0.6+packed:rtn_int4 the factors of the SVD layers.
 // Projections that read one input (q/k/v, gate/up; dense or packed) are stacked
@@ -51,6 +52,7 @@
 #include <ATen/ATen.h>
 #include <ATen/record_function.h>
 #include <c10/core/InferenceMode.h>
+#include <torch/version.h>
 
 #include <fmt/format.h>
 
@@ -62,7 +64,7 @@ int main(int argc, char** argv) try {
   const bench::Args args(argc, argv);
   args.check_known({"model", "config", "device", "dtype", "batch", "prompt_len", "new_tokens", "factorize", "iters",
                     "graph", "seed", "peak_tflops", "narrow_align", "trace", "group", "dense_mma",
-                    "norm_in_product", "decode_vector", "packed_prefill"});
+                    "norm_in_product", "decode_vector", "packed_prefill", "cudnn_attention"});
   const int64_t prompt_len = args.integer("prompt_len", 512);
   const int64_t new_tokens = args.integer("new_tokens", 256);
   const int iters = static_cast<int>(args.integer("iters", 1));
@@ -80,6 +82,14 @@ int main(int argc, char** argv) try {
   for (const auto& [flag, kernel] : switches) {
     if (args.has(flag)) util::set_kernel_enabled(kernel, args.integer(flag, 0) != 0);
   }
+  // --cudnn_attention 0: a prompt's causal attention left to ATen's choice instead of cuDNN's kernel.
+#if TORCH_VERSION_MAJOR >= 2
+  if (args.has("cudnn_attention")) at::globalContext().setSDPUseCuDNN(args.integer("cudnn_attention", 1) != 0);
+  const auto cudnn_attention = [] { return at::globalContext().userEnabledCuDNNSDP(); };
+#else
+  if (args.has("cudnn_attention")) throw std::invalid_argument("--cudnn_attention needs LibTorch 2.x");
+  const auto cudnn_attention = [] { return false; };
+#endif
   std::string source;
   auto lm = bench::load_model(args, &source);
   const auto& c = lm->config();
@@ -116,9 +126,13 @@ int main(int argc, char** argv) try {
         base["packed_layers"] = layers;
         base["packed_bytes"] = bytes;
       } else if (step.rfind("narrow:", 0) == 0) {
-        base["narrowed_layers"] = bench::narrow_decoder(*lm, std::stod(step.substr(7)), narrow_align);
+        // narrow:R (uniform) or narrow:R@H (heads of H dimensions, the MLP width making up R).
+        const auto at = step.find('@');
+        const double ratio = std::stod(step.substr(7, at == std::string::npos ? std::string::npos : at - 7));
+        const int64_t heads = at == std::string::npos ? -1 : std::stoll(step.substr(at + 1));
+        base["narrowed_layers"] = bench::narrow_decoder(*lm, ratio, narrow_align, heads);
       } else if (step.rfind("narrow_mlp:", 0) == 0) {
-        base["narrowed_layers"] = bench::narrow_decoder(*lm, std::stod(step.substr(11)), narrow_align, true);
+        base["narrowed_layers"] = bench::narrow_decoder(*lm, std::stod(step.substr(11)), narrow_align, c.head_dim);
       } else if (step != "dense") {
         const auto colon = step.find(':');
         if (colon == std::string::npos) throw std::invalid_argument("--factorize KIND:RATIO, e.g. svd:0.6");
@@ -129,6 +143,7 @@ int main(int argc, char** argv) try {
     // As the generate app runs a model: each layer's q/k/v and gate/up as one product where they stack.
     if (args.integer("group", 1) != 0) base["grouped_projections"] = lm->group_projections();
     for (const auto& [flag, kernel] : switches) base[flag] = util::kernel_enabled(kernel);
+    base["cudnn_attention"] = cudnn_attention();
     if (!keep_dense) dense_slots.clear();
     // Weights and buffers on the device before any input: what the layers hold.
     base["model_device_bytes"] = bench::device_memory(device, /*peak=*/false);

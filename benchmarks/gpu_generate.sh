@@ -6,7 +6,8 @@
 # module-narrowed and packed, with transformers' generate() on the same card
 # (benchmarks/hf_decode.py). Logs and JSON lines go to $OUT:
 #   bash benchmarks/gpu_generate.sh <deps-folder> <shared-folder> [parts]
-# parts (default "tests refs llama prefill hf opt"; "kernels" measures the switchable
+# parts (default "tests refs llama prefill hf opt"; "shapes" narrowed shapes at a long prompt;
+# "kernels" measures the switchable
 # decoding kernels (util::Kernel), all off against the defaults; "profile" adds per-kernel
 # times of one decoding step through Nsight Compute, last; "trace" the kernels
 # of 16 decoding steps of the whole LLaMA-7B shape through PyTorch's profiler,
@@ -134,13 +135,45 @@ if [[ $parts == *" kernels "* ]]; then
   python3 benchmarks/kernels_summary.py "$out/bench_linear.jsonl" "$out/bench_decode.jsonl" | tee -a "$log"
   stamp "kernels"
 fi
+if [[ $parts == *" int4 "* ]]; then
+  # The int4 kernel's launch shapes (CUR4LLM_INT4_SHAPE="warps,chunks,blocks[v]"): one-token
+  # products of the LLaMA-7B shapes, then a whole int4 step at a 512-token prompt, each shape
+  # in its own processes.
+  for shape in ${INT4_SHAPES:-8,2,2 8,2,1 16,2,1 8,4,1 16,1,1 4,4,2 8,2,2v 8,4,1v 16,2,1v}; do
+    # Each shape checked first (the tensor-core int4 test), then timed.
+    CUR4LLM_INT4_SHAPE=$shape timeout "$(left 30)" $build/tests/test_packed_quant "CUDA: int4 on the tensor cores*" \
+      -r compact 2>&1 | tail -1 | sed "s/^/int4 shape $shape: /" | tee -a "$log"
+    CUR4LLM_INT4_SHAPE=$shape timeout "$(left 30)" $build/benchmarks/bench_linear --device cuda --dtype bf16 \
+      --shapes 4096x4096,4096x11008,11008x4096,4096x12288,4096x22016 --tokens 1 --ratios "" --packed rtn_int4 \
+      --decode_iters 300 2>&1 | sed "s/^{/{\"int4_shape\": \"$shape\", /" | tee -a "$out/bench_linear.jsonl"
+    CUR4LLM_INT4_SHAPE=$shape timeout "$(left 40)" $bench --config benchmarks/configs/llama-7b.json --device cuda \
+      --dtype bf16 --batch 1 --prompt_len 512 --new_tokens 128 --graph 1 --factorize packed:rtn_int4 2>&1 |
+      sed "s/^{/{\"int4_shape\": \"$shape\", /" | tee -a "$out/bench_decode.jsonl"
+  done
+  stamp "int4"
+fi
+if [[ $parts == *" shapes "* ]]; then
+  # Shapes of about the same Linear weights at a 2,048-token prompt, default kernels: uniform
+  # narrowing, heads of a given width (narrow:R@H) and MLPs alone; each also with the prompt's
+  # attention left to ATen's choice ($SHAPE_FLAGS, default --cudnn_attention 0).
+  for spec in ${SHAPE_SPECS:-dense narrow:0.8 narrow:0.8@96 narrow_mlp:0.8 narrow:0.7 narrow:0.7@96 narrow:0.7@64 narrow_mlp:0.7}; do
+    for flags in "" "${SHAPE_FLAGS:---cudnn_attention 0}"; do
+      run 40 $bench --config benchmarks/configs/llama-7b.json --device cuda --dtype bf16 --batch 1 --prompt_len 2048 \
+        --new_tokens 64 --graph 1 --iters 3 --narrow_align 128 --factorize $spec $flags
+    done
+  done
+  stamp "shapes"
+fi
 if [[ $parts == *" trace "* ]]; then
+  # $TRACE_PROMPT (default 512) tokens, then 16 traced steps; both phases summed.
   for spec in ${TRACE_SPECS:-dense narrow:0.8 packed:rtn_int4}; do
-    run 45 $bench --config benchmarks/configs/llama-7b.json --device cuda --dtype bf16 --batch 1 --prompt_len 512 \
-      --new_tokens 17 --factorize "$spec" --trace "$work/trace"
-    f="$work/trace.${spec//[:+]/_}.b1.json"
-    [[ -f $f ]] && python3 benchmarks/trace_summary.py "$f" --phase decode.step --top 40 --label "llama-7b bf16 b1 $spec" \
-      | tee -a "$out/trace_summary.jsonl"
+    run 45 $bench --config benchmarks/configs/llama-7b.json --device cuda --dtype bf16 --batch 1 \
+      --prompt_len "${TRACE_PROMPT:-512}" --new_tokens 17 --factorize "$spec" --trace "$work/trace" ${TRACE_ARGS:-}
+    f="$work/trace.${spec//[:+@]/_}.b1.json"
+    for phase in decode.prefill decode.step; do
+      [[ -f $f ]] && python3 benchmarks/trace_summary.py "$f" --phase $phase --top 40 \
+        --label "llama-7b bf16 b1 p${TRACE_PROMPT:-512} $spec $phase" | tee -a "$out/trace_summary.jsonl"
+    done
   done
   stamp "trace"
 fi

@@ -146,15 +146,16 @@ at::Tensor dense_linear_mma(const at::Tensor& x, const at::Tensor& weight, const
 
 /// Causal attention of q, k, v [B, heads, T, dim] (equal head counts, last
 /// dim contiguous) through cuDNN's fused kernel, as at::scaled_dot_product_attention
-/// with is_causal computes it; the output is [B, heads, T, dim] laid out like q.
+/// with is_causal computes it, scores scaled by `scale` (0: 1/sqrt(dim)); the
+/// output is [B, heads, T, dim] laid out like q.
 /// Undefined where it does not apply, and the caller takes
 /// at::scaled_dot_product_attention: kernels disabled, not half/bfloat16, a GPU
 /// before compute capability 9.0 (where cuDNN is not the faster kernel), fewer
 /// than 128 positions (decoding; ATen's choice), a head
 /// dim above 128 or not a multiple of 8, cuDNN attention turned off
 /// (at::globalContext().setSDPUseCuDNN(false)), LibTorch before 2.5, or an
-/// earlier call that cuDNN refused.
-at::Tensor causal_attention_cudnn(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v);
+/// earlier call with the same head dim that cuDNN refused.
+at::Tensor causal_attention_cudnn(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double scale = 0);
 
 /// softmax(q k^T / sqrt(d) + mask) v through PyTorch's memory-efficient kernel for q [B, H, R, d],
 /// k [B, H, S, d], v [B, H, S, dv] (last dims contiguous; keys and values may be the first S slots

@@ -522,29 +522,34 @@ at::Tensor dense_linear_mma(const at::Tensor& x, const at::Tensor& weight, const
   return run_linear_mma(a, x, x2, extras);
 }
 
-at::Tensor causal_attention_cudnn(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
+at::Tensor causal_attention_cudnn(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double scale) {
 #if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 5)
-  static std::atomic<bool> refused{false};
-  if (refused.load() || !enabled_for(q) || !at::globalContext().userEnabledCuDNNSDP()) return {};
+  // Bit dim / 8 set: cuDNN refused that head dim once (a version without it), so it is not asked again.
+  static std::atomic<uint32_t> refused_dims{0};
+  if (!enabled_for(q) || !at::globalContext().userEnabledCuDNNSDP()) return {};
   const auto dtype = q.scalar_type();
   if ((dtype != at::kHalf && dtype != at::kBFloat16) || k.scalar_type() != dtype || v.scalar_type() != dtype) return {};
-  // Short sequences (decoding) take ATen's choice: a refusal there would turn cuDNN off for prefill too.
+  // Short sequences (decoding) take ATen's choice.
   if (q.dim() != 4 || k.sizes() != q.sizes() || v.sizes() != q.sizes() || q.size(2) < 128) return {};
   const int64_t dim = q.size(3);
   if (dim > 128 || dim % 8 != 0 || q.stride(3) != 1 || k.stride(3) != 1 || v.stride(3) != 1) return {};
+  const uint32_t bit = uint32_t{1} << (dim / 8);
+  if ((refused_dims.load() & bit) != 0) return {};
   if (at::cuda::getDeviceProperties(q.device().index())->major < 9) return {};
+  std::optional<double> s;
+  if (scale > 0) s = scale;
   try {
     return std::get<0>(at::_scaled_dot_product_cudnn_attention(q, k, v, /*attn_bias=*/std::nullopt,
                                                                 /*compute_log_sumexp=*/false, /*dropout_p=*/0.0,
-                                                                /*is_causal=*/true, /*return_debug_mask=*/false));
+                                                                /*is_causal=*/true, /*return_debug_mask=*/false, s));
   } catch (const c10::Error& e) {
-    refuse(refused, "cuDNN attention", e);  // e.g. a cuDNN version without these shapes
+    refused_dims.fetch_or(bit);
+    fmt::print(stderr, "note: cuDNN attention refused head dim {} ({}); using at::scaled_dot_product_attention\n", dim,
+               std::string(e.what_without_backtrace()).substr(0, 200));
     return {};
   }
 #else
-  (void)q;
-  (void)k;
-  (void)v;
+  (void)q, (void)k, (void)v, (void)scale;
   return {};
 #endif
 }

@@ -72,7 +72,7 @@ at::Tensor packed_linear_mma(const at::Tensor&, const at::Tensor&, const at::Ten
 }
 at::Tensor dense_linear_mma(const at::Tensor&, const at::Tensor&, const at::Tensor&, const MmaExtras&) { return {}; }
 
-at::Tensor causal_attention_cudnn(const at::Tensor&, const at::Tensor&, const at::Tensor&) { return {}; }
+at::Tensor causal_attention_cudnn(const at::Tensor&, const at::Tensor&, const at::Tensor&, double) { return {}; }
 at::Tensor masked_attention(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&) { return {}; }
 
 struct SideStream::Impl {};

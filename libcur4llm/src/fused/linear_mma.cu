@@ -47,6 +47,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <type_traits>
@@ -280,10 +281,29 @@ __device__ inline void int4_chunk(const uint4 (&w)[4], const uint4 (&xv)[4], con
   }
 }
 
+// U consecutive halves from p (aligned to 2U bytes) as floats: out[u][i] = p[u].
+template <int U>
+__device__ inline void load_halves(const __half* p, float (&out)[U][4], int i) {
+  if constexpr (U == 1) {
+    out[0][i] = __half2float(__ldg(p));
+  } else if constexpr (U == 2) {
+    const float2 v = __half22float2(__ldg(reinterpret_cast<const __half2*>(p)));
+    out[0][i] = v.x, out[1][i] = v.y;
+  } else {
+    static_assert(U == 4, "1, 2 or 4 halves");
+    const uint2 raw = __ldg(reinterpret_cast<const uint2*>(p));
+    const float2 a = __half22float2(bits_as<__half2>(raw.x)), b = __half22float2(bits_as<__half2>(raw.y));
+    out[0][i] = a.x, out[1][i] = a.y, out[2][i] = b.x, out[3][i] = b.y;
+  }
+}
+
 // Packed int4 weights. W: warps of a block; kUnroll: consecutive chunks whose loads a warp
-// issues together.
-template <typename T, int W, int kUnroll>
-__global__ void __launch_bounds__(W * 32, 16 / W) int4_mma_kernel(const MmaLinearArgs p) {
+// issues together; kMinBlocks: blocks a multiprocessor must hold (bounds the registers).
+// kVecScales: one group a chunk and whole passes (chunks % kUnroll == 0, scales and zeros
+// aligned to 2 kUnroll bytes), so a pass reads each row's kUnroll scales (and zero points) in
+// one load instead of kUnroll.
+template <typename T, int W, int kUnroll, int kMinBlocks, bool kVecScales = false>
+__global__ void __launch_bounds__(W * 32, kMinBlocks) int4_mma_kernel(const MmaLinearArgs p) {
   static_assert(Pack<T>::kSize == 8, "16-bit elements");
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const int g = lane / 4, c = lane % 4;
@@ -300,6 +320,13 @@ __global__ void __launch_bounds__(W * 32, 16 / W) int4_mma_kernel(const MmaLinea
     // Every load of the pass first, so that they are in flight together.
     uint4 w[kUnroll][4], xv[kUnroll][4];
     float scale[kUnroll][4], zero[kUnroll][4];
+    if constexpr (kVecScales) {
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        load_halves<kUnroll>(scales + rows.lane[i] * groups + base, scale, i);
+        load_halves<kUnroll>(zeros + rows.lane[i] * groups + base, zero, i);
+      }
+    }
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
       const int ch = base + u;
@@ -308,8 +335,10 @@ __global__ void __launch_bounds__(W * 32, 16 / W) int4_mma_kernel(const MmaLinea
 #pragma unroll
       for (int i = 0; i < 4; ++i) {
         w[u][i] = load16(p.q + rows.lane[i] * row_bytes + static_cast<int64_t>(ch) * (kChunk / 2) + c * 16);
-        scale[u][i] = __half2float(scales[rows.lane[i] * groups + gi]);
-        zero[u][i] = __half2float(zeros[rows.lane[i] * groups + gi]);
+        if constexpr (!kVecScales) {
+          scale[u][i] = __half2float(scales[rows.lane[i] * groups + gi]);
+          zero[u][i] = __half2float(zeros[rows.lane[i] * groups + gi]);
+        }
         xv[u][i] = has_x ? load16(xr + static_cast<int64_t>(ch) * kChunk + 8 * i) : make_uint4(0, 0, 0, 0);
       }
     }
@@ -368,13 +397,59 @@ bool packed_allowed() {
   return allowed;
 }
 
+// CUR4LLM_INT4_SHAPE: the int4 kernel's warps a block, chunks a pass, blocks a multiprocessor
+// must hold, and "v" for the scales read a pass at a time (int4_mma_kernel), to measure them
+// against each other: "8,2,2" (the default, also when unset or not one of those compiled),
+// "8,2,1", "16,2,1", "8,4,1", "16,1,1", "4,4,2", "8,2,2v", "8,4,1v", "16,2,1v".
+struct Int4Shape {
+  int warps = 8, unroll = 2, min_blocks = 2;
+  bool vec = false;
+};
+
+Int4Shape int4_shape() {
+  static const Int4Shape shape = [] {
+    const char* v = std::getenv("CUR4LLM_INT4_SHAPE");
+    const char* known[] = {"8,2,2", "8,2,1", "16,2,1", "8,4,1", "16,1,1", "4,4,2", "8,2,2v", "8,4,1v", "16,2,1v"};
+    Int4Shape s;
+    if (v == nullptr) return s;
+    for (const char* k : known) {
+      if (std::strcmp(v, k) != 0) continue;
+      s.vec = k[std::strlen(k) - 1] == 'v';
+      if (std::sscanf(k, "%d,%d,%d", &s.warps, &s.unroll, &s.min_blocks) != 3) return Int4Shape{};
+      return s;
+    }
+    return s;
+  }();
+  return shape;
+}
+
+template <typename T, int W, int U, int B>
+void launch_int4(const MmaLinearArgs& a, dim3 grid, cudaStream_t s, bool vec) {
+  const int64_t chunks = a.cols / kChunk;
+  const auto fits = [&](const void* p) { return reinterpret_cast<uintptr_t>(p) % (2 * U) == 0; };
+  if (vec && a.group == kChunk && chunks % U == 0 && fits(a.scales) && fits(a.zeros)) {
+    int4_mma_kernel<T, W, U, B, true><<<grid, W * 32, 0, s>>>(a);
+  } else {
+    int4_mma_kernel<T, W, U, B><<<grid, W * 32, 0, s>>>(a);
+  }
+}
+
 template <typename T>
 void launch(const MmaLinearArgs& a, dim3 grid, cudaStream_t s) {
-  constexpr int W = 8;
   if (a.weight != nullptr) {
+    constexpr int W = 8;
     dense_mma_kernel<T, W><<<grid, W * 32, 0, s>>>(a);
-  } else {
-    int4_mma_kernel<T, W, 2><<<grid, W * 32, 0, s>>>(a);
+    return;
+  }
+  const Int4Shape k = int4_shape();
+  const int code = k.warps * 100 + k.unroll * 10 + k.min_blocks;
+  switch (code) {
+    case 821: launch_int4<T, 8, 2, 1>(a, grid, s, k.vec); break;
+    case 1621: launch_int4<T, 16, 2, 1>(a, grid, s, k.vec); break;
+    case 841: launch_int4<T, 8, 4, 1>(a, grid, s, k.vec); break;
+    case 1611: launch_int4<T, 16, 1, 1>(a, grid, s, k.vec); break;
+    case 442: launch_int4<T, 4, 4, 2>(a, grid, s, k.vec); break;
+    default: launch_int4<T, 8, 2, 2>(a, grid, s, k.vec); break;
   }
 }
 

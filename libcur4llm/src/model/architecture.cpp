@@ -132,6 +132,31 @@ at::Tensor repeat_kv(const at::Tensor& x, int64_t groups) {
       {sizes[0], sizes[1] * groups, sizes[2], sizes[3]});
 }
 
+#if TORCH_VERSION_MAJOR >= 2
+// softmax(q k^T * scale + mask) v through ATen's fused kernels (mask undefined: none), the
+// causal triangle when `causal`. LibTorch 2.0 takes no scale: there it goes into q (the kernels
+// scale by 1/sqrt(dk)).
+at::Tensor fused_attention(at::Tensor q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& mask, bool causal,
+                           double scale) {
+#if TORCH_VERSION_MAJOR > 2 || TORCH_VERSION_MINOR >= 1
+  if (mask.defined()) return at::scaled_dot_product_attention(q, k, v, mask, 0.0, causal, scale);
+  return at::scaled_dot_product_attention(q, k, v, {}, 0.0, causal, scale);
+#else
+  const double kernel_scale = 1.0 / std::sqrt(static_cast<double>(q.size(-1)));
+  if (scale != kernel_scale) q = q * (scale / kernel_scale);
+  if (mask.defined()) return at::scaled_dot_product_attention(q, k, v, mask, 0.0, causal);
+  return at::scaled_dot_product_attention(q, k, v, {}, 0.0, causal);
+#endif
+}
+
+// Causal attention over whole rows (q, k, v [B, heads, T, d], no padding): cuDNN's kernel where
+// it applies (Hopper), else ATen's choice.
+at::Tensor causal_triangle(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double scale) {
+  auto out = fused::causal_attention_cudnn(q, k, v, scale);
+  return out.defined() ? out : fused_attention(q, k, v, at::Tensor(), true, scale);
+}
+#endif
+
 // true where query i may attend to key j.
 at::Tensor allowed_mask(int64_t t, int64_t window, c10::Device device) {
   auto i = at::arange(t, at::TensorOptions().dtype(at::kLong).device(device)).unsqueeze(1);
@@ -223,18 +248,9 @@ at::Tensor causal_attention(const at::Tensor& q_in, const at::Tensor& k_in, cons
   if (softcap > 0) {
     out = eager_attention(q, k, v, windowed ? window : 0, s, softcap);  // no fused kernel soft-caps
   } else {
-    // The kernels scale by 1/sqrt(dk): another scale (Gemma-2's, or 1/sqrt(head_dim) for
-    // narrowed queries and keys) goes into q.
-    const double kernel_scale = 1.0 / std::sqrt(static_cast<double>(dk));
-    if (s != kernel_scale) q = q * (s / kernel_scale);
-    // Flash / memory-efficient kernels where the device has them.
-    if (windowed) {
-      out = at::scaled_dot_product_attention(q, k, v, allowed_mask(t, window, q.device()), 0.0, false);
-    } else {
-      // cuDNN's kernel where it is the faster one (Hopper), else ATen's choice.
-      if (dk == head_dim) out = fused::causal_attention_cudnn(q, k, v);
-      if (!out.defined()) out = at::scaled_dot_product_attention(q, k, v, {}, 0.0, true);
-    }
+    // The scale (Gemma-2's, or 1/sqrt(head_dim) for narrowed queries and keys) goes to the kernel.
+    out = windowed ? fused_attention(q, k, v, allowed_mask(t, window, q.device()), false, s)
+                   : causal_triangle(q, k, v, s);
   }
 #else
   out = eager_attention(q, k, v, windowed ? window : 0, s, softcap);
@@ -368,15 +384,12 @@ at::Tensor cached_attention(const at::Tensor& q_in, const at::Tensor& k_in, cons
   const bool triangle = step.causal_prefill() && (window <= 0 || window >= t);
   if (!eager && triangle && t > 1) {
 #if TORCH_VERSION_MAJOR >= 2
-    // A prompt's first pass: the causal triangle over the new tokens, no mask to read (ATen's
-    // flash kernel where it applies). The kernel scales by 1/sqrt(dk).
-    const double kernel_scale = 1.0 / std::sqrt(static_cast<double>(dk));
-    auto qh = q.transpose(1, 2);  // [B, heads, T, dk]
-    if (s_scale != kernel_scale) qh = qh * (s_scale / kernel_scale);
-    // The step's keys (rotated) and values, as the cache now holds them in its first T slots.
+    // A prompt's first pass: the causal triangle over the new tokens, no mask to read. The
+    // step's keys (rotated) and values, as the cache now holds them in its first T slots.
+    const auto qh = q.transpose(1, 2);  // [B, heads, T, dk]
     const auto kh = repeat_kv(cache.keys(layer).narrow(2, 0, t), groups);
     const auto vh = repeat_kv(cache.values(layer).narrow(2, 0, t), groups);
-    return at::scaled_dot_product_attention(qh, kh, vh, {}, 0.0, true).transpose(1, 2).reshape({b, t, num_heads * dv});
+    return causal_triangle(qh, kh, vh, s_scale).transpose(1, 2).reshape({b, t, num_heads * dv});
 #endif
   }
   if (eager) {
