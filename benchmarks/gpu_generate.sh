@@ -150,6 +150,7 @@ if [[ $parts == *" int4 "* ]]; then
       --dtype bf16 --batch 1 --prompt_len 512 --new_tokens 128 --graph 1 --factorize packed:rtn_int4 2>&1 |
       sed "s/^{/{\"int4_shape\": \"$shape\", /" | tee -a "$out/bench_decode.jsonl"
   done
+  python3 benchmarks/shapes_summary.py "$out/bench_linear.jsonl" "$out/bench_decode.jsonl" | tee -a "$log"
   stamp "int4"
 fi
 if [[ $parts == *" shapes "* ]]; then
@@ -162,6 +163,7 @@ if [[ $parts == *" shapes "* ]]; then
         --new_tokens 64 --graph 1 --iters 3 --narrow_align 128 --factorize $spec $flags
     done
   done
+  python3 benchmarks/shapes_summary.py "$out/bench_linear.jsonl" "$out/bench_decode.jsonl" | tee -a "$log"
   stamp "shapes"
 fi
 if [[ $parts == *" trace "* ]]; then

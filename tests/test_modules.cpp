@@ -329,6 +329,47 @@ TEST_CASE("compress_modules: modular allocates MLPs and value-output pairs toget
   CHECK(at::isfinite(lm->forward(at::tensor(samples.front(), at::kLong).unsqueeze(0))).all().item<bool>());
 }
 
+TEST_CASE("compress_modules: head_align keeps query/key and value head widths in its multiples") {
+  // Heads of 8 dimensions (hidden 32, 4 heads, 2 KV heads): aligned to 4, a head keeps 4 or 8.
+  const char* wide = R"({"model_type": "llama", "vocab_size": 64, "hidden_size": 32, "num_hidden_layers": 2,
+      "intermediate_size": 48, "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 64,
+      "hidden_act": "silu"})";
+  const auto samples = test::make_samples({16, 16}, 64, 4);
+  bool unaligned_seen = false;
+  for (const double target : {0.5, 0.6, 0.7, 0.8, 0.9}) {
+    for (const int64_t align : {1, 4}) {
+      auto lm = random_model(wide);
+      const auto stats = gram_stats(*lm);
+      modules::ModuleOptions o{"modular"};
+      o.head_align = align;
+      const auto result = modules::compress_modules(*lm, stats, samples, target, o);
+      INFO("target " << target << ", head_align " << align);
+      CHECK(result.plan.param_ratio() <= target);
+      CHECK(result.plan.stored_params() == model::count_params(*lm).linear_stored);
+      for (const auto& [name, k] : result.widths) {
+        if (name.find(".mlp") != std::string::npos) continue;
+        if (align == 4) {
+          CHECK((k == 4 || k == 8));
+        } else if (k % 4 != 0) {
+          unaligned_seen = true;  // what the option rules out
+        }
+      }
+      if (align == 4) {
+        for (int64_t layer = 0; layer < 2; ++layer) {
+          const auto shape = lm->config().layer_shape(layer);
+          CHECK((shape.qk_head_dim == 0 || shape.qk_head_dim % 4 == 0));
+          CHECK((shape.v_head_dim == 0 || shape.v_head_dim % 4 == 0));
+        }
+      }
+    }
+  }
+  CHECK(unaligned_seen);
+  auto lm = random_model(wide);
+  modules::ModuleOptions bad{"modular"};
+  bad.head_align = 0;
+  CHECK_THROWS_AS(modules::compress_modules(*lm, gram_stats(*lm), samples, 0.8, bad), std::invalid_argument);
+}
+
 TEST_CASE("acur repository round trip of narrowed MLPs: the same logits, bit for bit, and the widths in config.json") {
   for (const char* fixture : {"llama_gqa", "tiny-shakespeare-opt"}) {
     DYNAMIC_SECTION(fixture) {

@@ -422,7 +422,8 @@ int run_rank(int argc, char** argv, const std::shared_ptr<cur4llm::dist::Group>&
                          {"alpha", pipe.alpha}, {"n_calib_samples", pipe.n_calib_samples},
                          {"calib_dataset", pipe.calib_dataset}, {"scaling_method", pipe.scaling_method},
                          {"sensitivity_metric", pipe.sensitivity_metric}, {"sigma_fuse", pipe.sigma_fuse},
-                         {"seed", pipe.seed}, {"rank_align", pipe.rank_align}, {"use_bos", pipe.use_bos},
+                         {"seed", pipe.seed}, {"rank_align", pipe.rank_align}, {"head_align", pipe.head_align},
+                         {"use_bos", pipe.use_bos},
                          {"cur_selection", pipe.cur_selection}, {"cur_fold_u", pipe.cur_fold_u},
                          {"sequential", *pipe.sequential}, {"search", pipe.search},
                          {"candidates", candidates_text}, {"compress_lm_head", flags.compress_lm_head}};

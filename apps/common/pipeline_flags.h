@@ -81,6 +81,9 @@ inline void add_pipeline_flags(boost::program_options::options_description& ref,
       ("channel_selection", po::value(&o.channel_selection)->default_value("greedy"),
        "mlp_nystrom / modular: kept channels by greedy (output-weighted pivoted Cholesky) or ridge_leverage")
       ("ridge", po::value(&o.ridge)->default_value(1e-4), "mlp_nystrom: ridge of the refit, relative to the mean activation power")
+      ("head_align", po::value(&o.head_align)->default_value(1),
+       "qk_cr / vo_svd / modular: kept query/key and value head widths are multiples of this (e.g. 32 for the "
+       "GPU attention kernels' head sizes)")
       ("cur_selection", po::value(&o.cur_selection)->default_value("topk"), "CUR rows/columns: topk or sampled leverage")
       ("cur_fold_u", po::bool_switch(&o.cur_fold_u),
        "CUR: store C*U instead of C and U (out*k + k*in weights instead of + k*k: a higher rank at the same ratio "

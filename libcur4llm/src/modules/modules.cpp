@@ -18,6 +18,7 @@
 #include <optional>
 #include <cmath>
 #include <functional>
+#include <numeric>
 #include <set>
 #include <cstdio>
 #include <stdexcept>
@@ -157,7 +158,7 @@ std::vector<AnyModule> gather(const model::CausalLM& lm, const calib::Activation
   if (qk) {
     for (const auto& m : qk_modules(lm)) {
       const auto gram = stats.mean_gram(m.query);
-      out.push_back({m.name(), m.layer, m.width, m.unit(), {m.query, m.key},
+      out.push_back({m.name(), m.layer, m.width, std::lcm(m.unit(), o.head_align), {m.query, m.key},
                      [m](int64_t k) { return qk_weight_params(m, k); },
                      [m, gram](model::CausalLM& target, int64_t k) { return compress_qk(target, m, k, gram); }});
     }
@@ -165,7 +166,7 @@ std::vector<AnyModule> gather(const model::CausalLM& lm, const calib::Activation
   if (vo) {
     for (const auto& m : vo_modules(lm)) {
       const auto gram = stats.mean_gram(m.value);
-      out.push_back({m.name(), m.layer, m.width, 1, {m.value, m.output},
+      out.push_back({m.name(), m.layer, m.width, o.head_align, {m.value, m.output},
                      [m](int64_t k) { return vo_weight_params(m, k); },
                      [m, gram](model::CausalLM& target, int64_t k) { return compress_vo(target, m, k, gram); }});
     }
@@ -261,6 +262,7 @@ ModuleResult compress_modules(model::CausalLM& lm, const calib::ActivationStatis
   if (!(target > 0 && target <= 1)) throw std::invalid_argument(fmt::format("module target {} is not in (0, 1]", target));
   if (!(o.nystrom.ridge >= 0)) throw std::invalid_argument("mlp_nystrom: ridge must be >= 0");
   if (o.nystrom.channel_align < 1) throw std::invalid_argument("mlp_nystrom: channel_align must be positive");
+  if (o.head_align < 1) throw std::invalid_argument(fmt::format("head_align must be positive, not {}", o.head_align));
 
   const std::vector<AnyModule> modules = gather(lm, stats, o);
   // A tied lm_head stays dense and tied: it stores nothing of its own, so it is neither

@@ -298,6 +298,7 @@ PipelineResult compress_modules_stage(model::CausalLM& lm, const std::vector<std
   mopts.nystrom.selection = modules::parse_channel_selection(o.channel_selection);
   mopts.nystrom.ridge = o.ridge;
   mopts.nystrom.channel_align = o.rank_align;
+  mopts.head_align = o.head_align;
   mopts.allocation = o.search == "lagrangian" ? "lagrangian" : "uniform";
   mopts.candidates = o.candidates;
   mopts.batch_size = o.batch_size;
@@ -338,7 +339,7 @@ PipelineResult compress_modules_stage(model::CausalLM& lm, const std::vector<std
   result.plan.meta() = {{"model_id", lm.folder().string()}, {"method", o.method},
                         {"allocation", mopts.allocation},   {"channel_selection", o.channel_selection},
                         {"ridge", fmt_double(o.ridge)},     {"sequential", "0"},
-                        {"preset", preset_name(o.preset)}};
+                        {"preset", preset_name(o.preset)},  {"head_align", std::to_string(o.head_align)}};
   // The budget is the plan's layers, counted by what they store.
   for (const auto& layer : result.plan.layers()) result.budget_layers.push_back(layer.name);
   result.budget_ratio = result.plan.param_ratio();
@@ -361,13 +362,13 @@ std::string describe_for_ranks(const PipelineOptions& o) {
   return fmt::format(
       "preset={}\nparam_ratio_target={}\nppl_target={}\nkv_cache_ratio_target={}\ncompress_kv_cache={}\nplan_file={}\n"
       "act_aware={}\nalpha={}\nn_calib_samples={}\ncalib_dataset={}\nscaling_method={}\nsensitivity_metric={}\n"
-      "method={}\ncur_selection={}\ncur_fold_u={}\nsigma_fuse={}\nchannel_selection={}\nridge={}\nsearch={}\n"
+      "method={}\ncur_selection={}\ncur_fold_u={}\nsigma_fuse={}\nchannel_selection={}\nridge={}\nhead_align={}\nsearch={}\n"
       "candidates={}\nsequential={}\nfinal_cut={}\nlm_head={}\nseed={}\nrank_align={}\nuse_bos={}\nseqlen={}\n"
       "batch_size={}\nsweep_batch_size={}\nuse_cache={}\n",
       preset_name(o.preset), o.param_ratio_target, o.ppl_target, o.kv_cache_ratio_target, o.compress_kv_cache,
       o.plan_file.string(), o.act_aware.value_or(false), o.alpha, o.n_calib_samples, o.calib_dataset, o.scaling_method,
       o.sensitivity_metric, o.method, o.cur_selection, o.cur_fold_u, o.sigma_fuse, o.channel_selection, o.ridge,
-      o.search, cands, o.sequential.value_or(false), static_cast<int>(o.final_cut), static_cast<int>(o.lm_head), o.seed,
+      o.head_align, o.search, cands, o.sequential.value_or(false), static_cast<int>(o.final_cut), static_cast<int>(o.lm_head), o.seed,
       o.rank_align, o.use_bos, o.seqlen, o.batch_size, o.sweep_batch_size, o.use_cache);
 }
 
@@ -429,7 +430,11 @@ std::string method_cache_options(const PipelineOptions& options) {
     return "selection=" + o.cur_selection + (o.cur_fold_u ? ",fold_u" : "");
   }
   if (o.method == "svd" || o.method == "svd_whiten") return "sigma_fuse=" + o.sigma_fuse;
-  if (modules::is_module_method(o.method)) return fmt::format("selection={},ridge={}", o.channel_selection, o.ridge);
+  if (modules::is_module_method(o.method)) {
+    // head_align named only where it is not 1, so that tables cached before it existed still match.
+    return fmt::format("selection={},ridge={}", o.channel_selection, o.ridge) +
+           (o.head_align != 1 ? fmt::format(",head_align={}", o.head_align) : "");
+  }
   static const std::set<std::string> no_options{"skeleton",      "skeleton_row", "skeleton_col", "skeleton_diag",
                                                 "skeleton_swap", "cur_whiten",   "cur_deim",     "cur_qr"};
   if (no_options.count(o.method)) return "";
@@ -451,6 +456,7 @@ void validate_settings(const PipelineOptions& options) {
                                        o.n_calib_samples, kMaxCalibSamples));
   }
   if (o.rank_align <= 0) throw invalid_argument(fmt::format("--rank_align must be positive, not {}", o.rank_align));
+  if (o.head_align <= 0) throw invalid_argument(fmt::format("--head_align must be positive, not {}", o.head_align));
   if (o.seqlen < 2) throw invalid_argument(fmt::format("--seqlen must be at least 2, not {}", o.seqlen));
   if (o.batch_size < 1) throw invalid_argument("--batch_size must be at least 1");
   if (o.sweep_batch_size < 0) throw invalid_argument("--sweep_batch_size must be 0 (automatic) or positive");

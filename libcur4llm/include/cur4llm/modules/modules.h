@@ -44,6 +44,7 @@ std::pair<std::string, std::string> split_module_method(const std::string& metho
 struct ModuleOptions {
   std::string method = "mlp_nystrom";  ///< a module method name (module_method_names())
   NystromOptions nystrom;              ///< MLP Nyström settings
+  int64_t head_align = 1;              ///< kept query/key and value head widths are multiples of this (and of a rotary pair; up to the head dim)
   std::string allocation = "uniform";  ///< "uniform": one nominal ratio for every module; "lagrangian": per module
   std::vector<double> candidates;      ///< lagrangian: module ratios tried; empty: 0.1, 0.2, ..., 0.9
   int64_t batch_size = 1;              ///< samples per forward pass of the calibration perplexity

@@ -75,6 +75,7 @@ struct PipelineOptions {
   std::string sigma_fuse = "UV";            ///< SVD: U, V or UV
   std::string channel_selection = "greedy";  ///< module methods: greedy or ridge_leverage (modules/mlp_nystrom.h)
   double ridge = 1e-4;                      ///< module methods: ridge of the refit, relative to the mean of diag(G)
+  int64_t head_align = 1;                   ///< module methods: kept query/key and value head widths are multiples of this
   std::string search;                 ///< reference (binary search) or lagrangian (docs/search.md); module methods: reference = one width for every module; empty: lagrangian for a param-ratio target with the ppl metric (best), else reference
   std::vector<double> candidates;     ///< ppl sensitivity candidate ratios in (0, 1); empty: 0.4 .. 0.95 by 0.05 (best, weights mode), else the reference's
   std::optional<bool> sequential;     ///< data-aware methods: decompose layer by layer on the compressed model's inputs; unset: on for data-aware methods (best)

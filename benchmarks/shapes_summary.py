@@ -1,0 +1,92 @@
+#!/usr/bin/env python3
+"""Tables of benchmarks/gpu_generate.sh's parts "int4" and "shapes":
+
+    python3 benchmarks/shapes_summary.py OUT/bench_linear.jsonl OUT/bench_decode.jsonl
+
+Prints Markdown:
+- int4: for each launch shape of the int4 kernel (CUR4LLM_INT4_SHAPE, the "int4_shape" field
+  the part adds), one-token products (bench_linear, CUDA graph replays, microseconds) and the
+  whole LLaMA-7B step's CUDA-graph decoding tokens/s;
+- shapes: each narrowed shape at its prompt length, its Linear weights against dense, prefill
+  and CUDA-graph decoding tokens/s against the dense run with the same cuDNN setting.
+Lines that are not JSON, or not of these parts, are skipped.
+"""
+import argparse
+import json
+
+
+def read(path):
+    try:
+        f = open(path)
+    except OSError:
+        return
+    with f:
+        for line in f:
+            line = line.strip()
+            if line.startswith("{"):
+                try:
+                    yield json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+
+
+def int4_tables(linear_path, decode_path):
+    rows, shapes = {}, []
+    for j in read(linear_path):
+        if "int4_shape" not in j or j.get("kind") != "packed_rtn_int4" or j.get("tokens") != 1:
+            continue
+        shape = "%dx%d" % (j["in"], j["out"])
+        if shape not in shapes:
+            shapes.append(shape)
+        rows.setdefault(j["int4_shape"], {})[shape] = j.get("graph_us", j["us"])
+    steps = {j["int4_shape"]: j.get("graph_decode_tokens_per_s") or j.get("decode_tokens_per_s")
+             for j in read(decode_path) if "int4_shape" in j and j.get("benchmark") == "decode"}
+    if not rows and not steps:
+        return "no int4 lines\n"
+    out = ["| int4 launch shape | " + " | ".join(shapes) + " | LLaMA-7B step, tok/s |",
+           "|---|" + "---:|" * (len(shapes) + 1)]
+    for name in list(dict.fromkeys(list(rows) + list(steps))):
+        cells = ["%.1f" % rows[name][s] if s in rows.get(name, {}) else "" for s in shapes]
+        step = steps.get(name)
+        out.append("| %s | %s | %s |" % (name, " | ".join(cells), "%.1f" % step if step else ""))
+    return "\n".join(out) + "\n"
+
+
+def shapes_table(decode_path):
+    runs = [j for j in read(decode_path)
+            if j.get("benchmark") == "decode" and "int4_shape" not in j and "cudnn_attention" in j
+            and j.get("prompt_len", 0) >= 1024]
+    if not runs:
+        return "no shapes lines\n"
+
+    def key(j):
+        return (j["prompt_len"], j["batch"], bool(j["cudnn_attention"]))
+
+    def decode_rate(j):
+        return j.get("graph_decode_tokens_per_s") or j["decode_tokens_per_s"]
+
+    dense = {key(j): j for j in runs if j["layers"] == "dense"}
+    out = ["| SPEC | prompt | cuDNN | Linear weights vs dense | prefill tok/s | vs dense | decode tok/s | vs dense |",
+           "|---|---:|---|---:|---:|---:|---:|---:|"]
+    for j in runs:
+        d = dense.get(key(j))
+        weights = "%.3f" % (j["linear_params"] / d["linear_params"]) if d else ""
+        pre = "%.2fx" % (j["prefill_tokens_per_s"] / d["prefill_tokens_per_s"]) if d else ""
+        dec = "%.2fx" % (decode_rate(j) / decode_rate(d)) if d else ""
+        out.append("| %s | %d | %s | %s | %.0f | %s | %.1f | %s |" % (
+            j["layers"], j["prompt_len"], "on" if j["cudnn_attention"] else "off", weights,
+            j["prefill_tokens_per_s"], pre, decode_rate(j), dec))
+    return "\n".join(out) + "\n"
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("linear", help="bench_linear JSON lines")
+    p.add_argument("decode", help="bench_decode JSON lines")
+    a = p.parse_args()
+    print(int4_tables(a.linear, a.decode))
+    print(shapes_table(a.decode))
+
+
+if __name__ == "__main__":
+    main()
