@@ -12,7 +12,7 @@
 //                  [--eval_windows 8] [--stages statistics,sensitivity,search,decompose,evaluation]
 //                  [--profile 0|1|2] [--overlap 1] [--fused 1] [--reference_s 51.5] [--peak_tflops X]
 //                  [--micro ce,layer,linalg] [--linalg_dense 0] [--sdpa default|flash|cudnn|efficient]
-//                  [--share R/N] [--device_map auto --max_memory cuda:0=12GiB]
+//                  [--share R/N] [--warmup 0|1] [--device_map auto --max_memory cuda:0=12GiB]
 //
 // --layers restricts the sweep (and so the search and the decomposition) to a
 // subset, for models whose whole sweep exceeds a time limit: Li is every Linear
@@ -29,6 +29,8 @@
 // --share R/N keeps the layers rank R of N sweeps in a distributed run (the
 // cost-balanced split of dist/work.h), to time one rank's share on one device;
 // the setup record says its predicted cost and the split's max/mean cost.
+// --warmup 1 sweeps one entry on one sample before the timed sweep (its time:
+// the sensitivity record's "warmup_s"), so that what a process pays once is left out.
 // --device_map / --max_memory place the model as acur's flags do (layers over
 // devices, those beyond a cap in host memory); each stage's record then has the
 // peaks of every device and the host, and offload_bytes, the offloaded weights
@@ -227,6 +229,20 @@ int main(int argc, char** argv) try {
     const int64_t profile_mode = args.integer("profile", 1);
     sensitivity::SweepProfile profile;
     if (profile_mode == 2) sweep.profile = &profile;
+    double warmup_s = -1;
+    if (args.integer("warmup", 0) != 0 && !layers.empty()) {
+      // One entry on one sample first: a forward through every layer, a decomposition and the
+      // loss, so that what a process does once (libraries' handles, kernels loaded, the
+      // allocator's pools) is not in the timed sweep.
+      sensitivity::SweepOptions once = sweep;
+      once.layers = {layers.front()};
+      once.candidates = {candidates.front()};
+      once.show_progress = false;
+      once.profile = nullptr;
+      warmup_s = bench::timed(device, [&] {
+        (void)sensitivity::ppl_sensitivity(*lm, {samples.front()}, *compressor, scale, once);
+      });
+    }
     util::reset_memory_peaks();  // every device's and the host's (stage_record reads them)
     const double s = bench::timed(device, [&] { table = sensitivity::ppl_sensitivity(*lm, samples, *compressor, scale, sweep); });
 
@@ -248,6 +264,7 @@ int main(int argc, char** argv) try {
     for (double f : dense_layer_flops) advance += f;
     json j = stage_record("sensitivity", machine, s, calib_tokens * static_cast<double>(entries), flops + advance, device);
     j["entries"] = entries;
+    if (warmup_s >= 0) j["warmup_s"] = warmup_s;
     j["overlap"] = sweep.overlap;
     j["swept_layers"] = layers.size();
     j["candidates"] = candidates;
