@@ -20,6 +20,7 @@
 #include "test_helpers.h"
 #include "test_paths.h"
 
+#include <set>
 #include <string>
 
 using namespace cur4llm;
@@ -689,4 +690,70 @@ TEST_CASE("a module method plus a Gram compressor allocates the other Linears in
   o.method = "mlp_nystrom+cur";  // a compressor on the activation scale, not the Gram matrix
   CHECK_THROWS_WITH(modules::compress_modules(*random_model(kLlama), stats, samples, 0.7, o),
                     Catch::Contains("Gram compressor"));
+}
+
+TEST_CASE("mixed: each module is either narrowed or has its Linears factorized, whichever the table finds cheaper") {
+  const auto samples = test::make_samples({16, 16}, 64, 4);
+  modules::ModuleOptions o;
+  o.method = "mixed+svd_whiten";
+  o.allocation = "lagrangian";
+  o.candidates = {0.5, 0.75};
+  // Tables that make one side harmless (a score below any perplexity: no cost) and the other ruinous.
+  auto table_for = [&](const model::CausalLM& lm, bool modules_cheap) {
+    search::SensitivityTable t("ppl");
+    std::set<std::string> structural;
+    for (const auto& m : modules::mlp_modules(lm)) structural.insert(m.name());
+    for (const auto& m : modules::vo_modules(lm)) structural.insert(m.name());
+    for (const auto& m : modules::qk_modules(lm)) structural.insert(m.name());
+    std::set<std::string> names = structural;
+    for (const auto& info : lm.linears()) names.insert(info.name);
+    for (const auto& name : names) {
+      const bool cheap = structural.count(name) ? modules_cheap : !modules_cheap;
+      for (double r : o.candidates) t.add(name, r, cheap ? 1e-3 : 1e9);
+    }
+    return t;
+  };
+  for (const bool modules_cheap : {true, false}) {
+    INFO("modules cheap: " << modules_cheap);
+    auto lm = random_model(kLlama);
+    const auto stats = gram_stats(*lm);
+    const auto table = table_for(*lm, modules_cheap);
+    o.sensitivity = &table;
+    const auto result = modules::compress_modules(*lm, stats, samples, 0.7, o);
+    CHECK(result.plan.param_ratio() <= 0.7);
+    CHECK(result.plan.stored_params() == model::count_params(*lm).linear_stored);
+    int narrowed = 0, factorized = 0;
+    for (const auto& row : result.plan.layers()) {
+      if (row.method == "svd_whiten") ++factorized;
+      if (row.ratio < 1 && row.method != "svd_whiten" && row.method != "dense") ++narrowed;
+    }
+    if (modules_cheap) {
+      CHECK(narrowed > 0);
+      CHECK(factorized == 0);
+    } else {
+      CHECK(narrowed == 0);
+      CHECK(factorized > 0);
+      for (const auto& [name, k] : result.widths) {
+        const bool mlp = name.size() > 4 && name.compare(name.size() - 4, 4, ".mlp") == 0;
+        if (mlp) CHECK(k == lm->config().intermediate_size);
+      }
+    }
+  }
+  // Measured rather than given: within the target, and every Linear counted once.
+  o.sensitivity = nullptr;
+  auto lm = random_model(kLlama);
+  const auto result = modules::compress_modules(*lm, gram_stats(*lm), samples, 0.7, o);
+  CHECK(result.plan.param_ratio() <= 0.7);
+  CHECK(result.plan.stored_params() == model::count_params(*lm).linear_stored);
+  CHECK(result.sensitivity.score("model.layers.0.mlp", 0.5));
+  CHECK(result.sensitivity.score("model.layers.0.mlp.down_proj", 0.5));
+  // It needs a Gram method and the lagrangian allocation.
+  modules::ModuleOptions bare = o;
+  bare.method = "mixed";
+  CHECK_THROWS_WITH(modules::compress_modules(*random_model(kLlama), gram_stats(*lm), samples, 0.7, bare),
+                    Catch::Contains("mixed+svd_whiten"));
+  modules::ModuleOptions uniform = o;
+  uniform.allocation = "uniform";
+  CHECK_THROWS_AS(modules::compress_modules(*random_model(kLlama), gram_stats(*lm), samples, 0.7, uniform),
+                  std::invalid_argument);
 }

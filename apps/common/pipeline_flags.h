@@ -77,7 +77,7 @@ inline void add_pipeline_flags(boost::program_options::options_description& ref,
        "decomposition (default: skeleton_swap; cur with --preset reference): cur, svd, grad_cur (CUR with "
        "trainable scales); on the input Gram matrix: svd_whiten, "
        "skeleton (row or column side per layer), skeleton_row, skeleton_col, cur_whiten, cur_deim, cur_qr; "
-       "skeleton_diag (on the scale); module methods (smaller dense layers): mlp_nystrom, vo_svd, qk_cr, modular, or one of them + a Gram method for the other Linears (mlp_nystrom+svd_whiten); see docs/methods.md")
+       "skeleton_diag (on the scale); module methods (smaller dense layers): mlp_nystrom, vo_svd, qk_cr, modular, or one of them + a Gram method for the other Linears (mlp_nystrom+svd_whiten); mixed+<Gram method>: per module, narrowed or its Linears factorized, as the search finds cheaper; see docs/methods.md")
       ("channel_selection", po::value(&o.channel_selection)->default_value("greedy"),
        "mlp_nystrom / modular: kept channels by greedy (output-weighted pivoted Cholesky) or ridge_leverage")
       ("ridge", po::value(&o.ridge)->default_value(1e-4), "mlp_nystrom: ridge of the refit, relative to the mean activation power")

@@ -152,9 +152,10 @@ std::vector<AnyModule> gather(const model::CausalLM& lm, const calib::Activation
                               const ModuleOptions& o) {
   std::vector<AnyModule> out;
   const auto [base, linear_method] = split_module_method(o.method);
-  const bool mlp = base == "mlp_nystrom" || base == "modular";
-  const bool vo = base == "vo_svd" || base == "modular";
-  const bool qk = base == "qk_cr" || base == "modular";
+  const bool every = base == "modular" || base == "mixed";
+  const bool mlp = base == "mlp_nystrom" || every;
+  const bool vo = base == "vo_svd" || every;
+  const bool qk = base == "qk_cr" || every;
   if (qk) {
     for (const auto& m : qk_modules(lm)) {
       const auto gram = stats.mean_gram(m.query);
@@ -185,8 +186,11 @@ std::vector<AnyModule> gather(const model::CausalLM& lm, const calib::Activation
     }
   }
   if (!linear_method.empty()) {
+    // "mixed": every Linear also alone, as the other way of storing its module.
     std::set<std::string> taken;
-    for (const auto& m : out) taken.insert(m.linears.begin(), m.linears.end());
+    if (base != "mixed") {
+      for (const auto& m : out) taken.insert(m.linears.begin(), m.linears.end());
+    }
     add_linears(out, lm, stats, linear_method, taken, o.nystrom.channel_align, o.compress_lm_head);
   }
   return out;
@@ -221,10 +225,89 @@ class TrialModule {
   std::map<std::string, model::LinearPtr> originals_;
 };
 
+// "mixed": each structural module and its Linears alone form one group of the allocation, which
+// takes either a width of the module or a ratio for each of its Linears (dense included); a
+// Linear outside every module is a group of its own. Costs are log calibration-ppl increases
+// (summed over a group's Linears, as the search sums them over layers), parameters exact. The
+// width of every module of `modules` is returned (the base width where it stays dense or its
+// Linears are factorized instead).
+std::map<std::string, int64_t> mixed_widths(const std::vector<AnyModule>& modules, const search::SensitivityTable& table,
+                                            double dense_ppl, const std::vector<double>& candidates, double budget) {
+  struct Pick {
+    const AnyModule* module;
+    int64_t width;
+  };
+  // A module's own ways: dense, then each measured candidate width.
+  auto ways = [&](const AnyModule& m) {
+    std::vector<std::pair<search::Choice, Pick>> out{{{0.0, static_cast<double>(m.dense_params())}, {&m, m.width}}};
+    for (double r : candidates) {
+      const auto score = table.score(m.name, r);
+      if (!score || !std::isfinite(*score)) continue;
+      const int64_t k = m.width_for(r);
+      if (k >= m.width) continue;
+      out.push_back({{std::log(std::max(*score, dense_ppl) / dense_ppl), static_cast<double>(m.params(k))}, {&m, k}});
+    }
+    return out;
+  };
+  std::map<std::string, const AnyModule*> alone;  // a Linear's own entry
+  for (const auto& m : modules) {
+    if (m.linears.size() == 1 && m.linears.front() == m.name) alone[m.name] = &m;
+  }
+  std::vector<std::vector<search::Choice>> choices;
+  std::vector<std::vector<std::vector<Pick>>> picks;
+  std::set<std::string> grouped;
+  for (const auto& m : modules) {
+    if (alone.count(m.name)) continue;
+    std::vector<search::Choice> c;
+    std::vector<std::vector<Pick>> p;
+    // Every combination of its Linears' own ways (all dense among them) ...
+    c.push_back({0.0, 0.0});
+    p.push_back({});
+    for (const auto& name : m.linears) {
+      const auto it = alone.find(name);
+      if (it == alone.end()) throw std::logic_error("internal: mixed: a module's Linear without an entry of its own");
+      grouped.insert(name);
+      std::vector<search::Choice> nc;
+      std::vector<std::vector<Pick>> np;
+      for (const auto& [choice, pick] : ways(*it->second)) {
+        for (size_t j = 0; j < c.size(); ++j) {
+          nc.push_back({c[j].cost + choice.cost, c[j].params + choice.params});
+          np.push_back(p[j]);
+          np.back().push_back(pick);
+        }
+      }
+      c = std::move(nc), p = std::move(np);
+    }
+    // ... and the module's narrower widths.
+    for (const auto& [choice, pick] : ways(m)) {
+      if (pick.width >= m.width) continue;
+      c.push_back(choice);
+      p.push_back({pick});
+    }
+    choices.push_back(std::move(c));
+    picks.push_back(std::move(p));
+  }
+  for (const auto& [name, m] : alone) {
+    if (grouped.count(name)) continue;
+    std::vector<search::Choice> c;
+    std::vector<std::vector<Pick>> p;
+    for (const auto& [choice, pick] : ways(*m)) c.push_back(choice), p.push_back({pick});
+    choices.push_back(std::move(c));
+    picks.push_back(std::move(p));
+  }
+  const auto chosen = search::choose_lagrangian(choices, budget);
+  std::map<std::string, int64_t> widths;
+  for (const auto& m : modules) widths[m.name] = m.width;
+  for (size_t g = 0; g < picks.size(); ++g) {
+    for (const auto& pick : picks[g][chosen[g]]) widths[pick.module->name] = pick.width;
+  }
+  return widths;
+}
+
 }  // namespace
 
 const std::vector<std::string>& module_method_names() {
-  static const std::vector<std::string> names{"mlp_nystrom", "vo_svd", "qk_cr", "modular"};
+  static const std::vector<std::string> names{"mlp_nystrom", "vo_svd", "qk_cr", "modular", "mixed"};
   return names;
 }
 
@@ -259,6 +342,12 @@ ModuleResult compress_modules(model::CausalLM& lm, const calib::ActivationStatis
                     o.method));
   }
   check_allocation(o.allocation);
+  const auto [base_method, linear_method] = split_module_method(o.method);
+  if (base_method == "mixed" && (linear_method.empty() || o.allocation != "lagrangian")) {
+    throw std::invalid_argument(
+        "mixed chooses per module between the module method and a Gram method for its Linears: it needs one "
+        "(e.g. mixed+svd_whiten) and the lagrangian allocation");
+  }
   if (!(target > 0 && target <= 1)) throw std::invalid_argument(fmt::format("module target {} is not in (0, 1]", target));
   if (!(o.nystrom.ridge >= 0)) throw std::invalid_argument("mlp_nystrom: ridge must be >= 0");
   if (o.nystrom.channel_align < 1) throw std::invalid_argument("mlp_nystrom: channel_align must be positive");
@@ -329,34 +418,54 @@ ModuleResult compress_modules(model::CausalLM& lm, const calib::ActivationStatis
         if (o.show_progress) fmt::print(stderr, "modules: {} at {} (width {}): ppl {:.4f}\n", m->name, r, k, ppl);
       }
     }
-    // The Lagrangian search over modules (each one "layer" of the search) and the dense rest.
-    std::vector<search::LayerSize> sizes;
-    std::map<std::string, const AnyModule*> by_name;
-    std::map<std::string, int64_t> numel;
-    for (const auto& m : modules) {
-      sizes.push_back({m.name, m.dense_params()});
-      by_name[m.name] = &m;
-    }
-    for (const auto& info : lm.linears()) {
-      if (!in_module.count(info.name) && counted(info)) sizes.push_back({info.name, info.in_features * info.out_features});
-    }
-    for (const auto& s : sizes) numel[s.name] = s.numel;
-    search::SearchOptions sopts;
-    sopts.stored_params = [&](const std::string& layer, double ratio) -> int64_t {
-      auto it = by_name.find(layer);
-      return it == by_name.end() ? numel.at(layer) : it->second->params(it->second->width_for(ratio));
-    };
-    const auto found = search::search_param_ratio_lagrangian(table, sizes, target, result.dense_calibration_ppl, sopts);
-    for (const auto& a : found.allocation) {
-      auto it = by_name.find(a.layer);
-      if (it != by_name.end()) widths[a.layer] = a.compressed ? it->second->width_for(a.ratio) : it->second->width;
+    if (base_method == "mixed") {
+      // The Linears outside every group stay dense (a tied lm_head is not counted).
+      std::set<std::string> covered;
+      for (const auto& m : modules) covered.insert(m.linears.begin(), m.linears.end());
+      int64_t rest = 0;
+      for (const auto& info : lm.linears()) {
+        if (!covered.count(info.name) && counted(info)) rest += info.in_features * info.out_features;
+      }
+      widths = mixed_widths(modules, table, result.dense_calibration_ppl, candidates,
+                            target * static_cast<double>(dense_total) - static_cast<double>(rest));
+    } else {
+      // The Lagrangian search over modules (each one "layer" of the search) and the dense rest.
+      std::vector<search::LayerSize> sizes;
+      std::map<std::string, const AnyModule*> by_name;
+      std::map<std::string, int64_t> numel;
+      for (const auto& m : modules) {
+        sizes.push_back({m.name, m.dense_params()});
+        by_name[m.name] = &m;
+      }
+      for (const auto& info : lm.linears()) {
+        if (!in_module.count(info.name) && counted(info)) sizes.push_back({info.name, info.in_features * info.out_features});
+      }
+      for (const auto& s : sizes) numel[s.name] = s.numel;
+      search::SearchOptions sopts;
+      sopts.stored_params = [&](const std::string& layer, double ratio) -> int64_t {
+        auto it = by_name.find(layer);
+        return it == by_name.end() ? numel.at(layer) : it->second->params(it->second->width_for(ratio));
+      };
+      const auto found = search::search_param_ratio_lagrangian(table, sizes, target, result.dense_calibration_ppl, sopts);
+      for (const auto& a : found.allocation) {
+        auto it = by_name.find(a.layer);
+        if (it != by_name.end()) widths[a.layer] = a.compressed ? it->second->width_for(a.ratio) : it->second->width;
+      }
     }
     result.sensitivity = std::move(table);
   }
 
+  // Structural modules first, then the Linears alone (gather's order), whose rows replace a
+  // module's; with "mixed" a Linear of a module that stays whole is left to its module's row.
+  std::set<std::string> in_structural;
+  for (const auto& m : modules) {
+    if (m.linears.size() != 1 || m.linears.front() != m.name) in_structural.insert(m.linears.begin(), m.linears.end());
+  }
   std::map<std::string, search::PlannedLayer> rows;
   for (const auto& m : modules) {
-    for (auto& row : m.compress(lm, widths.at(m.name))) rows[row.name] = row;
+    const int64_t k = widths.at(m.name);
+    if (k >= m.width && m.linears.size() == 1 && in_structural.count(m.name)) continue;
+    for (auto& row : m.compress(lm, k)) rows[row.name] = row;
   }
   for (const auto& info : lm.linears()) {
     if (!counted(info)) continue;

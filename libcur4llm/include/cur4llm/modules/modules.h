@@ -30,7 +30,9 @@ class ActivationStatistics;
 namespace cur4llm::modules {
 
 /// The module method names: "mlp_nystrom" (MLPs), "vo_svd" (attention values
-/// and outputs), "modular" (both, allocated together).
+/// and outputs), "qk_cr" (queries and keys), "modular" (all three, allocated together),
+/// "mixed" (all three, each either narrowed or its Linears factorized by the Gram compressor
+/// that must follow it, "mixed+svd_whiten"; lagrangian allocation only).
 const std::vector<std::string>& module_method_names();
 /// True for a name of module_method_names(), alone or as "<module method>+<Gram compressor>"
 /// (e.g. "mlp_nystrom+svd_whiten"): the decoder Linears outside the modules are then compressed

@@ -15,7 +15,25 @@
 #include <cur4llm/search/binary_search.h>
 #include <cur4llm/search/sensitivity_table.h>
 
+#include <cstddef>
+#include <vector>
+
 namespace cur4llm::search {
+
+/// One way to store a group of layers: its cost (a log-perplexity increase) and the
+/// parameters it stores.
+struct Choice {
+  double cost = 0;
+  double params = 0;
+};
+
+/// The Lagrangian allocation itself, over groups that each take exactly one of their choices:
+/// for a price lambda every group takes the choice minimising cost + lambda * params
+/// (ties: fewer parameters); lambda is bisected to the smallest total within `budget`,
+/// then what is left is spent greedily on the upgrades with the best cost decrease per
+/// parameter. Returns the chosen index per group; if even the fewest parameters exceed the
+/// budget, every group takes its fewest. std::invalid_argument for a group without choices.
+std::vector<std::size_t> choose_lagrangian(const std::vector<std::vector<Choice>>& choices, double budget);
 
 /// `dense_score`: the calibration perplexity of the uncompressed model (> 0).
 /// options.stored_params, when set, counts real parameters (else numel * ratio);
