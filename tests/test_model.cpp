@@ -192,40 +192,52 @@ TEST_CASE("CUDA: cur4llm's kernels and cuDNN attention give ATen's results on mo
 
 TEST_CASE("CUDA: narrowed heads at long prompts: cuDNN's attention, with the model's scale, gives ATen's", "[model][cuda]") {
   CUR4LLM_REQUIRE_CUDA();
-  // kModelSizedLlama's heads (128 dimensions, 2 KV heads) narrowed: layer 0 to 104 query/key and
-  // value dimensions, layer 1 to 96 query/key dimensions with whole values (no fused kernel
-  // takes unequal widths). Scores are scaled by 1 / sqrt(128), not by the kept width: the
-  // kernels are given that scale, and cuDNN's must apply it as ATen's does.
-  std::string dims104, dims96;
-  for (int j = 0; j < 2; ++j) {
-    for (int half = 0; half < 2; ++half) {
-      for (int r = 0; r < 52; ++r) dims104 += (dims104.empty() ? "" : ",") + std::to_string(half * 64 + r);
-      for (int r = 0; r < 48; ++r) dims96 += (dims96.empty() ? "" : ",") + std::to_string(half * 64 + 8 + r);
+  // kModelSizedLlama's heads (128 dimensions) narrowed: layer 0 to 104 query/key and value
+  // dimensions, layer 1 to 96 query/key dimensions with whole values (no fused kernel takes
+  // unequal widths). Scores are scaled by 1 / sqrt(128), not by the kept width: the kernels are
+  // given that scale, and cuDNN's must apply it as ATen's does. With 2 KV heads the cached
+  // prefill expands keys and values to the 8 query heads (new tensors); with 8 it hands the
+  // kernels slices of the cache (rows `capacity` apart), as a LLaMA-7B prompt does; whole heads too.
+  const auto config_for = [](int kv, bool narrowed) {
+    std::string text = cur4llm::test::kModelSizedLlama;
+    const std::string key = R"("num_key_value_heads": 2)";
+    text.replace(text.find(key), key.size(), R"("num_key_value_heads": )" + std::to_string(kv));
+    if (narrowed) {
+      std::string dims104, dims96;
+      for (int j = 0; j < kv; ++j) {
+        for (int half = 0; half < 2; ++half) {
+          for (int r = 0; r < 52; ++r) dims104 += (dims104.empty() ? "" : ",") + std::to_string(half * 64 + r);
+          for (int r = 0; r < 48; ++r) dims96 += (dims96.empty() ? "" : ",") + std::to_string(half * 64 + 8 + r);
+        }
+      }
+      text.pop_back();  // the closing brace
+      text += R"(, "layer_shapes": [{"qk_head_dim": 104, "v_head_dim": 104, "qk_dims": [)" + dims104 +
+              R"(]}, {"qk_head_dim": 96, "qk_dims": [)" + dims96 + "]}]}";
     }
-  }
-  std::string text = cur4llm::test::kModelSizedLlama;
-  text.pop_back();  // the closing brace
-  text += R"(, "layer_shapes": [{"qk_head_dim": 104, "v_head_dim": 104, "qk_dims": [)" + dims104 +
-          R"(]}, {"qk_head_dim": 96, "qk_dims": [)" + dims96 + "]}]}";
-  const auto config = cur4llm::model::ModelConfig::from_json(text, "test config");
-  REQUIRE(config.layer_shape(0).qk_head_dim == 104);
-  for (auto dtype : {at::kBFloat16, at::kHalf}) {
-    INFO(c10::toString(dtype));
-    cur4llm::model::LoadOptions options;
-    options.device = c10::Device(c10::kCUDA);
-    options.dtype = dtype;
-    auto lm = CausalLM::random(config, options, 3);
-    auto gen = at::make_generator<at::CPUGeneratorImpl>(12);
-    auto ids = at::randint(config.vocab_size, {2, 300}, gen, at::TensorOptions().dtype(at::kLong));
-    c10::InferenceMode guard;
-    cur4llm::util::set_fused_kernels_enabled(false);
-    const auto plain = lm->forward(ids).to(at::kFloat);  // ATen's attention
-    cur4llm::util::set_fused_kernels_enabled(true);
-    const auto fused = lm->forward(ids).to(at::kFloat);  // cuDNN's on Hopper
-    cur4llm::model::KVCache cache(2, 310, lm->device());
-    const auto prefill = lm->forward_cached(ids.cuda(), cache).to(at::kFloat);  // the prompt's first pass
-    CHECK(nmse(fused, plain) < 1e-4);
-    CHECK(nmse(prefill, plain) < 1e-4);
+    return cur4llm::model::ModelConfig::from_json(text, "test config");
+  };
+  for (const auto& [kv, narrowed] : {std::pair{2, true}, std::pair{8, true}, std::pair{8, false}}) {
+    const auto config = config_for(kv, narrowed);
+    REQUIRE(config.num_kv_heads == kv);
+    REQUIRE(config.layer_shape(0).qk_head_dim == (narrowed ? 104 : 128));
+    for (auto dtype : {at::kBFloat16, at::kHalf}) {
+      INFO(kv << " KV heads, narrowed " << narrowed << ", " << c10::toString(dtype));
+      cur4llm::model::LoadOptions options;
+      options.device = c10::Device(c10::kCUDA);
+      options.dtype = dtype;
+      auto lm = CausalLM::random(config, options, 3);
+      auto gen = at::make_generator<at::CPUGeneratorImpl>(12);
+      auto ids = at::randint(config.vocab_size, {2, 300}, gen, at::TensorOptions().dtype(at::kLong));
+      c10::InferenceMode guard;
+      cur4llm::util::set_fused_kernels_enabled(false);
+      const auto plain = lm->forward(ids).to(at::kFloat);  // ATen's attention
+      cur4llm::util::set_fused_kernels_enabled(true);
+      const auto fused = lm->forward(ids).to(at::kFloat);  // cuDNN's on Hopper
+      cur4llm::model::KVCache cache(2, 310, lm->device());
+      const auto prefill = lm->forward_cached(ids.cuda(), cache).to(at::kFloat);  // the prompt's first pass
+      CHECK(nmse(fused, plain) < 1e-4);
+      CHECK(nmse(prefill, plain) < 1e-4);
+    }
   }
 }
 
