@@ -19,7 +19,12 @@ SWITCHES = ("dense_mma", "norm_in_product", "decode_vector", "packed_prefill")
 
 
 def read(path):
-    with open(path) as f:
+    """The JSON objects of a JSON-lines file, other lines skipped; none for a missing file."""
+    try:
+        f = open(path)
+    except OSError:
+        return
+    with f:
         for line in f:
             line = line.strip()
             if not line.startswith("{"):

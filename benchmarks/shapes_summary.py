@@ -12,22 +12,11 @@ Prints Markdown:
 Lines that are not JSON, or not of these parts, are skipped.
 """
 import argparse
-import json
+import os
+import sys
 
-
-def read(path):
-    try:
-        f = open(path)
-    except OSError:
-        return
-    with f:
-        for line in f:
-            line = line.strip()
-            if line.startswith("{"):
-                try:
-                    yield json.loads(line)
-                except json.JSONDecodeError:
-                    continue
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from kernels_summary import read  # noqa: E402
 
 
 def int4_tables(linear_path, decode_path):
@@ -43,12 +32,14 @@ def int4_tables(linear_path, decode_path):
              for j in read(decode_path) if "int4_shape" in j and j.get("benchmark") == "decode"}
     if not rows and not steps:
         return "no int4 lines\n"
-    out = ["| int4 launch shape | " + " | ".join(shapes) + " | LLaMA-7B step, tok/s |",
-           "|---|" + "---:|" * (len(shapes) + 1)]
-    for name in list(dict.fromkeys(list(rows) + list(steps))):
+    def line(cells):
+        return "| " + " | ".join(cells) + " |"
+
+    out = [line(["int4 launch shape"] + shapes + ["LLaMA-7B step, tok/s"]), "|---|" + "---:|" * (len(shapes) + 1)]
+    for name in dict.fromkeys(list(rows) + list(steps)):
         cells = ["%.1f" % rows[name][s] if s in rows.get(name, {}) else "" for s in shapes]
         step = steps.get(name)
-        out.append("| %s | %s | %s |" % (name, " | ".join(cells), "%.1f" % step if step else ""))
+        out.append(line([name] + cells + ["%.1f" % step if step else ""]))
     return "\n".join(out) + "\n"
 
 

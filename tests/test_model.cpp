@@ -45,6 +45,29 @@ double nmse(const at::Tensor& got, const at::Tensor& want) {
   return ((g - w).pow(2).sum() / w.pow(2).sum()).item<double>();
 }
 
+// A random model of `config` on CUDA in `dtype` (weights from the device's generator).
+std::unique_ptr<CausalLM> random_on_cuda(const cur4llm::model::ModelConfig& config, at::ScalarType dtype) {
+  LoadOptions options;
+  options.device = c10::Device(c10::kCUDA);
+  options.dtype = dtype;
+  return CausalLM::random(config, options, 7);
+}
+
+// `rows` x `tokens` random ids of `config`'s vocabulary (host tensor, seeded).
+at::Tensor random_ids(const cur4llm::model::ModelConfig& config, int64_t rows, int64_t tokens, uint64_t seed) {
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(seed);
+  return at::randint(config.vocab_size, {rows, tokens}, gen, at::TensorOptions().dtype(at::kLong));
+}
+
+// The float logits with cur4llm's kernels off (ATen's operators), then on; they are left on.
+std::pair<at::Tensor, at::Tensor> plain_and_fused(const CausalLM& lm, const at::Tensor& ids) {
+  c10::InferenceMode guard;
+  cur4llm::util::set_fused_kernels_enabled(false);
+  auto plain = lm.forward(ids).to(at::kFloat);
+  cur4llm::util::set_fused_kernels_enabled(true);
+  return {plain, lm.forward(ids).to(at::kFloat)};
+}
+
 // Copies a fixture folder to a scratch folder so that a test can damage it.
 fs::path scratch_copy(const std::string& name, const std::string& tag) {
   fs::path dst = fs::temp_directory_path() / ("cur4llm_test_model_" + tag);
@@ -163,18 +186,10 @@ TEST_CASE("CUDA: cur4llm's kernels and cuDNN attention give ATen's results on mo
   for (const char* text : {opt, llama}) {
     const auto config = cur4llm::model::ModelConfig::from_json(text, "test config");
     for (auto dtype : {at::kFloat, at::kBFloat16}) {
-      LoadOptions options;
-      options.device = c10::Device(c10::kCUDA);
-      options.dtype = dtype;
-      auto lm = CausalLM::random(config, options, 7);
-      auto gen = at::make_generator<at::CPUGeneratorImpl>(11);
-      auto ids = at::randint(config.vocab_size, {2, 384}, gen, at::TensorOptions().dtype(at::kLong));
+      auto lm = random_on_cuda(config, dtype);
+      const auto ids = random_ids(config, 2, 384, 11);
       c10::InferenceMode guard;
-      cur4llm::util::set_fused_kernels_enabled(true);
-      auto fused = lm->forward(ids).to(at::kFloat);
-      cur4llm::util::set_fused_kernels_enabled(false);
-      auto plain = lm->forward(ids).to(at::kFloat);
-      cur4llm::util::set_fused_kernels_enabled(true);
+      const auto [plain, fused] = plain_and_fused(*lm, ids);
       // q/k/v and gate/up as one product each: the kernels read their parts as rows further apart.
       REQUIRE(lm->group_projections() == (config.model_type == "opt" ? 2 : 4));
       auto grouped = lm->forward(ids).to(at::kFloat);
@@ -222,17 +237,10 @@ TEST_CASE("CUDA: narrowed heads at long prompts: cuDNN's attention, with the mod
     REQUIRE(config.layer_shape(0).qk_head_dim == (narrowed ? 104 : 128));
     for (auto dtype : {at::kBFloat16, at::kHalf}) {
       INFO(kv << " KV heads, narrowed " << narrowed << ", " << c10::toString(dtype));
-      cur4llm::model::LoadOptions options;
-      options.device = c10::Device(c10::kCUDA);
-      options.dtype = dtype;
-      auto lm = CausalLM::random(config, options, 3);
-      auto gen = at::make_generator<at::CPUGeneratorImpl>(12);
-      auto ids = at::randint(config.vocab_size, {2, 300}, gen, at::TensorOptions().dtype(at::kLong));
+      auto lm = random_on_cuda(config, dtype);
+      const auto ids = random_ids(config, 2, 300, 12);
       c10::InferenceMode guard;
-      cur4llm::util::set_fused_kernels_enabled(false);
-      const auto plain = lm->forward(ids).to(at::kFloat);  // ATen's attention
-      cur4llm::util::set_fused_kernels_enabled(true);
-      const auto fused = lm->forward(ids).to(at::kFloat);  // cuDNN's on Hopper
+      const auto [plain, fused] = plain_and_fused(*lm, ids);  // ATen's attention, then cuDNN's on Hopper
       cur4llm::model::KVCache cache(2, 310, lm->device());
       const auto prefill = lm->forward_cached(ids.cuda(), cache).to(at::kFloat);  // the prompt's first pass
       CHECK(nmse(fused, plain) < 1e-4);
@@ -245,14 +253,10 @@ TEST_CASE("CUDA: a model-sized LLaMA decodes on the dense tensor-core kernel as 
   CUR4LLM_REQUIRE_CUDA();
   using cur4llm::util::Kernel;
   const auto config = cur4llm::model::ModelConfig::from_json(cur4llm::test::kModelSizedLlama, "test config");
-  LoadOptions o;
-  o.device = c10::Device(c10::kCUDA);
-  o.dtype = at::kBFloat16;
-  auto lm = CausalLM::random(config, o, 7);
+  auto lm = random_on_cuda(config, at::kBFloat16);
   REQUIRE(lm->group_projections() == 2 * config.num_layers);  // as the generate app runs it
   c10::InferenceMode guard;
-  auto gen = at::make_generator<at::CPUGeneratorImpl>(12);
-  const auto ids = at::randint(config.vocab_size, {2, 12}, gen, at::TensorOptions().dtype(at::kLong)).cuda();
+  const auto ids = random_ids(config, 2, 12, 12).cuda();
   // A prefill of 8 tokens (cuBLAS either way), then steps of 2 rows x 1 token: every Linear of a
   // step on the kernel (q/k/v with the norm inside, o_proj and down_proj into the residual, the
   // gate in gate/up's launch) or on cuBLAS with the norm, the addition and the gate apart.

@@ -47,9 +47,11 @@ bool enabled_by_environment() {
   return !(environment_says("CUR4LLM_FUSED_KERNELS", "0") || environment_says("CUR4LLM_FUSED_KERNELS", "off"));
 }
 
-// A fused ATen kernel that threw: never tried again (`refused`), said once on stderr.
-[[maybe_unused]] void refuse(std::atomic<bool>& refused, const char* kernel, const c10::Error& e) {
-  refused.store(true);
+// A fused ATen kernel that threw for the inputs `bit` stands for (a head dim, or every input):
+// never tried again for them (`refused`), said once on stderr.
+[[maybe_unused]] void refuse(std::atomic<uint32_t>& refused, uint32_t bit, const std::string& kernel,
+                             const c10::Error& e) {
+  refused.fetch_or(bit);
   fmt::print(stderr, "note: {} refused ({}); using at::scaled_dot_product_attention\n", kernel,
              std::string(e.what_without_backtrace()).substr(0, 200));
 }
@@ -543,9 +545,7 @@ at::Tensor causal_attention_cudnn(const at::Tensor& q, const at::Tensor& k, cons
                                                                 /*compute_log_sumexp=*/false, /*dropout_p=*/0.0,
                                                                 /*is_causal=*/true, /*return_debug_mask=*/false, s));
   } catch (const c10::Error& e) {
-    refused_dims.fetch_or(bit);
-    fmt::print(stderr, "note: cuDNN attention refused head dim {} ({}); using at::scaled_dot_product_attention\n", dim,
-               std::string(e.what_without_backtrace()).substr(0, 200));
+    refuse(refused_dims, bit, fmt::format("cuDNN attention for head dim {}", dim), e);
     return {};
   }
 #else
@@ -557,8 +557,8 @@ at::Tensor causal_attention_cudnn(const at::Tensor& q, const at::Tensor& k, cons
 at::Tensor masked_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& mask) {
 #if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 1)
   static const bool off = environment_says("CUR4LLM_MASKED_ATTENTION", "sdpa");
-  static std::atomic<bool> refused{false};
-  if (off || refused.load() || !enabled_for(q) || !at::globalContext().userEnabledMemEfficientSDP()) return {};
+  static std::atomic<uint32_t> refused{0};
+  if (off || refused.load() != 0 || !enabled_for(q) || !at::globalContext().userEnabledMemEfficientSDP()) return {};
   const auto dtype = q.scalar_type();
   if ((dtype != at::kHalf && dtype != at::kBFloat16) || k.scalar_type() != dtype || v.scalar_type() != dtype ||
       mask.scalar_type() != dtype) {
@@ -578,7 +578,7 @@ at::Tensor masked_attention(const at::Tensor& q, const at::Tensor& k, const at::
                                                                    /*compute_log_sumexp=*/false, /*dropout_p=*/0.0,
                                                                    /*is_causal=*/false));
   } catch (const c10::Error& e) {
-    refuse(refused, "memory-efficient attention", e);
+    refuse(refused, 1, "memory-efficient attention", e);
     return {};
   }
 #else

@@ -397,41 +397,48 @@ bool packed_allowed() {
   return allowed;
 }
 
-// CUR4LLM_INT4_SHAPE: the int4 kernel's warps a block, chunks a pass, blocks a multiprocessor
-// must hold, and "v" for the scales read a pass at a time (int4_mma_kernel), to measure them
-// against each other: "8,2,2" (the default, also when unset or not one of those compiled),
-// "8,2,1", "16,2,1", "8,4,1", "16,1,1", "4,4,2", "8,2,2v", "8,4,1v", "16,2,1v".
-struct Int4Shape {
-  int warps = 8, unroll = 2, min_blocks = 2;
-  bool vec = false;
-};
-
-Int4Shape int4_shape() {
-  static const Int4Shape shape = [] {
-    const char* v = std::getenv("CUR4LLM_INT4_SHAPE");
-    const char* known[] = {"8,2,2", "8,2,1", "16,2,1", "8,4,1", "16,1,1", "4,4,2", "8,2,2v", "8,4,1v", "16,2,1v"};
-    Int4Shape s;
-    if (v == nullptr) return s;
-    for (const char* k : known) {
-      if (std::strcmp(v, k) != 0) continue;
-      s.vec = k[std::strlen(k) - 1] == 'v';
-      if (std::sscanf(k, "%d,%d,%d", &s.warps, &s.unroll, &s.min_blocks) != 3) return Int4Shape{};
-      return s;
+// The int4 kernel of one launch shape; with kVec, the scales a pass at a time where the layer
+// allows it (one group a chunk, whole passes, scales and zeros aligned), else per chunk.
+template <typename T, int W, int U, int B, bool kVec>
+void launch_int4(const MmaLinearArgs& a, dim3 grid, cudaStream_t s) {
+  if constexpr (kVec) {
+    const auto fits = [&](const void* p) { return reinterpret_cast<uintptr_t>(p) % (2 * U) == 0; };
+    if (a.group == kChunk && (a.cols / kChunk) % U == 0 && fits(a.scales) && fits(a.zeros)) {
+      int4_mma_kernel<T, W, U, B, true><<<grid, W * 32, 0, s>>>(a);
+      return;
     }
-    return s;
-  }();
-  return shape;
+  }
+  int4_mma_kernel<T, W, U, B><<<grid, W * 32, 0, s>>>(a);
 }
 
-template <typename T, int W, int U, int B>
-void launch_int4(const MmaLinearArgs& a, dim3 grid, cudaStream_t s, bool vec) {
-  const int64_t chunks = a.cols / kChunk;
-  const auto fits = [&](const void* p) { return reinterpret_cast<uintptr_t>(p) % (2 * U) == 0; };
-  if (vec && a.group == kChunk && chunks % U == 0 && fits(a.scales) && fits(a.zeros)) {
-    int4_mma_kernel<T, W, U, B, true><<<grid, W * 32, 0, s>>>(a);
-  } else {
-    int4_mma_kernel<T, W, U, B><<<grid, W * 32, 0, s>>>(a);
-  }
+// CUR4LLM_INT4_SHAPE="warps,chunks,blocks[v]" picks the int4 kernel's launch shape, to measure
+// them against each other: warps a block, chunks a warp loads together, blocks a multiprocessor
+// must hold (which bounds the registers), "v" for the scales read a pass at a time. Unset: the
+// first; a name not in the table is said once on stderr and the first is used.
+template <typename T>
+using Int4Launch = void (*)(const MmaLinearArgs&, dim3, cudaStream_t);
+
+template <typename T>
+Int4Launch<T> int4_launch() {
+  static const Int4Launch<T> chosen = [] {
+    const struct {
+      const char* name;
+      Int4Launch<T> launch;
+    } shapes[] = {{"8,2,2", launch_int4<T, 8, 2, 2, false>},  {"8,2,1", launch_int4<T, 8, 2, 1, false>},
+                  {"16,2,1", launch_int4<T, 16, 2, 1, false>}, {"8,4,1", launch_int4<T, 8, 4, 1, false>},
+                  {"16,1,1", launch_int4<T, 16, 1, 1, false>}, {"4,4,2", launch_int4<T, 4, 4, 2, false>},
+                  {"8,2,2v", launch_int4<T, 8, 2, 2, true>},   {"8,4,1v", launch_int4<T, 8, 4, 1, true>},
+                  {"16,2,1v", launch_int4<T, 16, 2, 1, true>}};
+    const char* v = std::getenv("CUR4LLM_INT4_SHAPE");
+    if (v == nullptr) return shapes[0].launch;
+    for (const auto& shape : shapes) {
+      if (std::strcmp(v, shape.name) == 0) return shape.launch;
+    }
+    std::fprintf(stderr, "note: CUR4LLM_INT4_SHAPE=%s is not a launch shape of the int4 kernel; using %s\n", v,
+                 shapes[0].name);
+    return shapes[0].launch;
+  }();
+  return chosen;
 }
 
 template <typename T>
@@ -441,16 +448,7 @@ void launch(const MmaLinearArgs& a, dim3 grid, cudaStream_t s) {
     dense_mma_kernel<T, W><<<grid, W * 32, 0, s>>>(a);
     return;
   }
-  const Int4Shape k = int4_shape();
-  const int code = k.warps * 100 + k.unroll * 10 + k.min_blocks;
-  switch (code) {
-    case 821: launch_int4<T, 8, 2, 1>(a, grid, s, k.vec); break;
-    case 1621: launch_int4<T, 16, 2, 1>(a, grid, s, k.vec); break;
-    case 841: launch_int4<T, 8, 4, 1>(a, grid, s, k.vec); break;
-    case 1611: launch_int4<T, 16, 1, 1>(a, grid, s, k.vec); break;
-    case 442: launch_int4<T, 4, 4, 2>(a, grid, s, k.vec); break;
-    default: launch_int4<T, 8, 2, 2>(a, grid, s, k.vec); break;
-  }
+  int4_launch<T>()(a, grid, s);
 }
 
 bool aligned(const void* p) { return p == nullptr || reinterpret_cast<uintptr_t>(p) % 16 == 0; }

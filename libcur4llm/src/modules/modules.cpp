@@ -99,6 +99,8 @@ struct AnyModule {
   std::function<std::vector<search::PlannedLayer>(model::CausalLM&, int64_t)> compress;
 
   int64_t dense_params() const { return params(width); }
+  /// A Linear compressed alone (add_linears), not a module of several.
+  bool alone() const { return linears.size() == 1 && linears.front() == name; }
   int64_t width_for(double ratio) const {
     int64_t k = static_cast<int64_t>(std::llround(ratio * static_cast<double>(width)));
     k = k / align * align;
@@ -137,7 +139,8 @@ void add_linears(std::vector<AnyModule>& out, const model::CausalLM& lm, const c
                    },
                    [c, m, n, name, gram, method](model::CausalLM& target, int64_t k) {
                      const double ratio = static_cast<double>(k) / kGrid;
-                     if (k >= kGrid) return std::vector<search::PlannedLayer>{{name, "dense", 1.0, 0, m * n, m * n}};
+                     // Left whole: no row, so that the plan keeps what a module made of it (or dense).
+                     if (k >= kGrid) return std::vector<search::PlannedLayer>{};
                      const auto& dense = target.dense_linear(name);
                      auto slot = c->compress(dense.weight(), dense.bias(), gram, ratio);
                      const int64_t stored = slot->weight_params();
@@ -251,13 +254,13 @@ std::map<std::string, int64_t> mixed_widths(const std::vector<AnyModule>& module
   };
   std::map<std::string, const AnyModule*> alone;  // a Linear's own entry
   for (const auto& m : modules) {
-    if (m.linears.size() == 1 && m.linears.front() == m.name) alone[m.name] = &m;
+    if (m.alone()) alone[m.name] = &m;
   }
   std::vector<std::vector<search::Choice>> choices;
   std::vector<std::vector<std::vector<Pick>>> picks;
   std::set<std::string> grouped;
   for (const auto& m : modules) {
-    if (alone.count(m.name)) continue;
+    if (m.alone()) continue;
     std::vector<search::Choice> c;
     std::vector<std::vector<Pick>> p;
     // Every combination of its Linears' own ways (all dense among them) ...
@@ -420,11 +423,9 @@ ModuleResult compress_modules(model::CausalLM& lm, const calib::ActivationStatis
     }
     if (base_method == "mixed") {
       // The Linears outside every group stay dense (a tied lm_head is not counted).
-      std::set<std::string> covered;
-      for (const auto& m : modules) covered.insert(m.linears.begin(), m.linears.end());
       int64_t rest = 0;
       for (const auto& info : lm.linears()) {
-        if (!covered.count(info.name) && counted(info)) rest += info.in_features * info.out_features;
+        if (!in_module.count(info.name) && counted(info)) rest += info.in_features * info.out_features;
       }
       widths = mixed_widths(modules, table, result.dense_calibration_ppl, candidates,
                             target * static_cast<double>(dense_total) - static_cast<double>(rest));
@@ -455,17 +456,10 @@ ModuleResult compress_modules(model::CausalLM& lm, const calib::ActivationStatis
     result.sensitivity = std::move(table);
   }
 
-  // Structural modules first, then the Linears alone (gather's order), whose rows replace a
-  // module's; with "mixed" a Linear of a module that stays whole is left to its module's row.
-  std::set<std::string> in_structural;
-  for (const auto& m : modules) {
-    if (m.linears.size() != 1 || m.linears.front() != m.name) in_structural.insert(m.linears.begin(), m.linears.end());
-  }
+  // Modules first, then the Linears alone (gather's order), whose rows replace a module's.
   std::map<std::string, search::PlannedLayer> rows;
   for (const auto& m : modules) {
-    const int64_t k = widths.at(m.name);
-    if (k >= m.width && m.linears.size() == 1 && in_structural.count(m.name)) continue;
-    for (auto& row : m.compress(lm, k)) rows[row.name] = row;
+    for (auto& row : m.compress(lm, widths.at(m.name))) rows[row.name] = row;
   }
   for (const auto& info : lm.linears()) {
     if (!counted(info)) continue;
