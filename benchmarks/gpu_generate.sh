@@ -136,10 +136,10 @@ if [[ $parts == *" kernels "* ]]; then
   stamp "kernels"
 fi
 if [[ $parts == *" int4 "* ]]; then
-  # The int4 kernel's launch shapes (CUR4LLM_INT4_SHAPE="warps,chunks,blocks[v]"): one-token
+  # The int4 kernel's launch shapes (CUR4LLM_INT4_SHAPE="warps,chunks,blocks[v|s]"): one-token
   # products of the LLaMA-7B shapes, then a whole int4 step at a 512-token prompt, each shape
-  # in its own processes.
-  for shape in ${INT4_SHAPES:-8,2,2 8,2,1 16,2,1 8,4,1 16,1,1 4,4,2 8,2,2v 8,4,1v 16,2,1v}; do
+  # in its own processes, the likeliest first (the budget may end the list).
+  for shape in ${INT4_SHAPES:-8,2,2 8,2,2s 4,2,4s 8,2,1 16,2,1 8,4,1 8,2,2v 16,1,1 4,4,2 8,4,1v 16,2,1v}; do
     # Each shape checked first (the tensor-core int4 test), then timed.
     CUR4LLM_INT4_SHAPE=$shape timeout "$(left 30)" $build/tests/test_packed_quant "CUDA: int4 on the tensor cores*" \
       -r compact 2>&1 | tail -1 | sed "s/^/int4 shape $shape: /" | tee -a "$log"
