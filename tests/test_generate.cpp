@@ -119,57 +119,79 @@ TEST_CASE("Gemma-2 and Qwen3: cached decoding gives the full forward's logits wi
   check_cached_equals_forward(*lm, 12, 64, 1e-5);
 }
 
-TEST_CASE("branched rows: each branch gives what its trunk and it give as one row, bad layouts refused") {
+TEST_CASE("prefix trees: each sequence of a packed tree gives what it gives alone, bad layouts refused") {
   for (const char* name : {"opt_pre", "tiny-shakespeare-opt", "llama_gqa", "mistral_window", "gemma2_softcap",
                            "qwen3_qknorm"}) {
     INFO(name);
     auto lm = CausalLM::load(model_dir(name));
     c10::InferenceMode guard;
     const int64_t vocab = lm->config().vocab_size;
-    // Row 0: a trunk of 7 tokens, then branches of 3, 6 and 1 tokens. Row 1: a trunk of 4, branches
-    // of 8 and 2, then padding. mistral_window and gemma2_softcap slide over 5 positions: a late
-    // branch sits more than 5 slots after the trunk but only its own length in positions.
-    const std::vector<std::vector<int64_t>> trunks = {{3, 9, 4, 17, 2, 8, 11}, {5, 1, 12, 7}};
-    const std::vector<std::vector<std::vector<int64_t>>> branches = {{{6, 14, 2}, {9, 9, 1, 4, 13, 7}, {10}},
-                                                                     {{2, 3, 5, 8, 13, 4, 6, 1}, {15, 16}}};
-    const int64_t width = 17;
+    // Row 0: sequences that share 7 tokens, two of them 3 more (a subtree of a subtree), one a
+    // prefix of another, and one that leaves the tree right after the root. Row 1: two sequences,
+    // then padding. mistral_window and gemma2_softcap slide over 5 positions: a late leaf sits
+    // more than 5 slots after its ancestors but only its depth in positions.
+    const std::vector<std::vector<std::vector<int64_t>>> rows = {
+        {{3, 9, 4, 17, 2, 8, 11, 6, 14, 2, 5},
+         {3, 9, 4, 17, 2, 8, 11, 6, 14, 2, 9, 1},
+         {3, 9, 4, 17, 2, 8, 11, 10},
+         {3, 9, 4, 17, 2, 8, 11, 10, 4, 13, 7},
+         {3, 12}},
+        {{5, 1, 12, 7, 2, 3, 5, 8, 13, 4, 6, 1}, {5, 1, 12, 7, 15, 16}}};
+    // The layout written out by hand, depth first: slot, token, depth, end of its subtree.
+    struct Slot {
+      int64_t token, depth, end;
+    };
+    const std::vector<std::vector<Slot>> layout = {
+        {{3, 0, 18}, {9, 1, 17}, {4, 2, 17}, {17, 3, 17}, {2, 4, 17}, {8, 5, 17}, {11, 6, 17},  // shared by four
+         {6, 7, 13}, {14, 8, 13}, {2, 9, 13}, {5, 10, 11}, {9, 10, 13}, {1, 11, 13},            // two leaves
+         {10, 7, 17}, {4, 8, 17}, {13, 9, 17}, {7, 10, 17},                                     // one inside another
+         {12, 1, 18}},
+        {{5, 0, 14}, {1, 1, 14}, {12, 2, 14}, {7, 3, 14}, {2, 4, 12}, {3, 5, 12}, {5, 6, 12}, {8, 7, 12},
+         {13, 8, 12}, {4, 9, 12}, {6, 10, 12}, {1, 11, 12}, {15, 4, 14}, {16, 5, 14}}};
+    // Where each sequence's tokens sit, by depth.
+    const std::vector<std::vector<std::vector<int64_t>>> paths = {
+        {{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10},
+         {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 12},
+         {0, 1, 2, 3, 4, 5, 6, 13},
+         {0, 1, 2, 3, 4, 5, 6, 13, 14, 15, 16},
+         {0, 17}},
+        {{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11}, {0, 1, 2, 3, 12, 13}}};
+    const int64_t width = 18;
     auto ids = at::zeros({2, width}, at::kLong), pos = at::zeros({2, width}, at::kLong);
-    auto br = at::full({2, width}, -1, at::kLong);
+    auto ends = at::full({2, width}, -1, at::kLong);
     for (int64_t r = 0; r < 2; ++r) {
-      int64_t at = 0;
-      const auto& trunk = trunks[static_cast<size_t>(r)];
-      for (size_t j = 0; j < trunk.size(); ++j, ++at) {
-        ids[r][at] = trunk[j] % vocab, pos[r][at] = static_cast<int64_t>(j), br[r][at] = 0;
+      const auto& slots = layout[static_cast<size_t>(r)];
+      for (size_t j = 0; j < slots.size(); ++j) {
+        ids[r][static_cast<int64_t>(j)] = slots[j].token % vocab;
+        pos[r][static_cast<int64_t>(j)] = slots[j].depth;
+        ends[r][static_cast<int64_t>(j)] = slots[j].end;
       }
-      int64_t b = 0;
-      for (const auto& branch : branches[static_cast<size_t>(r)]) {
-        ++b;
-        for (size_t j = 0; j < branch.size(); ++j, ++at) {
-          ids[r][at] = branch[j] % vocab, pos[r][at] = static_cast<int64_t>(trunk.size() + j), br[r][at] = b;
+    }
+    const auto logits = lm->head(lm->forward_tree_hidden(ids, pos, ends));
+    for (int64_t r = 0; r < 2; ++r) {
+      for (size_t q = 0; q < rows[static_cast<size_t>(r)].size(); ++q) {
+        const auto& sequence = rows[static_cast<size_t>(r)][q];
+        const auto& path = paths[static_cast<size_t>(r)][q];
+        REQUIRE(path.size() == sequence.size());
+        const auto alone = lm->forward(row_ids(sequence).remainder(vocab))[0];
+        for (size_t d = 0; d < path.size(); ++d) {
+          INFO("row " << r << ", sequence " << q << ", depth " << d);
+          REQUIRE(ids[r][path[d]].item<int64_t>() == sequence[d] % vocab);  // the layout holds the sequence
+          CHECK(close(logits[r][path[d]].unsqueeze(0), alone[static_cast<int64_t>(d)].unsqueeze(0)));
         }
       }
     }
-    const auto logits = lm->head(lm->forward_branched_hidden(ids, pos, br));
-    for (int64_t r = 0; r < 2; ++r) {
-      const auto& trunk = trunks[static_cast<size_t>(r)];
-      int64_t at = static_cast<int64_t>(trunk.size());
-      const auto alone = lm->forward(row_ids(trunk).remainder(vocab));
-      INFO("row " << r << ", trunk");
-      CHECK(close(logits[r].narrow(0, 0, at), alone[0]));
-      for (const auto& branch : branches[static_cast<size_t>(r)]) {
-        std::vector<int64_t> whole(trunk);
-        whole.insert(whole.end(), branch.begin(), branch.end());
-        const auto n = static_cast<int64_t>(branch.size());
-        const auto expected = lm->forward(row_ids(whole).remainder(vocab))[0].narrow(0, trunk.size(), n);
-        INFO("branch at slot " << at);
-        CHECK(close(logits[r].narrow(0, at, n), expected));
-        at += n;
-      }
-    }
-    // Sizes that disagree, and a position past the row's slots, are refused.
-    CHECK_THROWS_AS(lm->forward_branched_hidden(ids, pos.narrow(1, 0, 5), br), std::invalid_argument);
-    CHECK_THROWS_AS(lm->forward_branched_hidden(ids, pos + width, br), std::invalid_argument);
-    CHECK_THROWS_AS(lm->forward_branched_hidden(ids, pos - 1, br), std::invalid_argument);
+    // Sizes that disagree, a position past the row's slots, and ends outside the row or before
+    // their own slot are refused.
+    CHECK_THROWS_AS(lm->forward_tree_hidden(ids, pos.narrow(1, 0, 5), ends), std::invalid_argument);
+    CHECK_THROWS_AS(lm->forward_tree_hidden(ids, pos + width, ends), std::invalid_argument);
+    CHECK_THROWS_AS(lm->forward_tree_hidden(ids, pos - 1, ends), std::invalid_argument);
+    auto past = ends.clone();
+    past[1][0] = width + 1;
+    CHECK_THROWS_AS(lm->forward_tree_hidden(ids, pos, past), std::invalid_argument);
+    auto before = ends.clone();
+    before[0][5] = 5;
+    CHECK_THROWS_AS(lm->forward_tree_hidden(ids, pos, before), std::invalid_argument);
   }
 }
 

@@ -21,6 +21,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <fstream>
+#include <set>
 
 namespace fs = std::filesystem;
 namespace ev = cur4llm::eval;
@@ -360,10 +361,10 @@ TEST_CASE("score_requests: rows that begin alike run their common tokens once, w
     pieces.max_packed_tokens = -1;
     ev::ScoreStats cut;
     const auto small = ev::score_requests(*lm, reqs, pieces, &cut);
-    // Packed rows up to 48 tokens: the few-shot group (30 + 6 + 9) packed, the contexts' (39 + 10)
+    // Packed rows up to 45 tokens: the few-shot group (30 + 6 + 9) packed, the contexts' (40 + 6)
     // through the cache; a packed row longer than the batch runs alone.
     ev::ScoreOptions mixed;
-    mixed.max_packed_tokens = 48;
+    mixed.max_packed_tokens = 45;
     mixed.max_batch_tokens = 24;
     ev::ScoreStats both;
     const auto some = ev::score_requests(*lm, reqs, mixed, &both);
@@ -388,9 +389,9 @@ TEST_CASE("score_requests: rows that begin alike run their common tokens once, w
     CHECK(with.shared_groups == 4);
     // Separate: each ending runs 40 + e tokens (e = 0..3), each question 30 + q, the stray 3.
     CHECK(without.tokens == 3 * (4 * 40 + 6) + (36 + 39) + 3);
-    // Shared: a context's first 39 tokens once (its last one predicts the ending), then 1 + e each;
+    // Shared: a context's 40 tokens once (the one-token ending reads its last), then e = 1..3 each;
     // the few-shot block's 30 tokens once, then 6 and 9.
-    CHECK(with.tokens == 3 * (39 + 10) + (30 + 15) + 3);
+    CHECK(with.tokens == 3 * (40 + 6) + (30 + 15) + 3);
     CHECK(cut.tokens > with.tokens);  // pieces run their group's prefix again
     // A longer least beginning (35) shares the 39-token contexts but not the 30-token block.
     ev::ScoreOptions longer;
@@ -398,7 +399,54 @@ TEST_CASE("score_requests: rows that begin alike run their common tokens once, w
     ev::ScoreStats fewer;
     (void)ev::score_requests(*lm, reqs, longer, &fewer);
     CHECK(fewer.shared_groups == 3);
-    CHECK(fewer.tokens == 3 * (39 + 10) + (36 + 39) + 3);
+    CHECK(fewer.tokens == 3 * (40 + 6) + (36 + 39) + 3);
+  }
+}
+
+TEST_CASE("score_requests: rows that share beginnings at several depths run each distinct beginning once",
+          "[tasks]") {
+  for (const char* name : {"tiny-shakespeare-opt", "llama_gqa", "mistral_window", "gemma2_softcap"}) {
+    INFO(name);
+    auto lm = cur4llm::model::CausalLM::load(cur4llm::test::model_dir(name));
+    const int64_t vocab = lm->config().vocab_size;
+    auto token = [&](int64_t i) { return (i * 11 + 5) % vocab; };
+    // A 20-token label shared by three documents; two of them also share their first 8 context
+    // tokens. Each document has 4 endings: one of a single token (its input is the context alone,
+    // a beginning of the others'), two that begin with the same two tokens and one of its own.
+    std::vector<ev::EncodedRequest> reqs;
+    std::vector<int64_t> label;
+    for (int64_t i = 0; i < 20; ++i) label.push_back(token(i));
+    for (int64_t d = 0; d < 3; ++d) {
+      std::vector<int64_t> ctx(label);
+      for (int64_t i = 0; i < 12; ++i) ctx.push_back(token(i < 8 && d < 2 ? 100 + i : 200 + 20 * d + i));
+      const std::vector<std::vector<int64_t>> endings = {{token(300 + d)},
+                                                         {token(310 + d), token(320 + d), token(330 + d)},
+                                                         {token(310 + d), token(320 + d), token(340 + d), token(350)},
+                                                         {token(360 + d), token(370 + d)}};
+      for (const auto& e : endings) reqs.push_back({ctx, e});
+    }
+    // The distinct beginnings of the rows (each request's context and continuation but its last token).
+    std::set<std::vector<int64_t>> beginnings;
+    for (const auto& r : reqs) {
+      std::vector<int64_t> input(r.context);
+      input.insert(input.end(), r.continuation.begin(), r.continuation.end() - 1);
+      for (size_t n = 1; n <= input.size(); ++n) beginnings.emplace(input.begin(), input.begin() + n);
+    }
+    REQUIRE(beginnings.size() == 20 + 8 + 2 * 4 + 12 + 3 * 4);  // label, shared context, own contexts, endings
+
+    ev::ScoreOptions separate;
+    separate.share_prefixes = false;
+    ev::ScoreStats apart, tree;
+    const auto expected = ev::score_requests(*lm, reqs, separate, &apart);
+    const auto shared = ev::score_requests(*lm, reqs, {}, &tree);
+    for (size_t i = 0; i < reqs.size(); ++i) {
+      INFO("request " << i);
+      CHECK(shared[i].logprob == Approx(expected[i].logprob).margin(1e-4));
+      CHECK(shared[i].is_greedy == expected[i].is_greedy);
+    }
+    CHECK(tree.packed_groups == 1);
+    CHECK(tree.tokens == static_cast<int64_t>(beginnings.size()));
+    CHECK(apart.tokens == 3 * (4 * 32 + 0 + 2 + 3 + 1));
   }
 }
 

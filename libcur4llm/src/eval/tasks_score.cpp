@@ -63,12 +63,6 @@ struct Row {
   int64_t scored = 0;  // input positions, counted from the end, whose logits a request reads
 };
 
-// Rows that run their first `prefix` input tokens once (0: a row on its own).
-struct Group {
-  std::vector<size_t> rows;
-  int64_t prefix = 0;
-};
-
 int64_t common_prefix(const std::vector<int64_t>& a, const std::vector<int64_t>& b) {
   const size_t n = std::min(a.size(), b.size());
   size_t i = 0;
@@ -76,73 +70,113 @@ int64_t common_prefix(const std::vector<int64_t>& a, const std::vector<int64_t>&
   return static_cast<int64_t>(i);
 }
 
-// Groups of rows with a common beginning of at least `min_prefix` tokens. In
-// lexicographic order, rows that begin alike are neighbours and a range's
-// common beginning is the least common prefix of its neighbours, so a range is
-// either one group or split where that least prefix lies, whichever runs fewer
-// tokens (a group of n rows saves (n - 1) * prefix). A group's prefix stops
-// before the first position any of its rows is scored at.
-class Grouping {
+// How rows run: alone, as one packed row holding their prefix tree, or (too long to pack) their
+// common beginning of `prefix` tokens into a KV cache and each row's own tokens after it.
+struct Unit {
+  enum class Kind { alone, tree, cached } kind = Kind::alone;
+  std::vector<size_t> rows;  // in lexicographic order
+  int64_t prefix = 0;        // cached: the tokens run once
+  int64_t width = 0;         // tree: its tokens
+};
+
+// Units of rows, each with the least cost in tokens run. In lexicographic order rows that begin
+// alike are neighbours, the tokens of a range as one prefix tree are the first row's and then each
+// next row's after its common beginning with the one before, and a range's common beginning is the
+// least common prefix of its neighbours. So a range runs as one unit or is split where that least
+// prefix lies, whichever costs less. A tree's attention covers all its slots (the mask leaves no
+// block out): at about half the matrix products' rate, 4 w^2 d flops a layer for a tree of w
+// tokens against about 24 d^2 a token for the linear layers, so a tree costs w + w^2 / (3 d)
+// token-equivalents, a row alone (causal, half the scores) L + L^2 / (6 d).
+class Planner {
  public:
-  Grouping(const std::vector<Row>& rows, int64_t min_prefix) : rows_(rows), min_prefix_(std::max<int64_t>(1, min_prefix)) {
+  Planner(const std::vector<Row>& rows, int64_t min_prefix, int64_t pack_tokens, int64_t hidden)
+      : rows_(rows), min_prefix_(std::max<int64_t>(1, min_prefix)), pack_tokens_(pack_tokens),
+        per_square_(1.0 / (3.0 * static_cast<double>(std::max<int64_t>(hidden, 1)))) {
     order_.resize(rows.size());
     std::iota(order_.begin(), order_.end(), size_t{0});
     std::sort(order_.begin(), order_.end(), [&](size_t a, size_t b) { return rows[a].input < rows[b].input; });
     lcp_.assign(order_.size(), 0);
-    for (size_t i = 1; i < order_.size(); ++i) lcp_[i] = common_prefix(rows[order_[i - 1]].input, rows[order_[i]].input);
+    fresh_.assign(order_.size() + 1, 0);
+    total_.assign(order_.size() + 1, 0);
+    for (size_t i = 0; i < order_.size(); ++i) {
+      if (i > 0) lcp_[i] = common_prefix(rows[order_[i - 1]].input, rows[order_[i]].input);
+      fresh_[i + 1] = fresh_[i] + length(i) - lcp_[i];
+      total_[i + 1] = total_[i] + length(i);
+    }
     // Boundaries below the minimum never pay: cut there first, then decide within each run.
     size_t a = 0;
     for (size_t i = 1; i <= order_.size(); ++i) {
       if (i == order_.size() || lcp_[i] < min_prefix_) {
-        (void)split(a, i, groups_);
+        (void)split(a, i, units_);
         a = i;
       }
     }
   }
-  std::vector<Group> take() { return std::move(groups_); }
+  std::vector<Unit> take() { return std::move(units_); }
 
  private:
-  // The prefix rows order_[a, b) would share, and the tokens that saves.
-  std::pair<int64_t, int64_t> shared(size_t a, size_t b) const {
-    if (b - a < 2) return {0, 0};
+  int64_t length(size_t i) const { return static_cast<int64_t>(rows_[order_[i]].input.size()); }
+  // Tokens of rows order_[a, b) as one prefix tree.
+  int64_t tree_width(size_t a, size_t b) const { return fresh_[b] - fresh_[a] + lcp_[a]; }
+  // The beginning rows order_[a, b) would run once through a KV cache: it stops before the first
+  // position any of them is scored at (a row's scored positions are its own tokens there).
+  int64_t cached_prefix(size_t a, size_t b) const {
     int64_t prefix = std::numeric_limits<int64_t>::max();
     for (size_t i = a + 1; i < b; ++i) prefix = std::min(prefix, lcp_[i]);
     for (size_t i = a; i < b; ++i) {
       const auto& row = rows_[order_[i]];
       prefix = std::min(prefix, static_cast<int64_t>(row.input.size()) - row.scored);
     }
-    if (prefix < min_prefix_) return {0, 0};
-    return {prefix, prefix * static_cast<int64_t>(b - a - 1)};
+    return prefix;
   }
-  // The best grouping of rows order_[a, b) (appended to `out`) and the tokens it saves: the range
-  // whole, or its two sides split where the common prefix is shortest, each grouped at best.
-  int64_t split(size_t a, size_t b, std::vector<Group>& out) const {
+  Unit unit(Unit::Kind kind, size_t a, size_t b) const {
+    Unit u{kind, {}, 0, 0};
+    for (size_t i = a; i < b; ++i) u.rows.push_back(order_[i]);
+    return u;
+  }
+  // The best units of rows order_[a, b) (appended to `out`) and their cost.
+  double split(size_t a, size_t b, std::vector<Unit>& out) const {
     if (b - a < 2) {
-      out.push_back(Group{{order_[a]}, 0});
-      return 0;
+      out.push_back(unit(Unit::Kind::alone, a, b));
+      const auto n = static_cast<double>(length(a));
+      return n + 0.5 * per_square_ * n * n;
     }
     size_t cut = a + 1;
     for (size_t i = a + 2; i < b; ++i) {
       if (lcp_[i] < lcp_[cut]) cut = i;
     }
-    std::vector<Group> sides;
-    const int64_t apart = split(a, cut, sides) + split(cut, b, sides);
-    const auto [prefix, together] = shared(a, b);
-    if (together > 0 && together >= apart) {
-      Group g{{}, prefix};
-      for (size_t i = a; i < b; ++i) g.rows.push_back(order_[i]);
-      out.push_back(std::move(g));
-      return together;
+    std::vector<Unit> sides;
+    const double apart = split(a, cut, sides) + split(cut, b, sides);
+    const int64_t width = tree_width(a, b);
+    if (pack_tokens_ > 0 && width <= pack_tokens_) {
+      const auto w = static_cast<double>(width);
+      const double together = w + per_square_ * w * w;
+      if (together <= apart) {
+        out.push_back(unit(Unit::Kind::tree, a, b));
+        out.back().width = width;
+        return together;
+      }
+    } else if (const int64_t prefix = cached_prefix(a, b); prefix >= min_prefix_) {
+      const auto together =
+          static_cast<double>(total_[b] - total_[a] - prefix * static_cast<int64_t>(b - a - 1));
+      if (together <= apart) {
+        out.push_back(unit(Unit::Kind::cached, a, b));
+        out.back().prefix = prefix;
+        return together;
+      }
     }
-    for (auto& g : sides) out.push_back(std::move(g));
+    for (auto& u : sides) out.push_back(std::move(u));
     return apart;
   }
-
   const std::vector<Row>& rows_;
   int64_t min_prefix_;
-  std::vector<size_t> order_;
-  std::vector<int64_t> lcp_;
-  std::vector<Group> groups_;
+  int64_t pack_tokens_;
+  double per_square_;           // the attention's cost per squared token of a row, in token-equivalents
+  std::vector<size_t> order_;   // rows in lexicographic order
+  std::vector<int64_t> lcp_;    // common prefix of order_[i - 1] and order_[i] (0 for i = 0)
+  std::vector<int64_t> fresh_;  // fresh_[i]: tokens of order_[0, i), each past its common prefix with the one before
+  std::vector<int64_t> total_;  // total_[i]: tokens of order_[0, i)
+  std::vector<Unit> units_;
 };
 
 // The scored positions of a batch: where to read the hidden states, the token
@@ -151,8 +185,9 @@ struct Reads {
   std::vector<int64_t> positions, targets;        // flat positions in the batch's [rows * width] states
   std::vector<std::pair<size_t, int64_t>> owner;  // (request, continuation length) per scored span
 
-  // The requests of `row`, whose last input token sits at flat position `last`.
-  void add(const Row& row, const std::vector<EncodedRequest>& requests, int64_t last) {
+  // The requests of `row`, whose input token of index d sits at flat position slot_of(d).
+  template <typename SlotOf>
+  void add(const Row& row, const std::vector<EncodedRequest>& requests, SlotOf slot_of) {
     const int64_t len = static_cast<int64_t>(row.input.size());
     for (size_t q : row.requests) {
       const auto& cont = requests[q].continuation;
@@ -161,7 +196,7 @@ struct Reads {
       const int64_t n = std::min(static_cast<int64_t>(cont.size()), len);
       const int64_t skip = static_cast<int64_t>(cont.size()) - n;
       for (int64_t j = 0; j < n; ++j) {
-        positions.push_back(last - n + 1 + j);
+        positions.push_back(slot_of(len - n + j));
         targets.push_back(cont[static_cast<size_t>(skip + j)]);
       }
       owner.emplace_back(q, n);
@@ -233,29 +268,17 @@ void longest_first(std::vector<T>& items, Width width, int64_t batch_tokens, int
 class RowRunner {
  public:
   RowRunner(const model::CausalLM& lm, const std::vector<Row>& rows, const std::vector<EncodedRequest>& requests,
-            int64_t batch_tokens, int64_t pack_tokens, std::vector<LoglikelihoodResult>& out, ScoreStats& counted,
-            util::Progress* progress)
+            int64_t batch_tokens, std::vector<LoglikelihoodResult>& out, ScoreStats& counted, util::Progress* progress)
       : lm_(lm), head_slot_(lm.logits_slot()), rows_(rows), requests_(requests), batch_tokens_(batch_tokens),
-        pack_tokens_(pack_tokens), out_(out), counted_(counted), progress_(progress) {}
+        out_(out), counted_(counted), progress_(progress) {}
 
-  // Groups with a shared prefix. A group whose prefix and members' own tokens together fit in
-  // pack_tokens runs as one packed row: the prefix, then each member's own tokens as a branch
-  // that sees the prefix and itself (CausalLM::forward_branched_hidden), packed rows of like
-  // length batched together. Larger groups: a batch of prefixes runs into a KV cache, and the
+  // Rows sharing a beginning too long to pack: a batch of beginnings runs into a KV cache, and the
   // members' own tokens run after it, in batches of rows of like length, each row with a copy of
-  // its prefix's cache row. A group whose members' caches would not fit in a batch is cut into
-  // pieces (each runs the prefix again).
-  void shared(const std::vector<Group>& groups) {
+  // its beginning's cache row. A group whose members' caches would not fit in a batch is cut into
+  // pieces (each runs the beginning again).
+  void cached(const std::vector<Unit>& groups) {
     std::vector<Piece> pieces;
-    std::vector<Piece> packs;
     for (const auto& g : groups) {
-      ++counted_.shared_groups;
-      Piece whole_group{g.prefix, g.rows};
-      if (packed_length(whole_group) <= pack_tokens_) {
-        ++counted_.packed_groups;
-        packs.push_back(std::move(whole_group));
-        continue;
-      }
       std::vector<size_t> members = g.rows;
       std::stable_sort(members.begin(), members.end(),
                        [&](size_t x, size_t y) { return own(x, g.prefix) > own(y, g.prefix); });
@@ -270,7 +293,6 @@ class RowRunner {
       }
       pieces.push_back(std::move(piece));
     }
-    run_packed(std::move(packs));
     // Prefixes of like length run together (little padding).
     std::stable_sort(pieces.begin(), pieces.end(), [](const Piece& x, const Piece& y) { return x.prefix > y.prefix; });
     for (size_t p0 = 0, p1 = 0; p0 < pieces.size(); p0 = p1) {
@@ -287,6 +309,50 @@ class RowRunner {
     }
   }
 
+  // Prefix trees as packed rows (CausalLM::forward_tree_hidden), each laid out depth first: its
+  // rows in lexicographic order, each after its common beginning with the one before. Longest
+  // first, as many as fit in a batch.
+  void trees(std::vector<Unit> units) {
+    auto width_of = [](const Unit& u) { return u.width; };
+    longest_first(units, width_of, batch_tokens_, 0, [&](size_t start, size_t stop, int64_t width) {
+      const auto b = static_cast<int64_t>(stop - start);
+      auto ids = at::zeros({b, width}, at::kLong);
+      auto positions = at::zeros({b, width}, at::kLong);
+      auto ends = at::full({b, width}, -1, at::kLong);
+      Reads reads;
+      int64_t rows = 0;
+      for (int64_t k = 0; k < b; ++k) {
+        const Unit& tree = units[start + static_cast<size_t>(k)];
+        const int64_t base = k * width;
+        int64_t* id = ids.data_ptr<int64_t>() + base;
+        int64_t* pos = positions.data_ptr<int64_t>() + base;
+        int64_t* end = ends.data_ptr<int64_t>() + base;
+        std::vector<int64_t> path;  // path[d]: the slot of the token at depth d of the last row laid out
+        const std::vector<int64_t>* before = nullptr;
+        int64_t at = 0;
+        for (size_t r : tree.rows) {
+          const auto& input = rows_[r].input;
+          const auto keep = static_cast<size_t>(before ? common_prefix(*before, input) : 0);
+          for (size_t d = keep; d < path.size(); ++d) end[path[d]] = at;  // subtrees the new row leaves
+          path.resize(keep);
+          for (size_t d = keep; d < input.size(); ++d, ++at) {
+            id[at] = input[d];
+            pos[at] = static_cast<int64_t>(d);
+            path.push_back(at);
+          }
+          reads.add(rows_[r], requests_, [&](int64_t d) { return base + path[static_cast<size_t>(d)]; });
+          before = &input;
+          ++rows;
+        }
+        for (int64_t slot : path) end[slot] = at;
+        counted_.tokens += at;
+      }
+      RECORD_USER_SCOPE("tasks.trees");
+      auto h = lm_.forward_tree_hidden(ids.to(lm_.device()), positions, ends);
+      finish(reads, h, width, rows);
+    });
+  }
+
   // Rows that run whole: longest first, as the harness orders them (an out-of-memory shows at once).
   void whole(std::vector<size_t> single) {
     auto length = [&](size_t r) { return static_cast<int64_t>(rows_[r].input.size()); };
@@ -297,7 +363,8 @@ class RowRunner {
         const auto& row = rows_[single[k]];
         const auto len = static_cast<int64_t>(row.input.size());
         spans.push_back({&row.input, 0, len});
-        reads.add(row, requests_, static_cast<int64_t>(k - start) * width + len - 1);
+        const int64_t base = static_cast<int64_t>(k - start) * width;
+        reads.add(row, requests_, [&](int64_t d) { return base + d; });
         counted_.tokens += len;
       }
       // Right padding: causal attention keeps the real tokens' outputs unchanged.
@@ -315,59 +382,6 @@ class RowRunner {
   };
 
   int64_t own(size_t r, int64_t prefix) const { return static_cast<int64_t>(rows_[r].input.size()) - prefix; }
-  int64_t packed_length(const Piece& p) const {
-    int64_t n = p.prefix;
-    for (size_t r : p.rows) n += own(r, p.prefix);
-    return n;
-  }
-
-  // Groups as packed rows: the prefix, then each member's own tokens, a branch of its own at the
-  // positions that follow the prefix. Longest first, as many as fit in a batch.
-  void run_packed(std::vector<Piece> packs) {
-    std::vector<int64_t> length(packs.size());
-    for (size_t i = 0; i < packs.size(); ++i) length[i] = packed_length(packs[i]);
-    std::vector<size_t> order(packs.size());
-    std::iota(order.begin(), order.end(), size_t{0});
-    auto width_of = [&](size_t i) { return length[i]; };
-    longest_first(order, width_of, batch_tokens_, 0, [&](size_t start, size_t stop, int64_t width) {
-      const auto b = static_cast<int64_t>(stop - start);
-      auto ids = at::zeros({b, width}, at::kLong);
-      auto positions = at::zeros({b, width}, at::kLong);
-      auto branches = at::full({b, width}, -1, at::kLong);
-      int64_t* id = ids.data_ptr<int64_t>();
-      int64_t* pos = positions.data_ptr<int64_t>();
-      int64_t* branch = branches.data_ptr<int64_t>();
-      Reads reads;
-      int64_t rows = 0;
-      for (int64_t k = 0; k < b; ++k) {
-        const Piece& piece = packs[order[start + static_cast<size_t>(k)]];
-        const auto& first = rows_[piece.rows.front()].input;
-        int64_t at = k * width;
-        for (int64_t j = 0; j < piece.prefix; ++j, ++at) {
-          id[at] = first[static_cast<size_t>(j)];
-          pos[at] = j;
-          branch[at] = 0;
-        }
-        int64_t member = 0;
-        for (size_t r : piece.rows) {
-          const auto& input = rows_[r].input;
-          const auto len = static_cast<int64_t>(input.size());
-          ++member;
-          for (int64_t j = piece.prefix; j < len; ++j, ++at) {
-            id[at] = input[static_cast<size_t>(j)];
-            pos[at] = j;
-            branch[at] = member;
-          }
-          reads.add(rows_[r], requests_, at - 1);
-          ++rows;
-        }
-        counted_.tokens += length[order[start + static_cast<size_t>(k)]];
-      }
-      RECORD_USER_SCOPE("tasks.packed");
-      auto h = lm_.forward_branched_hidden(ids.to(lm_.device()), positions, branches);
-      finish(reads, h, width, rows);
-    });
-  }
 
   // Pieces [p0, p1): their prefixes in one batch, then their members in batches of like length.
   void run_pieces(const std::vector<Piece>& pieces, size_t p0, size_t p1, int64_t prefix_width, int64_t rest_width) {
@@ -398,7 +412,8 @@ class RowRunner {
         const int64_t prefix = prefix_of(members[i]);
         tails.push_back({&rows_[r].input, prefix, static_cast<int64_t>(rows_[r].input.size())});
         owner_of.push_back(k);
-        reads.add(rows_[r], requests_, static_cast<int64_t>(i - m0) * width + own(r, prefix) - 1);
+        const int64_t base = static_cast<int64_t>(i - m0) * width - prefix;
+        reads.add(rows_[r], requests_, [&](int64_t d) { return base + d; });
         counted_.tokens += own(r, prefix);
       }
       RECORD_USER_SCOPE("tasks.members");
@@ -422,7 +437,6 @@ class RowRunner {
   const std::vector<Row>& rows_;
   const std::vector<EncodedRequest>& requests_;
   const int64_t batch_tokens_;
-  const int64_t pack_tokens_;
   std::vector<LoglikelihoodResult>& out_;
   ScoreStats& counted_;
   util::Progress* progress_;
@@ -456,36 +470,37 @@ std::vector<LoglikelihoodResult> score_requests(const model::CausalLM& lm, const
   ScoreStats counted;
   counted.rows = static_cast<int64_t>(rows.size());
 
-  std::vector<Group> shared;
+  // Small batches on the CPU, where larger ones only cost cache; large ones on CUDA.
+  const int64_t batch_tokens =
+      options.max_batch_tokens > 0 ? options.max_batch_tokens : (lm.device().is_cuda() ? 16384 : 1024);
+  // The widest packed row: its attention mask and scores grow with the square of its width.
+  int64_t pack_tokens = options.max_packed_tokens;
+  if (pack_tokens == 0) pack_tokens = std::clamp<int64_t>(lm.config().hidden_size, 256, 8192);
+  std::vector<Unit> trees, cached;
   std::vector<size_t> single;  // rows that run whole
   if (options.share_prefixes && lm.on_one_device()) {
     const int64_t least = options.min_shared_prefix > 0 ? options.min_shared_prefix : 16;
-    for (auto& g : Grouping(rows, least).take()) {
-      if (g.prefix > 0) {
-        shared.push_back(std::move(g));
+    for (auto& u : Planner(rows, least, pack_tokens, lm.config().hidden_size).take()) {
+      if (u.kind == Unit::Kind::alone) {
+        single.insert(single.end(), u.rows.begin(), u.rows.end());
       } else {
-        single.insert(single.end(), g.rows.begin(), g.rows.end());
+        ++counted.shared_groups;
+        if (u.kind == Unit::Kind::tree) ++counted.packed_groups;
+        (u.kind == Unit::Kind::tree ? trees : cached).push_back(std::move(u));
       }
     }
   } else {
     single.resize(rows.size());
     std::iota(single.begin(), single.end(), size_t{0});
   }
-  // Small batches on the CPU, where larger ones only cost cache; large ones on CUDA.
-  const int64_t batch_tokens =
-      options.max_batch_tokens > 0 ? options.max_batch_tokens : (lm.device().is_cuda() ? 16384 : 1024);
   std::vector<LoglikelihoodResult> out(requests.size());
   c10::InferenceMode guard;
   std::unique_ptr<util::Progress> progress;
   if (options.show_progress)
     progress = std::make_unique<util::Progress>("tasks", static_cast<int64_t>(rows.size()), "rows");
-  int64_t pack_tokens = options.max_packed_tokens;
-  // A packed row's attention covers all its slots (the mask leaves no block out): at T slots it
-  // costs about 4 T d flops a token and layer against the linear layers' 24 d^2, a sixth
-  // of them at T = d (the hidden size).
-  if (pack_tokens == 0) pack_tokens = std::clamp<int64_t>(lm.config().hidden_size, 256, 8192);
-  RowRunner runner(lm, rows, requests, batch_tokens, pack_tokens, out, counted, progress.get());
-  runner.shared(shared);
+  RowRunner runner(lm, rows, requests, batch_tokens, out, counted, progress.get());
+  runner.trees(std::move(trees));
+  runner.cached(cached);
   runner.whole(std::move(single));
   if (stats) *stats = counted;
   return out;

@@ -283,11 +283,9 @@ const at::Tensor& Step::allowed(int64_t window) {
     auto distance = positions_.unsqueeze(2) - cache_.positions().narrow(1, 0, s).unsqueeze(1);
     allowed = allowed.logical_and(distance < window);
   }
-  if (cache_.branches().defined()) {
-    // A branch's token sees the trunk and its own branch.
-    auto key_branch = cache_.branches().narrow(1, 0, s).unsqueeze(1);            // [B, 1, S]
-    auto query_branch = cache_.branches().narrow(1, length, t).unsqueeze(2);     // [B, T, 1]
-    allowed = allowed.logical_and(key_branch.eq(0).logical_or(key_branch == query_branch));
+  if (cache_.ends().defined()) {
+    // A token sees an earlier one only inside that one's subtree.
+    allowed = allowed.logical_and(cache_.ends().narrow(1, 0, s).unsqueeze(1) > query_slot);  // [B, 1, S] vs [1, T, 1]
   }
   allowed = allowed.logical_or(key_slot == query_slot);
   masks_.emplace_back(window, allowed.unsqueeze(1));

@@ -206,7 +206,7 @@ class Step {
  public:
   /// `positions` [B, T] int64 on the cache's device; the cache's step must have begun.
   /// `whole_rows`: the caller knows every new token is real (no padding) and of the trunk
-  /// (no branches); with an empty cache each token then attends to those before it alone.
+  /// (no tree of tokens); with an empty cache each token then attends to those before it alone.
   Step(KVCache& cache, at::Tensor positions, bool whole_rows);
   KVCache& cache() const { return cache_; }
   /// [B, T]: the position of each new token.
@@ -219,7 +219,7 @@ class Step {
   /// Positions a rotary table passed to cached_attention must cover (0 .. rotary_length() - 1).
   int64_t rotary_length() const { return cache_.capacity(); }
   /// [B, 1, T, S] bool over the S = length + T slots: true where a new token attends to a slot
-  /// (a token of its row, not after it, of the trunk or of its own branch (KVCache::branches),
+  /// (a token of its row, not after it, whose subtree holds the new one (KVCache::ends),
   /// within `window` positions if window > 0; a padding token attends to itself only, so that its
   /// values stay finite).
   const at::Tensor& allowed(int64_t window);

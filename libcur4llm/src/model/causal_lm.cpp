@@ -742,39 +742,49 @@ at::Tensor CausalLM::forward_cached_hidden(const at::Tensor& input_ids, KVCache&
   return run_step(input_ids, cache, positions, tokens, {}, /*whole_rows=*/!mask.defined());
 }
 
-at::Tensor CausalLM::forward_branched_hidden(const at::Tensor& input_ids, const at::Tensor& positions,
-                                             const at::Tensor& branches) const {
+at::Tensor CausalLM::forward_tree_hidden(const at::Tensor& input_ids, const at::Tensor& positions,
+                                         const at::Tensor& ends) const {
   if (input_ids.dim() != 2 || input_ids.size(0) < 1 || input_ids.size(1) < 1) {
     throw std::invalid_argument(
-        fmt::format("forward_branched: input ids must be [batch, tokens], not {}", shape_str(input_ids.sizes())));
+        fmt::format("forward_tree: input ids must be [batch, tokens], not {}", shape_str(input_ids.sizes())));
   }
-  if (positions.sizes() != input_ids.sizes() || branches.sizes() != input_ids.sizes()) {
-    throw std::invalid_argument(fmt::format("forward_branched: positions {} and branches {} must match input ids {}",
-                                            shape_str(positions.sizes()), shape_str(branches.sizes()),
+  if (positions.sizes() != input_ids.sizes() || ends.sizes() != input_ids.sizes()) {
+    throw std::invalid_argument(fmt::format("forward_tree: positions {} and ends {} must match input ids {}",
+                                            shape_str(positions.sizes()), shape_str(ends.sizes()),
                                             shape_str(input_ids.sizes())));
   }
   if (!on_one_device()) {
-    throw std::invalid_argument("forward_branched: the model is placed over several devices or offloads layers "
+    throw std::invalid_argument("forward_tree: the model is placed over several devices or offloads layers "
                                 "(--device_map, --max_memory); it needs every layer on one device");
   }
   const int64_t t = input_ids.size(1);
-  auto pos = positions.to(options_.device, at::kLong);
-  auto branch = branches.to(options_.device, at::kLong);
   if (positions.device().is_cpu()) {
     // The rotary tables cover the T slots: a position outside them would read past their end.
     const auto lo = positions.min().item<int64_t>(), hi = positions.max().item<int64_t>();
     if (lo < 0 || hi >= t) {
       throw std::invalid_argument(
-          fmt::format("forward_branched: position {} is outside [0, {}) of a step of {} tokens", lo < 0 ? lo : hi, t, t));
+          fmt::format("forward_tree: position {} is outside [0, {}) of a step of {} tokens", lo < 0 ? lo : hi, t, t));
     }
   }
+  if (ends.device().is_cpu()) {
+    // A token's subtree holds it and lies within the row; -1 marks padding.
+    const auto e = ends.to(at::kLong);
+    const auto slot = at::arange(t, e.options()).unsqueeze(0);
+    const auto bad = e.ne(-1).logical_and(e.le(slot).logical_or(e.gt(t))).nonzero();
+    if (bad.size(0) > 0) {
+      const int64_t r = bad[0][0].item<int64_t>(), j = bad[0][1].item<int64_t>();
+      throw std::invalid_argument(fmt::format("forward_tree: the token at slot {} of row {} ends at {}, outside ({}, {}]",
+                                              j, r, e[r][j].item<int64_t>(), j, t));
+    }
+  }
+  auto pos = positions.to(options_.device, at::kLong);
+  auto end = ends.to(options_.device, at::kLong);
   KVCache cache(input_ids.size(0), t, options_.device);
-  auto tokens = branch.ge(0);
-  return run_step(input_ids, cache, pos, tokens, branch.clamp_min(0), /*whole_rows=*/false);
+  return run_step(input_ids, cache, pos, end.ge(0), end.clamp_min(0), /*whole_rows=*/false);
 }
 
 at::Tensor CausalLM::run_step(const at::Tensor& input_ids, KVCache& cache, const at::Tensor& positions,
-                              const at::Tensor& tokens, const at::Tensor& branches, bool whole_rows) const {
+                              const at::Tensor& tokens, const at::Tensor& ends, bool whole_rows) const {
   if (input_ids.device().is_cpu()) {
     // Range-checked as embed() checks them; ids already on the device are trusted (no synchronisation).
     const auto lo = input_ids.min().item<int64_t>(), hi = input_ids.max().item<int64_t>();
@@ -783,7 +793,7 @@ at::Tensor CausalLM::run_step(const at::Tensor& input_ids, KVCache& cache, const
           fmt::format("token id {} is outside the vocabulary [0, {})", lo < 0 ? lo : hi, config_.vocab_size));
     }
   }
-  cache.begin_step(positions, tokens, branches);
+  cache.begin_step(positions, tokens, ends);
   try {
     detail::Step step(cache, positions, whole_rows);
     auto h = arch_->embed_step(*this, input_ids.to(options_.device, at::kLong), step);

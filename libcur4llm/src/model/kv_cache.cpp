@@ -5,6 +5,7 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
+#include <limits>
 #include <stdexcept>
 #include <string>
 
@@ -61,7 +62,7 @@ KVCache KVCache::select_rows(const at::Tensor& rows) const {
   out.valid_ = valid_.index_select(0, index);
   out.positions_ = positions_.index_select(0, index);
   out.next_positions_ = next_positions_.index_select(0, index);
-  if (branches_.defined()) out.branches_ = branches_.index_select(0, index);
+  if (ends_.defined()) out.ends_ = ends_.index_select(0, index);
   out.keys_.resize(keys_.size());
   out.values_.resize(values_.size());
   for (size_t l = 0; l < keys_.size(); ++l) {
@@ -113,7 +114,7 @@ std::pair<at::Tensor, at::Tensor> KVCache::writable(int64_t layer, const at::Ten
   return {keys_[layer], values_[layer]};
 }
 
-void KVCache::begin_step(const at::Tensor& positions, const at::Tensor& mask, const at::Tensor& branches) {
+void KVCache::begin_step(const at::Tensor& positions, const at::Tensor& mask, const at::Tensor& ends) {
   if (step_tokens_ != 0) throw std::logic_error("KVCache::begin_step: the previous step was not ended");
   const int64_t t = positions.size(1);
   if (positions.size(0) != batch_ || mask.sizes() != positions.sizes()) {
@@ -124,19 +125,20 @@ void KVCache::begin_step(const at::Tensor& positions, const at::Tensor& mask, co
     throw std::invalid_argument(fmt::format("KVCache: {} more tokens do not fit: {} of {} slots are used", t, length_,
                                             capacity_));
   }
-  if (branches.defined() && branches.sizes() != positions.sizes()) {
-    throw std::invalid_argument(fmt::format("KVCache: branches {} for a step of positions {}", shape(branches),
+  if (ends.defined() && ends.sizes() != positions.sizes()) {
+    throw std::invalid_argument(fmt::format("KVCache: ends {} for a step of positions {}", shape(ends),
                                             shape(positions)));
   }
-  if (branches.defined() && !branches_.defined()) {
-    branches_ = at::zeros({batch_, capacity_}, at::TensorOptions().dtype(at::kLong).device(device_));
+  constexpr int64_t never = std::numeric_limits<int64_t>::max();  // seen by every later token
+  if (ends.defined() && !ends_.defined()) {
+    ends_ = at::full({batch_, capacity_}, never, at::TensorOptions().dtype(at::kLong).device(device_));
   }
-  if (branches_.defined()) {
-    auto slots = branches_.narrow(1, length_, t);
-    if (branches.defined()) {
-      slots.copy_(branches);
+  if (ends_.defined()) {
+    auto slots = ends_.narrow(1, length_, t);
+    if (ends.defined()) {
+      slots.copy_(ends.to(device_, at::kLong) + length_);
     } else {
-      slots.zero_();
+      slots.fill_(never);
     }
   }
   valid_.narrow(1, length_, t).copy_(mask);

@@ -51,19 +51,19 @@ struct ScoreOptions {
   int64_t max_length = 0;          ///< longest input; 0: the model's max_position_embeddings (2048 if unset)
   bool show_progress = false;      ///< a progress line on stderr
   bool add_special_tokens = true;  ///< evaluate_tasks: the tokenizer's BOS (false: none, as harness < 0.4.9)
-  bool share_prefixes = true;      ///< rows that begin alike run their common tokens once (KV cache; one device)
-  int64_t min_shared_prefix = 0;   ///< shortest common beginning worth a shared pass; 0: 16
-  /// Longest packed row: a group of rows whose beginning and own tokens together are no longer
-  /// runs as one row, its members as branches after the beginning; larger groups go through a KV
-  /// cache. 0: the model's hidden size, kept within [256, 8192]; -1: never packed.
+  bool share_prefixes = true;      ///< rows that begin alike run their common tokens once (models on one device)
+  int64_t min_shared_prefix = 0;   ///< shortest common beginning worth sharing; 0: 16
+  /// Widest packed row: rows whose prefix tree (every distinct beginning once) has no more tokens
+  /// may run as one row; a group of rows that share a longer tree goes through a KV cache.
+  /// 0: the model's hidden size, kept within [256, 8192]; -1: never packed.
   int64_t max_packed_tokens = 0;
 };
 
 /// What score_requests ran.
 struct ScoreStats {
   int64_t rows = 0;           ///< distinct inputs
-  int64_t shared_groups = 0;  ///< groups of rows whose common beginning ran once
-  int64_t packed_groups = 0;  ///< of which ran as one packed row (ScoreOptions::max_packed_tokens)
+  int64_t shared_groups = 0;  ///< groups of rows whose common beginnings ran once
+  int64_t packed_groups = 0;  ///< of which ran as one packed row, a prefix tree (ScoreOptions::max_packed_tokens)
   int64_t tokens = 0;         ///< token positions run through the layers, padding not counted
 };
 
@@ -79,10 +79,10 @@ EncodedRequest encode_request(const tokenize::Tokenizer& tokenizer, const Loglik
 /// Scores encoded requests. Inputs longer than max_length keep their last
 /// tokens, as the harness truncates; requests with the same input tokens share
 /// one row. Rows that begin with the same tokens (a context and its endings,
-/// MMLU's few-shot examples) run those tokens once, with their own ends as
-/// branches after them in one packed row or through a KV cache
-/// (ScoreOptions::share_prefixes, models on one device); the other rows are
-/// sorted by length and right-padded into batches.
+/// MMLU's few-shot examples) run those tokens once: as one packed row holding
+/// their prefix tree, or through a KV cache (ScoreOptions::share_prefixes,
+/// models on one device); the other rows are sorted by length and
+/// right-padded into batches.
 /// Works on the model's device (CPU or CUDA); the log-softmax runs in float32.
 /// std::invalid_argument if a request has no continuation tokens. `stats`, if
 /// given, receives what ran.

@@ -157,15 +157,17 @@ class CausalLM {
   /// [B, T, hidden] of the new tokens (final_hidden() not applied yet).
   at::Tensor forward_cached_hidden(const at::Tensor& input_ids, KVCache& cache, const at::Tensor& mask = {}) const;
   /// The last decoder layer's hidden states [B, T, hidden] (final_hidden() not
-  /// applied) of rows that each hold a trunk and branches after it, in one pass
-  /// (as forward_cached_hidden through an empty cache of T slots): a token sees
-  /// the earlier tokens of the trunk and of its own branch, never another
-  /// branch's, e.g. a context followed by its candidate continuations, each
-  /// scored as if it followed the context alone. `branches` [B, T] int64: 0 for
-  /// the trunk, b > 0 for branch b, -1 for padding; `positions` [B, T] int64 in
-  /// [0, T): each token's position (a branch's continue its trunk's).
-  at::Tensor forward_branched_hidden(const at::Tensor& input_ids, const at::Tensor& positions,
-                                     const at::Tensor& branches) const;
+  /// applied) of rows that each hold a tree of tokens, in one pass (as
+  /// forward_cached_hidden through an empty cache of T slots): sequences that
+  /// begin alike, their common beginning once, e.g. a context followed by its
+  /// candidate continuations, each scored as if it followed the context alone.
+  /// The tree is laid out depth first: a token is followed by its subtree, the
+  /// tokens that continue it. `ends` [B, T] int64: the slot after the last of
+  /// each token's subtree (in (slot, T]; -1 for padding); a token sees itself
+  /// and the earlier tokens whose subtree holds it, never a sibling's.
+  /// `positions` [B, T] int64 in [0, T): each token's depth in its tree.
+  at::Tensor forward_tree_hidden(const at::Tensor& input_ids, const at::Tensor& positions,
+                                 const at::Tensor& ends) const;
   /// Whether every layer and the head run on device() with nothing offloaded,
   /// as forward_cached() needs (a KV cache lives on one device).
   bool on_one_device() const;
@@ -232,10 +234,10 @@ class CausalLM {
   // for the call): layers() for one batch.
   at::Tensor run_layer(int64_t index, const at::Tensor& hidden) const;
   // The layers over a step of `cache` whose tokens have `positions`, `tokens` (false: padding)
-  // and `branches` (undefined: the trunk), all [B, T] on device(): forward_cached_hidden's work.
-  // `whole_rows`: the caller knows there is no padding and no branch (detail::Step).
+  // and `ends` (KVCache::ends; undefined: none), all [B, T] on device(): forward_cached_hidden's work.
+  // `whole_rows`: the caller knows there is no padding and no tree (detail::Step).
   at::Tensor run_step(const at::Tensor& input_ids, KVCache& cache, const at::Tensor& positions,
-                      const at::Tensor& tokens, const at::Tensor& branches, bool whole_rows) const;
+                      const at::Tensor& tokens, const at::Tensor& ends, bool whole_rows) const;
   // Every slot tensor (LinearSlot::state()) and norm of decoder layer `index`.
   std::vector<at::Tensor> layer_tensors(int64_t index) const;
 

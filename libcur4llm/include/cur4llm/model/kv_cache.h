@@ -66,16 +66,18 @@ class KVCache {
   /// [batch] int64: the position the next token of each row will have.
   const at::Tensor& next_positions() const { return next_positions_; }
 
-  /// [batch, capacity] int64: the branch of each slot's token (0: the trunk, which every later
-  /// token of the row sees; b > 0: seen only by later tokens of branch b); undefined unless a
-  /// step gave branches (then every slot is of the trunk).
-  const at::Tensor& branches() const { return branches_; }
+  /// [batch, capacity] int64: for each slot, the first slot whose token no longer sees it. A token
+  /// at slot i sees an earlier slot j only where i < ends()[j]: tokens laid out as a tree, depth
+  /// first, each slot's end the end of its subtree. Undefined unless a step gave ends (then every
+  /// token sees every earlier one of its row).
+  const at::Tensor& ends() const { return ends_; }
 
   /// Starts a step of T tokens: slots [length(), length() + T) hold tokens at `positions` [batch, T]
-  /// (int64), of the row where `mask` [batch, T] (bool) is true, padding elsewhere, and of the
-  /// branches `branches` [batch, T] (int64, see branches(); undefined: the trunk). Called by
-  /// CausalLM::forward_cached before the layers write; std::invalid_argument if T slots are not free.
-  void begin_step(const at::Tensor& positions, const at::Tensor& mask, const at::Tensor& branches = {});
+  /// (int64), of the row where `mask` [batch, T] (bool) is true, padding elsewhere, with the ends
+  /// `ends` [batch, T] (int64, see ends(), counted from the step's first slot; undefined: seen by
+  /// every later token). Called by CausalLM::forward_cached before the layers write;
+  /// std::invalid_argument if T slots are not free.
+  void begin_step(const at::Tensor& positions, const at::Tensor& mask, const at::Tensor& ends = {});
   /// Ends the step begun last: length() and next_positions() move past its tokens.
   void end_step();
   /// Drops the step begun last (after an error): the cache is as before it.
@@ -92,7 +94,7 @@ class KVCache {
   at::Tensor step_counts_;  // [batch]: valid tokens of the step, per row
   std::vector<at::Tensor> keys_, values_;
   at::Tensor valid_, positions_, next_positions_;
-  at::Tensor branches_;  // undefined until a step has branches
+  at::Tensor ends_;  // undefined until a step has ends
 };
 
 }  // namespace cur4llm::model
