@@ -136,20 +136,15 @@ if [[ $parts == *" kernels "* ]]; then
   stamp "kernels"
 fi
 if [[ $parts == *" int4 "* ]]; then
-  # The int4 kernel's launch shapes (CUR4LLM_INT4_SHAPE="warps,chunks,blocks[v|s]"): one-token
-  # products of the LLaMA-7B shapes, then a whole int4 step at a 512-token prompt, each shape
-  # in its own processes, the likeliest first (the budget may end the list).
-  for shape in ${INT4_SHAPES:-8,2,2 8,2,2s 4,2,4s 8,2,1 16,2,1 8,4,1 8,2,2v 16,1,1 4,4,2 8,4,1v 16,2,1v}; do
-    # Each shape checked first (the tensor-core int4 test), then timed.
-    CUR4LLM_INT4_SHAPE=$shape timeout "$(left 30)" $build/tests/test_packed_quant "CUDA: int4 on the tensor cores*" \
-      -r compact 2>&1 | tail -1 | sed "s/^/int4 shape $shape: /" | tee -a "$log"
-    CUR4LLM_INT4_SHAPE=$shape timeout "$(left 30)" $build/benchmarks/bench_linear --device cuda --dtype bf16 \
-      --shapes 4096x4096,4096x11008,11008x4096,4096x12288,4096x22016 --tokens 1 --ratios "" --packed rtn_int4 \
-      --decode_iters 300 2>&1 | sed "s/^{/{\"int4_shape\": \"$shape\", /" | tee -a "$out/bench_linear.jsonl"
-    CUR4LLM_INT4_SHAPE=$shape timeout "$(left 40)" $bench --config benchmarks/configs/llama-7b.json --device cuda \
-      --dtype bf16 --batch 1 --prompt_len 512 --new_tokens 128 --graph 1 --factorize packed:rtn_int4 2>&1 |
-      sed "s/^{/{\"int4_shape\": \"$shape\", /" | tee -a "$out/bench_decode.jsonl"
-  done
+  # The int4 kernel: its tensor-core test, one-token products of the LLaMA-7B shapes, then
+  # whole steps at a 512-token prompt, dense bf16 and int4, in one process.
+  timeout "$(left 30)" $build/tests/test_packed_quant "CUDA: int4 on the tensor cores*" -r compact 2>&1 | tail -1 |
+    sed "s/^/int4 kernel: /" | tee -a "$log"
+  timeout "$(left 30)" $build/benchmarks/bench_linear --device cuda --dtype bf16 \
+    --shapes 4096x4096,4096x11008,11008x4096,4096x12288,4096x22016 --tokens 1 --ratios "" --packed rtn_int4 \
+    --decode_iters 300 2>&1 | sed 's/^{/{"int4_shape": "16,1,1", /' | tee -a "$out/bench_linear.jsonl"
+  timeout "$(left 60)" $bench --config benchmarks/configs/llama-7b.json --device cuda --dtype bf16 --batch 1 \
+    --prompt_len 512 --new_tokens 128 --graph 1 --factorize dense,packed:rtn_int4 2>&1 | tee -a "$out/bench_decode.jsonl"
   python3 benchmarks/shapes_summary.py "$out/bench_linear.jsonl" "$out/bench_decode.jsonl" | tee -a "$log"
   stamp "int4"
 fi

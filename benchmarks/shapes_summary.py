@@ -22,7 +22,8 @@ from kernels_summary import read  # noqa: E402
 def int4_tables(linear_path, decode_path):
     rows, shapes = {}, []
     for j in read(linear_path):
-        if "int4_shape" not in j or j.get("kind") != "packed_rtn_int4" or j.get("tokens") != 1:
+        if ("int4_shape" not in j or j.get("benchmark") != "linear" or j.get("kind") != "packed_rtn_int4"
+                or j.get("tokens") != 1):
             continue
         shape = "%dx%d" % (j["in"], j["out"])
         if shape not in shapes:

@@ -653,7 +653,8 @@ TEST_CASE("CUDA: decoding attention over many cache slots, model-sized heads, wi
         const auto fused = decode(true);
         INFO(c10::toString(dtype) << ", vector loads " << vector_loads);
         const double err = (fused - plain).pow(2).mean().item<double>() / plain.pow(2).mean().item<double>();
-        CHECK(err < 1e-4);
+        // bfloat16 keeps 3 fewer bits than half: 64 times the squared rounding, bounded at 4x here.
+        CHECK(err < (dtype == at::kBFloat16 ? 4e-4 : 1e-4));
       }
     }
   }

@@ -256,15 +256,15 @@ TEST_CASE("CUDA: a model-sized LLaMA decodes on the dense tensor-core kernel as 
   auto lm = random_on_cuda(config, at::kBFloat16);
   REQUIRE(lm->group_projections() == 2 * config.num_layers);  // as the generate app runs it
   c10::InferenceMode guard;
-  const auto ids = random_ids(config, 2, 12, 12).cuda();
-  // A prefill of 8 tokens (cuBLAS either way), then steps of 2 rows x 1 token: every Linear of a
+  const auto ids = random_ids(config, 2, 13, 12).cuda();
+  // A prefill of 9 tokens (more than the kernel takes: cuBLAS either way), then steps of 2 rows x 1 token: every Linear of a
   // step on the kernel (q/k/v with the norm inside, o_proj and down_proj into the residual, the
   // gate in gate/up's launch) or on cuBLAS with the norm, the addition and the gate apart.
   auto decode = [&] {
     std::vector<at::Tensor> logits;
-    cur4llm::model::KVCache cache(2, 16, lm->device());
-    logits.push_back(lm->forward_cached(ids.narrow(1, 0, 8), cache).to(at::kFloat));
-    for (int64_t t = 8; t < 12; ++t) logits.push_back(lm->forward_cached(ids.narrow(1, t, 1), cache).to(at::kFloat));
+    cur4llm::model::KVCache cache(2, 17, lm->device());
+    logits.push_back(lm->forward_cached(ids.narrow(1, 0, 9), cache).to(at::kFloat));
+    for (int64_t t = 9; t < 13; ++t) logits.push_back(lm->forward_cached(ids.narrow(1, t, 1), cache).to(at::kFloat));
     return logits;
   };
   cur4llm::test::KernelScope kernels{{Kernel::dense_mma, false}, {Kernel::norm_in_product, false}};

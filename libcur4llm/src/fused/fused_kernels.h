@@ -134,10 +134,6 @@ struct MmaLinearArgs {
   /// to x before the product (rounded to the element type) and the token's scale to its sums.
   const void* norm_weight = nullptr;
   float norm_eps = 0.f;
-  /// A launch split over the columns (set by linear_mma, not by callers): the slices' partial sums
-  /// and each row block's count of slices done, both on the launch's stream's workspace.
-  float* split_sums = nullptr;
-  unsigned* split_counts = nullptr;
 };
 
 /// Whether linear_mma takes these: half or bfloat16, 1..kLinearMmaMaxTokens tokens, cols (and

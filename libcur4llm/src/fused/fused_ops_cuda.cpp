@@ -534,7 +534,16 @@ at::Tensor causal_attention_cudnn(const at::Tensor& q, const at::Tensor& k, cons
   // Short sequences (decoding) take ATen's choice.
   if (q.dim() != 4 || k.sizes() != q.sizes() || v.sizes() != q.sizes() || q.size(2) < 128) return {};
   const int64_t dim = q.size(3);
-  if (dim > 128 || dim % 8 != 0 || q.stride(3) != 1 || k.stride(3) != 1 || v.stride(3) != 1) return {};
+  if (dim > 128 || dim % 8 != 0) return {};
+  // [B, H, S, D] with no gaps, laid out so or as [B, S, H, D] transposed: a KV cache's slice (rows
+  // `capacity` apart) gave wrong sums in half precision on an H100 (cuDNN 9, PyTorch 2.11) and
+  // goes to ATen's choice.
+  const auto packed = [](const at::Tensor& t) {
+    const int64_t h = t.size(1), s = t.size(2), d = t.size(3);
+    return t.stride(3) == 1 && (t.size(0) == 1 || t.stride(0) == h * s * d) &&
+           ((t.stride(2) == d && t.stride(1) == s * d) || (t.stride(1) == d && t.stride(2) == h * d));
+  };
+  if (!packed(q) || !packed(k) || !packed(v)) return {};
   const uint32_t bit = uint32_t{1} << (dim / 8);
   if ((refused_dims.load() & bit) != 0) return {};
   if (at::cuda::getDeviceProperties(q.device().index())->major < 9) return {};

@@ -10,8 +10,8 @@
 // (the residual's addition, the SiLU gate) and no split of the columns across launches.
 //
 // Layout of the work. A block takes two tiles of 16 rows (rows 32b..32b+31, or, for a SiLU
-// pair, gate rows 16b.. and the up rows half a matrix further) and its 8 warps split the columns
-// in chunks of 128 (for int4, inside one quantization group: group % 128 == 0): lane (g, c) of
+// pair, gate rows 16b.. and the up rows half a matrix further) and its warps (8 for dense weights,
+// 16 for int4) split the columns in chunks of 128 (for int4, inside one quantization group: group % 128 == 0): lane (g, c) of
 // a warp (g = lane / 4, c = lane % 4) reads the 32 columns c*32..c*32+31 of a chunk for each of
 // its rows (g and g + 8 of each tile) and the same columns of token g's input.
 //
@@ -28,8 +28,9 @@
 // (|code - zero| <= 15). Each int4 chunk's sums are then scaled by their rows' group scales.
 //
 // Measured on an H100 (docs/generate.md), the int4 products gained about 10% over the scalar
-// kernel and read their codes at about 1.7 TB/s: what bounds them is how many loads a warp
-// keeps in flight (two chunks, then the work on them), not the arithmetic.
+// kernel and read their codes at about 1.7 TB/s; a weight that stays in L2 between replays is
+// read no faster (docs/architecture.md), so what bounds them is the work a warp does between
+// its loads, not the memory.
 //
 // int4 weights are not rounded to the element type; products are exact and summed in float
 // (the tensor cores' accumulation), the result rounded once.
@@ -47,13 +48,9 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
-#include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <map>
-#include <mutex>
 #include <type_traits>
-#include <utility>
 
 namespace cur4llm::fused::kernels {
 namespace {
@@ -167,39 +164,35 @@ struct Rows {
 // beta 1), rounded once; or, for a SiLU pair, the gate's and up's sums are rounded and gated.
 // With an input norm, each token's sums are first scaled by 1 / sqrt(mean of its squares + eps)
 // (`squares`: the lane's part of token lane / 4's). part: shared memory for kPartFloats floats
-// a warp, warp w's at part + w * kPartFloats: 256 sums (tile, lane, k), then 8 tokens' squares.
+// a warp, warp w's at part + w * kPartFloats.
 constexpr int kPartFloats = 256 + 8;
-
-// The warp's sums and its tokens' squares into its part of `part`, then a barrier.
-__device__ inline void warp_parts(const float (&acc)[2][4], float squares, float* part) {
+template <typename T, int W>
+__device__ inline void finish(const MmaLinearArgs& p, const Rows& rows, const float (&acc)[2][4], float squares,
+                              float* part) {
+  constexpr int stride = kPartFloats;
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  float* mine = part + warp * kPartFloats;
 #pragma unroll
   for (int t = 0; t < 2; ++t) {
 #pragma unroll
-    for (int k = 0; k < 4; ++k) mine[(t * 32 + lane) * 4 + k] = acc[t][k];
+    for (int k = 0; k < 4; ++k) part[warp * stride + (t * 32 + lane) * 4 + k] = acc[t][k];
   }
-  squares += __shfl_xor_sync(0xffffffffu, squares, 1);  // the 4 lanes of one token
-  squares += __shfl_xor_sync(0xffffffffu, squares, 2);
-  if (lane % 4 == 0) mine[256 + lane / 4] = squares;
-  __syncthreads();
-}
-
-// The outputs from the sums of the first kParts parts of `part`, by the block's kThreads threads.
-template <typename T, int kThreads, int kParts>
-__device__ inline void epilogue(const MmaLinearArgs& p, const Rows& rows, const float* part) {
-  constexpr int stride = kPartFloats;
   const bool normed = p.norm_weight != nullptr;
+  if (normed) {
+    squares += __shfl_xor_sync(0xffffffffu, squares, 1);  // the 4 lanes of one token
+    squares += __shfl_xor_sync(0xffffffffu, squares, 2);
+    if (lane % 4 == 0) part[warp * stride + 256 + lane / 4] = squares;
+  }
+  __syncthreads();
   auto norm_scale = [&](int token) {
     if (!normed) return 1.f;
     float total = 0.f;
 #pragma unroll
-    for (int wp = 0; wp < kParts; ++wp) total += part[wp * stride + 256 + token];
+    for (int wp = 0; wp < W; ++wp) total += part[wp * stride + 256 + token];
     return rsqrtf(total / static_cast<float>(p.cols) + p.norm_eps);
   };
   const T* bias = static_cast<const T*>(p.bias);
   T* y = static_cast<T*>(p.y);
-  for (int i = threadIdx.x; i < 2 * 32 * 4; i += kThreads) {
+  for (int i = threadIdx.x; i < 2 * 32 * 4; i += W * 32) {
     const int tile = i / 128, l = (i / 4) % 32, k = i % 4;
     const int token = 2 * (l % 4) + k % 2;  // acc[t]: (row g, tokens 2c, 2c + 1), then row g + 8
     const int64_t in_tile = l / 4 + 8 * (k / 2);
@@ -207,7 +200,7 @@ __device__ inline void epilogue(const MmaLinearArgs& p, const Rows& rows, const 
     auto sum = [&](int t) {
       float v = 0.f;
 #pragma unroll
-      for (int wp = 0; wp < kParts; ++wp) v += part[wp * stride + (t * 32 + l) * 4 + k];
+      for (int wp = 0; wp < W; ++wp) v += part[wp * stride + (t * 32 + l) * 4 + k];
       return v;
     };
     if (p.silu_pair) {
@@ -226,47 +219,6 @@ __device__ inline void epilogue(const MmaLinearArgs& p, const Rows& rows, const 
     if (p.residual != nullptr) v += Elem<T>::load(static_cast<const T*>(p.residual)[token * p.rows + r]);
     y[token * p.rows + r] = Elem<T>::store(v);
   }
-}
-
-template <typename T, int W>
-__device__ inline void finish(const MmaLinearArgs& p, const Rows& rows, const float (&acc)[2][4], float squares,
-                              float* part) {
-  warp_parts(acc, squares, part);
-  epilogue<T, W * 32, W>(p, rows, part);
-}
-
-// A launch split over the columns (gridDim.y slices of them): each block leaves its sums in the
-// workspace (MmaLinearArgs::split_sums) and counts itself in its row block's counter; the last
-// of a row block's slices to arrive adds the slices' sums in slice order (the same result
-// whatever the order of arrival), sets the counter back to zero for the next launch and writes
-// the outputs.
-template <typename T, int W>
-__device__ inline void finish_split(const MmaLinearArgs& p, const Rows& rows, const float (&acc)[2][4],
-                                    float squares, float* part) {
-  warp_parts(acc, squares, part);
-  const int slices = static_cast<int>(gridDim.y);
-  float* area = p.split_sums + static_cast<int64_t>(blockIdx.x) * slices * kPartFloats;
-  for (int i = threadIdx.x; i < kPartFloats; i += W * 32) {
-    float v = 0.f;
-#pragma unroll
-    for (int wp = 0; wp < W; ++wp) v += part[wp * kPartFloats + i];
-    area[blockIdx.y * kPartFloats + i] = v;
-  }
-  __threadfence();  // the sums are visible before the count says so
-  __syncthreads();
-  __shared__ bool last;
-  if (threadIdx.x == 0) last = atomicAdd(p.split_counts + blockIdx.x, 1u) == static_cast<unsigned>(slices - 1);
-  __syncthreads();
-  if (!last) return;
-  __threadfence();
-  for (int i = threadIdx.x; i < kPartFloats; i += W * 32) {
-    float v = 0.f;
-    for (int sl = 0; sl < slices; ++sl) v += __ldcg(area + sl * kPartFloats + i);
-    part[i] = v;
-  }
-  if (threadIdx.x == 0) p.split_counts[blockIdx.x] = 0u;
-  __syncthreads();
-  epilogue<T, W * 32, 1>(p, rows, part);
 }
 
 // The 16 mmas of a chunk into d: for each 8 columns j of the lane's strip and each half h, the
@@ -329,89 +281,49 @@ __device__ inline void int4_chunk(const uint4 (&w)[4], const uint4 (&xv)[4], con
   }
 }
 
-// U consecutive halves from p (aligned to 2U bytes) as floats: out[u][i] = p[u].
-template <int U>
-__device__ inline void load_halves(const __half* p, float (&out)[U][4], int i) {
-  if constexpr (U == 1) {
-    out[0][i] = __half2float(__ldg(p));
-  } else if constexpr (U == 2) {
-    const float2 v = __half22float2(__ldg(reinterpret_cast<const __half2*>(p)));
-    out[0][i] = v.x, out[1][i] = v.y;
-  } else {
-    static_assert(U == 4, "1, 2 or 4 halves");
-    const uint2 raw = __ldg(reinterpret_cast<const uint2*>(p));
-    const float2 a = __half22float2(bits_as<__half2>(raw.x)), b = __half22float2(bits_as<__half2>(raw.y));
-    out[0][i] = a.x, out[1][i] = a.y, out[2][i] = b.x, out[3][i] = b.y;
-  }
-}
-
 // Packed int4 weights. W: warps of a block; kUnroll: consecutive chunks whose loads a warp
 // issues together; kMinBlocks: blocks a multiprocessor must hold (bounds the registers).
-// kVecScales: one group a chunk and whole passes (chunks % kUnroll == 0, scales and zeros
-// aligned to 2 kUnroll bytes), so a pass reads each row's kUnroll scales (and zero points) in
-// one load instead of kUnroll. kSplit: block (x, y) takes the y-th of gridDim.y slices of the
-// chunks, and the slices' sums meet in the workspace (finish_split), so that layers of few rows
-// still give every multiprocessor blocks.
-template <typename T, int W, int kUnroll, int kMinBlocks, bool kVecScales = false, bool kSplit = false>
+template <typename T, int W, int kUnroll, int kMinBlocks>
 __global__ void __launch_bounds__(W * 32, kMinBlocks) int4_mma_kernel(const MmaLinearArgs p) {
   static_assert(Pack<T>::kSize == 8, "16-bit elements");
-  static_assert(!(kVecScales && kSplit), "slices need not be whole passes");
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const int g = lane / 4, c = lane % 4;
   const Rows rows(p, g);
   const int64_t row_bytes = p.cols / 2, groups = (p.cols + p.group - 1) / p.group;
   const bool has_x = g < p.tokens;  // lanes of token g >= tokens feed zeros
   const T* xr = static_cast<const T*>(p.x) + (has_x ? g : 0) * p.cols + c * 32;
-  int begin = 0, end = static_cast<int>(p.cols / kChunk);  // the block's chunks
-  if constexpr (kSplit) {
-    const int64_t chunks = end;
-    begin = static_cast<int>(chunks * blockIdx.y / gridDim.y);
-    end = static_cast<int>(chunks * (blockIdx.y + 1) / gridDim.y);
-  }
+  const int chunks = static_cast<int>(p.cols / kChunk);
   const auto* scales = static_cast<const __half*>(p.scales);
   const auto* zeros = static_cast<const __half*>(p.zeros);
 
   float acc[2][4] = {}, squares = 0.f;
-  for (int base = begin + warp * kUnroll; base < end; base += W * kUnroll) {
+  for (int base = warp * kUnroll; base < chunks; base += W * kUnroll) {
     // Every load of the pass first, so that they are in flight together.
     uint4 w[kUnroll][4], xv[kUnroll][4];
     float scale[kUnroll][4], zero[kUnroll][4];
-    if constexpr (kVecScales) {
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        load_halves<kUnroll>(scales + rows.lane[i] * groups + base, scale, i);
-        load_halves<kUnroll>(zeros + rows.lane[i] * groups + base, zero, i);
-      }
-    }
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
       const int ch = base + u;
-      if (ch >= end) break;
+      if (ch >= chunks) break;
       const int64_t gi = static_cast<int64_t>(ch) * kChunk / p.group;
 #pragma unroll
       for (int i = 0; i < 4; ++i) {
         w[u][i] = load16(p.q + rows.lane[i] * row_bytes + static_cast<int64_t>(ch) * (kChunk / 2) + c * 16);
-        if constexpr (!kVecScales) {
-          scale[u][i] = __half2float(scales[rows.lane[i] * groups + gi]);
-          zero[u][i] = __half2float(zeros[rows.lane[i] * groups + gi]);
-        }
+        scale[u][i] = __half2float(scales[rows.lane[i] * groups + gi]);
+        zero[u][i] = __half2float(zeros[rows.lane[i] * groups + gi]);
         xv[u][i] = has_x ? load16(xr + static_cast<int64_t>(ch) * kChunk + 8 * i) : make_uint4(0, 0, 0, 0);
       }
     }
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
       const int ch = base + u;
-      if (ch >= end) break;
+      if (ch >= chunks) break;
       if (has_x) prepare_inputs<T>(p, ch, c, xv[u], squares);
       int4_chunk<T>(w[u], xv[u], scale[u], zero[u], acc);
     }
   }
   __shared__ float part[W * kPartFloats];
-  if (kSplit && gridDim.y > 1) {
-    finish_split<T, W>(p, rows, acc, squares, part);
-  } else {
-    finish<T, W>(p, rows, acc, squares, part);
-  }
+  finish<T, W>(p, rows, acc, squares, part);
 }
 
 // Dense 16-bit weights [rows, cols] (row-major, x's type): each chunk's 64 bytes a row and lane,
@@ -457,126 +369,6 @@ bool packed_allowed() {
   return allowed;
 }
 
-// Where split launches leave their partial sums: one area per device and stream (launches on
-// one stream run one after another, and each leaves its counters at zero), made outside a CUDA
-// graph's capture at the first split launch on the stream; null if it cannot be made.
-struct SplitArea {
-  float* sums = nullptr;
-  unsigned* counts = nullptr;
-};
-constexpr int64_t kSplitFloats = int64_t{1} << 21;  // 8 MiB: 7,943 (row block, slice) pairs
-constexpr int64_t kSplitBlocks = int64_t{1} << 16;  // row blocks a split launch may have
-const SplitArea* split_area(cudaStream_t stream) {
-  static std::mutex mutex;
-  static std::map<std::pair<int, cudaStream_t>, SplitArea> areas;
-  int device = 0;
-  if (cudaGetDevice(&device) != cudaSuccess) return (void)cudaGetLastError(), nullptr;
-  const std::lock_guard<std::mutex> lock(mutex);
-  const auto key = std::make_pair(device, stream);
-  if (const auto it = areas.find(key); it != areas.end()) return &it->second;
-  cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
-  if (cudaStreamIsCapturing(stream, &status) != cudaSuccess || status != cudaStreamCaptureStatusNone) {
-    return (void)cudaGetLastError(), nullptr;
-  }
-  SplitArea area;
-  if (cudaMalloc(&area.sums, kSplitFloats * sizeof(float)) != cudaSuccess ||
-      cudaMalloc(&area.counts, kSplitBlocks * sizeof(unsigned)) != cudaSuccess ||
-      cudaMemsetAsync(area.counts, 0, kSplitBlocks * sizeof(unsigned), stream) != cudaSuccess) {
-    (void)cudaGetLastError();
-    if (area.sums != nullptr) (void)cudaFree(area.sums);
-    if (area.counts != nullptr) (void)cudaFree(area.counts);
-    return nullptr;
-  }
-  return &areas.emplace(key, area).first->second;
-}
-
-// Slices of the columns for a launch of `blocks` row blocks whose kernel fits `per_sm` blocks on
-// a multiprocessor and whose warps take `per_pass` chunks a pass: of 1 to 8 slices, each at
-// least a pass of every warp, the count that leaves least of the last wave unused (the time of
-// ceil(blocks * n / slots) waves of 1 / n of the work), the fewest among equals; 1 where the
-// stream's workspace cannot hold them. Sets a's workspace for more than one.
-int split_slices(MmaLinearArgs& a, int64_t blocks, int per_pass, int per_sm, cudaStream_t stream) {
-  const int64_t most = std::min<int64_t>(8, a.cols / kChunk / per_pass);
-  const int64_t slots = std::max(1, device_attribute<cudaDevAttrMultiProcessorCount>()) * std::max(1, per_sm);
-  auto cost = [&](int64_t n) { return static_cast<double>((blocks * n + slots - 1) / slots) / static_cast<double>(n); };
-  int64_t best = 1;
-  for (int64_t n = 2; n <= most; ++n) {
-    if (cost(n) < cost(best) - 1e-9) best = n;
-  }
-  if (best < 2 || blocks > kSplitBlocks) return 1;
-  best = std::min(best, kSplitFloats / (blocks * kPartFloats));
-  const SplitArea* area = best >= 2 ? split_area(stream) : nullptr;
-  if (area == nullptr) return 1;
-  a.split_sums = area->sums, a.split_counts = area->counts;
-  return static_cast<int>(best);
-}
-
-// Blocks of `kernel` a multiprocessor holds at `threads` threads a block (once per kernel).
-template <typename Kernel>
-int blocks_per_sm(Kernel kernel, int threads) {
-  int n = 0;
-  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, threads, 0) != cudaSuccess) {
-    (void)cudaGetLastError();
-    n = 1;
-  }
-  return std::max(1, n);
-}
-
-// The int4 kernel of one launch shape; with kVec, the scales a pass at a time where the layer
-// allows it (one group a chunk, whole passes, scales and zeros aligned), else per chunk; with
-// kSplit, the columns split in slices where that fills the multiprocessors better.
-template <typename T, int W, int U, int B, bool kVec, bool kSplit = false>
-void launch_int4(const MmaLinearArgs& a, dim3 grid, cudaStream_t s) {
-  if constexpr (kSplit) {
-    constexpr auto kernel = int4_mma_kernel<T, W, U, B, false, true>;
-    static const int per_sm = blocks_per_sm(kernel, W * 32);
-    MmaLinearArgs split = a;
-    grid.y = static_cast<unsigned>(split_slices(split, grid.x, W * U, per_sm, s));
-    kernel<<<grid, W * 32, 0, s>>>(split);
-    return;
-  }
-  if constexpr (kVec) {
-    const auto fits = [&](const void* p) { return reinterpret_cast<uintptr_t>(p) % (2 * U) == 0; };
-    if (a.group == kChunk && (a.cols / kChunk) % U == 0 && fits(a.scales) && fits(a.zeros)) {
-      int4_mma_kernel<T, W, U, B, true><<<grid, W * 32, 0, s>>>(a);
-      return;
-    }
-  }
-  int4_mma_kernel<T, W, U, B><<<grid, W * 32, 0, s>>>(a);
-}
-
-// CUR4LLM_INT4_SHAPE="warps,chunks,blocks[v|s]" picks the int4 kernel's launch shape, to measure
-// them against each other: warps a block, chunks a warp loads together, blocks a multiprocessor
-// must hold (which bounds the registers), "v" for the scales read a pass at a time, "s" for
-// the columns split in slices (split_slices). Unset: the first; a name not in the table is
-// said once on stderr and the first is used.
-template <typename T>
-using Int4Launch = void (*)(const MmaLinearArgs&, dim3, cudaStream_t);
-
-template <typename T>
-Int4Launch<T> int4_launch() {
-  static const Int4Launch<T> chosen = [] {
-    const struct {
-      const char* name;
-      Int4Launch<T> launch;
-    } shapes[] = {{"8,2,2", launch_int4<T, 8, 2, 2, false>},  {"8,2,1", launch_int4<T, 8, 2, 1, false>},
-                  {"16,2,1", launch_int4<T, 16, 2, 1, false>}, {"8,4,1", launch_int4<T, 8, 4, 1, false>},
-                  {"16,1,1", launch_int4<T, 16, 1, 1, false>}, {"4,4,2", launch_int4<T, 4, 4, 2, false>},
-                  {"8,2,2v", launch_int4<T, 8, 2, 2, true>},   {"8,4,1v", launch_int4<T, 8, 4, 1, true>},
-                  {"16,2,1v", launch_int4<T, 16, 2, 1, true>}, {"8,2,2s", launch_int4<T, 8, 2, 2, false, true>},
-                  {"4,2,4s", launch_int4<T, 4, 2, 4, false, true>}};
-    const char* v = std::getenv("CUR4LLM_INT4_SHAPE");
-    if (v == nullptr) return shapes[0].launch;
-    for (const auto& shape : shapes) {
-      if (std::strcmp(v, shape.name) == 0) return shape.launch;
-    }
-    std::fprintf(stderr, "note: CUR4LLM_INT4_SHAPE=%s is not a launch shape of the int4 kernel; using %s\n", v,
-                 shapes[0].name);
-    return shapes[0].launch;
-  }();
-  return chosen;
-}
-
 template <typename T>
 void launch(const MmaLinearArgs& a, dim3 grid, cudaStream_t s) {
   if (a.weight != nullptr) {
@@ -584,7 +376,10 @@ void launch(const MmaLinearArgs& a, dim3 grid, cudaStream_t s) {
     dense_mma_kernel<T, W><<<grid, W * 32, 0, s>>>(a);
     return;
   }
-  int4_launch<T>()(a, grid, s);
+  // 16 warps a block, each loading one chunk at a time, one block a multiprocessor: of eleven
+  // launch shapes measured on an H100 (docs/architecture.md) the fastest whole int4 step, and
+  // no register spills (119 registers; two chunks at a time spilled at 128).
+  int4_mma_kernel<T, 16, 1, 1><<<grid, 16 * 32, 0, s>>>(a);
 }
 
 bool aligned(const void* p) { return p == nullptr || reinterpret_cast<uintptr_t>(p) % 16 == 0; }
