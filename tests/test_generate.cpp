@@ -22,6 +22,7 @@
 
 #include <fstream>
 #include <string>
+#include <tuple>
 
 using namespace cur4llm;
 using cur4llm::model::CausalLM;
@@ -85,6 +86,79 @@ std::vector<std::vector<int64_t>> prompts_of(const std::vector<int64_t>& lengths
   return test::make_samples(lengths, vocab, 21);
 }
 
+// Two rows of prefix trees laid out by hand (depth first, each slot's token, depth and subtree
+// end): every sequence's logits at its slots equal its own forward's, each within `tol` (close),
+// or, with `nmse`, their normalised mean squared error over the sequence below `tol`. Returns the
+// ids, positions and ends for the callers' own checks.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> check_trees(const CausalLM& lm, double tol, bool nmse = false) {
+  c10::InferenceMode guard;
+  const int64_t vocab = lm.config().vocab_size;
+  // Row 0: sequences that share 7 tokens, two of them 3 more (a subtree of a subtree), one a
+  // prefix of another, and one that leaves the tree right after the root. Row 1: two sequences,
+  // then padding. mistral_window and gemma2_softcap slide over 5 positions: a late leaf sits
+  // more than 5 slots after its ancestors but only its depth in positions.
+  const std::vector<std::vector<std::vector<int64_t>>> rows = {
+      {{3, 9, 4, 17, 2, 8, 11, 6, 14, 2, 5},
+       {3, 9, 4, 17, 2, 8, 11, 6, 14, 2, 9, 1},
+       {3, 9, 4, 17, 2, 8, 11, 10},
+       {3, 9, 4, 17, 2, 8, 11, 10, 4, 13, 7},
+       {3, 12}},
+      {{5, 1, 12, 7, 2, 3, 5, 8, 13, 4, 6, 1}, {5, 1, 12, 7, 15, 16}}};
+  // The layout written out by hand, depth first: slot, token, depth, end of its subtree.
+  struct Slot {
+    int64_t token, depth, end;
+  };
+  const std::vector<std::vector<Slot>> layout = {
+      {{3, 0, 18}, {9, 1, 17}, {4, 2, 17}, {17, 3, 17}, {2, 4, 17}, {8, 5, 17}, {11, 6, 17},  // shared by four
+       {6, 7, 13}, {14, 8, 13}, {2, 9, 13}, {5, 10, 11}, {9, 10, 13}, {1, 11, 13},            // two leaves
+       {10, 7, 17}, {4, 8, 17}, {13, 9, 17}, {7, 10, 17},                                     // one inside another
+       {12, 1, 18}},
+      {{5, 0, 14}, {1, 1, 14}, {12, 2, 14}, {7, 3, 14}, {2, 4, 12}, {3, 5, 12}, {5, 6, 12}, {8, 7, 12},
+       {13, 8, 12}, {4, 9, 12}, {6, 10, 12}, {1, 11, 12}, {15, 4, 14}, {16, 5, 14}}};
+  // Where each sequence's tokens sit, by depth.
+  const std::vector<std::vector<std::vector<int64_t>>> paths = {
+      {{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10},
+       {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 12},
+       {0, 1, 2, 3, 4, 5, 6, 13},
+       {0, 1, 2, 3, 4, 5, 6, 13, 14, 15, 16},
+       {0, 17}},
+      {{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11}, {0, 1, 2, 3, 12, 13}}};
+  const int64_t width = 18;
+  auto ids = at::zeros({2, width}, at::kLong), pos = at::zeros({2, width}, at::kLong);
+  auto ends = at::full({2, width}, -1, at::kLong);
+  for (int64_t r = 0; r < 2; ++r) {
+    const auto& slots = layout[static_cast<size_t>(r)];
+    for (size_t j = 0; j < slots.size(); ++j) {
+      ids[r][static_cast<int64_t>(j)] = slots[j].token % vocab;
+      pos[r][static_cast<int64_t>(j)] = slots[j].depth;
+      ends[r][static_cast<int64_t>(j)] = slots[j].end;
+    }
+  }
+  const auto logits = lm.head(lm.forward_tree_hidden(ids.to(lm.device()), pos, ends)).to(at::kCPU, at::kFloat);
+  for (int64_t r = 0; r < 2; ++r) {
+    for (size_t q = 0; q < rows[static_cast<size_t>(r)].size(); ++q) {
+      const auto& sequence = rows[static_cast<size_t>(r)][q];
+      const auto& path = paths[static_cast<size_t>(r)][q];
+      REQUIRE(path.size() == sequence.size());
+      const auto alone = lm.forward(row_ids(sequence).remainder(vocab).to(lm.device()))[0].to(at::kCPU, at::kFloat);
+      const auto at_path = logits[r].index_select(0, at::tensor(path, at::kLong));
+      INFO("row " << r << ", sequence " << q);
+      for (size_t d = 0; d < path.size(); ++d) {
+        REQUIRE(ids[r][path[d]].item<int64_t>() == sequence[d] % vocab);  // the layout holds the sequence
+      }
+      if (nmse) {
+        CHECK((at_path - alone).pow(2).mean().item<double>() < tol * alone.pow(2).mean().item<double>());
+      } else {
+        for (size_t d = 0; d < path.size(); ++d) {
+          INFO("depth " << d);
+          CHECK(close(at_path[static_cast<int64_t>(d)].unsqueeze(0), alone[static_cast<int64_t>(d)].unsqueeze(0), tol));
+        }
+      }
+    }
+  }
+  return {ids, pos, ends};
+}
+
 }  // namespace
 
 TEST_CASE("cached decoding gives the full forward's logits at every position, every family") {
@@ -124,63 +198,9 @@ TEST_CASE("prefix trees: each sequence of a packed tree gives what it gives alon
                            "qwen3_qknorm"}) {
     INFO(name);
     auto lm = CausalLM::load(model_dir(name));
+    const auto [ids, pos, ends] = check_trees(*lm, 1e-4);
     c10::InferenceMode guard;
-    const int64_t vocab = lm->config().vocab_size;
-    // Row 0: sequences that share 7 tokens, two of them 3 more (a subtree of a subtree), one a
-    // prefix of another, and one that leaves the tree right after the root. Row 1: two sequences,
-    // then padding. mistral_window and gemma2_softcap slide over 5 positions: a late leaf sits
-    // more than 5 slots after its ancestors but only its depth in positions.
-    const std::vector<std::vector<std::vector<int64_t>>> rows = {
-        {{3, 9, 4, 17, 2, 8, 11, 6, 14, 2, 5},
-         {3, 9, 4, 17, 2, 8, 11, 6, 14, 2, 9, 1},
-         {3, 9, 4, 17, 2, 8, 11, 10},
-         {3, 9, 4, 17, 2, 8, 11, 10, 4, 13, 7},
-         {3, 12}},
-        {{5, 1, 12, 7, 2, 3, 5, 8, 13, 4, 6, 1}, {5, 1, 12, 7, 15, 16}}};
-    // The layout written out by hand, depth first: slot, token, depth, end of its subtree.
-    struct Slot {
-      int64_t token, depth, end;
-    };
-    const std::vector<std::vector<Slot>> layout = {
-        {{3, 0, 18}, {9, 1, 17}, {4, 2, 17}, {17, 3, 17}, {2, 4, 17}, {8, 5, 17}, {11, 6, 17},  // shared by four
-         {6, 7, 13}, {14, 8, 13}, {2, 9, 13}, {5, 10, 11}, {9, 10, 13}, {1, 11, 13},            // two leaves
-         {10, 7, 17}, {4, 8, 17}, {13, 9, 17}, {7, 10, 17},                                     // one inside another
-         {12, 1, 18}},
-        {{5, 0, 14}, {1, 1, 14}, {12, 2, 14}, {7, 3, 14}, {2, 4, 12}, {3, 5, 12}, {5, 6, 12}, {8, 7, 12},
-         {13, 8, 12}, {4, 9, 12}, {6, 10, 12}, {1, 11, 12}, {15, 4, 14}, {16, 5, 14}}};
-    // Where each sequence's tokens sit, by depth.
-    const std::vector<std::vector<std::vector<int64_t>>> paths = {
-        {{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10},
-         {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 12},
-         {0, 1, 2, 3, 4, 5, 6, 13},
-         {0, 1, 2, 3, 4, 5, 6, 13, 14, 15, 16},
-         {0, 17}},
-        {{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11}, {0, 1, 2, 3, 12, 13}}};
-    const int64_t width = 18;
-    auto ids = at::zeros({2, width}, at::kLong), pos = at::zeros({2, width}, at::kLong);
-    auto ends = at::full({2, width}, -1, at::kLong);
-    for (int64_t r = 0; r < 2; ++r) {
-      const auto& slots = layout[static_cast<size_t>(r)];
-      for (size_t j = 0; j < slots.size(); ++j) {
-        ids[r][static_cast<int64_t>(j)] = slots[j].token % vocab;
-        pos[r][static_cast<int64_t>(j)] = slots[j].depth;
-        ends[r][static_cast<int64_t>(j)] = slots[j].end;
-      }
-    }
-    const auto logits = lm->head(lm->forward_tree_hidden(ids, pos, ends));
-    for (int64_t r = 0; r < 2; ++r) {
-      for (size_t q = 0; q < rows[static_cast<size_t>(r)].size(); ++q) {
-        const auto& sequence = rows[static_cast<size_t>(r)][q];
-        const auto& path = paths[static_cast<size_t>(r)][q];
-        REQUIRE(path.size() == sequence.size());
-        const auto alone = lm->forward(row_ids(sequence).remainder(vocab))[0];
-        for (size_t d = 0; d < path.size(); ++d) {
-          INFO("row " << r << ", sequence " << q << ", depth " << d);
-          REQUIRE(ids[r][path[d]].item<int64_t>() == sequence[d] % vocab);  // the layout holds the sequence
-          CHECK(close(logits[r][path[d]].unsqueeze(0), alone[static_cast<int64_t>(d)].unsqueeze(0)));
-        }
-      }
-    }
+    const int64_t width = ids.size(1);
     // Sizes that disagree, a position past the row's slots, and ends outside the row or before
     // their own slot are refused.
     CHECK_THROWS_AS(lm->forward_tree_hidden(ids, pos.narrow(1, 0, 5), ends), std::invalid_argument);
@@ -192,6 +212,21 @@ TEST_CASE("prefix trees: each sequence of a packed tree gives what it gives alon
     auto before = ends.clone();
     before[0][5] = 5;
     CHECK_THROWS_AS(lm->forward_tree_hidden(ids, pos, before), std::invalid_argument);
+  }
+}
+
+TEST_CASE("CUDA: prefix trees in bfloat16 and half give each sequence's own logits", "[cuda]") {
+  CUR4LLM_REQUIRE_CUDA();
+  // The step's own keys and values, not a cache's, through the masked attention kernel.
+  for (const char* name : {"llama_gqa", "qwen3_qknorm", "tiny-shakespeare-opt"}) {
+    for (const auto dtype : {at::kBFloat16, at::kHalf}) {
+      INFO(name << ", " << c10::toString(dtype));
+      model::LoadOptions o;
+      o.device = c10::Device(c10::kCUDA);
+      o.dtype = dtype;
+      auto lm = CausalLM::load(model_dir(name), o);
+      (void)check_trees(*lm, 1e-3, /*nmse=*/true);  // a sibling seen by mistake moves it by far more
+    }
   }
 }
 

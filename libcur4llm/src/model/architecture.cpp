@@ -267,8 +267,13 @@ Rotary RotaryCache::get(const ModelConfig& config, int64_t seq_len, c10::Device 
   return rotary_;
 }
 
-Step::Step(KVCache& cache, at::Tensor positions, bool whole_rows)
-    : cache_(cache), positions_(std::move(positions)), causal_prefill_(whole_rows && cache_.length() == 0) {}
+Step::Step(KVCache& cache, at::Tensor positions, bool whole_rows, bool keep_keys)
+    : cache_(cache), positions_(std::move(positions)), causal_prefill_(whole_rows && cache_.length() == 0),
+      keep_keys_(keep_keys) {
+  if (!keep_keys_ && cache_.length() != 0) {
+    throw std::logic_error("internal: a step that keeps no keys needs an empty cache");
+  }
+}
 
 const at::Tensor& Step::allowed(int64_t window) {
   for (const auto& [w, mask] : masks_) {
@@ -334,10 +339,11 @@ at::Tensor cached_attention(const at::Tensor& q_in, const at::Tensor& k_in, cons
   auto k = k_in.reshape({b, t, num_kv_heads, dk});
   const auto v = v_in.reshape({b, t, num_kv_heads, dv});
   KVCache& cache = step.cache();
+  const bool keep = step.keeps_keys();
   bool written = false;  // k (rotated) and v in the cache
   const bool fused_rotary =
       rotary && rotary->cos.size(-2) >= step.rotary_length() && fused::enabled_for(q) && fused::enabled_for(k);
-  if (fused_rotary && t <= 8) {  // rotary_step takes up to 8 tokens a row
+  if (fused_rotary && t <= 8 && keep) {  // rotary_step takes up to 8 tokens a row
     // A decoding step: q rotated, k rotated and v into the cache's slots, in one launch.
     const auto [keys, values] = cache.writable(layer, k.transpose(1, 2), v.transpose(1, 2));
     auto rotated = fused::rotary_step(q, k, v, rotary->cos, rotary->sin, step.positions(), keys, values,
@@ -368,10 +374,11 @@ at::Tensor cached_attention(const at::Tensor& q_in, const at::Tensor& k_in, cons
   }
   // Scores are scaled by `scale` (Gemma-2), else 1/sqrt(head_dim), also for narrowed queries and keys.
   const double s_scale = scale > 0 ? scale : 1.0 / std::sqrt(static_cast<double>(head_dim));
-  if (!written) cache.write(layer, k.transpose(1, 2), v.transpose(1, 2));
+  if (!written && keep) cache.write(layer, k.transpose(1, 2), v.transpose(1, 2));
   const int64_t s = cache.length() + t;
-  auto keys = cache.keys(layer).narrow(2, 0, s);      // [B, kv, S, d]
-  auto values = cache.values(layer).narrow(2, 0, s);  // [B, kv, S, dv]
+  // [B, kv, S, d] and [B, kv, S, dv]: the cache's first S slots, or the step's own (an empty cache).
+  auto keys = keep ? cache.keys(layer).narrow(2, 0, s) : k.transpose(1, 2);
+  auto values = keep ? cache.values(layer).narrow(2, 0, s) : v.transpose(1, 2);
   // The query heads of one KV head side by side: [B, kv, groups*T, d], rows (group, token); no copy of the cache.
   auto q4 = q.transpose(1, 2).reshape({b, num_kv_heads, groups * t, dk});
   at::Tensor out;
@@ -385,8 +392,8 @@ at::Tensor cached_attention(const at::Tensor& q_in, const at::Tensor& k_in, cons
     // A prompt's first pass: the causal triangle over the new tokens, no mask to read. The
     // step's keys (rotated) and values, as the cache now holds them in its first T slots.
     const auto qh = q.transpose(1, 2);  // [B, heads, T, dk]
-    const auto kh = repeat_kv(cache.keys(layer).narrow(2, 0, t), groups);
-    const auto vh = repeat_kv(cache.values(layer).narrow(2, 0, t), groups);
+    const auto kh = repeat_kv(keys, groups);
+    const auto vh = repeat_kv(values, groups);
     return causal_triangle(qh, kh, vh, s_scale).transpose(1, 2).reshape({b, t, num_heads * dv});
 #endif
   }
@@ -401,7 +408,7 @@ at::Tensor cached_attention(const at::Tensor& q_in, const at::Tensor& k_in, cons
   } else {
 #if TORCH_VERSION_MAJOR >= 2
     const auto& mask = step.additive_mask(window, groups, q4.scalar_type());
-    out = fused::decode_attention(q4.contiguous(), cache.keys(layer), cache.values(layer), s, mask, s_scale);
+    if (keep) out = fused::decode_attention(q4.contiguous(), cache.keys(layer), cache.values(layer), s, mask, s_scale);
     if (!out.defined()) {
       // The kernel scales by 1/sqrt(dk): another scale goes into q.
       const double kernel_scale = 1.0 / std::sqrt(static_cast<double>(dk));

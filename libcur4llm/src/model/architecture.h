@@ -207,8 +207,12 @@ class Step {
   /// `positions` [B, T] int64 on the cache's device; the cache's step must have begun.
   /// `whole_rows`: the caller knows every new token is real (no padding) and of the trunk
   /// (no tree of tokens); with an empty cache each token then attends to those before it alone.
-  Step(KVCache& cache, at::Tensor positions, bool whole_rows);
+  /// `keep_keys` false: nothing reads the cache after this step (an empty cache made for it
+  /// alone), so the layers attend to the step's own keys and values and write nothing into it.
+  Step(KVCache& cache, at::Tensor positions, bool whole_rows, bool keep_keys = true);
   KVCache& cache() const { return cache_; }
+  /// Whether the layers write the step's keys and values into the cache (see the constructor).
+  bool keeps_keys() const { return keep_keys_; }
   /// [B, T]: the position of each new token.
   const at::Tensor& positions() const { return positions_; }
   /// New tokens per row (T).
@@ -235,6 +239,7 @@ class Step {
   KVCache& cache_;
   at::Tensor positions_;
   bool causal_prefill_ = false;
+  bool keep_keys_ = true;
   std::vector<std::pair<int64_t, at::Tensor>> masks_;            // window -> allowed
   std::vector<std::pair<std::tuple<int64_t, int64_t, at::ScalarType>, at::Tensor>> additive_;  // (window, groups, dtype)
   std::vector<std::pair<const void*, Rotary>> rotary_rows_;     // table -> rows at the positions

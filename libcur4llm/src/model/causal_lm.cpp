@@ -780,11 +780,12 @@ at::Tensor CausalLM::forward_tree_hidden(const at::Tensor& input_ids, const at::
   auto pos = positions.to(options_.device, at::kLong);
   auto end = ends.to(options_.device, at::kLong);
   KVCache cache(input_ids.size(0), t, options_.device);
-  return run_step(input_ids, cache, pos, end.ge(0), end.clamp_min(0), /*whole_rows=*/false);
+  return run_step(input_ids, cache, pos, end.ge(0), end.clamp_min(0), /*whole_rows=*/false, /*keep_keys=*/false);
 }
 
 at::Tensor CausalLM::run_step(const at::Tensor& input_ids, KVCache& cache, const at::Tensor& positions,
-                              const at::Tensor& tokens, const at::Tensor& ends, bool whole_rows) const {
+                              const at::Tensor& tokens, const at::Tensor& ends, bool whole_rows,
+                              bool keep_keys) const {
   if (input_ids.device().is_cpu()) {
     // Range-checked as embed() checks them; ids already on the device are trusted (no synchronisation).
     const auto lo = input_ids.min().item<int64_t>(), hi = input_ids.max().item<int64_t>();
@@ -795,7 +796,7 @@ at::Tensor CausalLM::run_step(const at::Tensor& input_ids, KVCache& cache, const
   }
   cache.begin_step(positions, tokens, ends);
   try {
-    detail::Step step(cache, positions, whole_rows);
+    detail::Step step(cache, positions, whole_rows, keep_keys);
     auto h = arch_->embed_step(*this, input_ids.to(options_.device, at::kLong), step);
     // Moved in: a layer may then add into its input in place (detail::residual_linear).
     for (int64_t i = 0; i < config_.num_layers; ++i) h = arch_->layer_step(*this, i, std::move(h), step);

@@ -235,9 +235,11 @@ class CausalLM {
   at::Tensor run_layer(int64_t index, const at::Tensor& hidden) const;
   // The layers over a step of `cache` whose tokens have `positions`, `tokens` (false: padding)
   // and `ends` (KVCache::ends; undefined: none), all [B, T] on device(): forward_cached_hidden's work.
-  // `whole_rows`: the caller knows there is no padding and no tree (detail::Step).
+  // `whole_rows`: the caller knows there is no padding and no tree; `keep_keys` false: nothing reads
+  // the cache afterwards (detail::Step).
   at::Tensor run_step(const at::Tensor& input_ids, KVCache& cache, const at::Tensor& positions,
-                      const at::Tensor& tokens, const at::Tensor& ends, bool whole_rows) const;
+                      const at::Tensor& tokens, const at::Tensor& ends, bool whole_rows,
+                      bool keep_keys = true) const;
   // Every slot tensor (LinearSlot::state()) and norm of decoder layer `index`.
   std::vector<at::Tensor> layer_tensors(int64_t index) const;
 
