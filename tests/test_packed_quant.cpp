@@ -779,10 +779,9 @@ TEST_CASE("CUDA: int4 on the tensor cores: products, a residual added in place, 
   };
   // The input's norm in the launch is checked beside the plain product.
   test::KernelScope kernels{{util::Kernel::norm_in_product, true}};
-  // 128 columns: one chunk of the kernel; 384: three (fewer than a block's warps); 1024: eight
-  // (whole passes of 2 or 4 chunks: the launch shapes that read a pass's scales at once, see
-  // CUR4LLM_INT4_SHAPE); 2816: 22, two or three a warp; 11008: 86, ten or eleven a warp. Groups
-  // of 128 and 256 (a chunk's columns share a scale; 384 ends in half a group of 256).
+  // 128 columns: one chunk of the kernel; 384: three and 1024: eight (fewer than a block's 16
+  // warps); 2816: 22, one or two a warp; 11008: 86, five or six a warp. Groups of 128 and 256 (a
+  // chunk's columns share a scale; 384 ends in half a group of 256).
   for (const int64_t cols : {128, 384, 1024, 2816, 11008}) {
     for (const int64_t group : {128, 256}) {
       // 48 rows: a block and a half (32 rows each); 70: the last block repeats rows it does not write.
