@@ -262,9 +262,10 @@ TEST_CASE("presets: the best configuration by default, the reference's exactly o
   namespace pipeline = cur4llm::pipeline;
   pipeline::PipelineOptions o;
   o.param_ratio_target = 0.8;
-  // A parameter target: narrowed MLPs + whitened SVD, one Lagrangian allocation on the module grid.
+  // A parameter target: each module narrowed or factorized by whitened SVD, one Lagrangian
+  // allocation on the module grid.
   auto best = pipeline::resolve(o);
-  CHECK(best.method == "mlp_nystrom+svd_whiten");
+  CHECK(best.method == "mixed+svd_whiten");
   CHECK_FALSE(*best.sequential);  // module methods refit from the dense inputs
   CHECK_FALSE(*best.act_aware);
   CHECK(best.search == "lagrangian");

@@ -40,7 +40,7 @@ using Clock = std::chrono::steady_clock;
 
 double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
 
-constexpr const char* kBestModuleMethod = "mlp_nystrom+svd_whiten";
+constexpr const char* kBestModuleMethod = "mixed+svd_whiten";
 
 // Ends a stage: its seconds and memory peaks go into the result, and the next stage starts here.
 void end_stage(PipelineResult& result, const char* stage, Clock::time_point& t0) {
@@ -387,9 +387,10 @@ PipelineOptions resolve(const PipelineOptions& options) {
   const bool best = o.preset == Preset::kBest;
   const bool ppl_weights = o.sensitivity_metric == "ppl" && !o.compress_kv_cache;
   if (o.method.empty()) {
-    // The best measured configurations (docs/results.md): for a parameter target, narrowed MLPs
-    // with whitened SVD for the other Linears in one Lagrangian allocation; otherwise (a perplexity
-    // target, a plan file, another sensitivity) skeleton_swap with the sequential pass.
+    // The best measured configurations (docs/results.md): for a parameter target, each MLP,
+    // value-output and query-key pair narrowed or its Linears factorized by whitened SVD, as one
+    // Lagrangian allocation prices them; otherwise (a perplexity target, a plan file, another
+    // sensitivity) skeleton_swap with the sequential pass.
     const bool module_default = best && ppl_weights && o.param_ratio_target > 0 && o.plan_file.empty();
     o.method = !best ? "cur" : module_default ? kBestModuleMethod : "skeleton_swap";
   }
