@@ -144,7 +144,8 @@ if [[ $parts == *" int4 "* ]]; then
     --shapes 4096x4096,4096x11008,11008x4096,4096x12288,4096x22016 --tokens 1 --ratios "" --packed rtn_int4 \
     --decode_iters 300 2>&1 | sed 's/^{/{"int4_shape": "16,1,1", /' | tee -a "$out/bench_linear.jsonl"
   timeout "$(left 60)" $bench --config benchmarks/configs/llama-7b.json --device cuda --dtype bf16 --batch 1 \
-    --prompt_len 512 --new_tokens 128 --graph 1 --factorize dense,packed:rtn_int4 2>&1 | tee -a "$out/bench_decode.jsonl"
+    --prompt_len 512 --new_tokens 128 --graph 1 --factorize dense,packed:rtn_int4 2>&1 |
+    sed 's/^{/{"int4_shape": "16,1,1", /' | tee -a "$out/bench_decode.jsonl"
   python3 benchmarks/shapes_summary.py "$out/bench_linear.jsonl" "$out/bench_decode.jsonl" | tee -a "$log"
   stamp "int4"
 fi

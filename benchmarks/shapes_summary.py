@@ -5,8 +5,8 @@
 
 Prints Markdown:
 - int4: the int4 kernel's one-token products (bench_linear, CUDA graph replays, microseconds;
-  a row per "int4_shape" field the part adds) and the whole LLaMA-7B step's CUDA-graph decoding
-  tokens/s at a 512-token prompt, int4 against dense bf16 of the same process;
+  the lines the part labels "int4_shape") and the whole LLaMA-7B step's CUDA-graph decoding
+  tokens/s, int4 against dense bf16 of the same process (labelled too);
 - shapes: each narrowed shape at its prompt length, its Linear weights against dense, prefill
   and CUDA-graph decoding tokens/s against the dense run with the same cuDNN setting.
 Lines that are not JSON, or not of these parts, are skipped.
@@ -29,28 +29,20 @@ def int4_tables(linear_path, decode_path):
         if shape not in shapes:
             shapes.append(shape)
         rows.setdefault(j["int4_shape"], {})[shape] = j.get("graph_us", j["us"])
-    def rate(j):
-        return j.get("graph_decode_tokens_per_s") or j.get("decode_tokens_per_s")
-    steps = {j["int4_shape"]: rate(j) for j in read(decode_path) if "int4_shape" in j and j.get("benchmark") == "decode"}
-    # The part's own step runs: dense and int4 side by side at a 512-token prompt.
-    side = {j.get("layers"): rate(j) for j in read(decode_path)
-            if "int4_shape" not in j and j.get("benchmark") == "decode" and j.get("prompt_len") == 512}
-    if side.get("packed:rtn_int4"):
-        name = next(iter(rows), "int4")
-        steps[name] = side["packed:rtn_int4"]
-    if not rows and not steps:
+    # The part's whole steps: dense and int4 side by side at a 512-token prompt.
+    steps = {j.get("layers"): j.get("graph_decode_tokens_per_s") or j.get("decode_tokens_per_s")
+             for j in read(decode_path) if "int4_shape" in j and j.get("benchmark") == "decode"}
+    if not rows and not steps.get("packed:rtn_int4"):
         return "no int4 lines\n"
     def line(cells):
         return "| " + " | ".join(cells) + " |"
 
-    out = [line(["int4 launch shape"] + shapes + ["LLaMA-7B step, tok/s"]), "|---|" + "---:|" * (len(shapes) + 1)]
-    for name in dict.fromkeys(list(rows) + list(steps)):
-        cells = ["%.1f" % rows[name][s] if s in rows.get(name, {}) else "" for s in shapes]
-        step = steps.get(name)
-        out.append(line([name] + cells + ["%.1f" % step if step else ""]))
-    if side.get("dense") and side.get("packed:rtn_int4"):
+    out = [line(["int4 kernel"] + shapes), "|---|" + "---:|" * len(shapes)]
+    for name, cells in rows.items():
+        out.append(line([name] + ["%.1f" % cells[s] if s in cells else "" for s in shapes]))
+    if steps.get("dense") and steps.get("packed:rtn_int4"):
         out.append("\nint4 step %.1f tok/s against dense bf16 %.1f: %.2fx" %
-                   (side["packed:rtn_int4"], side["dense"], side["packed:rtn_int4"] / side["dense"]))
+                   (steps["packed:rtn_int4"], steps["dense"], steps["packed:rtn_int4"] / steps["dense"]))
     return "\n".join(out) + "\n"
 
 

@@ -152,7 +152,8 @@ at::Tensor dense_linear_mma(const at::Tensor& x, const at::Tensor& weight, const
 /// at::scaled_dot_product_attention: kernels disabled, not half/bfloat16, a GPU
 /// before compute capability 9.0 (where cuDNN is not the faster kernel), fewer
 /// than 128 positions (decoding; ATen's choice), a head
-/// dim above 128 or not a multiple of 8, cuDNN attention turned off
+/// dim above 128 or not a multiple of 8, tensors with gaps between their rows or
+/// heads (a KV cache's slices: see the definition), cuDNN attention turned off
 /// (at::globalContext().setSDPUseCuDNN(false)), LibTorch before 2.5, or an
 /// earlier call with the same head dim that cuDNN refused.
 at::Tensor causal_attention_cudnn(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double scale = 0);

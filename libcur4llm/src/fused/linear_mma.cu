@@ -10,9 +10,9 @@
 // (the residual's addition, the SiLU gate) and no split of the columns across launches.
 //
 // Layout of the work. A block takes two tiles of 16 rows (rows 32b..32b+31, or, for a SiLU
-// pair, gate rows 16b.. and the up rows half a matrix further) and its warps (8 for dense weights,
-// 16 for int4) split the columns in chunks of 128 (for int4, inside one quantization group: group % 128 == 0): lane (g, c) of
-// a warp (g = lane / 4, c = lane % 4) reads the 32 columns c*32..c*32+31 of a chunk for each of
+// pair, gate rows 16b.. and the up rows half a matrix further) and its warps (8 for dense
+// weights, 16 for int4) split the columns in chunks of 128 (for int4, inside one quantization
+// group: group % 128 == 0): lane (g, c) of a warp (g = lane / 4, c = lane % 4) reads the 32 columns c*32..c*32+31 of a chunk for each of
 // its rows (g and g + 8 of each tile) and the same columns of token g's input.
 //
 // The mma's k index need not follow the columns: any order that A and B share gives the same
@@ -28,9 +28,8 @@
 // (|code - zero| <= 15). Each int4 chunk's sums are then scaled by their rows' group scales.
 //
 // Measured on an H100 (docs/generate.md), the int4 products gained about 10% over the scalar
-// kernel and read their codes at about 1.7 TB/s; a weight that stays in L2 between replays is
-// read no faster (docs/architecture.md), so what bounds them is the work a warp does between
-// its loads, not the memory.
+// kernel and read their codes at about 1.7 TB/s; a weight small enough for the L2 cache is read
+// no faster (docs/architecture.md), so memory is not what bounds them.
 //
 // int4 weights are not rounded to the element type; products are exact and summed in float
 // (the tensor cores' accumulation), the result rounded once.
